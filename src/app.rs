@@ -1,0 +1,106 @@
+//! Everything a request handler or connection task needs, built once from the config.
+
+use std::{str::FromStr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use jsonwebtoken::Algorithm;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Semaphore;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    auth::Authenticator,
+    config::Config,
+    engine::{Engine, MemoryBroker, MemoryPresence},
+    hub::Hub,
+    node::Node,
+};
+
+/// Per-connection limits, from the config.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_frame_bytes: usize,
+    pub frame_rate: u32,
+    pub frame_burst: u32,
+    pub heartbeat_min_interval: Duration,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+pub struct App {
+    pub node: Arc<Node>,
+    pub auth: Authenticator,
+    pub limits: Limits,
+    pub presence_enabled: bool,
+    /// Caps open WebSockets; a permit lives as long as its connection.
+    pub connections: Arc<Semaphore>,
+    /// Connection and background tasks, awaited on shutdown: hyper's graceful shutdown
+    /// does not wait for upgraded connections.
+    pub tracker: TaskTracker,
+    pub shutdown: CancellationToken,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl App {
+    /// Builds the engine the config names, starts the node, and returns the shared state.
+    pub async fn start(config: &Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<Arc<App>> {
+        let hub = Arc::new(Hub::new(config.dashboard_queue));
+        let engine = match &config.redis_host {
+            None => Engine {
+                name: "memory",
+                store: Arc::new(MemoryPresence::new(config.ttl())),
+                broker: Arc::new(MemoryBroker::new(hub.clone())),
+            },
+            Some(host) => anyhow::bail!("REDIS_HOST={host}: the Redis engine is not available in this build"),
+        };
+        let node = Arc::new(Node::new(engine, hub, Duration::from_millis(config.sweep_interval_ms)));
+        let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
+        node.start(shutdown.clone(), &tracker).await.context("starting the presence engine")?;
+        tracing::info!(
+            engine = node.engine_name(),
+            router = node.router_id(),
+            ttl = config.presence_ttl,
+            "presence engine started"
+        );
+
+        Ok(Arc::new(App {
+            node,
+            auth: authenticator(config)?,
+            limits: Limits {
+                max_connections: config.max_connections,
+                max_frame_bytes: config.max_frame_bytes,
+                frame_rate: config.frame_rate,
+                frame_burst: config.frame_burst,
+                heartbeat_min_interval: config.heartbeat_min_interval(),
+                idle_timeout: config.idle_timeout(),
+                write_timeout: Duration::from_millis(config.write_timeout_ms),
+            },
+            presence_enabled: config.presence_enabled,
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            tracker,
+            shutdown,
+            metrics,
+        }))
+    }
+}
+
+impl App {
+    /// WebSocket connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.limits.max_connections - self.connections.available_permits()
+    }
+}
+
+fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
+    match (&config.jwt_secret, &config.jwt_public_key) {
+        (Some(secret), _) => Ok(Authenticator::hs256(secret.as_bytes())),
+        (None, Some(path)) => {
+            let pem = std::fs::read(path).with_context(|| format!("reading JWT public key {}", path.display()))?;
+            let algorithm = Algorithm::from_str(&config.jwt_algorithm)
+                .with_context(|| format!("JWT algorithm {}", config.jwt_algorithm))?;
+            Authenticator::public_key(&pem, algorithm)
+        }
+        (None, None) => anyhow::bail!("set JWT_SECRET or JWT_PUBLIC_KEY"),
+    }
+}

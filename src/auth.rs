@@ -1,0 +1,207 @@
+//! Who is connecting: JWT verification and the handshake's credentials.
+//!
+//! Mobile apps send the token in a `token` header with `device_id` beside it. Browsers
+//! cannot set WebSocket headers, so (as VoicePing clients do) they may send the pair as
+//! `Sec-WebSocket-Protocol: <token>, <deviceId>`; the router then has to echo one of the
+//! offered protocols back or the browser drops the connection.
+
+use axum::http::HeaderMap;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+
+use crate::id::Id;
+
+/// What a connection may do: mobiles have presence, web/dashboard sessions watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Mobile,
+    Web,
+    Dashboard,
+}
+
+impl Role {
+    /// Dashboards and web clients receive the snapshot and the update stream.
+    pub fn watches_presence(self) -> bool {
+        matches!(self, Role::Web | Role::Dashboard)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Mobile => "mobile",
+            Role::Web => "web",
+            Role::Dashboard => "dashboard",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id; a string or a number.
+    pub sub: Id,
+    pub role: Role,
+    /// Expiry, Unix seconds; required.
+    pub exp: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("missing token")]
+    Missing,
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+impl AuthError {
+    /// A low-cardinality label for metrics and the JSON error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing_token",
+            AuthError::Expired => "token_expired",
+            AuthError::Invalid(_) => "invalid_token",
+        }
+    }
+}
+
+/// Verifies tokens against one configured key.
+pub struct Authenticator {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Authenticator {
+    /// HS256 with a shared secret.
+    pub fn hs256(secret: &[u8]) -> Self {
+        Authenticator { key: DecodingKey::from_secret(secret), validation: validation(Algorithm::HS256) }
+    }
+
+    /// An asymmetric algorithm (RS*, PS*, ES*, EdDSA) with the issuer's public key in PEM.
+    pub fn public_key(pem: &[u8], algorithm: Algorithm) -> anyhow::Result<Self> {
+        let key = match algorithm {
+            Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(pem)?,
+            Algorithm::EdDSA => DecodingKey::from_ed_pem(pem)?,
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                anyhow::bail!("{algorithm:?} takes a secret, not a public key")
+            }
+            _ => DecodingKey::from_rsa_pem(pem)?,
+        };
+        Ok(Authenticator { key, validation: validation(algorithm) })
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map(|data| data.claims).map_err(|e| match e
+            .kind()
+        {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid(e.to_string()),
+        })
+    }
+}
+
+fn validation(algorithm: Algorithm) -> Validation {
+    let mut v = Validation::new(algorithm);
+    v.leeway = 5;
+    v
+}
+
+/// Mints an HS256 token; for development (`make run`), the examples, tests and load tool.
+pub fn mint_hs256(secret: &[u8], sub: &str, role: Role, ttl_secs: u64) -> Result<String, jsonwebtoken::errors::Error> {
+    let claims = serde_json::json!({
+        "sub": sub,
+        "role": role,
+        "exp": crate::presence::unix_ms() / 1000 + ttl_secs,
+    });
+    jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(secret))
+}
+
+/// Credentials found on a request, before verification.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub token: Option<String>,
+    pub device_id: Option<String>,
+    /// The subprotocol to echo when the client offered `Sec-WebSocket-Protocol`.
+    pub protocol: Option<String>,
+}
+
+impl Credentials {
+    /// Reads `token` / `device_id` headers, then `Authorization: Bearer`, then the
+    /// `Sec-WebSocket-Protocol` pair.
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        let header = |name: &str| {
+            headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty()).map(String::from)
+        };
+        let bearer = header("authorization").and_then(|v| {
+            v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).map(|t| t.trim().to_string())
+        });
+        let offered: Vec<String> = header("sec-websocket-protocol")
+            .map(|v| v.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect())
+            .unwrap_or_default();
+        let protocol = offered.get(1).or(offered.first()).cloned();
+        Credentials {
+            token: header("token").or(bearer).or_else(|| offered.first().cloned()),
+            device_id: header("device_id").or_else(|| offered.get(1).cloned()),
+            protocol,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"test-secret";
+
+    #[test]
+    fn minted_tokens_verify_with_their_role() {
+        let auth = Authenticator::hs256(SECRET);
+        let claims = auth.verify(&mint_hs256(SECRET, "u1", Role::Mobile, 60).unwrap()).unwrap();
+        assert_eq!(claims.sub.as_str(), "u1");
+        assert_eq!(claims.role, Role::Mobile);
+    }
+
+    #[test]
+    fn wrong_key_expired_and_garbage_are_refused() {
+        let auth = Authenticator::hs256(SECRET);
+        let other = mint_hs256(b"other", "u1", Role::Mobile, 60).unwrap();
+        assert!(matches!(auth.verify(&other), Err(AuthError::Invalid(_))));
+        assert!(matches!(auth.verify("not.a.jwt"), Err(AuthError::Invalid(_))));
+        let expired = Claims { sub: Id::parse("u1").unwrap(), role: Role::Web, exp: 1_000 };
+        let token = jsonwebtoken::encode(&Header::default(), &expired, &EncodingKey::from_secret(SECRET)).unwrap();
+        assert_eq!(auth.verify(&token).unwrap_err(), AuthError::Expired);
+    }
+
+    #[test]
+    fn numeric_subject_and_unknown_role() {
+        let auth = Authenticator::hs256(SECRET);
+        let key = EncodingKey::from_secret(SECRET);
+        let numeric = serde_json::json!({"sub": 123, "role": "dashboard", "exp": u32::MAX});
+        let claims = auth.verify(&jsonwebtoken::encode(&Header::default(), &numeric, &key).unwrap()).unwrap();
+        assert_eq!(claims.sub.as_str(), "123");
+        let admin = serde_json::json!({"sub": "u", "role": "admin", "exp": u32::MAX});
+        assert!(auth.verify(&jsonwebtoken::encode(&Header::default(), &admin, &key).unwrap()).is_err());
+    }
+
+    #[test]
+    fn credentials_from_headers_or_subprotocol() {
+        let mut h = HeaderMap::new();
+        h.insert("token", "t1".parse().unwrap());
+        h.insert("device_id", "d1".parse().unwrap());
+        let c = Credentials::from_headers(&h);
+        assert_eq!((c.token.as_deref(), c.device_id.as_deref(), c.protocol), (Some("t1"), Some("d1"), None));
+
+        let mut h = HeaderMap::new();
+        h.insert("sec-websocket-protocol", "t2, d2".parse().unwrap());
+        let c = Credentials::from_headers(&h);
+        assert_eq!(
+            (c.token.as_deref(), c.device_id.as_deref(), c.protocol.as_deref()),
+            (Some("t2"), Some("d2"), Some("d2"))
+        );
+
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer t3".parse().unwrap());
+        assert_eq!(Credentials::from_headers(&h).token.as_deref(), Some("t3"));
+        assert_eq!(Credentials::from_headers(&HeaderMap::new()), Credentials::default());
+    }
+}

@@ -1,0 +1,119 @@
+//! Configuration: command-line flags, each also read from the environment variable the
+//! seed design uses (`PORT`, `PRESENCE_ENABLED`, `PRESENCE_TTL`, `REDIS_*`, `JWT_*`).
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use clap::{ArgAction, Parser, builder::BoolishValueParser};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "presence-router", version, about = "msgpack-over-WebSocket presence router for push-to-talk fleets")]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// Port for WebSocket and HTTP (0 picks a free one; the bound address is printed).
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// Track presence at all; when false, heartbeats are ignored and the presence API answers 503.
+    #[arg(long, env = "PRESENCE_ENABLED", default_value_t = true, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub presence_enabled: bool,
+
+    /// Seconds a session stays online without a heartbeat.
+    #[arg(long, env = "PRESENCE_TTL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub presence_ttl: u64,
+
+    /// Redis host; without it the router runs alone with the embedded in-memory engine.
+    #[arg(long, env = "REDIS_HOST")]
+    pub redis_host: Option<String>,
+
+    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
+    pub redis_port: u16,
+
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+
+    /// HS256 secret that signs client tokens.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true, required_unless_present = "jwt_public_key")]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key of the token issuer, for asymmetric algorithms (instead of a secret).
+    #[arg(long, env = "JWT_PUBLIC_KEY", conflicts_with = "jwt_secret")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Algorithm for --jwt-public-key: RS256, RS384, RS512, PS256, ES256, ES384, EdDSA.
+    #[arg(long, env = "JWT_ALGORITHM", default_value = "RS256")]
+    pub jwt_algorithm: String,
+
+    /// Most WebSocket connections at once; more are refused with 503.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Largest inbound WebSocket message in bytes; larger ones close the connection (1009).
+    #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Inbound frames per second per connection (token bucket rate).
+    #[arg(long, env = "FRAME_RATE", default_value_t = 50)]
+    pub frame_rate: u32,
+
+    /// Inbound frame burst per connection; a connection that keeps sending past it is closed (4029).
+    #[arg(long, env = "FRAME_BURST", default_value_t = 100)]
+    pub frame_burst: u32,
+
+    /// Heartbeats closer together than this are acknowledged but not written to the
+    /// store. Defaults to a sixth of the TTL.
+    #[arg(long, env = "HEARTBEAT_MIN_INTERVAL_MS")]
+    pub heartbeat_min_interval_ms: Option<u64>,
+
+    /// Changes a dashboard may fall behind before it is closed as a slow consumer (4008).
+    #[arg(long, env = "DASHBOARD_QUEUE", default_value_t = 8192)]
+    pub dashboard_queue: usize,
+
+    /// Longest a single write to a client may take before it is dropped as a slow consumer.
+    #[arg(long, env = "WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
+
+    /// How often expired leases are swept.
+    #[arg(long, env = "SWEEP_INTERVAL_MS", default_value_t = 250)]
+    pub sweep_interval_ms: u64,
+}
+
+impl Config {
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.presence_ttl)
+    }
+
+    pub fn heartbeat_min_interval(&self) -> Duration {
+        self.heartbeat_min_interval_ms.map_or(self.ttl() / 6, Duration::from_millis)
+    }
+
+    /// A mobile socket silent this long is closed; a little past the TTL so the store's
+    /// sweep, not the socket, is what announces the offline.
+    pub fn idle_timeout(&self) -> Duration {
+        self.ttl() + Duration::from_millis(self.sweep_interval_ms * 4).max(Duration::from_secs(2))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_seed() {
+        let c = Config::try_parse_from(["presence-router", "--jwt-secret", "s"]).unwrap();
+        assert_eq!((c.port, c.presence_ttl, c.presence_enabled, c.redis_port), (3000, 60, true, 6379));
+        assert_eq!(c.heartbeat_min_interval(), Duration::from_secs(10));
+        assert!(c.redis_host.is_none());
+    }
+
+    #[test]
+    fn a_key_is_required_and_ttl_is_bounded() {
+        assert!(Config::try_parse_from(["presence-router"]).is_err());
+        assert!(Config::try_parse_from(["presence-router", "--jwt-secret", "s", "--presence-ttl", "0"]).is_err());
+        let c =
+            Config::try_parse_from(["presence-router", "--jwt-secret", "s", "--presence-enabled", "false"]).unwrap();
+        assert!(!c.presence_enabled);
+    }
+}

@@ -1,0 +1,71 @@
+//! The engine: where presence lives and how changes travel between routers.
+//!
+//! Two traits, as in centrifuge: the [`PresenceStore`] holds state with a lifetime
+//! (session leases, per-user versions, last seen) and decides *transitions*; the
+//! [`Broker`] carries transitions, transient and fire-and-forget, to every router's
+//! [`Hub`](crate::hub::Hub). Each has an in-memory implementation (one router, `make run`)
+//! and a Redis one (a cluster of routers).
+//!
+//! A transition is returned by exactly one store call: the one that flipped the user. Only
+//! that caller publishes it, which is what makes "exactly one offline per transition"
+//! hold however many routers sweep for expired leases (brief, trap 2).
+
+mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use memory::{MemoryBroker, MemoryPresence};
+
+use crate::{
+    id::Id,
+    presence::{PresenceUpdate, Session, UserPresence},
+};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// The backing store cannot be reached; presence calls fail, connections stay up.
+    #[error("presence store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Stored presence: session leases that expire unless heartbeats renew them.
+#[async_trait]
+pub trait PresenceStore: Send + Sync + 'static {
+    /// Registers a session with a fresh lease. Returns the online transition when the
+    /// user had no live session.
+    async fn connect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError>;
+
+    /// Renews a session's lease. A session whose lease already ran out is registered
+    /// again (the phone was silent, not gone), which may return an online transition.
+    async fn heartbeat(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError>;
+
+    /// Ends a session. Returns the offline transition when it was the user's last.
+    async fn disconnect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError>;
+
+    /// Ends every session whose lease ran out and returns the offline transitions of the
+    /// users left with none. This is the backstop that does not depend on Redis keyspace
+    /// events (trap 1); it is safe to call from several routers at once.
+    async fn expire_due(&self) -> Result<Vec<PresenceUpdate>, EngineError>;
+
+    /// Every user with a live session, from an index (never a keyspace scan, trap 5).
+    async fn online(&self) -> Result<Vec<UserPresence>, EngineError>;
+
+    /// The presence of each requested user, in request order; unknown users are offline.
+    async fn lookup(&self, users: &[Id]) -> Result<Vec<UserPresence>, EngineError>;
+}
+
+/// Transient transport of transitions to every router's hub.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    async fn publish(&self, update: &PresenceUpdate) -> Result<(), EngineError>;
+}
+
+/// The pair a router runs with.
+#[derive(Clone)]
+pub struct Engine {
+    pub name: &'static str,
+    pub store: Arc<dyn PresenceStore>,
+    pub broker: Arc<dyn Broker>,
+}

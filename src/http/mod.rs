@@ -1,0 +1,54 @@
+//! The HTTP surface: one axum router for the WebSocket endpoint, the API and operations.
+
+mod error;
+mod ops;
+mod presence;
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request},
+    http::StatusCode,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+
+pub use error::ApiError;
+pub use presence::MAX_USER_IDS;
+
+use crate::{app::App, metrics, ws};
+
+/// Request bodies are small: 100 ids of at most 128 bytes.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+pub fn router(app: Arc<App>) -> Router {
+    let api = Router::new()
+        .route("/api/presence/status", post(presence::status).fallback(method_not_allowed))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route_layer(middleware::from_fn(count_requests));
+    Router::new()
+        .route("/", get(ws::upgrade))
+        .route("/ws", get(ws::upgrade))
+        .route("/healthz", get(ops::health))
+        .route("/metrics", get(ops::metrics))
+        .merge(api)
+        .fallback(not_found)
+        .with_state(app)
+}
+
+async fn count_requests(path: MatchedPath, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    ::metrics::counter!(metrics::API_REQUESTS, "route" => path.as_str().to_owned(), "status" => response.status().as_u16().to_string())
+        .increment(1);
+    response
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST")
+}
+
+async fn not_found() -> impl IntoResponse {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}

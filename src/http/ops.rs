@@ -1,0 +1,24 @@
+//! Operator endpoints: health and Prometheus metrics.
+
+use std::sync::Arc;
+
+use axum::{Json, extract::State, http::header, response::IntoResponse};
+
+use crate::app::App;
+
+/// `GET /healthz`: 200 while the router serves.
+pub async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
+    Json(serde_json::json!({
+        "status": "ok",
+        "engine": app.node.engine_name(),
+        "router": app.node.router_id(),
+        "onlineUsers": app.node.hub().online_count(),
+        "connections": app.open_connections(),
+    }))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    let body = app.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}

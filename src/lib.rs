@@ -1,0 +1,50 @@
+//! presence-router: a msgpack-over-WebSocket presence router for push-to-talk fleets.
+//!
+//! Mobile PTT apps hold a WebSocket and heartbeat; dashboards get a snapshot of who is
+//! online and then every change; an HTTP API answers bulk lookups. One router runs alone
+//! with the embedded engine, or several share presence through Redis.
+//!
+//! # Layout
+//!
+//! - [`config`]: flags and environment variables.
+//! - [`protocol`]: the VoicePing-compatible msgpack frame codec (pure functions).
+//! - [`id`], [`presence`]: the data model; ids normalised at the edge, versioned presence.
+//! - [`auth`]: JWT verification and where a handshake carries its credentials.
+//! - [`engine`]: the [`PresenceStore`](engine::PresenceStore) (leases, transitions) and
+//!   [`Broker`](engine::Broker) (transport of transitions) traits and their implementations.
+//! - [`hub`]: this router's versioned view of presence and the fan-out to dashboards.
+//! - [`node`]: composes engine and hub; publishes transitions; sweeps expired leases.
+//! - [`ws`]: the WebSocket handshake and the per-connection task.
+//! - [`http`]: the axum router: WebSocket endpoint, presence API, health, metrics.
+//! - [`app`]: shared state built from the config; [`metrics`]: metric names.
+//!
+//! [`run`] takes a bound listener, so tests bind `127.0.0.1:0`.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod hub;
+pub mod id;
+pub mod metrics;
+pub mod node;
+pub mod presence;
+pub mod protocol;
+pub mod ws;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::app::App;
+
+/// Serves until `app.shutdown` is cancelled, then closes every WebSocket with 1012 and
+/// waits for the connection and background tasks to finish.
+pub async fn run(listener: TcpListener, app: Arc<App>) -> anyhow::Result<()> {
+    let router = http::router(app.clone());
+    axum::serve(listener, router).with_graceful_shutdown(app.shutdown.clone().cancelled_owned()).await?;
+    app.tracker.close();
+    app.tracker.wait().await;
+    Ok(())
+}

@@ -1,0 +1,44 @@
+//! The router binary: config, logging, metrics, signals, then [`presence_router::run`].
+
+use clap::Parser;
+use presence_router::{app::App, config::Config};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let metrics = presence_router::metrics::install()?;
+    let app = App::start(&config, Some(metrics)).await?;
+    let listener = TcpListener::bind((config.host, config.port)).await?;
+    // One line on stdout, so scripts and tests learn the port when it was 0.
+    println!("listening on {}", listener.local_addr()?);
+
+    let shutdown = app.shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: closing connections with 1012");
+        shutdown.cancel();
+    });
+    presence_router::run(listener, app).await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The presence data model shared by the store, the broker, the hub and the API.
+//!
+//! Presence is per *user*; sessions are per *connection*. A user is online while at least
+//! one of its sessions holds a live lease, so a second device or a reconnect elsewhere
+//! never turns a live user offline (brief, trap 3). Every change of a user's presence
+//! bumps its `version`, and every receiver drops an update whose version it has already
+//! passed (trap 4).
+
+use std::{
+    fmt,
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::Id;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Online,
+    Offline,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Online => "online",
+            Status::Offline => "offline",
+        }
+    }
+}
+
+/// Identifies one connection cluster-wide: the router's id and a per-router counter.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(Arc<str>);
+
+impl SessionId {
+    pub fn new(router: &str, n: u64) -> Self {
+        SessionId(Arc::from(format!("{router}:{n}")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One connection's claim on its user's presence.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: SessionId,
+    pub user: Id,
+    pub device_id: Option<Arc<str>>,
+}
+
+/// A user's presence as the bulk API, snapshots and updates report it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserPresence {
+    pub user_id: Id,
+    pub status: Status,
+    /// Unix milliseconds of the last connect or heartbeat (while online), or of going
+    /// offline. `None` for a user never seen.
+    pub last_seen: Option<u64>,
+    pub device_id: Option<Arc<str>>,
+    /// Grows by one on every change of this user's presence, cluster-wide.
+    pub version: u64,
+}
+
+impl UserPresence {
+    /// What is reported for a user the store has never seen.
+    pub fn unknown(user_id: Id) -> Self {
+        UserPresence { user_id, status: Status::Offline, last_seen: None, device_id: None, version: 0 }
+    }
+}
+
+/// Why a user's presence changed; drives metrics and the `cause` field of updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cause {
+    /// A session opened (or a heartbeat re-opened a lapsed one).
+    Connect,
+    /// The last session closed.
+    Disconnect,
+    /// The last session's lease ran out: no heartbeat within the TTL.
+    Expired,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Connect => "connect",
+            Cause::Disconnect => "disconnect",
+            Cause::Expired => "expired",
+        }
+    }
+}
+
+/// A transition of one user's presence, as published between routers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceUpdate {
+    #[serde(flatten)]
+    pub presence: UserPresence,
+    pub cause: Cause,
+    /// Unix milliseconds at which the transition was decided; update latency is
+    /// measured from here.
+    pub timestamp: u64,
+}
+
+/// Wall-clock Unix milliseconds, for `lastSeen` and timestamps shown to people.
+/// Lease deadlines use the monotonic tokio clock instead.
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

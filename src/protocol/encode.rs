@@ -1,0 +1,230 @@
+//! Encoding of the frames the router sends, written straight into a byte buffer.
+//!
+//! An update is encoded once and the same `Bytes` goes to every dashboard, so fan-out
+//! costs a reference count per dashboard, not an encode.
+
+use bytes::Bytes;
+use rmp::encode::{self as enc, ByteBuf};
+use rmpv::Value;
+
+use super::message_type::{ERROR, HEARTBEAT, PRESENCE_SNAPSHOT, PRESENCE_UPDATE};
+use crate::presence::{PresenceUpdate, UserPresence, unix_ms};
+
+/// Why the router refused a frame; the `code` field of an ERROR (33) payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Not a valid frame (bad msgpack, wrong shape, bad ids); the message says which.
+    InvalidFrame,
+    /// Text WebSocket messages are not part of the protocol.
+    TextNotSupported,
+    /// `fromId` is not the token's subject.
+    SenderMismatch,
+    /// A web/dashboard session sent a HEARTBEAT; only mobile sessions have presence.
+    HeartbeatNotAllowed,
+    /// A message type this router does not handle.
+    UnsupportedType,
+    /// The presence store could not be reached; the connection stays up.
+    PresenceUnavailable,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidFrame => "invalid_frame",
+            ErrorCode::TextNotSupported => "text_not_supported",
+            ErrorCode::SenderMismatch => "sender_mismatch",
+            ErrorCode::HeartbeatNotAllowed => "heartbeat_not_allowed",
+            ErrorCode::UnsupportedType => "unsupported_type",
+            ErrorCode::PresenceUnavailable => "presence_unavailable",
+        }
+    }
+}
+
+// Writes into a `ByteBuf` cannot fail (its error type is `Infallible`), so each
+// `let Ok(_) = …` below is irrefutable.
+
+/// Starts a router frame: `[0, type, 0, 0, messageId, ` — the payload follows.
+fn header(buf: &mut ByteBuf, message_type: u8, message_id: Option<&Value>) {
+    let Ok(_) = enc::write_array_len(buf, 6);
+    let Ok(_) = enc::write_uint(buf, 0);
+    let Ok(_) = enc::write_uint(buf, message_type.into());
+    let Ok(_) = enc::write_uint(buf, 0);
+    let Ok(_) = enc::write_uint(buf, 0);
+    match message_id {
+        Some(id) => write_value(buf, id),
+        None => {
+            let Ok(_) = enc::write_nil(buf);
+        }
+    }
+}
+
+fn write_value(buf: &mut ByteBuf, value: &Value) {
+    let mut out = Vec::new();
+    // Writing to a Vec only fails on a nesting depth the decoder never lets through.
+    if rmpv::encode::write_value(&mut out, value).is_ok() {
+        let Ok(_) = rmp::encode::RmpWrite::write_bytes(buf, &out);
+    } else {
+        let Ok(_) = enc::write_nil(buf);
+    }
+}
+
+fn str_field(buf: &mut ByteBuf, key: &str, value: &str) {
+    let Ok(_) = enc::write_str(buf, key);
+    let Ok(_) = enc::write_str(buf, value);
+}
+
+fn uint_field(buf: &mut ByteBuf, key: &str, value: u64) {
+    let Ok(_) = enc::write_str(buf, key);
+    let Ok(_) = enc::write_uint(buf, value);
+}
+
+fn opt_field<T>(buf: &mut ByteBuf, key: &str, value: Option<T>, write: impl FnOnce(&mut ByteBuf, T)) {
+    let Ok(_) = enc::write_str(buf, key);
+    match value {
+        Some(v) => write(buf, v),
+        None => {
+            let Ok(_) = enc::write_nil(buf);
+        }
+    }
+}
+
+/// `{userId, status, lastSeen, deviceId, version}` plus `extra` more fields the caller writes.
+fn user_map(buf: &mut ByteBuf, user: &UserPresence, extra: u32) {
+    let Ok(_) = enc::write_map_len(buf, 5 + extra);
+    str_field(buf, "userId", user.user_id.as_str());
+    str_field(buf, "status", user.status.as_str());
+    opt_field(buf, "lastSeen", user.last_seen, |b, v| {
+        let Ok(_) = enc::write_uint(b, v);
+    });
+    opt_field(buf, "deviceId", user.device_id.as_deref(), |b, v| {
+        let Ok(_) = enc::write_str(b, v);
+    });
+    uint_field(buf, "version", user.version);
+}
+
+/// PRESENCE_UPDATE (31): `[0, 31, 0, 0, seq, {userId, status, lastSeen, deviceId, version,
+/// cause, timestamp}]`. `seq` is the router's event sequence number.
+pub fn update_frame(update: &PresenceUpdate, seq: u64) -> Bytes {
+    let mut buf = ByteBuf::with_capacity(128);
+    header(&mut buf, PRESENCE_UPDATE, Some(&Value::from(seq)));
+    user_map(&mut buf, &update.presence, 2);
+    str_field(&mut buf, "cause", update.cause.as_str());
+    uint_field(&mut buf, "timestamp", update.timestamp);
+    Bytes::from(buf.into_vec())
+}
+
+/// PRESENCE_SNAPSHOT (32): `[0, 32, 0, 0, seq, {users: [...], count, timestamp}]`. Updates
+/// with a sequence number up to `seq` are already contained in it.
+pub fn snapshot_frame(users: &[UserPresence], seq: u64) -> Bytes {
+    let mut buf = ByteBuf::with_capacity(64 + users.len() * 96);
+    header(&mut buf, PRESENCE_SNAPSHOT, Some(&Value::from(seq)));
+    let Ok(_) = enc::write_map_len(&mut buf, 3);
+    let Ok(_) = enc::write_str(&mut buf, "users");
+    let Ok(_) = enc::write_array_len(&mut buf, users.len() as u32);
+    for user in users {
+        user_map(&mut buf, user, 0);
+    }
+    uint_field(&mut buf, "count", users.len() as u64);
+    uint_field(&mut buf, "timestamp", unix_ms());
+    Bytes::from(buf.into_vec())
+}
+
+/// ERROR (33): `[0, 33, 0, 0, messageId, {code, message, messageType}]`, echoing the
+/// refused frame's message id and type when they were readable.
+pub fn error_frame(code: ErrorCode, message: &str, message_type: Option<u8>, message_id: Option<&Value>) -> Bytes {
+    let mut buf = ByteBuf::with_capacity(64 + message.len());
+    header(&mut buf, ERROR, message_id);
+    let Ok(_) = enc::write_map_len(&mut buf, 3);
+    str_field(&mut buf, "code", code.as_str());
+    str_field(&mut buf, "message", message);
+    opt_field(&mut buf, "messageType", message_type, |b, v| {
+        let Ok(_) = enc::write_uint(b, v.into());
+    });
+    Bytes::from(buf.into_vec())
+}
+
+/// A client's HEARTBEAT (30) exactly as seed 004's mobile client sends it:
+/// `[0, 30, userId, 0, {type: "heartbeat", timestamp}]`. For the examples, tests and the
+/// load tool.
+pub fn heartbeat_frame(user_id: &str) -> Bytes {
+    let mut buf = ByteBuf::with_capacity(48);
+    let Ok(_) = enc::write_array_len(&mut buf, 5);
+    let Ok(_) = enc::write_uint(&mut buf, 0);
+    let Ok(_) = enc::write_uint(&mut buf, HEARTBEAT.into());
+    let Ok(_) = enc::write_str(&mut buf, user_id);
+    let Ok(_) = enc::write_uint(&mut buf, 0);
+    let Ok(_) = enc::write_map_len(&mut buf, 2);
+    str_field(&mut buf, "type", "heartbeat");
+    uint_field(&mut buf, "timestamp", unix_ms());
+    Bytes::from(buf.into_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        id::Id,
+        presence::{Cause, Status},
+        protocol::decode,
+    };
+
+    fn alice() -> UserPresence {
+        UserPresence {
+            user_id: Id::parse("alice").unwrap(),
+            status: Status::Online,
+            last_seen: Some(1_702_281_234_567),
+            device_id: Some("dev-1".into()),
+            version: 3,
+        }
+    }
+
+    fn read(bytes: &[u8]) -> Value {
+        rmpv::decode::read_value(&mut &bytes[..]).unwrap()
+    }
+
+    #[test]
+    fn update_payload_is_at_index_5() {
+        let update = PresenceUpdate { presence: alice(), cause: Cause::Connect, timestamp: 9 };
+        let v = read(&update_frame(&update, 77));
+        assert_eq!(v[1].as_u64(), Some(31));
+        assert_eq!(v[4].as_u64(), Some(77));
+        let p = &v[5];
+        assert_eq!(p["userId"].as_str(), Some("alice"));
+        assert_eq!(p["status"].as_str(), Some("online"));
+        assert_eq!(p["lastSeen"].as_u64(), Some(1_702_281_234_567));
+        assert_eq!(p["deviceId"].as_str(), Some("dev-1"));
+        assert_eq!(p["version"].as_u64(), Some(3));
+        assert_eq!(p["cause"].as_str(), Some("connect"));
+        assert_eq!(p["timestamp"].as_u64(), Some(9));
+    }
+
+    #[test]
+    fn snapshot_lists_users() {
+        let mut bob = alice();
+        bob.user_id = Id::parse("bob").unwrap();
+        bob.device_id = None;
+        let v = read(&snapshot_frame(&[alice(), bob], 5));
+        assert_eq!(v[1].as_u64(), Some(32));
+        let users = v[5]["users"].as_array().unwrap();
+        assert_eq!(users.len(), 2);
+        assert_eq!(users[1]["userId"].as_str(), Some("bob"));
+        assert!(users[1]["deviceId"].is_nil());
+        assert_eq!(v[5]["count"].as_u64(), Some(2));
+    }
+
+    #[test]
+    fn error_echoes_type_and_message_id() {
+        let v = read(&error_frame(ErrorCode::SenderMismatch, "nope", Some(30), Some(&Value::from("m1"))));
+        assert_eq!(v[1].as_u64(), Some(33));
+        assert_eq!(v[4].as_str(), Some("m1"));
+        assert_eq!(v[5]["code"].as_str(), Some("sender_mismatch"));
+        assert_eq!(v[5]["messageType"].as_u64(), Some(30));
+    }
+
+    #[test]
+    fn heartbeat_frame_decodes_as_a_heartbeat() {
+        let frame = decode(&heartbeat_frame("42")).unwrap();
+        assert_eq!(frame.message_type, HEARTBEAT);
+        assert_eq!(frame.from, Some(Id::parse("42").unwrap()));
+    }
+}

@@ -1,0 +1,54 @@
+//! The wire protocol: VoicePing-compatible msgpack frames.
+//!
+//! A frame is a msgpack array `[channelType, messageType, fromId, toId, payload]` or, with
+//! a message id, `[channelType, messageType, fromId, toId, messageId, payload]`. Frames the
+//! router sends always carry the message id, so their payload sits at index 5.
+//! `docs/PROTOCOL.md` is the reference for clients.
+
+mod decode;
+mod encode;
+
+pub use decode::{DecodeError, Frame, decode};
+pub use encode::{ErrorCode, error_frame, heartbeat_frame, snapshot_frame, update_frame};
+
+/// How `toId` is read: a group or one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelType {
+    Group = 0,
+    Private = 1,
+}
+
+/// Message types. 0–27 are VoicePing's PTT types and keep their numbers; 30–32 come from
+/// the presence design (seed 004); 33 up are this router's own.
+pub mod message_type {
+    pub const UNKNOWN: u8 = 0;
+    pub const START: u8 = 1;
+    pub const STOP: u8 = 2;
+    pub const AUDIO: u8 = 3;
+    pub const START_ACK: u8 = 6;
+    pub const STOP_ACK: u8 = 7;
+    pub const START_FAILED: u8 = 8;
+    pub const TEXT: u8 = 17;
+    /// Last of VoicePing's numbers (UNAUTHORIZED_GROUP).
+    pub const VOICEPING_LAST: u8 = 27;
+    /// Mobile → router: keep my presence alive.
+    pub const HEARTBEAT: u8 = 30;
+    /// Router → clients: one user's presence changed.
+    pub const PRESENCE_UPDATE: u8 = 31;
+    /// Router → dashboards: everyone online, sent on connect and after a resync.
+    pub const PRESENCE_SNAPSHOT: u8 = 32;
+    /// Router → client: the frame named in the payload was refused.
+    pub const ERROR: u8 = 33;
+
+    /// A low-cardinality label for metrics.
+    pub fn label(message_type: u8) -> &'static str {
+        match message_type {
+            HEARTBEAT => "heartbeat",
+            PRESENCE_UPDATE => "presence_update",
+            PRESENCE_SNAPSHOT => "presence_snapshot",
+            ERROR => "error",
+            0..=VOICEPING_LAST => "ptt",
+            _ => "unknown",
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! WebSocket close codes the router sends. 1000–1015 are RFC 6455's; 4000–4999 are
+//! reserved for applications and listed in `docs/PROTOCOL.md`.
+
+/// Standard: the client's message exceeded `--max-frame-bytes`.
+pub const MESSAGE_TOO_BIG: u16 = 1009;
+/// Standard: the router is shutting down; reconnect (to another router) now.
+pub const SERVICE_RESTART: u16 = 1012;
+/// No heartbeat within the idle timeout (a little over the presence TTL).
+pub const HEARTBEAT_TIMEOUT: u16 = 4000;
+/// The client did not read its frames fast enough (dashboard ring overrun or write timeout).
+pub const SLOW_CONSUMER: u16 = 4008;
+/// The client kept sending past its frame rate limit.
+pub const RATE_LIMITED: u16 = 4029;

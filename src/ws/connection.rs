@@ -1,0 +1,269 @@
+//! One WebSocket connection: a single task that reads frames, writes replies and, for
+//! dashboards, forwards the hub's stream. Writes happen inline, so a connection never
+//! queues more than the hub's shared ring; a write that stalls past `--write-timeout-ms`
+//! ends the connection as a slow consumer.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::Bytes;
+use tokio::{
+    sync::{OwnedSemaphorePermit, broadcast::error::RecvError},
+    time::{Instant, sleep_until},
+};
+
+use super::{close, rate_limit::TokenBucket};
+use crate::{
+    app::App,
+    auth::{Claims, Role},
+    hub::{HubEvent, Subscription},
+    id::Id,
+    metrics,
+    presence::{Session, unix_ms},
+    protocol::{self, ErrorCode, Frame, message_type},
+};
+
+/// How a connection ended: with a close frame we send, or already gone.
+enum Exit {
+    Close(u16, &'static str),
+    Gone(&'static str),
+}
+
+pub struct Connection {
+    app: Arc<App>,
+    user: Id,
+    role: Role,
+    /// Mobile sessions only (and only while presence is enabled).
+    session: Option<Session>,
+    bucket: TokenBucket,
+    /// Frames dropped by the rate limit since the last one accepted.
+    dropped: u32,
+    /// When the store last saw a heartbeat from this session.
+    stored_at: Instant,
+    /// Dashboards: the sequence number their view includes.
+    seq: u64,
+}
+
+impl Connection {
+    pub fn new(app: Arc<App>, claims: Claims, device_id: Option<Arc<str>>) -> Self {
+        let session = (claims.role == Role::Mobile && app.presence_enabled)
+            .then(|| app.node.session(claims.sub.clone(), device_id));
+        let bucket = TokenBucket::new(app.limits.frame_rate, app.limits.frame_burst);
+        Connection {
+            app,
+            user: claims.sub,
+            role: claims.role,
+            session,
+            bucket,
+            dropped: 0,
+            stored_at: Instant::now(),
+            seq: 0,
+        }
+    }
+
+    pub async fn run(mut self, mut socket: WebSocket, _permit: OwnedSemaphorePermit) {
+        let role = self.role.as_str();
+        ::metrics::gauge!(metrics::CONNECTIONS, "role" => role).increment(1.0);
+        tracing::debug!(session = ?self.session.as_ref().map(|s| &s.id), "connected");
+
+        let exit = self.serve(&mut socket).await;
+        let reason = match exit {
+            Exit::Close(code, reason) => {
+                let frame = CloseFrame { code, reason: reason.into() };
+                let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+                reason
+            }
+            Exit::Gone(reason) => reason,
+        };
+        drop(socket);
+        if let Some(session) = &self.session {
+            // Presence errors are counted by the node; the lease will lapse on its own.
+            let _ = self.app.node.disconnect(session).await;
+        }
+        ::metrics::counter!(metrics::DISCONNECTS, "reason" => reason).increment(1);
+        ::metrics::gauge!(metrics::CONNECTIONS, "role" => role).decrement(1.0);
+        tracing::debug!(reason, "disconnected");
+    }
+
+    async fn serve(&mut self, socket: &mut WebSocket) -> Exit {
+        if let Some(session) = &self.session
+            && self.app.node.connect(session).await.is_err()
+        {
+            // The socket stays up; the next heartbeat registers the session again.
+            let frame = protocol::error_frame(ErrorCode::PresenceUnavailable, "presence store unavailable", None, None);
+            if let Some(exit) = self.write(socket, frame).await {
+                return exit;
+            }
+        }
+        let mut subscription = None;
+        if self.role.watches_presence() {
+            let Subscription { snapshot, seq, events } = self.app.node.hub().subscribe();
+            self.seq = seq;
+            if let Some(exit) = self.write(socket, protocol::snapshot_frame(&snapshot, seq)).await {
+                return exit;
+            }
+            subscription = Some(events);
+        }
+        let idle = sleep_until(Instant::now() + self.app.limits.idle_timeout);
+        tokio::pin!(idle);
+        let shutdown = self.app.shutdown.clone();
+
+        loop {
+            let event = async {
+                match subscription.as_mut() {
+                    Some(events) => events.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let exit = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Some(Exit::Close(close::SERVICE_RESTART, "router restarting")),
+                _ = &mut idle, if self.session.is_some() => Some(Exit::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout")),
+                message = socket.recv() => match message {
+                    None | Some(Ok(Message::Close(_))) => Some(Exit::Gone("closed")),
+                    Some(Err(e)) => Some(read_error(e)),
+                    Some(Ok(Message::Binary(bytes))) => {
+                        let exit = self.on_binary(socket, &bytes).await;
+                        if matches!(exit, Ok(true)) {
+                            idle.as_mut().reset(Instant::now() + self.app.limits.idle_timeout);
+                        }
+                        exit.err()
+                    }
+                    Some(Ok(Message::Text(_))) => {
+                        ::metrics::counter!(metrics::FRAME_ERRORS, "reason" => "text").increment(1);
+                        let frame = protocol::error_frame(ErrorCode::TextNotSupported, "frames are binary msgpack", None, None);
+                        self.write(socket, frame).await
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                },
+                event = event => self.on_event(socket, event).await,
+            };
+            if let Some(exit) = exit {
+                return exit;
+            }
+        }
+    }
+
+    /// Handles one binary message; `Ok(true)` when it was a heartbeat that counts as life.
+    async fn on_binary(&mut self, socket: &mut WebSocket, bytes: &Bytes) -> Result<bool, Exit> {
+        if !self.bucket.try_take() {
+            ::metrics::counter!(metrics::FRAME_ERRORS, "reason" => "rate_limited").increment(1);
+            self.dropped += 1;
+            if self.dropped > self.app.limits.frame_burst {
+                return Err(Exit::Close(close::RATE_LIMITED, "rate limit exceeded"));
+            }
+            return Ok(false);
+        }
+        self.dropped = 0;
+        let frame = match protocol::decode(bytes) {
+            Ok(frame) => frame,
+            Err(e) => {
+                ::metrics::counter!(metrics::FRAME_ERRORS, "reason" => e.reason()).increment(1);
+                let reply = protocol::error_frame(ErrorCode::InvalidFrame, &e.to_string(), None, None);
+                return self.write(socket, reply).await.map_or(Ok(false), Err);
+            }
+        };
+        ::metrics::counter!(metrics::FRAMES_RECEIVED, "type" => message_type::label(frame.message_type)).increment(1);
+        if frame.from.as_ref() != Some(&self.user) {
+            return self.refuse(socket, &frame, ErrorCode::SenderMismatch, "fromId must be the token's subject").await;
+        }
+        match frame.message_type {
+            message_type::HEARTBEAT => self.on_heartbeat(socket, &frame).await,
+            _ => {
+                self.refuse(socket, &frame, ErrorCode::UnsupportedType, "this router does not handle that message type")
+                    .await
+            }
+        }
+    }
+
+    async fn on_heartbeat(&mut self, socket: &mut WebSocket, frame: &Frame) -> Result<bool, Exit> {
+        if self.role != Role::Mobile {
+            ::metrics::counter!(metrics::HEARTBEATS, "result" => "rejected").increment(1);
+            return self
+                .refuse(socket, frame, ErrorCode::HeartbeatNotAllowed, "web and dashboard sessions do not heartbeat")
+                .await;
+        }
+        let Some(session) = &self.session else {
+            ::metrics::counter!(metrics::HEARTBEATS, "result" => "ignored").increment(1);
+            return Ok(true);
+        };
+        let now = Instant::now();
+        if now - self.stored_at < self.app.limits.heartbeat_min_interval {
+            ::metrics::counter!(metrics::HEARTBEATS, "result" => "coalesced").increment(1);
+            return Ok(true);
+        }
+        match self.app.node.heartbeat(session).await {
+            Ok(()) => {
+                self.stored_at = now;
+                ::metrics::counter!(metrics::HEARTBEATS, "result" => "accepted").increment(1);
+                Ok(true)
+            }
+            Err(_) => {
+                ::metrics::counter!(metrics::HEARTBEATS, "result" => "failed").increment(1);
+                self.refuse(socket, frame, ErrorCode::PresenceUnavailable, "presence store unavailable")
+                    .await
+                    .map(|_| true)
+            }
+        }
+    }
+
+    /// Replies with an ERROR frame naming the refused frame; the connection stays open.
+    async fn refuse(
+        &mut self,
+        socket: &mut WebSocket,
+        frame: &Frame,
+        code: ErrorCode,
+        message: &str,
+    ) -> Result<bool, Exit> {
+        if code != ErrorCode::PresenceUnavailable {
+            ::metrics::counter!(metrics::FRAME_ERRORS, "reason" => code.as_str()).increment(1);
+        }
+        let reply = protocol::error_frame(code, message, Some(frame.message_type), frame.message_id.as_ref());
+        self.write(socket, reply).await.map_or(Ok(false), Err)
+    }
+
+    async fn on_event(&mut self, socket: &mut WebSocket, event: Result<HubEvent, RecvError>) -> Option<Exit> {
+        match event {
+            Ok(HubEvent::Update { seq, frame, timestamp }) => {
+                if seq <= self.seq {
+                    return None;
+                }
+                self.seq = seq;
+                let exit = self.write(socket, frame).await;
+                let latency_ms = unix_ms().saturating_sub(timestamp);
+                ::metrics::histogram!(metrics::UPDATE_LATENCY).record(latency_ms as f64 / 1000.0);
+                exit
+            }
+            Ok(HubEvent::Resync) => {
+                let (snapshot, seq) = self.app.node.hub().snapshot();
+                self.seq = seq;
+                self.write(socket, protocol::snapshot_frame(&snapshot, seq)).await
+            }
+            Err(RecvError::Lagged(missed)) => {
+                tracing::info!(missed, "dashboard fell behind the update ring");
+                Some(Exit::Close(close::SLOW_CONSUMER, "slow consumer"))
+            }
+            Err(RecvError::Closed) => Some(Exit::Close(close::SERVICE_RESTART, "router restarting")),
+        }
+    }
+
+    /// Writes one frame within the write timeout.
+    async fn write(&mut self, socket: &mut WebSocket, frame: Bytes) -> Option<Exit> {
+        match tokio::time::timeout(self.app.limits.write_timeout, socket.send(Message::Binary(frame))).await {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) => Some(Exit::Gone("write_failed")),
+            Err(_) => Some(Exit::Close(close::SLOW_CONSUMER, "write timeout")),
+        }
+    }
+}
+
+/// A read error: an oversized message gets 1009, anything else means the peer is gone.
+fn read_error(error: axum::Error) -> Exit {
+    match error.into_inner().downcast::<tungstenite::Error>().map(|e| *e) {
+        Ok(tungstenite::Error::Capacity(_)) => {
+            ::metrics::counter!(metrics::FRAME_ERRORS, "reason" => "too_big").increment(1);
+            Exit::Close(close::MESSAGE_TOO_BIG, "message too big")
+        }
+        _ => Exit::Gone("read_failed"),
+    }
+}

@@ -1,0 +1,94 @@
+//! WebSocket endpoint: the handshake (auth, limits) and one task per connection.
+
+pub mod close;
+mod connection;
+mod rate_limit;
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{State, WebSocketUpgrade, ws::rejection::WebSocketUpgradeRejection},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
+use tracing::Instrument;
+
+use crate::{app::App, auth::Credentials, http::ApiError, id::Id, metrics};
+
+use connection::Connection;
+
+/// Small socket buffers keep idle connections cheap; presence frames are tiny and
+/// tungstenite grows the read buffer for larger messages up to `--max-frame-bytes`.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// `GET /` (and `/ws`): authenticate, then upgrade.
+pub async fn upgrade(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return reject(
+                "not_websocket",
+                ApiError::new(StatusCode::UPGRADE_REQUIRED, "websocket_required", rejection.body_text()),
+            );
+        }
+    };
+    let credentials = Credentials::from_headers(&headers);
+    let Some(token) = credentials.token.as_deref() else {
+        return reject(
+            "missing_token",
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_token",
+                "a JWT is required in the `token` header or Sec-WebSocket-Protocol",
+            ),
+        );
+    };
+    let claims = match app.auth.verify(token) {
+        Ok(claims) => claims,
+        Err(e) => return reject(e.code(), ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())),
+    };
+    let device_id = match credentials.device_id.as_deref().map(Id::parse).transpose() {
+        Ok(id) => id.map(|id| Arc::<str>::from(id.as_str())),
+        Err(e) => {
+            return reject(
+                "invalid_device_id",
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_device_id", format!("device_id: {e}")),
+            );
+        }
+    };
+    if app.shutdown.is_cancelled() {
+        return reject(
+            "shutting_down",
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "router is restarting"),
+        );
+    }
+    let Ok(permit) = app.connections.clone().try_acquire_owned() else {
+        return reject(
+            "too_many_connections",
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_connections", "connection limit reached"),
+        );
+    };
+
+    let mut ws = ws
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_write_buffer_size(app.limits.max_frame_bytes.max(1 << 20) * 4)
+        .max_message_size(app.limits.max_frame_bytes)
+        .max_frame_size(app.limits.max_frame_bytes);
+    if let Some(protocol) = credentials.protocol {
+        ws = ws.protocols([protocol]);
+    }
+    let span = tracing::info_span!("conn", user = %claims.sub, role = claims.role.as_str());
+    let connection = Connection::new(app.clone(), claims, device_id);
+    let tracker = app.tracker.clone();
+    ws.on_upgrade(move |socket| tracker.track_future(connection.run(socket, permit).instrument(span)))
+}
+
+fn reject(reason: &'static str, error: ApiError) -> Response {
+    ::metrics::counter!(metrics::HANDSHAKE_REJECTIONS, "reason" => reason).increment(1);
+    error.into_response()
+}
