@@ -75,6 +75,12 @@ pub struct Config {
     #[arg(long, env = "WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,
 
+    /// SO_SNDBUF for client sockets in bytes (default: kernel autotuning, up to 4 MiB on
+    /// Linux). A smaller value bounds kernel memory per slow client and makes a stalled
+    /// reader show up as a stalled write sooner.
+    #[arg(long, env = "TCP_SEND_BUFFER")]
+    pub tcp_send_buffer: Option<u32>,
+
     /// How often expired leases are swept.
     #[arg(long, env = "SWEEP_INTERVAL_MS", default_value_t = 250)]
     pub sweep_interval_ms: u64,

@@ -35,9 +35,23 @@ pub mod ws;
 
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::app::App;
+
+/// Binds the listening socket. Accepted sockets inherit its buffer sizes, which is how
+/// `--tcp-send-buffer` reaches every client socket.
+pub fn bind(config: &config::Config) -> std::io::Result<TcpListener> {
+    let addr = std::net::SocketAddr::new(config.host, config.port);
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    if let Some(bytes) = config.tcp_send_buffer {
+        socket.set_send_buffer_size(bytes)?;
+    }
+    socket.bind(addr)?;
+    // A deep backlog absorbs reconnect storms after a router restart.
+    socket.listen(4096)
+}
 
 /// Serves until `app.shutdown` is cancelled, then closes every WebSocket with 1012 and
 /// waits for the connection and background tasks to finish.

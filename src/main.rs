@@ -2,7 +2,6 @@
 
 use clap::Parser;
 use presence_router::{app::App, config::Config};
-use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -15,7 +14,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let metrics = presence_router::metrics::install()?;
     let app = App::start(&config, Some(metrics)).await?;
-    let listener = TcpListener::bind((config.host, config.port)).await?;
+    let listener = presence_router::bind(&config)?;
     // One line on stdout, so scripts and tests learn the port when it was 0.
     println!("listening on {}", listener.local_addr()?);
 

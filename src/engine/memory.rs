@@ -230,7 +230,7 @@ mod tests {
         assert!(store.connect(&phone).await.unwrap().is_some());
         assert_eq!(store.connect(&tablet).await.unwrap(), None, "second device is no transition");
         assert_eq!(store.disconnect(&phone).await.unwrap(), None, "old socket's close keeps the user online");
-        let only = store.lookup(&[phone.user.clone()]).await.unwrap();
+        let only = store.lookup(std::slice::from_ref(&phone.user)).await.unwrap();
         assert_eq!((only[0].status, only[0].device_id.as_deref()), (Status::Online, Some("d2")));
         let off = store.disconnect(&tablet).await.unwrap().expect("last session");
         assert_eq!((off.presence.status, off.cause), (Status::Offline, Cause::Disconnect));

@@ -1,0 +1,230 @@
+//! Test harness: real router binaries on free ports, real WebSocket clients, raw HTTP.
+//!
+//! Every wait here is bounded and waits for an event (a line, a frame, a close), never a
+//! fixed sleep.
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, process::Stdio, time::Duration};
+
+use futures_util::{SinkExt, StreamExt};
+use presence_router::auth::{Role, mint_hs256};
+use rmpv::Value;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{TcpSocket, TcpStream},
+    process::{Child, Command},
+};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, client::IntoClientRequest, protocol::frame::coding::CloseCode},
+};
+
+pub const SECRET: &str = "integration-secret";
+/// How long any single expected event may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub fn token(user: &str, role: Role) -> String {
+    mint_hs256(SECRET.as_bytes(), user, role, 3600).unwrap()
+}
+
+/// A router process; killed when dropped.
+pub struct Router {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Router {
+    /// Starts the binary on 127.0.0.1:0 with `extra` flags and waits for its listen line.
+    pub async fn start(extra: &[&str]) -> Router {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_presence-router"))
+            .args(["--host", "127.0.0.1", "--port", "0", "--jwt-secret", SECRET])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("router binary starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(WAIT, lines.next_line()).await.expect("router prints its address in time");
+        let line = line.unwrap().expect("router printed a line");
+        let addr = line.strip_prefix("listening on ").expect("listen line").parse().unwrap();
+        Router { addr, child }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().expect("running") as i32
+    }
+
+    pub async fn mobile(&self, user: &str, device: &str) -> Client {
+        Client::connect(self.addr, &token(user, Role::Mobile), Some(device)).await
+    }
+
+    /// A dashboard, with its first frame (the snapshot) already read.
+    pub async fn dashboard(&self, user: &str) -> (Client, Value) {
+        let mut client = Client::connect(self.addr, &token(user, Role::Dashboard), None).await;
+        let snapshot = client.next_frame().await;
+        assert_eq!(snapshot[1].as_u64(), Some(32), "dashboards get PRESENCE_SNAPSHOT first");
+        (client, snapshot)
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let mut stream = TcpStream::connect(self.addr).await.unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(WAIT, stream.read_to_string(&mut out)).await.expect("metrics in time").unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        out
+    }
+
+    pub async fn post_status(&self, body: &str) -> (u16, serde_json::Value) {
+        let auth = format!("Bearer {}", token("api", Role::Mobile));
+        http(
+            self.addr,
+            "POST",
+            "/api/presence/status",
+            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            body,
+        )
+        .await
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct Client {
+    pub ws: Ws,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, token: &str, device: Option<&str>) -> Client {
+        let mut request = format!("ws://{addr}/").into_client_request().unwrap();
+        request.headers_mut().insert("token", token.parse().unwrap());
+        if let Some(device) = device {
+            request.headers_mut().insert("device_id", device.parse().unwrap());
+        }
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("handshake in time")
+            .expect("handshake accepted");
+        Client { ws }
+    }
+
+    /// Connects over a TCP socket with a tiny receive buffer, for slow-reader tests.
+    pub async fn connect_small_buffer(addr: SocketAddr, token: &str) -> Client {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let mut request = format!("ws://{addr}/").into_client_request().unwrap();
+        request.headers_mut().insert("token", token.parse().unwrap());
+        let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)).await.unwrap();
+        Client { ws }
+    }
+
+    pub async fn send(&mut self, bytes: impl Into<bytes::Bytes>) {
+        self.ws.send(Message::Binary(bytes.into())).await.expect("send");
+    }
+
+    /// Sends; false once the router has closed the connection.
+    pub async fn try_send(&mut self, bytes: impl Into<bytes::Bytes>) -> bool {
+        self.ws.send(Message::Binary(bytes.into())).await.is_ok()
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    pub async fn send_value(&mut self, value: Value) {
+        let mut bytes = Vec::new();
+        rmpv::encode::write_value(&mut bytes, &value).unwrap();
+        self.send(bytes).await;
+    }
+
+    pub async fn heartbeat(&mut self, user: &str) {
+        self.send(presence_router::protocol::heartbeat_frame(user)).await;
+    }
+
+    /// The next binary frame, decoded; fails on close or timeout.
+    pub async fn next_frame(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next()).await.expect("a frame in time");
+            match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    return rmpv::decode::read_value(&mut &b[..]).expect("router frames are msgpack");
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a binary frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next PRESENCE_UPDATE's payload.
+    pub async fn next_update(&mut self) -> Value {
+        let frame = self.next_frame().await;
+        assert_eq!(frame[1].as_u64(), Some(31), "expected PRESENCE_UPDATE, got {frame}");
+        frame[5].clone()
+    }
+
+    /// The next ERROR frame's payload.
+    pub async fn next_error(&mut self) -> Value {
+        let frame = self.next_frame().await;
+        assert_eq!(frame[1].as_u64(), Some(33), "expected ERROR, got {frame}");
+        frame[5].clone()
+    }
+
+    /// Reads until the router closes; returns the close code (None: closed without one).
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("close in time") {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        self.ws
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            }))
+            .await
+            .ok();
+        // Wait for the router's echo so the close is processed before the test goes on.
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.ws.next()).await {}
+    }
+}
+
+/// Asserts an update's user and status; returns the payload.
+pub fn assert_update(update: &Value, user: &str, status: &str) {
+    assert_eq!(update["userId"].as_str(), Some(user), "update {update}");
+    assert_eq!(update["status"].as_str(), Some(status), "update {update}");
+}
+
+/// A minimal HTTP/1.1 client: one request per connection, JSON body back.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await.expect("response in time").unwrap();
+    let text = String::from_utf8(response).expect("utf-8 response");
+    let status = text[9..12].parse().expect("status code");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}

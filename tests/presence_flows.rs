@@ -1,0 +1,180 @@
+//! The seed's flows against the real binary (embedded engine): online, offline by close,
+//! by silence, several devices, snapshots, and the bulk API.
+
+mod common;
+
+use common::{Router, assert_update};
+
+#[tokio::test]
+async fn mobile_online_and_offline_reach_the_dashboard() {
+    let router = Router::start(&[]).await;
+    let (mut dashboard, snapshot) = router.dashboard("dispatcher").await;
+    assert_eq!(snapshot[5]["users"].as_array().unwrap().len(), 0);
+
+    let mobile = router.mobile("driver-1", "phone-1").await;
+    let online = dashboard.next_update().await;
+    assert_update(&online, "driver-1", "online");
+    assert_eq!(online["deviceId"].as_str(), Some("phone-1"));
+    assert_eq!(online["cause"].as_str(), Some("connect"));
+    assert!(online["lastSeen"].as_u64().is_some());
+
+    mobile.close().await;
+    let offline = dashboard.next_update().await;
+    assert_update(&offline, "driver-1", "offline");
+    assert_eq!(offline["cause"].as_str(), Some("disconnect"));
+    assert!(offline["version"].as_u64() > online["version"].as_u64());
+}
+
+#[tokio::test]
+async fn killed_app_without_close_frame_goes_offline_at_once() {
+    let router = Router::start(&[]).await;
+    let (mut dashboard, _) = router.dashboard("dispatcher").await;
+    let mobile = router.mobile("driver-1", "phone-1").await;
+    assert_update(&dashboard.next_update().await, "driver-1", "online");
+
+    drop(mobile); // TCP FIN, no WebSocket close frame
+    let offline = dashboard.next_update().await;
+    assert_update(&offline, "driver-1", "offline");
+    assert_eq!(offline["cause"].as_str(), Some("disconnect"));
+}
+
+#[tokio::test]
+async fn silent_mobile_goes_offline_once_after_the_ttl() {
+    let router = Router::start(&["--presence-ttl", "1"]).await;
+    let (mut dashboard, _) = router.dashboard("dispatcher").await;
+    // Connected and never heard from again: the socket stays open, nothing is sent.
+    let mut silent = router.mobile("silent", "phone-1").await;
+    assert_update(&dashboard.next_update().await, "silent", "online");
+
+    let offline = dashboard.next_update().await;
+    assert_update(&offline, "silent", "offline");
+    assert_eq!(offline["cause"].as_str(), Some("expired"));
+
+    // Exactly one offline: the next update the dashboard sees is a later, unrelated one.
+    let _marker = router.mobile("marker", "phone-2").await;
+    assert_update(&dashboard.next_update().await, "marker", "online");
+
+    // The zombie socket itself is closed with the heartbeat-timeout code.
+    assert_eq!(silent.close_code().await, Some(4000));
+}
+
+#[tokio::test]
+async fn heartbeats_keep_a_mobile_online_past_the_ttl() {
+    let router = Router::start(&["--presence-ttl", "1", "--heartbeat-min-interval-ms", "0"]).await;
+    let (mut dashboard, _) = router.dashboard("dispatcher").await;
+    let mut mobile = router.mobile("talker", "phone-1").await;
+    assert_update(&dashboard.next_update().await, "talker", "online");
+
+    // A silent user beside it marks time: by its expiry, more than a TTL has passed.
+    let _silent = router.mobile("silent", "phone-2").await;
+    assert_update(&dashboard.next_update().await, "silent", "online");
+    let mut ticks = tokio::time::interval(std::time::Duration::from_millis(200));
+    let offline = loop {
+        tokio::select! {
+            _ = ticks.tick() => mobile.heartbeat("talker").await,
+            update = dashboard.next_update() => break update,
+        }
+    };
+    assert_update(&offline, "silent", "offline");
+    let (status, body) = router.post_status(r#"{"userIds": ["talker"]}"#).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["users"][0]["status"], "online", "heartbeats renewed the lease");
+}
+
+#[tokio::test]
+async fn second_device_keeps_the_user_online() {
+    let router = Router::start(&[]).await;
+    let (mut dashboard, _) = router.dashboard("dispatcher").await;
+    let phone = router.mobile("guard", "phone").await;
+    assert_update(&dashboard.next_update().await, "guard", "online");
+    let tablet = router.mobile("guard", "tablet").await;
+
+    phone.close().await;
+    let _marker = router.mobile("marker", "m").await;
+    assert_update(&dashboard.next_update().await, "marker", "online");
+
+    tablet.close().await;
+    assert_update(&dashboard.next_update().await, "guard", "offline");
+}
+
+#[tokio::test]
+async fn snapshot_holds_everyone_online() {
+    let router = Router::start(&[]).await;
+    let (mut watcher, _) = router.dashboard("watcher").await;
+    let _a = router.mobile("a", "da").await;
+    let _b = router.mobile(&"b".repeat(128), "db").await;
+    let c = router.mobile("c", "dc").await;
+    for _ in 0..3 {
+        watcher.next_update().await;
+    }
+    c.close().await;
+    assert_update(&watcher.next_update().await, "c", "offline");
+
+    let (_late, snapshot) = router.dashboard("late").await;
+    let mut users: Vec<&str> =
+        snapshot[5]["users"].as_array().unwrap().iter().map(|u| u["userId"].as_str().unwrap()).collect();
+    users.sort();
+    assert_eq!(users, ["a", "b".repeat(128).as_str()]);
+    assert_eq!(snapshot[5]["count"].as_u64(), Some(2));
+    let a = snapshot[5]["users"].as_array().unwrap().iter().find(|u| u["userId"].as_str() == Some("a")).unwrap();
+    assert_eq!((a["status"].as_str(), a["deviceId"].as_str()), (Some("online"), Some("da")));
+}
+
+#[tokio::test]
+async fn bulk_status_has_the_seed_shape() {
+    let router = Router::start(&[]).await;
+    let (mut dashboard, _) = router.dashboard("d").await;
+    let _online = router.mobile("user123", "device-abc-123").await;
+    let gone = router.mobile("user456", "device-xyz-456").await;
+    dashboard.next_update().await;
+    dashboard.next_update().await;
+    gone.close().await;
+    assert_update(&dashboard.next_update().await, "user456", "offline");
+
+    let (status, body) = router.post_status(r#"{"userIds": ["user123", "user456", 789]}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["success"], true);
+    assert!(body["timestamp"].as_u64().is_some());
+    let users = body["users"].as_array().unwrap();
+    assert_eq!(users.len(), 3);
+    for user in users {
+        let mut keys: Vec<&str> = user.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["deviceId", "lastSeen", "status", "userId"]);
+    }
+    assert_eq!(
+        (&users[0]["userId"], &users[0]["status"], &users[0]["deviceId"]),
+        (&"user123".into(), &"online".into(), &"device-abc-123".into())
+    );
+    assert_eq!((&users[1]["status"], &users[1]["deviceId"]), (&"offline".into(), &"device-xyz-456".into()));
+    assert!(users[1]["lastSeen"].as_u64().is_some());
+    assert_eq!(
+        (&users[2]["userId"], &users[2]["status"], &users[2]["lastSeen"]),
+        (&"789".into(), &"offline".into(), &serde_json::Value::Null)
+    );
+}
+
+#[tokio::test]
+async fn health_and_metrics_report_the_router() {
+    let router = Router::start(&[]).await;
+    let (mut dashboard, _) = router.dashboard("d").await;
+    let _m = router.mobile("m1", "p1").await;
+    dashboard.next_update().await;
+
+    let (status, health) = common::http(router.addr, "GET", "/healthz", &[], "").await;
+    assert_eq!(status, 200);
+    assert_eq!((health["status"].as_str(), health["engine"].as_str()), (Some("ok"), Some("memory")));
+    assert_eq!((health["onlineUsers"].as_u64(), health["connections"].as_u64()), (Some(1), Some(2)));
+
+    router.post_status(r#"{"userIds": ["m1"]}"#).await;
+    let text = router.metrics().await;
+    for expected in [
+        "presence_online_users 1",
+        "presence_connections{role=\"mobile\"} 1",
+        "presence_transitions_total{cause=\"connect\"} 1",
+        "presence_api_requests_total{route=\"/api/presence/status\",status=\"200\"} 1",
+        "# TYPE presence_update_latency_seconds histogram",
+    ] {
+        assert!(text.contains(expected), "metrics lack `{expected}`:\n{text}");
+    }
+}
