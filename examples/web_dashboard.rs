@@ -59,7 +59,11 @@ async fn main() -> anyhow::Result<()> {
             }
             Some(PRESENCE_UPDATE) => {
                 let (user, status) = (text(&payload["userId"]), text(&payload["status"]));
-                println!("update: {user} is {status} (cause {}, version {})", text(&payload["cause"]), payload["version"]);
+                println!(
+                    "update: {user} is {status} (cause {}, version {})",
+                    text(&payload["cause"]),
+                    payload["version"]
+                );
                 if status == "offline" {
                     online.remove(&user);
                 } else {

@@ -5,15 +5,18 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 use anyhow::Context;
 use jsonwebtoken::Algorithm;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     auth::Authenticator,
     config::Config,
-    engine::{Engine, MemoryBroker, MemoryPresence},
+    engine::{
+        Engine, MemoryBroker, MemoryPresence,
+        redis::{RedisBroker, RedisConfig, RedisPresence, spawn_subscriber},
+    },
     hub::Hub,
-    node::Node,
+    node::{Node, Timing},
 };
 
 /// Per-connection limits, from the config.
@@ -26,6 +29,7 @@ pub struct Limits {
     pub heartbeat_min_interval: Duration,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
+    pub shutdown_grace: Duration,
 }
 
 pub struct App {
@@ -46,16 +50,42 @@ impl App {
     /// Builds the engine the config names, starts the node, and returns the shared state.
     pub async fn start(config: &Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<Arc<App>> {
         let hub = Arc::new(Hub::new(config.dashboard_queue));
+        let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
+        let sweep_now = Arc::new(Notify::new());
         let engine = match &config.redis_host {
             None => Engine {
                 name: "memory",
                 store: Arc::new(MemoryPresence::new(config.ttl())),
                 broker: Arc::new(MemoryBroker::new(hub.clone())),
             },
-            Some(host) => anyhow::bail!("REDIS_HOST={host}: the Redis engine is not available in this build"),
+            Some(host) => {
+                let redis = RedisConfig {
+                    host: host.clone(),
+                    port: config.redis_port,
+                    password: config.redis_password.clone(),
+                    prefix: config.redis_prefix.clone(),
+                };
+                let store = RedisPresence::connect(&redis, config.ttl())
+                    .await
+                    .with_context(|| format!("connecting to Redis at {host}:{}", config.redis_port))?;
+                let broker = RedisBroker::new(store.connection(), redis.prefix.clone());
+                spawn_subscriber(
+                    redis.client()?,
+                    redis.prefix,
+                    hub.clone(),
+                    sweep_now.clone(),
+                    shutdown.clone(),
+                    &tracker,
+                );
+                Engine { name: "redis", store: Arc::new(store), broker: Arc::new(broker) }
+            }
         };
-        let node = Arc::new(Node::new(engine, hub, Duration::from_millis(config.sweep_interval_ms)));
-        let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
+        let timing = Timing {
+            sweep_interval: Duration::from_millis(config.sweep_interval_ms),
+            recovery_grace: Duration::from_millis(config.recovery_grace_ms),
+            probe_interval: Duration::from_secs(1),
+        };
+        let node = Arc::new(Node::new(engine, hub, timing, sweep_now));
         node.start(shutdown.clone(), &tracker).await.context("starting the presence engine")?;
         tracing::info!(
             engine = node.engine_name(),
@@ -75,6 +105,7 @@ impl App {
                 heartbeat_min_interval: config.heartbeat_min_interval(),
                 idle_timeout: config.idle_timeout(),
                 write_timeout: Duration::from_millis(config.write_timeout_ms),
+                shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
             },
             presence_enabled: config.presence_enabled,
             connections: Arc::new(Semaphore::new(config.max_connections)),

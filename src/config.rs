@@ -34,6 +34,20 @@ pub struct Config {
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
 
+    /// Prefix of every Redis key and Pub/Sub channel.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "presence:")]
+    pub redis_prefix: String,
+
+    /// On shutdown, sessions stay online this long so clients can reconnect to another
+    /// router without flashing offline; those that do not come back go offline after it.
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 15_000)]
+    pub shutdown_grace_ms: u64,
+
+    /// After Redis comes back, sweeping waits this long so every router can re-assert
+    /// its sessions before lapsed leases are announced offline.
+    #[arg(long, env = "RECOVERY_GRACE_MS", default_value_t = 3_000)]
+    pub recovery_grace_ms: u64,
+
     /// HS256 secret that signs client tokens.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true, required_unless_present = "jwt_public_key")]
     pub jwt_secret: Option<String>,

@@ -11,17 +11,17 @@
 //! snapshot costs no store round trip.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Mutex, MutexGuard},
 };
 
 use bytes::Bytes;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 
 use crate::{
     id::Id,
     metrics,
-    presence::{PresenceUpdate, Status, UserPresence},
+    presence::{PresenceUpdate, Snapshot, Status, UserPresence},
     protocol,
 };
 
@@ -37,6 +37,7 @@ pub enum HubEvent {
 pub struct Hub {
     view: Mutex<View>,
     events: broadcast::Sender<HubEvent>,
+    resync: Notify,
 }
 
 #[derive(Default)]
@@ -63,7 +64,7 @@ pub struct Subscription {
 impl Hub {
     /// `capacity` is how many changes a dashboard may fall behind before it is dropped.
     pub fn new(capacity: usize) -> Self {
-        Hub { view: Mutex::new(View::default()), events: broadcast::channel(capacity.max(1)).0 }
+        Hub { view: Mutex::new(View::default()), events: broadcast::channel(capacity.max(1)).0, resync: Notify::new() }
     }
 
     /// No code under the lock can panic; recover the guard rather than propagate one.
@@ -108,21 +109,44 @@ impl Hub {
         Subscription { snapshot: view.online_users(), seq: view.seq, events }
     }
 
-    /// Replaces the view with the store's list of online users (start-up, and after the
-    /// broker lost messages) and tells every dashboard to take a fresh snapshot. Known
-    /// users missing from `online` are offline now.
-    pub fn reset(&self, online: Vec<UserPresence>) {
+    /// Rebuilds the view from the store's snapshot (start-up, and after the broker may have
+    /// lost messages) and tells every dashboard to take a fresh snapshot.
+    ///
+    /// Updates keep arriving while the snapshot is read, so nothing newer than it is
+    /// undone: a user in the snapshot takes the higher version of the two; a user missing
+    /// from it is offline unless the view holds a change decided at or after the
+    /// snapshot's watermark.
+    pub fn reset(&self, snapshot: Snapshot) {
         let mut view = self.view();
+        let listed: HashSet<Id> = snapshot.users.iter().map(|u| u.user_id.clone()).collect();
         for user in view.users.values_mut() {
-            user.status = Status::Offline;
+            if !listed.contains(&user.user_id) && user.version < snapshot.watermark {
+                user.status = Status::Offline;
+            }
         }
-        for user in online {
-            view.users.insert(user.user_id.clone(), user);
+        for user in snapshot.users {
+            match view.users.get(&user.user_id) {
+                Some(known) if known.version > user.version => {}
+                _ => {
+                    view.users.insert(user.user_id.clone(), user);
+                }
+            }
         }
         view.online = view.users.values().filter(|p| p.status != Status::Offline).count();
         view.seq += 1;
         ::metrics::gauge!(metrics::ONLINE_USERS).set(view.online as f64);
         let _ = self.events.send(HubEvent::Resync);
+    }
+
+    /// Asks the node to rebuild the view from the store: a broker calls this once its
+    /// subscription is (re)established, since messages sent meanwhile are lost.
+    pub fn request_resync(&self) {
+        self.resync.notify_one();
+    }
+
+    /// Resolves when a resync was requested.
+    pub async fn resync_requested(&self) {
+        self.resync.notified().await;
     }
 
     pub fn online_count(&self) -> usize {
@@ -179,11 +203,27 @@ mod tests {
         let hub = Hub::new(16);
         hub.apply(update("gone", Status::Online, 1));
         let mut sub = hub.subscribe();
-        hub.reset(vec![update("new", Status::Online, 5).presence]);
+        hub.reset(Snapshot { users: vec![update("new", Status::Online, 5).presence], watermark: 10 });
         assert!(matches!(sub.events.try_recv().unwrap(), HubEvent::Resync));
         let (users, _) = hub.snapshot();
         assert_eq!(users.iter().map(|u| u.user_id.as_str()).collect::<Vec<_>>(), ["new"]);
         assert!(!hub.apply(update("new", Status::Offline, 4)), "reset keeps versions");
+    }
+
+    #[test]
+    fn reset_never_undoes_a_newer_update() {
+        let hub = Hub::new(16);
+        // Applied while the snapshot (read at watermark 100) was on its way.
+        hub.apply(update("came", Status::Online, 105));
+        hub.apply(update("left", Status::Offline, 106));
+        hub.apply(update("old", Status::Online, 50));
+        let stale = vec![update("left", Status::Online, 90).presence];
+        hub.reset(Snapshot { users: stale, watermark: 100 });
+        let (users, _) = hub.snapshot();
+        let mut online: Vec<&str> = users.iter().map(|u| u.user_id.as_str()).collect();
+        online.sort();
+        assert_eq!(online, ["came"], "newer online kept, newer offline kept, unlisted old user offline");
+        assert_eq!(hub.online_count(), 1);
     }
 
     #[test]

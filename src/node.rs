@@ -1,18 +1,26 @@
 //! The node: one router's presence service, composing the engine with the local hub.
 //!
 //! Store calls decide transitions; the node publishes each one it is handed exactly
-//! once, counts it, and runs the sweeper that ends leases nobody renewed.
+//! once. It also keeps the registry of this router's live sessions, which is what lets it
+//! re-assert them when the store comes back after an outage (trap 8), and runs two
+//! background tasks: the sweeper that ends leases nobody renewed, and the maintainer that
+//! rebuilds presence after the broker lost messages or the store was unreachable.
 
 use std::{
+    collections::HashMap,
     hash::{BuildHasher, RandomState},
     sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use tokio::time::MissedTickBehavior;
+use futures_util::{StreamExt, stream};
+use tokio::{
+    sync::Notify,
+    time::{Instant, MissedTickBehavior},
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -23,18 +31,51 @@ use crate::{
     presence::{Cause, PresenceUpdate, Session, SessionId, UserPresence, unix_ms},
 };
 
+/// Store calls in flight at once while re-asserting sessions after an outage.
+const REASSERT_CONCURRENCY: usize = 64;
+
+/// How the node paces its background work.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// How often expired leases are swept.
+    pub sweep_interval: Duration,
+    /// After a resync, how long sweeping waits so every router can re-assert its sessions
+    /// before anyone's lapsed lease is announced offline.
+    pub recovery_grace: Duration,
+    /// How often a degraded node checks whether the store is back.
+    pub probe_interval: Duration,
+}
+
 pub struct Node {
     engine: Engine,
     hub: Arc<Hub>,
+    timing: Timing,
     router_id: String,
     next_session: AtomicU64,
-    sweep_interval: Duration,
+    /// This router's live sessions.
+    local: Mutex<HashMap<SessionId, Session>>,
+    /// Set when a store call fails; cleared by a successful resync.
+    degraded: AtomicBool,
+    /// No sweeping before this (see [`Timing::recovery_grace`]).
+    sweep_paused_until: Mutex<Option<Instant>>,
+    /// Wakes the sweeper early, e.g. on a Redis `expired` event.
+    sweep_now: Arc<Notify>,
 }
 
 impl Node {
-    pub fn new(engine: Engine, hub: Arc<Hub>, sweep_interval: Duration) -> Self {
+    pub fn new(engine: Engine, hub: Arc<Hub>, timing: Timing, sweep_now: Arc<Notify>) -> Self {
         let router_id = format!("{:012x}", RandomState::new().hash_one((std::process::id(), unix_ms())) >> 16);
-        Node { engine, hub, router_id, next_session: AtomicU64::new(1), sweep_interval }
+        Node {
+            engine,
+            hub,
+            timing,
+            router_id,
+            next_session: AtomicU64::new(1),
+            local: Mutex::new(HashMap::new()),
+            degraded: AtomicBool::new(false),
+            sweep_paused_until: Mutex::new(None),
+            sweep_now,
+        }
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -49,13 +90,25 @@ impl Node {
         &self.router_id
     }
 
+    /// True while the store is unreachable or presence has not been rebuilt since.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
     /// A new session id, unique across the cluster (router id + counter).
     pub fn session(&self, user: Id, device_id: Option<Arc<str>>) -> Session {
         let n = self.next_session.fetch_add(1, Ordering::Relaxed);
         Session { id: SessionId::new(&self.router_id, n), user, device_id }
     }
 
+    /// No code under these locks can panic; recover the guard rather than propagate one.
+    fn local(&self) -> MutexGuard<'_, HashMap<SessionId, Session>> {
+        self.local.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a session locally first: if the store is down it is re-asserted later.
     pub async fn connect(&self, session: &Session) -> Result<(), EngineError> {
+        self.local().insert(session.id.clone(), session.clone());
         let result = self.engine.store.connect(session).await;
         self.announce("connect", result).await
     }
@@ -66,17 +119,27 @@ impl Node {
     }
 
     pub async fn disconnect(&self, session: &Session) -> Result<(), EngineError> {
+        self.local().remove(&session.id);
         let result = self.engine.store.disconnect(session).await;
         self.announce("disconnect", result).await
     }
 
+    /// Leaves a session to lapse after `grace` instead of ending it (router shutdown).
+    pub async fn linger(&self, session: &Session, grace: Duration) -> Result<(), EngineError> {
+        self.local().remove(&session.id);
+        let result = self.engine.store.linger(session, grace).await;
+        self.announce("linger", result.map(|()| None)).await
+    }
+
     pub async fn lookup(&self, users: &[Id]) -> Result<Vec<UserPresence>, EngineError> {
-        self.engine.store.lookup(users).await.inspect_err(|_| count_error("lookup"))
+        let result = self.engine.store.lookup(users).await;
+        self.check("lookup", result)
     }
 
     /// Ends the leases that ran out and publishes the resulting offlines.
     pub async fn sweep(&self) -> Result<usize, EngineError> {
-        let updates = self.engine.store.expire_due().await.inspect_err(|_| count_error("expire"))?;
+        let result = self.engine.store.expire_due().await;
+        let updates = self.check("expire", result)?;
         let n = updates.len();
         for update in updates {
             self.publish(update).await;
@@ -84,22 +147,53 @@ impl Node {
         Ok(n)
     }
 
+    /// Re-asserts every local session, then rebuilds the hub from the store; dashboards
+    /// get a fresh snapshot. Clears the degraded state when it all succeeded.
+    pub async fn resync(&self) -> Result<(), EngineError> {
+        let result = self.engine.store.ping().await;
+        self.check("ping", result)?;
+        let sessions: Vec<Session> = self.local().values().cloned().collect();
+        let reasserted = sessions.len();
+        let failures = stream::iter(sessions)
+            .map(|session| async move { self.heartbeat(&session).await })
+            .buffer_unordered(REASSERT_CONCURRENCY)
+            .filter(|r| std::future::ready(r.is_err()))
+            .count()
+            .await;
+        if failures > 0 {
+            return Err(EngineError::Unavailable(format!("{failures} sessions could not be re-asserted")));
+        }
+        let result = self.engine.store.online().await;
+        let snapshot = self.check("snapshot", result)?;
+        let online = snapshot.users.len();
+        self.hub.reset(snapshot);
+        self.degraded.store(false, Ordering::Relaxed);
+        ::metrics::gauge!(metrics::ENGINE_UP).set(1.0);
+        tracing::info!(reasserted, online, "presence rebuilt from the store");
+        Ok(())
+    }
+
     async fn announce(
         &self,
         op: &'static str,
         result: Result<Option<PresenceUpdate>, EngineError>,
     ) -> Result<(), EngineError> {
-        match result {
-            Ok(Some(update)) => {
-                self.publish(update).await;
-                Ok(())
-            }
-            Ok(None) => Ok(()),
-            Err(e) => {
-                count_error(op);
-                Err(e)
+        if let Some(update) = self.check(op, result)? {
+            self.publish(update).await;
+        }
+        Ok(())
+    }
+
+    /// Counts a failed store call and marks the node degraded.
+    fn check<T>(&self, op: &'static str, result: Result<T, EngineError>) -> Result<T, EngineError> {
+        if let Err(e) = &result {
+            ::metrics::counter!(metrics::ENGINE_ERRORS, "op" => op).increment(1);
+            if !self.degraded.swap(true, Ordering::Relaxed) {
+                ::metrics::gauge!(metrics::ENGINE_UP).set(0.0);
+                tracing::warn!(error = %e, op, "presence store unreachable; degraded until it answers");
             }
         }
+        result
     }
 
     async fn publish(&self, update: PresenceUpdate) {
@@ -110,40 +204,63 @@ impl Node {
         tracing::debug!(user = %update.presence.user_id, status = update.presence.status.as_str(),
             version = update.presence.version, cause = update.cause.as_str(), "transition");
         // A lost publish is repaired by the resync that follows the broker's reconnect.
-        if let Err(e) = self.engine.broker.publish(&update).await {
-            count_error("publish");
-            tracing::warn!(error = %e, user = %update.presence.user_id, "publish failed");
-        }
+        let result = self.engine.broker.publish(&update).await;
+        let _ = self.check("publish", result);
     }
 
-    /// Seeds the hub from the store and starts the sweeper.
+    /// Builds the hub from the store and starts the sweeper and the maintainer.
     pub async fn start(
         self: &Arc<Self>,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<(), EngineError> {
-        self.hub.reset(self.engine.store.online().await?);
-        let node = Arc::clone(self);
-        tracker.spawn(async move {
-            let mut tick = tokio::time::interval(node.sweep_interval);
-            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tick.tick() => {
-                        if let Err(e) = node.sweep().await {
-                            tracing::warn!(error = %e, "sweep failed");
-                        }
+        self.resync().await?;
+        tracker.spawn(Arc::clone(self).sweeper(shutdown.clone()));
+        tracker.spawn(Arc::clone(self).maintainer(shutdown));
+        Ok(())
+    }
+
+    async fn sweeper(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.timing.sweep_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+                _ = self.sweep_now.notified() => {}
+            }
+            let paused = *self.sweep_paused_until.lock().unwrap_or_else(|e| e.into_inner());
+            if paused.is_some_and(|until| Instant::now() < until) {
+                continue;
+            }
+            if let Err(e) = self.sweep().await {
+                tracing::debug!(error = %e, "sweep failed");
+            }
+        }
+    }
+
+    /// Resyncs when the broker asks (it resubscribed) and, while degraded, whenever the
+    /// store answers again.
+    async fn maintainer(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut probe = tokio::time::interval(self.timing.probe_interval);
+        probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.hub.resync_requested() => {}
+                _ = probe.tick() => {
+                    if !self.is_degraded() {
+                        continue;
                     }
                 }
             }
-        });
-        Ok(())
+            *self.sweep_paused_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(Instant::now() + self.timing.recovery_grace);
+            if let Err(e) = self.resync().await {
+                tracing::debug!(error = %e, "resync failed; retrying");
+            }
+        }
     }
-}
-
-fn count_error(op: &'static str) {
-    ::metrics::counter!(metrics::ENGINE_ERRORS, "op" => op).increment(1);
 }
 
 #[cfg(test)]
@@ -161,7 +278,12 @@ mod tests {
             store: Arc::new(MemoryPresence::new(ttl)),
             broker: Arc::new(MemoryBroker::new(hub.clone())),
         };
-        Arc::new(Node::new(engine, hub, Duration::from_millis(250)))
+        let timing = Timing {
+            sweep_interval: Duration::from_millis(250),
+            recovery_grace: Duration::from_secs(2),
+            probe_interval: Duration::from_secs(1),
+        };
+        Arc::new(Node::new(engine, hub, timing, Arc::new(Notify::new())))
     }
 
     #[tokio::test(start_paused = true)]
@@ -184,8 +306,22 @@ mod tests {
         tokio::time::sleep(ttl).await;
         assert!(sub.events.try_recv().is_err(), "exactly one offline");
 
-        let (online, _) = node.hub().snapshot();
-        assert!(online.is_empty());
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_requested_resync_pushes_a_fresh_snapshot() {
+        let node = memory_node(Duration::from_secs(60));
+        let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
+        node.start(shutdown.clone(), &tracker).await.unwrap();
+        let session = node.session(Id::parse("u").unwrap(), None);
+        node.connect(&session).await.unwrap();
+        let mut sub = node.hub().subscribe();
+        node.hub().request_resync();
+        assert!(matches!(sub.events.recv().await.unwrap(), HubEvent::Resync));
+        assert_eq!(node.hub().online_count(), 1, "the re-asserted session is in the rebuilt view");
         shutdown.cancel();
         tracker.close();
         tracker.wait().await;

@@ -77,7 +77,7 @@ pub struct UserPresence {
     /// offline. `None` for a user never seen.
     pub last_seen: Option<u64>,
     pub device_id: Option<Arc<str>>,
-    /// Grows by one on every change of this user's presence, cluster-wide.
+    /// Grows on every change of this user's presence, cluster-wide; see [`next_version`].
     pub version: u64,
 }
 
@@ -120,6 +120,21 @@ pub struct PresenceUpdate {
     /// Unix milliseconds at which the transition was decided; update latency is
     /// measured from here.
     pub timestamp: u64,
+}
+
+/// Everyone online, and the store's clock when the read began: any transition decided
+/// after that has a version at or above `watermark` (see [`next_version`]).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub users: Vec<UserPresence>,
+    pub watermark: u64,
+}
+
+/// A user's next version: above the last one and at least the store's current Unix ms.
+/// Tying versions to the clock keeps them growing even when the store loses its data
+/// (a Redis restart without persistence), so routers never mistake new updates for stale.
+pub fn next_version(previous: u64, now_ms: u64) -> u64 {
+    (previous + 1).max(now_ms)
 }
 
 /// Wall-clock Unix milliseconds, for `lastSeen` and timestamps shown to people.

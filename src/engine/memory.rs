@@ -16,7 +16,7 @@ use super::{Broker, EngineError, PresenceStore};
 use crate::{
     hub::Hub,
     id::Id,
-    presence::{Cause, PresenceUpdate, Session, SessionId, Status, UserPresence, unix_ms},
+    presence::{Cause, PresenceUpdate, Session, SessionId, Snapshot, Status, UserPresence, next_version, unix_ms},
 };
 
 pub struct MemoryPresence {
@@ -54,8 +54,9 @@ impl UserRecord {
 
     /// Bumps the version and describes the transition to the record's current status.
     fn transition(&mut self, user: &Id, cause: Cause) -> PresenceUpdate {
-        self.version += 1;
-        PresenceUpdate { presence: self.presence(user), cause, timestamp: unix_ms() }
+        let now = unix_ms();
+        self.version = next_version(self.version, now);
+        PresenceUpdate { presence: self.presence(user), cause, timestamp: now }
     }
 }
 
@@ -136,9 +137,23 @@ impl PresenceStore for MemoryPresence {
         Ok(updates)
     }
 
-    async fn online(&self) -> Result<Vec<UserPresence>, EngineError> {
+    async fn linger(&self, session: &Session, grace: Duration) -> Result<(), EngineError> {
+        let mut state = self.state();
+        if let Some(&(_, deadline)) = state.leases.get(&session.id) {
+            state.lease(session, deadline.min(Instant::now() + grace));
+        }
+        Ok(())
+    }
+
+    async fn online(&self) -> Result<Snapshot, EngineError> {
         let state = self.state();
-        Ok(state.users.iter().filter(|(_, r)| !r.live.is_empty()).map(|(id, r)| r.presence(id)).collect())
+        let watermark = unix_ms();
+        let users = state.users.iter().filter(|(_, r)| !r.live.is_empty()).map(|(id, r)| r.presence(id)).collect();
+        Ok(Snapshot { users, watermark })
+    }
+
+    async fn ping(&self) -> Result<(), EngineError> {
+        Ok(())
     }
 
     async fn lookup(&self, users: &[Id]) -> Result<Vec<UserPresence>, EngineError> {
@@ -184,17 +199,16 @@ mod tests {
         let store = MemoryPresence::new(TTL);
         let s = session("u", 1);
         let online = store.connect(&s).await.unwrap().expect("first session is a transition");
-        assert_eq!((online.presence.status, online.presence.version), (Status::Online, 1));
+        assert_eq!(online.presence.status, Status::Online);
+        assert!(online.presence.version >= online.timestamp, "versions start at the clock");
 
         tokio::time::advance(TTL - Duration::from_millis(1)).await;
         assert!(store.expire_due().await.unwrap().is_empty());
         tokio::time::advance(Duration::from_millis(1)).await;
         let expired = store.expire_due().await.unwrap();
         assert_eq!(expired.len(), 1);
-        assert_eq!(
-            (expired[0].presence.status, expired[0].cause, expired[0].presence.version),
-            (Status::Offline, Cause::Expired, 2)
-        );
+        assert_eq!((expired[0].presence.status, expired[0].cause), (Status::Offline, Cause::Expired));
+        assert!(expired[0].presence.version > online.presence.version);
         assert!(store.expire_due().await.unwrap().is_empty(), "one offline per transition");
         assert_eq!(store.disconnect(&s).await.unwrap(), None, "closing an expired session changes nothing");
     }
@@ -209,7 +223,7 @@ mod tests {
             assert_eq!(store.heartbeat(&s).await.unwrap(), None);
             assert!(store.expire_due().await.unwrap().is_empty());
         }
-        assert_eq!(store.online().await.unwrap().len(), 1);
+        assert_eq!(store.online().await.unwrap().users.len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -218,9 +232,10 @@ mod tests {
         let s = session("u", 1);
         store.connect(&s).await.unwrap();
         tokio::time::advance(TTL).await;
-        store.expire_due().await.unwrap();
+        let offline = store.expire_due().await.unwrap().remove(0);
         let back = store.heartbeat(&s).await.unwrap().expect("re-registered");
-        assert_eq!((back.presence.status, back.presence.version), (Status::Online, 3));
+        assert_eq!(back.presence.status, Status::Online);
+        assert!(back.presence.version > offline.presence.version);
     }
 
     #[tokio::test(start_paused = true)]
@@ -245,7 +260,22 @@ mod tests {
         store.connect(&live).await.unwrap();
         tokio::time::advance(Duration::from_secs(30)).await;
         assert!(store.expire_due().await.unwrap().is_empty());
-        assert_eq!(store.online().await.unwrap().len(), 1);
+        assert_eq!(store.online().await.unwrap().users.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn linger_shortens_the_lease_without_ending_it() {
+        let store = MemoryPresence::new(TTL);
+        let s = session("u", 1);
+        store.connect(&s).await.unwrap();
+        store.linger(&s, Duration::from_secs(5)).await.unwrap();
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(store.expire_due().await.unwrap().is_empty(), "still online inside the grace");
+        let replacement = session("u", 2);
+        assert_eq!(store.connect(&replacement).await.unwrap(), None, "reconnect elsewhere is no transition");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(store.expire_due().await.unwrap().is_empty(), "the lingering session lapses silently");
+        assert_eq!(store.online().await.unwrap().users.len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -258,7 +288,7 @@ mod tests {
         let ids: Vec<Id> = ["nobody", "b", "a"].iter().map(|s| Id::parse(s).unwrap()).collect();
         let got = store.lookup(&ids).await.unwrap();
         assert_eq!(got[0], UserPresence::unknown(ids[0].clone()));
-        assert_eq!((got[1].status, got[1].version, got[1].last_seen.is_some()), (Status::Offline, 2, true));
+        assert_eq!((got[1].status, got[1].last_seen.is_some()), (Status::Offline, true));
         assert_eq!((got[2].status, got[2].device_id.as_deref()), (Status::Online, Some("d1")));
     }
 }

@@ -11,8 +11,9 @@
 //! hold however many routers sweep for expired leases (brief, trap 2).
 
 mod memory;
+pub mod redis;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 
@@ -20,7 +21,7 @@ pub use memory::{MemoryBroker, MemoryPresence};
 
 use crate::{
     id::Id,
-    presence::{PresenceUpdate, Session, UserPresence},
+    presence::{PresenceUpdate, Session, Snapshot, UserPresence},
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -49,8 +50,16 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// events (trap 1); it is safe to call from several routers at once.
     async fn expire_due(&self) -> Result<Vec<PresenceUpdate>, EngineError>;
 
+    /// Shortens a session's lease to at most `grace` from now, without ending it: a router
+    /// shutting down leaves its sessions to reconnect elsewhere before they lapse, so a
+    /// rolling restart shows no offline (trap 7).
+    async fn linger(&self, session: &Session, grace: Duration) -> Result<(), EngineError>;
+
     /// Every user with a live session, from an index (never a keyspace scan, trap 5).
-    async fn online(&self) -> Result<Vec<UserPresence>, EngineError>;
+    async fn online(&self) -> Result<Snapshot, EngineError>;
+
+    /// Whether the store answers.
+    async fn ping(&self) -> Result<(), EngineError>;
 
     /// The presence of each requested user, in request order; unknown users are offline.
     async fn lookup(&self, users: &[Id]) -> Result<Vec<UserPresence>, EngineError>;

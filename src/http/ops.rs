@@ -2,19 +2,30 @@
 
 use std::sync::Arc;
 
-use axum::{Json, extract::State, http::header, response::IntoResponse};
+use axum::{
+    Json,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+};
 
 use crate::app::App;
 
-/// `GET /healthz`: 200 while the router serves.
+/// `GET /healthz`: 200 while presence works; 503 `degraded` while the store is
+/// unreachable (WebSockets stay up meanwhile).
 pub async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
-    Json(serde_json::json!({
-        "status": "ok",
-        "engine": app.node.engine_name(),
-        "router": app.node.router_id(),
-        "onlineUsers": app.node.hub().online_count(),
-        "connections": app.open_connections(),
-    }))
+    let degraded = app.node.is_degraded();
+    let status = if degraded { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    (
+        status,
+        Json(serde_json::json!({
+            "status": if degraded { "degraded" } else { "ok" },
+            "engine": app.node.engine_name(),
+            "router": app.node.router_id(),
+            "onlineUsers": app.node.hub().online_count(),
+            "connections": app.open_connections(),
+        })),
+    )
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -78,7 +78,13 @@ impl Connection {
         drop(socket);
         if let Some(session) = &self.session {
             // Presence errors are counted by the node; the lease will lapse on its own.
-            let _ = self.app.node.disconnect(session).await;
+            // A router going down lets its sessions linger so that clients reconnecting
+            // elsewhere do not flash offline on every dashboard (trap 7).
+            let _ = if self.app.shutdown.is_cancelled() {
+                self.app.node.linger(session, self.app.limits.shutdown_grace).await
+            } else {
+                self.app.node.disconnect(session).await
+            };
         }
         ::metrics::counter!(metrics::DISCONNECTS, "reason" => reason).increment(1);
         ::metrics::gauge!(metrics::CONNECTIONS, "role" => role).decrement(1.0);

@@ -1,0 +1,123 @@
+//! Pub/Sub between routers: every transition is published as JSON on
+//! `{prefix}updates` (and, as the seed design has it, on `{prefix}online` or
+//! `{prefix}offline`); each router's subscriber feeds its hub.
+//!
+//! Pub/Sub drops whatever is sent while a subscriber is disconnected, so every
+//! (re)subscription asks the node for a resync: it re-asserts its sessions and rebuilds
+//! the hub from the store, and dashboards get a fresh snapshot without reconnecting.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use redis::{Client, aio::ConnectionManager};
+use tokio::sync::Notify;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::unavailable;
+use crate::{
+    engine::{Broker, EngineError},
+    hub::Hub,
+    metrics,
+    presence::{PresenceUpdate, Status},
+};
+
+pub struct RedisBroker {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+impl RedisBroker {
+    pub fn new(conn: ConnectionManager, prefix: String) -> Self {
+        RedisBroker { conn, prefix }
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(&self, update: &PresenceUpdate) -> Result<(), EngineError> {
+        let json = serde_json::to_string(update).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let status_channel = match update.presence.status {
+            Status::Online => "online",
+            Status::Offline => "offline",
+        };
+        redis::pipe()
+            .publish(format!("{}updates", self.prefix), &json)
+            .ignore()
+            .publish(format!("{}{status_channel}", self.prefix), &json)
+            .ignore()
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+}
+
+/// Runs the subscriber until shutdown: `{prefix}updates` into the hub, keyspace
+/// `expired` events of `{prefix}user:*` keys into an early sweep.
+pub fn spawn_subscriber(
+    client: Client,
+    prefix: String,
+    hub: Arc<Hub>,
+    sweep_now: Arc<Notify>,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) {
+    tracker.spawn(async move {
+        let updates = format!("{prefix}updates");
+        let expired = "__keyevent@0__:expired";
+        let user_keys = format!("{prefix}user:");
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let subscribed = async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&[updates.as_str(), expired]).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            let pubsub = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                result = tokio::time::timeout(Duration::from_secs(2), subscribed) => result,
+            };
+            let pubsub = match pubsub {
+                Ok(Ok(pubsub)) => pubsub,
+                Ok(Err(_)) | Err(_) => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(50);
+            tracing::info!("subscribed to {updates}");
+            hub.request_resync();
+            let mut messages = pubsub.into_on_message();
+            loop {
+                let message = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    message = messages.next() => message,
+                };
+                let Some(message) = message else { break };
+                let payload: &[u8] = message.get_payload_bytes();
+                if message.get_channel_name() == expired {
+                    if payload.starts_with(user_keys.as_bytes()) {
+                        ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "expired").increment(1);
+                        sweep_now.notify_one();
+                    }
+                    continue;
+                }
+                match serde_json::from_slice::<PresenceUpdate>(payload) {
+                    Ok(update) => {
+                        ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "update").increment(1);
+                        hub.apply(update);
+                    }
+                    Err(e) => {
+                        ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "invalid").increment(1);
+                        tracing::warn!(error = %e, "ignoring a malformed message on {updates}");
+                    }
+                }
+            }
+            tracing::warn!("lost the subscription to {updates}; resubscribing");
+        }
+    });
+}

@@ -1,0 +1,57 @@
+-- Prepended to every script. ARGV[1] is the key prefix ("presence:").
+--
+-- Keys of user U:
+--   {p}user:U      "1" with a PX lifetime: the seed's presence key; its expiry event only
+--                  wakes the sweepers early
+--   {p}meta:U      hash: status, lastSeen, deviceId, role, version
+--   {p}sessions:U  zset: session id -> lease deadline (Unix ms, Redis clock)
+--   {p}deadlines   zset: user id -> latest lease deadline; holds exactly the users online,
+--                  so it is both the snapshot index and the sweep queue
+--
+-- Keys are derived from ARGV, so these scripts suit a single Redis, not Redis Cluster.
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local prefix = ARGV[1]
+local deadlines = prefix .. 'deadlines'
+
+local function keys_of(user)
+  return prefix .. 'user:' .. user, prefix .. 'meta:' .. user, prefix .. 'sessions:' .. user
+end
+
+-- Drops the user's lapsed sessions and brings the index and the TTL key in line with the
+-- ones left. Returns how many live sessions the user has.
+local function settle(user)
+  local ukey, _, skey = keys_of(user)
+  redis.call('ZREMRANGEBYSCORE', skey, '-inf', now)
+  local last = redis.call('ZRANGE', skey, -1, -1, 'WITHSCORES')
+  if #last == 0 then
+    redis.call('DEL', skey, ukey)
+    redis.call('ZREM', deadlines, user)
+    return 0
+  end
+  local deadline = tonumber(last[2])
+  redis.call('ZADD', deadlines, deadline, user)
+  redis.call('SET', ukey, '1', 'PX', deadline - now)
+  redis.call('PEXPIREAT', skey, deadline)
+  return redis.call('ZCARD', skey)
+end
+
+-- Moves the user to `status` unless it is there already. Returns the transition as
+-- {user, status, version, lastSeen, deviceId, cause, now}, or nil.
+-- The version is above the last one and at least `now`, so versions keep growing even if
+-- Redis restarts empty.
+local function transition(user, status, cause)
+  local _, meta = keys_of(user)
+  local current = redis.call('HMGET', meta, 'status', 'version')
+  if (current[1] or 'offline') == status then
+    return nil
+  end
+  local version = math.max((tonumber(current[2]) or 0) + 1, now)
+  redis.call('HSET', meta, 'status', status, 'version', version)
+  if cause == 'disconnect' then
+    redis.call('HSET', meta, 'lastSeen', now)
+  end
+  local f = redis.call('HMGET', meta, 'lastSeen', 'deviceId')
+  return {user, status, tostring(version), f[1] or false, f[2] or false, cause, tostring(now)}
+end

@@ -1,0 +1,282 @@
+//! The Redis engine: presence shared by every router through one Redis.
+//!
+//! All multi-key changes run as Lua scripts (`lua/`), atomic and on Redis' own clock;
+//! transitions travel on Pub/Sub ([`broker`]). Offline detection never depends on keyspace
+//! events alone (trap 1): every router sweeps the `deadlines` index, and the atomic sweep
+//! script hands each offline to exactly one of them (trap 2).
+
+mod broker;
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use redis::{
+    AsyncCommands, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisError, Script,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
+
+pub use broker::{RedisBroker, spawn_subscriber};
+
+use super::{EngineError, PresenceStore};
+use crate::{
+    id::Id,
+    presence::{Cause, PresenceUpdate, Session, Snapshot, Status, UserPresence},
+};
+
+/// Users claimed per sweep script call, so one call never blocks Redis for long.
+const SWEEP_BATCH: usize = 1000;
+/// Users read per pipeline when building a snapshot.
+const SNAPSHOT_BATCH: usize = 1000;
+
+macro_rules! script {
+    ($file:literal) => {
+        Script::new(concat!(include_str!("lua/prelude.lua"), include_str!(concat!("lua/", $file))))
+    };
+}
+
+/// Where and how to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub host: String,
+    pub port: u16,
+    pub password: Option<String>,
+    /// Prefix of every key and channel; `presence:` as in the seed design.
+    pub prefix: String,
+}
+
+impl RedisConfig {
+    pub fn client(&self) -> redis::RedisResult<Client> {
+        let mut settings = RedisConnectionInfo::default();
+        if let Some(password) = &self.password {
+            settings = settings.set_password(password);
+        }
+        let info =
+            ConnectionAddr::Tcp(self.host.clone(), self.port).into_connection_info()?.set_redis_settings(settings);
+        Client::open(info)
+    }
+}
+
+pub struct RedisPresence {
+    conn: ConnectionManager,
+    prefix: String,
+    ttl: Duration,
+    lease: Script,
+    disconnect: Script,
+    linger: Script,
+    sweep: Script,
+}
+
+fn unavailable(e: RedisError) -> EngineError {
+    EngineError::Unavailable(e.to_string())
+}
+
+impl RedisPresence {
+    /// Connects (failing fast if Redis cannot be reached now) and makes sure keyspace
+    /// `expired` events are on.
+    pub async fn connect(config: &RedisConfig, ttl: Duration) -> anyhow::Result<Self> {
+        let client = config.client()?;
+        // Calls fail within a second while Redis is down or stopped, instead of hanging
+        // heartbeats and API requests; the manager reconnects in the background.
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let mut conn = client.get_connection_manager_with_config(manager_config).await?;
+        ensure_expired_events(&mut conn).await;
+        Ok(RedisPresence {
+            conn,
+            prefix: config.prefix.clone(),
+            ttl,
+            lease: script!("lease.lua"),
+            disconnect: script!("disconnect.lua"),
+            linger: script!("linger.lua"),
+            sweep: script!("sweep.lua"),
+        })
+    }
+
+    /// The command connection, shared with the broker's publishes.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    fn meta_key(&self, user: &Id) -> String {
+        format!("{}meta:{}", self.prefix, user)
+    }
+
+    async fn lease(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
+        let row: Option<Row> = self
+            .lease
+            .arg(&self.prefix)
+            .arg(session.user.as_str())
+            .arg(session.id.as_str())
+            .arg(self.ttl.as_millis() as u64)
+            .arg(session.device_id.as_deref().unwrap_or(""))
+            .arg("mobile")
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        row.map(parse_row).transpose()
+    }
+
+    /// `HMGET status lastSeen deviceId version` for each user, pipelined.
+    async fn read_meta(&self, users: &[Id]) -> Result<Vec<UserPresence>, EngineError> {
+        let mut pipe = redis::pipe();
+        for user in users {
+            pipe.cmd("HMGET").arg(self.meta_key(user)).arg(&["status", "lastSeen", "deviceId", "version"]);
+        }
+        let rows: Vec<(Option<String>, Option<u64>, Option<String>, Option<u64>)> =
+            pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        Ok(users
+            .iter()
+            .zip(rows)
+            .map(|(user, (status, last_seen, device_id, version))| UserPresence {
+                user_id: user.clone(),
+                status: if status.as_deref() == Some("online") { Status::Online } else { Status::Offline },
+                last_seen,
+                device_id: device_id.map(Arc::from),
+                version: version.unwrap_or(0),
+            })
+            .collect())
+    }
+}
+
+/// A transition as the scripts return it: user, status, version, lastSeen, deviceId,
+/// cause, now.
+type Row = Vec<Option<String>>;
+
+fn parse_row(row: Row) -> Result<PresenceUpdate, EngineError> {
+    let bad = || EngineError::Unavailable("unexpected reply from a presence script".into());
+    let [user, status, version, last_seen, device_id, cause, now]: [Option<String>; 7] =
+        row.try_into().map_err(|_| bad())?;
+    let number = |v: Option<String>| v.and_then(|s| s.parse::<u64>().ok());
+    Ok(PresenceUpdate {
+        presence: UserPresence {
+            user_id: Id::parse(user.as_deref().ok_or_else(bad)?).map_err(|_| bad())?,
+            status: if status.as_deref() == Some("online") { Status::Online } else { Status::Offline },
+            last_seen: number(last_seen),
+            device_id: device_id.map(Arc::from),
+            version: number(version).ok_or_else(bad)?,
+        },
+        cause: match cause.as_deref() {
+            Some("connect") => Cause::Connect,
+            Some("expired") => Cause::Expired,
+            _ => Cause::Disconnect,
+        },
+        timestamp: number(now).ok_or_else(bad)?,
+    })
+}
+
+#[async_trait]
+impl PresenceStore for RedisPresence {
+    async fn connect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
+        self.lease(session).await
+    }
+
+    async fn heartbeat(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
+        self.lease(session).await
+    }
+
+    async fn disconnect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
+        let row: Option<Row> = self
+            .disconnect
+            .arg(&self.prefix)
+            .arg(session.user.as_str())
+            .arg(session.id.as_str())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        row.map(parse_row).transpose()
+    }
+
+    async fn linger(&self, session: &Session, grace: Duration) -> Result<(), EngineError> {
+        let _: Option<Row> = self
+            .linger
+            .arg(&self.prefix)
+            .arg(session.user.as_str())
+            .arg(session.id.as_str())
+            .arg(grace.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn expire_due(&self) -> Result<Vec<PresenceUpdate>, EngineError> {
+        let mut updates = Vec::new();
+        loop {
+            let (due, rows): (usize, Vec<Row>) = self
+                .sweep
+                .arg(&self.prefix)
+                .arg(SWEEP_BATCH)
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(unavailable)?;
+            for row in rows {
+                updates.push(parse_row(row)?);
+            }
+            if due < SWEEP_BATCH {
+                return Ok(updates);
+            }
+        }
+    }
+
+    async fn online(&self) -> Result<Snapshot, EngineError> {
+        let mut conn = self.conn.clone();
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.map_err(unavailable)?;
+        let watermark = secs * 1000 + micros / 1000;
+        let ids: Vec<String> = conn.zrange(format!("{}deadlines", self.prefix), 0, -1).await.map_err(unavailable)?;
+        let ids: Vec<Id> = ids.iter().filter_map(|id| Id::parse(id).ok()).collect();
+        let mut users = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(SNAPSHOT_BATCH) {
+            users.extend(self.read_meta(chunk).await?.into_iter().filter(|u| u.status == Status::Online));
+        }
+        Ok(Snapshot { users, watermark })
+    }
+
+    async fn lookup(&self, users: &[Id]) -> Result<Vec<UserPresence>, EngineError> {
+        let mut found = self.read_meta(users).await?;
+        for user in &mut found {
+            if user.version == 0 {
+                *user = UserPresence::unknown(user.user_id.clone());
+            }
+        }
+        Ok(found)
+    }
+
+    async fn ping(&self) -> Result<(), EngineError> {
+        redis::cmd("PING").query_async::<String>(&mut self.conn.clone()).await.map(|_| ()).map_err(unavailable)
+    }
+}
+
+/// Turns on `notify-keyspace-events Ex` when it is off. Managed Redis often forbids
+/// CONFIG; then the sweep alone detects silence (within TTL + the sweep interval).
+async fn ensure_expired_events(conn: &mut ConnectionManager) {
+    let current: Result<(String, String), _> =
+        redis::cmd("CONFIG").arg("GET").arg("notify-keyspace-events").query_async(conn).await;
+    let flags = match current {
+        Ok((_, flags)) => flags,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read notify-keyspace-events; relying on the sweep for offline detection");
+            return;
+        }
+    };
+    // `E` turns on keyevent notifications; `x` (or `A`, all classes) selects expiries.
+    if flags.contains('E') && (flags.contains('x') || flags.contains('A')) {
+        tracing::info!(flags, "keyspace expired events are on");
+        return;
+    }
+    let mut wanted = flags.clone();
+    for c in ['E', 'x'] {
+        if !wanted.contains(c) {
+            wanted.push(c);
+        }
+    }
+    match redis::cmd("CONFIG").arg("SET").arg("notify-keyspace-events").arg(&wanted).query_async::<()>(conn).await {
+        Ok(()) => tracing::info!(from = flags, to = wanted, "turned on keyspace expired events"),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot set notify-keyspace-events Ex (add it to redis.conf); relying on the sweep for offline detection"
+        ),
+    }
+}
