@@ -93,8 +93,8 @@ async fn bad_frames_get_error_frames_and_the_connection_stays() {
     assert_eq!((frame[1].as_u64(), frame[4].as_str()), (Some(33), Some("id-7")));
     assert_eq!(frame[5]["code"].as_str(), Some("unsupported_type"));
 
-    // Still serving: a valid heartbeat is accepted silently, and presence is intact.
-    mobile.heartbeat("m").await;
+    // Still serving: a valid heartbeat is acknowledged, and presence is intact.
+    mobile.sync("m").await;
     let (status, body) = router.post_status(r#"{"userIds": ["m"]}"#).await;
     assert_eq!((status, body["users"][0]["status"].as_str()), (200, Some("online")));
     let text = router.metrics().await;

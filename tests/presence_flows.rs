@@ -1,13 +1,24 @@
-//! The seed's flows against the real binary (embedded engine): online, offline by close,
-//! by silence, several devices, snapshots, and the bulk API.
+//! The seed's flows against the real binary, on the embedded engine and on Redis alike:
+//! online, offline by close, by silence, several devices, snapshots, and the bulk API.
 
 mod common;
 
-use common::{Router, assert_update};
+use common::{Engine, Setup, assert_update};
 
-#[tokio::test]
-async fn mobile_online_and_offline_reach_the_dashboard() {
-    let router = Router::start(&[]).await;
+on_both_engines!(
+    mobile_online_and_offline_reach_the_dashboard,
+    killed_app_without_close_frame_goes_offline_at_once,
+    silent_mobile_goes_offline_once_after_the_ttl,
+    heartbeats_keep_a_mobile_online_past_the_ttl,
+    second_device_keeps_the_user_online,
+    snapshot_holds_everyone_online,
+    bulk_status_has_the_seed_shape,
+    health_and_metrics_report_the_router,
+);
+
+async fn mobile_online_and_offline_reach_the_dashboard(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let router = setup.router(&[]).await;
     let (mut dashboard, snapshot) = router.dashboard("dispatcher").await;
     assert_eq!(snapshot[5]["users"].as_array().unwrap().len(), 0);
 
@@ -25,9 +36,9 @@ async fn mobile_online_and_offline_reach_the_dashboard() {
     assert!(offline["version"].as_u64() > online["version"].as_u64());
 }
 
-#[tokio::test]
-async fn killed_app_without_close_frame_goes_offline_at_once() {
-    let router = Router::start(&[]).await;
+async fn killed_app_without_close_frame_goes_offline_at_once(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let router = setup.router(&[]).await;
     let (mut dashboard, _) = router.dashboard("dispatcher").await;
     let mobile = router.mobile("driver-1", "phone-1").await;
     assert_update(&dashboard.next_update().await, "driver-1", "online");
@@ -38,9 +49,9 @@ async fn killed_app_without_close_frame_goes_offline_at_once() {
     assert_eq!(offline["cause"].as_str(), Some("disconnect"));
 }
 
-#[tokio::test]
-async fn silent_mobile_goes_offline_once_after_the_ttl() {
-    let router = Router::start(&["--presence-ttl", "1"]).await;
+async fn silent_mobile_goes_offline_once_after_the_ttl(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let router = setup.router(&["--presence-ttl", "1"]).await;
     let (mut dashboard, _) = router.dashboard("dispatcher").await;
     // Connected and never heard from again: the socket stays open, nothing is sent.
     let mut silent = router.mobile("silent", "phone-1").await;
@@ -58,9 +69,9 @@ async fn silent_mobile_goes_offline_once_after_the_ttl() {
     assert_eq!(silent.close_code().await, Some(4000));
 }
 
-#[tokio::test]
-async fn heartbeats_keep_a_mobile_online_past_the_ttl() {
-    let router = Router::start(&["--presence-ttl", "1", "--heartbeat-min-interval-ms", "0"]).await;
+async fn heartbeats_keep_a_mobile_online_past_the_ttl(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let router = setup.router(&["--presence-ttl", "1", "--heartbeat-min-interval-ms", "0"]).await;
     let (mut dashboard, _) = router.dashboard("dispatcher").await;
     let mut mobile = router.mobile("talker", "phone-1").await;
     assert_update(&dashboard.next_update().await, "talker", "online");
@@ -81,13 +92,14 @@ async fn heartbeats_keep_a_mobile_online_past_the_ttl() {
     assert_eq!(body["users"][0]["status"], "online", "heartbeats renewed the lease");
 }
 
-#[tokio::test]
-async fn second_device_keeps_the_user_online() {
-    let router = Router::start(&[]).await;
+async fn second_device_keeps_the_user_online(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let router = setup.router(&[]).await;
     let (mut dashboard, _) = router.dashboard("dispatcher").await;
     let phone = router.mobile("guard", "phone").await;
     assert_update(&dashboard.next_update().await, "guard", "online");
-    let tablet = router.mobile("guard", "tablet").await;
+    let mut tablet = router.mobile("guard", "tablet").await;
+    tablet.sync("guard").await;
 
     phone.close().await;
     let _marker = router.mobile("marker", "m").await;
@@ -97,9 +109,9 @@ async fn second_device_keeps_the_user_online() {
     assert_update(&dashboard.next_update().await, "guard", "offline");
 }
 
-#[tokio::test]
-async fn snapshot_holds_everyone_online() {
-    let router = Router::start(&[]).await;
+async fn snapshot_holds_everyone_online(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let router = setup.router(&[]).await;
     let (mut watcher, _) = router.dashboard("watcher").await;
     let _a = router.mobile("a", "da").await;
     let _b = router.mobile(&"b".repeat(128), "db").await;
@@ -120,9 +132,9 @@ async fn snapshot_holds_everyone_online() {
     assert_eq!((a["status"].as_str(), a["deviceId"].as_str()), (Some("online"), Some("da")));
 }
 
-#[tokio::test]
-async fn bulk_status_has_the_seed_shape() {
-    let router = Router::start(&[]).await;
+async fn bulk_status_has_the_seed_shape(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let router = setup.router(&[]).await;
     let (mut dashboard, _) = router.dashboard("d").await;
     let _online = router.mobile("user123", "device-abc-123").await;
     let gone = router.mobile("user456", "device-xyz-456").await;
@@ -154,16 +166,16 @@ async fn bulk_status_has_the_seed_shape() {
     );
 }
 
-#[tokio::test]
-async fn health_and_metrics_report_the_router() {
-    let router = Router::start(&[]).await;
+async fn health_and_metrics_report_the_router(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let router = setup.router(&[]).await;
     let (mut dashboard, _) = router.dashboard("d").await;
     let _m = router.mobile("m1", "p1").await;
     dashboard.next_update().await;
 
     let (status, health) = common::http(router.addr, "GET", "/healthz", &[], "").await;
     assert_eq!(status, 200);
-    assert_eq!((health["status"].as_str(), health["engine"].as_str()), (Some("ok"), Some("memory")));
+    assert_eq!((health["status"].as_str(), health["engine"].as_str()), (Some("ok"), Some(setup.engine_name())));
     assert_eq!((health["onlineUsers"].as_u64(), health["connections"].as_u64()), (Some(1), Some(2)));
 
     router.post_status(r#"{"userIds": ["m1"]}"#).await;

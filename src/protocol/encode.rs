@@ -7,7 +7,7 @@ use bytes::Bytes;
 use rmp::encode::{self as enc, ByteBuf};
 use rmpv::Value;
 
-use super::message_type::{ERROR, HEARTBEAT, PRESENCE_SNAPSHOT, PRESENCE_UPDATE};
+use super::message_type::{ERROR, HEARTBEAT, HEARTBEAT_ACK, PRESENCE_SNAPSHOT, PRESENCE_UPDATE};
 use crate::presence::{PresenceUpdate, UserPresence, unix_ms};
 
 /// Why the router refused a frame; the `code` field of an ERROR (33) payload.
@@ -143,6 +143,16 @@ pub fn error_frame(code: ErrorCode, message: &str, message_type: Option<u8>, mes
     Bytes::from(buf.into_vec())
 }
 
+/// HEARTBEAT_ACK (34): `[0, 34, 0, 0, messageId, {timestamp}]`, echoing the heartbeat's
+/// message id.
+pub fn heartbeat_ack_frame(message_id: Option<&Value>) -> Bytes {
+    let mut buf = ByteBuf::with_capacity(32);
+    header(&mut buf, HEARTBEAT_ACK, message_id);
+    let Ok(_) = enc::write_map_len(&mut buf, 1);
+    uint_field(&mut buf, "timestamp", unix_ms());
+    Bytes::from(buf.into_vec())
+}
+
 /// A client's HEARTBEAT (30) exactly as seed 004's mobile client sends it:
 /// `[0, 30, userId, 0, {type: "heartbeat", timestamp}]`. For the examples, tests and the
 /// load tool.
@@ -219,6 +229,13 @@ mod tests {
         assert_eq!(v[4].as_str(), Some("m1"));
         assert_eq!(v[5]["code"].as_str(), Some("sender_mismatch"));
         assert_eq!(v[5]["messageType"].as_u64(), Some(30));
+    }
+
+    #[test]
+    fn ack_echoes_the_message_id() {
+        let v = read(&heartbeat_ack_frame(Some(&Value::from(12))));
+        assert_eq!((v[1].as_u64(), v[4].as_u64()), (Some(34), Some(12)));
+        assert!(v[5]["timestamp"].as_u64().is_some());
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod decode;
 mod encode;
 
 pub use decode::{DecodeError, Frame, decode};
-pub use encode::{ErrorCode, error_frame, heartbeat_frame, snapshot_frame, update_frame};
+pub use encode::{ErrorCode, error_frame, heartbeat_ack_frame, heartbeat_frame, snapshot_frame, update_frame};
 
 /// How `toId` is read: a group or one user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +39,9 @@ pub mod message_type {
     pub const PRESENCE_SNAPSHOT: u8 = 32;
     /// Router → client: the frame named in the payload was refused.
     pub const ERROR: u8 = 33;
+    /// Router → mobile: the heartbeat was received; a client that stops getting these
+    /// holds a zombie connection and should reconnect.
+    pub const HEARTBEAT_ACK: u8 = 34;
 
     /// A low-cardinality label for metrics.
     pub fn label(message_type: u8) -> &'static str {
@@ -47,6 +50,7 @@ pub mod message_type {
             PRESENCE_UPDATE => "presence_update",
             PRESENCE_SNAPSHOT => "presence_snapshot",
             ERROR => "error",
+            HEARTBEAT_ACK => "heartbeat_ack",
             0..=VOICEPING_LAST => "ptt",
             _ => "unknown",
         }

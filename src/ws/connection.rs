@@ -182,6 +182,8 @@ impl Connection {
         }
     }
 
+    /// Renews the lease (unless coalesced) and acknowledges; a store failure is answered
+    /// with ERROR `presence_unavailable` instead of an ACK.
     async fn on_heartbeat(&mut self, socket: &mut WebSocket, frame: &Frame) -> Result<bool, Exit> {
         if self.role != Role::Mobile {
             ::metrics::counter!(metrics::HEARTBEATS, "result" => "rejected").increment(1);
@@ -189,27 +191,28 @@ impl Connection {
                 .refuse(socket, frame, ErrorCode::HeartbeatNotAllowed, "web and dashboard sessions do not heartbeat")
                 .await;
         }
-        let Some(session) = &self.session else {
-            ::metrics::counter!(metrics::HEARTBEATS, "result" => "ignored").increment(1);
-            return Ok(true);
-        };
         let now = Instant::now();
-        if now - self.stored_at < self.app.limits.heartbeat_min_interval {
-            ::metrics::counter!(metrics::HEARTBEATS, "result" => "coalesced").increment(1);
-            return Ok(true);
+        let result = match &self.session {
+            None => "ignored",
+            Some(_) if now - self.stored_at < self.app.limits.heartbeat_min_interval => "coalesced",
+            Some(session) => match self.app.node.heartbeat(session).await {
+                Ok(()) => {
+                    self.stored_at = now;
+                    "accepted"
+                }
+                Err(_) => "failed",
+            },
+        };
+        ::metrics::counter!(metrics::HEARTBEATS, "result" => result).increment(1);
+        if result == "failed" {
+            return self
+                .refuse(socket, frame, ErrorCode::PresenceUnavailable, "presence store unavailable")
+                .await
+                .map(|_| true);
         }
-        match self.app.node.heartbeat(session).await {
-            Ok(()) => {
-                self.stored_at = now;
-                ::metrics::counter!(metrics::HEARTBEATS, "result" => "accepted").increment(1);
-                Ok(true)
-            }
-            Err(_) => {
-                ::metrics::counter!(metrics::HEARTBEATS, "result" => "failed").increment(1);
-                self.refuse(socket, frame, ErrorCode::PresenceUnavailable, "presence store unavailable")
-                    .await
-                    .map(|_| true)
-            }
+        match self.write(socket, protocol::heartbeat_ack_frame(frame.message_id.as_ref())).await {
+            Some(exit) => Err(exit),
+            None => Ok(true),
         }
     }
 

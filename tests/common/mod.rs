@@ -4,7 +4,7 @@
 //! fixed sleep.
 #![allow(dead_code)]
 
-use std::{net::SocketAddr, process::Stdio, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
 use presence_router::auth::{Role, mint_hs256};
@@ -25,6 +25,121 @@ pub const WAIT: Duration = Duration::from_secs(15);
 
 pub fn token(user: &str, role: Role) -> String {
     mint_hs256(SECRET.as_bytes(), user, role, 3600).unwrap()
+}
+
+/// Which engine a behavioural test runs against; the same suite runs on both.
+#[derive(Debug, Clone, Copy)]
+pub enum Engine {
+    Memory,
+    Redis,
+}
+
+/// What a test needs to start routers on one engine: nothing, or a Redis server.
+pub struct Setup {
+    pub redis: Option<RedisServer>,
+}
+
+impl Setup {
+    pub async fn new(engine: Engine) -> Setup {
+        let redis = match engine {
+            Engine::Memory => None,
+            Engine::Redis => Some(RedisServer::start().await),
+        };
+        Setup { redis }
+    }
+
+    pub fn engine_name(&self) -> &'static str {
+        if self.redis.is_some() { "redis" } else { "memory" }
+    }
+
+    /// A router on this setup's engine with `extra` flags.
+    pub async fn router(&self, extra: &[&str]) -> Router {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if let Some(redis) = &self.redis {
+            args.extend(["--redis-host".into(), "127.0.0.1".into(), "--redis-port".into(), redis.port.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Router::start(&args).await
+    }
+}
+
+/// Runs each named `async fn(Engine)` as two tests, `memory::name` and `redis::name`.
+#[macro_export]
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test] async fn $name() { super::$name($crate::common::Engine::Memory).await })*
+        }
+        mod redis {
+            $(#[tokio::test] async fn $name() { super::$name($crate::common::Engine::Redis).await })*
+        }
+    };
+}
+
+/// A real `redis-server` with the project's `redis.conf`, on a free port; killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("presence-router-test-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = RedisServer { port, dir, child: None };
+        server.spawn().await;
+        server
+    }
+
+    /// Starts (again) on the same port, empty: the router must rebuild presence.
+    pub async fn spawn(&mut self) {
+        let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/redis.conf");
+        let mut child = Command::new("redis-server")
+            .arg(conf)
+            .args(["--port", &self.port.to_string(), "--dir", self.dir.to_str().unwrap(), "--logfile", ""])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is installed (make deps)");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains("Ready to accept connections") {
+                    return;
+                }
+            }
+            panic!("redis-server exited before it was ready");
+        };
+        tokio::time::timeout(WAIT, ready).await.expect("redis-server ready in time");
+        // Keep draining its log so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: Redis is gone, with everything it held.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A router process; killed when dropped.
@@ -52,8 +167,19 @@ impl Router {
         Router { addr, child }
     }
 
-    pub fn pid(&self) -> i32 {
-        self.child.id().expect("running") as i32
+    /// Sends a signal (`KILL`, `TERM`) to the router process.
+    pub async fn signal(&mut self, signal: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = Command::new("kill").args(["-s", signal, &pid]).status().await.unwrap();
+        assert!(status.success());
+        if signal == "KILL" {
+            self.child.wait().await.unwrap();
+        }
+    }
+
+    /// Waits for the process to exit (after TERM).
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(WAIT, self.child.wait()).await.expect("router exits in time").unwrap()
     }
 
     pub async fn mobile(&self, user: &str, device: &str) -> Client {
@@ -143,6 +269,14 @@ impl Client {
 
     pub async fn heartbeat(&mut self, user: &str) {
         self.send(presence_router::protocol::heartbeat_frame(user)).await;
+    }
+
+    /// Heartbeats and waits for the ACK: the router has processed everything this client
+    /// sent before, its session registration included.
+    pub async fn sync(&mut self, user: &str) {
+        self.heartbeat(user).await;
+        let ack = self.next_frame().await;
+        assert_eq!(ack[1].as_u64(), Some(34), "expected HEARTBEAT_ACK, got {ack}");
     }
 
     /// The next binary frame, decoded; fails on close or timeout.

@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::{Client, aio::ConnectionManager};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::unavailable;
@@ -53,7 +53,10 @@ impl Broker for RedisBroker {
 }
 
 /// Runs the subscriber until shutdown: `{prefix}updates` into the hub, keyspace
-/// `expired` events of `{prefix}user:*` keys into an early sweep.
+/// `expired` events of `{prefix}user:*` keys into an early sweep. The returned receiver
+/// resolves once the first subscription stands: the router reads its first snapshot only
+/// after that, so no update falls between the two. Every later subscription asks for a
+/// resync.
 pub fn spawn_subscriber(
     client: Client,
     prefix: String,
@@ -61,7 +64,9 @@ pub fn spawn_subscriber(
     sweep_now: Arc<Notify>,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
-) {
+) -> oneshot::Receiver<()> {
+    let (subscribed_tx, subscribed_rx) = oneshot::channel();
+    let mut first = Some(subscribed_tx);
     tracker.spawn(async move {
         let updates = format!("{prefix}updates");
         let expired = "__keyevent@0__:expired";
@@ -90,7 +95,12 @@ pub fn spawn_subscriber(
             };
             backoff = Duration::from_millis(50);
             tracing::info!("subscribed to {updates}");
-            hub.request_resync();
+            match first.take() {
+                Some(tx) => {
+                    let _ = tx.send(());
+                }
+                None => hub.request_resync(),
+            }
             let mut messages = pubsub.into_on_message();
             loop {
                 let message = tokio::select! {
@@ -120,4 +130,5 @@ pub fn spawn_subscriber(
             tracing::warn!("lost the subscription to {updates}; resubscribing");
         }
     });
+    subscribed_rx
 }

@@ -125,8 +125,7 @@ impl RedisPresence {
         for user in users {
             pipe.cmd("HMGET").arg(self.meta_key(user)).arg(&["status", "lastSeen", "deviceId", "version"]);
         }
-        let rows: Vec<(Option<String>, Option<u64>, Option<String>, Option<u64>)> =
-            pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        let rows: Vec<MetaRow> = pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
         Ok(users
             .iter()
             .zip(rows)
@@ -140,6 +139,9 @@ impl RedisPresence {
             .collect())
     }
 }
+
+/// `HMGET presence:meta:{id} status lastSeen deviceId version`.
+type MetaRow = (Option<String>, Option<u64>, Option<String>, Option<u64>);
 
 /// A transition as the scripts return it: user, status, version, lastSeen, deviceId,
 /// cause, now.
