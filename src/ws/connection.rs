@@ -194,7 +194,13 @@ impl Connection {
         let now = Instant::now();
         let result = match &self.session {
             None => "ignored",
-            Some(_) if now - self.stored_at < self.app.limits.heartbeat_min_interval => "coalesced",
+            // While degraded every heartbeat goes to the store, so an ACK always means
+            // the presence is recorded.
+            Some(_)
+                if now - self.stored_at < self.app.limits.heartbeat_min_interval && !self.app.node.is_degraded() =>
+            {
+                "coalesced"
+            }
             Some(session) => match self.app.node.heartbeat(session).await {
                 Ok(()) => {
                     self.stored_at = now;

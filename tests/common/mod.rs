@@ -331,6 +331,65 @@ impl Client {
     }
 }
 
+/// A dashboard's view: who is online, from snapshots and updates as a real dashboard
+/// applies them (a new snapshot replaces everything; older versions are ignored).
+#[derive(Default, Debug)]
+pub struct View {
+    pub online: std::collections::BTreeMap<String, u64>,
+    pub versions: std::collections::HashMap<String, u64>,
+    pub snapshots: usize,
+}
+
+impl View {
+    pub fn apply(&mut self, frame: &Value) {
+        match frame[1].as_u64() {
+            Some(32) => {
+                self.snapshots += 1;
+                self.online.clear();
+                for user in frame[5]["users"].as_array().unwrap() {
+                    let (id, version) =
+                        (user["userId"].as_str().unwrap().to_string(), user["version"].as_u64().unwrap());
+                    self.versions.insert(id.clone(), version);
+                    self.online.insert(id, version);
+                }
+            }
+            Some(31) => {
+                let update = &frame[5];
+                let (id, version) =
+                    (update["userId"].as_str().unwrap().to_string(), update["version"].as_u64().unwrap());
+                if self.versions.get(&id).is_some_and(|known| *known >= version) {
+                    return;
+                }
+                self.versions.insert(id.clone(), version);
+                if update["status"].as_str() == Some("offline") {
+                    self.online.remove(&id);
+                } else {
+                    self.online.insert(id, version);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub fn online_ids(&self) -> Vec<&str> {
+        self.online.keys().map(String::as_str).collect()
+    }
+}
+
+/// Polls `check` every 50 ms until it holds, failing after [`WAIT`]. Only for state that
+/// no event announces (a health flag, a key in Redis).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Asserts an update's user and status; returns the payload.
 pub fn assert_update(update: &Value, user: &str, status: &str) {
     assert_eq!(update["userId"].as_str(), Some(user), "update {update}");

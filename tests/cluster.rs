@@ -1,0 +1,169 @@
+//! Several routers sharing one real redis-server: updates cross routers, offline is
+//! announced exactly once however many routers sweep, and crashes, rolling restarts and
+//! Redis outages leave every dashboard right without anyone reconnecting.
+
+mod common;
+
+use common::{Engine, Setup, View, assert_update, eventually, http};
+use redis::AsyncCommands;
+
+#[tokio::test]
+async fn dashboard_on_one_router_sees_mobiles_on_another_go_silent_once() {
+    let setup = Setup::new(Engine::Redis).await;
+    let (a, b, _c) = (
+        setup.router(&["--presence-ttl", "1"]).await,
+        setup.router(&["--presence-ttl", "1"]).await,
+        setup.router(&["--presence-ttl", "1"]).await,
+    );
+    let (mut dashboard, _) = b.dashboard("dispatcher").await;
+
+    let _silent = a.mobile("silent", "phone-1").await;
+    let online = dashboard.next_update().await;
+    assert_update(&online, "silent", "online");
+    assert_eq!(online["deviceId"].as_str(), Some("phone-1"));
+
+    // Three routers sweep the same index; the offline is announced once.
+    let offline = dashboard.next_update().await;
+    assert_update(&offline, "silent", "offline");
+    assert_eq!(offline["cause"].as_str(), Some("expired"));
+    let closer = a.mobile("closer", "phone-2").await;
+    assert_update(&dashboard.next_update().await, "closer", "online");
+    closer.close().await;
+    let closed = dashboard.next_update().await;
+    assert_update(&closed, "closer", "offline");
+    assert_eq!(closed["cause"].as_str(), Some("disconnect"));
+}
+
+#[tokio::test]
+async fn reconnecting_to_another_router_shows_no_false_offline() {
+    let setup = Setup::new(Engine::Redis).await;
+    let (a, b) = (setup.router(&[]).await, setup.router(&[]).await);
+    let (mut dashboard, _) = b.dashboard("dispatcher").await;
+    let old = a.mobile("walker", "phone").await;
+    assert_update(&dashboard.next_update().await, "walker", "online");
+
+    // The phone roams: a new connection to B, then the old socket on A dies.
+    let mut new = b.mobile("walker", "phone").await;
+    new.sync("walker").await;
+    drop(old);
+    let _marker = a.mobile("marker", "m").await;
+    assert_update(&dashboard.next_update().await, "marker", "online");
+
+    new.close().await;
+    assert_update(&dashboard.next_update().await, "walker", "offline");
+}
+
+#[tokio::test]
+async fn a_killed_routers_users_go_offline_once_after_the_ttl() {
+    let setup = Setup::new(Engine::Redis).await;
+    let (mut a, b) = (setup.router(&["--presence-ttl", "1"]).await, setup.router(&["--presence-ttl", "1"]).await);
+    let (mut dashboard, _) = b.dashboard("dispatcher").await;
+    let _orphan = a.mobile("orphan", "phone").await;
+    assert_update(&dashboard.next_update().await, "orphan", "online");
+
+    a.signal("KILL").await;
+    let offline = dashboard.next_update().await;
+    assert_update(&offline, "orphan", "offline");
+    assert_eq!(offline["cause"].as_str(), Some("expired"), "nobody closed it: its lease ran out");
+    let _marker = b.mobile("marker", "m").await;
+    assert_update(&dashboard.next_update().await, "marker", "online");
+}
+
+#[tokio::test]
+async fn a_rolling_restart_does_not_flash_users_offline() {
+    let setup = Setup::new(Engine::Redis).await;
+    let (mut a, b) = (setup.router(&["--shutdown-grace-ms", "3000"]).await, setup.router(&[]).await);
+    let (mut dashboard, _) = b.dashboard("dispatcher").await;
+    let mut stayer = a.mobile("stayer", "phone-1").await;
+    let mut leaver = a.mobile("leaver", "phone-2").await;
+    dashboard.next_update().await;
+    dashboard.next_update().await;
+
+    a.signal("TERM").await;
+    assert_eq!(stayer.close_code().await, Some(1012), "told to reconnect");
+    assert_eq!(leaver.close_code().await, Some(1012));
+    assert!(a.exited().await.success(), "graceful exit");
+    let mut back = b.mobile("stayer", "phone-1").await;
+    back.sync("stayer").await;
+
+    // Only the user who never came back goes offline, after the grace.
+    let offline = dashboard.next_update().await;
+    assert_update(&offline, "leaver", "offline");
+    assert_eq!(offline["cause"].as_str(), Some("expired"));
+    // The stayer's lingering session lapsed with the leaver's, silently: its newer
+    // session on B holds the user online.
+    let _marker = b.mobile("marker", "m").await;
+    assert_update(&dashboard.next_update().await, "marker", "online");
+    let (_, body) = b.post_status(r#"{"userIds": ["stayer"]}"#).await;
+    assert_eq!(body["users"][0]["status"].as_str(), Some("online"));
+}
+
+#[tokio::test]
+async fn a_redis_outage_degrades_then_rebuilds_without_reconnects() {
+    let mut setup = Setup::new(Engine::Redis).await;
+    let (a, b) = (setup.router(&[]).await, setup.router(&[]).await);
+    let (mut dashboard, snapshot) = b.dashboard("dispatcher").await;
+    let mut view = View::default();
+    view.apply(&snapshot);
+    let mut early = a.mobile("early", "phone-1").await;
+    let frame = dashboard.next_frame().await;
+    view.apply(&frame);
+    assert_eq!(view.online_ids(), ["early"]);
+
+    setup.redis.as_mut().unwrap().kill().await;
+
+    // Presence answers a clear 503; the WebSocket stays up and says why heartbeats fail.
+    let (status, body) = a.post_status(r#"{"userIds": ["early"]}"#).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("presence_unavailable")));
+    let (status, health) = http(a.addr, "GET", "/healthz", &[], "").await;
+    assert_eq!((status, health["status"].as_str()), (503, Some("degraded")));
+    assert!(a.metrics().await.contains("presence_engine_up 0"));
+    early.heartbeat("early").await;
+    assert_eq!(early.next_error().await["code"].as_str(), Some("presence_unavailable"));
+    // A phone connecting meanwhile is accepted; its presence waits for Redis.
+    let mut late = a.mobile("late", "phone-2").await;
+    assert_eq!(late.next_error().await["code"].as_str(), Some("presence_unavailable"));
+
+    // Redis returns empty. Routers re-assert their sessions; the dashboard gets a fresh
+    // snapshot on the connection it already has.
+    setup.redis.as_mut().unwrap().spawn().await;
+    let snapshots_before = view.snapshots;
+    while view.online_ids() != ["early", "late"] || view.snapshots == snapshots_before {
+        let frame = dashboard.next_frame().await;
+        view.apply(&frame);
+    }
+    let (status, body) = b.post_status(r#"{"userIds": ["early", "late"]}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["users"][0]["status"].as_str(), body["users"][1]["status"].as_str()),
+        (Some("online"), Some("online"))
+    );
+    eventually("router A to report healthy", || async { http(a.addr, "GET", "/healthz", &[], "").await.0 == 200 })
+        .await;
+    early.sync("early").await;
+    late.sync("late").await;
+}
+
+#[tokio::test]
+async fn stale_and_malformed_broker_messages_are_ignored() {
+    let setup = Setup::new(Engine::Redis).await;
+    let a = setup.router(&[]).await;
+    let (mut dashboard, _) = a.dashboard("dispatcher").await;
+    let _m = a.mobile("m", "p").await;
+    let online = dashboard.next_update().await;
+    assert_update(&online, "m", "online");
+
+    // An "offline" older than the online already applied arrives late (trap 4).
+    let stale = serde_json::json!({
+        "userId": "m", "status": "offline", "lastSeen": 1, "deviceId": null,
+        "version": online["version"].as_u64().unwrap() - 1, "cause": "disconnect", "timestamp": 1,
+    });
+    let mut conn = setup.redis.as_ref().unwrap().client().get_multiplexed_async_connection().await.unwrap();
+    let _: u64 = conn.publish("presence:updates", stale.to_string()).await.unwrap();
+    let _: u64 = conn.publish("presence:updates", "{not json").await.unwrap();
+    let _marker = a.mobile("marker", "mk").await;
+    assert_update(&dashboard.next_update().await, "marker", "online");
+    let metrics = a.metrics().await;
+    assert!(metrics.contains("presence_stale_updates_total 1"), "{metrics}");
+    assert!(metrics.contains("presence_broker_messages_total{kind=\"invalid\"} 1"), "{metrics}");
+}
