@@ -1,0 +1,106 @@
+//! The shipped nginx config in front of two routers and one redis-server: mobiles connect
+//! through nginx (ip_hash, WebSocket upgrade, the `device_id` header), and a dashboard on
+//! the other router sees them come online, go silent, and go offline once.
+
+mod common;
+
+use std::{path::PathBuf, process::Stdio};
+
+use common::{Client, Engine, Setup, assert_update, eventually, free_port, http, token};
+use presence_router::auth::Role;
+use tokio::process::{Child, Command};
+
+/// A real nginx running `nginx/presence-router.conf` with its upstream pointed at `routers`.
+struct Nginx {
+    port: u16,
+    dir: PathBuf,
+    _child: Child,
+}
+
+impl Nginx {
+    async fn start(routers: &[std::net::SocketAddr]) -> Nginx {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("presence-router-nginx-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let shipped =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/nginx/presence-router.conf")).unwrap();
+        let upstreams: String = routers.iter().map(|r| format!("    server {r};\n")).collect();
+        let mut lines: Vec<String> = Vec::new();
+        for line in shipped.lines() {
+            if line.trim_start().starts_with("server 127.0.0.1:") {
+                continue;
+            }
+            lines.push(line.replace("listen 80;", &format!("listen 127.0.0.1:{port};")));
+            if line.trim() == "ip_hash;" {
+                lines.push(upstreams.trim_end().to_string());
+            }
+        }
+        std::fs::write(dir.join("presence-router.conf"), lines.join("\n")).unwrap();
+        let d = dir.display();
+        let main = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 512; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+             include {d}/presence-router.conf;\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), main).unwrap();
+        let child = Command::new("nginx")
+            .args(["-p", &dir.display().to_string(), "-c", &dir.join("nginx.conf").display().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nginx is installed (make deps)");
+        eventually(
+            "nginx to listen",
+            || async move { tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() },
+        )
+        .await;
+        Nginx { port, dir, _child: child }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn through_nginx_a_silent_mobile_goes_offline_once_on_the_other_router() {
+    let setup = Setup::new(Engine::Redis).await;
+    let routers = [setup.router(&["--presence-ttl", "1"]).await, setup.router(&["--presence-ttl", "1"]).await];
+    let nginx = Nginx::start(&[routers[0].addr, routers[1].addr]).await;
+
+    // ip_hash sends every loopback client to the same router; find out which.
+    let (status, via_nginx) = http(nginx.addr(), "GET", "/healthz", &[], "").await;
+    assert_eq!(status, 200);
+    let mut other = None;
+    for router in &routers {
+        let (_, health) = http(router.addr, "GET", "/healthz", &[], "").await;
+        if health["router"] != via_nginx["router"] {
+            other = Some(router);
+        }
+    }
+    let other = other.expect("nginx picked one of the two routers");
+    let (mut dashboard, _) = other.dashboard("dispatcher").await;
+
+    let mut first = Client::connect(nginx.addr(), &token("crew-1", Role::Mobile), Some("radio-1")).await;
+    let online = dashboard.next_update().await;
+    assert_update(&online, "crew-1", "online");
+    assert_eq!(online["deviceId"].as_str(), Some("radio-1"), "nginx passed the device_id header");
+    first.sync("crew-1").await; // the upgraded connection carries frames both ways
+
+    // crew-1 goes silent behind nginx: offline once, on the other router's dashboard.
+    let offline = dashboard.next_update().await;
+    assert_update(&offline, "crew-1", "offline");
+    assert_eq!(offline["cause"].as_str(), Some("expired"));
+    let _marker = Client::connect(nginx.addr(), &token("marker", Role::Mobile), Some("m")).await;
+    assert_update(&dashboard.next_update().await, "marker", "online");
+    assert_eq!(first.close_code().await, Some(4000), "the router's close code crosses nginx");
+}
