@@ -137,9 +137,22 @@ impl Drop for RedisServer {
     }
 }
 
-/// A port nothing listens on right now.
+/// A free port for a server the test starts itself (redis-server, nginx).
+///
+/// Taken below the kernel's ephemeral range (32768 up), from a per-process sequence: the
+/// kernel never hands it to a `--port 0` router or an outgoing connection, and no other
+/// test in this process takes it, so a test that kills Redis and starts it again on the
+/// same port cannot meet a stranger there.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % 1000) as u16 * 20;
+    loop {
+        let port = 10_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 20_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A router process; killed when dropped.
