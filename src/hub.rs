@@ -170,6 +170,7 @@ mod tests {
             },
             cause: Cause::Connect,
             timestamp: 1,
+            seq: None,
         }
     }
 

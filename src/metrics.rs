@@ -23,6 +23,7 @@ pub const DISCONNECTS: &str = "presence_disconnects_total";
 pub const ENGINE_ERRORS: &str = "presence_engine_errors_total";
 pub const ENGINE_UP: &str = "presence_engine_up";
 pub const BROKER_MESSAGES: &str = "presence_broker_messages_total";
+pub const BROKER_GAPS: &str = "presence_broker_gaps_total";
 
 /// Seconds; update latency on loopback is sub-millisecond, across sites tens of ms.
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
@@ -59,5 +60,6 @@ fn describe() {
     describe_counter!(DISCONNECTS, "WebSocket connections ended, by reason.");
     describe_counter!(ENGINE_ERRORS, "Presence store or broker calls that failed, by operation.");
     describe_gauge!(ENGINE_UP, "1 while the presence store answers and presence is rebuilt, 0 while degraded.");
+    describe_counter!(BROKER_GAPS, "Transitions that never arrived from the broker, each answered by a resync.");
     describe_counter!(BROKER_MESSAGES, "Messages received from the broker, by kind (update, expired, invalid).");
 }

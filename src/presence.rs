@@ -120,6 +120,10 @@ pub struct PresenceUpdate {
     /// Unix milliseconds at which the transition was decided; update latency is
     /// measured from here.
     pub timestamp: u64,
+    /// The transition's number in the cluster-wide sequence (Redis engine), by which
+    /// routers notice updates they never received. `None` in the embedded engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 /// Everyone online, and the store's clock when the read began: any transition decided

@@ -167,3 +167,40 @@ async fn stale_and_malformed_broker_messages_are_ignored() {
     assert!(metrics.contains("presence_stale_updates_total 1"), "{metrics}");
     assert!(metrics.contains("presence_broker_messages_total{kind=\"invalid\"} 1"), "{metrics}");
 }
+
+#[tokio::test]
+async fn a_transition_that_was_never_published_is_healed_by_a_resync() {
+    let setup = Setup::new(Engine::Redis).await;
+    let a = setup.router(&[]).await;
+    let (mut dashboard, snapshot) = a.dashboard("dispatcher").await;
+    let mut view = View::default();
+    view.apply(&snapshot);
+    let _first = a.mobile("first", "p1").await;
+    view.apply(&dashboard.next_frame().await);
+
+    // Another router decided "ghost" online and was killed before it published: the
+    // state and the sequence number are in Redis, the message never left.
+    let mut conn = setup.redis.as_ref().unwrap().client().get_multiplexed_async_connection().await.unwrap();
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    let now = secs * 1000 + micros / 1000;
+    let _: () = redis::pipe()
+        .hset_multiple("presence:meta:ghost", &[("status", "online"), ("deviceId", "g")])
+        .hset("presence:meta:ghost", "version", now)
+        .hset("presence:meta:ghost", "lastSeen", now)
+        .zadd("presence:sessions:ghost", "dead-router:1", now + 60_000)
+        .zadd("presence:deadlines", "ghost", now + 60_000)
+        .incr("presence:seq", 1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // The next transition reveals the gap; within the grace the router resyncs and the
+    // dashboard gets a fresh snapshot on its open connection.
+    let _marker = a.mobile("marker", "m").await;
+    let snapshots = view.snapshots;
+    while view.snapshots == snapshots {
+        view.apply(&dashboard.next_frame().await);
+    }
+    assert_eq!(view.online_ids(), ["first", "ghost", "marker"]);
+    assert!(a.metrics().await.contains("presence_broker_gaps_total 1"));
+}

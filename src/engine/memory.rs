@@ -56,7 +56,7 @@ impl UserRecord {
     fn transition(&mut self, user: &Id, cause: Cause) -> PresenceUpdate {
         let now = unix_ms();
         self.version = next_version(self.version, now);
-        PresenceUpdate { presence: self.presence(user), cause, timestamp: now }
+        PresenceUpdate { presence: self.presence(user), cause, timestamp: now, seq: None }
     }
 }
 

@@ -194,7 +194,7 @@ mod tests {
 
     #[test]
     fn update_payload_is_at_index_5() {
-        let update = PresenceUpdate { presence: alice(), cause: Cause::Connect, timestamp: 9 };
+        let update = PresenceUpdate { presence: alice(), cause: Cause::Connect, timestamp: 9, seq: None };
         let v = read(&update_frame(&update, 77));
         assert_eq!(v[1].as_u64(), Some(31));
         assert_eq!(v[4].as_u64(), Some(77));

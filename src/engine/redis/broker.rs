@@ -4,7 +4,9 @@
 //!
 //! Pub/Sub drops whatever is sent while a subscriber is disconnected, so every
 //! (re)subscription asks the node for a resync: it re-asserts its sessions and rebuilds
-//! the hub from the store, and dashboards get a fresh snapshot without reconnecting.
+//! the hub from the store, and dashboards get a fresh snapshot without reconnecting. A
+//! transition lost any other way (a router killed before it published) shows up as a gap
+//! in the cluster-wide sequence and triggers the same resync.
 
 use std::{sync::Arc, time::Duration};
 
@@ -14,7 +16,7 @@ use redis::{Client, aio::ConnectionManager};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::unavailable;
+use super::{gaps::GapDetector, unavailable};
 use crate::{
     engine::{Broker, EngineError},
     hub::Hub,
@@ -52,6 +54,17 @@ impl Broker for RedisBroker {
     }
 }
 
+/// How long a missing sequence number may stay missing (overtaken by a later publish from
+/// another router) before it counts as lost.
+const GAP_GRACE: Duration = Duration::from_secs(1);
+
+fn resync_for_gap(hub: &Hub, gaps: &mut GapDetector) {
+    ::metrics::counter!(metrics::BROKER_GAPS).increment(1);
+    tracing::warn!("a presence update never arrived; rebuilding presence from Redis");
+    gaps.reset();
+    hub.request_resync();
+}
+
 /// Runs the subscriber until shutdown: `{prefix}updates` into the hub, keyspace
 /// `expired` events of `{prefix}user:*` keys into an early sweep. The returned receiver
 /// resolves once the first subscription stands: the router reads its first snapshot only
@@ -72,6 +85,7 @@ pub fn spawn_subscriber(
         let expired = "__keyevent@0__:expired";
         let user_keys = format!("{prefix}user:");
         let mut backoff = Duration::from_millis(50);
+        let mut gaps = GapDetector::new(GAP_GRACE);
         loop {
             let subscribed = async {
                 let mut pubsub = client.get_async_pubsub().await?;
@@ -94,6 +108,7 @@ pub fn spawn_subscriber(
                 }
             };
             backoff = Duration::from_millis(50);
+            gaps.reset();
             tracing::info!("subscribed to {updates}");
             match first.take() {
                 Some(tx) => {
@@ -102,10 +117,17 @@ pub fn spawn_subscriber(
                 None => hub.request_resync(),
             }
             let mut messages = pubsub.into_on_message();
+            let mut gap_check = tokio::time::interval(GAP_GRACE / 2);
             loop {
                 let message = tokio::select! {
                     _ = shutdown.cancelled() => return,
                     message = messages.next() => message,
+                    _ = gap_check.tick() => {
+                        if gaps.overdue() {
+                            resync_for_gap(&hub, &mut gaps);
+                        }
+                        continue;
+                    }
                 };
                 let Some(message) = message else { break };
                 let payload: &[u8] = message.get_payload_bytes();
@@ -119,6 +141,9 @@ pub fn spawn_subscriber(
                 match serde_json::from_slice::<PresenceUpdate>(payload) {
                     Ok(update) => {
                         ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "update").increment(1);
+                        if update.seq.is_some_and(|seq| gaps.saw(seq)) {
+                            resync_for_gap(&hub, &mut gaps);
+                        }
                         hub.apply(update);
                     }
                     Err(e) => {

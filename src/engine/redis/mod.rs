@@ -6,6 +6,7 @@
 //! script hands each offline to exactly one of them (trap 2).
 
 mod broker;
+mod gaps;
 
 use std::{sync::Arc, time::Duration};
 
@@ -144,12 +145,12 @@ impl RedisPresence {
 type MetaRow = (Option<String>, Option<u64>, Option<String>, Option<u64>);
 
 /// A transition as the scripts return it: user, status, version, lastSeen, deviceId,
-/// cause, now.
+/// cause, now, seq.
 type Row = Vec<Option<String>>;
 
 fn parse_row(row: Row) -> Result<PresenceUpdate, EngineError> {
     let bad = || EngineError::Unavailable("unexpected reply from a presence script".into());
-    let [user, status, version, last_seen, device_id, cause, now]: [Option<String>; 7] =
+    let [user, status, version, last_seen, device_id, cause, now, seq]: [Option<String>; 8] =
         row.try_into().map_err(|_| bad())?;
     let number = |v: Option<String>| v.and_then(|s| s.parse::<u64>().ok());
     Ok(PresenceUpdate {
@@ -166,6 +167,7 @@ fn parse_row(row: Row) -> Result<PresenceUpdate, EngineError> {
             _ => Cause::Disconnect,
         },
         timestamp: number(now).ok_or_else(bad)?,
+        seq: Some(number(seq).ok_or_else(bad)?),
     })
 }
 

@@ -7,6 +7,7 @@
 --   {p}sessions:U  zset: session id -> lease deadline (Unix ms, Redis clock)
 --   {p}deadlines   zset: user id -> latest lease deadline; holds exactly the users online,
 --                  so it is both the snapshot index and the sweep queue
+--   {p}seq         counter numbering every transition
 --
 -- Keys are derived from ARGV, so these scripts suit a single Redis, not Redis Cluster.
 
@@ -38,7 +39,8 @@ local function settle(user)
 end
 
 -- Moves the user to `status` unless it is there already. Returns the transition as
--- {user, status, version, lastSeen, deviceId, cause, now}, or nil.
+-- {user, status, version, lastSeen, deviceId, cause, now, seq}, or nil. `seq` numbers
+-- every transition cluster-wide, so subscribers notice one they never received.
 -- The version is above the last one and at least `now`, so versions keep growing even if
 -- Redis restarts empty.
 local function transition(user, status, cause)
@@ -53,5 +55,6 @@ local function transition(user, status, cause)
     redis.call('HSET', meta, 'lastSeen', now)
   end
   local f = redis.call('HMGET', meta, 'lastSeen', 'deviceId')
-  return {user, status, tostring(version), f[1] or false, f[2] or false, cause, tostring(now)}
+  local seq = redis.call('INCR', prefix .. 'seq')
+  return {user, status, tostring(version), f[1] or false, f[2] or false, cause, tostring(now), tostring(seq)}
 end
