@@ -35,6 +35,7 @@ pub mod ws;
 
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::{TcpListener, TcpSocket};
 
 use crate::app::App;
@@ -57,6 +58,12 @@ pub fn bind(config: &config::Config) -> std::io::Result<TcpListener> {
 /// waits for the connection and background tasks to finish.
 pub async fn run(listener: TcpListener, app: Arc<App>) -> anyhow::Result<()> {
     let router = http::router(app.clone());
+    // Presence frames are small and latency matters: no Nagle delay on any client socket.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router).with_graceful_shutdown(app.shutdown.clone().cancelled_owned()).await?;
     app.tracker.close();
     app.tracker.wait().await;

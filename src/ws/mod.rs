@@ -17,9 +17,10 @@ use crate::{app::App, auth::Credentials, http::ApiError, id::Id, metrics};
 
 use connection::Connection;
 
-/// Small socket buffers keep idle connections cheap; presence frames are tiny and
-/// tungstenite grows the read buffer for larger messages up to `--max-frame-bytes`.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// The initial read buffer per connection. Heartbeats are ~40 bytes; tungstenite grows
+/// the buffer for a larger message (up to `--max-frame-bytes`). 1 KiB instead of the 4 KiB
+/// tried first took idle RSS from 8.8 to 5.8 KiB per connection (docs/BENCHMARKS.md).
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// `GET /` (and `/ws`): authenticate, then upgrade.
 pub async fn upgrade(

@@ -1,0 +1,83 @@
+//! Heartbeat throughput: N mobiles heartbeat in a closed loop (send, wait for the ACK) for
+//! a fixed time; reports heartbeats per second and per second of router CPU, beside
+//! `redis-benchmark -t set -P 16` measured just before on the same Redis.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use tokio::time::Instant;
+
+use crate::{
+    fleet,
+    net::{Credentials, heartbeat},
+    stats::Process,
+};
+
+pub async fn run(
+    credentials: &Credentials,
+    router: SocketAddr,
+    pid: u32,
+    connections: usize,
+    seconds: u64,
+    redis_port: Option<u16>,
+) -> anyhow::Result<()> {
+    let redis_ops = match redis_port {
+        Some(port) => Some(redis_benchmark(port).await?),
+        None => None,
+    };
+    let mobiles = fleet::connect(credentials, router, 0..connections, 256).await?;
+    let process = Process { pid };
+    let count = Arc::new(AtomicU64::new(0));
+    let cpu_before = process.cpu_seconds()?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let tasks: Vec<_> = mobiles
+        .into_iter()
+        .map(|mut mobile| {
+            let count = count.clone();
+            tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    heartbeat(&mut mobile.ws, &mobile.user).await?;
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok::<_, anyhow::Error>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = process.cpu_seconds()? - cpu_before;
+    let n = count.load(Ordering::Relaxed) as f64;
+    print!(
+        "heartbeats connections={connections} seconds={elapsed:.1} per_second={:.0} router_cpu={cpu:.2}s per_router_cpu_second={:.0}",
+        n / elapsed,
+        n / cpu
+    );
+    match redis_ops {
+        Some(ops) => println!(" redis_set_p16={ops:.0} ratio={:.2}", (n / elapsed) / ops),
+        None => println!(),
+    }
+    Ok(())
+}
+
+/// `redis-benchmark -t set -P 16 -q`: SET requests per second.
+async fn redis_benchmark(port: u16) -> anyhow::Result<f64> {
+    let output = tokio::process::Command::new("redis-benchmark")
+        .args(["-p", &port.to_string(), "-t", "set", "-P", "16", "-q", "-n", "2000000"])
+        .output()
+        .await
+        .context("running redis-benchmark")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    // "SET: 512345.67 requests per second, p50=…" (the last progress line wins)
+    let line = text.rsplit(['\r', '\n']).find(|l| l.starts_with("SET:")).context("redis-benchmark output")?;
+    Ok(line.trim_start_matches("SET:").split_whitespace().next().context("ops")?.parse()?)
+}

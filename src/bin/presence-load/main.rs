@@ -1,0 +1,124 @@
+//! presence-load: the load tool behind `docs/BENCHMARKS.md`.
+//!
+//! Each subcommand drives a running router (or two) over loopback and prints one line of
+//! figures. Past ~25k connections it spreads them over 127.0.0.2, .3, …; raise the file
+//! limit first (`ulimit -n 250000`) for the router and the tool alike.
+
+mod bulk;
+mod fleet;
+mod heartbeats;
+mod idle;
+mod latency;
+mod net;
+mod silent;
+mod snapshot;
+mod stats;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+use net::Credentials;
+
+#[derive(Parser)]
+#[command(about = "Load tool for presence-router")]
+struct Args {
+    /// The routers' JWT secret.
+    #[arg(long, env = "JWT_SECRET", default_value = "dev-secret-change-me", global = true)]
+    secret: String,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// RSS per idle mobile connection.
+    Idle {
+        #[arg(long)]
+        router: SocketAddr,
+        #[arg(long)]
+        router_pid: u32,
+        #[arg(long, default_value_t = 50_000)]
+        connections: usize,
+    },
+    /// Heartbeats per second and per router CPU-second (router: --heartbeat-min-interval-ms 0
+    /// and a --frame-rate high enough not to throttle).
+    Heartbeats {
+        #[arg(long)]
+        router: SocketAddr,
+        #[arg(long)]
+        router_pid: u32,
+        #[arg(long, default_value_t = 500)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Run `redis-benchmark -t set -P 16` against this port first, for the ratio.
+        #[arg(long)]
+        redis_port: Option<u16>,
+    },
+    /// Connect/disconnect on one router → PRESENCE_UPDATE on a dashboard of another.
+    Latency {
+        #[arg(long)]
+        mobiles: SocketAddr,
+        #[arg(long)]
+        dashboard: SocketAddr,
+        #[arg(long, default_value_t = 200)]
+        users: usize,
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Silent users → offline on a dashboard, late by how much after the lease deadline.
+    Silent {
+        #[arg(long)]
+        router: SocketAddr,
+        #[arg(long)]
+        dashboard: SocketAddr,
+        #[arg(long, default_value_t = 100_000)]
+        users: usize,
+        /// The router's --presence-ttl.
+        #[arg(long)]
+        ttl: u64,
+    },
+    /// Time to a new dashboard's PRESENCE_SNAPSHOT with N users online.
+    Snapshot {
+        #[arg(long)]
+        router: SocketAddr,
+        #[arg(long, default_value_t = 100_000)]
+        users: usize,
+        #[arg(long, default_value_t = 10)]
+        repeat: usize,
+    },
+    /// `POST /api/presence/status` with 100 ids.
+    Bulk {
+        #[arg(long)]
+        router: SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        online: usize,
+        #[arg(long, default_value_t = 5000)]
+        requests: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let credentials = Arc::new(Credentials { secret: args.secret });
+    match args.scenario {
+        Scenario::Idle { router, router_pid, connections } => {
+            idle::run(&credentials, router, router_pid, connections).await
+        }
+        Scenario::Heartbeats { router, router_pid, connections, seconds, redis_port } => {
+            heartbeats::run(&credentials, router, router_pid, connections, seconds, redis_port).await
+        }
+        Scenario::Latency { mobiles, dashboard, users, rate, seconds } => {
+            latency::run(credentials, mobiles, dashboard, users, rate, seconds).await
+        }
+        Scenario::Silent { router, dashboard, users, ttl } => {
+            silent::run(&credentials, router, dashboard, users, Duration::from_secs(ttl)).await
+        }
+        Scenario::Snapshot { router, users, repeat } => snapshot::run(&credentials, router, users, repeat).await,
+        Scenario::Bulk { router, online, requests } => bulk::run(&credentials, router, online, requests).await,
+    }
+}
