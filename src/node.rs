@@ -136,15 +136,12 @@ impl Node {
         self.check("lookup", result)
     }
 
-    /// Ends the leases that ran out and publishes the resulting offlines.
+    /// Ends the leases that ran out and publishes the resulting offlines together.
     pub async fn sweep(&self) -> Result<usize, EngineError> {
         let result = self.engine.store.expire_due().await;
         let updates = self.check("expire", result)?;
-        let n = updates.len();
-        for update in updates {
-            self.publish(update).await;
-        }
-        Ok(n)
+        self.publish(&updates).await;
+        Ok(updates.len())
     }
 
     /// Re-asserts every local session, then rebuilds the hub from the store; dashboards
@@ -179,7 +176,7 @@ impl Node {
         result: Result<Option<PresenceUpdate>, EngineError>,
     ) -> Result<(), EngineError> {
         if let Some(update) = self.check(op, result)? {
-            self.publish(update).await;
+            self.publish(std::slice::from_ref(&update)).await;
         }
         Ok(())
     }
@@ -196,15 +193,21 @@ impl Node {
         result
     }
 
-    async fn publish(&self, update: PresenceUpdate) {
-        ::metrics::counter!(metrics::TRANSITIONS, "cause" => update.cause.as_str()).increment(1);
-        if update.cause == Cause::Expired {
-            ::metrics::counter!(metrics::TTL_EXPIRATIONS).increment(1);
+    async fn publish(&self, updates: &[PresenceUpdate]) {
+        if updates.is_empty() {
+            return;
         }
-        tracing::debug!(user = %update.presence.user_id, status = update.presence.status.as_str(),
-            version = update.presence.version, cause = update.cause.as_str(), "transition");
-        // A lost publish is repaired by the resync that follows the broker's reconnect.
-        let result = self.engine.broker.publish(&update).await;
+        for update in updates {
+            ::metrics::counter!(metrics::TRANSITIONS, "cause" => update.cause.as_str()).increment(1);
+            if update.cause == Cause::Expired {
+                ::metrics::counter!(metrics::TTL_EXPIRATIONS).increment(1);
+            }
+            tracing::debug!(user = %update.presence.user_id, status = update.presence.status.as_str(),
+                version = update.presence.version, cause = update.cause.as_str(), "transition");
+        }
+        // A lost publish shows as a gap in the transition sequence and is repaired by a
+        // resync on every router.
+        let result = self.engine.broker.publish_many(updates).await;
         let _ = self.check("publish", result);
     }
 

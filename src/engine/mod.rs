@@ -69,6 +69,15 @@ pub trait PresenceStore: Send + Sync + 'static {
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     async fn publish(&self, update: &PresenceUpdate) -> Result<(), EngineError>;
+
+    /// Publishes several in order; the Redis broker sends them in one round trip, which is
+    /// what keeps a sweep that ends thousands of leases at once from trickling them out.
+    async fn publish_many(&self, updates: &[PresenceUpdate]) -> Result<(), EngineError> {
+        for update in updates {
+            self.publish(update).await?;
+        }
+        Ok(())
+    }
 }
 
 /// The pair a router runs with.

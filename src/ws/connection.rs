@@ -7,8 +7,12 @@ use std::{sync::Arc, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
+use futures_util::SinkExt;
 use tokio::{
-    sync::{OwnedSemaphorePermit, broadcast::error::RecvError},
+    sync::{
+        OwnedSemaphorePermit, broadcast,
+        broadcast::error::{RecvError, TryRecvError},
+    },
     time::{Instant, sleep_until},
 };
 
@@ -22,6 +26,17 @@ use crate::{
     presence::{Session, unix_ms},
     protocol::{self, ErrorCode, Frame, message_type},
 };
+
+/// Most queued hub events forwarded before one flush.
+const EVENT_BATCH: usize = 256;
+
+/// What woke the connection task.
+enum Wake {
+    Shutdown,
+    Idle,
+    Message(Option<Result<Message, axum::Error>>),
+    Event(Result<HubEvent, RecvError>),
+}
 
 /// How a connection ended: with a close frame we send, or already gone.
 enum Exit {
@@ -121,28 +136,36 @@ impl Connection {
                     None => std::future::pending().await,
                 }
             };
-            let exit = tokio::select! {
+            let wake = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => Some(Exit::Close(close::SERVICE_RESTART, "router restarting")),
-                _ = &mut idle, if self.session.is_some() => Some(Exit::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout")),
-                message = socket.recv() => match message {
-                    None | Some(Ok(Message::Close(_))) => Some(Exit::Gone("closed")),
-                    Some(Err(e)) => Some(read_error(e)),
-                    Some(Ok(Message::Binary(bytes))) => {
-                        let exit = self.on_binary(socket, &bytes).await;
-                        if matches!(exit, Ok(true)) {
-                            idle.as_mut().reset(Instant::now() + self.app.limits.idle_timeout);
-                        }
-                        exit.err()
+                _ = shutdown.cancelled() => Wake::Shutdown,
+                _ = &mut idle, if self.session.is_some() => Wake::Idle,
+                message = socket.recv() => Wake::Message(message),
+                event = event => Wake::Event(event),
+            };
+            let exit = match wake {
+                Wake::Shutdown => Some(Exit::Close(close::SERVICE_RESTART, "router restarting")),
+                Wake::Idle => Some(Exit::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout")),
+                Wake::Message(None | Some(Ok(Message::Close(_)))) => Some(Exit::Gone("closed")),
+                Wake::Message(Some(Err(e))) => Some(read_error(e)),
+                Wake::Message(Some(Ok(Message::Binary(bytes)))) => {
+                    let exit = self.on_binary(socket, &bytes).await;
+                    if matches!(exit, Ok(true)) {
+                        idle.as_mut().reset(Instant::now() + self.app.limits.idle_timeout);
                     }
-                    Some(Ok(Message::Text(_))) => {
-                        ::metrics::counter!(metrics::FRAME_ERRORS, "reason" => "text").increment(1);
-                        let frame = protocol::error_frame(ErrorCode::TextNotSupported, "frames are binary msgpack", None, None);
-                        self.write(socket, frame).await
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                    exit.err()
+                }
+                Wake::Message(Some(Ok(Message::Text(_)))) => {
+                    ::metrics::counter!(metrics::FRAME_ERRORS, "reason" => "text").increment(1);
+                    let frame =
+                        protocol::error_frame(ErrorCode::TextNotSupported, "frames are binary msgpack", None, None);
+                    self.write(socket, frame).await
+                }
+                Wake::Message(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => None,
+                Wake::Event(event) => match subscription.as_mut() {
+                    Some(events) => self.on_events(socket, event, events).await,
+                    None => None,
                 },
-                event = event => self.on_event(socket, event).await,
             };
             if let Some(exit) = exit {
                 return exit;
@@ -237,34 +260,57 @@ impl Connection {
         self.write(socket, reply).await.map_or(Ok(false), Err)
     }
 
-    async fn on_event(&mut self, socket: &mut WebSocket, event: Result<HubEvent, RecvError>) -> Option<Exit> {
-        match event {
-            Ok(HubEvent::Update { seq, frame, timestamp }) => {
-                if seq <= self.seq {
-                    return None;
+    /// Forwards `first` and every event already queued behind it (up to a batch), then
+    /// flushes once: a dashboard catching up costs one write per batch, not per update.
+    async fn on_events(
+        &mut self,
+        socket: &mut WebSocket,
+        first: Result<HubEvent, RecvError>,
+        events: &mut broadcast::Receiver<HubEvent>,
+    ) -> Option<Exit> {
+        let mut event = first;
+        for _ in 0..EVENT_BATCH {
+            let frame = match event {
+                Ok(HubEvent::Update { seq, frame, timestamp }) if seq > self.seq => {
+                    self.seq = seq;
+                    let latency_ms = unix_ms().saturating_sub(timestamp);
+                    ::metrics::histogram!(metrics::UPDATE_LATENCY).record(latency_ms as f64 / 1000.0);
+                    Some(frame)
                 }
-                self.seq = seq;
-                let exit = self.write(socket, frame).await;
-                let latency_ms = unix_ms().saturating_sub(timestamp);
-                ::metrics::histogram!(metrics::UPDATE_LATENCY).record(latency_ms as f64 / 1000.0);
-                exit
+                Ok(HubEvent::Update { .. }) => None,
+                Ok(HubEvent::Resync) => {
+                    let (snapshot, seq) = self.app.node.hub().snapshot();
+                    self.seq = seq;
+                    Some(protocol::snapshot_frame(&snapshot, seq))
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::info!(missed, "dashboard fell behind the update ring");
+                    return Some(Exit::Close(close::SLOW_CONSUMER, "slow consumer"));
+                }
+                Err(RecvError::Closed) => return Some(Exit::Close(close::SERVICE_RESTART, "router restarting")),
+            };
+            if let Some(frame) = frame
+                && let Some(exit) = self.timed(socket.feed(Message::Binary(frame))).await
+            {
+                return Some(exit);
             }
-            Ok(HubEvent::Resync) => {
-                let (snapshot, seq) = self.app.node.hub().snapshot();
-                self.seq = seq;
-                self.write(socket, protocol::snapshot_frame(&snapshot, seq)).await
-            }
-            Err(RecvError::Lagged(missed)) => {
-                tracing::info!(missed, "dashboard fell behind the update ring");
-                Some(Exit::Close(close::SLOW_CONSUMER, "slow consumer"))
-            }
-            Err(RecvError::Closed) => Some(Exit::Close(close::SERVICE_RESTART, "router restarting")),
+            event = match events.try_recv() {
+                Ok(next) => Ok(next),
+                Err(TryRecvError::Lagged(missed)) => Err(RecvError::Lagged(missed)),
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            };
         }
+        self.timed(socket.flush()).await
     }
 
     /// Writes one frame within the write timeout.
     async fn write(&mut self, socket: &mut WebSocket, frame: Bytes) -> Option<Exit> {
-        match tokio::time::timeout(self.app.limits.write_timeout, socket.send(Message::Binary(frame))).await {
+        self.timed(socket.send(Message::Binary(frame))).await
+    }
+
+    /// A socket operation bounded by the write timeout; a stalled one is a slow consumer.
+    async fn timed(&self, operation: impl Future<Output = Result<(), axum::Error>>) -> Option<Exit> {
+        match tokio::time::timeout(self.app.limits.write_timeout, operation).await {
             Ok(Ok(())) => None,
             Ok(Err(_)) => Some(Exit::Gone("write_failed")),
             Err(_) => Some(Exit::Close(close::SLOW_CONSUMER, "write timeout")),

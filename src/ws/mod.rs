@@ -22,6 +22,13 @@ use connection::Connection;
 /// tried first took idle RSS from 8.8 to 5.8 KiB per connection (docs/BENCHMARKS.md).
 const READ_BUFFER_BYTES: usize = 1024;
 
+/// Frames fed without a flush collect up to this many bytes before they are written, so a
+/// dashboard catching up on many updates pays one write per batch, not per update. Every
+/// single send still flushes at once. Allocated only as used. The write buffer has no
+/// upper cap: a snapshot is one message (~10 MB for 100k users) and must fit whole; what
+/// bounds a slow dashboard is the update ring and the write timeout.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
 /// `GET /` (and `/ws`): authenticate, then upgrade.
 pub async fn upgrade(
     State(app): State<Arc<App>>,
@@ -76,8 +83,7 @@ pub async fn upgrade(
 
     let mut ws = ws
         .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(0)
-        .max_write_buffer_size(app.limits.max_frame_bytes.max(1 << 20) * 4)
+        .write_buffer_size(WRITE_BATCH_BYTES)
         .max_message_size(app.limits.max_frame_bytes)
         .max_frame_size(app.limits.max_frame_bytes);
     if let Some(protocol) = credentials.protocol {

@@ -10,6 +10,7 @@ mod heartbeats;
 mod idle;
 mod latency;
 mod net;
+mod seed;
 mod silent;
 mod snapshot;
 mod stats;
@@ -71,8 +72,15 @@ enum Scenario {
     },
     /// Silent users → offline on a dashboard, late by how much after the lease deadline.
     Silent {
-        #[arg(long)]
-        router: SocketAddr,
+        /// Real mobile sockets on this router…
+        #[arg(long, required_unless_present = "redis_port")]
+        router: Option<SocketAddr>,
+        /// …or users leased straight into this Redis.
+        #[arg(long, conflicts_with = "router")]
+        redis_port: Option<u16>,
+        /// With --redis-port: unrelated TTL keys to write first.
+        #[arg(long, default_value_t = 0)]
+        other_keys: usize,
         #[arg(long)]
         dashboard: SocketAddr,
         #[arg(long, default_value_t = 100_000)]
@@ -81,12 +89,25 @@ enum Scenario {
         #[arg(long)]
         ttl: u64,
     },
+    /// Lease users u0..uN straight into Redis (then start a router: it loads them).
+    Seed {
+        #[arg(long)]
+        redis_port: u16,
+        #[arg(long, default_value_t = 100_000)]
+        users: usize,
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
     /// Time to a new dashboard's PRESENCE_SNAPSHOT with N users online.
     Snapshot {
         #[arg(long)]
         router: SocketAddr,
-        #[arg(long, default_value_t = 100_000)]
+        /// Mobiles to connect first; 0 when the users were seeded.
+        #[arg(long, default_value_t = 10_000)]
         users: usize,
+        /// Users the snapshot must hold at least (default: --users).
+        #[arg(long)]
+        expect: Option<usize>,
         #[arg(long, default_value_t = 10)]
         repeat: usize,
     },
@@ -115,10 +136,22 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Latency { mobiles, dashboard, users, rate, seconds } => {
             latency::run(credentials, mobiles, dashboard, users, rate, seconds).await
         }
-        Scenario::Silent { router, dashboard, users, ttl } => {
-            silent::run(&credentials, router, dashboard, users, Duration::from_secs(ttl)).await
+        Scenario::Silent { router, redis_port, other_keys, dashboard, users, ttl } => {
+            let from = match (router, redis_port) {
+                (Some(router), _) => silent::Users::Sockets(router),
+                (None, Some(redis_port)) => silent::Users::Seeded { redis_port, other_keys },
+                (None, None) => anyhow::bail!("give --router or --redis-port"),
+            };
+            silent::run(&credentials, from, dashboard, users, Duration::from_secs(ttl)).await
         }
-        Scenario::Snapshot { router, users, repeat } => snapshot::run(&credentials, router, users, repeat).await,
+        Scenario::Seed { redis_port, users, ttl } => {
+            let deadlines = seed::users(redis_port, users, Duration::from_secs(ttl)).await?;
+            println!("seeded {} users online for {ttl}s", deadlines.len());
+            Ok(())
+        }
+        Scenario::Snapshot { router, users, expect, repeat } => {
+            snapshot::run(&credentials, router, users, expect.unwrap_or(users), repeat).await
+        }
         Scenario::Bulk { router, online, requests } => bulk::run(&credentials, router, online, requests).await,
     }
 }

@@ -16,7 +16,13 @@ use crate::{
     stats::Summary,
 };
 
-pub async fn run(credentials: &Credentials, router: SocketAddr, users: usize, repeat: usize) -> anyhow::Result<()> {
+pub async fn run(
+    credentials: &Credentials,
+    router: SocketAddr,
+    users: usize,
+    expect: usize,
+    repeat: usize,
+) -> anyhow::Result<()> {
     let mobiles = fleet::connect(credentials, router, 0..users, 256).await?;
     let mut probe = credentials.connect(router, users + 1, "probe", Role::Mobile).await?;
     let rtts = Arc::new(Mutex::new(Vec::new()));
@@ -37,11 +43,15 @@ pub async fn run(credentials: &Credentials, router: SocketAddr, users: usize, re
         let mut dashboard = credentials.connect(router, users + 2 + i, &format!("dash{i}"), Role::Dashboard).await?;
         let snapshot = next_frame(&mut dashboard).await?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);
-        anyhow::ensure!(snapshot[5]["count"].as_u64() >= Some(users as u64), "snapshot holds {}", snapshot[5]["count"]);
+        anyhow::ensure!(
+            snapshot[5]["count"].as_u64() >= Some(expect as u64),
+            "snapshot holds {}",
+            snapshot[5]["count"]
+        );
     }
     probing.abort();
     let rtts = std::mem::take(&mut *rtts.lock().unwrap());
-    println!("snapshot users={users} time {}", Summary::of(times));
+    println!("snapshot users={expect} time {}", Summary::of(times));
     println!("snapshot probe heartbeat rtt during snapshots {}", Summary::of(rtts));
     drop(mobiles);
     Ok(())

@@ -35,22 +35,32 @@ impl RedisBroker {
     }
 }
 
-#[async_trait]
-impl Broker for RedisBroker {
-    async fn publish(&self, update: &PresenceUpdate) -> Result<(), EngineError> {
+impl RedisBroker {
+    /// Adds one update's two PUBLISHes (`updates` and `online`/`offline`) to `pipe`.
+    fn add(&self, pipe: &mut redis::Pipeline, update: &PresenceUpdate) -> Result<(), EngineError> {
         let json = serde_json::to_string(update).map_err(|e| EngineError::Unavailable(e.to_string()))?;
         let status_channel = match update.presence.status {
             Status::Online => "online",
             Status::Offline => "offline",
         };
-        redis::pipe()
-            .publish(format!("{}updates", self.prefix), &json)
-            .ignore()
-            .publish(format!("{}{status_channel}", self.prefix), &json)
-            .ignore()
-            .query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)
+        pipe.publish(format!("{}updates", self.prefix), &json).ignore();
+        pipe.publish(format!("{}{status_channel}", self.prefix), &json).ignore();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(&self, update: &PresenceUpdate) -> Result<(), EngineError> {
+        self.publish_many(std::slice::from_ref(update)).await
+    }
+
+    async fn publish_many(&self, updates: &[PresenceUpdate]) -> Result<(), EngineError> {
+        let mut pipe = redis::pipe();
+        for update in updates {
+            self.add(&mut pipe, update)?;
+        }
+        pipe.query_async::<()>(&mut self.conn.clone()).await.map_err(unavailable)
     }
 }
 

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs every benchmark in docs/BENCHMARKS.md in one session and prints one line per figure.
+# Needs redis-server and redis-benchmark (make deps). Loopback only; stops by itself.
+#   scripts/bench.sh [idle-connections]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+IDLE=${1:-18000}
+export JWT_SECRET=bench-secret
+cargo build --release --bins -q
+BIN=target/release
+DIR=$(mktemp -d)
+PIDS=()
+declare -A PID_OF
+cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; redis-cli -p 6400 shutdown nosave >/dev/null 2>&1 || true; rm -rf "$DIR"; }
+trap cleanup EXIT
+[ -n "${KEEP_LOGS:-}" ] && trap 'cp "$DIR"/r*.err /tmp/ 2>/dev/null; cleanup' EXIT
+
+router() { # port, extra flags… → starts a router, waits for its listen line
+  local port=$1; shift
+  "$BIN/presence-router" --host 127.0.0.1 --port "$port" "$@" >"$DIR/r$port.out" 2>"$DIR/r$port.err" &
+  PIDS+=($!)
+  PID_OF[$port]=$!
+  for _ in $(seq 100); do grep -q listening "$DIR/r$port.out" 2>/dev/null && return; sleep 0.05; done
+  echo "router $port did not start" >&2; cat "$DIR/r$port.err" >&2; exit 1
+}
+
+echo "# $(date -u +%FT%TZ) $(nproc) cores, $(uname -r)"
+redis-server redis.conf --port 6400 --dir "$DIR" --daemonize yes --logfile "$DIR/redis.log"
+until redis-cli -p 6400 ping >/dev/null 2>&1; do sleep 0.05; done
+REDIS=(--redis-host 127.0.0.1 --redis-port 6400)
+FAST=(--heartbeat-min-interval-ms 0 --frame-rate 1000000 --frame-burst 1000000)
+
+router 4100                              # embedded
+router 4101 "${REDIS[@]}" "${FAST[@]}"   # Redis A
+router 4102 "${REDIS[@]}" --dashboard-queue 200000  # Redis B: its dashboard watches 100k users
+
+$BIN/presence-load idle --router 127.0.0.1:4100 --router-pid "${PID_OF[4100]}" --connections "$IDLE"
+$BIN/presence-load heartbeats --router 127.0.0.1:4101 --router-pid "${PID_OF[4101]}" --connections 500 --seconds 10 --redis-port 6400
+$BIN/presence-load latency --mobiles 127.0.0.1:4101 --dashboard 127.0.0.1:4102 --users 200 --rate 1000 --seconds 10
+$BIN/presence-load silent --redis-port 6400 --other-keys 1000000 --dashboard 127.0.0.1:4102 --users 100000 --ttl 30
+$BIN/presence-load bulk --router 127.0.0.1:4101 --online 1000 --requests 5000
+
+# Snapshot: 100k users leased into Redis, then a new router loads them at start.
+$BIN/presence-load seed --redis-port 6400 --users 100000 --ttl 3600
+router 4103 "${REDIS[@]}"
+$BIN/presence-load snapshot --router 127.0.0.1:4103 --users 0 --expect 100000 --repeat 10
