@@ -14,12 +14,18 @@ run:
 build:
 	$(CARGO) build --release --all-targets
 
-# Integration tests start real redis-server and nginx processes; install them when absent.
+# Integration tests start real redis-server, nginx and headless Chromium processes;
+# install them when absent.
+PACKAGES = redis-server redis-tools nginx-light chromium
 deps:
-	@if ! command -v redis-server >/dev/null || ! command -v nginx >/dev/null; then \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server nginx-light >/dev/null; \
-		else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server nginx-light >/dev/null; fi; \
+	@if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null \
+		|| ! command -v nginx >/dev/null || ! command -v chromium >/dev/null; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(PACKAGES) >/dev/null; \
 	fi
+
+bench: deps
+	scripts/bench.sh
 
 test: deps
 	$(CARGO) build --bins --examples

@@ -32,6 +32,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/", get(ws::upgrade))
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(ops::health))
+        .route("/dashboard", get(ops::dashboard))
         .route("/metrics", get(ops::metrics))
         .merge(api)
         .fallback(not_found)

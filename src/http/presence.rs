@@ -43,6 +43,22 @@ pub struct StatusResponse {
     timestamp: u64,
 }
 
+/// Reads `{"userIds": [...]}` with 1 to [`MAX_USER_IDS`] ids (strings or integers).
+/// Pure, so it is property-tested against arbitrary input.
+pub fn parse_request(body: &[u8]) -> Result<Vec<Id>, ApiError> {
+    let request: StatusRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("body must be {{\"userIds\": [...]}}: {e}"))
+    })?;
+    if request.user_ids.is_empty() || request.user_ids.len() > MAX_USER_IDS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_user_ids",
+            format!("userIds must hold 1 to {MAX_USER_IDS} ids, got {}", request.user_ids.len()),
+        ));
+    }
+    Ok(request.user_ids)
+}
+
 pub async fn status(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -65,22 +81,13 @@ pub async fn status(
         ));
     }
     let body = body.map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
-    let request: StatusRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("body must be {{\"userIds\": [...]}}: {e}"))
-    })?;
-    if request.user_ids.is_empty() || request.user_ids.len() > MAX_USER_IDS {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_user_ids",
-            format!("userIds must hold 1 to {MAX_USER_IDS} ids, got {}", request.user_ids.len()),
-        ));
-    }
+    let user_ids = parse_request(&body)?;
     if !app.presence_enabled {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "presence_disabled", "PRESENCE_ENABLED is false"));
     }
     let users = app
         .node
-        .lookup(&request.user_ids)
+        .lookup(&user_ids)
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "presence_unavailable", e.to_string()))?;
     Ok(Json(StatusResponse {
@@ -96,4 +103,59 @@ pub async fn status(
             .collect(),
         timestamp: unix_ms(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Any JSON value, a few levels deep, with `userIds` a likely key.
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            ".{0,40}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::from),
+                proptest::collection::hash_map("userIds|[a-z]{1,6}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_are_refused_with_400_never_a_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            if let Err(e) = parse_request(&body) {
+                prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            }
+        }
+
+        #[test]
+        fn arbitrary_json_is_accepted_only_in_the_documented_shape(value in json()) {
+            match parse_request(value.to_string().as_bytes()) {
+                Ok(ids) => {
+                    let listed = value["userIds"].as_array().expect("accepted only with a userIds array");
+                    prop_assert!(!ids.is_empty() && ids.len() <= MAX_USER_IDS && ids.len() == listed.len());
+                }
+                Err(e) => prop_assert_eq!(e.status, StatusCode::BAD_REQUEST),
+            }
+        }
+
+        #[test]
+        fn valid_requests_keep_their_ids_in_order(ids in proptest::collection::vec("[a-zA-Z0-9_-]{1,128}", 1..=MAX_USER_IDS)) {
+            let body = serde_json::json!({ "userIds": ids }).to_string();
+            let parsed = parse_request(body.as_bytes()).unwrap();
+            prop_assert_eq!(
+                parsed.iter().map(Id::as_str).collect::<Vec<_>>(),
+                ids.iter().map(String::as_str).collect::<Vec<_>>()
+            );
+        }
+    }
 }

@@ -1,0 +1,151 @@
+//! The router's dashboard page in real headless Chromium: it authenticates with the
+//! Sec-WebSocket-Protocol pair, shows the snapshot, and follows live updates.
+//! Chromium is driven over the DevTools protocol (`make deps` installs it).
+
+mod common;
+
+use std::{process::Stdio, time::Duration};
+
+use common::{Router, WAIT, token};
+use futures_util::{SinkExt, StreamExt};
+use presence_router::auth::Role;
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    net::TcpStream,
+    process::{Child, Command},
+};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
+
+/// A headless Chromium and one page in it, spoken to over the DevTools protocol.
+struct Browser {
+    _child: Child,
+    _profile: tempdir::Dir,
+    devtools: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    session: String,
+    next_id: u64,
+}
+
+mod tempdir {
+    /// A directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Browser {
+    async fn open(url: &str) -> Browser {
+        let profile = std::env::temp_dir().join(format!("presence-router-chromium-{}", std::process::id()));
+        std::fs::create_dir_all(&profile).unwrap();
+        let mut child = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromium is installed (make deps)");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let endpoint = tokio::time::timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(url) = line.strip_prefix("DevTools listening on ") {
+                    return url.to_string();
+                }
+            }
+            panic!("chromium exited before its DevTools endpoint was up");
+        })
+        .await
+        .expect("chromium starts in time");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (devtools, _) = tokio_tungstenite::connect_async(endpoint.as_str()).await.unwrap();
+        let mut browser =
+            Browser { _child: child, _profile: tempdir::Dir(profile), devtools, session: String::new(), next_id: 0 };
+        let target = browser.call(None, "Target.createTarget", json!({ "url": url })).await;
+        let attached = browser
+            .call(None, "Target.attachToTarget", json!({ "targetId": target["targetId"], "flatten": true }))
+            .await;
+        browser.session = attached["sessionId"].as_str().unwrap().to_string();
+        browser
+    }
+
+    /// One DevTools call; returns its result.
+    async fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut message = json!({ "id": id, "method": method, "params": params });
+        if let Some(session) = session {
+            message["sessionId"] = json!(session);
+        }
+        self.devtools.send(Message::text(message.to_string())).await.unwrap();
+        loop {
+            let reply =
+                tokio::time::timeout(WAIT, self.devtools.next()).await.expect("DevTools answers").unwrap().unwrap();
+            let reply: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+            if reply["id"] == json!(id) {
+                assert!(reply.get("error").is_none(), "{method}: {reply}");
+                return reply["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates a JavaScript expression in the page.
+    async fn eval(&mut self, expression: &str) -> Value {
+        let session = self.session.clone();
+        let result = self
+            .call(Some(&session), "Runtime.evaluate", json!({ "expression": expression, "returnByValue": true }))
+            .await;
+        result["result"]["value"].clone()
+    }
+
+    /// The status the page shows for `user`, or null.
+    async fn shown(&mut self, user: &str) -> Value {
+        self.eval(&format!("document.querySelector('[data-user=\"{user}\"]')?.dataset.status ?? null")).await
+    }
+
+    async fn wait_for(&mut self, user: &str, status: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.shown(user).await != json!(status) {
+            assert!(tokio::time::Instant::now() < deadline, "page never showed {user} {status}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_page_shows_a_snapshot_and_live_dots() {
+    let router = Router::start(&[]).await;
+    let (mut watcher, _) = router.dashboard("watcher").await;
+    let alpha = router.mobile("alpha", "radio-a").await;
+    watcher.next_update().await;
+
+    let url = format!("http://{}/dashboard#token={}", router.addr, token("dispatcher", Role::Dashboard));
+    let mut browser = Browser::open(&url).await;
+    browser.wait_for("alpha", "online").await; // from the snapshot
+    assert_eq!(browser.eval("document.body.dataset.connected").await, json!("true"));
+
+    let _bravo = router.mobile("bravo", "radio-b").await;
+    browser.wait_for("bravo", "online").await; // a live update
+    alpha.close().await;
+    browser.wait_for("alpha", "offline").await; // grey dot
+    assert_eq!(
+        browser.eval("getComputedStyle(document.querySelector('[data-user=\"alpha\"] .dot')).backgroundColor").await,
+        json!("rgb(170, 170, 170)")
+    );
+    assert_eq!(
+        browser.eval("getComputedStyle(document.querySelector('[data-user=\"bravo\"] .dot')).backgroundColor").await,
+        json!("rgb(46, 204, 64)")
+    );
+}
