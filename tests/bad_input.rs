@@ -163,6 +163,28 @@ async fn a_dashboard_that_stops_reading_is_closed_as_slow_consumer() {
 }
 
 #[tokio::test]
+async fn a_dashboard_catching_up_receives_every_update() {
+    // A dashboard whose socket is full while 500 changes happen: they queue in the ring and
+    // reach it in batches once it reads again. None may be lost between batches.
+    let router = Router::start(&["--dashboard-queue", "5000", "--tcp-send-buffer", "8192"]).await;
+    let mut stalled = Client::connect_small_buffer(router.addr, &token("stalled", Role::Dashboard)).await;
+    let (mut watcher, _) = router.dashboard("watcher").await;
+    let padded = |i: usize| format!("{i:0>120}"); // long ids fill the stalled socket sooner
+    let mut mobiles = Vec::new();
+    for i in 0..500 {
+        mobiles.push(Client::connect(router.addr, &token(&padded(i), Role::Mobile), Some("d")).await);
+        watcher.next_update().await;
+    }
+    let mut seen = std::collections::HashSet::new();
+    let snapshot = stalled.next_frame().await;
+    assert_eq!(snapshot[1].as_u64(), Some(32));
+    while seen.len() < 500 {
+        let update = stalled.next_update().await;
+        assert!(seen.insert(update["userId"].as_str().unwrap().to_string()), "each update once");
+    }
+}
+
+#[tokio::test]
 async fn bulk_api_rejects_bad_requests_with_json_errors() {
     let router = Router::start(&[]).await;
     let bearer = format!("Bearer {}", token("api", Role::Mobile));

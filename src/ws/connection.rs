@@ -268,8 +268,9 @@ impl Connection {
         first: Result<HubEvent, RecvError>,
         events: &mut broadcast::Receiver<HubEvent>,
     ) -> Option<Exit> {
-        let mut event = first;
-        for _ in 0..EVENT_BATCH {
+        let mut next = Some(first);
+        let mut forwarded = 0;
+        while let Some(event) = next.take() {
             let frame = match event {
                 Ok(HubEvent::Update { seq, frame, timestamp }) if seq > self.seq => {
                     self.seq = seq;
@@ -294,11 +295,16 @@ impl Connection {
             {
                 return Some(exit);
             }
-            event = match events.try_recv() {
-                Ok(next) => Ok(next),
-                Err(TryRecvError::Lagged(missed)) => Err(RecvError::Lagged(missed)),
-                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
-            };
+            forwarded += 1;
+            // Take the next event only if this batch will forward it; the rest wait in
+            // the ring for the next batch.
+            if forwarded < EVENT_BATCH {
+                next = match events.try_recv() {
+                    Ok(event) => Some(Ok(event)),
+                    Err(TryRecvError::Lagged(missed)) => Some(Err(RecvError::Lagged(missed))),
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => None,
+                };
+            }
         }
         self.timed(socket.flush()).await
     }
