@@ -30,6 +30,7 @@ pub struct Limits {
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub update_batch: Duration,
 }
 
 pub struct App {
@@ -106,6 +107,7 @@ impl App {
                 idle_timeout: config.idle_timeout(),
                 write_timeout: Duration::from_millis(config.write_timeout_ms),
                 shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+                update_batch: Duration::from_millis(config.update_batch_ms),
             },
             presence_enabled: config.presence_enabled,
             connections: Arc::new(Semaphore::new(config.max_connections)),

@@ -85,6 +85,12 @@ pub struct Config {
     #[arg(long, env = "DASHBOARD_QUEUE", default_value_t = 8192)]
     pub dashboard_queue: usize,
 
+    /// Dashboards wait this long after a change to send it with everything else that
+    /// changed meanwhile, in one write (the seed's batched updates). 0: send at once,
+    /// batching only what is already queued. The ring must hold a window's worth.
+    #[arg(long, env = "UPDATE_BATCH_MS", default_value_t = 0)]
+    pub update_batch_ms: u64,
+
     /// Longest a single write to a client may take before it is dropped as a slow consumer.
     #[arg(long, env = "WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,

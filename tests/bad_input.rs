@@ -114,6 +114,32 @@ async fn dashboards_may_not_heartbeat() {
 }
 
 #[tokio::test]
+async fn connections_past_the_cap_get_503_json() {
+    let router = Router::start(&["--max-connections", "2"]).await;
+    let mut first = router.mobile("a", "pa").await;
+    let _second = router.mobile("b", "pb").await;
+    let (status, body) = handshake(&router, &[("token", &token("c", Role::Mobile))]).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("too_many_connections")));
+    // A closed connection frees its place (once its task has finished).
+    first.sync("a").await;
+    first.close().await;
+    let mut request = format!("ws://{}/", router.addr).into_client_request().unwrap();
+    request.headers_mut().insert("token", token("c", Role::Mobile).parse().unwrap());
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let (ws, _) = loop {
+        match tokio_tungstenite::connect_async(request.clone()).await {
+            Ok(connected) => break connected,
+            Err(tungstenite::Error::Http(r)) if r.status() == 503 && tokio::time::Instant::now() < deadline => {
+                tokio::task::yield_now().await
+            }
+            Err(e) => panic!("the freed place was not reusable: {e}"),
+        }
+    };
+    Client { ws }.sync("c").await;
+    assert!(router.metrics().await.contains("presence_handshake_rejections_total{reason=\"too_many_connections\"} 1"));
+}
+
+#[tokio::test]
 async fn oversized_frames_close_with_1009() {
     let router = Router::start(&["--max-frame-bytes", "1024"]).await;
     let mut mobile = router.mobile("m", "p").await;

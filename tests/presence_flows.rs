@@ -14,6 +14,7 @@ on_both_engines!(
     snapshot_holds_everyone_online,
     bulk_status_has_the_seed_shape,
     health_and_metrics_report_the_router,
+    a_batch_window_loses_no_update,
 );
 
 async fn mobile_online_and_offline_reach_the_dashboard(engine: Engine) {
@@ -188,5 +189,21 @@ async fn health_and_metrics_report_the_router(engine: Engine) {
         "# TYPE presence_update_latency_seconds histogram",
     ] {
         assert!(text.contains(expected), "metrics lack `{expected}`:\n{text}");
+    }
+}
+
+async fn a_batch_window_loses_no_update(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let router = setup.router(&["--update-batch-ms", "200"]).await;
+    let (mut dashboard, _) = router.dashboard("dispatcher").await;
+    let mut mobiles = Vec::new();
+    for i in 0..20 {
+        mobiles.push(router.mobile(&format!("m{i}"), "p").await);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 20 {
+        let update = dashboard.next_update().await;
+        assert_eq!(update["status"].as_str(), Some("online"));
+        seen.insert(update["userId"].as_str().unwrap().to_string());
     }
 }

@@ -260,14 +260,18 @@ impl Connection {
         self.write(socket, reply).await.map_or(Ok(false), Err)
     }
 
-    /// Forwards `first` and every event already queued behind it (up to a batch), then
-    /// flushes once: a dashboard catching up costs one write per batch, not per update.
+    /// Forwards `first` and every event queued behind it (up to a batch; after waiting the
+    /// `--update-batch-ms` window, if set), then flushes once: a dashboard catching up
+    /// costs one write per batch, not per update.
     async fn on_events(
         &mut self,
         socket: &mut WebSocket,
         first: Result<HubEvent, RecvError>,
         events: &mut broadcast::Receiver<HubEvent>,
     ) -> Option<Exit> {
+        if !self.app.limits.update_batch.is_zero() {
+            tokio::time::sleep(self.app.limits.update_batch).await;
+        }
         let mut next = Some(first);
         let mut forwarded = 0;
         while let Some(event) = next.take() {

@@ -1,6 +1,7 @@
-//! Heartbeat throughput: N mobiles heartbeat in a closed loop (send, wait for the ACK) for
-//! a fixed time; reports heartbeats per second and per second of router CPU, beside
-//! `redis-benchmark -t set -P 16` measured just before on the same Redis.
+//! Heartbeat throughput: N mobiles heartbeat for a fixed time, at a chosen total rate or,
+//! with rate 0, in a closed loop (send, wait for the ACK, repeat); reports heartbeats per
+//! second and per second of router CPU, beside `redis-benchmark -t set -P 16` measured
+//! just before on the same Redis.
 
 use std::{
     net::SocketAddr,
@@ -12,7 +13,7 @@ use std::{
 };
 
 use anyhow::Context;
-use tokio::time::Instant;
+use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::{
     fleet,
@@ -26,6 +27,7 @@ pub async fn run(
     pid: u32,
     connections: usize,
     seconds: u64,
+    rate: u32,
     redis_port: Option<u16>,
 ) -> anyhow::Result<()> {
     let redis_ops = match redis_port {
@@ -38,12 +40,24 @@ pub async fn run(
     let cpu_before = process.cpu_seconds()?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
+    // Each connection's share of the total rate; none for the closed loop.
+    let period = (rate > 0).then(|| Duration::from_secs_f64(connections as f64 / f64::from(rate)));
     let tasks: Vec<_> = mobiles
         .into_iter()
-        .map(|mut mobile| {
+        .enumerate()
+        .map(|(i, mut mobile)| {
             let count = count.clone();
             tokio::spawn(async move {
+                let mut ticks = period.map(|p| {
+                    // Spread the connections' phases over one period.
+                    let mut t = tokio::time::interval_at(started + p.mul_f64(i as f64 / connections as f64), p);
+                    t.set_missed_tick_behavior(MissedTickBehavior::Skip);
+                    t
+                });
                 while Instant::now() < deadline {
+                    if let Some(ticks) = ticks.as_mut() {
+                        ticks.tick().await;
+                    }
                     heartbeat(&mut mobile.ws, &mobile.user).await?;
                     count.fetch_add(1, Ordering::Relaxed);
                 }
@@ -58,7 +72,8 @@ pub async fn run(
     let cpu = process.cpu_seconds()? - cpu_before;
     let n = count.load(Ordering::Relaxed) as f64;
     print!(
-        "heartbeats connections={connections} seconds={elapsed:.1} per_second={:.0} router_cpu={cpu:.2}s per_router_cpu_second={:.0}",
+        "heartbeats connections={connections} rate={} seconds={elapsed:.1} per_second={:.0} router_cpu={cpu:.2}s per_router_cpu_second={:.0}",
+        if rate == 0 { "max".to_string() } else { rate.to_string() },
         n / elapsed,
         n / cpu
     );

@@ -53,6 +53,9 @@ enum Scenario {
         connections: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Total heartbeats per second across all connections; 0 = as fast as ACKs return.
+        #[arg(long, default_value_t = 0)]
+        rate: u32,
         /// Run `redis-benchmark -t set -P 16` against this port first, for the ratio.
         #[arg(long)]
         redis_port: Option<u16>,
@@ -130,8 +133,8 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Idle { router, router_pid, connections } => {
             idle::run(&credentials, router, router_pid, connections).await
         }
-        Scenario::Heartbeats { router, router_pid, connections, seconds, redis_port } => {
-            heartbeats::run(&credentials, router, router_pid, connections, seconds, redis_port).await
+        Scenario::Heartbeats { router, router_pid, connections, seconds, rate, redis_port } => {
+            heartbeats::run(&credentials, router, router_pid, connections, seconds, rate, redis_port).await
         }
         Scenario::Latency { mobiles, dashboard, users, rate, seconds } => {
             latency::run(credentials, mobiles, dashboard, users, rate, seconds).await
