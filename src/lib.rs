@@ -18,6 +18,10 @@
 //! - [`http`]: the axum router: WebSocket endpoint, presence API, health, metrics.
 //! - [`app`]: shared state built from the config; [`metrics`]: metric names.
 //!
+//! Beside the library: `src/main.rs` (the router binary), `src/bin/presence-load/` (the
+//! load tool behind `docs/BENCHMARKS.md`), `src/engine/redis/lua/` (the Redis scripts) and
+//! `static/dashboard.html` (the page served at `/dashboard`).
+//!
 //! [`run`] takes a bound listener, so tests bind `127.0.0.1:0`.
 
 pub mod app;

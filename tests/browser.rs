@@ -6,12 +6,11 @@ mod common;
 
 use std::{process::Stdio, time::Duration};
 
-use common::{Router, WAIT, token};
+use common::{Router, WAIT, await_line, token};
 use futures_util::{SinkExt, StreamExt};
 use presence_router::auth::Role;
 use serde_json::{Value, json};
 use tokio::{
-    io::{AsyncBufReadExt, BufReader},
     net::TcpStream,
     process::{Child, Command},
 };
@@ -58,18 +57,10 @@ impl Browser {
             .kill_on_drop(true)
             .spawn()
             .expect("chromium is installed (make deps)");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let endpoint = tokio::time::timeout(WAIT, async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(url) = line.strip_prefix("DevTools listening on ") {
-                    return url.to_string();
-                }
-            }
-            panic!("chromium exited before its DevTools endpoint was up");
+        let endpoint = await_line(child.stderr.take().unwrap(), "chromium's DevTools endpoint", |line| {
+            line.strip_prefix("DevTools listening on ").map(str::to_string)
         })
-        .await
-        .expect("chromium starts in time");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        .await;
         let (devtools, _) = tokio_tungstenite::connect_async(endpoint.as_str()).await.unwrap();
         let mut browser =
             Browser { _child: child, _profile: tempdir::Dir(profile), devtools, session: String::new(), next_id: 0 };

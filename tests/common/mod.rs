@@ -27,6 +27,27 @@ pub fn token(user: &str, role: Role) -> String {
     mint_hs256(SECRET.as_bytes(), user, role, 3600).unwrap()
 }
 
+/// Reads a child's output line by line until `find` recognises one, within [`WAIT`], and
+/// keeps draining the rest so the child never blocks on a full pipe.
+pub async fn await_line<T>(
+    output: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    what: &str,
+    mut find: impl FnMut(&str) -> Option<T>,
+) -> T {
+    let mut lines = BufReader::new(output).lines();
+    let found = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(found) = find(&line) {
+                return found;
+            }
+        }
+        panic!("the process exited before {what}");
+    };
+    let found = tokio::time::timeout(WAIT, found).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    found
+}
+
 /// Which engine a behavioural test runs against; the same suite runs on both.
 #[derive(Debug, Clone, Copy)]
 pub enum Engine {
@@ -104,18 +125,10 @@ impl RedisServer {
             .kill_on_drop(true)
             .spawn()
             .expect("redis-server is installed (make deps)");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if line.contains("Ready to accept connections") {
-                    return;
-                }
-            }
-            panic!("redis-server exited before it was ready");
-        };
-        tokio::time::timeout(WAIT, ready).await.expect("redis-server ready in time");
-        // Keep draining its log so it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        await_line(child.stdout.take().unwrap(), "redis-server to be ready", |line| {
+            line.contains("Ready to accept connections").then_some(())
+        })
+        .await;
         self.child = Some(child);
     }
 
@@ -173,10 +186,10 @@ impl Router {
             .kill_on_drop(true)
             .spawn()
             .expect("router binary starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(WAIT, lines.next_line()).await.expect("router prints its address in time");
-        let line = line.unwrap().expect("router printed a line");
-        let addr = line.strip_prefix("listening on ").expect("listen line").parse().unwrap();
+        let addr = await_line(child.stdout.take().unwrap(), "the router's listen line", |line| {
+            line.strip_prefix("listening on ").map(|addr| addr.parse().unwrap())
+        })
+        .await;
         Router { addr, child }
     }
 
