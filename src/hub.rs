@@ -8,7 +8,9 @@
 //!
 //! Snapshots are read from this view, not from the store: a dashboard subscribes and
 //! takes its snapshot under one lock, so no change falls between the two, and a 100k-user
-//! snapshot costs no store round trip.
+//! snapshot costs no store round trip. The encoded snapshot frame (~10 MB for 100k users)
+//! is cached until the next change, so a storm of reconnecting dashboards encodes it once;
+//! encoding itself happens outside the lock.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -46,17 +48,34 @@ struct View {
     users: HashMap<Id, UserPresence>,
     online: usize,
     seq: u64,
+    /// The last encoded snapshot frame and the sequence number it holds.
+    encoded: Option<(u64, Bytes)>,
 }
 
 impl View {
     fn online_users(&self) -> Vec<UserPresence> {
         self.users.values().filter(|p| p.status != Status::Offline).cloned().collect()
     }
+
+    fn snapshot_source(&self) -> SnapshotSource {
+        match &self.encoded {
+            Some((seq, frame)) if *seq == self.seq => SnapshotSource::Encoded(frame.clone()),
+            _ => SnapshotSource::Users(self.online_users()),
+        }
+    }
+}
+
+/// What a snapshot frame is made from.
+pub enum SnapshotSource {
+    /// Nothing changed since this frame was encoded.
+    Encoded(Bytes),
+    /// Everyone online, to be encoded.
+    Users(Vec<UserPresence>),
 }
 
 /// A dashboard's start: the snapshot, its sequence number, and the stream after it.
 pub struct Subscription {
-    pub snapshot: Vec<UserPresence>,
+    pub snapshot: SnapshotSource,
     pub seq: u64,
     pub events: broadcast::Receiver<HubEvent>,
 }
@@ -97,16 +116,39 @@ impl Hub {
     }
 
     /// Everyone online now and the sequence number the snapshot includes.
+    #[cfg(test)]
     pub fn snapshot(&self) -> (Vec<UserPresence>, u64) {
         let view = self.view();
         (view.online_users(), view.seq)
+    }
+
+    /// What a fresh snapshot is made from, and the sequence number it includes.
+    pub fn snapshot_source(&self) -> (SnapshotSource, u64) {
+        let view = self.view();
+        (view.snapshot_source(), view.seq)
     }
 
     /// A snapshot and the stream of every change after it, with nothing lost between.
     pub fn subscribe(&self) -> Subscription {
         let view = self.view();
         let events = self.events.subscribe();
-        Subscription { snapshot: view.online_users(), seq: view.seq, events }
+        Subscription { snapshot: view.snapshot_source(), seq: view.seq, events }
+    }
+
+    /// The PRESENCE_SNAPSHOT frame for `source` taken at `seq`: encoded here, outside the
+    /// lock, and kept for the next dashboard if nothing changed meanwhile.
+    pub fn snapshot_frame(&self, source: SnapshotSource, seq: u64) -> Bytes {
+        match source {
+            SnapshotSource::Encoded(frame) => frame,
+            SnapshotSource::Users(users) => {
+                let frame = protocol::snapshot_frame(&users, seq);
+                let mut view = self.view();
+                if view.seq == seq {
+                    view.encoded = Some((seq, frame.clone()));
+                }
+                frame
+            }
+        }
     }
 
     /// Rebuilds the view from the store's snapshot (start-up, and after the broker may have
@@ -190,7 +232,7 @@ mod tests {
         let hub = Hub::new(16);
         hub.apply(update("a", Status::Online, 1));
         let mut sub = hub.subscribe();
-        assert_eq!(sub.snapshot.len(), 1);
+        assert!(matches!(&sub.snapshot, SnapshotSource::Users(users) if users.len() == 1));
         hub.apply(update("b", Status::Online, 1));
         match sub.events.try_recv().unwrap() {
             HubEvent::Update { seq, .. } => assert_eq!(seq, sub.seq + 1),
@@ -225,6 +267,21 @@ mod tests {
         online.sort();
         assert_eq!(online, ["came"], "newer online kept, newer offline kept, unlisted old user offline");
         assert_eq!(hub.online_count(), 1);
+    }
+
+    #[test]
+    fn an_unchanged_snapshot_is_encoded_once() {
+        let hub = Hub::new(16);
+        hub.apply(update("a", Status::Online, 1));
+        let first = hub.subscribe();
+        let frame = hub.snapshot_frame(first.snapshot, first.seq);
+        let second = hub.subscribe();
+        match second.snapshot {
+            SnapshotSource::Encoded(cached) => assert_eq!(cached, frame),
+            SnapshotSource::Users(_) => panic!("nothing changed: the frame should be reused"),
+        }
+        hub.apply(update("b", Status::Online, 1));
+        assert!(matches!(hub.subscribe().snapshot, SnapshotSource::Users(users) if users.len() == 2));
     }
 
     #[test]

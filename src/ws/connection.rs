@@ -120,7 +120,8 @@ impl Connection {
         if self.role.watches_presence() {
             let Subscription { snapshot, seq, events } = self.app.node.hub().subscribe();
             self.seq = seq;
-            if let Some(exit) = self.write(socket, protocol::snapshot_frame(&snapshot, seq)).await {
+            let frame = self.app.node.hub().snapshot_frame(snapshot, seq);
+            if let Some(exit) = self.write(socket, frame).await {
                 return exit;
             }
             subscription = Some(events);
@@ -284,9 +285,10 @@ impl Connection {
                 }
                 Ok(HubEvent::Update { .. }) => None,
                 Ok(HubEvent::Resync) => {
-                    let (snapshot, seq) = self.app.node.hub().snapshot();
+                    let hub = self.app.node.hub();
+                    let (source, seq) = hub.snapshot_source();
                     self.seq = seq;
-                    Some(protocol::snapshot_frame(&snapshot, seq))
+                    Some(hub.snapshot_frame(source, seq))
                 }
                 Err(RecvError::Lagged(missed)) => {
                     tracing::info!(missed, "dashboard fell behind the update ring");
