@@ -13,6 +13,7 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use redis::{
     AsyncCommands, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisError, Script,
+    ScriptInvocation,
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
 
@@ -101,16 +102,21 @@ impl RedisPresence {
         self.conn.clone()
     }
 
+    /// A call of one of the session scripts, with the arguments they all start with:
+    /// prefix, user, session.
+    fn on_session<'a>(&'a self, script: &'a Script, session: &Session) -> ScriptInvocation<'a> {
+        let mut call = script.prepare_invoke();
+        call.arg(&self.prefix).arg(session.user.as_str()).arg(session.id.as_str());
+        call
+    }
+
     fn meta_key(&self, user: &Id) -> String {
         format!("{}meta:{}", self.prefix, user)
     }
 
     async fn lease(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
         let row: Option<Row> = self
-            .lease
-            .arg(&self.prefix)
-            .arg(session.user.as_str())
-            .arg(session.id.as_str())
+            .on_session(&self.lease, session)
             .arg(self.ttl.as_millis() as u64)
             .arg(session.device_id.as_deref().unwrap_or(""))
             .arg("mobile")
@@ -183,10 +189,7 @@ impl PresenceStore for RedisPresence {
 
     async fn disconnect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
         let row: Option<Row> = self
-            .disconnect
-            .arg(&self.prefix)
-            .arg(session.user.as_str())
-            .arg(session.id.as_str())
+            .on_session(&self.disconnect, session)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
@@ -195,10 +198,7 @@ impl PresenceStore for RedisPresence {
 
     async fn linger(&self, session: &Session, grace: Duration) -> Result<(), EngineError> {
         let _: Option<Row> = self
-            .linger
-            .arg(&self.prefix)
-            .arg(session.user.as_str())
-            .arg(session.id.as_str())
+            .on_session(&self.linger, session)
             .arg(grace.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await
