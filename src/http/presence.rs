@@ -21,12 +21,6 @@ use crate::{
 /// Most ids one request may ask for.
 pub const MAX_USER_IDS: usize = 100;
 
-#[derive(Deserialize)]
-struct StatusRequest {
-    #[serde(rename = "userIds")]
-    user_ids: Vec<Id>,
-}
-
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct UserStatus {
@@ -46,17 +40,26 @@ pub struct StatusResponse {
 /// Reads `{"userIds": [...]}` with 1 to [`MAX_USER_IDS`] ids (strings or integers).
 /// Pure, so it is property-tested against arbitrary input.
 pub fn parse_request(body: &[u8]) -> Result<Vec<Id>, ApiError> {
-    let request: StatusRequest = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("body must be {{\"userIds\": [...]}}: {e}"))
-    })?;
-    if request.user_ids.is_empty() || request.user_ids.len() > MAX_USER_IDS {
+    let invalid = |detail: String| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("body must be {{\"userIds\": [...]}}: {detail}"),
+        )
+    };
+    // An object with `userIds`, nothing else: serde alone would also take a struct in
+    // sequence form (`[["a"]]`), which the property test below caught.
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| invalid(e.to_string()))?;
+    let ids = value.as_object().and_then(|o| o.get("userIds")).ok_or_else(|| invalid("no userIds field".into()))?;
+    let user_ids = Vec::<Id>::deserialize(ids).map_err(|e| invalid(e.to_string()))?;
+    if user_ids.is_empty() || user_ids.len() > MAX_USER_IDS {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_user_ids",
-            format!("userIds must hold 1 to {MAX_USER_IDS} ids, got {}", request.user_ids.len()),
+            format!("userIds must hold 1 to {MAX_USER_IDS} ids, got {}", user_ids.len()),
         ));
     }
-    Ok(request.user_ids)
+    Ok(user_ids)
 }
 
 pub async fn status(
