@@ -42,6 +42,10 @@ pub struct Claims {
     pub role: Role,
     /// Expiry, Unix seconds; required.
     pub exp: u64,
+    /// A mobile's groups: which dashboards may see its presence. A dashboard's groups:
+    /// the only groups whose members it sees; without the claim it sees everyone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<Id>>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -108,11 +112,25 @@ fn validation(algorithm: Algorithm) -> Validation {
 
 /// Mints an HS256 token; for development (`make run`), the examples, tests and load tool.
 pub fn mint_hs256(secret: &[u8], sub: &str, role: Role, ttl_secs: u64) -> Result<String, jsonwebtoken::errors::Error> {
-    let claims = serde_json::json!({
+    mint_hs256_in(secret, sub, role, None, ttl_secs)
+}
+
+/// [`mint_hs256`] with a `groups` claim.
+pub fn mint_hs256_in(
+    secret: &[u8],
+    sub: &str,
+    role: Role,
+    groups: Option<&[&str]>,
+    ttl_secs: u64,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let mut claims = serde_json::json!({
         "sub": sub,
         "role": role,
         "exp": crate::presence::unix_ms() / 1000 + ttl_secs,
     });
+    if let Some(groups) = groups {
+        claims["groups"] = serde_json::json!(groups);
+    }
     jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(secret))
 }
 
@@ -167,9 +185,18 @@ mod tests {
         let other = mint_hs256(b"other", "u1", Role::Mobile, 60).unwrap();
         assert!(matches!(auth.verify(&other), Err(AuthError::Invalid(_))));
         assert!(matches!(auth.verify("not.a.jwt"), Err(AuthError::Invalid(_))));
-        let expired = Claims { sub: Id::parse("u1").unwrap(), role: Role::Web, exp: 1_000 };
+        let expired = Claims { sub: Id::parse("u1").unwrap(), role: Role::Web, exp: 1_000, groups: None };
         let token = jsonwebtoken::encode(&Header::default(), &expired, &EncodingKey::from_secret(SECRET)).unwrap();
         assert_eq!(auth.verify(&token).unwrap_err(), AuthError::Expired);
+    }
+
+    #[test]
+    fn groups_claim_is_optional() {
+        let auth = Authenticator::hs256(SECRET);
+        let scoped = mint_hs256_in(SECRET, "d", Role::Dashboard, Some(&["g1", "g2"]), 60).unwrap();
+        let groups = auth.verify(&scoped).unwrap().groups.unwrap();
+        assert_eq!(groups.iter().map(Id::as_str).collect::<Vec<_>>(), ["g1", "g2"]);
+        assert_eq!(auth.verify(&mint_hs256(SECRET, "d", Role::Dashboard, 60).unwrap()).unwrap().groups, None);
     }
 
     #[test]

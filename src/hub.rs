@@ -23,15 +23,16 @@ use tokio::sync::{Notify, broadcast};
 use crate::{
     id::Id,
     metrics,
-    presence::{PresenceUpdate, Snapshot, Status, UserPresence},
+    presence::{Groups, PresenceUpdate, Snapshot, Status, UserPresence, visible},
     protocol,
 };
 
 /// What dashboards receive from the hub.
 #[derive(Debug, Clone)]
 pub enum HubEvent {
-    /// One accepted change, already encoded as a PRESENCE_UPDATE frame.
-    Update { seq: u64, frame: Bytes, timestamp: u64 },
+    /// One accepted change, already encoded as a PRESENCE_UPDATE frame, with the user's
+    /// groups so that each dashboard can tell whether it may see it.
+    Update { seq: u64, frame: Bytes, timestamp: u64, groups: Groups },
     /// The view was rebuilt from the store; every dashboard needs a fresh snapshot.
     Resync,
 }
@@ -53,14 +54,17 @@ struct View {
 }
 
 impl View {
-    fn online_users(&self) -> Vec<UserPresence> {
-        self.users.values().filter(|p| p.status != Status::Offline).cloned().collect()
+    /// Everyone online whom a dashboard allowed `allowed` groups may see.
+    fn online_users(&self, allowed: Option<&[Id]>) -> Vec<UserPresence> {
+        self.users.values().filter(|p| p.status != Status::Offline && visible(&p.groups, allowed)).cloned().collect()
     }
 
-    fn snapshot_source(&self) -> SnapshotSource {
+    /// The cached frame serves only unrestricted dashboards; a restricted one gets its
+    /// own selection.
+    fn snapshot_source(&self, allowed: Option<&[Id]>) -> SnapshotSource {
         match &self.encoded {
-            Some((seq, frame)) if *seq == self.seq => SnapshotSource::Encoded(frame.clone()),
-            _ => SnapshotSource::Users(self.online_users()),
+            Some((seq, frame)) if *seq == self.seq && allowed.is_none() => SnapshotSource::Encoded(frame.clone()),
+            _ => SnapshotSource::Users(self.online_users(allowed)),
         }
     }
 }
@@ -108,10 +112,11 @@ impl Hub {
         view.seq += 1;
         let seq = view.seq;
         let frame = protocol::update_frame(&update, seq);
+        let groups = new.groups.clone();
         view.users.insert(new.user_id.clone(), update.presence);
         ::metrics::gauge!(metrics::ONLINE_USERS).set(view.online as f64);
         // No receiver is fine: nobody is watching.
-        let _ = self.events.send(HubEvent::Update { seq, frame, timestamp: update.timestamp });
+        let _ = self.events.send(HubEvent::Update { seq, frame, timestamp: update.timestamp, groups });
         true
     }
 
@@ -119,31 +124,33 @@ impl Hub {
     #[cfg(test)]
     pub fn snapshot(&self) -> (Vec<UserPresence>, u64) {
         let view = self.view();
-        (view.online_users(), view.seq)
+        (view.online_users(None), view.seq)
     }
 
-    /// What a fresh snapshot is made from, and the sequence number it includes.
-    pub fn snapshot_source(&self) -> (SnapshotSource, u64) {
+    /// What a fresh snapshot for a dashboard allowed `allowed` groups (`None`: all) is made
+    /// from, and the sequence number it includes.
+    pub fn snapshot_source(&self, allowed: Option<&[Id]>) -> (SnapshotSource, u64) {
         let view = self.view();
-        (view.snapshot_source(), view.seq)
+        (view.snapshot_source(allowed), view.seq)
     }
 
     /// A snapshot and the stream of every change after it, with nothing lost between.
-    pub fn subscribe(&self) -> Subscription {
+    pub fn subscribe(&self, allowed: Option<&[Id]>) -> Subscription {
         let view = self.view();
         let events = self.events.subscribe();
-        Subscription { snapshot: view.snapshot_source(), seq: view.seq, events }
+        Subscription { snapshot: view.snapshot_source(allowed), seq: view.seq, events }
     }
 
     /// The PRESENCE_SNAPSHOT frame for `source` taken at `seq`: encoded here, outside the
-    /// lock, and kept for the next dashboard if nothing changed meanwhile.
-    pub fn snapshot_frame(&self, source: SnapshotSource, seq: u64) -> Bytes {
+    /// lock. An unrestricted one (`allowed` is `None`) is kept for the next dashboard if
+    /// nothing changed meanwhile.
+    pub fn snapshot_frame(&self, source: SnapshotSource, seq: u64, allowed: Option<&[Id]>) -> Bytes {
         match source {
             SnapshotSource::Encoded(frame) => frame,
             SnapshotSource::Users(users) => {
                 let frame = protocol::snapshot_frame(&users, seq);
                 let mut view = self.view();
-                if view.seq == seq {
+                if view.seq == seq && allowed.is_none() {
                     view.encoded = Some((seq, frame.clone()));
                 }
                 frame
@@ -209,6 +216,7 @@ mod tests {
                 last_seen: Some(1),
                 device_id: None,
                 version,
+                groups: Groups::default(),
             },
             cause: Cause::Connect,
             timestamp: 1,
@@ -231,7 +239,7 @@ mod tests {
     fn subscription_sees_every_change_after_its_snapshot() {
         let hub = Hub::new(16);
         hub.apply(update("a", Status::Online, 1));
-        let mut sub = hub.subscribe();
+        let mut sub = hub.subscribe(None);
         assert!(matches!(&sub.snapshot, SnapshotSource::Users(users) if users.len() == 1));
         hub.apply(update("b", Status::Online, 1));
         match sub.events.try_recv().unwrap() {
@@ -245,7 +253,7 @@ mod tests {
     fn reset_replaces_the_view_and_asks_for_resync() {
         let hub = Hub::new(16);
         hub.apply(update("gone", Status::Online, 1));
-        let mut sub = hub.subscribe();
+        let mut sub = hub.subscribe(None);
         hub.reset(Snapshot { users: vec![update("new", Status::Online, 5).presence], watermark: 10 });
         assert!(matches!(sub.events.try_recv().unwrap(), HubEvent::Resync));
         let (users, _) = hub.snapshot();
@@ -273,21 +281,21 @@ mod tests {
     fn an_unchanged_snapshot_is_encoded_once() {
         let hub = Hub::new(16);
         hub.apply(update("a", Status::Online, 1));
-        let first = hub.subscribe();
-        let frame = hub.snapshot_frame(first.snapshot, first.seq);
-        let second = hub.subscribe();
+        let first = hub.subscribe(None);
+        let frame = hub.snapshot_frame(first.snapshot, first.seq, None);
+        let second = hub.subscribe(None);
         match second.snapshot {
             SnapshotSource::Encoded(cached) => assert_eq!(cached, frame),
             SnapshotSource::Users(_) => panic!("nothing changed: the frame should be reused"),
         }
         hub.apply(update("b", Status::Online, 1));
-        assert!(matches!(hub.subscribe().snapshot, SnapshotSource::Users(users) if users.len() == 2));
+        assert!(matches!(hub.subscribe(None).snapshot, SnapshotSource::Users(users) if users.len() == 2));
     }
 
     #[test]
     fn a_full_ring_reports_lag_instead_of_growing() {
         let hub = Hub::new(4);
-        let mut sub = hub.subscribe();
+        let mut sub = hub.subscribe(None);
         for v in 1..=10 {
             hub.apply(update("u", if v % 2 == 1 { Status::Online } else { Status::Offline }, v));
         }

@@ -28,7 +28,7 @@ use crate::{
     hub::Hub,
     id::Id,
     metrics,
-    presence::{Cause, PresenceUpdate, Session, SessionId, UserPresence, unix_ms},
+    presence::{Cause, Groups, PresenceUpdate, Session, SessionId, UserPresence, unix_ms},
 };
 
 /// Store calls in flight at once while re-asserting sessions after an outage.
@@ -95,10 +95,10 @@ impl Node {
         self.degraded.load(Ordering::Relaxed)
     }
 
-    /// A new session id, unique across the cluster (router id + counter).
-    pub fn session(&self, user: Id, device_id: Option<Arc<str>>) -> Session {
+    /// A new session with an id unique across the cluster (router id + counter).
+    pub fn session(&self, user: Id, device_id: Option<Arc<str>>, groups: Groups) -> Session {
         let n = self.next_session.fetch_add(1, Ordering::Relaxed);
-        Session { id: SessionId::new(&self.router_id, n), user, device_id }
+        Session { id: SessionId::new(&self.router_id, n), user, device_id, groups }
     }
 
     /// No code under these locks can panic; recover the guard rather than propagate one.
@@ -295,8 +295,8 @@ mod tests {
         let node = memory_node(ttl);
         let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
         node.start(shutdown.clone(), &tracker).await.unwrap();
-        let mut sub = node.hub().subscribe();
-        let session = node.session(Id::parse("u").unwrap(), None);
+        let mut sub = node.hub().subscribe(None);
+        let session = node.session(Id::parse("u").unwrap(), None, Groups::default());
         node.connect(&session).await.unwrap();
         assert!(matches!(sub.events.recv().await.unwrap(), HubEvent::Update { .. }));
         assert_eq!(node.hub().online_count(), 1);
@@ -319,9 +319,9 @@ mod tests {
         let node = memory_node(Duration::from_secs(60));
         let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
         node.start(shutdown.clone(), &tracker).await.unwrap();
-        let session = node.session(Id::parse("u").unwrap(), None);
+        let session = node.session(Id::parse("u").unwrap(), None, Groups::default());
         node.connect(&session).await.unwrap();
-        let mut sub = node.hub().subscribe();
+        let mut sub = node.hub().subscribe(None);
         node.hub().request_resync();
         assert!(matches!(sub.events.recv().await.unwrap(), HubEvent::Resync));
         assert_eq!(node.hub().online_count(), 1, "the re-asserted session is in the rebuilt view");

@@ -65,7 +65,13 @@ pub struct Session {
     pub id: SessionId,
     pub user: Id,
     pub device_id: Option<Arc<str>>,
+    /// The groups in the session's token; the user's presence carries its latest
+    /// session's groups.
+    pub groups: Groups,
 }
+
+/// A user's groups, which decide which dashboards may see its presence. Cheap to clone.
+pub type Groups = Arc<[Id]>;
 
 /// A user's presence as the bulk API, snapshots and updates report it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,12 +85,27 @@ pub struct UserPresence {
     pub device_id: Option<Arc<str>>,
     /// Grows on every change of this user's presence, cluster-wide; see [`next_version`].
     pub version: u64,
+    #[serde(default, skip_serializing_if = "<[Id]>::is_empty")]
+    pub groups: Groups,
+}
+
+/// Whether a dashboard allowed `allowed` groups (`None`: all) may see a user in `groups`:
+/// only when they share one (selective broadcasting).
+pub fn visible(groups: &[Id], allowed: Option<&[Id]>) -> bool {
+    allowed.is_none_or(|allowed| groups.iter().any(|g| allowed.contains(g)))
 }
 
 impl UserPresence {
     /// What is reported for a user the store has never seen.
     pub fn unknown(user_id: Id) -> Self {
-        UserPresence { user_id, status: Status::Offline, last_seen: None, device_id: None, version: 0 }
+        UserPresence {
+            user_id,
+            status: Status::Offline,
+            last_seen: None,
+            device_id: None,
+            version: 0,
+            groups: Groups::default(),
+        }
     }
 }
 

@@ -15,6 +15,7 @@ on_both_engines!(
     bulk_status_has_the_seed_shape,
     health_and_metrics_report_the_router,
     a_batch_window_loses_no_update,
+    dashboards_see_only_their_groups,
 );
 
 async fn mobile_online_and_offline_reach_the_dashboard(engine: Engine) {
@@ -206,4 +207,37 @@ async fn a_batch_window_loses_no_update(engine: Engine) {
         assert_eq!(update["status"].as_str(), Some("online"));
         seen.insert(update["userId"].as_str().unwrap().to_string());
     }
+}
+
+async fn dashboards_see_only_their_groups(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let router = setup.router(&[]).await;
+    let (mut everyone, _) = router.dashboard("admin").await;
+    let (mut north, _) = router.dashboard_of("north-dispatch", &["north"]).await;
+
+    let south_guard = router.mobile_in("s1", &["south"]).await;
+    assert_update(&everyone.next_update().await, "s1", "online");
+    let _north_guard = router.mobile_in("n1", &["north"]).await;
+    assert_update(&everyone.next_update().await, "n1", "online");
+    let _roamer = router.mobile_in("both", &["south", "north"]).await;
+    assert_update(&everyone.next_update().await, "both", "online");
+
+    // The north dashboard never heard of s1: its first update is n1's.
+    let first = north.next_update().await;
+    assert_update(&first, "n1", "online");
+    assert_eq!(first["groups"].as_array().unwrap()[0].as_str(), Some("north"));
+    assert_update(&north.next_update().await, "both", "online");
+
+    // A scoped snapshot holds only the scope.
+    let (_late, snapshot) = router.dashboard_of("late-north", &["north"]).await;
+    let mut listed: Vec<&str> =
+        snapshot[5]["users"].as_array().unwrap().iter().map(|u| u["userId"].as_str().unwrap()).collect();
+    listed.sort();
+    assert_eq!(listed, ["both", "n1"]);
+
+    // Nor does it hear s1 leave.
+    south_guard.close().await;
+    assert_update(&everyone.next_update().await, "s1", "offline");
+    let _marker = router.mobile_in("n2", &["north"]).await;
+    assert_update(&north.next_update().await, "n2", "online");
 }

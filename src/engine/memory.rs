@@ -16,7 +16,9 @@ use super::{Broker, EngineError, PresenceStore};
 use crate::{
     hub::Hub,
     id::Id,
-    presence::{Cause, PresenceUpdate, Session, SessionId, Snapshot, Status, UserPresence, next_version, unix_ms},
+    presence::{
+        Cause, Groups, PresenceUpdate, Session, SessionId, Snapshot, Status, UserPresence, next_version, unix_ms,
+    },
 };
 
 pub struct MemoryPresence {
@@ -39,6 +41,7 @@ struct UserRecord {
     version: u64,
     last_seen: u64,
     device_id: Option<Arc<str>>,
+    groups: Groups,
 }
 
 impl UserRecord {
@@ -49,6 +52,7 @@ impl UserRecord {
             last_seen: Some(self.last_seen),
             device_id: self.device_id.clone(),
             version: self.version,
+            groups: self.groups.clone(),
         }
     }
 
@@ -84,9 +88,11 @@ impl State {
             version: 0,
             last_seen: now_ms,
             device_id: None,
+            groups: Groups::default(),
         });
         record.last_seen = now_ms;
         record.device_id = session.device_id.clone().or(record.device_id.take());
+        record.groups = session.groups.clone();
         if record.live.contains(&session.id) {
             return None;
         }
@@ -191,7 +197,12 @@ mod tests {
     const TTL: Duration = Duration::from_secs(60);
 
     fn session(user: &str, n: u64) -> Session {
-        Session { id: SessionId::new("r", n), user: Id::parse(user).unwrap(), device_id: Some(format!("d{n}").into()) }
+        Session {
+            id: SessionId::new("r", n),
+            user: Id::parse(user).unwrap(),
+            device_id: Some(format!("d{n}").into()),
+            groups: Groups::default(),
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -88,9 +88,10 @@ fn opt_field<T>(buf: &mut ByteBuf, key: &str, value: Option<T>, write: impl FnOn
     }
 }
 
-/// `{userId, status, lastSeen, deviceId, version}` plus `extra` more fields the caller writes.
+/// `{userId, status, lastSeen, deviceId, version, groups}` plus `extra` more fields the
+/// caller writes.
 fn user_map(buf: &mut ByteBuf, user: &UserPresence, extra: u32) {
-    let Ok(_) = enc::write_map_len(buf, 5 + extra);
+    let Ok(_) = enc::write_map_len(buf, 6 + extra);
     str_field(buf, "userId", user.user_id.as_str());
     str_field(buf, "status", user.status.as_str());
     opt_field(buf, "lastSeen", user.last_seen, |b, v| {
@@ -100,6 +101,11 @@ fn user_map(buf: &mut ByteBuf, user: &UserPresence, extra: u32) {
         let Ok(_) = enc::write_str(b, v);
     });
     uint_field(buf, "version", user.version);
+    let Ok(_) = enc::write_str(buf, "groups");
+    let Ok(_) = enc::write_array_len(buf, user.groups.len() as u32);
+    for group in user.groups.iter() {
+        let Ok(_) = enc::write_str(buf, group.as_str());
+    }
 }
 
 /// PRESENCE_UPDATE (31): `[0, 31, 0, 0, seq, {userId, status, lastSeen, deviceId, version,
@@ -185,6 +191,7 @@ mod tests {
             last_seen: Some(1_702_281_234_567),
             device_id: Some("dev-1".into()),
             version: 3,
+            groups: crate::presence::Groups::default(),
         }
     }
 
@@ -205,6 +212,7 @@ mod tests {
         assert_eq!(p["deviceId"].as_str(), Some("dev-1"));
         assert_eq!(p["version"].as_u64(), Some(3));
         assert_eq!(p["cause"].as_str(), Some("connect"));
+        assert_eq!(p["groups"].as_array().map(Vec::len), Some(0));
         assert_eq!(p["timestamp"].as_u64(), Some(9));
     }
 

@@ -23,7 +23,7 @@ use crate::{
     hub::{HubEvent, Subscription},
     id::Id,
     metrics,
-    presence::{Session, unix_ms},
+    presence::{Groups, Session, unix_ms, visible},
     protocol::{self, ErrorCode, Frame, message_type},
 };
 
@@ -57,12 +57,15 @@ pub struct Connection {
     stored_at: Instant,
     /// Dashboards: the sequence number their view includes.
     seq: u64,
+    /// Dashboards: the only groups whose members they see (`None`: everyone).
+    allowed: Option<Groups>,
 }
 
 impl Connection {
     pub fn new(app: Arc<App>, claims: Claims, device_id: Option<Arc<str>>) -> Self {
+        let groups: Option<Groups> = claims.groups.map(Groups::from);
         let session = (claims.role == Role::Mobile && app.presence_enabled)
-            .then(|| app.node.session(claims.sub.clone(), device_id));
+            .then(|| app.node.session(claims.sub.clone(), device_id, groups.clone().unwrap_or_default()));
         let bucket = TokenBucket::new(app.limits.frame_rate, app.limits.frame_burst);
         Connection {
             app,
@@ -73,6 +76,7 @@ impl Connection {
             dropped: 0,
             stored_at: Instant::now(),
             seq: 0,
+            allowed: groups,
         }
     }
 
@@ -118,9 +122,10 @@ impl Connection {
         }
         let mut subscription = None;
         if self.role.watches_presence() {
-            let Subscription { snapshot, seq, events } = self.app.node.hub().subscribe();
+            let allowed = self.allowed.as_deref();
+            let Subscription { snapshot, seq, events } = self.app.node.hub().subscribe(allowed);
             self.seq = seq;
-            let frame = self.app.node.hub().snapshot_frame(snapshot, seq);
+            let frame = self.app.node.hub().snapshot_frame(snapshot, seq, allowed);
             if let Some(exit) = self.write(socket, frame).await {
                 return exit;
             }
@@ -277,18 +282,20 @@ impl Connection {
         let mut forwarded = 0;
         while let Some(event) = next.take() {
             let frame = match event {
-                Ok(HubEvent::Update { seq, frame, timestamp }) if seq > self.seq => {
+                Ok(HubEvent::Update { seq, frame, timestamp, groups }) if seq > self.seq => {
                     self.seq = seq;
-                    let latency_ms = unix_ms().saturating_sub(timestamp);
-                    ::metrics::histogram!(metrics::UPDATE_LATENCY).record(latency_ms as f64 / 1000.0);
-                    Some(frame)
+                    visible(&groups, self.allowed.as_deref()).then(|| {
+                        let latency_ms = unix_ms().saturating_sub(timestamp);
+                        ::metrics::histogram!(metrics::UPDATE_LATENCY).record(latency_ms as f64 / 1000.0);
+                        frame
+                    })
                 }
                 Ok(HubEvent::Update { .. }) => None,
                 Ok(HubEvent::Resync) => {
-                    let hub = self.app.node.hub();
-                    let (source, seq) = hub.snapshot_source();
+                    let (hub, allowed) = (self.app.node.hub(), self.allowed.as_deref());
+                    let (source, seq) = hub.snapshot_source(allowed);
                     self.seq = seq;
-                    Some(hub.snapshot_frame(source, seq))
+                    Some(hub.snapshot_frame(source, seq, allowed))
                 }
                 Err(RecvError::Lagged(missed)) => {
                     tracing::info!(missed, "dashboard fell behind the update ring");

@@ -7,7 +7,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
-use presence_router::auth::{Role, mint_hs256};
+use presence_router::auth::{Role, mint_hs256, mint_hs256_in};
 use rmpv::Value;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -210,6 +210,21 @@ impl Router {
 
     pub async fn mobile(&self, user: &str, device: &str) -> Client {
         Client::connect(self.addr, &token(user, Role::Mobile), Some(device)).await
+    }
+
+    /// A mobile whose token puts it in `groups`.
+    pub async fn mobile_in(&self, user: &str, groups: &[&str]) -> Client {
+        let token = mint_hs256_in(SECRET.as_bytes(), user, Role::Mobile, Some(groups), 3600).unwrap();
+        Client::connect(self.addr, &token, Some("device")).await
+    }
+
+    /// A dashboard allowed only `groups`, with its snapshot already read.
+    pub async fn dashboard_of(&self, user: &str, groups: &[&str]) -> (Client, Value) {
+        let token = mint_hs256_in(SECRET.as_bytes(), user, Role::Dashboard, Some(groups), 3600).unwrap();
+        let mut client = Client::connect(self.addr, &token, None).await;
+        let snapshot = client.next_frame().await;
+        assert_eq!(snapshot[1].as_u64(), Some(32), "dashboards get PRESENCE_SNAPSHOT first");
+        (client, snapshot)
     }
 
     /// A dashboard, with its first frame (the snapshot) already read.

@@ -11,7 +11,7 @@ use presence_router::{
         redis::{RedisBroker, RedisConfig, RedisPresence},
     },
     id::Id,
-    presence::{Session, SessionId},
+    presence::{Groups, Session, SessionId},
 };
 use redis::AsyncCommands;
 
@@ -35,6 +35,7 @@ pub async fn users(port: u16, n: usize, ttl: Duration) -> anyhow::Result<HashMap
                     id: SessionId::new("seed", i as u64),
                     user: Id::parse(&fleet::user(i))?,
                     device_id: Some("seed".into()),
+                    groups: Groups::default(),
                 };
                 if let Some(update) = store.connect(&session).await? {
                     broker.publish(&update).await?;

@@ -22,7 +22,7 @@ pub use broker::{RedisBroker, spawn_subscriber};
 use super::{EngineError, PresenceStore};
 use crate::{
     id::Id,
-    presence::{Cause, PresenceUpdate, Session, Snapshot, Status, UserPresence},
+    presence::{Cause, Groups, PresenceUpdate, Session, Snapshot, Status, UserPresence},
 };
 
 /// Users claimed per sweep script call, so one call never blocks Redis for long.
@@ -120,6 +120,7 @@ impl RedisPresence {
             .arg(self.ttl.as_millis() as u64)
             .arg(session.device_id.as_deref().unwrap_or(""))
             .arg("mobile")
+            .arg(join_groups(&session.groups))
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
@@ -130,33 +131,43 @@ impl RedisPresence {
     async fn read_meta(&self, users: &[Id]) -> Result<Vec<UserPresence>, EngineError> {
         let mut pipe = redis::pipe();
         for user in users {
-            pipe.cmd("HMGET").arg(self.meta_key(user)).arg(&["status", "lastSeen", "deviceId", "version"]);
+            pipe.cmd("HMGET").arg(self.meta_key(user)).arg(&["status", "lastSeen", "deviceId", "version", "groups"]);
         }
         let rows: Vec<MetaRow> = pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
         Ok(users
             .iter()
             .zip(rows)
-            .map(|(user, (status, last_seen, device_id, version))| UserPresence {
+            .map(|(user, (status, last_seen, device_id, version, groups))| UserPresence {
                 user_id: user.clone(),
                 status: if status.as_deref() == Some("online") { Status::Online } else { Status::Offline },
                 last_seen,
                 device_id: device_id.map(Arc::from),
                 version: version.unwrap_or(0),
+                groups: split_groups(groups.as_deref()),
             })
             .collect())
     }
 }
 
-/// `HMGET presence:meta:{id} status lastSeen deviceId version`.
-type MetaRow = (Option<String>, Option<u64>, Option<String>, Option<u64>);
+/// `HMGET presence:meta:{id} status lastSeen deviceId version groups`.
+type MetaRow = (Option<String>, Option<u64>, Option<String>, Option<u64>, Option<String>);
+
+/// Groups as the meta hash holds them: newline-separated (ids have no control characters).
+fn join_groups(groups: &[Id]) -> String {
+    groups.iter().map(Id::as_str).collect::<Vec<_>>().join("\n")
+}
+
+fn split_groups(joined: Option<&str>) -> Groups {
+    joined.unwrap_or_default().split('\n').filter_map(|g| Id::parse(g).ok()).collect()
+}
 
 /// A transition as the scripts return it: user, status, version, lastSeen, deviceId,
-/// cause, now, seq.
+/// cause, now, seq, groups.
 type Row = Vec<Option<String>>;
 
 fn parse_row(row: Row) -> Result<PresenceUpdate, EngineError> {
     let bad = || EngineError::Unavailable("unexpected reply from a presence script".into());
-    let [user, status, version, last_seen, device_id, cause, now, seq]: [Option<String>; 8] =
+    let [user, status, version, last_seen, device_id, cause, now, seq, groups]: [Option<String>; 9] =
         row.try_into().map_err(|_| bad())?;
     let number = |v: Option<String>| v.and_then(|s| s.parse::<u64>().ok());
     Ok(PresenceUpdate {
@@ -166,6 +177,7 @@ fn parse_row(row: Row) -> Result<PresenceUpdate, EngineError> {
             last_seen: number(last_seen),
             device_id: device_id.map(Arc::from),
             version: number(version).ok_or_else(bad)?,
+            groups: split_groups(groups.as_deref()),
         },
         cause: match cause.as_deref() {
             Some("connect") => Cause::Connect,

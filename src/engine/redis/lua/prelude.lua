@@ -3,7 +3,7 @@
 -- Keys of user U:
 --   {p}user:U      "1" with a PX lifetime: the seed's presence key; its expiry event only
 --                  wakes the sweepers early
---   {p}meta:U      hash: status, lastSeen, deviceId, role, version
+--   {p}meta:U      hash: status, lastSeen, deviceId, role, version, groups
 --   {p}sessions:U  zset: session id -> lease deadline (Unix ms, Redis clock)
 --   {p}deadlines   zset: user id -> latest lease deadline; holds exactly the users online,
 --                  so it is both the snapshot index and the sweep queue
@@ -39,7 +39,7 @@ local function settle(user)
 end
 
 -- Moves the user to `status` unless it is there already. Returns the transition as
--- {user, status, version, lastSeen, deviceId, cause, now, seq}, or nil. `seq` numbers
+-- {user, status, version, lastSeen, deviceId, cause, now, seq, groups}, or nil. `seq` numbers
 -- every transition cluster-wide, so subscribers notice one they never received.
 -- The version is above the last one and at least `now`, so versions keep growing even if
 -- Redis restarts empty.
@@ -54,7 +54,8 @@ local function transition(user, status, cause)
   if cause == 'disconnect' then
     redis.call('HSET', meta, 'lastSeen', now)
   end
-  local f = redis.call('HMGET', meta, 'lastSeen', 'deviceId')
+  local f = redis.call('HMGET', meta, 'lastSeen', 'deviceId', 'groups')
   local seq = redis.call('INCR', prefix .. 'seq')
-  return {user, status, tostring(version), f[1] or false, f[2] or false, cause, tostring(now), tostring(seq)}
+  return {user, status, tostring(version), f[1] or false, f[2] or false, cause, tostring(now), tostring(seq),
+    f[3] or false}
 end
