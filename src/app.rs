@@ -56,7 +56,7 @@ impl App {
         let engine = match &config.redis_host {
             None => Engine {
                 name: "memory",
-                store: Arc::new(MemoryPresence::new(config.ttl())),
+                store: Arc::new(MemoryPresence::new(config.ttl(), config.last_seen())),
                 broker: Arc::new(MemoryBroker::new(hub.clone())),
             },
             Some(host) => {
@@ -66,7 +66,7 @@ impl App {
                     password: config.redis_password.clone(),
                     prefix: config.redis_prefix.clone(),
                 };
-                let store = RedisPresence::connect(&redis, config.ttl())
+                let store = RedisPresence::connect(&redis, config.ttl(), config.last_seen())
                     .await
                     .with_context(|| format!("connecting to Redis at {host}:{}", config.redis_port))?;
                 let broker = RedisBroker::new(store.connection(), redis.prefix.clone());
@@ -85,6 +85,7 @@ impl App {
             sweep_interval: Duration::from_millis(config.sweep_interval_ms),
             recovery_grace: Duration::from_millis(config.recovery_grace_ms),
             probe_interval: Duration::from_secs(1),
+            last_seen: config.last_seen(),
         };
         let node = Arc::new(Node::new(engine, hub, timing, sweep_now));
         node.start(shutdown.clone(), &tracker).await.context("starting the presence engine")?;

@@ -24,6 +24,10 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_TTL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub presence_ttl: u64,
 
+    /// Seconds an offline user's last seen is kept (30 days, as in seed 000).
+    #[arg(long, env = "LAST_SEEN_SECS", default_value_t = 30 * 24 * 3600)]
+    pub last_seen_secs: u64,
+
     /// Redis host; without it the router runs alone with the embedded in-memory engine.
     #[arg(long, env = "REDIS_HOST")]
     pub redis_host: Option<String>,
@@ -109,6 +113,10 @@ pub struct Config {
 impl Config {
     pub fn ttl(&self) -> Duration {
         Duration::from_secs(self.presence_ttl)
+    }
+
+    pub fn last_seen(&self) -> Duration {
+        Duration::from_secs(self.last_seen_secs)
     }
 
     pub fn heartbeat_min_interval(&self) -> Duration {

@@ -198,6 +198,12 @@ impl Hub {
         self.resync.notified().await;
     }
 
+    /// Forgets offline users last seen before `cutoff_ms`, so the view holds the users of
+    /// the retention window, not everyone ever seen.
+    pub fn prune(&self, cutoff_ms: u64) {
+        self.view().users.retain(|_, p| p.status != Status::Offline || p.last_seen.is_some_and(|at| at >= cutoff_ms));
+    }
+
     pub fn online_count(&self) -> usize {
         self.view().online
     }
@@ -275,6 +281,20 @@ mod tests {
         online.sort();
         assert_eq!(online, ["came"], "newer online kept, newer offline kept, unlisted old user offline");
         assert_eq!(hub.online_count(), 1);
+    }
+
+    #[test]
+    fn prune_forgets_only_old_offline_users() {
+        let hub = Hub::new(16);
+        hub.apply(update("online", Status::Online, 1)); // last seen 1, but online
+        hub.apply(update("old", Status::Offline, 1));
+        let mut recent = update("recent", Status::Offline, 1);
+        recent.presence.last_seen = Some(500);
+        hub.apply(recent);
+        hub.prune(100);
+        assert!(hub.apply(update("old", Status::Online, 1)), "forgotten: any version is new again");
+        assert!(!hub.apply(update("recent", Status::Online, 1)), "kept: its version still counts");
+        assert_eq!(hub.online_count(), 2);
     }
 
     #[test]

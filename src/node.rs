@@ -44,7 +44,12 @@ pub struct Timing {
     pub recovery_grace: Duration,
     /// How often a degraded node checks whether the store is back.
     pub probe_interval: Duration,
+    /// How long offline users stay in the hub's view (their last seen's retention).
+    pub last_seen: Duration,
 }
+
+/// How often the hub's view drops offline users past the retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Node {
     engine: Engine,
@@ -226,11 +231,16 @@ impl Node {
     async fn sweeper(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(self.timing.sweep_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
                 _ = self.sweep_now.notified() => {}
+                _ = prune.tick() => {
+                    self.hub.prune(unix_ms().saturating_sub(self.timing.last_seen.as_millis() as u64));
+                    continue;
+                }
             }
             let paused = *self.sweep_paused_until.lock().unwrap_or_else(|e| e.into_inner());
             if paused.is_some_and(|until| Instant::now() < until) {
@@ -278,13 +288,14 @@ mod tests {
         let hub = Arc::new(Hub::new(64));
         let engine = Engine {
             name: "memory",
-            store: Arc::new(MemoryPresence::new(ttl)),
+            store: Arc::new(MemoryPresence::new(ttl, Duration::from_secs(30 * 24 * 3600))),
             broker: Arc::new(MemoryBroker::new(hub.clone())),
         };
         let timing = Timing {
             sweep_interval: Duration::from_millis(250),
             recovery_grace: Duration::from_secs(2),
             probe_interval: Duration::from_secs(1),
+            last_seen: Duration::from_secs(30 * 24 * 3600),
         };
         Arc::new(Node::new(engine, hub, timing, Arc::new(Notify::new())))
     }

@@ -16,6 +16,7 @@ on_both_engines!(
     health_and_metrics_report_the_router,
     a_batch_window_loses_no_update,
     dashboards_see_only_their_groups,
+    last_seen_outlives_going_offline_for_the_retention,
 );
 
 async fn mobile_online_and_offline_reach_the_dashboard(engine: Engine) {
@@ -240,4 +241,38 @@ async fn dashboards_see_only_their_groups(engine: Engine) {
     assert_update(&everyone.next_update().await, "s1", "offline");
     let _marker = router.mobile_in("n2", &["north"]).await;
     assert_update(&north.next_update().await, "n2", "online");
+}
+
+async fn last_seen_outlives_going_offline_for_the_retention(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let router = setup.router(&["--last-seen-secs", "1"]).await;
+    let bearer = format!("Bearer {}", common::token("api", presence_router::auth::Role::Web));
+    let get = |path: &'static str| {
+        let (addr, bearer) = (router.addr, bearer.clone());
+        async move { common::http(addr, "GET", path, &[("Authorization", &bearer)], "").await }
+    };
+    let (mut dashboard, _) = router.dashboard("d").await;
+    let mobile = router.mobile("walker", "radio-9").await;
+    dashboard.next_update().await;
+    let (status, body) = get("/api/users/walker/presence").await;
+    assert_eq!((status, body["user"]["status"].as_str()), (200, Some("online")), "{body}");
+
+    mobile.close().await;
+    assert_update(&dashboard.next_update().await, "walker", "offline");
+    let (_, body) = get("/api/users/walker/presence").await;
+    let user = &body["user"];
+    assert_eq!((user["status"].as_str(), user["deviceId"].as_str()), (Some("offline"), Some("radio-9")));
+    assert!(user["lastSeen"].as_u64().is_some());
+
+    // Past the retention the user is as unknown as one never seen.
+    common::eventually("last seen to be dropped", || async {
+        get("/api/users/walker/presence").await.1["user"]["lastSeen"].is_null()
+    })
+    .await;
+    let (status, body) = get("/api/users/nobody/presence").await;
+    assert_eq!((status, body["user"]["status"].as_str()), (200, Some("offline")));
+    let (status, body) = get("/api/users/a%0Ab/presence").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_user_id")));
+    let (status, _) = common::http(router.addr, "GET", "/api/users/walker/presence", &[], "").await;
+    assert_eq!(status, 401);
 }

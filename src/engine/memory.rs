@@ -23,8 +23,13 @@ use crate::{
 
 pub struct MemoryPresence {
     ttl: Duration,
+    /// How long an offline user's record (its last seen) is kept.
+    last_seen: Duration,
     state: Mutex<State>,
 }
+
+/// How often offline records past their retention are dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct State {
@@ -33,11 +38,14 @@ struct State {
     leases: HashMap<SessionId, (Id, Instant)>,
     /// The same leases ordered by deadline, so expiry touches only what is due.
     deadlines: BTreeSet<(Instant, SessionId)>,
+    last_prune: Option<Instant>,
 }
 
 /// Kept after the user goes offline, for `lastSeen` and the version counter.
 struct UserRecord {
     live: Vec<SessionId>,
+    /// When the last session ended; the record is dropped a retention later.
+    offline_since: Option<Instant>,
     version: u64,
     last_seen: u64,
     device_id: Option<Arc<str>>,
@@ -65,8 +73,8 @@ impl UserRecord {
 }
 
 impl MemoryPresence {
-    pub fn new(ttl: Duration) -> Self {
-        MemoryPresence { ttl, state: Mutex::new(State::default()) }
+    pub fn new(ttl: Duration, last_seen: Duration) -> Self {
+        MemoryPresence { ttl, last_seen, state: Mutex::new(State::default()) }
     }
 
     /// The lock is never held across an await, and no code under it can panic, so a
@@ -85,6 +93,7 @@ impl State {
         self.deadlines.insert((deadline, session.id.clone()));
         let record = self.users.entry(session.user.clone()).or_insert_with(|| UserRecord {
             live: Vec::new(),
+            offline_since: None,
             version: 0,
             last_seen: now_ms,
             device_id: None,
@@ -97,6 +106,7 @@ impl State {
             return None;
         }
         record.live.push(session.id.clone());
+        record.offline_since = None;
         (record.live.len() == 1).then(|| record.transition(&session.user, Cause::Connect))
     }
 
@@ -112,6 +122,7 @@ impl State {
         if cause == Cause::Disconnect {
             record.last_seen = unix_ms();
         }
+        record.offline_since = Some(Instant::now());
         Some(record.transition(&user, cause))
     }
 }
@@ -139,6 +150,11 @@ impl PresenceStore for MemoryPresence {
                 break;
             }
             updates.extend(state.end(&id, Cause::Expired));
+        }
+        if state.last_prune.is_none_or(|at| now - at >= PRUNE_EVERY.min(self.last_seen)) {
+            state.last_prune = Some(now);
+            let retention = self.last_seen;
+            state.users.retain(|_, r| r.offline_since.is_none_or(|since| now - since < retention));
         }
         Ok(updates)
     }
@@ -195,6 +211,7 @@ mod tests {
     use super::*;
 
     const TTL: Duration = Duration::from_secs(60);
+    const LAST_SEEN: Duration = Duration::from_secs(30 * 24 * 3600);
 
     fn session(user: &str, n: u64) -> Session {
         Session {
@@ -207,7 +224,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn lease_expires_after_ttl_not_before() {
-        let store = MemoryPresence::new(TTL);
+        let store = MemoryPresence::new(TTL, LAST_SEEN);
         let s = session("u", 1);
         let online = store.connect(&s).await.unwrap().expect("first session is a transition");
         assert_eq!(online.presence.status, Status::Online);
@@ -226,7 +243,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn heartbeats_renew_the_lease() {
-        let store = MemoryPresence::new(TTL);
+        let store = MemoryPresence::new(TTL, LAST_SEEN);
         let s = session("u", 1);
         store.connect(&s).await.unwrap();
         for _ in 0..5 {
@@ -239,7 +256,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn heartbeat_after_expiry_comes_back_online() {
-        let store = MemoryPresence::new(TTL);
+        let store = MemoryPresence::new(TTL, LAST_SEEN);
         let s = session("u", 1);
         store.connect(&s).await.unwrap();
         tokio::time::advance(TTL).await;
@@ -251,7 +268,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn user_stays_online_while_any_session_lives() {
-        let store = MemoryPresence::new(TTL);
+        let store = MemoryPresence::new(TTL, LAST_SEEN);
         let (phone, tablet) = (session("u", 1), session("u", 2));
         assert!(store.connect(&phone).await.unwrap().is_some());
         assert_eq!(store.connect(&tablet).await.unwrap(), None, "second device is no transition");
@@ -264,7 +281,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn one_expired_session_does_not_offline_a_live_user() {
-        let store = MemoryPresence::new(TTL);
+        let store = MemoryPresence::new(TTL, LAST_SEEN);
         let (silent, live) = (session("u", 1), session("u", 2));
         store.connect(&silent).await.unwrap();
         tokio::time::advance(Duration::from_secs(30)).await;
@@ -275,8 +292,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn last_seen_is_kept_for_the_retention_then_dropped() {
+        let store = MemoryPresence::new(TTL, LAST_SEEN);
+        let s = session("u", 1);
+        store.connect(&s).await.unwrap();
+        store.disconnect(&s).await.unwrap();
+        tokio::time::advance(LAST_SEEN - Duration::from_secs(61)).await;
+        store.expire_due().await.unwrap();
+        assert!(store.lookup(std::slice::from_ref(&s.user)).await.unwrap()[0].last_seen.is_some());
+        tokio::time::advance(Duration::from_secs(61)).await;
+        store.expire_due().await.unwrap();
+        assert_eq!(
+            store.lookup(std::slice::from_ref(&s.user)).await.unwrap()[0],
+            UserPresence::unknown(s.user.clone())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn linger_shortens_the_lease_without_ending_it() {
-        let store = MemoryPresence::new(TTL);
+        let store = MemoryPresence::new(TTL, LAST_SEEN);
         let s = session("u", 1);
         store.connect(&s).await.unwrap();
         store.linger(&s, Duration::from_secs(5)).await.unwrap();
@@ -291,7 +325,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn lookup_keeps_order_and_reports_unknowns() {
-        let store = MemoryPresence::new(TTL);
+        let store = MemoryPresence::new(TTL, LAST_SEEN);
         store.connect(&session("a", 1)).await.unwrap();
         let b = session("b", 2);
         store.connect(&b).await.unwrap();

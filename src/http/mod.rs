@@ -26,6 +26,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 pub fn router(app: Arc<App>) -> Router {
     let api = Router::new()
         .route("/api/presence/status", post(presence::status).fallback(method_not_allowed))
+        .route("/api/users/{id}/presence", get(presence::user).fallback(method_not_allowed))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(middleware::from_fn(count_requests));
     Router::new()
@@ -47,7 +48,7 @@ async fn count_requests(path: MatchedPath, request: Request, next: Next) -> Resp
 }
 
 async fn method_not_allowed() -> impl IntoResponse {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST")
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "see docs/PROTOCOL.md for the methods")
 }
 
 async fn not_found() -> impl IntoResponse {

@@ -1,11 +1,15 @@
-//! `POST /api/presence/status`: bulk presence for up to 100 users (seed 004).
+//! The presence API: `POST /api/presence/status`, bulk presence for up to 100 users (seed
+//! 004), and `GET /api/users/{id}/presence`, one user.
 
 use std::sync::Arc;
 
 use axum::{
     Json,
     body::Bytes,
-    extract::{State, rejection::BytesRejection},
+    extract::{
+        Path, State,
+        rejection::{BytesRejection, PathRejection},
+    },
     http::{HeaderMap, StatusCode, header::CONTENT_TYPE},
 };
 use serde::{Deserialize, Serialize};
@@ -15,7 +19,7 @@ use crate::{
     app::App,
     auth::Credentials,
     id::Id,
-    presence::{Status, unix_ms},
+    presence::{Status, UserPresence, unix_ms},
 };
 
 /// Most ids one request may ask for.
@@ -67,11 +71,7 @@ pub async fn status(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<StatusResponse>, ApiError> {
-    let token = Credentials::from_headers(&headers).token.ok_or_else(|| {
-        ApiError::new(StatusCode::UNAUTHORIZED, "missing_token", "send `Authorization: Bearer <jwt>`")
-    })?;
-    app.auth.verify(&token).map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))?;
-
+    authorize(&app, &headers)?;
     let is_json = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -85,27 +85,59 @@ pub async fn status(
     }
     let body = body.map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
     let user_ids = parse_request(&body)?;
+    let users = lookup(&app, &user_ids).await?;
+    Ok(Json(StatusResponse {
+        success: true,
+        users: users.into_iter().map(UserStatus::from).collect(),
+        timestamp: unix_ms(),
+    }))
+}
+
+#[derive(Serialize)]
+pub struct UserResponse {
+    success: bool,
+    user: UserStatus,
+    timestamp: u64,
+}
+
+/// `GET /api/users/{id}/presence`: one user; last seen is kept for `LAST_SEEN_SECS`
+/// (30 days) after the user goes offline.
+pub async fn user(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<UserResponse>, ApiError> {
+    authorize(&app, &headers)?;
+    let Path(id) = id.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_user_id", e.body_text()))?;
+    let id = Id::parse(&id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_user_id", e.to_string()))?;
+    let user =
+        lookup(&app, std::slice::from_ref(&id)).await?.into_iter().next().unwrap_or_else(|| UserPresence::unknown(id));
+    Ok(Json(UserResponse { success: true, user: user.into(), timestamp: unix_ms() }))
+}
+
+impl From<UserPresence> for UserStatus {
+    fn from(p: UserPresence) -> Self {
+        UserStatus { user_id: p.user_id, status: p.status, last_seen: p.last_seen, device_id: p.device_id }
+    }
+}
+
+/// Any valid token may read presence: `Authorization: Bearer <jwt>` (or a `token` header).
+fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    let token = Credentials::from_headers(headers).token.ok_or_else(|| {
+        ApiError::new(StatusCode::UNAUTHORIZED, "missing_token", "send `Authorization: Bearer <jwt>`")
+    })?;
+    app.auth.verify(&token).map(|_| ()).map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))
+}
+
+/// Looks users up, answering 503 when presence is off or the store is unreachable.
+async fn lookup(app: &App, ids: &[Id]) -> Result<Vec<UserPresence>, ApiError> {
     if !app.presence_enabled {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "presence_disabled", "PRESENCE_ENABLED is false"));
     }
-    let users = app
-        .node
-        .lookup(&user_ids)
+    app.node
+        .lookup(ids)
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "presence_unavailable", e.to_string()))?;
-    Ok(Json(StatusResponse {
-        success: true,
-        users: users
-            .into_iter()
-            .map(|p| UserStatus {
-                user_id: p.user_id,
-                status: p.status,
-                last_seen: p.last_seen,
-                device_id: p.device_id,
-            })
-            .collect(),
-        timestamp: unix_ms(),
-    }))
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "presence_unavailable", e.to_string()))
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ pub fn config(port: u16) -> RedisConfig {
 /// transition, as a router would; returns each user's deadline (Unix ms, Redis clock) as
 /// Redis recorded it.
 pub async fn users(port: u16, n: usize, ttl: Duration) -> anyhow::Result<HashMap<String, u64>> {
-    let store = Arc::new(RedisPresence::connect(&config(port), ttl).await?);
+    let store = Arc::new(RedisPresence::connect(&config(port), ttl, Duration::from_secs(3600)).await?);
     let broker = Arc::new(RedisBroker::new(store.connection(), "presence:".into()));
     stream::iter(0..n)
         .map(|i| {

@@ -62,6 +62,8 @@ pub struct RedisPresence {
     conn: ConnectionManager,
     prefix: String,
     ttl: Duration,
+    /// How long an offline user's meta hash (its last seen) is kept.
+    last_seen: Duration,
     lease: Script,
     disconnect: Script,
     linger: Script,
@@ -75,7 +77,7 @@ fn unavailable(e: RedisError) -> EngineError {
 impl RedisPresence {
     /// Connects (failing fast if Redis cannot be reached now) and makes sure keyspace
     /// `expired` events are on.
-    pub async fn connect(config: &RedisConfig, ttl: Duration) -> anyhow::Result<Self> {
+    pub async fn connect(config: &RedisConfig, ttl: Duration, last_seen: Duration) -> anyhow::Result<Self> {
         let client = config.client()?;
         // Calls fail within a second while Redis is down or stopped, instead of hanging
         // heartbeats and API requests; the manager reconnects in the background.
@@ -90,6 +92,7 @@ impl RedisPresence {
             conn,
             prefix: config.prefix.clone(),
             ttl,
+            last_seen,
             lease: script!("lease.lua"),
             disconnect: script!("disconnect.lua"),
             linger: script!("linger.lua"),
@@ -102,11 +105,18 @@ impl RedisPresence {
         self.conn.clone()
     }
 
-    /// A call of one of the session scripts, with the arguments they all start with:
-    /// prefix, user, session.
-    fn on_session<'a>(&'a self, script: &'a Script, session: &Session) -> ScriptInvocation<'a> {
+    /// A call of a script with the arguments every script starts with: prefix and the
+    /// last-seen retention in ms.
+    fn call<'a>(&'a self, script: &'a Script) -> ScriptInvocation<'a> {
         let mut call = script.prepare_invoke();
-        call.arg(&self.prefix).arg(session.user.as_str()).arg(session.id.as_str());
+        call.arg(&self.prefix).arg(self.last_seen.as_millis() as u64);
+        call
+    }
+
+    /// A call of one of the session scripts: the common arguments, then user and session.
+    fn on_session<'a>(&'a self, script: &'a Script, session: &Session) -> ScriptInvocation<'a> {
+        let mut call = self.call(script);
+        call.arg(session.user.as_str()).arg(session.id.as_str());
         call
     }
 
@@ -222,8 +232,7 @@ impl PresenceStore for RedisPresence {
         let mut updates = Vec::new();
         loop {
             let (due, rows): (usize, Vec<Row>) = self
-                .sweep
-                .arg(&self.prefix)
+                .call(&self.sweep)
                 .arg(SWEEP_BATCH)
                 .invoke_async(&mut self.conn.clone())
                 .await

@@ -1,9 +1,11 @@
--- Prepended to every script. ARGV[1] is the key prefix ("presence:").
+-- Prepended to every script. ARGV[1] is the key prefix ("presence:"); ARGV[2] how long,
+-- in ms, an offline user's meta hash (its last seen) is kept.
 --
 -- Keys of user U:
 --   {p}user:U      "1" with a PX lifetime: the seed's presence key; its expiry event only
 --                  wakes the sweepers early
---   {p}meta:U      hash: status, lastSeen, deviceId, role, version, groups
+--   {p}meta:U      hash: status, lastSeen, deviceId, role, version, groups; expires
+--                  ARGV[2] ms after the user goes offline
 --   {p}sessions:U  zset: session id -> lease deadline (Unix ms, Redis clock)
 --   {p}deadlines   zset: user id -> latest lease deadline; holds exactly the users online,
 --                  so it is both the snapshot index and the sweep queue
@@ -14,6 +16,7 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix = ARGV[1]
+local last_seen_ms = tonumber(ARGV[2])
 local deadlines = prefix .. 'deadlines'
 
 local function keys_of(user)
@@ -53,6 +56,11 @@ local function transition(user, status, cause)
   redis.call('HSET', meta, 'status', status, 'version', version)
   if cause == 'disconnect' then
     redis.call('HSET', meta, 'lastSeen', now)
+  end
+  if status == 'offline' then
+    redis.call('PEXPIRE', meta, last_seen_ms)
+  else
+    redis.call('PERSIST', meta)
   end
   local f = redis.call('HMGET', meta, 'lastSeen', 'deviceId', 'groups')
   local seq = redis.call('INCR', prefix .. 'seq')
