@@ -141,6 +141,11 @@ impl Node {
         self.check("lookup", result)
     }
 
+    pub async fn group_members(&self, group: &Id) -> Result<Vec<Id>, EngineError> {
+        let result = self.engine.store.group_members(group).await;
+        self.check("group_members", result)
+    }
+
     /// Ends the leases that ran out and publishes the resulting offlines together.
     pub async fn sweep(&self) -> Result<usize, EngineError> {
         let result = self.engine.store.expire_due().await;

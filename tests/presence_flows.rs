@@ -17,6 +17,7 @@ on_both_engines!(
     a_batch_window_loses_no_update,
     dashboards_see_only_their_groups,
     last_seen_outlives_going_offline_for_the_retention,
+    group_presence_lists_participants_within_the_scope,
 );
 
 async fn mobile_online_and_offline_reach_the_dashboard(engine: Engine) {
@@ -275,4 +276,45 @@ async fn last_seen_outlives_going_offline_for_the_retention(engine: Engine) {
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_user_id")));
     let (status, _) = common::http(router.addr, "GET", "/api/users/walker/presence", &[], "").await;
     assert_eq!(status, 401);
+}
+
+async fn group_presence_lists_participants_within_the_scope(engine: Engine) {
+    use presence_router::auth::{Role, mint_hs256_in};
+    let setup = Setup::new(engine).await;
+    let router = setup.router(&[]).await;
+    let (mut dashboard, _) = router.dashboard("d").await;
+    let _n1 = router.mobile_in("n1", &["north"]).await;
+    let n2 = router.mobile_in("n2", &["north", "east"]).await;
+    let _s1 = router.mobile_in("s1", &["south"]).await;
+    for _ in 0..3 {
+        dashboard.next_update().await;
+    }
+    n2.close().await;
+    assert_update(&dashboard.next_update().await, "n2", "offline");
+
+    let get = |path: &'static str, groups: Option<&'static [&'static str]>| {
+        let addr = router.addr;
+        async move {
+            let token = mint_hs256_in(common::SECRET.as_bytes(), "viewer", Role::Dashboard, groups, 60).unwrap();
+            common::http(addr, "GET", path, &[("Authorization", &format!("Bearer {token}"))], "").await
+        }
+    };
+    let (status, body) = get("/api/groups/north/presence", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["groupId"].as_str(), body["onlineCount"].as_u64()), (Some("north"), Some(1)));
+    let mut participants: Vec<(String, String)> = body["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["userId"].as_str().unwrap().into(), p["status"].as_str().unwrap().into()))
+        .collect();
+    participants.sort();
+    assert_eq!(participants, [("n1".into(), "online".into()), ("n2".into(), "offline".into())]);
+
+    let (status, body) = get("/api/groups/north/presence", Some(&["north"])).await;
+    assert_eq!((status, body["onlineCount"].as_u64()), (200, Some(1)));
+    let (status, body) = get("/api/groups/north/presence", Some(&["south"])).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden_group")));
+    let (status, body) = get("/api/groups/nobody-here/presence", None).await;
+    assert_eq!((status, body["participants"].as_array().map(Vec::len)), (200, Some(0)));
 }

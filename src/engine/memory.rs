@@ -38,6 +38,8 @@ struct State {
     leases: HashMap<SessionId, (Id, Instant)>,
     /// The same leases ordered by deadline, so expiry touches only what is due.
     deadlines: BTreeSet<(Instant, SessionId)>,
+    /// Group → member → when a session of the member last named the group.
+    groups: HashMap<Id, HashMap<Id, Instant>>,
     last_prune: Option<Instant>,
 }
 
@@ -102,6 +104,10 @@ impl State {
         record.last_seen = now_ms;
         record.device_id = session.device_id.clone().or(record.device_id.take());
         record.groups = session.groups.clone();
+        let now = Instant::now();
+        for group in session.groups.iter() {
+            self.groups.entry(group.clone()).or_default().insert(session.user.clone(), now);
+        }
         if record.live.contains(&session.id) {
             return None;
         }
@@ -155,6 +161,10 @@ impl PresenceStore for MemoryPresence {
             state.last_prune = Some(now);
             let retention = self.last_seen;
             state.users.retain(|_, r| r.offline_since.is_none_or(|since| now - since < retention));
+            for members in state.groups.values_mut() {
+                members.retain(|_, seen| now - *seen < retention + self.ttl);
+            }
+            state.groups.retain(|_, members| !members.is_empty());
         }
         Ok(updates)
     }
@@ -172,6 +182,18 @@ impl PresenceStore for MemoryPresence {
         let watermark = unix_ms();
         let users = state.users.iter().filter(|(_, r)| !r.live.is_empty()).map(|(id, r)| r.presence(id)).collect();
         Ok(Snapshot { users, watermark })
+    }
+
+    async fn group_members(&self, group: &Id) -> Result<Vec<Id>, EngineError> {
+        let state = self.state();
+        let since = Instant::now().checked_sub(self.last_seen + self.ttl);
+        Ok(state
+            .groups
+            .get(group)
+            .map(|members| {
+                members.iter().filter(|(_, seen)| since.is_none_or(|s| **seen >= s)).map(|(u, _)| u.clone()).collect()
+            })
+            .unwrap_or_default())
     }
 
     async fn ping(&self) -> Result<(), EngineError> {

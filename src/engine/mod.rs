@@ -63,6 +63,9 @@ pub trait PresenceStore: Send + Sync + 'static {
 
     /// The presence of each requested user, in request order; unknown users are offline.
     async fn lookup(&self, users: &[Id]) -> Result<Vec<UserPresence>, EngineError>;
+
+    /// The users whose sessions named `group` within the last-seen retention.
+    async fn group_members(&self, group: &Id) -> Result<Vec<Id>, EngineError>;
 }
 
 /// Transient transport of transitions to every router's hub.

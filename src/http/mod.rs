@@ -27,6 +27,7 @@ pub fn router(app: Arc<App>) -> Router {
     let api = Router::new()
         .route("/api/presence/status", post(presence::status).fallback(method_not_allowed))
         .route("/api/users/{id}/presence", get(presence::user).fallback(method_not_allowed))
+        .route("/api/groups/{id}/presence", get(presence::group).fallback(method_not_allowed))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(middleware::from_fn(count_requests));
     Router::new()

@@ -1,5 +1,6 @@
 //! The presence API: `POST /api/presence/status`, bulk presence for up to 100 users (seed
-//! 004), and `GET /api/users/{id}/presence`, one user.
+//! 004), `GET /api/users/{id}/presence`, one user, and `GET /api/groups/{id}/presence`,
+//! a group's participants.
 
 use std::sync::Arc;
 
@@ -17,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use super::ApiError;
 use crate::{
     app::App,
-    auth::Credentials,
+    auth::{Claims, Credentials},
+    engine::EngineError,
     id::Id,
     presence::{Status, UserPresence, unix_ms},
 };
@@ -115,6 +117,44 @@ pub async fn user(
     Ok(Json(UserResponse { success: true, user: user.into(), timestamp: unix_ms() }))
 }
 
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupResponse {
+    success: bool,
+    group_id: Id,
+    participants: Vec<UserStatus>,
+    online_count: usize,
+    timestamp: u64,
+}
+
+/// `GET /api/groups/{id}/presence`: the group's participants (users whose sessions named
+/// it within the last-seen retention) and how many are online. A token with a `groups`
+/// claim may read only those groups.
+pub async fn group(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<GroupResponse>, ApiError> {
+    let claims = authorize(&app, &headers)?;
+    let Path(id) = id.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_group_id", e.body_text()))?;
+    let group =
+        Id::parse(&id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_group_id", e.to_string()))?;
+    if claims.groups.as_ref().is_some_and(|allowed| !allowed.contains(&group)) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_group",
+            "the token's groups do not include this group",
+        ));
+    }
+    if !app.presence_enabled {
+        return Err(disabled());
+    }
+    let members = app.node.group_members(&group).await.map_err(unavailable)?;
+    let participants: Vec<UserStatus> = lookup(&app, &members).await?.into_iter().map(UserStatus::from).collect();
+    let online_count = participants.iter().filter(|p| p.status == Status::Online).count();
+    Ok(Json(GroupResponse { success: true, group_id: group, participants, online_count, timestamp: unix_ms() }))
+}
+
 impl From<UserPresence> for UserStatus {
     fn from(p: UserPresence) -> Self {
         UserStatus { user_id: p.user_id, status: p.status, last_seen: p.last_seen, device_id: p.device_id }
@@ -122,22 +162,27 @@ impl From<UserPresence> for UserStatus {
 }
 
 /// Any valid token may read presence: `Authorization: Bearer <jwt>` (or a `token` header).
-fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+fn authorize(app: &App, headers: &HeaderMap) -> Result<Claims, ApiError> {
     let token = Credentials::from_headers(headers).token.ok_or_else(|| {
         ApiError::new(StatusCode::UNAUTHORIZED, "missing_token", "send `Authorization: Bearer <jwt>`")
     })?;
-    app.auth.verify(&token).map(|_| ()).map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))
+    app.auth.verify(&token).map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))
+}
+
+fn disabled() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "presence_disabled", "PRESENCE_ENABLED is false")
+}
+
+fn unavailable(e: EngineError) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "presence_unavailable", e.to_string())
 }
 
 /// Looks users up, answering 503 when presence is off or the store is unreachable.
 async fn lookup(app: &App, ids: &[Id]) -> Result<Vec<UserPresence>, ApiError> {
     if !app.presence_enabled {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "presence_disabled", "PRESENCE_ENABLED is false"));
+        return Err(disabled());
     }
-    app.node
-        .lookup(ids)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "presence_unavailable", e.to_string()))
+    app.node.lookup(ids).await.map_err(unavailable)
 }
 
 #[cfg(test)]

@@ -139,6 +139,10 @@ impl RedisPresence {
 
     /// `HMGET status lastSeen deviceId version` for each user, pipelined.
     async fn read_meta(&self, users: &[Id]) -> Result<Vec<UserPresence>, EngineError> {
+        // Redis refuses an empty pipeline, and that must not read as an outage.
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for user in users {
             pipe.cmd("HMGET").arg(self.meta_key(user)).arg(&["status", "lastSeen", "deviceId", "version", "groups"]);
@@ -267,6 +271,15 @@ impl PresenceStore for RedisPresence {
             }
         }
         Ok(found)
+    }
+
+    async fn group_members(&self, group: &Id) -> Result<Vec<Id>, EngineError> {
+        let mut conn = self.conn.clone();
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.map_err(unavailable)?;
+        let since = (secs * 1000 + micros / 1000).saturating_sub(self.last_seen.as_millis() as u64);
+        let members: Vec<String> =
+            conn.zrangebyscore(format!("{}group:{}", self.prefix, group), since, "+inf").await.map_err(unavailable)?;
+        Ok(members.iter().filter_map(|m| Id::parse(m).ok()).collect())
     }
 
     async fn ping(&self) -> Result<(), EngineError> {

@@ -9,4 +9,10 @@ redis.call('HSET', meta, 'lastSeen', now, 'role', ARGV[7], 'groups', ARGV[8])
 if ARGV[6] ~= '' then
   redis.call('HSET', meta, 'deviceId', ARGV[6])
 end
+for group in string.gmatch(ARGV[8], '[^\n]+') do
+  local gkey = prefix .. 'group:' .. group
+  redis.call('ZADD', gkey, now, user)
+  redis.call('ZREMRANGEBYSCORE', gkey, '-inf', now - last_seen_ms - ttl)
+  redis.call('PEXPIRE', gkey, last_seen_ms + ttl)
+end
 return transition(user, 'online', 'connect')

@@ -10,6 +10,7 @@
 --   {p}deadlines   zset: user id -> latest lease deadline; holds exactly the users online,
 --                  so it is both the snapshot index and the sweep queue
 --   {p}seq         counter numbering every transition
+--   {p}group:G     zset: user id -> last lease (ms) of a session in group G
 --
 -- Keys are derived from ARGV, so these scripts suit a single Redis, not Redis Cluster.
 
