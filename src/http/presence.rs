@@ -110,8 +110,7 @@ pub async fn user(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<UserResponse>, ApiError> {
     authorize(&app, &headers)?;
-    let Path(id) = id.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_user_id", e.body_text()))?;
-    let id = Id::parse(&id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_user_id", e.to_string()))?;
+    let id = path_id(id, "invalid_user_id")?;
     let user =
         lookup(&app, std::slice::from_ref(&id)).await?.into_iter().next().unwrap_or_else(|| UserPresence::unknown(id));
     Ok(Json(UserResponse { success: true, user: user.into(), timestamp: unix_ms() }))
@@ -136,9 +135,7 @@ pub async fn group(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<GroupResponse>, ApiError> {
     let claims = authorize(&app, &headers)?;
-    let Path(id) = id.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_group_id", e.body_text()))?;
-    let group =
-        Id::parse(&id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_group_id", e.to_string()))?;
+    let group = path_id(id, "invalid_group_id")?;
     if claims.groups.as_ref().is_some_and(|allowed| !allowed.contains(&group)) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -167,6 +164,12 @@ fn authorize(app: &App, headers: &HeaderMap) -> Result<Claims, ApiError> {
         ApiError::new(StatusCode::UNAUTHORIZED, "missing_token", "send `Authorization: Bearer <jwt>`")
     })?;
     app.auth.verify(&token).map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))
+}
+
+/// The id in the path, or a 400 with `code`.
+fn path_id(id: Result<Path<String>, PathRejection>, code: &'static str) -> Result<Id, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, code, e.body_text()))?;
+    Id::parse(&id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string()))
 }
 
 fn disabled() -> ApiError {
