@@ -191,6 +191,29 @@ mod tests {
     }
 
     #[test]
+    fn public_key_tokens_verify_and_other_algorithms_do_not() {
+        // A throwaway P-256 key pair, generated for these tests only.
+        let private = EncodingKey::from_ec_pem(include_bytes!("../tests/fixtures/es256-private.pem")).unwrap();
+        let auth =
+            Authenticator::public_key(include_bytes!("../tests/fixtures/es256-public.pem"), Algorithm::ES256).unwrap();
+        let claims = serde_json::json!({"sub": "u1", "role": "mobile", "exp": u32::MAX});
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &private).unwrap();
+        assert_eq!(auth.verify(&token).unwrap().sub.as_str(), "u1");
+        // An HS256 token (say, signed with the public key as a secret) must not pass.
+        let forged = jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(include_bytes!("../tests/fixtures/es256-public.pem")),
+        )
+        .unwrap();
+        assert!(matches!(auth.verify(&forged), Err(AuthError::Invalid(_))));
+        assert!(Authenticator::public_key(b"not a pem", Algorithm::ES256).is_err());
+        assert!(
+            Authenticator::public_key(include_bytes!("../tests/fixtures/es256-public.pem"), Algorithm::HS256).is_err()
+        );
+    }
+
+    #[test]
     fn groups_claim_is_optional() {
         let auth = Authenticator::hs256(SECRET);
         let scoped = mint_hs256_in(SECRET, "d", Role::Dashboard, Some(&["g1", "g2"]), 60).unwrap();
