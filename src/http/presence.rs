@@ -21,6 +21,7 @@ use crate::{
     auth::{Claims, Credentials},
     engine::EngineError,
     id::Id,
+    node::Node,
     presence::{Status, UserPresence, unix_ms},
 };
 
@@ -87,7 +88,7 @@ pub async fn status(
     }
     let body = body.map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
     let user_ids = parse_request(&body)?;
-    let users = lookup(&app, &user_ids).await?;
+    let users = presence(&app)?.lookup(&user_ids).await.map_err(unavailable)?;
     Ok(Json(StatusResponse {
         success: true,
         users: users.into_iter().map(UserStatus::from).collect(),
@@ -111,8 +112,8 @@ pub async fn user(
 ) -> Result<Json<UserResponse>, ApiError> {
     authorize(&app, &headers)?;
     let id = path_id(id, "invalid_user_id")?;
-    let user =
-        lookup(&app, std::slice::from_ref(&id)).await?.into_iter().next().unwrap_or_else(|| UserPresence::unknown(id));
+    let user = presence(&app)?.lookup(std::slice::from_ref(&id)).await.map_err(unavailable)?.into_iter().next();
+    let user = user.unwrap_or_else(|| UserPresence::unknown(id));
     Ok(Json(UserResponse { success: true, user: user.into(), timestamp: unix_ms() }))
 }
 
@@ -143,11 +144,10 @@ pub async fn group(
             "the token's groups do not include this group",
         ));
     }
-    if !app.presence_enabled {
-        return Err(disabled());
-    }
-    let members = app.node.group_members(&group).await.map_err(unavailable)?;
-    let participants: Vec<UserStatus> = lookup(&app, &members).await?.into_iter().map(UserStatus::from).collect();
+    let node = presence(&app)?;
+    let members = node.group_members(&group).await.map_err(unavailable)?;
+    let participants: Vec<UserStatus> =
+        node.lookup(&members).await.map_err(unavailable)?.into_iter().map(UserStatus::from).collect();
     let online_count = participants.iter().filter(|p| p.status == Status::Online).count();
     Ok(Json(GroupResponse { success: true, group_id: group, participants, online_count, timestamp: unix_ms() }))
 }
@@ -172,20 +172,17 @@ fn path_id(id: Result<Path<String>, PathRejection>, code: &'static str) -> Resul
     Id::parse(&id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string()))
 }
 
-fn disabled() -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "presence_disabled", "PRESENCE_ENABLED is false")
+/// The presence service, or 503 `presence_disabled` when `PRESENCE_ENABLED` is false.
+fn presence(app: &App) -> Result<&Node, ApiError> {
+    if !app.presence_enabled {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "presence_disabled", "PRESENCE_ENABLED is false"));
+    }
+    Ok(&app.node)
 }
 
+/// A store that cannot be reached: 503 `presence_unavailable`.
 fn unavailable(e: EngineError) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "presence_unavailable", e.to_string())
-}
-
-/// Looks users up, answering 503 when presence is off or the store is unreachable.
-async fn lookup(app: &App, ids: &[Id]) -> Result<Vec<UserPresence>, ApiError> {
-    if !app.presence_enabled {
-        return Err(disabled());
-    }
-    app.node.lookup(ids).await.map_err(unavailable)
 }
 
 #[cfg(test)]

@@ -74,6 +74,12 @@ fn unavailable(e: RedisError) -> EngineError {
     EngineError::Unavailable(e.to_string())
 }
 
+/// Redis' clock in Unix ms: the one clock the scripts use.
+async fn now_ms(conn: &mut ConnectionManager) -> Result<u64, EngineError> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.map_err(unavailable)?;
+    Ok(secs * 1000 + micros / 1000)
+}
+
 impl RedisPresence {
     /// Connects (failing fast if Redis cannot be reached now) and makes sure keyspace
     /// `expired` events are on.
@@ -252,8 +258,7 @@ impl PresenceStore for RedisPresence {
 
     async fn online(&self) -> Result<Snapshot, EngineError> {
         let mut conn = self.conn.clone();
-        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.map_err(unavailable)?;
-        let watermark = secs * 1000 + micros / 1000;
+        let watermark = now_ms(&mut conn).await?;
         let ids: Vec<String> = conn.zrange(format!("{}deadlines", self.prefix), 0, -1).await.map_err(unavailable)?;
         let ids: Vec<Id> = ids.iter().filter_map(|id| Id::parse(id).ok()).collect();
         let mut users = Vec::with_capacity(ids.len());
@@ -275,8 +280,7 @@ impl PresenceStore for RedisPresence {
 
     async fn group_members(&self, group: &Id) -> Result<Vec<Id>, EngineError> {
         let mut conn = self.conn.clone();
-        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.map_err(unavailable)?;
-        let since = (secs * 1000 + micros / 1000).saturating_sub(self.last_seen.as_millis() as u64);
+        let since = now_ms(&mut conn).await?.saturating_sub(self.last_seen.as_millis() as u64);
         let members: Vec<String> =
             conn.zrangebyscore(format!("{}group:{}", self.prefix, group), since, "+inf").await.map_err(unavailable)?;
         Ok(members.iter().filter_map(|m| Id::parse(m).ok()).collect())
