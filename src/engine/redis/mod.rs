@@ -280,7 +280,9 @@ impl PresenceStore for RedisPresence {
 
     async fn group_members(&self, group: &Id) -> Result<Vec<Id>, EngineError> {
         let mut conn = self.conn.clone();
-        let since = now_ms(&mut conn).await?.saturating_sub(self.last_seen.as_millis() as u64);
+        // A member's score is its last lease, which lapses a TTL later: the retention runs
+        // from there, as in the lease script's trim and the memory engine.
+        let since = now_ms(&mut conn).await?.saturating_sub((self.last_seen + self.ttl).as_millis() as u64);
         let members: Vec<String> =
             conn.zrangebyscore(format!("{}group:{}", self.prefix, group), since, "+inf").await.map_err(unavailable)?;
         Ok(members.iter().filter_map(|m| Id::parse(m).ok()).collect())
