@@ -13,10 +13,11 @@ use crate::{
     config::Config,
     engine::{
         Engine, MemoryBroker, MemoryPresence,
-        redis::{RedisBroker, RedisConfig, RedisPresence, spawn_subscriber},
+        redis::{RedisBroker, RedisConfig, RedisPresence, Sinks, spawn_subscriber},
     },
     hub::Hub,
-    node::{Node, Timing},
+    node::{Node, Timing, new_router_id},
+    relay::Relay,
 };
 
 /// Per-connection limits, from the config.
@@ -31,6 +32,10 @@ pub struct Limits {
     pub write_timeout: Duration,
     pub shutdown_grace: Duration,
     pub update_batch: Duration,
+    pub away_after: Duration,
+    pub typing_ttl: Duration,
+    pub recording_ttl: Duration,
+    pub max_talk: Duration,
 }
 
 pub struct App {
@@ -53,10 +58,12 @@ impl App {
         let hub = Arc::new(Hub::new(config.dashboard_queue));
         let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
         let sweep_now = Arc::new(Notify::new());
+        let relay = Arc::new(Relay::default());
+        let router_id = new_router_id();
         let engine = match &config.redis_host {
             None => Engine {
                 name: "memory",
-                store: Arc::new(MemoryPresence::new(config.ttl(), config.last_seen())),
+                store: Arc::new(MemoryPresence::new(config.lifetimes())),
                 broker: Arc::new(MemoryBroker::new(hub.clone())),
             },
             Some(host) => {
@@ -66,18 +73,17 @@ impl App {
                     password: config.redis_password.clone(),
                     prefix: config.redis_prefix.clone(),
                 };
-                let store = RedisPresence::connect(&redis, config.ttl(), config.last_seen())
+                let store = RedisPresence::connect(&redis, config.lifetimes())
                     .await
                     .with_context(|| format!("connecting to Redis at {host}:{}", config.redis_port))?;
-                let broker = RedisBroker::new(store.connection(), redis.prefix.clone());
-                spawn_subscriber(
-                    redis.client()?,
-                    redis.prefix,
-                    hub.clone(),
-                    sweep_now.clone(),
-                    shutdown.clone(),
-                    &tracker,
-                );
+                let broker = RedisBroker::new(store.connection(), redis.prefix.clone(), router_id.clone());
+                let sinks = Sinks {
+                    hub: hub.clone(),
+                    relay: relay.clone(),
+                    origin: router_id.clone(),
+                    sweep_now: sweep_now.clone(),
+                };
+                spawn_subscriber(redis.client()?, redis.prefix, sinks, shutdown.clone(), &tracker);
                 Engine { name: "redis", store: Arc::new(store), broker: Arc::new(broker) }
             }
         };
@@ -87,7 +93,7 @@ impl App {
             probe_interval: Duration::from_secs(1),
             last_seen: config.last_seen(),
         };
-        let node = Arc::new(Node::new(engine, hub, timing, sweep_now));
+        let node = Arc::new(Node::new(engine, (hub, relay), timing, sweep_now, router_id));
         node.start(shutdown.clone(), &tracker).await.context("starting the presence engine")?;
         tracing::info!(
             engine = node.engine_name(),
@@ -109,6 +115,10 @@ impl App {
                 write_timeout: Duration::from_millis(config.write_timeout_ms),
                 shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
                 update_batch: Duration::from_millis(config.update_batch_ms),
+                away_after: Duration::from_millis(config.away_after_ms),
+                typing_ttl: Duration::from_millis(config.typing_ttl_ms),
+                recording_ttl: Duration::from_millis(config.recording_ttl_ms),
+                max_talk: Duration::from_millis(config.max_talk_ms),
             },
             presence_enabled: config.presence_enabled,
             connections: Arc::new(Semaphore::new(config.max_connections)),

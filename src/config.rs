@@ -5,6 +5,8 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::{ArgAction, Parser, builder::BoolishValueParser};
 
+use crate::engine::Lifetimes;
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "presence-router", version, about = "msgpack-over-WebSocket presence router for push-to-talk fleets")]
 pub struct Config {
@@ -72,12 +74,13 @@ pub struct Config {
     #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
     pub max_frame_bytes: usize,
 
-    /// Inbound frames per second per connection (token bucket rate).
-    #[arg(long, env = "FRAME_RATE", default_value_t = 50)]
+    /// Inbound frames per second per connection (token bucket rate): room for 20 ms audio
+    /// frames (50/s) plus the rest.
+    #[arg(long, env = "FRAME_RATE", default_value_t = 100)]
     pub frame_rate: u32,
 
     /// Inbound frame burst per connection; a connection that keeps sending past it is closed (4029).
-    #[arg(long, env = "FRAME_BURST", default_value_t = 100)]
+    #[arg(long, env = "FRAME_BURST", default_value_t = 200)]
     pub frame_burst: u32,
 
     /// Heartbeats closer together than this are acknowledged but not written to the
@@ -108,9 +111,34 @@ pub struct Config {
     /// How often expired leases are swept.
     #[arg(long, env = "SWEEP_INTERVAL_MS", default_value_t = 250)]
     pub sweep_interval_ms: u64,
+
+    /// Inactivity after which an `online` user is shown `away` (seed 000: 5 minutes).
+    #[arg(long, env = "AWAY_AFTER_MS", default_value_t = 5 * 60 * 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub away_after_ms: u64,
+
+    /// Lifetime of a typing indicator without a refresh (seed 000: 5 s).
+    #[arg(long, env = "TYPING_TTL_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub typing_ttl_ms: u64,
+
+    /// Lifetime of a recording indicator without a refresh (seed 000: 30 s).
+    #[arg(long, env = "RECORDING_TTL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub recording_ttl_ms: u64,
+
+    /// Longest PTT transmission: the floor is taken back after this (and the talking
+    /// indicator, which lives as long as the floor, ends with it).
+    #[arg(long, env = "MAX_TALK_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_talk_ms: u64,
 }
 
 impl Config {
+    pub fn lifetimes(&self) -> Lifetimes {
+        Lifetimes {
+            ttl: self.ttl(),
+            last_seen: self.last_seen(),
+            away_after: Duration::from_millis(self.away_after_ms),
+        }
+    }
+
     pub fn ttl(&self) -> Duration {
         Duration::from_secs(self.presence_ttl)
     }

@@ -223,6 +223,8 @@ mod tests {
                 device_id: None,
                 version,
                 groups: Groups::default(),
+                status_text: None,
+                last_activity: None,
             },
             cause: Cause::Connect,
             timestamp: 1,

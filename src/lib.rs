@@ -13,6 +13,7 @@
 //! - [`engine`]: the [`PresenceStore`](engine::PresenceStore) (leases, transitions) and
 //!   [`Broker`](engine::Broker) (transport of transitions) traits and their implementations.
 //! - [`hub`]: this router's versioned view of presence and the fan-out to dashboards.
+//! - [`relay`]: delivery of transient frames (PTT, TEXT, indicators) to local connections.
 //! - [`node`]: composes engine and hub; publishes transitions; sweeps expired leases.
 //! - [`ws`]: the WebSocket handshake and the per-connection task.
 //! - [`http`]: the axum router: WebSocket endpoint, presence API, health, metrics.
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod node;
 pub mod presence;
 pub mod protocol;
+pub mod relay;
 pub mod ws;
 
 use std::sync::Arc;

@@ -24,6 +24,10 @@ pub const ENGINE_ERRORS: &str = "presence_engine_errors_total";
 pub const ENGINE_UP: &str = "presence_engine_up";
 pub const BROKER_MESSAGES: &str = "presence_broker_messages_total";
 pub const BROKER_GAPS: &str = "presence_broker_gaps_total";
+pub const RELAYED: &str = "presence_relayed_frames_total";
+pub const RELAY_OVERFLOWS: &str = "presence_relay_overflows_total";
+pub const FLOOR_REQUESTS: &str = "presence_floor_requests_total";
+pub const INDICATORS: &str = "presence_indicator_events_total";
 
 /// Seconds; update latency on loopback is sub-millisecond, across sites tens of ms.
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
@@ -61,5 +65,9 @@ fn describe() {
     describe_counter!(ENGINE_ERRORS, "Presence store or broker calls that failed, by operation.");
     describe_gauge!(ENGINE_UP, "1 while the presence store answers and presence is rebuilt, 0 while degraded.");
     describe_counter!(BROKER_GAPS, "Transitions that never arrived from the broker, each answered by a resync.");
-    describe_counter!(BROKER_MESSAGES, "Messages received from the broker, by kind (update, expired, invalid).");
+    describe_counter!(BROKER_MESSAGES, "Messages received from the broker, by kind (update, relay, expired, invalid).");
+    describe_counter!(RELAYED, "PTT, TEXT and indicator frames this router sent towards receivers, by type.");
+    describe_counter!(RELAY_OVERFLOWS, "Connections closed because their queue of relayed frames was full.");
+    describe_counter!(FLOOR_REQUESTS, "PTT START requests, by result (granted, busy, local_only).");
+    describe_counter!(INDICATORS, "Indicator starts and ends broadcast, by type and isActive.");
 }

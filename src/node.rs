@@ -28,7 +28,9 @@ use crate::{
     hub::Hub,
     id::Id,
     metrics,
-    presence::{Cause, Groups, PresenceUpdate, Session, SessionId, UserPresence, unix_ms},
+    presence::{Cause, Groups, Mode, PresenceUpdate, Session, SessionId, UserPresence, unix_ms},
+    protocol::payload::IndicatorKind,
+    relay::{Delivery, Relay},
 };
 
 /// Store calls in flight at once while re-asserting sessions after an outage.
@@ -51,11 +53,30 @@ pub struct Timing {
 /// How often the hub's view drops offline users past the retention.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
+/// The answer to a PTT START.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Floor {
+    Granted,
+    /// Another session holds the channel's floor.
+    Busy,
+    /// Granted by this router alone: the store could not be asked, so a session on another
+    /// router might talk at the same time (PTT keeps working through a Redis outage).
+    LocalOnly,
+}
+
+/// A new router id: random enough that routers of one cluster never share one.
+pub fn new_router_id() -> String {
+    format!("{:012x}", RandomState::new().hash_one((std::process::id(), unix_ms())) >> 16)
+}
+
 pub struct Node {
     engine: Engine,
     hub: Arc<Hub>,
+    relay: Arc<Relay>,
     timing: Timing,
     router_id: String,
+    /// PTT floors held by this router's sessions: channel → holder and until when.
+    floors: Mutex<HashMap<String, (SessionId, Instant)>>,
     next_session: AtomicU64,
     /// This router's live sessions.
     local: Mutex<HashMap<SessionId, Session>>,
@@ -68,13 +89,20 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(engine: Engine, hub: Arc<Hub>, timing: Timing, sweep_now: Arc<Notify>) -> Self {
-        let router_id = format!("{:012x}", RandomState::new().hash_one((std::process::id(), unix_ms())) >> 16);
+    pub fn new(
+        engine: Engine,
+        (hub, relay): (Arc<Hub>, Arc<Relay>),
+        timing: Timing,
+        sweep_now: Arc<Notify>,
+        router_id: String,
+    ) -> Self {
         Node {
             engine,
             hub,
+            relay,
             timing,
             router_id,
+            floors: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             local: Mutex::new(HashMap::new()),
             degraded: AtomicBool::new(false),
@@ -85,6 +113,10 @@ impl Node {
 
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
+    }
+
+    pub fn relay(&self) -> &Arc<Relay> {
+        &self.relay
     }
 
     pub fn engine_name(&self) -> &'static str {
@@ -134,6 +166,84 @@ impl Node {
         self.local().remove(&session.id);
         let result = self.engine.store.linger(session, grace).await;
         self.announce("linger", result.map(|()| None)).await
+    }
+
+    pub async fn set_status(&self, session: &Session, mode: Mode, text: Option<&str>) -> Result<(), EngineError> {
+        let result = self.engine.store.set_status(session, mode, text).await;
+        self.announce("status", result).await
+    }
+
+    pub async fn activity(&self, session: &Session) -> Result<(), EngineError> {
+        let result = self.engine.store.activity(session).await;
+        self.announce("activity", result).await
+    }
+
+    /// Delivers a frame to this router's connections in its audience, then hands it to
+    /// the broker for the other routers. Local delivery comes first and never waits on
+    /// the store, so PTT on one router survives a Redis outage (trap 8).
+    pub async fn send(&self, delivery: Delivery) {
+        self.relay.deliver(&delivery);
+        let result = self.engine.broker.relay(&delivery).await;
+        let _ = self.check("relay", result);
+    }
+
+    pub async fn set_indicator(
+        &self,
+        group: &Id,
+        user: &Id,
+        kind: IndicatorKind,
+        ttl: Option<Duration>,
+    ) -> Result<(), EngineError> {
+        let result = self.engine.store.set_indicator(group, user, kind, ttl).await;
+        self.check("indicator", result)
+    }
+
+    pub async fn indicators(&self, group: &Id) -> Result<Vec<(IndicatorKind, Id)>, EngineError> {
+        let result = self.engine.store.indicators(group).await;
+        self.check("indicators", result)
+    }
+
+    fn floors(&self) -> MutexGuard<'_, HashMap<String, (SessionId, Instant)>> {
+        self.floors.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claims a PTT channel's floor for `holder` for `hold`. This router's own sessions
+    /// are checked (and the floor reserved) here first, so two local STARTs never both
+    /// win, with or without the store; then the store arbitrates between routers.
+    pub async fn take_floor(&self, channel: &str, holder: &SessionId, hold: Duration) -> Floor {
+        let now = Instant::now();
+        {
+            let mut floors = self.floors();
+            match floors.get(channel) {
+                Some((other, until)) if other != holder && *until > now => return Floor::Busy,
+                _ => {
+                    floors.insert(channel.to_owned(), (holder.clone(), now + hold));
+                }
+            }
+        }
+        let result = self.engine.store.take_floor(channel, holder, hold).await;
+        match self.check("floor", result) {
+            Ok(true) => Floor::Granted,
+            Ok(false) => {
+                self.forget_floor(channel, holder);
+                Floor::Busy
+            }
+            Err(_) => Floor::LocalOnly,
+        }
+    }
+
+    /// Gives the floor back (STOP, maximum talk time, disconnect).
+    pub async fn release_floor(&self, channel: &str, holder: &SessionId) {
+        self.forget_floor(channel, holder);
+        let result = self.engine.store.release_floor(channel, holder).await;
+        let _ = self.check("floor", result);
+    }
+
+    fn forget_floor(&self, channel: &str, holder: &SessionId) {
+        let mut floors = self.floors();
+        if floors.get(channel).is_some_and(|(h, _)| h == holder) {
+            floors.remove(channel);
+        }
     }
 
     pub async fn lookup(&self, users: &[Id]) -> Result<Vec<UserPresence>, EngineError> {
@@ -285,7 +395,7 @@ impl Node {
 mod tests {
     use super::*;
     use crate::{
-        engine::{MemoryBroker, MemoryPresence},
+        engine::{Lifetimes, MemoryBroker, MemoryPresence},
         hub::HubEvent,
     };
 
@@ -293,7 +403,11 @@ mod tests {
         let hub = Arc::new(Hub::new(64));
         let engine = Engine {
             name: "memory",
-            store: Arc::new(MemoryPresence::new(ttl, Duration::from_secs(30 * 24 * 3600))),
+            store: Arc::new(MemoryPresence::new(Lifetimes {
+                ttl,
+                last_seen: Duration::from_secs(30 * 24 * 3600),
+                away_after: Duration::from_secs(300),
+            })),
             broker: Arc::new(MemoryBroker::new(hub.clone())),
         };
         let timing = Timing {
@@ -302,7 +416,8 @@ mod tests {
             probe_interval: Duration::from_secs(1),
             last_seen: Duration::from_secs(30 * 24 * 3600),
         };
-        Arc::new(Node::new(engine, hub, timing, Arc::new(Notify::new())))
+        let relay = Arc::new(Relay::default());
+        Arc::new(Node::new(engine, (hub, relay), timing, Arc::new(Notify::new()), new_router_id()))
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,10 +16,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::Id;
 
+/// The status others see. `away` and `dnd` users are connected (they count as online);
+/// an invisible user is shown `offline`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Online,
+    Away,
+    Dnd,
     Offline,
 }
 
@@ -27,10 +31,78 @@ impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Online => "online",
+            Status::Away => "away",
+            Status::Dnd => "dnd",
             Status::Offline => "offline",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "online" => Status::Online,
+            "away" => Status::Away,
+            "dnd" => Status::Dnd,
+            "offline" => Status::Offline,
+            _ => return None,
+        })
+    }
+
+    /// Connected, whatever the user chose to show (invisible users are shown offline).
+    pub fn is_online(self) -> bool {
+        self != Status::Offline
+    }
 }
+
+/// The status a user chose. It outlives sessions (a reconnect keeps `dnd`) and is shown
+/// only while the user is connected; `Auto` turns to `away` after inactivity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Mode {
+    /// "online": online while active, away after `AWAY_AFTER_MS` without activity.
+    #[default]
+    Auto,
+    /// Manual away, until the user sets "online" again.
+    Away,
+    Dnd,
+    /// Connected but shown offline to everyone.
+    Invisible,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "online",
+            Mode::Away => "away",
+            Mode::Dnd => "dnd",
+            Mode::Invisible => "invisible",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "online" => Mode::Auto,
+            "away" => Mode::Away,
+            "dnd" => Mode::Dnd,
+            "invisible" => Mode::Invisible,
+            _ => return None,
+        })
+    }
+
+    /// What others see of a user in this mode: `connected` (a live session) and `idle`
+    /// (no activity within `AWAY_AFTER_MS`).
+    pub fn shown(self, connected: bool, idle: bool) -> Status {
+        match self {
+            _ if !connected => Status::Offline,
+            Mode::Invisible => Status::Offline,
+            Mode::Dnd => Status::Dnd,
+            Mode::Away => Status::Away,
+            Mode::Auto if idle => Status::Away,
+            Mode::Auto => Status::Online,
+        }
+    }
+}
+
+/// Longest custom status text, in bytes.
+pub const MAX_STATUS_TEXT: usize = 128;
 
 /// Identifies one connection cluster-wide: the router's id and a per-router counter.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -87,6 +159,13 @@ pub struct UserPresence {
     pub version: u64,
     #[serde(default, skip_serializing_if = "<[Id]>::is_empty")]
     pub groups: Groups,
+    /// The custom status text, shown only while the user is shown online/away/dnd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_text: Option<Arc<str>>,
+    /// Unix ms of the last activity (connect, PTT, text, indicator, activity ping; not a
+    /// heartbeat, which phones send on their own), while shown online/away/dnd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity: Option<u64>,
 }
 
 /// Whether a dashboard allowed `allowed` groups (`None`: all) may see a user in `groups`:
@@ -105,6 +184,8 @@ impl UserPresence {
             device_id: None,
             version: 0,
             groups: Groups::default(),
+            status_text: None,
+            last_activity: None,
         }
     }
 }
@@ -119,6 +200,12 @@ pub enum Cause {
     Disconnect,
     /// The last session's lease ran out: no heartbeat within the TTL.
     Expired,
+    /// The user set its status or status text.
+    Status,
+    /// No activity within `AWAY_AFTER_MS`: online turned away.
+    Idle,
+    /// Activity after being idle: away turned online.
+    Active,
 }
 
 impl Cause {
@@ -127,7 +214,16 @@ impl Cause {
             Cause::Connect => "connect",
             Cause::Disconnect => "disconnect",
             Cause::Expired => "expired",
+            Cause::Status => "status",
+            Cause::Idle => "idle",
+            Cause::Active => "active",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Cause::Connect, Cause::Disconnect, Cause::Expired, Cause::Status, Cause::Idle, Cause::Active]
+            .into_iter()
+            .find(|c| c.as_str() == s)
     }
 }
 

@@ -12,19 +12,18 @@ use std::{
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::{Broker, EngineError, PresenceStore};
+use super::{Broker, EngineError, Lifetimes, PresenceStore};
 use crate::{
     hub::Hub,
     id::Id,
     presence::{
-        Cause, Groups, PresenceUpdate, Session, SessionId, Snapshot, Status, UserPresence, next_version, unix_ms,
+        Cause, Groups, Mode, PresenceUpdate, Session, SessionId, Snapshot, Status, UserPresence, next_version, unix_ms,
     },
+    protocol::payload::IndicatorKind,
 };
 
 pub struct MemoryPresence {
-    ttl: Duration,
-    /// How long an offline user's record (its last seen) is kept.
-    last_seen: Duration,
+    lifetimes: Lifetimes,
     state: Mutex<State>,
 }
 
@@ -38,12 +37,16 @@ struct State {
     leases: HashMap<SessionId, (Id, Instant)>,
     /// The same leases ordered by deadline, so expiry touches only what is due.
     deadlines: BTreeSet<(Instant, SessionId)>,
+    /// Users shown online in `Mode::Auto`, ordered by when they turn away.
+    away_at: BTreeSet<(Instant, Id)>,
     /// Group → member → when a session of the member last named the group.
     groups: HashMap<Id, HashMap<Id, Instant>>,
+    /// Group → live indicators and when each lapses.
+    indicators: HashMap<Id, HashMap<(IndicatorKind, Id), Instant>>,
     last_prune: Option<Instant>,
 }
 
-/// Kept after the user goes offline, for `lastSeen` and the version counter.
+/// Kept after the user goes offline, for `lastSeen`, the chosen status and the version.
 struct UserRecord {
     live: Vec<SessionId>,
     /// When the last session ended; the record is dropped a retention later.
@@ -52,31 +55,62 @@ struct UserRecord {
     last_seen: u64,
     device_id: Option<Arc<str>>,
     groups: Groups,
+    mode: Mode,
+    text: Option<Arc<str>>,
+    /// No activity within `away_after`.
+    idle: bool,
+    /// Unix ms and tokio instant of the last activity.
+    last_activity: u64,
+    active_at: Instant,
+    /// The user's entry in `State::away_at`, if any.
+    away_deadline: Option<Instant>,
+    /// What others see; only a transition changes it.
+    shown: Status,
 }
 
 impl UserRecord {
+    fn new(now_ms: u64) -> Self {
+        UserRecord {
+            live: Vec::new(),
+            offline_since: None,
+            version: 0,
+            last_seen: now_ms,
+            device_id: None,
+            groups: Groups::default(),
+            mode: Mode::Auto,
+            text: None,
+            idle: false,
+            last_activity: now_ms,
+            active_at: Instant::now(),
+            away_deadline: None,
+            shown: Status::Offline,
+        }
+    }
+
     fn presence(&self, user: &Id) -> UserPresence {
+        let shown = self.shown.is_online();
         UserPresence {
             user_id: user.clone(),
-            status: if self.live.is_empty() { Status::Offline } else { Status::Online },
+            status: self.shown,
             last_seen: Some(self.last_seen),
             device_id: self.device_id.clone(),
             version: self.version,
             groups: self.groups.clone(),
+            status_text: self.text.clone().filter(|_| shown),
+            last_activity: shown.then_some(self.last_activity),
         }
     }
 
-    /// Bumps the version and describes the transition to the record's current status.
-    fn transition(&mut self, user: &Id, cause: Cause) -> PresenceUpdate {
-        let now = unix_ms();
-        self.version = next_version(self.version, now);
-        PresenceUpdate { presence: self.presence(user), cause, timestamp: now, seq: None }
+    fn touch(&mut self) {
+        self.last_activity = unix_ms();
+        self.active_at = Instant::now();
+        self.idle = false;
     }
 }
 
 impl MemoryPresence {
-    pub fn new(ttl: Duration, last_seen: Duration) -> Self {
-        MemoryPresence { ttl, last_seen, state: Mutex::new(State::default()) }
+    pub fn new(lifetimes: Lifetimes) -> Self {
+        MemoryPresence { lifetimes, state: Mutex::new(State::default()) }
     }
 
     /// The lock is never held across an await, and no code under it can panic, so a
@@ -87,84 +121,151 @@ impl MemoryPresence {
 }
 
 impl State {
-    fn lease(&mut self, session: &Session, deadline: Instant) -> Option<PresenceUpdate> {
+    /// Brings what others see of `user` in line with its record: re-arms the away timer
+    /// and returns the transition when the shown presence changed (or `force`, for a new
+    /// status text).
+    fn settle(&mut self, user: &Id, cause: Cause, force: bool, away_after: Duration) -> Option<PresenceUpdate> {
+        let record = self.users.get_mut(user)?;
+        let shown = record.mode.shown(!record.live.is_empty(), record.idle);
+        if let Some(at) = record.away_deadline.take() {
+            self.away_at.remove(&(at, user.clone()));
+        }
+        if shown == Status::Online && record.mode == Mode::Auto {
+            let at = record.active_at + away_after;
+            record.away_deadline = Some(at);
+            self.away_at.insert((at, user.clone()));
+        }
+        if shown == record.shown && !force {
+            return None;
+        }
+        let now = unix_ms();
+        // Going offline by choice (disconnect, invisible) is seen now; an expired user
+        // was last seen at its last heartbeat, which `last_seen` holds.
+        if shown == Status::Offline && cause != Cause::Expired {
+            record.last_seen = now;
+        }
+        record.shown = shown;
+        record.version = next_version(record.version, now);
+        Some(PresenceUpdate { presence: record.presence(user), cause, timestamp: now, seq: None })
+    }
+
+    fn lease(
+        &mut self,
+        session: &Session,
+        deadline: Instant,
+        activity: bool,
+        away_after: Duration,
+    ) -> Option<PresenceUpdate> {
         let now_ms = unix_ms();
         if let Some((_, old)) = self.leases.insert(session.id.clone(), (session.user.clone(), deadline)) {
             self.deadlines.remove(&(old, session.id.clone()));
         }
         self.deadlines.insert((deadline, session.id.clone()));
-        let record = self.users.entry(session.user.clone()).or_insert_with(|| UserRecord {
-            live: Vec::new(),
-            offline_since: None,
-            version: 0,
-            last_seen: now_ms,
-            device_id: None,
-            groups: Groups::default(),
-        });
-        record.last_seen = now_ms;
+        let record = self.users.entry(session.user.clone()).or_insert_with(|| UserRecord::new(now_ms));
+        // An invisible user's heartbeats must not reveal it through `lastSeen`.
+        if record.mode != Mode::Invisible {
+            record.last_seen = now_ms;
+        }
         record.device_id = session.device_id.clone().or(record.device_id.take());
         record.groups = session.groups.clone();
+        if !record.live.contains(&session.id) {
+            record.live.push(session.id.clone());
+            record.offline_since = None;
+        }
+        if activity {
+            record.touch();
+        }
         let now = Instant::now();
         for group in session.groups.iter() {
             self.groups.entry(group.clone()).or_default().insert(session.user.clone(), now);
         }
-        if record.live.contains(&session.id) {
-            return None;
-        }
-        record.live.push(session.id.clone());
-        record.offline_since = None;
-        (record.live.len() == 1).then(|| record.transition(&session.user, Cause::Connect))
+        self.settle(&session.user, Cause::Connect, false, away_after)
     }
 
-    fn end(&mut self, id: &SessionId, cause: Cause) -> Option<PresenceUpdate> {
+    fn end(&mut self, id: &SessionId, cause: Cause, away_after: Duration) -> Option<PresenceUpdate> {
         let (user, deadline) = self.leases.remove(id)?;
         self.deadlines.remove(&(deadline, id.clone()));
         let record = self.users.get_mut(&user)?;
         record.live.retain(|s| s != id);
-        if !record.live.is_empty() {
-            return None;
+        if record.live.is_empty() {
+            record.offline_since = Some(Instant::now());
         }
-        // An expired user was last seen at its last heartbeat, which `last_seen` holds.
-        if cause == Cause::Disconnect {
-            record.last_seen = unix_ms();
-        }
-        record.offline_since = Some(Instant::now());
-        Some(record.transition(&user, cause))
+        self.settle(&user, cause, false, away_after)
     }
 }
 
 #[async_trait]
 impl PresenceStore for MemoryPresence {
     async fn connect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
-        Ok(self.state().lease(session, Instant::now() + self.ttl))
+        let Lifetimes { ttl, away_after, .. } = self.lifetimes;
+        Ok(self.state().lease(session, Instant::now() + ttl, true, away_after))
     }
 
     async fn heartbeat(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
-        Ok(self.state().lease(session, Instant::now() + self.ttl))
+        let Lifetimes { ttl, away_after, .. } = self.lifetimes;
+        Ok(self.state().lease(session, Instant::now() + ttl, false, away_after))
     }
 
     async fn disconnect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
-        Ok(self.state().end(&session.id, Cause::Disconnect))
+        Ok(self.state().end(&session.id, Cause::Disconnect, self.lifetimes.away_after))
+    }
+
+    async fn set_status(
+        &self,
+        session: &Session,
+        mode: Mode,
+        text: Option<&str>,
+    ) -> Result<Option<PresenceUpdate>, EngineError> {
+        let mut state = self.state();
+        let record = state.users.entry(session.user.clone()).or_insert_with(|| UserRecord::new(unix_ms()));
+        let changed_text = record.text.as_deref() != text;
+        record.mode = mode;
+        record.text = text.map(Arc::from);
+        record.touch();
+        let force = changed_text && mode.shown(!record.live.is_empty(), false).is_online();
+        Ok(state.settle(&session.user, Cause::Status, force, self.lifetimes.away_after))
+    }
+
+    async fn activity(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
+        let mut state = self.state();
+        let Some(record) = state.users.get_mut(&session.user) else { return Ok(None) };
+        record.touch();
+        Ok(state.settle(&session.user, Cause::Active, false, self.lifetimes.away_after))
     }
 
     async fn expire_due(&self) -> Result<Vec<PresenceUpdate>, EngineError> {
         let now = Instant::now();
+        let Lifetimes { ttl, last_seen, away_after } = self.lifetimes;
         let mut state = self.state();
         let mut updates = Vec::new();
         while let Some((deadline, id)) = state.deadlines.first().cloned() {
             if deadline > now {
                 break;
             }
-            updates.extend(state.end(&id, Cause::Expired));
+            updates.extend(state.end(&id, Cause::Expired, away_after));
         }
-        if state.last_prune.is_none_or(|at| now - at >= PRUNE_EVERY.min(self.last_seen)) {
+        while let Some((at, user)) = state.away_at.first().cloned() {
+            if at > now {
+                break;
+            }
+            state.away_at.remove(&(at, user.clone()));
+            if let Some(record) = state.users.get_mut(&user) {
+                record.away_deadline = None;
+                record.idle = true;
+            }
+            updates.extend(state.settle(&user, Cause::Idle, false, away_after));
+        }
+        if state.last_prune.is_none_or(|at| now - at >= PRUNE_EVERY.min(last_seen)) {
             state.last_prune = Some(now);
-            let retention = self.last_seen;
-            state.users.retain(|_, r| r.offline_since.is_none_or(|since| now - since < retention));
+            state.users.retain(|_, r| r.offline_since.is_none_or(|since| now - since < last_seen));
             for members in state.groups.values_mut() {
-                members.retain(|_, seen| now - *seen < retention + self.ttl);
+                members.retain(|_, seen| now - *seen < last_seen + ttl);
             }
             state.groups.retain(|_, members| !members.is_empty());
+            for live in state.indicators.values_mut() {
+                live.retain(|_, until| *until > now);
+            }
+            state.indicators.retain(|_, live| !live.is_empty());
         }
         Ok(updates)
     }
@@ -172,7 +273,7 @@ impl PresenceStore for MemoryPresence {
     async fn linger(&self, session: &Session, grace: Duration) -> Result<(), EngineError> {
         let mut state = self.state();
         if let Some(&(_, deadline)) = state.leases.get(&session.id) {
-            state.lease(session, deadline.min(Instant::now() + grace));
+            state.lease(session, deadline.min(Instant::now() + grace), false, self.lifetimes.away_after);
         }
         Ok(())
     }
@@ -180,13 +281,14 @@ impl PresenceStore for MemoryPresence {
     async fn online(&self) -> Result<Snapshot, EngineError> {
         let state = self.state();
         let watermark = unix_ms();
-        let users = state.users.iter().filter(|(_, r)| !r.live.is_empty()).map(|(id, r)| r.presence(id)).collect();
+        let users = state.users.iter().filter(|(_, r)| r.shown.is_online()).map(|(id, r)| r.presence(id)).collect();
         Ok(Snapshot { users, watermark })
     }
 
     async fn group_members(&self, group: &Id) -> Result<Vec<Id>, EngineError> {
         let state = self.state();
-        let since = Instant::now().checked_sub(self.last_seen + self.ttl);
+        let Lifetimes { ttl, last_seen, .. } = self.lifetimes;
+        let since = Instant::now().checked_sub(last_seen + ttl);
         Ok(state
             .groups
             .get(group)
@@ -194,6 +296,43 @@ impl PresenceStore for MemoryPresence {
                 members.iter().filter(|(_, seen)| since.is_none_or(|s| **seen >= s)).map(|(u, _)| u.clone()).collect()
             })
             .unwrap_or_default())
+    }
+
+    async fn set_indicator(
+        &self,
+        group: &Id,
+        user: &Id,
+        kind: IndicatorKind,
+        ttl: Option<Duration>,
+    ) -> Result<(), EngineError> {
+        let mut state = self.state();
+        let key = (kind, user.clone());
+        match ttl {
+            Some(ttl) => {
+                state.indicators.entry(group.clone()).or_default().insert(key, Instant::now() + ttl);
+            }
+            None => {
+                if let Some(live) = state.indicators.get_mut(group) {
+                    live.remove(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn indicators(&self, group: &Id) -> Result<Vec<(IndicatorKind, Id)>, EngineError> {
+        let state = self.state();
+        let now = Instant::now();
+        let mut live: Vec<(IndicatorKind, Id)> = state
+            .indicators
+            .get(group)
+            .into_iter()
+            .flatten()
+            .filter(|(_, until)| **until > now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        live.sort();
+        Ok(live)
     }
 
     async fn ping(&self) -> Result<(), EngineError> {
@@ -234,6 +373,8 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(60);
     const LAST_SEEN: Duration = Duration::from_secs(30 * 24 * 3600);
+    const AWAY_AFTER: Duration = Duration::from_secs(300);
+    const LIFETIMES: Lifetimes = Lifetimes { ttl: TTL, last_seen: LAST_SEEN, away_after: AWAY_AFTER };
 
     fn session(user: &str, n: u64) -> Session {
         Session {
@@ -246,7 +387,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn lease_expires_after_ttl_not_before() {
-        let store = MemoryPresence::new(TTL, LAST_SEEN);
+        let store = MemoryPresence::new(LIFETIMES);
         let s = session("u", 1);
         let online = store.connect(&s).await.unwrap().expect("first session is a transition");
         assert_eq!(online.presence.status, Status::Online);
@@ -265,7 +406,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn heartbeats_renew_the_lease() {
-        let store = MemoryPresence::new(TTL, LAST_SEEN);
+        let store = MemoryPresence::new(LIFETIMES);
         let s = session("u", 1);
         store.connect(&s).await.unwrap();
         for _ in 0..5 {
@@ -278,7 +419,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn heartbeat_after_expiry_comes_back_online() {
-        let store = MemoryPresence::new(TTL, LAST_SEEN);
+        let store = MemoryPresence::new(LIFETIMES);
         let s = session("u", 1);
         store.connect(&s).await.unwrap();
         tokio::time::advance(TTL).await;
@@ -290,7 +431,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn user_stays_online_while_any_session_lives() {
-        let store = MemoryPresence::new(TTL, LAST_SEEN);
+        let store = MemoryPresence::new(LIFETIMES);
         let (phone, tablet) = (session("u", 1), session("u", 2));
         assert!(store.connect(&phone).await.unwrap().is_some());
         assert_eq!(store.connect(&tablet).await.unwrap(), None, "second device is no transition");
@@ -303,7 +444,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn one_expired_session_does_not_offline_a_live_user() {
-        let store = MemoryPresence::new(TTL, LAST_SEEN);
+        let store = MemoryPresence::new(LIFETIMES);
         let (silent, live) = (session("u", 1), session("u", 2));
         store.connect(&silent).await.unwrap();
         tokio::time::advance(Duration::from_secs(30)).await;
@@ -315,7 +456,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn last_seen_is_kept_for_the_retention_then_dropped() {
-        let store = MemoryPresence::new(TTL, LAST_SEEN);
+        let store = MemoryPresence::new(LIFETIMES);
         let s = session("u", 1);
         store.connect(&s).await.unwrap();
         store.disconnect(&s).await.unwrap();
@@ -332,7 +473,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn linger_shortens_the_lease_without_ending_it() {
-        let store = MemoryPresence::new(TTL, LAST_SEEN);
+        let store = MemoryPresence::new(LIFETIMES);
         let s = session("u", 1);
         store.connect(&s).await.unwrap();
         store.linger(&s, Duration::from_secs(5)).await.unwrap();
@@ -347,7 +488,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn lookup_keeps_order_and_reports_unknowns() {
-        let store = MemoryPresence::new(TTL, LAST_SEEN);
+        let store = MemoryPresence::new(LIFETIMES);
         store.connect(&session("a", 1)).await.unwrap();
         let b = session("b", 2);
         store.connect(&b).await.unwrap();
@@ -357,5 +498,95 @@ mod tests {
         assert_eq!(got[0], UserPresence::unknown(ids[0].clone()));
         assert_eq!((got[1].status, got[1].last_seen.is_some()), (Status::Offline, true));
         assert_eq!((got[2].status, got[2].device_id.as_deref()), (Status::Online, Some("d1")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_users_turn_away_once_and_come_back_with_activity() {
+        let store = MemoryPresence::new(LIFETIMES);
+        let s = session("u", 1);
+        store.connect(&s).await.unwrap();
+        tokio::time::advance(AWAY_AFTER - Duration::from_secs(30)).await;
+        store.heartbeat(&s).await.unwrap();
+        assert!(store.expire_due().await.unwrap().is_empty(), "heartbeats are not activity, but not idle yet");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        store.heartbeat(&s).await.unwrap();
+        let away = store.expire_due().await.unwrap();
+        assert_eq!(away.len(), 1, "heartbeats alone do not keep a user online");
+        assert_eq!((away[0].presence.status, away[0].cause), (Status::Away, Cause::Idle));
+        assert!(store.expire_due().await.unwrap().is_empty(), "one away per transition");
+        assert_eq!(store.online().await.unwrap().users.len(), 1, "away users are connected");
+
+        let back = store.activity(&s).await.unwrap().expect("activity brings the user back");
+        assert_eq!((back.presence.status, back.cause), (Status::Online, Cause::Active));
+        assert!(back.presence.version > away[0].presence.version);
+        assert_eq!(store.activity(&s).await.unwrap(), None, "activity of an online user is no transition");
+    }
+
+    /// Seed 000, case 5: a client that pings every 2 minutes stays online indefinitely
+    /// (here: an hour, with heartbeats every 30 s).
+    #[tokio::test(start_paused = true)]
+    async fn activity_pings_keep_a_user_online() {
+        let store = MemoryPresence::new(LIFETIMES);
+        let s = session("u", 1);
+        store.connect(&s).await.unwrap();
+        for step in 1..=120 {
+            tokio::time::advance(Duration::from_secs(30)).await;
+            store.heartbeat(&s).await.unwrap();
+            if step % 4 == 0 {
+                assert_eq!(store.activity(&s).await.unwrap(), None, "an online user pinging stays online");
+            }
+            assert!(store.expire_due().await.unwrap().is_empty(), "never away, never offline");
+        }
+        let seen = store.lookup(std::slice::from_ref(&s.user)).await.unwrap().remove(0);
+        assert_eq!(seen.status, Status::Online);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn chosen_statuses_are_shown_and_invisible_reads_as_offline() {
+        let store = MemoryPresence::new(LIFETIMES);
+        let s = session("u", 1);
+        store.connect(&s).await.unwrap();
+        let dnd = store.set_status(&s, Mode::Dnd, Some("driving")).await.unwrap().unwrap();
+        assert_eq!((dnd.presence.status, dnd.presence.status_text.as_deref()), (Status::Dnd, Some("driving")));
+        let text = store.set_status(&s, Mode::Dnd, Some("parked")).await.unwrap().expect("a new text is news");
+        assert_eq!(text.presence.status_text.as_deref(), Some("parked"));
+        assert_eq!(store.set_status(&s, Mode::Dnd, Some("parked")).await.unwrap(), None, "nothing changed");
+        for _ in 0..20 {
+            tokio::time::advance(Duration::from_secs(30)).await;
+            store.heartbeat(&s).await.unwrap();
+            assert!(store.expire_due().await.unwrap().is_empty(), "dnd is not turned away by inactivity");
+        }
+
+        let hidden = store.set_status(&s, Mode::Invisible, None).await.unwrap().unwrap();
+        assert_eq!(hidden.presence.status, Status::Offline);
+        assert_eq!(hidden.presence.last_activity, None);
+        assert!(store.online().await.unwrap().users.is_empty(), "invisible users are not in snapshots");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        store.heartbeat(&s).await.unwrap();
+        let seen = store.lookup(std::slice::from_ref(&s.user)).await.unwrap().remove(0);
+        assert_eq!(seen.last_seen, hidden.presence.last_seen, "heartbeats do not reveal an invisible user");
+        assert_eq!(store.disconnect(&s).await.unwrap(), None, "already shown offline");
+
+        let again = session("u", 2);
+        assert_eq!(store.connect(&again).await.unwrap(), None, "the chosen status outlives the session");
+        let manual = store.set_status(&again, Mode::Away, None).await.unwrap().unwrap();
+        assert_eq!(manual.presence.status, Status::Away);
+        assert_eq!(store.activity(&again).await.unwrap(), None, "manual away stays until set back");
+        let online = store.set_status(&again, Mode::Auto, None).await.unwrap().unwrap();
+        assert_eq!((online.presence.status, online.cause), (Status::Online, Cause::Status));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn indicators_lapse_after_their_ttl() {
+        let store = MemoryPresence::new(LIFETIMES);
+        let (g, u) = (Id::parse("g").unwrap(), Id::parse("u").unwrap());
+        store.set_indicator(&g, &u, IndicatorKind::Typing, Some(Duration::from_secs(5))).await.unwrap();
+        store.set_indicator(&g, &u, IndicatorKind::Recording, Some(Duration::from_secs(30))).await.unwrap();
+        let both = store.indicators(&g).await.unwrap();
+        assert_eq!(both, [(IndicatorKind::Typing, u.clone()), (IndicatorKind::Recording, u.clone())]);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(store.indicators(&g).await.unwrap(), [(IndicatorKind::Recording, u.clone())]);
+        store.set_indicator(&g, &u, IndicatorKind::Recording, None).await.unwrap();
+        assert!(store.indicators(&g).await.unwrap().is_empty());
     }
 }

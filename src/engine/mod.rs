@@ -21,8 +21,21 @@ pub use memory::{MemoryBroker, MemoryPresence};
 
 use crate::{
     id::Id,
-    presence::{PresenceUpdate, Session, Snapshot, UserPresence},
+    presence::{Mode, PresenceUpdate, Session, SessionId, Snapshot, UserPresence},
+    protocol::payload::IndicatorKind,
+    relay::Delivery,
 };
+
+/// How long each kind of presence state lives.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    /// A session's lease: renewed by heartbeats.
+    pub ttl: Duration,
+    /// How long an offline user's last seen is kept.
+    pub last_seen: Duration,
+    /// Inactivity after which an `online` user is shown `away`.
+    pub away_after: Duration,
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
@@ -45,9 +58,23 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// Ends a session. Returns the offline transition when it was the user's last.
     async fn disconnect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError>;
 
+    /// Sets the status the user chose and its custom text (`None` clears it). Returns the
+    /// transition when what others see changed.
+    async fn set_status(
+        &self,
+        session: &Session,
+        mode: Mode,
+        text: Option<&str>,
+    ) -> Result<Option<PresenceUpdate>, EngineError>;
+
+    /// Records activity of the session's user (resets the away timer). Returns the
+    /// transition when the user was idle (away) and is online again.
+    async fn activity(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError>;
+
     /// Ends every session whose lease ran out and returns the offline transitions of the
-    /// users left with none. This is the backstop that does not depend on Redis keyspace
-    /// events (trap 1); it is safe to call from several routers at once.
+    /// users left with none, then the away transitions of users idle past
+    /// [`Lifetimes::away_after`]. This is the backstop that does not depend on Redis
+    /// keyspace events (trap 1); it is safe to call from several routers at once.
     async fn expire_due(&self) -> Result<Vec<PresenceUpdate>, EngineError>;
 
     /// Shortens a session's lease to at most `grace` from now, without ending it: a router
@@ -66,6 +93,31 @@ pub trait PresenceStore: Send + Sync + 'static {
 
     /// The users whose sessions named `group` within the last-seen retention.
     async fn group_members(&self, group: &Id) -> Result<Vec<Id>, EngineError>;
+
+    /// Sets (`Some(ttl)`: live for `ttl`) or clears (`None`) a user's indicator in a group.
+    /// Only the group endpoint reads these; the frames that announce them are relayed.
+    async fn set_indicator(
+        &self,
+        group: &Id,
+        user: &Id,
+        kind: IndicatorKind,
+        ttl: Option<Duration>,
+    ) -> Result<(), EngineError>;
+
+    /// The live indicators in a group, sorted.
+    async fn indicators(&self, group: &Id) -> Result<Vec<(IndicatorKind, Id)>, EngineError>;
+
+    /// Claims a PTT channel's floor for `holder` for at most `hold`, unless another session
+    /// holds it. Routers check their own sessions first; the store arbitrates between
+    /// routers, so with one router (the embedded engine) there is nothing left to check.
+    async fn take_floor(&self, _channel: &str, _holder: &SessionId, _hold: Duration) -> Result<bool, EngineError> {
+        Ok(true)
+    }
+
+    /// Gives the floor back if `holder` still has it.
+    async fn release_floor(&self, _channel: &str, _holder: &SessionId) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
 
 /// Transient transport of transitions to every router's hub.
@@ -79,6 +131,13 @@ pub trait Broker: Send + Sync + 'static {
         for update in updates {
             self.publish(update).await?;
         }
+        Ok(())
+    }
+
+    /// Carries a relayed frame to the other routers, each of which delivers it to its own
+    /// connections. The sending router delivers locally itself, so with one router (the
+    /// embedded engine) there is nobody else to tell.
+    async fn relay(&self, _delivery: &Delivery) -> Result<(), EngineError> {
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! The presence API: `POST /api/presence/status`, bulk presence for up to 100 users (seed
 //! 004), `GET /api/users/{id}/presence`, one user, and `GET /api/groups/{id}/presence`,
-//! a group's participants.
+//! a group's participants, counts and live indicators.
 
 use std::sync::Arc;
 
@@ -23,6 +23,7 @@ use crate::{
     id::Id,
     node::Node,
     presence::{Status, UserPresence, unix_ms},
+    protocol::payload::IndicatorKind,
 };
 
 /// Most ids one request may ask for.
@@ -35,6 +36,10 @@ struct UserStatus {
     status: Status,
     last_seen: Option<u64>,
     device_id: Option<Arc<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_text: Option<Arc<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_activity: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -124,12 +129,17 @@ pub struct GroupResponse {
     group_id: Id,
     participants: Vec<UserStatus>,
     online_count: usize,
+    away_count: usize,
+    dnd_count: usize,
+    typing_users: Vec<Id>,
+    recording_users: Vec<Id>,
+    talking_users: Vec<Id>,
     timestamp: u64,
 }
 
 /// `GET /api/groups/{id}/presence`: the group's participants (users whose sessions named
-/// it within the last-seen retention) and how many are online. A token with a `groups`
-/// claim may read only those groups.
+/// it within the last-seen retention), how many are online, away and dnd, and who is
+/// typing, recording or talking. A token with a `groups` claim may read only those groups.
 pub async fn group(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -148,13 +158,34 @@ pub async fn group(
     let members = node.group_members(&group).await.map_err(unavailable)?;
     let participants: Vec<UserStatus> =
         node.lookup(&members).await.map_err(unavailable)?.into_iter().map(UserStatus::from).collect();
-    let online_count = participants.iter().filter(|p| p.status == Status::Online).count();
-    Ok(Json(GroupResponse { success: true, group_id: group, participants, online_count, timestamp: unix_ms() }))
+    let count = |status| participants.iter().filter(|p| p.status == status).count();
+    let (online_count, away_count, dnd_count) = (count(Status::Online), count(Status::Away), count(Status::Dnd));
+    let indicators = node.indicators(&group).await.map_err(unavailable)?;
+    let users = |kind| indicators.iter().filter(|(k, _)| *k == kind).map(|(_, user)| user.clone()).collect();
+    Ok(Json(GroupResponse {
+        success: true,
+        group_id: group,
+        participants,
+        online_count,
+        away_count,
+        dnd_count,
+        typing_users: users(IndicatorKind::Typing),
+        recording_users: users(IndicatorKind::Recording),
+        talking_users: users(IndicatorKind::Talking),
+        timestamp: unix_ms(),
+    }))
 }
 
 impl From<UserPresence> for UserStatus {
     fn from(p: UserPresence) -> Self {
-        UserStatus { user_id: p.user_id, status: p.status, last_seen: p.last_seen, device_id: p.device_id }
+        UserStatus {
+            user_id: p.user_id,
+            status: p.status,
+            last_seen: p.last_seen,
+            device_id: p.device_id,
+            status_text: p.status_text,
+            last_activity: p.last_activity,
+        }
     }
 }
 

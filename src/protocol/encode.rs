@@ -7,8 +7,15 @@ use bytes::Bytes;
 use rmp::encode::{self as enc, ByteBuf};
 use rmpv::Value;
 
-use super::message_type::{ERROR, HEARTBEAT, HEARTBEAT_ACK, PRESENCE_SNAPSHOT, PRESENCE_UPDATE};
-use crate::presence::{PresenceUpdate, UserPresence, unix_ms};
+use super::{
+    ChannelType, Frame,
+    message_type::{ACK, ERROR, HEARTBEAT, HEARTBEAT_ACK, INDICATOR_UPDATE, PRESENCE_SNAPSHOT, PRESENCE_UPDATE},
+    payload::IndicatorKind,
+};
+use crate::{
+    id::Id,
+    presence::{PresenceUpdate, UserPresence, unix_ms},
+};
 
 /// Why the router refused a frame; the `code` field of an ERROR (33) payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +32,14 @@ pub enum ErrorCode {
     UnsupportedType,
     /// The presence store could not be reached; the connection stays up.
     PresenceUnavailable,
+    /// The payload of a STATUS or INDICATOR frame is not what the type requires.
+    InvalidPayload,
+    /// The frame names a group outside the token's `groups`, or needs a group it lacks.
+    NotAMember,
+    /// AUDIO or STOP from a session that does not hold the channel's floor.
+    FloorNotHeld,
+    /// Only mobile sessions talk, type and set a status.
+    NotAllowed,
 }
 
 impl ErrorCode {
@@ -36,6 +51,10 @@ impl ErrorCode {
             ErrorCode::HeartbeatNotAllowed => "heartbeat_not_allowed",
             ErrorCode::UnsupportedType => "unsupported_type",
             ErrorCode::PresenceUnavailable => "presence_unavailable",
+            ErrorCode::InvalidPayload => "invalid_payload",
+            ErrorCode::NotAMember => "not_a_member",
+            ErrorCode::FloorNotHeld => "floor_not_held",
+            ErrorCode::NotAllowed => "not_allowed",
         }
     }
 }
@@ -88,10 +107,10 @@ fn opt_field<T>(buf: &mut ByteBuf, key: &str, value: Option<T>, write: impl FnOn
     }
 }
 
-/// `{userId, status, lastSeen, deviceId, version, groups}` plus `extra` more fields the
-/// caller writes.
+/// `{userId, status, lastSeen, deviceId, version, groups, statusText, lastActivity}` plus
+/// `extra` more fields the caller writes.
 fn user_map(buf: &mut ByteBuf, user: &UserPresence, extra: u32) {
-    let Ok(_) = enc::write_map_len(buf, 6 + extra);
+    let Ok(_) = enc::write_map_len(buf, 8 + extra);
     str_field(buf, "userId", user.user_id.as_str());
     str_field(buf, "status", user.status.as_str());
     opt_field(buf, "lastSeen", user.last_seen, |b, v| {
@@ -106,6 +125,12 @@ fn user_map(buf: &mut ByteBuf, user: &UserPresence, extra: u32) {
     for group in user.groups.iter() {
         let Ok(_) = enc::write_str(buf, group.as_str());
     }
+    opt_field(buf, "statusText", user.status_text.as_deref(), |b, v| {
+        let Ok(_) = enc::write_str(b, v);
+    });
+    opt_field(buf, "lastActivity", user.last_activity, |b, v| {
+        let Ok(_) = enc::write_uint(b, v);
+    });
 }
 
 /// PRESENCE_UPDATE (31): `[0, 31, 0, 0, seq, {userId, status, lastSeen, deviceId, version,
@@ -159,6 +184,93 @@ pub fn heartbeat_ack_frame(message_id: Option<&Value>) -> Bytes {
     Bytes::from(buf.into_vec())
 }
 
+/// ACK (39): `[0, 39, 0, 0, messageId, {messageType, timestamp}]`: the frame of that type
+/// and message id was applied.
+pub fn ack_frame(message_type: u8, message_id: Option<&Value>) -> Bytes {
+    let mut buf = ByteBuf::with_capacity(40);
+    header(&mut buf, ACK, message_id);
+    let Ok(_) = enc::write_map_len(&mut buf, 2);
+    uint_field(&mut buf, "messageType", message_type.into());
+    uint_field(&mut buf, "timestamp", unix_ms());
+    Bytes::from(buf.into_vec())
+}
+
+/// INDICATOR_UPDATE (38): `[0, 38, 0, 0, nil, {groupId, userId, type, isActive, timestamp}]`.
+pub fn indicator_frame(group: &Id, user: &Id, kind: IndicatorKind, active: bool) -> Bytes {
+    let mut buf = ByteBuf::with_capacity(96);
+    header(&mut buf, INDICATOR_UPDATE, None);
+    let Ok(_) = enc::write_map_len(&mut buf, 5);
+    str_field(&mut buf, "groupId", group.as_str());
+    str_field(&mut buf, "userId", user.as_str());
+    str_field(&mut buf, "type", kind.as_str());
+    let Ok(_) = enc::write_str(&mut buf, "isActive");
+    let Ok(_) = enc::write_bool(&mut buf, active);
+    uint_field(&mut buf, "timestamp", unix_ms());
+    Bytes::from(buf.into_vec())
+}
+
+/// A PTT frame (START, AUDIO, STOP, TEXT) relayed to its receivers in VoicePing's layout
+/// with the message id slot, so the payload is at index 5 like every router frame:
+/// `[channelType, type, fromId, toId, messageId, payload]`, ids as canonical strings.
+pub fn relay_frame(frame: &Frame, from: &Id, to: &Id) -> Bytes {
+    let mut buf = ByteBuf::with_capacity(48);
+    let Ok(_) = enc::write_array_len(&mut buf, 6);
+    let Ok(_) = enc::write_uint(&mut buf, frame.channel_type as u64);
+    let Ok(_) = enc::write_uint(&mut buf, frame.message_type.into());
+    let Ok(_) = enc::write_str(&mut buf, from.as_str());
+    let Ok(_) = enc::write_str(&mut buf, to.as_str());
+    match &frame.message_id {
+        Some(id) => write_value(&mut buf, id),
+        None => {
+            let Ok(_) = enc::write_nil(&mut buf);
+        }
+    }
+    write_value(&mut buf, &frame.payload);
+    Bytes::from(buf.into_vec())
+}
+
+/// The router's answer about a channel (START_ACK, START_FAILED, STOP_ACK, or a STOP it
+/// sends itself): `[channelType, type, 0, toId, messageId, {reason?, timestamp}]`.
+pub fn reply_frame(
+    channel: ChannelType,
+    message_type: u8,
+    to: &Id,
+    message_id: Option<&Value>,
+    reason: Option<&str>,
+) -> Bytes {
+    let mut buf = ByteBuf::with_capacity(64);
+    let Ok(_) = enc::write_array_len(&mut buf, 6);
+    let Ok(_) = enc::write_uint(&mut buf, channel as u64);
+    let Ok(_) = enc::write_uint(&mut buf, message_type.into());
+    let Ok(_) = enc::write_uint(&mut buf, 0);
+    let Ok(_) = enc::write_str(&mut buf, to.as_str());
+    match message_id {
+        Some(id) => write_value(&mut buf, id),
+        None => {
+            let Ok(_) = enc::write_nil(&mut buf);
+        }
+    }
+    let Ok(_) = enc::write_map_len(&mut buf, 1 + u32::from(reason.is_some()));
+    if let Some(reason) = reason {
+        str_field(&mut buf, "reason", reason);
+    }
+    uint_field(&mut buf, "timestamp", unix_ms());
+    Bytes::from(buf.into_vec())
+}
+
+/// A client frame `[channelType, type, fromId, toId, payload]`, for the examples, tests and
+/// the load tool.
+pub fn client_frame(channel: ChannelType, message_type: u8, from: &str, to: &str, payload: &Value) -> Bytes {
+    let mut buf = ByteBuf::with_capacity(48);
+    let Ok(_) = enc::write_array_len(&mut buf, 5);
+    let Ok(_) = enc::write_uint(&mut buf, channel as u64);
+    let Ok(_) = enc::write_uint(&mut buf, message_type.into());
+    let Ok(_) = enc::write_str(&mut buf, from);
+    let Ok(_) = enc::write_str(&mut buf, to);
+    write_value(&mut buf, payload);
+    Bytes::from(buf.into_vec())
+}
+
 /// A client's HEARTBEAT (30) exactly as seed 004's mobile client sends it:
 /// `[0, 30, userId, 0, {type: "heartbeat", timestamp}]`. For the examples, tests and the
 /// load tool.
@@ -192,6 +304,8 @@ mod tests {
             device_id: Some("dev-1".into()),
             version: 3,
             groups: crate::presence::Groups::default(),
+            status_text: Some("on patrol".into()),
+            last_activity: Some(1_702_281_234_000),
         }
     }
 
@@ -213,6 +327,8 @@ mod tests {
         assert_eq!(p["version"].as_u64(), Some(3));
         assert_eq!(p["cause"].as_str(), Some("connect"));
         assert_eq!(p["groups"].as_array().map(Vec::len), Some(0));
+        assert_eq!(p["statusText"].as_str(), Some("on patrol"));
+        assert_eq!(p["lastActivity"].as_u64(), Some(1_702_281_234_000));
         assert_eq!(p["timestamp"].as_u64(), Some(9));
     }
 

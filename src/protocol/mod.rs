@@ -7,9 +7,13 @@
 
 mod decode;
 mod encode;
+pub mod payload;
 
-pub use decode::{DecodeError, Frame, decode};
-pub use encode::{ErrorCode, error_frame, heartbeat_ack_frame, heartbeat_frame, snapshot_frame, update_frame};
+pub use decode::{DecodeError, Frame, MAX_DEPTH, decode};
+pub use encode::{
+    ErrorCode, ack_frame, client_frame, error_frame, heartbeat_ack_frame, heartbeat_frame, indicator_frame,
+    relay_frame, reply_frame, snapshot_frame, update_frame,
+};
 
 /// How `toId` is read: a group or one user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +46,16 @@ pub mod message_type {
     /// Router → mobile: the heartbeat was received; a client that stops getting these
     /// holds a zombie connection and should reconnect.
     pub const HEARTBEAT_ACK: u8 = 34;
+    /// Mobile → router: set my status (online/away/dnd/invisible) and status text.
+    pub const STATUS: u8 = 35;
+    /// Mobile → router: the user is active (resets the away timer; seed 000's activity ping).
+    pub const ACTIVITY: u8 = 36;
+    /// Mobile → router: I started/stopped typing or recording in group `toId`.
+    pub const INDICATOR: u8 = 37;
+    /// Router → group members and dashboards: someone's indicator started or ended.
+    pub const INDICATOR_UPDATE: u8 = 38;
+    /// Router → client: the STATUS, ACTIVITY or INDICATOR frame was applied.
+    pub const ACK: u8 = 39;
 
     /// A low-cardinality label for metrics.
     pub fn label(message_type: u8) -> &'static str {
@@ -51,7 +65,16 @@ pub mod message_type {
             PRESENCE_SNAPSHOT => "presence_snapshot",
             ERROR => "error",
             HEARTBEAT_ACK => "heartbeat_ack",
-            0..=VOICEPING_LAST => "ptt",
+            STATUS => "status",
+            ACTIVITY => "activity",
+            INDICATOR => "indicator",
+            INDICATOR_UPDATE => "indicator_update",
+            ACK => "ack",
+            START => "start",
+            STOP => "stop",
+            AUDIO => "audio",
+            TEXT => "text",
+            0..=VOICEPING_LAST => "ptt_other",
             _ => "unknown",
         }
     }

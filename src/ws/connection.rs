@@ -1,9 +1,11 @@
-//! One WebSocket connection: a single task that reads frames, writes replies and, for
-//! dashboards, forwards the hub's stream. Writes happen inline, so a connection never
-//! queues more than the hub's shared ring; a write that stalls past `--write-timeout-ms`
-//! ends the connection as a slow consumer.
+//! One WebSocket connection: a single task that reads frames, writes replies, forwards
+//! relayed frames (PTT, TEXT, indicators) from its mailbox and, for dashboards, the hub's
+//! stream. Writes happen inline, so a connection never queues more than the hub's shared
+//! ring and its bounded mailbox; a write that stalls past `--write-timeout-ms` ends the
+//! connection as a slow consumer. PTT lives in `ptt.rs`, statuses and indicators in
+//! `signals.rs`.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
@@ -16,7 +18,7 @@ use tokio::{
     time::{Instant, sleep_until},
 };
 
-use super::{close, rate_limit::TokenBucket};
+use super::{close, ptt::Talk, rate_limit::TokenBucket};
 use crate::{
     app::App,
     auth::{Claims, Role},
@@ -24,7 +26,8 @@ use crate::{
     id::Id,
     metrics,
     presence::{Groups, Session, unix_ms, visible},
-    protocol::{self, ErrorCode, Frame, message_type},
+    protocol::{self, ErrorCode, Frame, message_type, payload::IndicatorKind},
+    relay::{Mailbox, Member},
 };
 
 /// Most queued hub events forwarded before one flush.
@@ -36,35 +39,46 @@ enum Wake {
     Idle,
     Message(Option<Result<Message, axum::Error>>),
     Event(Result<HubEvent, RecvError>),
+    Relayed(Option<Bytes>),
+    Overflow,
+    Deadline,
 }
 
 /// How a connection ended: with a close frame we send, or already gone.
-enum Exit {
+pub(super) enum Exit {
     Close(u16, &'static str),
     Gone(&'static str),
 }
 
 pub struct Connection {
-    app: Arc<App>,
-    user: Id,
+    pub(super) app: Arc<App>,
+    pub(super) user: Id,
     role: Role,
-    /// Mobile sessions only (and only while presence is enabled).
-    session: Option<Session>,
+    /// Mobile sessions only: PTT floors are held by it, and presence is kept for it while
+    /// presence is enabled.
+    pub(super) session: Option<Session>,
     bucket: TokenBucket,
     /// Frames dropped by the rate limit since the last one accepted.
     dropped: u32,
     /// When the store last saw a heartbeat from this session.
     stored_at: Instant,
+    /// When the store last recorded activity of this session (connect counts).
+    pub(super) activity_at: Instant,
     /// Dashboards: the sequence number their view includes.
     seq: u64,
-    /// Dashboards: the only groups whose members they see (`None`: everyone).
-    allowed: Option<Groups>,
+    /// The token's groups: a mobile's memberships; for a dashboard, the only groups whose
+    /// members it sees (`None`: everyone).
+    pub(super) groups: Option<Groups>,
+    /// Indicators this connection has on, and when each lapses without a refresh.
+    pub(super) indicators: BTreeMap<(IndicatorKind, Id), Instant>,
+    /// The PTT floor this connection holds.
+    pub(super) talk: Option<Talk>,
 }
 
 impl Connection {
     pub fn new(app: Arc<App>, claims: Claims, device_id: Option<Arc<str>>) -> Self {
         let groups: Option<Groups> = claims.groups.map(Groups::from);
-        let session = (claims.role == Role::Mobile && app.presence_enabled)
+        let session = (claims.role == Role::Mobile)
             .then(|| app.node.session(claims.sub.clone(), device_id, groups.clone().unwrap_or_default()));
         let bucket = TokenBucket::new(app.limits.frame_rate, app.limits.frame_burst);
         Connection {
@@ -75,9 +89,22 @@ impl Connection {
             bucket,
             dropped: 0,
             stored_at: Instant::now(),
+            activity_at: Instant::now(),
             seq: 0,
-            allowed: groups,
+            groups,
+            indicators: BTreeMap::new(),
+            talk: None,
         }
+    }
+
+    /// The session whose presence the store keeps: mobile, with presence enabled.
+    pub(super) fn tracked(&self) -> Option<&Session> {
+        self.session.as_ref().filter(|_| self.app.presence_enabled)
+    }
+
+    /// Whether the token names `group`.
+    pub(super) fn member_of(&self, group: &Id) -> bool {
+        self.groups.as_deref().is_some_and(|groups| groups.contains(group))
     }
 
     pub async fn run(mut self, mut socket: WebSocket, _permit: OwnedSemaphorePermit) {
@@ -95,7 +122,10 @@ impl Connection {
             Exit::Gone(reason) => reason,
         };
         drop(socket);
-        if let Some(session) = &self.session {
+        // A floor or an indicator must not outlive its connection.
+        self.end_talk(Some("disconnected")).await;
+        self.end_indicators().await;
+        if let Some(session) = self.tracked() {
             // Presence errors are counted by the node; the lease will lapse on its own.
             // A router going down lets its sessions linger so that clients reconnecting
             // elsewhere do not flash offline on every dashboard (trap 7).
@@ -111,7 +141,7 @@ impl Connection {
     }
 
     async fn serve(&mut self, socket: &mut WebSocket) -> Exit {
-        if let Some(session) = &self.session
+        if let Some(session) = self.tracked()
             && self.app.node.connect(session).await.is_err()
         {
             // The socket stays up; the next heartbeat registers the session again.
@@ -120,9 +150,14 @@ impl Connection {
                 return exit;
             }
         }
+        let member = match &self.session {
+            Some(session) => Member::Session { user: self.user.clone(), groups: session.groups.clone() },
+            None => Member::Watcher { allowed: self.groups.clone() },
+        };
+        let mut mailbox = self.app.node.relay().register(member);
         let mut subscription = None;
         if self.role.watches_presence() {
-            let allowed = self.allowed.as_deref();
+            let allowed = self.groups.as_deref();
             let Subscription { snapshot, seq, events } = self.app.node.hub().subscribe(allowed);
             self.seq = seq;
             let frame = self.app.node.hub().snapshot_frame(snapshot, seq, allowed);
@@ -142,11 +177,15 @@ impl Connection {
                     None => std::future::pending().await,
                 }
             };
+            let deadline = self.next_deadline();
             let wake = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Wake::Shutdown,
-                _ = &mut idle, if self.session.is_some() => Wake::Idle,
+                _ = mailbox.overflow.cancelled() => Wake::Overflow,
+                _ = &mut idle, if self.tracked().is_some() => Wake::Idle,
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Wake::Deadline,
                 message = socket.recv() => Wake::Message(message),
+                frame = mailbox.frames.recv() => Wake::Relayed(frame),
                 event = event => Wake::Event(event),
             };
             let exit = match wake {
@@ -172,6 +211,10 @@ impl Connection {
                     Some(events) => self.on_events(socket, event, events).await,
                     None => None,
                 },
+                Wake::Relayed(Some(frame)) => self.on_relayed(socket, frame, &mut mailbox).await,
+                Wake::Relayed(None) => Some(Exit::Gone("relay_closed")),
+                Wake::Overflow => Some(Exit::Close(close::SLOW_CONSUMER, "slow consumer")),
+                Wake::Deadline => self.on_deadline(socket).await,
             };
             if let Some(exit) = exit {
                 return exit;
@@ -204,6 +247,12 @@ impl Connection {
         }
         match frame.message_type {
             message_type::HEARTBEAT => self.on_heartbeat(socket, &frame).await,
+            message_type::STATUS => self.on_status(socket, &frame).await,
+            message_type::ACTIVITY => self.on_activity(socket, &frame).await,
+            message_type::INDICATOR => self.on_indicator(socket, &frame).await,
+            message_type::START | message_type::STOP | message_type::AUDIO | message_type::TEXT => {
+                self.on_ptt(socket, &frame).await
+            }
             _ => {
                 self.refuse(socket, &frame, ErrorCode::UnsupportedType, "this router does not handle that message type")
                     .await
@@ -221,7 +270,7 @@ impl Connection {
                 .await;
         }
         let now = Instant::now();
-        let result = match &self.session {
+        let result = match self.tracked() {
             None => "ignored",
             // While degraded every heartbeat goes to the store, so an ACK always means
             // the presence is recorded.
@@ -252,7 +301,7 @@ impl Connection {
     }
 
     /// Replies with an ERROR frame naming the refused frame; the connection stays open.
-    async fn refuse(
+    pub(super) async fn refuse(
         &mut self,
         socket: &mut WebSocket,
         frame: &Frame,
@@ -284,7 +333,7 @@ impl Connection {
             let frame = match event {
                 Ok(HubEvent::Update { seq, frame, timestamp, groups }) if seq > self.seq => {
                     self.seq = seq;
-                    visible(&groups, self.allowed.as_deref()).then(|| {
+                    visible(&groups, self.groups.as_deref()).then(|| {
                         let latency_ms = unix_ms().saturating_sub(timestamp);
                         ::metrics::histogram!(metrics::UPDATE_LATENCY).record(latency_ms as f64 / 1000.0);
                         frame
@@ -292,7 +341,7 @@ impl Connection {
                 }
                 Ok(HubEvent::Update { .. }) => None,
                 Ok(HubEvent::Resync) => {
-                    let (hub, allowed) = (self.app.node.hub(), self.allowed.as_deref());
+                    let (hub, allowed) = (self.app.node.hub(), self.groups.as_deref());
                     let (source, seq) = hub.snapshot_source(allowed);
                     self.seq = seq;
                     Some(hub.snapshot_frame(source, seq, allowed))
@@ -322,8 +371,24 @@ impl Connection {
         self.timed(socket.flush()).await
     }
 
+    /// Writes `first` and whatever else the mailbox holds (up to a batch), then flushes once.
+    async fn on_relayed(&mut self, socket: &mut WebSocket, first: Bytes, mailbox: &mut Mailbox) -> Option<Exit> {
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(frame) = next.take() {
+            if let Some(exit) = self.timed(socket.feed(Message::Binary(frame))).await {
+                return Some(exit);
+            }
+            written += 1;
+            if written < EVENT_BATCH {
+                next = mailbox.frames.try_recv().ok();
+            }
+        }
+        self.timed(socket.flush()).await
+    }
+
     /// Writes one frame within the write timeout.
-    async fn write(&mut self, socket: &mut WebSocket, frame: Bytes) -> Option<Exit> {
+    pub(super) async fn write(&mut self, socket: &mut WebSocket, frame: Bytes) -> Option<Exit> {
         self.timed(socket.send(Message::Binary(frame))).await
     }
 

@@ -2,7 +2,9 @@
 
 pub mod close;
 mod connection;
+mod ptt;
 mod rate_limit;
+mod signals;
 
 use std::sync::Arc;
 

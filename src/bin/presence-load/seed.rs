@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use futures_util::{StreamExt, TryStreamExt, stream};
 use presence_router::{
     engine::{
-        Broker, PresenceStore,
+        Broker, Lifetimes, PresenceStore,
         redis::{RedisBroker, RedisConfig, RedisPresence},
     },
     id::Id,
@@ -25,8 +25,14 @@ pub fn config(port: u16) -> RedisConfig {
 /// transition, as a router would; returns each user's deadline (Unix ms, Redis clock) as
 /// Redis recorded it.
 pub async fn users(port: u16, n: usize, ttl: Duration) -> anyhow::Result<HashMap<String, u64>> {
-    let store = Arc::new(RedisPresence::connect(&config(port), ttl, Duration::from_secs(3600)).await?);
-    let broker = Arc::new(RedisBroker::new(store.connection(), "presence:".into()));
+    let store = Arc::new(
+        RedisPresence::connect(
+            &config(port),
+            Lifetimes { ttl, last_seen: Duration::from_secs(3600), away_after: Duration::from_secs(3600) },
+        )
+        .await?,
+    );
+    let broker = Arc::new(RedisBroker::new(store.connection(), "presence:".into(), "presence-load".into()));
     stream::iter(0..n)
         .map(|i| {
             let (store, broker) = (store.clone(), broker.clone());

@@ -1,6 +1,8 @@
 //! Pub/Sub between routers: every transition is published as JSON on
 //! `{prefix}updates` (and, as the seed design has it, on `{prefix}online` or
-//! `{prefix}offline`); each router's subscriber feeds its hub.
+//! `{prefix}offline`); each router's subscriber feeds its hub. PTT, TEXT and indicator
+//! frames go on `{prefix}relay` (msgpack, see [`Delivery::encode`]) into each router's
+//! [`Relay`]; they are transient, so a lost one is simply lost, like a UDP packet of audio.
 //!
 //! Pub/Sub drops whatever is sent while a subscriber is disconnected, so every
 //! (re)subscription asks the node for a resync: it re-asserts its sessions and rebuilds
@@ -21,17 +23,20 @@ use crate::{
     engine::{Broker, EngineError},
     hub::Hub,
     metrics,
-    presence::{PresenceUpdate, Status},
+    presence::PresenceUpdate,
+    relay::{Delivery, Relay},
 };
 
 pub struct RedisBroker {
     conn: ConnectionManager,
     prefix: String,
+    /// This router's id: receivers skip relayed frames they sent themselves.
+    origin: String,
 }
 
 impl RedisBroker {
-    pub fn new(conn: ConnectionManager, prefix: String) -> Self {
-        RedisBroker { conn, prefix }
+    pub fn new(conn: ConnectionManager, prefix: String, origin: String) -> Self {
+        RedisBroker { conn, prefix, origin }
     }
 }
 
@@ -39,10 +44,7 @@ impl RedisBroker {
     /// Adds one update's two PUBLISHes (`updates` and `online`/`offline`) to `pipe`.
     fn add(&self, pipe: &mut redis::Pipeline, update: &PresenceUpdate) -> Result<(), EngineError> {
         let json = serde_json::to_string(update).map_err(|e| EngineError::Unavailable(e.to_string()))?;
-        let status_channel = match update.presence.status {
-            Status::Online => "online",
-            Status::Offline => "offline",
-        };
+        let status_channel = if update.presence.status.is_online() { "online" } else { "offline" };
         pipe.publish(format!("{}updates", self.prefix), &json).ignore();
         pipe.publish(format!("{}{status_channel}", self.prefix), &json).ignore();
         Ok(())
@@ -62,6 +64,25 @@ impl Broker for RedisBroker {
         }
         pipe.query_async::<()>(&mut self.conn.clone()).await.map_err(unavailable)
     }
+
+    async fn relay(&self, delivery: &Delivery) -> Result<(), EngineError> {
+        redis::cmd("PUBLISH")
+            .arg(format!("{}relay", self.prefix))
+            .arg(delivery.encode(&self.origin))
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+}
+
+/// Where the subscriber hands what it receives.
+pub struct Sinks {
+    pub hub: Arc<Hub>,
+    pub relay: Arc<Relay>,
+    /// This router's id, to skip its own relayed frames.
+    pub origin: String,
+    /// Woken by keyspace `expired` events of user keys: an early sweep.
+    pub sweep_now: Arc<Notify>,
 }
 
 /// How long a missing sequence number may stay missing (overtaken by a later publish from
@@ -83,15 +104,16 @@ fn resync_for_gap(hub: &Hub, gaps: &mut GapDetector) {
 pub fn spawn_subscriber(
     client: Client,
     prefix: String,
-    hub: Arc<Hub>,
-    sweep_now: Arc<Notify>,
+    sinks: Sinks,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> oneshot::Receiver<()> {
+    let Sinks { hub, relay, origin, sweep_now } = sinks;
     let (subscribed_tx, subscribed_rx) = oneshot::channel();
     let mut first = Some(subscribed_tx);
     tracker.spawn(async move {
         let updates = format!("{prefix}updates");
+        let relayed = format!("{prefix}relay");
         let expired = "__keyevent@0__:expired";
         let user_keys = format!("{prefix}user:");
         let mut backoff = Duration::from_millis(50);
@@ -99,7 +121,7 @@ pub fn spawn_subscriber(
         loop {
             let subscribed = async {
                 let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(&[updates.as_str(), expired]).await?;
+                pubsub.subscribe(&[updates.as_str(), relayed.as_str(), expired]).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
             let pubsub = tokio::select! {
@@ -141,6 +163,21 @@ pub fn spawn_subscriber(
                 };
                 let Some(message) = message else { break };
                 let payload: &[u8] = message.get_payload_bytes();
+                if message.get_channel_name() == relayed {
+                    match Delivery::decode(payload) {
+                        Some((from, delivery)) => {
+                            ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "relay").increment(1);
+                            if from != origin {
+                                relay.deliver(&delivery);
+                            }
+                        }
+                        None => {
+                            ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "invalid").increment(1);
+                            tracing::warn!("ignoring a malformed message on {relayed}");
+                        }
+                    }
+                    continue;
+                }
                 if message.get_channel_name() == expired {
                     if payload.starts_with(user_keys.as_bytes()) {
                         ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "expired").increment(1);

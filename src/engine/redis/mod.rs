@@ -7,6 +7,7 @@
 
 mod broker;
 mod gaps;
+mod signals;
 
 use std::{sync::Arc, time::Duration};
 
@@ -17,12 +18,13 @@ use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
 
-pub use broker::{RedisBroker, spawn_subscriber};
+pub use broker::{RedisBroker, Sinks, spawn_subscriber};
 
-use super::{EngineError, PresenceStore};
+use super::{EngineError, Lifetimes, PresenceStore};
 use crate::{
     id::Id,
-    presence::{Cause, Groups, PresenceUpdate, Session, Snapshot, Status, UserPresence},
+    presence::{Cause, Groups, Mode, PresenceUpdate, Session, SessionId, Snapshot, Status, UserPresence},
+    protocol::payload::IndicatorKind,
 };
 
 /// Users claimed per sweep script call, so one call never blocks Redis for long.
@@ -61,13 +63,14 @@ impl RedisConfig {
 pub struct RedisPresence {
     conn: ConnectionManager,
     prefix: String,
-    ttl: Duration,
-    /// How long an offline user's meta hash (its last seen) is kept.
-    last_seen: Duration,
+    lifetimes: Lifetimes,
     lease: Script,
     disconnect: Script,
     linger: Script,
     sweep: Script,
+    status: Script,
+    activity: Script,
+    signals: signals::SignalScripts,
 }
 
 fn unavailable(e: RedisError) -> EngineError {
@@ -83,7 +86,7 @@ async fn now_ms(conn: &mut ConnectionManager) -> Result<u64, EngineError> {
 impl RedisPresence {
     /// Connects (failing fast if Redis cannot be reached now) and makes sure keyspace
     /// `expired` events are on.
-    pub async fn connect(config: &RedisConfig, ttl: Duration, last_seen: Duration) -> anyhow::Result<Self> {
+    pub async fn connect(config: &RedisConfig, lifetimes: Lifetimes) -> anyhow::Result<Self> {
         let client = config.client()?;
         // Calls fail within a second while Redis is down or stopped, instead of hanging
         // heartbeats and API requests; the manager reconnects in the background.
@@ -97,12 +100,14 @@ impl RedisPresence {
         Ok(RedisPresence {
             conn,
             prefix: config.prefix.clone(),
-            ttl,
-            last_seen,
+            lifetimes,
             lease: script!("lease.lua"),
             disconnect: script!("disconnect.lua"),
             linger: script!("linger.lua"),
             sweep: script!("sweep.lua"),
+            status: script!("status.lua"),
+            activity: script!("activity.lua"),
+            signals: signals::SignalScripts::default(),
         })
     }
 
@@ -115,7 +120,7 @@ impl RedisPresence {
     /// last-seen retention in ms.
     fn call<'a>(&'a self, script: &'a Script) -> ScriptInvocation<'a> {
         let mut call = script.prepare_invoke();
-        call.arg(&self.prefix).arg(self.last_seen.as_millis() as u64);
+        call.arg(&self.prefix).arg(self.lifetimes.last_seen.as_millis() as u64);
         call
     }
 
@@ -130,20 +135,22 @@ impl RedisPresence {
         format!("{}meta:{}", self.prefix, user)
     }
 
-    async fn lease(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
+    /// Renews the session's lease; `activity` on connect (a heartbeat is not activity).
+    async fn lease(&self, session: &Session, activity: bool) -> Result<Option<PresenceUpdate>, EngineError> {
         let row: Option<Row> = self
             .on_session(&self.lease, session)
-            .arg(self.ttl.as_millis() as u64)
+            .arg(self.lifetimes.ttl.as_millis() as u64)
             .arg(session.device_id.as_deref().unwrap_or(""))
             .arg("mobile")
             .arg(join_groups(&session.groups))
+            .arg(if activity { "1" } else { "0" })
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
         row.map(parse_row).transpose()
     }
 
-    /// `HMGET status lastSeen deviceId version` for each user, pipelined.
+    /// The meta fields of each user, pipelined.
     async fn read_meta(&self, users: &[Id]) -> Result<Vec<UserPresence>, EngineError> {
         // Redis refuses an empty pipeline, and that must not read as an outage.
         if users.is_empty() {
@@ -151,26 +158,47 @@ impl RedisPresence {
         }
         let mut pipe = redis::pipe();
         for user in users {
-            pipe.cmd("HMGET").arg(self.meta_key(user)).arg(&["status", "lastSeen", "deviceId", "version", "groups"]);
+            pipe.cmd("HMGET").arg(self.meta_key(user)).arg(&[
+                "status",
+                "lastSeen",
+                "deviceId",
+                "version",
+                "groups",
+                "text",
+                "lastActivity",
+            ]);
         }
         let rows: Vec<MetaRow> = pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
         Ok(users
             .iter()
             .zip(rows)
-            .map(|(user, (status, last_seen, device_id, version, groups))| UserPresence {
-                user_id: user.clone(),
-                status: if status.as_deref() == Some("online") { Status::Online } else { Status::Offline },
-                last_seen,
-                device_id: device_id.map(Arc::from),
-                version: version.unwrap_or(0),
-                groups: split_groups(groups.as_deref()),
+            .map(|(user, (status, last_seen, device_id, version, groups, text, last_activity))| {
+                shown(UserPresence {
+                    user_id: user.clone(),
+                    status: status.as_deref().and_then(Status::parse).unwrap_or(Status::Offline),
+                    last_seen,
+                    device_id: device_id.map(Arc::from),
+                    version: version.unwrap_or(0),
+                    groups: split_groups(groups.as_deref()),
+                    status_text: text.map(Arc::from),
+                    last_activity,
+                })
             })
             .collect())
     }
 }
 
-/// `HMGET presence:meta:{id} status lastSeen deviceId version groups`.
-type MetaRow = (Option<String>, Option<u64>, Option<String>, Option<u64>, Option<String>);
+/// `HMGET presence:meta:{id} status lastSeen deviceId version groups text lastActivity`.
+type MetaRow = (Option<String>, Option<u64>, Option<String>, Option<u64>, Option<String>, Option<String>, Option<u64>);
+
+/// Hides what only a shown user reveals: its status text and last activity.
+fn shown(mut presence: UserPresence) -> UserPresence {
+    if !presence.status.is_online() {
+        presence.status_text = None;
+        presence.last_activity = None;
+    }
+    presence
+}
 
 /// Groups as the meta hash holds them: newline-separated (ids have no control characters).
 fn join_groups(groups: &[Id]) -> String {
@@ -182,28 +210,26 @@ fn split_groups(joined: Option<&str>) -> Groups {
 }
 
 /// A transition as the scripts return it: user, status, version, lastSeen, deviceId,
-/// cause, now, seq, groups.
+/// cause, now, seq, groups, text, lastActivity.
 type Row = Vec<Option<String>>;
 
 fn parse_row(row: Row) -> Result<PresenceUpdate, EngineError> {
     let bad = || EngineError::Unavailable("unexpected reply from a presence script".into());
-    let [user, status, version, last_seen, device_id, cause, now, seq, groups]: [Option<String>; 9] =
-        row.try_into().map_err(|_| bad())?;
+    let [user, status, version, last_seen, device_id, cause, now, seq, groups, text, last_activity]: [Option<String>;
+        11] = row.try_into().map_err(|_| bad())?;
     let number = |v: Option<String>| v.and_then(|s| s.parse::<u64>().ok());
     Ok(PresenceUpdate {
-        presence: UserPresence {
+        presence: shown(UserPresence {
             user_id: Id::parse(user.as_deref().ok_or_else(bad)?).map_err(|_| bad())?,
-            status: if status.as_deref() == Some("online") { Status::Online } else { Status::Offline },
+            status: status.as_deref().and_then(Status::parse).ok_or_else(bad)?,
             last_seen: number(last_seen),
             device_id: device_id.map(Arc::from),
             version: number(version).ok_or_else(bad)?,
             groups: split_groups(groups.as_deref()),
-        },
-        cause: match cause.as_deref() {
-            Some("connect") => Cause::Connect,
-            Some("expired") => Cause::Expired,
-            _ => Cause::Disconnect,
-        },
+            status_text: text.map(Arc::from),
+            last_activity: number(last_activity),
+        }),
+        cause: cause.as_deref().and_then(Cause::parse).ok_or_else(bad)?,
         timestamp: number(now).ok_or_else(bad)?,
         seq: Some(number(seq).ok_or_else(bad)?),
     })
@@ -212,11 +238,33 @@ fn parse_row(row: Row) -> Result<PresenceUpdate, EngineError> {
 #[async_trait]
 impl PresenceStore for RedisPresence {
     async fn connect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
-        self.lease(session).await
+        self.lease(session, true).await
     }
 
     async fn heartbeat(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
-        self.lease(session).await
+        self.lease(session, false).await
+    }
+
+    async fn set_status(
+        &self,
+        session: &Session,
+        mode: Mode,
+        text: Option<&str>,
+    ) -> Result<Option<PresenceUpdate>, EngineError> {
+        let row: Option<Row> = self
+            .on_session(&self.status, session)
+            .arg(mode.as_str())
+            .arg(text.unwrap_or(""))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        row.map(parse_row).transpose()
+    }
+
+    async fn activity(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
+        let row: Option<Row> =
+            self.on_session(&self.activity, session).invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        row.map(parse_row).transpose()
     }
 
     async fn disconnect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
@@ -244,6 +292,7 @@ impl PresenceStore for RedisPresence {
             let (due, rows): (usize, Vec<Row>) = self
                 .call(&self.sweep)
                 .arg(SWEEP_BATCH)
+                .arg(self.lifetimes.away_after.as_millis() as u64)
                 .invoke_async(&mut self.conn.clone())
                 .await
                 .map_err(unavailable)?;
@@ -263,7 +312,7 @@ impl PresenceStore for RedisPresence {
         let ids: Vec<Id> = ids.iter().filter_map(|id| Id::parse(id).ok()).collect();
         let mut users = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(SNAPSHOT_BATCH) {
-            users.extend(self.read_meta(chunk).await?.into_iter().filter(|u| u.status == Status::Online));
+            users.extend(self.read_meta(chunk).await?.into_iter().filter(|u| u.status.is_online()));
         }
         Ok(Snapshot { users, watermark })
     }
@@ -282,10 +331,33 @@ impl PresenceStore for RedisPresence {
         let mut conn = self.conn.clone();
         // A member's score is its last lease, which lapses a TTL later: the retention runs
         // from there, as in the lease script's trim and the memory engine.
-        let since = now_ms(&mut conn).await?.saturating_sub((self.last_seen + self.ttl).as_millis() as u64);
+        let Lifetimes { ttl, last_seen, .. } = self.lifetimes;
+        let since = now_ms(&mut conn).await?.saturating_sub((last_seen + ttl).as_millis() as u64);
         let members: Vec<String> =
             conn.zrangebyscore(format!("{}group:{}", self.prefix, group), since, "+inf").await.map_err(unavailable)?;
         Ok(members.iter().filter_map(|m| Id::parse(m).ok()).collect())
+    }
+
+    async fn set_indicator(
+        &self,
+        group: &Id,
+        user: &Id,
+        kind: IndicatorKind,
+        ttl: Option<Duration>,
+    ) -> Result<(), EngineError> {
+        self.write_indicator(group, user, kind, ttl).await
+    }
+
+    async fn indicators(&self, group: &Id) -> Result<Vec<(IndicatorKind, Id)>, EngineError> {
+        self.read_indicators(group).await
+    }
+
+    async fn take_floor(&self, channel: &str, holder: &SessionId, hold: Duration) -> Result<bool, EngineError> {
+        self.claim_floor(channel, holder, hold).await
+    }
+
+    async fn release_floor(&self, channel: &str, holder: &SessionId) -> Result<(), EngineError> {
+        self.drop_floor(channel, holder).await
     }
 
     async fn ping(&self) -> Result<(), EngineError> {

@@ -7,4 +7,4 @@ end
 if settle(user) > 0 then
   return nil -- another device is still online
 end
-return transition(user, 'offline', 'disconnect')
+return transition(user, 'disconnect')

@@ -1,13 +1,22 @@
 -- connect / heartbeat. ARGV: prefix, last_seen_ms, user, session, ttl_ms, deviceId ('' = keep),
--- role, groups (newline-separated; ids hold no control characters).
+-- role, groups (newline-separated; ids hold no control characters), activity ("1" on
+-- connect: resets the away timer; a heartbeat is not activity, phones send them unattended).
 -- A heartbeat on a session that already lapsed registers it again.
 local user, session, ttl = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local _, meta, skey = keys_of(user)
 redis.call('ZADD', skey, now + ttl, session)
 settle(user)
-redis.call('HSET', meta, 'lastSeen', now, 'role', ARGV[7], 'groups', ARGV[8])
+redis.call('HSET', meta, 'role', ARGV[7], 'groups', ARGV[8])
+-- An invisible user's heartbeats must not reveal it through lastSeen.
+if redis.call('HGET', meta, 'mode') ~= 'invisible' then
+  redis.call('HSET', meta, 'lastSeen', now)
+end
 if ARGV[6] ~= '' then
   redis.call('HSET', meta, 'deviceId', ARGV[6])
+end
+if ARGV[9] == '1' then
+  redis.call('HSET', meta, 'lastActivity', now)
+  redis.call('HDEL', meta, 'idle')
 end
 for group in string.gmatch(ARGV[8], '[^\n]+') do
   local gkey = prefix .. 'group:' .. group
@@ -15,4 +24,4 @@ for group in string.gmatch(ARGV[8], '[^\n]+') do
   redis.call('ZREMRANGEBYSCORE', gkey, '-inf', now - last_seen_ms - ttl)
   redis.call('PEXPIRE', gkey, last_seen_ms + ttl)
 end
-return transition(user, 'online', 'connect')
+return transition(user, 'connect')

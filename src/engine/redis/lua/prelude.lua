@@ -4,13 +4,17 @@
 -- Keys of user U:
 --   {p}user:U      "1" with a PX lifetime: the seed's presence key; its expiry event only
 --                  wakes the sweepers early
---   {p}meta:U      hash: status, lastSeen, deviceId, role, version, groups; expires
---                  ARGV[2] ms after the user goes offline
+--   {p}meta:U      hash: status (what others see), lastSeen, deviceId, role, version,
+--                  groups, mode (chosen: online/away/dnd/invisible), text, lastActivity,
+--                  idle ("1" once away_after passed without activity); expires ARGV[2]
+--                  ms after the user's last session ends
 --   {p}sessions:U  zset: session id -> lease deadline (Unix ms, Redis clock)
 --   {p}deadlines   zset: user id -> latest lease deadline; holds exactly the users online,
 --                  so it is both the snapshot index and the sweep queue
 --   {p}seq         counter numbering every transition
 --   {p}group:G     zset: user id -> last lease (ms) of a session in group G
+--   {p}active      zset: user id -> last activity (ms), for users shown online in mode
+--                  "online": the auto-away queue
 --
 -- Keys are derived from ARGV, so these scripts suit a single Redis, not Redis Cluster.
 
@@ -19,6 +23,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix = ARGV[1]
 local last_seen_ms = tonumber(ARGV[2])
 local deadlines = prefix .. 'deadlines'
+local active = prefix .. 'active'
 
 local function keys_of(user)
   return prefix .. 'user:' .. user, prefix .. 'meta:' .. user, prefix .. 'sessions:' .. user
@@ -42,29 +47,47 @@ local function settle(user)
   return redis.call('ZCARD', skey)
 end
 
--- Moves the user to `status` unless it is there already. Returns the transition as
--- {user, status, version, lastSeen, deviceId, cause, now, seq, groups}, or nil. `seq` numbers
--- every transition cluster-wide, so subscribers notice one they never received.
--- The version is above the last one and at least `now`, so versions keep growing even if
--- Redis restarts empty.
-local function transition(user, status, cause)
-  local _, meta = keys_of(user)
-  local current = redis.call('HMGET', meta, 'status', 'version')
-  if (current[1] or 'offline') == status then
+-- Brings what others see of the user in line with its sessions, mode and idleness, and
+-- keeps its auto-away entry in `active` current. Returns the transition as
+-- {user, status, version, lastSeen, deviceId, cause, now, seq, groups, text, lastActivity}
+-- when the shown status changed (or `force` and the user is shown, for a new text), else
+-- nil. `seq` numbers every transition cluster-wide, so subscribers notice one they never
+-- received. The version is above the last one and at least `now`, so versions keep
+-- growing even if Redis restarts empty.
+local function transition(user, cause, force)
+  local _, meta, skey = keys_of(user)
+  local m = redis.call('HMGET', meta, 'status', 'version', 'mode', 'idle', 'lastActivity')
+  local mode = m[3] or 'online'
+  local connected = redis.call('EXISTS', skey) == 1
+  local shown = 'offline'
+  if connected and mode ~= 'invisible' then
+    shown = mode
+    if mode == 'online' and m[4] == '1' then
+      shown = 'away'
+    end
+  end
+  if shown == 'online' and mode == 'online' then
+    redis.call('ZADD', active, tonumber(m[5]) or now, user)
+  else
+    redis.call('ZREM', active, user)
+  end
+  if (m[1] or 'offline') == shown and not (force and shown ~= 'offline') then
     return nil
   end
-  local version = math.max((tonumber(current[2]) or 0) + 1, now)
-  redis.call('HSET', meta, 'status', status, 'version', version)
-  if cause == 'disconnect' then
+  local version = math.max((tonumber(m[2]) or 0) + 1, now)
+  redis.call('HSET', meta, 'status', shown, 'version', version)
+  -- Going offline by choice (disconnect, invisible) is seen now; an expired user was last
+  -- seen at its last heartbeat.
+  if shown == 'offline' and cause ~= 'expired' then
     redis.call('HSET', meta, 'lastSeen', now)
   end
-  if status == 'offline' then
-    redis.call('PEXPIRE', meta, last_seen_ms)
-  else
+  if connected then
     redis.call('PERSIST', meta)
+  else
+    redis.call('PEXPIRE', meta, last_seen_ms)
   end
-  local f = redis.call('HMGET', meta, 'lastSeen', 'deviceId', 'groups')
+  local f = redis.call('HMGET', meta, 'lastSeen', 'deviceId', 'groups', 'text', 'lastActivity')
   local seq = redis.call('INCR', prefix .. 'seq')
-  return {user, status, tostring(version), f[1] or false, f[2] or false, cause, tostring(now), tostring(seq),
-    f[3] or false}
+  return {user, shown, tostring(version), f[1] or false, f[2] or false, cause, tostring(now), tostring(seq),
+    f[3] or false, f[4] or false, f[5] or false}
 end

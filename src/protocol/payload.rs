@@ -1,0 +1,119 @@
+//! Typed readings of the payloads of the client frames that carry one: STATUS (35) and
+//! INDICATOR (37). Pure functions; a bad payload is a [`PayloadError`] the connection
+//! answers with ERROR `invalid_payload`.
+
+use rmpv::Value;
+
+use crate::presence::{MAX_STATUS_TEXT, Mode};
+
+/// The activity indicators a client may announce in a group (seed 000). `Talking` is set
+/// by the router itself while a user holds a group's PTT floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IndicatorKind {
+    Typing,
+    Recording,
+    Talking,
+}
+
+impl IndicatorKind {
+    pub const ALL: [IndicatorKind; 3] = [IndicatorKind::Typing, IndicatorKind::Recording, IndicatorKind::Talking];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IndicatorKind::Typing => "typing",
+            IndicatorKind::Recording => "recording",
+            IndicatorKind::Talking => "talking",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    #[error("payload must be a map")]
+    NotMap,
+    #[error("status must be one of online, away, dnd, invisible")]
+    Status,
+    #[error("text must be a string of at most {MAX_STATUS_TEXT} bytes without control characters, or nil")]
+    Text,
+    #[error("type must be typing or recording")]
+    Kind,
+    #[error("isActive must be a boolean")]
+    IsActive,
+}
+
+/// The value of `key` in a msgpack map, if the map has it.
+fn field<'a>(map: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
+    map.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v)
+}
+
+fn map(payload: &Value) -> Result<&[(Value, Value)], PayloadError> {
+    match payload {
+        Value::Map(map) => Ok(map),
+        _ => Err(PayloadError::NotMap),
+    }
+}
+
+/// STATUS: `{status: "online"|"away"|"dnd"|"invisible", text?: str|nil}`. An empty or
+/// missing text clears it.
+pub fn status(payload: &Value) -> Result<(Mode, Option<String>), PayloadError> {
+    let map = map(payload)?;
+    let mode = field(map, "status").and_then(Value::as_str).and_then(Mode::parse).ok_or(PayloadError::Status)?;
+    let text = match field(map, "text") {
+        None | Some(Value::Nil) => None,
+        Some(Value::String(s)) => {
+            let text = s.as_str().ok_or(PayloadError::Text)?;
+            if text.len() > MAX_STATUS_TEXT || text.chars().any(char::is_control) {
+                return Err(PayloadError::Text);
+            }
+            Some(text.to_owned()).filter(|t| !t.is_empty())
+        }
+        Some(_) => return Err(PayloadError::Text),
+    };
+    Ok((mode, text))
+}
+
+/// INDICATOR: `{type: "typing"|"recording", isActive: bool}`; `isActive` defaults to true.
+pub fn indicator(payload: &Value) -> Result<(IndicatorKind, bool), PayloadError> {
+    let map = map(payload)?;
+    let kind = match field(map, "type").and_then(Value::as_str) {
+        Some("typing") => IndicatorKind::Typing,
+        Some("recording") => IndicatorKind::Recording,
+        _ => return Err(PayloadError::Kind),
+    };
+    let active = match field(map, "isActive") {
+        None => true,
+        Some(v) => v.as_bool().ok_or(PayloadError::IsActive)?,
+    };
+    Ok((kind, active))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map_of(pairs: &[(&str, Value)]) -> Value {
+        Value::Map(pairs.iter().map(|(k, v)| (Value::from(*k), v.clone())).collect())
+    }
+
+    #[test]
+    fn status_reads_mode_and_text() {
+        let got = status(&map_of(&[("status", "dnd".into()), ("text", "driving".into())])).unwrap();
+        assert_eq!(got, (Mode::Dnd, Some("driving".into())));
+        assert_eq!(status(&map_of(&[("status", "online".into()), ("text", "".into())])).unwrap(), (Mode::Auto, None));
+        assert_eq!(status(&map_of(&[("status", "busy".into())])), Err(PayloadError::Status));
+        assert_eq!(status(&map_of(&[("status", "away".into()), ("text", 5.into())])), Err(PayloadError::Text));
+        let long = "x".repeat(MAX_STATUS_TEXT + 1);
+        assert_eq!(status(&map_of(&[("status", "away".into()), ("text", long.into())])), Err(PayloadError::Text));
+        assert_eq!(status(&Value::from(1)), Err(PayloadError::NotMap));
+    }
+
+    #[test]
+    fn indicator_reads_kind_and_activity() {
+        assert_eq!(indicator(&map_of(&[("type", "typing".into())])).unwrap(), (IndicatorKind::Typing, true));
+        let stop = map_of(&[("type", "recording".into()), ("isActive", false.into())]);
+        assert_eq!(indicator(&stop).unwrap(), (IndicatorKind::Recording, false));
+        assert_eq!(indicator(&map_of(&[("type", "talking".into())])), Err(PayloadError::Kind), "the router's own");
+        let bad = map_of(&[("type", "typing".into()), ("isActive", "yes".into())]);
+        assert_eq!(indicator(&bad), Err(PayloadError::IsActive));
+    }
+}

@@ -1,0 +1,313 @@
+//! Delivery of transient frames (PTT, TEXT, activity indicators) to this router's own
+//! connections.
+//!
+//! Unlike presence, these frames have no version and no snapshot: they go to whoever is
+//! connected now, or nowhere. Each connection registers a [`Mailbox`], a bounded queue its
+//! task drains. A connection whose queue is full has fallen behind a live audio stream:
+//! its `overflow` token fires and it is closed as a slow consumer (4008), so one stalled
+//! reader never grows the router's memory or slows the others (trap 6). Frames for other
+//! routers travel through the [`Broker`](crate::engine::Broker); the node delivers here
+//! first, so PTT between users on one router does not depend on Redis (trap 8).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use bytes::Bytes;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    id::Id,
+    metrics,
+    presence::{Groups, visible},
+};
+
+/// Frames a connection may have queued before it counts as a slow consumer: a few
+/// seconds of audio from every group it is in.
+pub const MAILBOX_FRAMES: usize = 512;
+
+/// Who a relayed frame is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    /// The mobile sessions whose token names the group, and, when `dashboards`, the
+    /// dashboards allowed to see the group.
+    Group { group: Id, dashboards: bool },
+    /// Every session of one user (a private channel).
+    User(Id),
+}
+
+/// One frame on its way to an audience.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub audience: Audience,
+    /// The sender: never echoed back to any of its sessions.
+    pub except: Option<Id>,
+    pub frame: Bytes,
+}
+
+/// What a connection registers as.
+pub enum Member {
+    /// A mobile session: reached through its user and its token's groups.
+    Session { user: Id, groups: Groups },
+    /// A dashboard allowed `allowed` groups (`None`: all).
+    Watcher { allowed: Option<Groups> },
+}
+
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::Sender<Bytes>,
+    overflow: CancellationToken,
+}
+
+impl Outbox {
+    fn push(&self, frame: &Bytes) {
+        match self.tx.try_send(frame.clone()) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                if !self.overflow.is_cancelled() {
+                    ::metrics::counter!(metrics::RELAY_OVERFLOWS).increment(1);
+                    self.overflow.cancel();
+                }
+            }
+            // The connection is closing.
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    next: u64,
+    groups: HashMap<Id, HashMap<u64, (Id, Outbox)>>,
+    users: HashMap<Id, HashMap<u64, Outbox>>,
+    watchers: HashMap<u64, (Option<Groups>, Outbox)>,
+}
+
+#[derive(Default)]
+pub struct Relay {
+    registry: Mutex<Registry>,
+}
+
+/// A connection's queue of relayed frames; unregisters on drop.
+pub struct Mailbox {
+    pub frames: mpsc::Receiver<Bytes>,
+    /// Fires when the queue overflowed: the connection must close as a slow consumer.
+    pub overflow: CancellationToken,
+    relay: Arc<Relay>,
+    id: u64,
+    member: Member,
+}
+
+impl Relay {
+    /// No code under the lock can panic; recover the guard rather than propagate one.
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn register(self: &Arc<Self>, member: Member) -> Mailbox {
+        let (tx, frames) = mpsc::channel(MAILBOX_FRAMES);
+        let overflow = CancellationToken::new();
+        let outbox = Outbox { tx, overflow: overflow.clone() };
+        let mut registry = self.registry();
+        registry.next += 1;
+        let id = registry.next;
+        match &member {
+            Member::Session { user, groups } => {
+                for group in groups.iter() {
+                    registry.groups.entry(group.clone()).or_default().insert(id, (user.clone(), outbox.clone()));
+                }
+                registry.users.entry(user.clone()).or_default().insert(id, outbox);
+            }
+            Member::Watcher { allowed } => {
+                registry.watchers.insert(id, (allowed.clone(), outbox));
+            }
+        }
+        Mailbox { frames, overflow, relay: Arc::clone(self), id, member }
+    }
+
+    /// Queues the frame for every local connection in its audience; returns how many.
+    pub fn deliver(&self, delivery: &Delivery) -> usize {
+        let registry = self.registry();
+        let except = delivery.except.as_ref();
+        let mut delivered = 0;
+        let mut push = |outbox: &Outbox| {
+            outbox.push(&delivery.frame);
+            delivered += 1;
+        };
+        match &delivery.audience {
+            Audience::Group { group, dashboards } => {
+                for (user, outbox) in registry.groups.get(group).into_iter().flat_map(HashMap::values) {
+                    if Some(user) != except {
+                        push(outbox);
+                    }
+                }
+                if *dashboards {
+                    let group = std::slice::from_ref(group);
+                    for (allowed, outbox) in registry.watchers.values() {
+                        if visible(group, allowed.as_deref()) {
+                            push(outbox);
+                        }
+                    }
+                }
+            }
+            Audience::User(user) if Some(user) != except => {
+                registry.users.get(user).into_iter().flat_map(HashMap::values).for_each(push);
+            }
+            Audience::User(_) => {}
+        }
+        delivered
+    }
+}
+
+impl Delivery {
+    /// The message routers exchange: msgpack `[origin, audienceKind, audienceId, dashboards,
+    /// except, frame]`, audienceKind 0 = group, 1 = user. `origin` is the sending router,
+    /// which already delivered to its own connections.
+    pub fn encode(&self, origin: &str) -> Vec<u8> {
+        use rmp::encode as enc;
+        let mut buf = Vec::with_capacity(self.frame.len() + 64);
+        let (kind, target, dashboards) = match &self.audience {
+            Audience::Group { group, dashboards } => (0, group, *dashboards),
+            Audience::User(user) => (1, user, false),
+        };
+        // Writes into a Vec cannot fail.
+        let _ = enc::write_array_len(&mut buf, 6);
+        let _ = enc::write_str(&mut buf, origin);
+        let _ = enc::write_uint(&mut buf, kind);
+        let _ = enc::write_str(&mut buf, target.as_str());
+        let _ = enc::write_bool(&mut buf, dashboards);
+        match &self.except {
+            Some(user) => {
+                let _ = enc::write_str(&mut buf, user.as_str());
+            }
+            None => {
+                let _ = enc::write_nil(&mut buf);
+            }
+        }
+        let _ = enc::write_bin(&mut buf, &self.frame);
+        buf
+    }
+
+    /// Reads [`Delivery::encode`]'s message: the origin and the delivery, or `None` for
+    /// anything else.
+    pub fn decode(mut bytes: &[u8]) -> Option<(String, Delivery)> {
+        use rmpv::Value;
+        let value = rmpv::decode::read_value_with_max_depth(&mut bytes, crate::protocol::MAX_DEPTH).ok()?;
+        let Value::Array(items) = value else { return None };
+        let [origin, kind, target, dashboards, except, frame]: [Value; 6] = items.try_into().ok()?;
+        let target = Id::parse(target.as_str()?).ok()?;
+        let audience = match kind.as_u64()? {
+            0 => Audience::Group { group: target, dashboards: dashboards.as_bool()? },
+            1 => Audience::User(target),
+            _ => return None,
+        };
+        let except = match except {
+            Value::Nil => None,
+            other => Some(Id::parse(other.as_str()?).ok()?),
+        };
+        let Value::Binary(frame) = frame else { return None };
+        Some((origin.as_str()?.to_owned(), Delivery { audience, except, frame: Bytes::from(frame) }))
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        let mut registry = self.relay.registry();
+        match &self.member {
+            Member::Session { user, groups } => {
+                for group in groups.iter() {
+                    if let Some(members) = registry.groups.get_mut(group) {
+                        members.remove(&self.id);
+                        if members.is_empty() {
+                            registry.groups.remove(group);
+                        }
+                    }
+                }
+                if let Some(sessions) = registry.users.get_mut(user) {
+                    sessions.remove(&self.id);
+                    if sessions.is_empty() {
+                        registry.users.remove(user);
+                    }
+                }
+            }
+            Member::Watcher { .. } => {
+                registry.watchers.remove(&self.id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> Id {
+        Id::parse(s).unwrap()
+    }
+
+    fn session(relay: &Arc<Relay>, user: &str, groups: &[&str]) -> Mailbox {
+        relay.register(Member::Session { user: id(user), groups: groups.iter().map(|g| id(g)).collect() })
+    }
+
+    fn to_group(group: &str, dashboards: bool, except: &str) -> Delivery {
+        Delivery {
+            audience: Audience::Group { group: id(group), dashboards },
+            except: Some(id(except)),
+            frame: Bytes::from_static(b"x"),
+        }
+    }
+
+    #[test]
+    fn group_frames_reach_members_and_allowed_dashboards_but_not_the_sender() {
+        let relay = Arc::new(Relay::default());
+        let mut sender = session(&relay, "a", &["g"]);
+        let mut sender_tablet = session(&relay, "a", &["g"]);
+        let mut member = session(&relay, "b", &["g", "h"]);
+        let mut outsider = session(&relay, "c", &["h"]);
+        let mut all = relay.register(Member::Watcher { allowed: None });
+        let mut other = relay.register(Member::Watcher { allowed: Some(vec![id("h")].into()) });
+
+        assert_eq!(relay.deliver(&to_group("g", true, "a")), 2);
+        assert!(member.frames.try_recv().is_ok());
+        assert!(all.frames.try_recv().is_ok());
+        for mailbox in [&mut sender, &mut sender_tablet, &mut outsider, &mut other] {
+            assert!(mailbox.frames.try_recv().is_err());
+        }
+        assert_eq!(relay.deliver(&to_group("g", false, "a")), 1, "audio skips dashboards");
+    }
+
+    #[test]
+    fn a_full_mailbox_fires_overflow_instead_of_growing() {
+        let relay = Arc::new(Relay::default());
+        let slow = session(&relay, "b", &["g"]);
+        for _ in 0..MAILBOX_FRAMES {
+            relay.deliver(&to_group("g", false, "a"));
+        }
+        assert!(!slow.overflow.is_cancelled());
+        relay.deliver(&to_group("g", false, "a"));
+        assert!(slow.overflow.is_cancelled());
+    }
+
+    #[test]
+    fn deliveries_survive_the_trip_between_routers() {
+        let group = to_group("g", true, "a");
+        assert_eq!(Delivery::decode(&group.encode("r1")), Some(("r1".into(), group)));
+        let private = Delivery { audience: Audience::User(id("b")), except: None, frame: Bytes::from_static(b"\x93") };
+        assert_eq!(Delivery::decode(&private.encode("r2")), Some(("r2".into(), private)));
+        assert_eq!(Delivery::decode(b"\x91\x01"), None);
+        assert_eq!(Delivery::decode(b""), None);
+    }
+
+    #[test]
+    fn dropping_a_mailbox_unregisters_it() {
+        let relay = Arc::new(Relay::default());
+        let gone = session(&relay, "b", &["g"]);
+        drop(gone);
+        assert_eq!(relay.deliver(&to_group("g", true, "a")), 0);
+        let private = Delivery { audience: Audience::User(id("b")), except: None, frame: Bytes::new() };
+        assert_eq!(relay.deliver(&private), 0);
+        assert!(relay.registry().groups.is_empty() && relay.registry().users.is_empty());
+    }
+}

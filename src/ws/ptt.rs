@@ -1,0 +1,189 @@
+//! Push-to-talk: VoicePing's START / AUDIO / STOP / TEXT on group and private channels.
+//!
+//! One session talks on a channel at a time: START asks the node for the channel's floor
+//! and gets START_ACK or START_FAILED (`busy`, or `already_talking` on another channel).
+//! The holder's AUDIO and STOP are relayed to the channel's receivers, never back to the
+//! sender; anyone else's get ERROR `floor_not_held`. The router takes the floor back after
+//! `MAX_TALK_MS` (the talker gets a STOP with reason `max_talk_time`, the receivers a
+//! STOP in the talker's name) and when the connection closes. While a user holds a group's
+//! floor it shows as `talking` in that group, like a typing indicator.
+
+use axum::extract::ws::WebSocket;
+use rmpv::Value;
+use tokio::time::Instant;
+
+use super::connection::{Connection, Exit};
+use crate::{
+    id::Id,
+    metrics,
+    node::Floor,
+    protocol::{
+        self, ChannelType, ErrorCode, Frame,
+        message_type::{START, START_ACK, START_FAILED, STOP, STOP_ACK, TEXT, label},
+        payload::IndicatorKind,
+    },
+    relay::{Audience, Delivery},
+};
+
+/// The floor a connection holds.
+pub struct Talk {
+    /// The floor's key: `g:{group}`, or `p:{len}:{a}:{b}` for the private channel between
+    /// users a < b (length-prefixed, so no two pairs share a key).
+    pub channel: String,
+    pub channel_type: ChannelType,
+    /// The group, or the user talked to.
+    pub to: Id,
+    pub audience: Audience,
+    /// When the maximum talk time runs out.
+    pub until: Instant,
+}
+
+/// A channel as a frame names it.
+struct Channel {
+    key: String,
+    to: Id,
+    audience: Audience,
+}
+
+impl Connection {
+    /// The channel a PTT frame names, or the error to answer with.
+    fn channel_of(&self, frame: &Frame) -> Result<Channel, (ErrorCode, &'static str)> {
+        let Some(to) = frame.to.clone() else {
+            return Err((ErrorCode::InvalidFrame, "toId must name a group or a user"));
+        };
+        match frame.channel_type {
+            ChannelType::Group if self.member_of(&to) => Ok(Channel {
+                key: format!("g:{to}"),
+                audience: Audience::Group { group: to.clone(), dashboards: false },
+                to,
+            }),
+            ChannelType::Group => Err((ErrorCode::NotAMember, "the token's groups do not include this group")),
+            ChannelType::Private if to == self.user => {
+                Err((ErrorCode::InvalidFrame, "a private channel needs another user"))
+            }
+            ChannelType::Private => {
+                let (a, b) = if self.user < to { (&self.user, &to) } else { (&to, &self.user) };
+                Ok(Channel { key: format!("p:{}:{a}:{b}", a.as_str().len()), audience: Audience::User(to.clone()), to })
+            }
+        }
+    }
+
+    fn holds(&self, channel: &str) -> bool {
+        self.talk.as_ref().is_some_and(|t| t.channel == channel)
+    }
+
+    /// START, STOP, AUDIO and TEXT.
+    pub(super) async fn on_ptt(&mut self, socket: &mut WebSocket, frame: &Frame) -> Result<bool, Exit> {
+        if self.session.is_none() {
+            return self.refuse(socket, frame, ErrorCode::NotAllowed, "only mobile sessions talk").await;
+        }
+        let channel = match self.channel_of(frame) {
+            Ok(channel) => channel,
+            Err((code, message)) => return self.refuse(socket, frame, code, message).await,
+        };
+        match frame.message_type {
+            START => self.on_start(socket, frame, channel).await,
+            STOP if self.holds(&channel.key) => {
+                self.forward(frame, &channel).await;
+                self.end_talk(None).await;
+                self.reply(socket, frame, STOP_ACK, None).await
+            }
+            TEXT => {
+                self.forward(frame, &channel).await;
+                self.note_activity().await;
+                self.ack(socket, frame).await
+            }
+            // AUDIO
+            _ if self.holds(&channel.key) => {
+                self.forward(frame, &channel).await;
+                Ok(false)
+            }
+            _ => {
+                self.refuse(socket, frame, ErrorCode::FloorNotHeld, "START was not acknowledged on this channel").await
+            }
+        }
+    }
+
+    async fn on_start(&mut self, socket: &mut WebSocket, frame: &Frame, channel: Channel) -> Result<bool, Exit> {
+        match &self.talk {
+            Some(talk) if talk.channel == channel.key => return self.reply(socket, frame, START_ACK, None).await,
+            Some(_) => return self.reply(socket, frame, START_FAILED, Some("already_talking")).await,
+            None => {}
+        }
+        let Some(session) = self.session.clone() else { return Ok(false) };
+        let hold = self.app.limits.max_talk;
+        let floor = self.app.node.take_floor(&channel.key, &session.id, hold).await;
+        let result = match floor {
+            Floor::Granted => "granted",
+            Floor::Busy => "busy",
+            Floor::LocalOnly => "local_only",
+        };
+        ::metrics::counter!(metrics::FLOOR_REQUESTS, "result" => result).increment(1);
+        if floor == Floor::Busy {
+            return self.reply(socket, frame, START_FAILED, Some("busy")).await;
+        }
+        self.talk = Some(Talk {
+            channel: channel.key.clone(),
+            channel_type: frame.channel_type,
+            to: channel.to.clone(),
+            audience: channel.audience.clone(),
+            until: Instant::now() + hold,
+        });
+        let acked = self.reply(socket, frame, START_ACK, None).await;
+        self.forward(frame, &channel).await;
+        if frame.channel_type == ChannelType::Group {
+            self.start_indicator(IndicatorKind::Talking, channel.to, hold).await;
+        }
+        self.note_activity().await;
+        acked
+    }
+
+    /// Relays the client's frame to the channel's receivers.
+    async fn forward(&self, frame: &Frame, channel: &Channel) {
+        ::metrics::counter!(metrics::RELAYED, "type" => label(frame.message_type)).increment(1);
+        let delivery = Delivery {
+            audience: channel.audience.clone(),
+            except: Some(self.user.clone()),
+            frame: protocol::relay_frame(frame, &self.user, &channel.to),
+        };
+        self.app.node.send(delivery).await;
+    }
+
+    /// START_ACK, START_FAILED or STOP_ACK about the frame's channel.
+    async fn reply(
+        &mut self,
+        socket: &mut WebSocket,
+        frame: &Frame,
+        message_type: u8,
+        reason: Option<&str>,
+    ) -> Result<bool, Exit> {
+        let Some(to) = &frame.to else { return Ok(false) };
+        let reply = protocol::reply_frame(frame.channel_type, message_type, to, frame.message_id.as_ref(), reason);
+        match self.write(socket, reply).await {
+            Some(exit) => Err(exit),
+            None => Ok(false),
+        }
+    }
+
+    /// Gives the floor back. `reason` is set when the router ends the talk on the
+    /// talker's behalf: the receivers then get a STOP in the talker's name.
+    pub(super) async fn end_talk(&mut self, reason: Option<&str>) {
+        let (Some(talk), Some(session)) = (self.talk.take(), self.session.as_ref()) else { return };
+        self.app.node.release_floor(&talk.channel, &session.id).await;
+        if let Some(reason) = reason {
+            let stop = Frame {
+                channel_type: talk.channel_type,
+                message_type: STOP,
+                from: Some(self.user.clone()),
+                to: Some(talk.to.clone()),
+                message_id: None,
+                payload: Value::Map(vec![(Value::from("reason"), Value::from(reason))]),
+            };
+            let channel = Channel { key: talk.channel.clone(), to: talk.to.clone(), audience: talk.audience.clone() };
+            self.forward(&stop, &channel).await;
+        }
+        if talk.channel_type == ChannelType::Group {
+            self.end_indicator(IndicatorKind::Talking, talk.to).await;
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! STATUS, ACTIVITY and INDICATOR frames, and the timers of a connection's indicators and
+//! PTT floor.
+//!
+//! An indicator belongs to the connection that turned it on: the connection announces its
+//! start once (refreshes only push its deadline, so ten rapid starts broadcast once), and
+//! announces its end exactly once, on stop, on expiry or when the connection closes. The
+//! store keeps a copy with the same lifetime for the group endpoint.
+
+use std::time::Duration;
+
+use axum::extract::ws::WebSocket;
+use tokio::time::Instant;
+
+use super::connection::{Connection, Exit};
+use crate::{
+    id::Id,
+    metrics,
+    protocol::{
+        self, ChannelType, ErrorCode, Frame,
+        payload::{self, IndicatorKind},
+    },
+    relay::{Audience, Delivery},
+};
+
+/// Activity is written to the store at most once a second (or per tenth of
+/// `AWAY_AFTER_MS` if that is shorter). Skipping is safe: a user seen active this recently
+/// cannot be idle; `lastActivity` lags by at most this much.
+const ACTIVITY_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Connection {
+    /// The ACK for an applied frame, or the connection's end if the write failed.
+    pub(super) async fn ack(&mut self, socket: &mut WebSocket, frame: &Frame) -> Result<bool, Exit> {
+        match self.write(socket, protocol::ack_frame(frame.message_type, frame.message_id.as_ref())).await {
+            Some(exit) => Err(exit),
+            None => Ok(false),
+        }
+    }
+
+    async fn refuse_not_mobile(&mut self, socket: &mut WebSocket, frame: &Frame) -> Result<bool, Exit> {
+        self.refuse(socket, frame, ErrorCode::NotAllowed, "only mobile sessions have presence, talk and type").await
+    }
+
+    /// STATUS: `{status, text}`; counts as activity.
+    pub(super) async fn on_status(&mut self, socket: &mut WebSocket, frame: &Frame) -> Result<bool, Exit> {
+        let Some(session) = self.tracked().cloned() else {
+            return self.refuse_not_mobile(socket, frame).await;
+        };
+        let (mode, text) = match payload::status(&frame.payload) {
+            Ok(status) => status,
+            Err(e) => return self.refuse(socket, frame, ErrorCode::InvalidPayload, &e.to_string()).await,
+        };
+        if self.app.node.set_status(&session, mode, text.as_deref()).await.is_err() {
+            return self.refuse(socket, frame, ErrorCode::PresenceUnavailable, "presence store unavailable").await;
+        }
+        self.activity_at = Instant::now();
+        self.ack(socket, frame).await
+    }
+
+    /// ACTIVITY: the user is active (seed 000's activity ping).
+    pub(super) async fn on_activity(&mut self, socket: &mut WebSocket, frame: &Frame) -> Result<bool, Exit> {
+        if self.tracked().is_none() {
+            return self.refuse_not_mobile(socket, frame).await;
+        }
+        if !self.note_activity().await {
+            return self.refuse(socket, frame, ErrorCode::PresenceUnavailable, "presence store unavailable").await;
+        }
+        self.ack(socket, frame).await
+    }
+
+    /// Records activity unless this session recorded some very recently; false when the
+    /// store could not be reached.
+    pub(super) async fn note_activity(&mut self) -> bool {
+        let Some(session) = self.tracked().cloned() else { return true };
+        let now = Instant::now();
+        if now - self.activity_at < ACTIVITY_WRITE_INTERVAL.min(self.app.limits.away_after / 10) {
+            return true;
+        }
+        let stored = self.app.node.activity(&session).await.is_ok();
+        if stored {
+            self.activity_at = now;
+        }
+        stored
+    }
+
+    /// INDICATOR: `[0, 37, userId, groupId, {type, isActive}]`.
+    pub(super) async fn on_indicator(&mut self, socket: &mut WebSocket, frame: &Frame) -> Result<bool, Exit> {
+        if self.session.is_none() {
+            return self.refuse_not_mobile(socket, frame).await;
+        }
+        let group = match (frame.channel_type, &frame.to) {
+            (ChannelType::Group, Some(group)) if self.member_of(group) => group.clone(),
+            _ => {
+                let message = "toId must be one of the token's groups, with channelType 0";
+                return self.refuse(socket, frame, ErrorCode::NotAMember, message).await;
+            }
+        };
+        let (kind, active) = match payload::indicator(&frame.payload) {
+            Ok(indicator) => indicator,
+            Err(e) => return self.refuse(socket, frame, ErrorCode::InvalidPayload, &e.to_string()).await,
+        };
+        if active {
+            let ttl = match kind {
+                IndicatorKind::Typing => self.app.limits.typing_ttl,
+                _ => self.app.limits.recording_ttl,
+            };
+            self.start_indicator(kind, group, ttl).await;
+            self.note_activity().await;
+        } else {
+            self.end_indicator(kind, group).await;
+        }
+        self.ack(socket, frame).await
+    }
+
+    /// Turns an indicator on for `ttl`, or pushes its deadline when it is on already.
+    pub(super) async fn start_indicator(&mut self, kind: IndicatorKind, group: Id, ttl: Duration) {
+        let fresh = self.indicators.insert((kind, group.clone()), Instant::now() + ttl).is_none();
+        // The store's copy only feeds the group endpoint; the broadcast does not wait on it.
+        let _ = self.app.node.set_indicator(&group, &self.user, kind, Some(ttl)).await;
+        if fresh {
+            self.announce_indicator(kind, group, true).await;
+        }
+    }
+
+    pub(super) async fn end_indicator(&mut self, kind: IndicatorKind, group: Id) {
+        if self.indicators.remove(&(kind, group.clone())).is_some() {
+            let _ = self.app.node.set_indicator(&group, &self.user, kind, None).await;
+            self.announce_indicator(kind, group, false).await;
+        }
+    }
+
+    /// Ends every indicator this connection has on (it is closing).
+    pub(super) async fn end_indicators(&mut self) {
+        let keys: Vec<(IndicatorKind, Id)> = self.indicators.keys().cloned().collect();
+        for (kind, group) in keys {
+            self.end_indicator(kind, group).await;
+        }
+    }
+
+    /// INDICATOR_UPDATE to the group's members and dashboards, never to the user itself.
+    async fn announce_indicator(&self, kind: IndicatorKind, group: Id, active: bool) {
+        ::metrics::counter!(metrics::INDICATORS, "type" => kind.as_str(), "active" => if active { "true" } else { "false" })
+            .increment(1);
+        let frame = protocol::indicator_frame(&group, &self.user, kind, active);
+        let delivery =
+            Delivery { audience: Audience::Group { group, dashboards: true }, except: Some(self.user.clone()), frame };
+        self.app.node.send(delivery).await;
+    }
+
+    /// The earliest of the indicator deadlines and the floor's.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        let talk = self.talk.as_ref().map(|t| t.until);
+        self.indicators.values().copied().chain(talk).min()
+    }
+
+    /// Ends what lapsed: the floor after the maximum talk time, indicators not refreshed.
+    pub(super) async fn on_deadline(&mut self, socket: &mut WebSocket) -> Option<Exit> {
+        let now = Instant::now();
+        if let Some(talk) = self.talk.as_ref().filter(|t| t.until <= now) {
+            let reply = protocol::reply_frame(
+                talk.channel_type,
+                protocol::message_type::STOP,
+                &talk.to,
+                None,
+                Some("max_talk_time"),
+            );
+            self.end_talk(Some("max_talk_time")).await;
+            if let Some(exit) = self.write(socket, reply).await {
+                return Some(exit);
+            }
+        }
+        let due: Vec<(IndicatorKind, Id)> =
+            self.indicators.iter().filter(|(_, until)| **until <= now).map(|(key, _)| key.clone()).collect();
+        for (kind, group) in due {
+            self.end_indicator(kind, group).await;
+        }
+        None
+    }
+}
