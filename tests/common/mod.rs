@@ -245,6 +245,26 @@ impl Router {
         out
     }
 
+    /// `GET path` with an unrestricted API token.
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let auth = format!("Bearer {}", token("api", Role::Dashboard));
+        http(self.addr, "GET", path, &[("Authorization", &auth)], "").await
+    }
+
+    /// `GET /api/groups/{group}/presence`, asserting 200.
+    pub async fn group(&self, group: &str) -> serde_json::Value {
+        let (status, body) = self.get(&format!("/api/groups/{group}/presence")).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// `GET /api/users/{user}/presence`'s user, asserting 200.
+    pub async fn user(&self, user: &str) -> serde_json::Value {
+        let (status, body) = self.get(&format!("/api/users/{user}/presence")).await;
+        assert_eq!(status, 200, "{body}");
+        body["user"].clone()
+    }
+
     pub async fn post_status(&self, body: &str) -> (u16, serde_json::Value) {
         let auth = format!("Bearer {}", token("api", Role::Mobile));
         http(
@@ -334,6 +354,40 @@ impl Client {
         }
     }
 
+    /// Sends `[channelType, type, from, to, payload]`.
+    pub async fn send_frame(&mut self, channel: u8, message_type: u8, from: &str, to: &str, payload: Value) {
+        self.send_value(Value::Array(vec![channel.into(), message_type.into(), from.into(), to.into(), payload])).await;
+    }
+
+    /// STATUS (35) and its ACK.
+    pub async fn set_status(&mut self, user: &str, status: &str, text: Option<&str>) {
+        let text = text.map_or(Value::Nil, Value::from);
+        self.send_frame(0, 35, user, "", map(&[("status", status.into()), ("text", text)])).await;
+        self.expect(39).await;
+    }
+
+    /// INDICATOR (37) in `group` and its ACK.
+    pub async fn indicator(&mut self, user: &str, group: &str, kind: &str, active: bool) {
+        self.send_frame(0, 37, user, group, map(&[("type", kind.into()), ("isActive", active.into())])).await;
+        self.expect(39).await;
+    }
+
+    /// The next frame, asserting its message type.
+    pub async fn expect(&mut self, message_type: u64) -> Value {
+        let frame = self.next_frame().await;
+        assert_eq!(frame[1].as_u64(), Some(message_type), "expected type {message_type}, got {frame}");
+        frame
+    }
+
+    /// The next INDICATOR_UPDATE's payload, asserting who, what and whether.
+    pub async fn expect_indicator(&mut self, user: &str, kind: &str, active: bool) -> Value {
+        let payload = self.expect(38).await[5].clone();
+        assert_eq!(payload["userId"].as_str(), Some(user), "{payload}");
+        assert_eq!(payload["type"].as_str(), Some(kind), "{payload}");
+        assert_eq!(payload["isActive"].as_bool(), Some(active), "{payload}");
+        payload
+    }
+
     /// The next PRESENCE_UPDATE's payload.
     pub async fn next_update(&mut self) -> Value {
         let frame = self.next_frame().await;
@@ -415,6 +469,11 @@ impl View {
     pub fn online_ids(&self) -> Vec<&str> {
         self.online.keys().map(String::as_str).collect()
     }
+}
+
+/// A msgpack map with string keys.
+pub fn map(pairs: &[(&str, Value)]) -> Value {
+    Value::Map(pairs.iter().map(|(k, v)| (Value::from(*k), v.clone())).collect())
 }
 
 /// Polls `check` every 50 ms until it holds, failing after [`WAIT`]. Only for state that
