@@ -90,7 +90,7 @@ impl Connection {
             }
             TEXT => {
                 self.forward(frame, &channel).await;
-                self.note_activity().await;
+                self.note_activity(false).await;
                 self.ack(socket, frame).await
             }
             // AUDIO
@@ -134,7 +134,7 @@ impl Connection {
         if frame.channel_type == ChannelType::Group {
             self.start_indicator(IndicatorKind::Talking, channel.to, hold).await;
         }
-        self.note_activity().await;
+        self.note_activity(false).await;
         acked
     }
 

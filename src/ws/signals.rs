@@ -22,7 +22,7 @@ use crate::{
     relay::{Audience, Delivery},
 };
 
-/// Activity is written to the store at most once a second (or per tenth of
+/// Activity implied by other frames is written to the store at most once a second (or per tenth of
 /// `AWAY_AFTER_MS` if that is shorter). Skipping is safe: a user seen active this recently
 /// cannot be idle; `lastActivity` lags by at most this much.
 const ACTIVITY_WRITE_INTERVAL: Duration = Duration::from_secs(1);
@@ -61,18 +61,18 @@ impl Connection {
         if self.tracked().is_none() {
             return self.refuse_not_mobile(socket, frame).await;
         }
-        if !self.note_activity().await {
+        if !self.note_activity(true).await {
             return self.refuse(socket, frame, ErrorCode::PresenceUnavailable, "presence store unavailable").await;
         }
         self.ack(socket, frame).await
     }
 
-    /// Records activity unless this session recorded some very recently; false when the
-    /// store could not be reached.
-    pub(super) async fn note_activity(&mut self) -> bool {
+    /// Records activity: an explicit ping always, activity implied by other frames unless
+    /// this session recorded some very recently. False when the store could not be reached.
+    pub(super) async fn note_activity(&mut self, explicit: bool) -> bool {
         let Some(session) = self.tracked().cloned() else { return true };
         let now = Instant::now();
-        if now - self.activity_at < ACTIVITY_WRITE_INTERVAL.min(self.app.limits.away_after / 10) {
+        if !explicit && now - self.activity_at < ACTIVITY_WRITE_INTERVAL.min(self.app.limits.away_after / 10) {
             return true;
         }
         let stored = self.app.node.activity(&session).await.is_ok();
@@ -104,7 +104,7 @@ impl Connection {
                 _ => self.app.limits.recording_ttl,
             };
             self.start_indicator(kind, group, ttl).await;
-            self.note_activity().await;
+            self.note_activity(false).await;
         } else {
             self.end_indicator(kind, group).await;
         }
