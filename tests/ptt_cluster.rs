@@ -1,0 +1,109 @@
+//! PTT and indicators between routers sharing one real redis-server, and PTT on one router
+//! while Redis is down.
+
+mod common;
+
+use common::{Client, Engine, Setup, map};
+use rmpv::Value;
+
+const START: u8 = 1;
+const STOP: u8 = 2;
+const AUDIO: u8 = 3;
+const START_ACK: u64 = 6;
+const STOP_ACK: u64 = 7;
+const START_FAILED: u64 = 8;
+const TEXT: u8 = 17;
+
+async fn expect_relayed(client: &mut Client, message_type: u8, from: &str, to: &str) -> Value {
+    let frame = client.expect(message_type.into()).await;
+    assert_eq!((frame[2].as_str(), frame[3].as_str()), (Some(from), Some(to)), "{frame}");
+    frame
+}
+
+#[tokio::test]
+async fn talk_and_indicators_cross_routers_and_one_floor_holds_cluster_wide() {
+    let setup = Setup::new(Engine::Redis).await;
+    let (a, b) = (setup.router(&[]).await, setup.router(&[]).await);
+    let (mut dashboard, _) = b.dashboard_of("dispatcher", &["crew"]).await;
+    let mut talker = a.mobile_in("t", &["crew"]).await;
+    let mut listener = b.mobile_in("l", &["crew"]).await;
+    dashboard.next_update().await;
+    dashboard.next_update().await;
+
+    talker.send_frame(0, START, "t", "crew", map(&[])).await;
+    talker.expect(START_ACK).await;
+    expect_relayed(&mut listener, START, "t", "crew").await;
+    listener.expect_indicator("t", "talking", true).await;
+    dashboard.expect_indicator("t", "talking", true).await;
+    talker.send_frame(0, AUDIO, "t", "crew", Value::Binary(vec![1, 2, 3])).await;
+    assert_eq!(expect_relayed(&mut listener, AUDIO, "t", "crew").await[5], Value::Binary(vec![1, 2, 3]));
+
+    // The floor is the cluster's, not the router's.
+    listener.send_frame(0, START, "l", "crew", map(&[])).await;
+    assert_eq!(listener.expect(START_FAILED).await[5]["reason"].as_str(), Some("busy"));
+    talker.send_frame(0, STOP, "t", "crew", map(&[])).await;
+    talker.expect(STOP_ACK).await;
+    expect_relayed(&mut listener, STOP, "t", "crew").await;
+    listener.expect_indicator("t", "talking", false).await;
+    listener.send_frame(0, START, "l", "crew", map(&[])).await;
+    listener.expect(START_ACK).await;
+    expect_relayed(&mut talker, START, "l", "crew").await;
+
+    // Indicators travel the other way too, and the group endpoint of either router sees them.
+    listener.indicator("l", "crew", "typing", true).await;
+    talker.expect_indicator("l", "talking", true).await;
+    talker.expect_indicator("l", "typing", true).await;
+    let group = a.group("crew").await;
+    assert_eq!((group["typingUsers"].clone(), group["talkingUsers"].clone()), (["l"].into(), ["l"].into()));
+}
+
+#[tokio::test]
+async fn ptt_on_one_router_keeps_working_while_redis_is_down() {
+    let mut setup = Setup::new(Engine::Redis).await;
+    let router = setup.router(&[]).await;
+    let mut a = router.mobile_in("a", &["crew"]).await;
+    let mut b = router.mobile_in("b", &["crew"]).await;
+    let mut c = router.mobile_in("c", &["crew"]).await;
+    for (client, user) in [(&mut a, "a"), (&mut b, "b"), (&mut c, "c")] {
+        client.sync(user).await;
+    }
+
+    setup.redis.as_mut().unwrap().kill().await;
+    let (status, _) = router.post_status(r#"{"userIds": ["a"]}"#).await;
+    assert_eq!(status, 503, "Redis is gone");
+
+    a.send_frame(0, START, "a", "crew", map(&[])).await;
+    a.expect(START_ACK).await;
+    expect_relayed(&mut b, START, "a", "crew").await;
+    b.expect_indicator("a", "talking", true).await;
+    a.send_frame(0, AUDIO, "a", "crew", Value::Binary(vec![9; 40])).await;
+    assert_eq!(expect_relayed(&mut b, AUDIO, "a", "crew").await[5], Value::Binary(vec![9; 40]));
+    // The router still keeps its own sessions from talking over each other.
+    expect_relayed(&mut c, START, "a", "crew").await;
+    c.expect_indicator("a", "talking", true).await;
+    expect_relayed(&mut c, AUDIO, "a", "crew").await;
+    c.send_frame(0, START, "c", "crew", map(&[])).await;
+    assert_eq!(c.expect(START_FAILED).await[5]["reason"].as_str(), Some("busy"));
+    a.send_frame(0, STOP, "a", "crew", map(&[])).await;
+    a.expect(STOP_ACK).await;
+    expect_relayed(&mut b, STOP, "a", "crew").await;
+    b.expect_indicator("a", "talking", false).await;
+    expect_relayed(&mut c, STOP, "a", "crew").await;
+    c.expect_indicator("a", "talking", false).await;
+    c.send_frame(0, TEXT, "c", "crew", map(&[("text", "radio check".into())])).await;
+    c.expect(39).await;
+    expect_relayed(&mut b, TEXT, "c", "crew").await;
+    let metrics = router.metrics().await;
+    assert!(metrics.contains(r#"presence_floor_requests_total{result="local_only"} 1"#), "{metrics}");
+
+    // Redis returns: floors are arbitrated by it again.
+    setup.redis.as_mut().unwrap().spawn().await;
+    common::eventually("the router to use Redis again", || async {
+        router.metrics().await.contains("presence_engine_up 1")
+    })
+    .await;
+    b.send_frame(0, START, "b", "crew", map(&[])).await;
+    b.expect(START_ACK).await;
+    let metrics = router.metrics().await;
+    assert!(metrics.contains(r#"presence_floor_requests_total{result="granted"} 1"#), "{metrics}");
+}
