@@ -101,22 +101,24 @@ impl Browser {
         result["result"]["value"].clone()
     }
 
-    /// The status the page shows for `user`, or null.
-    async fn shown(&mut self, user: &str) -> Value {
-        self.eval(&format!("document.querySelector('[data-user=\"{user}\"]')?.dataset.status ?? null")).await
+    /// Waits until the page shows `user` with `status`.
+    async fn wait_for(&mut self, user: &str, status: &str) {
+        self.wait_until(&format!("document.querySelector('[data-user=\"{user}\"]')?.dataset.status === '{status}'"))
+            .await;
     }
 
-    async fn wait_for(&mut self, user: &str, status: &str) {
+    /// Polls a JavaScript condition until it is true (the page has no event to await).
+    async fn wait_until(&mut self, condition: &str) {
         let deadline = tokio::time::Instant::now() + WAIT;
-        while self.shown(user).await != json!(status) {
-            assert!(tokio::time::Instant::now() < deadline, "page never showed {user} {status}");
+        while self.eval(condition).await != json!(true) {
+            assert!(tokio::time::Instant::now() < deadline, "page never satisfied {condition}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
 
 #[tokio::test]
-async fn the_dashboard_page_shows_a_snapshot_and_live_dots() {
+async fn the_dashboard_page_shows_a_snapshot_live_dots_and_indicators() {
     let router = Router::start(&[]).await;
     let (mut watcher, _) = router.dashboard("watcher").await;
     let alpha = router.mobile("alpha", "radio-a").await;
@@ -139,4 +141,23 @@ async fn the_dashboard_page_shows_a_snapshot_and_live_dots() {
         browser.eval("getComputedStyle(document.querySelector('[data-user=\"bravo\"] .dot')).backgroundColor").await,
         json!("rgb(46, 204, 64)")
     );
+
+    // Statuses and indicators: a yellow dot with the status text, a talking badge.
+    let mut charlie = router.mobile_in("charlie", &["crew"]).await;
+    charlie.set_status("charlie", "away", Some("at lunch")).await;
+    browser.wait_for("charlie", "away").await;
+    assert_eq!(
+        browser.eval("getComputedStyle(document.querySelector('[data-user=\"charlie\"] .dot')).backgroundColor").await,
+        json!("rgb(255, 220, 0)")
+    );
+    assert_eq!(
+        browser.eval("document.querySelector('[data-user=\"charlie\"] .text').textContent").await,
+        json!("at lunch")
+    );
+    charlie.send_frame(0, 1, "charlie", "crew", common::map(&[])).await;
+    charlie.expect(6).await;
+    browser.wait_until("document.querySelector('[data-user=\"charlie\"] .badge.talking') !== null").await;
+    charlie.send_frame(0, 2, "charlie", "crew", common::map(&[])).await;
+    charlie.expect(7).await;
+    browser.wait_until("document.querySelector('[data-user=\"charlie\"] .badge.talking') === null").await;
 }
