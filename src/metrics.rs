@@ -26,6 +26,7 @@ pub const BROKER_MESSAGES: &str = "presence_broker_messages_total";
 pub const BROKER_GAPS: &str = "presence_broker_gaps_total";
 pub const RELAYED: &str = "presence_relayed_frames_total";
 pub const RELAY_OVERFLOWS: &str = "presence_relay_overflows_total";
+pub const RELAY_DROPPED: &str = "presence_relay_dropped_total";
 pub const FLOOR_REQUESTS: &str = "presence_floor_requests_total";
 pub const INDICATORS: &str = "presence_indicator_events_total";
 
@@ -68,6 +69,7 @@ fn describe() {
     describe_counter!(BROKER_MESSAGES, "Messages received from the broker, by kind (update, relay, expired, invalid).");
     describe_counter!(RELAYED, "PTT, TEXT and indicator frames this router sent towards receivers, by type.");
     describe_counter!(RELAY_OVERFLOWS, "Connections closed because their queue of relayed frames was full.");
+    describe_counter!(RELAY_DROPPED, "Relayed frames not sent to other routers: the publish queue was full.");
     describe_counter!(FLOOR_REQUESTS, "PTT START requests, by result (granted, busy, local_only).");
     describe_counter!(INDICATORS, "Indicator starts and ends broadcast, by type and isActive.");
 }

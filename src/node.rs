@@ -181,12 +181,13 @@ impl Node {
     /// Delivers a frame to this router's connections in its audience, then hands it to
     /// the broker for the other routers. Local delivery comes first and never waits on
     /// the store, so PTT on one router survives a Redis outage (trap 8).
-    pub async fn send(&self, delivery: Delivery) {
+    pub fn send(&self, delivery: Delivery) {
         self.relay.deliver(&delivery);
-        let result = self.engine.broker.relay(&delivery).await;
-        let _ = self.check("relay", result);
+        self.engine.broker.relay(&delivery);
     }
 
+    /// Stores an indicator for the group endpoint. Skipped while degraded: a call to an
+    /// unreachable store can take its full timeout, and the broadcast must not wait.
     pub async fn set_indicator(
         &self,
         group: &Id,
@@ -194,6 +195,9 @@ impl Node {
         kind: IndicatorKind,
         ttl: Option<Duration>,
     ) -> Result<(), EngineError> {
+        if self.is_degraded() {
+            return Err(EngineError::Unavailable("degraded".into()));
+        }
         let result = self.engine.store.set_indicator(group, user, kind, ttl).await;
         self.check("indicator", result)
     }
@@ -209,7 +213,8 @@ impl Node {
 
     /// Claims a PTT channel's floor for `holder` for `hold`. This router's own sessions
     /// are checked (and the floor reserved) here first, so two local STARTs never both
-    /// win, with or without the store; then the store arbitrates between routers.
+    /// win, with or without the store; then the store arbitrates between routers. While
+    /// degraded the store is not asked: a START must not wait out its timeout.
     pub async fn take_floor(&self, channel: &str, holder: &SessionId, hold: Duration) -> Floor {
         let now = Instant::now();
         {
@@ -220,6 +225,9 @@ impl Node {
                     floors.insert(channel.to_owned(), (holder.clone(), now + hold));
                 }
             }
+        }
+        if self.is_degraded() {
+            return Floor::LocalOnly;
         }
         let result = self.engine.store.take_floor(channel, holder, hold).await;
         match self.check("floor", result) {
@@ -235,6 +243,9 @@ impl Node {
     /// Gives the floor back (STOP, maximum talk time, disconnect).
     pub async fn release_floor(&self, channel: &str, holder: &SessionId) {
         self.forget_floor(channel, holder);
+        if self.is_degraded() {
+            return; // the Redis key lapses after the maximum talk time
+        }
         let result = self.engine.store.release_floor(channel, holder).await;
         let _ = self.check("floor", result);
     }

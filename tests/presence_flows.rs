@@ -153,11 +153,15 @@ async fn bulk_status_has_the_seed_shape(engine: Engine) {
     assert!(body["timestamp"].as_u64().is_some());
     let users = body["users"].as_array().unwrap();
     assert_eq!(users.len(), 3);
-    for user in users {
-        let mut keys: Vec<&str> = user.as_object().unwrap().keys().map(String::as_str).collect();
+    // The seed's four fields; users shown online also carry lastActivity (seed 000).
+    let keys = |i: usize| {
+        let mut keys: Vec<&str> = users[i].as_object().unwrap().keys().map(String::as_str).collect();
         keys.sort();
-        assert_eq!(keys, ["deviceId", "lastSeen", "status", "userId"]);
-    }
+        keys
+    };
+    assert_eq!(keys(0), ["deviceId", "lastActivity", "lastSeen", "status", "userId"]);
+    assert_eq!(keys(1), ["deviceId", "lastSeen", "status", "userId"]);
+    assert_eq!(keys(2), ["deviceId", "lastSeen", "status", "userId"]);
     assert_eq!(
         (&users[0]["userId"], &users[0]["status"], &users[0]["deviceId"]),
         (&"user123".into(), &"online".into(), &"device-abc-123".into())

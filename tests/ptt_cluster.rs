@@ -99,7 +99,7 @@ async fn ptt_on_one_router_keeps_working_while_redis_is_down() {
     // Redis returns: floors are arbitrated by it again.
     setup.redis.as_mut().unwrap().spawn().await;
     common::eventually("the router to use Redis again", || async {
-        router.metrics().await.contains("presence_engine_up 1")
+        router.metrics().await.contains("\npresence_engine_up 1\n")
     })
     .await;
     b.send_frame(0, START, "b", "crew", map(&[])).await;

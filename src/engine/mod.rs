@@ -135,11 +135,10 @@ pub trait Broker: Send + Sync + 'static {
     }
 
     /// Carries a relayed frame to the other routers, each of which delivers it to its own
-    /// connections. The sending router delivers locally itself, so with one router (the
-    /// embedded engine) there is nobody else to tell.
-    async fn relay(&self, _delivery: &Delivery) -> Result<(), EngineError> {
-        Ok(())
-    }
+    /// connections. Fire-and-forget and never waits: transient frames are worth nothing
+    /// late. The sending router delivers locally itself, so with one router (the embedded
+    /// engine) there is nobody else to tell.
+    fn relay(&self, _delivery: &Delivery) {}
 }
 
 /// The pair a router runs with.

@@ -84,18 +84,18 @@ impl Connection {
         match frame.message_type {
             START => self.on_start(socket, frame, channel).await,
             STOP if self.holds(&channel.key) => {
-                self.forward(frame, &channel).await;
+                self.forward(frame, &channel);
                 self.end_talk(None).await;
                 self.reply(socket, frame, STOP_ACK, None).await
             }
             TEXT => {
-                self.forward(frame, &channel).await;
+                self.forward(frame, &channel);
                 self.note_activity(false).await;
                 self.ack(socket, frame).await
             }
             // AUDIO
             _ if self.holds(&channel.key) => {
-                self.forward(frame, &channel).await;
+                self.forward(frame, &channel);
                 Ok(false)
             }
             _ => {
@@ -130,7 +130,7 @@ impl Connection {
             until: Instant::now() + hold,
         });
         let acked = self.reply(socket, frame, START_ACK, None).await;
-        self.forward(frame, &channel).await;
+        self.forward(frame, &channel);
         if frame.channel_type == ChannelType::Group {
             self.start_indicator(IndicatorKind::Talking, channel.to, hold).await;
         }
@@ -139,14 +139,14 @@ impl Connection {
     }
 
     /// Relays the client's frame to the channel's receivers.
-    async fn forward(&self, frame: &Frame, channel: &Channel) {
+    fn forward(&self, frame: &Frame, channel: &Channel) {
         ::metrics::counter!(metrics::RELAYED, "type" => label(frame.message_type)).increment(1);
         let delivery = Delivery {
             audience: channel.audience.clone(),
             except: Some(self.user.clone()),
             frame: protocol::relay_frame(frame, &self.user, &channel.to),
         };
-        self.app.node.send(delivery).await;
+        self.app.node.send(delivery);
     }
 
     /// START_ACK, START_FAILED or STOP_ACK about the frame's channel.
@@ -180,7 +180,7 @@ impl Connection {
                 payload: Value::Map(vec![(Value::from("reason"), Value::from(reason))]),
             };
             let channel = Channel { key: talk.channel.clone(), to: talk.to.clone(), audience: talk.audience.clone() };
-            self.forward(&stop, &channel).await;
+            self.forward(&stop, &channel);
         }
         if talk.channel_type == ChannelType::Group {
             self.end_indicator(IndicatorKind::Talking, talk.to).await;

@@ -117,14 +117,14 @@ impl Connection {
         // The store's copy only feeds the group endpoint; the broadcast does not wait on it.
         let _ = self.app.node.set_indicator(&group, &self.user, kind, Some(ttl)).await;
         if fresh {
-            self.announce_indicator(kind, group, true).await;
+            self.announce_indicator(kind, group, true);
         }
     }
 
     pub(super) async fn end_indicator(&mut self, kind: IndicatorKind, group: Id) {
         if self.indicators.remove(&(kind, group.clone())).is_some() {
             let _ = self.app.node.set_indicator(&group, &self.user, kind, None).await;
-            self.announce_indicator(kind, group, false).await;
+            self.announce_indicator(kind, group, false);
         }
     }
 
@@ -137,13 +137,13 @@ impl Connection {
     }
 
     /// INDICATOR_UPDATE to the group's members and dashboards, never to the user itself.
-    async fn announce_indicator(&self, kind: IndicatorKind, group: Id, active: bool) {
+    fn announce_indicator(&self, kind: IndicatorKind, group: Id, active: bool) {
         ::metrics::counter!(metrics::INDICATORS, "type" => kind.as_str(), "active" => if active { "true" } else { "false" })
             .increment(1);
         let frame = protocol::indicator_frame(&group, &self.user, kind, active);
         let delivery =
             Delivery { audience: Audience::Group { group, dashboards: true }, except: Some(self.user.clone()), frame };
-        self.app.node.send(delivery).await;
+        self.app.node.send(delivery);
     }
 
     /// The earliest of the indicator deadlines and the floor's.

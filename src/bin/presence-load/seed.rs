@@ -32,7 +32,9 @@ pub async fn users(port: u16, n: usize, ttl: Duration) -> anyhow::Result<HashMap
         )
         .await?,
     );
-    let broker = Arc::new(RedisBroker::new(store.connection(), "presence:".into(), "presence-load".into()));
+    let (shutdown, tracker) = (tokio_util::sync::CancellationToken::new(), tokio_util::task::TaskTracker::new());
+    let broker =
+        Arc::new(RedisBroker::new(store.connection(), "presence:".into(), "presence-load".into(), shutdown, &tracker));
     stream::iter(0..n)
         .map(|i| {
             let (store, broker) = (store.clone(), broker.clone());

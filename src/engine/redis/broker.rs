@@ -15,7 +15,11 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::{Client, aio::ConnectionManager};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{
+    Notify,
+    mpsc::{self, error::TrySendError},
+    oneshot,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{gaps::GapDetector, unavailable};
@@ -27,16 +31,50 @@ use crate::{
     relay::{Delivery, Relay},
 };
 
+/// Relayed frames waiting for the publisher; a fuller queue drops frames (audio is worth
+/// nothing late) rather than holding up the talker.
+const RELAY_QUEUE: usize = 4096;
+/// Most relayed frames published in one pipeline.
+const RELAY_BATCH: usize = 256;
+
 pub struct RedisBroker {
     conn: ConnectionManager,
     prefix: String,
     /// This router's id: receivers skip relayed frames they sent themselves.
     origin: String,
+    /// To the relay publisher task.
+    relay: mpsc::Sender<Vec<u8>>,
 }
 
 impl RedisBroker {
-    pub fn new(conn: ConnectionManager, prefix: String, origin: String) -> Self {
-        RedisBroker { conn, prefix, origin }
+    /// Also starts the task that publishes relayed frames, until `shutdown`.
+    pub fn new(
+        conn: ConnectionManager,
+        prefix: String,
+        origin: String,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Self {
+        let (relay, queue) = mpsc::channel(RELAY_QUEUE);
+        let channel = format!("{prefix}relay");
+        tracker.spawn(shutdown.run_until_cancelled_owned(publish_relayed(conn.clone(), channel, queue)));
+        RedisBroker { conn, prefix, origin, relay }
+    }
+}
+
+/// Publishes relayed frames in order, a pipeline per batch. Connection tasks only queue
+/// them, so a slow or unreachable Redis never stalls a talker or the users on its router.
+async fn publish_relayed(mut conn: ConnectionManager, channel: String, mut queue: mpsc::Receiver<Vec<u8>>) {
+    let mut batch = Vec::with_capacity(RELAY_BATCH);
+    while queue.recv_many(&mut batch, RELAY_BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        for message in batch.drain(..) {
+            pipe.publish(&channel, message).ignore();
+        }
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            ::metrics::counter!(metrics::ENGINE_ERRORS, "op" => "relay").increment(1);
+            tracing::debug!(error = %e, "relayed frames lost: Redis unreachable");
+        }
     }
 }
 
@@ -65,13 +103,13 @@ impl Broker for RedisBroker {
         pipe.query_async::<()>(&mut self.conn.clone()).await.map_err(unavailable)
     }
 
-    async fn relay(&self, delivery: &Delivery) -> Result<(), EngineError> {
-        redis::cmd("PUBLISH")
-            .arg(format!("{}relay", self.prefix))
-            .arg(delivery.encode(&self.origin))
-            .query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)
+    /// Queues the frame for the publisher. A full queue (Redis slow or down) drops the
+    /// frame, counted in `presence_relay_dropped_total`.
+    fn relay(&self, delivery: &Delivery) {
+        if let Err(TrySendError::Full(_) | TrySendError::Closed(_)) = self.relay.try_send(delivery.encode(&self.origin))
+        {
+            ::metrics::counter!(metrics::RELAY_DROPPED).increment(1);
+        }
     }
 }
 
