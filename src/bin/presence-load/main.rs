@@ -10,6 +10,7 @@ mod heartbeats;
 mod idle;
 mod latency;
 mod net;
+mod ptt;
 mod seed;
 mod silent;
 mod snapshot;
@@ -114,6 +115,21 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         repeat: usize,
     },
+    /// PTT audio from a talker on one router to listeners on another (or the same).
+    Ptt {
+        #[arg(long)]
+        talker: SocketAddr,
+        #[arg(long)]
+        listeners_router: SocketAddr,
+        #[arg(long, default_value_t = 100)]
+        listeners: usize,
+        /// AUDIO frames per second (50 = 20 ms frames).
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+        /// Keep below the router's --max-talk-ms.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
     /// `POST /api/presence/status` with 100 ids.
     Bulk {
         #[arg(long)]
@@ -156,5 +172,8 @@ async fn main() -> anyhow::Result<()> {
             snapshot::run(&credentials, router, users, expect.unwrap_or(users), repeat).await
         }
         Scenario::Bulk { router, online, requests } => bulk::run(&credentials, router, online, requests).await,
+        Scenario::Ptt { talker, listeners_router, listeners, rate, seconds } => {
+            ptt::run(credentials, talker, listeners_router, listeners, rate, seconds).await
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use presence_router::{
-    auth::{Role, mint_hs256},
+    auth::{Role, mint_hs256_in},
     protocol::{heartbeat_frame, message_type},
 };
 use rmpv::Value;
@@ -35,7 +35,19 @@ pub struct Credentials {
 
 impl Credentials {
     pub async fn connect(&self, router: SocketAddr, i: usize, user: &str, role: Role) -> anyhow::Result<Ws> {
-        let token = mint_hs256(self.secret.as_bytes(), user, role, 24 * 3600)?;
+        self.connect_in(router, i, user, role, None).await
+    }
+
+    /// A connection whose token names `groups`.
+    pub async fn connect_in(
+        &self,
+        router: SocketAddr,
+        i: usize,
+        user: &str,
+        role: Role,
+        groups: Option<&[&str]>,
+    ) -> anyhow::Result<Ws> {
+        let token = mint_hs256_in(self.secret.as_bytes(), user, role, groups, 24 * 3600)?;
         let socket = TcpSocket::new_v4()?;
         if i >= PER_SOURCE {
             bind_address_no_port(&socket)?;
