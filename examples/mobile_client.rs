@@ -1,7 +1,9 @@
 //! A mobile PTT client: connects with a dev token, heartbeats, prints what the router says.
 //!
 //!     make run                                   # terminal 1
-//!     cargo run --example mobile_client -- --user driver-1
+//!     cargo run --example mobile_client -- --user driver-1 --groups crew
+//!     cargo run --example mobile_client -- --user driver-2 --groups crew \
+//!         --status dnd --text "on patrol" --talk crew  # says "dnd", then talks for a second
 //!
 //! Ctrl-C closes cleanly (the dashboard sees "offline" at once); `kill -9` leaves the
 //! socket to the heartbeat TTL.
@@ -11,9 +13,10 @@ use std::time::Duration;
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use presence_router::{
-    auth::{Role, mint_hs256},
-    protocol::heartbeat_frame,
+    auth::{Role, mint_hs256_in},
+    protocol::{ChannelType, client_frame, heartbeat_frame, message_type},
 };
+use rmpv::Value;
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
 #[derive(Parser)]
@@ -29,17 +32,49 @@ struct Args {
     interval: u64,
     #[arg(long, env = "JWT_SECRET", default_value = "dev-secret-change-me")]
     jwt_secret: String,
+    /// Groups for the token, comma-separated (PTT, indicators and dashboards scope by them).
+    #[arg(long, value_delimiter = ',')]
+    groups: Vec<String>,
+    /// Status to set after connecting: online, away, dnd or invisible.
+    #[arg(long)]
+    status: Option<String>,
+    /// Custom status text, with --status.
+    #[arg(long)]
+    text: Option<String>,
+    /// A group to talk in once connected: START, a second of (silent) AUDIO, STOP.
+    #[arg(long)]
+    talk: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let token = mint_hs256(args.jwt_secret.as_bytes(), &args.user, Role::Mobile, 24 * 3600)?;
+    let groups: Vec<&str> = args.groups.iter().map(String::as_str).collect();
+    let groups = (!groups.is_empty()).then_some(groups.as_slice());
+    let token = mint_hs256_in(args.jwt_secret.as_bytes(), &args.user, Role::Mobile, groups, 24 * 3600)?;
     let mut request = args.url.as_str().into_client_request()?;
     request.headers_mut().insert("token", token.parse()?);
     request.headers_mut().insert("device_id", args.device.parse()?);
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
     println!("connected as {} ({}); heartbeat every {} s", args.user, args.device, args.interval);
+    let frame = |message_type, to: &str, payload: Value| {
+        Message::Binary(client_frame(ChannelType::Group, message_type, &args.user, to, &payload))
+    };
+    if let Some(status) = &args.status {
+        let text = args.text.as_deref().map_or(Value::Nil, Value::from);
+        let payload = Value::Map(vec![("status".into(), status.as_str().into()), ("text".into(), text)]);
+        ws.send(frame(message_type::STATUS, "", payload)).await?;
+        println!("→ STATUS {status}");
+    }
+    if let Some(group) = &args.talk {
+        ws.send(frame(message_type::START, group, Value::Map(vec![]))).await?;
+        for _ in 0..50 {
+            ws.send(frame(message_type::AUDIO, group, Value::Binary(vec![0; 160]))).await?;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ws.send(frame(message_type::STOP, group, Value::Map(vec![]))).await?;
+        println!("→ START, 50 × AUDIO, STOP in {group}");
+    }
 
     let mut ticks = tokio::time::interval(Duration::from_secs(args.interval));
     loop {
@@ -49,7 +84,12 @@ async fn main() -> anyhow::Result<()> {
                 println!("→ HEARTBEAT");
             }
             message = ws.next() => match message {
-                Some(Ok(Message::Binary(bytes))) => println!("← {}", rmpv::decode::read_value(&mut &bytes[..])?),
+                Some(Ok(Message::Binary(bytes))) => match rmpv::decode::read_value(&mut &bytes[..])? {
+                    frame if frame[1].as_u64() == Some(message_type::AUDIO.into()) => {
+                        println!("← AUDIO from {} in {}", frame[2], frame[3]);
+                    }
+                    frame => println!("← {frame}"),
+                },
                 Some(Ok(Message::Close(frame))) => { println!("← close {frame:?}"); break; }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => { println!("connection error: {e}"); break; }

@@ -72,7 +72,8 @@ impl UserRecord {
     fn new(now_ms: u64) -> Self {
         UserRecord {
             live: Vec::new(),
-            offline_since: None,
+            // Offline until a session is added, so a record that never gets one is pruned.
+            offline_since: Some(Instant::now()),
             version: 0,
             last_seen: now_ms,
             device_id: None,
