@@ -300,6 +300,13 @@ mod tests {
         assert_eq!(Delivery::decode(b""), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_broker_messages_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = Delivery::decode(&bytes);
+        }
+    }
+
     #[test]
     fn dropping_a_mailbox_unregisters_it() {
         let relay = Arc::new(Relay::default());

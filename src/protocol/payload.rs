@@ -107,6 +107,50 @@ mod tests {
         assert_eq!(status(&Value::from(1)), Err(PayloadError::NotMap));
     }
 
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// Any msgpack value a few levels deep, with the keys these payloads use likely.
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Nil),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                prop_oneof![
+                    Just("online".to_owned()),
+                    Just("typing".to_owned()),
+                    Just("invisible".to_owned()),
+                    ".{0,140}"
+                ]
+                .prop_map(Value::from),
+                proptest::collection::vec(any::<u8>(), 0..16).prop_map(Value::Binary),
+            ];
+            leaf.prop_recursive(3, 16, 4, |inner| {
+                let key = prop_oneof![Just("status"), Just("text"), Just("type"), Just("isActive"), Just("x")];
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    proptest::collection::vec((key.prop_map(Value::from), inner), 0..4).prop_map(Value::Map),
+                ]
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn payload_readers_never_panic_and_accept_only_what_they_document(payload in value()) {
+                if let Ok((_, Some(text))) = status(&payload) {
+                    prop_assert!(!text.is_empty() && text.len() <= MAX_STATUS_TEXT);
+                    prop_assert!(!text.chars().any(char::is_control));
+                }
+                if let Ok((kind, _)) = indicator(&payload) {
+                    prop_assert_ne!(kind, IndicatorKind::Talking);
+                }
+            }
+        }
+    }
+
     #[test]
     fn indicator_reads_kind_and_activity() {
         assert_eq!(indicator(&map_of(&[("type", "typing".into())])).unwrap(), (IndicatorKind::Typing, true));
