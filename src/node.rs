@@ -28,7 +28,7 @@ use crate::{
     hub::Hub,
     id::Id,
     metrics,
-    presence::{Cause, Groups, Mode, PresenceUpdate, Session, SessionId, UserPresence, unix_ms},
+    presence::{Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, UserPresence, unix_ms},
     protocol::payload::IndicatorKind,
     relay::{Delivery, Relay},
 };
@@ -135,7 +135,7 @@ impl Node {
     /// A new session with an id unique across the cluster (router id + counter).
     pub fn session(&self, user: Id, device_id: Option<Arc<str>>, groups: Groups) -> Session {
         let n = self.next_session.fetch_add(1, Ordering::Relaxed);
-        Session { id: SessionId::new(&self.router_id, n), user, device_id, groups }
+        Session { id: SessionId::new(&self.router_id, n), user, device_id, groups, choice: None }
     }
 
     /// No code under these locks can panic; recover the guard rather than propagate one.
@@ -168,9 +168,14 @@ impl Node {
         self.announce("linger", result.map(|()| None)).await
     }
 
+    /// Sets the user's chosen status, and remembers it with the session for a re-assert.
     pub async fn set_status(&self, session: &Session, mode: Mode, text: Option<&str>) -> Result<(), EngineError> {
         let result = self.engine.store.set_status(session, mode, text).await;
-        self.announce("status", result).await
+        self.announce("status", result).await?;
+        if let Some(registered) = self.local().get_mut(&session.id) {
+            registered.choice = Some(Choice { mode, text: text.map(Arc::from) });
+        }
+        Ok(())
     }
 
     pub async fn activity(&self, session: &Session) -> Result<(), EngineError> {

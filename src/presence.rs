@@ -140,6 +140,17 @@ pub struct Session {
     /// The groups in the session's token; the user's presence carries its latest
     /// session's groups.
     pub groups: Groups,
+    /// The status this session last chose, kept in the router's registry of its sessions:
+    /// re-asserting the session after Redis lost its data (a restart without persistence)
+    /// restores it, so a `dnd` user does not come back `online`.
+    pub choice: Option<Choice>,
+}
+
+/// A chosen status and text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    pub mode: Mode,
+    pub text: Option<Arc<str>>,
 }
 
 /// A user's groups, which decide which dashboards may see its presence. Cheap to clone.

@@ -204,3 +204,39 @@ async fn a_transition_that_was_never_published_is_healed_by_a_resync() {
     assert_eq!(view.online_ids(), ["first", "ghost", "marker"]);
     assert!(a.metrics().await.contains("presence_broker_gaps_total 1"));
 }
+
+#[tokio::test]
+async fn a_chosen_status_survives_redis_losing_everything() {
+    let mut setup = Setup::new(Engine::Redis).await;
+    let (a, b) = (setup.router(&[]).await, setup.router(&[]).await);
+    let (mut dashboard, _) = b.dashboard("dispatcher").await;
+    let mut driver = a.mobile_in("driver", &["crew"]).await;
+    dashboard.next_update().await;
+    driver.set_status("driver", "dnd", Some("driving")).await;
+    assert_update(&dashboard.next_update().await, "driver", "dnd");
+
+    // redis.conf keeps no data: a restart is empty. The router re-asserts the session with
+    // the status it chose; the dashboard's fresh view shows dnd again, never just online.
+    setup.redis.as_mut().unwrap().kill().await;
+    setup.redis.as_mut().unwrap().spawn().await;
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "the dashboard never saw dnd restored");
+        let frame = dashboard.next_frame().await;
+        let shown = match frame[1].as_u64() {
+            Some(32) => {
+                frame[5]["users"].as_array().unwrap().iter().find(|u| u["userId"].as_str() == Some("driver")).cloned()
+            }
+            Some(31) if frame[5]["userId"].as_str() == Some("driver") => Some(frame[5].clone()),
+            _ => None,
+        };
+        if let Some(user) = shown
+            && user["status"].as_str() == Some("dnd")
+            && user["statusText"].as_str() == Some("driving")
+        {
+            break;
+        }
+    }
+    let user = a.user("driver").await;
+    assert_eq!((user["status"].as_str(), user["statusText"].as_str()), (Some("dnd"), Some("driving")));
+}

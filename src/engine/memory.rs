@@ -383,6 +383,7 @@ mod tests {
             user: Id::parse(user).unwrap(),
             device_id: Some(format!("d{n}").into()),
             groups: Groups::default(),
+            choice: None,
         }
     }
 

@@ -53,6 +53,8 @@ pub trait PresenceStore: Send + Sync + 'static {
 
     /// Renews a session's lease. A session whose lease already ran out is registered
     /// again (the phone was silent, not gone), which may return an online transition.
+    /// When the store has lost the user's chosen status (an empty Redis after a restart),
+    /// the session's [`choice`](Session::choice) is restored.
     async fn heartbeat(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError>;
 
     /// Ends a session. Returns the offline transition when it was the user's last.

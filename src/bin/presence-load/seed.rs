@@ -44,6 +44,7 @@ pub async fn users(port: u16, n: usize, ttl: Duration) -> anyhow::Result<HashMap
                     user: Id::parse(&fleet::user(i))?,
                     device_id: Some("seed".into()),
                     groups: Groups::default(),
+                    choice: None,
                 };
                 if let Some(update) = store.connect(&session).await? {
                     broker.publish(&update).await?;

@@ -144,6 +144,8 @@ impl RedisPresence {
             .arg("mobile")
             .arg(join_groups(&session.groups))
             .arg(if activity { "1" } else { "0" })
+            .arg(session.choice.as_ref().map_or("", |c| c.mode.as_str()))
+            .arg(session.choice.as_ref().and_then(|c| c.text.as_deref()).unwrap_or(""))
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
