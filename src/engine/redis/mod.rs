@@ -7,6 +7,7 @@
 
 mod broker;
 mod gaps;
+mod renewals;
 mod signals;
 
 use std::{sync::Arc, time::Duration};
@@ -71,6 +72,7 @@ pub struct RedisPresence {
     status: Script,
     activity: Script,
     signals: signals::SignalScripts,
+    renewals: renewals::Renewals,
 }
 
 fn unavailable(e: RedisError) -> EngineError {
@@ -97,6 +99,13 @@ impl RedisPresence {
             .set_max_delay(Duration::from_secs(1));
         let mut conn = client.get_connection_manager_with_config(manager_config).await?;
         ensure_expired_events(&mut conn).await;
+        let renewals = renewals::Renewals::start(renewals::Batcher {
+            conn: conn.clone(),
+            script: script!("renew.lua"),
+            prefix: config.prefix.clone(),
+            last_seen_ms: lifetimes.last_seen.as_millis() as u64,
+            ttl_ms: lifetimes.ttl.as_millis() as u64,
+        });
         Ok(RedisPresence {
             conn,
             prefix: config.prefix.clone(),
@@ -108,6 +117,7 @@ impl RedisPresence {
             status: script!("status.lua"),
             activity: script!("activity.lua"),
             signals: signals::SignalScripts::default(),
+            renewals,
         })
     }
 
@@ -135,15 +145,15 @@ impl RedisPresence {
         format!("{}meta:{}", self.prefix, user)
     }
 
-    /// Renews the session's lease; `activity` on connect (a heartbeat is not activity).
-    async fn lease(&self, session: &Session, activity: bool) -> Result<Option<PresenceUpdate>, EngineError> {
+    /// Registers the session with a fresh lease (a connect is activity).
+    async fn lease(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
         let row: Option<Row> = self
             .on_session(&self.lease, session)
             .arg(self.lifetimes.ttl.as_millis() as u64)
             .arg(session.device_id.as_deref().unwrap_or(""))
             .arg("mobile")
             .arg(join_groups(&session.groups))
-            .arg(if activity { "1" } else { "0" })
+            .arg("1")
             .arg(session.choice.as_ref().map_or("", |c| c.mode.as_str()))
             .arg(session.choice.as_ref().and_then(|c| c.text.as_deref()).unwrap_or(""))
             .invoke_async(&mut self.conn.clone())
@@ -240,11 +250,11 @@ fn parse_row(row: Row) -> Result<PresenceUpdate, EngineError> {
 #[async_trait]
 impl PresenceStore for RedisPresence {
     async fn connect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
-        self.lease(session, true).await
+        self.lease(session).await
     }
 
     async fn heartbeat(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
-        self.lease(session, false).await
+        self.renewals.renew(session).await
     }
 
     async fn set_status(

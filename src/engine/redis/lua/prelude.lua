@@ -91,3 +91,40 @@ local function transition(user, cause, force)
   return {user, shown, tostring(version), f[1] or false, f[2] or false, cause, tostring(now), tostring(seq),
     f[3] or false, f[4] or false, f[5] or false}
 end
+
+-- Registers or renews a session: the whole of a connect, or of a heartbeat on a session
+-- that lapsed. deviceId '' keeps the stored one; groups are newline-separated (ids hold no
+-- control characters); activity '1' on connect resets the away timer (a heartbeat is not
+-- activity: phones send them unattended); mode and text are the session's chosen status
+-- ('' = none), restored only if Redis lost the user's mode (a restart without data).
+-- Returns the transition, if any.
+local function lease(user, session, ttl, device, role, groups, activity, mode, text)
+  local _, meta, skey = keys_of(user)
+  if mode ~= '' and redis.call('HEXISTS', meta, 'mode') == 0 then
+    redis.call('HSET', meta, 'mode', mode)
+    if text ~= '' then
+      redis.call('HSET', meta, 'text', text)
+    end
+  end
+  redis.call('ZADD', skey, now + ttl, session)
+  settle(user)
+  redis.call('HSET', meta, 'role', role, 'groups', groups)
+  -- An invisible user's heartbeats must not reveal it through lastSeen.
+  if redis.call('HGET', meta, 'mode') ~= 'invisible' then
+    redis.call('HSET', meta, 'lastSeen', now)
+  end
+  if device ~= '' then
+    redis.call('HSET', meta, 'deviceId', device)
+  end
+  if activity == '1' then
+    redis.call('HSET', meta, 'lastActivity', now)
+    redis.call('HDEL', meta, 'idle')
+  end
+  for group in string.gmatch(groups, '[^\n]+') do
+    local gkey = prefix .. 'group:' .. group
+    redis.call('ZADD', gkey, now, user)
+    redis.call('ZREMRANGEBYSCORE', gkey, '-inf', now - last_seen_ms - ttl)
+    redis.call('PEXPIRE', gkey, last_seen_ms + ttl)
+  end
+  return transition(user, 'connect')
+end
