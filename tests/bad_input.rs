@@ -276,3 +276,38 @@ async fn presence_disabled_answers_503_and_ignores_heartbeats() {
     dashboard.heartbeat("d").await;
     assert_eq!(dashboard.next_error().await["code"].as_str(), Some("heartbeat_not_allowed"));
 }
+
+#[tokio::test]
+async fn a_ptt_listener_that_stops_reading_is_closed_as_slow_consumer() {
+    use presence_router::auth::mint_hs256_in;
+    let router = Router::start(&[
+        "--tcp-send-buffer",
+        "8192",
+        "--write-timeout-ms",
+        "60000",
+        "--frame-rate",
+        "100000",
+        "--frame-burst",
+        "100000",
+    ])
+    .await;
+    let mut talker = router.mobile_in("talker", &["crew"]).await;
+    let mut healthy = router.mobile_in("healthy", &["crew"]).await;
+    let token = mint_hs256_in(SECRET.as_bytes(), "stalled", Role::Mobile, Some(&["crew"]), 3600).unwrap();
+    let mut stalled = Client::connect_small_buffer(router.addr, &token).await;
+    stalled.sync("stalled").await;
+
+    talker.send_frame(0, 1, "talker", "crew", common::map(&[])).await;
+    talker.expect(6).await;
+    healthy.expect(1).await;
+    healthy.expect(38).await;
+    // Far more audio than the stalled socket's buffers and its 512-frame mailbox hold.
+    let audio = Value::Binary(vec![7; 8000]);
+    for _ in 0..700 {
+        talker.send_frame(0, 3, "talker", "crew", audio.clone()).await;
+        assert_eq!(healthy.expect(3).await[5], audio, "the healthy listener keeps up, unaffected");
+    }
+    assert_eq!(stalled.close_code().await, Some(4008));
+    let text = router.metrics().await;
+    assert!(text.contains("presence_relay_overflows_total 1"), "{text}");
+}

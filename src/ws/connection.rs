@@ -39,8 +39,8 @@ enum Wake {
     Idle,
     Message(Option<Result<Message, axum::Error>>),
     Event(Result<HubEvent, RecvError>),
+    /// A relayed frame, or `None`: the mailbox overflowed.
     Relayed(Option<Bytes>),
-    Overflow,
     Deadline,
 }
 
@@ -141,6 +141,12 @@ impl Connection {
     }
 
     async fn serve(&mut self, socket: &mut WebSocket) -> Exit {
+        // Reachable for relayed frames before anyone can see this user online.
+        let member = match &self.session {
+            Some(session) => Member::Session { user: self.user.clone(), groups: session.groups.clone() },
+            None => Member::Watcher { allowed: self.groups.clone() },
+        };
+        let mailbox = self.app.node.relay().register(member);
         if let Some(session) = self.tracked()
             && self.app.node.connect(session).await.is_err()
         {
@@ -150,11 +156,6 @@ impl Connection {
                 return exit;
             }
         }
-        let member = match &self.session {
-            Some(session) => Member::Session { user: self.user.clone(), groups: session.groups.clone() },
-            None => Member::Watcher { allowed: self.groups.clone() },
-        };
-        let mut mailbox = self.app.node.relay().register(member);
         let mut subscription = None;
         if self.role.watches_presence() {
             let allowed = self.groups.as_deref();
@@ -181,11 +182,10 @@ impl Connection {
             let wake = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Wake::Shutdown,
-                _ = mailbox.overflow.cancelled() => Wake::Overflow,
                 _ = &mut idle, if self.tracked().is_some() => Wake::Idle,
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Wake::Deadline,
                 message = socket.recv() => Wake::Message(message),
-                frame = mailbox.frames.recv() => Wake::Relayed(frame),
+                frame = mailbox.recv() => Wake::Relayed(frame),
                 event = event => Wake::Event(event),
             };
             let exit = match wake {
@@ -211,9 +211,8 @@ impl Connection {
                     Some(events) => self.on_events(socket, event, events).await,
                     None => None,
                 },
-                Wake::Relayed(Some(frame)) => self.on_relayed(socket, frame, &mut mailbox).await,
-                Wake::Relayed(None) => Some(Exit::Gone("relay_closed")),
-                Wake::Overflow => Some(Exit::Close(close::SLOW_CONSUMER, "slow consumer")),
+                Wake::Relayed(Some(frame)) => self.on_relayed(socket, frame, &mailbox).await,
+                Wake::Relayed(None) => Some(Exit::Close(close::SLOW_CONSUMER, "slow consumer")),
                 Wake::Deadline => self.on_deadline(socket).await,
             };
             if let Some(exit) = exit {
@@ -372,7 +371,7 @@ impl Connection {
     }
 
     /// Writes `first` and whatever else the mailbox holds (up to a batch), then flushes once.
-    async fn on_relayed(&mut self, socket: &mut WebSocket, first: Bytes, mailbox: &mut Mailbox) -> Option<Exit> {
+    async fn on_relayed(&mut self, socket: &mut WebSocket, first: Bytes, mailbox: &Mailbox) -> Option<Exit> {
         let mut next = Some(first);
         let mut written = 0;
         while let Some(frame) = next.take() {
@@ -381,7 +380,7 @@ impl Connection {
             }
             written += 1;
             if written < EVENT_BATCH {
-                next = mailbox.frames.try_recv().ok();
+                next = mailbox.try_recv();
             }
         }
         self.timed(socket.flush()).await

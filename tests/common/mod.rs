@@ -212,10 +212,13 @@ impl Router {
         Client::connect(self.addr, &token(user, Role::Mobile), Some(device)).await
     }
 
-    /// A mobile whose token puts it in `groups`.
+    /// A mobile whose token puts it in `groups`, synced: the router has registered it, so
+    /// it receives whatever its groups are sent from now on.
     pub async fn mobile_in(&self, user: &str, groups: &[&str]) -> Client {
         let token = mint_hs256_in(SECRET.as_bytes(), user, Role::Mobile, Some(groups), 3600).unwrap();
-        Client::connect(self.addr, &token, Some("device")).await
+        let mut client = Client::connect(self.addr, &token, Some("device")).await;
+        client.sync(user).await;
+        client
     }
 
     /// A dashboard allowed only `groups`, with its snapshot already read.
