@@ -174,18 +174,21 @@ impl Relay {
 }
 
 impl Mailbox {
-    /// The next frame, waiting for one; `None` once the queue overflowed (the connection
-    /// fell behind and must close as a slow consumer).
-    pub async fn recv(&self) -> Option<Bytes> {
-        loop {
-            if self.queue.overflowed.load(Ordering::Relaxed) {
-                return None;
-            }
-            if let Some(frame) = self.try_recv() {
-                return Some(frame);
-            }
-            self.queue.ready.notified().await;
-        }
+    /// Resolves when frames may be waiting (or the queue overflowed): then drain it with
+    /// [`try_recv`](Self::try_recv). A frame pushed at any time after the previous wake-up
+    /// wakes this, so none is left behind.
+    pub async fn ready(&self) {
+        self.queue.ready.notified().await;
+    }
+
+    /// Wakes the next [`ready`](Self::ready) at once: frames were left in the queue.
+    pub fn wake(&self) {
+        self.queue.ready.notify_one();
+    }
+
+    /// The queue overflowed: the connection fell behind and must close as a slow consumer.
+    pub fn overflowed(&self) -> bool {
+        self.queue.overflowed.load(Ordering::Relaxed)
     }
 
     /// The next frame if one is queued.
@@ -321,7 +324,8 @@ mod tests {
         assert!(!slow.queue.overflowed.load(Ordering::Relaxed));
         relay.deliver(&to_group("g", false, "a"));
         assert_eq!(slow.queue.frames().len(), MAILBOX_FRAMES, "the queue stops growing");
-        assert_eq!(futures_util::FutureExt::now_or_never(slow.recv()), Some(None), "the reader learns it fell behind");
+        assert!(slow.overflowed(), "the reader learns it fell behind");
+        assert_eq!(futures_util::FutureExt::now_or_never(slow.ready()), Some(()), "and is woken to find out");
     }
 
     #[test]

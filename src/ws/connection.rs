@@ -39,8 +39,8 @@ enum Wake {
     Idle,
     Message(Option<Result<Message, axum::Error>>),
     Event(Result<HubEvent, RecvError>),
-    /// A relayed frame, or `None`: the mailbox overflowed.
-    Relayed(Option<Bytes>),
+    /// Relayed frames may be waiting in the mailbox.
+    Relayed,
     Deadline,
 }
 
@@ -71,8 +71,9 @@ pub struct Connection {
     pub(super) groups: Option<Groups>,
     /// Indicators this connection has on, and when each lapses without a refresh.
     pub(super) indicators: BTreeMap<(IndicatorKind, Id), Instant>,
-    /// The PTT floor this connection holds.
-    pub(super) talk: Option<Talk>,
+    /// The PTT floor this connection holds (boxed: most connections never talk, and every
+    /// byte here is in every idle connection's task).
+    pub(super) talk: Option<Box<Talk>>,
 }
 
 impl Connection {
@@ -123,8 +124,7 @@ impl Connection {
         };
         drop(socket);
         // A floor or an indicator must not outlive its connection.
-        self.end_talk(Some("disconnected")).await;
-        self.end_indicators().await;
+        Box::pin(self.end_signals()).await;
         if let Some(session) = self.tracked() {
             // Presence errors are counted by the node; the lease will lapse on its own.
             // A router going down lets its sessions linger so that clients reconnecting
@@ -167,8 +167,11 @@ impl Connection {
             }
             subscription = Some(events);
         }
-        let idle = sleep_until(Instant::now() + self.app.limits.idle_timeout);
-        tokio::pin!(idle);
+        // One timer serves the heartbeat timeout and the indicator/floor deadlines: every
+        // byte of this task is paid by every idle connection.
+        let mut idle_at = Instant::now() + self.app.limits.idle_timeout;
+        let timer = sleep_until(idle_at);
+        tokio::pin!(timer);
         let shutdown = self.app.shutdown.clone();
 
         loop {
@@ -178,14 +181,24 @@ impl Connection {
                     None => std::future::pending().await,
                 }
             };
-            let deadline = self.next_deadline();
+            let idle = self.tracked().is_some().then_some(idle_at);
+            let wake_at = match (idle, self.next_deadline()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(at) = wake_at
+                && timer.deadline() != at
+            {
+                timer.as_mut().reset(at);
+            }
             let wake = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Wake::Shutdown,
-                _ = &mut idle, if self.tracked().is_some() => Wake::Idle,
-                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Wake::Deadline,
+                _ = &mut timer, if wake_at.is_some() => {
+                    if idle.is_some_and(|at| at <= Instant::now()) { Wake::Idle } else { Wake::Deadline }
+                }
                 message = socket.recv() => Wake::Message(message),
-                frame = mailbox.recv() => Wake::Relayed(frame),
+                () = mailbox.ready() => Wake::Relayed,
                 event = event => Wake::Event(event),
             };
             let exit = match wake {
@@ -196,7 +209,7 @@ impl Connection {
                 Wake::Message(Some(Ok(Message::Binary(bytes)))) => {
                     let exit = self.on_binary(socket, &bytes).await;
                     if matches!(exit, Ok(true)) {
-                        idle.as_mut().reset(Instant::now() + self.app.limits.idle_timeout);
+                        idle_at = Instant::now() + self.app.limits.idle_timeout;
                     }
                     exit.err()
                 }
@@ -211,9 +224,9 @@ impl Connection {
                     Some(events) => self.on_events(socket, event, events).await,
                     None => None,
                 },
-                Wake::Relayed(Some(frame)) => self.on_relayed(socket, frame, &mailbox).await,
-                Wake::Relayed(None) => Some(Exit::Close(close::SLOW_CONSUMER, "slow consumer")),
-                Wake::Deadline => self.on_deadline(socket).await,
+                Wake::Relayed if mailbox.overflowed() => Some(Exit::Close(close::SLOW_CONSUMER, "slow consumer")),
+                Wake::Relayed => self.on_relayed(socket, &mailbox).await,
+                Wake::Deadline => Box::pin(self.on_deadline(socket)).await,
             };
             if let Some(exit) = exit {
                 return exit;
@@ -246,11 +259,13 @@ impl Connection {
         }
         match frame.message_type {
             message_type::HEARTBEAT => self.on_heartbeat(socket, &frame).await,
-            message_type::STATUS => self.on_status(socket, &frame).await,
-            message_type::ACTIVITY => self.on_activity(socket, &frame).await,
-            message_type::INDICATOR => self.on_indicator(socket, &frame).await,
+            // Boxed: the futures of the rarer frames would otherwise widen every idle
+            // connection's task to their size (idle RSS is the first target).
+            message_type::STATUS => Box::pin(self.on_status(socket, &frame)).await,
+            message_type::ACTIVITY => Box::pin(self.on_activity(socket, &frame)).await,
+            message_type::INDICATOR => Box::pin(self.on_indicator(socket, &frame)).await,
             message_type::START | message_type::STOP | message_type::AUDIO | message_type::TEXT => {
-                self.on_ptt(socket, &frame).await
+                Box::pin(self.on_ptt(socket, &frame)).await
             }
             _ => {
                 self.refuse(socket, &frame, ErrorCode::UnsupportedType, "this router does not handle that message type")
@@ -370,20 +385,22 @@ impl Connection {
         self.timed(socket.flush()).await
     }
 
-    /// Writes `first` and whatever else the mailbox holds (up to a batch), then flushes once.
-    async fn on_relayed(&mut self, socket: &mut WebSocket, first: Bytes, mailbox: &Mailbox) -> Option<Exit> {
-        let mut next = Some(first);
+    /// Writes what the mailbox holds (up to a batch; the rest wakes the next round), then
+    /// flushes once.
+    async fn on_relayed(&mut self, socket: &mut WebSocket, mailbox: &Mailbox) -> Option<Exit> {
         let mut written = 0;
-        while let Some(frame) = next.take() {
+        while written < EVENT_BATCH
+            && let Some(frame) = mailbox.try_recv()
+        {
             if let Some(exit) = self.timed(socket.feed(Message::Binary(frame))).await {
                 return Some(exit);
             }
             written += 1;
-            if written < EVENT_BATCH {
-                next = mailbox.try_recv();
-            }
         }
-        self.timed(socket.flush()).await
+        if written == EVENT_BATCH {
+            mailbox.wake();
+        }
+        if written == 0 { None } else { self.timed(socket.flush()).await }
     }
 
     /// Writes one frame within the write timeout.

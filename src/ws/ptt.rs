@@ -122,13 +122,13 @@ impl Connection {
         if floor == Floor::Busy {
             return self.reply(socket, frame, START_FAILED, Some("busy")).await;
         }
-        self.talk = Some(Talk {
+        self.talk = Some(Box::new(Talk {
             channel: channel.key.clone(),
             channel_type: frame.channel_type,
             to: channel.to.clone(),
             audience: channel.audience.clone(),
             until: Instant::now() + hold,
-        });
+        }));
         let acked = self.reply(socket, frame, START_ACK, None).await;
         self.forward(frame, &channel);
         if frame.channel_type == ChannelType::Group {

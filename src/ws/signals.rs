@@ -128,8 +128,10 @@ impl Connection {
         }
     }
 
-    /// Ends every indicator this connection has on (it is closing).
-    pub(super) async fn end_indicators(&mut self) {
+    /// Ends the floor and every indicator this connection has (it is closing): neither may
+    /// outlive its connection.
+    pub(super) async fn end_signals(&mut self) {
+        self.end_talk(Some("disconnected")).await;
         let keys: Vec<(IndicatorKind, Id)> = self.indicators.keys().cloned().collect();
         for (kind, group) in keys {
             self.end_indicator(kind, group).await;
