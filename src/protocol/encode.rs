@@ -107,10 +107,14 @@ fn opt_field<T>(buf: &mut ByteBuf, key: &str, value: Option<T>, write: impl FnOn
     }
 }
 
-/// `{userId, status, lastSeen, deviceId, version, groups, statusText, lastActivity}` plus
-/// `extra` more fields the caller writes.
-fn user_map(buf: &mut ByteBuf, user: &UserPresence, extra: u32) {
-    let Ok(_) = enc::write_map_len(buf, 8 + extra);
+/// `{userId, status, lastSeen, deviceId, version, groups}`, then `statusText` when the user
+/// has one and, with `activity`, `lastActivity` when known, plus `extra` more fields the
+/// caller writes. Absent rather than nil: a 100k-user snapshot stays as small as it was
+/// before statuses existed.
+fn user_map(buf: &mut ByteBuf, user: &UserPresence, activity: bool, extra: u32) {
+    let last_activity = user.last_activity.filter(|_| activity);
+    let optional = u32::from(user.status_text.is_some()) + u32::from(last_activity.is_some());
+    let Ok(_) = enc::write_map_len(buf, 6 + optional + extra);
     str_field(buf, "userId", user.user_id.as_str());
     str_field(buf, "status", user.status.as_str());
     opt_field(buf, "lastSeen", user.last_seen, |b, v| {
@@ -125,12 +129,12 @@ fn user_map(buf: &mut ByteBuf, user: &UserPresence, extra: u32) {
     for group in user.groups.iter() {
         let Ok(_) = enc::write_str(buf, group.as_str());
     }
-    opt_field(buf, "statusText", user.status_text.as_deref(), |b, v| {
-        let Ok(_) = enc::write_str(b, v);
-    });
-    opt_field(buf, "lastActivity", user.last_activity, |b, v| {
-        let Ok(_) = enc::write_uint(b, v);
-    });
+    if let Some(text) = user.status_text.as_deref() {
+        str_field(buf, "statusText", text);
+    }
+    if let Some(at) = last_activity {
+        uint_field(buf, "lastActivity", at);
+    }
 }
 
 /// PRESENCE_UPDATE (31): `[0, 31, 0, 0, seq, {userId, status, lastSeen, deviceId, version,
@@ -138,7 +142,7 @@ fn user_map(buf: &mut ByteBuf, user: &UserPresence, extra: u32) {
 pub fn update_frame(update: &PresenceUpdate, seq: u64) -> Bytes {
     let mut buf = ByteBuf::with_capacity(128);
     header(&mut buf, PRESENCE_UPDATE, Some(&Value::from(seq)));
-    user_map(&mut buf, &update.presence, 2);
+    user_map(&mut buf, &update.presence, true, 2);
     str_field(&mut buf, "cause", update.cause.as_str());
     uint_field(&mut buf, "timestamp", update.timestamp);
     Bytes::from(buf.into_vec())
@@ -153,7 +157,7 @@ pub fn snapshot_frame(users: &[UserPresence], seq: u64) -> Bytes {
     let Ok(_) = enc::write_str(&mut buf, "users");
     let Ok(_) = enc::write_array_len(&mut buf, users.len() as u32);
     for user in users {
-        user_map(&mut buf, user, 0);
+        user_map(&mut buf, user, false, 0);
     }
     uint_field(&mut buf, "count", users.len() as u64);
     uint_field(&mut buf, "timestamp", unix_ms());
@@ -343,6 +347,8 @@ mod tests {
         assert_eq!(users.len(), 2);
         assert_eq!(users[1]["userId"].as_str(), Some("bob"));
         assert!(users[1]["deviceId"].is_nil());
+        assert_eq!(users[1]["statusText"].as_str(), Some("on patrol"));
+        assert!(users[1].as_map().unwrap().iter().all(|(k, _)| k.as_str() != Some("lastActivity")), "not in snapshots");
         assert_eq!(v[5]["count"].as_u64(), Some(2));
     }
 
