@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{Client, Engine, Router, Setup, map};
+use common::{Engine, Router, Setup, map};
+use presence_router::protocol::message_type::{AUDIO, START, START_ACK, START_FAILED, STOP, STOP_ACK, TEXT};
 use rmpv::Value;
 
 on_both_engines!(
@@ -17,23 +18,8 @@ on_both_engines!(
     ptt_refuses_outsiders_and_dashboards,
 );
 
-const START: u8 = 1;
-const STOP: u8 = 2;
-const AUDIO: u8 = 3;
-const START_ACK: u64 = 6;
-const STOP_ACK: u64 = 7;
-const START_FAILED: u64 = 8;
-const TEXT: u8 = 17;
-
 fn audio(n: u8) -> Value {
     Value::Binary(vec![n; 160])
-}
-
-/// Asserts a relayed frame: `[channelType, type, from, to, messageId, payload]`.
-async fn expect_relayed(client: &mut Client, message_type: u8, from: &str, to: &str) -> Value {
-    let frame = client.expect(message_type.into()).await;
-    assert_eq!((frame[2].as_str(), frame[3].as_str()), (Some(from), Some(to)), "{frame}");
-    frame
 }
 
 async fn group_talk_reaches_members_only(engine: Engine) {
@@ -46,7 +32,7 @@ async fn group_talk_reaches_members_only(engine: Engine) {
     talker.send_frame(0, START, "a", "crew", map(&[("codec", "opus".into())])).await;
     let ack = talker.expect(START_ACK).await;
     assert_eq!(ack[3].as_str(), Some("crew"));
-    let start = expect_relayed(&mut listener, START, "a", "crew").await;
+    let start = listener.expect_relayed(START, "a", "crew").await;
     assert_eq!(start[5]["codec"].as_str(), Some("opus"), "the payload is relayed as sent");
     listener.expect_indicator("a", "talking", true).await;
 
@@ -54,17 +40,17 @@ async fn group_talk_reaches_members_only(engine: Engine) {
         talker.send_frame(0, AUDIO, "a", "crew", audio(n)).await;
     }
     for n in 0..5 {
-        let frame = expect_relayed(&mut listener, AUDIO, "a", "crew").await;
+        let frame = listener.expect_relayed(AUDIO, "a", "crew").await;
         assert_eq!(frame[5], audio(n), "audio arrives whole and in order");
     }
     talker.send_frame(0, STOP, "a", "crew", map(&[])).await;
     talker.expect(STOP_ACK).await;
-    expect_relayed(&mut listener, STOP, "a", "crew").await;
+    listener.expect_relayed(STOP, "a", "crew").await;
     listener.expect_indicator("a", "talking", false).await;
 
     talker.send_frame(0, TEXT, "a", "crew", map(&[("text", "copy".into())])).await;
     talker.expect(39).await;
-    let text = expect_relayed(&mut listener, TEXT, "a", "crew").await;
+    let text = listener.expect_relayed(TEXT, "a", "crew").await;
     assert_eq!(text[5]["text"].as_str(), Some("copy"));
 
     // Ordering proves the absences: the listener talks back in `other`; the outsider's
@@ -72,7 +58,7 @@ async fn group_talk_reaches_members_only(engine: Engine) {
     // have received its own frames before its heartbeat ACK.
     listener.send_frame(0, TEXT, "b", "other", map(&[("text", "hi c".into())])).await;
     listener.expect(39).await;
-    expect_relayed(&mut outsider, TEXT, "b", "other").await;
+    outsider.expect_relayed(TEXT, "b", "other").await;
     talker.sync("a").await;
 }
 
@@ -81,10 +67,7 @@ async fn a_busy_floor_refuses_a_second_talker(engine: Engine) {
     let router = setup.router(&[]).await;
     let mut a = router.mobile_in("a", &["crew"]).await;
     let mut b = router.mobile_in("b", &["crew"]).await;
-    a.send_frame(0, START, "a", "crew", map(&[])).await;
-    a.expect(START_ACK).await;
-    expect_relayed(&mut b, START, "a", "crew").await;
-    b.expect_indicator("a", "talking", true).await;
+    a.take_floor("a", "crew", &mut b).await;
 
     b.send_frame(0, START, "b", "crew", map(&[])).await;
     let failed = b.expect(START_FAILED).await;
@@ -94,11 +77,11 @@ async fn a_busy_floor_refuses_a_second_talker(engine: Engine) {
 
     a.send_frame(0, STOP, "a", "crew", map(&[])).await;
     a.expect(STOP_ACK).await;
-    expect_relayed(&mut b, STOP, "a", "crew").await;
+    b.expect_relayed(STOP, "a", "crew").await;
     b.expect_indicator("a", "talking", false).await;
     b.send_frame(0, START, "b", "crew", map(&[])).await;
     b.expect(START_ACK).await;
-    expect_relayed(&mut a, START, "b", "crew").await;
+    a.expect_relayed(START, "b", "crew").await;
     a.expect_indicator("b", "talking", true).await;
 }
 
@@ -107,14 +90,11 @@ async fn max_talk_time_takes_the_floor_back(engine: Engine) {
     let router = setup.router(&["--max-talk-ms", "300"]).await;
     let mut a = router.mobile_in("a", &["crew"]).await;
     let mut b = router.mobile_in("b", &["crew"]).await;
-    a.send_frame(0, START, "a", "crew", map(&[])).await;
-    a.expect(START_ACK).await;
-    expect_relayed(&mut b, START, "a", "crew").await;
-    b.expect_indicator("a", "talking", true).await;
+    a.take_floor("a", "crew", &mut b).await;
 
-    let cut = a.expect(STOP.into()).await;
+    let cut = a.expect(STOP).await;
     assert_eq!((cut[2].as_u64(), cut[5]["reason"].as_str()), (Some(0), Some("max_talk_time")), "{cut}");
-    let stop = expect_relayed(&mut b, STOP, "a", "crew").await;
+    let stop = b.expect_relayed(STOP, "a", "crew").await;
     assert_eq!(stop[5]["reason"].as_str(), Some("max_talk_time"));
     b.expect_indicator("a", "talking", false).await;
     a.send_frame(0, AUDIO, "a", "crew", audio(1)).await;
@@ -128,12 +108,9 @@ async fn closing_mid_talk_frees_the_floor(engine: Engine) {
     let router = setup.router(&[]).await;
     let mut a = router.mobile_in("a", &["crew"]).await;
     let mut b = router.mobile_in("b", &["crew"]).await;
-    a.send_frame(0, START, "a", "crew", map(&[])).await;
-    a.expect(START_ACK).await;
-    expect_relayed(&mut b, START, "a", "crew").await;
-    b.expect_indicator("a", "talking", true).await;
+    a.take_floor("a", "crew", &mut b).await;
     drop(a); // killed app
-    let stop = expect_relayed(&mut b, STOP, "a", "crew").await;
+    let stop = b.expect_relayed(STOP, "a", "crew").await;
     assert_eq!(stop[5]["reason"].as_str(), Some("disconnected"));
     b.expect_indicator("a", "talking", false).await;
     b.send_frame(0, START, "b", "crew", map(&[])).await;
@@ -149,10 +126,10 @@ async fn private_talk_reaches_one_user(engine: Engine) {
     a.send_frame(1, START, "a", "b", map(&[])).await;
     let ack = a.expect(START_ACK).await;
     assert_eq!((ack[0].as_u64(), ack[3].as_str()), (Some(1), Some("b")));
-    let start = expect_relayed(&mut b, START, "a", "b").await;
+    let start = b.expect_relayed(START, "a", "b").await;
     assert_eq!(start[0].as_u64(), Some(1), "private channel");
     a.send_frame(1, AUDIO, "a", "b", audio(7)).await;
-    assert_eq!(expect_relayed(&mut b, AUDIO, "a", "b").await[5], audio(7));
+    assert_eq!(b.expect_relayed(AUDIO, "a", "b").await[5], audio(7));
     // The pair's channel is one floor: b cannot talk over a.
     b.send_frame(1, START, "b", "a", map(&[])).await;
     assert_eq!(b.expect(START_FAILED).await[5]["reason"].as_str(), Some("busy"));

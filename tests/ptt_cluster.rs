@@ -3,22 +3,9 @@
 
 mod common;
 
-use common::{Client, Engine, Setup, map};
+use common::{Engine, Setup, map};
+use presence_router::protocol::message_type::{AUDIO, START, START_ACK, START_FAILED, STOP, STOP_ACK, TEXT};
 use rmpv::Value;
-
-const START: u8 = 1;
-const STOP: u8 = 2;
-const AUDIO: u8 = 3;
-const START_ACK: u64 = 6;
-const STOP_ACK: u64 = 7;
-const START_FAILED: u64 = 8;
-const TEXT: u8 = 17;
-
-async fn expect_relayed(client: &mut Client, message_type: u8, from: &str, to: &str) -> Value {
-    let frame = client.expect(message_type.into()).await;
-    assert_eq!((frame[2].as_str(), frame[3].as_str()), (Some(from), Some(to)), "{frame}");
-    frame
-}
 
 #[tokio::test]
 async fn talk_and_indicators_cross_routers_and_one_floor_holds_cluster_wide() {
@@ -32,22 +19,22 @@ async fn talk_and_indicators_cross_routers_and_one_floor_holds_cluster_wide() {
 
     talker.send_frame(0, START, "t", "crew", map(&[])).await;
     talker.expect(START_ACK).await;
-    expect_relayed(&mut listener, START, "t", "crew").await;
+    listener.expect_relayed(START, "t", "crew").await;
     listener.expect_indicator("t", "talking", true).await;
     dashboard.expect_indicator("t", "talking", true).await;
     talker.send_frame(0, AUDIO, "t", "crew", Value::Binary(vec![1, 2, 3])).await;
-    assert_eq!(expect_relayed(&mut listener, AUDIO, "t", "crew").await[5], Value::Binary(vec![1, 2, 3]));
+    assert_eq!(listener.expect_relayed(AUDIO, "t", "crew").await[5], Value::Binary(vec![1, 2, 3]));
 
     // The floor is the cluster's, not the router's.
     listener.send_frame(0, START, "l", "crew", map(&[])).await;
     assert_eq!(listener.expect(START_FAILED).await[5]["reason"].as_str(), Some("busy"));
     talker.send_frame(0, STOP, "t", "crew", map(&[])).await;
     talker.expect(STOP_ACK).await;
-    expect_relayed(&mut listener, STOP, "t", "crew").await;
+    listener.expect_relayed(STOP, "t", "crew").await;
     listener.expect_indicator("t", "talking", false).await;
     listener.send_frame(0, START, "l", "crew", map(&[])).await;
     listener.expect(START_ACK).await;
-    expect_relayed(&mut talker, START, "l", "crew").await;
+    talker.expect_relayed(START, "l", "crew").await;
 
     // Indicators travel the other way too, and the group endpoint of either router sees them.
     listener.indicator("l", "crew", "typing", true).await;
@@ -74,25 +61,25 @@ async fn ptt_on_one_router_keeps_working_while_redis_is_down() {
 
     a.send_frame(0, START, "a", "crew", map(&[])).await;
     a.expect(START_ACK).await;
-    expect_relayed(&mut b, START, "a", "crew").await;
+    b.expect_relayed(START, "a", "crew").await;
     b.expect_indicator("a", "talking", true).await;
     a.send_frame(0, AUDIO, "a", "crew", Value::Binary(vec![9; 40])).await;
-    assert_eq!(expect_relayed(&mut b, AUDIO, "a", "crew").await[5], Value::Binary(vec![9; 40]));
+    assert_eq!(b.expect_relayed(AUDIO, "a", "crew").await[5], Value::Binary(vec![9; 40]));
     // The router still keeps its own sessions from talking over each other.
-    expect_relayed(&mut c, START, "a", "crew").await;
+    c.expect_relayed(START, "a", "crew").await;
     c.expect_indicator("a", "talking", true).await;
-    expect_relayed(&mut c, AUDIO, "a", "crew").await;
+    c.expect_relayed(AUDIO, "a", "crew").await;
     c.send_frame(0, START, "c", "crew", map(&[])).await;
     assert_eq!(c.expect(START_FAILED).await[5]["reason"].as_str(), Some("busy"));
     a.send_frame(0, STOP, "a", "crew", map(&[])).await;
     a.expect(STOP_ACK).await;
-    expect_relayed(&mut b, STOP, "a", "crew").await;
+    b.expect_relayed(STOP, "a", "crew").await;
     b.expect_indicator("a", "talking", false).await;
-    expect_relayed(&mut c, STOP, "a", "crew").await;
+    c.expect_relayed(STOP, "a", "crew").await;
     c.expect_indicator("a", "talking", false).await;
     c.send_frame(0, TEXT, "c", "crew", map(&[("text", "radio check".into())])).await;
     c.expect(39).await;
-    expect_relayed(&mut b, TEXT, "c", "crew").await;
+    b.expect_relayed(TEXT, "c", "crew").await;
     let metrics = router.metrics().await;
     assert!(metrics.contains(r#"presence_floor_requests_total{result="local_only"} 1"#), "{metrics}");
 

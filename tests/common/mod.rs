@@ -376,10 +376,26 @@ impl Client {
     }
 
     /// The next frame, asserting its message type.
-    pub async fn expect(&mut self, message_type: u64) -> Value {
+    pub async fn expect(&mut self, message_type: u8) -> Value {
         let frame = self.next_frame().await;
-        assert_eq!(frame[1].as_u64(), Some(message_type), "expected type {message_type}, got {frame}");
+        assert_eq!(frame[1].as_u64(), Some(message_type.into()), "expected type {message_type}, got {frame}");
         frame
+    }
+
+    /// The next frame, asserting a relayed `[channelType, type, from, to, messageId, payload]`.
+    pub async fn expect_relayed(&mut self, message_type: u8, from: &str, to: &str) -> Value {
+        let frame = self.expect(message_type).await;
+        assert_eq!((frame[2].as_str(), frame[3].as_str()), (Some(from), Some(to)), "{frame}");
+        frame
+    }
+
+    /// `user` takes `group`'s PTT floor; `listener` hears the START and the talking indicator.
+    pub async fn take_floor(&mut self, user: &str, group: &str, listener: &mut Client) {
+        use presence_router::protocol::message_type::{START, START_ACK};
+        self.send_frame(0, START, user, group, map(&[])).await;
+        self.expect(START_ACK).await;
+        listener.expect_relayed(START, user, group).await;
+        listener.expect_indicator(user, "talking", true).await;
     }
 
     /// The next INDICATOR_UPDATE's payload, asserting who, what and whether.
