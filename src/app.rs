@@ -76,13 +76,7 @@ impl App {
                 let store = RedisPresence::connect(&redis, config.lifetimes())
                     .await
                     .with_context(|| format!("connecting to Redis at {host}:{}", config.redis_port))?;
-                let broker = RedisBroker::new(
-                    store.connection(),
-                    redis.prefix.clone(),
-                    router_id.clone(),
-                    shutdown.clone(),
-                    &tracker,
-                );
+                let broker = RedisBroker::new(store.connection(), redis.prefix.clone(), router_id.clone());
                 let sinks = Sinks {
                     hub: hub.clone(),
                     relay: relay.clone(),

@@ -60,8 +60,8 @@ pub fn bind(config: &config::Config) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-/// Serves until `app.shutdown` is cancelled, then closes every WebSocket with 1012 and
-/// waits for the connection and background tasks to finish.
+/// Serves until `app.shutdown` is cancelled, then closes every WebSocket with 1012, waits
+/// for the connection and background tasks to finish, and flushes relayed frames.
 pub async fn run(listener: TcpListener, app: Arc<App>) -> anyhow::Result<()> {
     let router = http::router(app.clone());
     // Presence frames are small and latency matters: no Nagle delay on any client socket.
@@ -73,5 +73,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>) -> anyhow::Result<()> {
     axum::serve(listener, router).with_graceful_shutdown(app.shutdown.clone().cancelled_owned()).await?;
     app.tracker.close();
     app.tracker.wait().await;
+    // The connections' last relayed frames (a talker's STOP) go out before the exit.
+    app.node.flush().await;
     Ok(())
 }

@@ -94,3 +94,23 @@ async fn ptt_on_one_router_keeps_working_while_redis_is_down() {
     let metrics = router.metrics().await;
     assert!(metrics.contains(r#"presence_floor_requests_total{result="granted"} 1"#), "{metrics}");
 }
+
+#[tokio::test]
+async fn a_router_stopping_mid_talk_tells_the_other_routers() {
+    let setup = Setup::new(Engine::Redis).await;
+    let (mut a, b) = (setup.router(&[]).await, setup.router(&[]).await);
+    let mut talker = a.mobile_in("t", &["crew"]).await;
+    let mut listener = b.mobile_in("l", &["crew"]).await;
+    talker.take_floor("t", "crew", &mut listener).await;
+
+    // A rolling restart: the talker's connection closes with 1012, and its router sends
+    // the STOP and the end of `talking` to the other routers before it exits.
+    a.signal("TERM").await;
+    assert_eq!(talker.close_code().await, Some(1012));
+    assert!(a.exited().await.success());
+    let stop = listener.expect_relayed(STOP, "t", "crew").await;
+    assert_eq!(stop[5]["reason"].as_str(), Some("disconnected"));
+    listener.expect_indicator("t", "talking", false).await;
+    listener.send_frame(0, START, "l", "crew", map(&[])).await;
+    listener.expect(START_ACK).await;
+}

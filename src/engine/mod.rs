@@ -141,6 +141,10 @@ pub trait Broker: Send + Sync + 'static {
     /// late. The sending router delivers locally itself, so with one router (the embedded
     /// engine) there is nobody else to tell.
     fn relay(&self, _delivery: &Delivery) {}
+
+    /// Sends whatever relayed frames are still queued, then stops relaying: the router is
+    /// exiting, and its connections' last frames (a talker's STOP) must still go out.
+    async fn flush(&self) {}
 }
 
 /// The pair a router runs with.

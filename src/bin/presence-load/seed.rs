@@ -32,9 +32,7 @@ pub async fn users(port: u16, n: usize, ttl: Duration) -> anyhow::Result<HashMap
         )
         .await?,
     );
-    let (shutdown, tracker) = (tokio_util::sync::CancellationToken::new(), tokio_util::task::TaskTracker::new());
-    let broker =
-        Arc::new(RedisBroker::new(store.connection(), "presence:".into(), "presence-load".into(), shutdown, &tracker));
+    let broker = Arc::new(RedisBroker::new(store.connection(), "presence:".into(), "presence-load".into()));
     stream::iter(0..n)
         .map(|i| {
             let (store, broker) = (store.clone(), broker.clone());

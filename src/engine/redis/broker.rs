@@ -10,15 +10,21 @@
 //! transition lost any other way (a router killed before it published) shows up as a gap
 //! in the cluster-wide sequence and triggers the same resync.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::{Client, aio::ConnectionManager};
-use tokio::sync::{
-    Notify,
-    mpsc::{self, error::TrySendError},
-    oneshot,
+use tokio::{
+    sync::{
+        Notify,
+        mpsc::{self, error::TrySendError},
+        oneshot,
+    },
+    task::JoinHandle,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -44,29 +50,47 @@ pub struct RedisBroker {
     origin: String,
     /// To the relay publisher task.
     relay: mpsc::Sender<Vec<u8>>,
+    /// Tells the publisher to send what is queued and stop.
+    closing: CancellationToken,
+    publisher: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl RedisBroker {
-    /// Also starts the task that publishes relayed frames, until `shutdown`.
-    pub fn new(
-        conn: ConnectionManager,
-        prefix: String,
-        origin: String,
-        shutdown: CancellationToken,
-        tracker: &TaskTracker,
-    ) -> Self {
+    /// Also starts the task that publishes relayed frames, until [`Broker::flush`].
+    pub fn new(conn: ConnectionManager, prefix: String, origin: String) -> Self {
         let (relay, queue) = mpsc::channel(RELAY_QUEUE);
+        let closing = CancellationToken::new();
         let channel = format!("{prefix}relay");
-        tracker.spawn(shutdown.run_until_cancelled_owned(publish_relayed(conn.clone(), channel, queue)));
-        RedisBroker { conn, prefix, origin, relay }
+        let publisher = tokio::spawn(publish_relayed(conn.clone(), channel, queue, closing.clone()));
+        RedisBroker { conn, prefix, origin, relay, closing, publisher: Mutex::new(Some(publisher)) }
     }
 }
 
 /// Publishes relayed frames in order, a pipeline per batch. Connection tasks only queue
 /// them, so a slow or unreachable Redis never stalls a talker or the users on its router.
-async fn publish_relayed(mut conn: ConnectionManager, channel: String, mut queue: mpsc::Receiver<Vec<u8>>) {
+/// Once `closing`, it publishes what is still queued (a stopping router's last STOPs and
+/// indicator ends) and returns.
+async fn publish_relayed(
+    mut conn: ConnectionManager,
+    channel: String,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+    closing: CancellationToken,
+) {
     let mut batch = Vec::with_capacity(RELAY_BATCH);
-    while queue.recv_many(&mut batch, RELAY_BATCH).await > 0 {
+    loop {
+        let received = tokio::select! {
+            biased;
+            n = queue.recv_many(&mut batch, RELAY_BATCH) => n,
+            () = closing.cancelled() => {
+                while let Ok(message) = queue.try_recv() {
+                    batch.push(message);
+                }
+                batch.len()
+            }
+        };
+        if received == 0 {
+            return;
+        }
         let mut pipe = redis::pipe();
         for message in batch.drain(..) {
             pipe.publish(&channel, message).ignore();
@@ -74,6 +98,9 @@ async fn publish_relayed(mut conn: ConnectionManager, channel: String, mut queue
         if let Err(e) = pipe.query_async::<()>(&mut conn).await {
             ::metrics::counter!(metrics::ENGINE_ERRORS, "op" => "relay").increment(1);
             tracing::debug!(error = %e, "relayed frames lost: Redis unreachable");
+        }
+        if closing.is_cancelled() && queue.is_empty() {
+            return;
         }
     }
 }
@@ -101,6 +128,15 @@ impl Broker for RedisBroker {
             self.add(&mut pipe, update)?;
         }
         pipe.query_async::<()>(&mut self.conn.clone()).await.map_err(unavailable)
+    }
+
+    async fn flush(&self) {
+        self.closing.cancel();
+        let publisher = self.publisher.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(publisher) = publisher {
+            // Bounded like every Redis call: an unreachable Redis loses the frames anyway.
+            let _ = tokio::time::timeout(Duration::from_secs(2), publisher).await;
+        }
     }
 
     /// Queues the frame for the publisher. A full queue (Redis slow or down) drops the
