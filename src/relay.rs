@@ -26,9 +26,12 @@ use crate::{
     presence::{Groups, visible},
 };
 
-/// Frames a connection may have queued before it counts as a slow consumer: a few
+/// Frames a mobile connection may have queued before it counts as a slow consumer: a few
 /// seconds of audio from every group it is in.
 pub const MAILBOX_FRAMES: usize = 512;
+/// The same for a dashboard: it sees the indicators of many groups, and its mailbox fills
+/// while its (large) snapshot is written.
+pub const WATCHER_MAILBOX_FRAMES: usize = 8 * MAILBOX_FRAMES;
 
 /// Who a relayed frame is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,9 +63,9 @@ pub enum Member {
 /// One connection's queue. Hand-rolled rather than a tokio channel: an idle connection's
 /// empty `VecDeque` allocates nothing, where a channel allocates its first block of slots
 /// up front (about 1 KiB per connection, measured in idle RSS).
-#[derive(Default)]
 struct Queue {
     frames: Mutex<VecDeque<Bytes>>,
+    capacity: usize,
     ready: Notify,
     overflowed: AtomicBool,
 }
@@ -79,7 +82,7 @@ impl Queue {
             return;
         }
         let mut frames = self.frames();
-        if frames.len() >= MAILBOX_FRAMES {
+        if frames.len() >= self.capacity {
             drop(frames);
             ::metrics::counter!(metrics::RELAY_OVERFLOWS).increment(1);
             self.overflowed.store(true, Ordering::Relaxed);
@@ -120,7 +123,16 @@ impl Relay {
     }
 
     pub fn register(self: &Arc<Self>, member: Member) -> Mailbox {
-        let outbox = Outbox::default();
+        let capacity = match member {
+            Member::Session { .. } => MAILBOX_FRAMES,
+            Member::Watcher { .. } => WATCHER_MAILBOX_FRAMES,
+        };
+        let outbox = Arc::new(Queue {
+            frames: Mutex::default(),
+            capacity,
+            ready: Notify::new(),
+            overflowed: AtomicBool::new(false),
+        });
         let queue = outbox.clone();
         let mut registry = self.registry();
         registry.next += 1;
