@@ -183,14 +183,14 @@ impl Node {
         self.announce("activity", result).await
     }
 
-    /// Delivers a frame to this router's connections in its audience, then hands it to
-    /// the broker for the other routers. Local delivery comes first and never waits on
-    /// the store, so PTT on one router survives a Redis outage (trap 8).
     /// Sends the relayed frames still queued for other routers (the router is exiting).
     pub async fn flush(&self) {
         self.engine.broker.flush().await;
     }
 
+    /// Delivers a frame to this router's connections in its audience, then hands it to
+    /// the broker for the other routers. Local delivery comes first and never waits on
+    /// the store, so PTT on one router survives a Redis outage (trap 8).
     pub fn send(&self, delivery: Delivery) {
         self.relay.deliver(&delivery);
         self.engine.broker.relay(&delivery);
