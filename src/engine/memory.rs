@@ -30,8 +30,9 @@ pub struct MemoryPresence {
 /// How often offline records past their retention are dropped.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-#[derive(Default)]
 struct State {
+    /// Inactivity after which an `online` user turns away: arms the timers in `away_at`.
+    away_after: Duration,
     users: HashMap<Id, UserRecord>,
     /// Live sessions and their lease deadlines.
     leases: HashMap<SessionId, (Id, Instant)>,
@@ -111,7 +112,17 @@ impl UserRecord {
 
 impl MemoryPresence {
     pub fn new(lifetimes: Lifetimes) -> Self {
-        MemoryPresence { lifetimes, state: Mutex::new(State::default()) }
+        let state = State {
+            away_after: lifetimes.away_after,
+            users: HashMap::new(),
+            leases: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            away_at: BTreeSet::new(),
+            groups: HashMap::new(),
+            indicators: HashMap::new(),
+            last_prune: None,
+        };
+        MemoryPresence { lifetimes, state: Mutex::new(state) }
     }
 
     /// The lock is never held across an await, and no code under it can panic, so a
@@ -123,20 +134,20 @@ impl MemoryPresence {
 
 impl State {
     /// Brings what others see of `user` in line with its record: re-arms the away timer
-    /// and returns the transition when the shown presence changed (or `force`, for a new
-    /// status text).
-    fn settle(&mut self, user: &Id, cause: Cause, force: bool, away_after: Duration) -> Option<PresenceUpdate> {
+    /// and returns the transition when the shown presence changed (or, with `force`, when
+    /// the user is shown at all: a new status text is news only then).
+    fn settle(&mut self, user: &Id, cause: Cause, force: bool) -> Option<PresenceUpdate> {
         let record = self.users.get_mut(user)?;
         let shown = record.mode.shown(!record.live.is_empty(), record.idle);
         if let Some(at) = record.away_deadline.take() {
             self.away_at.remove(&(at, user.clone()));
         }
         if shown == Status::Online && record.mode == Mode::Auto {
-            let at = record.active_at + away_after;
+            let at = record.active_at + self.away_after;
             record.away_deadline = Some(at);
             self.away_at.insert((at, user.clone()));
         }
-        if shown == record.shown && !force {
+        if shown == record.shown && !(force && shown.is_online()) {
             return None;
         }
         let now = unix_ms();
@@ -150,13 +161,7 @@ impl State {
         Some(PresenceUpdate { presence: record.presence(user), cause, timestamp: now, seq: None })
     }
 
-    fn lease(
-        &mut self,
-        session: &Session,
-        deadline: Instant,
-        activity: bool,
-        away_after: Duration,
-    ) -> Option<PresenceUpdate> {
+    fn lease(&mut self, session: &Session, deadline: Instant, activity: bool) -> Option<PresenceUpdate> {
         let now_ms = unix_ms();
         if let Some((_, old)) = self.leases.insert(session.id.clone(), (session.user.clone(), deadline)) {
             self.deadlines.remove(&(old, session.id.clone()));
@@ -180,10 +185,10 @@ impl State {
         for group in session.groups.iter() {
             self.groups.entry(group.clone()).or_default().insert(session.user.clone(), now);
         }
-        self.settle(&session.user, Cause::Connect, false, away_after)
+        self.settle(&session.user, Cause::Connect, false)
     }
 
-    fn end(&mut self, id: &SessionId, cause: Cause, away_after: Duration) -> Option<PresenceUpdate> {
+    fn end(&mut self, id: &SessionId, cause: Cause) -> Option<PresenceUpdate> {
         let (user, deadline) = self.leases.remove(id)?;
         self.deadlines.remove(&(deadline, id.clone()));
         let record = self.users.get_mut(&user)?;
@@ -191,24 +196,22 @@ impl State {
         if record.live.is_empty() {
             record.offline_since = Some(Instant::now());
         }
-        self.settle(&user, cause, false, away_after)
+        self.settle(&user, cause, false)
     }
 }
 
 #[async_trait]
 impl PresenceStore for MemoryPresence {
     async fn connect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
-        let Lifetimes { ttl, away_after, .. } = self.lifetimes;
-        Ok(self.state().lease(session, Instant::now() + ttl, true, away_after))
+        Ok(self.state().lease(session, Instant::now() + self.lifetimes.ttl, true))
     }
 
     async fn heartbeat(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
-        let Lifetimes { ttl, away_after, .. } = self.lifetimes;
-        Ok(self.state().lease(session, Instant::now() + ttl, false, away_after))
+        Ok(self.state().lease(session, Instant::now() + self.lifetimes.ttl, false))
     }
 
     async fn disconnect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
-        Ok(self.state().end(&session.id, Cause::Disconnect, self.lifetimes.away_after))
+        Ok(self.state().end(&session.id, Cause::Disconnect))
     }
 
     async fn set_status(
@@ -223,27 +226,26 @@ impl PresenceStore for MemoryPresence {
         record.mode = mode;
         record.text = text.map(Arc::from);
         record.touch();
-        let force = changed_text && mode.shown(!record.live.is_empty(), false).is_online();
-        Ok(state.settle(&session.user, Cause::Status, force, self.lifetimes.away_after))
+        Ok(state.settle(&session.user, Cause::Status, changed_text))
     }
 
     async fn activity(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
         let mut state = self.state();
         let Some(record) = state.users.get_mut(&session.user) else { return Ok(None) };
         record.touch();
-        Ok(state.settle(&session.user, Cause::Active, false, self.lifetimes.away_after))
+        Ok(state.settle(&session.user, Cause::Active, false))
     }
 
     async fn expire_due(&self) -> Result<Vec<PresenceUpdate>, EngineError> {
         let now = Instant::now();
-        let Lifetimes { ttl, last_seen, away_after } = self.lifetimes;
+        let Lifetimes { ttl, last_seen, .. } = self.lifetimes;
         let mut state = self.state();
         let mut updates = Vec::new();
         while let Some((deadline, id)) = state.deadlines.first().cloned() {
             if deadline > now {
                 break;
             }
-            updates.extend(state.end(&id, Cause::Expired, away_after));
+            updates.extend(state.end(&id, Cause::Expired));
         }
         while let Some((at, user)) = state.away_at.first().cloned() {
             if at > now {
@@ -254,7 +256,7 @@ impl PresenceStore for MemoryPresence {
                 record.away_deadline = None;
                 record.idle = true;
             }
-            updates.extend(state.settle(&user, Cause::Idle, false, away_after));
+            updates.extend(state.settle(&user, Cause::Idle, false));
         }
         if state.last_prune.is_none_or(|at| now - at >= PRUNE_EVERY.min(last_seen)) {
             state.last_prune = Some(now);
@@ -274,7 +276,7 @@ impl PresenceStore for MemoryPresence {
     async fn linger(&self, session: &Session, grace: Duration) -> Result<(), EngineError> {
         let mut state = self.state();
         if let Some(&(_, deadline)) = state.leases.get(&session.id) {
-            state.lease(session, deadline.min(Instant::now() + grace), false, self.lifetimes.away_after);
+            state.lease(session, deadline.min(Instant::now() + grace), false);
         }
         Ok(())
     }
