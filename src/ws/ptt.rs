@@ -27,20 +27,18 @@ use crate::{
 
 /// The floor a connection holds.
 pub struct Talk {
-    /// The floor's key: `g:{group}`, or `p:{len}:{a}:{b}` for the private channel between
-    /// users a < b (length-prefixed, so no two pairs share a key).
-    pub channel: String,
-    pub channel_type: ChannelType,
-    /// The group, or the user talked to.
-    pub to: Id,
-    pub audience: Audience,
+    channel: Channel,
     /// When the maximum talk time runs out.
     pub until: Instant,
 }
 
 /// A channel as a frame names it.
 struct Channel {
+    /// The floor's key: `g:{group}`, or `p:{len}:{a}:{b}` for the private channel between
+    /// users a < b (length-prefixed, so no two pairs share a key).
     key: String,
+    kind: ChannelType,
+    /// The group, or the user talked to.
     to: Id,
     audience: Audience,
 }
@@ -54,6 +52,7 @@ impl Connection {
         match frame.channel_type {
             ChannelType::Group if self.member_of(&to) => Ok(Channel {
                 key: format!("g:{to}"),
+                kind: ChannelType::Group,
                 audience: Audience::Group { group: to.clone(), dashboards: false },
                 to,
             }),
@@ -63,13 +62,18 @@ impl Connection {
             }
             ChannelType::Private => {
                 let (a, b) = if self.user < to { (&self.user, &to) } else { (&to, &self.user) };
-                Ok(Channel { key: format!("p:{}:{a}:{b}", a.as_str().len()), audience: Audience::User(to.clone()), to })
+                Ok(Channel {
+                    key: format!("p:{}:{a}:{b}", a.as_str().len()),
+                    kind: ChannelType::Private,
+                    audience: Audience::User(to.clone()),
+                    to,
+                })
             }
         }
     }
 
     fn holds(&self, channel: &str) -> bool {
-        self.talk.as_ref().is_some_and(|t| t.channel == channel)
+        self.talk.as_ref().is_some_and(|t| t.channel.key == channel)
     }
 
     /// START, STOP, AUDIO and TEXT.
@@ -106,7 +110,7 @@ impl Connection {
 
     async fn on_start(&mut self, socket: &mut WebSocket, frame: &Frame, channel: Channel) -> Result<bool, Exit> {
         match &self.talk {
-            Some(talk) if talk.channel == channel.key => return self.reply(socket, frame, START_ACK, None).await,
+            Some(talk) if talk.channel.key == channel.key => return self.reply(socket, frame, START_ACK, None).await,
             Some(_) => return self.reply(socket, frame, START_FAILED, Some("already_talking")).await,
             None => {}
         }
@@ -122,18 +126,12 @@ impl Connection {
         if floor == Floor::Busy {
             return self.reply(socket, frame, START_FAILED, Some("busy")).await;
         }
-        self.talk = Some(Box::new(Talk {
-            channel: channel.key.clone(),
-            channel_type: frame.channel_type,
-            to: channel.to.clone(),
-            audience: channel.audience.clone(),
-            until: Instant::now() + hold,
-        }));
         let acked = self.reply(socket, frame, START_ACK, None).await;
         self.forward(frame, &channel);
-        if frame.channel_type == ChannelType::Group {
-            self.start_indicator(IndicatorKind::Talking, channel.to, hold).await;
+        if channel.kind == ChannelType::Group {
+            self.start_indicator(IndicatorKind::Talking, channel.to.clone(), hold).await;
         }
+        self.talk = Some(Box::new(Talk { channel, until: Instant::now() + hold }));
         self.note_activity(false).await;
         acked
     }
@@ -165,25 +163,35 @@ impl Connection {
         }
     }
 
+    /// The maximum talk time ran out: the router takes the floor back and tells the
+    /// talker with a STOP of its own.
+    pub(super) async fn cut_talk(&mut self, socket: &mut WebSocket) -> Option<Exit> {
+        let reason = "max_talk_time";
+        let channel = &self.talk.as_ref()?.channel;
+        let reply = protocol::reply_frame(channel.kind, STOP, &channel.to, None, Some(reason));
+        self.end_talk(Some(reason)).await;
+        self.write(socket, reply).await
+    }
+
     /// Gives the floor back. `reason` is set when the router ends the talk on the
     /// talker's behalf: the receivers then get a STOP in the talker's name.
     pub(super) async fn end_talk(&mut self, reason: Option<&str>) {
         let (Some(talk), Some(session)) = (self.talk.take(), self.session.as_ref()) else { return };
-        self.app.node.release_floor(&talk.channel, &session.id).await;
+        let channel = talk.channel;
+        self.app.node.release_floor(&channel.key, &session.id).await;
         if let Some(reason) = reason {
             let stop = Frame {
-                channel_type: talk.channel_type,
+                channel_type: channel.kind,
                 message_type: STOP,
                 from: Some(self.user.clone()),
-                to: Some(talk.to.clone()),
+                to: Some(channel.to.clone()),
                 message_id: None,
                 payload: Value::Map(vec![(Value::from("reason"), Value::from(reason))]),
             };
-            let channel = Channel { key: talk.channel.clone(), to: talk.to.clone(), audience: talk.audience.clone() };
             self.forward(&stop, &channel);
         }
-        if talk.channel_type == ChannelType::Group {
-            self.end_indicator(IndicatorKind::Talking, talk.to).await;
+        if channel.kind == ChannelType::Group {
+            self.end_indicator(IndicatorKind::Talking, channel.to).await;
         }
     }
 }

@@ -157,18 +157,10 @@ impl Connection {
     /// Ends what lapsed: the floor after the maximum talk time, indicators not refreshed.
     pub(super) async fn on_deadline(&mut self, socket: &mut WebSocket) -> Option<Exit> {
         let now = Instant::now();
-        if let Some(talk) = self.talk.as_ref().filter(|t| t.until <= now) {
-            let reply = protocol::reply_frame(
-                talk.channel_type,
-                protocol::message_type::STOP,
-                &talk.to,
-                None,
-                Some("max_talk_time"),
-            );
-            self.end_talk(Some("max_talk_time")).await;
-            if let Some(exit) = self.write(socket, reply).await {
-                return Some(exit);
-            }
+        if self.talk.as_ref().is_some_and(|t| t.until <= now)
+            && let Some(exit) = self.cut_talk(socket).await
+        {
+            return Some(exit);
         }
         let due: Vec<(IndicatorKind, Id)> =
             self.indicators.iter().filter(|(_, until)| **until <= now).map(|(key, _)| key.clone()).collect();
