@@ -126,12 +126,17 @@ impl Connection {
         if floor == Floor::Busy {
             return self.reply(socket, frame, START_FAILED, Some("busy")).await;
         }
-        let acked = self.reply(socket, frame, START_ACK, None).await;
-        self.forward(frame, &channel);
-        if channel.kind == ChannelType::Group {
-            self.start_indicator(IndicatorKind::Talking, channel.to.clone(), hold).await;
-        }
+        // Held from here, so a failed reply still gives it back; `talking` is set after, so
+        // it never lapses before the floor does.
+        let group = (channel.kind == ChannelType::Group).then(|| channel.to.clone());
         self.talk = Some(Box::new(Talk { channel, until: Instant::now() + hold }));
+        let acked = self.reply(socket, frame, START_ACK, None).await;
+        if let Some(talk) = &self.talk {
+            self.forward(frame, &talk.channel);
+        }
+        if let Some(group) = group {
+            self.start_indicator(IndicatorKind::Talking, group, hold).await;
+        }
         self.note_activity(false).await;
         acked
     }
