@@ -145,23 +145,6 @@ impl RedisPresence {
         format!("{}meta:{}", self.prefix, user)
     }
 
-    /// Registers the session with a fresh lease (a connect is activity).
-    async fn lease(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
-        let row: Option<Row> = self
-            .on_session(&self.lease, session)
-            .arg(self.lifetimes.ttl.as_millis() as u64)
-            .arg(session.device_id.as_deref().unwrap_or(""))
-            .arg("mobile")
-            .arg(join_groups(&session.groups))
-            .arg("1")
-            .arg(session.choice.as_ref().map_or("", |c| c.mode.as_str()))
-            .arg(session.choice.as_ref().and_then(|c| c.text.as_deref()).unwrap_or(""))
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
-        row.map(parse_row).transpose()
-    }
-
     /// The meta fields of each user, pipelined.
     async fn read_meta(&self, users: &[Id]) -> Result<Vec<UserPresence>, EngineError> {
         // Redis refuses an empty pipeline, and that must not read as an outage.
@@ -212,6 +195,18 @@ fn shown(mut presence: UserPresence) -> UserPresence {
     presence
 }
 
+/// A session as `lease.lua` and `renew.lua` take it: user, session, deviceId ('' keeps
+/// the stored one), groups, and the chosen mode and text ('' for none) to restore.
+fn session_args(call: &mut ScriptInvocation<'_>, session: &Session) {
+    let choice = session.choice.as_ref();
+    call.arg(session.user.as_str())
+        .arg(session.id.as_str())
+        .arg(session.device_id.as_deref().unwrap_or(""))
+        .arg(join_groups(&session.groups))
+        .arg(choice.map_or("", |c| c.mode.as_str()))
+        .arg(choice.and_then(|c| c.text.as_deref()).unwrap_or(""));
+}
+
 /// Groups as the meta hash holds them: newline-separated (ids have no control characters).
 fn join_groups(groups: &[Id]) -> String {
     groups.iter().map(Id::as_str).collect::<Vec<_>>().join("\n")
@@ -250,7 +245,11 @@ fn parse_row(row: Row) -> Result<PresenceUpdate, EngineError> {
 #[async_trait]
 impl PresenceStore for RedisPresence {
     async fn connect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
-        self.lease(session).await
+        let mut call = self.call(&self.lease);
+        call.arg(self.lifetimes.ttl.as_millis() as u64);
+        session_args(&mut call, session);
+        let row: Option<Row> = call.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        row.map(parse_row).transpose()
     }
 
     async fn heartbeat(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {

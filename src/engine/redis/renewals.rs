@@ -11,7 +11,7 @@
 use redis::{Script, aio::ConnectionManager};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Row, join_groups, parse_row, unavailable};
+use super::{Row, parse_row, session_args, unavailable};
 use crate::{
     engine::EngineError,
     presence::{PresenceUpdate, Session},
@@ -79,13 +79,7 @@ impl Batcher {
         let mut call = self.script.prepare_invoke();
         call.arg(&self.prefix).arg(self.last_seen_ms).arg(self.ttl_ms);
         for (session, _) in batch {
-            let choice = session.choice.as_ref();
-            call.arg(session.user.as_str())
-                .arg(session.id.as_str())
-                .arg(session.device_id.as_deref().unwrap_or(""))
-                .arg(join_groups(&session.groups))
-                .arg(choice.map_or("", |c| c.mode.as_str()))
-                .arg(choice.and_then(|c| c.text.as_deref()).unwrap_or(""));
+            session_args(&mut call, session);
         }
         let rows: Vec<(usize, Row)> = call.invoke_async(&mut self.conn).await.map_err(unavailable)?;
         let mut results: Vec<Result<Option<PresenceUpdate>, EngineError>> = vec![Ok(None); batch.len()];

@@ -1,3 +1,4 @@
--- connect. ARGV: prefix, last_seen_ms, user, session, ttl_ms, deviceId, role, groups,
--- activity, mode, text (see `lease` in the prelude).
-return lease(ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
+-- connect. ARGV: prefix, last_seen_ms, ttl_ms, then the session as renew.lua takes one:
+-- user, session, deviceId, groups, mode, text (see `lease` in the prelude). A connect is
+-- activity.
+return lease(ARGV[4], ARGV[5], tonumber(ARGV[3]), ARGV[6], 'mobile', ARGV[7], '1', ARGV[8], ARGV[9])
