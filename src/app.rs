@@ -27,6 +27,8 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     pub frame_rate: u32,
     pub frame_burst: u32,
+    /// Inbound payload bytes per second per connection.
+    pub byte_rate: u32,
     pub heartbeat_min_interval: Duration,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
@@ -110,6 +112,7 @@ impl App {
                 max_frame_bytes: config.max_frame_bytes,
                 frame_rate: config.frame_rate,
                 frame_burst: config.frame_burst,
+                byte_rate: config.byte_rate,
                 heartbeat_min_interval: config.heartbeat_min_interval(),
                 idle_timeout: config.idle_timeout(),
                 write_timeout: Duration::from_millis(config.write_timeout_ms),
@@ -126,6 +129,13 @@ impl App {
             shutdown,
             metrics,
         }))
+    }
+}
+
+impl Limits {
+    /// Payload bytes a connection may send in one burst: room for a few maximal frames.
+    pub fn byte_burst(&self) -> u32 {
+        u32::try_from(self.max_frame_bytes.saturating_mul(4)).unwrap_or(u32::MAX).max(self.byte_rate)
     }
 }
 

@@ -80,8 +80,15 @@ pub struct Config {
     pub frame_rate: u32,
 
     /// Inbound frame burst per connection; a connection that keeps sending past it is closed (4029).
+    /// Every WebSocket frame counts: pings, pongs, text and continuation fragments too.
     #[arg(long, env = "FRAME_BURST", default_value_t = 200)]
     pub frame_burst: u32,
+
+    /// Inbound payload bytes per second per connection (token bucket rate; the burst is
+    /// four times `--max-frame-bytes`). A frame past it is dropped, and a connection
+    /// whose frames keep being dropped is closed (4029).
+    #[arg(long, env = "BYTE_RATE", default_value_t = 256 * 1024)]
+    pub byte_rate: u32,
 
     /// Heartbeats closer together than this are acknowledged but not written to the
     /// store. Defaults to a sixth of the TTL.

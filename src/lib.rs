@@ -15,7 +15,8 @@
 //! - [`hub`]: this router's versioned view of presence and the fan-out to dashboards.
 //! - [`relay`]: delivery of transient frames (PTT, TEXT, indicators) to local connections.
 //! - [`node`]: composes engine and hub; publishes transitions; sweeps expired leases.
-//! - [`ws`]: the WebSocket handshake and the per-connection task.
+//! - [`ws`]: the WebSocket handshake, the RFC 6455 framing and socket (budgets, close
+//!   handshake, no buffer held while idle) and the per-connection task.
 //! - [`http`]: the axum router: WebSocket endpoint, presence API, health, metrics.
 //! - [`app`]: shared state built from the config; [`metrics`]: metric names.
 //!

@@ -289,6 +289,8 @@ async fn a_ptt_listener_that_stops_reading_is_closed_as_slow_consumer() {
         "100000",
         "--frame-burst",
         "100000",
+        "--byte-rate",
+        "100000000",
     ])
     .await;
     let mut talker = router.mobile_in("talker", &["crew"]).await;

@@ -1,6 +1,12 @@
 //! WebSocket close codes the router sends. 1000–1015 are RFC 6455's; 4000–4999 are
 //! reserved for applications and listed in `docs/PROTOCOL.md`.
 
+/// Standard: a normal close; the answer to a client's Close frame without a code.
+pub const NORMAL: u16 = 1000;
+/// Standard: the client broke the WebSocket protocol (bad framing, a bad close code).
+pub const PROTOCOL_ERROR: u16 = 1002;
+/// Standard: a text frame or close reason that is not UTF-8.
+pub const INVALID_PAYLOAD: u16 = 1007;
 /// Standard: the client's message exceeded `--max-frame-bytes`.
 pub const MESSAGE_TOO_BIG: u16 = 1009;
 /// Standard: the router is shutting down; reconnect (to another router) now.
@@ -9,5 +15,6 @@ pub const SERVICE_RESTART: u16 = 1012;
 pub const HEARTBEAT_TIMEOUT: u16 = 4000;
 /// The client did not read its frames fast enough (dashboard ring overrun or write timeout).
 pub const SLOW_CONSUMER: u16 = 4008;
-/// The client kept sending past its frame rate limit.
+/// The client kept sending past its budget of frames (any kind, control frames and
+/// fragments included) or bytes per second.
 pub const RATE_LIMITED: u16 = 4029;

@@ -7,9 +7,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
-use futures_util::SinkExt;
 use tokio::{
     sync::{
         OwnedSemaphorePermit, broadcast,
@@ -18,7 +16,11 @@ use tokio::{
     time::{Instant, sleep_until},
 };
 
-use super::{close, ptt::Talk, rate_limit::TokenBucket};
+use super::{
+    close,
+    ptt::Talk,
+    socket::{Incoming, Socket},
+};
 use crate::{
     app::App,
     auth::{Claims, Role},
@@ -33,11 +35,14 @@ use crate::{
 /// Most queued hub events forwarded before one flush.
 const EVENT_BATCH: usize = 256;
 
+/// How long our Close frame may take to write before the connection is dropped anyway.
+const CLOSE_WRITE_TIME: Duration = Duration::from_secs(1);
+
 /// What woke the connection task.
 enum Wake {
     Shutdown,
     Idle,
-    Message(Option<Result<Message, axum::Error>>),
+    Incoming(Incoming),
     Event(Result<HubEvent, RecvError>),
     /// Relayed frames may be waiting in the mailbox.
     Relayed,
@@ -47,6 +52,8 @@ enum Wake {
 /// How a connection ended: with a close frame we send, or already gone.
 pub(super) enum Exit {
     Close(u16, &'static str),
+    /// The client closed with this code (or none): echo it.
+    Echo(Option<u16>),
     Gone(&'static str),
 }
 
@@ -57,9 +64,6 @@ pub struct Connection {
     /// Mobile sessions only: PTT floors are held by it, and presence is kept for it while
     /// presence is enabled.
     pub(super) session: Option<Session>,
-    bucket: TokenBucket,
-    /// Frames dropped by the rate limit since the last one accepted.
-    dropped: u32,
     /// When the store last saw a heartbeat from this session.
     stored_at: Instant,
     /// When the store last recorded activity of this session (connect counts).
@@ -81,14 +85,11 @@ impl Connection {
         let groups: Option<Groups> = claims.groups.map(Groups::from);
         let session = (claims.role == Role::Mobile)
             .then(|| app.node.session(claims.sub.clone(), device_id, groups.clone().unwrap_or_default()));
-        let bucket = TokenBucket::new(app.limits.frame_rate, app.limits.frame_burst);
         Connection {
             app,
             user: claims.sub,
             role: claims.role,
             session,
-            bucket,
-            dropped: 0,
             stored_at: Instant::now(),
             activity_at: Instant::now(),
             seq: 0,
@@ -108,21 +109,24 @@ impl Connection {
         self.groups.as_deref().is_some_and(|groups| groups.contains(group))
     }
 
-    pub async fn run(mut self, mut socket: WebSocket, _permit: OwnedSemaphorePermit) {
+    pub async fn run(mut self, mut socket: Socket, _permit: OwnedSemaphorePermit) {
         let role = self.role.as_str();
         ::metrics::gauge!(metrics::CONNECTIONS, "role" => role).increment(1.0);
         tracing::debug!(session = ?self.session.as_ref().map(|s| &s.id), "connected");
 
         let exit = self.serve(&mut socket).await;
-        let reason = match exit {
-            Exit::Close(code, reason) => {
-                let frame = CloseFrame { code, reason: reason.into() };
-                let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
-                reason
-            }
-            Exit::Gone(reason) => reason,
+        let (close, reason) = match exit {
+            Exit::Close(code, reason) => (Some((code, reason)), reason),
+            // The client's code is echoed (RFC 6455 section 5.5.1); no code reads as 1000.
+            Exit::Echo(code) => (Some((code.unwrap_or(close::NORMAL), "")), "closed"),
+            Exit::Gone(reason) => (None, reason),
         };
-        drop(socket);
+        let closed = match close {
+            Some((code, reason)) => {
+                tokio::time::timeout(CLOSE_WRITE_TIME, socket.close(code, reason)).await.is_ok_and(|r| r.is_ok())
+            }
+            None => false,
+        };
         // A floor or an indicator must not outlive its connection.
         Box::pin(self.end_signals()).await;
         if let Some(session) = self.tracked() {
@@ -138,9 +142,13 @@ impl Connection {
         ::metrics::counter!(metrics::DISCONNECTS, "reason" => reason).increment(1);
         ::metrics::gauge!(metrics::CONNECTIONS, "role" => role).decrement(1.0);
         tracing::debug!(reason, "disconnected");
+        // Last, so that presence never waits for it: let the Close frame reach the client.
+        if closed {
+            socket.finish().await;
+        }
     }
 
-    async fn serve(&mut self, socket: &mut WebSocket) -> Exit {
+    async fn serve(&mut self, socket: &mut Socket) -> Exit {
         // Reachable for relayed frames before anyone can see this user online.
         let member = match &self.session {
             Some(session) => Member::Session { user: self.user.clone(), groups: session.groups.clone() },
@@ -197,29 +205,33 @@ impl Connection {
                 _ = &mut timer, if wake_at.is_some() => {
                     if idle.is_some_and(|at| at <= Instant::now()) { Wake::Idle } else { Wake::Deadline }
                 }
-                message = socket.recv() => Wake::Message(message),
+                incoming = socket.recv() => Wake::Incoming(incoming),
                 () = mailbox.ready() => Wake::Relayed,
                 event = event => Wake::Event(event),
             };
             let exit = match wake {
                 Wake::Shutdown => Some(Exit::Close(close::SERVICE_RESTART, "router restarting")),
                 Wake::Idle => Some(Exit::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout")),
-                Wake::Message(None | Some(Ok(Message::Close(_)))) => Some(Exit::Gone("closed")),
-                Wake::Message(Some(Err(e))) => Some(read_error(e)),
-                Wake::Message(Some(Ok(Message::Binary(bytes)))) => {
+                Wake::Incoming(Incoming::Closed(code)) => Some(Exit::Echo(code)),
+                Wake::Incoming(Incoming::Gone) => Some(Exit::Gone("read_failed")),
+                Wake::Incoming(Incoming::Violation(violation)) => {
+                    ::metrics::counter!(metrics::FRAME_ERRORS, "reason" => violation.reason()).increment(1);
+                    Some(Exit::Close(violation.close_code(), violation.reason()))
+                }
+                Wake::Incoming(Incoming::RateLimited) => Some(Exit::Close(close::RATE_LIMITED, "rate limit exceeded")),
+                Wake::Incoming(Incoming::Binary(bytes)) => {
                     let exit = self.on_binary(socket, &bytes).await;
                     if matches!(exit, Ok(true)) {
                         idle_at = Instant::now() + self.app.limits.idle_timeout;
                     }
                     exit.err()
                 }
-                Wake::Message(Some(Ok(Message::Text(_)))) => {
+                Wake::Incoming(Incoming::Text) => {
                     ::metrics::counter!(metrics::FRAME_ERRORS, "reason" => "text").increment(1);
                     let frame =
                         protocol::error_frame(ErrorCode::TextNotSupported, "frames are binary msgpack", None, None);
                     self.write(socket, frame).await
                 }
-                Wake::Message(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => None,
                 Wake::Event(event) => match subscription.as_mut() {
                     Some(events) => self.on_events(socket, event, events).await,
                     None => None,
@@ -235,16 +247,7 @@ impl Connection {
     }
 
     /// Handles one binary message; `Ok(true)` when it was a heartbeat that counts as life.
-    async fn on_binary(&mut self, socket: &mut WebSocket, bytes: &Bytes) -> Result<bool, Exit> {
-        if !self.bucket.try_take() {
-            ::metrics::counter!(metrics::FRAME_ERRORS, "reason" => "rate_limited").increment(1);
-            self.dropped += 1;
-            if self.dropped > self.app.limits.frame_burst {
-                return Err(Exit::Close(close::RATE_LIMITED, "rate limit exceeded"));
-            }
-            return Ok(false);
-        }
-        self.dropped = 0;
+    async fn on_binary(&mut self, socket: &mut Socket, bytes: &Bytes) -> Result<bool, Exit> {
         let frame = match protocol::decode(bytes) {
             Ok(frame) => frame,
             Err(e) => {
@@ -276,7 +279,7 @@ impl Connection {
 
     /// Renews the lease (unless coalesced) and acknowledges; a store failure is answered
     /// with ERROR `presence_unavailable` instead of an ACK.
-    async fn on_heartbeat(&mut self, socket: &mut WebSocket, frame: &Frame) -> Result<bool, Exit> {
+    async fn on_heartbeat(&mut self, socket: &mut Socket, frame: &Frame) -> Result<bool, Exit> {
         if self.role != Role::Mobile {
             ::metrics::counter!(metrics::HEARTBEATS, "result" => "rejected").increment(1);
             return self
@@ -317,7 +320,7 @@ impl Connection {
     /// Replies with an ERROR frame naming the refused frame; the connection stays open.
     pub(super) async fn refuse(
         &mut self,
-        socket: &mut WebSocket,
+        socket: &mut Socket,
         frame: &Frame,
         code: ErrorCode,
         message: &str,
@@ -334,7 +337,7 @@ impl Connection {
     /// costs one write per batch, not per update.
     async fn on_events(
         &mut self,
-        socket: &mut WebSocket,
+        socket: &mut Socket,
         first: Result<HubEvent, RecvError>,
         events: &mut broadcast::Receiver<HubEvent>,
     ) -> Option<Exit> {
@@ -367,7 +370,7 @@ impl Connection {
                 Err(RecvError::Closed) => return Some(Exit::Close(close::SERVICE_RESTART, "router restarting")),
             };
             if let Some(frame) = frame
-                && let Some(exit) = self.timed(socket.feed(Message::Binary(frame))).await
+                && let Some(exit) = self.timed(socket.feed(frame)).await
             {
                 return Some(exit);
             }
@@ -387,12 +390,12 @@ impl Connection {
 
     /// Writes what the mailbox holds (up to a batch; the rest wakes the next round), then
     /// flushes once.
-    async fn on_relayed(&mut self, socket: &mut WebSocket, mailbox: &Mailbox) -> Option<Exit> {
+    async fn on_relayed(&mut self, socket: &mut Socket, mailbox: &Mailbox) -> Option<Exit> {
         let mut written = 0;
         while written < EVENT_BATCH
             && let Some(frame) = mailbox.try_recv()
         {
-            if let Some(exit) = self.timed(socket.feed(Message::Binary(frame))).await {
+            if let Some(exit) = self.timed(socket.feed(frame)).await {
                 return Some(exit);
             }
             written += 1;
@@ -404,27 +407,16 @@ impl Connection {
     }
 
     /// Writes one frame within the write timeout.
-    pub(super) async fn write(&mut self, socket: &mut WebSocket, frame: Bytes) -> Option<Exit> {
-        self.timed(socket.send(Message::Binary(frame))).await
+    pub(super) async fn write(&mut self, socket: &mut Socket, frame: Bytes) -> Option<Exit> {
+        self.timed(socket.send(frame)).await
     }
 
     /// A socket operation bounded by the write timeout; a stalled one is a slow consumer.
-    async fn timed(&self, operation: impl Future<Output = Result<(), axum::Error>>) -> Option<Exit> {
+    async fn timed(&self, operation: impl Future<Output = std::io::Result<()>>) -> Option<Exit> {
         match tokio::time::timeout(self.app.limits.write_timeout, operation).await {
             Ok(Ok(())) => None,
             Ok(Err(_)) => Some(Exit::Gone("write_failed")),
             Err(_) => Some(Exit::Close(close::SLOW_CONSUMER, "write timeout")),
         }
-    }
-}
-
-/// A read error: an oversized message gets 1009, anything else means the peer is gone.
-fn read_error(error: axum::Error) -> Exit {
-    match error.into_inner().downcast::<tungstenite::Error>().map(|e| *e) {
-        Ok(tungstenite::Error::Capacity(_)) => {
-            ::metrics::counter!(metrics::FRAME_ERRORS, "reason" => "too_big").increment(1);
-            Exit::Close(close::MESSAGE_TOO_BIG, "message too big")
-        }
-        _ => Exit::Gone("read_failed"),
     }
 }

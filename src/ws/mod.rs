@@ -2,51 +2,41 @@
 
 pub mod close;
 mod connection;
+mod frame;
 mod ptt;
 mod rate_limit;
 mod signals;
+mod socket;
 
 use std::sync::Arc;
 
 use axum::{
-    extract::{State, WebSocketUpgrade, ws::rejection::WebSocketUpgradeRejection},
-    http::{HeaderMap, StatusCode},
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
 use crate::{app::App, auth::Credentials, http::ApiError, id::Id, metrics};
 
 use connection::Connection;
-
-/// The initial read buffer per connection. Heartbeats are ~40 bytes; tungstenite grows
-/// the buffer for a larger message (up to `--max-frame-bytes`). 1 KiB instead of the 4 KiB
-/// tried first took idle RSS from 8.8 to 5.8 KiB per connection (docs/BENCHMARKS.md).
-const READ_BUFFER_BYTES: usize = 1024;
-
-/// Frames fed without a flush collect up to this many bytes before they are written, so a
-/// dashboard catching up on many updates pays one write per batch, not per update. Every
-/// single send still flushes at once. Allocated only as used. The write buffer has no
-/// upper cap: a snapshot is one message (~10 MB for 100k users) and must fit whole; what
-/// bounds a slow dashboard is the update ring and the write timeout.
-const WRITE_BATCH_BYTES: usize = 64 * 1024;
+use rate_limit::Budget;
+use socket::Socket;
 
 /// `GET /` (and `/ws`): authenticate, then upgrade.
-pub async fn upgrade(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(rejection) => {
-            return reject(
-                "not_websocket",
-                ApiError::new(StatusCode::UPGRADE_REQUIRED, "websocket_required", rejection.body_text()),
-            );
+pub async fn upgrade(State(app): State<Arc<App>>, mut request: Request) -> Response {
+    let headers = request.headers();
+    let key = match websocket_key(headers) {
+        Ok(key) => key,
+        Err(message) => {
+            let mut response =
+                reject("not_websocket", ApiError::new(StatusCode::UPGRADE_REQUIRED, "websocket_required", message));
+            response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            return response;
         }
     };
-    let credentials = Credentials::from_headers(&headers);
+    let credentials = Credentials::from_headers(headers);
     let Some(token) = credentials.token.as_deref() else {
         return reject(
             "missing_token",
@@ -83,18 +73,61 @@ pub async fn upgrade(
         );
     };
 
-    let mut ws = ws
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(WRITE_BATCH_BYTES)
-        .max_message_size(app.limits.max_frame_bytes)
-        .max_frame_size(app.limits.max_frame_bytes);
-    if let Some(protocol) = credentials.protocol {
-        ws = ws.protocols([protocol]);
-    }
+    let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return reject(
+            "not_websocket",
+            ApiError::new(StatusCode::UPGRADE_REQUIRED, "websocket_required", "the connection cannot be upgraded"),
+        );
+    };
+
     let span = tracing::info_span!("conn", user = %claims.sub, role = claims.role.as_str());
     let connection = Connection::new(app.clone(), claims, device_id);
-    let tracker = app.tracker.clone();
-    ws.on_upgrade(move |socket| tracker.track_future(connection.run(socket, permit).instrument(span)))
+    let limits = &app.limits;
+    let budget = Budget::new(limits.frame_rate, limits.frame_burst, limits.byte_rate, limits.byte_burst());
+    let max_message = limits.max_frame_bytes;
+    app.tracker.spawn(
+        async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let socket = Socket::new(TokioIo::new(upgraded), budget, max_message);
+                    connection.run(socket, permit).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        }
+        .instrument(span),
+    );
+
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, key);
+    if let Some(protocol) = credentials.protocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
+    response
+}
+
+/// Checks the request is a WebSocket version 13 upgrade (RFC 6455 section 4.2.1) and
+/// returns the `Sec-WebSocket-Accept` value answering its key.
+fn websocket_key(headers: &HeaderMap) -> Result<HeaderValue, &'static str> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|part| part.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return Err("a WebSocket upgrade is required (Connection: upgrade, Upgrade: websocket)");
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v != "13") {
+        return Err("Sec-WebSocket-Version must be 13");
+    }
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).ok_or("Sec-WebSocket-Key is missing")?;
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    HeaderValue::from_str(&accept).map_err(|_| "Sec-WebSocket-Key is invalid")
 }
 
 fn reject(reason: &'static str, error: ApiError) -> Response {

@@ -8,11 +8,13 @@
 //! STOP in the talker's name) and when the connection closes. While a user holds a group's
 //! floor it shows as `talking` in that group, like a typing indicator.
 
-use axum::extract::ws::WebSocket;
 use rmpv::Value;
 use tokio::time::Instant;
 
-use super::connection::{Connection, Exit};
+use super::{
+    connection::{Connection, Exit},
+    socket::Socket,
+};
 use crate::{
     id::Id,
     metrics,
@@ -77,7 +79,7 @@ impl Connection {
     }
 
     /// START, STOP, AUDIO and TEXT.
-    pub(super) async fn on_ptt(&mut self, socket: &mut WebSocket, frame: &Frame) -> Result<bool, Exit> {
+    pub(super) async fn on_ptt(&mut self, socket: &mut Socket, frame: &Frame) -> Result<bool, Exit> {
         if self.session.is_none() {
             return self.refuse(socket, frame, ErrorCode::NotAllowed, "only mobile sessions talk").await;
         }
@@ -108,7 +110,7 @@ impl Connection {
         }
     }
 
-    async fn on_start(&mut self, socket: &mut WebSocket, frame: &Frame, channel: Channel) -> Result<bool, Exit> {
+    async fn on_start(&mut self, socket: &mut Socket, frame: &Frame, channel: Channel) -> Result<bool, Exit> {
         match &self.talk {
             Some(talk) if talk.channel.key == channel.key => return self.reply(socket, frame, START_ACK, None).await,
             Some(_) => return self.reply(socket, frame, START_FAILED, Some("already_talking")).await,
@@ -155,7 +157,7 @@ impl Connection {
     /// START_ACK, START_FAILED or STOP_ACK about the frame's channel.
     async fn reply(
         &mut self,
-        socket: &mut WebSocket,
+        socket: &mut Socket,
         frame: &Frame,
         message_type: u8,
         reason: Option<&str>,
@@ -170,7 +172,7 @@ impl Connection {
 
     /// The maximum talk time ran out: the router takes the floor back and tells the
     /// talker with a STOP of its own.
-    pub(super) async fn cut_talk(&mut self, socket: &mut WebSocket) -> Option<Exit> {
+    pub(super) async fn cut_talk(&mut self, socket: &mut Socket) -> Option<Exit> {
         let reason = "max_talk_time";
         let channel = &self.talk.as_ref()?.channel;
         let reply = protocol::reply_frame(channel.kind, STOP, &channel.to, None, Some(reason));

@@ -1,10 +1,11 @@
-//! A token bucket per connection, on the tokio clock so tests can pause time.
+//! What a connection may send: token buckets for frames and bytes, on the tokio clock so
+//! tests can pause time.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub struct TokenBucket {
+struct TokenBucket {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -13,22 +14,70 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// `rate` tokens per second, holding at most `burst`; starts full.
-    pub fn new(rate: u32, burst: u32) -> Self {
+    fn new(rate: u32, burst: u32) -> Self {
         let burst = f64::from(burst.max(1));
         TokenBucket { rate: f64::from(rate), burst, tokens: burst, last: Instant::now() }
     }
 
-    pub fn try_take(&mut self) -> bool {
-        let now = Instant::now();
+    /// Refills for the time passed, then reports whether `n` tokens are there (without
+    /// taking them).
+    fn has(&mut self, now: Instant, n: f64) -> bool {
         let elapsed: Duration = now - self.last;
         self.last = now;
         self.tokens = (self.tokens + elapsed.as_secs_f64() * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+        self.tokens >= n
+    }
+}
+
+/// Every frame a client sends (data, continuation, ping, pong) costs one frame token and
+/// its payload length in byte tokens. A frame that finds either bucket short is dropped;
+/// a client whose frames keep being dropped, `frame_burst` of them in a row, is abusing
+/// the connection and is closed (4029).
+pub struct Budget {
+    frames: TokenBucket,
+    bytes: TokenBucket,
+    /// Frames dropped since the last one admitted.
+    dropped: u32,
+    /// Drops in a row that close the connection.
+    max_dropped: u32,
+}
+
+/// What the budget says of one frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Admit,
+    Drop,
+    /// Sustained abuse: close the connection.
+    Close,
+}
+
+impl Budget {
+    /// `frame_rate`/`frame_burst` in frames, `byte_rate`/`byte_burst` in payload bytes
+    /// (per second / at most held).
+    pub fn new(frame_rate: u32, frame_burst: u32, byte_rate: u32, byte_burst: u32) -> Self {
+        Budget {
+            frames: TokenBucket::new(frame_rate, frame_burst),
+            bytes: TokenBucket::new(byte_rate, byte_burst),
+            dropped: 0,
+            max_dropped: frame_burst.max(1),
         }
+    }
+
+    /// Charges one frame of `len` payload bytes.
+    pub fn charge(&mut self, len: usize) -> Verdict {
+        let now = Instant::now();
+        let len = len as f64;
+        // Both buckets refill before either is checked, so a short one never stalls the other.
+        let frames = self.frames.has(now, 1.0);
+        let bytes = self.bytes.has(now, len);
+        if frames && bytes {
+            self.frames.tokens -= 1.0;
+            self.bytes.tokens -= len;
+            self.dropped = 0;
+            return Verdict::Admit;
+        }
+        self.dropped += 1;
+        if self.dropped > self.max_dropped { Verdict::Close } else { Verdict::Drop }
     }
 }
 
@@ -38,11 +87,30 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn burst_then_rate() {
-        let mut bucket = TokenBucket::new(10, 5);
-        assert_eq!((0..8).filter(|_| bucket.try_take()).count(), 5);
+        let mut budget = Budget::new(10, 5, u32::MAX, u32::MAX);
+        let admitted = |budget: &mut Budget| (0..5).filter(|_| budget.charge(0) == Verdict::Admit).count();
+        assert_eq!(admitted(&mut budget), 5);
         tokio::time::advance(Duration::from_millis(300)).await;
-        assert_eq!((0..8).filter(|_| bucket.try_take()).count(), 3);
+        assert_eq!(admitted(&mut budget), 3);
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert_eq!((0..8).filter(|_| bucket.try_take()).count(), 5, "refill is capped at the burst");
+        assert_eq!(admitted(&mut budget), 5, "refill is capped at the burst");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_and_bytes_both_count_and_sustained_drops_close() {
+        let mut budget = Budget::new(10, 4, 1000, 2000);
+        // Byte budget: one 1,500-byte frame fits the burst, the next does not.
+        assert_eq!(budget.charge(1500), Verdict::Admit);
+        assert_eq!(budget.charge(1500), Verdict::Drop);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // Frame budget: empty frames (fragments, pings) still cost a frame each.
+        let verdicts: Vec<_> = (0..9).map(|_| budget.charge(0)).collect();
+        assert_eq!(&verdicts[..4], [Verdict::Admit, Verdict::Admit, Verdict::Admit, Verdict::Admit]);
+        assert_eq!(&verdicts[4..8], [Verdict::Drop, Verdict::Drop, Verdict::Drop, Verdict::Drop]);
+        assert_eq!(verdicts[8], Verdict::Close, "a burst's worth of drops in a row closes");
+        // An admitted frame resets the run of drops.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(budget.charge(0), Verdict::Admit);
+        assert_eq!(budget.charge(5000), Verdict::Drop);
     }
 }

@@ -8,10 +8,12 @@
 
 use std::time::Duration;
 
-use axum::extract::ws::WebSocket;
 use tokio::time::Instant;
 
-use super::connection::{Connection, Exit};
+use super::{
+    connection::{Connection, Exit},
+    socket::Socket,
+};
 use crate::{
     id::Id,
     metrics,
@@ -29,19 +31,19 @@ const ACTIVITY_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Connection {
     /// The ACK for an applied frame, or the connection's end if the write failed.
-    pub(super) async fn ack(&mut self, socket: &mut WebSocket, frame: &Frame) -> Result<bool, Exit> {
+    pub(super) async fn ack(&mut self, socket: &mut Socket, frame: &Frame) -> Result<bool, Exit> {
         match self.write(socket, protocol::ack_frame(frame.message_type, frame.message_id.as_ref())).await {
             Some(exit) => Err(exit),
             None => Ok(false),
         }
     }
 
-    async fn refuse_not_mobile(&mut self, socket: &mut WebSocket, frame: &Frame) -> Result<bool, Exit> {
+    async fn refuse_not_mobile(&mut self, socket: &mut Socket, frame: &Frame) -> Result<bool, Exit> {
         self.refuse(socket, frame, ErrorCode::NotAllowed, "only mobile sessions have presence, talk and type").await
     }
 
     /// STATUS: `{status, text}`; counts as activity.
-    pub(super) async fn on_status(&mut self, socket: &mut WebSocket, frame: &Frame) -> Result<bool, Exit> {
+    pub(super) async fn on_status(&mut self, socket: &mut Socket, frame: &Frame) -> Result<bool, Exit> {
         let Some(session) = self.tracked().cloned() else {
             return self.refuse_not_mobile(socket, frame).await;
         };
@@ -57,7 +59,7 @@ impl Connection {
     }
 
     /// ACTIVITY: the user is active (seed 000's activity ping).
-    pub(super) async fn on_activity(&mut self, socket: &mut WebSocket, frame: &Frame) -> Result<bool, Exit> {
+    pub(super) async fn on_activity(&mut self, socket: &mut Socket, frame: &Frame) -> Result<bool, Exit> {
         if self.tracked().is_none() {
             return self.refuse_not_mobile(socket, frame).await;
         }
@@ -83,7 +85,7 @@ impl Connection {
     }
 
     /// INDICATOR: `[0, 37, userId, groupId, {type, isActive}]`.
-    pub(super) async fn on_indicator(&mut self, socket: &mut WebSocket, frame: &Frame) -> Result<bool, Exit> {
+    pub(super) async fn on_indicator(&mut self, socket: &mut Socket, frame: &Frame) -> Result<bool, Exit> {
         if self.session.is_none() {
             return self.refuse_not_mobile(socket, frame).await;
         }
@@ -155,7 +157,7 @@ impl Connection {
     }
 
     /// Ends what lapsed: the floor after the maximum talk time, indicators not refreshed.
-    pub(super) async fn on_deadline(&mut self, socket: &mut WebSocket) -> Option<Exit> {
+    pub(super) async fn on_deadline(&mut self, socket: &mut Socket) -> Option<Exit> {
         let now = Instant::now();
         if self.talk.as_ref().is_some_and(|t| t.until <= now)
             && let Some(exit) = self.cut_talk(socket).await

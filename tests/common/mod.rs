@@ -4,6 +4,8 @@
 //! fixed sleep.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
@@ -201,6 +203,14 @@ impl Router {
         if signal == "KILL" {
             self.child.wait().await.unwrap();
         }
+    }
+
+    /// The router's resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS in /proc/pid/status");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
     /// Waits for the process to exit (after TERM).

@@ -1,0 +1,411 @@
+//! A server-side WebSocket over an upgraded HTTP connection, written for many mostly idle
+//! connections facing untrusted clients.
+//!
+//! Why not a general-purpose WebSocket crate: the router's first costs are memory per idle
+//! connection and what one hostile client can make it do. Here
+//! - an idle connection holds no buffer at all: reads go through one scratch buffer per
+//!   worker thread, and only the unparsed tail of a frame is kept, in a buffer freed as
+//!   soon as it is consumed, so one large frame leaves nothing behind;
+//! - frames are written straight from their shared, pre-encoded bytes (a 10 MB snapshot
+//!   is not copied once per dashboard);
+//! - every frame the client sends, control frames and empty continuation fragments
+//!   included, is charged to the connection's [`Budget`], and a ping is answered by at
+//!   most one queued pong, so floods cannot grow memory or burn CPU unnoticed;
+//! - the close handshake is completed properly: our Close frame is flushed, then the
+//!   write half is shut and unread input drained for a bounded time, so the client reads
+//!   the close code instead of a TCP reset.
+
+use std::{
+    cell::RefCell,
+    collections::VecDeque,
+    future::poll_fn,
+    io::IoSlice,
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::{
+    frame::{self, Header, Opcode, OutHeader, Violation},
+    rate_limit::{Budget, Verdict},
+};
+use crate::metrics;
+
+/// Bytes read from a socket per read call, into the worker thread's scratch buffer.
+const SCRATCH_BYTES: usize = 16 * 1024;
+
+/// Frames fed without a flush collect up to this many bytes before they are written, so
+/// a dashboard catching up pays one write per batch. Frames are queued by reference, so
+/// this bounds syscalls, not copies.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// After our Close frame, how long unread input is drained before the socket is dropped.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+/// ... and how many bytes at most.
+const DRAIN_BYTES: usize = 1 << 20;
+
+/// Most frames in one vectored write.
+const MAX_IOSLICES: usize = 64;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
+}
+
+/// What [`Socket::recv`] hands the connection.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A complete binary message.
+    Binary(Bytes),
+    /// A complete text message (valid UTF-8; the protocol has no use for it).
+    Text,
+    /// The client sent a Close frame with this code (`None`: no code). Answer with
+    /// [`Socket::close`] echoing it.
+    Closed(Option<u16>),
+    /// The client broke the protocol; close with the violation's code.
+    Violation(Violation),
+    /// The client kept sending past its budget; close with 4029.
+    RateLimited,
+    /// The connection ended (end of stream or an I/O error) without a close handshake.
+    Gone,
+}
+
+/// One queued outbound frame.
+struct Out {
+    header: OutHeader,
+    payload: Bytes,
+    /// Bytes of header + payload already written.
+    written: usize,
+}
+
+impl Out {
+    fn len(&self) -> usize {
+        self.header.as_slice().len() + self.payload.len()
+    }
+
+    /// The unwritten parts, as at most two slices.
+    fn slices(&self) -> [&[u8]; 2] {
+        let header = self.header.as_slice();
+        if self.written < header.len() {
+            [&header[self.written..], &self.payload]
+        } else {
+            [&[], &self.payload[self.written - header.len()..]]
+        }
+    }
+}
+
+/// A message being reassembled from fragments.
+struct Fragments {
+    opcode: Opcode,
+    data: Vec<u8>,
+    /// A fragment was dropped by the budget: the message is discarded when it ends.
+    poisoned: bool,
+}
+
+pub struct Socket {
+    io: TokioIo<Upgraded>,
+    /// Bytes read but not yet parsed (an incomplete frame). Empty and unallocated
+    /// between frames.
+    pending: Vec<u8>,
+    /// Boxed: most connections never send a fragmented message.
+    fragments: Option<Box<Fragments>>,
+    out: VecDeque<Out>,
+    queued: usize,
+    /// The answer to the latest ping, not yet queued (at most one is ever held).
+    pong: Option<Bytes>,
+    budget: Budget,
+    /// Largest message (all fragments together) in bytes.
+    max_message: usize,
+    close_sent: bool,
+}
+
+impl Socket {
+    pub fn new(io: TokioIo<Upgraded>, budget: Budget, max_message: usize) -> Self {
+        Socket {
+            io,
+            pending: Vec::new(),
+            fragments: None,
+            out: VecDeque::new(),
+            queued: 0,
+            pong: None,
+            budget,
+            max_message,
+            close_sent: false,
+        }
+    }
+
+    /// The next message, or how the connection ended. Pings are answered and pongs
+    /// absorbed here. Cancel-safe: all progress lives in `self`.
+    pub async fn recv(&mut self) -> Incoming {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Incoming> {
+        if self.pong.is_some() || !self.out.is_empty() {
+            // Answer pings while the client's reads allow; a client that never reads
+            // keeps at most one pong queued.
+            if let Poll::Ready(Err(_)) = self.poll_write_out(cx) {
+                return Poll::Ready(Incoming::Gone);
+            }
+        }
+        loop {
+            if !self.pending.is_empty() {
+                let mut pending = std::mem::take(&mut self.pending);
+                let (consumed, incoming, needed) = self.advance(&pending);
+                pending.drain(..consumed);
+                self.pending = pending;
+                self.after_parse(consumed, needed);
+                if let Some(incoming) = incoming {
+                    return Poll::Ready(incoming);
+                }
+            }
+            let read = SCRATCH.with_borrow_mut(|scratch| {
+                let mut buf = ReadBuf::new(scratch);
+                match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(_)) => Poll::Ready(Some(Incoming::Gone)),
+                    Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Some(Incoming::Gone)),
+                    Poll::Ready(Ok(())) => {
+                        let data = buf.filled();
+                        if self.pending.is_empty() {
+                            // The common case, a whole small frame: parsed in place.
+                            let (consumed, incoming, needed) = self.advance(data);
+                            self.pending.extend_from_slice(&data[consumed..]);
+                            self.after_parse(consumed, needed);
+                            Poll::Ready(incoming)
+                        } else {
+                            self.pending.extend_from_slice(data);
+                            Poll::Ready(None)
+                        }
+                    }
+                }
+            });
+            match ready!(read) {
+                Some(incoming) => return Poll::Ready(incoming),
+                None => continue,
+            }
+        }
+    }
+
+    /// Sizes the buffer of unparsed bytes: room for the whole frame that has begun
+    /// (`needed` bytes, bounded by the message cap), and once frames were consumed, no
+    /// more than what is left, so one large frame leaves nothing behind.
+    fn after_parse(&mut self, consumed: usize, needed: usize) {
+        if needed > self.pending.len() {
+            self.pending.reserve_exact(needed - self.pending.len());
+        } else if consumed > 0 {
+            if self.pending.is_empty() {
+                self.pending = Vec::new();
+            } else if self.pending.capacity() > SCRATCH_BYTES {
+                self.pending.shrink_to_fit();
+            }
+        }
+    }
+
+    /// Handles the whole frames at the start of `buf` until one completes a message or
+    /// ends the connection. Returns the bytes consumed, that outcome (`None`: more bytes
+    /// are needed) and, when a frame has begun, its whole size in bytes.
+    fn advance(&mut self, buf: &[u8]) -> (usize, Option<Incoming>, usize) {
+        let mut at = 0;
+        loop {
+            let assembled = self.fragments.as_ref().map_or(0, |f| f.data.len());
+            let header = match frame::parse_header(&buf[at..], self.max_message - assembled) {
+                Ok(Some(header)) => header,
+                Ok(None) => return (at, None, 0),
+                Err(violation) => return (at, Some(Incoming::Violation(violation)), 0),
+            };
+            let end = at + header.header_len + header.len;
+            if buf.len() < end {
+                return (at, None, end - at);
+            }
+            let payload = &buf[at + header.header_len..end];
+            at = end;
+            if let Some(incoming) = self.on_frame(header, payload) {
+                return (at, Some(incoming), 0);
+            }
+        }
+    }
+
+    /// One complete frame; `Some` when it completes a message or ends the connection.
+    fn on_frame(&mut self, header: Header, masked: &[u8]) -> Option<Incoming> {
+        if header.opcode != Opcode::Close {
+            match self.budget.charge(header.len) {
+                Verdict::Admit => {}
+                Verdict::Drop => {
+                    ::metrics::counter!(metrics::FRAME_ERRORS, "reason" => "rate_limited").increment(1);
+                    return match (header.opcode, self.fragments.as_mut()) {
+                        (Opcode::Continuation, None) | (Opcode::Text | Opcode::Binary, Some(_)) => {
+                            Some(Incoming::Violation(Violation::Protocol("unexpected continuation or data frame")))
+                        }
+                        (Opcode::Continuation, Some(fragments)) => {
+                            fragments.poisoned = true;
+                            self.end_message(header.fin)
+                        }
+                        (Opcode::Text | Opcode::Binary, None) if !header.fin => {
+                            let fragments = Fragments { opcode: header.opcode, data: Vec::new(), poisoned: true };
+                            self.fragments = Some(Box::new(fragments));
+                            None
+                        }
+                        _ => None,
+                    };
+                }
+                Verdict::Close => return Some(Incoming::RateLimited),
+            }
+        }
+        let mut payload = masked.to_vec();
+        frame::unmask(&mut payload, header.mask);
+        match header.opcode {
+            Opcode::Ping => {
+                self.pong = Some(payload.into());
+                None
+            }
+            Opcode::Pong => None,
+            Opcode::Close => Some(match frame::close_code(&payload) {
+                Ok(code) => Incoming::Closed(code),
+                Err(violation) => Incoming::Violation(violation),
+            }),
+            Opcode::Text | Opcode::Binary if self.fragments.is_some() => {
+                Some(Incoming::Violation(Violation::Protocol("a new message inside a fragmented one")))
+            }
+            Opcode::Text | Opcode::Binary if header.fin => Some(message(header.opcode, payload)),
+            Opcode::Text | Opcode::Binary => {
+                self.fragments = Some(Box::new(Fragments { opcode: header.opcode, data: payload, poisoned: false }));
+                None
+            }
+            Opcode::Continuation => match self.fragments.as_mut() {
+                None => Some(Incoming::Violation(Violation::Protocol("a continuation with nothing to continue"))),
+                Some(fragments) => {
+                    if !fragments.poisoned {
+                        fragments.data.extend_from_slice(&payload);
+                    }
+                    self.end_message(header.fin)
+                }
+            },
+        }
+    }
+
+    /// After a continuation frame: the reassembled message if it was the last one.
+    fn end_message(&mut self, fin: bool) -> Option<Incoming> {
+        if !fin {
+            return None;
+        }
+        let fragments = self.fragments.take().expect("a message is being reassembled");
+        (!fragments.poisoned).then(|| message(fragments.opcode, fragments.data))
+    }
+
+    /// Queues a binary frame without writing it unless a batch's worth is queued.
+    pub async fn feed(&mut self, payload: Bytes) -> std::io::Result<()> {
+        self.queue(Opcode::Binary, payload);
+        if self.queued >= WRITE_BATCH_BYTES { self.flush().await } else { Ok(()) }
+    }
+
+    /// Writes a binary frame and everything queued before it.
+    pub async fn send(&mut self, payload: Bytes) -> std::io::Result<()> {
+        self.queue(Opcode::Binary, payload);
+        self.flush().await
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        poll_fn(|cx| self.poll_write_out(cx)).await
+    }
+
+    /// Sends a Close frame with `code` (once) and writes it out.
+    pub async fn close(&mut self, code: u16, reason: &str) -> std::io::Result<()> {
+        if !self.close_sent {
+            self.close_sent = true;
+            self.pong = None;
+            self.push(Opcode::Close, frame::close_payload(code, reason).into());
+        }
+        self.flush().await
+    }
+
+    /// Ends the TCP connection after a close handshake: shuts the write half (the client
+    /// sees our Close frame, then end of stream) and reads whatever the client still
+    /// sends, up to [`DRAIN_TIME`] / [`DRAIN_BYTES`], so that closing the socket does
+    /// not turn into a reset that discards our Close frame.
+    pub async fn finish(mut self) {
+        if self.io.shutdown().await.is_err() {
+            return;
+        }
+        let drain = async {
+            let mut drained = 0;
+            let mut chunk = [0u8; 512];
+            while drained < DRAIN_BYTES {
+                match self.io.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+    }
+
+    /// Queues a frame, after the pong owed for a ping received before it.
+    fn queue(&mut self, opcode: Opcode, payload: Bytes) {
+        self.queue_pong();
+        self.push(opcode, payload);
+    }
+
+    fn queue_pong(&mut self) {
+        if let Some(pong) = self.pong.take() {
+            self.push(Opcode::Pong, pong);
+        }
+    }
+
+    fn push(&mut self, opcode: Opcode, payload: Bytes) {
+        let out = Out { header: OutHeader::new(opcode, payload.len()), payload, written: 0 };
+        self.queued += out.len();
+        self.out.push_back(out);
+    }
+
+    /// Writes queued frames (a pending pong first) with vectored writes until none is
+    /// left, then releases the queue's storage.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.queue_pong();
+        while !self.out.is_empty() {
+            let written = {
+                let mut slices = [IoSlice::new(&[]); MAX_IOSLICES];
+                let mut n = 0;
+                for part in self.out.iter().take(MAX_IOSLICES / 2).flat_map(Out::slices) {
+                    if !part.is_empty() {
+                        slices[n] = IoSlice::new(part);
+                        n += 1;
+                    }
+                }
+                ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]))?
+            };
+            if written == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.queued -= written;
+            let mut left = written;
+            while left > 0 {
+                let front = self.out.front_mut().expect("written bytes belong to queued frames");
+                let take = left.min(front.len() - front.written);
+                front.written += take;
+                left -= take;
+                if front.written == front.len() {
+                    self.out.pop_front();
+                }
+            }
+        }
+        if self.out.capacity() > MAX_IOSLICES {
+            self.out = VecDeque::new();
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+}
+
+/// A complete data message; text must be UTF-8.
+fn message(opcode: Opcode, payload: Vec<u8>) -> Incoming {
+    match opcode {
+        Opcode::Text if std::str::from_utf8(&payload).is_err() => Incoming::Violation(Violation::InvalidUtf8),
+        Opcode::Text => Incoming::Text,
+        _ => Incoming::Binary(payload.into()),
+    }
+}

@@ -1,0 +1,173 @@
+//! A WebSocket client on a raw TCP socket, for tests where a library would hide the bug:
+//! control-frame floods, fragments, close handshakes read byte by byte, bad framing.
+
+use std::net::SocketAddr;
+
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use super::WAIT;
+
+pub const CONTINUATION: u8 = 0x0;
+pub const TEXT: u8 = 0x1;
+pub const BINARY: u8 = 0x2;
+pub const CLOSE: u8 = 0x8;
+pub const PING: u8 = 0x9;
+pub const PONG: u8 = 0xA;
+
+/// A client frame: `fin`, `opcode`, masked `payload`.
+pub fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xFA, 0x21, 0x3D];
+    let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// A close frame's payload: code then reason.
+pub fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason);
+    payload
+}
+
+/// A server frame: (fin, opcode, payload).
+pub type ServerFrame = (bool, u8, Vec<u8>);
+
+/// How reading the router's side ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// A Close frame with this code (`None`: empty payload), then end of stream.
+    Closed(Option<u16>),
+    /// A Close frame, then a reset instead of end of stream.
+    ClosedThenReset(Option<u16>),
+    /// No Close frame: end of stream or a reset.
+    Dropped,
+}
+
+pub struct RawWs {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    /// Opens a WebSocket with `token` (and `device_id`, when given) and checks the 101.
+    pub async fn connect(addr: SocketAddr, token: &str, device: Option<&str>) -> RawWs {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let device = device.map(|d| format!("device_id: {d}\r\n")).unwrap_or_default();
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             token: {token}\r\n{device}\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let head_end = loop {
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(WAIT, stream.read(&mut chunk)).await.expect("handshake in time").unwrap();
+            assert!(n > 0, "the router closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "the RFC 6455 example key's answer: {head}");
+        buf.drain(..head_end);
+        RawWs { stream, buf }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("send");
+    }
+
+    /// The next server frame as (fin, opcode, payload); `None` at end of stream or reset.
+    pub async fn read_frame(&mut self) -> Option<ServerFrame> {
+        read_frame(&mut self.buf, &mut self.stream).await
+    }
+
+    /// Reads frames until the router's Close, then checks how the TCP stream ends.
+    pub async fn end(&mut self) -> End {
+        end(&mut self.buf, &mut self.stream).await
+    }
+
+    /// Writes `chunk` up to `times` times while reading, until the router ends the
+    /// connection; returns how it ended.
+    pub async fn flood(&mut self, chunk: &[u8], times: usize) -> End {
+        let (mut reader, mut writer) = self.stream.split();
+        let write = async {
+            for _ in 0..times {
+                if writer.write_all(chunk).await.is_err() {
+                    break;
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            ended = end(&mut self.buf, &mut reader) => ended,
+            () = write => unreachable!(),
+        }
+    }
+}
+
+async fn read_frame(buf: &mut Vec<u8>, stream: &mut (impl AsyncRead + Unpin)) -> Option<ServerFrame> {
+    loop {
+        if let Some((frame, used)) = parse_server_frame(buf) {
+            buf.drain(..used);
+            return Some(frame);
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match tokio::time::timeout(WAIT, stream.read(&mut chunk)).await.expect("a frame in time") {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+async fn end(buf: &mut Vec<u8>, stream: &mut (impl AsyncRead + Unpin)) -> End {
+    loop {
+        match read_frame(buf, stream).await {
+            None => return End::Dropped,
+            Some((_, CLOSE, payload)) => {
+                let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                let mut rest = [0u8; 1024];
+                return loop {
+                    match tokio::time::timeout(WAIT, stream.read(&mut rest)).await.expect("end in time") {
+                        Ok(0) => break End::Closed(code),
+                        Ok(_) => continue,
+                        Err(_) => break End::ClosedThenReset(code),
+                    }
+                };
+            }
+            Some(_) => continue,
+        }
+    }
+}
+
+/// A server frame (unmasked) at the start of `buf`, and the bytes it takes.
+fn parse_server_frame(buf: &[u8]) -> Option<(ServerFrame, usize)> {
+    let [b0, b1, ..] = *buf else { return None };
+    assert_eq!(b1 & 0x80, 0, "server frames are never masked");
+    let (len, at) = match b1 & 0x7F {
+        126 => (u16::from_be_bytes(buf.get(2..4)?.try_into().unwrap()) as usize, 4),
+        127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().unwrap()) as usize, 10),
+        n => (n as usize, 2),
+    };
+    let payload = buf.get(at..at + len)?.to_vec();
+    Some(((b0 & 0x80 != 0, b0 & 0x0F, payload), at + len))
+}

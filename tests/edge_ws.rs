@@ -1,0 +1,250 @@
+//! Hostile WebSocket clients, on raw sockets: floods of any frame kind (control frames and
+//! fragments included) are charged to the connection's budget and closed with 4029; the
+//! close handshake completes (the client reads the Close frame, then end of stream, never
+//! a reset); framing violations get their RFC 6455 close codes; and large frames leave no
+//! buffer behind.
+
+mod common;
+
+use common::{
+    Client, Router, SECRET,
+    raw::{BINARY, CLOSE, CONTINUATION, End, PING, PONG, RawWs, TEXT, close_payload, frame},
+    token,
+};
+use presence_router::auth::{Role, mint_hs256_in};
+use tokio::io::AsyncWriteExt;
+
+async fn mobile(router: &Router, user: &str) -> RawWs {
+    RawWs::connect(router.addr, &token(user, Role::Mobile), Some("device")).await
+}
+
+/// `[0, 30, user, 0, {}]`: a heartbeat, as bytes.
+fn heartbeat(user: &str) -> Vec<u8> {
+    frame(true, BINARY, &presence_router::protocol::heartbeat_frame(user))
+}
+
+#[tokio::test]
+async fn a_ping_flood_that_never_reads_is_closed_and_memory_stays_flat() {
+    let router = Router::start(&[]).await;
+    let before = router.rss_kib();
+    let mut flooder = RawWs::connect(router.addr, &token("flooder", Role::Dashboard), None).await;
+    let pings: Vec<u8> = (0..100).flat_map(|_| frame(true, PING, &[0x55; 125])).collect();
+    // Never reads: every pong the router owes it stays unread.
+    let flood = tokio::spawn(async move {
+        let mut sent = 0u64;
+        while flooder.stream.write_all(&pings).await.is_ok() {
+            sent += 100;
+        }
+        sent
+    });
+    // Meanwhile another client's round trips go on.
+    let mut other = router.mobile("other", "d").await;
+    for _ in 0..5 {
+        other.sync("other").await;
+    }
+    let sent = tokio::time::timeout(common::WAIT, flood).await.expect("the flooder is cut off in time").unwrap();
+    assert!(sent >= 200, "the router closed the connection only after the burst ({sent} pings)");
+    let grown = router.rss_kib().saturating_sub(before);
+    assert!(grown < 64 * 1024, "RSS grew {grown} KiB during the flood");
+    let text = router.metrics().await;
+    assert!(text.contains("presence_disconnects_total{reason=\"rate limit exceeded\"} 1"), "{text}");
+    other.sync("other").await;
+}
+
+#[tokio::test]
+async fn floods_of_any_frame_kind_are_closed_with_4029() {
+    let router = Router::start(&[]).await;
+    let floods: [(&str, Vec<u8>); 5] = [
+        ("pings", (0..2000).flat_map(|_| frame(true, PING, b"p")).collect()),
+        ("pongs", (0..2000).flat_map(|_| frame(true, PONG, b"p")).collect()),
+        ("text frames", (0..2000).flat_map(|_| frame(true, TEXT, b"t")).collect()),
+        ("heartbeats", (0..2000).flat_map(|_| heartbeat("u")).collect()),
+        (
+            "empty continuation fragments",
+            frame(false, BINARY, b"")
+                .into_iter()
+                .chain((0..2000).flat_map(|_| frame(false, CONTINUATION, b"")))
+                .collect(),
+        ),
+    ];
+    for (what, flood) in floods {
+        let mut client = mobile(&router, "u").await;
+        client.send(&flood).await;
+        assert_eq!(client.end().await, End::Closed(Some(4029)), "{what}");
+    }
+    // Bytes count as well as frames: a few maximal frames a second are fine, a stream of
+    // them is not.
+    let mut client = mobile(&router, "u").await;
+    let big = frame(true, BINARY, &vec![0xC0; 60 * 1024]);
+    let end = client.flood(&big, 2000).await;
+    // The router closes while the client is still writing: the Close frame arrives, and
+    // the end of the stream may be a reset once the drain gives up on the flood.
+    assert!(matches!(end, End::Closed(Some(4029)) | End::ClosedThenReset(Some(4029))), "{end:?}");
+}
+
+#[tokio::test]
+async fn a_client_close_is_echoed_then_the_stream_ends() {
+    let router = Router::start(&[]).await;
+    for (sent, echoed) in [(Some(1000), 1000), (Some(4321), 4321), (Some(1001), 1001), (None, 1000)] {
+        for _ in 0..10 {
+            let mut client = mobile(&router, "u").await;
+            let payload = sent.map(|code| close_payload(code, b"bye")).unwrap_or_default();
+            client.send(&frame(true, CLOSE, &payload)).await;
+            assert_eq!(client.end().await, End::Closed(Some(echoed)), "close {sent:?}");
+        }
+    }
+    // A dashboard that logs out sees the same.
+    let mut dashboard = RawWs::connect(router.addr, &token("d", Role::Dashboard), None).await;
+    dashboard.send(&frame(true, CLOSE, &close_payload(1000, b""))).await;
+    assert_eq!(dashboard.end().await, End::Closed(Some(1000)));
+}
+
+#[tokio::test]
+async fn the_routers_own_close_arrives_not_a_reset() {
+    let router = Router::start(&[]).await;
+    let burst: Vec<u8> = (0..1000).flat_map(|_| heartbeat("u")).collect();
+    for attempt in 0..20 {
+        let mut client = mobile(&router, "u").await;
+        // 1,000 heartbeats in one write: the router closes with 4029 while input is
+        // still unread; the client must read the Close frame, not a reset.
+        client.send(&burst).await;
+        assert_eq!(client.end().await, End::Closed(Some(4029)), "attempt {attempt}");
+    }
+}
+
+#[tokio::test]
+async fn framing_violations_close_with_their_codes() {
+    let router = Router::start(&["--max-frame-bytes", "4096"]).await;
+    let unmasked = vec![0x82, 0x01, 0xC0];
+    let mut huge_header = vec![0x82, 0x80 | 127];
+    huge_header.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    huge_header.extend_from_slice(&[1, 2, 3, 4]);
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("an unmasked frame", unmasked, 1002),
+        (
+            "RSV1 without an extension",
+            {
+                let mut f = frame(true, BINARY, b"x");
+                f[0] |= 0x40;
+                f
+            },
+            1002,
+        ),
+        ("a reserved opcode", frame(true, 0x3, b"x"), 1002),
+        ("a continuation with nothing to continue", frame(true, CONTINUATION, b"x"), 1002),
+        ("a ping of 126 bytes", frame(true, PING, &[0; 126]), 1002),
+        ("a fragmented ping", frame(false, PING, b"p"), 1002),
+        (
+            "a new message inside a fragmented one",
+            [frame(false, BINARY, b"a"), frame(true, BINARY, b"b")].concat(),
+            1002,
+        ),
+        ("a one-byte close payload", frame(true, CLOSE, &[3]), 1002),
+        ("a reserved close code", frame(true, CLOSE, &close_payload(1005, b"")), 1002),
+        ("a text frame that is not UTF-8", frame(true, TEXT, &[0xC3, 0x28]), 1007),
+        (
+            "fragmented text that is not UTF-8",
+            [frame(false, TEXT, &[0xE2, 0x82]), frame(true, CONTINUATION, &[0x28])].concat(),
+            1007,
+        ),
+        ("a close reason that is not UTF-8", frame(true, CLOSE, &close_payload(1000, &[0xFF])), 1007),
+        ("a frame over the cap", frame(true, BINARY, &[0; 5000]), 1009),
+        ("a length of 2^40, before its payload", huge_header, 1009),
+        (
+            "fragments adding up past the cap",
+            [frame(false, BINARY, &[0; 3000]), frame(true, CONTINUATION, &[0; 3000])].concat(),
+            1009,
+        ),
+    ];
+    for (what, bytes, code) in cases {
+        let mut client = mobile(&router, "u").await;
+        client.send(&bytes).await;
+        assert_eq!(client.end().await, End::Closed(Some(code)), "{what}");
+    }
+    let text = router.metrics().await;
+    for reason in ["protocol", "invalid_utf8", "too_big"] {
+        assert!(text.contains(&format!("presence_frame_errors_total{{reason=\"{reason}\"}}")), "{reason}: {text}");
+    }
+    // Valid UTF-8 text is answered with an ERROR frame, as before; the connection stays.
+    let mut client = Client::connect(router.addr, &token("t", Role::Mobile), Some("d")).await;
+    client.send_text("hello").await;
+    assert_eq!(client.next_error().await["code"].as_str(), Some("text_not_supported"));
+    client.sync("t").await;
+}
+
+#[tokio::test]
+async fn fragmented_messages_and_pings_between_them_are_served() {
+    let router = Router::start(&[]).await;
+    let mut client = mobile(&router, "u").await;
+    let bytes = presence_router::protocol::heartbeat_frame("u");
+    let (a, rest) = bytes.split_at(3);
+    let (b, c) = rest.split_at(rest.len() / 2);
+    let message = [
+        frame(false, BINARY, a),
+        frame(true, PING, b"are you there"),
+        frame(false, CONTINUATION, b),
+        frame(true, CONTINUATION, c),
+    ]
+    .concat();
+    client.send(&message).await;
+    let (fin, opcode, payload) = client.read_frame().await.expect("the pong");
+    assert_eq!((fin, opcode, payload.as_slice()), (true, PONG, &b"are you there"[..]));
+    let (_, opcode, payload) = client.read_frame().await.expect("the heartbeat's ACK");
+    assert_eq!(opcode, BINARY);
+    let ack = rmpv::decode::read_value(&mut &payload[..]).unwrap();
+    assert_eq!(ack[1].as_u64(), Some(34), "HEARTBEAT_ACK for the reassembled heartbeat: {ack}");
+}
+
+/// Frames are read into a shared scratch buffer and only an unfinished frame is kept, so
+/// after one 60 KiB frame each, idle connections hold what they held before it.
+#[tokio::test]
+async fn large_frames_leave_no_buffer_behind() {
+    const CONNECTIONS: usize = 300;
+    let router = Router::start(&[]).await;
+    let mut clients = Vec::new();
+    for i in 0..CONNECTIONS {
+        let user = format!("big{i}");
+        let token = mint_hs256_in(SECRET.as_bytes(), &user, Role::Mobile, Some(&[user.as_str()]), 3600).unwrap();
+        let mut client = Client::connect(router.addr, &token, Some("d")).await;
+        client.sync(&user).await;
+        clients.push((user, client));
+    }
+    let before = router.rss_kib();
+    let payload = rmpv::Value::Binary(vec![0x42; 60 * 1024]);
+    for (user, client) in &mut clients {
+        // TEXT to the client's own, otherwise empty group: read whole, then acknowledged.
+        client.send_frame(0, 17, user, user, payload.clone()).await;
+        client.expect(39).await;
+    }
+    let grown = router.rss_kib().saturating_sub(before);
+    assert!(
+        grown < (CONNECTIONS as u64) * 16,
+        "{grown} KiB kept after one 60 KiB frame on each of {CONNECTIONS} connections"
+    );
+}
+
+/// Snapshots are written from the shared encoded frame: a dashboard keeps no copy.
+#[tokio::test]
+async fn dashboards_keep_no_snapshot_buffer() {
+    const USERS: usize = 1000;
+    const DASHBOARDS: usize = 100;
+    let router = Router::start(&[]).await;
+    let mut mobiles = Vec::new();
+    let text = "x".repeat(120);
+    for i in 0..USERS {
+        let user = format!("m{i}");
+        let mut client = router.mobile(&user, "d").await;
+        client.set_status(&user, "dnd", Some(&text)).await;
+        mobiles.push(client);
+    }
+    // The snapshot is over 120 KB; warm its cache with a first dashboard.
+    let (_first, snapshot) = router.dashboard("first").await;
+    assert_eq!(snapshot[5]["users"].as_array().map(Vec::len), Some(USERS));
+    let before = router.rss_kib();
+    let mut dashboards = Vec::new();
+    for i in 0..DASHBOARDS {
+        dashboards.push(router.dashboard(&format!("d{i}")).await.0);
+    }
+    let grown = router.rss_kib().saturating_sub(before);
+    assert!(grown < (DASHBOARDS as u64) * 48, "{grown} KiB kept by {DASHBOARDS} dashboards after a snapshot");
+}
