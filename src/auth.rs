@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::Id;
 
+/// Shortest HS256 secret accepted without a warning: RFC 7518 §3.2 asks for a key at least
+/// as long as the hash output (256 bits). A shorter one can be guessed offline from any
+/// single token it signed, and then used to forge tokens.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 /// What a connection may do: mobiles have presence, web/dashboard sessions watch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
