@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::Id;
 
+/// Seconds of clock skew forgiven between the token's issuer and this router, on `exp`
+/// and `nbf`.
+pub const LEEWAY_SECS: u64 = 5;
+
 /// Shortest HS256 secret accepted without a warning: RFC 7518 §3.2 asks for a key at least
 /// as long as the hash output (256 bits). A shorter one can be guessed offline from any
 /// single token it signed, and then used to forge tokens.
@@ -59,6 +63,8 @@ pub enum AuthError {
     Missing,
     #[error("token expired")]
     Expired,
+    #[error("token not valid yet: its nbf is more than {LEEWAY_SECS} s ahead of this router's clock")]
+    NotYetValid,
     #[error("invalid token: {0}")]
     Invalid(String),
 }
@@ -69,6 +75,7 @@ impl AuthError {
         match self {
             AuthError::Missing => "missing_token",
             AuthError::Expired => "token_expired",
+            AuthError::NotYetValid => "token_not_yet_valid",
             AuthError::Invalid(_) => "invalid_token",
         }
     }
@@ -99,11 +106,14 @@ impl Authenticator {
         Ok(Authenticator { key, validation: validation(algorithm) })
     }
 
+    /// The signature, the algorithm, `exp` and `nbf` (each with [`LEEWAY_SECS`]) and the
+    /// claims' shape.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map(|data| data.claims).map_err(|e| match e
             .kind()
         {
             ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
             _ => AuthError::Invalid(e.to_string()),
         })
     }
@@ -111,7 +121,8 @@ impl Authenticator {
 
 fn validation(algorithm: Algorithm) -> Validation {
     let mut v = Validation::new(algorithm);
-    v.leeway = 5;
+    v.leeway = LEEWAY_SECS;
+    v.validate_nbf = true;
     v
 }
 
@@ -193,6 +204,35 @@ mod tests {
         let expired = Claims { sub: Id::parse("u1").unwrap(), role: Role::Web, exp: 1_000, groups: None };
         let token = jsonwebtoken::encode(&Header::default(), &expired, &EncodingKey::from_secret(SECRET)).unwrap();
         assert_eq!(auth.verify(&token).unwrap_err(), AuthError::Expired);
+    }
+
+    fn now() -> u64 {
+        crate::presence::unix_ms() / 1000
+    }
+
+    fn sign(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    }
+
+    #[test]
+    fn not_before_is_checked_with_leeway() {
+        let auth = Authenticator::hs256(SECRET);
+        let token = |nbf: u64| sign(serde_json::json!({"sub": "u", "role": "mobile", "exp": now() + 600, "nbf": nbf}));
+        let refused = auth.verify(&token(now() + 60)).unwrap_err();
+        assert_eq!((refused.code(), &refused), ("token_not_yet_valid", &AuthError::NotYetValid));
+        assert!(refused.to_string().contains("nbf"), "{refused}");
+        assert!(auth.verify(&token(now() + LEEWAY_SECS - 2)).is_ok(), "within the leeway");
+        assert!(auth.verify(&token(now() - 10)).is_ok());
+        let unreadable = sign(serde_json::json!({"sub": "u", "role": "mobile", "exp": now() + 600, "nbf": "soon"}));
+        assert_eq!(auth.verify(&unreadable).unwrap_err().code(), "invalid_token");
+    }
+
+    #[test]
+    fn an_audience_is_refused_and_an_issuer_ignored() {
+        let auth = Authenticator::hs256(SECRET);
+        let with = |claim: &str| sign(serde_json::json!({"sub": "u", "role": "web", "exp": now() + 60, claim: "x"}));
+        assert_eq!(auth.verify(&with("aud")).unwrap_err().code(), "invalid_token", "no audience to match");
+        assert!(auth.verify(&with("iss")).is_ok());
     }
 
     #[test]

@@ -1,17 +1,33 @@
-//! What the router checks in a token, against the real binary: the secret at start.
+//! What the router checks in a token, against the real binary: the secret at start, then
+//! `nbf` on the WebSocket handshake and the HTTP API alike.
 
 mod common;
 
 use std::process::Stdio;
 
-use common::{Client, WAIT, await_line, http};
+use common::{Client, Router, SECRET, WAIT, await_line, http};
 use presence_router::auth::{Role, mint_hs256};
 use tokio::{
     io::AsyncReadExt,
     process::{Child, Command},
 };
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
 const SHORT_WARNING: &str = "JWT secret is shorter than 32 bytes";
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Signs arbitrary claims with the suite's secret.
+fn sign(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
 
 /// The router binary with only `args` (no secret unless given) and `env`, stdout and
 /// stderr piped, logging at `warn`.
@@ -62,6 +78,43 @@ async fn log_of(mut child: Child) -> String {
     log
 }
 
+/// Attempts a handshake with `token`; returns the HTTP status and JSON body of the refusal.
+async fn handshake(router: &Router, token: &str) -> (u16, serde_json::Value) {
+    let mut request = format!("ws://{}/", router.addr).into_client_request().unwrap();
+    request.headers_mut().insert("token", token.parse().unwrap());
+    request.headers_mut().insert("device_id", "d".parse().unwrap());
+    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request)).await.expect("handshake in time") {
+        Err(tungstenite::Error::Http(response)) => {
+            let body = response.body().as_deref().map(|b| serde_json::from_slice(b).unwrap()).unwrap_or_default();
+            (response.status().as_u16(), body)
+        }
+        other => panic!("handshake should be refused, got {:?}", other.map(|(_, r)| r.status())),
+    }
+}
+
+/// `GET /api/users/u/presence` with `Authorization: Bearer <token>`.
+async fn api(router: &Router, token: &str) -> (u16, serde_json::Value) {
+    let auth = format!("Bearer {token}");
+    http(router.addr, "GET", "/api/users/u/presence", &[("Authorization", &auth)], "").await
+}
+
+/// Both doors refuse `token` with 401 and `code`, with a message saying why.
+async fn refused_everywhere(router: &Router, token: &str, code: &str, says: &str) {
+    for (door, (status, body)) in [("WebSocket", handshake(router, token).await), ("HTTP", api(router, token).await)] {
+        assert_eq!((status, body["error"]["code"].as_str()), (401, Some(code)), "{door}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{door}: {message:?} should mention {says:?}");
+    }
+}
+
+/// Both doors accept `token`: a mobile connects and is acknowledged, the API answers 200.
+async fn accepted_everywhere(router: &Router, token: &str) {
+    let mut mobile = Client::connect(router.addr, token, Some("d")).await;
+    mobile.sync("u").await;
+    let (status, body) = api(router, token).await;
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test]
 async fn an_empty_secret_stops_the_router_at_start() {
     for (args, env) in [
@@ -95,4 +148,20 @@ async fn a_secret_under_32_bytes_warns_once_and_serves() {
     let (child, _) = serving(&["--jwt-secret", &"k".repeat(32)], &[]).await;
     let log = log_of(child).await;
     assert!(!log.contains(SHORT_WARNING), "32 bytes is enough: {log}");
+}
+
+#[tokio::test]
+async fn a_token_not_valid_yet_is_refused_on_both_doors() {
+    let router = Router::start(&[]).await;
+    let early = sign(serde_json::json!({"sub": "u", "role": "mobile", "nbf": now() + 120, "exp": now() + 600}));
+    refused_everywhere(&router, &early, "token_not_yet_valid", "nbf").await;
+    let text = router.metrics().await;
+    assert!(text.contains("presence_handshake_rejections_total{reason=\"token_not_yet_valid\"} 1"), "{text}");
+
+    // Within the 5 s leeway, or already past: valid. So is a token with no nbf or iat at all.
+    let skewed = sign(serde_json::json!({"sub": "u", "role": "mobile", "nbf": now() + 2, "exp": now() + 600}));
+    accepted_everywhere(&router, &skewed).await;
+    let past = sign(serde_json::json!({"sub": "u", "role": "mobile", "nbf": now() - 60, "exp": now() + 600}));
+    accepted_everywhere(&router, &past).await;
+    accepted_everywhere(&router, &sign(serde_json::json!({"sub": "u", "role": "mobile", "exp": now() + 600}))).await;
 }
