@@ -137,7 +137,7 @@ impl App {
 }
 
 fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
-    match (&config.jwt_secret, &config.jwt_public_key) {
+    let auth = match (&config.jwt_secret, &config.jwt_public_key) {
         (Some(secret), _) => {
             // The config refuses an empty secret; this guards a Config built some other way.
             anyhow::ensure!(!secret.trim().is_empty(), "the JWT secret is empty: anyone could sign tokens");
@@ -148,14 +148,15 @@ fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
                      token it signed, and then tokens forged; use at least {MIN_SECRET_BYTES} random bytes"
                 );
             }
-            Ok(Authenticator::hs256(secret.as_bytes()))
+            Authenticator::hs256(secret.as_bytes())
         }
         (None, Some(path)) => {
             let pem = std::fs::read(path).with_context(|| format!("reading JWT public key {}", path.display()))?;
             let algorithm = Algorithm::from_str(&config.jwt_algorithm)
                 .with_context(|| format!("JWT algorithm {}", config.jwt_algorithm))?;
-            Authenticator::public_key(&pem, algorithm)
+            Authenticator::public_key(&pem, algorithm)?
         }
         (None, None) => anyhow::bail!("set JWT_SECRET or JWT_PUBLIC_KEY"),
-    }
+    };
+    Ok(auth.max_lifetime(config.max_token_lifetime))
 }

@@ -74,6 +74,12 @@ pub struct Config {
     #[arg(long, env = "JWT_ALGORITHM", default_value = "RS256")]
     pub jwt_algorithm: String,
 
+    /// Longest token lifetime accepted, in seconds from issue (`iat`) to expiry (`exp`);
+    /// longer tokens, and tokens without `iat`, are refused. Bounds how long a leaked token
+    /// stays useful whatever expiry its issuer gave it. Unset: no limit.
+    #[arg(long, env = "MAX_TOKEN_LIFETIME", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_token_lifetime: Option<u64>,
+
     /// Most WebSocket connections at once; more are refused with 503.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
@@ -206,5 +212,19 @@ mod tests {
         }
         let c = Config::try_parse_from(["presence-router", "--jwt-secret", " short but set "]).unwrap();
         assert_eq!(c.jwt_secret.as_deref(), Some(" short but set "), "used as given, not trimmed");
+    }
+
+    #[test]
+    fn token_lifetime_is_unlimited_unless_set() {
+        let c = Config::try_parse_from(["presence-router", "--jwt-secret", "s"]).unwrap();
+        assert_eq!(c.max_token_lifetime, None);
+        let c =
+            Config::try_parse_from(["presence-router", "--jwt-secret", "s", "--max-token-lifetime", "3600"]).unwrap();
+        assert_eq!(c.max_token_lifetime, Some(3600));
+        for bad in ["0", "-1", "1h"] {
+            assert!(
+                Config::try_parse_from(["presence-router", "--jwt-secret", "s", "--max-token-lifetime", bad]).is_err()
+            );
+        }
     }
 }

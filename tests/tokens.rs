@@ -1,11 +1,11 @@
 //! What the router checks in a token, against the real binary: the secret at start, then
-//! `nbf` on the WebSocket handshake and the HTTP API alike.
+//! `nbf` and the lifetime cap on the WebSocket handshake and the HTTP API alike.
 
 mod common;
 
 use std::process::Stdio;
 
-use common::{Client, Router, SECRET, WAIT, await_line, http};
+use common::{Client, Router, SECRET, WAIT, await_line, http, token};
 use presence_router::auth::{Role, mint_hs256};
 use tokio::{
     io::AsyncReadExt,
@@ -164,4 +164,27 @@ async fn a_token_not_valid_yet_is_refused_on_both_doors() {
     let past = sign(serde_json::json!({"sub": "u", "role": "mobile", "nbf": now() - 60, "exp": now() + 600}));
     accepted_everywhere(&router, &past).await;
     accepted_everywhere(&router, &sign(serde_json::json!({"sub": "u", "role": "mobile", "exp": now() + 600}))).await;
+}
+
+#[tokio::test]
+async fn the_lifetime_cap_is_enforced_on_both_doors() {
+    let router = Router::start(&["--max-token-lifetime", "600"]).await;
+    // The suite's tokens live an hour.
+    refused_everywhere(&router, &token("u", Role::Mobile), "token_lifetime_too_long", "3600 s").await;
+    let no_iat = sign(serde_json::json!({"sub": "u", "role": "mobile", "exp": now() + 60}));
+    refused_everywhere(&router, &no_iat, "token_missing_iat", "iat").await;
+    let text = router.metrics().await;
+    for reason in ["token_lifetime_too_long", "token_missing_iat"] {
+        assert!(text.contains(&format!("presence_handshake_rejections_total{{reason=\"{reason}\"}} 1")), "{text}");
+    }
+
+    accepted_everywhere(&router, &mint_hs256(SECRET.as_bytes(), "u", Role::Mobile, 600).unwrap()).await;
+}
+
+#[tokio::test]
+async fn the_lifetime_cap_is_read_from_the_environment() {
+    let (_router, addr) = serving(&["--jwt-secret", SECRET], &[("MAX_TOKEN_LIFETIME", "600")]).await;
+    let bearer = format!("Bearer {}", token("u", Role::Mobile));
+    let (status, body) = http(addr, "GET", "/api/users/u/presence", &[("Authorization", &bearer)], "").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("token_lifetime_too_long")), "{body}");
 }
