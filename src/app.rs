@@ -9,7 +9,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    auth::Authenticator,
+    auth::{Authenticator, MIN_SECRET_BYTES},
     config::Config,
     engine::{
         Engine, MemoryBroker, MemoryPresence,
@@ -147,14 +147,26 @@ impl App {
 }
 
 fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
-    match (&config.jwt_secret, &config.jwt_public_key) {
-        (Some(secret), _) => Ok(Authenticator::hs256(secret.as_bytes())),
+    let auth = match (&config.jwt_secret, &config.jwt_public_key) {
+        (Some(secret), _) => {
+            // The config refuses an empty secret; this guards a Config built some other way.
+            anyhow::ensure!(!secret.trim().is_empty(), "the JWT secret is empty: anyone could sign tokens");
+            if secret.len() < MIN_SECRET_BYTES {
+                tracing::warn!(
+                    bytes = secret.len(),
+                    "JWT secret is shorter than {MIN_SECRET_BYTES} bytes: it can be guessed offline from any \
+                     token it signed, and then tokens forged; use at least {MIN_SECRET_BYTES} random bytes"
+                );
+            }
+            Authenticator::hs256(secret.as_bytes())
+        }
         (None, Some(path)) => {
             let pem = std::fs::read(path).with_context(|| format!("reading JWT public key {}", path.display()))?;
             let algorithm = Algorithm::from_str(&config.jwt_algorithm)
                 .with_context(|| format!("JWT algorithm {}", config.jwt_algorithm))?;
-            Authenticator::public_key(&pem, algorithm)
+            Authenticator::public_key(&pem, algorithm)?
         }
         (None, None) => anyhow::bail!("set JWT_SECRET or JWT_PUBLIC_KEY"),
-    }
+    };
+    Ok(auth.max_lifetime(config.max_token_lifetime))
 }

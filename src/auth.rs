@@ -11,6 +11,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::Id;
 
+/// Seconds of clock skew forgiven between the token's issuer and this router, on `exp`,
+/// `nbf` and a post-dated `iat`.
+pub const LEEWAY_SECS: u64 = 5;
+
+/// Shortest HS256 secret accepted without a warning: RFC 7518 §3.2 asks for a key at least
+/// as long as the hash output (256 bits). A shorter one can be guessed offline from any
+/// single token it signed, and then used to forge tokens.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 /// What a connection may do: mobiles have presence, web/dashboard sessions watch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -42,6 +51,10 @@ pub struct Claims {
     pub role: Role,
     /// Expiry, Unix seconds; required.
     pub exp: u64,
+    /// Issued at, Unix seconds. Read only for the lifetime cap (`--max-token-lifetime`);
+    /// anything but whole seconds reads as absent, so without the cap it never refuses a token.
+    #[serde(default, deserialize_with = "whole_seconds", skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
     /// A mobile's groups: which dashboards may see its presence. A dashboard's groups:
     /// the only groups whose members it sees; without the claim it sees everyone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,6 +67,12 @@ pub enum AuthError {
     Missing,
     #[error("token expired")]
     Expired,
+    #[error("token not valid yet: its nbf is more than {LEEWAY_SECS} s ahead of this router's clock")]
+    NotYetValid,
+    #[error("token has no iat in whole Unix seconds, so its lifetime cannot be checked against the {max} s limit")]
+    MissingIat { max: u64 },
+    #[error("token lifetime (exp - iat) is {lifetime} s, longer than this router accepts ({max} s)")]
+    LifetimeTooLong { lifetime: u64, max: u64 },
     #[error("invalid token: {0}")]
     Invalid(String),
 }
@@ -64,6 +83,9 @@ impl AuthError {
         match self {
             AuthError::Missing => "missing_token",
             AuthError::Expired => "token_expired",
+            AuthError::NotYetValid => "token_not_yet_valid",
+            AuthError::MissingIat { .. } => "token_missing_iat",
+            AuthError::LifetimeTooLong { .. } => "token_lifetime_too_long",
             AuthError::Invalid(_) => "invalid_token",
         }
     }
@@ -73,12 +95,18 @@ impl AuthError {
 pub struct Authenticator {
     key: DecodingKey,
     validation: Validation,
+    /// Longest `exp - iat` accepted, in seconds; `None`: no limit.
+    max_lifetime: Option<u64>,
 }
 
 impl Authenticator {
     /// HS256 with a shared secret.
     pub fn hs256(secret: &[u8]) -> Self {
-        Authenticator { key: DecodingKey::from_secret(secret), validation: validation(Algorithm::HS256) }
+        Authenticator {
+            key: DecodingKey::from_secret(secret),
+            validation: validation(Algorithm::HS256),
+            max_lifetime: None,
+        }
     }
 
     /// An asymmetric algorithm (RS*, PS*, ES*, EdDSA) with the issuer's public key in PEM.
@@ -91,26 +119,65 @@ impl Authenticator {
             }
             _ => DecodingKey::from_rsa_pem(pem)?,
         };
-        Ok(Authenticator { key, validation: validation(algorithm) })
+        Ok(Authenticator { key, validation: validation(algorithm), max_lifetime: None })
     }
 
+    /// Refuses tokens that live longer than `secs` from issue (`iat`) to expiry (`exp`),
+    /// and tokens without `iat`; `None` accepts any lifetime. Bounds how long a leaked
+    /// token stays useful, whatever expiry its issuer gave it.
+    pub fn max_lifetime(mut self, secs: Option<u64>) -> Self {
+        self.max_lifetime = secs;
+        self
+    }
+
+    /// The signature, the algorithm, `exp` and `nbf` (each with [`LEEWAY_SECS`]), the
+    /// claims' shape, then the lifetime cap.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map(|data| data.claims).map_err(|e| match e
-            .kind()
-        {
-            ErrorKind::ExpiredSignature => AuthError::Expired,
-            _ => AuthError::Invalid(e.to_string()),
-        })
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                _ => AuthError::Invalid(e.to_string()),
+            })?;
+        if let Some(max) = self.max_lifetime {
+            let iat = claims.iat.ok_or(AuthError::MissingIat { max })?;
+            // A post-dated iat counts from now: it must not stretch what the token is good for.
+            let issued = iat.min(crate::presence::unix_ms() / 1000 + LEEWAY_SECS);
+            let lifetime = claims.exp.saturating_sub(issued);
+            if lifetime > max {
+                return Err(AuthError::LifetimeTooLong { lifetime, max });
+            }
+        }
+        Ok(claims)
     }
 }
 
 fn validation(algorithm: Algorithm) -> Validation {
     let mut v = Validation::new(algorithm);
-    v.leeway = 5;
+    v.leeway = LEEWAY_SECS;
+    v.validate_nbf = true;
     v
 }
 
+/// A NumericDate in whole seconds, as `exp` is read; anything else (a float, a string,
+/// null, a negative number) reads as absent.
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Seconds {
+        Whole(u64),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(match Seconds::deserialize(deserializer)? {
+        Seconds::Whole(secs) => Some(secs),
+        Seconds::Other(_) => None,
+    })
+}
+
 /// Mints an HS256 token; for development (`make run`), the examples, tests and load tool.
+/// It is issued now (`iat`) and expires `ttl_secs` later (`exp`), so its lifetime, as
+/// `--max-token-lifetime` measures it, is `ttl_secs`.
 pub fn mint_hs256(secret: &[u8], sub: &str, role: Role, ttl_secs: u64) -> Result<String, jsonwebtoken::errors::Error> {
     mint_hs256_in(secret, sub, role, None, ttl_secs)
 }
@@ -123,10 +190,12 @@ pub fn mint_hs256_in(
     groups: Option<&[&str]>,
     ttl_secs: u64,
 ) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = crate::presence::unix_ms() / 1000;
     let mut claims = serde_json::json!({
         "sub": sub,
         "role": role,
-        "exp": crate::presence::unix_ms() / 1000 + ttl_secs,
+        "iat": now,
+        "exp": now + ttl_secs,
     });
     if let Some(groups) = groups {
         claims["groups"] = serde_json::json!(groups);
@@ -185,9 +254,86 @@ mod tests {
         let other = mint_hs256(b"other", "u1", Role::Mobile, 60).unwrap();
         assert!(matches!(auth.verify(&other), Err(AuthError::Invalid(_))));
         assert!(matches!(auth.verify("not.a.jwt"), Err(AuthError::Invalid(_))));
-        let expired = Claims { sub: Id::parse("u1").unwrap(), role: Role::Web, exp: 1_000, groups: None };
+        let expired = Claims { sub: Id::parse("u1").unwrap(), role: Role::Web, exp: 1_000, iat: None, groups: None };
         let token = jsonwebtoken::encode(&Header::default(), &expired, &EncodingKey::from_secret(SECRET)).unwrap();
         assert_eq!(auth.verify(&token).unwrap_err(), AuthError::Expired);
+    }
+
+    fn now() -> u64 {
+        crate::presence::unix_ms() / 1000
+    }
+
+    fn sign(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    }
+
+    #[test]
+    fn minted_tokens_are_issued_now() {
+        let before = now();
+        let claims = Authenticator::hs256(SECRET).verify(&mint_hs256(SECRET, "u1", Role::Mobile, 60).unwrap()).unwrap();
+        let iat = claims.iat.expect("mint sets iat");
+        assert!((before..=now()).contains(&iat), "iat {iat}");
+        assert_eq!(claims.exp - iat, 60);
+    }
+
+    #[test]
+    fn not_before_is_checked_with_leeway() {
+        let auth = Authenticator::hs256(SECRET);
+        let token = |nbf: u64| sign(serde_json::json!({"sub": "u", "role": "mobile", "exp": now() + 600, "nbf": nbf}));
+        let refused = auth.verify(&token(now() + 60)).unwrap_err();
+        assert_eq!((refused.code(), &refused), ("token_not_yet_valid", &AuthError::NotYetValid));
+        assert!(refused.to_string().contains("nbf"), "{refused}");
+        assert!(auth.verify(&token(now() + LEEWAY_SECS - 2)).is_ok(), "within the leeway");
+        assert!(auth.verify(&token(now() - 10)).is_ok());
+        let unreadable = sign(serde_json::json!({"sub": "u", "role": "mobile", "exp": now() + 600, "nbf": "soon"}));
+        assert_eq!(auth.verify(&unreadable).unwrap_err().code(), "invalid_token");
+    }
+
+    #[test]
+    fn an_audience_is_refused_and_an_issuer_ignored() {
+        let auth = Authenticator::hs256(SECRET);
+        let with = |claim: &str| sign(serde_json::json!({"sub": "u", "role": "web", "exp": now() + 60, claim: "x"}));
+        assert_eq!(auth.verify(&with("aud")).unwrap_err().code(), "invalid_token", "no audience to match");
+        assert!(auth.verify(&with("iss")).is_ok());
+    }
+
+    #[test]
+    fn lifetime_cap_measures_exp_minus_iat() {
+        let auth = Authenticator::hs256(SECRET).max_lifetime(Some(600));
+        assert!(auth.verify(&mint_hs256(SECRET, "u", Role::Mobile, 600).unwrap()).is_ok(), "exactly the cap");
+        let refused = auth.verify(&mint_hs256(SECRET, "u", Role::Mobile, 601).unwrap()).unwrap_err();
+        assert_eq!(refused, AuthError::LifetimeTooLong { lifetime: 601, max: 600 });
+        assert_eq!(refused.code(), "token_lifetime_too_long");
+        assert!(refused.to_string().contains("601 s") && refused.to_string().contains("600 s"), "{refused}");
+
+        // An iat long ago with an exp still ahead: the token was issued for too long.
+        let old = sign(serde_json::json!({"sub": "u", "role": "mobile", "iat": now() - 3600, "exp": now() + 60}));
+        assert_eq!(auth.verify(&old).unwrap_err().code(), "token_lifetime_too_long");
+        // A post-dated iat counts from now, so it cannot stretch a token past the cap...
+        let later = now() + 10 * 365 * 86_400;
+        let post_dated = sign(serde_json::json!({"sub": "u", "role": "mobile", "iat": later, "exp": later + 60}));
+        assert_eq!(auth.verify(&post_dated).unwrap_err().code(), "token_lifetime_too_long");
+        // ...while an issuer clock a little ahead is forgiven like exp and nbf are.
+        let skewed = sign(serde_json::json!({"sub": "u", "role": "mobile", "iat": now() + 3, "exp": now() + 603}));
+        assert!(auth.verify(&skewed).is_ok());
+    }
+
+    #[test]
+    fn lifetime_cap_needs_a_whole_seconds_iat() {
+        let capped = Authenticator::hs256(SECRET).max_lifetime(Some(600));
+        let uncapped = Authenticator::hs256(SECRET);
+        let exp = now() + 60;
+        for iat in [serde_json::Value::Null, (now() as f64 + 0.5).into(), "yesterday".into(), (-5).into()] {
+            let mut claims = serde_json::json!({"sub": "u", "role": "mobile", "exp": exp});
+            if !iat.is_null() {
+                claims["iat"] = iat.clone();
+            }
+            let token = sign(claims);
+            let refused = capped.verify(&token).unwrap_err();
+            assert_eq!((refused.code(), &refused), ("token_missing_iat", &AuthError::MissingIat { max: 600 }), "{iat}");
+            assert!(refused.to_string().contains("iat"), "{refused}");
+            assert!(uncapped.verify(&token).is_ok(), "without the cap iat is not read: {iat}");
+        }
     }
 
     #[test]

@@ -54,8 +54,16 @@ pub struct Config {
     #[arg(long, env = "RECOVERY_GRACE_MS", default_value_t = 3_000)]
     pub recovery_grace_ms: u64,
 
-    /// HS256 secret that signs client tokens.
-    #[arg(long, env = "JWT_SECRET", hide_env_values = true, required_unless_present = "jwt_public_key")]
+    /// HS256 secret that signs client tokens. An empty one is refused: anyone could sign
+    /// tokens with it. Shorter than 32 bytes starts with a warning: it can be guessed
+    /// offline from a single token.
+    #[arg(
+        long,
+        env = "JWT_SECRET",
+        hide_env_values = true,
+        required_unless_present = "jwt_public_key",
+        value_parser = non_empty_secret
+    )]
     pub jwt_secret: Option<String>,
 
     /// PEM public key of the token issuer, for asymmetric algorithms (instead of a secret).
@@ -65,6 +73,12 @@ pub struct Config {
     /// Algorithm for --jwt-public-key: RS256, RS384, RS512, PS256, ES256, ES384, EdDSA.
     #[arg(long, env = "JWT_ALGORITHM", default_value = "RS256")]
     pub jwt_algorithm: String,
+
+    /// Longest token lifetime accepted, in seconds from issue (`iat`) to expiry (`exp`);
+    /// longer tokens, and tokens without `iat`, are refused. Bounds how long a leaked token
+    /// stays useful whatever expiry its issuer gave it. Unset: no limit.
+    #[arg(long, env = "MAX_TOKEN_LIFETIME", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_token_lifetime: Option<u64>,
 
     /// Most WebSocket connections at once; more are refused with 503.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 100_000)]
@@ -137,6 +151,16 @@ pub struct Config {
     pub max_talk_ms: u64,
 }
 
+/// Refuses an empty or all-whitespace JWT secret, from the flag or the environment.
+fn non_empty_secret(secret: &str) -> Result<String, String> {
+    if secret.trim().is_empty() {
+        return Err("the JWT secret is empty: anyone could sign tokens this router accepts; \
+                    set JWT_SECRET to at least 32 random bytes"
+            .into());
+    }
+    Ok(secret.to_string())
+}
+
 impl Config {
     pub fn lifetimes(&self) -> Lifetimes {
         Lifetimes {
@@ -184,5 +208,30 @@ mod tests {
         let c =
             Config::try_parse_from(["presence-router", "--jwt-secret", "s", "--presence-enabled", "false"]).unwrap();
         assert!(!c.presence_enabled);
+    }
+
+    #[test]
+    fn an_empty_secret_is_refused_with_a_message_that_says_so() {
+        for empty in ["", "   ", "\t"] {
+            let e = Config::try_parse_from(["presence-router", "--jwt-secret", empty]).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{empty:?}");
+            assert!(e.to_string().contains("the JWT secret is empty"), "{e}");
+        }
+        let c = Config::try_parse_from(["presence-router", "--jwt-secret", " short but set "]).unwrap();
+        assert_eq!(c.jwt_secret.as_deref(), Some(" short but set "), "used as given, not trimmed");
+    }
+
+    #[test]
+    fn token_lifetime_is_unlimited_unless_set() {
+        let c = Config::try_parse_from(["presence-router", "--jwt-secret", "s"]).unwrap();
+        assert_eq!(c.max_token_lifetime, None);
+        let c =
+            Config::try_parse_from(["presence-router", "--jwt-secret", "s", "--max-token-lifetime", "3600"]).unwrap();
+        assert_eq!(c.max_token_lifetime, Some(3600));
+        for bad in ["0", "-1", "1h"] {
+            assert!(
+                Config::try_parse_from(["presence-router", "--jwt-secret", "s", "--max-token-lifetime", bad]).is_err()
+            );
+        }
     }
 }
