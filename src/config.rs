@@ -69,7 +69,8 @@ pub struct Config {
     #[arg(long, env = "JWT_ALGORITHM", default_value = "RS256")]
     pub jwt_algorithm: String,
 
-    /// Most WebSocket connections at once; more are refused with 503.
+    /// Most WebSocket connections at once; more are refused with 503. Lowered at start to
+    /// what the open-file limit leaves after `--max-handshakes` and `--fd-reserve`.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
 
@@ -86,6 +87,13 @@ pub struct Config {
     /// not count (`--max-connections` caps those).
     #[arg(long, env = "MAX_HANDSHAKES", default_value_t = 1024, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
     pub max_handshakes: usize,
+
+    /// File descriptors kept beside WebSockets and handshakes: Redis connections, the
+    /// listener, stdio, files, the socket that answers a 503. WebSockets may use the
+    /// open-file limit less `--max-handshakes` less this, so at the WebSocket cap
+    /// `/healthz`, `/metrics` and the API still answer.
+    #[arg(long, env = "FD_RESERVE", default_value_t = 128)]
+    pub fd_reserve: usize,
 
     /// Largest inbound WebSocket message in bytes; larger ones close the connection (1009).
     #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 64 * 1024)]

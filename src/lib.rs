@@ -19,6 +19,8 @@
 //! - [`http`]: the axum router: WebSocket endpoint, presence API, health, metrics.
 //! - [`server`]: the accept loop serving that router, with the limits that apply before a
 //!   WebSocket upgrade (header timeout and size, handshake cap, accept errors).
+//! - [`fds`]: the open-file limit, raised at start and shared out among WebSockets,
+//!   handshakes and the rest.
 //! - [`app`]: shared state built from the config; [`metrics`]: metric names.
 //!
 //! Beside the library: `src/main.rs` (the router binary), `src/bin/presence-load/` (the
@@ -31,6 +33,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod engine;
+pub mod fds;
 pub mod http;
 pub mod hub;
 pub mod id;
