@@ -24,6 +24,11 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_connections: usize,
+    /// How long a connection may take to send request headers, and how long plain HTTP
+    /// keep-alive may sit idle.
+    pub header_read_timeout: Duration,
+    /// Most connections still speaking HTTP (not yet upgraded) at once.
+    pub max_handshakes: usize,
     pub max_frame_bytes: usize,
     pub frame_rate: u32,
     pub frame_burst: u32,
@@ -109,6 +114,8 @@ impl App {
             auth: authenticator(config)?,
             limits: Limits {
                 max_connections: config.max_connections,
+                header_read_timeout: config.header_read_timeout(),
+                max_handshakes: config.max_handshakes,
                 max_frame_bytes: config.max_frame_bytes,
                 frame_rate: config.frame_rate,
                 frame_burst: config.frame_burst,

@@ -3,7 +3,10 @@
 
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
-use clap::{ArgAction, Parser, builder::BoolishValueParser};
+use clap::{
+    ArgAction, Parser,
+    builder::{BoolishValueParser, RangedU64ValueParser},
+};
 
 use crate::engine::Lifetimes;
 
@@ -80,9 +83,31 @@ pub struct Config {
     #[arg(long, env = "MAX_TOKEN_LIFETIME", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_token_lifetime: Option<u64>,
 
-    /// Most WebSocket connections at once; more are refused with 503.
+    /// Most WebSocket connections at once; more are refused with 503. Lowered at start to
+    /// what the open-file limit leaves after `--max-handshakes` and `--fd-reserve`.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
+
+    /// Milliseconds a client may take to send a request's headers before its connection is
+    /// closed. The same clock runs while a keep-alive connection waits for its next
+    /// request, so this is also the idle timeout of plain HTTP keep-alive. Bounds how long
+    /// a slow or silent client (slowloris) holds a socket before it upgrades.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_ms: u64,
+
+    /// Most TCP connections still speaking HTTP at once: WebSocket handshakes in progress
+    /// and keep-alive API requests. More are answered 503 `too_many_handshakes` and closed,
+    /// so slow clients cannot exhaust memory or file descriptors. Upgraded WebSockets do
+    /// not count (`--max-connections` caps those).
+    #[arg(long, env = "MAX_HANDSHAKES", default_value_t = 1024, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
+    pub max_handshakes: usize,
+
+    /// File descriptors kept beside WebSockets and handshakes: Redis connections, the
+    /// listener, stdio, files, the socket that answers a 503. WebSockets may use the
+    /// open-file limit less `--max-handshakes` less this, so at the WebSocket cap
+    /// `/healthz`, `/metrics` and the API still answer.
+    #[arg(long, env = "FD_RESERVE", default_value_t = 128)]
+    pub fd_reserve: usize,
 
     /// Largest inbound WebSocket message in bytes; larger ones close the connection (1009).
     #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
@@ -180,6 +205,10 @@ impl Config {
 
     pub fn heartbeat_min_interval(&self) -> Duration {
         self.heartbeat_min_interval_ms.map_or(self.ttl() / 6, Duration::from_millis)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
     }
 
     /// A mobile socket silent this long is closed; a little past the TTL so the store's

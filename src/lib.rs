@@ -18,6 +18,10 @@
 //! - [`ws`]: the WebSocket handshake, the RFC 6455 framing and socket (budgets, close
 //!   handshake, no buffer held while idle) and the per-connection task.
 //! - [`http`]: the axum router: WebSocket endpoint, presence API, health, metrics.
+//! - [`server`]: the accept loop serving that router, with the limits that apply before a
+//!   WebSocket upgrade (header timeout and size, handshake cap, accept errors).
+//! - [`fds`]: the open-file limit, raised at start and shared out among WebSockets,
+//!   handshakes and the rest.
 //! - [`app`]: shared state built from the config; [`metrics`]: metric names.
 //!
 //! Beside the library: `src/main.rs` (the router binary), `src/bin/presence-load/` (the
@@ -30,6 +34,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod engine;
+pub mod fds;
 pub mod http;
 pub mod hub;
 pub mod id;
@@ -38,11 +43,11 @@ pub mod node;
 pub mod presence;
 pub mod protocol;
 pub mod relay;
+pub mod server;
 pub mod ws;
 
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use tokio::net::{TcpListener, TcpSocket};
 
 use crate::app::App;
@@ -65,13 +70,7 @@ pub fn bind(config: &config::Config) -> std::io::Result<TcpListener> {
 /// for the connection and background tasks to finish, and flushes relayed frames.
 pub async fn run(listener: TcpListener, app: Arc<App>) -> anyhow::Result<()> {
     let router = http::router(app.clone());
-    // Presence frames are small and latency matters: no Nagle delay on any client socket.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, router).with_graceful_shutdown(app.shutdown.clone().cancelled_owned()).await?;
+    server::serve(listener, router, &app.limits, app.shutdown.clone()).await;
     app.tracker.close();
     app.tracker.wait().await;
     // The connections' last relayed frames (a talker's STOP) go out before the exit.

@@ -6,12 +6,14 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let mut config = Config::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Before anything opens sockets: lowers MAX_CONNECTIONS to what the fd limit allows.
+    presence_router::fds::apply(&mut config)?;
     let metrics = presence_router::metrics::install()?;
     let app = App::start(&config, Some(metrics)).await?;
     let listener = presence_router::bind(&config)?;

@@ -29,6 +29,10 @@ pub const RELAY_OVERFLOWS: &str = "presence_relay_overflows_total";
 pub const RELAY_DROPPED: &str = "presence_relay_dropped_total";
 pub const FLOOR_REQUESTS: &str = "presence_floor_requests_total";
 pub const INDICATORS: &str = "presence_indicator_events_total";
+pub const HTTP_CONNECTIONS: &str = "presence_http_connections";
+pub const HTTP_REFUSED: &str = "presence_http_refused_total";
+pub const HTTP_CONNECTION_ERRORS: &str = "presence_http_connection_errors_total";
+pub const ACCEPT_ERRORS: &str = "presence_accept_errors_total";
 
 /// Seconds; update latency on loopback is sub-millisecond, across sites tens of ms.
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
@@ -72,4 +76,18 @@ fn describe() {
     describe_counter!(RELAY_DROPPED, "Relayed frames not sent to other routers: the publish queue was full.");
     describe_counter!(FLOOR_REQUESTS, "PTT START requests, by result (granted, busy, local_only).");
     describe_counter!(INDICATORS, "Indicator starts and ends broadcast, by type and isActive.");
+    describe_gauge!(
+        HTTP_CONNECTIONS,
+        "TCP connections still speaking HTTP (handshakes in progress, keep-alive API clients), capped by MAX_HANDSHAKES."
+    );
+    describe_counter!(
+        HTTP_REFUSED,
+        "TCP connections answered 503 and closed at once, by reason (too_many_handshakes)."
+    );
+    describe_counter!(
+        HTTP_CONNECTION_ERRORS,
+        "HTTP connections ended by an error, by reason: header_timeout (headers too slow, or keep-alive idle past the \
+         timeout), header_too_large, bad_request, incomplete, io."
+    );
+    describe_counter!(ACCEPT_ERRORS, "Failed accepts, by kind (fd_limit, memory, aborted, other).");
 }

@@ -26,7 +26,7 @@ fn heartbeat(user: &str) -> Vec<u8> {
 #[tokio::test]
 async fn a_ping_flood_that_never_reads_is_closed_and_memory_stays_flat() {
     let router = Router::start(&[]).await;
-    let before = router.rss_kib();
+    let before = router.memory_kib("VmRSS");
     let mut flooder = RawWs::connect(router.addr, &token("flooder", Role::Dashboard), None).await;
     let pings: Vec<u8> = (0..100).flat_map(|_| frame(true, PING, &[0x55; 125])).collect();
     // Never reads: every pong the router owes it stays unread.
@@ -44,7 +44,7 @@ async fn a_ping_flood_that_never_reads_is_closed_and_memory_stays_flat() {
     }
     let sent = tokio::time::timeout(common::WAIT, flood).await.expect("the flooder is cut off in time").unwrap();
     assert!(sent >= 200, "the router closed the connection only after the burst ({sent} pings)");
-    let grown = router.rss_kib().saturating_sub(before);
+    let grown = router.memory_kib("VmRSS").saturating_sub(before);
     assert!(grown < 64 * 1024, "RSS grew {grown} KiB during the flood");
     let text = router.metrics().await;
     assert!(text.contains("presence_disconnects_total{reason=\"rate limit exceeded\"} 1"), "{text}");
@@ -209,14 +209,14 @@ async fn large_frames_leave_no_buffer_behind() {
         client.sync(&user).await;
         clients.push((user, client));
     }
-    let before = router.rss_kib();
+    let before = router.memory_kib("VmRSS");
     let payload = rmpv::Value::Binary(vec![0x42; 60 * 1024]);
     for (user, client) in &mut clients {
         // TEXT to the client's own, otherwise empty group: read whole, then acknowledged.
         client.send_frame(0, 17, user, user, payload.clone()).await;
         client.expect(39).await;
     }
-    let grown = router.rss_kib().saturating_sub(before);
+    let grown = router.memory_kib("VmRSS").saturating_sub(before);
     assert!(
         grown < (CONNECTIONS as u64) * 16,
         "{grown} KiB kept after one 60 KiB frame on each of {CONNECTIONS} connections"
@@ -240,11 +240,11 @@ async fn dashboards_keep_no_snapshot_buffer() {
     // The snapshot is over 120 KB; warm its cache with a first dashboard.
     let (_first, snapshot) = router.dashboard("first").await;
     assert_eq!(snapshot[5]["users"].as_array().map(Vec::len), Some(USERS));
-    let before = router.rss_kib();
+    let before = router.memory_kib("VmRSS");
     let mut dashboards = Vec::new();
     for i in 0..DASHBOARDS {
         dashboards.push(router.dashboard(&format!("d{i}")).await.0);
     }
-    let grown = router.rss_kib().saturating_sub(before);
+    let grown = router.memory_kib("VmRSS").saturating_sub(before);
     assert!(grown < (DASHBOARDS as u64) * 48, "{grown} KiB kept by {DASHBOARDS} dashboards after a snapshot");
 }

@@ -14,7 +14,7 @@ use rmpv::Value;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpSocket, TcpStream},
-    process::{Child, Command},
+    process::{Child, ChildStderr, Command},
 };
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream,
@@ -179,12 +179,34 @@ pub struct Router {
 impl Router {
     /// Starts the binary on 127.0.0.1:0 with `extra` flags and waits for its listen line.
     pub async fn start(extra: &[&str]) -> Router {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_presence-router"))
+        let command = Command::new(env!("CARGO_BIN_EXE_presence-router"));
+        Router::launch(command, extra, false).await.0
+    }
+
+    /// Like [`Router::start`], logging at info to the returned stderr, and with the
+    /// open-file limit (soft and hard) set to `nofile` when given, as `ulimit -n` does.
+    pub async fn start_logged(nofile: Option<u64>, extra: &[&str]) -> (Router, ChildStderr) {
+        let binary = env!("CARGO_BIN_EXE_presence-router");
+        let command = match nofile {
+            None => Command::new(binary),
+            Some(nofile) => {
+                let mut shell = Command::new("sh");
+                // `exec` keeps the pid, so signals and /proc reach the router itself.
+                shell.args(["-c", &format!("ulimit -n {nofile} && exec \"$0\" \"$@\""), binary]);
+                shell
+            }
+        };
+        let (router, stderr) = Router::launch(command, extra, true).await;
+        (router, stderr.expect("stderr is piped"))
+    }
+
+    async fn launch(mut command: Command, extra: &[&str], logged: bool) -> (Router, Option<ChildStderr>) {
+        let mut child = command
             .args(["--host", "127.0.0.1", "--port", "0", "--jwt-secret", SECRET])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", if logged { "info" } else { "warn" })
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if logged { Stdio::piped() } else { Stdio::inherit() })
             .kill_on_drop(true)
             .spawn()
             .expect("router binary starts");
@@ -192,7 +214,24 @@ impl Router {
             line.strip_prefix("listening on ").map(|addr| addr.parse().unwrap())
         })
         .await;
-        Router { addr, child }
+        let stderr = child.stderr.take();
+        (Router { addr, child }, stderr)
+    }
+
+    /// The router's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// A memory figure of the router process in KiB from `/proc/<pid>/status`: `VmRSS`
+    /// (resident now) or `VmHWM` (the most it has been resident).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|value| value.trim().strip_suffix("kB")?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{field} in /proc/<pid>/status"))
     }
 
     /// Sends a signal (`KILL`, `TERM`) to the router process.
@@ -203,14 +242,6 @@ impl Router {
         if signal == "KILL" {
             self.child.wait().await.unwrap();
         }
-    }
-
-    /// The router's resident set size in KiB, from /proc.
-    pub fn rss_kib(&self) -> u64 {
-        let pid = self.child.id().expect("running");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS in /proc/pid/status");
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
     /// Waits for the process to exit (after TERM).

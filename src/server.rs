@@ -1,0 +1,284 @@
+//! The accept loop: one hyper HTTP/1.1 connection per accepted socket, with the limits
+//! that protect the router before a WebSocket upgrade.
+//!
+//! - **Header read timeout** (`--header-read-timeout-ms`): hyper closes a connection that
+//!   has not sent a request's complete headers within it. hyper starts that clock whenever
+//!   it begins reading a request head, which a keep-alive connection does as soon as its
+//!   previous response is written (`proto/h1/conn.rs`: `State::idle` sets `notify_read`
+//!   "so we can close the connection if another header isn't received in a timely
+//!   manner", and `poll_read_head` arms the timer). So the same timeout is the idle
+//!   timeout of plain HTTP keep-alive.
+//! - **Header size** ([`MAX_HEADER_BYTES`]): hyper's read buffer is capped there; a request
+//!   head that does not fit gets hyper's automatic 431 and the connection is closed, so a
+//!   client sending endless headers holds at most that much memory.
+//! - **Handshake cap** (`--max-handshakes`): accepted connections still speaking HTTP each
+//!   hold a slot, freed when the connection upgrades to a WebSocket or closes. Over the
+//!   cap a connection is answered 503 `too_many_handshakes` and closed at once, without
+//!   waiting on the client.
+//! - **Accept errors** (EMFILE and the like) are counted, logged at most once per
+//!   [`ACCEPT_LOG_INTERVAL`] with the number suppressed, and followed by a short pause so
+//!   a process out of descriptors does not spin on `accept`.
+//!
+//! Upgraded connections leave this loop: their tasks are tracked by `App::tracker`.
+
+use std::{
+    io::{Read, Write},
+    pin::pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use ::metrics::Gauge;
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{app::Limits, metrics};
+
+/// Largest request head (request line and headers) in bytes. A WebSocket handshake with a
+/// JWT is well under 2 KiB; browsers send a few KiB of cookies at most.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Accept errors are logged at most this often; the rest are counted into the next line.
+pub const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Pause after a failed accept. EMFILE leaves the connection in the backlog, so accepting
+/// again at once would fail again at once.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Serves `router` on `listener` until `shutdown` is cancelled; then stops accepting,
+/// asks every HTTP connection to finish its request and close, and waits for them.
+pub async fn serve(listener: TcpListener, router: Router, limits: &Limits, shutdown: CancellationToken) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).max_buf_size(MAX_HEADER_BYTES);
+    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
+    let open = ::metrics::gauge!(metrics::HTTP_CONNECTIONS);
+    let refused = ::metrics::counter!(metrics::HTTP_REFUSED, "reason" => "too_many_handshakes");
+    let refusal = refusal();
+    // Shown at 0 from the start, so an alert on it has a series to watch.
+    let fd_limit_errors = ::metrics::counter!(metrics::ACCEPT_ERRORS, "kind" => "fd_limit");
+    let connections = TaskTracker::new();
+    let mut accept_log = RateLimit::new(ACCEPT_LOG_INTERVAL);
+
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                let kind = accept_error_kind(&e);
+                match kind {
+                    "fd_limit" => fd_limit_errors.increment(1),
+                    _ => ::metrics::counter!(metrics::ACCEPT_ERRORS, "kind" => kind).increment(1),
+                }
+                if kind == "aborted" {
+                    // The client gave up before the accept: nothing is wrong here.
+                    tracing::debug!(error = %e, "accept: connection aborted");
+                    continue;
+                }
+                if let Some(suppressed) = accept_log.ready(Instant::now()) {
+                    tracing::warn!(error = %e, kind, suppressed, "accept failed; pausing before the next accept");
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                }
+            }
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            refused.increment(1);
+            refuse(tcp, &refusal);
+            continue;
+        };
+        let slot = Slot::new(permit, open.clone());
+        // Presence frames are small and latency matters: no Nagle delay on any client socket.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+        let conn = http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(router.clone())).with_upgrades();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            // Held until the connection closes or hands its socket to a WebSocket (the
+            // future resolves once the upgrade is fulfilled).
+            let _slot = slot;
+            let mut conn = pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
+                let reason = connection_error_reason(&e);
+                ::metrics::counter!(metrics::HTTP_CONNECTION_ERRORS, "reason" => reason).increment(1);
+                tracing::debug!(error = %e, reason, "HTTP connection ended");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+/// A handshake slot; the gauge of open HTTP connections follows it.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, open: Gauge) -> Slot {
+        open.increment(1.0);
+        Slot { _permit: permit, open }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.decrement(1.0);
+    }
+}
+
+/// The whole answer to a connection over the handshake cap, built once.
+fn refusal() -> Vec<u8> {
+    let body = serde_json::json!({
+        "success": false,
+        "error": {
+            "code": "too_many_handshakes",
+            "message": "too many connections are in their HTTP handshake; retry shortly",
+        },
+    })
+    .to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         retry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Answers a connection over the handshake cap without waiting on it. Whatever request
+/// already arrived is read first, so the close is a FIN rather than a reset that could
+/// discard the answer on its way; the 503 fits an empty socket buffer; then the socket is
+/// closed. Every call is non-blocking, so the accept loop is never held up.
+fn refuse(tcp: TcpStream, response: &[u8]) {
+    // tokio's try_read/try_write skip the syscall until the reactor has seen the socket
+    // ready, which a socket accepted a moment ago has not: use it as a plain
+    // non-blocking socket instead.
+    let Ok(mut tcp) = tcp.into_std() else { return };
+    let mut scratch = [0u8; 4096];
+    for _ in 0..4 {
+        match tcp.read(&mut scratch) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
+    if let Err(e) = tcp.write(response) {
+        tracing::debug!(error = %e, "writing the handshake-cap 503");
+    }
+}
+
+/// A low-cardinality label for a failed accept.
+fn accept_error_kind(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE) => "fd_limit",
+        Some(libc::ENOBUFS | libc::ENOMEM) => "memory",
+        _ if matches!(e.kind(), ConnectionAborted | ConnectionReset | ConnectionRefused) => "aborted",
+        _ => "other",
+    }
+}
+
+/// A low-cardinality label for an HTTP connection that ended with an error.
+fn connection_error_reason(e: &hyper::Error) -> &'static str {
+    if e.is_timeout() {
+        "header_timeout"
+    } else if e.is_parse_too_large() {
+        "header_too_large"
+    } else if e.is_parse() {
+        "bad_request"
+    } else if e.is_incomplete_message() {
+        "incomplete"
+    } else {
+        "io"
+    }
+}
+
+/// Lets an event through at most once per interval and counts the ones held back.
+#[derive(Debug)]
+struct RateLimit {
+    interval: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    fn new(interval: Duration) -> RateLimit {
+        RateLimit { interval, last: None, suppressed: 0 }
+    }
+
+    /// `Some(n)` when this event should be reported, `n` being how many were held back
+    /// since the last report; `None` when it is held back.
+    fn ready(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < self.interval => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_are_reported_once_per_interval_with_the_count_held_back() {
+        let mut limit = RateLimit::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert_eq!(limit.ready(t0), Some(0));
+        for i in 1..=19 {
+            assert_eq!(limit.ready(t0 + Duration::from_millis(50 * i)), None);
+        }
+        assert_eq!(limit.ready(t0 + Duration::from_secs(1)), Some(19));
+        assert_eq!(limit.ready(t0 + Duration::from_millis(1500)), None);
+        assert_eq!(limit.ready(t0 + Duration::from_secs(5)), Some(1));
+    }
+
+    #[test]
+    fn accept_errors_get_low_cardinality_kinds() {
+        let os = std::io::Error::from_raw_os_error;
+        assert_eq!(accept_error_kind(&os(libc::EMFILE)), "fd_limit");
+        assert_eq!(accept_error_kind(&os(libc::ENFILE)), "fd_limit");
+        assert_eq!(accept_error_kind(&os(libc::ENOBUFS)), "memory");
+        assert_eq!(accept_error_kind(&os(libc::ECONNABORTED)), "aborted");
+        assert_eq!(accept_error_kind(&os(libc::EINVAL)), "other");
+    }
+
+    #[test]
+    fn the_refusal_is_a_complete_json_503() {
+        let refusal = String::from_utf8(refusal()).unwrap();
+        let (head, body) = refusal.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["error"]["code"], "too_many_handshakes");
+    }
+}

@@ -1,0 +1,360 @@
+//! The edge before the WebSocket upgrade: slow and oversized request heads, idle
+//! keep-alive, the cap on connections still in their handshake, and the open-file limit.
+//! Each test runs the real router binary and attacks it over loopback with bounded loops.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Client, Router, WAIT, await_line, token};
+use presence_router::auth::Role;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::mpsc,
+    task::JoinSet,
+    time::timeout,
+};
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+
+/// The header read timeout the timing tests run with, in milliseconds.
+const HEADER_TIMEOUT_MS: u64 = 2_000;
+
+/// The test opens many sockets of its own.
+fn raise_own_fd_limit() {
+    presence_router::fds::raise_nofile().expect("reading the test's own open-file limit");
+}
+
+/// `name=value` from a log line, as the router's log writes fields.
+fn field(line: &str, name: &str) -> Option<u64> {
+    line.split_whitespace().find_map(|word| word.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+}
+
+/// A WebSocket handshake: the client, or the refusal's status and error code (status 0:
+/// no HTTP answer, with the error).
+async fn try_websocket(router: &Router, user: &str) -> Result<Client, (u16, String)> {
+    let mut request = format!("ws://{}/", router.addr).into_client_request().unwrap();
+    request.headers_mut().insert("token", token(user, Role::Mobile).parse().unwrap());
+    let handshake = timeout(WAIT, tokio_tungstenite::connect_async(request)).await.expect("a handshake answer in time");
+    match handshake {
+        Ok((ws, _)) => Ok(Client { ws }),
+        Err(tungstenite::Error::Http(response)) => {
+            let body: serde_json::Value =
+                response.body().as_deref().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+            Err((response.status().as_u16(), body["error"]["code"].as_str().unwrap_or_default().to_owned()))
+        }
+        Err(e) => Err((0, e.to_string())),
+    }
+}
+
+/// `GET path` on a fresh connection: whatever the router answers before closing (a reset
+/// after the answer, or instead of it, is tolerated: the text is then short or empty).
+async fn get_answer(router: &Router, path: &str) -> String {
+    let mut stream = TcpStream::connect(router.addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    String::from_utf8_lossy(&read_until_closed(&mut stream).await).into_owned()
+}
+
+/// Reads one HTTP response (head and `content-length` body) from a kept-alive connection.
+async fn read_response(stream: &mut TcpStream) -> (u16, String) {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&data[..end]).to_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if data.len() >= end + 4 + length {
+                    let status = head[9..12].parse().unwrap();
+                    return (status, String::from_utf8_lossy(&data[end + 4..end + 4 + length]).into_owned());
+                }
+            }
+            let n = stream.read(&mut buf).await.expect("reading a response");
+            assert!(n > 0, "connection closed mid-response: {:?}", String::from_utf8_lossy(&data));
+            data.extend_from_slice(&buf[..n]);
+        }
+    };
+    timeout(WAIT, read).await.expect("a response in time")
+}
+
+/// Everything the router sends until it closes; a reset after the answer counts as a close.
+async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => data.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    timeout(WAIT, read).await.expect("the router closes the connection in time");
+    data
+}
+
+/// A slowloris client: connects, then sends a request head one byte per second and never
+/// finishes it. Returns how long after connecting the router closed the connection
+/// (giving up after 30 s, which fails the caller's bound).
+async fn slowloris(addr: std::net::SocketAddr, connected: mpsc::Sender<()>) -> Duration {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let start = Instant::now();
+    connected.send(()).await.unwrap();
+    let mut head = b"GET /healthz HTTP/1.1\r\nHost: slow\r\nX-Slow: ".iter().copied().chain(std::iter::repeat(b'a'));
+    let mut buf = [0u8; 512];
+    for _ in 0..30 {
+        if stream.write_all(&[head.next().unwrap()]).await.is_err() {
+            return start.elapsed();
+        }
+        match timeout(Duration::from_secs(1), stream.read(&mut buf)).await {
+            Err(_) => continue,
+            Ok(Ok(0) | Err(_)) => return start.elapsed(),
+            Ok(Ok(_)) => continue,
+        }
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_sockets_are_closed_within_the_header_timeout() {
+    const SOCKETS: usize = 1_000;
+    raise_own_fd_limit();
+    let timeout_ms = HEADER_TIMEOUT_MS.to_string();
+    let router = Router::start(&["--header-read-timeout-ms", &timeout_ms]).await;
+    assert_eq!(router.get("/healthz").await.0, 200);
+    let rss_before = router.memory_kib("VmRSS");
+
+    let (connected, mut connects) = mpsc::channel(SOCKETS);
+    let mut attack = JoinSet::new();
+    for _ in 0..SOCKETS {
+        attack.spawn(slowloris(router.addr, connected.clone()));
+    }
+    for _ in 0..SOCKETS {
+        timeout(WAIT, connects.recv()).await.expect("every slowloris socket connects in time");
+    }
+
+    // While the attack holds its sockets, a real client still connects and is served.
+    let mut mobile = router.mobile("during-attack", "d").await;
+    mobile.sync("during-attack").await;
+
+    let bound = Duration::from_millis(HEADER_TIMEOUT_MS) + Duration::from_secs(1);
+    let mut closed_in = Vec::with_capacity(SOCKETS);
+    while let Some(elapsed) = attack.join_next().await {
+        closed_in.push(elapsed.unwrap());
+    }
+    let late = closed_in.iter().filter(|d| **d > bound).count();
+    let slowest = closed_in.iter().max().unwrap();
+    assert_eq!(late, 0, "{late} of {SOCKETS} sockets outlived the header timeout + 1 s (slowest: {slowest:?})");
+
+    let grown_kib = router.memory_kib("VmHWM").saturating_sub(rss_before);
+    eprintln!("slowloris: RSS {rss_before} KiB before, peak grew by {grown_kib} KiB; slowest close {slowest:?}");
+    assert!(grown_kib < 64 * 1024, "RSS grew by {grown_kib} KiB under {SOCKETS} slowloris sockets");
+    // The mobile's WebSocket outlived the attack: the header timeout ends HTTP only.
+    mobile.sync("during-attack").await;
+    let metrics = router.metrics().await;
+    assert!(metrics.contains("presence_http_connection_errors_total{reason=\"header_timeout\"}"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_heads_get_431_and_memory_stays_bounded() {
+    const SOCKETS: usize = 300;
+    const SENT_EACH: usize = 384 * 1024;
+    raise_own_fd_limit();
+    let router = Router::start(&[]).await;
+
+    // A head that fills the 16 KiB cap without ending gets the 431 answer.
+    let mut stream = TcpStream::connect(router.addr).await.unwrap();
+    let prefix = b"GET /healthz HTTP/1.1\r\nHost: big\r\nX-Pad: ";
+    let mut head = prefix.to_vec();
+    head.resize(16 * 1024, b'a');
+    stream.write_all(&head).await.unwrap();
+    let answer = String::from_utf8_lossy(&read_until_closed(&mut stream).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer:?}");
+
+    // A large head under the cap is still served.
+    let pad = "a".repeat(12 * 1024);
+    let (status, _) = common::http(router.addr, "GET", "/healthz", &[("X-Pad", &pad)], "").await;
+    assert_eq!(status, 200);
+
+    let rss_before = router.memory_kib("VmRSS");
+    let mut attack = JoinSet::new();
+    for _ in 0..SOCKETS {
+        let addr = router.addr;
+        attack.spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            let chunk = vec![b'a'; 16 * 1024];
+            let mut sent = 0;
+            if stream.write_all(prefix).await.is_ok() {
+                while sent < SENT_EACH && stream.write_all(&chunk).await.is_ok() {
+                    sent += chunk.len();
+                }
+            }
+            // 431 then a close, or a reset that overtook the 431: either way, closed.
+            let answer = read_until_closed(&mut stream).await;
+            answer.is_empty() || answer.starts_with(b"HTTP/1.1 431 ")
+        });
+    }
+    while let Some(answered) = attack.join_next().await {
+        assert!(answered.unwrap(), "an endless head got something other than 431 or a close");
+    }
+    let grown_kib = router.memory_kib("VmHWM").saturating_sub(rss_before);
+    eprintln!("endless heads: RSS {rss_before} KiB before, peak grew by {grown_kib} KiB");
+    assert!(grown_kib < 48 * 1024, "RSS grew by {grown_kib} KiB under {SOCKETS} endless heads");
+    let metrics = router.metrics().await;
+    assert!(metrics.contains("presence_http_connection_errors_total{reason=\"header_too_large\"}"), "{metrics}");
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_timeout() {
+    let timeout_ms = HEADER_TIMEOUT_MS.to_string();
+    let router = Router::start(&["--header-read-timeout-ms", &timeout_ms]).await;
+    let mut stream = TcpStream::connect(router.addr).await.unwrap();
+    // Keep-alive works: two requests on one connection.
+    for _ in 0..2 {
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: keep\r\n\r\n").await.unwrap();
+        let (status, body) = read_response(&mut stream).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let idle_since = Instant::now();
+    let bound = Duration::from_millis(HEADER_TIMEOUT_MS) + Duration::from_secs(1);
+    let mut buf = [0u8; 64];
+    match timeout(bound, stream.read(&mut buf)).await {
+        Ok(Ok(0) | Err(_)) => {}
+        Ok(Ok(n)) => panic!("unexpected bytes on an idle connection: {:?}", &buf[..n]),
+        Err(_) => panic!("idle keep-alive connection still open {:?} after its last response", idle_since.elapsed()),
+    }
+}
+
+#[tokio::test]
+async fn connections_over_the_handshake_cap_get_503_and_upgrades_free_their_slot() {
+    const CAP: usize = 8;
+    let router = Router::start(&["--max-handshakes", &CAP.to_string(), "--header-read-timeout-ms", "60000"]).await;
+
+    // CAP silent connections hold every slot; the next one, accepted after them, is
+    // answered at once without sending anything.
+    let mut silent = Vec::new();
+    for _ in 0..CAP {
+        silent.push(TcpStream::connect(router.addr).await.unwrap());
+    }
+    let mut over = TcpStream::connect(router.addr).await.unwrap();
+    let answer = String::from_utf8(read_until_closed(&mut over).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer:?}");
+    let body: serde_json::Value = serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(body["error"]["code"], "too_many_handshakes");
+
+    // Closed connections give their slots back.
+    silent.clear();
+    let deadline = Instant::now() + WAIT;
+    let metrics = loop {
+        let metrics = get_answer(&router, "/metrics").await;
+        if metrics.starts_with("HTTP/1.1 200 ") && metrics.contains("\npresence_http_connections 1\n") {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "slots never freed: {metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("presence_http_refused_total{reason=\"too_many_handshakes\"} "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(refused.is_some_and(|n| n >= 1), "{metrics}");
+
+    // Upgraded WebSockets leave the handshake count: many more than CAP stay open at once.
+    let mut clients = Vec::new();
+    for i in 0..CAP * 3 {
+        let user = format!("ws-{i}");
+        let deadline = Instant::now() + WAIT;
+        let client = loop {
+            match try_websocket(&router, &user).await {
+                Ok(client) => break client,
+                // The slot of the previous upgrade is released just after its 101.
+                Err((503, code)) if code == "too_many_handshakes" && Instant::now() < deadline => {
+                    tokio::task::yield_now().await
+                }
+                // A refusal may also reach the client as a reset.
+                Err((0, _)) if Instant::now() < deadline => tokio::task::yield_now().await,
+                Err(refused) => panic!("WebSocket {i} refused: {refused:?}"),
+            }
+        };
+        clients.push(client);
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.sync(&format!("ws-{i}")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_fd_limit_websockets_get_503_while_health_metrics_and_api_answer() {
+    const NOFILE: u64 = 512;
+    raise_own_fd_limit();
+    let (router, stderr) = Router::start_logged(Some(NOFILE), &["--max-handshakes", "64", "--fd-reserve", "64"]).await;
+    let effective = await_line(stderr, "the effective WebSocket cap in the log", |line| {
+        field(line, "effective_max_connections")
+            .map(|n| (n, field(line, "nofile"), field(line, "configured_max_connections")))
+    })
+    .await;
+    assert_eq!(effective, (NOFILE - 128, Some(NOFILE), Some(100_000)), "(effective, nofile, configured)");
+    let cap = effective.0 as usize;
+
+    let mut clients = Vec::with_capacity(cap);
+    let refusal = loop {
+        assert!(clients.len() <= cap, "more WebSockets than the logged cap of {cap}");
+        match try_websocket(&router, &format!("u{}", clients.len())).await {
+            Ok(client) => clients.push(client),
+            Err(refusal) => break refusal,
+        }
+    };
+    assert_eq!(refusal, (503, "too_many_connections".to_owned()));
+    assert_eq!(clients.len(), cap);
+
+    // At the cap, the reserve keeps operators and the API served.
+    let (status, health) = router.get("/healthz").await;
+    assert_eq!((status, health["connections"].as_u64()), (200, Some(cap as u64)), "{health}");
+    let metrics = router.metrics().await;
+    assert!(metrics.contains("presence_handshake_rejections_total{reason=\"too_many_connections\"} 1"), "{metrics}");
+    let (status, body) = router.post_status(r#"{"userIds": ["u0", "nobody"]}"#).await;
+    assert_eq!(status, 200, "{body}");
+    // And the WebSockets at the cap still work.
+    clients[0].sync("u0").await;
+    clients[cap - 1].sync(&format!("u{}", cap - 1)).await;
+}
+
+#[tokio::test]
+async fn accept_errors_are_logged_rate_limited_and_the_router_recovers() {
+    use rlimit::{Resource, prlimit};
+    let (router, stderr) = Router::start_logged(None, &[]).await;
+    let pid = router.pid() as i32;
+    let (mut soft, mut hard) = (0, 0);
+    prlimit(pid, Resource::NOFILE, None, Some((&mut soft, &mut hard))).unwrap();
+    // No descriptor can be opened: every accept fails with EMFILE.
+    prlimit(pid, Resource::NOFILE, Some((0, hard)), None).unwrap();
+
+    // The kernel completes this connection into the backlog; the router cannot take it.
+    let mut waiting = TcpStream::connect(router.addr).await.unwrap();
+    waiting.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    // The first failure is logged at once, the next a second later with the count of
+    // those held back in between.
+    let suppressed = await_line(stderr, "a rate-limited accept warning", |line| {
+        (line.contains("WARN") && line.contains("accept failed"))
+            .then(|| field(line, "suppressed"))
+            .flatten()
+            .filter(|n| *n > 0)
+    })
+    .await;
+
+    prlimit(pid, Resource::NOFILE, Some((soft, hard)), None).unwrap();
+    let answer = String::from_utf8_lossy(&read_until_closed(&mut waiting).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+    let metrics = router.metrics().await;
+    let errors = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("presence_accept_errors_total{kind=\"fd_limit\"} "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(errors.is_some_and(|n| n > suppressed), "{suppressed} suppressed; {metrics}");
+}
