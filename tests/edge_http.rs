@@ -232,6 +232,26 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_timeout() {
 }
 
 #[tokio::test]
+async fn a_request_body_trickled_slowly_gets_408_within_the_timeout() {
+    let timeout_ms = HEADER_TIMEOUT_MS.to_string();
+    let router = Router::start(&["--header-read-timeout-ms", &timeout_ms]).await;
+    let mut stream = TcpStream::connect(router.addr).await.unwrap();
+    let auth = token("api", Role::Dashboard);
+    let head = format!(
+        "POST /api/presence/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {auth}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"userIds\""
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let sent = Instant::now();
+    // The rest of the body never comes.
+    let (status, body) = read_response(&mut stream).await;
+    assert_eq!(status, 408, "{body}");
+    assert!(body.contains("request_timeout"), "{body}");
+    let bound = Duration::from_millis(HEADER_TIMEOUT_MS) + Duration::from_secs(1);
+    assert!(sent.elapsed() < bound, "answered after {:?}", sent.elapsed());
+}
+
+#[tokio::test]
 async fn connections_over_the_handshake_cap_get_503_and_upgrades_free_their_slot() {
     const CAP: usize = 8;
     let router = Router::start(&["--max-handshakes", &CAP.to_string(), "--header-read-timeout-ms", "60000"]).await;

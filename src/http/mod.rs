@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, MatchedPath, Request},
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
     http::StatusCode,
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -29,7 +29,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/users/{id}/presence", get(presence::user).fallback(method_not_allowed))
         .route("/api/groups/{id}/presence", get(presence::group).fallback(method_not_allowed))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .route_layer(middleware::from_fn(count_requests));
+        .route_layer(middleware::from_fn_with_state(app.clone(), count_requests));
     Router::new()
         .route("/", get(ws::upgrade))
         .route("/ws", get(ws::upgrade))
@@ -41,8 +41,15 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-async fn count_requests(path: MatchedPath, request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+/// Counts API requests by route and status, and bounds each one (its body included) by the
+/// header-read timeout: a client trickling a body must not hold its connection, and the
+/// handshake slot that comes with it, for longer than one sending slow headers.
+async fn count_requests(State(app): State<Arc<App>>, path: MatchedPath, request: Request, next: Next) -> Response {
+    let response = match tokio::time::timeout(app.limits.header_read_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request took too long to arrive")
+            .into_response(),
+    };
     ::metrics::counter!(metrics::API_REQUESTS, "route" => path.as_str().to_owned(), "status" => response.status().as_u16().to_string())
         .increment(1);
     response
