@@ -20,19 +20,22 @@ pub const LEEWAY_SECS: u64 = 5;
 /// single token it signed, and then used to forge tokens.
 pub const MIN_SECRET_BYTES: usize = 32;
 
-/// What a connection may do: mobiles have presence, web/dashboard sessions watch it.
+/// What a connection may do: mobiles have presence, web/dashboard sessions watch it, and
+/// services are backends that read presence (over HTTP, or watching it like a dashboard).
+/// Which users each may read is [`Scope`](crate::scope::Scope)'s rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Mobile,
     Web,
     Dashboard,
+    Service,
 }
 
 impl Role {
     /// Dashboards and web clients receive the snapshot and the update stream.
     pub fn watches_presence(self) -> bool {
-        matches!(self, Role::Web | Role::Dashboard)
+        matches!(self, Role::Web | Role::Dashboard | Role::Service)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +43,7 @@ impl Role {
             Role::Mobile => "mobile",
             Role::Web => "web",
             Role::Dashboard => "dashboard",
+            Role::Service => "service",
         }
     }
 }

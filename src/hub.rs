@@ -14,7 +14,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use bytes::Bytes;
@@ -23,16 +23,19 @@ use tokio::sync::{Notify, broadcast};
 use crate::{
     id::Id,
     metrics,
-    presence::{Groups, PresenceUpdate, Snapshot, Status, UserPresence, visible},
+    presence::{Groups, PresenceUpdate, Snapshot, Status, UserPresence},
     protocol,
+    scope::Scope,
 };
 
 /// What dashboards receive from the hub.
 #[derive(Debug, Clone)]
 pub enum HubEvent {
-    /// One accepted change, already encoded as a PRESENCE_UPDATE frame, with the user's
-    /// groups so that each dashboard can tell whether it may see it.
-    Update { seq: u64, frame: Bytes, timestamp: u64, groups: Groups },
+    /// One accepted change, already encoded as a PRESENCE_UPDATE frame (as a dashboard
+    /// that sees everyone is shown it), with the change itself and the groups the user
+    /// was in before it: a scoped dashboard is shown the change if the user is within its
+    /// scope after it, and the user leaving if it was only before (see [`Scope::view_of`]).
+    Update { seq: u64, frame: Bytes, update: Arc<PresenceUpdate>, before: Groups },
     /// The view was rebuilt from the store; every dashboard needs a fresh snapshot.
     Resync,
 }
@@ -54,17 +57,23 @@ struct View {
 }
 
 impl View {
-    /// Everyone online whom a dashboard allowed `allowed` groups may see.
-    fn online_users(&self, allowed: Option<&[Id]>) -> Vec<UserPresence> {
-        self.users.values().filter(|p| p.status != Status::Offline && visible(&p.groups, allowed)).cloned().collect()
+    /// Everyone online within `scope`, as the scope may read them.
+    fn online_users(&self, scope: &Scope) -> Vec<UserPresence> {
+        self.users
+            .values()
+            .filter(|p| p.status != Status::Offline && scope.sees(&p.user_id, &p.groups))
+            .map(|p| scope.redact(p.clone()))
+            .collect()
     }
 
     /// The cached frame serves only unrestricted dashboards; a restricted one gets its
     /// own selection.
-    fn snapshot_source(&self, allowed: Option<&[Id]>) -> SnapshotSource {
+    fn snapshot_source(&self, scope: &Scope) -> SnapshotSource {
         match &self.encoded {
-            Some((seq, frame)) if *seq == self.seq && allowed.is_none() => SnapshotSource::Encoded(frame.clone()),
-            _ => SnapshotSource::Users(self.online_users(allowed)),
+            Some((seq, frame)) if *seq == self.seq && scope.allowed().is_none() => {
+                SnapshotSource::Encoded(frame.clone())
+            }
+            _ => SnapshotSource::Users(self.online_users(scope)),
         }
     }
 }
@@ -99,24 +108,23 @@ impl Hub {
     pub fn apply(&self, update: PresenceUpdate) -> bool {
         let mut view = self.view();
         let new = &update.presence;
-        let was_online = match view.users.get(&new.user_id) {
+        let (was_online, before) = match view.users.get(&new.user_id) {
             Some(known) if known.version >= new.version => {
                 ::metrics::counter!(metrics::STALE_UPDATES).increment(1);
                 return false;
             }
-            Some(known) => known.status != Status::Offline,
-            None => false,
+            Some(known) => (known.status != Status::Offline, known.groups.clone()),
+            None => (false, Groups::default()),
         };
         let is_online = new.status != Status::Offline;
         view.online = view.online + usize::from(is_online) - usize::from(was_online);
         view.seq += 1;
         let seq = view.seq;
         let frame = protocol::update_frame(&update, seq);
-        let groups = new.groups.clone();
-        view.users.insert(new.user_id.clone(), update.presence);
+        view.users.insert(new.user_id.clone(), update.presence.clone());
         ::metrics::gauge!(metrics::ONLINE_USERS).set(view.online as f64);
         // No receiver is fine: nobody is watching.
-        let _ = self.events.send(HubEvent::Update { seq, frame, timestamp: update.timestamp, groups });
+        let _ = self.events.send(HubEvent::Update { seq, frame, update: Arc::new(update), before });
         true
     }
 
@@ -124,33 +132,33 @@ impl Hub {
     #[cfg(test)]
     pub fn snapshot(&self) -> (Vec<UserPresence>, u64) {
         let view = self.view();
-        (view.online_users(None), view.seq)
+        (view.online_users(&Scope::everyone()), view.seq)
     }
 
-    /// What a fresh snapshot for a dashboard allowed `allowed` groups (`None`: all) is made
-    /// from, and the sequence number it includes.
-    pub fn snapshot_source(&self, allowed: Option<&[Id]>) -> (SnapshotSource, u64) {
+    /// What a fresh snapshot for a dashboard with `scope` is made from, and the sequence
+    /// number it includes.
+    pub fn snapshot_source(&self, scope: &Scope) -> (SnapshotSource, u64) {
         let view = self.view();
-        (view.snapshot_source(allowed), view.seq)
+        (view.snapshot_source(scope), view.seq)
     }
 
     /// A snapshot and the stream of every change after it, with nothing lost between.
-    pub fn subscribe(&self, allowed: Option<&[Id]>) -> Subscription {
+    pub fn subscribe(&self, scope: &Scope) -> Subscription {
         let view = self.view();
         let events = self.events.subscribe();
-        Subscription { snapshot: view.snapshot_source(allowed), seq: view.seq, events }
+        Subscription { snapshot: view.snapshot_source(scope), seq: view.seq, events }
     }
 
     /// The PRESENCE_SNAPSHOT frame for `source` taken at `seq`: encoded here, outside the
     /// lock. An unrestricted one (`allowed` is `None`) is kept for the next dashboard if
     /// nothing changed meanwhile.
-    pub fn snapshot_frame(&self, source: SnapshotSource, seq: u64, allowed: Option<&[Id]>) -> Bytes {
+    pub fn snapshot_frame(&self, source: SnapshotSource, seq: u64, scope: &Scope) -> Bytes {
         match source {
             SnapshotSource::Encoded(frame) => frame,
             SnapshotSource::Users(users) => {
                 let frame = protocol::snapshot_frame(&users, seq);
                 let mut view = self.view();
-                if view.seq == seq && allowed.is_none() {
+                if view.seq == seq && scope.allowed().is_none() {
                     view.encoded = Some((seq, frame.clone()));
                 }
                 frame
@@ -247,7 +255,7 @@ mod tests {
     fn subscription_sees_every_change_after_its_snapshot() {
         let hub = Hub::new(16);
         hub.apply(update("a", Status::Online, 1));
-        let mut sub = hub.subscribe(None);
+        let mut sub = hub.subscribe(&Scope::everyone());
         assert!(matches!(&sub.snapshot, SnapshotSource::Users(users) if users.len() == 1));
         hub.apply(update("b", Status::Online, 1));
         match sub.events.try_recv().unwrap() {
@@ -261,7 +269,7 @@ mod tests {
     fn reset_replaces_the_view_and_asks_for_resync() {
         let hub = Hub::new(16);
         hub.apply(update("gone", Status::Online, 1));
-        let mut sub = hub.subscribe(None);
+        let mut sub = hub.subscribe(&Scope::everyone());
         hub.reset(Snapshot { users: vec![update("new", Status::Online, 5).presence], watermark: 10 });
         assert!(matches!(sub.events.try_recv().unwrap(), HubEvent::Resync));
         let (users, _) = hub.snapshot();
@@ -303,21 +311,21 @@ mod tests {
     fn an_unchanged_snapshot_is_encoded_once() {
         let hub = Hub::new(16);
         hub.apply(update("a", Status::Online, 1));
-        let first = hub.subscribe(None);
-        let frame = hub.snapshot_frame(first.snapshot, first.seq, None);
-        let second = hub.subscribe(None);
+        let first = hub.subscribe(&Scope::everyone());
+        let frame = hub.snapshot_frame(first.snapshot, first.seq, &Scope::everyone());
+        let second = hub.subscribe(&Scope::everyone());
         match second.snapshot {
             SnapshotSource::Encoded(cached) => assert_eq!(cached, frame),
             SnapshotSource::Users(_) => panic!("nothing changed: the frame should be reused"),
         }
         hub.apply(update("b", Status::Online, 1));
-        assert!(matches!(hub.subscribe(None).snapshot, SnapshotSource::Users(users) if users.len() == 2));
+        assert!(matches!(hub.subscribe(&Scope::everyone()).snapshot, SnapshotSource::Users(users) if users.len() == 2));
     }
 
     #[test]
     fn a_full_ring_reports_lag_instead_of_growing() {
         let hub = Hub::new(4);
-        let mut sub = hub.subscribe(None);
+        let mut sub = hub.subscribe(&Scope::everyone());
         for v in 1..=10 {
             hub.apply(update("u", if v % 2 == 1 { Status::Online } else { Status::Offline }, v));
         }

@@ -10,6 +10,7 @@
 //! - [`protocol`]: the VoicePing-compatible msgpack frame codec (pure functions).
 //! - [`id`], [`presence`]: the data model; ids normalised at the edge, versioned presence.
 //! - [`auth`]: JWT verification and where a handshake carries its credentials.
+//! - [`scope`]: which users a token may read, the same rule on every path.
 //! - [`engine`]: the [`PresenceStore`](engine::PresenceStore) (leases, transitions) and
 //!   [`Broker`](engine::Broker) (transport of transitions) traits and their implementations.
 //! - [`hub`]: this router's versioned view of presence and the fan-out to dashboards.
@@ -43,6 +44,7 @@ pub mod node;
 pub mod presence;
 pub mod protocol;
 pub mod relay;
+pub mod scope;
 pub mod server;
 pub mod ws;
 

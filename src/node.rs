@@ -447,7 +447,7 @@ mod tests {
         let node = memory_node(ttl);
         let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
         node.start(shutdown.clone(), &tracker).await.unwrap();
-        let mut sub = node.hub().subscribe(None);
+        let mut sub = node.hub().subscribe(&crate::scope::Scope::everyone());
         let session = node.session(Id::parse("u").unwrap(), None, Groups::default());
         node.connect(&session).await.unwrap();
         assert!(matches!(sub.events.recv().await.unwrap(), HubEvent::Update { .. }));
@@ -473,7 +473,7 @@ mod tests {
         node.start(shutdown.clone(), &tracker).await.unwrap();
         let session = node.session(Id::parse("u").unwrap(), None, Groups::default());
         node.connect(&session).await.unwrap();
-        let mut sub = node.hub().subscribe(None);
+        let mut sub = node.hub().subscribe(&crate::scope::Scope::everyone());
         node.hub().request_resync();
         assert!(matches!(sub.events.recv().await.unwrap(), HubEvent::Resync));
         assert_eq!(node.hub().online_count(), 1, "the re-asserted session is in the rebuilt view");

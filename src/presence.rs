@@ -217,6 +217,9 @@ pub enum Cause {
     Idle,
     /// Activity after being idle: away turned online.
     Active,
+    /// The user's groups changed (a session with another token's groups, or a token
+    /// refresh) while its shown status did not.
+    Groups,
 }
 
 impl Cause {
@@ -228,11 +231,12 @@ impl Cause {
             Cause::Status => "status",
             Cause::Idle => "idle",
             Cause::Active => "active",
+            Cause::Groups => "groups",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Cause::Connect, Cause::Disconnect, Cause::Expired, Cause::Status, Cause::Idle, Cause::Active]
+        [Cause::Connect, Cause::Disconnect, Cause::Expired, Cause::Status, Cause::Idle, Cause::Active, Cause::Groups]
             .into_iter()
             .find(|c| c.as_str() == s)
     }

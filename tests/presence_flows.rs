@@ -251,7 +251,7 @@ async fn dashboards_see_only_their_groups(engine: Engine) {
 async fn last_seen_outlives_going_offline_for_the_retention(engine: Engine) {
     let setup = Setup::new(engine).await;
     let router = setup.router(&["--last-seen-secs", "1"]).await;
-    let bearer = format!("Bearer {}", common::token("api", presence_router::auth::Role::Web));
+    let bearer = format!("Bearer {}", common::token("api", presence_router::auth::Role::Service));
     let get = |path: &'static str| {
         let (addr, bearer) = (router.addr, bearer.clone());
         async move { common::http(addr, "GET", path, &[("Authorization", &bearer)], "").await }

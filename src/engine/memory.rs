@@ -173,6 +173,8 @@ impl State {
             record.last_seen = now_ms;
         }
         record.device_id = session.device_id.clone().or(record.device_id.take());
+        // New groups are news to the dashboards of the old and the new groups alike.
+        let regrouped = record.groups != session.groups;
         record.groups = session.groups.clone();
         if !record.live.contains(&session.id) {
             record.live.push(session.id.clone());
@@ -185,7 +187,12 @@ impl State {
         for group in session.groups.iter() {
             self.groups.entry(group.clone()).or_default().insert(session.user.clone(), now);
         }
-        self.settle(&session.user, Cause::Connect, false)
+        let shown_before = self.users.get(&session.user).map(|r| r.shown);
+        let mut update = self.settle(&session.user, Cause::Connect, regrouped)?;
+        if Some(update.presence.status) == shown_before {
+            update.cause = Cause::Groups;
+        }
+        Some(update)
     }
 
     fn end(&mut self, id: &SessionId, cause: Cause) -> Option<PresenceUpdate> {

@@ -24,6 +24,7 @@ use crate::{
     node::Node,
     presence::{Status, UserPresence, unix_ms},
     protocol::payload::IndicatorKind,
+    scope::Scope,
 };
 
 /// Most ids one request may ask for.
@@ -79,7 +80,7 @@ pub async fn status(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<StatusResponse>, ApiError> {
-    authorize(&app, &headers)?;
+    let scope = Scope::of(&authorize(&app, &headers)?);
     let is_json = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -96,7 +97,7 @@ pub async fn status(
     let users = presence(&app)?.lookup(&user_ids).await.map_err(unavailable)?;
     Ok(Json(StatusResponse {
         success: true,
-        users: users.into_iter().map(UserStatus::from).collect(),
+        users: users.into_iter().map(|user| UserStatus::from(scope.read(user))).collect(),
         timestamp: unix_ms(),
     }))
 }
@@ -115,10 +116,10 @@ pub async fn user(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<UserResponse>, ApiError> {
-    authorize(&app, &headers)?;
+    let scope = Scope::of(&authorize(&app, &headers)?);
     let id = path_id(id, "invalid_user_id")?;
     let user = presence(&app)?.lookup(std::slice::from_ref(&id)).await.map_err(unavailable)?.into_iter().next();
-    let user = user.unwrap_or_else(|| UserPresence::unknown(id));
+    let user = scope.read(user.unwrap_or_else(|| UserPresence::unknown(id)));
     Ok(Json(UserResponse { success: true, user: user.into(), timestamp: unix_ms() }))
 }
 
@@ -139,15 +140,16 @@ pub struct GroupResponse {
 
 /// `GET /api/groups/{id}/presence`: the group's participants (users whose sessions named
 /// it within the last-seen retention), how many are online, away and dnd, and who is
-/// typing, recording or talking. A token with a `groups` claim may read only those groups.
+/// typing, recording or talking. Only groups within the token's scope: its `groups`, or
+/// any group for a dashboard or service token without the claim.
 pub async fn group(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<GroupResponse>, ApiError> {
-    let claims = authorize(&app, &headers)?;
+    let scope = Scope::of(&authorize(&app, &headers)?);
     let group = path_id(id, "invalid_group_id")?;
-    if claims.groups.as_ref().is_some_and(|allowed| !allowed.contains(&group)) {
+    if !scope.covers_group(&group) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden_group",
@@ -189,7 +191,8 @@ impl From<UserPresence> for UserStatus {
     }
 }
 
-/// Any valid token may read presence: `Authorization: Bearer <jwt>` (or a `token` header).
+/// Any valid token may read presence, within its [`Scope`]: `Authorization: Bearer <jwt>`
+/// (or a `token` header).
 fn authorize(app: &App, headers: &HeaderMap) -> Result<Claims, ApiError> {
     let token = Credentials::from_headers(headers).token.ok_or_else(|| {
         ApiError::new(StatusCode::UNAUTHORIZED, "missing_token", "send `Authorization: Bearer <jwt>`")

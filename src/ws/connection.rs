@@ -27,9 +27,10 @@ use crate::{
     hub::{HubEvent, Subscription},
     id::Id,
     metrics,
-    presence::{Groups, Session, unix_ms, visible},
+    presence::{Groups, Session, unix_ms},
     protocol::{self, ErrorCode, Frame, message_type, payload::IndicatorKind},
     relay::{Mailbox, Member},
+    scope::{Scope, View},
 };
 
 /// Most queued hub events forwarded before one flush.
@@ -70,6 +71,8 @@ pub struct Connection {
     pub(super) activity_at: Instant,
     /// Dashboards: the sequence number their view includes.
     seq: u64,
+    /// Whose presence this connection may see (dashboards) or, over HTTP, read.
+    scope: Scope,
     /// The token's groups: a mobile's memberships; for a dashboard, the only groups whose
     /// members it sees (`None`: everyone).
     pub(super) groups: Option<Groups>,
@@ -82,6 +85,7 @@ pub struct Connection {
 
 impl Connection {
     pub fn new(app: Arc<App>, claims: Claims, device_id: Option<Arc<str>>) -> Self {
+        let scope = Scope::of(&claims);
         let groups: Option<Groups> = claims.groups.map(Groups::from);
         let session = (claims.role == Role::Mobile)
             .then(|| app.node.session(claims.sub.clone(), device_id, groups.clone().unwrap_or_default()));
@@ -93,6 +97,7 @@ impl Connection {
             stored_at: Instant::now(),
             activity_at: Instant::now(),
             seq: 0,
+            scope,
             groups,
             indicators: BTreeMap::new(),
             talk: None,
@@ -152,7 +157,7 @@ impl Connection {
         // Reachable for relayed frames before anyone can see this user online.
         let member = match &self.session {
             Some(session) => Member::Session { user: self.user.clone(), groups: session.groups.clone() },
-            None => Member::Watcher { allowed: self.groups.clone() },
+            None => Member::Watcher { allowed: self.scope.allowed_groups() },
         };
         let mailbox = self.app.node.relay().register(member);
         if let Some(session) = self.tracked()
@@ -166,10 +171,9 @@ impl Connection {
         }
         let mut subscription = None;
         if self.role.watches_presence() {
-            let allowed = self.groups.as_deref();
-            let Subscription { snapshot, seq, events } = self.app.node.hub().subscribe(allowed);
+            let Subscription { snapshot, seq, events } = self.app.node.hub().subscribe(&self.scope);
             self.seq = seq;
-            let frame = self.app.node.hub().snapshot_frame(snapshot, seq, allowed);
+            let frame = self.app.node.hub().snapshot_frame(snapshot, seq, &self.scope);
             if let Some(exit) = self.write(socket, frame).await {
                 return exit;
             }
@@ -348,20 +352,25 @@ impl Connection {
         let mut forwarded = 0;
         while let Some(event) = next.take() {
             let frame = match event {
-                Ok(HubEvent::Update { seq, frame, timestamp, groups }) if seq > self.seq => {
+                Ok(HubEvent::Update { seq, frame, update, before }) if seq > self.seq => {
                     self.seq = seq;
-                    visible(&groups, self.groups.as_deref()).then(|| {
-                        let latency_ms = unix_ms().saturating_sub(timestamp);
+                    let frame = match self.scope.view_of(&update, &before) {
+                        View::AsIs => Some(frame),
+                        View::Changed(shown) => Some(protocol::update_frame(&shown, seq)),
+                        View::Hidden => None,
+                    };
+                    if frame.is_some() {
+                        let latency_ms = unix_ms().saturating_sub(update.timestamp);
                         ::metrics::histogram!(metrics::UPDATE_LATENCY).record(latency_ms as f64 / 1000.0);
-                        frame
-                    })
+                    }
+                    frame
                 }
                 Ok(HubEvent::Update { .. }) => None,
                 Ok(HubEvent::Resync) => {
-                    let (hub, allowed) = (self.app.node.hub(), self.groups.as_deref());
-                    let (source, seq) = hub.snapshot_source(allowed);
+                    let hub = self.app.node.hub();
+                    let (source, seq) = hub.snapshot_source(&self.scope);
                     self.seq = seq;
-                    Some(hub.snapshot_frame(source, seq, allowed))
+                    Some(hub.snapshot_frame(source, seq, &self.scope))
                 }
                 Err(RecvError::Lagged(missed)) => {
                     tracing::info!(missed, "dashboard fell behind the update ring");

@@ -21,7 +21,7 @@ use tokio_tungstenite::{
     tungstenite::{Message, client::IntoClientRequest, protocol::frame::coding::CloseCode},
 };
 
-pub const SECRET: &str = "integration-secret";
+pub const SECRET: &str = "integration-secret-at-least-32-bytes-long";
 /// How long any single expected event may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(15);
 
@@ -310,7 +310,7 @@ impl Router {
     }
 
     pub async fn post_status(&self, body: &str) -> (u16, serde_json::Value) {
-        let auth = format!("Bearer {}", token("api", Role::Mobile));
+        let auth = format!("Bearer {}", token("api", Role::Service));
         http(
             self.addr,
             "POST",

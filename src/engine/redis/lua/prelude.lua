@@ -50,11 +50,11 @@ end
 -- Brings what others see of the user in line with its sessions, mode and idleness, and
 -- keeps its auto-away entry in `active` current. Returns the transition as
 -- {user, status, version, lastSeen, deviceId, cause, now, seq, groups, text, lastActivity}
--- when the shown status changed (or `force` and the user is shown, for a new text), else
--- nil. `seq` numbers every transition cluster-wide, so subscribers notice one they never
+-- when the shown status changed (or `force` and the user is shown, for a new text or new
+-- groups; then with `forced_cause` when the status itself did not change), else nil. `seq` numbers every transition cluster-wide, so subscribers notice one they never
 -- received. The version is above the last one and at least `now`, so versions keep
 -- growing even if Redis restarts empty.
-local function transition(user, cause, force)
+local function transition(user, cause, force, forced_cause)
   local _, meta, skey = keys_of(user)
   local m = redis.call('HMGET', meta, 'status', 'version', 'mode', 'idle', 'lastActivity')
   local mode = m[3] or 'online'
@@ -71,8 +71,11 @@ local function transition(user, cause, force)
   else
     redis.call('ZREM', active, user)
   end
-  if (m[1] or 'offline') == shown and not (force and shown ~= 'offline') then
-    return nil
+  if (m[1] or 'offline') == shown then
+    if not (force and shown ~= 'offline') then
+      return nil
+    end
+    cause = forced_cause or cause
   end
   local version = math.max((tonumber(m[2]) or 0) + 1, now)
   redis.call('HSET', meta, 'status', shown, 'version', version)
@@ -108,6 +111,8 @@ local function lease(user, session, ttl, device, role, groups, activity, mode, t
   end
   redis.call('ZADD', skey, now + ttl, session)
   settle(user)
+  -- New groups are news to the dashboards of the old and the new groups alike.
+  local regrouped = (redis.call('HGET', meta, 'groups') or '') ~= groups
   redis.call('HSET', meta, 'role', role, 'groups', groups)
   -- An invisible user's heartbeats must not reveal it through lastSeen.
   if redis.call('HGET', meta, 'mode') ~= 'invisible' then
@@ -126,5 +131,5 @@ local function lease(user, session, ttl, device, role, groups, activity, mode, t
     redis.call('ZREMRANGEBYSCORE', gkey, '-inf', now - last_seen_ms - ttl)
     redis.call('PEXPIRE', gkey, last_seen_ms + ttl)
   end
-  return transition(user, 'connect')
+  return transition(user, 'connect', regrouped, 'groups')
 end
