@@ -43,6 +43,7 @@ pub struct Limits {
     pub typing_ttl: Duration,
     pub recording_ttl: Duration,
     pub max_talk: Duration,
+    pub private_needs_shared_group: bool,
 }
 
 pub struct App {
@@ -129,6 +130,7 @@ impl App {
                 typing_ttl: Duration::from_millis(config.typing_ttl_ms),
                 recording_ttl: Duration::from_millis(config.recording_ttl_ms),
                 max_talk: Duration::from_millis(config.max_talk_ms),
+                private_needs_shared_group: config.private_needs_shared_group,
             },
             presence_enabled: config.presence_enabled,
             connections: Arc::new(Semaphore::new(config.max_connections)),

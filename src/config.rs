@@ -170,6 +170,12 @@ pub struct Config {
     #[arg(long, env = "RECORDING_TTL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub recording_ttl_ms: u64,
 
+    /// Private channels (START, AUDIO, TEXT to one user) only between users who share a
+    /// group; otherwise ERROR `not_allowed` and nothing is relayed. Off: any user may call
+    /// any other.
+    #[arg(long, env = "PRIVATE_NEEDS_SHARED_GROUP", default_value_t = true, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub private_needs_shared_group: bool,
+
     /// Longest PTT transmission: the floor is taken back after this (and the talking
     /// indicator, which lives as long as the floor, ends with it).
     #[arg(long, env = "MAX_TALK_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]

@@ -128,6 +128,12 @@ impl Hub {
         true
     }
 
+    /// The groups `user` was in at its last change this router heard of; `None` for a
+    /// user never seen.
+    pub fn groups_of(&self, user: &Id) -> Option<Groups> {
+        self.view().users.get(user).map(|p| p.groups.clone())
+    }
+
     /// Everyone online now and the sequence number the snapshot includes.
     #[cfg(test)]
     pub fn snapshot(&self) -> (Vec<UserPresence>, u64) {

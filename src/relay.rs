@@ -151,6 +151,15 @@ impl Relay {
         Mailbox { queue, relay: Arc::clone(self), id, member }
     }
 
+    /// Whether a session of `user` on this router is a member of one of `groups`.
+    pub fn local_member_of_any(&self, user: &Id, groups: &[Id]) -> bool {
+        let registry = self.registry();
+        groups
+            .iter()
+            .filter_map(|group| registry.groups.get(group))
+            .any(|members| members.values().any(|(u, _)| u == user))
+    }
+
     /// Queues the frame for every local connection in its audience; returns how many.
     pub fn deliver(&self, delivery: &Delivery) -> usize {
         let registry = self.registry();

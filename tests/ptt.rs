@@ -14,6 +14,7 @@ on_both_engines!(
     max_talk_time_takes_the_floor_back,
     closing_mid_talk_frees_the_floor,
     private_talk_reaches_one_user,
+    private_channels_need_a_shared_group,
     talking_shows_in_group_presence_and_on_dashboards,
     ptt_refuses_outsiders_and_dashboards,
 );
@@ -137,6 +138,28 @@ async fn private_talk_reaches_one_user(engine: Engine) {
     c.sync("c").await;
     a.send_frame(1, START, "a", "a", map(&[])).await;
     assert_eq!(a.next_error().await["code"].as_str(), Some("invalid_frame"));
+}
+
+async fn private_channels_need_a_shared_group(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    for needed in [true, false] {
+        let router = setup.router(&["--private-needs-shared-group", &needed.to_string()]).await;
+        let mut a = router.mobile_in("a", &["crew"]).await;
+        let mut x = router.mobile_in("x", &["other"]).await;
+        a.send_frame(1, START, "a", "x", map(&[])).await;
+        if needed {
+            assert_eq!(a.next_error().await["code"].as_str(), Some("not_allowed"));
+            a.send_frame(1, TEXT, "a", "x", "psst".into()).await;
+            assert_eq!(a.next_error().await["code"].as_str(), Some("not_allowed"));
+            a.send_frame(1, START, "a", "nobody", map(&[])).await;
+            assert_eq!(a.next_error().await["code"].as_str(), Some("not_allowed"));
+            // Nothing reached x: its next frame is its own heartbeat's ACK.
+            x.sync("x").await;
+        } else {
+            a.expect(START_ACK).await;
+            x.expect_relayed(START, "a", "x").await;
+        }
+    }
 }
 
 async fn talking_shows_in_group_presence_and_on_dashboards(engine: Engine) {

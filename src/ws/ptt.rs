@@ -62,6 +62,9 @@ impl Connection {
             ChannelType::Private if to == self.user => {
                 Err((ErrorCode::InvalidFrame, "a private channel needs another user"))
             }
+            ChannelType::Private if !self.may_call(&to) => {
+                Err((ErrorCode::NotAllowed, "a private channel needs a group shared with that user"))
+            }
             ChannelType::Private => {
                 let (a, b) = if self.user < to { (&self.user, &to) } else { (&to, &self.user) };
                 Ok(Channel {
@@ -72,6 +75,19 @@ impl Connection {
                 })
             }
         }
+    }
+
+    /// Whether this session may open a private channel to `user`: they share a group,
+    /// unless `--private-needs-shared-group` is off. The other user's groups are those of
+    /// its sessions on this router, else those of its last change this router heard of.
+    fn may_call(&self, user: &Id) -> bool {
+        if !self.app.limits.private_needs_shared_group {
+            return true;
+        }
+        let mine = self.groups.as_deref().unwrap_or_default();
+        let node = &self.app.node;
+        node.relay().local_member_of_any(user, mine)
+            || node.hub().groups_of(user).is_some_and(|theirs| theirs.iter().any(|g| mine.contains(g)))
     }
 
     fn holds(&self, channel: &str) -> bool {
