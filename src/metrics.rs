@@ -19,6 +19,7 @@ pub const API_REQUESTS: &str = "presence_api_requests_total";
 pub const FRAMES_RECEIVED: &str = "presence_frames_received_total";
 pub const FRAME_ERRORS: &str = "presence_frame_errors_total";
 pub const HANDSHAKE_REJECTIONS: &str = "presence_handshake_rejections_total";
+pub const REFRESHES: &str = "presence_token_refreshes_total";
 pub const DISCONNECTS: &str = "presence_disconnects_total";
 pub const ENGINE_ERRORS: &str = "presence_engine_errors_total";
 pub const ENGINE_UP: &str = "presence_engine_up";
@@ -66,6 +67,7 @@ fn describe() {
     describe_counter!(FRAMES_RECEIVED, "WebSocket frames received, by message type family.");
     describe_counter!(FRAME_ERRORS, "Inbound frames refused, by reason.");
     describe_counter!(HANDSHAKE_REJECTIONS, "WebSocket handshakes refused, by reason.");
+    describe_counter!(REFRESHES, "REFRESH frames (token refreshes on open connections), by result.");
     describe_counter!(DISCONNECTS, "WebSocket connections ended, by reason.");
     describe_counter!(ENGINE_ERRORS, "Presence store or broker calls that failed, by operation.");
     describe_gauge!(ENGINE_UP, "1 while the presence store answers and presence is rebuilt, 0 while degraded.");

@@ -137,17 +137,7 @@ impl Relay {
         let mut registry = self.registry();
         registry.next += 1;
         let id = registry.next;
-        match &member {
-            Member::Session { user, groups } => {
-                for group in groups.iter() {
-                    registry.groups.entry(group.clone()).or_default().insert(id, (user.clone(), outbox.clone()));
-                }
-                registry.users.entry(user.clone()).or_default().push((id, outbox));
-            }
-            Member::Watcher { allowed } => {
-                registry.watchers.insert(id, (allowed.clone(), outbox));
-            }
-        }
+        registry.insert(id, &member, outbox);
         Mailbox { queue, relay: Arc::clone(self), id, member }
     }
 
@@ -200,6 +190,15 @@ impl Mailbox {
     /// wakes this, so none is left behind.
     pub async fn ready(&self) {
         self.queue.ready.notified().await;
+    }
+
+    /// Registers the connection anew as `member` (its groups changed: a token refresh),
+    /// keeping its queue: frames already queued are still delivered.
+    pub fn rescope(&mut self, member: Member) {
+        let mut registry = self.relay.registry();
+        registry.remove(self.id, &self.member);
+        registry.insert(self.id, &member, self.queue.clone());
+        self.member = member;
     }
 
     /// Wakes the next [`ready`](Self::ready) at once: frames were left in the queue.
@@ -271,26 +270,45 @@ impl Delivery {
 
 impl Drop for Mailbox {
     fn drop(&mut self) {
-        let mut registry = self.relay.registry();
-        match &self.member {
+        self.relay.registry().remove(self.id, &self.member);
+    }
+}
+
+impl Registry {
+    fn insert(&mut self, id: u64, member: &Member, outbox: Outbox) {
+        match member {
             Member::Session { user, groups } => {
                 for group in groups.iter() {
-                    if let Some(members) = registry.groups.get_mut(group) {
-                        members.remove(&self.id);
+                    self.groups.entry(group.clone()).or_default().insert(id, (user.clone(), outbox.clone()));
+                }
+                self.users.entry(user.clone()).or_default().push((id, outbox));
+            }
+            Member::Watcher { allowed } => {
+                self.watchers.insert(id, (allowed.clone(), outbox));
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u64, member: &Member) {
+        match member {
+            Member::Session { user, groups } => {
+                for group in groups.iter() {
+                    if let Some(members) = self.groups.get_mut(group) {
+                        members.remove(&id);
                         if members.is_empty() {
-                            registry.groups.remove(group);
+                            self.groups.remove(group);
                         }
                     }
                 }
-                if let Some(sessions) = registry.users.get_mut(user) {
-                    sessions.retain(|(id, _)| *id != self.id);
+                if let Some(sessions) = self.users.get_mut(user) {
+                    sessions.retain(|(session, _)| *session != id);
                     if sessions.is_empty() {
-                        registry.users.remove(user);
+                        self.users.remove(user);
                     }
                 }
             }
             Member::Watcher { .. } => {
-                registry.watchers.remove(&self.id);
+                self.watchers.remove(&id);
             }
         }
     }

@@ -38,8 +38,13 @@ pub enum ErrorCode {
     NotAMember,
     /// AUDIO or STOP from a session that does not hold the channel's floor.
     FloorNotHeld,
-    /// Only mobile sessions talk, type and set a status.
+    /// Only mobile sessions talk, type and set a status; private channels need a shared group.
     NotAllowed,
+    /// The connection's token expired (the connection is then closed with 4001), or a
+    /// REFRESH token was refused: the code is the one the HTTP API answers for the same
+    /// token (`token_expired`, `invalid_token`, ...), or `token_mismatch` for a token of
+    /// another user or role.
+    Token(&'static str),
 }
 
 impl ErrorCode {
@@ -55,6 +60,7 @@ impl ErrorCode {
             ErrorCode::NotAMember => "not_a_member",
             ErrorCode::FloorNotHeld => "floor_not_held",
             ErrorCode::NotAllowed => "not_allowed",
+            ErrorCode::Token(code) => code,
         }
     }
 }

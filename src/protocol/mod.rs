@@ -54,8 +54,11 @@ pub mod message_type {
     pub const INDICATOR: u8 = 37;
     /// Router → group members and dashboards: someone's indicator started or ended.
     pub const INDICATOR_UPDATE: u8 = 38;
-    /// Router → client: the STATUS, ACTIVITY or INDICATOR frame was applied.
+    /// Router → client: the STATUS, ACTIVITY, INDICATOR, TEXT or REFRESH frame was applied.
     pub const ACK: u8 = 39;
+    /// Client → router: `{token}`, a new token for the same user and role, to be used
+    /// from now on (its expiry, and its groups).
+    pub const REFRESH: u8 = 40;
 
     /// A low-cardinality label for metrics.
     pub fn label(message_type: u8) -> &'static str {
@@ -70,6 +73,7 @@ pub mod message_type {
             INDICATOR => "indicator",
             INDICATOR_UPDATE => "indicator_update",
             ACK => "ack",
+            REFRESH => "refresh",
             START => "start",
             STOP => "stop",
             AUDIO => "audio",

@@ -1,5 +1,5 @@
-//! Typed readings of the payloads of the client frames that carry one: STATUS (35) and
-//! INDICATOR (37). Pure functions; a bad payload is a [`PayloadError`] the connection
+//! Typed readings of the payloads of the client frames that carry one: STATUS (35),
+//! INDICATOR (37) and REFRESH (40). Pure functions; a bad payload is a [`PayloadError`] the connection
 //! answers with ERROR `invalid_payload`.
 
 use rmpv::Value;
@@ -39,6 +39,8 @@ pub enum PayloadError {
     Kind,
     #[error("isActive must be a boolean")]
     IsActive,
+    #[error("token must be a string")]
+    Token,
 }
 
 /// The value of `key` in a msgpack map, if the map has it.
@@ -51,6 +53,11 @@ fn map(payload: &Value) -> Result<&[(Value, Value)], PayloadError> {
         Value::Map(map) => Ok(map),
         _ => Err(PayloadError::NotMap),
     }
+}
+
+/// REFRESH: `{token: str}`.
+pub fn refresh_token(payload: &Value) -> Result<&str, PayloadError> {
+    field(map(payload)?, "token").and_then(Value::as_str).ok_or(PayloadError::Token)
 }
 
 /// STATUS: `{status: "online"|"away"|"dnd"|"invisible", text?: str|nil}`. An empty or

@@ -11,6 +11,8 @@ pub const INVALID_PAYLOAD: u16 = 1007;
 pub const MESSAGE_TOO_BIG: u16 = 1009;
 /// Standard: the router is shutting down; reconnect (to another router) now.
 pub const SERVICE_RESTART: u16 = 1012;
+/// The token expired (its `exp` plus the leeway passed) and no REFRESH replaced it.
+pub const TOKEN_EXPIRED: u16 = 4001;
 /// No heartbeat within the idle timeout (a little over the presence TTL).
 pub const HEARTBEAT_TIMEOUT: u16 = 4000;
 /// The client did not read its frames fast enough (dashboard ring overrun or write timeout).

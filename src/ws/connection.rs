@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     app::App,
-    auth::{Claims, Role},
+    auth::{self, Claims, Role},
     hub::{HubEvent, Subscription},
     id::Id,
     metrics,
@@ -48,6 +48,8 @@ enum Wake {
     /// Relayed frames may be waiting in the mailbox.
     Relayed,
     Deadline,
+    /// The token's `exp` (plus the leeway) passed without a REFRESH.
+    Expired,
 }
 
 /// How a connection ended: with a close frame we send, or already gone.
@@ -61,7 +63,11 @@ pub(super) enum Exit {
 pub struct Connection {
     pub(super) app: Arc<App>,
     pub(super) user: Id,
-    role: Role,
+    pub(super) role: Role,
+    /// When the token stops being valid (`exp` plus the leeway); a REFRESH moves it.
+    pub(super) expires_at: Instant,
+    /// A REFRESH changed the groups: the mailbox registers anew.
+    pub(super) rescoped: bool,
     /// Mobile sessions only: PTT floors are held by it, and presence is kept for it while
     /// presence is enabled.
     pub(super) session: Option<Session>,
@@ -70,9 +76,9 @@ pub struct Connection {
     /// When the store last recorded activity of this session (connect counts).
     pub(super) activity_at: Instant,
     /// Dashboards: the sequence number their view includes.
-    seq: u64,
+    pub(super) seq: u64,
     /// Whose presence this connection may see (dashboards) or, over HTTP, read.
-    scope: Scope,
+    pub(super) scope: Scope,
     /// The token's groups: a mobile's memberships; for a dashboard, the only groups whose
     /// members it sees (`None`: everyone).
     pub(super) groups: Option<Groups>,
@@ -91,6 +97,8 @@ impl Connection {
             .then(|| app.node.session(claims.sub.clone(), device_id, groups.clone().unwrap_or_default()));
         Connection {
             app,
+            expires_at: expiry(claims.exp),
+            rescoped: false,
             user: claims.sub,
             role: claims.role,
             session,
@@ -153,13 +161,17 @@ impl Connection {
         }
     }
 
-    async fn serve(&mut self, socket: &mut Socket) -> Exit {
-        // Reachable for relayed frames before anyone can see this user online.
-        let member = match &self.session {
+    /// What this connection is reachable as for relayed frames.
+    fn member(&self) -> Member {
+        match &self.session {
             Some(session) => Member::Session { user: self.user.clone(), groups: session.groups.clone() },
             None => Member::Watcher { allowed: self.scope.allowed_groups() },
-        };
-        let mailbox = self.app.node.relay().register(member);
+        }
+    }
+
+    async fn serve(&mut self, socket: &mut Socket) -> Exit {
+        // Reachable for relayed frames before anyone can see this user online.
+        let mut mailbox = self.app.node.relay().register(self.member());
         if let Some(session) = self.tracked()
             && self.app.node.connect(session).await.is_err()
         {
@@ -194,20 +206,22 @@ impl Connection {
                 }
             };
             let idle = self.tracked().is_some().then_some(idle_at);
-            let wake_at = match (idle, self.next_deadline()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            if let Some(at) = wake_at
-                && timer.deadline() != at
-            {
-                timer.as_mut().reset(at);
+            let wake_at = [idle, self.next_deadline()].into_iter().flatten().fold(self.expires_at, Instant::min);
+            if timer.deadline() != wake_at {
+                timer.as_mut().reset(wake_at);
             }
             let wake = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Wake::Shutdown,
-                _ = &mut timer, if wake_at.is_some() => {
-                    if idle.is_some_and(|at| at <= Instant::now()) { Wake::Idle } else { Wake::Deadline }
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if idle.is_some_and(|at| at <= now) {
+                        Wake::Idle
+                    } else if self.expires_at <= now {
+                        Wake::Expired
+                    } else {
+                        Wake::Deadline
+                    }
                 }
                 incoming = socket.recv() => Wake::Incoming(incoming),
                 () = mailbox.ready() => Wake::Relayed,
@@ -216,6 +230,11 @@ impl Connection {
             let exit = match wake {
                 Wake::Shutdown => Some(Exit::Close(close::SERVICE_RESTART, "router restarting")),
                 Wake::Idle => Some(Exit::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout")),
+                Wake::Expired => {
+                    let message = "the token expired; send REFRESH with a new one before it does";
+                    let frame = protocol::error_frame(ErrorCode::Token("token_expired"), message, None, None);
+                    Some(self.write(socket, frame).await.unwrap_or(Exit::Close(close::TOKEN_EXPIRED, "token expired")))
+                }
                 Wake::Incoming(Incoming::Closed(code)) => Some(Exit::Echo(code)),
                 Wake::Incoming(Incoming::Gone) => Some(Exit::Gone("read_failed")),
                 Wake::Incoming(Incoming::Violation(violation)) => {
@@ -227,6 +246,9 @@ impl Connection {
                     let exit = self.on_binary(socket, &bytes).await;
                     if matches!(exit, Ok(true)) {
                         idle_at = Instant::now() + self.app.limits.idle_timeout;
+                    }
+                    if std::mem::take(&mut self.rescoped) {
+                        mailbox.rescope(self.member());
                     }
                     exit.err()
                 }
@@ -271,6 +293,7 @@ impl Connection {
             message_type::STATUS => Box::pin(self.on_status(socket, &frame)).await,
             message_type::ACTIVITY => Box::pin(self.on_activity(socket, &frame)).await,
             message_type::INDICATOR => Box::pin(self.on_indicator(socket, &frame)).await,
+            message_type::REFRESH => Box::pin(self.on_refresh(socket, &frame)).await,
             message_type::START | message_type::STOP | message_type::AUDIO | message_type::TEXT => {
                 Box::pin(self.on_ptt(socket, &frame)).await
             }
@@ -428,4 +451,12 @@ impl Connection {
             Err(_) => Some(Exit::Close(close::SLOW_CONSUMER, "write timeout")),
         }
     }
+}
+
+/// When a token with this `exp` (Unix seconds) stops being accepted: `exp` plus the
+/// leeway every token check allows, on the tokio clock (at most a century ahead).
+pub(super) fn expiry(exp: u64) -> Instant {
+    const CENTURY_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+    let until_ms = exp.saturating_add(auth::LEEWAY_SECS).saturating_mul(1000).saturating_sub(unix_ms());
+    Instant::now() + Duration::from_millis(until_ms.min(CENTURY_MS))
 }

@@ -5,6 +5,7 @@ mod connection;
 mod frame;
 mod ptt;
 mod rate_limit;
+mod refresh;
 mod signals;
 mod socket;
 

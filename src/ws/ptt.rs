@@ -34,6 +34,13 @@ pub struct Talk {
     pub until: Instant,
 }
 
+impl Talk {
+    /// The group whose floor this is; `None` on a private channel.
+    pub(super) fn group(&self) -> Option<&Id> {
+        (self.channel.kind == ChannelType::Group).then_some(&self.channel.to)
+    }
+}
+
 /// A channel as a frame names it.
 struct Channel {
     /// The floor's key: `g:{group}`, or `p:{len}:{a}:{b}` for the private channel between

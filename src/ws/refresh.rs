@@ -1,0 +1,100 @@
+//! REFRESH (40): a new token for an open connection. Without one, the connection is closed
+//! with 4001 once its token's `exp` (plus the leeway) passes.
+//!
+//! The new token must be valid and name the same user and role. It replaces the old one
+//! at once: its expiry, and its groups. New groups move everything the groups decide: a
+//! mobile's memberships (relayed frames, the floor and indicators in groups it left end,
+//! and its presence carries the new groups, a transition dashboards of the old and the
+//! new groups both see); a watcher's scope (it gets a fresh snapshot for the new scope).
+
+use super::{
+    connection::{Connection, Exit, expiry},
+    socket::Socket,
+};
+use crate::{
+    id::Id,
+    metrics,
+    presence::Groups,
+    protocol::{ErrorCode, Frame, payload},
+    scope::Scope,
+};
+
+impl Connection {
+    pub(super) async fn on_refresh(&mut self, socket: &mut Socket, frame: &Frame) -> Result<bool, Exit> {
+        let token = match payload::refresh_token(&frame.payload) {
+            Ok(token) => token,
+            Err(e) => return self.refuse(socket, frame, ErrorCode::InvalidPayload, &e.to_string()).await,
+        };
+        let claims = match self.app.auth.verify(token) {
+            Ok(claims) => claims,
+            Err(e) => {
+                ::metrics::counter!(metrics::REFRESHES, "result" => e.code()).increment(1);
+                return self.refuse(socket, frame, ErrorCode::Token(e.code()), &e.to_string()).await;
+            }
+        };
+        if claims.sub != self.user || claims.role != self.role {
+            ::metrics::counter!(metrics::REFRESHES, "result" => "token_mismatch").increment(1);
+            let message = "a refresh token must name the connection's user and role";
+            return self.refuse(socket, frame, ErrorCode::Token("token_mismatch"), message).await;
+        }
+        ::metrics::counter!(metrics::REFRESHES, "result" => "accepted").increment(1);
+        self.expires_at = expiry(claims.exp);
+        let groups = claims.groups.clone().map(Groups::from);
+        if !same_groups(groups.as_deref(), self.groups.as_deref()) {
+            self.groups = groups;
+            self.scope = Scope::of(&claims);
+            self.rescoped = true;
+            if let Some(exit) = self.regroup(socket).await {
+                return Err(exit);
+            }
+        }
+        self.ack(socket, frame).await
+    }
+
+    /// Applies new token groups: see the module documentation.
+    async fn regroup(&mut self, socket: &mut Socket) -> Option<Exit> {
+        let groups = self.groups.clone().unwrap_or_default();
+        if let Some(session) = self.session.as_mut() {
+            session.groups = groups.clone();
+            let left: Vec<_> = self.indicators.keys().filter(|(_, group)| !groups.contains(group)).cloned().collect();
+            for (kind, group) in left {
+                self.end_indicator(kind, group).await;
+            }
+            if self.talk.as_ref().and_then(|talk| talk.group()).is_some_and(|group| !groups.contains(group)) {
+                self.end_talk(Some("not_a_member")).await;
+            }
+            if let Some(session) = self.tracked() {
+                // Errors are counted by the node; the next heartbeat re-leases the session.
+                let _ = self.app.node.connect(session).await;
+            }
+            return None;
+        }
+        let hub = self.app.node.hub();
+        let (source, seq) = hub.snapshot_source(&self.scope);
+        self.seq = seq;
+        let snapshot = hub.snapshot_frame(source, seq, &self.scope);
+        self.write(socket, snapshot).await
+    }
+}
+
+/// Whether two `groups` claims name the same groups (in any order).
+fn same_groups(a: Option<&[Id]>, b: Option<&[Id]>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.len() == b.len() && a.iter().all(|g| b.contains(g)),
+        (a, b) => a.is_none() && b.is_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_compare_as_sets() {
+        let ids = |names: &[&str]| names.iter().map(|n| Id::parse(n).unwrap()).collect::<Vec<_>>();
+        assert!(same_groups(Some(&ids(&["a", "b"])), Some(&ids(&["b", "a"]))));
+        assert!(!same_groups(Some(&ids(&["a"])), Some(&ids(&["a", "b"]))));
+        assert!(!same_groups(None, Some(&[])));
+        assert!(same_groups(None, None));
+    }
+}
