@@ -6,7 +6,9 @@
 //!         --status dnd --text "on patrol" --talk crew  # says "dnd", then talks for a second
 //!
 //! Ctrl-C closes cleanly (the dashboard sees "offline" at once); `kill -9` leaves the
-//! socket to the heartbeat TTL.
+//! socket to the heartbeat TTL. Its token lives `--token-ttl` seconds; it sends a fresh one
+//! (REFRESH) when two thirds of that have passed, as a real app would after asking its
+//! backend, so the router never closes it with 4001.
 
 use std::time::Duration;
 
@@ -44,6 +46,9 @@ struct Args {
     /// A group to talk in once connected: START, a second of (silent) AUDIO, STOP.
     #[arg(long)]
     talk: Option<String>,
+    /// Lifetime of each token in seconds; a new one is sent (REFRESH) before it ends.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(15..))]
+    token_ttl: u64,
 }
 
 #[tokio::main]
@@ -51,7 +56,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let groups: Vec<&str> = args.groups.iter().map(String::as_str).collect();
     let groups = (!groups.is_empty()).then_some(groups.as_slice());
-    let token = mint_hs256_in(args.jwt_secret.as_bytes(), &args.user, Role::Mobile, groups, 24 * 3600)?;
+    let mint = || mint_hs256_in(args.jwt_secret.as_bytes(), &args.user, Role::Mobile, groups, args.token_ttl);
+    let token = mint()?;
     let mut request = args.url.as_str().into_client_request()?;
     request.headers_mut().insert("token", token.parse()?);
     request.headers_mut().insert("device_id", args.device.parse()?);
@@ -77,11 +83,18 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let mut ticks = tokio::time::interval(Duration::from_secs(args.interval));
+    let refresh_every = Duration::from_secs(args.token_ttl * 2 / 3);
+    let mut refreshes = tokio::time::interval_at(tokio::time::Instant::now() + refresh_every, refresh_every);
     loop {
         tokio::select! {
             _ = ticks.tick() => {
                 ws.send(Message::Binary(heartbeat_frame(&args.user))).await?;
                 println!("→ HEARTBEAT");
+            }
+            _ = refreshes.tick() => {
+                let payload = Value::Map(vec![("token".into(), mint()?.into())]);
+                ws.send(frame(message_type::REFRESH, "", payload)).await?;
+                println!("→ REFRESH");
             }
             message = ws.next() => match message {
                 Some(Ok(Message::Binary(bytes))) => match rmpv::decode::read_value(&mut &bytes[..])? {

@@ -37,7 +37,10 @@ mod tempdir {
 
 impl Browser {
     async fn open(url: &str) -> Browser {
-        let profile = std::env::temp_dir().join(format!("presence-router-chromium-{}", std::process::id()));
+        // One profile per browser: Chromium refuses a second instance on a profile in use.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let profile = std::env::temp_dir().join(format!("presence-router-chromium-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&profile).unwrap();
         let mut child = Command::new("chromium")
             .args([
@@ -160,4 +163,38 @@ async fn the_dashboard_page_shows_a_snapshot_live_dots_and_indicators() {
     charlie.send_frame(0, 2, "charlie", "crew", common::map(&[])).await;
     charlie.expect(7).await;
     browser.wait_until("document.querySelector('[data-user=\"charlie\"] .badge.talking') === null").await;
+}
+
+/// A token in a changed fragment is sent as REFRESH: the page outlives its first token.
+/// Without a new one it says the token expired, and a new fragment reconnects it.
+#[tokio::test]
+async fn the_dashboard_page_refreshes_its_token_from_the_fragment() {
+    let router = Router::start(&[]).await;
+    let now = presence_router::presence::unix_ms() / 1000;
+    let minted = |exp: u64| {
+        let claims = json!({"sub": "dispatcher", "role": "dashboard", "exp": exp, "iat": now});
+        let key = jsonwebtoken::EncodingKey::from_secret(common::SECRET.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    // Accepted now (inside the 5 s leeway), expiring 2 to 3 s from now.
+    let url = format!("http://{}/dashboard#token={}", router.addr, minted(now - 2));
+    let mut browser = Browser::open(&url).await;
+    browser.wait_until("document.body.dataset.connected === 'true'").await;
+    browser.eval(&format!("location.hash = 'token={}'", minted(now + 3600))).await;
+    browser.wait_until("document.getElementById('status').textContent === 'connected (token refreshed)'").await;
+    common::eventually("the refresh to count", || async {
+        router.metrics().await.contains("presence_token_refreshes_total{result=\"accepted\"} 1")
+    })
+    .await;
+
+    // A second page that never gets a new token is told so when its token expires.
+    let url =
+        format!("http://{}/dashboard#token={}", router.addr, minted(presence_router::presence::unix_ms() / 1000 - 2));
+    let mut expiring = Browser::open(&url).await;
+    expiring.wait_until("document.body.dataset.connected === 'expired'").await;
+    assert!(expiring.eval("document.getElementById('status').textContent").await.as_str().unwrap().contains("expired"));
+    // The first page is still connected past its first token's expiry.
+    assert_eq!(browser.eval("document.body.dataset.connected").await, json!("true"));
+    expiring.eval(&format!("location.hash = 'token={}'", minted(now + 3600))).await;
+    expiring.wait_until("document.body.dataset.connected === 'true'").await;
 }
