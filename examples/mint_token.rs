@@ -1,5 +1,6 @@
 //! Prints a development token: `cargo run -q --example mint_token -- <user> <role>`.
-//! Role is mobile, web or dashboard; the secret is `JWT_SECRET` or the `make run` default.
+//! Role is mobile, web, dashboard or service; the secret is `JWT_SECRET` or the `make run`
+//! default.
 
 use presence_router::auth::{Role, mint_hs256};
 
