@@ -240,3 +240,53 @@ async fn a_chosen_status_survives_redis_losing_everything() {
     let user = a.user("driver").await;
     assert_eq!((user["status"].as_str(), user["statusText"].as_str()), (Some("dnd"), Some("driving")));
 }
+
+/// The same for a hundred users, each heartbeating as fast as acknowledged while Redis
+/// comes back empty: a heartbeat that reaches it before the router's re-assert must bring
+/// the chosen status back too, never reset it to online.
+#[tokio::test]
+async fn a_hundred_chosen_statuses_survive_redis_losing_everything_under_heartbeats() {
+    const USERS: usize = 100;
+    let mut setup = Setup::new(Engine::Redis).await;
+    let router = setup.router(&["--heartbeat-min-interval-ms", "0", "--recovery-grace-ms", "500"]).await;
+    let mut mobiles = Vec::new();
+    for i in 0..USERS {
+        let user = format!("d{i}");
+        let mut mobile = router.mobile_in(&user, &["crew"]).await;
+        mobile.set_status(&user, "dnd", Some(&format!("text {i}"))).await;
+        mobiles.push((user, mobile));
+    }
+    setup.redis.as_mut().unwrap().kill().await;
+    setup.redis.as_mut().unwrap().spawn().await;
+    // Every user heartbeats at once and keeps going (errors while the router reconnects
+    // are expected), racing the router's re-assert.
+    let heartbeating: Vec<_> = mobiles
+        .into_iter()
+        .map(|(user, mut mobile)| {
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    mobile.heartbeat(&user).await;
+                    mobile.next_frame().await;
+                }
+                mobile
+            })
+        })
+        .collect();
+    let mut mobiles = Vec::new();
+    for task in heartbeating {
+        mobiles.push(task.await.unwrap());
+    }
+    let ids: Vec<String> = (0..USERS).map(|i| format!("d{i}")).collect();
+    common::eventually("all hundred back dnd with their text", || async {
+        let (status, body) = router.post_status(&serde_json::json!({ "userIds": ids }).to_string()).await;
+        status == 200
+            && body["users"].as_array().unwrap().iter().enumerate().all(|(i, u)| {
+                u["status"].as_str() == Some("dnd") && u["statusText"].as_str() == Some(&format!("text {i}"))
+            })
+    })
+    .await;
+    let (_, body) = router.post_status(&serde_json::json!({ "userIds": ids }).to_string()).await;
+    let online = body["users"].as_array().unwrap().iter().filter(|u| u["status"].as_str() == Some("online")).count();
+    assert_eq!(online, 0, "{body}");
+    drop(mobiles);
+}

@@ -6,7 +6,7 @@
 //! announces its end exactly once, on stop, on expiry or when the connection closes. The
 //! store keeps a copy with the same lifetime for the group endpoint.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
@@ -17,6 +17,7 @@ use super::{
 use crate::{
     id::Id,
     metrics,
+    presence::Choice,
     protocol::{
         self, ChannelType, ErrorCode, Frame,
         payload::{self, IndicatorKind},
@@ -53,6 +54,11 @@ impl Connection {
         };
         if self.app.node.set_status(&session, mode, text.as_deref()).await.is_err() {
             return self.refuse(socket, frame, ErrorCode::PresenceUnavailable, "presence store unavailable").await;
+        }
+        // Every later lease of this session carries the choice: a heartbeat that reaches a
+        // Redis restarted empty before the router re-asserts must restore it, not reset it.
+        if let Some(session) = self.session.as_mut() {
+            session.choice = Some(Choice { mode, text: text.map(Arc::from) });
         }
         self.activity_at = Instant::now();
         self.ack(socket, frame).await
