@@ -16,6 +16,7 @@
 //! - [`hub`]: this router's versioned view of presence and the fan-out to dashboards.
 //! - [`relay`]: delivery of transient frames (PTT, TEXT, indicators) to local connections.
 //! - [`node`]: composes engine and hub; publishes transitions; sweeps expired leases.
+//! - [`renewals`]: heartbeats handed off by connections, renewed in the background.
 //! - [`ws`]: the WebSocket handshake, the RFC 6455 framing and socket (budgets, close
 //!   handshake, no buffer held while idle) and the per-connection task.
 //! - [`http`]: the axum router: WebSocket endpoint, presence API, health, metrics.
@@ -44,6 +45,7 @@ pub mod node;
 pub mod presence;
 pub mod protocol;
 pub mod relay;
+pub mod renewals;
 pub mod scope;
 pub mod server;
 pub mod ws;

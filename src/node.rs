@@ -31,6 +31,7 @@ use crate::{
     presence::{Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, UserPresence, unix_ms},
     protocol::payload::IndicatorKind,
     relay::{Delivery, Relay},
+    renewals::PendingRenewals,
 };
 
 /// Store calls in flight at once while re-asserting sessions after an outage.
@@ -80,6 +81,8 @@ pub struct Node {
     next_session: AtomicU64,
     /// This router's live sessions.
     local: Mutex<HashMap<SessionId, Session>>,
+    /// Heartbeats waiting for the renewer.
+    renewals: PendingRenewals,
     /// Set when a store call fails; cleared by a successful resync.
     degraded: AtomicBool,
     /// No sweeping before this (see [`Timing::recovery_grace`]).
@@ -105,6 +108,7 @@ impl Node {
             floors: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             local: Mutex::new(HashMap::new()),
+            renewals: PendingRenewals::default(),
             degraded: AtomicBool::new(false),
             sweep_paused_until: Mutex::new(None),
             sweep_now,
@@ -144,8 +148,11 @@ impl Node {
     }
 
     /// Registers a session locally first: if the store is down it is re-asserted later.
+    /// While degraded the store is not asked (a hung one would hold the connection for its
+    /// whole timeout): the session is re-asserted when the store answers again.
     pub async fn connect(&self, session: &Session) -> Result<(), EngineError> {
         self.local().insert(session.id.clone(), session.clone());
+        self.skip_while_degraded()?;
         let result = self.engine.store.connect(session).await;
         self.announce("connect", result).await
     }
@@ -155,7 +162,15 @@ impl Node {
         self.announce("heartbeat", result).await
     }
 
+    /// Records a heartbeat for the renewer and returns at once: a connection never waits on
+    /// the store (see [`crate::renewals`]). While degraded nothing is renewed; recovery
+    /// re-asserts every local session anyway.
+    pub fn heartbeat_soon(&self, session: &Session) {
+        self.renewals.push(session);
+    }
+
     pub async fn disconnect(&self, session: &Session) -> Result<(), EngineError> {
+        self.renewals.settle(&session.id).await;
         self.local().remove(&session.id);
         let result = self.engine.store.disconnect(session).await;
         self.announce("disconnect", result).await
@@ -163,6 +178,7 @@ impl Node {
 
     /// Leaves a session to lapse after `grace` instead of ending it (router shutdown).
     pub async fn linger(&self, session: &Session, grace: Duration) -> Result<(), EngineError> {
+        self.renewals.settle(&session.id).await;
         self.local().remove(&session.id);
         let result = self.engine.store.linger(session, grace).await;
         self.announce("linger", result.map(|()| None)).await
@@ -170,6 +186,7 @@ impl Node {
 
     /// Sets the user's chosen status, and remembers it with the session for a re-assert.
     pub async fn set_status(&self, session: &Session, mode: Mode, text: Option<&str>) -> Result<(), EngineError> {
+        self.skip_while_degraded()?;
         let result = self.engine.store.set_status(session, mode, text).await;
         self.announce("status", result).await?;
         if let Some(registered) = self.local().get_mut(&session.id) {
@@ -179,6 +196,7 @@ impl Node {
     }
 
     pub async fn activity(&self, session: &Session) -> Result<(), EngineError> {
+        self.skip_while_degraded()?;
         let result = self.engine.store.activity(session).await;
         self.announce("activity", result).await
     }
@@ -205,9 +223,7 @@ impl Node {
         kind: IndicatorKind,
         ttl: Option<Duration>,
     ) -> Result<(), EngineError> {
-        if self.is_degraded() {
-            return Err(EngineError::Unavailable("degraded".into()));
-        }
+        self.skip_while_degraded()?;
         let result = self.engine.store.set_indicator(group, user, kind, ttl).await;
         self.check("indicator", result)
     }
@@ -322,6 +338,11 @@ impl Node {
         Ok(())
     }
 
+    /// Calls from connections fail at once while degraded instead of waiting on the store.
+    fn skip_while_degraded(&self) -> Result<(), EngineError> {
+        if self.is_degraded() { Err(EngineError::Unavailable("degraded".into())) } else { Ok(()) }
+    }
+
     /// Counts a failed store call and marks the node degraded.
     fn check<T>(&self, op: &'static str, result: Result<T, EngineError>) -> Result<T, EngineError> {
         if let Err(e) = &result {
@@ -360,8 +381,28 @@ impl Node {
     ) -> Result<(), EngineError> {
         self.resync().await?;
         tracker.spawn(Arc::clone(self).sweeper(shutdown.clone()));
+        tracker.spawn(Arc::clone(self).renewer(shutdown.clone()));
         tracker.spawn(Arc::clone(self).maintainer(shutdown));
         Ok(())
+    }
+
+    /// Renews the heartbeats connections handed off, all that are waiting at a time.
+    async fn renewer(self: Arc<Self>, shutdown: CancellationToken) {
+        let node = &*self;
+        loop {
+            let sessions = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                sessions = self.renewals.take() => sessions,
+            };
+            stream::iter(sessions)
+                .for_each_concurrent(REASSERT_CONCURRENCY, |session| async move {
+                    if !node.is_degraded() {
+                        let _ = node.heartbeat(&session).await;
+                    }
+                    node.renewals.done(&session.id);
+                })
+                .await;
+        }
     }
 
     async fn sweeper(self: Arc<Self>, shutdown: CancellationToken) {

@@ -304,8 +304,9 @@ impl Connection {
         }
     }
 
-    /// Renews the lease (unless coalesced) and acknowledges; a store failure is answered
-    /// with ERROR `presence_unavailable` instead of an ACK.
+    /// Hands the lease's renewal to the node (unless coalesced) and acknowledges at once:
+    /// the connection never waits on the store. While the store is unreachable the answer
+    /// is ERROR `presence_unavailable`; the session is re-asserted when it returns.
     async fn on_heartbeat(&mut self, socket: &mut Socket, frame: &Frame) -> Result<bool, Exit> {
         if self.role != Role::Mobile {
             ::metrics::counter!(metrics::HEARTBEATS, "result" => "rejected").increment(1);
@@ -316,20 +317,13 @@ impl Connection {
         let now = Instant::now();
         let result = match self.tracked() {
             None => "ignored",
-            // While degraded every heartbeat goes to the store, so an ACK always means
-            // the presence is recorded.
-            Some(_)
-                if now - self.stored_at < self.app.limits.heartbeat_min_interval && !self.app.node.is_degraded() =>
-            {
-                "coalesced"
+            Some(_) if self.app.node.is_degraded() => "failed",
+            Some(_) if now - self.stored_at < self.app.limits.heartbeat_min_interval => "coalesced",
+            Some(session) => {
+                self.app.node.heartbeat_soon(session);
+                self.stored_at = now;
+                "accepted"
             }
-            Some(session) => match self.app.node.heartbeat(session).await {
-                Ok(()) => {
-                    self.stored_at = now;
-                    "accepted"
-                }
-                Err(_) => "failed",
-            },
         };
         ::metrics::counter!(metrics::HEARTBEATS, "result" => result).increment(1);
         if result == "failed" {
