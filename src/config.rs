@@ -1,7 +1,11 @@
 //! Configuration: command-line flags, each also read from the environment variable the
 //! seed design uses (`PORT`, `PRESENCE_ENABLED`, `PRESENCE_TTL`, `REDIS_*`, `JWT_*`).
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::{
     ArgAction, Parser,
@@ -20,6 +24,11 @@ pub struct Config {
     /// Port for WebSocket and HTTP (0 picks a free one; the bound address is printed).
     #[arg(long, env = "PORT", default_value_t = 3000)]
     pub port: u16,
+
+    /// Serve `/metrics` on this address only (e.g. `127.0.0.1:9100`), and answer 404 for it
+    /// on the public port. Unset: `/metrics` is on the public port.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 
     /// Track presence at all; when false, heartbeats are ignored and the presence API answers 503.
     #[arg(long, env = "PRESENCE_ENABLED", default_value_t = true, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
@@ -254,6 +263,16 @@ mod tests {
         }
         let c = Config::try_parse_from(["presence-router", "--jwt-secret", " short but set "]).unwrap();
         assert_eq!(c.jwt_secret.as_deref(), Some(" short but set "), "used as given, not trimmed");
+    }
+
+    #[test]
+    fn metrics_stay_on_the_public_port_unless_an_address_is_given() {
+        let c = Config::try_parse_from(["presence-router", "--jwt-secret", "s"]).unwrap();
+        assert_eq!(c.metrics_addr, None);
+        let c = Config::try_parse_from(["presence-router", "--jwt-secret", "s", "--metrics-addr", "127.0.0.1:9100"])
+            .unwrap();
+        assert_eq!(c.metrics_addr, Some(([127, 0, 0, 1], 9100).into()));
+        assert!(Config::try_parse_from(["presence-router", "--jwt-secret", "s", "--metrics-addr", "9100"]).is_err());
     }
 
     #[test]
