@@ -4,6 +4,7 @@
 mod error;
 mod ops;
 mod presence;
+mod rate_limit;
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use axum::{
 
 pub use error::ApiError;
 pub use presence::MAX_USER_IDS;
+pub use rate_limit::ApiLimiter;
 
 use crate::{app::App, metrics, ws};
 
