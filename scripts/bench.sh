@@ -28,7 +28,7 @@ echo "# $(date -u +%FT%TZ) $(nproc) cores, $(uname -r)"
 redis-server redis.conf --port 6400 --dir "$DIR" --daemonize yes --logfile "$DIR/redis.log"
 until redis-cli -p 6400 ping >/dev/null 2>&1; do sleep 0.05; done
 REDIS=(--redis-host 127.0.0.1 --redis-port 6400)
-FAST=(--heartbeat-min-interval-ms 0 --frame-rate 1000000 --frame-burst 1000000)
+FAST=(--heartbeat-min-interval-ms 0 --frame-rate 1000000 --frame-burst 1000000 --api-ids-per-second 0)
 
 router 4100                              # embedded
 router 4101 "${REDIS[@]}" "${FAST[@]}"   # Redis A

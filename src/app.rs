@@ -15,6 +15,7 @@ use crate::{
         Engine, MemoryBroker, MemoryPresence,
         redis::{RedisBroker, RedisConfig, RedisPresence, Sinks, spawn_subscriber},
     },
+    http::ApiLimiter,
     hub::Hub,
     node::{Node, Timing, new_router_id},
     relay::Relay,
@@ -58,6 +59,8 @@ pub struct App {
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
     pub metrics: Option<PrometheusHandle>,
+    /// The HTTP API's ids-per-second budget per user (`--api-ids-per-second`).
+    pub api_limiter: Arc<ApiLimiter>,
 }
 
 impl App {
@@ -110,6 +113,15 @@ impl App {
             "presence engine started"
         );
 
+        let api_limiter = Arc::new(ApiLimiter::new(config.api_ids_per_second, config.api_ids_burst()));
+        api_limiter.spawn_sweeper(shutdown.clone(), &tracker);
+        match api_limiter.rate() {
+            Some(rate) => tracing::info!(rate, burst = config.api_ids_burst(), "HTTP API budget per user, in ids"),
+            None => {
+                tracing::warn!("HTTP API budget off (--api-ids-per-second 0): any token may look up ids without limit")
+            }
+        }
+
         Ok(Arc::new(App {
             node,
             auth: authenticator(config)?,
@@ -137,6 +149,7 @@ impl App {
             tracker,
             shutdown,
             metrics,
+            api_limiter,
         }))
     }
 }

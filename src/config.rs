@@ -1,7 +1,11 @@
 //! Configuration: command-line flags, each also read from the environment variable the
 //! seed design uses (`PORT`, `PRESENCE_ENABLED`, `PRESENCE_TTL`, `REDIS_*`, `JWT_*`).
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::{
     ArgAction, Parser,
@@ -20,6 +24,11 @@ pub struct Config {
     /// Port for WebSocket and HTTP (0 picks a free one; the bound address is printed).
     #[arg(long, env = "PORT", default_value_t = 3000)]
     pub port: u16,
+
+    /// Serve `/metrics` on this address only (e.g. `127.0.0.1:9100`), and answer 404 for it
+    /// on the public port. Unset: `/metrics` is on the public port.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 
     /// Track presence at all; when false, heartbeats are ignored and the presence API answers 503.
     #[arg(long, env = "PRESENCE_ENABLED", default_value_t = true, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
@@ -108,6 +117,17 @@ pub struct Config {
     /// `/healthz`, `/metrics` and the API still answer.
     #[arg(long, env = "FD_RESERVE", default_value_t = 128)]
     pub fd_reserve: usize,
+
+    /// HTTP API budget per user (token subject and role), in user ids per second: a bulk
+    /// request costs the ids it asks for, a user lookup 1, a group read 100. Over it the API
+    /// answers 429 `rate_limited` with `Retry-After`. 0: no limit.
+    #[arg(long, env = "API_IDS_PER_SECOND", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
+    pub api_ids_per_second: u32,
+
+    /// Ids a user may spend at once before the rate applies. At least 100, so the largest
+    /// request fits. Default: five seconds' worth of `--api-ids-per-second`, at least 100.
+    #[arg(long, env = "API_IDS_BURST", value_parser = clap::value_parser!(u32).range(100..))]
+    pub api_ids_burst: Option<u32>,
 
     /// Largest inbound WebSocket message in bytes; larger ones close the connection (1009).
     #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
@@ -213,6 +233,13 @@ impl Config {
         self.heartbeat_min_interval_ms.map_or(self.ttl() / 6, Duration::from_millis)
     }
 
+    /// `--api-ids-burst`, or five seconds of `--api-ids-per-second`; never below the largest
+    /// request (100 ids).
+    pub fn api_ids_burst(&self) -> u32 {
+        let largest = crate::http::MAX_USER_IDS as u32;
+        self.api_ids_burst.unwrap_or(self.api_ids_per_second.saturating_mul(5)).max(largest)
+    }
+
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.header_read_timeout_ms)
     }
@@ -254,6 +281,32 @@ mod tests {
         }
         let c = Config::try_parse_from(["presence-router", "--jwt-secret", " short but set "]).unwrap();
         assert_eq!(c.jwt_secret.as_deref(), Some(" short but set "), "used as given, not trimmed");
+    }
+
+    #[test]
+    fn the_api_budget_defaults_to_1000_ids_a_second_with_five_seconds_of_burst() {
+        let parse = |extra: &[&str]| {
+            Config::try_parse_from([&["presence-router", "--jwt-secret", "s"], extra].concat()).map(|c| {
+                let burst = c.api_ids_burst();
+                (c.api_ids_per_second, burst)
+            })
+        };
+        assert_eq!(parse(&[]).unwrap(), (1000, 5000));
+        assert_eq!(parse(&["--api-ids-per-second", "10"]).unwrap(), (10, 100), "room for the largest request");
+        assert_eq!(parse(&["--api-ids-per-second", "0"]).unwrap(), (0, 100));
+        assert_eq!(parse(&["--api-ids-per-second", "50", "--api-ids-burst", "120"]).unwrap(), (50, 120));
+        assert!(parse(&["--api-ids-burst", "99"]).is_err(), "a full request could never pass");
+        assert!(parse(&["--api-ids-per-second", "-1"]).is_err());
+    }
+
+    #[test]
+    fn metrics_stay_on_the_public_port_unless_an_address_is_given() {
+        let c = Config::try_parse_from(["presence-router", "--jwt-secret", "s"]).unwrap();
+        assert_eq!(c.metrics_addr, None);
+        let c = Config::try_parse_from(["presence-router", "--jwt-secret", "s", "--metrics-addr", "127.0.0.1:9100"])
+            .unwrap();
+        assert_eq!(c.metrics_addr, Some(([127, 0, 0, 1], 9100).into()));
+        assert!(Config::try_parse_from(["presence-router", "--jwt-secret", "s", "--metrics-addr", "9100"]).is_err());
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //! - [`renewals`]: heartbeats handed off by connections, renewed in the background.
 //! - [`ws`]: the WebSocket handshake, the RFC 6455 framing and socket (budgets, close
 //!   handshake, no buffer held while idle) and the per-connection task.
-//! - [`http`]: the axum router: WebSocket endpoint, presence API, health, metrics.
+//! - [`http`]: the axum router: WebSocket endpoint, presence API (and its ids-per-second
+//!   budget per user), health, metrics (on the public port or `--metrics-addr`).
 //! - [`server`]: the accept loop serving that router, with the limits that apply before a
 //!   WebSocket upgrade (header timeout and size, handshake cap, accept errors).
 //! - [`fds`]: the open-file limit, raised at start and shared out among WebSockets,
@@ -70,11 +71,33 @@ pub fn bind(config: &config::Config) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
+/// Most connections at once on the `--metrics-addr` listener: a scraper or two.
+pub const METRICS_MAX_CONNECTIONS: usize = 16;
+
 /// Serves until `app.shutdown` is cancelled, then closes every WebSocket with 1012, waits
 /// for the connection and background tasks to finish, and flushes relayed frames.
 pub async fn run(listener: TcpListener, app: Arc<App>) -> anyhow::Result<()> {
-    let router = http::router(app.clone());
-    server::serve(listener, router, &app.limits, app.shutdown.clone()).await;
+    run_with_metrics(listener, None, app).await
+}
+
+/// [`run`], with `/metrics` served on `metrics` (the `--metrics-addr` listener) instead of
+/// the public port when it is given. That listener has the public port's header timeout and
+/// a cap of [`METRICS_MAX_CONNECTIONS`], and stops with it.
+pub async fn run_with_metrics(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    app: Arc<App>,
+) -> anyhow::Result<()> {
+    let router = http::router(app.clone(), metrics.is_none());
+    let public = server::serve(listener, router, &app.limits, app.shutdown.clone());
+    match metrics {
+        None => public.await,
+        Some(metrics) => {
+            let limits = app::Limits { max_handshakes: METRICS_MAX_CONNECTIONS, ..app.limits.clone() };
+            let scrapes = server::serve(metrics, http::metrics_router(app.clone()), &limits, app.shutdown.clone());
+            tokio::join!(public, scrapes);
+        }
+    }
     app.tracker.close();
     app.tracker.wait().await;
     // The connections' last relayed frames (a talker's STOP) go out before the exit.

@@ -1,7 +1,9 @@
 //! The router binary: config, logging, metrics, signals, then [`presence_router::run`].
 
+use anyhow::Context;
 use clap::Parser;
 use presence_router::{app::App, config::Config};
+use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -17,6 +19,17 @@ async fn main() -> anyhow::Result<()> {
     let metrics = presence_router::metrics::install()?;
     let app = App::start(&config, Some(metrics)).await?;
     let listener = presence_router::bind(&config)?;
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => {
+            let metrics = TcpListener::bind(addr).await.with_context(|| format!("binding --metrics-addr {addr}"))?;
+            tracing::info!(addr = %metrics.local_addr()?, "serving /metrics on the metrics address only");
+            Some(metrics)
+        }
+        None => {
+            tracing::info!(addr = %listener.local_addr()?, "serving /metrics on the public port (no --metrics-addr)");
+            None
+        }
+    };
     // One line on stdout, so scripts and tests learn the port when it was 0.
     println!("listening on {}", listener.local_addr()?);
 
@@ -26,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("shutting down: closing connections with 1012");
         shutdown.cancel();
     });
-    presence_router::run(listener, app).await
+    presence_router::run_with_metrics(listener, metrics_listener, app).await
 }
 
 async fn wait_for_signal() {

@@ -16,6 +16,8 @@ pub const TTL_EXPIRATIONS: &str = "presence_ttl_expirations_total";
 pub const STALE_UPDATES: &str = "presence_stale_updates_total";
 pub const UPDATE_LATENCY: &str = "presence_update_latency_seconds";
 pub const API_REQUESTS: &str = "presence_api_requests_total";
+pub const API_RATE_LIMITED: &str = "presence_api_rate_limited_total";
+pub const API_RATE_LIMIT_KEYS: &str = "presence_api_rate_limit_keys";
 pub const FRAMES_RECEIVED: &str = "presence_frames_received_total";
 pub const FRAME_ERRORS: &str = "presence_frame_errors_total";
 pub const HANDSHAKE_REJECTIONS: &str = "presence_handshake_rejections_total";
@@ -64,6 +66,14 @@ fn describe() {
         "From a transition being decided to its frame being written to a dashboard."
     );
     describe_counter!(API_REQUESTS, "HTTP API requests, by route and status code.");
+    describe_counter!(
+        API_RATE_LIMITED,
+        "HTTP API requests answered 429 rate_limited: their user's ids-per-second budget was spent, by route."
+    );
+    describe_gauge!(
+        API_RATE_LIMIT_KEYS,
+        "Users (subject and role) whose API budget is not full, as of the last sweep of the rate limiter."
+    );
     describe_counter!(FRAMES_RECEIVED, "WebSocket frames received, by message type family.");
     describe_counter!(FRAME_ERRORS, "Inbound frames refused, by reason.");
     describe_counter!(HANDSHAKE_REJECTIONS, "WebSocket handshakes refused, by reason.");

@@ -1,14 +1,19 @@
 //! The shipped nginx config in front of two routers and one redis-server: mobiles connect
 //! through nginx (ip_hash, WebSocket upgrade, the `device_id` header), and a dashboard on
-//! the other router sees them come online, go silent, and go offline once.
+//! the other router sees them come online, go silent, and go offline once. And `/metrics`
+//! is refused at nginx, however it is spelled, while the API answers through it.
 
 mod common;
 
 use std::{path::PathBuf, process::Stdio};
 
-use common::{Client, Engine, Setup, assert_update, eventually, free_port, http, token};
+use common::{Client, Engine, Setup, WAIT, assert_update, eventually, free_port, http, token};
 use presence_router::auth::Role;
-use tokio::process::{Child, Command};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    process::{Child, Command},
+};
 
 /// A real nginx running `nginx/presence-router.conf` with its upstream pointed at `routers`.
 struct Nginx {
@@ -103,4 +108,47 @@ async fn through_nginx_a_silent_mobile_goes_offline_once_on_the_other_router() {
     let _marker = Client::connect(nginx.addr(), &token("marker", Role::Mobile), Some("m")).await;
     assert_update(&dashboard.next_update().await, "marker", "online");
     assert_eq!(first.close_code().await, Some(4000), "the router's close code crosses nginx");
+}
+
+/// `GET path` sent as is (no normalisation on the way), returning the status and body text.
+async fn raw_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut response)).await.expect("response in time").unwrap();
+    let status = response[9..12].parse().expect("status code");
+    (status, response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn through_nginx_metrics_are_refused_however_spelled_and_the_api_answers() {
+    let setup = Setup::new(Engine::Memory).await;
+    let router = setup.router(&[]).await;
+    let nginx = Nginx::start(&[router.addr]).await;
+
+    // The router itself serves them (no --metrics-addr): the refusal is nginx's.
+    let (status, direct) = raw_get(router.addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(direct.contains("# TYPE presence_"), "{direct}");
+
+    for path in ["/metrics", "/metrics?format=text", "//metrics", "/%6Detrics", "/api/../metrics", "/./metrics"] {
+        let (status, body) = raw_get(nginx.addr(), path).await;
+        assert_eq!(status, 403, "{path} through nginx: {body}");
+        assert!(!body.contains("presence_"), "{path} through nginx: {body}");
+    }
+    // Near misses reach the router, which has no such route.
+    for path in ["/metrics/", "/Metrics", "/metrics%2F", "/metrics;x"] {
+        let (status, body) = raw_get(nginx.addr(), path).await;
+        assert_eq!(status, 404, "{path} through nginx: {body}");
+    }
+
+    // The API still works through nginx.
+    let auth = format!("Bearer {}", token("api", Role::Mobile));
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let (status, body) =
+        http(nginx.addr(), "POST", "/api/presence/status", &headers, r#"{"userIds": ["a", "b"]}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["users"].as_array().map(Vec::len), Some(2));
+    let (status, _) = http(nginx.addr(), "GET", "/healthz", &[], "").await;
+    assert_eq!(status, 200);
 }

@@ -1,8 +1,10 @@
-//! The HTTP surface: one axum router for the WebSocket endpoint, the API and operations.
+//! The HTTP surface: one axum router for the WebSocket endpoint, the API and operations,
+//! and with `--metrics-addr` a second one that serves only `/metrics`.
 
 mod error;
 mod ops;
 mod presence;
+mod rate_limit;
 
 use std::sync::Arc;
 
@@ -17,28 +19,34 @@ use axum::{
 
 pub use error::ApiError;
 pub use presence::MAX_USER_IDS;
+pub use rate_limit::ApiLimiter;
 
 use crate::{app::App, metrics, ws};
 
 /// Request bodies are small: 100 ids of at most 128 bytes.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
-pub fn router(app: Arc<App>) -> Router {
+/// The public router. `/metrics` is on it only when `public_metrics`; otherwise it answers
+/// 404 there like any unknown path, and [`metrics_router`] serves it on its own address.
+pub fn router(app: Arc<App>, public_metrics: bool) -> Router {
     let api = Router::new()
         .route("/api/presence/status", post(presence::status).fallback(method_not_allowed))
         .route("/api/users/{id}/presence", get(presence::user).fallback(method_not_allowed))
         .route("/api/groups/{id}/presence", get(presence::group).fallback(method_not_allowed))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(middleware::from_fn_with_state(app.clone(), count_requests));
-    Router::new()
+    let router = Router::new()
         .route("/", get(ws::upgrade))
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(ops::health))
-        .route("/dashboard", get(ops::dashboard))
-        .route("/metrics", get(ops::metrics))
-        .merge(api)
-        .fallback(not_found)
-        .with_state(app)
+        .route("/dashboard", get(ops::dashboard));
+    let router = if public_metrics { router.route("/metrics", get(ops::metrics)) } else { router };
+    router.merge(api).fallback(not_found).with_state(app)
+}
+
+/// The router of `--metrics-addr`: `GET /metrics` and nothing else.
+pub fn metrics_router(app: Arc<App>) -> Router {
+    Router::new().route("/metrics", get(ops::metrics).fallback(method_not_allowed)).fallback(not_found).with_state(app)
 }
 
 /// Counts API requests by route and status, and bounds each one (its body included) by the

@@ -80,7 +80,9 @@ pub async fn status(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<StatusResponse>, ApiError> {
-    let scope = Scope::of(&authorize(&app, &headers)?);
+    let claims = authorize(&app, &headers)?;
+    super::rate_limit::charge(&app, &claims, super::rate_limit::Cost::Status(&body))?;
+    let scope = Scope::of(&claims);
     let is_json = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -116,7 +118,9 @@ pub async fn user(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<UserResponse>, ApiError> {
-    let scope = Scope::of(&authorize(&app, &headers)?);
+    let claims = authorize(&app, &headers)?;
+    super::rate_limit::charge(&app, &claims, super::rate_limit::Cost::User)?;
+    let scope = Scope::of(&claims);
     let id = path_id(id, "invalid_user_id")?;
     let user = presence(&app)?.lookup(std::slice::from_ref(&id)).await.map_err(unavailable)?.into_iter().next();
     let user = scope.read(user.unwrap_or_else(|| UserPresence::unknown(id)));
@@ -147,7 +151,9 @@ pub async fn group(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<GroupResponse>, ApiError> {
-    let scope = Scope::of(&authorize(&app, &headers)?);
+    let claims = authorize(&app, &headers)?;
+    super::rate_limit::charge(&app, &claims, super::rate_limit::Cost::Group)?;
+    let scope = Scope::of(&claims);
     let group = path_id(id, "invalid_group_id")?;
     if !scope.covers_group(&group) {
         return Err(ApiError::new(
