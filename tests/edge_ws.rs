@@ -51,6 +51,36 @@ async fn a_ping_flood_that_never_reads_is_closed_and_memory_stays_flat() {
     other.sync("other").await;
 }
 
+/// Pings within the budget from a client that does not read: the router holds at most
+/// two pongs for it (one being written, one waiting), not one per ping.
+#[tokio::test]
+async fn pings_a_client_does_not_read_leave_at_most_two_pongs_queued() {
+    const PINGS: usize = 1000;
+    let router = Router::start(&["--frame-rate", "5000", "--frame-burst", "5000", "--tcp-send-buffer", "4096"]).await;
+    let mut client = RawWs::connect_small(router.addr, &token("u", Role::Mobile), Some("d")).await;
+    let ping = frame(true, PING, &[0x55; 125]);
+    for _ in 0..PINGS {
+        // One ping per write, paced, so the router wakes for each.
+        client.send(&ping).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    // The heartbeat's ACK queues behind whatever pongs the router still holds.
+    client.send(&heartbeat("u")).await;
+    let mut pongs = 0;
+    loop {
+        let (_, opcode, payload) = client.read_frame().await.expect("the ACK");
+        if opcode == PONG {
+            pongs += 1;
+        } else {
+            assert_eq!(rmpv::decode::read_value(&mut &payload[..]).unwrap()[1].as_u64(), Some(34));
+            break;
+        }
+    }
+    // The socket buffers on both sides hold a few dozen 127-byte pongs; the rest of the
+    // thousand pings were answered by the pong already waiting.
+    assert!(pongs < PINGS / 2, "{pongs} pongs for {PINGS} pings: the router queued one per ping");
+}
+
 #[tokio::test]
 async fn floods_of_any_frame_kind_are_closed_with_4029() {
     let router = Router::start(&[]).await;

@@ -171,6 +171,10 @@ impl OutHeader {
     pub fn as_slice(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
     }
+
+    pub fn opcode(&self) -> Opcode {
+        Opcode::from_bits(self.bytes[0] & 0x0F).expect("built from an Opcode")
+    }
 }
 
 /// Close codes a peer may send (RFC 6455 section 7.4): 1000–1003, 1007–1011 and the

@@ -10,7 +10,7 @@
 //!   is not copied once per dashboard);
 //! - every frame the client sends, control frames and empty continuation fragments
 //!   included, is charged to the connection's [`Budget`], and a ping is answered by at
-//!   most one queued pong, so floods cannot grow memory or burn CPU unnoticed;
+//!   most two pongs (one being written, one waiting), so floods cannot grow memory or burn CPU unnoticed;
 //! - the close handshake is completed properly: our Close frame is flushed, then the
 //!   write half is shut and unread input drained for a bounded time, so the client reads
 //!   the close code instead of a TCP reset.
@@ -87,6 +87,10 @@ impl Out {
         self.header.as_slice().len() + self.payload.len()
     }
 
+    fn is_pong(&self) -> bool {
+        self.header.opcode() == Opcode::Pong
+    }
+
     /// The unwritten parts, as at most two slices.
     fn slices(&self) -> [&[u8]; 2] {
         let header = self.header.as_slice();
@@ -115,8 +119,12 @@ pub struct Socket {
     fragments: Option<Box<Fragments>>,
     out: VecDeque<Out>,
     queued: usize,
-    /// The answer to the latest ping, not yet queued (at most one is ever held).
+    /// The answer to the latest ping, not yet queued (replaced by later pings).
     pong: Option<Bytes>,
+    /// A pong is in `out`, not yet fully written: the next one waits in `pong` (replaced
+    /// by later pings) until it is. So a client that pings and never reads holds at most
+    /// two pongs, however long it goes on.
+    pong_queued: bool,
     budget: Budget,
     /// Largest message (all fragments together) in bytes.
     max_message: usize,
@@ -132,6 +140,7 @@ impl Socket {
             out: VecDeque::new(),
             queued: 0,
             pong: None,
+            pong_queued: false,
             budget,
             max_message,
             close_sent: false,
@@ -147,7 +156,7 @@ impl Socket {
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Incoming> {
         if self.pong.is_some() || !self.out.is_empty() {
             // Answer pings while the client's reads allow; a client that never reads
-            // keeps at most one pong queued.
+            // holds at most two pongs.
             if let Poll::Ready(Err(_)) = self.poll_write_out(cx) {
                 return Poll::Ready(Incoming::Gone);
             }
@@ -352,8 +361,11 @@ impl Socket {
     }
 
     fn queue_pong(&mut self) {
-        if let Some(pong) = self.pong.take() {
+        if !self.pong_queued
+            && let Some(pong) = self.pong.take()
+        {
             self.push(Opcode::Pong, pong);
+            self.pong_queued = true;
         }
     }
 
@@ -368,6 +380,10 @@ impl Socket {
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.queue_pong();
         while !self.out.is_empty() {
+            // A pong written out makes room for the one waiting.
+            if !self.pong_queued && self.pong.is_some() {
+                self.queue_pong();
+            }
             let written = {
                 let mut slices = [IoSlice::new(&[]); MAX_IOSLICES];
                 let mut n = 0;
@@ -390,6 +406,9 @@ impl Socket {
                 front.written += take;
                 left -= take;
                 if front.written == front.len() {
+                    if front.is_pong() {
+                        self.pong_queued = false;
+                    }
                     self.out.pop_front();
                 }
             }

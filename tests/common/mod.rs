@@ -141,6 +141,13 @@ impl RedisServer {
         }
     }
 
+    /// Sends a signal (`STOP`: Redis hangs, holding every connection; `CONT`: it resumes).
+    pub async fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().and_then(Child::id).expect("running").to_string();
+        let status = Command::new("kill").args(["-s", signal, &pid]).status().await.unwrap();
+        assert!(status.success());
+    }
+
     pub fn client(&self) -> redis::Client {
         redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap()
     }

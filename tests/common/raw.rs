@@ -66,7 +66,18 @@ pub struct RawWs {
 impl RawWs {
     /// Opens a WebSocket with `token` (and `device_id`, when given) and checks the 101.
     pub async fn connect(addr: SocketAddr, token: &str, device: Option<&str>) -> RawWs {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        Self::handshake(TcpStream::connect(addr).await.unwrap(), addr, token, device).await
+    }
+
+    /// [`RawWs::connect`] over a socket with a 4 KiB receive buffer: a client that does not
+    /// read fills it soon.
+    pub async fn connect_small(addr: SocketAddr, token: &str, device: Option<&str>) -> RawWs {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        Self::handshake(socket.connect(addr).await.unwrap(), addr, token, device).await
+    }
+
+    async fn handshake(mut stream: TcpStream, addr: SocketAddr, token: &str, device: Option<&str>) -> RawWs {
         stream.set_nodelay(true).unwrap();
         let device = device.map(|d| format!("device_id: {d}\r\n")).unwrap_or_default();
         let request = format!(
