@@ -34,7 +34,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Scenario {
-    /// RSS per idle mobile connection.
+    /// RSS per idle mobile connection (and, with --frame-bytes, after each sent one frame
+    /// that large); kernel TCP memory beside it.
     Idle {
         #[arg(long)]
         router: SocketAddr,
@@ -42,6 +43,14 @@ enum Scenario {
         router_pid: u32,
         #[arg(long, default_value_t = 50_000)]
         connections: usize,
+        /// Then each connection sends one TEXT frame of this many bytes (at most the
+        /// router's --max-frame-bytes) to a group of its own, waits for the ACK, and the
+        /// RSS is read again.
+        #[arg(long)]
+        frame_bytes: Option<usize>,
+        /// Connections sending their large frame at once.
+        #[arg(long, default_value_t = 256)]
+        frames_in_flight: usize,
     },
     /// Heartbeats per second and per router CPU-second (router: --heartbeat-min-interval-ms 0
     /// and a --frame-rate high enough not to throttle).
@@ -146,8 +155,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let credentials = Arc::new(Credentials { secret: args.secret });
     match args.scenario {
-        Scenario::Idle { router, router_pid, connections } => {
-            idle::run(&credentials, router, router_pid, connections).await
+        Scenario::Idle { router, router_pid, connections, frame_bytes, frames_in_flight } => {
+            idle::run(&credentials, router, router_pid, connections, frame_bytes, frames_in_flight.max(1)).await
         }
         Scenario::Heartbeats { router, router_pid, connections, seconds, rate, redis_port } => {
             heartbeats::run(&credentials, router, router_pid, connections, seconds, rate, redis_port).await

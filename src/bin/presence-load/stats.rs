@@ -1,4 +1,5 @@
-//! Summaries of samples, and the router's memory and CPU from /proc.
+//! Summaries of samples, and the router's memory and CPU and the kernel's TCP memory from
+//! /proc.
 
 use std::fmt;
 
@@ -48,6 +49,20 @@ impl Process {
         let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
         Ok(ticks as f64 / clock_ticks_per_second())
     }
+}
+
+/// Kernel memory held by all TCP sockets of this network namespace (both ends of every
+/// loopback connection, the tool's included), in KiB: `/proc/net/sockstat`'s `TCP: … mem`,
+/// which counts pages.
+pub fn tcp_mem_kib() -> anyhow::Result<u64> {
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat")?;
+    let line = sockstat.lines().find(|l| l.starts_with("TCP:")).context("TCP line in sockstat")?;
+    let mut fields = line.split_whitespace();
+    fields.find(|f| *f == "mem").context("TCP mem in sockstat")?;
+    let pages: u64 = fields.next().context("TCP mem value")?.parse()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Ok(pages * page.max(1) as u64 / 1024)
 }
 
 /// `getconf CLK_TCK`; 100 on Linux unless configured otherwise.
