@@ -6,11 +6,13 @@
 
 mod bulk;
 mod fleet;
+mod flood;
 mod heartbeats;
 mod idle;
 mod latency;
 mod net;
 mod ptt;
+mod raw;
 mod seed;
 mod silent;
 mod snapshot;
@@ -51,6 +53,37 @@ enum Scenario {
         /// Connections sending their large frame at once.
         #[arg(long, default_value_t = 256)]
         frames_in_flight: usize,
+    },
+    /// Hostile clients flooding one kind of frame (reconnecting when closed) while probe
+    /// mobiles time their heartbeats; the router must run with its default frame budget.
+    Flood {
+        #[arg(long)]
+        router: SocketAddr,
+        #[arg(long)]
+        router_pid: u32,
+        #[arg(long, value_enum)]
+        kind: flood::Kind,
+        #[arg(long, default_value_t = 10)]
+        flooders: usize,
+        #[arg(long, default_value_t = 100)]
+        probes: usize,
+        /// Each probe's heartbeat period; keep above 10 ms (the budget is 100 frames/s).
+        #[arg(long, default_value_t = 20)]
+        probe_interval_ms: u64,
+        /// Probing before the flood, for the baseline round trips.
+        #[arg(long, default_value_t = 2.0)]
+        baseline_seconds: f64,
+        /// How long flooders keep reconnecting and flooding.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Frames per second per flooder, for abuse within the budget (one connection each,
+        /// for the whole window); 0: as fast as the socket takes them.
+        #[arg(long, default_value_t = 0)]
+        rate: u32,
+        /// The flooders' SO_RCVBUF in bytes: small, a ping flooder that never reads fills
+        /// its window with pongs sooner.
+        #[arg(long)]
+        recv_buffer: Option<u32>,
     },
     /// Heartbeats per second and per router CPU-second (router: --heartbeat-min-interval-ms 0
     /// and a --frame-rate high enough not to throttle).
@@ -157,6 +190,32 @@ async fn main() -> anyhow::Result<()> {
     match args.scenario {
         Scenario::Idle { router, router_pid, connections, frame_bytes, frames_in_flight } => {
             idle::run(&credentials, router, router_pid, connections, frame_bytes, frames_in_flight.max(1)).await
+        }
+        Scenario::Flood {
+            router,
+            router_pid,
+            kind,
+            flooders,
+            probes,
+            probe_interval_ms,
+            baseline_seconds,
+            seconds,
+            rate,
+            recv_buffer,
+        } => {
+            let options = flood::Options {
+                router,
+                pid: router_pid,
+                kind,
+                flooders,
+                probes,
+                probe_interval: Duration::from_millis(probe_interval_ms),
+                baseline: Duration::from_secs_f64(baseline_seconds),
+                seconds: Duration::from_secs_f64(seconds),
+                rate,
+                recv_buffer,
+            };
+            flood::run(credentials, options).await
         }
         Scenario::Heartbeats { router, router_pid, connections, seconds, rate, redis_port } => {
             heartbeats::run(&credentials, router, router_pid, connections, seconds, rate, redis_port).await
