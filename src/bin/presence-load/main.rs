@@ -156,6 +156,12 @@ enum Scenario {
         expect: Option<usize>,
         #[arg(long, default_value_t = 10)]
         repeat: usize,
+        /// Then this many more dashboards read the snapshot and stay connected; reports
+        /// the router's RSS per dashboard (needs --router-pid).
+        #[arg(long, default_value_t = 0, requires = "router_pid")]
+        retain_dashboards: usize,
+        #[arg(long)]
+        router_pid: Option<u32>,
     },
     /// PTT audio from a talker on one router to listeners on another (or the same).
     Ptt {
@@ -236,8 +242,9 @@ async fn main() -> anyhow::Result<()> {
             println!("seeded {} users online for {ttl}s", deadlines.len());
             Ok(())
         }
-        Scenario::Snapshot { router, users, expect, repeat } => {
-            snapshot::run(&credentials, router, users, expect.unwrap_or(users), repeat).await
+        Scenario::Snapshot { router, users, expect, repeat, retain_dashboards, router_pid } => {
+            let retain = router_pid.filter(|_| retain_dashboards > 0).map(|pid| (pid, retain_dashboards));
+            snapshot::run(&credentials, router, users, expect.unwrap_or(users), repeat, retain).await
         }
         Scenario::Bulk { router, online, requests } => bulk::run(&credentials, router, online, requests).await,
         Scenario::Ptt { talker, listeners_router, listeners, rate, seconds } => {

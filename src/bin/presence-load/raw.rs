@@ -73,6 +73,8 @@ pub async fn handshake(stream: &mut TcpStream, host: &str, token: &str, device: 
 /// A frame from the router, of which only the start of the payload is kept.
 pub struct ServerFrame {
     pub opcode: u8,
+    /// Payload length in bytes.
+    pub len: u64,
     /// The first bytes of the payload (as many as asked for).
     pub head: Vec<u8>,
 }
@@ -157,6 +159,6 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             self.at += available;
             left -= available as u64;
         }
-        Ok(Some(ServerFrame { opcode: b0 & 0x0F, head }))
+        Ok(Some(ServerFrame { opcode: b0 & 0x0F, len, head }))
     }
 }
