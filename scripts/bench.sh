@@ -34,7 +34,14 @@ router 4100                              # embedded
 router 4101 "${REDIS[@]}" "${FAST[@]}"   # Redis A
 router 4102 "${REDIS[@]}" --dashboard-queue 200000  # Redis B: its dashboard watches 100k users
 
-$BIN/presence-load idle --router 127.0.0.1:4100 --router-pid "${PID_OF[4100]}" --connections "$IDLE"
+# Idle RSS, then again after every connection sent one 60 KiB frame (kernel TCP memory beside).
+$BIN/presence-load idle --router 127.0.0.1:4100 --router-pid "${PID_OF[4100]}" --connections "$IDLE" --frame-bytes 61440
+# Hostile clients, on a fresh embedded router with the default frame budget: 10 flooders of
+# each kind for 3 s (reconnecting when closed) while 100 probes heartbeat every 20 ms.
+router 4104
+for kind in ping fragments text heartbeats; do
+  $BIN/presence-load flood --router 127.0.0.1:4104 --router-pid "${PID_OF[4104]}" --kind "$kind" --flooders 10 --probes 100 --seconds 3
+done
 # The noisy figures run three times in this session; BENCHMARKS.md quotes their median.
 for run in 1 2 3; do
   $BIN/presence-load heartbeats --router 127.0.0.1:4101 --router-pid "${PID_OF[4101]}" --connections 500 --seconds 10 --redis-port 6400
@@ -51,4 +58,6 @@ $BIN/presence-load silent --redis-port 6400 --other-keys 1000000 --dashboard 127
 # Snapshot: 100k users leased into Redis, then a new router loads them at start.
 $BIN/presence-load seed --redis-port 6400 --users 100000 --ttl 3600
 router 4103 "${REDIS[@]}"
-$BIN/presence-load snapshot --router 127.0.0.1:4103 --users 0 --expect 100000 --repeat 10
+# …then 200 more dashboards read the snapshot and stay: RSS the router keeps per dashboard.
+$BIN/presence-load snapshot --router 127.0.0.1:4103 --users 0 --expect 100000 --repeat 10 \
+  --router-pid "${PID_OF[4103]}" --retain-dashboards 200

@@ -6,11 +6,13 @@
 
 mod bulk;
 mod fleet;
+mod flood;
 mod heartbeats;
 mod idle;
 mod latency;
 mod net;
 mod ptt;
+mod raw;
 mod seed;
 mod silent;
 mod snapshot;
@@ -34,7 +36,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Scenario {
-    /// RSS per idle mobile connection.
+    /// RSS per idle mobile connection (and, with --frame-bytes, after each sent one frame
+    /// that large); kernel TCP memory beside it.
     Idle {
         #[arg(long)]
         router: SocketAddr,
@@ -42,6 +45,45 @@ enum Scenario {
         router_pid: u32,
         #[arg(long, default_value_t = 50_000)]
         connections: usize,
+        /// Then each connection sends one TEXT frame of this many bytes (at most the
+        /// router's --max-frame-bytes) to a group of its own, waits for the ACK, and the
+        /// RSS is read again.
+        #[arg(long)]
+        frame_bytes: Option<usize>,
+        /// Connections sending their large frame at once.
+        #[arg(long, default_value_t = 256)]
+        frames_in_flight: usize,
+    },
+    /// Hostile clients flooding one kind of frame (reconnecting when closed) while probe
+    /// mobiles time their heartbeats; the router must run with its default frame budget.
+    Flood {
+        #[arg(long)]
+        router: SocketAddr,
+        #[arg(long)]
+        router_pid: u32,
+        #[arg(long, value_enum)]
+        kind: flood::Kind,
+        #[arg(long, default_value_t = 10)]
+        flooders: usize,
+        #[arg(long, default_value_t = 100)]
+        probes: usize,
+        /// Each probe's heartbeat period; keep above 10 ms (the budget is 100 frames/s).
+        #[arg(long, default_value_t = 20)]
+        probe_interval_ms: u64,
+        /// Probing before the flood, for the baseline round trips.
+        #[arg(long, default_value_t = 2.0)]
+        baseline_seconds: f64,
+        /// How long flooders keep reconnecting and flooding.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Frames per second per flooder, for abuse within the budget (one connection each,
+        /// for the whole window); 0: as fast as the socket takes them.
+        #[arg(long, default_value_t = 0)]
+        rate: u32,
+        /// The flooders' SO_RCVBUF in bytes: small, a ping flooder that never reads fills
+        /// its window with pongs sooner.
+        #[arg(long)]
+        recv_buffer: Option<u32>,
     },
     /// Heartbeats per second and per router CPU-second (router: --heartbeat-min-interval-ms 0
     /// and a --frame-rate high enough not to throttle).
@@ -114,6 +156,12 @@ enum Scenario {
         expect: Option<usize>,
         #[arg(long, default_value_t = 10)]
         repeat: usize,
+        /// Then this many more dashboards read the snapshot and stay connected; reports
+        /// the router's RSS per dashboard (needs --router-pid).
+        #[arg(long, default_value_t = 0, requires = "router_pid")]
+        retain_dashboards: usize,
+        #[arg(long)]
+        router_pid: Option<u32>,
     },
     /// PTT audio from a talker on one router to listeners on another (or the same).
     Ptt {
@@ -146,8 +194,34 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let credentials = Arc::new(Credentials { secret: args.secret });
     match args.scenario {
-        Scenario::Idle { router, router_pid, connections } => {
-            idle::run(&credentials, router, router_pid, connections).await
+        Scenario::Idle { router, router_pid, connections, frame_bytes, frames_in_flight } => {
+            idle::run(&credentials, router, router_pid, connections, frame_bytes, frames_in_flight.max(1)).await
+        }
+        Scenario::Flood {
+            router,
+            router_pid,
+            kind,
+            flooders,
+            probes,
+            probe_interval_ms,
+            baseline_seconds,
+            seconds,
+            rate,
+            recv_buffer,
+        } => {
+            let options = flood::Options {
+                router,
+                pid: router_pid,
+                kind,
+                flooders,
+                probes,
+                probe_interval: Duration::from_millis(probe_interval_ms),
+                baseline: Duration::from_secs_f64(baseline_seconds),
+                seconds: Duration::from_secs_f64(seconds),
+                rate,
+                recv_buffer,
+            };
+            flood::run(credentials, options).await
         }
         Scenario::Heartbeats { router, router_pid, connections, seconds, rate, redis_port } => {
             heartbeats::run(&credentials, router, router_pid, connections, seconds, rate, redis_port).await
@@ -168,8 +242,9 @@ async fn main() -> anyhow::Result<()> {
             println!("seeded {} users online for {ttl}s", deadlines.len());
             Ok(())
         }
-        Scenario::Snapshot { router, users, expect, repeat } => {
-            snapshot::run(&credentials, router, users, expect.unwrap_or(users), repeat).await
+        Scenario::Snapshot { router, users, expect, repeat, retain_dashboards, router_pid } => {
+            let retain = router_pid.filter(|_| retain_dashboards > 0).map(|pid| (pid, retain_dashboards));
+            snapshot::run(&credentials, router, users, expect.unwrap_or(users), repeat, retain).await
         }
         Scenario::Bulk { router, online, requests } => bulk::run(&credentials, router, online, requests).await,
         Scenario::Ptt { talker, listeners_router, listeners, rate, seconds } => {

@@ -19,6 +19,8 @@ use tokio_tungstenite::{
     tungstenite::{Message, client::IntoClientRequest, protocol::WebSocketConfig},
 };
 
+use crate::raw;
+
 pub type Ws = WebSocketStream<TcpStream>;
 
 /// Connections per source address before the next one is used.
@@ -47,14 +49,8 @@ impl Credentials {
         role: Role,
         groups: Option<&[&str]>,
     ) -> anyhow::Result<Ws> {
-        let token = mint_hs256_in(self.secret.as_bytes(), user, role, groups, 24 * 3600)?;
-        let socket = TcpSocket::new_v4()?;
-        if i >= PER_SOURCE {
-            bind_address_no_port(&socket)?;
-            socket.bind(SocketAddr::new(source(i), 0))?;
-        }
-        let stream = socket.connect(router).await.with_context(|| format!("connecting from {}", source(i)))?;
-        stream.set_nodelay(true)?;
+        let token = self.token(user, role, groups)?;
+        let stream = tcp_connect(router, i, None).await?;
         let mut request = format!("ws://{router}/").into_client_request()?;
         request.headers_mut().insert("token", token.parse()?);
         request.headers_mut().insert("device_id", format!("load-{i}").parse()?);
@@ -64,6 +60,43 @@ impl Credentials {
         let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
         Ok(ws)
     }
+
+    /// A connection whose WebSocket frames are written and read by hand (`raw`), with
+    /// `SO_RCVBUF` set to `recv_buffer` if given; returns the stream and the bytes read
+    /// past the handshake.
+    pub async fn connect_raw(
+        &self,
+        router: SocketAddr,
+        i: usize,
+        user: &str,
+        role: Role,
+        recv_buffer: Option<u32>,
+    ) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+        let token = self.token(user, role, None)?;
+        let mut stream = tcp_connect(router, i, recv_buffer).await?;
+        let leftover = raw::handshake(&mut stream, &router.to_string(), &token, &format!("load-{i}")).await?;
+        Ok((stream, leftover))
+    }
+
+    fn token(&self, user: &str, role: Role, groups: Option<&[&str]>) -> anyhow::Result<String> {
+        Ok(mint_hs256_in(self.secret.as_bytes(), user, role, groups, 24 * 3600)?)
+    }
+}
+
+/// A TCP connection for the `i`-th client, from its source address, without Nagle.
+async fn tcp_connect(router: SocketAddr, i: usize, recv_buffer: Option<u32>) -> anyhow::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(bytes) = recv_buffer {
+        // Before connecting: the window scale is agreed in the handshake.
+        socket.set_recv_buffer_size(bytes)?;
+    }
+    if i >= PER_SOURCE {
+        bind_address_no_port(&socket)?;
+        socket.bind(SocketAddr::new(source(i), 0))?;
+    }
+    let stream = socket.connect(router).await.with_context(|| format!("connecting from {}", source(i)))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// Lets `connect` choose the source port: a plain `bind(addr:0)` scans the port space

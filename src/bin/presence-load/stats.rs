@@ -1,6 +1,14 @@
-//! Summaries of samples, and the router's memory and CPU from /proc.
+//! Summaries of samples, and the router's memory and CPU and the kernel's TCP memory from
+//! /proc.
 
-use std::fmt;
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 
@@ -48,6 +56,55 @@ impl Process {
         let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
         Ok(ticks as f64 / clock_ticks_per_second())
     }
+}
+
+/// The highest RSS of a process seen since [`Process::watch_peak`], polled every 10 ms.
+pub struct PeakRss {
+    peak: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Process {
+    /// Starts polling the RSS for its peak.
+    pub fn watch_peak(&self) -> PeakRss {
+        let process = Process { pid: self.pid };
+        let peak = Arc::new(AtomicU64::new(process.rss_kib().unwrap_or(0)));
+        let seen = peak.clone();
+        let task = tokio::spawn(async move {
+            while let Ok(rss) = process.rss_kib() {
+                seen.fetch_max(rss, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        PeakRss { peak, task }
+    }
+}
+
+impl PeakRss {
+    /// KiB.
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for PeakRss {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Kernel memory held by all TCP sockets of this network namespace (both ends of every
+/// loopback connection, the tool's included), in KiB: `/proc/net/sockstat`'s `TCP: … mem`,
+/// which counts pages.
+pub fn tcp_mem_kib() -> anyhow::Result<u64> {
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat")?;
+    let line = sockstat.lines().find(|l| l.starts_with("TCP:")).context("TCP line in sockstat")?;
+    let mut fields = line.split_whitespace();
+    fields.find(|f| *f == "mem").context("TCP mem in sockstat")?;
+    let pages: u64 = fields.next().context("TCP mem value")?.parse()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Ok(pages * page.max(1) as u64 / 1024)
 }
 
 /// `getconf CLK_TCK`; 100 on Linux unless configured otherwise.
