@@ -46,8 +46,9 @@ const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
 /// After our Close frame, how long unread input is drained before the socket is dropped.
 const DRAIN_TIME: Duration = Duration::from_secs(2);
-/// ... and how many bytes at most.
-const DRAIN_BYTES: usize = 1 << 20;
+/// ... and how many bytes at most: a flooder keeps writing, and reading its flood costs
+/// CPU the other clients need. A client that reads sees our Close long before this.
+const DRAIN_BYTES: usize = 256 * 1024;
 
 /// Most frames in one vectored write.
 const MAX_IOSLICES: usize = 64;
@@ -343,7 +344,9 @@ impl Socket {
         }
         let drain = async {
             let mut drained = 0;
-            let mut chunk = [0u8; 512];
+            // On the heap and only while draining: the task's size is paid by every idle
+            // connection.
+            let mut chunk = vec![0u8; SCRATCH_BYTES];
             while drained < DRAIN_BYTES {
                 match self.io.read(&mut chunk).await {
                     Ok(0) | Err(_) => break,
