@@ -36,6 +36,8 @@ use crate::{
 
 /// Store calls in flight at once while re-asserting sessions after an outage.
 const REASSERT_CONCURRENCY: usize = 64;
+/// Most sessions kept to end on recovery (see [`Node::disconnect`]).
+const MAX_UNENDED: usize = 100_000;
 
 /// How the node paces its background work.
 #[derive(Debug, Clone)]
@@ -81,6 +83,8 @@ pub struct Node {
     next_session: AtomicU64,
     /// This router's live sessions.
     local: Mutex<HashMap<SessionId, Session>>,
+    /// Sessions that closed while the store could not record it: ended on recovery.
+    unended: Mutex<HashMap<SessionId, Session>>,
     /// Heartbeats waiting for the renewer.
     renewals: PendingRenewals,
     /// Set when a store call fails; cleared by a successful resync.
@@ -108,6 +112,7 @@ impl Node {
             floors: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             local: Mutex::new(HashMap::new()),
+            unended: Mutex::new(HashMap::new()),
             renewals: PendingRenewals::default(),
             degraded: AtomicBool::new(false),
             sweep_paused_until: Mutex::new(None),
@@ -169,11 +174,33 @@ impl Node {
         self.renewals.push(session);
     }
 
+    /// Ends a session. One the store could not end (or was not asked to, while degraded)
+    /// is ended again on recovery, so its user is never left online.
     pub async fn disconnect(&self, session: &Session) -> Result<(), EngineError> {
         self.renewals.settle(&session.id).await;
         self.local().remove(&session.id);
-        let result = self.engine.store.disconnect(session).await;
-        self.announce("disconnect", result).await
+        let result = match self.skip_while_degraded() {
+            Ok(()) => self.engine.store.disconnect(session).await,
+            Err(e) => Err(e),
+        };
+        let result = self.announce("disconnect", result).await;
+        if result.is_err() {
+            self.remember_unended(session);
+        }
+        result
+    }
+
+    fn unended(&self) -> MutexGuard<'_, HashMap<SessionId, Session>> {
+        self.unended.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps a session to end on recovery, up to [`MAX_UNENDED`]: past that, its lease
+    /// lapses after the TTL instead.
+    fn remember_unended(&self, session: &Session) {
+        let mut unended = self.unended();
+        if unended.len() < MAX_UNENDED {
+            unended.insert(session.id.clone(), session.clone());
+        }
     }
 
     /// Leaves a session to lapse after `grace` instead of ending it (router shutdown).
@@ -301,11 +328,18 @@ impl Node {
         Ok(updates.len())
     }
 
-    /// Re-asserts every local session, then rebuilds the hub from the store; dashboards
-    /// get a fresh snapshot. Clears the degraded state when it all succeeded.
+    /// Ends the sessions that closed meanwhile and re-asserts every local one, then rebuilds
+    /// the hub from the store; dashboards get a fresh snapshot. Clears the degraded state
+    /// when it all succeeded (a store that answers PING but refuses writes stays degraded).
     pub async fn resync(&self) -> Result<(), EngineError> {
         let result = self.engine.store.ping().await;
         self.check("ping", result)?;
+        let unended: Vec<Session> = self.unended().values().cloned().collect();
+        for session in unended {
+            let result = self.engine.store.disconnect(&session).await;
+            self.announce("disconnect", result).await?;
+            self.unended().remove(&session.id);
+        }
         let sessions: Vec<Session> = self.local().values().cloned().collect();
         let reasserted = sessions.len();
         let failures = stream::iter(sessions)

@@ -99,3 +99,71 @@ async fn ptt_on_one_router_never_waits_for_a_hung_redis() {
     }
     drop(mobiles);
 }
+
+/// Redis refusing writes (out of memory under `noeviction`; a read-only replica after a
+/// failover looks the same) is degraded, not success: the API answers 503 rather than
+/// stale presence; once writes succeed, users who left meanwhile are offline, a newcomer
+/// is online, and dashboards agree.
+#[tokio::test]
+async fn write_failures_read_as_degraded_and_heal_without_ghosts() {
+    let setup = Setup::new(Engine::Redis).await;
+    let router = setup.router(&["--recovery-grace-ms", "200"]).await;
+    let (mut dashboard, snapshot) = router.dashboard("desk").await;
+    let mut view = common::View::default();
+    view.apply(&snapshot);
+    let mut stayers = Vec::new();
+    let mut leavers = Vec::new();
+    for i in 0..10 {
+        stayers.push(router.mobile_in(&format!("stay{i}"), &["crew"]).await);
+        leavers.push(router.mobile_in(&format!("leave{i}"), &["crew"]).await);
+    }
+    while view.online.len() < 20 {
+        view.apply(&dashboard.next_frame().await);
+    }
+
+    let mut redis = setup.redis.as_ref().unwrap().client().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(1).query_async(&mut redis).await.unwrap();
+    for leaver in leavers {
+        leaver.close().await;
+    }
+    // The newcomer is told presence is unavailable (its connection stays up).
+    let token = presence_router::auth::mint_hs256_in(
+        common::SECRET.as_bytes(),
+        "newcomer",
+        presence_router::auth::Role::Mobile,
+        Some(&["crew"]),
+        3600,
+    )
+    .unwrap();
+    let mut newcomer = common::Client::connect(router.addr, &token, Some("device")).await;
+    assert_eq!(newcomer.next_error().await["code"].as_str(), Some("presence_unavailable"));
+    common::eventually("the router to report degraded", || async {
+        common::http(router.addr, "GET", "/healthz", &[], "").await.0 == 503
+    })
+    .await;
+    let (status, body) = router.post_status(r#"{"userIds": ["stay0", "leave0"]}"#).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("presence_unavailable")), "{body}");
+    assert!(router.metrics().await.contains("presence_engine_up 0"));
+
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0).query_async(&mut redis).await.unwrap();
+    let ids: Vec<String> =
+        (0..10).flat_map(|i| [format!("stay{i}"), format!("leave{i}")]).chain(["newcomer".to_string()]).collect();
+    common::eventually("presence rebuilt once writes succeed", || async {
+        let (status, body) = router.post_status(&serde_json::json!({ "userIds": ids }).to_string()).await;
+        status == 200
+            && body["users"].as_array().unwrap().iter().all(|u| {
+                let id = u["userId"].as_str().unwrap();
+                let want = if id.starts_with("leave") { "offline" } else { "online" };
+                u["status"].as_str() == Some(want)
+            })
+    })
+    .await;
+    let expected: Vec<String> =
+        std::iter::once("newcomer".to_string()).chain((0..10).map(|i| format!("stay{i}"))).collect();
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while view.online_ids() != expected.iter().map(String::as_str).collect::<Vec<_>>() {
+        assert!(tokio::time::Instant::now() < deadline, "the dashboard shows {:?}", view.online_ids());
+        view.apply(&dashboard.next_frame().await);
+    }
+    drop(stayers);
+}

@@ -212,10 +212,20 @@ fn path_id(id: Result<Path<String>, PathRejection>, code: &'static str) -> Resul
     Id::parse(&id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string()))
 }
 
-/// The presence service, or 503 `presence_disabled` when `PRESENCE_ENABLED` is false.
+/// The presence service, or 503: `presence_disabled` when `PRESENCE_ENABLED` is false,
+/// `presence_unavailable` while degraded. A store that still answers reads but refuses
+/// writes (out of memory, a read-only replica) would serve presence it can no longer keep
+/// current, so its answers are refused too until presence is rebuilt.
 fn presence(app: &App) -> Result<&Node, ApiError> {
     if !app.presence_enabled {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "presence_disabled", "PRESENCE_ENABLED is false"));
+    }
+    if app.node.is_degraded() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "presence_unavailable",
+            "the presence store is unreachable or refusing writes; presence is rebuilt when it recovers",
+        ));
     }
     Ok(&app.node)
 }
