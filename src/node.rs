@@ -29,8 +29,8 @@ use crate::{
     id::Id,
     metrics,
     presence::{Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, UserPresence, unix_ms},
-    protocol::payload::IndicatorKind,
-    relay::{Delivery, Relay},
+    protocol::{self, payload::IndicatorKind},
+    relay::{Audience, Delivery, Relay},
     renewals::PendingRenewals,
 };
 
@@ -320,11 +320,19 @@ impl Node {
         self.check("group_members", result)
     }
 
-    /// Ends the leases that ran out and publishes the resulting offlines together.
+    /// Ends the leases that ran out and publishes the resulting offlines together; then
+    /// announces the end of indicators whose router died before it could.
     pub async fn sweep(&self) -> Result<usize, EngineError> {
         let result = self.engine.store.expire_due().await;
         let updates = self.check("expire", result)?;
         self.publish(&updates).await;
+        let result = self.engine.store.claim_orphaned_indicators().await;
+        for (group, kind, user) in self.check("indicators", result)? {
+            ::metrics::counter!(metrics::INDICATORS, "type" => kind.as_str(), "active" => "false").increment(1);
+            let frame = protocol::indicator_frame(&group, &user, kind, false);
+            let audience = Audience::Group { group, dashboards: true };
+            self.send(Delivery { audience, except: Some(user), frame });
+        }
         Ok(updates.len())
     }
 

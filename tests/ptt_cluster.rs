@@ -114,3 +114,56 @@ async fn a_router_stopping_mid_talk_tells_the_other_routers() {
     listener.send_frame(0, START, "l", "crew", map(&[])).await;
     listener.expect(START_ACK).await;
 }
+
+/// A router killed while its users type or talk cannot announce the ends: the indicators
+/// lapse in Redis, and one of the surviving routers (both sweep) announces each end,
+/// exactly once, to members and dashboards on every router.
+#[tokio::test]
+async fn indicators_of_a_killed_router_end_on_the_others_exactly_once() {
+    let setup = Setup::new(Engine::Redis).await;
+    let mut a = setup.router(&["--typing-ttl-ms", "1000", "--max-talk-ms", "1500"]).await;
+    let (b, c) = (setup.router(&[]).await, setup.router(&[]).await);
+    let (mut dashboard, _) = b.dashboard_of("dispatcher", &["crew"]).await;
+    let mut on_b = b.mobile_in("on-b", &["crew"]).await;
+    let mut on_c = c.mobile_in("on-c", &["crew"]).await;
+    let mut typist = a.mobile_in("typist", &["crew"]).await;
+    let mut talker = a.mobile_in("talker", &["crew"]).await;
+    typist.indicator("typist", "crew", "typing", true).await;
+    talker.expect_indicator("typist", "typing", true).await;
+    talker.send_frame(0, START, "talker", "crew", map(&[])).await;
+    talker.expect(START_ACK).await;
+    for listener in [&mut on_b, &mut on_c] {
+        listener.expect_indicator("typist", "typing", true).await;
+        listener.expect_relayed(START, "talker", "crew").await;
+        listener.expect_indicator("talker", "talking", true).await;
+    }
+
+    a.signal("KILL").await;
+    for listener in [&mut on_b, &mut on_c] {
+        let mut ended = Vec::new();
+        while ended.len() < 2 {
+            let frame = listener.next_frame().await;
+            if frame[1].as_u64() == Some(38) {
+                assert_eq!(frame[5]["isActive"].as_bool(), Some(false), "{frame}");
+                ended.push(frame[5]["type"].as_str().unwrap().to_string());
+            }
+        }
+        ended.sort();
+        assert_eq!(ended, ["talking", "typing"]);
+    }
+    // Exactly once: a marker sent after the ends is the next thing each listener gets.
+    on_b.send_frame(0, TEXT, "on-b", "crew", map(&[("text", "marker".into())])).await;
+    on_c.expect_relayed(TEXT, "on-b", "crew").await;
+    on_c.send_frame(0, TEXT, "on-c", "crew", map(&[("text", "marker".into())])).await;
+    on_b.expect(39).await;
+    on_b.expect_relayed(TEXT, "on-c", "crew").await;
+    // The dashboard on B sees both ends too.
+    let mut ended = 0;
+    while ended < 2 {
+        let frame = dashboard.next_frame().await;
+        if frame[1].as_u64() == Some(38) && frame[5]["isActive"].as_bool() == Some(false) {
+            ended += 1;
+        }
+    }
+    assert_eq!(b.group("crew").await["typingUsers"], serde_json::json!([]));
+}

@@ -345,6 +345,12 @@ impl PresenceStore for MemoryPresence {
         Ok(live)
     }
 
+    /// One router holds every connection: an indicator's connection always ends it, so
+    /// none is ever orphaned.
+    async fn claim_orphaned_indicators(&self) -> Result<Vec<(Id, IndicatorKind, Id)>, EngineError> {
+        Ok(Vec::new())
+    }
+
     async fn ping(&self) -> Result<(), EngineError> {
         Ok(())
     }

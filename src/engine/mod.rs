@@ -109,6 +109,11 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// The live indicators in a group, sorted.
     async fn indicators(&self, group: &Id) -> Result<Vec<(IndicatorKind, Id)>, EngineError>;
 
+    /// Claims the indicators that lapsed without being cleared by the router that set them
+    /// (it died): (group, kind, user) each, whose end the caller announces. Each is
+    /// claimed by exactly one router.
+    async fn claim_orphaned_indicators(&self) -> Result<Vec<(Id, IndicatorKind, Id)>, EngineError>;
+
     /// Claims a PTT channel's floor for `holder` for at most `hold`, unless another session
     /// holds it. Routers check their own sessions first; the store arbitrates between
     /// routers, so with one router (the embedded engine) there is nothing left to check.

@@ -363,6 +363,10 @@ impl PresenceStore for RedisPresence {
         self.read_indicators(group).await
     }
 
+    async fn claim_orphaned_indicators(&self) -> Result<Vec<(Id, IndicatorKind, Id)>, EngineError> {
+        self.claim_orphaned_indicators().await
+    }
+
     async fn take_floor(&self, channel: &str, holder: &SessionId, hold: Duration) -> Result<bool, EngineError> {
         self.claim_floor(channel, holder, hold).await
     }

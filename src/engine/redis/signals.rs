@@ -9,9 +9,19 @@ use redis::{AsyncCommands, Script};
 use super::{RedisPresence, now_ms, unavailable};
 use crate::{engine::EngineError, id::Id, presence::SessionId, protocol::payload::IndicatorKind};
 
+/// How long after its lapse an indicator whose router did not clear it is taken for
+/// orphaned (its router died) and its end announced by whichever router claims it. The
+/// router that set it clears it at the lapse on its own clock; this covers the clocks'
+/// difference and the call's round trip, so the two never both announce it.
+const ORPHAN_GRACE: Duration = Duration::from_secs(2);
+
+/// Most orphaned indicators claimed by one call.
+const LAPSE_BATCH: usize = 256;
+
 /// The scripts of this module.
 pub struct SignalScripts {
     indicator: Script,
+    indicator_lapses: Script,
     floor_take: Script,
     floor_release: Script,
 }
@@ -20,6 +30,7 @@ impl Default for SignalScripts {
     fn default() -> Self {
         SignalScripts {
             indicator: Script::new(include_str!("lua/indicator.lua")),
+            indicator_lapses: Script::new(include_str!("lua/indicator_lapses.lua")),
             floor_take: Script::new(include_str!("lua/floor_take.lua")),
             floor_release: Script::new(include_str!("lua/floor_release.lua")),
         }
@@ -29,6 +40,10 @@ impl Default for SignalScripts {
 impl RedisPresence {
     fn indicators_key(&self, group: &Id) -> String {
         format!("{}indicators:{}", self.prefix, group)
+    }
+
+    fn lapses_key(&self) -> String {
+        format!("{}indicator_lapses", self.prefix)
     }
 
     fn floor_key(&self, channel: &str) -> String {
@@ -46,12 +61,41 @@ impl RedisPresence {
             .signals
             .indicator
             .key(self.indicators_key(group))
+            .key(self.lapses_key())
             .arg(format!("{}:{}", kind.as_str(), user))
             .arg(ttl.map_or(0, |t| t.as_millis().max(1) as u64))
+            .arg(group.as_str())
+            .arg(ORPHAN_GRACE.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    /// Claims the indicators whose router never cleared them, past their lapse and the
+    /// grace: (group, kind, user) each, to announce their end. Exactly one caller gets each.
+    pub(super) async fn claim_orphaned_indicators(&self) -> Result<Vec<(Id, IndicatorKind, Id)>, EngineError> {
+        let mut claimed = Vec::new();
+        loop {
+            let due: Vec<String> = self
+                .signals
+                .indicator_lapses
+                .key(self.lapses_key())
+                .arg(&self.prefix)
+                .arg(LAPSE_BATCH)
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(unavailable)?;
+            let full = due.len() == LAPSE_BATCH;
+            claimed.extend(due.iter().filter_map(|indexed| {
+                let (group, member) = indexed.split_once('\n')?;
+                let (kind, user) = parse_member(member)?;
+                Some((Id::parse(group).ok()?, kind, user))
+            }));
+            if !full {
+                return Ok(claimed);
+            }
+        }
     }
 
     pub(super) async fn read_indicators(&self, group: &Id) -> Result<Vec<(IndicatorKind, Id)>, EngineError> {
@@ -59,14 +103,7 @@ impl RedisPresence {
         let now = now_ms(&mut conn).await?;
         let members: Vec<String> =
             conn.zrangebyscore(self.indicators_key(group), format!("({now}"), "+inf").await.map_err(unavailable)?;
-        let mut live: Vec<(IndicatorKind, Id)> = members
-            .iter()
-            .filter_map(|m| {
-                let (kind, user) = m.split_once(':')?;
-                let kind = IndicatorKind::ALL.into_iter().find(|k| k.as_str() == kind)?;
-                Some((kind, Id::parse(user).ok()?))
-            })
-            .collect();
+        let mut live: Vec<(IndicatorKind, Id)> = members.iter().filter_map(|m| parse_member(m)).collect();
         live.sort();
         Ok(live)
     }
@@ -100,4 +137,11 @@ impl RedisPresence {
             .map_err(unavailable)?;
         Ok(())
     }
+}
+
+/// A group zset member, `type:user`.
+fn parse_member(member: &str) -> Option<(IndicatorKind, Id)> {
+    let (kind, user) = member.split_once(':')?;
+    let kind = IndicatorKind::ALL.into_iter().find(|k| k.as_str() == kind)?;
+    Some((kind, Id::parse(user).ok()?))
 }
