@@ -110,12 +110,20 @@ async fn floods_of_any_frame_kind_are_closed_with_4029() {
     // The router closes while the client is still writing: the Close frame arrives, and
     // the end of the stream may be a reset once the drain gives up on the flood.
     assert!(matches!(end, End::Closed(Some(4029)) | End::ClosedThenReset(Some(4029))), "{end:?}");
+
+    // Nor can a flood of big frames hide behind a cheap frame the budget admits now and then.
+    let mut client = mobile(&router, "u").await;
+    let mut chunk: Vec<u8> = (0..50).flat_map(|_| frame(true, BINARY, &vec![0xC0; 60 * 1024])).collect();
+    chunk.extend(frame(true, PING, b""));
+    let end = client.flood(&chunk, 200).await;
+    assert!(matches!(end, End::Closed(Some(4029)) | End::ClosedThenReset(Some(4029))), "{end:?}");
 }
 
 #[tokio::test]
 async fn a_client_close_is_echoed_then_the_stream_ends() {
     let router = Router::start(&[]).await;
-    for (sent, echoed) in [(Some(1000), 1000), (Some(4321), 4321), (Some(1001), 1001), (None, 1000)] {
+    for (sent, echoed) in [(Some(1000), 1000), (Some(4321), 4321), (Some(1001), 1001), (Some(1012), 1012), (None, 1000)]
+    {
         for _ in 0..10 {
             let mut client = mobile(&router, "u").await;
             let payload = sent.map(|code| close_payload(code, b"bye")).unwrap_or_default();

@@ -177,10 +177,11 @@ impl OutHeader {
     }
 }
 
-/// Close codes a peer may send (RFC 6455 section 7.4): 1000–1003, 1007–1011 and the
-/// 3000–4999 range; 1004–1006 and 1015 are reserved for local use and never sent.
+/// Close codes a peer may send (RFC 6455 section 7.4 and IANA's registry): 1000–1003,
+/// 1007–1014 and the 3000–4999 range; 1004–1006 and 1015 are reserved for local use and
+/// never sent.
 fn is_valid_close_code(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// The code of a close frame's payload: `None` for an empty payload. A one-byte payload,
@@ -286,6 +287,7 @@ mod tests {
         assert_eq!(close_code(&[]), Ok(None));
         assert_eq!(close_code(&[0x03, 0xE8]), Ok(Some(1000)));
         assert_eq!(close_code(&[0x0F, 0xA0, b'o', b'k']), Ok(Some(4000)));
+        assert_eq!(close_code(&1012u16.to_be_bytes()), Ok(Some(1012)), "service restart, as routers send it");
         assert!(matches!(close_code(&[0x03]), Err(Violation::Protocol(_))));
         for reserved in [999u16, 1004, 1005, 1006, 1015, 2999, 5000] {
             assert!(matches!(close_code(&reserved.to_be_bytes()), Err(Violation::Protocol(_))), "{reserved}");

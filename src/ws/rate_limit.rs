@@ -30,16 +30,15 @@ impl TokenBucket {
 }
 
 /// Every frame a client sends (data, continuation, ping, pong) costs one frame token and
-/// its payload length in byte tokens. A frame that finds either bucket short is dropped;
-/// a client whose frames keep being dropped, `frame_burst` of them in a row, is abusing
-/// the connection and is closed (4029).
+/// its payload length in byte tokens. A frame that finds either bucket short is dropped.
+/// Drops add up in a leaky bucket that drains at the frame rate: a client whose drops
+/// outrun it by more than `frame_burst` is abusing the connection and is closed (4029).
+/// Admitted frames do not reset it, so a flood cannot hide behind the odd cheap frame.
 pub struct Budget {
     frames: TokenBucket,
     bytes: TokenBucket,
-    /// Frames dropped since the last one admitted.
-    dropped: u32,
-    /// Drops in a row that close the connection.
-    max_dropped: u32,
+    /// Recent drops, draining at the frame rate.
+    dropped: TokenBucket,
 }
 
 /// What the budget says of one frame.
@@ -58,8 +57,8 @@ impl Budget {
         Budget {
             frames: TokenBucket::new(frame_rate, frame_burst),
             bytes: TokenBucket::new(byte_rate, byte_burst),
-            dropped: 0,
-            max_dropped: frame_burst.max(1),
+            // Its tokens are the room left for drops: full means none recently.
+            dropped: TokenBucket::new(frame_rate.max(1), frame_burst),
         }
     }
 
@@ -73,11 +72,14 @@ impl Budget {
         if frames && bytes {
             self.frames.tokens -= 1.0;
             self.bytes.tokens -= len;
-            self.dropped = 0;
             return Verdict::Admit;
         }
-        self.dropped += 1;
-        if self.dropped > self.max_dropped { Verdict::Close } else { Verdict::Drop }
+        if self.dropped.has(now, 1.0) {
+            self.dropped.tokens -= 1.0;
+            Verdict::Drop
+        } else {
+            Verdict::Close
+        }
     }
 }
 
@@ -107,10 +109,25 @@ mod tests {
         let verdicts: Vec<_> = (0..9).map(|_| budget.charge(0)).collect();
         assert_eq!(&verdicts[..4], [Verdict::Admit, Verdict::Admit, Verdict::Admit, Verdict::Admit]);
         assert_eq!(&verdicts[4..8], [Verdict::Drop, Verdict::Drop, Verdict::Drop, Verdict::Drop]);
-        assert_eq!(verdicts[8], Verdict::Close, "a burst's worth of drops in a row closes");
-        // An admitted frame resets the run of drops.
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(budget.charge(0), Verdict::Admit);
-        assert_eq!(budget.charge(5000), Verdict::Drop);
+        assert_eq!(verdicts[8], Verdict::Close, "a burst's worth of drops closes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drops_drain_at_the_frame_rate_and_admitted_frames_do_not_hide_them() {
+        let mut budget = Budget::new(10, 4, 1000, 2000);
+        // Frames too big for the byte budget, with a cheap admitted frame between them:
+        // the drops still add up.
+        let mut verdicts = Vec::new();
+        for _ in 0..5 {
+            verdicts.push(budget.charge(5000));
+            verdicts.push(budget.charge(0));
+        }
+        assert!(verdicts.contains(&Verdict::Close), "{verdicts:?}");
+        // A client a little over its rate now and then is never closed: drops drain.
+        let mut budget = Budget::new(10, 4, 1000, 2000);
+        for _ in 0..100 {
+            tokio::time::advance(Duration::from_millis(95)).await;
+            assert_ne!(budget.charge(0), Verdict::Close);
+        }
     }
 }
