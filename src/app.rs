@@ -35,6 +35,8 @@ pub struct Limits {
     pub frame_burst: u32,
     /// Inbound payload bytes per second per connection.
     pub byte_rate: u32,
+    /// How long a begun frame or fragmented message may stay unfinished.
+    pub frame_timeout: Duration,
     pub heartbeat_min_interval: Duration,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
@@ -133,6 +135,7 @@ impl App {
                 frame_rate: config.frame_rate,
                 frame_burst: config.frame_burst,
                 byte_rate: config.byte_rate,
+                frame_timeout: Duration::from_millis(config.frame_timeout_ms),
                 heartbeat_min_interval: config.heartbeat_min_interval(),
                 idle_timeout: config.idle_timeout(),
                 write_timeout: Duration::from_millis(config.write_timeout_ms),

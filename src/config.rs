@@ -143,6 +143,12 @@ pub struct Config {
     #[arg(long, env = "FRAME_BURST", default_value_t = 200)]
     pub frame_burst: u32,
 
+    /// Milliseconds a client may take to finish a frame (or a fragmented message) once it
+    /// has begun it; past that the connection is closed (1008). Bounds how long a client
+    /// can park a buffer of up to `--max-frame-bytes` in the router.
+    #[arg(long, env = "FRAME_TIMEOUT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub frame_timeout_ms: u64,
+
     /// Inbound payload bytes per second per connection (token bucket rate; the burst is
     /// four times `--max-frame-bytes`). A frame past it is dropped, and a connection
     /// whose frames keep being dropped is closed (4029).

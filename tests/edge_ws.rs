@@ -210,6 +210,21 @@ async fn framing_violations_close_with_their_codes() {
     client.sync("t").await;
 }
 
+/// A frame (or fragmented message) begun and never finished would park a buffer of up to
+/// `--max-frame-bytes` in the router; past `--frame-timeout-ms` it is closed with 1008.
+#[tokio::test]
+async fn a_message_left_unfinished_is_closed_with_1008() {
+    let router = Router::start(&["--frame-timeout-ms", "500"]).await;
+    let partial_frame = frame(true, BINARY, &[0xC0; 60_000])[..30_000].to_vec();
+    let open_fragments = frame(false, BINARY, b"a");
+    for (what, bytes) in [("half a frame", partial_frame), ("a fragmented message", open_fragments)] {
+        let mut dashboard = RawWs::connect(router.addr, &token("d", Role::Dashboard), None).await;
+        dashboard.send(&bytes).await;
+        assert_eq!(dashboard.end().await, End::Closed(Some(1008)), "{what}");
+    }
+    assert!(router.metrics().await.contains("presence_frame_errors_total{reason=\"unfinished\"} 2"));
+}
+
 #[tokio::test]
 async fn fragmented_messages_and_pings_between_them_are_served() {
     let router = Router::start(&[]).await;

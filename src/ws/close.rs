@@ -7,6 +7,8 @@ pub const NORMAL: u16 = 1000;
 pub const PROTOCOL_ERROR: u16 = 1002;
 /// Standard: a text frame or close reason that is not UTF-8.
 pub const INVALID_PAYLOAD: u16 = 1007;
+/// Standard: a frame or fragmented message was left unfinished past `--frame-timeout-ms`.
+pub const POLICY_VIOLATION: u16 = 1008;
 /// Standard: the client's message exceeded `--max-frame-bytes`.
 pub const MESSAGE_TOO_BIG: u16 = 1009;
 /// Standard: the router is shutting down; reconnect (to another router) now.

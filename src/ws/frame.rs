@@ -21,6 +21,10 @@ pub enum Violation {
     /// A frame or reassembled message larger than `--max-frame-bytes`. Closed with 1009.
     #[error("message too big")]
     TooBig,
+    /// A frame or fragmented message begun and left unfinished past `--frame-timeout-ms`.
+    /// Closed with 1008.
+    #[error("message not finished in time")]
+    Unfinished,
 }
 
 impl Violation {
@@ -30,6 +34,7 @@ impl Violation {
             Violation::Protocol(_) => super::close::PROTOCOL_ERROR,
             Violation::InvalidUtf8 => super::close::INVALID_PAYLOAD,
             Violation::TooBig => super::close::MESSAGE_TOO_BIG,
+            Violation::Unfinished => super::close::POLICY_VIOLATION,
         }
     }
 
@@ -39,6 +44,7 @@ impl Violation {
             Violation::Protocol(_) => "protocol",
             Violation::InvalidUtf8 => "invalid_utf8",
             Violation::TooBig => "too_big",
+            Violation::Unfinished => "unfinished",
         }
     }
 }

@@ -85,12 +85,12 @@ pub async fn upgrade(State(app): State<Arc<App>>, mut request: Request) -> Respo
     let connection = Connection::new(app.clone(), claims, device_id);
     let limits = &app.limits;
     let budget = Budget::new(limits.frame_rate, limits.frame_burst, limits.byte_rate, limits.byte_burst());
-    let max_message = limits.max_frame_bytes;
+    let (max_message, frame_timeout) = (limits.max_frame_bytes, limits.frame_timeout);
     app.tracker.spawn(
         async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let socket = Socket::new(TokioIo::new(upgraded), budget, max_message);
+                    let socket = Socket::new(TokioIo::new(upgraded), budget, max_message, frame_timeout);
                     connection.run(socket, permit).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "upgrade failed"),

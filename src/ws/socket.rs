@@ -28,7 +28,10 @@ use std::{
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    time::Sleep,
+};
 
 use super::{
     frame::{self, Header, Opcode, OutHeader, Violation},
@@ -118,6 +121,12 @@ pub struct Socket {
     pending: Vec<u8>,
     /// Boxed: most connections never send a fragmented message.
     fragments: Option<Box<Fragments>>,
+    /// Armed while a frame or a fragmented message is begun and not finished: a client
+    /// must not park a buffer of up to `--max-frame-bytes` here forever. Boxed, and only
+    /// while armed: every idle connection would pay for an inline timer.
+    unfinished: Option<Pin<Box<Sleep>>>,
+    /// How long a begun frame or fragmented message may stay unfinished.
+    frame_timeout: Duration,
     out: VecDeque<Out>,
     queued: usize,
     /// The answer to the latest ping, not yet queued (replaced by later pings).
@@ -133,11 +142,15 @@ pub struct Socket {
 }
 
 impl Socket {
-    pub fn new(io: TokioIo<Upgraded>, budget: Budget, max_message: usize) -> Self {
+    /// `max_message`: the largest message in bytes (all fragments together);
+    /// `frame_timeout`: how long a begun frame or fragmented message may stay unfinished.
+    pub fn new(io: TokioIo<Upgraded>, budget: Budget, max_message: usize, frame_timeout: Duration) -> Self {
         Socket {
             io,
             pending: Vec::new(),
             fragments: None,
+            unfinished: None,
+            frame_timeout,
             out: VecDeque::new(),
             queued: 0,
             pong: None,
@@ -194,9 +207,17 @@ impl Socket {
                     }
                 }
             });
-            match ready!(read) {
-                Some(incoming) => return Poll::Ready(incoming),
-                None => continue,
+            match read {
+                Poll::Ready(Some(incoming)) => return Poll::Ready(incoming),
+                Poll::Ready(None) => continue,
+                Poll::Pending => {
+                    if let Some(timer) = self.unfinished.as_mut()
+                        && timer.as_mut().poll(cx).is_ready()
+                    {
+                        return Poll::Ready(Incoming::Violation(Violation::Unfinished));
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }
@@ -205,6 +226,12 @@ impl Socket {
     /// (`needed` bytes, bounded by the message cap), and once frames were consumed, no
     /// more than what is left, so one large frame leaves nothing behind.
     fn after_parse(&mut self, consumed: usize, needed: usize) {
+        let unfinished = !self.pending.is_empty() || self.fragments.is_some();
+        match (unfinished, self.unfinished.is_some()) {
+            (true, false) => self.unfinished = Some(Box::pin(tokio::time::sleep(self.frame_timeout))),
+            (false, true) => self.unfinished = None,
+            _ => {}
+        }
         if needed > self.pending.len() {
             self.pending.reserve_exact(needed - self.pending.len());
         } else if consumed > 0 {
