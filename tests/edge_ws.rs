@@ -8,10 +8,13 @@ mod common;
 
 use common::{
     Client, Router, SECRET,
-    raw::{BINARY, CLOSE, CONTINUATION, End, PING, PONG, RawWs, TEXT, close_payload, frame},
+    raw::{End, RawWs, close_payload, frame},
     token,
 };
-use presence_router::auth::{Role, mint_hs256_in};
+use presence_router::{
+    auth::{Role, mint_hs256_in},
+    ws::frame::opcode::{BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT},
+};
 use tokio::io::AsyncWriteExt;
 
 async fn mobile(router: &Router, user: &str) -> RawWs {

@@ -49,6 +49,16 @@ impl Violation {
     }
 }
 
+/// Opcode bits (RFC 6455 section 5.2), for code that writes raw frames.
+pub mod opcode {
+    pub const CONTINUATION: u8 = 0x0;
+    pub const TEXT: u8 = 0x1;
+    pub const BINARY: u8 = 0x2;
+    pub const CLOSE: u8 = 0x8;
+    pub const PING: u8 = 0x9;
+    pub const PONG: u8 = 0xA;
+}
+
 /// Frame opcodes (RFC 6455 section 5.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Opcode {
@@ -63,24 +73,24 @@ pub enum Opcode {
 impl Opcode {
     fn from_bits(bits: u8) -> Option<Opcode> {
         Some(match bits {
-            0x0 => Opcode::Continuation,
-            0x1 => Opcode::Text,
-            0x2 => Opcode::Binary,
-            0x8 => Opcode::Close,
-            0x9 => Opcode::Ping,
-            0xA => Opcode::Pong,
+            opcode::CONTINUATION => Opcode::Continuation,
+            opcode::TEXT => Opcode::Text,
+            opcode::BINARY => Opcode::Binary,
+            opcode::CLOSE => Opcode::Close,
+            opcode::PING => Opcode::Ping,
+            opcode::PONG => Opcode::Pong,
             _ => return None,
         })
     }
 
     fn bits(self) -> u8 {
         match self {
-            Opcode::Continuation => 0x0,
-            Opcode::Text => 0x1,
-            Opcode::Binary => 0x2,
-            Opcode::Close => 0x8,
-            Opcode::Ping => 0x9,
-            Opcode::Pong => 0xA,
+            Opcode::Continuation => opcode::CONTINUATION,
+            Opcode::Text => opcode::TEXT,
+            Opcode::Binary => opcode::BINARY,
+            Opcode::Close => opcode::CLOSE,
+            Opcode::Ping => opcode::PING,
+            Opcode::Pong => opcode::PONG,
         }
     }
 
@@ -183,6 +193,29 @@ impl OutHeader {
     }
 }
 
+/// A client's frame, masked as RFC 6455 requires of clients: `fin`, the raw `opcode` bits
+/// (reserved ones too) and `payload`. The router never sends one; the load tool and the
+/// tests do, to write what no client library would (floods, fragments, violations).
+pub fn masked_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    const MASK: [u8; 4] = [0x37, 0xFA, 0x21, 0x3D];
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    out.push(if fin { 0x80 } else { 0 } | (opcode & 0x0F));
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&MASK);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i & 3]));
+    out
+}
+
 /// Close codes a peer may send (RFC 6455 section 7.4 and IANA's registry): 1000–1003,
 /// 1007–1014 and the 3000–4999 range; 1004–1006 and 1015 are reserved for local use and
 /// never sent.
@@ -226,32 +259,11 @@ mod tests {
 
     use super::*;
 
-    /// A masked client frame, as a browser would send it.
-    fn client_frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let mut out = vec![first];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n <= 0xFFFF => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&mask);
-        let mut masked = payload.to_vec();
-        unmask(&mut masked, mask);
-        out.extend_from_slice(&masked);
-        out
-    }
-
     #[test]
     fn parses_the_three_length_forms() {
         for len in [0, 125, 126, 65_535, 65_536] {
             let payload = vec![7u8; len];
-            let bytes = client_frame(0x82, &payload, [1, 2, 3, 4]);
+            let bytes = masked_frame(true, 0x2, &payload);
             let header = parse_header(&bytes, 1 << 20).unwrap().unwrap();
             assert_eq!((header.fin, header.opcode, header.len), (true, Opcode::Binary, len));
             assert_eq!(header.header_len + len, bytes.len());
@@ -267,7 +279,11 @@ mod tests {
 
     #[test]
     fn violations_map_to_their_close_codes() {
-        let frame = |first, payload: &[u8]| client_frame(first, payload, [9, 9, 9, 9]);
+        let frame = |first: u8, payload: &[u8]| {
+            let mut bytes = masked_frame(first & 0x80 != 0, first & 0x0F, payload);
+            bytes[0] |= first & 0x70;
+            bytes
+        };
         let cases: [(Vec<u8>, u16); 6] = [
             (frame(0xC2, b"x"), 1002),       // RSV1 without permessage-deflate
             (frame(0x83, b"x"), 1002),       // reserved opcode 3

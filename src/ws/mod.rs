@@ -2,7 +2,7 @@
 
 pub mod close;
 mod connection;
-mod frame;
+pub mod frame;
 mod ptt;
 mod rate_limit;
 mod refresh;

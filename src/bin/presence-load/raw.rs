@@ -11,30 +11,11 @@ use tokio::{
     net::TcpStream,
 };
 
-pub const CONTINUATION: u8 = 0x0;
-pub const TEXT: u8 = 0x1;
-pub const BINARY: u8 = 0x2;
-pub const CLOSE: u8 = 0x8;
-pub const PING: u8 = 0x9;
-
-/// Client frames must be masked (RFC 6455 section 5.3); any key will do.
-const MASK: [u8; 4] = [0x5a, 0x3c, 0x96, 0xe1];
+pub use presence_router::ws::frame::opcode::{BINARY, CLOSE, CONTINUATION, PING, TEXT};
 
 /// Appends one masked client frame.
 pub fn push_frame(buf: &mut Vec<u8>, fin: bool, opcode: u8, payload: &[u8]) {
-    buf.push(if fin { 0x80 } else { 0 } | opcode);
-    let len = payload.len();
-    if len < 126 {
-        buf.push(0x80 | len as u8);
-    } else if len <= 0xFFFF {
-        buf.push(0x80 | 126);
-        buf.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        buf.push(0x80 | 127);
-        buf.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    buf.extend_from_slice(&MASK);
-    buf.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i & 3]));
+    buf.extend(presence_router::ws::frame::masked_frame(fin, opcode, payload));
 }
 
 /// `frame` written over and over until the buffer holds at least `bytes`.
