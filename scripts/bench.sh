@@ -11,7 +11,7 @@ BIN=target/release
 DIR=$(mktemp -d)
 PIDS=()
 declare -A PID_OF
-cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; redis-cli -p 6400 shutdown nosave >/dev/null 2>&1 || true; rm -rf "$DIR"; }
+cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; for port in 6400 6401; do redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; done; rm -rf "$DIR"; }
 trap cleanup EXIT
 [ -n "${KEEP_LOGS:-}" ] && trap 'cp "$DIR"/r*.err /tmp/ 2>/dev/null; cleanup' EXIT
 
@@ -61,3 +61,21 @@ router 4103 "${REDIS[@]}"
 # …then 200 more dashboards read the snapshot and stay: RSS the router keeps per dashboard.
 $BIN/presence-load snapshot --router 127.0.0.1:4103 --users 0 --expect 100000 --repeat 10 \
   --router-pid "${PID_OF[4103]}" --retain-dashboards 200
+
+# Redis hung (SIGSTOP) for 6 s on its own redis-server: 1,200 users heartbeat 1,200/s through
+# router 4105 while a talker sends 50 AUDIO frames/s to 20 listeners on the same router,
+# which heartbeat every second too. The listeners' longest gap between two frames is what
+# a hung store does to PTT.
+redis-server redis.conf --port 6401 --dir "$DIR" --daemonize yes --logfile "$DIR/redis-hang.log"
+until redis-cli -p 6401 ping >/dev/null 2>&1; do sleep 0.05; done
+HANG_PID=$(redis-cli -p 6401 info server | awk -F: '/^process_id/{print $2}' | tr -d '\r')
+router 4105 --redis-host 127.0.0.1 --redis-port 6401 "${FAST[@]}"
+$BIN/presence-load heartbeats --router 127.0.0.1:4105 --router-pid "${PID_OF[4105]}" --connections 1200 --seconds 14 --rate 1200 &
+HEARTBEATS=$!
+sleep 2
+$BIN/presence-load ptt --talker 127.0.0.1:4105 --listeners-router 127.0.0.1:4105 --listeners 20 --rate 50 --seconds 10 --heartbeat-every-ms 1000 &
+TALK=$!
+sleep 2
+kill -STOP "$HANG_PID"; sleep 6; kill -CONT "$HANG_PID"
+wait "$TALK" "$HEARTBEATS"
+redis-cli -p 6401 shutdown nosave >/dev/null 2>&1 || true

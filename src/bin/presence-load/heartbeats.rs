@@ -17,7 +17,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::{
     fleet,
-    net::{Credentials, heartbeat},
+    net::{Credentials, heartbeat_answer},
     stats::Process,
 };
 
@@ -36,7 +36,7 @@ pub async fn run(
     };
     let mobiles = fleet::connect(credentials, router, 0..connections, 256).await?;
     let process = Process { pid };
-    let count = Arc::new(AtomicU64::new(0));
+    let (count, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let cpu_before = process.cpu_seconds()?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
@@ -46,7 +46,7 @@ pub async fn run(
         .into_iter()
         .enumerate()
         .map(|(i, mut mobile)| {
-            let count = count.clone();
+            let (count, refused) = (count.clone(), refused.clone());
             tokio::spawn(async move {
                 let mut ticks = period.map(|p| {
                     // Spread the connections' phases over one period.
@@ -58,8 +58,11 @@ pub async fn run(
                     if let Some(ticks) = ticks.as_mut() {
                         ticks.tick().await;
                     }
-                    heartbeat(&mut mobile.ws, &mobile.user).await?;
-                    count.fetch_add(1, Ordering::Relaxed);
+                    // Refusals (the store unavailable) are counted apart, not as heartbeats.
+                    match heartbeat_answer(&mut mobile.ws, &mobile.user).await? {
+                        None => count.fetch_add(1, Ordering::Relaxed),
+                        Some(_) => refused.fetch_add(1, Ordering::Relaxed),
+                    };
                 }
                 Ok::<_, anyhow::Error>(())
             })
@@ -72,10 +75,11 @@ pub async fn run(
     let cpu = process.cpu_seconds()? - cpu_before;
     let n = count.load(Ordering::Relaxed) as f64;
     print!(
-        "heartbeats connections={connections} rate={} seconds={elapsed:.1} per_second={:.0} router_cpu={cpu:.2}s per_router_cpu_second={:.0}",
+        "heartbeats connections={connections} rate={} seconds={elapsed:.1} per_second={:.0} router_cpu={cpu:.2}s per_router_cpu_second={:.0} refused={}",
         if rate == 0 { "max".to_string() } else { rate.to_string() },
         n / elapsed,
-        n / cpu
+        n / cpu,
+        refused.load(Ordering::Relaxed)
     );
     match redis_ops {
         Some(ops) => println!(" redis_set_p16={ops:.0} ratio={:.2}", (n / elapsed) / ops),

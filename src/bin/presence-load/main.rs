@@ -177,6 +177,10 @@ enum Scenario {
         /// Keep below the router's --max-talk-ms.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// Listeners also heartbeat this often while they listen (router: a low
+        /// --heartbeat-min-interval-ms so each one reaches the store).
+        #[arg(long)]
+        heartbeat_every_ms: Option<u64>,
     },
     /// `POST /api/presence/status` with 100 ids.
     Bulk {
@@ -247,8 +251,9 @@ async fn main() -> anyhow::Result<()> {
             snapshot::run(&credentials, router, users, expect.unwrap_or(users), repeat, retain).await
         }
         Scenario::Bulk { router, online, requests } => bulk::run(&credentials, router, online, requests).await,
-        Scenario::Ptt { talker, listeners_router, listeners, rate, seconds } => {
-            ptt::run(credentials, talker, listeners_router, listeners, rate, seconds).await
+        Scenario::Ptt { talker, listeners_router, listeners, rate, seconds, heartbeat_every_ms } => {
+            let heartbeat_every = heartbeat_every_ms.map(Duration::from_millis);
+            ptt::run(credentials, talker, listeners_router, listeners, rate, seconds, heartbeat_every).await
         }
     }
 }

@@ -132,12 +132,21 @@ pub async fn next_frame(ws: &mut Ws) -> anyhow::Result<Value> {
 
 /// Sends a heartbeat and waits for its ACK.
 pub async fn heartbeat(ws: &mut Ws, user: &str) -> anyhow::Result<()> {
+    match heartbeat_answer(ws, user).await? {
+        None => Ok(()),
+        Some(error) => bail!("heartbeat refused: {error}"),
+    }
+}
+
+/// Sends a heartbeat and waits for the answer: `None` for its ACK, the ERROR payload when
+/// it was refused (e.g. `presence_unavailable` while Redis is down).
+pub async fn heartbeat_answer(ws: &mut Ws, user: &str) -> anyhow::Result<Option<Value>> {
     ws.send(Message::Binary(heartbeat_frame(user))).await?;
     loop {
         let frame = next_frame(ws).await?;
         match frame[1].as_u64().map(|t| t as u8) {
-            Some(message_type::HEARTBEAT_ACK) => return Ok(()),
-            Some(message_type::ERROR) => bail!("heartbeat refused: {}", frame[5]),
+            Some(message_type::HEARTBEAT_ACK) => return Ok(None),
+            Some(message_type::ERROR) => return Ok(Some(frame[5].clone())),
             _ => continue,
         }
     }
