@@ -28,7 +28,7 @@ pub struct Limits {
     /// How long a connection may take to send request headers, and how long plain HTTP
     /// keep-alive may sit idle.
     pub header_read_timeout: Duration,
-    /// Most connections still speaking HTTP (not yet upgraded) at once.
+    /// Most connections still speaking HTTP (not yet upgraded) at once, per listener.
     pub max_handshakes: usize,
     pub max_frame_bytes: usize,
     pub frame_rate: u32,

@@ -104,10 +104,13 @@ pub struct Config {
     #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_ms: u64,
 
-    /// Most TCP connections still speaking HTTP at once: WebSocket handshakes in progress
-    /// and keep-alive API requests. More are answered 503 `too_many_handshakes` and closed,
-    /// so slow clients cannot exhaust memory or file descriptors. Upgraded WebSockets do
-    /// not count (`--max-connections` caps those).
+    /// Most TCP connections still speaking HTTP at once on the public port: WebSocket
+    /// handshakes in progress and keep-alive API connections. At the cap the connection
+    /// that has waited longest for a request head (a slow or silent client, an idle
+    /// keep-alive one) is closed to make room, so slow clients can neither exhaust memory
+    /// or file descriptors nor lock others out; only when every connection has a request
+    /// being served is a newcomer answered 503 `too_many_handshakes`. Upgraded WebSockets
+    /// do not count (`--max-connections` caps those).
     #[arg(long, env = "MAX_HANDSHAKES", default_value_t = 1024, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
     pub max_handshakes: usize,
 

@@ -22,7 +22,10 @@ async fn main() -> anyhow::Result<()> {
     let metrics_listener = match config.metrics_addr {
         Some(addr) => {
             let metrics = TcpListener::bind(addr).await.with_context(|| format!("binding --metrics-addr {addr}"))?;
-            tracing::info!(addr = %metrics.local_addr()?, "serving /metrics on the metrics address only");
+            tracing::info!(
+                addr = %metrics.local_addr()?,
+                "serving /metrics on the metrics address only, and /healthz there too (point probes at it)"
+            );
             Some(metrics)
         }
         None => {
