@@ -128,7 +128,8 @@ impl App {
             limits: Limits {
                 max_connections: config.max_connections,
                 header_read_timeout: config.header_read_timeout(),
-                max_handshakes: config.max_handshakes,
+                // Settled by `fds::apply` at start; the default otherwise.
+                max_handshakes: config.max_handshakes.unwrap_or(crate::fds::DEFAULT_MAX_HANDSHAKES),
                 max_frame_bytes: config.max_frame_bytes,
                 frame_rate: config.frame_rate,
                 frame_burst: config.frame_burst,

@@ -93,7 +93,8 @@ pub struct Config {
     pub max_token_lifetime: Option<u64>,
 
     /// Most WebSocket connections at once; more are refused with 503. Lowered at start to
-    /// what the open-file limit leaves after `--max-handshakes` and `--fd-reserve`.
+    /// what the open-file limit leaves after `--max-handshakes` and `--fd-reserve` (with a
+    /// warning in the log).
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
 
@@ -110,16 +111,18 @@ pub struct Config {
     /// keep-alive one) is closed to make room, so slow clients can neither exhaust memory
     /// or file descriptors nor lock others out; only when every connection has a request
     /// being served is a newcomer answered 503 `too_many_handshakes`. Upgraded WebSockets
-    /// do not count (`--max-connections` caps those).
-    #[arg(long, env = "MAX_HANDSHAKES", default_value_t = 1024, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
-    pub max_handshakes: usize,
+    /// do not count (`--max-connections` caps those). Default: 1024, or a quarter of the
+    /// open-file limit when that is less (at least 16).
+    #[arg(long, env = "MAX_HANDSHAKES", value_parser = RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
+    pub max_handshakes: Option<usize>,
 
     /// File descriptors kept beside WebSockets and handshakes: Redis connections, the
-    /// listener, stdio, files, the socket that answers a 503. WebSockets may use the
+    /// listeners, stdio, files, the socket that answers a 503. WebSockets may use the
     /// open-file limit less `--max-handshakes` less this, so at the WebSocket cap
-    /// `/healthz`, `/metrics` and the API still answer.
-    #[arg(long, env = "FD_RESERVE", default_value_t = 128)]
-    pub fd_reserve: usize,
+    /// `/healthz`, `/metrics` and the API still answer. Default: 128, or an eighth of the
+    /// open-file limit when that is less (at least 32).
+    #[arg(long, env = "FD_RESERVE")]
+    pub fd_reserve: Option<usize>,
 
     /// HTTP API budget per user (token subject and role), in user ids per second: a bulk
     /// request costs the ids it asks for, a user lookup 1, a group read 100. Over it the API

@@ -26,7 +26,7 @@
 //!   WebSocket upgrade (header timeout and size, handshake cap and its evictions, accept
 //!   errors).
 //! - [`fds`]: the open-file limit, raised at start and shared out among WebSockets,
-//!   handshakes and the rest.
+//!   handshakes and the rest (defaults scaled down under a small limit).
 //! - [`app`]: shared state built from the config; [`metrics`]: metric names.
 //!
 //! Beside the library: `src/main.rs` (the router binary), `src/bin/presence-load/` (the

@@ -14,7 +14,8 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    // Before anything opens sockets: lowers MAX_CONNECTIONS to what the fd limit allows.
+    // Before anything opens sockets: shares the fd limit out, lowering MAX_CONNECTIONS (and
+    // the defaults of MAX_HANDSHAKES and FD_RESERVE) to what it allows.
     presence_router::fds::apply(&mut config)?;
     let metrics = presence_router::metrics::install()?;
     let app = App::start(&config, Some(metrics)).await?;

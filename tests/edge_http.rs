@@ -534,6 +534,24 @@ async fn slowloris_sockets_reopened_at_the_handshake_cap_do_not_lock_out_clients
     assert!(evictions >= ROUNDS as u64, "the pool was not under pressure: {evictions} evictions; {text}");
 }
 
+#[tokio::test]
+async fn with_default_flags_the_router_starts_under_a_512_open_file_limit() {
+    const NOFILE: u64 = 512;
+    let (router, stderr) = Router::start_logged(Some(NOFILE), &[]).await;
+    // The defaults are scaled to the limit, and the log says so at WARN.
+    let budget = await_line(stderr, "the scaled open-file budget at WARN", |line| {
+        let budget = (field(line, "nofile")?, field(line, "max_handshakes")?, field(line, "fd_reserve")?);
+        line.contains("WARN").then_some((budget, field(line, "effective_max_connections")?))
+    })
+    .await;
+    assert_eq!(budget, ((NOFILE, 128, 64), 320), "((nofile, handshakes, reserve), WebSockets)");
+
+    let mut client = try_websocket(&router, "small-limit").await.expect("a WebSocket under a small limit");
+    client.sync("small-limit").await;
+    let (status, health) = router.get("/healthz").await;
+    assert_eq!((status, health["connections"].as_u64()), (200, Some(1)), "{health}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_fd_limit_websockets_get_503_while_health_metrics_and_api_answer() {
     const NOFILE: u64 = 512;
