@@ -8,9 +8,10 @@
 //!   "so we can close the connection if another header isn't received in a timely
 //!   manner", and `poll_read_head` arms the timer). So the same timeout is the idle
 //!   timeout of plain HTTP keep-alive.
-//! - **Header size** ([`MAX_HEADER_BYTES`]): hyper's read buffer is capped there; a request
-//!   head that does not fit gets hyper's automatic 431 and the connection is closed, so a
-//!   client sending endless headers holds at most that much memory.
+//! - **Header size** ([`MAX_HEADER_BYTES`], [`MAX_HEADERS`]): hyper's read buffer is capped
+//!   there; a request head that does not fit, or has more header lines, gets hyper's
+//!   automatic 431 and the connection is closed, so a client sending endless headers holds
+//!   at most that much memory.
 //! - **Handshake cap** (`--max-handshakes`): accepted connections still speaking HTTP each
 //!   hold a slot, freed when the connection upgrades to a WebSocket or closes. At the cap
 //!   the connection that has waited longest for a request head is closed to make room
@@ -51,6 +52,11 @@ use crate::{app::Limits, metrics};
 /// JWT is well under 2 KiB; browsers send a few KiB of cookies at most.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
+/// Most header lines in a request head. Browsers send about 20 and a WebSocket handshake
+/// about 10; this is hyper's default too, for which its parser keeps the header index on
+/// the stack. Set here so the limit is ours and documented (docs/SECURITY.md).
+pub const MAX_HEADERS: usize = 100;
+
 /// Accept errors are logged at most this often; the rest are counted into the next line.
 pub const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -62,7 +68,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// asks every HTTP connection to finish its request and close, and waits for them.
 pub async fn serve(listener: TcpListener, router: Router, limits: &Limits, shutdown: CancellationToken) {
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).max_buf_size(MAX_HEADER_BYTES);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS);
     let pool = Pool::new(limits.max_handshakes);
     let refused = ::metrics::counter!(metrics::HTTP_REFUSED, "reason" => "too_many_handshakes");
     let evictions = ::metrics::counter!(metrics::HTTP_EVICTIONS);

@@ -226,6 +226,27 @@ async fn oversized_request_heads_get_431_and_memory_stays_bounded() {
 }
 
 #[tokio::test]
+async fn a_request_head_with_more_than_100_header_lines_gets_431() {
+    let router = Router::start(&[]).await;
+    let addr = router.addr;
+    // `Host` and `Connection` are two of the lines; the rest are short, far under 16 KiB.
+    let answer = |lines: usize| {
+        let extra: String = (2..lines).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let request = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n");
+        assert!(request.len() < 4 * 1024);
+        async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&read_until_closed(&mut stream).await).into_owned()
+        }
+    };
+    let hundred = answer(100).await;
+    assert!(hundred.starts_with("HTTP/1.1 200 "), "{hundred:?}");
+    let more = answer(101).await;
+    assert!(more.starts_with("HTTP/1.1 431 "), "{more:?}");
+}
+
+#[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_timeout() {
     let timeout_ms = HEADER_TIMEOUT_MS.to_string();
     let router = Router::start(&["--header-read-timeout-ms", &timeout_ms]).await;
