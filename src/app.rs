@@ -28,7 +28,7 @@ pub struct Limits {
     /// How long a connection may take to send request headers, and how long plain HTTP
     /// keep-alive may sit idle.
     pub header_read_timeout: Duration,
-    /// Most connections still speaking HTTP (not yet upgraded) at once.
+    /// Most connections still speaking HTTP (not yet upgraded) at once, per listener.
     pub max_handshakes: usize,
     pub max_frame_bytes: usize,
     pub frame_rate: u32,
@@ -130,7 +130,8 @@ impl App {
             limits: Limits {
                 max_connections: config.max_connections,
                 header_read_timeout: config.header_read_timeout(),
-                max_handshakes: config.max_handshakes,
+                // Settled by `fds::apply` at start; the default otherwise.
+                max_handshakes: config.max_handshakes.unwrap_or(crate::fds::DEFAULT_MAX_HANDSHAKES),
                 max_frame_bytes: config.max_frame_bytes,
                 frame_rate: config.frame_rate,
                 frame_burst: config.frame_burst,

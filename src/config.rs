@@ -93,7 +93,8 @@ pub struct Config {
     pub max_token_lifetime: Option<u64>,
 
     /// Most WebSocket connections at once; more are refused with 503. Lowered at start to
-    /// what the open-file limit leaves after `--max-handshakes` and `--fd-reserve`.
+    /// what the open-file limit leaves after `--max-handshakes` and `--fd-reserve` (with a
+    /// warning in the log).
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
 
@@ -104,19 +105,24 @@ pub struct Config {
     #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_ms: u64,
 
-    /// Most TCP connections still speaking HTTP at once: WebSocket handshakes in progress
-    /// and keep-alive API requests. More are answered 503 `too_many_handshakes` and closed,
-    /// so slow clients cannot exhaust memory or file descriptors. Upgraded WebSockets do
-    /// not count (`--max-connections` caps those).
-    #[arg(long, env = "MAX_HANDSHAKES", default_value_t = 1024, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
-    pub max_handshakes: usize,
+    /// Most TCP connections still speaking HTTP at once on the public port: WebSocket
+    /// handshakes in progress and keep-alive API connections. At the cap the connection
+    /// that has waited longest for a request head (a slow or silent client, an idle
+    /// keep-alive one) is closed to make room, so slow clients can neither exhaust memory
+    /// or file descriptors nor lock others out; only when every connection has a request
+    /// being served is a newcomer answered 503 `too_many_handshakes`. Upgraded WebSockets
+    /// do not count (`--max-connections` caps those). Default: 1024, or a quarter of the
+    /// open-file limit when that is less (at least 16).
+    #[arg(long, env = "MAX_HANDSHAKES", value_parser = RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
+    pub max_handshakes: Option<usize>,
 
     /// File descriptors kept beside WebSockets and handshakes: Redis connections, the
-    /// listener, stdio, files, the socket that answers a 503. WebSockets may use the
+    /// listeners, stdio, files, the socket that answers a 503. WebSockets may use the
     /// open-file limit less `--max-handshakes` less this, so at the WebSocket cap
-    /// `/healthz`, `/metrics` and the API still answer.
-    #[arg(long, env = "FD_RESERVE", default_value_t = 128)]
-    pub fd_reserve: usize,
+    /// `/healthz`, `/metrics` and the API still answer. Default: 128, or an eighth of the
+    /// open-file limit when that is less (at least 32).
+    #[arg(long, env = "FD_RESERVE")]
+    pub fd_reserve: Option<usize>,
 
     /// HTTP API budget per user (token subject and role), in user ids per second: a bulk
     /// request costs the ids it asks for, a user lookup 1, a group read 100. Over it the API

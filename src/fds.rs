@@ -5,18 +5,47 @@
 //! WebSocket cap is lowered to what the limit leaves after a reserve for handshakes and
 //! the rest: at the cap, extra upgrades get 503 `too_many_connections` while operators and
 //! the API still get answers.
+//!
+//! The reserve's defaults (1,024 handshakes, 128 others) suit a limit in the tens of
+//! thousands; under a small limit (a shell's 1,024, a container's 512) they would leave
+//! nothing for WebSockets. So a default that was not set explicitly is lowered to a share
+//! of the limit ([`HANDSHAKES_SHARE`], [`FD_RESERVE_SHARE`]), never below a floor, and the
+//! router refuses to start only when even that leaves no descriptor for WebSockets. Values
+//! set explicitly are kept as given.
 
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
+
+/// `--max-handshakes` when not set, under an open-file limit of at least 4,096.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
+/// `--fd-reserve` when not set, under an open-file limit of at least 1,024.
+pub const DEFAULT_FD_RESERVE: usize = 128;
+/// A default `--max-handshakes` is at most this fraction (1/n) of the open-file limit.
+pub const HANDSHAKES_SHARE: u64 = 4;
+/// A default `--fd-reserve` is at most this fraction (1/n) of the open-file limit.
+pub const FD_RESERVE_SHARE: u64 = 8;
+/// A scaled `--max-handshakes` is never below this many connections: enough for probes and
+/// a few clients handshaking at once.
+pub const MIN_MAX_HANDSHAKES: usize = 16;
+/// A scaled `--fd-reserve` is never below this many descriptors: stdio, the listeners, the
+/// runtime's own (epoll, wakers, signals), a handful of Redis connections, the 16
+/// connections of `--metrics-addr` and a socket being answered 503.
+pub const MIN_FD_RESERVE: usize = 32;
 
 /// How the open-file limit is shared out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
     /// The soft `RLIMIT_NOFILE` in force: descriptors this process may hold at once.
     pub nofile: u64,
-    /// Descriptors kept from WebSockets: `--max-handshakes` plus `--fd-reserve`.
+    /// `--max-handshakes` in force: as set, or the default scaled to `nofile`.
+    pub max_handshakes: usize,
+    /// `--fd-reserve` in force: as set, or the default scaled to `nofile`.
+    pub fd_reserve: usize,
+    /// Descriptors kept from WebSockets: `max_handshakes` plus `fd_reserve`.
     pub reserve: u64,
+    /// Whether a default (`--max-handshakes` or `--fd-reserve`) was lowered to fit `nofile`.
+    pub scaled: bool,
     /// `--max-connections` as configured.
     pub configured: usize,
     /// The WebSocket cap in force: the configured one, or less when the limit is lower.
@@ -29,11 +58,11 @@ pub enum FdError {
     Limit(#[source] std::io::Error),
     #[error(
         "the open-file limit ({nofile}) leaves no descriptor for WebSockets after the reserve of {reserve} \
-         (--max-handshakes + --fd-reserve): raise `ulimit -n` or lower those flags"
+         (--max-handshakes {max_handshakes} + --fd-reserve {fd_reserve}; defaults are lowered to fit, values set \
+         explicitly are not): raise `ulimit -n` or lower those flags"
     )]
-    NoRoom { nofile: u64, reserve: u64 },
+    NoRoom { nofile: u64, reserve: u64, max_handshakes: usize, fd_reserve: usize },
 }
-
 /// The open-file limit before and after [`raise_nofile`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NoFile {
@@ -54,34 +83,82 @@ pub fn raise_nofile() -> Result<NoFile, FdError> {
     Ok(NoFile { before, now, hard })
 }
 
-/// WebSockets may use what `nofile` leaves after `max_handshakes` and `fd_reserve`, and
-/// never more than `configured`.
-pub fn budget(nofile: u64, configured: usize, max_handshakes: usize, fd_reserve: usize) -> Result<Budget, FdError> {
+/// Shares out `nofile`: `max_handshakes` and `fd_reserve` as set (`Some`), or their
+/// defaults lowered to a share of `nofile` (`None`); WebSockets get what is left, never
+/// more than `configured`. Refused when nothing is left.
+pub fn budget(
+    nofile: u64,
+    configured: usize,
+    max_handshakes: Option<usize>,
+    fd_reserve: Option<usize>,
+) -> Result<Budget, FdError> {
+    let (max_handshakes, handshakes_scaled) =
+        fit(max_handshakes, DEFAULT_MAX_HANDSHAKES, nofile / HANDSHAKES_SHARE, MIN_MAX_HANDSHAKES);
+    let (fd_reserve, reserve_scaled) = fit(fd_reserve, DEFAULT_FD_RESERVE, nofile / FD_RESERVE_SHARE, MIN_FD_RESERVE);
     let reserve = (max_handshakes as u64).saturating_add(fd_reserve as u64);
     let room = nofile.saturating_sub(reserve);
     if room == 0 {
-        return Err(FdError::NoRoom { nofile, reserve });
+        return Err(FdError::NoRoom { nofile, reserve, max_handshakes, fd_reserve });
     }
     let max_connections = usize::try_from(room).unwrap_or(usize::MAX).min(configured).min(Semaphore::MAX_PERMITS);
-    Ok(Budget { nofile, reserve, configured, max_connections })
+    Ok(Budget {
+        nofile,
+        max_handshakes,
+        fd_reserve,
+        reserve,
+        scaled: handshakes_scaled || reserve_scaled,
+        configured,
+        max_connections,
+    })
 }
 
-/// At start: raises the open-file limit, lowers `config.max_connections` to the budget
-/// and logs both the configured and the effective values.
+/// A value set explicitly as is; otherwise `default`, lowered to `share` but not below
+/// `floor`. The flag says whether it was lowered.
+fn fit(set: Option<usize>, default: usize, share: u64, floor: usize) -> (usize, bool) {
+    match set {
+        Some(value) => (value, false),
+        None => {
+            let fitted = usize::try_from(share).unwrap_or(usize::MAX).max(floor);
+            if fitted < default { (fitted, true) } else { (default, false) }
+        }
+    }
+}
+
+/// At start: raises the open-file limit, settles `--max-handshakes`, `--fd-reserve` and
+/// `--max-connections` in `config` to the budget, and logs it: at WARN when a default was
+/// lowered or WebSockets get fewer than `--max-connections`, as either means this router
+/// holds less than its flags say.
 pub fn apply(config: &mut Config) -> Result<Budget, FdError> {
     let limit = raise_nofile()?;
     let budget = budget(limit.now, config.max_connections, config.max_handshakes, config.fd_reserve)?;
-    tracing::info!(
-        nofile_before = limit.before,
-        nofile = limit.now,
-        nofile_hard = limit.hard,
-        reserve = budget.reserve,
-        max_handshakes = config.max_handshakes,
-        fd_reserve = config.fd_reserve,
-        configured_max_connections = budget.configured,
-        effective_max_connections = budget.max_connections,
-        "open-file limit: WebSockets capped at the effective max_connections"
-    );
+    macro_rules! log_budget {
+        ($level:ident, $message:literal) => {
+            tracing::$level!(
+                nofile_before = limit.before,
+                nofile = limit.now,
+                nofile_hard = limit.hard,
+                max_handshakes = budget.max_handshakes,
+                fd_reserve = budget.fd_reserve,
+                reserve = budget.reserve,
+                configured_max_connections = budget.configured,
+                effective_max_connections = budget.max_connections,
+                $message
+            )
+        };
+    }
+    if budget.scaled {
+        log_budget!(
+            warn,
+            "open-file limit: the default handshake cap and fd reserve were lowered to fit it, and WebSockets are \
+             capped below --max-connections; raise `ulimit -n` for more"
+        );
+    } else if budget.max_connections < budget.configured {
+        log_budget!(warn, "open-file limit: WebSockets are capped below --max-connections; raise `ulimit -n` for more");
+    } else {
+        log_budget!(info, "open-file limit: WebSockets capped at --max-connections");
+    }
+    config.max_handshakes = Some(budget.max_handshakes);
+    config.fd_reserve = Some(budget.fd_reserve);
     config.max_connections = budget.max_connections;
     Ok(budget)
 }
@@ -92,30 +169,67 @@ mod tests {
 
     use super::*;
 
+    /// The budget with default flags: (handshakes, fd reserve, WebSockets, scaled).
+    fn defaults(nofile: u64) -> (usize, usize, usize, bool) {
+        let c = Config::try_parse_from(["presence-router", "--jwt-secret", "s"]).unwrap();
+        let b = budget(nofile, c.max_connections, c.max_handshakes, c.fd_reserve).unwrap();
+        assert_eq!(b.max_connections as u64 + b.reserve, nofile, "{b:?}");
+        (b.max_handshakes, b.fd_reserve, b.max_connections, b.scaled)
+    }
+
     #[test]
     fn the_defaults_leave_most_of_a_20000_limit_to_websockets() {
-        let c = Config::try_parse_from(["presence-router", "--jwt-secret", "s"]).unwrap();
-        let b = budget(20_000, c.max_connections, c.max_handshakes, c.fd_reserve).unwrap();
-        assert!(b.max_connections >= 18_000, "{b:?}");
-        assert_eq!(b.max_connections as u64 + b.reserve, 20_000);
+        assert_eq!(defaults(20_000), (1024, 128, 18_848, false));
+    }
+
+    #[test]
+    fn under_a_small_limit_the_defaults_are_scaled_to_a_quarter_and_an_eighth() {
+        assert_eq!(defaults(1024), (256, 128, 640, true), "the reserve's default is already an eighth");
+        assert_eq!(defaults(512), (128, 64, 320, true));
+        assert_eq!(defaults(256), (64, 32, 160, true));
+        assert_eq!(defaults(4096), (1024, 128, 2944, false), "the smallest limit that needs no scaling");
+    }
+
+    #[test]
+    fn scaled_defaults_keep_their_floors_and_a_limit_within_them_is_refused() {
+        assert_eq!(defaults(100), (25, MIN_FD_RESERVE, 43, true));
+        assert_eq!(defaults(60), (MIN_MAX_HANDSHAKES, MIN_FD_RESERVE, 12, true));
+        assert_eq!(defaults(49), (16, 32, 1, true));
+        let refused = budget(48, 100_000, None, None);
+        assert!(
+            matches!(refused, Err(FdError::NoRoom { nofile: 48, reserve: 48, max_handshakes: 16, fd_reserve: 32 })),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn values_set_explicitly_are_kept_whatever_the_limit() {
+        let b = budget(512, 100_000, Some(64), Some(64)).unwrap();
+        assert_eq!((b.max_handshakes, b.fd_reserve, b.max_connections, b.scaled), (64, 64, 384, false));
+        // Only the flag left unset is scaled.
+        let b = budget(512, 100_000, Some(300), None).unwrap();
+        assert_eq!((b.max_handshakes, b.fd_reserve, b.max_connections, b.scaled), (300, 64, 148, true));
+        let b = budget(20_000, 100_000, Some(4096), Some(1000)).unwrap();
+        assert_eq!((b.max_handshakes, b.fd_reserve, b.max_connections), (4096, 1000, 14_904));
     }
 
     #[test]
     fn a_lower_configured_cap_is_kept() {
-        let b = budget(20_000, 500, 1024, 128).unwrap();
+        let b = budget(20_000, 500, None, None).unwrap();
         assert_eq!((b.max_connections, b.configured), (500, 500));
     }
 
     #[test]
-    fn a_limit_within_the_reserve_is_refused() {
-        assert!(matches!(budget(1_000, 100_000, 1024, 128), Err(FdError::NoRoom { nofile: 1_000, reserve: 1152 })));
-        assert!(matches!(budget(1_152, 100_000, 1024, 128), Err(FdError::NoRoom { .. })));
-        assert_eq!(budget(1_153, 100_000, 1024, 128).unwrap().max_connections, 1);
+    fn a_limit_within_an_explicit_reserve_is_refused() {
+        let refused = budget(1_000, 100_000, Some(1024), Some(128));
+        assert!(matches!(refused, Err(FdError::NoRoom { nofile: 1_000, reserve: 1152, .. })), "{refused:?}");
+        assert!(matches!(budget(1_152, 100_000, Some(1024), Some(128)), Err(FdError::NoRoom { .. })));
+        assert_eq!(budget(1_153, 100_000, Some(1024), Some(128)).unwrap().max_connections, 1);
     }
 
     #[test]
     fn an_unlimited_limit_keeps_the_configured_cap_within_the_semaphore() {
-        assert_eq!(budget(u64::MAX, 100_000, 1024, 128).unwrap().max_connections, 100_000);
-        assert_eq!(budget(u64::MAX, usize::MAX, 1, 1).unwrap().max_connections, Semaphore::MAX_PERMITS);
+        assert_eq!(budget(u64::MAX, 100_000, None, None).unwrap().max_connections, 100_000);
+        assert_eq!(budget(u64::MAX, usize::MAX, Some(1), Some(1)).unwrap().max_connections, Semaphore::MAX_PERMITS);
     }
 }

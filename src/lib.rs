@@ -20,11 +20,13 @@
 //! - [`ws`]: the WebSocket handshake, the RFC 6455 framing and socket (budgets, close
 //!   handshake, no buffer held while idle) and the per-connection task.
 //! - [`http`]: the axum router: WebSocket endpoint, presence API (and its ids-per-second
-//!   budget per user), health, metrics (on the public port or `--metrics-addr`).
+//!   budget per user), health (on the public port, and on `--metrics-addr`), metrics (on
+//!   the public port or `--metrics-addr`).
 //! - [`server`]: the accept loop serving that router, with the limits that apply before a
-//!   WebSocket upgrade (header timeout and size, handshake cap, accept errors).
+//!   WebSocket upgrade (header timeout and size, handshake cap and its evictions, accept
+//!   errors).
 //! - [`fds`]: the open-file limit, raised at start and shared out among WebSockets,
-//!   handshakes and the rest.
+//!   handshakes and the rest (defaults scaled down under a small limit).
 //! - [`app`]: shared state built from the config; [`metrics`]: metric names.
 //!
 //! Beside the library: `src/main.rs` (the router binary), `src/bin/presence-load/` (the
@@ -71,7 +73,8 @@ pub fn bind(config: &config::Config) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-/// Most connections at once on the `--metrics-addr` listener: a scraper or two.
+/// Most connections at once on the `--metrics-addr` listener: a scraper or two and the
+/// health probes.
 pub const METRICS_MAX_CONNECTIONS: usize = 16;
 
 /// Serves until `app.shutdown` is cancelled, then closes every WebSocket with 1012, waits
@@ -81,8 +84,10 @@ pub async fn run(listener: TcpListener, app: Arc<App>) -> anyhow::Result<()> {
 }
 
 /// [`run`], with `/metrics` served on `metrics` (the `--metrics-addr` listener) instead of
-/// the public port when it is given. That listener has the public port's header timeout and
-/// a cap of [`METRICS_MAX_CONNECTIONS`], and stops with it.
+/// the public port when it is given, and `/healthz` there as well as on the public port.
+/// That listener has the public port's header timeout, a handshake pool of its own of
+/// [`METRICS_MAX_CONNECTIONS`] (so probes are not crowded out by public clients), and stops
+/// with it.
 pub async fn run_with_metrics(
     listener: TcpListener,
     metrics: Option<TcpListener>,

@@ -14,7 +14,8 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    // Before anything opens sockets: lowers MAX_CONNECTIONS to what the fd limit allows.
+    // Before anything opens sockets: shares the fd limit out, lowering MAX_CONNECTIONS (and
+    // the defaults of MAX_HANDSHAKES and FD_RESERVE) to what it allows.
     presence_router::fds::apply(&mut config)?;
     let metrics = presence_router::metrics::install()?;
     let app = App::start(&config, Some(metrics)).await?;
@@ -22,7 +23,10 @@ async fn main() -> anyhow::Result<()> {
     let metrics_listener = match config.metrics_addr {
         Some(addr) => {
             let metrics = TcpListener::bind(addr).await.with_context(|| format!("binding --metrics-addr {addr}"))?;
-            tracing::info!(addr = %metrics.local_addr()?, "serving /metrics on the metrics address only");
+            tracing::info!(
+                addr = %metrics.local_addr()?,
+                "serving /metrics on the metrics address only, and /healthz there too (point probes at it)"
+            );
             Some(metrics)
         }
         None => {

@@ -33,7 +33,9 @@ pub const RELAY_DROPPED: &str = "presence_relay_dropped_total";
 pub const FLOOR_REQUESTS: &str = "presence_floor_requests_total";
 pub const INDICATORS: &str = "presence_indicator_events_total";
 pub const HTTP_CONNECTIONS: &str = "presence_http_connections";
+pub const HTTP_WAITING: &str = "presence_http_waiting";
 pub const HTTP_REFUSED: &str = "presence_http_refused_total";
+pub const HTTP_EVICTIONS: &str = "presence_http_evictions_total";
 pub const HTTP_CONNECTION_ERRORS: &str = "presence_http_connection_errors_total";
 pub const ACCEPT_ERRORS: &str = "presence_accept_errors_total";
 
@@ -90,11 +92,23 @@ fn describe() {
     describe_counter!(INDICATORS, "Indicator starts and ends broadcast, by type and isActive.");
     describe_gauge!(
         HTTP_CONNECTIONS,
-        "TCP connections still speaking HTTP (handshakes in progress, keep-alive API clients), capped by MAX_HANDSHAKES."
+        "TCP connections still speaking HTTP (handshakes in progress, keep-alive API clients), capped by MAX_HANDSHAKES \
+         (the public port and --metrics-addr together)."
+    );
+    describe_gauge!(
+        HTTP_WAITING,
+        "Of presence_http_connections, those waiting for a request head (new, or keep-alive between requests): the \
+         ones closed first to make room at MAX_HANDSHAKES."
     );
     describe_counter!(
         HTTP_REFUSED,
-        "TCP connections answered 503 and closed at once, by reason (too_many_handshakes)."
+        "TCP connections answered 503 and closed at once, by reason (too_many_handshakes: at MAX_HANDSHAKES with \
+         every connection being served)."
+    );
+    describe_counter!(
+        HTTP_EVICTIONS,
+        "Connections closed at MAX_HANDSHAKES to make room for a newcomer: each had waited longest for a request head \
+         (slowloris sockets, idle keep-alive). A steady rate means the cap is too low or someone holds sockets open."
     );
     describe_counter!(
         HTTP_CONNECTION_ERRORS,

@@ -8,44 +8,54 @@
 //!   "so we can close the connection if another header isn't received in a timely
 //!   manner", and `poll_read_head` arms the timer). So the same timeout is the idle
 //!   timeout of plain HTTP keep-alive.
-//! - **Header size** ([`MAX_HEADER_BYTES`]): hyper's read buffer is capped there; a request
-//!   head that does not fit gets hyper's automatic 431 and the connection is closed, so a
-//!   client sending endless headers holds at most that much memory.
+//! - **Header size** ([`MAX_HEADER_BYTES`], [`MAX_HEADERS`]): hyper's read buffer is capped
+//!   there; a request head that does not fit, or has more header lines, gets hyper's
+//!   automatic 431 and the connection is closed, so a client sending endless headers holds
+//!   at most that much memory.
 //! - **Handshake cap** (`--max-handshakes`): accepted connections still speaking HTTP each
-//!   hold a slot, freed when the connection upgrades to a WebSocket or closes. Over the
-//!   cap a connection is answered 503 `too_many_handshakes` and closed at once, without
-//!   waiting on the client.
+//!   hold a slot, freed when the connection upgrades to a WebSocket or closes. At the cap
+//!   the connection that has waited longest for a request head is closed to make room
+//!   ([`handshakes`] has the rules); only when every connection has a request being served
+//!   is the newcomer answered 503 `too_many_handshakes` and closed at once, without waiting
+//!   on the client. Each listener has its own pool: `--metrics-addr` does not share the
+//!   public port's.
 //! - **Accept errors** (EMFILE and the like) are counted, logged at most once per
 //!   [`ACCEPT_LOG_INTERVAL`] with the number suppressed, and followed by a short pause so
 //!   a process out of descriptors does not spin on `accept`.
 //!
 //! Upgraded connections leave this loop: their tasks are tracked by `App::tracker`.
 
+mod handshakes;
+
 use std::{
     io::{Read, Write},
     pin::pin,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use ::metrics::Gauge;
 use axum::Router;
-use hyper::server::conn::http1;
+use hyper::{
+    server::conn::http1,
+    service::{Service as _, service_fn},
+};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore},
-};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use self::handshakes::{Admission, Pool};
 use crate::{app::Limits, metrics};
 
 /// Largest request head (request line and headers) in bytes. A WebSocket handshake with a
 /// JWT is well under 2 KiB; browsers send a few KiB of cookies at most.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Most header lines in a request head. Browsers send about 20 and a WebSocket handshake
+/// about 10; this is hyper's default too, for which its parser keeps the header index on
+/// the stack. Set here so the limit is ours and documented (docs/SECURITY.md).
+pub const MAX_HEADERS: usize = 100;
 
 /// Accept errors are logged at most this often; the rest are counted into the next line.
 pub const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(1);
@@ -58,10 +68,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// asks every HTTP connection to finish its request and close, and waits for them.
 pub async fn serve(listener: TcpListener, router: Router, limits: &Limits, shutdown: CancellationToken) {
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).max_buf_size(MAX_HEADER_BYTES);
-    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
-    let open = ::metrics::gauge!(metrics::HTTP_CONNECTIONS);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS);
+    let pool = Pool::new(limits.max_handshakes);
     let refused = ::metrics::counter!(metrics::HTTP_REFUSED, "reason" => "too_many_handshakes");
+    let evictions = ::metrics::counter!(metrics::HTTP_EVICTIONS);
     let refusal = refusal();
     // Shown at 0 from the start, so an alert on it has a series to watch.
     let fd_limit_errors = ::metrics::counter!(metrics::ACCEPT_ERRORS, "kind" => "fd_limit");
@@ -96,17 +109,28 @@ pub async fn serve(listener: TcpListener, router: Router, limits: &Limits, shutd
                 }
             }
         };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            refused.increment(1);
-            refuse(tcp, &refusal);
-            continue;
+        let (slot, mut evicted, evicted_another) = match pool.admit() {
+            Admission::Admitted { slot, evicted, evicted_another } => (slot, evicted, evicted_another),
+            Admission::Full => {
+                refused.increment(1);
+                refuse(tcp, &refusal);
+                continue;
+            }
         };
-        let slot = Slot::new(permit, open.clone());
         // Presence frames are small and latency matters: no Nagle delay on any client socket.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY");
         }
-        let conn = http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(router.clone())).with_upgrades();
+        let requests = slot.requests();
+        let app = TowerToHyperService::new(router.clone());
+        let service = service_fn(move |request| {
+            // hyper calls the service once a request head is complete: from here until the
+            // response body is dropped, this connection is not evicted.
+            let serving = requests.serving();
+            let response = app.call(request);
+            async move { response.await.map(|response| serving.respond(response)) }
+        });
+        let conn = http.serve_connection(TokioIo::new(tcp), service).with_upgrades();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             // Held until the connection closes or hands its socket to a WebSocket (the
@@ -115,6 +139,8 @@ pub async fn serve(listener: TcpListener, router: Router, limits: &Limits, shutd
             let mut conn = pin!(conn);
             let ended = tokio::select! {
                 ended = conn.as_mut() => ended,
+                // Evicted for a newcomer: dropping the connection closes its socket.
+                _ = &mut evicted => return,
                 () = shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
@@ -126,32 +152,17 @@ pub async fn serve(listener: TcpListener, router: Router, limits: &Limits, shutd
                 tracing::debug!(error = %e, reason, "HTTP connection ended");
             }
         });
+        if evicted_another {
+            evictions.increment(1);
+        }
     }
     drop(listener);
     connections.close();
     connections.wait().await;
 }
 
-/// A handshake slot; the gauge of open HTTP connections follows it.
-struct Slot {
-    _permit: OwnedSemaphorePermit,
-    open: Gauge,
-}
-
-impl Slot {
-    fn new(permit: OwnedSemaphorePermit, open: Gauge) -> Slot {
-        open.increment(1.0);
-        Slot { _permit: permit, open }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.open.decrement(1.0);
-    }
-}
-
-/// The whole answer to a connection over the handshake cap, built once.
+/// The whole answer to a connection over the handshake cap when no slot can be freed,
+/// built once.
 fn refusal() -> Vec<u8> {
     let body = serde_json::json!({
         "success": false,
@@ -169,7 +180,7 @@ fn refusal() -> Vec<u8> {
     .into_bytes()
 }
 
-/// Answers a connection over the handshake cap without waiting on it. Whatever request
+/// Answers a connection over the handshake cap (every slot busy) without waiting on it. Whatever request
 /// already arrived is read first, so the close is a FIN rather than a reset that could
 /// discard the answer on its way; the 503 fits an empty socket buffer; then the socket is
 /// closed. Every call is non-blocking, so the accept loop is never held up.

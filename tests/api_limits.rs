@@ -201,10 +201,14 @@ async fn with_a_metrics_address_the_public_port_answers_404_for_metrics() {
         "{}",
         scrape.text
     );
-    // ... and nothing else.
-    for path in ["/healthz", "/api/users/u/presence", "/", "/dashboard"] {
+    // Health too, so probes need not use the public port, and nothing else.
+    let health = get(metrics_addr, "/healthz").await;
+    assert_eq!((health.status, health.body["status"].as_str()), (200, Some("ok")), "{}", health.text);
+    for path in ["/api/users/u/presence", "/", "/dashboard"] {
         assert_eq!(get(metrics_addr, path).await.status, 404, "{path} on the metrics address");
     }
+    let post = request(metrics_addr, "POST", "/healthz", None, "").await;
+    assert_eq!(post.status, 405, "{}", post.text);
 
     // Both listeners stop on TERM.
     router.signal("TERM").await;

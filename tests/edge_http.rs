@@ -1,10 +1,19 @@
 //! The edge before the WebSocket upgrade: slow and oversized request heads, idle
-//! keep-alive, the cap on connections still in their handshake, and the open-file limit.
+//! keep-alive, the cap on connections still in their handshake (which evicts the one that
+//! has waited longest for a request head, and refuses only when all are being served), and
+//! the open-file limit.
 //! Each test runs the real router binary and attacks it over loopback with bounded loops.
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use common::{Client, Router, WAIT, await_line, token};
 use presence_router::auth::Role;
@@ -16,6 +25,7 @@ use tokio::{
     time::timeout,
 };
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+use tokio_util::sync::CancellationToken;
 
 /// The header read timeout the timing tests run with, in milliseconds.
 const HEADER_TIMEOUT_MS: u64 = 2_000;
@@ -50,7 +60,12 @@ async fn try_websocket(router: &Router, user: &str) -> Result<Client, (u16, Stri
 /// `GET path` on a fresh connection: whatever the router answers before closing (a reset
 /// after the answer, or instead of it, is tolerated: the text is then short or empty).
 async fn get_answer(router: &Router, path: &str) -> String {
-    let mut stream = TcpStream::connect(router.addr).await.unwrap();
+    get_answer_at(router.addr, path).await
+}
+
+/// [`get_answer`] on any address.
+async fn get_answer_at(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     if stream.write_all(request.as_bytes()).await.is_err() {
         return String::new();
@@ -211,6 +226,27 @@ async fn oversized_request_heads_get_431_and_memory_stays_bounded() {
 }
 
 #[tokio::test]
+async fn a_request_head_with_more_than_100_header_lines_gets_431() {
+    let router = Router::start(&[]).await;
+    let addr = router.addr;
+    // `Host` and `Connection` are two of the lines; the rest are short, far under 16 KiB.
+    let answer = |lines: usize| {
+        let extra: String = (2..lines).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let request = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n");
+        assert!(request.len() < 4 * 1024);
+        async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&read_until_closed(&mut stream).await).into_owned()
+        }
+    };
+    let hundred = answer(100).await;
+    assert!(hundred.starts_with("HTTP/1.1 200 "), "{hundred:?}");
+    let more = answer(101).await;
+    assert!(more.starts_with("HTTP/1.1 431 "), "{more:?}");
+}
+
+#[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_timeout() {
     let timeout_ms = HEADER_TIMEOUT_MS.to_string();
     let router = Router::start(&["--header-read-timeout-ms", &timeout_ms]).await;
@@ -251,41 +287,86 @@ async fn a_request_body_trickled_slowly_gets_408_within_the_timeout() {
     assert!(sent.elapsed() < bound, "answered after {:?}", sent.elapsed());
 }
 
-#[tokio::test]
-async fn connections_over_the_handshake_cap_get_503_and_upgrades_free_their_slot() {
-    const CAP: usize = 8;
-    let router = Router::start(&["--max-handshakes", &CAP.to_string(), "--header-read-timeout-ms", "60000"]).await;
+/// A free loopback address for `--metrics-addr`.
+fn metrics_addr() -> SocketAddr {
+    ([127, 0, 0, 1], common::free_port()).into()
+}
 
-    // CAP silent connections hold every slot; the next one, accepted after them, is
-    // answered at once without sending anything.
+/// The `/metrics` text of a `--metrics-addr` listener (which is outside the public port's
+/// handshake pool, so reading it does not disturb a test of that pool).
+async fn scrape(addr: SocketAddr) -> String {
+    let answer = get_answer_at(addr, "/metrics").await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    answer
+}
+
+/// A metric's value in Prometheus text (`series` with its labels, if any).
+fn metric(metrics: &str, series: &str) -> Option<u64> {
+    metrics.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A keep-alive `GET /healthz` on a new connection, answered 200; the connection stays open,
+/// waiting for its next request.
+async fn kept_alive(router: &Router) -> TcpStream {
+    let mut stream = TcpStream::connect(router.addr).await.unwrap();
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: keep\r\n\r\n").await.unwrap();
+    let (status, body) = read_response(&mut stream).await;
+    assert_eq!(status, 200, "{body}");
+    stream
+}
+
+/// Waits for the router to close `stream` (end of stream or a reset) with nothing sent.
+async fn closed_silently(stream: &mut TcpStream, what: &str) {
+    let sent = read_until_closed(stream).await;
+    assert!(sent.is_empty(), "{what}: closed after sending {:?}", String::from_utf8_lossy(&sent));
+}
+
+#[tokio::test]
+async fn at_the_handshake_cap_the_connection_waiting_longest_for_a_request_makes_room() {
+    const CAP: usize = 4;
+    let metrics = metrics_addr();
+    let router = Router::start(&[
+        "--max-handshakes",
+        &CAP.to_string(),
+        "--header-read-timeout-ms",
+        "60000",
+        "--metrics-addr",
+        &metrics.to_string(),
+    ])
+    .await;
+
+    // Oldest first: silent connections that never finish a request head, then a keep-alive
+    // client waiting between requests. Together they hold every slot.
     let mut silent = Vec::new();
-    for _ in 0..CAP {
+    for _ in 0..CAP - 1 {
         silent.push(TcpStream::connect(router.addr).await.unwrap());
     }
-    let mut over = TcpStream::connect(router.addr).await.unwrap();
-    let answer = String::from_utf8(read_until_closed(&mut over).await).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer:?}");
-    let body: serde_json::Value = serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
-    assert_eq!(body["error"]["code"], "too_many_handshakes");
+    let mut idle = kept_alive(&router).await;
 
-    // Closed connections give their slots back.
-    silent.clear();
-    let deadline = Instant::now() + WAIT;
-    let metrics = loop {
-        let metrics = get_answer(&router, "/metrics").await;
-        if metrics.starts_with("HTTP/1.1 200 ") && metrics.contains("\npresence_http_connections 1\n") {
-            break metrics;
-        }
-        assert!(Instant::now() < deadline, "slots never freed: {metrics}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let refused = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("presence_http_refused_total{reason=\"too_many_handshakes\"} "))
-        .and_then(|v| v.parse::<u64>().ok());
-    assert!(refused.is_some_and(|n| n >= 1), "{metrics}");
+    // Each newcomer is served; the connection that has waited longest for a request head
+    // is closed for it: the silent ones in the order they came, then the idle keep-alive
+    // one (it began waiting after them), then the first newcomer.
+    let mut newcomers = Vec::new();
+    for (i, victim) in silent.iter_mut().enumerate() {
+        newcomers.push(kept_alive(&router).await);
+        closed_silently(victim, &format!("silent connection {i}")).await;
+    }
+    newcomers.push(kept_alive(&router).await);
+    closed_silently(&mut idle, "the idle keep-alive connection").await;
+    newcomers.push(kept_alive(&router).await);
+    closed_silently(&mut newcomers[0], "the first newcomer").await;
 
-    // Upgraded WebSockets leave the handshake count: many more than CAP stay open at once.
+    let text = scrape(metrics).await;
+    assert_eq!(metric(&text, "presence_http_evictions_total"), Some(CAP as u64 + 1), "{text}");
+    assert_eq!(metric(&text, "presence_http_refused_total{reason=\"too_many_handshakes\"}"), Some(0), "{text}");
+
+    // The newcomers still kept are served on their connections.
+    for stream in &mut newcomers[1..] {
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: keep\r\n\r\n").await.unwrap();
+        assert_eq!(read_response(stream).await.0, 200);
+    }
+
+    // Upgraded WebSockets leave the pool: many more than CAP stay open at once.
     let mut clients = Vec::new();
     for i in 0..CAP * 3 {
         let user = format!("ws-{i}");
@@ -293,12 +374,11 @@ async fn connections_over_the_handshake_cap_get_503_and_upgrades_free_their_slot
         let client = loop {
             match try_websocket(&router, &user).await {
                 Ok(client) => break client,
-                // The slot of the previous upgrade is released just after its 101.
+                // A connection that just answered 101 stays busy until it has handed its
+                // socket over, which may take a moment after the client read the 101.
                 Err((503, code)) if code == "too_many_handshakes" && Instant::now() < deadline => {
                     tokio::task::yield_now().await
                 }
-                // A refusal may also reach the client as a reset.
-                Err((0, _)) if Instant::now() < deadline => tokio::task::yield_now().await,
                 Err(refused) => panic!("WebSocket {i} refused: {refused:?}"),
             }
         };
@@ -307,6 +387,190 @@ async fn connections_over_the_handshake_cap_get_503_and_upgrades_free_their_slot
     for (i, client) in clients.iter_mut().enumerate() {
         client.sync(&format!("ws-{i}")).await;
     }
+}
+
+#[tokio::test]
+async fn when_every_connection_at_the_handshake_cap_is_being_served_the_next_gets_503() {
+    const CAP: usize = 4;
+    let metrics = metrics_addr();
+    let router = Router::start(&[
+        "--max-handshakes",
+        &CAP.to_string(),
+        "--header-read-timeout-ms",
+        "60000",
+        "--metrics-addr",
+        &metrics.to_string(),
+    ])
+    .await;
+
+    // CAP API requests whose bodies never finish: each is being served (its handler waits
+    // for the body), so none may be evicted.
+    let auth = token("api", Role::Service);
+    let mut serving = Vec::new();
+    for _ in 0..CAP {
+        let mut stream = TcpStream::connect(router.addr).await.unwrap();
+        let head = format!(
+            "POST /api/presence/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {auth}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"userIds\""
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        serving.push(stream);
+    }
+    // Every one of them admitted and none waiting for a head: all are being served (the
+    // scrape's own connection counts in the first gauge too).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = scrape(metrics).await;
+        let open = metric(&text, "presence_http_connections").unwrap_or(0);
+        if open > CAP as u64 && metric(&text, "presence_http_waiting") == Some(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the requests were never all being served: {text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The next connection is answered at once, without sending anything.
+    let mut over = TcpStream::connect(router.addr).await.unwrap();
+    let answer = String::from_utf8(read_until_closed(&mut over).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer:?}");
+    assert!(answer.to_lowercase().contains("retry-after: 1\r\n"), "{answer:?}");
+    let body: serde_json::Value = serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(body["error"]["code"], "too_many_handshakes");
+    let text = scrape(metrics).await;
+    assert_eq!(metric(&text, "presence_http_refused_total{reason=\"too_many_handshakes\"}"), Some(1), "{text}");
+    assert_eq!(metric(&text, "presence_http_evictions_total"), Some(0), "{text}");
+
+    // Closed connections give their slots back.
+    serving.clear();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answer = get_answer(&router, "/healthz").await;
+        if answer.starts_with("HTTP/1.1 200 ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots never freed: {answer}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// About how long an attacking socket waits after the router closed it before it reconnects
+/// (each socket waits between half and one and a half times this, so the sockets do not
+/// reconnect in step). With 64 of the 96 sockets outside the pool at any time that is about
+/// 640 connects a second, so a newcomer keeps its slot for about 50 ms (32 later accepts):
+/// ample for a client on loopback to send its request head. Eviction cannot protect a client
+/// slower than the attacker's bursts: sockets reconnecting in step, 64 at once, sometimes
+/// closed a handshake whose head the router had not read yet; docs/SECURITY.md says so.
+const REOPEN: Duration = Duration::from_millis(100);
+
+/// One attacking socket: connects, sends only a request line, holds the socket until the
+/// router closes it, waits about [`REOPEN`] and does it again, until `stop`.
+async fn slowloris_holder(addr: SocketAddr, stop: CancellationToken, connects: Arc<AtomicU64>, seed: u64) {
+    let mut buf = [0u8; 1024];
+    let mut jitter = seed;
+    loop {
+        let connected = tokio::select! {
+            () = stop.cancelled() => return,
+            connected = TcpStream::connect(addr) => connected,
+        };
+        if let Ok(mut stream) = connected {
+            connects.fetch_add(1, Ordering::Relaxed);
+            if stream.write_all(b"GET / HTTP/1.1\r\n").await.is_ok() {
+                // Held until the router closes it: an eviction, the header timeout or a 503.
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        read = stream.read(&mut buf) => match read {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => continue,
+                        },
+                    }
+                }
+            }
+        }
+        jitter = jitter.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let wait = REOPEN / 2 + REOPEN * ((jitter >> 33) % 100) as u32 / 100;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_sockets_reopened_at_the_handshake_cap_do_not_lock_out_clients_or_health_checks() {
+    const CAP: usize = 32;
+    const ATTACKERS: usize = 3 * CAP;
+    const ROUNDS: usize = 50;
+    raise_own_fd_limit();
+    let metrics = metrics_addr();
+    let router = Router::start(&[
+        "--max-handshakes",
+        &CAP.to_string(),
+        "--header-read-timeout-ms",
+        "10000",
+        "--metrics-addr",
+        &metrics.to_string(),
+    ])
+    .await;
+
+    let stop = CancellationToken::new();
+    let connects = Arc::new(AtomicU64::new(0));
+    let mut attack = JoinSet::new();
+    for i in 0..ATTACKERS {
+        attack.spawn(slowloris_holder(router.addr, stop.clone(), connects.clone(), i as u64));
+    }
+    // The attack is in force: every socket has connected, and on average reconnected once.
+    let deadline = Instant::now() + WAIT;
+    while connects.load(Ordering::Relaxed) < 2 * ATTACKERS as u64 {
+        assert!(Instant::now() < deadline, "the attack never got going: {connects:?} connects");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let before = connects.load(Ordering::Relaxed);
+    let mut clients = Vec::with_capacity(ROUNDS);
+    for i in 0..ROUNDS {
+        let user = format!("legit-{i}");
+        match try_websocket(&router, &user).await {
+            Ok(client) => clients.push(client),
+            Err(refused) => panic!("WebSocket handshake {i} of {ROUNDS} under attack refused: {refused:?}"),
+        }
+        let health = get_answer(&router, "/healthz").await;
+        assert!(health.starts_with("HTTP/1.1 200 "), "/healthz {i} of {ROUNDS} under attack: {health:?}");
+        // Spread over a few of the attacker's reconnect rounds, so it churns throughout.
+        tokio::time::sleep(REOPEN / 5).await;
+    }
+    let during = connects.load(Ordering::Relaxed) - before;
+    stop.cancel();
+    while attack.join_next().await.is_some() {}
+
+    // The WebSockets made under attack are not in the pool, so the churn never touched them.
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.sync(&format!("legit-{i}")).await;
+    }
+    let text = scrape(metrics).await;
+    let evictions = metric(&text, "presence_http_evictions_total").unwrap_or(0);
+    eprintln!("handshake-cap attack: {during} attacking connects during the rounds, {evictions} evictions in all");
+    assert!(during >= 2 * ROUNDS as u64, "the attack paused during the rounds: {during} connects");
+    // Each legitimate connection found the pool full of attackers and evicted one.
+    assert!(evictions >= ROUNDS as u64, "the pool was not under pressure: {evictions} evictions; {text}");
+}
+
+#[tokio::test]
+async fn with_default_flags_the_router_starts_under_a_512_open_file_limit() {
+    const NOFILE: u64 = 512;
+    let (router, stderr) = Router::start_logged(Some(NOFILE), &[]).await;
+    // The defaults are scaled to the limit, and the log says so at WARN.
+    let budget = await_line(stderr, "the scaled open-file budget at WARN", |line| {
+        let budget = (field(line, "nofile")?, field(line, "max_handshakes")?, field(line, "fd_reserve")?);
+        line.contains("WARN").then_some((budget, field(line, "effective_max_connections")?))
+    })
+    .await;
+    assert_eq!(budget, ((NOFILE, 128, 64), 320), "((nofile, handshakes, reserve), WebSockets)");
+
+    let mut client = try_websocket(&router, "small-limit").await.expect("a WebSocket under a small limit");
+    client.sync("small-limit").await;
+    let (status, health) = router.get("/healthz").await;
+    assert_eq!((status, health["connections"].as_u64()), (200, Some(1)), "{health}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
 //! The HTTP surface: one axum router for the WebSocket endpoint, the API and operations,
-//! and with `--metrics-addr` a second one that serves only `/metrics`.
+//! and with `--metrics-addr` a second one that serves only `/metrics` and `/healthz`.
 
 mod error;
 mod ops;
@@ -44,9 +44,16 @@ pub fn router(app: Arc<App>, public_metrics: bool) -> Router {
     router.merge(api).fallback(not_found).with_state(app)
 }
 
-/// The router of `--metrics-addr`: `GET /metrics` and nothing else.
+/// The router of `--metrics-addr`: `GET /metrics` and `GET /healthz`, nothing else. Health
+/// is here so that probes reach it on a listener of its own: on the public port it shares
+/// the handshake pool with every client, and a prober that is answered 503 restarts a
+/// healthy router.
 pub fn metrics_router(app: Arc<App>) -> Router {
-    Router::new().route("/metrics", get(ops::metrics).fallback(method_not_allowed)).fallback(not_found).with_state(app)
+    Router::new()
+        .route("/metrics", get(ops::metrics).fallback(method_not_allowed))
+        .route("/healthz", get(ops::health).fallback(method_not_allowed))
+        .fallback(not_found)
+        .with_state(app)
 }
 
 /// Counts API requests by route and status, and bounds each one (its body included) by the
