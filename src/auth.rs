@@ -61,8 +61,15 @@ pub struct Claims {
     pub iat: Option<u64>,
     /// A mobile's groups: which dashboards may see its presence. A dashboard's groups:
     /// the only groups whose members it sees; without the claim it sees everyone.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Present means a list: `"groups": null` is refused rather than read as "no claim",
+    /// which would let a dashboard token read everyone.
+    #[serde(default, deserialize_with = "present_list", skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<Id>>,
+}
+
+/// A claim that, when present, must be a list (absent is `None` through `default`).
+fn present_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<Id>>, D::Error> {
+    Vec::<Id>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -361,6 +368,15 @@ mod tests {
         assert!(
             Authenticator::public_key(include_bytes!("../tests/fixtures/es256-public.pem"), Algorithm::HS256).is_err()
         );
+    }
+
+    #[test]
+    fn a_null_groups_claim_is_refused_not_read_as_absent() {
+        let auth = Authenticator::hs256(SECRET);
+        let key = EncodingKey::from_secret(SECRET);
+        let claims = serde_json::json!({"sub": "d", "role": "dashboard", "exp": u32::MAX, "groups": null});
+        let token = jsonwebtoken::encode(&Header::default(), &claims, &key).unwrap();
+        assert!(matches!(auth.verify(&token), Err(AuthError::Invalid(_))));
     }
 
     #[test]

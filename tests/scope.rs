@@ -136,7 +136,28 @@ async fn a_user_leaving_a_dashboards_scope_goes_offline_there(engine: Engine) {
     assert_eq!(groups(&moved), ["g2"]);
 }
 
+/// A participant who has since moved to other groups reads like an unknown id in its old
+/// group's listing: its presence (status, text, device) now belongs to the new groups.
+async fn a_group_listing_forgets_a_member_who_left(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let router = setup.router(&[]).await;
+    let first = router.mobile_in("x", &["a"]).await;
+    first.close().await;
+    let mut moved = router.mobile_in("x", &["b"]).await;
+    moved.set_status("x", "dnd", Some("meeting with tenant-B")).await;
+    let (status, body) = get(&router, &bearer("m", Role::Mobile, Some(&["a"])), "/api/groups/a/presence").await;
+    assert_eq!(status, 200, "{body}");
+    let x = body["participants"].as_array().unwrap().iter().find(|p| p["userId"] == "x").cloned();
+    assert_eq!(x, Some(unknown("x")), "{body}");
+    assert_eq!((body["dndCount"].as_u64(), body["onlineCount"].as_u64()), (Some(0), Some(0)));
+    // Group b's listing has it, as it is.
+    let (_, body) = get(&router, &bearer("n", Role::Mobile, Some(&["b"])), "/api/groups/b/presence").await;
+    let x = body["participants"].as_array().unwrap().iter().find(|p| p["userId"] == "x").cloned().unwrap();
+    assert_eq!((x["status"].as_str(), x["statusText"].as_str()), (Some("dnd"), Some("meeting with tenant-B")));
+}
+
 on_both_engines!(
+    a_group_listing_forgets_a_member_who_left,
     the_api_reads_only_within_the_tokens_scope,
     a_scoped_dashboard_sees_no_other_groups_names,
     a_user_leaving_a_dashboards_scope_goes_offline_there,

@@ -164,8 +164,16 @@ pub async fn group(
     }
     let node = presence(&app)?;
     let members = node.group_members(&group).await.map_err(unavailable)?;
-    let participants: Vec<UserStatus> =
-        node.lookup(&members).await.map_err(unavailable)?.into_iter().map(UserStatus::from).collect();
+    // A participant that has since left the group (its groups changed) reads like an
+    // unknown id here: its presence now belongs to other groups.
+    let participants: Vec<UserStatus> = node
+        .lookup(&members)
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .map(|p| if p.groups.contains(&group) { scope.read(p) } else { UserPresence::unknown(p.user_id) })
+        .map(UserStatus::from)
+        .collect();
     let count = |status| participants.iter().filter(|p| p.status == status).count();
     let (online_count, away_count, dnd_count) = (count(Status::Online), count(Status::Away), count(Status::Dnd));
     let indicators = node.indicators(&group).await.map_err(unavailable)?;
