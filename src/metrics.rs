@@ -22,6 +22,7 @@ pub const FRAMES_RECEIVED: &str = "presence_frames_received_total";
 pub const FRAME_ERRORS: &str = "presence_frame_errors_total";
 pub const HANDSHAKE_REJECTIONS: &str = "presence_handshake_rejections_total";
 pub const REFRESHES: &str = "presence_token_refreshes_total";
+pub const STORE_WRITES_DROPPED: &str = "presence_store_writes_dropped_total";
 pub const DISCONNECTS: &str = "presence_disconnects_total";
 pub const ENGINE_ERRORS: &str = "presence_engine_errors_total";
 pub const ENGINE_UP: &str = "presence_engine_up";
@@ -79,6 +80,10 @@ fn describe() {
     describe_counter!(FRAMES_RECEIVED, "WebSocket frames received, by message type family.");
     describe_counter!(FRAME_ERRORS, "Inbound frames refused, by reason.");
     describe_counter!(HANDSHAKE_REJECTIONS, "WebSocket handshakes refused, by reason.");
+    describe_counter!(
+        STORE_WRITES_DROPPED,
+        "Store writes handed off by connections (activity, indicators) dropped: queue full."
+    );
     describe_counter!(REFRESHES, "REFRESH frames (token refreshes on open connections), by result.");
     describe_counter!(DISCONNECTS, "WebSocket connections ended, by reason.");
     describe_counter!(ENGINE_ERRORS, "Presence store or broker calls that failed, by operation.");

@@ -18,9 +18,10 @@ use std::{
 
 use futures_util::{StreamExt, stream};
 use tokio::{
-    sync::Notify,
+    sync::{Notify, mpsc, oneshot},
     time::{Instant, MissedTickBehavior},
 };
+
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -38,6 +39,24 @@ use crate::{
 const REASSERT_CONCURRENCY: usize = 64;
 /// Most sessions kept to end on recovery (see [`Node::disconnect`]).
 const MAX_UNENDED: usize = 100_000;
+/// Store writes a connection hands off without waiting (activity, indicators) queued at
+/// most; past that they are dropped and counted: an indicator lapses in the store on its
+/// own, and a lost activity only brings auto-away sooner.
+const WRITE_BEHIND: usize = 4096;
+
+/// A store write a connection does not wait for; done in order by the node's writer.
+pub enum Write {
+    Activity(Session),
+    Indicator {
+        group: Id,
+        user: Id,
+        kind: IndicatorKind,
+        ttl: Option<Duration>,
+    },
+    /// Answered once every write queued before it is done: reads see this router's own
+    /// writes.
+    Barrier(oneshot::Sender<()>),
+}
 
 /// How the node paces its background work.
 #[derive(Debug, Clone)]
@@ -87,6 +106,9 @@ pub struct Node {
     unended: Mutex<HashMap<SessionId, Session>>,
     /// Heartbeats waiting for the renewer.
     renewals: PendingRenewals,
+    /// Writes waiting for the writer, and its end of the queue until it starts.
+    writes: mpsc::Sender<Write>,
+    pending_writes: Mutex<Option<mpsc::Receiver<Write>>>,
     /// Set when a store call fails; cleared by a successful resync.
     degraded: AtomicBool,
     /// No sweeping before this (see [`Timing::recovery_grace`]).
@@ -103,6 +125,7 @@ impl Node {
         sweep_now: Arc<Notify>,
         router_id: String,
     ) -> Self {
+        let (writes, pending_writes) = mpsc::channel(WRITE_BEHIND);
         Node {
             engine,
             hub,
@@ -114,6 +137,8 @@ impl Node {
             local: Mutex::new(HashMap::new()),
             unended: Mutex::new(HashMap::new()),
             renewals: PendingRenewals::default(),
+            writes,
+            pending_writes: Mutex::new(Some(pending_writes)),
             degraded: AtomicBool::new(false),
             sweep_paused_until: Mutex::new(None),
             sweep_now,
@@ -222,12 +247,6 @@ impl Node {
         Ok(())
     }
 
-    pub async fn activity(&self, session: &Session) -> Result<(), EngineError> {
-        self.skip_while_degraded()?;
-        let result = self.engine.store.activity(session).await;
-        self.announce("activity", result).await
-    }
-
     /// Sends the relayed frames still queued for other routers (the router is exiting).
     pub async fn flush(&self) {
         self.engine.broker.flush().await;
@@ -241,21 +260,16 @@ impl Node {
         self.engine.broker.relay(&delivery);
     }
 
-    /// Stores an indicator for the group endpoint. Skipped while degraded: a call to an
-    /// unreachable store can take its full timeout, and the broadcast must not wait.
-    pub async fn set_indicator(
-        &self,
-        group: &Id,
-        user: &Id,
-        kind: IndicatorKind,
-        ttl: Option<Duration>,
-    ) -> Result<(), EngineError> {
-        self.skip_while_degraded()?;
-        let result = self.engine.store.set_indicator(group, user, kind, ttl).await;
-        self.check("indicator", result)
-    }
-
+    /// The group's live indicators, including every one this router accepted before the
+    /// call (its writes are behind; this waits for them, up to the store's timeout).
     pub async fn indicators(&self, group: &Id) -> Result<Vec<(IndicatorKind, Id)>, EngineError> {
+        let (done, written) = oneshot::channel();
+        let barrier = async {
+            if self.writes.send(Write::Barrier(done)).await.is_ok() {
+                let _ = written.await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), barrier).await;
         let result = self.engine.store.indicators(group).await;
         self.check("indicators", result)
     }
@@ -294,10 +308,13 @@ impl Node {
     }
 
     /// Gives the floor back (STOP, maximum talk time, disconnect).
+    /// Awaited, not written behind: the next START, on any router, must find the floor
+    /// free. While degraded the store is not asked; its key lapses after the maximum talk
+    /// time.
     pub async fn release_floor(&self, channel: &str, holder: &SessionId) {
         self.forget_floor(channel, holder);
         if self.is_degraded() {
-            return; // the Redis key lapses after the maximum talk time
+            return;
         }
         let result = self.engine.store.release_floor(channel, holder).await;
         let _ = self.check("floor", result);
@@ -424,8 +441,54 @@ impl Node {
         self.resync().await?;
         tracker.spawn(Arc::clone(self).sweeper(shutdown.clone()));
         tracker.spawn(Arc::clone(self).renewer(shutdown.clone()));
+        if let Some(pending) = self.pending_writes.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            tracker.spawn(Arc::clone(self).writer(pending, shutdown.clone()));
+        }
         tracker.spawn(Arc::clone(self).maintainer(shutdown));
         Ok(())
+    }
+
+    /// Does the writes connections handed off, in order. While degraded they are skipped:
+    /// activity and indicators only feed auto-away and the group endpoint.
+    async fn writer(self: Arc<Self>, mut pending: mpsc::Receiver<Write>, shutdown: CancellationToken) {
+        loop {
+            let write = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                write = pending.recv() => match write {
+                    Some(write) => write,
+                    None => break,
+                },
+            };
+            if self.is_degraded() && !matches!(write, Write::Barrier(_)) {
+                continue;
+            }
+            match write {
+                Write::Barrier(done) => {
+                    let _ = done.send(());
+                }
+                Write::Activity(session) => {
+                    let result = self.engine.store.activity(&session).await;
+                    let _ = self.announce("activity", result).await;
+                }
+                Write::Indicator { group, user, kind, ttl } => {
+                    let result = self.engine.store.set_indicator(&group, &user, kind, ttl).await;
+                    let _ = self.check("indicator", result);
+                }
+            }
+        }
+    }
+
+    /// Queues a store write; false (and counted) when the node is degraded or the queue is
+    /// full.
+    pub fn write_soon(&self, write: Write) -> bool {
+        if self.is_degraded() {
+            return false;
+        }
+        let queued = self.writes.try_send(write).is_ok();
+        if !queued {
+            ::metrics::counter!(metrics::STORE_WRITES_DROPPED).increment(1);
+        }
+        queued
     }
 
     /// Renews the heartbeats connections handed off, all that are waiting at a time.

@@ -54,6 +54,10 @@ async fn ptt_on_one_router_never_waits_for_a_hung_redis() {
         if n % 10 == 0 {
             listener.heartbeat("listener").await;
         }
+        if n % 10 == 5 {
+            // TEXT counts as activity: its store write must not hold the talker's audio.
+            talker.send_frame(0, TEXT, "talker", "crew", map(&[("text", "copy".into())])).await;
+        }
         loop {
             let frame = listener.next_frame().await;
             if frame[1].as_u64() == Some(AUDIO.into()) {
@@ -67,7 +71,7 @@ async fn ptt_on_one_router_never_waits_for_a_hung_redis() {
     talker.send_frame(0, TEXT, "talker", "crew", map(&[("text", "still here".into())])).await;
     loop {
         let frame = listener.next_frame().await;
-        if frame[1].as_u64() == Some(TEXT.into()) {
+        if frame[1].as_u64() == Some(TEXT.into()) && frame[5]["text"].as_str() == Some("still here") {
             break;
         }
     }

@@ -17,6 +17,7 @@ use super::{
 use crate::{
     id::Id,
     metrics,
+    node::Write,
     presence::Choice,
     protocol::{
         self, ChannelType, ErrorCode, Frame,
@@ -76,18 +77,20 @@ impl Connection {
     }
 
     /// Records activity: an explicit ping always, activity implied by other frames unless
-    /// this session recorded some very recently. False when the store could not be reached.
+    /// this session recorded some very recently. False when the store is unreachable (the
+    /// write is then not queued).
     pub(super) async fn note_activity(&mut self, explicit: bool) -> bool {
         let Some(session) = self.tracked().cloned() else { return true };
         let now = Instant::now();
         if !explicit && now - self.activity_at < ACTIVITY_WRITE_INTERVAL.min(self.app.limits.away_after / 10) {
             return true;
         }
-        let stored = self.app.node.activity(&session).await.is_ok();
-        if stored {
+        // Written behind: a slow store must not hold this connection (its talk, its mailbox).
+        let queued = self.app.node.write_soon(Write::Activity(session));
+        if queued {
             self.activity_at = now;
         }
-        stored
+        queued
     }
 
     /// INDICATOR: `[0, 37, userId, groupId, {type, isActive}]`.
@@ -123,7 +126,12 @@ impl Connection {
     pub(super) async fn start_indicator(&mut self, kind: IndicatorKind, group: Id, ttl: Duration) {
         let fresh = self.indicators.insert((kind, group.clone()), Instant::now() + ttl).is_none();
         // The store's copy only feeds the group endpoint; the broadcast does not wait on it.
-        let _ = self.app.node.set_indicator(&group, &self.user, kind, Some(ttl)).await;
+        self.app.node.write_soon(Write::Indicator {
+            group: group.clone(),
+            user: self.user.clone(),
+            kind,
+            ttl: Some(ttl),
+        });
         if fresh {
             self.announce_indicator(kind, group, true);
         }
@@ -131,7 +139,12 @@ impl Connection {
 
     pub(super) async fn end_indicator(&mut self, kind: IndicatorKind, group: Id) {
         if self.indicators.remove(&(kind, group.clone())).is_some() {
-            let _ = self.app.node.set_indicator(&group, &self.user, kind, None).await;
+            self.app.node.write_soon(Write::Indicator {
+                group: group.clone(),
+                user: self.user.clone(),
+                kind,
+                ttl: None,
+            });
             self.announce_indicator(kind, group, false);
         }
     }
