@@ -103,7 +103,7 @@ impl App {
         let timing = Timing {
             sweep_interval: Duration::from_millis(config.sweep_interval_ms),
             recovery_grace: Duration::from_millis(config.recovery_grace_ms),
-            probe_interval: Duration::from_secs(1),
+            probe_interval: Duration::from_millis(500),
             last_seen: config.last_seen(),
         };
         let node = Arc::new(Node::new(engine, (hub, relay), timing, sweep_now, router_id));

@@ -534,8 +534,10 @@ impl Node {
         }
     }
 
-    /// Resyncs when the broker asks (it resubscribed) and, while degraded, whenever the
-    /// store answers again.
+    /// Probes the store every `probe_interval`: while healthy, a write that fails marks
+    /// the router degraded even when nothing else writes (a store refusing writes is
+    /// noticed within the interval, not at the next heartbeat's renewal); while degraded,
+    /// resyncs as soon as it answers. Resyncs too when the broker asks (it resubscribed).
     async fn maintainer(self: Arc<Self>, shutdown: CancellationToken) {
         let mut probe = tokio::time::interval(self.timing.probe_interval);
         probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -545,6 +547,8 @@ impl Node {
                 _ = self.hub.resync_requested() => {}
                 _ = probe.tick() => {
                     if !self.is_degraded() {
+                        let result = self.engine.store.ping().await;
+                        let _ = self.check("probe", result);
                         continue;
                     }
                 }

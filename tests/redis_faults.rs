@@ -127,6 +127,11 @@ async fn write_failures_read_as_degraded_and_heal_without_ghosts() {
 
     let mut redis = setup.redis.as_ref().unwrap().client().get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(1).query_async(&mut redis).await.unwrap();
+    // Noticed by the router's own write probe, before any client writes anything.
+    common::eventually("the router to notice refused writes", || async {
+        common::http(router.addr, "GET", "/healthz", &[], "").await.0 == 503
+    })
+    .await;
     for leaver in leavers {
         leaver.close().await;
     }

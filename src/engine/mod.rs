@@ -87,7 +87,8 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// Every user with a live session, from an index (never a keyspace scan, trap 5).
     async fn online(&self) -> Result<Snapshot, EngineError>;
 
-    /// Whether the store answers.
+    /// Whether the store answers and accepts writes: a store that still answers reads
+    /// but refuses writes (out of memory, a read-only replica) must read as down.
     async fn ping(&self) -> Result<(), EngineError>;
 
     /// The presence of each requested user, in request order; unknown users are offline.

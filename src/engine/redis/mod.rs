@@ -30,6 +30,10 @@ use crate::{
 
 /// Users claimed per sweep script call, so one call never blocks Redis for long.
 const SWEEP_BATCH: usize = 1000;
+/// How long one Redis call may take before it fails and the router turns degraded: well
+/// above Redis' normal latency (sub-millisecond; tens of ms under load), and short enough
+/// that a hung Redis is noticed within a second with the probe's interval.
+const STORE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Users read per pipeline when building a snapshot.
 const SNAPSHOT_BATCH: usize = 1000;
 
@@ -90,11 +94,11 @@ impl RedisPresence {
     /// `expired` events are on.
     pub async fn connect(config: &RedisConfig, lifetimes: Lifetimes) -> anyhow::Result<Self> {
         let client = config.client()?;
-        // Calls fail within a second while Redis is down or stopped, instead of hanging
-        // heartbeats and API requests; the manager reconnects in the background.
+        // Calls fail within STORE_TIMEOUT while Redis is down or hung, instead of hanging
+        // API requests and renewals; the manager reconnects in the background.
         let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_connection_timeout(Some(STORE_TIMEOUT))
+            .set_response_timeout(Some(STORE_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
         let mut conn = client.get_connection_manager_with_config(manager_config).await?;
@@ -375,8 +379,17 @@ impl PresenceStore for RedisPresence {
         self.drop_floor(channel, holder).await
     }
 
+    /// A small write, so that refused writes (OOM under `noeviction`, READONLY after a
+    /// failover) show here and not only at the next heartbeat's renewal.
     async fn ping(&self) -> Result<(), EngineError> {
-        redis::cmd("PING").query_async::<String>(&mut self.conn.clone()).await.map(|_| ()).map_err(unavailable)
+        redis::cmd("SET")
+            .arg(format!("{}probe", self.prefix))
+            .arg(1)
+            .arg("PX")
+            .arg(10_000)
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
     }
 }
 
