@@ -180,11 +180,21 @@ impl Node {
     /// Registers a session locally first: if the store is down it is re-asserted later.
     /// While degraded the store is not asked (a hung one would hold the connection for its
     /// whole timeout): the session is re-asserted when the store answers again.
-    pub async fn connect(&self, session: &Session) -> Result<(), EngineError> {
+    ///
+    /// Returns the status and text the user chose, for the session to carry (a re-assert
+    /// after the store lost its data brings them back, also for a user who reconnected
+    /// since choosing them).
+    pub async fn connect(&self, session: &Session) -> Result<Option<Choice>, EngineError> {
         self.local().insert(session.id.clone(), session.clone());
         self.skip_while_degraded()?;
         let result = self.engine.store.connect(session).await;
-        self.announce("connect", result).await
+        self.announce("connect", result).await?;
+        let result = self.engine.store.choice(&session.user).await;
+        let choice = self.check("choice", result)?;
+        if let Some(registered) = self.local().get_mut(&session.id) {
+            registered.choice.clone_from(&choice);
+        }
+        Ok(choice)
     }
 
     pub async fn heartbeat(&self, session: &Session) -> Result<(), EngineError> {
@@ -547,7 +557,12 @@ impl Node {
                 _ = self.hub.resync_requested() => {}
                 _ = probe.tick() => {
                     if !self.is_degraded() {
-                        let result = self.engine.store.ping().await;
+                        // Once more before it counts: the first call on a connection the
+                        // client has just re-established can fail while Redis is fine.
+                        let result = match self.engine.store.ping().await {
+                            Err(_) => self.engine.store.ping().await,
+                            ok => ok,
+                        };
                         let _ = self.check("probe", result);
                         continue;
                     }

@@ -140,8 +140,19 @@ async fn a_redis_outage_degrades_then_rebuilds_without_reconnects() {
     );
     eventually("router A to report healthy", || async { http(a.addr, "GET", "/healthz", &[], "").await.0 == 200 })
         .await;
-    early.sync("early").await;
-    late.sync("late").await;
+    // Heartbeats are acknowledged again on the connections they had all along (a call on
+    // a connection the Redis client is still re-establishing may briefly fail once more).
+    for (client, user) in [(&mut early, "early"), (&mut late, "late")] {
+        let deadline = tokio::time::Instant::now() + common::WAIT;
+        loop {
+            client.heartbeat(user).await;
+            if client.next_frame().await[1].as_u64() == Some(34) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{user}'s heartbeats are never acknowledged");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
 }
 
 #[tokio::test]
@@ -295,4 +306,25 @@ async fn a_hundred_chosen_statuses_survive_redis_losing_everything_under_heartbe
     let online = body["users"].as_array().unwrap().iter().filter(|u| u["status"].as_str() == Some("online")).count();
     assert_eq!(online, 0, "{body}");
     drop(mobiles);
+}
+
+/// A status chosen on one connection is carried by the next one too: after a reconnect
+/// (a rolling restart reconnects everyone), Redis losing everything still brings it back.
+#[tokio::test]
+async fn a_chosen_status_survives_a_reconnect_then_redis_losing_everything() {
+    let mut setup = Setup::new(Engine::Redis).await;
+    let router = setup.router(&["--recovery-grace-ms", "200"]).await;
+    let mut first = router.mobile_in("driver", &["crew"]).await;
+    first.set_status("driver", "dnd", Some("driving")).await;
+    first.close().await;
+    let _second = router.mobile_in("driver", &["crew"]).await;
+    setup.redis.as_mut().unwrap().kill().await;
+    setup.redis.as_mut().unwrap().spawn().await;
+    common::eventually("dnd and its text back after the empty restart", || async {
+        let (status, body) = router.get("/api/users/driver/presence").await;
+        status == 200
+            && body["user"]["status"].as_str() == Some("dnd")
+            && body["user"]["statusText"].as_str() == Some("driving")
+    })
+    .await;
 }

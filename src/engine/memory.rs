@@ -17,7 +17,8 @@ use crate::{
     hub::Hub,
     id::Id,
     presence::{
-        Cause, Groups, Mode, PresenceUpdate, Session, SessionId, Snapshot, Status, UserPresence, next_version, unix_ms,
+        Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, Snapshot, Status, UserPresence, next_version,
+        unix_ms,
     },
     protocol::payload::IndicatorKind,
 };
@@ -353,6 +354,10 @@ impl PresenceStore for MemoryPresence {
 
     async fn ping(&self) -> Result<(), EngineError> {
         Ok(())
+    }
+
+    async fn choice(&self, user: &Id) -> Result<Option<Choice>, EngineError> {
+        Ok(self.state().users.get(user).map(|r| Choice { mode: r.mode, text: r.text.clone() }))
     }
 
     async fn lookup(&self, users: &[Id]) -> Result<Vec<UserPresence>, EngineError> {

@@ -21,7 +21,7 @@ pub use memory::{MemoryBroker, MemoryPresence};
 
 use crate::{
     id::Id,
-    presence::{Mode, PresenceUpdate, Session, SessionId, Snapshot, UserPresence},
+    presence::{Choice, Mode, PresenceUpdate, Session, SessionId, Snapshot, UserPresence},
     protocol::payload::IndicatorKind,
     relay::Delivery,
 };
@@ -93,6 +93,10 @@ pub trait PresenceStore: Send + Sync + 'static {
 
     /// The presence of each requested user, in request order; unknown users are offline.
     async fn lookup(&self, users: &[Id]) -> Result<Vec<UserPresence>, EngineError>;
+
+    /// The status and text `user` chose (what a new session carries, so that a re-assert
+    /// after the store lost its data brings them back); `None` for a user never seen.
+    async fn choice(&self, user: &Id) -> Result<Option<Choice>, EngineError>;
 
     /// The users whose sessions named `group` within the last-seen retention.
     async fn group_members(&self, group: &Id) -> Result<Vec<Id>, EngineError>;

@@ -172,13 +172,21 @@ impl Connection {
     async fn serve(&mut self, socket: &mut Socket) -> Exit {
         // Reachable for relayed frames before anyone can see this user online.
         let mut mailbox = self.app.node.relay().register(self.member());
-        if let Some(session) = self.tracked()
-            && self.app.node.connect(session).await.is_err()
-        {
-            // The socket stays up; the next heartbeat registers the session again.
-            let frame = protocol::error_frame(ErrorCode::PresenceUnavailable, "presence store unavailable", None, None);
-            if let Some(exit) = self.write(socket, frame).await {
-                return exit;
+        if let Some(session) = self.tracked() {
+            match self.app.node.connect(session).await {
+                Ok(choice) => {
+                    if let Some(session) = self.session.as_mut() {
+                        session.choice = choice;
+                    }
+                }
+                Err(_) => {
+                    // The socket stays up; the next heartbeat registers the session again.
+                    let message = "presence store unavailable";
+                    let frame = protocol::error_frame(ErrorCode::PresenceUnavailable, message, None, None);
+                    if let Some(exit) = self.write(socket, frame).await {
+                        return exit;
+                    }
+                }
             }
         }
         let mut subscription = None;

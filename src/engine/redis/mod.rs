@@ -24,7 +24,7 @@ pub use broker::{RedisBroker, Sinks, spawn_subscriber};
 use super::{EngineError, Lifetimes, PresenceStore};
 use crate::{
     id::Id,
-    presence::{Cause, Groups, Mode, PresenceUpdate, Session, SessionId, Snapshot, Status, UserPresence},
+    presence::{Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, Snapshot, Status, UserPresence},
     protocol::payload::IndicatorKind,
 };
 
@@ -330,6 +330,17 @@ impl PresenceStore for RedisPresence {
             users.extend(self.read_meta(chunk).await?.into_iter().filter(|u| u.status.is_online()));
         }
         Ok(Snapshot { users, watermark })
+    }
+
+    async fn choice(&self, user: &Id) -> Result<Option<Choice>, EngineError> {
+        let (mode, text): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.meta_key(user))
+            .arg("mode")
+            .arg("text")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(mode.as_deref().and_then(Mode::parse).map(|mode| Choice { mode, text: text.map(Arc::from) }))
     }
 
     async fn lookup(&self, users: &[Id]) -> Result<Vec<UserPresence>, EngineError> {
