@@ -68,7 +68,7 @@ pub struct App {
 impl App {
     /// Builds the engine the config names, starts the node, and returns the shared state.
     pub async fn start(config: &Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<Arc<App>> {
-        let hub = Arc::new(Hub::new(config.dashboard_queue));
+        let hub = Arc::new(Hub::with_snapshot_memory(config.dashboard_queue, config.snapshot_memory()));
         let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
         let sweep_now = Arc::new(Notify::new());
         let relay = Arc::new(Relay::default());

@@ -180,6 +180,15 @@ pub struct Config {
     #[arg(long, env = "WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,
 
+    /// MiB of snapshot frames held at once: those dashboards have not finished writing and
+    /// the per-scope cache, each frame counted once however many dashboards share it. A
+    /// dashboard whose snapshot does not fit waits, holding nothing, up to
+    /// `--write-timeout-ms`, then is closed 4008. The default holds 25 distinct 10 MB
+    /// (100k-user) snapshots at once; a single snapshot larger than the budget is still
+    /// sent while nothing else is held.
+    #[arg(long, env = "SNAPSHOT_MEMORY_MB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub snapshot_memory_mb: u64,
+
     /// SO_SNDBUF for client sockets in bytes (default: kernel autotuning, up to 4 MiB on
     /// Linux). A smaller value bounds kernel memory per slow client and makes a stalled
     /// reader show up as a stalled write sooner.
@@ -252,6 +261,11 @@ impl Config {
         self.api_ids_burst.unwrap_or(self.api_ids_per_second.saturating_mul(5)).max(largest)
     }
 
+    /// `--snapshot-memory-mb` in bytes.
+    pub fn snapshot_memory(&self) -> usize {
+        usize::try_from(self.snapshot_memory_mb << 20).unwrap_or(usize::MAX)
+    }
+
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.header_read_timeout_ms)
     }
@@ -319,6 +333,19 @@ mod tests {
             .unwrap();
         assert_eq!(c.metrics_addr, Some(([127, 0, 0, 1], 9100).into()));
         assert!(Config::try_parse_from(["presence-router", "--jwt-secret", "s", "--metrics-addr", "9100"]).is_err());
+    }
+
+    #[test]
+    fn snapshot_memory_defaults_to_256_mib() {
+        let c = Config::try_parse_from(["presence-router", "--jwt-secret", "s"]).unwrap();
+        assert_eq!(c.snapshot_memory(), crate::hub::DEFAULT_SNAPSHOT_MEMORY);
+        let c = Config::try_parse_from(["presence-router", "--jwt-secret", "s", "--snapshot-memory-mb", "32"]).unwrap();
+        assert_eq!(c.snapshot_memory(), 32 << 20);
+        for bad in ["0", "-1", "1G"] {
+            assert!(
+                Config::try_parse_from(["presence-router", "--jwt-secret", "s", "--snapshot-memory-mb", bad]).is_err()
+            );
+        }
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub const HTTP_REFUSED: &str = "presence_http_refused_total";
 pub const HTTP_EVICTIONS: &str = "presence_http_evictions_total";
 pub const HTTP_CONNECTION_ERRORS: &str = "presence_http_connection_errors_total";
 pub const ACCEPT_ERRORS: &str = "presence_accept_errors_total";
+pub const SNAPSHOTS: &str = "presence_snapshots_total";
+pub const SNAPSHOT_ENCODES: &str = "presence_snapshot_encodes_total";
+pub const SNAPSHOT_MEMORY: &str = "presence_snapshot_memory_bytes";
+pub const SNAPSHOT_WAITS: &str = "presence_snapshot_waits_total";
 
 /// Seconds; update latency on loopback is sub-millisecond, across sites tens of ms.
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
@@ -121,4 +125,20 @@ fn describe() {
          timeout), header_too_large, bad_request, incomplete, io."
     );
     describe_counter!(ACCEPT_ERRORS, "Failed accepts, by kind (fd_limit, memory, aborted, other).");
+    describe_counter!(
+        SNAPSHOTS,
+        "Snapshots taken for dashboards, by source: new (to be encoded), shared (a cached frame of the current \
+         view), recent (a cached frame a moment old, sent with the changes since)."
+    );
+    describe_counter!(SNAPSHOT_ENCODES, "Snapshot frames encoded.");
+    describe_gauge!(
+        SNAPSHOT_MEMORY,
+        "Bytes of snapshot frames held by the cache or by dashboards still writing them (each frame once), plus \
+         room reserved by waiting dashboards; bounded by SNAPSHOT_MEMORY_MB."
+    );
+    describe_counter!(
+        SNAPSHOT_WAITS,
+        "Dashboards whose snapshot did not fit SNAPSHOT_MEMORY_MB at once, by result: admitted, or timed_out \
+         (closed 4008)."
+    );
 }

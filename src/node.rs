@@ -534,6 +534,8 @@ impl Node {
                     continue;
                 }
             }
+            // Cached snapshots too old to serve are not kept while nobody connects.
+            self.hub.expire_snapshots();
             let paused = *self.sweep_paused_until.lock().unwrap_or_else(|e| e.into_inner());
             if paused.is_some_and(|until| Instant::now() < until) {
                 continue;

@@ -37,6 +37,11 @@ impl Scope {
         Scope { user: None, allowed: None }
     }
 
+    /// The token's own user, which it always reads; `None` for [`Scope::everyone`].
+    pub fn user(&self) -> Option<&Id> {
+        self.user.as_ref()
+    }
+
     /// The groups whose members this token reads; `None`: everyone.
     pub fn allowed(&self) -> Option<&[Id]> {
         self.allowed.as_deref()

@@ -157,7 +157,13 @@ pub fn update_frame(update: &PresenceUpdate, seq: u64) -> Bytes {
 /// PRESENCE_SNAPSHOT (32): `[0, 32, 0, 0, seq, {users: [...], count, timestamp}]`. Updates
 /// with a sequence number up to `seq` are already contained in it.
 pub fn snapshot_frame(users: &[UserPresence], seq: u64) -> Bytes {
-    let mut buf = ByteBuf::with_capacity(64 + users.len() * 96);
+    Bytes::from(encode_snapshot(users, seq))
+}
+
+/// [`snapshot_frame`]'s bytes, for a caller that wraps them itself (the hub charges each
+/// snapshot to its budget until the last reference is gone).
+pub fn encode_snapshot(users: &[UserPresence], seq: u64) -> Vec<u8> {
+    let mut buf = ByteBuf::with_capacity(snapshot_len_bound(users));
     header(&mut buf, PRESENCE_SNAPSHOT, Some(&Value::from(seq)));
     let Ok(_) = enc::write_map_len(&mut buf, 3);
     let Ok(_) = enc::write_str(&mut buf, "users");
@@ -167,7 +173,48 @@ pub fn snapshot_frame(users: &[UserPresence], seq: u64) -> Bytes {
     }
     uint_field(&mut buf, "count", users.len() as u64);
     uint_field(&mut buf, "timestamp", unix_ms());
-    Bytes::from(buf.into_vec())
+    // Allocated at the bound, a few bytes per user over: snapshots are held while
+    // dashboards write them and charged to the snapshot budget by length, so give back
+    // the rest (a shrinking realloc, no copy).
+    let mut bytes = buf.into_vec();
+    bytes.shrink_to_fit();
+    bytes
+}
+
+/// At least the length of [`snapshot_frame`] of `users` (at most 16 bytes per user more):
+/// one allocation for the frame, and the room a dashboard waits for before encoding it.
+pub fn snapshot_len_bound(users: &[UserPresence]) -> usize {
+    /// msgpack str: a header of 1, 2, 3 or 5 bytes, then the bytes.
+    fn str(len: usize) -> usize {
+        len + match len {
+            0..32 => 1,
+            32..256 => 2,
+            256..65536 => 3,
+            _ => 5,
+        }
+    }
+    const UINT: usize = 9;
+    let user = |user: &UserPresence| {
+        let groups: usize = user.groups.iter().map(|g| str(g.as_str().len())).sum();
+        1 + str(6)
+            + str(user.user_id.as_str().len())
+            + str(6)
+            + str(user.status.as_str().len())
+            + str(8)
+            + UINT
+            + str(8)
+            + user.device_id.as_deref().map_or(1, |d| str(d.len()))
+            + str(7)
+            + UINT
+            + str(6)
+            + 5
+            + groups
+            + user.status_text.as_deref().map_or(0, |t| str(10) + str(t.len()))
+    };
+    // Header (6-array, 4 small uints, the sequence number), map, "users" and its array
+    // header, "count" and "timestamp" with their values.
+    let frame = 1 + 4 + UINT + 1 + str(5) + 5 + str(5) + UINT + str(9) + UINT;
+    frame + users.iter().map(user).sum::<usize>()
 }
 
 /// ERROR (33): `[0, 33, 0, 0, messageId, {code, message, messageType}]`, echoing the
@@ -356,6 +403,25 @@ mod tests {
         assert_eq!(users[1]["statusText"].as_str(), Some("on patrol"));
         assert!(users[1].as_map().unwrap().iter().all(|(k, _)| k.as_str() != Some("lastActivity")), "not in snapshots");
         assert_eq!(v[5]["count"].as_u64(), Some(2));
+    }
+
+    #[test]
+    fn the_snapshot_bound_is_a_bound_and_close() {
+        use std::sync::Arc;
+        let mut users = Vec::new();
+        assert!(snapshot_len_bound(&users) >= snapshot_frame(&users, u64::MAX).len());
+        for i in 0..200usize {
+            let mut user = alice();
+            user.user_id = Id::parse(&"u".repeat(1 + i % 128)).unwrap();
+            user.device_id = (i % 3 != 0).then(|| Arc::from("d".repeat(i % 40)));
+            user.status_text = (i % 2 == 0).then(|| Arc::from("t".repeat(i * 2)));
+            let groups = (0..i % 60).map(|g| Id::parse(&format!("{g:0>width$}", width = 1 + g * 2)).unwrap());
+            user.groups = crate::presence::Groups::from(groups.collect::<Vec<_>>());
+            user.version = u64::MAX >> (i % 64);
+            users.push(user);
+            let (bound, len) = (snapshot_len_bound(&users), snapshot_frame(&users, i as u64).len());
+            assert!(bound >= len && bound <= len + 16 * users.len() + 64, "{} users: bound {bound}, len {len}", i + 1);
+        }
     }
 
     #[test]

@@ -11,8 +11,8 @@ pub mod payload;
 
 pub use decode::{DecodeError, Frame, MAX_DEPTH, decode};
 pub use encode::{
-    ErrorCode, ack_frame, client_frame, error_frame, heartbeat_ack_frame, heartbeat_frame, indicator_frame,
-    relay_frame, reply_frame, snapshot_frame, update_frame,
+    ErrorCode, ack_frame, client_frame, encode_snapshot, error_frame, heartbeat_ack_frame, heartbeat_frame,
+    indicator_frame, relay_frame, reply_frame, snapshot_frame, snapshot_len_bound, update_frame,
 };
 
 /// How `toId` is read: a group or one user.

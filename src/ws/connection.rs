@@ -27,7 +27,7 @@ use crate::{
     hub::{HubEvent, Subscription},
     id::Id,
     metrics,
-    presence::{Groups, Session, unix_ms},
+    presence::{Groups, PresenceUpdate, Session, unix_ms},
     protocol::{self, ErrorCode, Frame, message_type, payload::IndicatorKind},
     relay::{Mailbox, Member},
     scope::{Scope, View},
@@ -191,10 +191,8 @@ impl Connection {
         }
         let mut subscription = None;
         if self.role.watches_presence() {
-            let Subscription { snapshot, seq, events } = self.app.node.hub().subscribe(&self.scope);
-            self.seq = seq;
-            let frame = self.app.node.hub().snapshot_frame(snapshot, seq, &self.scope);
-            if let Some(exit) = self.write(socket, frame).await {
+            let Subscription { snapshot, events } = self.app.node.hub().subscribe(&self.scope);
+            if let Some(exit) = Box::pin(self.write_snapshot(socket, snapshot)).await {
                 return exit;
             }
             subscription = Some(events);
@@ -377,25 +375,13 @@ impl Connection {
         let mut forwarded = 0;
         while let Some(event) = next.take() {
             let frame = match event {
-                Ok(HubEvent::Update { seq, frame, update, before }) if seq > self.seq => {
-                    self.seq = seq;
-                    let frame = match self.scope.view_of(&update, &before) {
-                        View::AsIs => Some(frame),
-                        View::Changed(shown) => Some(protocol::update_frame(&shown, seq)),
-                        View::Hidden => None,
-                    };
-                    if frame.is_some() {
-                        let latency_ms = unix_ms().saturating_sub(update.timestamp);
-                        ::metrics::histogram!(metrics::UPDATE_LATENCY).record(latency_ms as f64 / 1000.0);
-                    }
-                    frame
-                }
-                Ok(HubEvent::Update { .. }) => None,
+                Ok(HubEvent::Update { seq, frame, update, before }) => self.shown(seq, frame, &update, &before),
                 Ok(HubEvent::Resync) => {
-                    let hub = self.app.node.hub();
-                    let (source, seq) = hub.snapshot_source(&self.scope);
-                    self.seq = seq;
-                    Some(hub.snapshot_frame(source, seq, &self.scope))
+                    let source = self.app.node.hub().snapshot_source(&self.scope);
+                    if let Some(exit) = Box::pin(self.write_snapshot(socket, source)).await {
+                        return Some(exit);
+                    }
+                    None
                 }
                 Err(RecvError::Lagged(missed)) => {
                     tracing::info!(missed, "dashboard fell behind the update ring");
@@ -422,6 +408,25 @@ impl Connection {
         self.timed(socket.flush()).await
     }
 
+    /// How this dashboard is shown the change numbered `seq` (`None`: hidden from its
+    /// scope, or already in its view), moving its sequence number past it.
+    pub(super) fn shown(&mut self, seq: u64, frame: Bytes, update: &PresenceUpdate, before: &[Id]) -> Option<Bytes> {
+        if seq <= self.seq {
+            return None;
+        }
+        self.seq = seq;
+        let frame = match self.scope.view_of(update, before) {
+            View::AsIs => Some(frame),
+            View::Changed(shown) => Some(protocol::update_frame(&shown, seq)),
+            View::Hidden => None,
+        };
+        if frame.is_some() {
+            let latency_ms = unix_ms().saturating_sub(update.timestamp);
+            ::metrics::histogram!(metrics::UPDATE_LATENCY).record(latency_ms as f64 / 1000.0);
+        }
+        frame
+    }
+
     /// Writes what the mailbox holds (up to a batch; the rest wakes the next round), then
     /// flushes once.
     async fn on_relayed(&mut self, socket: &mut Socket, mailbox: &Mailbox) -> Option<Exit> {
@@ -446,7 +451,7 @@ impl Connection {
     }
 
     /// A socket operation bounded by the write timeout; a stalled one is a slow consumer.
-    async fn timed(&self, operation: impl Future<Output = std::io::Result<()>>) -> Option<Exit> {
+    pub(super) async fn timed(&self, operation: impl Future<Output = std::io::Result<()>>) -> Option<Exit> {
         match tokio::time::timeout(self.app.limits.write_timeout, operation).await {
             Ok(Ok(())) => None,
             Ok(Err(_)) => Some(Exit::Gone("write_failed")),

@@ -7,6 +7,7 @@ mod ptt;
 mod rate_limit;
 mod refresh;
 mod signals;
+mod snapshot;
 mod socket;
 
 use std::sync::Arc;

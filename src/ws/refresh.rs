@@ -69,11 +69,8 @@ impl Connection {
             }
             return None;
         }
-        let hub = self.app.node.hub();
-        let (source, seq) = hub.snapshot_source(&self.scope);
-        self.seq = seq;
-        let snapshot = hub.snapshot_frame(source, seq, &self.scope);
-        self.write(socket, snapshot).await
+        let source = self.app.node.hub().snapshot_source(&self.scope);
+        self.write_snapshot(socket, source).await
     }
 }
 

@@ -87,6 +87,16 @@ impl RawWs {
         self.stream.write_all(bytes).await.expect("send");
     }
 
+    /// Exactly `n` bytes of what the router sent (what the handshake read past its
+    /// response first); for tests that read part of a frame and leave the rest unread.
+    pub async fn read_exact(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
+        let buffered = n.min(self.buf.len());
+        let mut out: Vec<u8> = self.buf.drain(..buffered).collect();
+        out.resize(n, 0);
+        self.stream.read_exact(&mut out[buffered..]).await?;
+        Ok(out)
+    }
+
     /// The next server frame as (fin, opcode, payload); `None` at end of stream or reset.
     pub async fn read_frame(&mut self) -> Option<ServerFrame> {
         read_frame(&mut self.buf, &mut self.stream).await
