@@ -1,4 +1,4 @@
-//! The HTTP API's limits against the router binary (issue #10, items 5 and 6): the per-user
+//! The HTTP API's limits against the router binary: the per-user
 //! ids-per-second budget (429 with `Retry-After`), and `/metrics` moved off the public port
 //! by `--metrics-addr`.
 

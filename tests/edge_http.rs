@@ -321,19 +321,26 @@ async fn closed_silently(stream: &mut TcpStream, what: &str) {
     assert!(sent.is_empty(), "{what}: closed after sending {:?}", String::from_utf8_lossy(&sent));
 }
 
-#[tokio::test]
-async fn at_the_handshake_cap_the_connection_waiting_longest_for_a_request_makes_room() {
-    const CAP: usize = 4;
+/// A router with `cap` handshake slots, a long header timeout, and a metrics listener
+/// (returned) whose gauges the tests read.
+async fn router_at_a_small_cap(cap: usize) -> (Router, std::net::SocketAddr) {
     let metrics = metrics_addr();
     let router = Router::start(&[
         "--max-handshakes",
-        &CAP.to_string(),
+        &cap.to_string(),
         "--header-read-timeout-ms",
         "60000",
         "--metrics-addr",
         &metrics.to_string(),
     ])
     .await;
+    (router, metrics)
+}
+
+#[tokio::test]
+async fn at_the_handshake_cap_the_connection_waiting_longest_for_a_request_makes_room() {
+    const CAP: usize = 4;
+    let (router, metrics) = router_at_a_small_cap(CAP).await;
 
     // Oldest first: silent connections that never finish a request head, then a keep-alive
     // client waiting between requests. Together they hold every slot.
@@ -392,16 +399,7 @@ async fn at_the_handshake_cap_the_connection_waiting_longest_for_a_request_makes
 #[tokio::test]
 async fn when_every_connection_at_the_handshake_cap_is_being_served_the_next_gets_503() {
     const CAP: usize = 4;
-    let metrics = metrics_addr();
-    let router = Router::start(&[
-        "--max-handshakes",
-        &CAP.to_string(),
-        "--header-read-timeout-ms",
-        "60000",
-        "--metrics-addr",
-        &metrics.to_string(),
-    ])
-    .await;
+    let (router, metrics) = router_at_a_small_cap(CAP).await;
 
     // CAP API requests whose bodies never finish: each is being served (its handler waits
     // for the body), so none may be evicted.

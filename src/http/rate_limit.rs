@@ -1,4 +1,4 @@
-//! The HTTP API's budget: user ids per second per token subject (issue #10, item 5).
+//! The HTTP API's budget: user ids per second per token subject.
 //!
 //! Without a budget one token could have the router look up tens of thousands of ids a
 //! second: a dashboard or service token reads everyone's presence, and any token costs the
