@@ -14,6 +14,10 @@ use clap::{
 
 use crate::engine::Lifetimes;
 
+/// `--max-connections` when not set: more than one process holds open files on most
+/// machines, so the open-file limit usually decides (see `fds`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "presence-router", version, about = "msgpack-over-WebSocket presence router for push-to-talk fleets")]
 pub struct Config {
@@ -95,7 +99,7 @@ pub struct Config {
     /// Most WebSocket connections at once; more are refused with 503. Lowered at start to
     /// what the open-file limit leaves after `--max-handshakes` and `--fd-reserve` (with a
     /// warning in the log).
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 100_000)]
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
 
     /// Milliseconds a client may take to send a request's headers before its connection is

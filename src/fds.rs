@@ -15,7 +15,7 @@
 
 use tokio::sync::Semaphore;
 
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_MAX_CONNECTIONS};
 
 /// `--max-handshakes` when not set, under an open-file limit of at least 4,096.
 pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
@@ -152,8 +152,11 @@ pub fn apply(config: &mut Config) -> Result<Budget, FdError> {
             "open-file limit: the default handshake cap and fd reserve were lowered to fit it, and WebSockets are \
              capped below --max-connections; raise `ulimit -n` for more"
         );
-    } else if budget.max_connections < budget.configured {
+    } else if budget.max_connections < budget.configured && budget.configured != DEFAULT_MAX_CONNECTIONS {
         log_budget!(warn, "open-file limit: WebSockets are capped below --max-connections; raise `ulimit -n` for more");
+    } else if budget.max_connections < budget.configured {
+        // The default asks for more than most machines allow: the limit deciding is normal.
+        log_budget!(info, "open-file limit: WebSockets capped at what it leaves; raise `ulimit -n` for more");
     } else {
         log_budget!(info, "open-file limit: WebSockets capped at --max-connections");
     }

@@ -211,9 +211,7 @@ impl Router {
         let mut child = command
             .args(["--host", "127.0.0.1", "--port", "0", "--jwt-secret", SECRET])
             .args(extra)
-            // Where the hard open-file limit is below the default --max-connections (100,000),
-            // every router warns about its fd budget; the tests of that budget use `logged`.
-            .env("RUST_LOG", if logged { "info" } else { "warn,presence_router::fds=error" })
+            .env("RUST_LOG", if logged { "info" } else { "warn" })
             .stdout(Stdio::piped())
             .stderr(if logged { Stdio::piped() } else { Stdio::inherit() })
             .kill_on_drop(true)
