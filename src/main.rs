@@ -11,7 +11,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = Config::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // Before anything opens sockets: shares the fd limit out, lowering MAX_CONNECTIONS (and
@@ -58,5 +58,23 @@ async fn wait_for_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// Standard error for the log, ignoring write errors: when whoever reads it goes away
+/// (`router 2>&1 | head`), the subscriber would report the failed write with `eprintln!`,
+/// which panics on a closed stderr and takes down the task that logged (the signal task
+/// among them, so SIGTERM was ignored). Logs are lost then; the router keeps working.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
     }
 }

@@ -640,3 +640,17 @@ async fn accept_errors_are_logged_rate_limited_and_the_router_recovers() {
         .and_then(|v| v.parse::<u64>().ok());
     assert!(errors.is_some_and(|n| n > suppressed), "{suppressed} suppressed; {metrics}");
 }
+
+/// A router whose log reader went away (`router 2>&1 | head`) keeps serving and still
+/// stops on SIGTERM: failed log writes are dropped, not turned into panics.
+#[tokio::test]
+async fn a_router_whose_log_reader_is_gone_still_serves_and_stops_on_sigterm() {
+    let (mut router, stderr) = Router::start_logged(None, &[]).await;
+    drop(stderr);
+    // Logged lines (a connection, a refused handshake) now fail to write.
+    let mut client = try_websocket(&router, "after-the-reader").await.expect("still serving");
+    client.sync("after-the-reader").await;
+    assert_eq!(get_answer(&router, "/healthz").await.lines().next(), Some("HTTP/1.1 200 OK"));
+    router.signal("TERM").await;
+    assert!(router.exited().await.success());
+}
