@@ -223,3 +223,22 @@ async fn without_a_metrics_address_metrics_stay_on_the_public_port() {
     assert_eq!(scrape.status, 200);
     assert!(scrape.text.contains("# TYPE presence_"), "{}", scrape.text);
 }
+
+/// A group with more participants than a bulk request holds costs them all: reading a
+/// large group spends what looking its members up would (it used to cost a fixed 100).
+#[tokio::test]
+async fn a_large_group_costs_its_participants() {
+    const MEMBERS: usize = 200;
+    let router = Router::start(&["--api-ids-per-second", "1", "--api-ids-burst", "300"]).await;
+    let mut members = Vec::new();
+    for i in 0..MEMBERS {
+        members.push(router.mobile_in(&format!("m{i}"), &["big"]).await);
+    }
+    let reader = token("reader", Role::Dashboard);
+    let first = request(router.addr, "GET", "/api/groups/big/presence", Some(&reader), "").await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    // 200 of the 300 are spent: another read of the group does not fit.
+    let second = request(router.addr, "GET", "/api/groups/big/presence", Some(&reader), "").await;
+    assert_rate_limited(&second);
+    drop(members);
+}

@@ -164,6 +164,9 @@ pub async fn group(
     }
     let node = presence(&app)?;
     let members = node.group_members(&group).await.map_err(unavailable)?;
+    if members.len() > super::rate_limit::GROUP_COST as usize {
+        super::rate_limit::charge(&app, &claims, super::rate_limit::Cost::GroupBeyond(members.len()))?;
+    }
     // A participant that has since left the group (its groups changed) reads like an
     // unknown id here: its presence now belongs to other groups.
     let participants: Vec<UserStatus> = node

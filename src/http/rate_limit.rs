@@ -4,8 +4,8 @@
 //! second: a dashboard or service token reads everyone's presence, and any token costs the
 //! store the same lookups for ids outside its scope (which read as unknown). Every API
 //! request spends ids from its subject's bucket: `POST /api/presence/status` as many as it
-//! asks for, `GET /api/users/{id}/presence` one, `GET /api/groups/{id}/presence` a fixed
-//! [`GROUP_COST`] (see there). A request the bucket cannot pay for is answered 429
+//! asks for, `GET /api/users/{id}/presence` one, `GET /api/groups/{id}/presence`
+//! [`GROUP_COST`] up front and its participants beyond that once they are known. A request the bucket cannot pay for is answered 429
 //! `rate_limited` with `Retry-After`, and spends nothing.
 //!
 //! # Whose bucket
@@ -56,11 +56,11 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use super::{ApiError, presence::parse_request};
 use crate::{app::App, auth::Claims, id::Id, metrics};
 
-/// What `GET /api/groups/{id}/presence` costs, in ids: as much as the largest bulk
-/// request. Fixed, so the charge is known before the store is read; a group's
-/// participants are whoever named the group, not ids the caller chooses, so this endpoint
-/// cannot look up chosen users in bulk. A client polling groups gets `rate / 100` group
-/// reads a second (10 at the default).
+/// What `GET /api/groups/{id}/presence` costs up front, in ids: as much as the largest
+/// bulk request, charged before the store is read. A group with more participants costs
+/// the rest too ([`Cost::GroupBeyond`]), so reading a large group spends what reading its
+/// members one by one would. A client polling small groups gets `rate / 100` group reads
+/// a second (10 at the default).
 pub const GROUP_COST: u32 = super::MAX_USER_IDS as u32;
 
 /// How often buckets that are full again are forgotten.
@@ -77,8 +77,11 @@ pub enum Cost<'a> {
     Status(&'a Result<Bytes, BytesRejection>),
     /// `GET /api/users/{id}/presence`: 1.
     User,
-    /// `GET /api/groups/{id}/presence`: [`GROUP_COST`].
+    /// `GET /api/groups/{id}/presence`: [`GROUP_COST`] before the store is read...
     Group,
+    /// ...and, for a group with more participants than that, the rest once their number
+    /// is known: a large group costs what it reads.
+    GroupBeyond(usize),
 }
 
 impl Cost<'_> {
@@ -87,6 +90,9 @@ impl Cost<'_> {
             Cost::Status(Ok(body)) => parse_request(body).map_or(1, |ids| ids.len() as u32),
             Cost::Status(Err(_)) | Cost::User => 1,
             Cost::Group => GROUP_COST,
+            Cost::GroupBeyond(participants) => {
+                u32::try_from(*participants).unwrap_or(u32::MAX).saturating_sub(GROUP_COST)
+            }
         }
     }
 
@@ -95,7 +101,7 @@ impl Cost<'_> {
         match self {
             Cost::Status(_) => "/api/presence/status",
             Cost::User => "/api/users/{id}/presence",
-            Cost::Group => "/api/groups/{id}/presence",
+            Cost::Group | Cost::GroupBeyond(_) => "/api/groups/{id}/presence",
         }
     }
 }
