@@ -29,7 +29,7 @@ struct Args {
     user: String,
     #[arg(long, default_value = "phone-1")]
     device: String,
-    /// Seconds between heartbeats (the seed's mobile app sends one every 30 s).
+    /// Seconds between heartbeats (mobile apps send one every 30 s).
     #[arg(long, default_value_t = 30)]
     interval: u64,
     #[arg(long, env = "JWT_SECRET", default_value = "dev-secret-change-me")]

@@ -1,5 +1,5 @@
-//! Configuration: command-line flags, each also read from the environment variable the
-//! seed design uses (`PORT`, `PRESENCE_ENABLED`, `PRESENCE_TTL`, `REDIS_*`, `JWT_*`).
+//! Configuration: command-line flags, each also read from an environment variable
+//! (`PORT`, `PRESENCE_ENABLED`, `PRESENCE_TTL`, `REDIS_*`, `JWT_*`).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -42,7 +42,7 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_TTL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub presence_ttl: u64,
 
-    /// Seconds an offline user's last seen is kept (30 days, as in seed 000).
+    /// Seconds an offline user's last seen is kept (30 days).
     #[arg(long, env = "LAST_SEEN_SECS", default_value_t = 30 * 24 * 3600)]
     pub last_seen_secs: u64,
 
@@ -175,7 +175,7 @@ pub struct Config {
     pub dashboard_queue: usize,
 
     /// Dashboards wait this long after a change to send it with everything else that
-    /// changed meanwhile, in one write (the seed's batched updates). 0: send at once,
+    /// changed meanwhile, in one write (batched updates). 0: send at once,
     /// batching only what is already queued. The ring must hold a window's worth.
     #[arg(long, env = "UPDATE_BATCH_MS", default_value_t = 0)]
     pub update_batch_ms: u64,
@@ -203,15 +203,15 @@ pub struct Config {
     #[arg(long, env = "SWEEP_INTERVAL_MS", default_value_t = 250)]
     pub sweep_interval_ms: u64,
 
-    /// Inactivity after which an `online` user is shown `away` (seed 000: 5 minutes).
+    /// Inactivity after which an `online` user is shown `away` (5 minutes).
     #[arg(long, env = "AWAY_AFTER_MS", default_value_t = 5 * 60 * 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub away_after_ms: u64,
 
-    /// Lifetime of a typing indicator without a refresh (seed 000: 5 s).
+    /// Lifetime of a typing indicator without a refresh (5 s).
     #[arg(long, env = "TYPING_TTL_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub typing_ttl_ms: u64,
 
-    /// Lifetime of a recording indicator without a refresh (seed 000: 30 s).
+    /// Lifetime of a recording indicator without a refresh (30 s).
     #[arg(long, env = "RECORDING_TTL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub recording_ttl_ms: u64,
 
@@ -286,7 +286,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_follow_the_seed() {
+    fn defaults_are_the_documented_ones() {
         let c = Config::try_parse_from(["presence-router", "--jwt-secret", "s"]).unwrap();
         assert_eq!((c.port, c.presence_ttl, c.presence_enabled, c.redis_port), (3000, 60, true, 6379));
         assert_eq!(c.heartbeat_min_interval(), Duration::from_secs(10));

@@ -1,10 +1,10 @@
 //! The router's local view of cluster presence, and the fan-out to its dashboards.
 //!
 //! The broker delivers every transition here. The hub keeps the newest version it has
-//! seen per user and drops anything older (trap 4), numbers each accepted change with a
+//! seen per user and drops anything older (updates cross routers out of order), numbers each accepted change with a
 //! sequence number, encodes its frame once, and puts it on a bounded broadcast ring that
 //! every dashboard reads. The ring's size bounds memory however slow a dashboard is: a
-//! dashboard that falls a full ring behind is closed as a slow consumer (trap 6).
+//! dashboard that falls a full ring behind is closed as a slow consumer.
 //!
 //! Snapshots are read from this view, not from the store: a dashboard subscribes and
 //! takes its snapshot under one lock, so no change falls between the two, and a 100k-user

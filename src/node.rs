@@ -2,7 +2,7 @@
 //!
 //! Store calls decide transitions; the node publishes each one it is handed exactly
 //! once. It also keeps the registry of this router's live sessions, which is what lets it
-//! re-assert them when the store comes back after an outage (trap 8), and runs two
+//! re-assert them when the store comes back after an outage, and runs two
 //! background tasks: the sweeper that ends leases nobody renewed, and the maintainer that
 //! rebuilds presence after the broker lost messages or the store was unreachable.
 
@@ -264,7 +264,7 @@ impl Node {
 
     /// Delivers a frame to this router's connections in its audience, then hands it to
     /// the broker for the other routers. Local delivery comes first and never waits on
-    /// the store, so PTT on one router survives a Redis outage (trap 8).
+    /// the store, so PTT on one router survives a Redis outage.
     pub fn send(&self, delivery: Delivery) {
         self.relay.deliver(&delivery);
         self.engine.broker.relay(&delivery);

@@ -2,9 +2,9 @@
 //!
 //! Presence is per *user*; sessions are per *connection*. A user is online while at least
 //! one of its sessions holds a live lease, so a second device or a reconnect elsewhere
-//! never turns a live user offline (brief, trap 3). Every change of a user's presence
+//! never turns a live user offline. Every change of a user's presence
 //! bumps its `version`, and every receiver drops an update whose version it has already
-//! passed (trap 4).
+//! passed, so updates that cross routers out of order never undo a newer one.
 
 use std::{
     fmt,

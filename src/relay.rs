@@ -5,9 +5,9 @@
 //! connected now, or nowhere. Each connection registers a [`Mailbox`], a bounded queue its
 //! task drains. A connection whose queue is full has fallen behind a live audio stream:
 //! its mailbox reports the overflow and it is closed as a slow consumer (4008), so one stalled
-//! reader never grows the router's memory or slows the others (trap 6). Frames for other
+//! reader never grows the router's memory or slows the others. Frames for other
 //! routers travel through the [`Broker`](crate::engine::Broker); the node delivers here
-//! first, so PTT between users on one router does not depend on Redis (trap 8).
+//! first, so PTT between users on one router does not depend on Redis.
 
 use std::{
     collections::{HashMap, VecDeque},

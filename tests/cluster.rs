@@ -164,7 +164,7 @@ async fn stale_and_malformed_broker_messages_are_ignored() {
     let online = dashboard.next_update().await;
     assert_update(&online, "m", "online");
 
-    // An "offline" older than the online already applied arrives late (trap 4).
+    // An "offline" older than the online already applied arrives late: it must not undo the newer online.
     let stale = serde_json::json!({
         "userId": "m", "status": "offline", "lastSeen": 1, "deviceId": null,
         "version": online["version"].as_u64().unwrap() - 1, "cause": "disconnect", "timestamp": 1,

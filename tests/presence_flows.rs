@@ -1,4 +1,4 @@
-//! The seed's flows against the real binary, on the embedded engine and on Redis alike:
+//! The basic presence flows against the real binary, on the embedded engine and on Redis alike:
 //! online, offline by close, by silence, several devices, snapshots, and the bulk API.
 
 mod common;
@@ -12,7 +12,7 @@ on_both_engines!(
     heartbeats_keep_a_mobile_online_past_the_ttl,
     second_device_keeps_the_user_online,
     snapshot_holds_everyone_online,
-    bulk_status_has_the_seed_shape,
+    bulk_status_has_the_documented_shape,
     health_and_metrics_report_the_router,
     a_batch_window_loses_no_update,
     dashboards_see_only_their_groups,
@@ -136,7 +136,7 @@ async fn snapshot_holds_everyone_online(engine: Engine) {
     assert_eq!((a["status"].as_str(), a["deviceId"].as_str()), (Some("online"), Some("da")));
 }
 
-async fn bulk_status_has_the_seed_shape(engine: Engine) {
+async fn bulk_status_has_the_documented_shape(engine: Engine) {
     let setup = Setup::new(engine).await;
     let router = setup.router(&[]).await;
     let (mut dashboard, _) = router.dashboard("d").await;
@@ -153,7 +153,7 @@ async fn bulk_status_has_the_seed_shape(engine: Engine) {
     assert!(body["timestamp"].as_u64().is_some());
     let users = body["users"].as_array().unwrap();
     assert_eq!(users.len(), 3);
-    // The seed's four fields; users shown online also carry lastActivity (seed 000).
+    // The four documented fields; users shown online also carry lastActivity.
     let keys = |i: usize| {
         let mut keys: Vec<&str> = users[i].as_object().unwrap().keys().map(String::as_str).collect();
         keys.sort();

@@ -1,4 +1,4 @@
-//! Chosen statuses (seeds 001–003): online / away / dnd / invisible with a custom text, as
+//! Chosen statuses: online / away / dnd / invisible with a custom text, as
 //! dashboards, snapshots and the HTTP API show them, on both engines.
 
 mod common;

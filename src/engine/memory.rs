@@ -544,7 +544,7 @@ mod tests {
         assert_eq!(store.activity(&s).await.unwrap(), None, "activity of an online user is no transition");
     }
 
-    /// Seed 000, case 5: a client that pings every 2 minutes stays online indefinitely
+    /// A client that pings every 2 minutes stays online indefinitely
     /// (here: an hour, with heartbeats every 30 s).
     #[tokio::test(start_paused = true)]
     async fn activity_pings_keep_a_user_online() {

@@ -8,7 +8,7 @@
 //!
 //! A transition is returned by exactly one store call: the one that flipped the user. Only
 //! that caller publishes it, which is what makes "exactly one offline per transition"
-//! hold however many routers sweep for expired leases (brief, trap 2).
+//! hold however many routers sweep for expired leases.
 
 mod memory;
 pub mod redis;
@@ -76,15 +76,15 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// Ends every session whose lease ran out and returns the offline transitions of the
     /// users left with none, then the away transitions of users idle past
     /// [`Lifetimes::away_after`]. This is the backstop that does not depend on Redis
-    /// keyspace events (trap 1); it is safe to call from several routers at once.
+    /// keyspace events, which arrive late or not at all; it is safe to call from several routers at once.
     async fn expire_due(&self) -> Result<Vec<PresenceUpdate>, EngineError>;
 
     /// Shortens a session's lease to at most `grace` from now, without ending it: a router
     /// shutting down leaves its sessions to reconnect elsewhere before they lapse, so a
-    /// rolling restart shows no offline (trap 7).
+    /// rolling restart shows no offline.
     async fn linger(&self, session: &Session, grace: Duration) -> Result<(), EngineError>;
 
-    /// Every user with a live session, from an index (never a keyspace scan, trap 5).
+    /// Every user with a live session, from an index (never a keyspace scan, which costs O(all keys)).
     async fn online(&self) -> Result<Snapshot, EngineError>;
 
     /// Whether the store answers and accepts writes: a store that still answers reads

@@ -1,5 +1,5 @@
-//! The presence API: `POST /api/presence/status`, bulk presence for up to 100 users (seed
-//! 004), `GET /api/users/{id}/presence`, one user, and `GET /api/groups/{id}/presence`,
+//! The presence API: `POST /api/presence/status`, bulk presence for up to 100 users,
+//! `GET /api/users/{id}/presence`, one user, and `GET /api/groups/{id}/presence`,
 //! a group's participants, counts and live indicators.
 
 use std::sync::Arc;

@@ -134,7 +134,7 @@ mod tests {
     use super::*;
     use crate::protocol::message_type::HEARTBEAT;
 
-    /// Bytes as notepack writes the seed's heartbeat: `[0, 30, "u1", 0, {type, timestamp}]`
+    /// Bytes as notepack writes a mobile app's heartbeat: `[0, 30, "u1", 0, {type, timestamp}]`
     /// with `Date.now()` as uint64 (`cf`).
     fn notepack_heartbeat() -> Vec<u8> {
         let mut b = vec![0x95, 0x00, 0x1e, 0xa2, b'u', b'1', 0x00, 0x82];
@@ -148,7 +148,7 @@ mod tests {
     }
 
     #[test]
-    fn decodes_the_seed_heartbeat_as_notepack_sends_it() {
+    fn decodes_a_mobile_heartbeat_as_notepack_sends_it() {
         let frame = decode(&notepack_heartbeat()).unwrap();
         assert_eq!(frame.channel_type, ChannelType::Group);
         assert_eq!(frame.message_type, HEARTBEAT);

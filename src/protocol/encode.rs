@@ -328,7 +328,7 @@ pub fn client_frame(channel: ChannelType, message_type: u8, from: &str, to: &str
     Bytes::from(buf.into_vec())
 }
 
-/// A client's HEARTBEAT (30) exactly as seed 004's mobile client sends it:
+/// A client's HEARTBEAT (30) as mobile apps send it (docs/PROTOCOL.md):
 /// `[0, 30, userId, 0, {type: "heartbeat", timestamp}]`. For the examples, tests and the
 /// load tool.
 pub fn heartbeat_frame(user_id: &str) -> Bytes {

@@ -22,8 +22,8 @@ pub enum ChannelType {
     Private = 1,
 }
 
-/// Message types. 0–27 are VoicePing's PTT types and keep their numbers; 30–32 come from
-/// the presence design (seed 004); 33 up are this router's own.
+/// Message types. 0–27 are VoicePing's PTT types and keep their numbers; 30–32 are the
+/// presence types (heartbeat, update, snapshot); 33 up are this router's own.
 pub mod message_type {
     pub const UNKNOWN: u8 = 0;
     pub const START: u8 = 1;
@@ -48,7 +48,7 @@ pub mod message_type {
     pub const HEARTBEAT_ACK: u8 = 34;
     /// Mobile → router: set my status (online/away/dnd/invisible) and status text.
     pub const STATUS: u8 = 35;
-    /// Mobile → router: the user is active (resets the away timer; seed 000's activity ping).
+    /// Mobile → router: the user is active (resets the away timer).
     pub const ACTIVITY: u8 = 36;
     /// Mobile → router: I started/stopped typing or recording in group `toId`.
     pub const INDICATOR: u8 = 37;

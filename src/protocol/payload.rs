@@ -6,7 +6,7 @@ use rmpv::Value;
 
 use crate::presence::{MAX_STATUS_TEXT, Mode};
 
-/// The activity indicators a client may announce in a group (seed 000). `Talking` is set
+/// The activity indicators a client may announce in a group. `Talking` is set
 /// by the router itself while a user holds a group's PTT floor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum IndicatorKind {

@@ -145,7 +145,7 @@ impl Connection {
         if let Some(session) = self.tracked() {
             // Presence errors are counted by the node; the lease will lapse on its own.
             // A router going down lets its sessions linger so that clients reconnecting
-            // elsewhere do not flash offline on every dashboard (trap 7).
+            // elsewhere do not flash offline on every dashboard.
             let _ = if self.app.shutdown.is_cancelled() {
                 self.app.node.linger(session, self.app.limits.shutdown_grace).await
             } else {

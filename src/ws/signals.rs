@@ -65,7 +65,7 @@ impl Connection {
         self.ack(socket, frame).await
     }
 
-    /// ACTIVITY: the user is active (seed 000's activity ping).
+    /// ACTIVITY: the user is active (resets the away timer).
     pub(super) async fn on_activity(&mut self, socket: &mut Socket, frame: &Frame) -> Result<bool, Exit> {
         if self.tracked().is_none() {
             return self.refuse_not_mobile(socket, frame).await;

@@ -1,5 +1,5 @@
 //! Pub/Sub between routers: every transition is published as JSON on
-//! `{prefix}updates` (and, as the seed design has it, on `{prefix}online` or
+//! `{prefix}updates` (and, for subscribers that want only one kind, on `{prefix}online` or
 //! `{prefix}offline`); each router's subscriber feeds its hub. PTT, TEXT and indicator
 //! frames go on `{prefix}relay` (msgpack, see [`Delivery::encode`]) into each router's
 //! [`Relay`]; they are transient, so a lost one is simply lost, like a UDP packet of audio.

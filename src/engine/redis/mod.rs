@@ -2,8 +2,8 @@
 //!
 //! All multi-key changes run as Lua scripts (`lua/`), atomic and on Redis' own clock;
 //! transitions travel on Pub/Sub ([`broker`]). Offline detection never depends on keyspace
-//! events alone (trap 1): every router sweeps the `deadlines` index, and the atomic sweep
-//! script hands each offline to exactly one of them (trap 2).
+//! events alone (Redis sends them late, or never to a subscriber that was away): every router sweeps the `deadlines` index, and the atomic sweep
+//! script hands each offline to exactly one of them.
 
 mod broker;
 mod gaps;
@@ -49,7 +49,7 @@ pub struct RedisConfig {
     pub host: String,
     pub port: u16,
     pub password: Option<String>,
-    /// Prefix of every key and channel; `presence:` as in the seed design.
+    /// Prefix of every key and channel (`presence:` by default).
     pub prefix: String,
 }
 

@@ -2,7 +2,7 @@
 -- in ms, an offline user's meta hash (its last seen) is kept.
 --
 -- Keys of user U:
---   {p}user:U      "1" with a PX lifetime: the seed's presence key; its expiry event only
+--   {p}user:U      "1" with a PX lifetime: the per-user presence key; its expiry event only
 --                  wakes the sweepers early
 --   {p}meta:U      hash: status (what others see), lastSeen, deviceId, role, version,
 --                  groups, mode (chosen: online/away/dnd/invisible), text, lastActivity,

@@ -1,7 +1,7 @@
-//! Seed 000's twenty presence, typing and recording test cases, in this protocol's terms:
-//! conversations are groups, `typing:start` is INDICATOR (37) `{type: "typing"}`,
-//! `user:typing` is INDICATOR_UPDATE (38), `activity:ping` is ACTIVITY (36), and the
-//! conversation presence endpoint is `GET /api/groups/{id}/presence`. Each runs against
+//! Twenty presence, typing and recording cases of a chat app, in this protocol's terms:
+//! conversations are groups, typing starts with INDICATOR (37) `{type: "typing"}`,
+//! others see INDICATOR_UPDATE (38), an activity ping is ACTIVITY (36), and conversation
+//! presence is `GET /api/groups/{id}/presence`. Each runs against
 //! the real binary on the embedded engine and on Redis.
 //!
 //! Case 5 (activity pings keep a user online indefinitely) needs minutes of simulated
