@@ -21,7 +21,6 @@ use tokio::{
     sync::{Notify, mpsc, oneshot},
     time::{Instant, MissedTickBehavior},
 };
-
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
