@@ -47,6 +47,7 @@ for run in 1 2 3; do
   $BIN/presence-load heartbeats --router 127.0.0.1:4101 --router-pid "${PID_OF[4101]}" --connections 500 --seconds 10 --redis-port 6400
   $BIN/presence-load latency --mobiles 127.0.0.1:4101 --dashboard 127.0.0.1:4102 --users 200 --rate 1000 --seconds 10
   $BIN/presence-load bulk --router 127.0.0.1:4101 --online 1000 --requests 5000
+  $BIN/presence-load bulk --router 127.0.0.1:4101 --online 1000 --requests 4000 --scope-oracle
   # PTT audio, 20 ms frames to 100 listeners: on one embedded router, and Redis A → B.
   $BIN/presence-load ptt --talker 127.0.0.1:4100 --listeners-router 127.0.0.1:4100 --listeners 100 --rate 50 --seconds 10
   $BIN/presence-load ptt --talker 127.0.0.1:4101 --listeners-router 127.0.0.1:4102 --listeners 100 --rate 50 --seconds 10

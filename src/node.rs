@@ -32,6 +32,7 @@ use crate::{
     protocol::{self, payload::IndicatorKind},
     relay::{Audience, Delivery, Relay},
     renewals::PendingRenewals,
+    scope::Scope,
 };
 
 /// Store calls in flight at once while re-asserting sessions after an outage.
@@ -336,8 +337,9 @@ impl Node {
         }
     }
 
-    pub async fn lookup(&self, users: &[Id]) -> Result<Vec<UserPresence>, EngineError> {
-        let result = self.engine.store.lookup(users).await;
+    /// Users' presence as `scope` reads it; see [`PresenceStore::lookup`].
+    pub async fn lookup(&self, users: &[Id], scope: &Scope) -> Result<Vec<UserPresence>, EngineError> {
+        let result = self.engine.store.lookup(users, scope).await;
         self.check("lookup", result)
     }
 

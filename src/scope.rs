@@ -37,6 +37,13 @@ impl Scope {
         Scope { user: None, allowed: None }
     }
 
+    /// Reads the current members of `group` only: a group listing shows a participant
+    /// that has since moved to other groups like an unknown id, its presence now
+    /// belonging to those groups.
+    pub fn members_of(group: &Id) -> Scope {
+        Scope { user: None, allowed: Some(Groups::from([group.clone()])) }
+    }
+
     /// The token's own user, which it always reads; `None` for [`Scope::everyone`].
     pub fn user(&self) -> Option<&Id> {
         self.user.as_ref()

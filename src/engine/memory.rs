@@ -21,6 +21,7 @@ use crate::{
         unix_ms,
     },
     protocol::payload::IndicatorKind,
+    scope::Scope,
 };
 
 pub struct MemoryPresence {
@@ -360,11 +361,13 @@ impl PresenceStore for MemoryPresence {
         Ok(self.state().users.get(user).map(|r| Choice { mode: r.mode, text: r.text.clone() }))
     }
 
-    async fn lookup(&self, users: &[Id]) -> Result<Vec<UserPresence>, EngineError> {
+    async fn lookup(&self, users: &[Id], scope: &Scope) -> Result<Vec<UserPresence>, EngineError> {
         let state = self.state();
         Ok(users
             .iter()
-            .map(|id| state.users.get(id).map_or_else(|| UserPresence::unknown(id.clone()), |r| r.presence(id)))
+            .map(|id| {
+                state.users.get(id).map_or_else(|| UserPresence::unknown(id.clone()), |r| scope.read(r.presence(id)))
+            })
             .collect())
     }
 }
@@ -458,7 +461,7 @@ mod tests {
         assert!(store.connect(&phone).await.unwrap().is_some());
         assert_eq!(store.connect(&tablet).await.unwrap(), None, "second device is no transition");
         assert_eq!(store.disconnect(&phone).await.unwrap(), None, "old socket's close keeps the user online");
-        let only = store.lookup(std::slice::from_ref(&phone.user)).await.unwrap();
+        let only = store.lookup(std::slice::from_ref(&phone.user), &Scope::everyone()).await.unwrap();
         assert_eq!((only[0].status, only[0].device_id.as_deref()), (Status::Online, Some("d2")));
         let off = store.disconnect(&tablet).await.unwrap().expect("last session");
         assert_eq!((off.presence.status, off.cause), (Status::Offline, Cause::Disconnect));
@@ -484,11 +487,11 @@ mod tests {
         store.disconnect(&s).await.unwrap();
         tokio::time::advance(LAST_SEEN - Duration::from_secs(61)).await;
         store.expire_due().await.unwrap();
-        assert!(store.lookup(std::slice::from_ref(&s.user)).await.unwrap()[0].last_seen.is_some());
+        assert!(store.lookup(std::slice::from_ref(&s.user), &Scope::everyone()).await.unwrap()[0].last_seen.is_some());
         tokio::time::advance(Duration::from_secs(61)).await;
         store.expire_due().await.unwrap();
         assert_eq!(
-            store.lookup(std::slice::from_ref(&s.user)).await.unwrap()[0],
+            store.lookup(std::slice::from_ref(&s.user), &Scope::everyone()).await.unwrap()[0],
             UserPresence::unknown(s.user.clone())
         );
     }
@@ -516,7 +519,7 @@ mod tests {
         store.connect(&b).await.unwrap();
         store.disconnect(&b).await.unwrap();
         let ids: Vec<Id> = ["nobody", "b", "a"].iter().map(|s| Id::parse(s).unwrap()).collect();
-        let got = store.lookup(&ids).await.unwrap();
+        let got = store.lookup(&ids, &Scope::everyone()).await.unwrap();
         assert_eq!(got[0], UserPresence::unknown(ids[0].clone()));
         assert_eq!((got[1].status, got[1].last_seen.is_some()), (Status::Offline, true));
         assert_eq!((got[2].status, got[2].device_id.as_deref()), (Status::Online, Some("d1")));
@@ -559,7 +562,7 @@ mod tests {
             }
             assert!(store.expire_due().await.unwrap().is_empty(), "never away, never offline");
         }
-        let seen = store.lookup(std::slice::from_ref(&s.user)).await.unwrap().remove(0);
+        let seen = store.lookup(std::slice::from_ref(&s.user), &Scope::everyone()).await.unwrap().remove(0);
         assert_eq!(seen.status, Status::Online);
     }
 
@@ -585,7 +588,7 @@ mod tests {
         assert!(store.online().await.unwrap().users.is_empty(), "invisible users are not in snapshots");
         tokio::time::advance(Duration::from_secs(30)).await;
         store.heartbeat(&s).await.unwrap();
-        let seen = store.lookup(std::slice::from_ref(&s.user)).await.unwrap().remove(0);
+        let seen = store.lookup(std::slice::from_ref(&s.user), &Scope::everyone()).await.unwrap().remove(0);
         assert_eq!(seen.last_seen, hidden.presence.last_seen, "heartbeats do not reveal an invisible user");
         assert_eq!(store.disconnect(&s).await.unwrap(), None, "already shown offline");
 

@@ -24,6 +24,7 @@ use crate::{
     presence::{Choice, Mode, PresenceUpdate, Session, SessionId, Snapshot, UserPresence},
     protocol::payload::IndicatorKind,
     relay::Delivery,
+    scope::Scope,
 };
 
 /// How long each kind of presence state lives.
@@ -91,8 +92,10 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// but refuses writes (out of memory, a read-only replica) must read as down.
     async fn ping(&self) -> Result<(), EngineError>;
 
-    /// The presence of each requested user, in request order; unknown users are offline.
-    async fn lookup(&self, users: &[Id]) -> Result<Vec<UserPresence>, EngineError>;
+    /// The presence of each requested user as `scope` reads it ([`Scope::read`]), in
+    /// request order: unknown and out-of-scope users alike read as
+    /// [`UserPresence::unknown`].
+    async fn lookup(&self, users: &[Id], scope: &Scope) -> Result<Vec<UserPresence>, EngineError>;
 
     /// The status and text `user` chose (what a new session carries, so that a re-assert
     /// after the store lost its data brings them back); `None` for a user never seen.

@@ -96,10 +96,10 @@ pub async fn status(
     }
     let body = body.map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
     let user_ids = parse_request(&body)?;
-    let users = presence(&app)?.lookup(&user_ids).await.map_err(unavailable)?;
+    let users = presence(&app)?.lookup(&user_ids, &scope).await.map_err(unavailable)?;
     Ok(Json(StatusResponse {
         success: true,
-        users: users.into_iter().map(|user| UserStatus::from(scope.read(user))).collect(),
+        users: users.into_iter().map(UserStatus::from).collect(),
         timestamp: unix_ms(),
     }))
 }
@@ -122,8 +122,8 @@ pub async fn user(
     super::rate_limit::charge(&app, &claims, super::rate_limit::Cost::User)?;
     let scope = Scope::of(&claims);
     let id = path_id(id, "invalid_user_id")?;
-    let user = presence(&app)?.lookup(std::slice::from_ref(&id)).await.map_err(unavailable)?.into_iter().next();
-    let user = scope.read(user.unwrap_or_else(|| UserPresence::unknown(id)));
+    let user = presence(&app)?.lookup(std::slice::from_ref(&id), &scope).await.map_err(unavailable)?.into_iter().next();
+    let user = user.unwrap_or_else(|| UserPresence::unknown(id));
     Ok(Json(UserResponse { success: true, user: user.into(), timestamp: unix_ms() }))
 }
 
@@ -170,12 +170,11 @@ pub async fn group(
     // A participant that has since left the group (its groups changed) reads like an
     // unknown id here: its presence now belongs to other groups.
     let participants: Vec<UserStatus> = node
-        .lookup(&members)
+        .lookup(&members, &Scope::members_of(&group))
         .await
         .map_err(unavailable)?
         .into_iter()
-        .map(|p| if p.groups.contains(&group) { scope.read(p) } else { UserPresence::unknown(p.user_id) })
-        .map(UserStatus::from)
+        .map(|p| UserStatus::from(scope.redact(p)))
         .collect();
     let count = |status| participants.iter().filter(|p| p.status == status).count();
     let (online_count, away_count, dnd_count) = (count(Status::Online), count(Status::Away), count(Status::Dnd));

@@ -190,6 +190,10 @@ enum Scenario {
         online: usize,
         #[arg(long, default_value_t = 5000)]
         requests: usize,
+        /// Alternate out-of-scope existing users and never-seen ids, read by a scoped
+        /// dashboard, and compare their latencies.
+        #[arg(long)]
+        scope_oracle: bool,
     },
 }
 
@@ -250,7 +254,9 @@ async fn main() -> anyhow::Result<()> {
             let retain = router_pid.filter(|_| retain_dashboards > 0).map(|pid| (pid, retain_dashboards));
             snapshot::run(&credentials, router, users, expect.unwrap_or(users), repeat, retain).await
         }
-        Scenario::Bulk { router, online, requests } => bulk::run(&credentials, router, online, requests).await,
+        Scenario::Bulk { router, online, requests, scope_oracle } => {
+            bulk::run(&credentials, router, online, requests, scope_oracle).await
+        }
         Scenario::Ptt { talker, listeners_router, listeners, rate, seconds, heartbeat_every_ms } => {
             let heartbeat_every = heartbeat_every_ms.map(Duration::from_millis);
             ptt::run(credentials, talker, listeners_router, listeners, rate, seconds, heartbeat_every).await

@@ -26,6 +26,7 @@ use crate::{
     id::Id,
     presence::{Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, Snapshot, Status, UserPresence},
     protocol::payload::IndicatorKind,
+    scope::Scope,
 };
 
 /// Users claimed per sweep script call, so one call never blocks Redis for long.
@@ -75,6 +76,7 @@ pub struct RedisPresence {
     sweep: Script,
     status: Script,
     activity: Script,
+    lookup: Script,
     signals: signals::SignalScripts,
     renewals: renewals::Renewals,
 }
@@ -120,6 +122,7 @@ impl RedisPresence {
             sweep: script!("sweep.lua"),
             status: script!("status.lua"),
             activity: script!("activity.lua"),
+            lookup: script!("lookup.lua"),
             signals: signals::SignalScripts::default(),
             renewals,
         })
@@ -168,23 +171,25 @@ impl RedisPresence {
             ]);
         }
         let rows: Vec<MetaRow> = pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
-        Ok(users
-            .iter()
-            .zip(rows)
-            .map(|(user, (status, last_seen, device_id, version, groups, text, last_activity))| {
-                shown(UserPresence {
-                    user_id: user.clone(),
-                    status: status.as_deref().and_then(Status::parse).unwrap_or(Status::Offline),
-                    last_seen,
-                    device_id: device_id.map(Arc::from),
-                    version: version.unwrap_or(0),
-                    groups: split_groups(groups.as_deref()),
-                    status_text: text.map(Arc::from),
-                    last_activity,
-                })
-            })
-            .collect())
+        Ok(users.iter().zip(rows).map(|(user, row)| presence_of(user, row)).collect())
     }
+}
+
+/// A user's presence from its meta fields ([`MetaRow`]).
+fn presence_of(
+    user: &Id,
+    (status, last_seen, device_id, version, groups, text, last_activity): MetaRow,
+) -> UserPresence {
+    shown(UserPresence {
+        user_id: user.clone(),
+        status: status.as_deref().and_then(Status::parse).unwrap_or(Status::Offline),
+        last_seen,
+        device_id: device_id.map(Arc::from),
+        version: version.unwrap_or(0),
+        groups: split_groups(groups.as_deref()),
+        status_text: text.map(Arc::from),
+        last_activity,
+    })
 }
 
 /// `HMGET presence:meta:{id} status lastSeen deviceId version groups text lastActivity`.
@@ -343,14 +348,31 @@ impl PresenceStore for RedisPresence {
         Ok(mode.as_deref().and_then(Mode::parse).map(|mode| Choice { mode, text: text.map(Arc::from) }))
     }
 
-    async fn lookup(&self, users: &[Id]) -> Result<Vec<UserPresence>, EngineError> {
-        let mut found = self.read_meta(users).await?;
-        for user in &mut found {
-            if user.version == 0 {
-                *user = UserPresence::unknown(user.user_id.clone());
-            }
+    /// The scope is applied inside Redis (`lookup.lua`): an out-of-scope user's reply is
+    /// the unknown user's, byte for byte, so timing the answer tells nothing more than
+    /// reading it does.
+    async fn lookup(&self, users: &[Id], scope: &Scope) -> Result<Vec<UserPresence>, EngineError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(found)
+        let mut call = self.call(&self.lookup);
+        call.arg(scope.user().map_or("", Id::as_str));
+        match scope.allowed() {
+            None => call.arg(-1),
+            Some(groups) => call.arg(groups.len()).arg(groups.iter().map(Id::as_str).collect::<Vec<_>>()),
+        };
+        call.arg(users.iter().map(Id::as_str).collect::<Vec<_>>());
+        let rows: Vec<Option<MetaRow>> = call.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        if rows.len() != users.len() {
+            return Err(EngineError::Unavailable("unexpected reply from the lookup script".into()));
+        }
+        Ok(users
+            .iter()
+            .zip(rows)
+            .map(|(user, row)| {
+                row.map_or_else(|| UserPresence::unknown(user.clone()), |row| scope.redact(presence_of(user, row)))
+            })
+            .collect())
     }
 
     async fn group_members(&self, group: &Id) -> Result<Vec<Id>, EngineError> {
