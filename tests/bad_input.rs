@@ -192,7 +192,11 @@ async fn a_dashboard_that_stops_reading_is_closed_as_slow_consumer() {
 async fn a_dashboard_catching_up_receives_every_update() {
     // A dashboard whose socket is full while 500 changes happen: they queue in the ring and
     // reach it in batches once it reads again. None may be lost between batches.
-    let router = Router::start(&["--dashboard-queue", "5000", "--tcp-send-buffer", "8192"]).await;
+    // The stalled dashboard's pending write must not time out (4008) while 500 mobiles
+    // connect one by one, which takes more than the default 10 s on a loaded machine.
+    let router =
+        Router::start(&["--dashboard-queue", "5000", "--tcp-send-buffer", "8192", "--write-timeout-ms", "600000"])
+            .await;
     let mut stalled = Client::connect_small_buffer(router.addr, &token("stalled", Role::Dashboard)).await;
     let (mut watcher, _) = router.dashboard("watcher").await;
     let padded = |i: usize| format!("{i:0>120}"); // long ids fill the stalled socket sooner
