@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod raw;
+pub mod tcp_proxy;
 
 use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
 
