@@ -210,3 +210,57 @@ async fn cut_connections_are_retried_without_errors_degradation_or_resyncs() {
     assert!(!metrics.contains("result=\"local_only\""), "a floor granted without the store: {metrics}");
     assert!(metrics.contains("presence_redis_retries_total"), "{metrics}");
 }
+
+/// What a replay relies on: each store call a connection waits for, and the heartbeat's
+/// renewal, sent twice with the same arguments (as after a reply lost with its connection)
+/// decides no second transition and takes no second sequence number; a floor's holder is
+/// granted it again.
+#[tokio::test]
+async fn every_store_call_is_safe_to_replay() {
+    use presence_router::{engine::PresenceStore, presence::Mode};
+
+    let redis = common::RedisServer::start().await;
+    let conn = redis.client().get_multiplexed_async_connection().await.unwrap();
+    let store = common::redis_store(redis.port, Duration::from_secs(60)).await;
+    let short = common::redis_store(redis.port, Duration::from_millis(100)).await;
+    let seq = || {
+        let mut conn = conn.clone();
+        async move { redis::cmd("GET").arg("presence:seq").query_async::<Option<u64>>(&mut conn).await.unwrap() }
+    };
+    let (user, lapsed) = (common::session("u", 1), common::session("l", 2));
+
+    assert!(store.connect(&user).await.unwrap().is_some());
+    let before = seq().await;
+    assert_eq!(store.connect(&user).await.unwrap(), None, "connect replayed");
+    assert!(store.set_status(&user, Mode::Dnd, Some("busy")).await.unwrap().is_some());
+    assert_eq!(store.set_status(&user, Mode::Dnd, Some("busy")).await.unwrap(), None, "status replayed");
+    assert!(store.set_status(&user, Mode::Auto, None).await.unwrap().is_some());
+    assert_eq!(store.set_status(&user, Mode::Auto, None).await.unwrap(), None, "status replayed");
+    assert_eq!(store.activity(&user).await.unwrap(), None);
+    assert_eq!(store.heartbeat(&user).await.unwrap(), None);
+    assert_eq!(store.heartbeat(&user).await.unwrap(), None, "renewal replayed");
+    let decided = seq().await;
+    assert_eq!(decided, before.map(|s| s + 2), "one number per status change, none per replay");
+
+    // A lapsed session's renewal is a whole lease: replayed, still one transition.
+    assert!(short.connect(&lapsed).await.unwrap().is_some());
+    let mut swept = 0;
+    while swept == 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        swept = short.expire_due().await.unwrap().len();
+    }
+    let before = seq().await;
+    assert!(store.heartbeat(&lapsed).await.unwrap().is_some());
+    assert_eq!(store.heartbeat(&lapsed).await.unwrap(), None, "a lapsed session's renewal replayed");
+    assert!(store.disconnect(&lapsed).await.unwrap().is_some());
+    assert_eq!(store.disconnect(&lapsed).await.unwrap(), None, "disconnect replayed");
+    assert_eq!(seq().await, before.map(|s| s + 2));
+
+    let hold = Duration::from_secs(30);
+    assert!(store.take_floor("crew", &user.id, hold).await.unwrap());
+    assert!(store.take_floor("crew", &user.id, hold).await.unwrap(), "the holder is granted its floor again");
+    assert!(!store.take_floor("crew", &lapsed.id, hold).await.unwrap(), "and nobody else");
+    store.release_floor("crew", &user.id).await.unwrap();
+    store.release_floor("crew", &user.id).await.unwrap();
+    assert!(store.take_floor("crew", &lapsed.id, hold).await.unwrap(), "released once, free after the replay");
+}
