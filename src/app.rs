@@ -95,8 +95,23 @@ impl App {
                     relay: relay.clone(),
                     origin: router_id.clone(),
                     sweep_now: sweep_now.clone(),
+                    receiving: broker.receiving(),
                 };
-                spawn_subscriber(redis.client()?, redis.prefix, sinks, shutdown.clone(), &tracker);
+                let subscribed = spawn_subscriber(
+                    redis.client()?,
+                    store.connection(),
+                    redis.prefix,
+                    sinks,
+                    shutdown.clone(),
+                    &tracker,
+                );
+                // The first snapshot is read after the subscription stands: no update falls
+                // between the two.
+                tokio::time::timeout(Duration::from_secs(5), subscribed)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .with_context(|| format!("subscribing to Redis at {host}:{}", config.redis_port))?;
                 Engine { name: "redis", store: Arc::new(store), broker: Arc::new(broker) }
             }
         };

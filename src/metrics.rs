@@ -28,6 +28,8 @@ pub const ENGINE_ERRORS: &str = "presence_engine_errors_total";
 pub const ENGINE_UP: &str = "presence_engine_up";
 pub const BROKER_MESSAGES: &str = "presence_broker_messages_total";
 pub const BROKER_GAPS: &str = "presence_broker_gaps_total";
+pub const BROKER_RESUBSCRIPTIONS: &str = "presence_broker_resubscriptions_total";
+pub const REDIS_RETRIES: &str = "presence_redis_retries_total";
 pub const RELAYED: &str = "presence_relayed_frames_total";
 pub const RELAY_OVERFLOWS: &str = "presence_relay_overflows_total";
 pub const RELAY_DROPPED: &str = "presence_relay_dropped_total";
@@ -91,8 +93,21 @@ fn describe() {
     describe_counter!(REFRESHES, "REFRESH frames (token refreshes on open connections), by result.");
     describe_counter!(DISCONNECTS, "WebSocket connections ended, by reason.");
     describe_counter!(ENGINE_ERRORS, "Presence store or broker calls that failed, by operation.");
-    describe_gauge!(ENGINE_UP, "1 while the presence store answers and presence is rebuilt, 0 while degraded.");
+    describe_gauge!(
+        ENGINE_UP,
+        "1 while the presence store answers, this router receives the broker's messages, and presence is rebuilt; 0 \
+         while degraded."
+    );
     describe_counter!(BROKER_GAPS, "Transitions that never arrived from the broker, each answered by a resync.");
+    describe_counter!(
+        BROKER_RESUBSCRIPTIONS,
+        "Broker subscriptions re-established, by what ended the last one: dropped (its connection closed or failed), \
+         silent (a PING went unanswered for 1 s: the flow was black-holed)."
+    );
+    describe_counter!(
+        REDIS_RETRIES,
+        "Redis calls sent a second time because their connection dropped under them (the client reconnected)."
+    );
     describe_counter!(BROKER_MESSAGES, "Messages received from the broker, by kind (update, relay, expired, invalid).");
     describe_counter!(RELAYED, "PTT, TEXT and indicator frames this router sent towards receivers, by type.");
     describe_counter!(RELAY_OVERFLOWS, "Connections closed because their queue of relayed frames was full.");

@@ -366,8 +366,14 @@ impl Node {
 
     /// Ends the sessions that closed meanwhile and re-asserts every local one, then rebuilds
     /// the hub from the store; dashboards get a fresh snapshot. Clears the degraded state
-    /// when it all succeeded (a store that answers PING but refuses writes stays degraded).
+    /// when it all succeeded (a store that answers PING but refuses writes stays degraded,
+    /// and so does a router that does not hear the broker: a view rebuilt now could not be
+    /// kept current).
     pub async fn resync(&self) -> Result<(), EngineError> {
+        if !self.engine.broker.is_receiving() {
+            let deaf = Err(EngineError::Unavailable("not receiving the broker's messages".into()));
+            return self.check("subscription", deaf);
+        }
         let result = self.engine.store.ping().await;
         self.check("ping", result)?;
         let unended: Vec<Session> = self.unended().values().cloned().collect();
@@ -550,7 +556,9 @@ impl Node {
     /// Probes the store every `probe_interval`: while healthy, a write that fails marks
     /// the router degraded even when nothing else writes (a store refusing writes is
     /// noticed within the interval, not at the next heartbeat's renewal); while degraded,
-    /// resyncs as soon as it answers. Resyncs too when the broker asks (it resubscribed).
+    /// resyncs as soon as it answers. Resyncs too when the broker asks: it resubscribed
+    /// after missing messages, or stopped receiving (then the resync fails, and marks the
+    /// router degraded at once).
     async fn maintainer(self: Arc<Self>, shutdown: CancellationToken) {
         let mut probe = tokio::time::interval(self.timing.probe_interval);
         probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -560,12 +568,9 @@ impl Node {
                 _ = self.hub.resync_requested() => {}
                 _ = probe.tick() => {
                     if !self.is_degraded() {
-                        // Once more before it counts: the first call on a connection the
-                        // client has just re-established can fail while Redis is fine.
-                        let result = match self.engine.store.ping().await {
-                            Err(_) => self.engine.store.ping().await,
-                            ok => ok,
-                        };
+                        // A call whose connection dropped was already sent again by the
+                        // engine: a failure here is the store's.
+                        let result = self.engine.store.ping().await;
                         let _ = self.check("probe", result);
                         continue;
                     }

@@ -6,31 +6,13 @@ mod common;
 
 use std::time::Duration;
 
+use common::{redis_store as store, session};
 use futures_util::future::join_all;
 use presence_router::{
-    engine::{
-        Lifetimes, PresenceStore,
-        redis::{RedisConfig, RedisPresence},
-    },
+    engine::PresenceStore,
     id::Id,
-    presence::{Cause, Groups, Session, SessionId, Status},
+    presence::{Cause, Groups, Session, Status},
 };
-
-fn session(user: &str, n: u64) -> Session {
-    Session {
-        id: SessionId::new("test", n),
-        user: Id::parse(user).unwrap(),
-        device_id: Some("d".into()),
-        groups: vec![Id::parse("crew").unwrap()].into(),
-        choice: None,
-    }
-}
-
-async fn store(port: u16, ttl: Duration) -> RedisPresence {
-    let config = RedisConfig { host: "127.0.0.1".into(), port, password: None, prefix: "presence:".into() };
-    let lifetimes = Lifetimes { ttl, last_seen: Duration::from_secs(3600), away_after: Duration::from_secs(3600) };
-    RedisPresence::connect(&config, lifetimes).await.unwrap()
-}
 
 #[tokio::test]
 async fn one_batch_of_live_and_lapsed_sessions_answers_each_heartbeat() {

@@ -158,6 +158,13 @@ pub trait Broker: Send + Sync + 'static {
     /// Sends whatever relayed frames are still queued, then stops relaying: the router is
     /// exiting, and its connections' last frames (a talker's STOP) must still go out.
     async fn flush(&self) {}
+
+    /// Whether this router hears what the others publish. While it does not, its view of
+    /// presence is going stale and frames relayed to its users are lost: the node reports
+    /// itself degraded until the broker hears again, then rebuilds the view.
+    fn is_receiving(&self) -> bool {
+        true
+    }
 }
 
 /// The pair a router runs with.

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod raw;
+pub mod tcp_proxy;
 
 use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
 
@@ -587,4 +588,27 @@ pub async fn http(
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
     let json = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
     (status, json)
+}
+
+/// A session of `user` in group `crew`, numbered `n` among the test's sessions.
+pub fn session(user: &str, n: u64) -> presence_router::presence::Session {
+    use presence_router::{id::Id, presence::SessionId};
+    presence_router::presence::Session {
+        id: SessionId::new("test", n),
+        user: Id::parse(user).unwrap(),
+        device_id: Some("d".into()),
+        groups: vec![Id::parse("crew").unwrap()].into(),
+        choice: None,
+    }
+}
+
+/// The Redis store itself (no router) on the Redis at `port`, with leases of `ttl`.
+pub async fn redis_store(port: u16, ttl: Duration) -> presence_router::engine::redis::RedisPresence {
+    use presence_router::engine::{
+        Lifetimes,
+        redis::{RedisConfig, RedisPresence},
+    };
+    let config = RedisConfig { host: "127.0.0.1".into(), port, password: None, prefix: "presence:".into() };
+    let lifetimes = Lifetimes { ttl, last_seen: Duration::from_secs(3600), away_after: Duration::from_secs(3600) };
+    RedisPresence::connect(&config, lifetimes).await.unwrap()
 }

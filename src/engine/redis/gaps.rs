@@ -35,23 +35,52 @@ impl GapDetector {
 
     /// Records one received number. Returns true when the router must resync now.
     pub fn saw(&mut self, seq: u64) -> bool {
-        let now = Instant::now();
         match self.next {
             Some(next) if seq < next => {
                 self.open.remove(&seq);
+                false
             }
-            Some(next) => {
-                if seq - next > MAX_OPEN as u64 {
-                    return true;
-                }
-                for missing in next..seq {
-                    self.open.insert(missing, now);
-                }
+            Some(next) => self.missing(next, seq, seq + 1),
+            None => {
                 self.next = Some(seq + 1);
+                false
             }
-            None => self.next = Some(seq + 1),
         }
+    }
+
+    /// Marks `from..to` missing since now and expects `next` next. True when that is more
+    /// than can be tracked: the router must resync now.
+    fn missing(&mut self, from: u64, to: u64, next: u64) -> bool {
+        if to - from > MAX_OPEN as u64 {
+            return true;
+        }
+        let now = Instant::now();
+        for missing in from..to {
+            self.open.insert(missing, now);
+        }
+        self.next = Some(next);
         self.open.len() > MAX_OPEN
+    }
+
+    /// Takes `head`, the last number decided so far (`GET {prefix}seq` once subscribed), as
+    /// the baseline: only later numbers are expected.
+    pub fn start_at(&mut self, head: u64) {
+        self.reset();
+        self.next = Some(head + 1);
+    }
+
+    /// After a resubscription that followed a lapse: `head` is the last number decided so
+    /// far. Every number up to it not received yet goes missing from now; one still in
+    /// flight (decided before, published after the resubscription) arrives within the
+    /// grace and closes its gap, one published during the lapse never does. Returns true
+    /// when the router must resync now instead: without a baseline nobody knows what was
+    /// missed, and a sequence that went back means Redis lost its data.
+    pub fn resume(&mut self, head: u64) -> bool {
+        let Some(next) = self.next else { return true };
+        if head + 1 < next {
+            return true;
+        }
+        self.missing(next, head + 1, head + 1)
     }
 
     /// True when some gap has stayed open longer than the grace period.
@@ -89,6 +118,36 @@ mod tests {
         assert!(!gaps.overdue());
         gaps.saw(7);
         assert!(!gaps.overdue(), "after a reset the next number is the new baseline");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resumption_expects_what_was_decided_during_the_lapse() {
+        let mut gaps = GapDetector::new(GRACE);
+        gaps.start_at(10);
+        assert!(!gaps.saw(11));
+        // Numbers 12 to 14 were decided while the subscription was lapsing.
+        assert!(!gaps.resume(14));
+        assert!(!gaps.saw(12), "one still in flight arrives");
+        assert!(!gaps.saw(15), "the next number after the head is no gap");
+        tokio::time::advance(GRACE).await;
+        assert!(gaps.overdue(), "13 and 14 never came");
+
+        let mut quiet = GapDetector::new(GRACE);
+        quiet.start_at(10);
+        quiet.saw(11);
+        assert!(!quiet.resume(11), "nothing decided during the lapse");
+        tokio::time::advance(GRACE).await;
+        assert!(!quiet.overdue());
+        assert!(!quiet.saw(12));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resumption_without_a_baseline_or_behind_it_asks_for_a_resync() {
+        let mut unknown = GapDetector::new(GRACE);
+        assert!(unknown.resume(5), "nothing known of what came before");
+        let mut restarted = GapDetector::new(GRACE);
+        restarted.start_at(100);
+        assert!(restarted.resume(0), "the sequence went back: Redis lost its data");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,25 +1,30 @@
 //! The Redis engine: presence shared by every router through one Redis.
 //!
 //! All multi-key changes run as Lua scripts (`lua/`), atomic and on Redis' own clock;
-//! transitions travel on Pub/Sub ([`broker`]). Offline detection never depends on keyspace
+//! transitions travel on Pub/Sub ([`broker`] publishes, [`subscriber`] receives and
+//! notices a subscription that went quiet). Every call goes over one [`Connection`], which
+//! sends a call again when its connection dropped under it. Offline detection never depends on keyspace
 //! events alone (Redis sends them late, or never to a subscriber that was away): every router sweeps the `deadlines` index, and the atomic sweep
 //! script hands each offline to exactly one of them.
 
 mod broker;
+mod connection;
 mod gaps;
 mod renewals;
 mod signals;
+mod subscriber;
 
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use redis::{
     AsyncCommands, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisError, Script,
-    ScriptInvocation,
-    aio::{ConnectionManager, ConnectionManagerConfig},
+    ScriptInvocation, aio::ConnectionManagerConfig,
 };
 
-pub use broker::{RedisBroker, Sinks, spawn_subscriber};
+pub use broker::RedisBroker;
+pub use connection::Connection;
+pub use subscriber::{Receiving, Sinks, spawn_subscriber};
 
 use super::{EngineError, Lifetimes, PresenceStore};
 use crate::{
@@ -67,7 +72,7 @@ impl RedisConfig {
 }
 
 pub struct RedisPresence {
-    conn: ConnectionManager,
+    conn: Connection,
     prefix: String,
     lifetimes: Lifetimes,
     lease: Script,
@@ -86,7 +91,7 @@ fn unavailable(e: RedisError) -> EngineError {
 }
 
 /// Redis' clock in Unix ms: the one clock the scripts use.
-async fn now_ms(conn: &mut ConnectionManager) -> Result<u64, EngineError> {
+async fn now_ms(conn: &mut Connection) -> Result<u64, EngineError> {
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.map_err(unavailable)?;
     Ok(secs * 1000 + micros / 1000)
 }
@@ -97,13 +102,14 @@ impl RedisPresence {
     pub async fn connect(config: &RedisConfig, lifetimes: Lifetimes) -> anyhow::Result<Self> {
         let client = config.client()?;
         // Calls fail within STORE_TIMEOUT while Redis is down or hung, instead of hanging
-        // API requests and renewals; the manager reconnects in the background.
+        // API requests and renewals; the manager reconnects in the background, and a call
+        // whose connection dropped is sent again on the new one (see [`Connection`]).
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(STORE_TIMEOUT))
             .set_response_timeout(Some(STORE_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let mut conn = client.get_connection_manager_with_config(manager_config).await?;
+        let mut conn = Connection::open(client, manager_config).await?;
         ensure_expired_events(&mut conn).await;
         let renewals = renewals::Renewals::start(renewals::Batcher {
             conn: conn.clone(),
@@ -128,8 +134,9 @@ impl RedisPresence {
         })
     }
 
-    /// The command connection, shared with the broker's publishes.
-    pub fn connection(&self) -> ConnectionManager {
+    /// The command connection, shared with the broker's publishes and the subscriber's
+    /// reads of the transition sequence.
+    pub fn connection(&self) -> Connection {
         self.conn.clone()
     }
 
@@ -428,7 +435,7 @@ impl PresenceStore for RedisPresence {
 
 /// Turns on `notify-keyspace-events Ex` when it is off. Managed Redis often forbids
 /// CONFIG; then the sweep alone detects silence (within TTL + the sweep interval).
-async fn ensure_expired_events(conn: &mut ConnectionManager) {
+async fn ensure_expired_events(conn: &mut Connection) {
     let current: Result<(String, String), _> =
         redis::cmd("CONFIG").arg("GET").arg("notify-keyspace-events").query_async(conn).await;
     let flags = match current {

@@ -8,10 +8,10 @@
 //! heartbeat and costs what it did before; under heavy load batches grow while the previous
 //! call is in flight.
 
-use redis::{Script, aio::ConnectionManager};
+use redis::Script;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Row, parse_row, session_args, unavailable};
+use super::{Connection, Row, parse_row, session_args, unavailable};
 use crate::{
     engine::EngineError,
     presence::{PresenceUpdate, Session},
@@ -31,7 +31,7 @@ pub struct Renewals {
 
 /// What every call of `renew.lua` starts with.
 pub struct Batcher {
-    pub conn: ConnectionManager,
+    pub conn: Connection,
     pub script: Script,
     pub prefix: String,
     pub last_seen_ms: u64,

@@ -1,0 +1,316 @@
+//! Pub/Sub between routers, the receiving side: `{prefix}updates` into the hub,
+//! `{prefix}relay` into the relay, keyspace `expired` events of user keys into an early
+//! sweep.
+//!
+//! Pub/Sub drops whatever is published while a subscriber is away, and a subscription is
+//! lost one of two ways:
+//! - **dropped**: its connection closes or fails (Redis restarted, `CLIENT KILL`, a
+//!   proxy's cut). The subscriber resubscribes at once. Which transitions were decided
+//!   meanwhile is known from the cluster-wide sequence (`{prefix}seq`): any of them that
+//!   does not arrive within the gap grace triggers a resync, and when none was decided
+//!   dashboards see nothing at all.
+//! - **silent**: the connection stays open but nothing arrives, not even the answer to the
+//!   PING sent every [`PING_EVERY`] (a NAT or load balancer dropped the flow without
+//!   telling either end). Noticed within [`PING_EVERY`] + [`PING_TIMEOUT`].
+//!
+//! A subscription that went silent, or that cannot be re-established at once, leaves the
+//! router deaf to the others: its view goes stale and frames relayed to its users are lost.
+//! It reports itself not [`Receiving`], which the node reads as degraded, until it is
+//! subscribed again; then the node resyncs (re-asserts its sessions, rebuilds the view from
+//! the store, and dashboards get a fresh snapshot on their open connections). A transition
+//! lost any other way (a router killed before it published) shows up as a gap in the
+//! sequence and triggers the same resync.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use redis::{
+    AsyncCommands, Client, Msg, RedisResult,
+    aio::{PubSubSink, PubSubStream},
+};
+use tokio::{
+    sync::{Notify, oneshot},
+    time::MissedTickBehavior,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::{Connection, gaps::GapDetector};
+use crate::{
+    hub::Hub,
+    metrics,
+    presence::PresenceUpdate,
+    relay::{Delivery, Relay},
+};
+
+/// How often the subscription connection is asked to answer a PING.
+const PING_EVERY: Duration = Duration::from_secs(1);
+/// How long a PING may go unanswered before the subscription counts as silent: far above
+/// Redis' latency, even under load (it answers a PING between two commands).
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long connecting and subscribing may take.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a missing sequence number may stay missing (overtaken by a later publish from
+/// another router) before it counts as lost.
+const GAP_GRACE: Duration = Duration::from_secs(1);
+/// Longest wait between two failed subscription attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Whether this router's subscription delivers. Shared by the subscriber, which keeps it
+/// current, and the broker, which the node asks.
+#[derive(Clone, Default)]
+pub struct Receiving(Arc<AtomicBool>);
+
+impl Receiving {
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Sets it; returns what it was.
+    fn set(&self, receiving: bool) -> bool {
+        self.0.swap(receiving, Ordering::Relaxed)
+    }
+}
+
+/// Where the subscriber hands what it receives, and tells whether it is receiving.
+pub struct Sinks {
+    pub hub: Arc<Hub>,
+    pub relay: Arc<Relay>,
+    /// This router's id, to skip its own relayed frames.
+    pub origin: String,
+    /// Woken by keyspace `expired` events of user keys: an early sweep.
+    pub sweep_now: Arc<Notify>,
+    /// From [`super::RedisBroker::receiving`].
+    pub receiving: Receiving,
+}
+
+/// How a subscription ended.
+#[derive(Debug, Clone, Copy)]
+enum Lost {
+    /// Its connection closed or failed.
+    Dropped,
+    /// A PING went unanswered for [`PING_TIMEOUT`].
+    Silent,
+}
+
+impl Lost {
+    fn as_str(self) -> &'static str {
+        match self {
+            Lost::Dropped => "dropped",
+            Lost::Silent => "silent",
+        }
+    }
+}
+
+/// Runs the subscriber until shutdown. `conn` reads the transition sequence. The returned
+/// receiver resolves once the first subscription stands: the router reads its first
+/// snapshot only after that, so no update falls between the two.
+pub fn spawn_subscriber(
+    client: Client,
+    conn: Connection,
+    prefix: String,
+    sinks: Sinks,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> oneshot::Receiver<()> {
+    let (subscribed_tx, subscribed_rx) = oneshot::channel();
+    let subscriber = Subscriber {
+        client,
+        conn,
+        updates: format!("{prefix}updates"),
+        relayed: format!("{prefix}relay"),
+        user_keys: format!("{prefix}user:"),
+        seq: format!("{prefix}seq"),
+        sinks,
+        gaps: GapDetector::new(GAP_GRACE),
+    };
+    tracker.spawn(async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            () = subscriber.run(subscribed_tx) => {}
+        }
+    });
+    subscribed_rx
+}
+
+/// Keyspace events of expired keys, in database 0.
+const EXPIRED: &str = "__keyevent@0__:expired";
+
+struct Subscriber {
+    client: Client,
+    conn: Connection,
+    updates: String,
+    relayed: String,
+    user_keys: String,
+    seq: String,
+    sinks: Sinks,
+    gaps: GapDetector,
+}
+
+impl Subscriber {
+    async fn run(mut self, first: oneshot::Sender<()>) {
+        let mut first = Some(first);
+        let mut backoff = Duration::from_millis(50);
+        let mut lost: Option<Lost> = None;
+        loop {
+            let (sink, messages) = match tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.subscribe()).await {
+                Ok(Ok(subscription)) => subscription,
+                Ok(Err(_)) | Err(_) => {
+                    // The router waits for the first subscription before it serves.
+                    if first.is_none() {
+                        self.deaf();
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(50);
+            tracing::info!("subscribed to {}", self.updates);
+            if let Some(reason) = lost.take() {
+                ::metrics::counter!(metrics::BROKER_RESUBSCRIPTIONS, "reason" => reason.as_str()).increment(1);
+            }
+            self.subscribed(first.take()).await;
+            let reason = self.listen(sink, messages).await;
+            tracing::warn!(reason = reason.as_str(), "lost the subscription to {}; resubscribing", self.updates);
+            if let Lost::Silent = reason {
+                self.deaf();
+            }
+            lost = Some(reason);
+        }
+    }
+
+    async fn subscribe(&self) -> RedisResult<(PubSubSink, PubSubStream)> {
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(&[self.updates.as_str(), self.relayed.as_str(), EXPIRED]).await?;
+        Ok(pubsub.split())
+    }
+
+    /// The last transition number decided so far; `None` if it cannot be read now.
+    async fn head(&mut self) -> Option<u64> {
+        let head: RedisResult<Option<u64>> = self.conn.get(&self.seq).await;
+        head.ok().map(Option::unwrap_or_default)
+    }
+
+    /// Marks the router deaf (the node turns degraded) and wakes the node to notice.
+    fn deaf(&self) {
+        if self.sinks.receiving.set(false) {
+            tracing::warn!("not receiving from other routers; degraded until subscribed again");
+            self.sinks.hub.request_resync();
+        }
+    }
+
+    /// A subscription stands. The first one, or one after the router was deaf, starts the
+    /// sequence afresh (and the latter asks for a resync); one after a drop that was
+    /// re-established at once only expects what was decided meanwhile.
+    async fn subscribed(&mut self, first: Option<oneshot::Sender<()>>) {
+        let head = self.head().await;
+        let was_receiving = self.sinks.receiving.set(true);
+        if first.is_none() && was_receiving {
+            if head.is_none_or(|head| self.gaps.resume(head)) {
+                self.resync();
+            }
+            return;
+        }
+        match head {
+            Some(head) => self.gaps.start_at(head),
+            None => self.gaps.reset(),
+        }
+        match first {
+            Some(tx) => {
+                let _ = tx.send(());
+            }
+            None => self.sinks.hub.request_resync(),
+        }
+    }
+
+    fn resync(&mut self) {
+        tracing::warn!("presence updates may have been missed; rebuilding presence from Redis");
+        self.gaps.reset();
+        self.sinks.hub.request_resync();
+    }
+
+    /// A transition never arrived.
+    fn gap(&mut self) {
+        ::metrics::counter!(metrics::BROKER_GAPS).increment(1);
+        self.resync();
+    }
+
+    /// Handles messages until the subscription is lost; PINGs it meanwhile.
+    async fn listen(&mut self, mut sink: PubSubSink, mut messages: PubSubStream) -> Lost {
+        let watchdog = async move {
+            let mut tick = tokio::time::interval(PING_EVERY);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) => return Lost::Dropped,
+                    Err(_) => return Lost::Silent,
+                }
+            }
+        };
+        tokio::pin!(watchdog);
+        let mut gap_check = tokio::time::interval(GAP_GRACE / 2);
+        loop {
+            tokio::select! {
+                lost = &mut watchdog => return lost,
+                message = messages.next() => match message {
+                    Some(message) => self.handle(&message),
+                    None => return Lost::Dropped,
+                },
+                _ = gap_check.tick() => {
+                    if self.gaps.overdue() {
+                        self.gap();
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, message: &Msg) {
+        let payload: &[u8] = message.get_payload_bytes();
+        let channel = message.get_channel_name();
+        if channel == self.relayed {
+            match Delivery::decode(payload) {
+                Some((from, delivery)) => {
+                    ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "relay").increment(1);
+                    if from != self.sinks.origin {
+                        self.sinks.relay.deliver(&delivery);
+                    }
+                }
+                None => {
+                    ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "invalid").increment(1);
+                    tracing::warn!("ignoring a malformed message on {}", self.relayed);
+                }
+            }
+            return;
+        }
+        if channel == EXPIRED {
+            if payload.starts_with(self.user_keys.as_bytes()) {
+                ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "expired").increment(1);
+                self.sinks.sweep_now.notify_one();
+            }
+            return;
+        }
+        match serde_json::from_slice::<PresenceUpdate>(payload) {
+            Ok(update) => {
+                ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "update").increment(1);
+                if update.seq.is_some_and(|seq| self.gaps.saw(seq)) {
+                    self.gap();
+                }
+                self.sinks.hub.apply(update);
+            }
+            Err(e) => {
+                ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "invalid").increment(1);
+                tracing::warn!(error = %e, "ignoring a malformed message on {}", self.updates);
+            }
+        }
+    }
+}

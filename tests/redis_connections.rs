@@ -1,0 +1,266 @@
+//! Redis connections that fail without an outage: a Pub/Sub connection black-holed by
+//! something in between (no FIN, no RST: it just goes quiet), and connections cut by Redis
+//! or a proxy (`CLIENT KILL`, an idle cut, a failover) while Redis itself answers at once.
+
+mod common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use common::{Engine, Router, Setup, View, eventually, http, map, tcp_proxy::TcpProxy};
+use presence_router::protocol::message_type::{ERROR, START, START_ACK, STOP, STOP_ACK, TEXT};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// A router that reaches Redis only through `proxy`.
+async fn router_behind(proxy: &TcpProxy) -> Router {
+    Router::start(&["--redis-host", "127.0.0.1", "--redis-port", &proxy.port.to_string()]).await
+}
+
+async fn health(router: &Router) -> u16 {
+    http(router.addr, "GET", "/healthz", &[], "").await.0
+}
+
+/// Reads `dashboard` into `view` until it shows exactly `online`, by `deadline`.
+async fn await_view(dashboard: &mut common::Client, view: &mut View, online: &[&str], deadline: Instant) {
+    while view.online_ids() != online {
+        let frame = tokio::time::timeout_at(deadline, dashboard.next_frame())
+            .await
+            .unwrap_or_else(|_| panic!("the dashboard still shows {:?}, not {online:?}", view.online_ids()));
+        view.apply(&frame);
+    }
+}
+
+/// Router B's subscription goes quiet while its command connection works: B notices
+/// within its PING deadline, resubscribes, and rebuilds its dashboards' view, well within
+/// 5 s of the cut; relayed frames from A reach B's users again.
+#[tokio::test]
+async fn a_black_holed_subscription_is_noticed_and_the_view_rebuilt() {
+    let setup = Setup::new(Engine::Redis).await;
+    let proxy = TcpProxy::start(setup.redis.as_ref().unwrap().port).await;
+    let a = setup.router(&[]).await;
+    let b = router_behind(&proxy).await;
+    let (mut dashboard, snapshot) = b.dashboard("desk").await;
+    let mut view = View::default();
+    view.apply(&snapshot);
+    let mut member = b.mobile_in("member", &["crew"]).await;
+    let mut sender = a.mobile_in("sender", &["crew"]).await;
+    await_view(&mut dashboard, &mut view, &["member", "sender"], Instant::now() + common::WAIT).await;
+
+    assert_eq!(proxy.black_hole_subscriptions(), 1, "B's one subscription");
+    let cut = Instant::now();
+    // Users connect on both routers while B hears nothing from Redis.
+    let _on_a = a.mobile("on-a", "phone-a").await;
+    let _on_b = b.mobile("on-b", "phone-b").await;
+    await_view(&mut dashboard, &mut view, &["member", "on-a", "on-b", "sender"], cut + Duration::from_secs(5)).await;
+
+    // Relayed frames from A reach B's member on the new subscription.
+    sender.send_frame(0, TEXT, "sender", "crew", map(&[("text", "over".into())])).await;
+    loop {
+        let frame = member.next_frame().await;
+        if frame[1].as_u64() == Some(TEXT.into()) && frame[5]["text"].as_str() == Some("over") {
+            break;
+        }
+    }
+    let metrics = b.metrics().await;
+    assert!(metrics.contains("presence_broker_resubscriptions_total{reason=\"silent\"} 1"), "{metrics}");
+}
+
+/// A subscription that cannot be re-established reads as degraded (`/healthz` 503,
+/// `presence_engine_up` 0) for as long as it lasts; once it can, the view is rebuilt and
+/// the router is healthy again.
+#[tokio::test]
+async fn a_subscription_that_stays_black_holed_reads_as_degraded_until_it_resumes() {
+    let setup = Setup::new(Engine::Redis).await;
+    let proxy = TcpProxy::start(setup.redis.as_ref().unwrap().port).await;
+    let a = setup.router(&[]).await;
+    let b = router_behind(&proxy).await;
+    let (mut dashboard, snapshot) = b.dashboard("desk").await;
+    let mut view = View::default();
+    view.apply(&snapshot);
+
+    proxy.black_hole_new_subscriptions(true);
+    assert_eq!(proxy.black_hole_subscriptions(), 1);
+    eventually("B to report degraded", || async { health(&b).await == 503 }).await;
+    assert!(b.metrics().await.contains("presence_engine_up 0"));
+    let _late = a.mobile("late", "phone").await;
+    // Still degraded: every resubscription goes quiet too.
+    assert_eq!(health(&b).await, 503);
+
+    proxy.black_hole_new_subscriptions(false);
+    eventually("B to report healthy", || async { health(&b).await == 200 }).await;
+    await_view(&mut dashboard, &mut view, &["late"], Instant::now() + common::WAIT).await;
+    assert!(b.metrics().await.contains("presence_engine_up 1"));
+}
+
+/// Redis cuts the router's connections ten times each (command, then Pub/Sub) while 100
+/// users heartbeat and others connect, set a status, and take and give back a floor: the
+/// calls that find their connection gone are replayed on the new one, so nobody sees an
+/// error, `/healthz` stays 200 and the dashboard never needs a fresh snapshot.
+#[tokio::test]
+async fn cut_connections_are_retried_without_errors_degradation_or_resyncs() {
+    const HEARTBEATERS: usize = 100;
+    const CUTS: usize = 10;
+    let setup = Setup::new(Engine::Redis).await;
+    let router = setup.router(&["--heartbeat-min-interval-ms", "0"]).await;
+    let mut redis = setup.redis.as_ref().unwrap().client().get_multiplexed_async_connection().await.unwrap();
+    let (mut dashboard, snapshot) = router.dashboard("desk").await;
+    let mut view = View::default();
+    view.apply(&snapshot);
+    let mut talker = router.mobile_in("talker", &["crew"]).await;
+    let mut mobiles = Vec::new();
+    for i in 0..HEARTBEATERS {
+        mobiles.push(router.mobile_in(&format!("h{i}"), &["fleet"]).await);
+    }
+    while view.online.len() < HEARTBEATERS + 1 {
+        view.apply(&dashboard.next_frame().await);
+    }
+
+    let stop = CancellationToken::new();
+    let errors = Arc::new(AtomicUsize::new(0));
+    let heartbeaters: Vec<_> = mobiles
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut mobile)| {
+            let (stop, errors) = (stop.clone(), errors.clone());
+            tokio::spawn(async move {
+                let user = format!("h{i}");
+                while !stop.is_cancelled() {
+                    mobile.heartbeat(&user).await;
+                    if mobile.next_frame().await[1].as_u64() == Some(ERROR.into()) {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+        })
+        .collect();
+    let unhealthy = Arc::new(AtomicUsize::new(0));
+    let poller = {
+        let (stop, unhealthy, addr) = (stop.clone(), unhealthy.clone(), router.addr);
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                if http(addr, "GET", "/healthz", &[], "").await.0 != 200 {
+                    unhealthy.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    let mut newcomers = Vec::new();
+    for cut in 0..CUTS {
+        let killed: u64 =
+            redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").query_async(&mut redis).await.unwrap();
+        assert!(killed >= 1, "the router's command connection was cut");
+        // At once, the calls a connection waits for: connect, STATUS, the floor's take and
+        // release. Each answers as if nothing happened.
+        let user = format!("n{cut}");
+        newcomers.push(router.mobile_in(&user, &["crew"]).await);
+        let status = if cut % 2 == 0 { "dnd" } else { "online" };
+        talker.set_status("talker", status, None).await;
+        talker.send_frame(0, START, "talker", "crew", map(&[])).await;
+        talker.expect(START_ACK).await;
+        talker.send_frame(0, STOP, "talker", "crew", map(&[])).await;
+        talker.expect(STOP_ACK).await;
+        let (mut joined, mut set) = (false, false);
+        while !(joined && set) {
+            let frame = dashboard.next_frame().await;
+            view.apply(&frame);
+            let update = &frame[5];
+            joined |= update["userId"].as_str() == Some(user.as_str()) && update["status"].as_str() == Some("online");
+            set |= update["userId"].as_str() == Some("talker") && update["status"].as_str() == Some(status);
+        }
+    }
+
+    let resubscribed = |n: usize| {
+        let router = &router;
+        async move {
+            router.metrics().await.contains(&format!("presence_broker_resubscriptions_total{{reason=\"dropped\"}} {n}"))
+        }
+    };
+    for cut in 0..CUTS {
+        let killed: u64 =
+            redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut redis).await.unwrap();
+        assert_eq!(killed, 1, "the router's subscription was cut");
+        eventually("the router to resubscribe", || resubscribed(cut + 1)).await;
+        // Transitions reach the dashboard on the new subscription.
+        let user = format!("p{cut}");
+        newcomers.push(router.mobile_in(&user, &["crew"]).await);
+        while !view.online.contains_key(&user) {
+            view.apply(&dashboard.next_frame().await);
+        }
+    }
+
+    stop.cancel();
+    for task in heartbeaters {
+        task.await.unwrap();
+    }
+    poller.await.unwrap();
+    assert_eq!(errors.load(Ordering::Relaxed), 0, "ERROR frames answered to heartbeats");
+    assert_eq!(unhealthy.load(Ordering::Relaxed), 0, "/healthz answers other than 200");
+    assert_eq!(view.snapshots, 1, "the dashboard needed a fresh snapshot");
+    let metrics = router.metrics().await;
+    assert!(!metrics.contains("presence_engine_up 0"), "{metrics}");
+    assert!(!metrics.contains("result=\"local_only\""), "a floor granted without the store: {metrics}");
+    assert!(metrics.contains("presence_redis_retries_total"), "{metrics}");
+}
+
+/// What a replay relies on: each store call a connection waits for, and the heartbeat's
+/// renewal, sent twice with the same arguments (as after a reply lost with its connection)
+/// decides no second transition and takes no second sequence number; a floor's holder is
+/// granted it again.
+#[tokio::test]
+async fn every_store_call_is_safe_to_replay() {
+    use presence_router::{engine::PresenceStore, presence::Mode};
+
+    let redis = common::RedisServer::start().await;
+    let conn = redis.client().get_multiplexed_async_connection().await.unwrap();
+    let store = common::redis_store(redis.port, Duration::from_secs(60)).await;
+    let short = common::redis_store(redis.port, Duration::from_millis(100)).await;
+    let seq = || {
+        let mut conn = conn.clone();
+        async move { redis::cmd("GET").arg("presence:seq").query_async::<Option<u64>>(&mut conn).await.unwrap() }
+    };
+    let (user, lapsed) = (common::session("u", 1), common::session("l", 2));
+
+    assert!(store.connect(&user).await.unwrap().is_some());
+    let before = seq().await;
+    assert_eq!(store.connect(&user).await.unwrap(), None, "connect replayed");
+    assert!(store.set_status(&user, Mode::Dnd, Some("busy")).await.unwrap().is_some());
+    assert_eq!(store.set_status(&user, Mode::Dnd, Some("busy")).await.unwrap(), None, "status replayed");
+    assert!(store.set_status(&user, Mode::Auto, None).await.unwrap().is_some());
+    assert_eq!(store.set_status(&user, Mode::Auto, None).await.unwrap(), None, "status replayed");
+    assert_eq!(store.activity(&user).await.unwrap(), None);
+    assert_eq!(store.heartbeat(&user).await.unwrap(), None);
+    assert_eq!(store.heartbeat(&user).await.unwrap(), None, "renewal replayed");
+    let decided = seq().await;
+    assert_eq!(decided, before.map(|s| s + 2), "one number per status change, none per replay");
+
+    // A lapsed session's renewal is a whole lease: replayed, still one transition.
+    assert!(short.connect(&lapsed).await.unwrap().is_some());
+    let mut swept = 0;
+    while swept == 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        swept = short.expire_due().await.unwrap().len();
+    }
+    let before = seq().await;
+    assert!(store.heartbeat(&lapsed).await.unwrap().is_some());
+    assert_eq!(store.heartbeat(&lapsed).await.unwrap(), None, "a lapsed session's renewal replayed");
+    assert!(store.disconnect(&lapsed).await.unwrap().is_some());
+    assert_eq!(store.disconnect(&lapsed).await.unwrap(), None, "disconnect replayed");
+    assert_eq!(seq().await, before.map(|s| s + 2));
+
+    let hold = Duration::from_secs(30);
+    assert!(store.take_floor("crew", &user.id, hold).await.unwrap());
+    assert!(store.take_floor("crew", &user.id, hold).await.unwrap(), "the holder is granted its floor again");
+    assert!(!store.take_floor("crew", &lapsed.id, hold).await.unwrap(), "and nobody else");
+    store.release_floor("crew", &user.id).await.unwrap();
+    store.release_floor("crew", &user.id).await.unwrap();
+    assert!(store.take_floor("crew", &lapsed.id, hold).await.unwrap(), "released once, free after the replay");
+}
