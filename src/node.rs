@@ -197,6 +197,13 @@ impl Node {
         Ok(choice)
     }
 
+    /// The status and text `user` chose, from the store; `None` for a user that never
+    /// chose one.
+    pub async fn choice(&self, user: &Id) -> Result<Option<Choice>, EngineError> {
+        let result = self.engine.store.choice(user).await;
+        self.check("choice", result)
+    }
+
     pub async fn heartbeat(&self, session: &Session) -> Result<(), EngineError> {
         let result = self.engine.store.heartbeat(session).await;
         self.announce("heartbeat", result).await

@@ -1,5 +1,6 @@
 //! Delivery of transient frames (PTT, TEXT, activity indicators) to this router's own
-//! connections.
+//! connections, and of one kind of news for connections themselves: that their user chose
+//! to be invisible, or to be seen again (each session then hides or shows its own signals).
 //!
 //! Unlike presence, these frames have no version and no snapshot: they go to whoever is
 //! connected now, or nowhere. Each connection registers a [`Mailbox`], a bounded queue its
@@ -13,7 +14,7 @@ use std::{
     collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU8, Ordering},
     },
 };
 
@@ -41,6 +42,10 @@ pub enum Audience {
     Group { group: Id, dashboards: bool },
     /// Every session of one user (a private channel).
     User(Id),
+    /// Every session of one user, told that the user chose `invisible` (or chose to be seen
+    /// again): not a frame for the client but news for its connection, which hides (or
+    /// shows) its own indicators and talking. The frame is empty.
+    Visibility { user: Id, invisible: bool },
 }
 
 /// One frame on its way to an audience.
@@ -68,7 +73,14 @@ struct Queue {
     capacity: usize,
     ready: Notify,
     overflowed: AtomicBool,
+    /// The latest [`Audience::Visibility`] news not yet taken: [`NO_NEWS`], [`SHOWN`] or
+    /// [`HIDDEN`]. Only the latest counts, so it takes no room in the queue.
+    visibility: AtomicU8,
 }
+
+const NO_NEWS: u8 = 0;
+const SHOWN: u8 = 1;
+const HIDDEN: u8 = 2;
 
 type Outbox = Arc<Queue>;
 
@@ -90,6 +102,11 @@ impl Queue {
             frames.push_back(frame.clone());
         }
         // A permit is stored when nobody waits, so no wake-up is lost.
+        self.ready.notify_one();
+    }
+
+    fn tell(&self, invisible: bool) {
+        self.visibility.store(if invisible { HIDDEN } else { SHOWN }, Ordering::Relaxed);
         self.ready.notify_one();
     }
 }
@@ -132,6 +149,7 @@ impl Relay {
             capacity,
             ready: Notify::new(),
             overflowed: AtomicBool::new(false),
+            visibility: AtomicU8::new(NO_NEWS),
         });
         let queue = outbox.clone();
         let mut registry = self.registry();
@@ -150,7 +168,8 @@ impl Relay {
             .any(|members| members.values().any(|(u, _)| u == user))
     }
 
-    /// Queues the frame for every local connection in its audience; returns how many.
+    /// Queues the frame for every local connection in its audience (or, for
+    /// [`Audience::Visibility`], tells them); returns how many.
     pub fn deliver(&self, delivery: &Delivery) -> usize {
         let registry = self.registry();
         let except = delivery.except.as_ref();
@@ -179,6 +198,12 @@ impl Relay {
                 registry.users.get(user).into_iter().flatten().for_each(|(_, outbox)| push(outbox));
             }
             Audience::User(_) => {}
+            Audience::Visibility { user, invisible } => {
+                for (_, outbox) in registry.users.get(user).into_iter().flatten() {
+                    outbox.tell(*invisible);
+                    delivered += 1;
+                }
+            }
         }
         delivered
     }
@@ -215,25 +240,36 @@ impl Mailbox {
     pub fn try_recv(&self) -> Option<Bytes> {
         self.queue.frames().pop_front()
     }
+
+    /// The latest news that the user chose `invisible` (`true`) or to be seen (`false`),
+    /// once: `None` when there is none since the last call.
+    pub fn take_visibility(&self) -> Option<bool> {
+        match self.queue.visibility.swap(NO_NEWS, Ordering::Relaxed) {
+            NO_NEWS => None,
+            news => Some(news == HIDDEN),
+        }
+    }
 }
 
 impl Delivery {
-    /// The message routers exchange: msgpack `[origin, audienceKind, audienceId, dashboards,
-    /// except, frame]`, audienceKind 0 = group, 1 = user. `origin` is the sending router,
-    /// which already delivered to its own connections.
+    /// The message routers exchange: msgpack `[origin, audienceKind, audienceId, flag,
+    /// except, frame]`, audienceKind 0 = group (flag: dashboards too), 1 = user, 2 = a
+    /// user's visibility (flag: invisible). `origin` is the sending router, which already
+    /// delivered to its own connections.
     pub fn encode(&self, origin: &str) -> Vec<u8> {
         use rmp::encode as enc;
         let mut buf = Vec::with_capacity(self.frame.len() + 64);
-        let (kind, target, dashboards) = match &self.audience {
+        let (kind, target, flag) = match &self.audience {
             Audience::Group { group, dashboards } => (0, group, *dashboards),
             Audience::User(user) => (1, user, false),
+            Audience::Visibility { user, invisible } => (2, user, *invisible),
         };
         // Writes into a Vec cannot fail.
         let _ = enc::write_array_len(&mut buf, 6);
         let _ = enc::write_str(&mut buf, origin);
         let _ = enc::write_uint(&mut buf, kind);
         let _ = enc::write_str(&mut buf, target.as_str());
-        let _ = enc::write_bool(&mut buf, dashboards);
+        let _ = enc::write_bool(&mut buf, flag);
         match &self.except {
             Some(user) => {
                 let _ = enc::write_str(&mut buf, user.as_str());
@@ -252,11 +288,12 @@ impl Delivery {
         use rmpv::Value;
         let value = rmpv::decode::read_value_with_max_depth(&mut bytes, crate::protocol::MAX_DEPTH).ok()?;
         let Value::Array(items) = value else { return None };
-        let [origin, kind, target, dashboards, except, frame]: [Value; 6] = items.try_into().ok()?;
+        let [origin, kind, target, flag, except, frame]: [Value; 6] = items.try_into().ok()?;
         let target = Id::parse(target.as_str()?).ok()?;
         let audience = match kind.as_u64()? {
-            0 => Audience::Group { group: target, dashboards: dashboards.as_bool()? },
+            0 => Audience::Group { group: target, dashboards: flag.as_bool()? },
             1 => Audience::User(target),
+            2 => Audience::Visibility { user: target, invisible: flag.as_bool()? },
             _ => return None,
         };
         let except = match except {
@@ -373,6 +410,12 @@ mod tests {
         assert_eq!(Delivery::decode(&group.encode("r1")), Some(("r1".into(), group)));
         let private = Delivery { audience: Audience::User(id("b")), except: None, frame: Bytes::from_static(b"\x93") };
         assert_eq!(Delivery::decode(&private.encode("r2")), Some(("r2".into(), private)));
+        let hidden = Delivery {
+            audience: Audience::Visibility { user: id("b"), invisible: true },
+            except: None,
+            frame: Bytes::new(),
+        };
+        assert_eq!(Delivery::decode(&hidden.encode("r3")), Some(("r3".into(), hidden)));
         assert_eq!(Delivery::decode(b"\x91\x01"), None);
         assert_eq!(Delivery::decode(b""), None);
     }
@@ -382,6 +425,27 @@ mod tests {
         fn decoding_arbitrary_broker_messages_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
             let _ = Delivery::decode(&bytes);
         }
+    }
+
+    #[test]
+    fn visibility_news_reaches_every_session_of_the_user_and_no_client() {
+        let relay = Arc::new(Relay::default());
+        let (phone, tablet, other) =
+            (session(&relay, "a", &["g"]), session(&relay, "a", &[]), session(&relay, "b", &["g"]));
+        let news = |invisible| Delivery {
+            audience: Audience::Visibility { user: id("a"), invisible },
+            except: None,
+            frame: Bytes::new(),
+        };
+        assert_eq!(relay.deliver(&news(true)), 2);
+        relay.deliver(&news(false));
+        for mailbox in [&phone, &tablet] {
+            assert_eq!(futures_util::FutureExt::now_or_never(mailbox.ready()), Some(()), "the connection is woken");
+            assert_eq!(mailbox.take_visibility(), Some(false), "the latest news counts");
+            assert_eq!(mailbox.take_visibility(), None, "once");
+            assert!(mailbox.try_recv().is_none(), "nothing is written to the client");
+        }
+        assert_eq!(other.take_visibility(), None);
     }
 
     #[test]

@@ -105,6 +105,12 @@ impl UserRecord {
         }
     }
 
+    /// The user is seen now, on `session`'s device (or the one it had, if it names none).
+    fn seen_on(&mut self, session: &Session, now_ms: u64) {
+        self.last_seen = now_ms;
+        self.device_id = session.device_id.clone().or(self.device_id.take());
+    }
+
     fn touch(&mut self) {
         self.last_activity = unix_ms();
         self.active_at = Instant::now();
@@ -170,11 +176,11 @@ impl State {
         }
         self.deadlines.insert((deadline, session.id.clone()));
         let record = self.users.entry(session.user.clone()).or_insert_with(|| UserRecord::new(now_ms));
-        // An invisible user's heartbeats must not reveal it through `lastSeen`.
+        // An invisible user's sessions must not reveal it through `lastSeen` or `deviceId`:
+        // it reads as it did when it went invisible.
         if record.mode != Mode::Invisible {
-            record.last_seen = now_ms;
+            record.seen_on(session, now_ms);
         }
-        record.device_id = session.device_id.clone().or(record.device_id.take());
         // New groups are news to the dashboards of the old and the new groups alike.
         let regrouped = record.groups != session.groups;
         record.groups = session.groups.clone();
@@ -232,9 +238,15 @@ impl PresenceStore for MemoryPresence {
         let mut state = self.state();
         let record = state.users.entry(session.user.clone()).or_insert_with(|| UserRecord::new(unix_ms()));
         let changed_text = record.text.as_deref() != text;
+        let was_invisible = record.mode == Mode::Invisible;
         record.mode = mode;
         record.text = text.map(Arc::from);
         record.touch();
+        // Seen again after being invisible: from now and on this device, not as it was
+        // when it went invisible.
+        if was_invisible && mode != Mode::Invisible && !record.live.is_empty() {
+            record.seen_on(session, unix_ms());
+        }
         Ok(state.settle(&session.user, Cause::Status, changed_text))
     }
 

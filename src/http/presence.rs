@@ -2,7 +2,7 @@
 //! `GET /api/users/{id}/presence`, one user, and `GET /api/groups/{id}/presence`,
 //! a group's participants, counts and live indicators.
 
-use std::sync::Arc;
+use std::{collections::HashSet, sync::Arc};
 
 use axum::{
     Json,
@@ -146,6 +146,10 @@ pub struct GroupResponse {
 /// it within the last-seen retention), how many are online, away and dnd, and who is
 /// typing, recording or talking. Only groups within the token's scope: its `groups`, or
 /// any group for a dashboard or service token without the claim.
+///
+/// Only participants shown online, away or dnd are listed as typing, recording or
+/// talking: the lists agree with the counts, and an invisible user (shown offline) is in
+/// neither, whatever the store's copy of its indicators says.
 pub async fn group(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -179,7 +183,12 @@ pub async fn group(
     let count = |status| participants.iter().filter(|p| p.status == status).count();
     let (online_count, away_count, dnd_count) = (count(Status::Online), count(Status::Away), count(Status::Dnd));
     let indicators = node.indicators(&group).await.map_err(unavailable)?;
-    let users = |kind| indicators.iter().filter(|(k, _)| *k == kind).map(|(_, user)| user.clone()).collect();
+    let shown: HashSet<&Id> = participants.iter().filter(|p| p.status.is_online()).map(|p| &p.user_id).collect();
+    let users = |kind| -> Vec<Id> {
+        indicators.iter().filter(|(k, user)| *k == kind && shown.contains(user)).map(|(_, user)| user.clone()).collect()
+    };
+    let (typing_users, recording_users, talking_users) =
+        (users(IndicatorKind::Typing), users(IndicatorKind::Recording), users(IndicatorKind::Talking));
     Ok(Json(GroupResponse {
         success: true,
         group_id: group,
@@ -187,9 +196,9 @@ pub async fn group(
         online_count,
         away_count,
         dnd_count,
-        typing_users: users(IndicatorKind::Typing),
-        recording_users: users(IndicatorKind::Recording),
-        talking_users: users(IndicatorKind::Talking),
+        typing_users,
+        recording_users,
+        talking_users,
         timestamp: unix_ms(),
     }))
 }

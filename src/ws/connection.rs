@@ -27,7 +27,7 @@ use crate::{
     hub::{HubEvent, Subscription},
     id::Id,
     metrics,
-    presence::{Groups, PresenceUpdate, Session, unix_ms},
+    presence::{Groups, Mode, PresenceUpdate, Session, unix_ms},
     protocol::{self, ErrorCode, Frame, message_type, payload::IndicatorKind},
     relay::{Mailbox, Member},
     scope::{Scope, View},
@@ -87,6 +87,11 @@ pub struct Connection {
     /// The PTT floor this connection holds (boxed: most connections never talk, and every
     /// byte here is in every idle connection's task).
     pub(super) talk: Option<Box<Talk>>,
+    /// Whether the user chose `invisible`, as this connection last learnt it (from the
+    /// store at connect, its own STATUS, or news of a STATUS on another of the user's
+    /// sessions); `None` while unknown (the store was unreachable at connect). Its
+    /// indicators and talking are announced and stored only while this is `Some(false)`.
+    pub(super) invisible: Option<bool>,
 }
 
 impl Connection {
@@ -95,6 +100,8 @@ impl Connection {
         let groups: Option<Groups> = claims.groups.map(Groups::from);
         let session = (claims.role == Role::Mobile)
             .then(|| app.node.session(claims.sub.clone(), device_id, groups.clone().unwrap_or_default()));
+        // Without presence there is no status to choose: never invisible.
+        let invisible = (session.is_none() || !app.presence_enabled).then_some(false);
         Connection {
             app,
             expires_at: expiry(claims.exp),
@@ -109,6 +116,7 @@ impl Connection {
             groups,
             indicators: BTreeMap::new(),
             talk: None,
+            invisible,
         }
     }
 
@@ -175,6 +183,7 @@ impl Connection {
         if let Some(session) = self.tracked() {
             match self.app.node.connect(session).await {
                 Ok(choice) => {
+                    self.invisible = Some(choice.as_ref().is_some_and(|c| c.mode == Mode::Invisible));
                     if let Some(session) = self.session.as_mut() {
                         session.choice = choice;
                     }
@@ -427,9 +436,12 @@ impl Connection {
         frame
     }
 
-    /// Writes what the mailbox holds (up to a batch; the rest wakes the next round), then
-    /// flushes once.
+    /// Applies news of the user's visibility, then writes what the mailbox holds (up to a
+    /// batch; the rest wakes the next round) and flushes once.
     async fn on_relayed(&mut self, socket: &mut Socket, mailbox: &Mailbox) -> Option<Exit> {
+        if let Some(invisible) = mailbox.take_visibility() {
+            self.set_invisible(invisible);
+        }
         let mut written = 0;
         while written < EVENT_BATCH
             && let Some(frame) = mailbox.try_recv()

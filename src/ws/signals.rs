@@ -5,9 +5,16 @@
 //! start once (refreshes only push its deadline, so ten rapid starts broadcast once), and
 //! announces its end exactly once, on stop, on expiry or when the connection closes. The
 //! store keeps a copy with the same lifetime for the group endpoint.
+//!
+//! An invisible user's indicators (and its talking) are kept but neither announced nor
+//! stored: nobody, member or dashboard, sees them. A connection whose user turns invisible
+//! announces the end of each of its live ones (and clears the store's copies); one whose
+//! user is seen again announces the start of each still live. So an end is announced
+//! exactly when its start was.
 
 use std::{sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::{
@@ -18,7 +25,7 @@ use crate::{
     id::Id,
     metrics,
     node::Write,
-    presence::Choice,
+    presence::{Choice, Mode},
     protocol::{
         self, ChannelType, ErrorCode, Frame,
         payload::{self, IndicatorKind},
@@ -56,6 +63,11 @@ impl Connection {
         if self.app.node.set_status(&session, mode, text.as_deref()).await.is_err() {
             return self.refuse(socket, frame, ErrorCode::PresenceUnavailable, "presence store unavailable").await;
         }
+        let invisible = mode == Mode::Invisible;
+        self.set_invisible(invisible);
+        // The user's other sessions, on every router, hide or show their own signals.
+        let news = Audience::Visibility { user: self.user.clone(), invisible };
+        self.app.node.send(Delivery { audience: news, except: None, frame: Bytes::new() });
         // Every later lease of this session carries the choice: a heartbeat that reaches a
         // Redis restarted empty before the router re-asserts must restore it, not reset it.
         if let Some(session) = self.session.as_mut() {
@@ -124,29 +136,68 @@ impl Connection {
 
     /// Turns an indicator on for `ttl`, or pushes its deadline when it is on already.
     pub(super) async fn start_indicator(&mut self, kind: IndicatorKind, group: Id, ttl: Duration) {
+        if self.invisible.is_none() {
+            self.learn_choice().await;
+        }
         let fresh = self.indicators.insert((kind, group.clone()), Instant::now() + ttl).is_none();
-        // The store's copy only feeds the group endpoint; the broadcast does not wait on it.
-        self.app.node.write_soon(Write::Indicator {
-            group: group.clone(),
-            user: self.user.clone(),
-            kind,
-            ttl: Some(ttl),
-        });
+        if self.hidden() {
+            return;
+        }
+        self.store_indicator(kind, group.clone(), Some(ttl));
         if fresh {
             self.announce_indicator(kind, group, true);
         }
     }
 
     pub(super) async fn end_indicator(&mut self, kind: IndicatorKind, group: Id) {
-        if self.indicators.remove(&(kind, group.clone())).is_some() {
-            self.app.node.write_soon(Write::Indicator {
-                group: group.clone(),
-                user: self.user.clone(),
-                kind,
-                ttl: None,
-            });
+        if self.indicators.remove(&(kind, group.clone())).is_some() && !self.hidden() {
+            self.store_indicator(kind, group.clone(), None);
             self.announce_indicator(kind, group, false);
         }
+    }
+
+    /// Whether this connection's signals are hidden: its user chose `invisible`, or the
+    /// connection does not know what the user chose.
+    fn hidden(&self) -> bool {
+        self.invisible != Some(false)
+    }
+
+    /// Records what the user chose: invisible (every signal this connection has on ends,
+    /// for everyone who saw it start) or seen (every one still live starts). Signals that
+    /// lapsed while hidden were never shown: they go silently.
+    pub(super) fn set_invisible(&mut self, invisible: bool) {
+        let was_hidden = self.hidden();
+        self.invisible = Some(invisible);
+        if was_hidden == invisible {
+            return;
+        }
+        let now = Instant::now();
+        if !invisible {
+            self.indicators.retain(|_, until| *until > now);
+        }
+        let live: Vec<((IndicatorKind, Id), Instant)> = self.indicators.iter().map(|(k, u)| (k.clone(), *u)).collect();
+        for ((kind, group), until) in live {
+            self.store_indicator(kind, group.clone(), (!invisible).then(|| until - now));
+            self.announce_indicator(kind, group, !invisible);
+        }
+    }
+
+    /// Asks the store what the user chose, for a connection that does not know (the store
+    /// was unreachable when it connected). While the store is still unreachable the
+    /// connection's signals stay hidden: an unknown choice may be `invisible`.
+    async fn learn_choice(&mut self) {
+        if self.app.node.is_degraded() {
+            return;
+        }
+        if let Ok(choice) = self.app.node.choice(&self.user).await {
+            self.set_invisible(choice.is_some_and(|c| c.mode == Mode::Invisible));
+        }
+    }
+
+    /// Sets (`Some(ttl)`) or clears the store's copy of an indicator. Written behind: the
+    /// copy only feeds the group endpoint, and the broadcast does not wait on it.
+    fn store_indicator(&self, kind: IndicatorKind, group: Id, ttl: Option<Duration>) {
+        self.app.node.write_soon(Write::Indicator { group, user: self.user.clone(), kind, ttl });
     }
 
     /// Ends the floor and every indicator this connection has (it is closing): neither may
@@ -159,7 +210,8 @@ impl Connection {
         }
     }
 
-    /// INDICATOR_UPDATE to the group's members and dashboards, never to the user itself.
+    /// INDICATOR_UPDATE to the group's members and dashboards, never to the user itself;
+    /// only while the user is seen (see the module documentation).
     fn announce_indicator(&self, kind: IndicatorKind, group: Id, active: bool) {
         ::metrics::counter!(metrics::INDICATORS, "type" => kind.as_str(), "active" => if active { "true" } else { "false" })
             .increment(1);

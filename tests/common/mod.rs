@@ -264,8 +264,13 @@ impl Router {
     /// A mobile whose token puts it in `groups`, synced: the router has registered it, so
     /// it receives whatever its groups are sent from now on.
     pub async fn mobile_in(&self, user: &str, groups: &[&str]) -> Client {
+        self.mobile_on(user, "device", groups).await
+    }
+
+    /// [`Router::mobile_in`] on a named device (a user's phone and tablet are two).
+    pub async fn mobile_on(&self, user: &str, device: &str, groups: &[&str]) -> Client {
         let token = mint_hs256_in(SECRET.as_bytes(), user, Role::Mobile, Some(groups), 3600).unwrap();
-        let mut client = Client::connect(self.addr, &token, Some("device")).await;
+        let mut client = Client::connect(self.addr, &token, Some(device)).await;
         client.sync(user).await;
         client
     }

@@ -282,6 +282,7 @@ impl PresenceStore for RedisPresence {
             .on_session(&self.status, session)
             .arg(mode.as_str())
             .arg(text.unwrap_or(""))
+            .arg(session.device_id.as_deref().unwrap_or(""))
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;

@@ -95,6 +95,14 @@ local function transition(user, cause, force, forced_cause)
     f[3] or false, f[4] or false, f[5] or false}
 end
 
+-- The user is seen now, on `device` ('' keeps the stored one).
+local function seen_on(meta, device)
+  redis.call('HSET', meta, 'lastSeen', now)
+  if device ~= '' then
+    redis.call('HSET', meta, 'deviceId', device)
+  end
+end
+
 -- Registers or renews a session: the whole of a connect, or of a heartbeat on a session
 -- that lapsed. deviceId '' keeps the stored one; groups are newline-separated (ids hold no
 -- control characters); activity '1' on connect resets the away timer (a heartbeat is not
@@ -114,12 +122,10 @@ local function lease(user, session, ttl, device, role, groups, activity, mode, t
   -- New groups are news to the dashboards of the old and the new groups alike.
   local regrouped = (redis.call('HGET', meta, 'groups') or '') ~= groups
   redis.call('HSET', meta, 'role', role, 'groups', groups)
-  -- An invisible user's heartbeats must not reveal it through lastSeen.
+  -- An invisible user's sessions must not reveal it through lastSeen or deviceId: it
+  -- reads as it did when it went invisible.
   if redis.call('HGET', meta, 'mode') ~= 'invisible' then
-    redis.call('HSET', meta, 'lastSeen', now)
-  end
-  if device ~= '' then
-    redis.call('HSET', meta, 'deviceId', device)
+    seen_on(meta, device)
   end
   if activity == '1' then
     redis.call('HSET', meta, 'lastActivity', now)

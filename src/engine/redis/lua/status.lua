@@ -1,8 +1,10 @@
 -- The user chose a status. ARGV: prefix, last_seen_ms, user, session, mode
--- (online/away/dnd/invisible), text ('' = none). Setting a status is activity.
+-- (online/away/dnd/invisible), text ('' = none), deviceId of the session ('' = none).
+-- Setting a status is activity.
 local user, text = ARGV[3], ARGV[6]
-local _, meta = keys_of(user)
+local _, meta, skey = keys_of(user)
 local old = redis.call('HGET', meta, 'text') or ''
+local was_invisible = redis.call('HGET', meta, 'mode') == 'invisible'
 redis.call('HSET', meta, 'mode', ARGV[5], 'lastActivity', now)
 redis.call('HDEL', meta, 'idle')
 if text == '' then
@@ -11,4 +13,9 @@ else
   redis.call('HSET', meta, 'text', text)
 end
 settle(user)
+-- Seen again after being invisible: from now and on this device, not as it was when it
+-- went invisible.
+if was_invisible and ARGV[5] ~= 'invisible' and redis.call('EXISTS', skey) == 1 then
+  seen_on(meta, ARGV[7])
+end
 return transition(user, 'status', old ~= text)
