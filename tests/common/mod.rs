@@ -6,6 +6,7 @@
 
 pub mod raw;
 pub mod tcp_proxy;
+pub mod tokens;
 
 use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
 
@@ -188,7 +189,15 @@ impl Router {
     /// Starts the binary on 127.0.0.1:0 with `extra` flags and waits for its listen line.
     pub async fn start(extra: &[&str]) -> Router {
         let command = Command::new(env!("CARGO_BIN_EXE_presence-router"));
-        Router::launch(command, extra, false).await.0
+        Router::launch(command, extra, false, true).await.0
+    }
+
+    /// Like [`Router::start`] without the suite's `--jwt-secret`: `extra` and `env` name the
+    /// keys (a public key, a JWKS) and any other setting.
+    pub async fn start_keyed(extra: &[&str], env: &[(&str, &str)]) -> Router {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_presence-router"));
+        command.env_remove("JWT_SECRET").envs(env.iter().copied());
+        Router::launch(command, extra, false, false).await.0
     }
 
     /// Like [`Router::start`], logging at info to the returned stderr, and with the
@@ -204,13 +213,21 @@ impl Router {
                 shell
             }
         };
-        let (router, stderr) = Router::launch(command, extra, true).await;
+        let (router, stderr) = Router::launch(command, extra, true, true).await;
         (router, stderr.expect("stderr is piped"))
     }
 
-    async fn launch(mut command: Command, extra: &[&str], logged: bool) -> (Router, Option<ChildStderr>) {
+    async fn launch(
+        mut command: Command,
+        extra: &[&str],
+        logged: bool,
+        secret: bool,
+    ) -> (Router, Option<ChildStderr>) {
+        command.args(["--host", "127.0.0.1", "--port", "0"]);
+        if secret {
+            command.args(["--jwt-secret", SECRET]);
+        }
         let mut child = command
-            .args(["--host", "127.0.0.1", "--port", "0", "--jwt-secret", SECRET])
             .args(extra)
             .env("RUST_LOG", if logged { "info" } else { "warn" })
             .stdout(Stdio::piped())
