@@ -9,7 +9,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    auth::{Authenticator, MIN_SECRET_BYTES},
+    auth::{Authenticator, Jwks, MIN_SECRET_BYTES, jwks},
     config::Config,
     engine::{
         Engine, MemoryBroker, MemoryPresence,
@@ -68,6 +68,8 @@ pub struct App {
 impl App {
     /// Builds the engine the config names, starts the node, and returns the shared state.
     pub async fn start(config: &Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<Arc<App>> {
+        // First: a key that cannot load is a configuration error, reported before anything starts.
+        let auth = authenticator(config).await?;
         let hub = Arc::new(Hub::with_snapshot_memory(config.dashboard_queue, config.snapshot_memory()));
         let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
         let sweep_now = Arc::new(Notify::new());
@@ -141,7 +143,7 @@ impl App {
 
         Ok(Arc::new(App {
             node,
-            auth: authenticator(config)?,
+            auth,
             limits: Limits {
                 max_connections: config.max_connections,
                 header_read_timeout: config.header_read_timeout(),
@@ -187,9 +189,9 @@ impl App {
     }
 }
 
-fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
-    let auth = match (&config.jwt_secret, &config.jwt_public_key) {
-        (Some(secret), _) => {
+async fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
+    let auth = match (&config.jwt_secret, &config.jwt_public_key, key_set_source(config)) {
+        (Some(secret), _, _) => {
             // The config refuses an empty secret; this guards a Config built some other way.
             anyhow::ensure!(!secret.trim().is_empty(), "the JWT secret is empty: anyone could sign tokens");
             if secret.len() < MIN_SECRET_BYTES {
@@ -201,13 +203,20 @@ fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
             }
             Authenticator::hs256(secret.as_bytes())
         }
-        (None, Some(path)) => {
+        (None, Some(path), _) => {
             let pem = std::fs::read(path).with_context(|| format!("reading JWT public key {}", path.display()))?;
             let algorithm = Algorithm::from_str(&config.jwt_algorithm)
                 .with_context(|| format!("JWT algorithm {}", config.jwt_algorithm))?;
             Authenticator::public_key(&pem, algorithm)?
         }
-        (None, None) => anyhow::bail!("set JWT_SECRET or JWT_PUBLIC_KEY"),
+        (None, None, Some(source)) => Authenticator::key_set(Jwks::load(source, config.jwks_timing()).await?),
+        (None, None, None) => anyhow::bail!("set JWT_SECRET, JWT_PUBLIC_KEY, JWT_JWKS_URL or JWT_JWKS_FILE"),
     };
-    Ok(auth.max_lifetime(config.max_token_lifetime))
+    Ok(auth.rules(config.token_rules()))
+}
+
+/// Where the key set comes from, when the config names one.
+fn key_set_source(config: &Config) -> Option<jwks::Source> {
+    let url = config.jwt_jwks_url.clone().map(jwks::Source::Url);
+    url.or_else(|| config.jwt_jwks_file.clone().map(jwks::Source::File))
 }

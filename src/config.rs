@@ -77,7 +77,7 @@ pub struct Config {
         long,
         env = "JWT_SECRET",
         hide_env_values = true,
-        required_unless_present = "jwt_public_key",
+        required_unless_present_any = ["jwt_public_key", "jwt_jwks_url", "jwt_jwks_file"],
         value_parser = non_empty_secret
     )]
     pub jwt_secret: Option<String>,
@@ -89,6 +89,45 @@ pub struct Config {
     /// Algorithm for --jwt-public-key: RS256, RS384, RS512, PS256, ES256, ES384, EdDSA.
     #[arg(long, env = "JWT_ALGORITHM", default_value = "RS256")]
     pub jwt_algorithm: String,
+
+    /// URL of the token issuer's key set (JWKS), e.g. Keycloak's
+    /// `/realms/<realm>/protocol/openid-connect/certs` or Auth0's `/.well-known/jwks.json`:
+    /// each token's `kid` picks its key, and the key's type (or `alg`) its algorithm.
+    /// https, or plain http to localhost only. Instead of a secret or a public key.
+    #[arg(
+        long,
+        env = "JWT_JWKS_URL",
+        conflicts_with_all = ["jwt_secret", "jwt_public_key", "jwt_jwks_file"],
+        value_parser = crate::auth::jwks::parse_url
+    )]
+    pub jwt_jwks_url: Option<reqwest::Url>,
+
+    /// A key set (JWKS) in a file, read like --jwt-jwks-url (and read again on the same
+    /// schedule, so a rotated file is picked up). Must be readable at start.
+    #[arg(long, env = "JWT_JWKS_FILE", conflicts_with_all = ["jwt_secret", "jwt_public_key"])]
+    pub jwt_jwks_file: Option<PathBuf>,
+
+    /// Seconds a fetched key set is used before it is fetched again (5 minutes).
+    #[arg(long, env = "JWT_JWKS_CACHE_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub jwt_jwks_cache_secs: u64,
+
+    /// Least seconds between two fetches of the key set, whatever asks for them: a token
+    /// naming a key the set lacks (a rotation) fetches it again only this long after the
+    /// last fetch, so made-up `kid`s cannot make the router hammer the identity provider.
+    #[arg(long, env = "JWT_JWKS_MIN_REFETCH_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub jwt_jwks_min_refetch_secs: u64,
+
+    /// Audiences this router accepts in a token's `aud`, comma-separated: a token must name
+    /// one of them. Unset: a token that names any audience is refused
+    /// (`token_audience_not_configured`), since it was issued for some service and this
+    /// router cannot tell it is that one.
+    #[arg(long, env = "JWT_AUDIENCE", value_delimiter = ',', value_parser = non_empty_name)]
+    pub jwt_audience: Vec<String>,
+
+    /// Issuers this router accepts in a token's `iss`, comma-separated: a token must name
+    /// one of them exactly. Unset: `iss` is not read.
+    #[arg(long, env = "JWT_ISSUER", value_delimiter = ',', value_parser = non_empty_name)]
+    pub jwt_issuer: Vec<String>,
 
     /// Longest token lifetime accepted, in seconds from issue (`iat`) to expiry (`exp`);
     /// longer tokens, and tokens without `iat`, are refused. Bounds how long a leaked token
@@ -237,7 +276,33 @@ fn non_empty_secret(secret: &str) -> Result<String, String> {
     Ok(secret.to_string())
 }
 
+/// Refuses an empty audience or issuer: no token names one, so it would only look set.
+fn non_empty_name(name: &str) -> Result<String, String> {
+    match name.trim().is_empty() {
+        true => Err("empty: name the audience or issuer exactly as tokens carry it".into()),
+        false => Ok(name.to_string()),
+    }
+}
+
 impl Config {
+    /// What every token's claims must meet: `--jwt-audience`, `--jwt-issuer`,
+    /// `--max-token-lifetime`.
+    pub fn token_rules(&self) -> crate::auth::Rules {
+        crate::auth::Rules {
+            audiences: self.jwt_audience.clone(),
+            issuers: self.jwt_issuer.clone(),
+            max_lifetime: self.max_token_lifetime,
+        }
+    }
+
+    /// `--jwt-jwks-cache-secs` and `--jwt-jwks-min-refetch-secs`.
+    pub fn jwks_timing(&self) -> crate::auth::jwks::Timing {
+        crate::auth::jwks::Timing {
+            cache_for: Duration::from_secs(self.jwt_jwks_cache_secs),
+            min_refetch: Duration::from_secs(self.jwt_jwks_min_refetch_secs),
+        }
+    }
+
     pub fn lifetimes(&self) -> Lifetimes {
         Lifetimes {
             ttl: self.ttl(),
@@ -363,6 +428,53 @@ mod tests {
             assert!(
                 Config::try_parse_from(["presence-router", "--jwt-secret", "s", "--max-token-lifetime", bad]).is_err()
             );
+        }
+    }
+
+    #[test]
+    fn a_key_set_replaces_the_secret_and_is_the_only_source_of_keys() {
+        let url = ["presence-router", "--jwt-jwks-url", "https://idp.example/realms/ptt/protocol/openid-connect/certs"];
+        let c = Config::try_parse_from(url).unwrap();
+        assert_eq!(c.jwt_jwks_url.as_ref().map(|u| u.host_str()), Some(Some("idp.example")));
+        assert_eq!((c.jwt_jwks_cache_secs, c.jwt_jwks_min_refetch_secs), (300, 10));
+        assert!(Config::try_parse_from(["presence-router", "--jwt-jwks-file", "/etc/jwks.json"]).is_ok());
+        for other in [&["--jwt-secret", "s"][..], &["--jwt-public-key", "k.pem"], &["--jwt-jwks-file", "j.json"]] {
+            let e = Config::try_parse_from([&url[..], other].concat()).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{other:?}");
+        }
+        let e = Config::try_parse_from(["presence-router", "--jwt-jwks-url", "http://idp.example/certs"]).unwrap_err();
+        assert!(e.to_string().contains("https"), "{e}");
+        for bad in ["0", "86401", "-1"] {
+            assert!(Config::try_parse_from([&url[..], &["--jwt-jwks-min-refetch-secs", bad]].concat()).is_err());
+            assert!(Config::try_parse_from([&url[..], &["--jwt-jwks-cache-secs", bad]].concat()).is_err());
+        }
+    }
+
+    #[test]
+    fn audiences_and_issuers_are_comma_separated_and_never_empty() {
+        let c = Config::try_parse_from(["presence-router", "--jwt-secret", "s"]).unwrap();
+        assert!(c.token_rules().audiences.is_empty() && c.token_rules().issuers.is_empty());
+        let c = Config::try_parse_from([
+            "presence-router",
+            "--jwt-secret",
+            "s",
+            "--jwt-audience",
+            "presence,account",
+            "--jwt-issuer",
+            "https://idp.example/realms/ptt",
+            "--max-token-lifetime",
+            "600",
+        ])
+        .unwrap();
+        let rules = c.token_rules();
+        assert_eq!(rules.audiences, ["presence", "account"]);
+        assert_eq!(rules.issuers, ["https://idp.example/realms/ptt"]);
+        assert_eq!(rules.max_lifetime, Some(600));
+        for flag in ["--jwt-audience", "--jwt-issuer"] {
+            for empty in ["", " ", "presence,"] {
+                let e = Config::try_parse_from(["presence-router", "--jwt-secret", "s", flag, empty]).unwrap_err();
+                assert!(e.to_string().contains("empty"), "{flag} {empty:?}: {e}");
+            }
         }
     }
 }

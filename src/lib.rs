@@ -9,7 +9,9 @@
 //! - [`config`]: flags and environment variables.
 //! - [`protocol`]: the VoicePing-compatible msgpack frame codec (pure functions).
 //! - [`id`], [`presence`]: the data model; ids normalised at the edge, versioned presence.
-//! - [`auth`]: JWT verification and where a handshake carries its credentials.
+//! - [`auth`]: JWT verification (signature, then the claims' rules: dates, audience,
+//!   issuer, lifetime), the issuer's key set ([`auth::jwks`]: fetched, cached, re-fetched
+//!   on rotation within a bound) and where a handshake carries its credentials.
 //! - [`scope`]: which users a token may read, the same rule on every path.
 //! - [`engine`]: the [`PresenceStore`](engine::PresenceStore) (leases, transitions) and
 //!   [`Broker`](engine::Broker) (transport of transitions) traits and their implementations.

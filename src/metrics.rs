@@ -22,6 +22,9 @@ pub const FRAMES_RECEIVED: &str = "presence_frames_received_total";
 pub const FRAME_ERRORS: &str = "presence_frame_errors_total";
 pub const HANDSHAKE_REJECTIONS: &str = "presence_handshake_rejections_total";
 pub const REFRESHES: &str = "presence_token_refreshes_total";
+pub const TOKEN_REFUSALS: &str = "presence_token_refusals_total";
+pub const JWKS_FETCHES: &str = "presence_jwks_fetches_total";
+pub const JWKS_KEYS: &str = "presence_jwks_keys";
 pub const STORE_WRITES_DROPPED: &str = "presence_store_writes_dropped_total";
 pub const DISCONNECTS: &str = "presence_disconnects_total";
 pub const ENGINE_ERRORS: &str = "presence_engine_errors_total";
@@ -91,6 +94,18 @@ fn describe() {
         "Store writes handed off by connections (activity, indicators) dropped: queue full."
     );
     describe_counter!(REFRESHES, "REFRESH frames (token refreshes on open connections), by result.");
+    describe_counter!(
+        TOKEN_REFUSALS,
+        "Tokens refused wherever presented (WebSocket handshake, HTTP API, REFRESH), by reason: the error code \
+         (token_expired, token_wrong_audience, token_unknown_key, keys_unavailable, ...)."
+    );
+    describe_counter!(
+        JWKS_FETCHES,
+        "Fetches of the token issuer's key set (--jwt-jwks-url or --jwt-jwks-file), by trigger (start, expired: \
+         the cached set was older than --jwt-jwks-cache-secs, unknown_kid: a token named a key the set lacked) and \
+         result (ok, error)."
+    );
+    describe_gauge!(JWKS_KEYS, "Keys in the last key set fetched that tokens can be verified with.");
     describe_counter!(DISCONNECTS, "WebSocket connections ended, by reason.");
     describe_counter!(ENGINE_ERRORS, "Presence store or broker calls that failed, by operation.");
     describe_gauge!(

@@ -94,8 +94,8 @@ async fn a_float_exp_ends_the_socket_with_4001_and_a_float_refresh_moves_it() {
 
     // A REFRESH with float dates is read the same way: it is accepted, and its expiry is
     // the one the socket then keeps.
-    let mut mobile = Client::connect(router.addr, &sign(claims(json!(now() as f64 + 3600.5), json!({}))), Some("d"))
-        .await;
+    let mut mobile =
+        Client::connect(router.addr, &sign(claims(json!(now() as f64 + 3600.5), json!({}))), Some("d")).await;
     mobile.send_frame(0, REFRESH, "u", "", map(&[("token", expiring().into())])).await;
     let ack = mobile.next_frame().await;
     assert_eq!(ack[1].as_u64(), Some(ACK.into()), "{ack}");
@@ -147,7 +147,8 @@ async fn audience_and_issuer_rules(router: &Router) {
 
 #[tokio::test]
 async fn audience_and_issuer_are_checked_when_set_by_flags() {
-    let router = Router::start(&["--jwt-audience", "presence,api", "--jwt-issuer", "https://idp.test/realms/ptt"]).await;
+    let router =
+        Router::start(&["--jwt-audience", "presence,api", "--jwt-issuer", "https://idp.test/realms/ptt"]).await;
     audience_and_issuer_rules(&router).await;
     assert_eq!(rejections(&router, "token_wrong_audience").await, 5);
     assert_eq!(rejections(&router, "token_wrong_issuer").await, 3);

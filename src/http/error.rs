@@ -28,6 +28,18 @@ impl ApiError {
     }
 }
 
+/// A refused token: its status (401, or 503 while the keys are not loaded), its code, its
+/// reason, and `Retry-After` when waiting helps.
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        let error = ApiError::new(e.status(), e.code(), e.to_string());
+        match e.retry_after() {
+            Some(secs) => error.retry_after(secs),
+            None => error,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({

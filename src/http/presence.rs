@@ -80,7 +80,7 @@ pub async fn status(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<StatusResponse>, ApiError> {
-    let claims = authorize(&app, &headers)?;
+    let claims = authorize(&app, &headers).await?;
     super::rate_limit::charge(&app, &claims, super::rate_limit::Cost::Status(&body))?;
     let scope = Scope::of(&claims);
     let is_json = headers
@@ -118,7 +118,7 @@ pub async fn user(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<UserResponse>, ApiError> {
-    let claims = authorize(&app, &headers)?;
+    let claims = authorize(&app, &headers).await?;
     super::rate_limit::charge(&app, &claims, super::rate_limit::Cost::User)?;
     let scope = Scope::of(&claims);
     let id = path_id(id, "invalid_user_id")?;
@@ -155,7 +155,7 @@ pub async fn group(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<GroupResponse>, ApiError> {
-    let claims = authorize(&app, &headers)?;
+    let claims = authorize(&app, &headers).await?;
     super::rate_limit::charge(&app, &claims, super::rate_limit::Cost::Group)?;
     let scope = Scope::of(&claims);
     let group = path_id(id, "invalid_group_id")?;
@@ -218,11 +218,11 @@ impl From<UserPresence> for UserStatus {
 
 /// Any valid token may read presence, within its [`Scope`]: `Authorization: Bearer <jwt>`
 /// (or a `token` header).
-fn authorize(app: &App, headers: &HeaderMap) -> Result<Claims, ApiError> {
+async fn authorize(app: &App, headers: &HeaderMap) -> Result<Claims, ApiError> {
     let token = Credentials::from_headers(headers).token.ok_or_else(|| {
         ApiError::new(StatusCode::UNAUTHORIZED, "missing_token", "send `Authorization: Bearer <jwt>`")
     })?;
-    app.auth.verify(&token).map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))
+    Ok(app.auth.verify(&token).await?)
 }
 
 /// The id in the path, or a 400 with `code`.

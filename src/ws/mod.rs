@@ -49,9 +49,9 @@ pub async fn upgrade(State(app): State<Arc<App>>, mut request: Request) -> Respo
             ),
         );
     };
-    let claims = match app.auth.verify(token) {
+    let claims = match app.auth.verify(token).await {
         Ok(claims) => claims,
-        Err(e) => return reject(e.code(), ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())),
+        Err(e) => return reject(e.code(), e.into()),
     };
     let device_id = match credentials.device_id.as_deref().map(Id::parse).transpose() {
         Ok(id) => id.map(|id| Arc::<str>::from(id.as_str())),

@@ -25,7 +25,7 @@ impl Connection {
             Ok(token) => token,
             Err(e) => return self.refuse(socket, frame, ErrorCode::InvalidPayload, &e.to_string()).await,
         };
-        let claims = match self.app.auth.verify(token) {
+        let claims = match self.app.auth.verify(token).await {
             Ok(claims) => claims,
             Err(e) => {
                 ::metrics::counter!(metrics::REFRESHES, "result" => e.code()).increment(1);

@@ -217,12 +217,7 @@ impl Router {
         (router, stderr.expect("stderr is piped"))
     }
 
-    async fn launch(
-        mut command: Command,
-        extra: &[&str],
-        logged: bool,
-        secret: bool,
-    ) -> (Router, Option<ChildStderr>) {
+    async fn launch(mut command: Command, extra: &[&str], logged: bool, secret: bool) -> (Router, Option<ChildStderr>) {
         command.args(["--host", "127.0.0.1", "--port", "0"]);
         if secret {
             command.args(["--jwt-secret", SECRET]);

@@ -1,0 +1,326 @@
+//! What a token claims, and the rules its claims must meet once its signature holds.
+//!
+//! The claims are read here rather than by `jsonwebtoken`'s validation, which only checks
+//! the signature: its reading of dates rounds fractions and passes over a malformed `aud`
+//! or `iss` when none is required, and its errors cannot say which claim failed or why.
+//! One reader means the date that passed the check is the date the socket expires on.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{AuthError, LEEWAY_SECS};
+use crate::id::Id;
+
+/// Latest NumericDate accepted, in Unix seconds: 9999-12-31T23:59:59Z. No issuer means a
+/// later one, and the bound keeps every date arithmetic far from overflow.
+pub const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
+
+/// What a connection may do: mobiles have presence, web/dashboard sessions watch it, and
+/// services are backends that read presence (over HTTP, or watching it like a dashboard).
+/// Which users each may read is [`Scope`](crate::scope::Scope)'s rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Mobile,
+    Web,
+    Dashboard,
+    Service,
+}
+
+impl Role {
+    /// Dashboards and web clients receive the snapshot and the update stream.
+    pub fn watches_presence(self) -> bool {
+        matches!(self, Role::Web | Role::Dashboard | Role::Service)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Mobile => "mobile",
+            Role::Web => "web",
+            Role::Dashboard => "dashboard",
+            Role::Service => "service",
+        }
+    }
+}
+
+/// A verified token's claims.
+#[derive(Debug, Clone, Serialize)]
+pub struct Claims {
+    /// The user id; a string or a number.
+    pub sub: Id,
+    pub role: Role,
+    /// Expiry, Unix seconds (a fractional `exp` is cut to the second before).
+    pub exp: u64,
+    /// Issued at, Unix seconds (fraction cut), when the token says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// A mobile's groups: which dashboards may see its presence. A dashboard's groups:
+    /// the only groups whose members it sees; without the claim it sees everyone.
+    /// Present means a list: `"groups": null` is refused rather than read as "no claim",
+    /// which would let a dashboard token read everyone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<Id>>,
+}
+
+/// The claims as signed: shapes checked by serde (`sub`, `role`, `groups`), the registered
+/// claims kept raw for [`Rules::check`] to read. `null` reads as absent, except for `groups`.
+#[derive(Debug, Deserialize)]
+pub(super) struct Signed {
+    sub: Id,
+    role: Role,
+    #[serde(default)]
+    exp: Option<Value>,
+    #[serde(default)]
+    nbf: Option<Value>,
+    #[serde(default)]
+    iat: Option<Value>,
+    #[serde(default)]
+    aud: Option<Value>,
+    #[serde(default)]
+    iss: Option<Value>,
+    #[serde(default, deserialize_with = "present_list")]
+    groups: Option<Vec<Id>>,
+}
+
+/// A claim that, when present, must be a list (absent is `None` through `default`).
+fn present_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<Id>>, D::Error> {
+    Vec::<Id>::deserialize(deserializer).map(Some)
+}
+
+/// What the configuration asks of every token's claims, beyond its signature.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    /// Audiences accepted (`--jwt-audience`); empty: a token naming any audience is refused.
+    pub audiences: Vec<String>,
+    /// Issuers accepted (`--jwt-issuer`); empty: `iss` is not read.
+    pub issuers: Vec<String>,
+    /// Longest `exp - iat` accepted, in seconds (`--max-token-lifetime`); `None`: no limit.
+    pub max_lifetime: Option<u64>,
+}
+
+impl Rules {
+    /// Checks, in order: the dates' shape (`exp` required; `nbf`, `iat` when present), `exp`
+    /// and `nbf` against `now` (Unix seconds) with [`LEEWAY_SECS`], the issuer, the
+    /// audience, then the lifetime cap.
+    pub(super) fn check(&self, signed: Signed, now: u64) -> Result<Claims, AuthError> {
+        let exp = match &signed.exp {
+            Some(exp) => numeric_date("exp", exp)?,
+            None => {
+                return Err(AuthError::InvalidDate { claim: "exp", problem: "is missing: every token must expire" });
+            }
+        };
+        let nbf = signed.nbf.as_ref().map(|nbf| numeric_date("nbf", nbf)).transpose()?;
+        let iat = signed.iat.as_ref().map(|iat| numeric_date("iat", iat)).transpose()?;
+        if exp.saturating_add(LEEWAY_SECS) < now {
+            return Err(AuthError::Expired);
+        }
+        if nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECS) {
+            return Err(AuthError::NotYetValid);
+        }
+        self.check_issuer(signed.iss.as_ref())?;
+        self.check_audience(signed.aud.as_ref())?;
+        if let Some(max) = self.max_lifetime {
+            let iat = iat.ok_or(AuthError::MissingIat { max })?;
+            // A post-dated iat counts from now: it must not stretch what the token is good for.
+            let lifetime = exp.saturating_sub(iat.min(now + LEEWAY_SECS));
+            if lifetime > max {
+                return Err(AuthError::LifetimeTooLong { lifetime, max });
+            }
+        }
+        Ok(Claims { sub: signed.sub, role: signed.role, exp, iat, groups: signed.groups })
+    }
+
+    /// `iss` (a single string, RFC 7519 §4.1.1) must be one of the configured issuers.
+    fn check_issuer(&self, iss: Option<&Value>) -> Result<(), AuthError> {
+        if self.issuers.is_empty() {
+            return Ok(());
+        }
+        match iss {
+            None => Err(AuthError::WrongIssuer("token has no `iss`, and this router accepts only --jwt-issuer's")),
+            Some(Value::String(iss)) if self.issuers.contains(iss) => Ok(()),
+            Some(Value::String(_)) => {
+                Err(AuthError::WrongIssuer("`iss` is not an issuer this router accepts (--jwt-issuer)"))
+            }
+            Some(_) => Err(AuthError::WrongIssuer("`iss` must be a single string")),
+        }
+    }
+
+    /// `aud` (a string or a list of strings, RFC 7519 §4.1.3) must name one configured
+    /// audience. With none configured, a token that names any audience is refused: it was
+    /// issued for some service, and this router cannot tell that it is that service.
+    fn check_audience(&self, aud: Option<&Value>) -> Result<(), AuthError> {
+        let named: Vec<&Value> = match aud {
+            None => Vec::new(),
+            Some(Value::Array(list)) => list.iter().collect(),
+            Some(one) => vec![one],
+        };
+        if self.audiences.is_empty() {
+            return match named.is_empty() {
+                true => Ok(()),
+                false => Err(AuthError::AudienceNotConfigured),
+            };
+        }
+        if named.is_empty() {
+            return Err(AuthError::WrongAudience("token has no `aud`, and this router requires one of --jwt-audience"));
+        }
+        let mut audiences = Vec::with_capacity(named.len());
+        for aud in named {
+            let Value::String(aud) = aud else {
+                return Err(AuthError::WrongAudience("`aud` must be a string or a list of strings"));
+            };
+            audiences.push(aud);
+        }
+        match audiences.iter().any(|aud| self.audiences.contains(aud)) {
+            true => Ok(()),
+            false => Err(AuthError::WrongAudience(
+                "none of the token's audiences (`aud`) is one this router accepts (--jwt-audience)",
+            )),
+        }
+    }
+}
+
+/// Reads a NumericDate (RFC 7519 §2): seconds since 1970-01-01 UTC as a JSON number, whole
+/// or fractional, from 0 to [`MAX_NUMERIC_DATE`]. The fraction is cut: `X.5` reads as `X`
+/// (the 5 s leeway dwarfs it).
+fn numeric_date(claim: &'static str, value: &Value) -> Result<u64, AuthError> {
+    let invalid = |problem| AuthError::InvalidDate { claim, problem };
+    let Value::Number(number) = value else {
+        return Err(invalid(match value {
+            Value::String(_) => "is a string, not a number",
+            Value::Bool(_) => "is a boolean, not a number",
+            Value::Array(_) => "is a list, not a number",
+            _ => "is an object, not a number",
+        }));
+    };
+    let seconds = match (number.as_u64(), number.as_f64()) {
+        (Some(whole), _) => Some(whole),
+        // In range first, so the cast neither saturates nor wraps.
+        (None, Some(secs)) if (0.0..(MAX_NUMERIC_DATE + 1) as f64).contains(&secs) => Some(secs as u64),
+        _ => None,
+    };
+    match seconds {
+        Some(seconds) if seconds <= MAX_NUMERIC_DATE => Ok(seconds),
+        _ if number.as_f64().is_some_and(|secs| secs < 0.0) => Err(invalid("is negative")),
+        _ => Err(invalid("is past the year 9999")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn signed(claims: Value) -> Signed {
+        let mut base = json!({"sub": "u", "role": "mobile"});
+        base.as_object_mut().unwrap().extend(claims.as_object().unwrap().clone());
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn check(rules: &Rules, claims: Value) -> Result<Claims, AuthError> {
+        rules.check(signed(claims), NOW)
+    }
+
+    #[test]
+    fn numeric_dates_are_whole_or_fractional_seconds() {
+        for (date, seconds) in [
+            (json!(1_796_049_993), 1_796_049_993),
+            (json!(1_796_049_993.0), 1_796_049_993),
+            (json!(1_796_049_993.5), 1_796_049_993),
+            (json!(1_796_049_993.999), 1_796_049_993),
+            (json!(0), 0),
+            (json!(0.25), 0),
+            (json!(MAX_NUMERIC_DATE), MAX_NUMERIC_DATE),
+            (json!(MAX_NUMERIC_DATE as f64 + 0.5), MAX_NUMERIC_DATE),
+        ] {
+            assert_eq!(numeric_date("exp", &date), Ok(seconds), "{date}");
+        }
+    }
+
+    #[test]
+    fn anything_else_is_refused_naming_the_claim_and_the_problem() {
+        for (date, problem) in [
+            (json!("1796049993"), "is a string, not a number"),
+            (json!(true), "is a boolean, not a number"),
+            (json!([1]), "is a list, not a number"),
+            (json!({"t": 1}), "is an object, not a number"),
+            (json!(-1), "is negative"),
+            (json!(-0.5), "is negative"),
+            (json!(i64::MIN), "is negative"),
+            (json!(MAX_NUMERIC_DATE + 1), "is past the year 9999"),
+            (json!(u64::MAX), "is past the year 9999"),
+            (json!(1e300), "is past the year 9999"),
+            (json!(f64::MAX), "is past the year 9999"),
+        ] {
+            let refused = numeric_date("nbf", &date).unwrap_err();
+            assert_eq!(refused, AuthError::InvalidDate { claim: "nbf", problem }, "{date}");
+            assert_eq!(refused.code(), "token_invalid_date");
+            assert!(refused.to_string().starts_with("`nbf` "), "{refused}");
+        }
+    }
+
+    #[test]
+    fn exp_is_required_and_checked_with_the_leeway() {
+        let rules = Rules::default();
+        assert_eq!(check(&rules, json!({"exp": NOW - LEEWAY_SECS})).unwrap().exp, NOW - LEEWAY_SECS);
+        assert_eq!(
+            check(&rules, json!({"exp": (NOW - LEEWAY_SECS - 1) as f64 + 0.9})).unwrap_err(),
+            AuthError::Expired
+        );
+        assert_eq!(check(&rules, json!({"exp": null})).unwrap_err().code(), "token_invalid_date");
+        let missing = check(&rules, json!({})).unwrap_err();
+        assert!(missing.to_string().contains("`exp` is missing"), "{missing}");
+    }
+
+    #[test]
+    fn fractional_nbf_and_iat_are_read_like_exp() {
+        let capped = Rules { max_lifetime: Some(600), ..Rules::default() };
+        let exp = NOW + 600;
+        let claims = check(&capped, json!({"exp": exp as f64 + 0.5, "iat": NOW as f64 + 0.5, "nbf": NOW as f64 + 5.9}));
+        assert_eq!(claims.map(|c| (c.exp, c.iat)), Ok((exp, Some(NOW))));
+        let early = check(&capped, json!({"exp": exp, "iat": NOW, "nbf": (NOW + LEEWAY_SECS) as f64 + 1.5}));
+        assert_eq!(early.unwrap_err(), AuthError::NotYetValid);
+        let long = check(&capped, json!({"exp": exp as f64 + 1.5, "iat": NOW as f64 + 0.5}));
+        assert_eq!(long.unwrap_err(), AuthError::LifetimeTooLong { lifetime: 601, max: 600 });
+        let bad = check(&Rules::default(), json!({"exp": exp, "iat": "yesterday"})).unwrap_err();
+        assert_eq!(bad, AuthError::InvalidDate { claim: "iat", problem: "is a string, not a number" });
+    }
+
+    #[test]
+    fn an_audience_is_refused_unless_one_is_configured() {
+        let open = Rules::default();
+        for aud in [json!("presence"), json!(["presence"]), json!(42), json!("")] {
+            assert_eq!(check(&open, json!({"exp": NOW, "aud": aud})).unwrap_err(), AuthError::AudienceNotConfigured);
+        }
+        // No audience named: nothing to refuse.
+        for aud in [json!(null), json!([])] {
+            assert!(check(&open, json!({"exp": NOW, "aud": aud})).is_ok());
+        }
+        assert!(AuthError::AudienceNotConfigured.to_string().contains("--jwt-audience"));
+    }
+
+    #[test]
+    fn a_configured_audience_must_be_named() {
+        let rules = Rules { audiences: vec!["presence".into(), "api".into()], ..Rules::default() };
+        for aud in [json!("presence"), json!(["account", "api"])] {
+            assert!(check(&rules, json!({"exp": NOW, "aud": aud})).is_ok(), "{aud}");
+        }
+        for aud in [json!("account"), json!(["account"]), json!([]), json!(null), json!(42), json!(["api", 7])] {
+            let refused = check(&rules, json!({"exp": NOW, "aud": aud})).unwrap_err();
+            assert_eq!(refused.code(), "token_wrong_audience", "{aud}");
+        }
+    }
+
+    #[test]
+    fn a_configured_issuer_must_match() {
+        let rules = Rules { issuers: vec!["https://idp.test/".into()], ..Rules::default() };
+        assert!(check(&rules, json!({"exp": NOW, "iss": "https://idp.test/"})).is_ok());
+        for iss in [json!("https://idp.test"), json!(["https://idp.test/"]), json!(null)] {
+            let refused = check(&rules, json!({"exp": NOW, "iss": iss})).unwrap_err();
+            assert_eq!(refused.code(), "token_wrong_issuer", "{iss}");
+        }
+        assert!(check(&Rules::default(), json!({"exp": NOW, "iss": 5})).is_ok(), "not read unless configured");
+    }
+}
