@@ -12,7 +12,7 @@ use std::{
     collections::HashMap,
     net::IpAddr,
     path::PathBuf,
-    sync::{Arc, RwLock},
+    sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
     time::Duration,
 };
 
@@ -51,15 +51,6 @@ pub enum JwksError {
 pub enum Source {
     Url(Url),
     File(PathBuf),
-}
-
-impl std::fmt::Display for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Source::Url(url) => write!(f, "{url}"),
-            Source::File(path) => write!(f, "{}", path.display()),
-        }
-    }
 }
 
 /// How long a fetched set is used, and how often it may be fetched again.
@@ -101,9 +92,19 @@ pub(super) struct Key {
     pub algorithms: Vec<Algorithm>,
 }
 
+/// A [`Source`] ready to read: a URL with its HTTP client.
 enum Origin {
     Url { url: Url, client: reqwest::Client },
     File(PathBuf),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Url { url, .. } => write!(f, "{url}"),
+            Origin::File(path) => write!(f, "{}", path.display()),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -118,7 +119,6 @@ struct Cache {
 /// The cached key set; see the module documentation.
 pub struct Jwks {
     origin: Origin,
-    source: Source,
     timing: Timing,
     cache: RwLock<Cache>,
     /// Held while a fetch runs: one at a time.
@@ -132,11 +132,11 @@ impl Jwks {
     /// (tokens meanwhile get 503 `keys_unavailable`): the identity provider may only be
     /// late, and a router that stays up picks the keys up as soon as it answers.
     pub async fn load(source: Source, timing: Timing) -> Result<Jwks, JwksError> {
-        let origin = match &source {
-            Source::File(path) => Origin::File(path.clone()),
-            Source::Url(url) => Origin::Url { url: url.clone(), client: client().map_err(JwksError::Client)? },
+        let origin = match source {
+            Source::File(path) => Origin::File(path),
+            Source::Url(url) => Origin::Url { url, client: client().map_err(JwksError::Client)? },
         };
-        let jwks = Jwks { origin, source, timing, cache: RwLock::default(), fetching: tokio::sync::Mutex::new(()) };
+        let jwks = Jwks { origin, timing, cache: RwLock::default(), fetching: tokio::sync::Mutex::new(()) };
         match jwks.fetch("start").await {
             Ok(()) => {}
             Err(e) if matches!(jwks.origin, Origin::File(_)) => return Err(e),
@@ -170,7 +170,7 @@ impl Jwks {
                 }
             }
         }
-        let cache = self.cache.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let cache = self.read();
         match (cache.keys.get(kid), cache.fetched_at) {
             (Some(key), _) => Ok(key.clone()),
             (None, None) => Err(AuthError::KeysUnavailable { retry_after: self.timing.min_refetch.as_secs().max(1) }),
@@ -181,9 +181,19 @@ impl Jwks {
         }
     }
 
+    /// The cache, read. Nothing panics while holding it, so a poisoned lock still holds a
+    /// consistent set.
+    fn read(&self) -> RwLockReadGuard<'_, Cache> {
+        self.cache.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Cache> {
+        self.cache.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// The cached key for `kid`, and whether the set is still fresh.
     fn cached(&self, kid: &str) -> (Option<Arc<Key>>, bool) {
-        let cache = self.cache.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let cache = self.read();
         let fresh = cache.fetched_at.is_some_and(|at| at.elapsed() < self.timing.cache_for);
         (cache.keys.get(kid).cloned(), fresh)
     }
@@ -191,7 +201,7 @@ impl Jwks {
     /// Fetches the set unless the last attempt was less than `min_refetch` ago; a failure
     /// is logged and the keys held stay. Called with `fetching` held.
     async fn refetch(&self, trigger: &'static str) {
-        let attempted_at = self.cache.read().unwrap_or_else(|poisoned| poisoned.into_inner()).attempted_at;
+        let attempted_at = self.read().attempted_at;
         if attempted_at.is_some_and(|at| at.elapsed() < self.timing.min_refetch) {
             return;
         }
@@ -201,16 +211,16 @@ impl Jwks {
     }
 
     async fn fetch(&self, trigger: &'static str) -> Result<(), JwksError> {
-        self.cache.write().unwrap_or_else(|poisoned| poisoned.into_inner()).attempted_at = Some(Instant::now());
+        self.write().attempted_at = Some(Instant::now());
         let fetched = self.read_set().await;
         let result = if fetched.is_ok() { "ok" } else { "error" };
         ::metrics::counter!(metrics::JWKS_FETCHES, "trigger" => trigger, "result" => result).increment(1);
         let keys = fetched?;
         ::metrics::gauge!(metrics::JWKS_KEYS).set(keys.len() as f64);
         if keys.is_empty() {
-            tracing::warn!(source = %self.source, "the JWKS holds no key this router can verify tokens with");
+            tracing::warn!(source = %self.origin, "the JWKS holds no key this router can verify tokens with");
         }
-        let mut cache = self.cache.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cache = self.write();
         cache.keys = keys;
         cache.fetched_at = Some(Instant::now());
         Ok(())
@@ -224,7 +234,7 @@ impl Jwks {
             Origin::Url { url, client } => download(client, url).await?,
         };
         let set: JwkSet = serde_json::from_slice(&body)
-            .map_err(|source| JwksError::Parse { from: self.source.to_string(), source })?;
+            .map_err(|source| JwksError::Parse { from: self.origin.to_string(), source })?;
         Ok(set.keys.iter().filter_map(usable).collect())
     }
 }

@@ -53,3 +53,19 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::AuthError;
+
+    #[test]
+    fn a_refused_token_is_401_and_missing_keys_503_with_retry_after() {
+        let refused = ApiError::from(AuthError::Expired).into_response();
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        assert!(refused.headers().get(RETRY_AFTER).is_none());
+        let waiting = ApiError::from(AuthError::KeysUnavailable { retry_after: 10 }).into_response();
+        assert_eq!(waiting.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(waiting.headers().get(RETRY_AFTER).unwrap(), "10");
+    }
+}
