@@ -1,12 +1,19 @@
 //! Prometheus metrics: names, help texts, and the recorder.
 //!
 //! Labels are low-cardinality by construction (roles, results, reasons, routes, status
-//! classes); never a user id. `/metrics` renders the recorder installed by [`install`].
+//! classes); never a user id. `/metrics` renders the recorder installed by [`install`]
+//! through [`render`], which adds the process's own figures (CPU, memory, open files).
 
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_process::Collector;
+
+use crate::{
+    presence::Cause,
+    protocol::{message_type, payload::IndicatorKind},
+};
 
 pub const ONLINE_USERS: &str = "presence_online_users";
 pub const CONNECTIONS: &str = "presence_connections";
@@ -49,20 +56,45 @@ pub const SNAPSHOT_ENCODES: &str = "presence_snapshot_encodes_total";
 pub const SNAPSHOT_MEMORY: &str = "presence_snapshot_memory_bytes";
 pub const SNAPSHOT_WAITS: &str = "presence_snapshot_waits_total";
 
-/// Seconds; update latency on loopback is sub-millisecond, across sites tens of ms.
+// Operations: what the build is, and how long requests and store calls take.
+pub const BUILD_INFO: &str = "presence_build_info";
+pub const API_REQUEST_DURATION: &str = "presence_api_request_duration_seconds";
+pub const STORE_CALL_DURATION: &str = "presence_store_call_duration_seconds";
+
+/// Seconds; update latency on loopback is sub-millisecond, across sites tens of ms. The
+/// same buckets serve API requests and store calls (Redis answers in well under a
+/// millisecond on loopback; its command timeout is 500 ms).
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
-/// Installs the process-wide recorder once and returns its handle.
+/// `process_*` figures (CPU seconds, resident memory, open and maximum file descriptors,
+/// threads, start time), read from `/proc` at each scrape.
+static PROCESS: LazyLock<Collector> = LazyLock::new(Collector::default);
+
+/// Installs the process-wide recorder once and returns its handle. Every counter is shown
+/// at 0 from then on ([`zero_series`]), and `presence_build_info` at 1.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     if let Some(handle) = HANDLE.get() {
         return Ok(handle.clone());
     }
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Full(UPDATE_LATENCY.into()), LATENCY_BUCKETS)?
-        .install_recorder()?;
+    let mut builder = PrometheusBuilder::new();
+    for histogram in [UPDATE_LATENCY, API_REQUEST_DURATION, STORE_CALL_DURATION] {
+        builder = builder.set_buckets_for_metric(Matcher::Full(histogram.into()), LATENCY_BUCKETS)?;
+    }
+    let handle = builder.install_recorder()?;
     describe();
+    PROCESS.describe();
+    ::metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    for (name, labels) in zero_series() {
+        ::metrics::counter!(name, &labels).increment(0);
+    }
     Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// The Prometheus text of `handle`, with the process figures read just now.
+pub fn render(handle: &PrometheusHandle) -> String {
+    PROCESS.collect();
+    handle.render()
 }
 
 fn describe() {
@@ -166,9 +198,240 @@ fn describe() {
         "Bytes of snapshot frames held by the cache or by dashboards still writing them (each frame once), plus \
          room reserved by waiting dashboards; bounded by SNAPSHOT_MEMORY_MB."
     );
+    describe_gauge!(BUILD_INFO, "Always 1; its labels say which build this router runs (version).");
+    describe_histogram!(
+        API_REQUEST_DURATION,
+        Unit::Seconds,
+        "HTTP API requests from routing to the response head, by route (the status is in \
+         presence_api_requests_total)."
+    );
+    describe_histogram!(
+        STORE_CALL_DURATION,
+        Unit::Seconds,
+        "Presence store and broker calls, by operation (the store's method, or publish), failed ones included."
+    );
     describe_counter!(
         SNAPSHOT_WAITS,
         "Dashboards whose snapshot did not fit SNAPSHOT_MEMORY_MB at once, by result: admitted, or timed_out \
          (closed 4008)."
     );
+}
+
+/// Label values of `presence_api_requests_total{status}` shown at 0 on each API route:
+/// the statuses the API answers (docs/PROTOCOL.md).
+const API_STATUSES: &[&str] = &["200", "400", "401", "403", "405", "408", "413", "415", "429", "503"];
+
+/// The codes an [`AuthError`](crate::auth::AuthError) reports, as handshake rejection
+/// reasons and refresh results.
+const TOKEN_CODES: &[&str] = &[
+    "missing_token",
+    "invalid_token",
+    "token_expired",
+    "token_not_yet_valid",
+    "token_missing_iat",
+    "token_lifetime_too_long",
+];
+
+/// Every counter with each label set it is known to take, registered at 0 by [`install`].
+/// A series that does not exist yet reads as no data to `rate()` and `increase()`, so an
+/// alert on it would stay silent for a different reason than "none happened"; at 0 from
+/// the start, it reads as 0. The label values are those set at the increment sites (a
+/// unit test checks every literal one there is listed here).
+pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
+    let mut series: Vec<(&'static str, Vec<(&'static str, &'static str)>)> = [
+        TTL_EXPIRATIONS,
+        STALE_UPDATES,
+        STORE_WRITES_DROPPED,
+        BROKER_GAPS,
+        RELAY_OVERFLOWS,
+        RELAY_DROPPED,
+        HTTP_EVICTIONS,
+        SNAPSHOT_ENCODES,
+        REDIS_RETRIES,
+    ]
+    .into_iter()
+    .map(|name| (name, Vec::new()))
+    .collect();
+    let mut each = |name: &'static str, label: &'static str, values: &[&'static str]| {
+        series.extend(values.iter().map(|value| (name, vec![(label, *value)])));
+    };
+    each(HEARTBEATS, "result", &["accepted", "coalesced", "ignored", "rejected", "failed"]);
+    each(TRANSITIONS, "cause", &Cause::ALL.map(Cause::as_str));
+    each(API_RATE_LIMITED, "route", &crate::http::API_ROUTES);
+    let types = |range: std::ops::RangeInclusive<u8>| {
+        let mut labels: Vec<&'static str> = range.map(message_type::label).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        labels
+    };
+    each(FRAMES_RECEIVED, "type", &types(0..=u8::MAX));
+    each(RELAYED, "type", &types(0..=message_type::VOICEPING_LAST));
+    let decode = ["malformed", "shape", "channel_type", "message_type", "id"];
+    let framing = ["protocol", "invalid_utf8", "too_big", "unfinished", "rate_limited", "text"];
+    let refused = [
+        "invalid_frame",
+        "sender_mismatch",
+        "heartbeat_not_allowed",
+        "unsupported_type",
+        "invalid_payload",
+        "not_a_member",
+        "floor_not_held",
+        "not_allowed",
+        "token_mismatch",
+    ];
+    each(FRAME_ERRORS, "reason", &[&decode[..], &framing, &refused, TOKEN_CODES].concat());
+    let handshakes = ["not_websocket", "invalid_device_id", "shutting_down", "too_many_connections"];
+    each(HANDSHAKE_REJECTIONS, "reason", &[&handshakes[..], TOKEN_CODES].concat());
+    each(REFRESHES, "result", &[&["accepted", "token_mismatch"][..], TOKEN_CODES].concat());
+    each(
+        DISCONNECTS,
+        "reason",
+        &[
+            "closed",
+            "read_failed",
+            "write_failed",
+            "router restarting",
+            "heartbeat timeout",
+            "token expired",
+            "rate limit exceeded",
+            "slow consumer",
+            "write timeout",
+            "snapshot memory full",
+            "protocol",
+            "invalid_utf8",
+            "too_big",
+            "unfinished",
+        ],
+    );
+    each(
+        ENGINE_ERRORS,
+        "op",
+        &[
+            "activity",
+            "choice",
+            "connect",
+            "disconnect",
+            "expire",
+            "floor",
+            "group_members",
+            "heartbeat",
+            "indicator",
+            "indicators",
+            "linger",
+            "lookup",
+            "ping",
+            "probe",
+            "publish",
+            "relay",
+            "snapshot",
+            "status",
+            "subscription",
+        ],
+    );
+    each(BROKER_MESSAGES, "kind", &["update", "relay", "expired", "invalid"]);
+    each(BROKER_RESUBSCRIPTIONS, "reason", &["dropped", "silent"]);
+    each(FLOOR_REQUESTS, "result", &["granted", "busy", "local_only"]);
+    each(HTTP_REFUSED, "reason", &["too_many_handshakes"]);
+    each(HTTP_CONNECTION_ERRORS, "reason", &["header_timeout", "header_too_large", "bad_request", "incomplete", "io"]);
+    each(ACCEPT_ERRORS, "kind", &["fd_limit", "memory", "aborted", "other"]);
+    each(SNAPSHOTS, "source", &["new", "shared", "recent"]);
+    each(SNAPSHOT_WAITS, "result", &["admitted", "timed_out"]);
+    for route in crate::http::API_ROUTES {
+        series.extend(API_STATUSES.iter().map(|status| (API_REQUESTS, vec![("route", route), ("status", *status)])));
+    }
+    for kind in IndicatorKind::ALL {
+        for active in ["true", "false"] {
+            series.push((INDICATORS, vec![("type", kind.as_str()), ("active", active)]));
+        }
+    }
+    series
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, path::Path};
+
+    use super::zero_series;
+
+    /// The `counter!(...)` calls in `source`: each one's arguments, split at top-level commas.
+    fn counter_calls(source: &str) -> Vec<Vec<String>> {
+        let mut calls = Vec::new();
+        for (start, _) in source.match_indices("counter!(") {
+            let (mut depth, mut quoted, mut args, mut arg) = (1, false, Vec::new(), String::new());
+            for c in source[start + "counter!(".len()..].chars() {
+                match c {
+                    '"' => quoted = !quoted,
+                    '(' if !quoted => depth += 1,
+                    ')' if !quoted => depth -= 1,
+                    ',' if !quoted && depth == 1 => {
+                        args.push(std::mem::take(&mut arg).trim().to_owned());
+                        continue;
+                    }
+                    _ => {}
+                }
+                if depth == 0 {
+                    break;
+                }
+                arg.push(c);
+            }
+            args.push(arg.trim().to_owned());
+            args.retain(|a| !a.is_empty());
+            calls.push(args);
+        }
+        calls
+    }
+
+    fn sources(dir: &Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push((path.display().to_string(), std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+
+    /// Every counter incremented anywhere in `src/` is registered at 0, with every literal
+    /// label value it is given at the increment site; one labelled with a computed value
+    /// has at least its label registered. Catches a counter or a label value added
+    /// without its zero.
+    #[test]
+    fn every_counter_and_literal_label_value_is_registered_at_zero() {
+        let names: HashMap<&str, &str> = include_str!("metrics.rs")
+            .lines()
+            .filter_map(|line| line.strip_prefix("pub const ")?.split_once(": &str = \""))
+            .map(|(ident, rest)| (ident, rest.trim_end_matches("\";")))
+            .collect();
+        let zeroes = zero_series();
+        let mut files = Vec::new();
+        sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+        let mut checked = 0;
+        for (path, source) in files.iter().filter(|(path, _)| !path.ends_with("src/metrics.rs")) {
+            for args in counter_calls(source) {
+                let ident = args[0].trim_start_matches("metrics::");
+                let name =
+                    names.get(ident).unwrap_or_else(|| panic!("{path}: counter {ident} is not a metrics.rs name"));
+                let registered: Vec<_> = zeroes.iter().filter(|(n, _)| n == name).map(|(_, l)| l).collect();
+                assert!(!registered.is_empty(), "{path}: {name} is not registered at 0");
+                let labels: Vec<(&str, &str)> = args[1..]
+                    .iter()
+                    .map(|arg| arg.split_once("=>").expect("label => value"))
+                    .map(|(k, v)| (k.trim().trim_matches('"'), v.trim()))
+                    .collect();
+                if labels.is_empty() {
+                    assert!(registered.iter().any(|l| l.is_empty()), "{path}: {name} without labels is not registered");
+                }
+                for (key, value) in labels {
+                    let listed = match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+                        Some(literal) => registered.iter().any(|l| l.contains(&(key, literal))),
+                        None => registered.iter().any(|l| l.iter().any(|(k, _)| *k == key)),
+                    };
+                    assert!(listed, "{path}: {name}{{{key}={value}}} is not registered at 0 (metrics::zero_series)");
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 20, "found only {checked} counter increments: the scan is broken");
+    }
 }

@@ -72,6 +72,23 @@ pub struct Timing {
     pub last_seen: Duration,
 }
 
+/// Calls the store's `method`, timed under its name (see [`timed`]).
+macro_rules! store {
+    ($node:expr, $method:ident($($arg:expr),*)) => {
+        timed(stringify!($method), $node.engine.store.$method($($arg),*)).await
+    };
+}
+
+/// Awaits a store or broker call and records how long it took in
+/// `presence_store_call_duration_seconds{op}`, failures included (a call that timed out
+/// shows as the timeout). Every store call goes through here, whichever the engine.
+async fn timed<T>(op: &'static str, call: impl Future<Output = T>) -> T {
+    let started = Instant::now();
+    let output = call.await;
+    ::metrics::histogram!(metrics::STORE_CALL_DURATION, "op" => op).record(started.elapsed());
+    output
+}
+
 /// How often the hub's view drops offline users past the retention.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -187,9 +204,9 @@ impl Node {
     pub async fn connect(&self, session: &Session) -> Result<Option<Choice>, EngineError> {
         self.local().insert(session.id.clone(), session.clone());
         self.skip_while_degraded()?;
-        let result = self.engine.store.connect(session).await;
+        let result = store!(self, connect(session));
         self.announce("connect", result).await?;
-        let result = self.engine.store.choice(&session.user).await;
+        let result = store!(self, choice(&session.user));
         let choice = self.check("choice", result)?;
         if let Some(registered) = self.local().get_mut(&session.id) {
             registered.choice.clone_from(&choice);
@@ -200,12 +217,12 @@ impl Node {
     /// The status and text `user` chose, from the store; `None` for a user that never
     /// chose one.
     pub async fn choice(&self, user: &Id) -> Result<Option<Choice>, EngineError> {
-        let result = self.engine.store.choice(user).await;
+        let result = store!(self, choice(user));
         self.check("choice", result)
     }
 
     pub async fn heartbeat(&self, session: &Session) -> Result<(), EngineError> {
-        let result = self.engine.store.heartbeat(session).await;
+        let result = store!(self, heartbeat(session));
         self.announce("heartbeat", result).await
     }
 
@@ -222,7 +239,7 @@ impl Node {
         self.renewals.settle(&session.id).await;
         self.local().remove(&session.id);
         let result = match self.skip_while_degraded() {
-            Ok(()) => self.engine.store.disconnect(session).await,
+            Ok(()) => store!(self, disconnect(session)),
             Err(e) => Err(e),
         };
         let result = self.announce("disconnect", result).await;
@@ -249,14 +266,14 @@ impl Node {
     pub async fn linger(&self, session: &Session, grace: Duration) -> Result<(), EngineError> {
         self.renewals.settle(&session.id).await;
         self.local().remove(&session.id);
-        let result = self.engine.store.linger(session, grace).await;
+        let result = store!(self, linger(session, grace));
         self.announce("linger", result.map(|()| None)).await
     }
 
     /// Sets the user's chosen status, and remembers it with the session for a re-assert.
     pub async fn set_status(&self, session: &Session, mode: Mode, text: Option<&str>) -> Result<(), EngineError> {
         self.skip_while_degraded()?;
-        let result = self.engine.store.set_status(session, mode, text).await;
+        let result = store!(self, set_status(session, mode, text));
         self.announce("status", result).await?;
         if let Some(registered) = self.local().get_mut(&session.id) {
             registered.choice = Some(Choice { mode, text: text.map(Arc::from) });
@@ -287,7 +304,7 @@ impl Node {
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), barrier).await;
-        let result = self.engine.store.indicators(group).await;
+        let result = store!(self, indicators(group));
         self.check("indicators", result)
     }
 
@@ -313,7 +330,7 @@ impl Node {
         if self.is_degraded() {
             return Floor::LocalOnly;
         }
-        let result = self.engine.store.take_floor(channel, holder, hold).await;
+        let result = store!(self, take_floor(channel, holder, hold));
         match self.check("floor", result) {
             Ok(true) => Floor::Granted,
             Ok(false) => {
@@ -333,7 +350,7 @@ impl Node {
         if self.is_degraded() {
             return;
         }
-        let result = self.engine.store.release_floor(channel, holder).await;
+        let result = store!(self, release_floor(channel, holder));
         let _ = self.check("floor", result);
     }
 
@@ -346,22 +363,22 @@ impl Node {
 
     /// Users' presence as `scope` reads it; see [`PresenceStore::lookup`].
     pub async fn lookup(&self, users: &[Id], scope: &Scope) -> Result<Vec<UserPresence>, EngineError> {
-        let result = self.engine.store.lookup(users, scope).await;
+        let result = store!(self, lookup(users, scope));
         self.check("lookup", result)
     }
 
     pub async fn group_members(&self, group: &Id) -> Result<Vec<Id>, EngineError> {
-        let result = self.engine.store.group_members(group).await;
+        let result = store!(self, group_members(group));
         self.check("group_members", result)
     }
 
     /// Ends the leases that ran out and publishes the resulting offlines together; then
     /// announces the end of indicators whose router died before it could.
     pub async fn sweep(&self) -> Result<usize, EngineError> {
-        let result = self.engine.store.expire_due().await;
+        let result = store!(self, expire_due());
         let updates = self.check("expire", result)?;
         self.publish(&updates).await;
-        let result = self.engine.store.claim_orphaned_indicators().await;
+        let result = store!(self, claim_orphaned_indicators());
         for (group, kind, user) in self.check("indicators", result)? {
             ::metrics::counter!(metrics::INDICATORS, "type" => kind.as_str(), "active" => "false").increment(1);
             let frame = protocol::indicator_frame(&group, &user, kind, false);
@@ -381,11 +398,11 @@ impl Node {
             let deaf = Err(EngineError::Unavailable("not receiving the broker's messages".into()));
             return self.check("subscription", deaf);
         }
-        let result = self.engine.store.ping().await;
+        let result = store!(self, ping());
         self.check("ping", result)?;
         let unended: Vec<Session> = self.unended().values().cloned().collect();
         for session in unended {
-            let result = self.engine.store.disconnect(&session).await;
+            let result = store!(self, disconnect(&session));
             self.announce("disconnect", result).await?;
             self.unended().remove(&session.id);
         }
@@ -400,7 +417,7 @@ impl Node {
         if failures > 0 {
             return Err(EngineError::Unavailable(format!("{failures} sessions could not be re-asserted")));
         }
-        let result = self.engine.store.online().await;
+        let result = store!(self, online());
         let snapshot = self.check("snapshot", result)?;
         let online = snapshot.users.len();
         self.hub.reset(snapshot);
@@ -452,7 +469,7 @@ impl Node {
         }
         // A lost publish shows as a gap in the transition sequence and is repaired by a
         // resync on every router.
-        let result = self.engine.broker.publish_many(updates).await;
+        let result = timed("publish", self.engine.broker.publish_many(updates)).await;
         let _ = self.check("publish", result);
     }
 
@@ -491,11 +508,11 @@ impl Node {
                     let _ = done.send(());
                 }
                 Write::Activity(session) => {
-                    let result = self.engine.store.activity(&session).await;
+                    let result = store!(self, activity(&session));
                     let _ = self.announce("activity", result).await;
                 }
                 Write::Indicator { group, user, kind, ttl } => {
-                    let result = self.engine.store.set_indicator(&group, &user, kind, ttl).await;
+                    let result = store!(self, set_indicator(&group, &user, kind, ttl));
                     let _ = self.check("indicator", result);
                 }
             }
@@ -577,7 +594,7 @@ impl Node {
                     if !self.is_degraded() {
                         // A call whose connection dropped was already sent again by the
                         // engine: a failure here is the store's.
-                        let result = self.engine.store.ping().await;
+                        let result = store!(self, ping());
                         let _ = self.check("probe", result);
                         continue;
                     }

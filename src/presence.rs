@@ -223,6 +223,10 @@ pub enum Cause {
 }
 
 impl Cause {
+    /// Every cause, for metrics shown at 0 before the first transition of each.
+    pub const ALL: [Cause; 7] =
+        [Cause::Connect, Cause::Disconnect, Cause::Expired, Cause::Status, Cause::Idle, Cause::Active, Cause::Groups];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Cause::Connect => "connect",
@@ -236,9 +240,7 @@ impl Cause {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Cause::Connect, Cause::Disconnect, Cause::Expired, Cause::Status, Cause::Idle, Cause::Active, Cause::Groups]
-            .into_iter()
-            .find(|c| c.as_str() == s)
+        Cause::ALL.into_iter().find(|c| c.as_str() == s)
     }
 }
 
