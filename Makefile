@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make run   — one router, embedded in-memory engine, no Redis needed, port 3000
-#   make test  — unit, property and integration tests (installs redis-server/nginx if missing)
+#   make test  — unit, property and integration tests (installs redis-server, nginx,
+#                chromium and promtool if missing)
 
 PORT ?= 3000
 JWT_SECRET ?= dev-secret-change-me
@@ -14,14 +15,20 @@ run:
 build:
 	$(CARGO) build --release --all-targets
 
-# Integration tests start real redis-server, nginx and headless Chromium processes;
-# install them when absent.
+# Integration tests start real redis-server, nginx and headless Chromium processes, and
+# run promtool on live scrapes, the alert rules and the dashboard's queries; install them
+# when absent. promtool comes with Debian's prometheus package, installed without its
+# recommends (the node exporter).
 PACKAGES = redis-server redis-tools nginx-light chromium
 deps:
 	@if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null \
 		|| ! command -v nginx >/dev/null || ! command -v chromium >/dev/null; then \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(PACKAGES) >/dev/null; \
+	fi
+	@if ! command -v promtool >/dev/null; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	fi
 
 bench: deps

@@ -22,8 +22,8 @@
 //! - [`ws`]: the WebSocket handshake, the RFC 6455 framing and socket (budgets, close
 //!   handshake, no buffer held while idle) and the per-connection task.
 //! - [`http`]: the axum router: WebSocket endpoint, presence API (and its ids-per-second
-//!   budget per user), health (on the public port, and on `--metrics-addr`), metrics (on
-//!   the public port or `--metrics-addr`).
+//!   budget per user), the probes `/livez`, `/readyz`, `/healthz` (on the public port, and
+//!   on `--metrics-addr`), metrics (on the public port or `--metrics-addr`).
 //! - [`server`]: the accept loop serving that router, with the limits that apply before a
 //!   WebSocket upgrade (header timeout and size, handshake cap and its evictions, accept
 //!   errors).
@@ -80,13 +80,15 @@ pub fn bind(config: &config::Config) -> std::io::Result<TcpListener> {
 pub const METRICS_MAX_CONNECTIONS: usize = 16;
 
 /// Serves until `app.shutdown` is cancelled, then closes every WebSocket with 1012, waits
-/// for the connection and background tasks to finish, and flushes relayed frames.
+/// for the connection and background tasks to finish, and flushes relayed frames. The
+/// listeners close as soon as `app.shutdown` is cancelled: there is no drain window in
+/// which new connections are still accepted (docs/OPERATIONS.md, "Probes").
 pub async fn run(listener: TcpListener, app: Arc<App>) -> anyhow::Result<()> {
     run_with_metrics(listener, None, app).await
 }
 
 /// [`run`], with `/metrics` served on `metrics` (the `--metrics-addr` listener) instead of
-/// the public port when it is given, and `/healthz` there as well as on the public port.
+/// the public port when it is given, and the probes there as well as on the public port.
 /// That listener has the public port's header timeout, a handshake pool of its own of
 /// [`METRICS_MAX_CONNECTIONS`] (so probes are not crowded out by public clients), and stops
 /// with it.

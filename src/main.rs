@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
             let metrics = TcpListener::bind(addr).await.with_context(|| format!("binding --metrics-addr {addr}"))?;
             tracing::info!(
                 addr = %metrics.local_addr()?,
-                "serving /metrics on the metrics address only, and /healthz there too (point probes at it)"
+                "serving /metrics on the metrics address only, and the probes (/livez, /readyz, /healthz) there too"
             );
             Some(metrics)
         }
