@@ -73,6 +73,14 @@ fn parse_line(line: &str) -> Sample {
     Sample { name: name.to_owned(), labels, value }
 }
 
+/// The value of one series in Prometheus text: `series` is the metric's name with its
+/// labels as the router writes them (`name{label="value"}`), or its bare name. Counters
+/// are exported at 0 from the start, so a test that something was counted checks for a
+/// value above 0, not for the series.
+pub fn metric(text: &str, series: &str) -> Option<u64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// Whether `samples` hold a series of `metric`: its own name, or a histogram's
 /// `_bucket`, `_sum` and `_count` series.
 pub fn exports(samples: &[Sample], metric: &str) -> bool {
