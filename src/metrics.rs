@@ -221,15 +221,21 @@ fn describe() {
 /// the statuses the API answers (docs/PROTOCOL.md).
 const API_STATUSES: &[&str] = &["200", "400", "401", "403", "405", "408", "413", "415", "429", "503"];
 
-/// The codes an [`AuthError`](crate::auth::AuthError) reports, as handshake rejection
-/// reasons and refresh results.
+/// The codes an [`AuthError`](crate::auth::AuthError) reports: token refusal reasons,
+/// handshake rejection reasons and refresh results.
 const TOKEN_CODES: &[&str] = &[
     "missing_token",
     "invalid_token",
     "token_expired",
     "token_not_yet_valid",
+    "token_invalid_date",
     "token_missing_iat",
     "token_lifetime_too_long",
+    "token_wrong_issuer",
+    "token_audience_not_configured",
+    "token_wrong_audience",
+    "token_unknown_key",
+    "keys_unavailable",
 ];
 
 /// Every counter with each label set it is known to take, registered at 0 by [`install`].
@@ -283,6 +289,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
     let handshakes = ["not_websocket", "invalid_device_id", "shutting_down", "too_many_connections"];
     each(HANDSHAKE_REJECTIONS, "reason", &[&handshakes[..], TOKEN_CODES].concat());
     each(REFRESHES, "result", &[&["accepted", "token_mismatch"][..], TOKEN_CODES].concat());
+    each(TOKEN_REFUSALS, "reason", TOKEN_CODES);
     each(
         DISCONNECTS,
         "reason",
@@ -338,6 +345,11 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
     each(SNAPSHOT_WAITS, "result", &["admitted", "timed_out"]);
     for route in crate::http::API_ROUTES {
         series.extend(API_STATUSES.iter().map(|status| (API_REQUESTS, vec![("route", route), ("status", *status)])));
+    }
+    for trigger in ["start", "expired", "unknown_kid"] {
+        for result in ["ok", "error"] {
+            series.push((JWKS_FETCHES, vec![("trigger", trigger), ("result", result)]));
+        }
     }
     for kind in IndicatorKind::ALL {
         for active in ["true", "false"] {
