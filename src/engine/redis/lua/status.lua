@@ -10,5 +10,8 @@ if text == '' then
 else
   redis.call('HSET', meta, 'text', text)
 end
-settle(user)
+local _, regrouped = settle(user)
+if regrouped then
+  return transition(user, 'status', true, 'groups')
+end
 return transition(user, 'status', old ~= text)
