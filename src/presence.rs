@@ -137,8 +137,8 @@ pub struct Session {
     pub id: SessionId,
     pub user: Id,
     pub device_id: Option<Arc<str>>,
-    /// The groups in the session's token; the user's presence carries its latest
-    /// session's groups.
+    /// The groups in the session's token; the user's presence carries the union of its
+    /// live sessions' groups.
     pub groups: Groups,
     /// The status this session last chose, kept in the router's registry of its sessions:
     /// re-asserting the session after Redis lost its data (a restart without persistence)
@@ -168,6 +168,7 @@ pub struct UserPresence {
     pub device_id: Option<Arc<str>>,
     /// Grows on every change of this user's presence, cluster-wide; see [`next_version`].
     pub version: u64,
+    /// The union of the user's live sessions' groups; once none is left, the last union.
     #[serde(default, skip_serializing_if = "<[Id]>::is_empty")]
     pub groups: Groups,
     /// The custom status text, shown only while the user is shown online/away/dnd.
@@ -217,8 +218,8 @@ pub enum Cause {
     Idle,
     /// Activity after being idle: away turned online.
     Active,
-    /// The user's groups changed (a session with another token's groups, or a token
-    /// refresh) while its shown status did not.
+    /// The union of the user's live sessions' groups changed (a session in other groups
+    /// opened, closed, lapsed or refreshed its token) while its shown status did not.
     Groups,
 }
 

@@ -108,8 +108,8 @@ async fn a_scoped_dashboard_sees_no_other_groups_names(engine: Engine) {
     assert_eq!(groups(&update), ["secret-ops", "g1"], "unscoped: {update}");
 }
 
-/// A user whose groups change (a second session with another token) leaves the scope of
-/// a dashboard that saw it: it goes offline there rather than staying a ghost.
+/// A user whose groups change (its only session in g1 closes while one in g2 lives) leaves
+/// the scope of a dashboard that saw it: it goes offline there rather than staying a ghost.
 async fn a_user_leaving_a_dashboards_scope_goes_offline_there(engine: Engine) {
     let setup = Setup::new(engine).await;
     let router = setup.router(&[]).await;
@@ -125,11 +125,17 @@ async fn a_user_leaving_a_dashboards_scope_goes_offline_there(engine: Engine) {
             client
         }
     };
-    let _first = connect(&["g1"], "phone").await;
+    let first = connect(&["g1"], "phone").await;
     assert_update(&g1.next_update().await, "mover", "online");
     assert_update(&all.next_update().await, "mover", "online");
-
     let _second = connect(&["g2"], "tablet").await;
+    let joined = g1.next_update().await;
+    assert_update(&joined, "mover", "online");
+    assert_eq!((joined["cause"].as_str(), groups(&joined)), (Some("groups"), vec!["g1"]));
+    assert_update(&g2.next_update().await, "mover", "online");
+    assert_eq!(groups(&all.next_update().await), ["g1", "g2"]);
+
+    first.close().await;
     let left = g1.next_update().await;
     assert_update(&left, "mover", "offline");
     assert_eq!((left["deviceId"].as_str(), groups(&left)), (None, vec!["g1"]));

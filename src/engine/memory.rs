@@ -36,8 +36,8 @@ struct State {
     /// Inactivity after which an `online` user turns away: arms the timers in `away_at`.
     away_after: Duration,
     users: HashMap<Id, UserRecord>,
-    /// Live sessions and their lease deadlines.
-    leases: HashMap<SessionId, (Id, Instant)>,
+    /// Live sessions.
+    leases: HashMap<SessionId, Lease>,
     /// The same leases ordered by deadline, so expiry touches only what is due.
     deadlines: BTreeSet<(Instant, SessionId)>,
     /// Users shown online in `Mode::Auto`, ordered by when they turn away.
@@ -49,14 +49,24 @@ struct State {
     last_prune: Option<Instant>,
 }
 
+/// One live session's claim.
+struct Lease {
+    user: Id,
+    deadline: Instant,
+    /// The groups of the session's token: the user's are the union over its live sessions.
+    groups: Groups,
+}
+
 /// Kept after the user goes offline, for `lastSeen`, the chosen status and the version.
 struct UserRecord {
+    /// Live sessions, oldest first.
     live: Vec<SessionId>,
     /// When the last session ended; the record is dropped a retention later.
     offline_since: Option<Instant>,
     version: u64,
     last_seen: u64,
     device_id: Option<Arc<str>>,
+    /// The union of the live sessions' groups; kept as it was when the last one ended.
     groups: Groups,
     mode: Mode,
     text: Option<Arc<str>>,
@@ -142,9 +152,10 @@ impl MemoryPresence {
 
 impl State {
     /// Brings what others see of `user` in line with its record: re-arms the away timer
-    /// and returns the transition when the shown presence changed (or, with `force`, when
-    /// the user is shown at all: a new status text is news only then).
-    fn settle(&mut self, user: &Id, cause: Cause, force: bool) -> Option<PresenceUpdate> {
+    /// and returns the transition when the shown status changed, or, with `force`, when
+    /// the user is shown at all (new groups or a new status text are news only then; the
+    /// transition's cause is then `force`'s unless the status changed too).
+    fn settle(&mut self, user: &Id, cause: Cause, force: Option<Cause>) -> Option<PresenceUpdate> {
         let record = self.users.get_mut(user)?;
         let shown = record.mode.shown(!record.live.is_empty(), record.idle);
         if let Some(at) = record.away_deadline.take() {
@@ -155,8 +166,12 @@ impl State {
             record.away_deadline = Some(at);
             self.away_at.insert((at, user.clone()));
         }
-        if shown == record.shown && !(force && shown.is_online()) {
-            return None;
+        let mut cause = cause;
+        if shown == record.shown {
+            match force {
+                Some(forced) if shown.is_online() => cause = forced,
+                _ => return None,
+            }
         }
         let now = unix_ms();
         // Going offline by choice (disconnect, invisible) is seen now; an expired user
@@ -171,8 +186,9 @@ impl State {
 
     fn lease(&mut self, session: &Session, deadline: Instant, activity: bool) -> Option<PresenceUpdate> {
         let now_ms = unix_ms();
-        if let Some((_, old)) = self.leases.insert(session.id.clone(), (session.user.clone(), deadline)) {
-            self.deadlines.remove(&(old, session.id.clone()));
+        let lease = Lease { user: session.user.clone(), deadline, groups: session.groups.clone() };
+        if let Some(old) = self.leases.insert(session.id.clone(), lease) {
+            self.deadlines.remove(&(old.deadline, session.id.clone()));
         }
         self.deadlines.insert((deadline, session.id.clone()));
         let record = self.users.entry(session.user.clone()).or_insert_with(|| UserRecord::new(now_ms));
@@ -181,9 +197,6 @@ impl State {
         if record.mode != Mode::Invisible {
             record.seen_on(session, now_ms);
         }
-        // New groups are news to the dashboards of the old and the new groups alike.
-        let regrouped = record.groups != session.groups;
-        record.groups = session.groups.clone();
         if !record.live.contains(&session.id) {
             record.live.push(session.id.clone());
             record.offline_since = None;
@@ -195,24 +208,43 @@ impl State {
         for group in session.groups.iter() {
             self.groups.entry(group.clone()).or_default().insert(session.user.clone(), now);
         }
-        let shown_before = self.users.get(&session.user).map(|r| r.shown);
-        let mut update = self.settle(&session.user, Cause::Connect, regrouped)?;
-        if Some(update.presence.status) == shown_before {
-            update.cause = Cause::Groups;
-        }
-        Some(update)
+        self.settle_sessions(&session.user, Cause::Connect)
     }
 
     fn end(&mut self, id: &SessionId, cause: Cause) -> Option<PresenceUpdate> {
-        let (user, deadline) = self.leases.remove(id)?;
-        self.deadlines.remove(&(deadline, id.clone()));
-        let record = self.users.get_mut(&user)?;
+        let lease = self.leases.remove(id)?;
+        self.deadlines.remove(&(lease.deadline, id.clone()));
+        let record = self.users.get_mut(&lease.user)?;
         record.live.retain(|s| s != id);
         if record.live.is_empty() {
             record.offline_since = Some(Instant::now());
         }
-        self.settle(&user, cause, false)
+        self.settle_sessions(&lease.user, cause)
     }
+
+    /// [`State::settle`] after the user's sessions changed: its groups become the union of
+    /// its live sessions' groups (kept as they were once none is left, for reads of its
+    /// last seen), and new groups are news to the dashboards of the old and the new
+    /// groups alike, a transition with cause `groups` when the status did not change.
+    fn settle_sessions(&mut self, user: &Id, cause: Cause) -> Option<PresenceUpdate> {
+        let record = self.users.get(user)?;
+        let mut union: Vec<Id> = Vec::new();
+        for group in record.live.iter().filter_map(|id| self.leases.get(id)).flat_map(|lease| lease.groups.iter()) {
+            if !union.contains(group) {
+                union.push(group.clone());
+            }
+        }
+        let regrouped = !record.live.is_empty() && !same_set(&union, &record.groups);
+        if regrouped && let Some(record) = self.users.get_mut(user) {
+            record.groups = union.into();
+        }
+        self.settle(user, cause, regrouped.then_some(Cause::Groups))
+    }
+}
+
+/// Whether two lists of groups hold the same groups, in any order.
+fn same_set(a: &[Id], b: &[Id]) -> bool {
+    a.len() == b.len() && a.iter().all(|g| b.contains(g))
 }
 
 #[async_trait]
@@ -247,14 +279,14 @@ impl PresenceStore for MemoryPresence {
         if was_invisible && mode != Mode::Invisible && !record.live.is_empty() {
             record.seen_on(session, unix_ms());
         }
-        Ok(state.settle(&session.user, Cause::Status, changed_text))
+        Ok(state.settle(&session.user, Cause::Status, changed_text.then_some(Cause::Status)))
     }
 
     async fn activity(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
         let mut state = self.state();
         let Some(record) = state.users.get_mut(&session.user) else { return Ok(None) };
         record.touch();
-        Ok(state.settle(&session.user, Cause::Active, false))
+        Ok(state.settle(&session.user, Cause::Active, None))
     }
 
     async fn expire_due(&self) -> Result<Vec<PresenceUpdate>, EngineError> {
@@ -277,7 +309,7 @@ impl PresenceStore for MemoryPresence {
                 record.away_deadline = None;
                 record.idle = true;
             }
-            updates.extend(state.settle(&user, Cause::Idle, false));
+            updates.extend(state.settle(&user, Cause::Idle, None));
         }
         if state.last_prune.is_none_or(|at| now - at >= PRUNE_EVERY.min(last_seen)) {
             state.last_prune = Some(now);
@@ -296,7 +328,7 @@ impl PresenceStore for MemoryPresence {
 
     async fn linger(&self, session: &Session, grace: Duration) -> Result<(), EngineError> {
         let mut state = self.state();
-        if let Some(&(_, deadline)) = state.leases.get(&session.id) {
+        if let Some(deadline) = state.leases.get(&session.id).map(|lease| lease.deadline) {
             state.lease(session, deadline.min(Instant::now() + grace), false);
         }
         Ok(())
@@ -477,6 +509,33 @@ mod tests {
         assert_eq!((only[0].status, only[0].device_id.as_deref()), (Status::Online, Some("d2")));
         let off = store.disconnect(&tablet).await.unwrap().expect("last session");
         assert_eq!((off.presence.status, off.cause), (Status::Offline, Cause::Disconnect));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn groups_are_the_union_of_the_live_sessions_groups() {
+        let in_groups = |n, groups: &[&str]| Session {
+            groups: groups.iter().map(|g| Id::parse(g).unwrap()).collect(),
+            ..session("u", n)
+        };
+        let names = |update: &PresenceUpdate| update.presence.groups.iter().map(|g| g.to_string()).collect::<Vec<_>>();
+        let store = MemoryPresence::new(LIFETIMES);
+        let (phone, tablet) = (in_groups(1, &["g1", "g2"]), in_groups(2, &["g2", "g3"]));
+        assert_eq!(names(&store.connect(&phone).await.unwrap().unwrap()), ["g1", "g2"]);
+        let joined = store.connect(&tablet).await.unwrap().expect("new groups are news");
+        assert_eq!((joined.cause, names(&joined)), (Cause::Groups, vec!["g1".into(), "g2".into(), "g3".into()]));
+        assert_eq!(store.heartbeat(&tablet).await.unwrap(), None, "the same groups again are no news");
+
+        // The phone falls silent: its lapse takes away only the group no other session names.
+        tokio::time::advance(TTL / 2).await;
+        store.heartbeat(&tablet).await.unwrap();
+        tokio::time::advance(TTL / 2).await;
+        let lapsed = store.expire_due().await.unwrap();
+        assert_eq!(lapsed.len(), 1);
+        assert_eq!((lapsed[0].presence.status, lapsed[0].cause), (Status::Online, Cause::Groups));
+        assert_eq!(names(&lapsed[0]), ["g2", "g3"]);
+
+        let offline = store.disconnect(&tablet).await.unwrap().expect("the last session");
+        assert_eq!((offline.presence.status, names(&offline)), (Status::Offline, vec!["g2".into(), "g3".into()]));
     }
 
     #[tokio::test(start_paused = true)]

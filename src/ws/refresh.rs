@@ -4,8 +4,9 @@
 //! The new token must be valid and name the same user and role. It replaces the old one
 //! at once: its expiry, and its groups. New groups move everything the groups decide: a
 //! mobile's memberships (relayed frames, the floor and indicators in groups it left end,
-//! and its presence carries the new groups, a transition dashboards of the old and the
-//! new groups both see); a watcher's scope (it gets a fresh snapshot for the new scope).
+//! and its user's groups become the union over its live sessions with these, a transition
+//! dashboards of the old and the new groups both see when the union changed); a watcher's
+//! scope (it gets a fresh snapshot for the new scope).
 
 use super::{
     connection::{Connection, Exit, expiry},

@@ -4,7 +4,9 @@ local _, _, skey = keys_of(user)
 if redis.call('ZREM', skey, session) == 0 then
   return nil -- already swept or never registered
 end
-if settle(user) > 0 then
-  return nil -- another device is still online
+local live, regrouped = settle(user)
+if live > 0 then
+  -- Another device is still online: news only if this one's groups were its alone.
+  return transition(user, 'disconnect', regrouped, 'groups')
 end
 return transition(user, 'disconnect')

@@ -1,7 +1,11 @@
 -- Router shutdown: shorten a session's lease to `grace`, never lengthen it.
--- ARGV: prefix, last_seen_ms, user, session, grace_ms.
+-- ARGV: prefix, last_seen_ms, user, session, grace_ms. Sessions of the user that lapsed
+-- already are left to the sweep, which announces what their end changes.
 local user, session = ARGV[3], ARGV[4]
 local _, _, skey = keys_of(user)
-redis.call('ZADD', skey, 'XX', 'LT', now + tonumber(ARGV[5]), session)
-settle(user)
+if redis.call('ZADD', skey, 'XX', 'LT', 'CH', now + tonumber(ARGV[5]), session) == 1 then
+  local first = redis.call('ZRANGE', skey, 0, 0, 'WITHSCORES')
+  local last = redis.call('ZRANGE', skey, -1, -1, 'WITHSCORES')
+  schedule(user, tonumber(first[2]), tonumber(last[2]))
+end
 return nil

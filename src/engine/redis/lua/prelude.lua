@@ -9,8 +9,11 @@
 --                  idle ("1" once away_after passed without activity); expires ARGV[2]
 --                  ms after the user's last session ends
 --   {p}sessions:U  zset: session id -> lease deadline (Unix ms, Redis clock)
---   {p}deadlines   zset: user id -> latest lease deadline; holds exactly the users online,
---                  so it is both the snapshot index and the sweep queue
+--   {p}sgroups:U   hash: session id -> its token's groups (newline-separated), for the
+--                  sessions in {p}sessions:U; meta `groups` is their union
+--   {p}deadlines   zset: user id -> its earliest lease deadline; holds exactly the users
+--                  online, so it is both the snapshot index and the sweep queue (which
+--                  thus also finds one lapsed session of a user whose others live)
 --   {p}seq         counter numbering every transition
 --   {p}group:G     zset: user id -> last lease (ms) of a session in group G
 --   {p}active      zset: user id -> last activity (ms), for users shown online in mode
@@ -26,25 +29,76 @@ local deadlines = prefix .. 'deadlines'
 local active = prefix .. 'active'
 
 local function keys_of(user)
-  return prefix .. 'user:' .. user, prefix .. 'meta:' .. user, prefix .. 'sessions:' .. user
+  return prefix .. 'user:' .. user, prefix .. 'meta:' .. user, prefix .. 'sessions:' .. user,
+    prefix .. 'sgroups:' .. user
 end
 
--- Drops the user's lapsed sessions and brings the index and the TTL key in line with the
--- ones left. Returns how many live sessions the user has.
-local function settle(user)
-  local ukey, _, skey = keys_of(user)
-  redis.call('ZREMRANGEBYSCORE', skey, '-inf', now)
-  local last = redis.call('ZRANGE', skey, -1, -1, 'WITHSCORES')
-  if #last == 0 then
-    redis.call('DEL', skey, ukey)
-    redis.call('ZREM', deadlines, user)
-    return 0
+-- Puts the user in the sweep queue at its earliest lease deadline (the TTL key lapses then
+-- too, waking the sweepers), and keeps its session keys until its latest.
+local function schedule(user, first, last)
+  local ukey, _, skey, sgroups = keys_of(user)
+  redis.call('ZADD', deadlines, first, user)
+  redis.call('SET', ukey, '1', 'PX', math.max(first - now, 1))
+  redis.call('PEXPIREAT', skey, last)
+  redis.call('PEXPIREAT', sgroups, last)
+end
+
+-- Whether two newline-separated lists of groups hold the same groups, in any order.
+local function same_groups(a, b)
+  local set = {}
+  for group in string.gmatch(a, '[^\n]+') do
+    set[group] = true
   end
-  local deadline = tonumber(last[2])
-  redis.call('ZADD', deadlines, deadline, user)
-  redis.call('SET', ukey, '1', 'PX', deadline - now)
-  redis.call('PEXPIREAT', skey, deadline)
-  return redis.call('ZCARD', skey)
+  for group in string.gmatch(b, '[^\n]+') do
+    if not set[group] then
+      return false
+    end
+    set[group] = nil
+  end
+  return next(set) == nil
+end
+
+-- Drops the user's lapsed sessions (and the groups of sessions gone), brings the index and
+-- the TTL key in line with the ones left, and sets the user's groups to the union of the
+-- live sessions' groups (kept as they were once none is left, for reads of its last seen;
+-- kept too while a live session's groups are unknown: registered by an older router).
+-- Returns how many live sessions the user has, and whether its groups changed.
+local function settle(user)
+  local ukey, meta, skey, sgroups = keys_of(user)
+  redis.call('ZREMRANGEBYSCORE', skey, '-inf', now)
+  local count = redis.call('ZCARD', skey)
+  if count == 0 then
+    redis.call('DEL', skey, ukey, sgroups)
+    redis.call('ZREM', deadlines, user)
+    return 0, false
+  end
+  local first = redis.call('ZRANGE', skey, 0, 0, 'WITHSCORES')
+  local last = redis.call('ZRANGE', skey, -1, -1, 'WITHSCORES')
+  schedule(user, tonumber(first[2]), tonumber(last[2]))
+  local union, seen, known = {}, {}, 0
+  local entries = redis.call('HGETALL', sgroups)
+  for i = 1, #entries, 2 do
+    if redis.call('ZSCORE', skey, entries[i]) then
+      known = known + 1
+      for group in string.gmatch(entries[i + 1], '[^\n]+') do
+        if not seen[group] then
+          seen[group] = true
+          union[#union + 1] = group
+        end
+      end
+    else
+      redis.call('HDEL', sgroups, entries[i])
+    end
+  end
+  if known < count then
+    return count, false
+  end
+  local groups = table.concat(union, '\n')
+  if same_groups(redis.call('HGET', meta, 'groups') or '', groups) then
+    return count, false
+  end
+  redis.call('HSET', meta, 'groups', groups)
+  return count, true
 end
 
 -- Brings what others see of the user in line with its sessions, mode and idleness, and
@@ -110,7 +164,7 @@ end
 -- ('' = none), restored only if Redis lost the user's mode (a restart without data).
 -- Returns the transition, if any.
 local function lease(user, session, ttl, device, role, groups, activity, mode, text)
-  local _, meta, skey = keys_of(user)
+  local _, meta, skey, sgroups = keys_of(user)
   if mode ~= '' and redis.call('HEXISTS', meta, 'mode') == 0 then
     redis.call('HSET', meta, 'mode', mode)
     if text ~= '' then
@@ -118,10 +172,10 @@ local function lease(user, session, ttl, device, role, groups, activity, mode, t
     end
   end
   redis.call('ZADD', skey, now + ttl, session)
-  settle(user)
+  redis.call('HSET', sgroups, session, groups)
   -- New groups are news to the dashboards of the old and the new groups alike.
-  local regrouped = (redis.call('HGET', meta, 'groups') or '') ~= groups
-  redis.call('HSET', meta, 'role', role, 'groups', groups)
+  local _, regrouped = settle(user)
+  redis.call('HSET', meta, 'role', role)
   -- An invisible user's sessions must not reveal it through lastSeen or deviceId: it
   -- reads as it did when it went invisible.
   if redis.call('HGET', meta, 'mode') ~= 'invisible' then

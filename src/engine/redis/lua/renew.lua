@@ -2,8 +2,9 @@
 -- session: user, session, deviceId, groups, mode, text.
 --
 -- A live session (the usual heartbeat) takes the short path: its own deadline, the user's
--- deadline in the index and TTL key, lastSeen, and its groups' participant scores. Nothing
--- it changes can alter what others see, so it is never a transition. A lapsed or unknown
+-- earliest deadline in the index and TTL key, lastSeen, and its groups' participant
+-- scores. Nothing it changes can alter what others see (its groups change only through a
+-- whole lease), so it is never a transition. A lapsed or unknown
 -- session (a silent phone back, a re-assert after Redis lost its data) takes the whole
 -- `lease`. Returns {index, transition} pairs, index counting sessions from 1.
 local ttl = tonumber(ARGV[3])
@@ -11,13 +12,11 @@ local deadline = now + ttl
 local out = {}
 for i = 4, #ARGV, 6 do
   local user, session = ARGV[i], ARGV[i + 1]
-  local ukey, meta, skey = keys_of(user)
+  local _, meta, skey = keys_of(user)
   local current = tonumber(redis.call('ZSCORE', skey, session))
   if current and current > now then
     redis.call('ZADD', skey, deadline, session)
-    redis.call('PEXPIREAT', skey, deadline)
-    redis.call('ZADD', deadlines, 'GT', deadline, user)
-    redis.call('SET', ukey, '1', 'PX', ttl)
+    schedule(user, tonumber(redis.call('ZRANGE', skey, 0, 0, 'WITHSCORES')[2]), deadline)
     if redis.call('HGET', meta, 'mode') ~= 'invisible' then
       redis.call('HSET', meta, 'lastSeen', now)
     end

@@ -12,10 +12,13 @@ if text == '' then
 else
   redis.call('HSET', meta, 'text', text)
 end
-settle(user)
+local _, regrouped = settle(user)
 -- Seen again after being invisible: from now and on this device, not as it was when it
 -- went invisible.
 if was_invisible and ARGV[5] ~= 'invisible' and redis.call('EXISTS', skey) == 1 then
   seen_on(meta, ARGV[7])
+end
+if regrouped then
+  return transition(user, 'status', true, 'groups')
 end
 return transition(user, 'status', old ~= text)

@@ -1,15 +1,16 @@
--- Ends lapsed leases of up to ARGV[3] due users, then turns up to ARGV[3] users idle for
--- ARGV[4] ms away. ARGV: prefix, last_seen_ms, limit, away_after_ms.
+-- Ends lapsed leases of up to ARGV[3] due users (due at their earliest lease's deadline),
+-- then turns up to ARGV[3] users idle for ARGV[4] ms away. ARGV: prefix, last_seen_ms,
+-- limit, away_after_ms.
 -- Atomic: each transition is claimed by exactly one of the routers sweeping at once.
 local limit = tonumber(ARGV[3])
 local due = redis.call('ZRANGEBYSCORE', deadlines, '-inf', now, 'LIMIT', 0, limit)
 local out = {}
 for _, user in ipairs(due) do
-  if settle(user) == 0 then
-    local row = transition(user, 'expired')
-    if row then
-      out[#out + 1] = row
-    end
+  -- A user left with live sessions changes only if the lapsed ones took groups away.
+  local _, regrouped = settle(user)
+  local row = transition(user, 'expired', regrouped, 'groups')
+  if row then
+    out[#out + 1] = row
   end
 end
 local idle = redis.call('ZRANGEBYSCORE', active, '-inf', now - tonumber(ARGV[4]), 'LIMIT', 0, limit)
