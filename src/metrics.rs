@@ -24,6 +24,7 @@ pub const HANDSHAKE_REJECTIONS: &str = "presence_handshake_rejections_total";
 pub const REFRESHES: &str = "presence_token_refreshes_total";
 pub const STORE_WRITES_DROPPED: &str = "presence_store_writes_dropped_total";
 pub const DISCONNECTS: &str = "presence_disconnects_total";
+pub const SESSIONS_REPLACED: &str = "presence_sessions_replaced_total";
 pub const ENGINE_ERRORS: &str = "presence_engine_errors_total";
 pub const ENGINE_UP: &str = "presence_engine_up";
 pub const BROKER_MESSAGES: &str = "presence_broker_messages_total";
@@ -90,6 +91,11 @@ fn describe() {
     );
     describe_counter!(REFRESHES, "REFRESH frames (token refreshes on open connections), by result.");
     describe_counter!(DISCONNECTS, "WebSocket connections ended, by reason.");
+    describe_counter!(
+        SESSIONS_REPLACED,
+        "Sessions replaced by a new session of the same user and device, by result: ended (it ended within 1 s), \
+         gone (its connection had ended already) or timed_out (no word from its router within 1 s)."
+    );
     describe_counter!(ENGINE_ERRORS, "Presence store or broker calls that failed, by operation.");
     describe_gauge!(ENGINE_UP, "1 while the presence store answers and presence is rebuilt, 0 while degraded.");
     describe_counter!(BROKER_GAPS, "Transitions that never arrived from the broker, each answered by a resync.");

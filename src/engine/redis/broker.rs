@@ -3,6 +3,8 @@
 //! `{prefix}offline`); each router's subscriber feeds its hub. PTT, TEXT and indicator
 //! frames go on `{prefix}relay` (msgpack, see [`Delivery::encode`]) into each router's
 //! [`Relay`]; they are transient, so a lost one is simply lost, like a UDP packet of audio.
+//! The replacement of a session by a newer one of its device travels there too
+//! ([`Control::encode`]), in order with the frames.
 //!
 //! Pub/Sub drops whatever is sent while a subscriber is disconnected, so every
 //! (re)subscription asks the node for a resync: it re-asserts its sessions and rebuilds
@@ -34,7 +36,7 @@ use crate::{
     hub::Hub,
     metrics,
     presence::PresenceUpdate,
-    relay::{Delivery, Relay},
+    relay::{Control, Delivery, Relay, Relayed},
 };
 
 /// Relayed frames waiting for the publisher; a fuller queue drops frames (audio is worth
@@ -106,6 +108,14 @@ async fn publish_relayed(
 }
 
 impl RedisBroker {
+    /// Queues a message for the relay publisher, or drops and counts it when the queue is
+    /// full.
+    fn queue(&self, message: Vec<u8>) {
+        if let Err(TrySendError::Full(_) | TrySendError::Closed(_)) = self.relay.try_send(message) {
+            ::metrics::counter!(metrics::RELAY_DROPPED).increment(1);
+        }
+    }
+
     /// Adds one update's two PUBLISHes (`updates` and `online`/`offline`) to `pipe`.
     fn add(&self, pipe: &mut redis::Pipeline, update: &PresenceUpdate) -> Result<(), EngineError> {
         let json = serde_json::to_string(update).map_err(|e| EngineError::Unavailable(e.to_string()))?;
@@ -142,10 +152,12 @@ impl Broker for RedisBroker {
     /// Queues the frame for the publisher. A full queue (Redis slow or down) drops the
     /// frame, counted in `presence_relay_dropped_total`.
     fn relay(&self, delivery: &Delivery) {
-        if let Err(TrySendError::Full(_) | TrySendError::Closed(_)) = self.relay.try_send(delivery.encode(&self.origin))
-        {
-            ::metrics::counter!(metrics::RELAY_DROPPED).increment(1);
-        }
+        self.queue(delivery.encode(&self.origin));
+    }
+
+    /// Queued behind the relayed frames, on the same channel, so it arrives after them.
+    fn control(&self, control: &Control) {
+        self.queue(control.encode(&self.origin));
     }
 }
 
@@ -238,11 +250,15 @@ pub fn spawn_subscriber(
                 let Some(message) = message else { break };
                 let payload: &[u8] = message.get_payload_bytes();
                 if message.get_channel_name() == relayed {
-                    match Delivery::decode(payload) {
-                        Some((from, delivery)) => {
+                    match Relayed::decode(payload) {
+                        Some((from, relayed)) => {
                             ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "relay").increment(1);
-                            if from != origin {
-                                relay.deliver(&delivery);
+                            match relayed {
+                                _ if from == origin => {}
+                                Relayed::Frame(delivery) => {
+                                    relay.deliver(&delivery);
+                                }
+                                Relayed::Control(control) => relay.control(&control),
                             }
                         }
                         None => {
