@@ -166,4 +166,15 @@ async fn a_reconnect_on_another_router_replaces_the_dead_session() {
     let setup = Setup::new(Engine::Redis).await;
     let (a, b) = (setup.router(&[]).await, setup.router(&[]).await);
     a_dead_talker_is_replaced_by_its_reconnect(&a, &b).await;
+
+    // The talker's connections have all ended: nothing of its sessions is left in Redis.
+    let redis = setup.redis.as_ref().unwrap().client().get_multiplexed_async_connection().await.unwrap();
+    common::eventually("the talker's session keys to be deleted", || {
+        let mut redis = redis.clone();
+        async move {
+            let keys = ["sessions", "sgroups", "devices"].map(|k| format!("presence:{k}:{TALKER}"));
+            ::redis::cmd("EXISTS").arg(&keys).query_async::<u64>(&mut redis).await.unwrap() == 0
+        }
+    })
+    .await;
 }

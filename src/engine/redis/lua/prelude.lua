@@ -13,6 +13,9 @@
 --                  sessions in {p}sessions:U; meta `groups` is their union
 --   {p}devices:U   hash: device id -> the session holding it, for sessions in
 --                  {p}sessions:U: a new session on the device replaces that one
+--                  (these two hashes have no TTL, which would cost every heartbeat a
+--                  write: `settle` deletes them with the user's last session, and a user
+--                  with sessions is always in {p}deadlines, so a sweep gets to it)
 --   {p}deadlines   zset: user id -> its earliest lease deadline; holds exactly the users
 --                  online, so it is both the snapshot index and the sweep queue (which
 --                  thus also finds one lapsed session of a user whose others live)
@@ -36,14 +39,12 @@ local function keys_of(user)
 end
 
 -- Puts the user in the sweep queue at its earliest lease deadline (the TTL key lapses then
--- too, waking the sweepers), and keeps its session keys until its latest.
+-- too, waking the sweepers), and keeps its sessions until its latest.
 local function schedule(user, first, last)
-  local ukey, _, skey, sgroups, devices = keys_of(user)
+  local ukey, _, skey = keys_of(user)
   redis.call('ZADD', deadlines, first, user)
   redis.call('SET', ukey, '1', 'PX', math.max(first - now, 1))
   redis.call('PEXPIREAT', skey, last)
-  redis.call('PEXPIREAT', sgroups, last)
-  redis.call('PEXPIREAT', devices, last)
 end
 
 -- Removes the user's device claims held by sessions that `keep` refuses.
