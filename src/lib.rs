@@ -16,7 +16,8 @@
 //! - [`engine`]: the [`PresenceStore`](engine::PresenceStore) (leases, transitions) and
 //!   [`Broker`](engine::Broker) (transport of transitions) traits and their implementations.
 //! - [`hub`]: this router's versioned view of presence and the fan-out to dashboards.
-//! - [`relay`]: delivery of transient frames (PTT, TEXT, indicators) to local connections.
+//! - [`relay`]: delivery of transient frames (PTT, TEXT, indicators) to local connections,
+//!   and of the replacement of a session by a reconnect of its device.
 //! - [`node`]: composes engine and hub; publishes transitions; sweeps expired leases.
 //! - [`renewals`]: heartbeats handed off by connections, renewed in the background.
 //! - [`ws`]: the WebSocket handshake, the RFC 6455 framing and socket (budgets, close

@@ -34,6 +34,7 @@ pub const JWKS_FETCHES: &str = "presence_jwks_fetches_total";
 pub const JWKS_KEYS: &str = "presence_jwks_keys";
 pub const STORE_WRITES_DROPPED: &str = "presence_store_writes_dropped_total";
 pub const DISCONNECTS: &str = "presence_disconnects_total";
+pub const SESSIONS_REPLACED: &str = "presence_sessions_replaced_total";
 pub const ENGINE_ERRORS: &str = "presence_engine_errors_total";
 pub const ENGINE_UP: &str = "presence_engine_up";
 pub const BROKER_MESSAGES: &str = "presence_broker_messages_total";
@@ -139,6 +140,11 @@ fn describe() {
     );
     describe_gauge!(JWKS_KEYS, "Keys in the last key set fetched that tokens can be verified with.");
     describe_counter!(DISCONNECTS, "WebSocket connections ended, by reason.");
+    describe_counter!(
+        SESSIONS_REPLACED,
+        "Sessions replaced by a new session of the same user and device, by result: ended (it ended within 1 s), \
+         gone (its connection had ended already) or timed_out (no word from its router within 1 s)."
+    );
     describe_counter!(ENGINE_ERRORS, "Presence store or broker calls that failed, by operation.");
     describe_gauge!(
         ENGINE_UP,
@@ -308,6 +314,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
             "invalid_utf8",
             "too_big",
             "unfinished",
+            "replaced",
         ],
     );
     each(
@@ -329,6 +336,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
             "ping",
             "probe",
             "publish",
+            "regroup",
             "relay",
             "snapshot",
             "status",
@@ -338,6 +346,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
     each(BROKER_MESSAGES, "kind", &["update", "relay", "expired", "invalid"]);
     each(BROKER_RESUBSCRIPTIONS, "reason", &["dropped", "silent"]);
     each(FLOOR_REQUESTS, "result", &["granted", "busy", "local_only"]);
+    each(SESSIONS_REPLACED, "result", &["ended", "gone", "timed_out"]);
     each(HTTP_REFUSED, "reason", &["too_many_handshakes"]);
     each(HTTP_CONNECTION_ERRORS, "reason", &["header_timeout", "header_too_large", "bad_request", "incomplete", "io"]);
     each(ACCEPT_ERRORS, "kind", &["fd_limit", "memory", "aborted", "other"]);

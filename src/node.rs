@@ -30,7 +30,7 @@ use crate::{
     metrics,
     presence::{Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, UserPresence, unix_ms},
     protocol::{self, payload::IndicatorKind},
-    relay::{Audience, Delivery, Relay},
+    relay::{Audience, Control, Delivery, Relay},
     renewals::PendingRenewals,
     scope::Scope,
 };
@@ -39,6 +39,10 @@ use crate::{
 const REASSERT_CONCURRENCY: usize = 64;
 /// Most sessions kept to end on recovery (see [`Node::disconnect`]).
 const MAX_UNENDED: usize = 100_000;
+/// How long a new session waits for the session of its device it replaced to end (its
+/// floor released, its STOP and indicator ends sent) before it is served anyway: that
+/// session's router may have died, and then its floor lapses after `MAX_TALK_MS`.
+const REPLACE_WAIT: Duration = Duration::from_secs(1);
 /// Store writes a connection hands off without waiting (activity, indicators) queued at
 /// most; past that they are dropped and counted: an indicator lapses in the store on its
 /// own, and a lost activity only brings auto-away sooner.
@@ -198,6 +202,11 @@ impl Node {
     /// While degraded the store is not asked (a hung one would hold the connection for its
     /// whole timeout): the session is re-asserted when the store answers again.
     ///
+    /// A live session of the same user and device is replaced: the store ends it in the
+    /// same step, and this returns once its connection, here or on another router, has
+    /// ended it (STOP to its listeners, its indicators ended, its floor released), or
+    /// after [`REPLACE_WAIT`]: whatever the new session does next comes after that.
+    ///
     /// Returns the status and text the user chose, for the session to carry (a re-assert
     /// after the store lost its data brings them back, also for a user who reconnected
     /// since choosing them).
@@ -205,7 +214,13 @@ impl Node {
         self.local().insert(session.id.clone(), session.clone());
         self.skip_while_degraded()?;
         let result = store!(self, connect(session));
-        self.announce("connect", result).await?;
+        let connected = self.check("connect", result)?;
+        if let Some(update) = connected.update {
+            self.publish(std::slice::from_ref(&update)).await;
+        }
+        if let Some(replaced) = connected.replaced {
+            self.replace(&replaced).await;
+        }
         let result = store!(self, choice(&session.user));
         let choice = self.check("choice", result)?;
         if let Some(registered) = self.local().get_mut(&session.id) {
@@ -219,6 +234,49 @@ impl Node {
     pub async fn choice(&self, user: &Id) -> Result<Option<Choice>, EngineError> {
         let result = store!(self, choice(user));
         self.check("choice", result)
+    }
+
+    /// Tells the connection of `replaced` (here, or through the broker on another router)
+    /// to end, and waits for it to, at most [`REPLACE_WAIT`].
+    async fn replace(&self, replaced: &SessionId) {
+        let ended = self.relay.await_end(replaced);
+        let here = replaced.router() == self.router_id;
+        let result = if here && !self.relay.replace(replaced) {
+            // Its connection has ended already.
+            "gone"
+        } else {
+            if !here {
+                self.engine.broker.control(&Control::Replace(replaced.clone()));
+            }
+            match tokio::time::timeout(REPLACE_WAIT, ended).await {
+                Ok(_) => "ended",
+                Err(_) => "timed_out",
+            }
+        };
+        self.relay.ended(replaced);
+        ::metrics::counter!(metrics::SESSIONS_REPLACED, "result" => result).increment(1);
+        tracing::debug!(session = %replaced, result, "replaced a session of the same device");
+    }
+
+    /// A session that was replaced has ended: its floor, indicators and presence are
+    /// released, its last frames sent. Tells the session that replaced it, here or (in
+    /// order after those frames) on another router.
+    pub async fn replaced_session_ended(&self, session: &SessionId) {
+        // Its store writes (the indicators' ends) land before the new session's.
+        self.written().await;
+        self.relay.ended(session);
+        self.engine.broker.control(&Control::Ended(session.clone()));
+    }
+
+    /// Re-registers a live session whose groups changed (a token refresh), and keeps them
+    /// for a re-assert.
+    pub async fn regroup(&self, session: &Session) -> Result<(), EngineError> {
+        if let Some(registered) = self.local().get_mut(&session.id) {
+            registered.groups = session.groups.clone();
+        }
+        self.skip_while_degraded()?;
+        let result = store!(self, regroup(session));
+        self.announce("regroup", result).await
     }
 
     pub async fn heartbeat(&self, session: &Session) -> Result<(), EngineError> {
@@ -297,6 +355,14 @@ impl Node {
     /// The group's live indicators, including every one this router accepted before the
     /// call (its writes are behind; this waits for them, up to the store's timeout).
     pub async fn indicators(&self, group: &Id) -> Result<Vec<(IndicatorKind, Id)>, EngineError> {
+        self.written().await;
+        let result = store!(self, indicators(group));
+        self.check("indicators", result)
+    }
+
+    /// Waits until every write handed off before the call is done, up to the store's
+    /// timeout.
+    async fn written(&self) {
         let (done, written) = oneshot::channel();
         let barrier = async {
             if self.writes.send(Write::Barrier(done)).await.is_ok() {
@@ -304,8 +370,6 @@ impl Node {
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), barrier).await;
-        let result = store!(self, indicators(group));
-        self.check("indicators", result)
     }
 
     fn floors(&self) -> MutexGuard<'_, HashMap<String, (SessionId, Instant)>> {

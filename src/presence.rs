@@ -117,6 +117,18 @@ impl SessionId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The id of the router that holds the session.
+    pub fn router(&self) -> &str {
+        self.0.rsplit_once(':').map_or("", |(router, _)| router)
+    }
+}
+
+/// A session id as [`SessionId::new`] wrote it, read back (from the store, the broker).
+impl From<String> for SessionId {
+    fn from(id: String) -> Self {
+        SessionId(Arc::from(id))
+    }
 }
 
 impl fmt::Display for SessionId {
@@ -136,6 +148,8 @@ impl fmt::Debug for SessionId {
 pub struct Session {
     pub id: SessionId,
     pub user: Id,
+    /// The device the session was opened from; a new session of the same user and device
+    /// replaces this one (sessions without a device id are never replaced).
     pub device_id: Option<Arc<str>>,
     /// The groups in the session's token; the user's presence carries the union of its
     /// live sessions' groups.

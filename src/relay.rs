@@ -9,6 +9,9 @@
 //! reader never grows the router's memory or slows the others. Frames for other
 //! routers travel through the [`Broker`](crate::engine::Broker); the node delivers here
 //! first, so PTT between users on one router does not depend on Redis.
+//!
+//! The same mailboxes carry one [`Control`]: a session replaced by a newer session of its
+//! device is told to end, and whoever replaced it waits here (bounded) to hear that it has.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -19,12 +22,12 @@ use std::{
 };
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 use crate::{
     id::Id,
     metrics,
-    presence::{Groups, visible},
+    presence::{Groups, SessionId, visible},
 };
 
 /// Frames a mobile connection may have queued before it counts as a slow consumer: a few
@@ -57,10 +60,28 @@ pub struct Delivery {
     pub frame: Bytes,
 }
 
+/// A message about one session, between routers (see [`Relayed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// End this session: a newer session of its user and device replaced it.
+    Replace(SessionId),
+    /// This replaced session has ended: its floor, indicators and presence are released,
+    /// and every frame it sent on its way out went before this message.
+    Ended(SessionId),
+}
+
+/// What travels between routers on the relay channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Relayed {
+    Frame(Delivery),
+    Control(Control),
+}
+
 /// What a connection registers as.
 pub enum Member {
-    /// A mobile session: reached through its user and its token's groups.
-    Session { user: Id, groups: Groups },
+    /// A mobile session: reached through its user and its token's groups, and, when it
+    /// holds a device (so a newer session may replace it), through its session id.
+    Session { user: Id, groups: Groups, replaceable: Option<SessionId> },
     /// A dashboard allowed `allowed` groups (`None`: all).
     Watcher { allowed: Option<Groups> },
 }
@@ -76,6 +97,8 @@ struct Queue {
     /// The latest [`Audience::Visibility`] news not yet taken: [`NO_NEWS`], [`SHOWN`] or
     /// [`HIDDEN`]. Only the latest counts, so it takes no room in the queue.
     visibility: AtomicU8,
+    /// A newer session of the connection's device replaced it.
+    replaced: AtomicBool,
 }
 
 const NO_NEWS: u8 = 0;
@@ -118,6 +141,10 @@ struct Registry {
     /// A user has few sessions: a Vec costs less per idle connection than a map.
     users: HashMap<Id, Vec<(u64, Outbox)>>,
     watchers: HashMap<u64, (Option<Groups>, Outbox)>,
+    /// Sessions that hold a device, by session id.
+    sessions: HashMap<SessionId, Outbox>,
+    /// Replaced sessions a connection here waits to see end.
+    ends: HashMap<SessionId, oneshot::Sender<()>>,
 }
 
 #[derive(Default)]
@@ -150,6 +177,7 @@ impl Relay {
             ready: Notify::new(),
             overflowed: AtomicBool::new(false),
             visibility: AtomicU8::new(NO_NEWS),
+            replaced: AtomicBool::new(false),
         });
         let queue = outbox.clone();
         let mut registry = self.registry();
@@ -157,6 +185,41 @@ impl Relay {
         let id = registry.next;
         registry.insert(id, &member, outbox);
         Mailbox { queue, relay: Arc::clone(self), id, member }
+    }
+
+    /// Tells the connection of `session`, if it is on this router, that it was replaced;
+    /// false when it is not (here).
+    pub fn replace(&self, session: &SessionId) -> bool {
+        let registry = self.registry();
+        let Some(outbox) = registry.sessions.get(session) else { return false };
+        outbox.replaced.store(true, Ordering::Relaxed);
+        outbox.ready.notify_one();
+        true
+    }
+
+    /// Resolves once [`Relay::ended`] is called for `session` (by its connection here, or
+    /// by the broker for one on another router).
+    pub fn await_end(&self, session: &SessionId) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.registry().ends.insert(session.clone(), tx);
+        rx
+    }
+
+    /// `session`, a replaced session, has ended (or is no longer waited for).
+    pub fn ended(&self, session: &SessionId) {
+        if let Some(waiter) = self.registry().ends.remove(session) {
+            let _ = waiter.send(());
+        }
+    }
+
+    /// Applies a [`Control`] from another router.
+    pub fn control(&self, control: &Control) {
+        match control {
+            Control::Replace(session) => {
+                self.replace(session);
+            }
+            Control::Ended(session) => self.ended(session),
+        }
     }
 
     /// Whether a session of `user` on this router is a member of one of `groups`.
@@ -236,6 +299,11 @@ impl Mailbox {
         self.queue.overflowed.load(Ordering::Relaxed)
     }
 
+    /// A newer session of the connection's device replaced it: it must end.
+    pub fn replaced(&self) -> bool {
+        self.queue.replaced.load(Ordering::Relaxed)
+    }
+
     /// The next frame if one is queued.
     pub fn try_recv(&self) -> Option<Bytes> {
         self.queue.frames().pop_front()
@@ -282,13 +350,10 @@ impl Delivery {
         buf
     }
 
-    /// Reads [`Delivery::encode`]'s message: the origin and the delivery, or `None` for
-    /// anything else.
-    pub fn decode(mut bytes: &[u8]) -> Option<(String, Delivery)> {
+    /// Reads [`Delivery::encode`]'s fields after the origin.
+    fn decode(items: Vec<rmpv::Value>) -> Option<Delivery> {
         use rmpv::Value;
-        let value = rmpv::decode::read_value_with_max_depth(&mut bytes, crate::protocol::MAX_DEPTH).ok()?;
-        let Value::Array(items) = value else { return None };
-        let [origin, kind, target, flag, except, frame]: [Value; 6] = items.try_into().ok()?;
+        let [kind, target, flag, except, frame]: [Value; 5] = items.try_into().ok()?;
         let target = Id::parse(target.as_str()?).ok()?;
         let audience = match kind.as_u64()? {
             0 => Audience::Group { group: target, dashboards: flag.as_bool()? },
@@ -301,7 +366,56 @@ impl Delivery {
             other => Some(Id::parse(other.as_str()?).ok()?),
         };
         let Value::Binary(frame) = frame else { return None };
-        Some((origin.as_str()?.to_owned(), Delivery { audience, except, frame: Bytes::from(frame) }))
+        Some(Delivery { audience, except, frame: Bytes::from(frame) })
+    }
+}
+
+/// The control message kinds, after the delivery's audience kinds (0, 1, 2).
+const REPLACE: u64 = 3;
+const ENDED: u64 = 4;
+
+impl Control {
+    /// The message routers exchange: msgpack `[origin, kind, sessionId]`, kind 3 =
+    /// replace, 4 = ended.
+    pub fn encode(&self, origin: &str) -> Vec<u8> {
+        use rmp::encode as enc;
+        let (kind, session) = match self {
+            Control::Replace(session) => (REPLACE, session),
+            Control::Ended(session) => (ENDED, session),
+        };
+        let mut buf = Vec::with_capacity(origin.len() + session.as_str().len() + 8);
+        // Writes into a Vec cannot fail.
+        let _ = enc::write_array_len(&mut buf, 3);
+        let _ = enc::write_str(&mut buf, origin);
+        let _ = enc::write_uint(&mut buf, kind);
+        let _ = enc::write_str(&mut buf, session.as_str());
+        buf
+    }
+}
+
+impl Relayed {
+    /// Reads [`Delivery::encode`]'s or [`Control::encode`]'s message: the origin and what
+    /// it carries, or `None` for anything else.
+    pub fn decode(mut bytes: &[u8]) -> Option<(String, Relayed)> {
+        use rmpv::Value;
+        let value = rmpv::decode::read_value_with_max_depth(&mut bytes, crate::protocol::MAX_DEPTH).ok()?;
+        let Value::Array(mut items) = value else { return None };
+        if items.is_empty() {
+            return None;
+        }
+        let origin = items.remove(0).as_str()?.to_owned();
+        let relayed = match items.as_slice() {
+            [kind, session] => {
+                let session = SessionId::from(session.as_str()?.to_owned());
+                match kind.as_u64()? {
+                    REPLACE => Relayed::Control(Control::Replace(session)),
+                    ENDED => Relayed::Control(Control::Ended(session)),
+                    _ => return None,
+                }
+            }
+            _ => Relayed::Frame(Delivery::decode(items)?),
+        };
+        Some((origin, relayed))
     }
 }
 
@@ -314,9 +428,12 @@ impl Drop for Mailbox {
 impl Registry {
     fn insert(&mut self, id: u64, member: &Member, outbox: Outbox) {
         match member {
-            Member::Session { user, groups } => {
+            Member::Session { user, groups, replaceable } => {
                 for group in groups.iter() {
                     self.groups.entry(group.clone()).or_default().insert(id, (user.clone(), outbox.clone()));
+                }
+                if let Some(session) = replaceable {
+                    self.sessions.insert(session.clone(), outbox.clone());
                 }
                 self.users.entry(user.clone()).or_default().push((id, outbox));
             }
@@ -328,7 +445,10 @@ impl Registry {
 
     fn remove(&mut self, id: u64, member: &Member) {
         match member {
-            Member::Session { user, groups } => {
+            Member::Session { user, groups, replaceable } => {
+                if let Some(session) = replaceable {
+                    self.sessions.remove(session);
+                }
                 for group in groups.iter() {
                     if let Some(members) = self.groups.get_mut(group) {
                         members.remove(&id);
@@ -360,7 +480,8 @@ mod tests {
     }
 
     fn session(relay: &Arc<Relay>, user: &str, groups: &[&str]) -> Mailbox {
-        relay.register(Member::Session { user: id(user), groups: groups.iter().map(|g| id(g)).collect() })
+        let groups = groups.iter().map(|g| id(g)).collect();
+        relay.register(Member::Session { user: id(user), groups, replaceable: None })
     }
 
     fn to_group(group: &str, dashboards: bool, except: &str) -> Delivery {
@@ -405,25 +526,29 @@ mod tests {
     }
 
     #[test]
-    fn deliveries_survive_the_trip_between_routers() {
+    fn deliveries_and_controls_survive_the_trip_between_routers() {
         let group = to_group("g", true, "a");
-        assert_eq!(Delivery::decode(&group.encode("r1")), Some(("r1".into(), group)));
+        assert_eq!(Relayed::decode(&group.encode("r1")), Some(("r1".into(), Relayed::Frame(group))));
         let private = Delivery { audience: Audience::User(id("b")), except: None, frame: Bytes::from_static(b"\x93") };
-        assert_eq!(Delivery::decode(&private.encode("r2")), Some(("r2".into(), private)));
+        assert_eq!(Relayed::decode(&private.encode("r2")), Some(("r2".into(), Relayed::Frame(private))));
+        for control in [Control::Replace(SessionId::new("r1", 7)), Control::Ended(SessionId::new("r1", 7))] {
+            assert_eq!(Relayed::decode(&control.encode("r2")), Some(("r2".into(), Relayed::Control(control))));
+        }
         let hidden = Delivery {
             audience: Audience::Visibility { user: id("b"), invisible: true },
             except: None,
             frame: Bytes::new(),
         };
-        assert_eq!(Delivery::decode(&hidden.encode("r3")), Some(("r3".into(), hidden)));
-        assert_eq!(Delivery::decode(b"\x91\x01"), None);
-        assert_eq!(Delivery::decode(b""), None);
+        assert_eq!(Relayed::decode(&hidden.encode("r3")), Some(("r3".into(), Relayed::Frame(hidden))));
+        assert_eq!(Relayed::decode(b"\x91\x01"), None);
+        assert_eq!(Relayed::decode(b"\x90"), None);
+        assert_eq!(Relayed::decode(b""), None);
     }
 
     proptest::proptest! {
         #[test]
         fn decoding_arbitrary_broker_messages_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
-            let _ = Delivery::decode(&bytes);
+            let _ = Relayed::decode(&bytes);
         }
     }
 
@@ -446,6 +571,27 @@ mod tests {
             assert!(mailbox.try_recv().is_none(), "nothing is written to the client");
         }
         assert_eq!(other.take_visibility(), None);
+    }
+
+    #[test]
+    fn a_replaced_session_is_told_and_its_replacer_hears_it_end() {
+        let relay = Arc::new(Relay::default());
+        let old = SessionId::new("r", 1);
+        let mailbox = relay.register(Member::Session {
+            user: id("t"),
+            groups: Groups::default(),
+            replaceable: Some(old.clone()),
+        });
+        let mut ended = relay.await_end(&old);
+        assert!(!relay.replace(&SessionId::new("r", 2)), "another session is not here");
+        relay.control(&Control::Replace(old.clone()));
+        assert!(mailbox.replaced());
+        assert_eq!(futures_util::FutureExt::now_or_never(mailbox.ready()), Some(()), "and is woken to find out");
+        assert!(ended.try_recv().is_err());
+        relay.control(&Control::Ended(old.clone()));
+        assert_eq!(ended.try_recv(), Ok(()));
+        drop(mailbox);
+        assert!(!relay.replace(&old), "an ended session is not here any more");
     }
 
     #[test]

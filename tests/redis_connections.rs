@@ -230,9 +230,10 @@ async fn every_store_call_is_safe_to_replay() {
     };
     let (user, lapsed) = (common::session("u", 1), common::session("l", 2));
 
-    assert!(store.connect(&user).await.unwrap().is_some());
+    assert!(store.connect(&user).await.unwrap().update.is_some());
     let before = seq().await;
-    assert_eq!(store.connect(&user).await.unwrap(), None, "connect replayed");
+    let replayed = store.connect(&user).await.unwrap();
+    assert_eq!((replayed.update, replayed.replaced), (None, None), "connect replayed");
     assert!(store.set_status(&user, Mode::Dnd, Some("busy")).await.unwrap().is_some());
     assert_eq!(store.set_status(&user, Mode::Dnd, Some("busy")).await.unwrap(), None, "status replayed");
     assert!(store.set_status(&user, Mode::Auto, None).await.unwrap().is_some());
@@ -244,7 +245,7 @@ async fn every_store_call_is_safe_to_replay() {
     assert_eq!(decided, before.map(|s| s + 2), "one number per status change, none per replay");
 
     // A lapsed session's renewal is a whole lease: replayed, still one transition.
-    assert!(short.connect(&lapsed).await.unwrap().is_some());
+    assert!(short.connect(&lapsed).await.unwrap().update.is_some());
     let mut swept = 0;
     while swept == 0 {
         tokio::time::sleep(Duration::from_millis(50)).await;

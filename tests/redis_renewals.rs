@@ -22,10 +22,10 @@ async fn one_batch_of_live_and_lapsed_sessions_answers_each_heartbeat() {
     let live: Vec<Session> = (0..100).map(|i| session(&format!("live-{i}"), i)).collect();
     let lapsed: Vec<Session> = (0..100).map(|i| session(&format!("lapsed-{i}"), 1000 + i)).collect();
     for s in &live {
-        assert!(long.connect(s).await.unwrap().is_some());
+        assert!(long.connect(s).await.unwrap().update.is_some());
     }
     for s in &lapsed {
-        assert!(short.connect(s).await.unwrap().is_some());
+        assert!(short.connect(s).await.unwrap().update.is_some());
     }
     // Wait for the short leases to be swept: each lapsed user offline exactly once.
     let mut expired = 0;

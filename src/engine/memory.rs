@@ -12,7 +12,7 @@ use std::{
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::{Broker, EngineError, Lifetimes, PresenceStore};
+use super::{Broker, Connected, EngineError, Lifetimes, PresenceStore};
 use crate::{
     hub::Hub,
     id::Id,
@@ -55,6 +55,9 @@ struct Lease {
     deadline: Instant,
     /// The groups of the session's token: the user's are the union over its live sessions.
     groups: Groups,
+    /// The device the session holds: a new session of the user on it replaces this one.
+    /// `None` without a device id, and once the session lingers (its connection is gone).
+    device: Option<Arc<str>>,
 }
 
 /// Kept after the user goes offline, for `lastSeen`, the chosen status and the version.
@@ -184,9 +187,32 @@ impl State {
         Some(PresenceUpdate { presence: record.presence(user), cause, timestamp: now, seq: None })
     }
 
-    fn lease(&mut self, session: &Session, deadline: Instant, activity: bool) -> Option<PresenceUpdate> {
+    /// The live session, other than `session`, that holds its user's device.
+    fn device_holder(&self, session: &Session) -> Option<SessionId> {
+        let device = session.device_id.as_ref()?;
+        let now = Instant::now();
+        let held = |id: &&SessionId| {
+            **id != session.id
+                && self.leases.get(*id).is_some_and(|l| l.deadline > now && l.device.as_ref() == Some(device))
+        };
+        self.users.get(&session.user)?.live.iter().find(held).cloned()
+    }
+
+    /// Registers or renews `session`'s lease until `deadline`. A live session of the same
+    /// user and device is replaced when `replace` (a new session); otherwise (a renewal of
+    /// a session that was replaced) the lease is refused: `None`.
+    fn lease(&mut self, session: &Session, deadline: Instant, activity: bool, replace: bool) -> Option<Connected> {
+        let holder = self.device_holder(session);
+        if holder.is_some() && !replace {
+            return None;
+        }
         let now_ms = unix_ms();
-        let lease = Lease { user: session.user.clone(), deadline, groups: session.groups.clone() };
+        let lease = Lease {
+            user: session.user.clone(),
+            deadline,
+            groups: session.groups.clone(),
+            device: session.device_id.clone(),
+        };
         if let Some(old) = self.leases.insert(session.id.clone(), lease) {
             self.deadlines.remove(&(old.deadline, session.id.clone()));
         }
@@ -208,10 +234,15 @@ impl State {
         for group in session.groups.iter() {
             self.groups.entry(group.clone()).or_default().insert(session.user.clone(), now);
         }
-        self.settle_sessions(&session.user, Cause::Connect)
+        // Registered first, so the user is never without a session in between.
+        if let Some(replaced) = &holder {
+            self.drop_lease(replaced);
+        }
+        Some(Connected { update: self.settle_sessions(&session.user, Cause::Connect), replaced: holder })
     }
 
-    fn end(&mut self, id: &SessionId, cause: Cause) -> Option<PresenceUpdate> {
+    /// Removes a session's lease; returns its user.
+    fn drop_lease(&mut self, id: &SessionId) -> Option<Id> {
         let lease = self.leases.remove(id)?;
         self.deadlines.remove(&(lease.deadline, id.clone()));
         let record = self.users.get_mut(&lease.user)?;
@@ -219,7 +250,12 @@ impl State {
         if record.live.is_empty() {
             record.offline_since = Some(Instant::now());
         }
-        self.settle_sessions(&lease.user, cause)
+        Some(lease.user)
+    }
+
+    fn end(&mut self, id: &SessionId, cause: Cause) -> Option<PresenceUpdate> {
+        let user = self.drop_lease(id)?;
+        self.settle_sessions(&user, cause)
     }
 
     /// [`State::settle`] after the user's sessions changed: its groups become the union of
@@ -249,12 +285,16 @@ fn same_set(a: &[Id], b: &[Id]) -> bool {
 
 #[async_trait]
 impl PresenceStore for MemoryPresence {
-    async fn connect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
-        Ok(self.state().lease(session, Instant::now() + self.lifetimes.ttl, true))
+    async fn connect(&self, session: &Session) -> Result<Connected, EngineError> {
+        Ok(self.state().lease(session, Instant::now() + self.lifetimes.ttl, true, true).unwrap_or_default())
+    }
+
+    async fn regroup(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
+        Ok(self.state().lease(session, Instant::now() + self.lifetimes.ttl, true, false).and_then(|c| c.update))
     }
 
     async fn heartbeat(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
-        Ok(self.state().lease(session, Instant::now() + self.lifetimes.ttl, false))
+        Ok(self.state().lease(session, Instant::now() + self.lifetimes.ttl, false, false).and_then(|c| c.update))
     }
 
     async fn disconnect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
@@ -329,7 +369,10 @@ impl PresenceStore for MemoryPresence {
     async fn linger(&self, session: &Session, grace: Duration) -> Result<(), EngineError> {
         let mut state = self.state();
         if let Some(deadline) = state.leases.get(&session.id).map(|lease| lease.deadline) {
-            state.lease(session, deadline.min(Instant::now() + grace), false);
+            state.lease(session, deadline.min(Instant::now() + grace), false, false);
+        }
+        if let Some(lease) = state.leases.get_mut(&session.id) {
+            lease.device = None;
         }
         Ok(())
     }
@@ -458,7 +501,7 @@ mod tests {
     async fn lease_expires_after_ttl_not_before() {
         let store = MemoryPresence::new(LIFETIMES);
         let s = session("u", 1);
-        let online = store.connect(&s).await.unwrap().expect("first session is a transition");
+        let online = store.connect(&s).await.unwrap().update.expect("first session is a transition");
         assert_eq!(online.presence.status, Status::Online);
         assert!(online.presence.version >= online.timestamp, "versions start at the clock");
 
@@ -502,8 +545,8 @@ mod tests {
     async fn user_stays_online_while_any_session_lives() {
         let store = MemoryPresence::new(LIFETIMES);
         let (phone, tablet) = (session("u", 1), session("u", 2));
-        assert!(store.connect(&phone).await.unwrap().is_some());
-        assert_eq!(store.connect(&tablet).await.unwrap(), None, "second device is no transition");
+        assert!(store.connect(&phone).await.unwrap().update.is_some());
+        assert_eq!(store.connect(&tablet).await.unwrap().update, None, "second device is no transition");
         assert_eq!(store.disconnect(&phone).await.unwrap(), None, "old socket's close keeps the user online");
         let only = store.lookup(std::slice::from_ref(&phone.user), &Scope::everyone()).await.unwrap();
         assert_eq!((only[0].status, only[0].device_id.as_deref()), (Status::Online, Some("d2")));
@@ -520,8 +563,8 @@ mod tests {
         let names = |update: &PresenceUpdate| update.presence.groups.iter().map(|g| g.to_string()).collect::<Vec<_>>();
         let store = MemoryPresence::new(LIFETIMES);
         let (phone, tablet) = (in_groups(1, &["g1", "g2"]), in_groups(2, &["g2", "g3"]));
-        assert_eq!(names(&store.connect(&phone).await.unwrap().unwrap()), ["g1", "g2"]);
-        let joined = store.connect(&tablet).await.unwrap().expect("new groups are news");
+        assert_eq!(names(&store.connect(&phone).await.unwrap().update.unwrap()), ["g1", "g2"]);
+        let joined = store.connect(&tablet).await.unwrap().update.expect("new groups are news");
         assert_eq!((joined.cause, names(&joined)), (Cause::Groups, vec!["g1".into(), "g2".into(), "g3".into()]));
         assert_eq!(store.heartbeat(&tablet).await.unwrap(), None, "the same groups again are no news");
 
@@ -536,6 +579,35 @@ mod tests {
 
         let offline = store.disconnect(&tablet).await.unwrap().expect("the last session");
         assert_eq!((offline.presence.status, names(&offline)), (Status::Offline, vec!["g2".into(), "g3".into()]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_session_on_a_device_replaces_the_old_one() {
+        let store = MemoryPresence::new(LIFETIMES);
+        let on = |n, device: Option<&str>| Session { device_id: device.map(Arc::from), ..session("u", n) };
+        let (old, unnamed, tablet) = (on(1, Some("radio")), on(2, None), on(3, Some("tablet")));
+        for s in [&old, &unnamed, &tablet] {
+            assert_eq!(store.connect(s).await.unwrap().replaced, None);
+        }
+        assert_eq!(store.connect(&on(4, None)).await.unwrap().replaced, None, "no device, nothing replaced");
+        let new = on(5, Some("radio"));
+        let replaced = store.connect(&new).await.unwrap();
+        assert_eq!(replaced, Connected { update: None, replaced: Some(old.id.clone()) }, "no transition either");
+        assert_eq!(store.heartbeat(&old).await.unwrap(), None, "the replaced session is not brought back");
+        assert_eq!(store.regroup(&old).await.unwrap(), None);
+        for s in [&new, &unnamed, &tablet] {
+            store.disconnect(s).await.unwrap();
+        }
+        let last = store.disconnect(&on(4, None)).await.unwrap().expect("the last session ends the user");
+        assert_eq!(last.presence.status, Status::Offline);
+        assert_eq!(store.disconnect(&old).await.unwrap(), None, "the replaced session's end changes nothing");
+
+        // A session lingering after its router's shutdown holds no device: a reconnect of
+        // it replaces nothing, and the lingering session lapses.
+        let lingering = on(6, Some("radio"));
+        store.connect(&lingering).await.unwrap();
+        store.linger(&lingering, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(store.connect(&on(7, Some("radio"))).await.unwrap().replaced, None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -576,7 +648,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(4)).await;
         assert!(store.expire_due().await.unwrap().is_empty(), "still online inside the grace");
         let replacement = session("u", 2);
-        assert_eq!(store.connect(&replacement).await.unwrap(), None, "reconnect elsewhere is no transition");
+        assert_eq!(store.connect(&replacement).await.unwrap().update, None, "reconnect elsewhere is no transition");
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(store.expire_due().await.unwrap().is_empty(), "the lingering session lapses silently");
         assert_eq!(store.online().await.unwrap().users.len(), 1);
@@ -664,7 +736,7 @@ mod tests {
         assert_eq!(store.disconnect(&s).await.unwrap(), None, "already shown offline");
 
         let again = session("u", 2);
-        assert_eq!(store.connect(&again).await.unwrap(), None, "the chosen status outlives the session");
+        assert_eq!(store.connect(&again).await.unwrap().update, None, "the chosen status outlives the session");
         let manual = store.set_status(&again, Mode::Away, None).await.unwrap().unwrap();
         assert_eq!(manual.presence.status, Status::Away);
         assert_eq!(store.activity(&again).await.unwrap(), None, "manual away stays until set back");

@@ -23,7 +23,7 @@ use crate::{
     id::Id,
     presence::{Choice, Mode, PresenceUpdate, Session, SessionId, Snapshot, UserPresence},
     protocol::payload::IndicatorKind,
-    relay::Delivery,
+    relay::{Control, Delivery},
     scope::Scope,
 };
 
@@ -45,15 +45,36 @@ pub enum EngineError {
     Unavailable(String),
 }
 
+/// What registering a new session did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Connected {
+    /// The user's transition, if any.
+    pub update: Option<PresenceUpdate>,
+    /// The live session of the same user and device id that the new one replaced: ended
+    /// in the same step, after the new one was registered, so the replacement is no
+    /// transition of its own. Its connection is still open and must be closed.
+    pub replaced: Option<SessionId>,
+}
+
 /// Stored presence: session leases that expire unless heartbeats renew them.
+///
+/// A session with a device id holds its user's device: a new session of the same user and
+/// device replaces it ([`PresenceStore::connect`]), and no other call brings a replaced
+/// session back (its re-leases are refused while the device's current session lives).
 #[async_trait]
 pub trait PresenceStore: Send + Sync + 'static {
-    /// Registers a session with a fresh lease. Returns the online transition when the
-    /// user had no live session.
-    async fn connect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError>;
+    /// Registers a new session with a fresh lease, replacing the live session of the same
+    /// user and device id if there is one. The transition is the online one when the user
+    /// had no live session, or a `groups` one when the union of its groups changed.
+    async fn connect(&self, session: &Session) -> Result<Connected, EngineError>;
+
+    /// Re-registers a live session whose groups changed (a token refresh) with a fresh
+    /// lease. Returns the transition when the union of the user's groups changed.
+    async fn regroup(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError>;
 
     /// Renews a session's lease. A session whose lease already ran out is registered
-    /// again (the phone was silent, not gone), which may return an online transition.
+    /// again (the phone was silent, not gone), which may return an online transition,
+    /// unless another live session holds its device now (it was replaced).
     /// When the store has lost the user's chosen status (an empty Redis after a restart),
     /// the session's [`choice`](Session::choice) is restored.
     async fn heartbeat(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError>;
@@ -82,7 +103,8 @@ pub trait PresenceStore: Send + Sync + 'static {
 
     /// Shortens a session's lease to at most `grace` from now, without ending it: a router
     /// shutting down leaves its sessions to reconnect elsewhere before they lapse, so a
-    /// rolling restart shows no offline.
+    /// rolling restart shows no offline. The session gives up its device: a reconnect of
+    /// the device does not replace it (its connection is gone already).
     async fn linger(&self, session: &Session, grace: Duration) -> Result<(), EngineError>;
 
     /// Every user with a live session, from an index (never a keyspace scan, which costs O(all keys)).
@@ -154,6 +176,11 @@ pub trait Broker: Send + Sync + 'static {
     /// late. The sending router delivers locally itself, so with one router (the embedded
     /// engine) there is nobody else to tell.
     fn relay(&self, _delivery: &Delivery) {}
+
+    /// Carries a message about one session to the other routers, in order with the
+    /// relayed frames (a replaced talker's STOP goes out before the news that it ended).
+    /// Fire-and-forget like [`Broker::relay`].
+    fn control(&self, _control: &Control) {}
 
     /// Sends whatever relayed frames are still queued, then stops relaying: the router is
     /// exiting, and its connections' last frames (a talker's STOP) must still go out.

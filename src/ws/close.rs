@@ -19,6 +19,9 @@ pub const TOKEN_EXPIRED: u16 = 4001;
 pub const HEARTBEAT_TIMEOUT: u16 = 4000;
 /// The client did not read its frames fast enough (dashboard ring overrun or write timeout).
 pub const SLOW_CONSUMER: u16 = 4008;
+/// A newer connection of the same user and device id replaced this one (the device
+/// reconnected, perhaps before this connection's death was noticed).
+pub const REPLACED: u16 = 4009;
 /// The client kept sending past its budget of frames (any kind, control frames and
 /// fragments included) or bytes per second.
 pub const RATE_LIMITED: u16 = 4029;

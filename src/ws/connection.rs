@@ -135,30 +135,42 @@ impl Connection {
         ::metrics::gauge!(metrics::CONNECTIONS, "role" => role).increment(1.0);
         tracing::debug!(session = ?self.session.as_ref().map(|s| &s.id), "connected");
 
-        let exit = self.serve(&mut socket).await;
+        // Reachable for relayed frames before anyone can see this user online; and, for a
+        // session on a device, for its replacement until it has ended.
+        let mut mailbox = self.app.node.relay().register(self.member());
+        let exit = self.serve(&mut socket, &mut mailbox).await;
         let (close, reason) = match exit {
             Exit::Close(code, reason) => (Some((code, reason)), reason),
             // The client's code is echoed (RFC 6455 section 5.5.1); no code reads as 1000.
             Exit::Echo(code) => (Some((code.unwrap_or(close::NORMAL), "")), "closed"),
             Exit::Gone(reason) => (None, reason),
         };
-        let closed = match close {
-            Some((code, reason)) => {
-                tokio::time::timeout(CLOSE_WRITE_TIME, socket.close(code, reason)).await.is_ok_and(|r| r.is_ok())
-            }
-            None => false,
-        };
+        // A replaced session's new session waits for its end, not for this socket: the
+        // close comes last then.
+        let replaced = mailbox.replaced();
+        let mut closed = !replaced && Self::close(&mut socket, close).await;
         // A floor or an indicator must not outlive its connection.
-        Box::pin(self.end_signals()).await;
+        Box::pin(self.end_signals(if replaced { "replaced" } else { "disconnected" })).await;
         if let Some(session) = self.tracked() {
             // Presence errors are counted by the node; the lease will lapse on its own.
             // A router going down lets its sessions linger so that clients reconnecting
-            // elsewhere do not flash offline on every dashboard.
+            // elsewhere do not flash offline on every dashboard. A replaced session is no
+            // longer in the store: its end changes nothing there.
             let _ = if self.app.shutdown.is_cancelled() {
                 self.app.node.linger(session, self.app.limits.shutdown_grace).await
             } else {
                 self.app.node.disconnect(session).await
             };
+        }
+        // Checked again: it may have been replaced while it was ending.
+        if mailbox.replaced()
+            && let Some(session) = &self.session
+        {
+            self.app.node.replaced_session_ended(&session.id).await;
+        }
+        drop(mailbox);
+        if replaced {
+            closed = Self::close(&mut socket, close).await;
         }
         ::metrics::counter!(metrics::DISCONNECTS, "reason" => reason).increment(1);
         ::metrics::gauge!(metrics::CONNECTIONS, "role" => role).decrement(1.0);
@@ -169,17 +181,31 @@ impl Connection {
         }
     }
 
-    /// What this connection is reachable as for relayed frames.
+    /// Sends our Close frame, if the connection ends with one, within [`CLOSE_WRITE_TIME`];
+    /// whether it went out.
+    async fn close(socket: &mut Socket, close: Option<(u16, &'static str)>) -> bool {
+        match close {
+            Some((code, reason)) => {
+                tokio::time::timeout(CLOSE_WRITE_TIME, socket.close(code, reason)).await.is_ok_and(|r| r.is_ok())
+            }
+            None => false,
+        }
+    }
+
+    /// What this connection is reachable as for relayed frames (and, on a device, for
+    /// its replacement).
     fn member(&self) -> Member {
         match &self.session {
-            Some(session) => Member::Session { user: self.user.clone(), groups: session.groups.clone() },
+            Some(session) => Member::Session {
+                user: self.user.clone(),
+                groups: session.groups.clone(),
+                replaceable: session.device_id.is_some().then(|| session.id.clone()),
+            },
             None => Member::Watcher { allowed: self.scope.allowed_groups() },
         }
     }
 
-    async fn serve(&mut self, socket: &mut Socket) -> Exit {
-        // Reachable for relayed frames before anyone can see this user online.
-        let mut mailbox = self.app.node.relay().register(self.member());
+    async fn serve(&mut self, socket: &mut Socket, mailbox: &mut Mailbox) -> Exit {
         if let Some(session) = self.tracked() {
             match self.app.node.connect(session).await {
                 Ok(choice) => {
@@ -277,8 +303,9 @@ impl Connection {
                     Some(events) => self.on_events(socket, event, events).await,
                     None => None,
                 },
+                Wake::Relayed if mailbox.replaced() => Some(Exit::Close(close::REPLACED, "replaced")),
                 Wake::Relayed if mailbox.overflowed() => Some(Exit::Close(close::SLOW_CONSUMER, "slow consumer")),
-                Wake::Relayed => self.on_relayed(socket, &mailbox).await,
+                Wake::Relayed => self.on_relayed(socket, mailbox).await,
                 Wake::Deadline => Box::pin(self.on_deadline(socket)).await,
             };
             if let Some(exit) = exit {

@@ -66,7 +66,7 @@ impl Connection {
             }
             if let Some(session) = self.tracked() {
                 // Errors are counted by the node; the next heartbeat re-leases the session.
-                let _ = self.app.node.connect(session).await;
+                let _ = self.app.node.regroup(session).await;
             }
             return None;
         }

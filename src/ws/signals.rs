@@ -200,10 +200,10 @@ impl Connection {
         self.app.node.write_soon(Write::Indicator { group, user: self.user.clone(), kind, ttl });
     }
 
-    /// Ends the floor and every indicator this connection has (it is closing): neither may
-    /// outlive its connection.
-    pub(super) async fn end_signals(&mut self) {
-        self.end_talk(Some("disconnected")).await;
+    /// Ends the floor and every indicator this connection has (it is closing, for
+    /// `reason`, the STOP's): neither may outlive its connection.
+    pub(super) async fn end_signals(&mut self, reason: &'static str) {
+        self.end_talk(Some(reason)).await;
         let keys: Vec<(IndicatorKind, Id)> = self.indicators.keys().cloned().collect();
         for (kind, group) in keys {
             self.end_indicator(kind, group).await;

@@ -44,7 +44,7 @@ pub async fn users(port: u16, n: usize, ttl: Duration) -> anyhow::Result<HashMap
                     groups: Groups::default(),
                     choice: None,
                 };
-                if let Some(update) = store.connect(&session).await? {
+                if let Some(update) = store.connect(&session).await?.update {
                     broker.publish(&update).await?;
                 }
                 Ok::<_, anyhow::Error>(())

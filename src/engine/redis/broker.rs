@@ -4,6 +4,8 @@
 //! PTT, TEXT and indicator frames go on `{prefix}relay` (msgpack, see
 //! [`Delivery::encode`]) into each router's relay; they are transient, so a lost one is
 //! simply lost, like a UDP packet of audio.
+//! The replacement of a session by a newer one of its device travels there too
+//! ([`Control::encode`]), in order with the frames.
 
 use std::{sync::Mutex, time::Duration};
 
@@ -19,7 +21,7 @@ use crate::{
     engine::{Broker, EngineError},
     metrics,
     presence::PresenceUpdate,
-    relay::Delivery,
+    relay::{Control, Delivery},
 };
 
 /// Relayed frames waiting for the publisher; a fuller queue drops frames (audio is worth
@@ -101,6 +103,14 @@ async fn publish_relayed(
 }
 
 impl RedisBroker {
+    /// Queues a message for the relay publisher, or drops and counts it when the queue is
+    /// full.
+    fn queue(&self, message: Vec<u8>) {
+        if let Err(TrySendError::Full(_) | TrySendError::Closed(_)) = self.relay.try_send(message) {
+            ::metrics::counter!(metrics::RELAY_DROPPED).increment(1);
+        }
+    }
+
     /// Adds one update's two PUBLISHes (`updates` and `online`/`offline`) to `pipe`.
     fn add(&self, pipe: &mut redis::Pipeline, update: &PresenceUpdate) -> Result<(), EngineError> {
         let json = serde_json::to_string(update).map_err(|e| EngineError::Unavailable(e.to_string()))?;
@@ -143,9 +153,11 @@ impl Broker for RedisBroker {
     /// Queues the frame for the publisher. A full queue (Redis slow or down) drops the
     /// frame, counted in `presence_relay_dropped_total`.
     fn relay(&self, delivery: &Delivery) {
-        if let Err(TrySendError::Full(_) | TrySendError::Closed(_)) = self.relay.try_send(delivery.encode(&self.origin))
-        {
-            ::metrics::counter!(metrics::RELAY_DROPPED).increment(1);
-        }
+        self.queue(delivery.encode(&self.origin));
+    }
+
+    /// Queued behind the relayed frames, on the same channel, so it arrives after them.
+    fn control(&self, control: &Control) {
+        self.queue(control.encode(&self.origin));
     }
 }

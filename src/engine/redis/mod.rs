@@ -26,7 +26,7 @@ pub use broker::RedisBroker;
 pub use connection::Connection;
 pub use subscriber::{Receiving, Sinks, spawn_subscriber};
 
-use super::{EngineError, Lifetimes, PresenceStore};
+use super::{Connected, EngineError, Lifetimes, PresenceStore};
 use crate::{
     id::Id,
     presence::{Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, Snapshot, Status, UserPresence},
@@ -155,6 +155,17 @@ impl RedisPresence {
         call
     }
 
+    /// `lease.lua`: registers `session` anew, replacing the live session of its device
+    /// when `replace` (see [`PresenceStore::connect`]).
+    async fn lease(&self, session: &Session, replace: bool) -> Result<Connected, EngineError> {
+        let mut call = self.call(&self.lease);
+        call.arg(self.lifetimes.ttl.as_millis() as u64).arg(if replace { "1" } else { "0" });
+        session_args(&mut call, session);
+        let (row, replaced): (Option<Row>, Option<String>) =
+            call.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        Ok(Connected { update: row.map(parse_row).transpose()?, replaced: replaced.map(SessionId::from) })
+    }
+
     fn meta_key(&self, user: &Id) -> String {
         format!("{}meta:{}", self.prefix, user)
     }
@@ -260,12 +271,12 @@ fn parse_row(row: Row) -> Result<PresenceUpdate, EngineError> {
 
 #[async_trait]
 impl PresenceStore for RedisPresence {
-    async fn connect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
-        let mut call = self.call(&self.lease);
-        call.arg(self.lifetimes.ttl.as_millis() as u64);
-        session_args(&mut call, session);
-        let row: Option<Row> = call.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
-        row.map(parse_row).transpose()
+    async fn connect(&self, session: &Session) -> Result<Connected, EngineError> {
+        self.lease(session, true).await
+    }
+
+    async fn regroup(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
+        Ok(self.lease(session, false).await?.update)
     }
 
     async fn heartbeat(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {

@@ -45,7 +45,7 @@ use crate::{
     hub::Hub,
     metrics,
     presence::PresenceUpdate,
-    relay::{Delivery, Relay},
+    relay::{Relay, Relayed},
 };
 
 /// How often the subscription connection is asked to answer a PING.
@@ -278,11 +278,15 @@ impl Subscriber {
         let payload: &[u8] = message.get_payload_bytes();
         let channel = message.get_channel_name();
         if channel == self.relayed {
-            match Delivery::decode(payload) {
-                Some((from, delivery)) => {
+            match Relayed::decode(payload) {
+                Some((from, relayed)) => {
                     ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "relay").increment(1);
-                    if from != self.sinks.origin {
-                        self.sinks.relay.deliver(&delivery);
+                    match relayed {
+                        _ if from == self.sinks.origin => {}
+                        Relayed::Frame(delivery) => {
+                            self.sinks.relay.deliver(&delivery);
+                        }
+                        Relayed::Control(control) => self.sinks.relay.control(&control),
                     }
                 }
                 None => {

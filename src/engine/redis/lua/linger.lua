@@ -1,4 +1,5 @@
--- Router shutdown: shorten a session's lease to `grace`, never lengthen it.
+-- Router shutdown: shorten a session's lease to `grace`, never lengthen it, and give up its
+-- device (its connection is gone: a reconnect of the device replaces nothing).
 -- ARGV: prefix, last_seen_ms, user, session, grace_ms. Sessions of the user that lapsed
 -- already are left to the sweep, which announces what their end changes.
 local user, session = ARGV[3], ARGV[4]
@@ -8,4 +9,7 @@ if redis.call('ZADD', skey, 'XX', 'LT', 'CH', now + tonumber(ARGV[5]), session) 
   local last = redis.call('ZRANGE', skey, -1, -1, 'WITHSCORES')
   schedule(user, tonumber(first[2]), tonumber(last[2]))
 end
+release_devices(user, function(holder)
+  return holder ~= session
+end)
 return nil

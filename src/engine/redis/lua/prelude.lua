@@ -11,6 +11,11 @@
 --   {p}sessions:U  zset: session id -> lease deadline (Unix ms, Redis clock)
 --   {p}sgroups:U   hash: session id -> its token's groups (newline-separated), for the
 --                  sessions in {p}sessions:U; meta `groups` is their union
+--   {p}devices:U   hash: device id -> the session holding it, for sessions in
+--                  {p}sessions:U: a new session on the device replaces that one
+--                  (these two hashes have no TTL, which would cost every heartbeat a
+--                  write: `settle` deletes them with the user's last session, and a user
+--                  with sessions is always in {p}deadlines, so a sweep gets to it)
 --   {p}deadlines   zset: user id -> its earliest lease deadline; holds exactly the users
 --                  online, so it is both the snapshot index and the sweep queue (which
 --                  thus also finds one lapsed session of a user whose others live)
@@ -30,17 +35,27 @@ local active = prefix .. 'active'
 
 local function keys_of(user)
   return prefix .. 'user:' .. user, prefix .. 'meta:' .. user, prefix .. 'sessions:' .. user,
-    prefix .. 'sgroups:' .. user
+    prefix .. 'sgroups:' .. user, prefix .. 'devices:' .. user
 end
 
 -- Puts the user in the sweep queue at its earliest lease deadline (the TTL key lapses then
--- too, waking the sweepers), and keeps its session keys until its latest.
+-- too, waking the sweepers), and keeps its sessions until its latest.
 local function schedule(user, first, last)
-  local ukey, _, skey, sgroups = keys_of(user)
+  local ukey, _, skey = keys_of(user)
   redis.call('ZADD', deadlines, first, user)
   redis.call('SET', ukey, '1', 'PX', math.max(first - now, 1))
   redis.call('PEXPIREAT', skey, last)
-  redis.call('PEXPIREAT', sgroups, last)
+end
+
+-- Removes the user's device claims held by sessions that `keep` refuses.
+local function release_devices(user, keep)
+  local _, _, _, _, devices = keys_of(user)
+  local claims = redis.call('HGETALL', devices)
+  for i = 1, #claims, 2 do
+    if not keep(claims[i + 1]) then
+      redis.call('HDEL', devices, claims[i])
+    end
+  end
 end
 
 -- Whether two newline-separated lists of groups hold the same groups, in any order.
@@ -58,20 +73,23 @@ local function same_groups(a, b)
   return next(set) == nil
 end
 
--- Drops the user's lapsed sessions (and the groups of sessions gone), brings the index and
+-- Drops the user's lapsed sessions (and the groups and devices of sessions gone), brings the index and
 -- the TTL key in line with the ones left, and sets the user's groups to the union of the
 -- live sessions' groups (kept as they were once none is left, for reads of its last seen;
 -- kept too while a live session's groups are unknown: registered by an older router).
 -- Returns how many live sessions the user has, and whether its groups changed.
 local function settle(user)
-  local ukey, meta, skey, sgroups = keys_of(user)
+  local ukey, meta, skey, sgroups, devices = keys_of(user)
   redis.call('ZREMRANGEBYSCORE', skey, '-inf', now)
   local count = redis.call('ZCARD', skey)
   if count == 0 then
-    redis.call('DEL', skey, ukey, sgroups)
+    redis.call('DEL', skey, ukey, sgroups, devices)
     redis.call('ZREM', deadlines, user)
     return 0, false
   end
+  release_devices(user, function(holder)
+    return redis.call('ZSCORE', skey, holder)
+  end)
   local first = redis.call('ZRANGE', skey, 0, 0, 'WITHSCORES')
   local last = redis.call('ZRANGE', skey, -1, -1, 'WITHSCORES')
   schedule(user, tonumber(first[2]), tonumber(last[2]))
@@ -157,14 +175,34 @@ local function seen_on(meta, device)
   end
 end
 
+-- The live session, other than `session`, that holds the user's `device` ('' for none).
+local function device_holder(user, session, device)
+  if device == '' then
+    return nil
+  end
+  local _, _, skey, _, devices = keys_of(user)
+  local holder = redis.call('HGET', devices, device)
+  if holder and holder ~= session and (tonumber(redis.call('ZSCORE', skey, holder)) or 0) > now then
+    return holder
+  end
+  return nil
+end
+
 -- Registers or renews a session: the whole of a connect, or of a heartbeat on a session
 -- that lapsed. deviceId '' keeps the stored one; groups are newline-separated (ids hold no
 -- control characters); activity '1' on connect resets the away timer (a heartbeat is not
 -- activity: phones send them unattended); mode and text are the session's chosen status
 -- ('' = none), restored only if Redis lost the user's mode (a restart without data).
--- Returns the transition, if any.
-local function lease(user, session, ttl, device, role, groups, activity, mode, text)
-  local _, meta, skey, sgroups = keys_of(user)
+-- The session claims its device: with replace '1' (a new session) the live session that
+-- held it is ended, after this one is registered; otherwise (a renewal) a live holder
+-- means this session was replaced, and nothing is written.
+-- Returns the transition, if any, and the replaced session, if any.
+local function lease(user, session, ttl, device, role, groups, activity, mode, text, replace)
+  local _, meta, skey, sgroups, devices = keys_of(user)
+  local holder = device_holder(user, session, device)
+  if holder and replace ~= '1' then
+    return nil, nil
+  end
   if mode ~= '' and redis.call('HEXISTS', meta, 'mode') == 0 then
     redis.call('HSET', meta, 'mode', mode)
     if text ~= '' then
@@ -173,6 +211,12 @@ local function lease(user, session, ttl, device, role, groups, activity, mode, t
   end
   redis.call('ZADD', skey, now + ttl, session)
   redis.call('HSET', sgroups, session, groups)
+  if device ~= '' then
+    redis.call('HSET', devices, device, session)
+  end
+  if holder then
+    redis.call('ZREM', skey, holder)
+  end
   -- New groups are news to the dashboards of the old and the new groups alike.
   local _, regrouped = settle(user)
   redis.call('HSET', meta, 'role', role)
@@ -191,5 +235,5 @@ local function lease(user, session, ttl, device, role, groups, activity, mode, t
     redis.call('ZREMRANGEBYSCORE', gkey, '-inf', now - last_seen_ms - ttl)
     redis.call('PEXPIRE', gkey, last_seen_ms + ttl)
   end
-  return transition(user, 'connect', regrouped, 'groups')
+  return transition(user, 'connect', regrouped, 'groups'), holder
 end

@@ -6,7 +6,7 @@
 -- scores. Nothing it changes can alter what others see (its groups change only through a
 -- whole lease), so it is never a transition. A lapsed or unknown
 -- session (a silent phone back, a re-assert after Redis lost its data) takes the whole
--- `lease`. Returns {index, transition} pairs, index counting sessions from 1.
+-- `lease`, refused if another live session holds its device now (it was replaced). Returns {index, transition} pairs, index counting sessions from 1.
 local ttl = tonumber(ARGV[3])
 local deadline = now + ttl
 local out = {}
@@ -26,7 +26,7 @@ for i = 4, #ARGV, 6 do
       redis.call('PEXPIRE', gkey, last_seen_ms + ttl)
     end
   else
-    local row = lease(user, session, ttl, ARGV[i + 2], 'mobile', ARGV[i + 3], '0', ARGV[i + 4], ARGV[i + 5])
+    local row = lease(user, session, ttl, ARGV[i + 2], 'mobile', ARGV[i + 3], '0', ARGV[i + 4], ARGV[i + 5], '0')
     if row then
       out[#out + 1] = {(i - 4) / 6 + 1, row}
     end
