@@ -1,7 +1,7 @@
 //! A WebSocket client on a raw TCP socket, for tests where a library would hide the bug:
 //! control-frame floods, fragments, close handshakes read byte by byte, bad framing.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
@@ -46,7 +46,15 @@ pub struct RawWs {
 impl RawWs {
     /// Opens a WebSocket with `token` (and `device_id`, when given) and checks the 101.
     pub async fn connect(addr: SocketAddr, token: &str, device: Option<&str>) -> RawWs {
-        Self::handshake(TcpStream::connect(addr).await.unwrap(), addr, token, device).await
+        Self::handshake(TcpStream::connect(addr).await.unwrap(), addr, token, &device_line(device)).await
+    }
+
+    /// [`RawWs::connect`] from `source` (any 127.0.0.0/8 address works on Linux), with
+    /// `extra` header lines (each ending in `\r\n`), such as a proxy's `X-Forwarded-For`.
+    pub async fn connect_from(source: IpAddr, addr: SocketAddr, token: &str, extra: &str) -> RawWs {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        Self::handshake(socket.connect(addr).await.unwrap(), addr, token, extra).await
     }
 
     /// [`RawWs::connect`] over a socket with a 4 KiB receive buffer: a client that does not
@@ -54,16 +62,16 @@ impl RawWs {
     pub async fn connect_small(addr: SocketAddr, token: &str, device: Option<&str>) -> RawWs {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
-        Self::handshake(socket.connect(addr).await.unwrap(), addr, token, device).await
+        Self::handshake(socket.connect(addr).await.unwrap(), addr, token, &device_line(device)).await
     }
 
-    async fn handshake(mut stream: TcpStream, addr: SocketAddr, token: &str, device: Option<&str>) -> RawWs {
+    /// The opening handshake with `extra` header lines; checks the 101.
+    async fn handshake(mut stream: TcpStream, addr: SocketAddr, token: &str, extra: &str) -> RawWs {
         stream.set_nodelay(true).unwrap();
-        let device = device.map(|d| format!("device_id: {d}\r\n")).unwrap_or_default();
         let request = format!(
             "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             token: {token}\r\n{device}\r\n"
+             token: {token}\r\n{extra}\r\n"
         );
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut buf = Vec::new();
@@ -124,6 +132,11 @@ impl RawWs {
             () = write => unreachable!(),
         }
     }
+}
+
+/// The `device_id` header line, when there is a device.
+fn device_line(device: Option<&str>) -> String {
+    device.map(|d| format!("device_id: {d}\r\n")).unwrap_or_default()
 }
 
 async fn read_frame(buf: &mut Vec<u8>, stream: &mut (impl AsyncRead + Unpin)) -> Option<ServerFrame> {
