@@ -112,6 +112,11 @@ impl RawWs {
 
     /// Reads frames until the router's Close, then checks how the TCP stream ends.
     pub async fn end(&mut self) -> End {
+        end(&mut self.buf, &mut self.stream).await.1
+    }
+
+    /// [`RawWs::end`], with the Close frame as read (`None` if there was none).
+    pub async fn end_with_close(&mut self) -> (Option<ServerFrame>, End) {
         end(&mut self.buf, &mut self.stream).await
     }
 
@@ -128,7 +133,7 @@ impl RawWs {
             std::future::pending::<()>().await;
         };
         tokio::select! {
-            ended = end(&mut self.buf, &mut reader) => ended,
+            (_, ended) = end(&mut self.buf, &mut reader) => ended,
             () = write => unreachable!(),
         }
     }
@@ -153,20 +158,22 @@ async fn read_frame(buf: &mut Vec<u8>, stream: &mut (impl AsyncRead + Unpin)) ->
     }
 }
 
-async fn end(buf: &mut Vec<u8>, stream: &mut (impl AsyncRead + Unpin)) -> End {
+async fn end(buf: &mut Vec<u8>, stream: &mut (impl AsyncRead + Unpin)) -> (Option<ServerFrame>, End) {
     loop {
         match read_frame(buf, stream).await {
-            None => return End::Dropped,
-            Some((_, CLOSE, payload)) => {
+            None => return (None, End::Dropped),
+            Some(close @ (_, CLOSE, _)) => {
+                let payload = &close.2;
                 let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
                 let mut rest = [0u8; 1024];
-                return loop {
+                let end = loop {
                     match tokio::time::timeout(WAIT, stream.read(&mut rest)).await.expect("end in time") {
                         Ok(0) => break End::Closed(code),
                         Ok(_) => continue,
                         Err(_) => break End::ClosedThenReset(code),
                     }
                 };
+                return (Some(close), end);
             }
             Some(_) => continue,
         }
@@ -177,6 +184,7 @@ async fn end(buf: &mut Vec<u8>, stream: &mut (impl AsyncRead + Unpin)) -> End {
 fn parse_server_frame(buf: &[u8]) -> Option<(ServerFrame, usize)> {
     let [b0, b1, ..] = *buf else { return None };
     assert_eq!(b1 & 0x80, 0, "server frames are never masked");
+    assert_eq!(b0 & 0x70, 0, "server frames set no reserved bit (no extension is negotiated)");
     let (len, at) = match b1 & 0x7F {
         126 => (u16::from_be_bytes(buf.get(2..4)?.try_into().unwrap()) as usize, 4),
         127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().unwrap()) as usize, 10),
