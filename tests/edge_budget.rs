@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use common::{
     Client, Router, WAIT,
-    raw::{End, RawWs, frame},
+    raw::{Answer, End, RawWs, frame, try_handshake},
     token,
 };
 use presence_router::{auth::Role, ws::frame::opcode::PING};
@@ -28,63 +28,9 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-/// How the router answered one handshake.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    /// Lowercased head.
-    head: String,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':')).map(str::trim)
-    }
-
-    fn code(&self) -> String {
-        let body: serde_json::Value = serde_json::from_str(&self.body).unwrap_or_default();
-        body["error"]["code"].as_str().unwrap_or_default().to_string()
-    }
-}
-
-/// One WebSocket handshake from `source` with `extra` header lines; the connection is
-/// dropped after the answer's head (and, for a refusal, its body until the close).
+/// One WebSocket handshake for `user` from `source` with `extra` header lines.
 async fn handshake(source: &str, router: SocketAddr, user: &str, extra: &str) -> Answer {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(ip(source), 0)).unwrap();
-    let mut stream = socket.connect(router).await.unwrap();
-    let request = format!(
-        "GET / HTTP/1.1\r\nHost: {router}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         token: {}\r\ndevice_id: d\r\n{extra}\r\n",
-        token(user, Role::Mobile)
-    );
-    // A refusal on accept may close the socket before the request is written: the answer
-    // is still there to read.
-    let _ = stream.write_all(request.as_bytes()).await;
-    let mut data = Vec::new();
-    let read = async {
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&data[..end]).to_lowercase();
-                if head.starts_with("http/1.1 101") {
-                    return;
-                }
-            }
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => data.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, read).await.expect("an answer in time");
-    let text = String::from_utf8_lossy(&data).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no complete answer: {text:?}"));
-    let head = head.to_lowercase();
-    let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("status line: {head}"));
-    Answer { status, head, body: body.to_string() }
+    try_handshake(ip(source), router, &token(user, Role::Mobile), extra).await
 }
 
 /// Handshakes from `source` until one is refused; panics if [`ATTEMPTS`] all upgrade.

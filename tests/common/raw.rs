@@ -139,6 +139,71 @@ impl RawWs {
     }
 }
 
+/// How the router answered one handshake ([`try_handshake`]).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    /// Lowercased head.
+    pub head: String,
+    pub body: String,
+}
+
+impl Answer {
+    /// A header's value (`name` lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':')).map(str::trim)
+    }
+
+    /// The JSON body's `error.code`; empty when there is none.
+    pub fn code(&self) -> String {
+        let body: serde_json::Value = serde_json::from_str(&self.body).unwrap_or_default();
+        body["error"]["code"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// One WebSocket handshake from `source` with `extra` header lines (each ending in
+/// `\r\n`), whatever the answer: the connection is dropped once the answer's head and
+/// `content-length` body are read. A router refusing on accept may close the socket before
+/// the request is written: its answer is still there to read.
+pub async fn try_handshake(source: IpAddr, addr: SocketAddr, token: &str, extra: &str) -> Answer {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         token: {token}\r\ndevice_id: d\r\n{extra}\r\n"
+    );
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut data = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&data[..end]).to_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                if data.len() >= end + 4 + length {
+                    data.truncate(end + 4 + length);
+                    return;
+                }
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => data.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read).await.expect("an answer in time");
+    let text = String::from_utf8_lossy(&data).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no complete answer: {text:?}"));
+    let head = head.to_lowercase();
+    let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("status line: {head}"));
+    Answer { status, head, body: body.to_string() }
+}
+
 /// The `device_id` header line, when there is a device.
 fn device_line(device: Option<&str>) -> String {
     device.map(|d| format!("device_id: {d}\r\n")).unwrap_or_default()
