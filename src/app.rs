@@ -129,6 +129,20 @@ impl App {
             }
         }
 
+        match (config.address_connect_rate, config.abuse_penalty_ms) {
+            (0, 0) => tracing::warn!(
+                "per-address connection budget off (--address-connect-rate 0, --abuse-penalty-ms 0): a client \
+                 closed 4029 may reconnect and flood again at once"
+            ),
+            (rate, penalty_ms) => tracing::info!(
+                rate,
+                burst = config.address_connect_burst,
+                penalty_ms,
+                trusted_proxies = %config.trusted_proxies,
+                "per-address connection budget"
+            ),
+        }
+
         Ok(Arc::new(App {
             node,
             auth: authenticator(config)?,

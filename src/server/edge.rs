@@ -111,9 +111,3 @@ impl ClientBudget {
         }
     }
 }
-
-impl std::fmt::Debug for ClientBudget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientBudget").field("key", &self.key).finish_non_exhaustive()
-    }
-}

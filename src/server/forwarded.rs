@@ -61,9 +61,16 @@ impl TrustedProxies {
         let ip = ip.to_canonical();
         self.0.iter().any(|net| net.contains(&ip))
     }
+}
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+impl std::fmt::Display for TrustedProxies {
+    /// As the flag takes it: comma-separated, or `none`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        let nets: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&nets.join(","))
     }
 }
 
@@ -131,11 +138,13 @@ mod tests {
         assert!(list.contains(ip("10.1.2.3")) && list.contains(ip("192.0.2.7")) && list.contains(ip("2001:db8::9")));
         assert!(!list.contains(ip("192.0.2.8")) && !list.contains(ip("11.0.0.1")));
         assert!(list.contains(ip("::ffff:10.0.0.1")), "IPv4-mapped peers of a dual-stack listener");
-        assert!("none".parse::<TrustedProxies>().unwrap().is_empty());
-        assert!("".parse::<TrustedProxies>().unwrap().is_empty());
+        assert_eq!("none".parse::<TrustedProxies>().unwrap(), TrustedProxies::default());
+        assert_eq!("".parse::<TrustedProxies>().unwrap().to_string(), "none");
+        assert_eq!("10.1.2.3/8,::1".parse::<TrustedProxies>().unwrap().to_string(), "10.0.0.0/8,::1/128");
         assert!("10.0.0.0/33".parse::<TrustedProxies>().is_err());
         assert!("nginx".parse::<TrustedProxies>().unwrap_err().contains("`nginx`"));
         let default: TrustedProxies = DEFAULT_TRUSTED_PROXIES.parse().unwrap();
+        assert_eq!(default.to_string(), DEFAULT_TRUSTED_PROXIES);
         for inside in ["127.0.0.1", "::1", "10.9.9.9", "172.31.0.1", "192.168.1.1", "fd00::1"] {
             assert!(default.contains(ip(inside)), "{inside}");
         }
