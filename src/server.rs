@@ -21,10 +21,13 @@
 //!   public port's.
 //! - **Per-address budget** (`--address-connect-rate`, `--address-connect-burst`,
 //!   `--abuse-penalty-ms`, `--trusted-proxies`): checked right after the accept, before
-//!   the handshake cap and before anything is read, so a client over its budget costs an
-//!   accept, a lookup and a 429 written without waiting on it, and never takes a slot from
-//!   a waiting connection. A trusted proxy's requests are checked against the client they
-//!   name once their head is parsed ([`edge`] and its submodules have the rules).
+//!   anything is read, so a client over its budget costs an accept, a lookup and a 429,
+//!   never an HTTP parse or a token check. That 429 comes after a hold of its
+//!   `Retry-After` (at most [`MAX_HOLD`]) in a waiting slot of the handshake pool, so a
+//!   client that reconnects the moment it is refused costs one refusal per hold
+//!   ([`hold_then_refuse`]). A trusted proxy's requests are checked against the client
+//!   they name once their head is parsed, and refused at once ([`edge`] and its
+//!   submodules have the rules).
 //! - **Accept errors** (EMFILE and the like) are counted, logged at most once per
 //!   [`ACCEPT_LOG_INTERVAL`] with the number suppressed, and followed by a short pause so
 //!   a process out of descriptors does not spin on `accept`.
@@ -52,7 +55,10 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use self::{
@@ -61,8 +67,9 @@ pub use self::{
     forwarded::{DEFAULT_TRUSTED_PROXIES, TrustedProxies},
 };
 use self::{
+    budget::Refusal,
     edge::Edge,
-    handshakes::{Admission, Pool},
+    handshakes::{Admission, Pool, Slot},
 };
 use crate::{app::Limits, http::ApiError, metrics};
 
@@ -77,6 +84,10 @@ pub const MAX_HEADERS: usize = 100;
 
 /// Accept errors are logged at most this often; the rest are counted into the next line.
 pub const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Longest a connection refused by the per-address budget is held before its 429: what
+/// one client that reconnects at once costs is one refusal per hold.
+pub const MAX_HOLD: Duration = Duration::from_secs(1);
 
 /// Pause after a failed accept. EMFILE leaves the connection in the backlog, so accepting
 /// again at once would fail again at once.
@@ -132,7 +143,15 @@ pub async fn serve(listener: TcpListener, router: Router, limits: &Limits, shutd
             Ok(source) => source,
             Err(refused) => {
                 ::metrics::counter!(metrics::HTTP_REFUSED, "reason" => refused.reason()).increment(1);
-                refuse(tcp, &raw_response(&refused.error()));
+                match pool.admit() {
+                    Admission::Admitted { slot, evicted, evicted_another } => {
+                        if evicted_another {
+                            evictions.increment(1);
+                        }
+                        connections.spawn(hold_then_refuse(tcp, refused, slot, evicted, shutdown.clone()));
+                    }
+                    Admission::Full => refuse(tcp, &raw_response(&refused.error())),
+                }
                 continue;
             }
         };
@@ -198,6 +217,32 @@ pub async fn serve(listener: TcpListener, router: Router, limits: &Limits, shutd
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// Answers a connection refused by the per-address budget once it has been held for its
+/// wait (at most [`MAX_HOLD`]), holding a waiting slot of the handshake pool meanwhile.
+///
+/// Why hold it: a client that reconnects the moment it is refused would otherwise make the
+/// router accept and refuse thousands of connections a second (10–14k a second from ten
+/// such clients on loopback, a third of a core). Held, each such client costs one refusal
+/// per [`MAX_HOLD`]. The held sockets are bounded by the pool: at its cap they are the
+/// connections that have waited longest, so newcomers evict them (closed without an
+/// answer) before any client with a request being served, and a full pool of busy
+/// connections gets the refusal at once.
+async fn hold_then_refuse(
+    tcp: TcpStream,
+    refused: Refusal,
+    _slot: Slot,
+    evicted: oneshot::Receiver<()>,
+    shutdown: CancellationToken,
+) {
+    let hold = refused.wait().min(MAX_HOLD);
+    tokio::select! {
+        () = tokio::time::sleep(hold) => refuse(tcp, &raw_response(&refused.after(hold).error())),
+        // Evicted for a newcomer, or shutting down: dropping the socket closes it.
+        _ = evicted => {}
+        () = shutdown.cancelled() => {}
+    }
 }
 
 /// What a connection over the handshake cap is told when no slot can be freed.

@@ -78,6 +78,21 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// How long until the same connection would be admitted.
+    pub fn wait(self) -> Duration {
+        match self {
+            Refusal::Rate(wait) | Refusal::Penalty(wait) => wait,
+        }
+    }
+
+    /// The same refusal `elapsed` later.
+    pub fn after(self, elapsed: Duration) -> Refusal {
+        match self {
+            Refusal::Rate(wait) => Refusal::Rate(wait.saturating_sub(elapsed)),
+            Refusal::Penalty(wait) => Refusal::Penalty(wait.saturating_sub(elapsed)),
+        }
+    }
+
     /// The `presence_http_refused_total` label.
     pub fn reason(self) -> &'static str {
         match self {
@@ -263,6 +278,9 @@ mod tests {
 
     #[test]
     fn refusals_answer_429_with_retry_after_in_whole_seconds() {
+        let later = Refusal::Penalty(Duration::from_secs(10)).after(Duration::from_secs(1));
+        assert_eq!((later, later.wait()), (Refusal::Penalty(Duration::from_secs(9)), Duration::from_secs(9)));
+        assert_eq!(Refusal::Rate(Duration::from_millis(20)).after(Duration::from_secs(1)).wait(), Duration::ZERO);
         let error = Refusal::Rate(Duration::from_millis(1500)).error();
         assert_eq!((error.status.as_u16(), error.code, error.retry_after), (429, "address_rate_limited", Some(2)));
         let error = Refusal::Penalty(Duration::from_millis(10)).error();
