@@ -61,15 +61,15 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub use self::{
-    budget::{BudgetLimits, TRACKED_ADDRESSES},
-    edge::ClientBudget,
-    forwarded::{DEFAULT_TRUSTED_PROXIES, TrustedProxies},
-};
 use self::{
     budget::Refusal,
     edge::Edge,
     handshakes::{Admission, Pool, Slot},
+};
+pub use self::{
+    budget::{BudgetLimits, TRACKED_ADDRESSES},
+    edge::ClientBudget,
+    forwarded::{DEFAULT_TRUSTED_PROXIES, TrustedProxies},
 };
 use crate::{app::Limits, http::ApiError, metrics};
 

@@ -175,33 +175,36 @@ pub async fn try_handshake(source: IpAddr, addr: SocketAddr, token: &str, extra:
          token: {token}\r\ndevice_id: d\r\n{extra}\r\n"
     );
     let _ = stream.write_all(request.as_bytes()).await;
+    let answer = tokio::time::timeout(WAIT, read_answer(&mut stream)).await.expect("an answer in time");
+    let Ok(Some(answer)) = answer else { panic!("no complete answer: {answer:?}") };
+    answer
+}
+
+/// Reads one HTTP response: its head and `content-length` body. `Ok(None)` when the
+/// stream ends first, `Err` (saying what was read) on a read error; the read is not
+/// bounded in time.
+pub async fn read_answer(stream: &mut (impl AsyncRead + Unpin)) -> Result<Option<Answer>, String> {
     let mut data = Vec::new();
-    let read = async {
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&data[..end]).to_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|line| line.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap_or(0));
-                if data.len() >= end + 4 + length {
-                    data.truncate(end + 4 + length);
-                    return;
-                }
-            }
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => data.extend_from_slice(&chunk[..n]),
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap_or(0));
+            if data.len() >= end + 4 + length {
+                let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("status: {head}"));
+                let body = String::from_utf8_lossy(&data[end + 4..end + 4 + length]).into_owned();
+                return Ok(Some(Answer { status, head, body }));
             }
         }
-    };
-    tokio::time::timeout(WAIT, read).await.expect("an answer in time");
-    let text = String::from_utf8_lossy(&data).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no complete answer: {text:?}"));
-    let head = head.to_lowercase();
-    let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("status line: {head}"));
-    Answer { status, head, body: body.to_string() }
+        match stream.read(&mut chunk).await {
+            Ok(0) => return Ok(None),
+            Err(e) => return Err(format!("{e} after {:?}", String::from_utf8_lossy(&data))),
+            Ok(n) => data.extend_from_slice(&chunk[..n]),
+        }
+    }
 }
 
 /// The `device_id` header line, when there is a device.
