@@ -142,8 +142,8 @@ pub struct Config {
 
     /// After a WebSocket is closed 4029 (flooding), new connections from its client address
     /// are refused for this long: 429 `address_penalized` with `Retry-After`. Open
-    /// connections are not touched. 0: no penalty.
-    #[arg(long, env = "ABUSE_PENALTY_MS", default_value_t = 10_000)]
+    /// connections are not touched. 0: no penalty; at most a day.
+    #[arg(long, env = "ABUSE_PENALTY_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
     pub abuse_penalty_ms: u64,
 
     /// Peers whose `X-Forwarded-For` (else `X-Real-IP`) names the client the per-address

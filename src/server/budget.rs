@@ -187,7 +187,7 @@ impl AddressBudget {
         if self.penalty.is_zero() {
             return;
         }
-        let until = now + self.penalty;
+        let Some(until) = now.checked_add(self.penalty) else { return };
         let mut addresses = self.lock();
         let entry = addresses.get_or_insert_mut(key, || Entry { full_at: now, penalized_until: None });
         entry.penalized_until = Some(entry.penalized_until.map_or(until, |at| at.max(until)));
