@@ -19,6 +19,7 @@ use crate::{
     hub::Hub,
     node::{Node, Timing, new_router_id},
     relay::Relay,
+    server::{BudgetLimits, TrustedProxies},
 };
 
 /// Per-connection limits, from the config.
@@ -30,6 +31,10 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Most connections still speaking HTTP (not yet upgraded) at once, per listener.
     pub max_handshakes: usize,
+    /// New connections per client address, and the penalty after a 4029.
+    pub address_budget: BudgetLimits,
+    /// Peers whose forwarding headers name the client the budget keys on.
+    pub trusted_proxies: TrustedProxies,
     pub max_frame_bytes: usize,
     pub frame_rate: u32,
     pub frame_burst: u32,
@@ -141,6 +146,20 @@ impl App {
             }
         }
 
+        match (config.address_connect_rate, config.abuse_penalty_ms) {
+            (0, 0) => tracing::warn!(
+                "per-address connection budget off (--address-connect-rate 0, --abuse-penalty-ms 0): a client \
+                 closed 4029 may reconnect and flood again at once"
+            ),
+            (rate, penalty_ms) => tracing::info!(
+                rate,
+                burst = config.address_connect_burst,
+                penalty_ms,
+                trusted_proxies = %config.trusted_proxies,
+                "per-address connection budget"
+            ),
+        }
+
         Ok(Arc::new(App {
             node,
             auth,
@@ -149,6 +168,12 @@ impl App {
                 header_read_timeout: config.header_read_timeout(),
                 // Settled by `fds::apply` at start; the default otherwise.
                 max_handshakes: config.max_handshakes.unwrap_or(crate::fds::DEFAULT_MAX_HANDSHAKES),
+                address_budget: BudgetLimits {
+                    rate: config.address_connect_rate,
+                    burst: config.address_connect_burst,
+                    penalty: Duration::from_millis(config.abuse_penalty_ms),
+                },
+                trusted_proxies: config.trusted_proxies.clone(),
                 max_frame_bytes: config.max_frame_bytes,
                 frame_rate: config.frame_rate,
                 frame_burst: config.frame_burst,

@@ -167,6 +167,31 @@ pub struct Config {
     #[arg(long, env = "FD_RESERVE")]
     pub fd_reserve: Option<usize>,
 
+    /// New connections per second per client address (IPv6: per /64), checked right after
+    /// the accept, before any HTTP is parsed or token verified; through a trusted proxy,
+    /// requests per second per client it names. Over it: 429 `address_rate_limited` with
+    /// `Retry-After`. Addresses in `--trusted-proxies` are not budgeted. 0: no limit.
+    #[arg(long, env = "ADDRESS_CONNECT_RATE", default_value_t = 50)]
+    pub address_connect_rate: u32,
+
+    /// Connections a client address may open at once before `--address-connect-rate`
+    /// applies: room for a NAT full of phones reconnecting after a restart.
+    #[arg(long, env = "ADDRESS_CONNECT_BURST", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub address_connect_burst: u32,
+
+    /// After a WebSocket is closed 4029 (flooding), new connections from its client address
+    /// are refused for this long: 429 `address_penalized` with `Retry-After`. Open
+    /// connections are not touched. 0: no penalty; at most a day.
+    #[arg(long, env = "ABUSE_PENALTY_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub abuse_penalty_ms: u64,
+
+    /// Peers whose `X-Forwarded-For` (else `X-Real-IP`) names the client the per-address
+    /// budget keys on: comma-separated CIDRs or addresses, or `none`. Any other peer is
+    /// keyed on its own address and its forwarding headers are ignored. Default: loopback
+    /// and the private ranges, where a proxy in front of the router sits.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = crate::server::DEFAULT_TRUSTED_PROXIES)]
+    pub trusted_proxies: crate::server::TrustedProxies,
+
     /// HTTP API budget per user (token subject and role), in user ids per second: a bulk
     /// request costs the ids it asks for, a user lookup 1, a group read 100. Over it the API
     /// answers 429 `rate_limited` with `Retry-After`. 0: no limit.

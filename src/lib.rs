@@ -26,8 +26,9 @@
 //!   budget per user), the probes `/livez`, `/readyz`, `/healthz` (on the public port, and
 //!   on `--metrics-addr`), metrics (on the public port or `--metrics-addr`).
 //! - [`server`]: the accept loop serving that router, with the limits that apply before a
-//!   WebSocket upgrade (header timeout and size, handshake cap and its evictions, accept
-//!   errors).
+//!   WebSocket upgrade (the per-address connection budget and its penalty after a 4029,
+//!   trusted proxies' forwarded addresses, header timeout and size, handshake cap and its
+//!   evictions, accept errors).
 //! - [`fds`]: the open-file limit, raised at start and shared out among WebSockets,
 //!   handshakes and the rest (defaults scaled down under a small limit).
 //! - [`app`]: shared state built from the config; [`metrics`]: metric names.

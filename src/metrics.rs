@@ -50,6 +50,8 @@ pub const HTTP_CONNECTIONS: &str = "presence_http_connections";
 pub const HTTP_WAITING: &str = "presence_http_waiting";
 pub const HTTP_REFUSED: &str = "presence_http_refused_total";
 pub const HTTP_EVICTIONS: &str = "presence_http_evictions_total";
+pub const EDGE_ADDRESSES: &str = "presence_edge_addresses";
+pub const EDGE_PENALTIES: &str = "presence_edge_penalties_total";
 pub const HTTP_CONNECTION_ERRORS: &str = "presence_http_connection_errors_total";
 pub const ACCEPT_ERRORS: &str = "presence_accept_errors_total";
 pub const SNAPSHOTS: &str = "presence_snapshots_total";
@@ -179,8 +181,19 @@ fn describe() {
     );
     describe_counter!(
         HTTP_REFUSED,
-        "TCP connections answered 503 and closed at once, by reason (too_many_handshakes: at MAX_HANDSHAKES with \
-         every connection being served)."
+        "Connections and requests refused before any handler ran, by reason: too_many_handshakes (503 at \
+         MAX_HANDSHAKES with every connection being served), address_rate (429: the client address spent its \
+         ADDRESS_CONNECT_RATE budget), address_penalty (429: a WebSocket from the address was closed 4029 within \
+         ABUSE_PENALTY_MS)."
+    );
+    describe_gauge!(
+        EDGE_ADDRESSES,
+        "Client addresses the per-address connection budget remembers (IPv6 per /64), at most 65536, least recently \
+         seen forgotten first."
+    );
+    describe_counter!(
+        EDGE_PENALTIES,
+        "WebSockets closed 4029 whose client address was then refused for ABUSE_PENALTY_MS."
     );
     describe_counter!(
         HTTP_EVICTIONS,
@@ -260,6 +273,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         HTTP_EVICTIONS,
         SNAPSHOT_ENCODES,
         REDIS_RETRIES,
+        EDGE_PENALTIES,
     ]
     .into_iter()
     .map(|name| (name, Vec::new()))
@@ -347,7 +361,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
     each(BROKER_RESUBSCRIPTIONS, "reason", &["dropped", "silent"]);
     each(FLOOR_REQUESTS, "result", &["granted", "busy", "local_only"]);
     each(SESSIONS_REPLACED, "result", &["ended", "gone", "timed_out"]);
-    each(HTTP_REFUSED, "reason", &["too_many_handshakes"]);
+    each(HTTP_REFUSED, "reason", &["too_many_handshakes", "address_rate", "address_penalty"]);
     each(HTTP_CONNECTION_ERRORS, "reason", &["header_timeout", "header_too_large", "bad_request", "incomplete", "io"]);
     each(ACCEPT_ERRORS, "kind", &["fd_limit", "memory", "aborted", "other"]);
     each(SNAPSHOTS, "source", &["new", "shared", "recent"]);

@@ -19,12 +19,24 @@
 //!   is the newcomer answered 503 `too_many_handshakes` and closed at once, without waiting
 //!   on the client. Each listener has its own pool: `--metrics-addr` does not share the
 //!   public port's.
+//! - **Per-address budget** (`--address-connect-rate`, `--address-connect-burst`,
+//!   `--abuse-penalty-ms`, `--trusted-proxies`): checked right after the accept, before
+//!   anything is read, so a client over its budget costs an accept, a lookup and a 429,
+//!   never an HTTP parse or a token check. That 429 comes after a hold of its
+//!   `Retry-After` (at most [`MAX_HOLD`]) in a waiting slot of the handshake pool, so a
+//!   client that reconnects the moment it is refused costs one refusal per hold
+//!   ([`hold_then_refuse`]). A trusted proxy's requests are checked against the client
+//!   they name once their head is parsed, and refused at once ([`edge`] and its
+//!   submodules have the rules).
 //! - **Accept errors** (EMFILE and the like) are counted, logged at most once per
 //!   [`ACCEPT_LOG_INTERVAL`] with the number suppressed, and followed by a short pause so
 //!   a process out of descriptors does not spin on `accept`.
 //!
 //! Upgraded connections leave this loop: their tasks are tracked by `App::tracker`.
 
+mod budget;
+mod edge;
+mod forwarded;
 mod handshakes;
 
 use std::{
@@ -33,7 +45,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::Router;
+use axum::{Router, http::StatusCode, response::IntoResponse};
+use futures_util::future::Either;
 use hyper::{
     server::conn::http1,
     service::{Service as _, service_fn},
@@ -42,11 +55,23 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use self::handshakes::{Admission, Pool};
-use crate::{app::Limits, metrics};
+use self::{
+    budget::Refusal,
+    edge::Edge,
+    handshakes::{Admission, Pool, Slot},
+};
+pub use self::{
+    budget::{BudgetLimits, TRACKED_ADDRESSES},
+    edge::ClientBudget,
+    forwarded::{DEFAULT_TRUSTED_PROXIES, TrustedProxies},
+};
+use crate::{app::Limits, http::ApiError, metrics};
 
 /// Largest request head (request line and headers) in bytes. A WebSocket handshake with a
 /// JWT is well under 2 KiB; browsers send a few KiB of cookies at most.
@@ -59,6 +84,10 @@ pub const MAX_HEADERS: usize = 100;
 
 /// Accept errors are logged at most this often; the rest are counted into the next line.
 pub const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Longest a connection refused by the per-address budget is held before its 429: what
+/// one client that reconnects at once costs is one refusal per hold.
+pub const MAX_HOLD: Duration = Duration::from_secs(1);
 
 /// Pause after a failed accept. EMFILE leaves the connection in the backlog, so accepting
 /// again at once would fail again at once.
@@ -73,9 +102,10 @@ pub async fn serve(listener: TcpListener, router: Router, limits: &Limits, shutd
         .max_buf_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS);
     let pool = Pool::new(limits.max_handshakes);
+    let edge = Edge::new(limits.trusted_proxies.clone(), limits.address_budget);
     let refused = ::metrics::counter!(metrics::HTTP_REFUSED, "reason" => "too_many_handshakes");
     let evictions = ::metrics::counter!(metrics::HTTP_EVICTIONS);
-    let refusal = refusal();
+    let refusal = raw_response(&too_many_handshakes());
     // Shown at 0 from the start, so an alert on it has a series to watch.
     let fd_limit_errors = ::metrics::counter!(metrics::ACCEPT_ERRORS, "kind" => "fd_limit");
     let connections = TaskTracker::new();
@@ -87,8 +117,8 @@ pub async fn serve(listener: TcpListener, router: Router, limits: &Limits, shutd
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+        let (tcp, peer) = match accepted {
+            Ok((tcp, peer)) => (tcp, peer.ip()),
             Err(e) => {
                 let kind = accept_error_kind(&e);
                 match kind {
@@ -109,6 +139,22 @@ pub async fn serve(listener: TcpListener, router: Router, limits: &Limits, shutd
                 }
             }
         };
+        let source = match edge.on_accept(peer) {
+            Ok(source) => source,
+            Err(refused) => {
+                ::metrics::counter!(metrics::HTTP_REFUSED, "reason" => refused.reason()).increment(1);
+                match pool.admit() {
+                    Admission::Admitted { slot, evicted, evicted_another } => {
+                        if evicted_another {
+                            evictions.increment(1);
+                        }
+                        connections.spawn(hold_then_refuse(tcp, refused, slot, evicted, shutdown.clone()));
+                    }
+                    Admission::Full => refuse(tcp, &raw_response(&refused.error())),
+                }
+                continue;
+            }
+        };
         let (slot, mut evicted, evicted_another) = match pool.admit() {
             Admission::Admitted { slot, evicted, evicted_another } => (slot, evicted, evicted_another),
             Admission::Full => {
@@ -123,11 +169,23 @@ pub async fn serve(listener: TcpListener, router: Router, limits: &Limits, shutd
         }
         let requests = slot.requests();
         let app = TowerToHyperService::new(router.clone());
-        let service = service_fn(move |request| {
+        let edge = edge.clone();
+        let service = service_fn(move |mut request: hyper::Request<_>| {
             // hyper calls the service once a request head is complete: from here until the
             // response body is dropped, this connection is not evicted.
             let serving = requests.serving();
-            let response = app.call(request);
+            let response = match edge.on_request(source, peer, request.headers()) {
+                Ok(client) => {
+                    if let Some(client) = client {
+                        request.extensions_mut().insert(client);
+                    }
+                    Either::Left(app.call(request))
+                }
+                Err(refused) => {
+                    ::metrics::counter!(metrics::HTTP_REFUSED, "reason" => refused.reason()).increment(1);
+                    Either::Right(std::future::ready(Ok(refused.error().into_response())))
+                }
+            };
             async move { response.await.map(|response| serving.respond(response)) }
         });
         let conn = http.serve_connection(TokioIo::new(tcp), service).with_upgrades();
@@ -161,29 +219,61 @@ pub async fn serve(listener: TcpListener, router: Router, limits: &Limits, shutd
     connections.wait().await;
 }
 
-/// The whole answer to a connection over the handshake cap when no slot can be freed,
-/// built once.
-fn refusal() -> Vec<u8> {
-    let body = serde_json::json!({
-        "success": false,
-        "error": {
-            "code": "too_many_handshakes",
-            "message": "too many connections are in their HTTP handshake; retry shortly",
-        },
-    })
-    .to_string();
+/// Answers a connection refused by the per-address budget once it has been held for its
+/// wait (at most [`MAX_HOLD`]), holding a waiting slot of the handshake pool meanwhile.
+///
+/// Why hold it: a client that reconnects the moment it is refused would otherwise make the
+/// router accept and refuse thousands of connections a second (10–14k a second from ten
+/// such clients on loopback, a third of a core). Held, each such client costs one refusal
+/// per [`MAX_HOLD`]. The held sockets are bounded by the pool: at its cap they are the
+/// connections that have waited longest, so newcomers evict them (closed without an
+/// answer) before any client with a request being served, and a full pool of busy
+/// connections gets the refusal at once.
+async fn hold_then_refuse(
+    tcp: TcpStream,
+    refused: Refusal,
+    _slot: Slot,
+    evicted: oneshot::Receiver<()>,
+    shutdown: CancellationToken,
+) {
+    let hold = refused.wait().min(MAX_HOLD);
+    tokio::select! {
+        () = tokio::time::sleep(hold) => refuse(tcp, &raw_response(&refused.after(hold).error())),
+        // Evicted for a newcomer, or shutting down: dropping the socket closes it.
+        _ = evicted => {}
+        () = shutdown.cancelled() => {}
+    }
+}
+
+/// What a connection over the handshake cap is told when no slot can be freed.
+fn too_many_handshakes() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_handshakes",
+        "too many connections are in their HTTP handshake; retry shortly",
+    )
+    .retry_after(1)
+}
+
+/// `error` as a complete HTTP/1.1 response that closes the connection, for [`refuse`].
+fn raw_response(error: &ApiError) -> Vec<u8> {
+    let body = error.body().to_string();
+    let retry_after = error.retry_after.map(|secs| format!("retry-after: {secs}\r\n")).unwrap_or_default();
     format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         retry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry_after}\
+         connection: close\r\n\r\n{body}",
+        error.status.as_u16(),
+        error.status.canonical_reason().unwrap_or_default(),
         body.len()
     )
     .into_bytes()
 }
 
-/// Answers a connection over the handshake cap (every slot busy) without waiting on it. Whatever request
-/// already arrived is read first, so the close is a FIN rather than a reset that could
-/// discard the answer on its way; the 503 fits an empty socket buffer; then the socket is
-/// closed. Every call is non-blocking, so the accept loop is never held up.
+/// Answers a connection refused on accept (over its address's budget, or over the
+/// handshake cap with every slot busy) without waiting on it. Whatever request already
+/// arrived is read first, so the close is a FIN rather than a reset that could discard the
+/// answer on its way; the answer fits an empty socket buffer; then the socket is closed.
+/// Every call is non-blocking, so the accept loop is never held up.
 fn refuse(tcp: TcpStream, response: &[u8]) {
     // tokio's try_read/try_write skip the syscall until the reactor has seen the socket
     // ready, which a socket accepted a moment ago has not: use it as a plain
@@ -197,7 +287,7 @@ fn refuse(tcp: TcpStream, response: &[u8]) {
         }
     }
     if let Err(e) = tcp.write(response) {
-        tracing::debug!(error = %e, "writing the handshake-cap 503");
+        tracing::debug!(error = %e, "writing a refusal on accept");
     }
 }
 
@@ -284,12 +374,19 @@ mod tests {
     }
 
     #[test]
-    fn the_refusal_is_a_complete_json_503() {
-        let refusal = String::from_utf8(refusal()).unwrap();
-        let (head, body) = refusal.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
-        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
-        let body: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(body["error"]["code"], "too_many_handshakes");
+    fn refusals_on_accept_are_complete_json_responses_that_close() {
+        let address = budget::Refusal::Rate(Duration::from_millis(2500)).error();
+        for (error, status, code, retry_after) in [
+            (too_many_handshakes(), "503 Service Unavailable", "too_many_handshakes", "retry-after: 1\r\n"),
+            (address, "429 Too Many Requests", "address_rate_limited", "retry-after: 3\r\n"),
+        ] {
+            let response = String::from_utf8(raw_response(&error)).unwrap();
+            let (head, body) = response.split_once("\r\n\r\n").unwrap();
+            assert!(head.starts_with(&format!("HTTP/1.1 {status}\r\n")), "{head}");
+            assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+            assert!(head.contains(retry_after) && head.contains("connection: close"), "{head}");
+            let body: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!((body["success"].as_bool(), body["error"]["code"].as_str()), (Some(false), Some(code)));
+        }
     }
 }

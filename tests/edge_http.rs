@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Client, Router, WAIT, await_line, prometheus::metric, token};
+use common::{Client, Router, WAIT, await_line, prometheus::metric, raw::read_answer, token};
 use presence_router::auth::Role;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -75,27 +75,10 @@ async fn get_answer_at(addr: SocketAddr, path: &str) -> String {
 
 /// Reads one HTTP response (head and `content-length` body) from a kept-alive connection.
 async fn read_response(stream: &mut TcpStream) -> (u16, String) {
-    let mut data = Vec::new();
-    let mut buf = [0u8; 4096];
-    let read = async {
-        loop {
-            if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&data[..end]).to_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap());
-                if data.len() >= end + 4 + length {
-                    let status = head[9..12].parse().unwrap();
-                    return (status, String::from_utf8_lossy(&data[end + 4..end + 4 + length]).into_owned());
-                }
-            }
-            let n = stream.read(&mut buf).await.expect("reading a response");
-            assert!(n > 0, "connection closed mid-response: {:?}", String::from_utf8_lossy(&data));
-            data.extend_from_slice(&buf[..n]);
-        }
-    };
-    timeout(WAIT, read).await.expect("a response in time")
+    match timeout(WAIT, read_answer(stream)).await.expect("a response in time") {
+        Ok(Some(answer)) => (answer.status, answer.body),
+        other => panic!("connection closed mid-response: {other:?}"),
+    }
 }
 
 /// Everything the router sends until it closes; a reset after the answer counts as a close.

@@ -161,17 +161,15 @@ async fn framing_violations_close_with_their_codes() {
     let mut huge_header = vec![0x82, 0x80 | 127];
     huge_header.extend_from_slice(&(1u64 << 40).to_be_bytes());
     huge_header.extend_from_slice(&[1, 2, 3, 4]);
+    // RFC 6455 section 5.2: the most significant bit of a 64-bit length must be 0.
+    let mut top_bit_length = vec![0x82, 0x80 | 127];
+    top_bit_length.extend_from_slice(&(1u64 << 63 | 1).to_be_bytes());
+    top_bit_length.extend_from_slice(&[1, 2, 3, 4]);
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("an unmasked frame", unmasked, 1002),
-        (
-            "RSV1 without an extension",
-            {
-                let mut f = frame(true, BINARY, b"x");
-                f[0] |= 0x40;
-                f
-            },
-            1002,
-        ),
+        ("RSV1 without an extension", with_first_byte_bits(frame(true, BINARY, b"x"), 0x40), 1002),
+        ("RSV2 without an extension", with_first_byte_bits(frame(true, BINARY, b"x"), 0x20), 1002),
+        ("RSV3 without an extension", with_first_byte_bits(frame(true, BINARY, b"x"), 0x10), 1002),
         ("a reserved opcode", frame(true, 0x3, b"x"), 1002),
         ("a continuation with nothing to continue", frame(true, CONTINUATION, b"x"), 1002),
         ("a ping of 126 bytes", frame(true, PING, &[0; 126]), 1002),
@@ -182,7 +180,11 @@ async fn framing_violations_close_with_their_codes() {
             1002,
         ),
         ("a one-byte close payload", frame(true, CLOSE, &[3]), 1002),
+        ("a close frame of 126 bytes", frame(true, CLOSE, &close_payload(1000, &[b'x'; 124])), 1002),
         ("a reserved close code", frame(true, CLOSE, &close_payload(1005, b"")), 1002),
+        ("a close code only a router may report", frame(true, CLOSE, &close_payload(1006, b"")), 1002),
+        ("a close code outside every range", frame(true, CLOSE, &close_payload(5000, b"")), 1002),
+        ("a 64-bit length with its top bit set", top_bit_length, 1002),
         ("a text frame that is not UTF-8", frame(true, TEXT, &[0xC3, 0x28]), 1007),
         (
             "fragmented text that is not UTF-8",
@@ -190,7 +192,14 @@ async fn framing_violations_close_with_their_codes() {
             1007,
         ),
         ("a close reason that is not UTF-8", frame(true, CLOSE, &close_payload(1000, &[0xFF])), 1007),
+        (
+            "a close reason ending inside a character",
+            frame(true, CLOSE, &close_payload(4000, &[b'a', 0xE2, 0x82])),
+            1007,
+        ),
+        ("a text frame of a UTF-16 surrogate", frame(true, TEXT, &[0xED, 0xA0, 0x80]), 1007),
         ("a frame over the cap", frame(true, BINARY, &[0; 5000]), 1009),
+        ("a text frame over the cap", frame(true, TEXT, &[b'a'; 5000]), 1009),
         ("a length of 2^40, before its payload", huge_header, 1009),
         (
             "fragments adding up past the cap",
@@ -201,7 +210,15 @@ async fn framing_violations_close_with_their_codes() {
     for (what, bytes, code) in cases {
         let mut client = mobile(&router, "u").await;
         client.send(&bytes).await;
-        assert_eq!(client.end().await, End::Closed(Some(code)), "{what}");
+        let (close, end) = client.end_with_close().await;
+        assert_eq!(end, End::Closed(Some(code)), "{what}");
+        // The Close frame itself, byte by byte: final, unmasked, no reserved bit (checked
+        // as it is parsed), a whole control frame, the code first and a UTF-8 reason.
+        let (fin, _, payload) = close.expect("a Close frame");
+        assert!(fin, "{what}: a control frame is never fragmented");
+        assert!((2..=125).contains(&payload.len()), "{what}: {payload:?}");
+        assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), code, "{what}");
+        assert!(std::str::from_utf8(&payload[2..]).is_ok(), "{what}: the reason is UTF-8: {payload:?}");
     }
     let text = router.metrics().await;
     for reason in ["protocol", "invalid_utf8", "too_big"] {
@@ -213,6 +230,20 @@ async fn framing_violations_close_with_their_codes() {
     client.send_text("hello").await;
     assert_eq!(client.next_error().await["code"].as_str(), Some("text_not_supported"));
     client.sync("t").await;
+    // UTF-8 is checked on the whole message: a character split across fragments is valid.
+    let mut client = mobile(&router, "u").await;
+    let euro = "€".as_bytes();
+    client.send(&[frame(false, TEXT, &euro[..1]), frame(true, CONTINUATION, &euro[1..])].concat()).await;
+    let (_, opcode, payload) = client.read_frame().await.expect("an answer, not a close");
+    assert_eq!(opcode, BINARY);
+    let error = rmpv::decode::read_value(&mut &payload[..]).unwrap();
+    assert_eq!(error[5]["code"].as_str(), Some("text_not_supported"), "{error}");
+}
+
+/// `frame` with `bits` (reserved bits) set in its first byte.
+fn with_first_byte_bits(mut frame: Vec<u8>, bits: u8) -> Vec<u8> {
+    frame[0] |= bits;
+    frame
 }
 
 /// A frame (or fragmented message) begun and never finished would park a buffer of up to

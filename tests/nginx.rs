@@ -7,7 +7,7 @@ mod common;
 
 use std::{path::PathBuf, process::Stdio};
 
-use common::{Client, Engine, Setup, WAIT, assert_update, eventually, free_port, http, token};
+use common::{Client, Engine, Setup, WAIT, assert_update, eventually, free_port, http, raw::try_handshake, token};
 use presence_router::auth::Role;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -151,4 +151,33 @@ async fn through_nginx_metrics_are_refused_however_spelled_and_the_api_answers()
     assert_eq!(body["users"].as_array().map(Vec::len), Some(2));
     let (status, _) = http(nginx.addr(), "GET", "/healthz", &[], "").await;
     assert_eq!(status, 200);
+}
+
+/// Behind the shipped config every client reaches the router from nginx's address; the
+/// per-address budget must key on the client nginx names in `X-Forwarded-For`. Clients
+/// connect to nginx from 127.0.0.2 and 127.0.0.3; nginx reaches the router from 127.0.0.1,
+/// the one trusted proxy here.
+#[tokio::test]
+async fn through_nginx_the_connection_budget_is_each_clients_own() {
+    let setup = Setup::new(Engine::Memory).await;
+    let budget = ["--trusted-proxies", "127.0.0.1", "--address-connect-rate", "1", "--address-connect-burst", "3"];
+    let router = setup.router(&budget).await;
+    let nginx = Nginx::start(&[router.addr]).await;
+
+    let looper = token("looper", Role::Mobile);
+    let mut refusal = None;
+    for _ in 0..200 {
+        let answer = try_handshake([127, 0, 0, 2].into(), nginx.addr(), &looper, "").await;
+        if answer.status != 101 {
+            refusal = Some(answer);
+            break;
+        }
+    }
+    let refusal = refusal.expect("a client reconnecting in a loop through nginx is refused");
+    assert_eq!((refusal.status, refusal.code().as_str()), (429, "address_rate_limited"), "{refusal:?}");
+    assert!(refusal.header("retry-after").is_some(), "nginx passes Retry-After on: {refusal:?}");
+
+    // Another client behind the same nginx connects and round-trips.
+    let mut other = Client::connect_from([127, 0, 0, 3].into(), nginx.addr(), &token("other", Role::Mobile), "d").await;
+    other.sync("other").await;
 }

@@ -20,7 +20,7 @@ use axum::{
 
 pub use error::ApiError;
 pub use presence::MAX_USER_IDS;
-pub use rate_limit::ApiLimiter;
+pub use rate_limit::{ApiLimiter, retry_after_secs};
 
 use crate::{app::App, metrics, ws};
 

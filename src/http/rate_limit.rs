@@ -19,7 +19,7 @@
 //! share a budget with a mobile user who happens to be called `api`. (One user holding
 //! tokens of several roles gets one budget per role.) Refused tokens (401)
 //! never reach a bucket; requests without a valid token are bounded per connection by the
-//! handshake cap, and per source address by nginx (`limit_req`), not here.
+//! handshake cap, and per source address by the per-address budget (`server`), not here.
 //!
 //! # The bucket
 //!

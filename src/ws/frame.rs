@@ -4,15 +4,16 @@
 //!
 //! The router speaks no extensions (no permessage-deflate is negotiated), so a frame
 //! with a reserved bit set is a protocol violation, as is an unmasked client frame, an
-//! unknown opcode, or a fragmented or oversized control frame.
+//! unknown opcode, a fragmented or oversized control frame, or a 64-bit length with its
+//! top bit set.
 
 /// Why a peer's bytes are not an acceptable WebSocket stream; each maps to the close
 /// code RFC 6455 names for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Violation {
     /// Malformed framing: reserved bits, unknown opcode, unmasked frame, bad control
-    /// frame, continuation without a start, a new message inside a fragmented one, a bad
-    /// close code. Closed with 1002.
+    /// frame, a 64-bit length with its top bit set, continuation without a start, a new
+    /// message inside a fragmented one, a bad close code. Closed with 1002.
     #[error("protocol error: {0}")]
     Protocol(&'static str),
     /// A text frame or close reason that is not UTF-8. Closed with 1007.
@@ -133,6 +134,10 @@ pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, Vi
             None => return Ok(None),
         },
         127 => match buf.get(2..10) {
+            // RFC 6455 section 5.2: the most significant bit must be 0.
+            Some(bytes) if bytes[0] & 0x80 != 0 => {
+                return Err(Violation::Protocol("a 64-bit payload length with its top bit set"));
+            }
             Some(bytes) => (u64::from_be_bytes(bytes.try_into().expect("8 bytes")), 10),
             None => return Ok(None),
         },
@@ -300,8 +305,12 @@ mod tests {
     #[test]
     fn an_oversized_length_is_refused_before_its_payload_arrives() {
         let mut header = vec![0x82, 0x80 | 127];
-        header.extend_from_slice(&u64::MAX.to_be_bytes());
+        header.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
         assert_eq!(parse_header(&header, 65_536), Err(Violation::TooBig));
+        // A length with the top bit set is no length at all (RFC 6455 section 5.2).
+        let mut header = vec![0x82, 0x80 | 127];
+        header.extend_from_slice(&u64::MAX.to_be_bytes());
+        assert!(matches!(parse_header(&header, 65_536), Err(Violation::Protocol(_))));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use axum::{
 use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
-use crate::{app::App, auth::Credentials, http::ApiError, id::Id, metrics};
+use crate::{app::App, auth::Credentials, http::ApiError, id::Id, metrics, server::ClientBudget};
 
 use connection::Connection;
 use rate_limit::Budget;
@@ -85,7 +85,9 @@ pub async fn upgrade(State(app): State<Arc<App>>, mut request: Request) -> Respo
     let span = tracing::info_span!("conn", user = %claims.sub, role = claims.role.as_str());
     let connection = Connection::new(app.clone(), claims, device_id);
     let limits = &app.limits;
-    let budget = Budget::new(limits.frame_rate, limits.frame_burst, limits.byte_rate, limits.byte_burst());
+    let client = request.extensions_mut().remove::<ClientBudget>();
+    let budget =
+        Budget::new(limits.frame_rate, limits.frame_burst, limits.byte_rate, limits.byte_burst()).penalizing(client);
     let (max_message, frame_timeout) = (limits.max_frame_bytes, limits.frame_timeout);
     app.tracker.spawn(
         async move {

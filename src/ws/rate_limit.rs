@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::server::ClientBudget;
+
 struct TokenBucket {
     rate: f64,
     burst: f64,
@@ -34,11 +36,15 @@ impl TokenBucket {
 /// Drops add up in a leaky bucket that drains at the frame rate: a client whose drops
 /// outrun it by more than `frame_burst` is abusing the connection and is closed (4029).
 /// Admitted frames do not reset it, so a flood cannot hide behind the odd cheap frame.
+/// That close also penalizes the client's address at the edge, so it cannot simply
+/// reconnect and flood again.
 pub struct Budget {
     frames: TokenBucket,
     bytes: TokenBucket,
     /// Recent drops, draining at the frame rate.
     dropped: TokenBucket,
+    /// The client's per-address budget, told of a close; `None` when it has none.
+    client: Option<ClientBudget>,
 }
 
 /// What the budget says of one frame.
@@ -59,7 +65,14 @@ impl Budget {
             bytes: TokenBucket::new(byte_rate, byte_burst),
             // Its tokens are the room left for drops: full means none recently.
             dropped: TokenBucket::new(frame_rate.max(1), frame_burst),
+            client: None,
         }
+    }
+
+    /// Penalizes `client`'s address when this budget closes the connection.
+    pub fn penalizing(mut self, client: Option<ClientBudget>) -> Self {
+        self.client = client;
+        self
     }
 
     /// Charges one frame of `len` payload bytes.
@@ -76,10 +89,12 @@ impl Budget {
         }
         if self.dropped.has(now, 1.0) {
             self.dropped.tokens -= 1.0;
-            Verdict::Drop
-        } else {
-            Verdict::Close
+            return Verdict::Drop;
         }
+        if let Some(client) = self.client.take() {
+            client.penalize();
+        }
+        Verdict::Close
     }
 }
 

@@ -368,6 +368,23 @@ impl Client {
         Client { ws }
     }
 
+    /// Connects from `source` (any 127.0.0.0/8 address works on Linux), for tests where the
+    /// router tells clients apart by address.
+    pub async fn connect_from(source: std::net::IpAddr, addr: SocketAddr, token: &str, device: &str) -> Client {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let mut request = format!("ws://{addr}/").into_client_request().unwrap();
+        request.headers_mut().insert("token", token.parse().unwrap());
+        request.headers_mut().insert("device_id", device.parse().unwrap());
+        let (ws, _) =
+            tokio::time::timeout(WAIT, tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)))
+                .await
+                .expect("handshake in time")
+                .expect("handshake accepted");
+        Client { ws }
+    }
+
     /// Connects over a TCP socket with a tiny receive buffer, for slow-reader tests.
     pub async fn connect_small_buffer(addr: SocketAddr, token: &str) -> Client {
         let socket = TcpSocket::new_v4().unwrap();

@@ -1,7 +1,7 @@
 //! A WebSocket client on a raw TCP socket, for tests where a library would hide the bug:
 //! control-frame floods, fragments, close handshakes read byte by byte, bad framing.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
@@ -46,7 +46,15 @@ pub struct RawWs {
 impl RawWs {
     /// Opens a WebSocket with `token` (and `device_id`, when given) and checks the 101.
     pub async fn connect(addr: SocketAddr, token: &str, device: Option<&str>) -> RawWs {
-        Self::handshake(TcpStream::connect(addr).await.unwrap(), addr, token, device).await
+        Self::handshake(TcpStream::connect(addr).await.unwrap(), addr, token, &device_line(device)).await
+    }
+
+    /// [`RawWs::connect`] from `source` (any 127.0.0.0/8 address works on Linux), with
+    /// `extra` header lines (each ending in `\r\n`), such as a proxy's `X-Forwarded-For`.
+    pub async fn connect_from(source: IpAddr, addr: SocketAddr, token: &str, extra: &str) -> RawWs {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        Self::handshake(socket.connect(addr).await.unwrap(), addr, token, extra).await
     }
 
     /// [`RawWs::connect`] over a socket with a 4 KiB receive buffer: a client that does not
@@ -54,16 +62,16 @@ impl RawWs {
     pub async fn connect_small(addr: SocketAddr, token: &str, device: Option<&str>) -> RawWs {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
-        Self::handshake(socket.connect(addr).await.unwrap(), addr, token, device).await
+        Self::handshake(socket.connect(addr).await.unwrap(), addr, token, &device_line(device)).await
     }
 
-    async fn handshake(mut stream: TcpStream, addr: SocketAddr, token: &str, device: Option<&str>) -> RawWs {
+    /// The opening handshake with `extra` header lines; checks the 101.
+    async fn handshake(mut stream: TcpStream, addr: SocketAddr, token: &str, extra: &str) -> RawWs {
         stream.set_nodelay(true).unwrap();
-        let device = device.map(|d| format!("device_id: {d}\r\n")).unwrap_or_default();
         let request = format!(
             "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             token: {token}\r\n{device}\r\n"
+             token: {token}\r\n{extra}\r\n"
         );
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut buf = Vec::new();
@@ -104,6 +112,11 @@ impl RawWs {
 
     /// Reads frames until the router's Close, then checks how the TCP stream ends.
     pub async fn end(&mut self) -> End {
+        end(&mut self.buf, &mut self.stream).await.1
+    }
+
+    /// [`RawWs::end`], with the Close frame as read (`None` if there was none).
+    pub async fn end_with_close(&mut self) -> (Option<ServerFrame>, End) {
         end(&mut self.buf, &mut self.stream).await
     }
 
@@ -120,10 +133,83 @@ impl RawWs {
             std::future::pending::<()>().await;
         };
         tokio::select! {
-            ended = end(&mut self.buf, &mut reader) => ended,
+            (_, ended) = end(&mut self.buf, &mut reader) => ended,
             () = write => unreachable!(),
         }
     }
+}
+
+/// How the router answered one handshake ([`try_handshake`]).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    /// Lowercased head.
+    pub head: String,
+    pub body: String,
+}
+
+impl Answer {
+    /// A header's value (`name` lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':')).map(str::trim)
+    }
+
+    /// The JSON body's `error.code`; empty when there is none.
+    pub fn code(&self) -> String {
+        let body: serde_json::Value = serde_json::from_str(&self.body).unwrap_or_default();
+        body["error"]["code"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// One WebSocket handshake from `source` with `extra` header lines (each ending in
+/// `\r\n`), whatever the answer: the connection is dropped once the answer's head and
+/// `content-length` body are read. A router refusing on accept may close the socket before
+/// the request is written: its answer is still there to read.
+pub async fn try_handshake(source: IpAddr, addr: SocketAddr, token: &str, extra: &str) -> Answer {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         token: {token}\r\ndevice_id: d\r\n{extra}\r\n"
+    );
+    let _ = stream.write_all(request.as_bytes()).await;
+    let answer = tokio::time::timeout(WAIT, read_answer(&mut stream)).await.expect("an answer in time");
+    let Ok(Some(answer)) = answer else { panic!("no complete answer: {answer:?}") };
+    answer
+}
+
+/// Reads one HTTP response: its head and `content-length` body. `Ok(None)` when the
+/// stream ends first, `Err` (saying what was read) on a read error; the read is not
+/// bounded in time.
+pub async fn read_answer(stream: &mut (impl AsyncRead + Unpin)) -> Result<Option<Answer>, String> {
+    let mut data = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap_or(0));
+            if data.len() >= end + 4 + length {
+                let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("status: {head}"));
+                let body = String::from_utf8_lossy(&data[end + 4..end + 4 + length]).into_owned();
+                return Ok(Some(Answer { status, head, body }));
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) => return Ok(None),
+            Err(e) => return Err(format!("{e} after {:?}", String::from_utf8_lossy(&data))),
+            Ok(n) => data.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// The `device_id` header line, when there is a device.
+fn device_line(device: Option<&str>) -> String {
+    device.map(|d| format!("device_id: {d}\r\n")).unwrap_or_default()
 }
 
 async fn read_frame(buf: &mut Vec<u8>, stream: &mut (impl AsyncRead + Unpin)) -> Option<ServerFrame> {
@@ -140,20 +226,22 @@ async fn read_frame(buf: &mut Vec<u8>, stream: &mut (impl AsyncRead + Unpin)) ->
     }
 }
 
-async fn end(buf: &mut Vec<u8>, stream: &mut (impl AsyncRead + Unpin)) -> End {
+async fn end(buf: &mut Vec<u8>, stream: &mut (impl AsyncRead + Unpin)) -> (Option<ServerFrame>, End) {
     loop {
         match read_frame(buf, stream).await {
-            None => return End::Dropped,
-            Some((_, CLOSE, payload)) => {
+            None => return (None, End::Dropped),
+            Some(close @ (_, CLOSE, _)) => {
+                let payload = &close.2;
                 let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
                 let mut rest = [0u8; 1024];
-                return loop {
+                let end = loop {
                     match tokio::time::timeout(WAIT, stream.read(&mut rest)).await.expect("end in time") {
                         Ok(0) => break End::Closed(code),
                         Ok(_) => continue,
                         Err(_) => break End::ClosedThenReset(code),
                     }
                 };
+                return (Some(close), end);
             }
             Some(_) => continue,
         }
@@ -164,6 +252,7 @@ async fn end(buf: &mut Vec<u8>, stream: &mut (impl AsyncRead + Unpin)) -> End {
 fn parse_server_frame(buf: &[u8]) -> Option<(ServerFrame, usize)> {
     let [b0, b1, ..] = *buf else { return None };
     assert_eq!(b1 & 0x80, 0, "server frames are never masked");
+    assert_eq!(b0 & 0x70, 0, "server frames set no reserved bit (no extension is negotiated)");
     let (len, at) = match b1 & 0x7F {
         126 => (u16::from_be_bytes(buf.get(2..4)?.try_into().unwrap()) as usize, 4),
         127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().unwrap()) as usize, 10),

@@ -11,6 +11,13 @@
 //! normally reset after it read the Close frame. That counts as closed; a reset before
 //! any Close frame could be read does not.
 //!
+//! A flooder whose handshake is refused (429 from the per-address budget, 503 at the
+//! handshake cap) counts the refusal and tries again at once, ignoring `Retry-After` as an
+//! abuser would. With `--flooder-sources same` (the default) every flooder connects from
+//! 127.1.0.1, with `distinct` each from an address of its own (127.1.0.1, .2, …); probes
+//! connect from 127.0.0.1. The router must run with `--trusted-proxies none` for the
+//! per-address budget to see loopback clients at all.
+//!
 //! With `--rate`, each flooder paces its frames instead, on one connection for the whole
 //! window: abuse within the budget, which the router is not meant to close. With a small
 //! `--recv-buffer`, a ping flooder that never reads then shows what the router keeps for
@@ -19,7 +26,7 @@
 use std::{
     collections::BTreeMap,
     io,
-    net::SocketAddr,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     os::fd::{AsRawFd, RawFd},
     sync::{
         Arc, Mutex,
@@ -28,7 +35,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context;
 use presence_router::{auth::Role, protocol::heartbeat_frame};
 use tokio::{
     io::AsyncWriteExt,
@@ -98,6 +104,33 @@ impl Kind {
     }
 }
 
+/// Where flooders connect from.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Sources {
+    /// Every flooder from 127.1.0.1.
+    Same,
+    /// Each flooder from an address of its own: 127.1.0.1, 127.1.0.2, …
+    Distinct,
+}
+
+impl Sources {
+    fn name(self) -> &'static str {
+        match self {
+            Sources::Same => "same",
+            Sources::Distinct => "distinct",
+        }
+    }
+
+    /// The source address of flooder `k`.
+    fn of(self, k: usize) -> IpAddr {
+        let k = match self {
+            Sources::Same => 0,
+            Sources::Distinct => k,
+        };
+        IpAddr::V4(Ipv4Addr::new(127, 1, (k / 250) as u8, 1 + (k % 250) as u8))
+    }
+}
+
 /// A flooding connection that is still open this long after its first byte is given up
 /// (the target is 2 s).
 const GIVE_UP: Duration = Duration::from_secs(5);
@@ -118,6 +151,7 @@ pub struct Options {
     pub rate: u32,
     /// The flooders' SO_RCVBUF (default: the kernel's).
     pub recv_buffer: Option<u32>,
+    pub sources: Sources,
 }
 
 /// What every flooding connection of a run shares.
@@ -128,6 +162,17 @@ struct Plan {
     rate: u32,
     recv_buffer: Option<u32>,
     flood_end: Instant,
+}
+
+/// What one flooder's attempts came to.
+#[derive(Default)]
+struct Attempts {
+    /// Connections that were upgraded and flooded.
+    outcomes: Vec<Outcome>,
+    /// Handshakes refused, by HTTP status.
+    refused: BTreeMap<u16, usize>,
+    /// Handshakes that failed otherwise (a reset, the connection ending).
+    failed: usize,
 }
 
 /// How one flooding connection ended.
@@ -142,7 +187,8 @@ struct Outcome {
 }
 
 pub async fn run(credentials: Arc<Credentials>, options: Options) -> anyhow::Result<()> {
-    let Options { router, pid, kind, flooders, probes, probe_interval, baseline, seconds, rate, recv_buffer } = options;
+    let Options { router, pid, kind, flooders, probes, probe_interval, baseline, seconds, rate, recv_buffer, sources } =
+        options;
     let process = Process { pid };
 
     // Probes: mobiles heartbeating every `probe_interval` (send, wait for the ACK, wait
@@ -202,17 +248,28 @@ pub async fn run(credentials: Arc<Credentials>, options: Options) -> anyhow::Res
             let credentials = credentials.clone();
             flooding.spawn(async move {
                 let user = format!("flood{k}");
-                let mut outcomes = Vec::new();
+                let mut attempts = Attempts::default();
                 while Instant::now() < flood_end {
-                    outcomes.push(flood_once(&credentials, plan, probes + k, &user).await?);
+                    match flood_once(&credentials, plan, (probes + k, sources.of(k)), &user).await {
+                        Ok(outcome) => attempts.outcomes.push(outcome),
+                        Err(e) => match e.downcast_ref::<raw::Refused>() {
+                            Some(refused) => *attempts.refused.entry(refused.status).or_default() += 1,
+                            None => attempts.failed += 1,
+                        },
+                    }
                 }
-                Ok::<_, anyhow::Error>(outcomes)
+                attempts
             })
         })
         .collect();
-    let mut outcomes = Vec::new();
+    let (mut outcomes, mut refused, mut failed) = (Vec::new(), BTreeMap::new(), 0);
     for task in tasks {
-        outcomes.extend(task.await??);
+        let attempts = task.await?;
+        outcomes.extend(attempts.outcomes);
+        for (status, n) in attempts.refused {
+            *refused.entry(status).or_insert(0usize) += n;
+        }
+        failed += attempts.failed;
     }
     let flooded = flood_start.elapsed();
     let cpu = process.cpu_seconds()? - cpu_before;
@@ -243,17 +300,22 @@ pub async fn run(credentials: Arc<Credentials>, options: Options) -> anyhow::Res
     let reset_without_close = outcomes.iter().filter(|o| o.code.is_none() && o.reset).count();
     let unclosed = outcomes.iter().filter(|o| o.closed_after.is_none()).count();
     let times = outcomes.iter().filter_map(|o| o.closed_after).map(|t| t.as_secs_f64() * 1000.0).collect();
+    let refused_total: usize = refused.values().sum();
+    let refused: Vec<String> = refused.iter().map(|(status, n)| format!("{status}:{n}")).collect();
     println!(
-        "flood kind={} rate={} recv_buffer={} flooders={flooders} seconds={:.1} connections={} closed={closed} codes={} \
-         reset_after_close={reset_after_close} reset_without_close={reset_without_close} unclosed={unclosed} \
-         time_to_close {} | probes={probes} every={}ms errors={} rtt_before {} rtt_during {} | \
+        "flood kind={} rate={} recv_buffer={} flooders={flooders} sources={} seconds={:.1} connections={} \
+         closed={closed} codes={} reset_after_close={reset_after_close} reset_without_close={reset_without_close} \
+         unclosed={unclosed} refused={refused_total} ({}) handshake_failed={failed} time_to_close {} | \
+         probes={probes} every={}ms errors={} rtt_before {} rtt_during {} | \
          rss_before={rss_before}KiB rss_peak={rss_peak}KiB rss_after={rss_after}KiB router_cpu={cpu:.2}s ({:.0}% of a core)",
         kind.name(),
         if rate == 0 { "max".to_string() } else { format!("{rate}/s") },
         recv_buffer.map_or_else(|| "default".to_string(), |b| b.to_string()),
+        sources.name(),
         flooded.as_secs_f64(),
         outcomes.len(),
         codes.join(","),
+        if refused.is_empty() { "none".to_string() } else { refused.join(",") },
         Summary::of(times),
         probe_interval.as_millis(),
         probe_errors.load(Ordering::Relaxed),
@@ -264,12 +326,17 @@ pub async fn run(credentials: Arc<Credentials>, options: Options) -> anyhow::Res
     Ok(())
 }
 
-/// One flooding connection, from the handshake until the router ended it, or
-/// [`GIVE_UP`] (paced: the end of the flood window, if later).
-async fn flood_once(credentials: &Credentials, plan: Plan, i: usize, user: &str) -> anyhow::Result<Outcome> {
+/// One flooding connection of client `i` from `from`, from the handshake until the router
+/// ended it, or [`GIVE_UP`] (paced: the end of the flood window, if later). A refused
+/// handshake is a [`raw::Refused`] error.
+async fn flood_once(
+    credentials: &Credentials,
+    plan: Plan,
+    (i, from): (usize, IpAddr),
+    user: &str,
+) -> anyhow::Result<Outcome> {
     let Plan { router, kind, rate, recv_buffer, flood_end } = plan;
-    let (stream, leftover) =
-        credentials.connect_raw(router, i, user, Role::Mobile, recv_buffer).await.context("flooder")?;
+    let (stream, leftover) = credentials.connect_raw(router, (i, Some(from)), user, Role::Mobile, recv_buffer).await?;
     let fd = stream.as_raw_fd();
     let (read_half, mut write_half) = stream.into_split();
     let (opening, one, batch_bytes) = kind.frames(user);

@@ -84,6 +84,10 @@ enum Scenario {
         /// its window with pongs sooner.
         #[arg(long)]
         recv_buffer: Option<u32>,
+        /// Flooders connect from one address (127.1.0.1) or each from its own; probes
+        /// from 127.0.0.1. Refused handshakes are retried at once.
+        #[arg(long, value_enum, default_value = "same")]
+        flooder_sources: flood::Sources,
     },
     /// Heartbeats per second and per router CPU-second (router: --heartbeat-min-interval-ms 0
     /// and a --frame-rate high enough not to throttle).
@@ -216,6 +220,7 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             rate,
             recv_buffer,
+            flooder_sources,
         } => {
             let options = flood::Options {
                 router,
@@ -228,6 +233,7 @@ async fn main() -> anyhow::Result<()> {
                 seconds: Duration::from_secs_f64(seconds),
                 rate,
                 recv_buffer,
+                sources: flooder_sources,
             };
             flood::run(credentials, options).await
         }

@@ -50,7 +50,7 @@ impl Credentials {
         groups: Option<&[&str]>,
     ) -> anyhow::Result<Ws> {
         let token = self.token(user, role, groups)?;
-        let stream = tcp_connect(router, i, None).await?;
+        let stream = tcp_connect(router, source(i), None).await?;
         let mut request = format!("ws://{router}/").into_client_request()?;
         request.headers_mut().insert("token", token.parse()?);
         request.headers_mut().insert("device_id", format!("load-{i}").parse()?);
@@ -61,19 +61,20 @@ impl Credentials {
         Ok(ws)
     }
 
-    /// A connection whose WebSocket frames are written and read by hand (`raw`), with
-    /// `SO_RCVBUF` set to `recv_buffer` if given; returns the stream and the bytes read
-    /// past the handshake.
+    /// A connection whose WebSocket frames are written and read by hand (`raw`), from
+    /// `from` (default: the `i`-th client's [`source`]), with `SO_RCVBUF` set to
+    /// `recv_buffer` if given; returns the stream and the bytes read past the handshake. A
+    /// refused handshake is a [`raw::Refused`] error.
     pub async fn connect_raw(
         &self,
         router: SocketAddr,
-        i: usize,
+        (i, from): (usize, Option<IpAddr>),
         user: &str,
         role: Role,
         recv_buffer: Option<u32>,
     ) -> anyhow::Result<(TcpStream, Vec<u8>)> {
         let token = self.token(user, role, None)?;
-        let mut stream = tcp_connect(router, i, recv_buffer).await?;
+        let mut stream = tcp_connect(router, from.unwrap_or_else(|| source(i)), recv_buffer).await?;
         let leftover = raw::handshake(&mut stream, &router.to_string(), &token, &format!("load-{i}")).await?;
         Ok((stream, leftover))
     }
@@ -83,18 +84,18 @@ impl Credentials {
     }
 }
 
-/// A TCP connection for the `i`-th client, from its source address, without Nagle.
-async fn tcp_connect(router: SocketAddr, i: usize, recv_buffer: Option<u32>) -> anyhow::Result<TcpStream> {
+/// A TCP connection from `from`, without Nagle.
+async fn tcp_connect(router: SocketAddr, from: IpAddr, recv_buffer: Option<u32>) -> anyhow::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     if let Some(bytes) = recv_buffer {
         // Before connecting: the window scale is agreed in the handshake.
         socket.set_recv_buffer_size(bytes)?;
     }
-    if i >= PER_SOURCE {
+    if from != source(0) {
         bind_address_no_port(&socket)?;
-        socket.bind(SocketAddr::new(source(i), 0))?;
+        socket.bind(SocketAddr::new(from, 0))?;
     }
-    let stream = socket.connect(router).await.with_context(|| format!("connecting from {}", source(i)))?;
+    let stream = socket.connect(router).await.with_context(|| format!("connecting from {from}"))?;
     stream.set_nodelay(true)?;
     Ok(stream)
 }

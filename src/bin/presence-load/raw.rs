@@ -24,23 +24,35 @@ pub fn repeated(frame: &[u8], bytes: usize) -> Vec<u8> {
     frame.repeat(count)
 }
 
+/// The router answered a handshake with this HTTP status instead of 101.
+#[derive(Debug, thiserror::Error)]
+#[error("handshake refused: HTTP {status}")]
+pub struct Refused {
+    pub status: u16,
+}
+
 /// The opening handshake with the token in a header, as the mobile apps send it.
-/// Returns the bytes read past the 101 response (the first frames, for a dashboard).
+/// Returns the bytes read past the 101 response (the first frames, for a dashboard); a
+/// refusal is a [`Refused`] error.
 pub async fn handshake(stream: &mut TcpStream, host: &str, token: &str, device: &str) -> anyhow::Result<Vec<u8>> {
     let request = format!(
         "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
          token: {token}\r\ndevice_id: {device}\r\n\r\n"
     );
-    stream.write_all(request.as_bytes()).await?;
+    // A router refusing on accept may have answered and closed before the request is
+    // written: its answer is still there to read.
+    let written = stream.write_all(request.as_bytes()).await;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]);
             if !head.starts_with("HTTP/1.1 101") {
-                bail!("handshake refused: {}", head.lines().next().unwrap_or_default());
+                let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+                return Err(Refused { status }.into());
             }
+            written?;
             return Ok(buf.split_off(end + 4));
         }
         let n = stream.read(&mut chunk).await?;

@@ -89,8 +89,9 @@ async fn retained(
     let connected: Vec<(Reader<_>, u64, f64)> = stream::iter(0..dashboards)
         .map(|k| async move {
             let started = Instant::now();
-            let (stream, leftover) =
-                credentials.connect_raw(router, first + k, &format!("retain{k}"), Role::Dashboard, None).await?;
+            let (stream, leftover) = credentials
+                .connect_raw(router, (first + k, None), &format!("retain{k}"), Role::Dashboard, None)
+                .await?;
             let mut reader = Reader::new(stream, leftover);
             let frame = reader.frame(3).await?.context("closed before the snapshot")?;
             // [0, 32, …]: a six-element array whose message type is PRESENCE_SNAPSHOT.
