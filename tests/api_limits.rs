@@ -224,21 +224,36 @@ async fn without_a_metrics_address_metrics_stay_on_the_public_port() {
     assert!(scrape.text.contains("# TYPE presence_"), "{}", scrape.text);
 }
 
+/// Reads group `big` of `members` mobiles twice in a row, with a dashboard token of a
+/// router allowing 1 id a second and a burst of `burst`.
+async fn read_a_big_group_twice(members: usize, burst: &str) -> (Response, Response) {
+    let router = Router::start(&["--api-ids-per-second", "1", "--api-ids-burst", burst]).await;
+    let mut mobiles = Vec::new();
+    for i in 0..members {
+        mobiles.push(router.mobile_in(&format!("m{i}"), &["big"]).await);
+    }
+    let reader = token("reader", Role::Dashboard);
+    let first = request(router.addr, "GET", "/api/groups/big/presence", Some(&reader), "").await;
+    let second = request(router.addr, "GET", "/api/groups/big/presence", Some(&reader), "").await;
+    (first, second)
+}
+
 /// A group with more participants than a bulk request holds costs them all: reading a
 /// large group spends what looking its members up would (it used to cost a fixed 100).
 #[tokio::test]
 async fn a_large_group_costs_its_participants() {
-    const MEMBERS: usize = 200;
-    let router = Router::start(&["--api-ids-per-second", "1", "--api-ids-burst", "300"]).await;
-    let mut members = Vec::new();
-    for i in 0..MEMBERS {
-        members.push(router.mobile_in(&format!("m{i}"), &["big"]).await);
-    }
-    let reader = token("reader", Role::Dashboard);
-    let first = request(router.addr, "GET", "/api/groups/big/presence", Some(&reader), "").await;
+    let (first, second) = read_a_big_group_twice(200, "300").await;
     assert_eq!(first.status, 200, "{}", first.text);
     // 200 of the 300 are spent: another read of the group does not fit.
-    let second = request(router.addr, "GET", "/api/groups/big/presence", Some(&reader), "").await;
     assert_rate_limited(&second);
-    drop(members);
+}
+
+/// A group with more participants than the burst is still read from a full bucket, which
+/// it empties: the largest request always fits a full bucket.
+#[tokio::test]
+async fn a_group_larger_than_the_burst_is_read_from_a_full_bucket() {
+    let (first, second) = read_a_big_group_twice(150, "100").await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(first.body["participants"].as_array().map(Vec::len), Some(150));
+    assert_rate_limited(&second);
 }

@@ -115,9 +115,10 @@ async fn a_client_closed_4029_is_refused_for_the_penalty_while_others_connect() 
     assert!(metrics.contains("presence_edge_penalties_total 1"), "{metrics}");
 }
 
-#[tokio::test]
-async fn behind_a_trusted_proxy_the_forwarded_client_is_budgeted_and_an_untrusted_peers_header_ignored() {
-    let router = Router::start(&[
+/// A router behind a proxy at 127.0.0.2, budgeting 3 connections at once and 1 a second
+/// per client, with a penalty longer than any test.
+async fn behind_a_proxy_at_127_0_0_2() -> Router {
+    Router::start(&[
         "--trusted-proxies",
         "127.0.0.2/32",
         "--address-connect-rate",
@@ -127,7 +128,12 @@ async fn behind_a_trusted_proxy_the_forwarded_client_is_budgeted_and_an_untruste
         "--abuse-penalty-ms",
         "600000",
     ])
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_client_is_budgeted_and_an_untrusted_peers_header_ignored() {
+    let router = behind_a_proxy_at_127_0_0_2().await;
     // Through the proxy: the client it appended is budgeted, not what the client wrote
     // left of it, which changes on every attempt.
     let (accepted, answer) = until_refused("127.0.0.2", router.addr, |i| {
@@ -160,6 +166,22 @@ async fn behind_a_trusted_proxy_the_forwarded_client_is_budgeted_and_an_untruste
     assert!(accepted >= 3, "{accepted}");
     assert_eq!(answer.code(), "address_rate_limited", "{answer:?}");
     round_trip("127.0.0.4", router.addr, "other").await;
+}
+
+/// A client behind the proxy cannot escape its budget, nor its penalty, by writing bytes
+/// that are not ASCII into its own `X-Forwarded-For`: nginx passes them on and appends the
+/// client's address to the same header line (`é, 198.51.100.7`), which is still read.
+#[tokio::test]
+async fn a_forwarded_client_writing_bytes_that_are_not_ascii_is_still_budgeted() {
+    let router = behind_a_proxy_at_127_0_0_2().await;
+    let (accepted, answer) =
+        until_refused("127.0.0.2", router.addr, |_| "X-Forwarded-For: \u{e9}, 198.51.100.7\r\n".into()).await;
+    assert!(accepted >= 3, "{accepted}");
+    assert_eq!(answer.code(), "address_rate_limited", "{answer:?}");
+
+    flood_until_4029("127.0.0.2", router.addr, "X-Forwarded-For: \u{e9}, 198.51.100.9\r\n").await;
+    let answer = handshake("127.0.0.2", router.addr, "u", "X-Forwarded-For: \u{e9}, 198.51.100.9\r\n").await;
+    assert_eq!(answer.code(), "address_penalized", "{answer:?}");
 }
 
 #[tokio::test]

@@ -131,9 +131,32 @@ async fn a_refresh_with_new_groups_moves_membership_and_views(engine: Engine) {
     assert_eq!(users, ["mover", "peer"]);
 }
 
+/// A token's `groups` is a set: a refresh whose token repeats one group and drops another
+/// takes the dropped group away, on a mobile and on a dashboard alike.
+async fn a_refresh_repeating_a_group_still_drops_the_others(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let router = setup.router(&[]).await;
+    let _peer = router.mobile_in("peer", &["south"]).await;
+    let mut mover =
+        Client::connect(router.addr, &lasting("mover", Role::Mobile, Some(&["north", "south"])), Some("d")).await;
+    mover.sync("mover").await;
+    let ack = refresh(&mut mover, "mover", &lasting("mover", Role::Mobile, Some(&["north", "north"]))).await;
+    assert_eq!(ack[1].as_u64(), Some(ACK.into()), "{ack}");
+    mover.send_frame(0, TEXT, "mover", "south", map(&[("text", "still here?".into())])).await;
+    assert_eq!(mover.next_error().await["code"].as_str(), Some("not_a_member"));
+
+    let (mut desk, _) = router.dashboard_of("desk", &["north", "south"]).await;
+    let snapshot = refresh(&mut desk, "desk", &lasting("desk", Role::Dashboard, Some(&["north", "north"]))).await;
+    assert_eq!(snapshot[1].as_u64(), Some(32), "first the snapshot of north alone: {snapshot}");
+    let users: Vec<&str> =
+        snapshot[5]["users"].as_array().unwrap().iter().map(|u| u["userId"].as_str().unwrap()).collect();
+    assert_eq!(users, ["mover"]);
+}
+
 on_both_engines!(
     an_expired_token_closes_the_connection_with_4001,
     a_refresh_keeps_the_connection_past_the_old_expiry,
     a_refused_refresh_leaves_the_old_expiry,
     a_refresh_with_new_groups_moves_membership_and_views,
+    a_refresh_repeating_a_group_still_drops_the_others,
 );

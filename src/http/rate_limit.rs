@@ -85,13 +85,16 @@ pub enum Cost<'a> {
 }
 
 impl Cost<'_> {
-    fn ids(&self) -> u32 {
+    /// The ids charged from a bucket of `burst`. A group read costs at most `burst` in all
+    /// ([`GROUP_COST`] up front included), so that, like any request, it fits a full
+    /// bucket however many participants the group has.
+    fn ids(&self, burst: u32) -> u32 {
         match self {
             Cost::Status(Ok(body)) => parse_request(body).map_or(1, |ids| ids.len() as u32),
             Cost::Status(Err(_)) | Cost::User => 1,
             Cost::Group => GROUP_COST,
             Cost::GroupBeyond(participants) => {
-                u32::try_from(*participants).unwrap_or(u32::MAX).saturating_sub(GROUP_COST)
+                u32::try_from(*participants).unwrap_or(u32::MAX).min(burst).saturating_sub(GROUP_COST)
             }
         }
     }
@@ -110,7 +113,8 @@ impl Cost<'_> {
 /// `rate_limited` and `Retry-After`. The one call each API handler makes after `authorize`.
 pub fn charge(app: &App, claims: &Claims, cost: Cost<'_>) -> Result<(), ApiError> {
     let key = (claims.role.as_str(), claims.sub.clone());
-    let Err(wait) = app.api_limiter.charge(key, cost.ids(), Instant::now()) else {
+    let ids = cost.ids(app.api_limiter.burst());
+    let Err(wait) = app.api_limiter.charge(key, ids, Instant::now()) else {
         return Ok(());
     };
     ::metrics::counter!(metrics::API_RATE_LIMITED, "route" => cost.route()).increment(1);
@@ -175,6 +179,11 @@ impl ApiLimiter {
     /// Ids per second; `None` when unlimited.
     pub fn rate(&self) -> Option<u32> {
         self.budget.map(|b| b.rate)
+    }
+
+    /// Ids a full bucket holds; `u32::MAX` when unlimited.
+    pub fn burst(&self) -> u32 {
+        self.budget.map_or(u32::MAX, |b| b.burst)
     }
 
     /// Spends `ids` from `key`'s bucket at `now`; `Err(wait)` when it holds too few, `wait`

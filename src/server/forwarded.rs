@@ -82,8 +82,10 @@ pub fn forwarded_client(trusted: &TrustedProxies, headers: &HeaderMap) -> Option
     if forwarded.peek().is_some() {
         // Several header lines are one list, in order.
         let lines: Vec<_> = forwarded.collect();
-        for entry in lines.iter().rev().flat_map(|line| line.to_str().unwrap_or("?").rsplit(',')) {
-            let ip = parse_entry(entry.trim())?;
+        // Split as bytes: the client writes the start of the line, and bytes of its that
+        // are not ASCII must not hide the entries the proxies appended after them.
+        for entry in lines.iter().rev().flat_map(|line| line.as_bytes().rsplit(|&byte| byte == b',')) {
+            let ip = parse_entry(std::str::from_utf8(entry).ok()?.trim())?;
             if !trusted.contains(ip) {
                 return Some(ip.to_canonical());
             }
@@ -174,6 +176,13 @@ mod tests {
         assert_eq!(client(&[]), None);
         assert_eq!(client(&[("x-forwarded-for", "10.0.0.3, 10.0.0.2")]), None);
         assert_eq!(client(&[("x-forwarded-for", "198.51.100.7, unknown")]), None);
+        // Bytes that are not ASCII, left of what the proxy appended, hide nothing.
+        let written = HeaderValue::from_bytes(b"\xff\xfe, 198.51.100.7").unwrap();
+        let mut map = HeaderMap::new();
+        map.append("x-forwarded-for", written);
+        assert_eq!(forwarded_client(&trusted, &map), Some(ip("198.51.100.7")));
+        map.append("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
+        assert_eq!(forwarded_client(&trusted, &map), None, "nothing to follow right of them");
         assert_eq!(client(&[("x-real-ip", "10.0.0.3")]), None);
     }
 

@@ -75,10 +75,11 @@ impl Connection {
     }
 }
 
-/// Whether two `groups` claims name the same groups (in any order).
+/// Whether two `groups` claims name the same groups (in any order, each any number of
+/// times): a claim is a set, so lengths prove nothing (`[a, a]` is not `[a, b]`).
 fn same_groups(a: Option<&[Id]>, b: Option<&[Id]>) -> bool {
     match (a, b) {
-        (Some(a), Some(b)) => a.len() == b.len() && a.iter().all(|g| b.contains(g)),
+        (Some(a), Some(b)) => a.iter().all(|g| b.contains(g)) && b.iter().all(|g| a.contains(g)),
         (a, b) => a.is_none() && b.is_none(),
     }
 }
@@ -92,6 +93,9 @@ mod tests {
         let ids = |names: &[&str]| names.iter().map(|n| Id::parse(n).unwrap()).collect::<Vec<_>>();
         assert!(same_groups(Some(&ids(&["a", "b"])), Some(&ids(&["b", "a"]))));
         assert!(!same_groups(Some(&ids(&["a"])), Some(&ids(&["a", "b"]))));
+        assert!(!same_groups(Some(&ids(&["a", "b"])), Some(&ids(&["a", "a"]))));
+        assert!(!same_groups(Some(&ids(&["a", "a"])), Some(&ids(&["a", "b"]))));
+        assert!(same_groups(Some(&ids(&["a", "a"])), Some(&ids(&["a"]))));
         assert!(!same_groups(None, Some(&[])));
         assert!(same_groups(None, None));
     }
