@@ -7,7 +7,7 @@
 //! rebuilds presence after the broker lost messages or the store was unreachable.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     hash::{BuildHasher, RandomState},
     sync::{
         Arc, Mutex, MutexGuard,
@@ -125,6 +125,11 @@ pub struct Node {
     local: Mutex<HashMap<SessionId, Session>>,
     /// Sessions that closed while the store could not record it: ended on recovery.
     unended: Mutex<HashMap<SessionId, Session>>,
+    /// Live sessions whose connect the store never took (it failed, or was skipped while
+    /// degraded): connected on recovery rather than renewed, so that each still replaces
+    /// its device's session (a renewal never replaces: it is refused while another live
+    /// session holds the device).
+    unregistered: Mutex<HashSet<SessionId>>,
     /// Heartbeats waiting for the renewer.
     renewals: PendingRenewals,
     /// Writes waiting for the writer, and its end of the queue until it starts.
@@ -157,6 +162,7 @@ impl Node {
             next_session: AtomicU64::new(1),
             local: Mutex::new(HashMap::new()),
             unended: Mutex::new(HashMap::new()),
+            unregistered: Mutex::new(HashSet::new()),
             renewals: PendingRenewals::default(),
             writes,
             pending_writes: Mutex::new(Some(pending_writes)),
@@ -212,14 +218,13 @@ impl Node {
     /// since choosing them).
     pub async fn connect(&self, session: &Session) -> Result<Option<Choice>, EngineError> {
         self.local().insert(session.id.clone(), session.clone());
-        self.skip_while_degraded()?;
-        let result = store!(self, connect(session));
-        let connected = self.check("connect", result)?;
-        if let Some(update) = connected.update {
-            self.publish(std::slice::from_ref(&update)).await;
-        }
-        if let Some(replaced) = connected.replaced {
-            self.replace(&replaced).await;
+        let registered = match self.skip_while_degraded() {
+            Ok(()) => self.register(session).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = registered {
+            self.unregistered().insert(session.id.clone());
+            return Err(e);
         }
         let result = store!(self, choice(&session.user));
         let choice = self.check("choice", result)?;
@@ -227,6 +232,32 @@ impl Node {
             registered.choice.clone_from(&choice);
         }
         Ok(choice)
+    }
+
+    /// The store's half of [`Node::connect`]: the session is registered, its transition
+    /// published, and the session of its device it replaced ended.
+    async fn register(&self, session: &Session) -> Result<(), EngineError> {
+        let result = store!(self, connect(session));
+        let connected = self.check("connect", result)?;
+        self.unregistered().remove(&session.id);
+        if let Some(update) = connected.update {
+            self.publish(std::slice::from_ref(&update)).await;
+        }
+        if let Some(replaced) = connected.replaced {
+            self.replace(&replaced).await;
+        }
+        Ok(())
+    }
+
+    fn unregistered(&self) -> MutexGuard<'_, HashSet<SessionId>> {
+        self.unregistered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Re-asserts a live session on recovery: a renewal, or for a session whose connect the
+    /// store never took, that connect.
+    async fn reassert(&self, session: &Session) -> Result<(), EngineError> {
+        let unregistered = self.unregistered().contains(&session.id);
+        if unregistered { self.register(session).await } else { self.heartbeat(session).await }
     }
 
     /// The status and text `user` chose, from the store; `None` for a user that never
@@ -296,6 +327,7 @@ impl Node {
     pub async fn disconnect(&self, session: &Session) -> Result<(), EngineError> {
         self.renewals.settle(&session.id).await;
         self.local().remove(&session.id);
+        self.unregistered().remove(&session.id);
         let result = match self.skip_while_degraded() {
             Ok(()) => store!(self, disconnect(session)),
             Err(e) => Err(e),
@@ -324,6 +356,7 @@ impl Node {
     pub async fn linger(&self, session: &Session, grace: Duration) -> Result<(), EngineError> {
         self.renewals.settle(&session.id).await;
         self.local().remove(&session.id);
+        self.unregistered().remove(&session.id);
         let result = store!(self, linger(session, grace));
         self.announce("linger", result.map(|()| None)).await
     }
@@ -473,7 +506,7 @@ impl Node {
         let sessions: Vec<Session> = self.local().values().cloned().collect();
         let reasserted = sessions.len();
         let failures = stream::iter(sessions)
-            .map(|session| async move { self.heartbeat(&session).await })
+            .map(|session| async move { self.reassert(&session).await })
             .buffer_unordered(REASSERT_CONCURRENCY)
             .filter(|r| std::future::ready(r.is_err()))
             .count()

@@ -178,3 +178,41 @@ async fn a_reconnect_on_another_router_replaces_the_dead_session() {
     })
     .await;
 }
+
+/// A reconnect made while the router is degraded (Redis refusing writes, so its connect
+/// could not be stored) replaces the dead session once Redis takes writes again: the old
+/// connection is closed with 4009 and Redis keeps the new session on the device. A renewal
+/// of the new session would be refused while the old one holds the device, leaving the
+/// dead connection open and the user offline once its lease lapsed.
+#[tokio::test]
+async fn a_reconnect_while_degraded_replaces_the_dead_session_on_recovery() {
+    let setup = Setup::new(Engine::Redis).await;
+    let router = setup.router(&[]).await;
+    let mut old = connect(&router, TALKER, Some("radio")).await;
+    old.sync(TALKER).await;
+
+    let mut redis = setup.redis.as_ref().unwrap().client().get_multiplexed_async_connection().await.unwrap();
+    let maxmemory = |bytes: u64| {
+        let mut redis = redis.clone();
+        async move {
+            let _: () =
+                ::redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(bytes).query_async(&mut redis).await.unwrap();
+        }
+    };
+    maxmemory(1).await;
+    let healthz = |status: u16| {
+        let router = &router;
+        move || async move { common::http(router.addr, "GET", "/healthz", &[], "").await.0 == status }
+    };
+    common::eventually("the router to report degraded", healthz(503)).await;
+    let mut new = connect(&router, TALKER, Some("radio")).await;
+    assert_eq!(new.next_error().await["code"].as_str(), Some("presence_unavailable"));
+
+    maxmemory(0).await;
+    common::eventually("presence rebuilt once writes succeed", healthz(200)).await;
+    assert_eq!(old.close_code().await, Some(4009), "the dead session is replaced on recovery");
+    new.sync(TALKER).await;
+    let sessions: u64 =
+        ::redis::cmd("ZCARD").arg(format!("presence:sessions:{TALKER}")).query_async(&mut redis).await.unwrap();
+    assert_eq!(sessions, 1, "Redis keeps the reconnect's session only");
+}

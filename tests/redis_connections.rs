@@ -266,3 +266,23 @@ async fn every_store_call_is_safe_to_replay() {
     store.release_floor("crew", &user.id).await.unwrap();
     assert!(store.take_floor("crew", &lapsed.id, hold).await.unwrap(), "released once, free after the replay");
 }
+
+/// A connect that replaced its device's live session, replayed after its reply was lost,
+/// still names the session it replaced: otherwise the router holding that session never
+/// hears of the replacement, and the dead session keeps its floor (START_FAILED `busy` for
+/// the reconnect) and its connection until its heartbeats stop.
+#[tokio::test]
+async fn a_replayed_connect_still_names_the_session_it_replaced() {
+    use presence_router::engine::PresenceStore;
+
+    let redis = common::RedisServer::start().await;
+    let store = common::redis_store(redis.port, Duration::from_secs(60)).await;
+    let (dead, reconnect) = (common::session("u", 1), common::session("u", 2));
+
+    store.connect(&dead).await.unwrap();
+    let first = store.connect(&reconnect).await.unwrap();
+    assert_eq!(first.replaced.as_ref(), Some(&dead.id), "the reconnect replaces the dead session");
+    let replayed = store.connect(&reconnect).await.unwrap();
+    assert_eq!(replayed.update, None, "no second transition");
+    assert_eq!(replayed.replaced.as_ref(), Some(&dead.id), "connect replayed");
+}

@@ -107,9 +107,14 @@ impl std::fmt::Display for Origin {
     }
 }
 
+/// The keys of one `kid`: usually one, but RFC 7517 §4.5 lets keys of different types
+/// share a `kid` (equivalent alternatives), so each token is tried with those that verify
+/// its `alg`.
+pub(super) type Candidates = Arc<[Arc<Key>]>;
+
 #[derive(Default)]
 struct Cache {
-    keys: HashMap<String, Arc<Key>>,
+    keys: HashMap<String, Candidates>,
     /// When a set last arrived; `None`: never.
     fetched_at: Option<Instant>,
     /// When a fetch last started, whatever came of it.
@@ -147,9 +152,9 @@ impl Jwks {
         Ok(jwks)
     }
 
-    /// The key a token's `kid` names, from the cache, or after a fetch (see the module
-    /// documentation for when one runs).
-    pub(super) async fn key(&self, kid: Option<&str>) -> Result<Arc<Key>, AuthError> {
+    /// The keys a token's `kid` names (at least one), from the cache, or after a fetch (see
+    /// the module documentation for when one runs).
+    pub(super) async fn key(&self, kid: Option<&str>) -> Result<Candidates, AuthError> {
         let Some(kid) = kid else {
             return Err(AuthError::UnknownKey(
                 "token has no `kid`: with a JWKS, every token must name the key that signed it".into(),
@@ -191,8 +196,8 @@ impl Jwks {
         self.cache.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The cached key for `kid`, and whether the set is still fresh.
-    fn cached(&self, kid: &str) -> (Option<Arc<Key>>, bool) {
+    /// The cached keys for `kid`, and whether the set is still fresh.
+    fn cached(&self, kid: &str) -> (Option<Candidates>, bool) {
         let cache = self.read();
         let fresh = cache.fetched_at.is_some_and(|at| at.elapsed() < self.timing.cache_for);
         (cache.keys.get(kid).cloned(), fresh)
@@ -216,7 +221,7 @@ impl Jwks {
         let result = if fetched.is_ok() { "ok" } else { "error" };
         ::metrics::counter!(metrics::JWKS_FETCHES, "trigger" => trigger, "result" => result).increment(1);
         let keys = fetched?;
-        ::metrics::gauge!(metrics::JWKS_KEYS).set(keys.len() as f64);
+        ::metrics::gauge!(metrics::JWKS_KEYS).set(keys.values().map(|keys| keys.len()).sum::<usize>() as f64);
         if keys.is_empty() {
             tracing::warn!(source = %self.origin, "the JWKS holds no key this router can verify tokens with");
         }
@@ -226,7 +231,7 @@ impl Jwks {
         Ok(())
     }
 
-    async fn read_set(&self) -> Result<HashMap<String, Arc<Key>>, JwksError> {
+    async fn read_set(&self) -> Result<HashMap<String, Candidates>, JwksError> {
         let body = match &self.origin {
             Origin::File(path) => {
                 tokio::fs::read(path).await.map_err(|source| JwksError::Read { path: path.clone(), source })?
@@ -235,7 +240,11 @@ impl Jwks {
         };
         let set: JwkSet = serde_json::from_slice(&body)
             .map_err(|source| JwksError::Parse { from: self.origin.to_string(), source })?;
-        Ok(set.keys.iter().filter_map(usable).collect())
+        let mut keys: HashMap<String, Vec<Arc<Key>>> = HashMap::new();
+        for (kid, key) in set.keys.iter().filter_map(usable) {
+            keys.entry(kid).or_default().push(key);
+        }
+        Ok(keys.into_iter().map(|(kid, keys)| (kid, keys.into())).collect())
     }
 }
 
@@ -415,7 +424,7 @@ mod tests {
         let file = SetFile::new("kinds", &keys);
         let jwks = file.load().await;
         let jwks = &jwks;
-        let algorithms = |kid| async move { jwks.key(Some(kid)).await.unwrap().algorithms.clone() };
+        let algorithms = |kid| async move { jwks.key(Some(kid)).await.unwrap()[0].algorithms.clone() };
         assert_eq!(algorithms("rsa").await, [Algorithm::RS256]);
         assert_eq!(algorithms("kc").await, [Algorithm::RS256]);
         assert_eq!(algorithms("ec").await, [Algorithm::ES256]);
@@ -458,6 +467,31 @@ mod tests {
         assert_eq!(dropped.code(), "token_unknown_key");
         assert!(dropped.to_string().contains("`old`"), "{dropped}");
         assert!(verifies(&jwks, "kept").await);
+    }
+
+    /// RFC 7517 §4.5 lets keys of different types share a `kid` (equivalent alternatives):
+    /// a token is verified by the one of its `kid` that verifies its `alg`.
+    #[tokio::test]
+    async fn keys_of_different_types_may_share_a_kid() {
+        let claims = json!({"sub": "u", "role": "mobile", "exp": u32::MAX});
+        let sign = |algorithm, private: &[u8]| {
+            let key = match algorithm {
+                Algorithm::RS256 => EncodingKey::from_rsa_pem(private).unwrap(),
+                _ => EncodingKey::from_ec_pem(private).unwrap(),
+            };
+            let header = jsonwebtoken::Header { kid: Some("shared".into()), ..jsonwebtoken::Header::new(algorithm) };
+            jsonwebtoken::encode(&header, &claims, &key).unwrap()
+        };
+        let rs256 = sign(Algorithm::RS256, include_bytes!("../../tests/fixtures/rs256-private.pem"));
+        let es256 = sign(Algorithm::ES256, include_bytes!("../../tests/fixtures/es256-private.pem"));
+        for (name, keys) in [("rsa-first", [rsa("shared"), ec("shared")]), ("ec-first", [ec("shared"), rsa("shared")])]
+        {
+            let file = SetFile::new(name, &keys);
+            let auth = crate::auth::Authenticator::key_set(file.load().await);
+            for token in [&rs256, &es256] {
+                assert!(auth.verify(token).await.is_ok(), "{name}: {:?}", auth.verify(token).await);
+            }
+        }
     }
 
     #[tokio::test]

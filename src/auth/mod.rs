@@ -92,7 +92,9 @@ impl Authenticator {
         let signed = match &self.keys {
             Keys::Fixed { key, algorithm } => verified_claims(token, header.alg, key, &[*algorithm])?,
             Keys::Set(jwks) => {
-                let key = jwks.key(header.kid.as_deref()).await?;
+                let keys = jwks.key(header.kid.as_deref()).await?;
+                // The kid's key for the token's algorithm (there may be one per key type).
+                let key = keys.iter().find(|key| key.algorithms.contains(&header.alg)).unwrap_or(&keys[0]);
                 verified_claims(token, header.alg, &key.decoding, &key.algorithms)?
             }
         };

@@ -23,6 +23,8 @@
 --   {p}group:G     zset: user id -> last lease (ms) of a session in group G
 --   {p}active      zset: user id -> last activity (ms), for users shown online in mode
 --                  "online": the auto-away queue
+--   {p}replaced:S  the session that session S's connect replaced (its device's holder),
+--                  for REPLAY_MS: a replay of that connect returns it again
 --
 -- Keys are derived from ARGV, so these scripts suit a single Redis, not Redis Cluster.
 
@@ -32,6 +34,9 @@ local prefix = ARGV[1]
 local last_seen_ms = tonumber(ARGV[2])
 local deadlines = prefix .. 'deadlines'
 local active = prefix .. 'active'
+-- How long a connect's replaced session is remembered for a replay of that connect (ms):
+-- far longer than a call and its one replay take.
+local REPLAY_MS = 10000
 
 local function keys_of(user)
   return prefix .. 'user:' .. user, prefix .. 'meta:' .. user, prefix .. 'sessions:' .. user,
@@ -214,8 +219,15 @@ local function lease(user, session, ttl, device, role, groups, activity, mode, t
   if device ~= '' then
     redis.call('HSET', devices, device, session)
   end
+  -- What this session replaced is kept a while: a connect replayed after its reply was
+  -- lost (its connection cut) finds its device already claimed by itself, and must still
+  -- name the session it ended, or that session's router never hears of it.
+  local replaced_key = prefix .. 'replaced:' .. session
   if holder then
     redis.call('ZREM', skey, holder)
+    redis.call('SET', replaced_key, holder, 'PX', REPLAY_MS)
+  elseif replace == '1' and device ~= '' then
+    holder = redis.call('GET', replaced_key) or nil
   end
   -- New groups are news to the dashboards of the old and the new groups alike.
   local _, regrouped = settle(user)
