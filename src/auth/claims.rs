@@ -82,9 +82,14 @@ pub(super) struct Signed {
     groups: Option<Vec<Id>>,
 }
 
-/// A claim that, when present, must be a list (absent is `None` through `default`).
+/// A claim that, when present, must be a list (absent is `None` through `default`). A
+/// group named twice counts once: the scope, its snapshot cache and the per-scope limits
+/// see each group once, in the order first named.
 fn present_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<Id>>, D::Error> {
-    Vec::<Id>::deserialize(deserializer).map(Some)
+    let mut groups = Vec::<Id>::deserialize(deserializer)?;
+    let mut seen = std::collections::HashSet::with_capacity(groups.len());
+    groups.retain(|group| seen.insert(group.clone()));
+    Ok(Some(groups))
 }
 
 /// What the configuration asks of every token's claims, beyond its signature.

@@ -278,6 +278,10 @@ mod tests {
         let groups = auth.verify(&scoped).await.unwrap().groups.unwrap();
         assert_eq!(groups.iter().map(Id::as_str).collect::<Vec<_>>(), ["g1", "g2"]);
         assert_eq!(auth.verify(&mint_hs256(SECRET, "d", Role::Dashboard, 60).unwrap()).await.unwrap().groups, None);
+        // A group named twice counts once, in the order first named.
+        let repeated = mint_hs256_in(SECRET, "d", Role::Dashboard, Some(&["g2", "g1", "g2", "g1"]), 60).unwrap();
+        let groups = auth.verify(&repeated).await.unwrap().groups.unwrap();
+        assert_eq!(groups.iter().map(Id::as_str).collect::<Vec<_>>(), ["g2", "g1"]);
     }
 
     #[tokio::test]
