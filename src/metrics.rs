@@ -41,6 +41,7 @@ pub const BROKER_MESSAGES: &str = "presence_broker_messages_total";
 pub const BROKER_GAPS: &str = "presence_broker_gaps_total";
 pub const BROKER_RESUBSCRIPTIONS: &str = "presence_broker_resubscriptions_total";
 pub const REDIS_RETRIES: &str = "presence_redis_retries_total";
+pub const REDIS_RECONNECTS: &str = "presence_redis_reconnects_total";
 pub const RELAYED: &str = "presence_relayed_frames_total";
 pub const RELAY_OVERFLOWS: &str = "presence_relay_overflows_total";
 pub const RELAY_DROPPED: &str = "presence_relay_dropped_total";
@@ -163,6 +164,11 @@ fn describe() {
         REDIS_RETRIES,
         "Redis calls sent a second time because their connection dropped under them (the client reconnected)."
     );
+    describe_counter!(
+        REDIS_RECONNECTS,
+        "Redis command connections replaced because calls on them timed out while a new connection answered (a \
+         black-holed flow)."
+    );
     describe_counter!(BROKER_MESSAGES, "Messages received from the broker, by kind (update, relay, expired, invalid).");
     describe_counter!(RELAYED, "PTT, TEXT and indicator frames this router sent towards receivers, by type.");
     describe_counter!(RELAY_OVERFLOWS, "Connections closed because their queue of relayed frames was full.");
@@ -273,6 +279,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         HTTP_EVICTIONS,
         SNAPSHOT_ENCODES,
         REDIS_RETRIES,
+        REDIS_RECONNECTS,
         EDGE_PENALTIES,
     ]
     .into_iter()

@@ -98,6 +98,29 @@ async fn a_subscription_that_stays_black_holed_reads_as_degraded_until_it_resume
     assert!(b.metrics().await.contains("presence_engine_up 1"));
 }
 
+/// The command connection is black-holed (no FIN, no RST) while Redis itself answers new
+/// connections: calls time out, the router turns degraded, and then gets a new
+/// connection instead of waiting for the kernel to give up on the dead one (many
+/// minutes). Users connecting on it afterwards are seen by the other router.
+#[tokio::test]
+async fn a_black_holed_command_connection_is_replaced() {
+    let setup = Setup::new(Engine::Redis).await;
+    let proxy = TcpProxy::start(setup.redis.as_ref().unwrap().port).await;
+    let a = setup.router(&[]).await;
+    let b = router_behind(&proxy).await;
+    let (mut dashboard, snapshot) = a.dashboard("desk").await;
+    let mut view = View::default();
+    view.apply(&snapshot);
+
+    assert!(proxy.black_hole_commands() >= 1);
+    eventually("B to notice the silence", || async { health(&b).await == 503 }).await;
+    eventually("B to reconnect", || async { health(&b).await == 200 }).await;
+    let _late = b.mobile("late", "phone").await;
+    await_view(&mut dashboard, &mut view, &["late"], Instant::now() + common::WAIT).await;
+    let replaced = common::prometheus::metric(&b.metrics().await, "presence_redis_reconnects_total");
+    assert!(replaced >= Some(1), "the replacement is counted: {replaced:?}");
+}
+
 /// Redis cuts the router's connections ten times each (command, then Pub/Sub) while 100
 /// users heartbeat and others connect, set a status, and take and give back a floor: the
 /// calls that find their connection gone are replayed on the new one, so nobody sees an

@@ -6,7 +6,9 @@
 //! for good; a connection opened later goes through unless
 //! [`TcpProxy::black_hole_new_subscriptions`] is on. Which flows: those that carried a
 //! `SUBSCRIBE` or `PSUBSCRIBE` (a router's Pub/Sub connection), so the command connection
-//! keeps working while the subscription goes quiet.
+//! keeps working while the subscription goes quiet; or the others
+//! ([`TcpProxy::black_hole_commands`]), so the subscription keeps working while commands
+//! go unanswered.
 
 use std::sync::{
     Arc, Mutex,
@@ -74,6 +76,17 @@ impl TcpProxy {
         let flows = self.switches.flows.lock().unwrap();
         let mut cut = 0;
         for flow in flows.iter().filter(|f| f.subscribed.load(Ordering::SeqCst)) {
+            cut += usize::from(!flow.dead.swap(true, Ordering::SeqCst));
+        }
+        cut
+    }
+
+    /// Black-holes every flow open now that is not a subscription (a router's command
+    /// connection); returns how many. Connections opened later go through.
+    pub fn black_hole_commands(&self) -> usize {
+        let flows = self.switches.flows.lock().unwrap();
+        let mut cut = 0;
+        for flow in flows.iter().filter(|f| !f.subscribed.load(Ordering::SeqCst)) {
             cut += usize::from(!flow.dead.swap(true, Ordering::SeqCst));
         }
         cut

@@ -1,5 +1,6 @@
 //! The command connection: the `redis` crate's [`ConnectionManager`], plus one replay of a
-//! call whose connection dropped.
+//! call whose connection dropped, and a replacement of a connection that went silent
+//! (see [`Connection::replace_if_silent`]).
 //!
 //! Connections get cut while Redis itself is fine: a proxy's idle timeout, `CLIENT KILL`,
 //! a failover. The manager learns of it only from the next call, which fails with the
@@ -21,21 +22,75 @@
 //! relayed frame published twice arrives twice, where without the replay every first frame
 //! after an idle cut would be lost.
 
+use std::{
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+
 use redis::{
     Client, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
 };
+use tokio::time::Instant;
 
 use crate::metrics;
 
+/// Least time between two attempts to replace a connection whose calls time out.
+const REPLACE_EVERY: Duration = Duration::from_secs(1);
+
 /// A cheap handle; clones share one multiplexed connection.
 #[derive(Clone)]
-pub struct Connection(ConnectionManager);
+pub struct Connection(Arc<Shared>);
+
+struct Shared {
+    current: RwLock<ConnectionManager>,
+    client: Client,
+    config: ConnectionManagerConfig,
+    /// When a replacement was last tried; `None` before the first.
+    last_replacement: Mutex<Option<Instant>>,
+}
 
 impl Connection {
     /// Connects now: fails if Redis cannot be reached.
     pub async fn open(client: Client, config: ConnectionManagerConfig) -> RedisResult<Self> {
-        Ok(Connection(client.get_connection_manager_with_config(config).await?))
+        let current = RwLock::new(client.get_connection_manager_with_config(config.clone()).await?);
+        Ok(Connection(Arc::new(Shared { current, client, config, last_replacement: Mutex::new(None) })))
+    }
+
+    fn manager(&self) -> ConnectionManager {
+        self.0.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A call timed out. The manager reconnects only when its connection reports an error,
+    /// and a black-holed one (a NAT or proxy dropped the flow: no FIN, no RST) reports
+    /// none until the kernel gives up on it, many minutes later; every call meanwhile
+    /// times out although Redis answers new connections. So a timeout triggers a
+    /// replacement in the background, at most one per [`REPLACE_EVERY`]: a fresh
+    /// connection that answers a PING within the timeout takes the old one's place. A
+    /// hung Redis answers no PING, and keeps its connection.
+    fn replace_if_silent(&self, error: &RedisError) {
+        if !error.is_timeout() {
+            return;
+        }
+        {
+            let mut last = self.0.last_replacement.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| at.elapsed() < REPLACE_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let shared = self.0.clone();
+        tokio::spawn(async move {
+            let Ok(mut fresh) = shared.client.get_connection_manager_with_config(shared.config.clone()).await else {
+                return;
+            };
+            if redis::cmd("PING").query_async::<()>(&mut fresh).await.is_err() {
+                return;
+            }
+            *shared.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+            ::metrics::counter!(metrics::REDIS_RECONNECTS).increment(1);
+            tracing::warn!("a Redis connection stopped answering while Redis answers a new one; replaced it");
+        });
     }
 }
 
@@ -53,10 +108,15 @@ fn replay(error: &RedisError) -> bool {
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            match self.0.send_packed_command(cmd).await {
-                Err(e) if replay(&e) => self.0.send_packed_command(cmd).await,
+            let mut manager = self.manager();
+            let result = match manager.send_packed_command(cmd).await {
+                Err(e) if replay(&e) => manager.send_packed_command(cmd).await,
                 done => done,
+            };
+            if let Err(e) = &result {
+                self.replace_if_silent(e);
             }
+            result
         })
     }
 
@@ -67,14 +127,19 @@ impl ConnectionLike for Connection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            match self.0.send_packed_commands(pipeline, offset, count).await {
-                Err(e) if replay(&e) => self.0.send_packed_commands(pipeline, offset, count).await,
+            let mut manager = self.manager();
+            let result = match manager.send_packed_commands(pipeline, offset, count).await {
+                Err(e) if replay(&e) => manager.send_packed_commands(pipeline, offset, count).await,
                 done => done,
+            };
+            if let Err(e) = &result {
+                self.replace_if_silent(e);
             }
+            result
         })
     }
 
     fn get_db(&self) -> i64 {
-        self.0.get_db()
+        self.manager().get_db()
     }
 }
