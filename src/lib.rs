@@ -55,6 +55,7 @@ pub mod relay;
 pub mod renewals;
 pub mod scope;
 pub mod server;
+pub mod transient;
 pub mod ws;
 
 use std::sync::Arc;

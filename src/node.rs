@@ -30,9 +30,10 @@ use crate::{
     metrics,
     presence::{Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, UserPresence, unix_ms},
     protocol::{self, payload::IndicatorKind},
-    relay::{Audience, Control, Delivery, Relay},
+    relay::Relay,
     renewals::PendingRenewals,
     scope::Scope,
+    transient::{Audience, Control, Delivery},
 };
 
 /// Store calls in flight at once while re-asserting sessions after an outage.

@@ -2,8 +2,9 @@
 //! connections, and of one kind of news for connections themselves: that their user chose
 //! to be invisible, or to be seen again (each session then hides or shows its own signals).
 //!
-//! Unlike presence, these frames have no version and no snapshot: they go to whoever is
-//! connected now, or nowhere. Each connection registers a [`Mailbox`], a bounded queue its
+//! The frames ([`Delivery`], in [`crate::transient`]) have no version and no snapshot:
+//! they go to whoever is connected now, or nowhere. Each connection registers a
+//! [`Mailbox`], a bounded queue its
 //! task drains. A connection whose queue is full has fallen behind a live audio stream:
 //! its mailbox reports the overflow and it is closed as a slow consumer (4008), so one stalled
 //! reader never grows the router's memory or slows the others. Frames for other
@@ -28,6 +29,7 @@ use crate::{
     id::Id,
     metrics,
     presence::{Groups, SessionId, visible},
+    transient::{Audience, Control, Delivery},
 };
 
 /// Frames a mobile connection may have queued before it counts as a slow consumer: a few
@@ -36,46 +38,6 @@ pub const MAILBOX_FRAMES: usize = 512;
 /// The same for a dashboard: it sees the indicators of many groups, and its mailbox fills
 /// while its (large) snapshot is written.
 pub const WATCHER_MAILBOX_FRAMES: usize = 8 * MAILBOX_FRAMES;
-
-/// Who a relayed frame is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Audience {
-    /// The mobile sessions whose token names the group, and, when `dashboards`, the
-    /// dashboards allowed to see the group.
-    Group { group: Id, dashboards: bool },
-    /// Every session of one user (a private channel).
-    User(Id),
-    /// Every session of one user, told that the user chose `invisible` (or chose to be seen
-    /// again): not a frame for the client but news for its connection, which hides (or
-    /// shows) its own indicators and talking. The frame is empty.
-    Visibility { user: Id, invisible: bool },
-}
-
-/// One frame on its way to an audience.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    pub audience: Audience,
-    /// The sender: never echoed back to any of its sessions.
-    pub except: Option<Id>,
-    pub frame: Bytes,
-}
-
-/// A message about one session, between routers (see [`Relayed`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Control {
-    /// End this session: a newer session of its user and device replaced it.
-    Replace(SessionId),
-    /// This replaced session has ended: its floor, indicators and presence are released,
-    /// and every frame it sent on its way out went before this message.
-    Ended(SessionId),
-}
-
-/// What travels between routers on the relay channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Relayed {
-    Frame(Delivery),
-    Control(Control),
-}
 
 /// What a connection registers as.
 pub enum Member {
@@ -319,106 +281,6 @@ impl Mailbox {
     }
 }
 
-impl Delivery {
-    /// The message routers exchange: msgpack `[origin, audienceKind, audienceId, flag,
-    /// except, frame]`, audienceKind 0 = group (flag: dashboards too), 1 = user, 2 = a
-    /// user's visibility (flag: invisible). `origin` is the sending router, which already
-    /// delivered to its own connections.
-    pub fn encode(&self, origin: &str) -> Vec<u8> {
-        use rmp::encode as enc;
-        let mut buf = Vec::with_capacity(self.frame.len() + 64);
-        let (kind, target, flag) = match &self.audience {
-            Audience::Group { group, dashboards } => (0, group, *dashboards),
-            Audience::User(user) => (1, user, false),
-            Audience::Visibility { user, invisible } => (2, user, *invisible),
-        };
-        // Writes into a Vec cannot fail.
-        let _ = enc::write_array_len(&mut buf, 6);
-        let _ = enc::write_str(&mut buf, origin);
-        let _ = enc::write_uint(&mut buf, kind);
-        let _ = enc::write_str(&mut buf, target.as_str());
-        let _ = enc::write_bool(&mut buf, flag);
-        match &self.except {
-            Some(user) => {
-                let _ = enc::write_str(&mut buf, user.as_str());
-            }
-            None => {
-                let _ = enc::write_nil(&mut buf);
-            }
-        }
-        let _ = enc::write_bin(&mut buf, &self.frame);
-        buf
-    }
-
-    /// Reads [`Delivery::encode`]'s fields after the origin.
-    fn decode(items: Vec<rmpv::Value>) -> Option<Delivery> {
-        use rmpv::Value;
-        let [kind, target, flag, except, frame]: [Value; 5] = items.try_into().ok()?;
-        let target = Id::parse(target.as_str()?).ok()?;
-        let audience = match kind.as_u64()? {
-            0 => Audience::Group { group: target, dashboards: flag.as_bool()? },
-            1 => Audience::User(target),
-            2 => Audience::Visibility { user: target, invisible: flag.as_bool()? },
-            _ => return None,
-        };
-        let except = match except {
-            Value::Nil => None,
-            other => Some(Id::parse(other.as_str()?).ok()?),
-        };
-        let Value::Binary(frame) = frame else { return None };
-        Some(Delivery { audience, except, frame: Bytes::from(frame) })
-    }
-}
-
-/// The control message kinds, after the delivery's audience kinds (0, 1, 2).
-const REPLACE: u64 = 3;
-const ENDED: u64 = 4;
-
-impl Control {
-    /// The message routers exchange: msgpack `[origin, kind, sessionId]`, kind 3 =
-    /// replace, 4 = ended.
-    pub fn encode(&self, origin: &str) -> Vec<u8> {
-        use rmp::encode as enc;
-        let (kind, session) = match self {
-            Control::Replace(session) => (REPLACE, session),
-            Control::Ended(session) => (ENDED, session),
-        };
-        let mut buf = Vec::with_capacity(origin.len() + session.as_str().len() + 8);
-        // Writes into a Vec cannot fail.
-        let _ = enc::write_array_len(&mut buf, 3);
-        let _ = enc::write_str(&mut buf, origin);
-        let _ = enc::write_uint(&mut buf, kind);
-        let _ = enc::write_str(&mut buf, session.as_str());
-        buf
-    }
-}
-
-impl Relayed {
-    /// Reads [`Delivery::encode`]'s or [`Control::encode`]'s message: the origin and what
-    /// it carries, or `None` for anything else.
-    pub fn decode(mut bytes: &[u8]) -> Option<(String, Relayed)> {
-        use rmpv::Value;
-        let value = rmpv::decode::read_value_with_max_depth(&mut bytes, crate::protocol::MAX_DEPTH).ok()?;
-        let Value::Array(mut items) = value else { return None };
-        if items.is_empty() {
-            return None;
-        }
-        let origin = items.remove(0).as_str()?.to_owned();
-        let relayed = match items.as_slice() {
-            [kind, session] => {
-                let session = SessionId::from(session.as_str()?.to_owned());
-                match kind.as_u64()? {
-                    REPLACE => Relayed::Control(Control::Replace(session)),
-                    ENDED => Relayed::Control(Control::Ended(session)),
-                    _ => return None,
-                }
-            }
-            _ => Relayed::Frame(Delivery::decode(items)?),
-        };
-        Some((origin, relayed))
-    }
-}
-
 impl Drop for Mailbox {
     fn drop(&mut self) {
         self.relay.registry().remove(self.id, &self.member);
@@ -523,33 +385,6 @@ mod tests {
         assert_eq!(slow.queue.frames().len(), MAILBOX_FRAMES, "the queue stops growing");
         assert!(slow.overflowed(), "the reader learns it fell behind");
         assert_eq!(futures_util::FutureExt::now_or_never(slow.ready()), Some(()), "and is woken to find out");
-    }
-
-    #[test]
-    fn deliveries_and_controls_survive_the_trip_between_routers() {
-        let group = to_group("g", true, "a");
-        assert_eq!(Relayed::decode(&group.encode("r1")), Some(("r1".into(), Relayed::Frame(group))));
-        let private = Delivery { audience: Audience::User(id("b")), except: None, frame: Bytes::from_static(b"\x93") };
-        assert_eq!(Relayed::decode(&private.encode("r2")), Some(("r2".into(), Relayed::Frame(private))));
-        for control in [Control::Replace(SessionId::new("r1", 7)), Control::Ended(SessionId::new("r1", 7))] {
-            assert_eq!(Relayed::decode(&control.encode("r2")), Some(("r2".into(), Relayed::Control(control))));
-        }
-        let hidden = Delivery {
-            audience: Audience::Visibility { user: id("b"), invisible: true },
-            except: None,
-            frame: Bytes::new(),
-        };
-        assert_eq!(Relayed::decode(&hidden.encode("r3")), Some(("r3".into(), Relayed::Frame(hidden))));
-        assert_eq!(Relayed::decode(b"\x91\x01"), None);
-        assert_eq!(Relayed::decode(b"\x90"), None);
-        assert_eq!(Relayed::decode(b""), None);
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn decoding_arbitrary_broker_messages_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
-            let _ = Relayed::decode(&bytes);
-        }
     }
 
     #[test]

@@ -23,8 +23,8 @@ use crate::{
     id::Id,
     presence::{Choice, Mode, PresenceUpdate, Session, SessionId, Snapshot, UserPresence},
     protocol::payload::IndicatorKind,
-    relay::{Control, Delivery},
     scope::Scope,
+    transient::{Control, Delivery},
 };
 
 /// How long each kind of presence state lives.

@@ -24,7 +24,7 @@ use crate::{
         message_type::{START, START_ACK, START_FAILED, STOP, STOP_ACK, TEXT, label},
         payload::IndicatorKind,
     },
-    relay::{Audience, Delivery},
+    transient::{Audience, Delivery},
 };
 
 /// The floor a connection holds.

@@ -30,7 +30,7 @@ use crate::{
         self, ChannelType, ErrorCode, Frame,
         payload::{self, IndicatorKind},
     },
-    relay::{Audience, Delivery},
+    transient::{Audience, Delivery},
 };
 
 /// Activity implied by other frames is written to the store at most once a second (or per tenth of

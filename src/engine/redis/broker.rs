@@ -21,7 +21,7 @@ use crate::{
     engine::{Broker, EngineError},
     metrics,
     presence::PresenceUpdate,
-    relay::{Control, Delivery},
+    transient::{Control, Delivery},
 };
 
 /// Relayed frames waiting for the publisher; a fuller queue drops frames (audio is worth

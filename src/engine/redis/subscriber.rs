@@ -41,12 +41,7 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{Connection, gaps::GapDetector};
-use crate::{
-    hub::Hub,
-    metrics,
-    presence::PresenceUpdate,
-    relay::{Relay, Relayed},
-};
+use crate::{hub::Hub, metrics, presence::PresenceUpdate, relay::Relay, transient::Relayed};
 
 /// How often the subscription connection is asked to answer a PING.
 const PING_EVERY: Duration = Duration::from_secs(1);
