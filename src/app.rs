@@ -5,7 +5,7 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 use anyhow::Context;
 use jsonwebtoken::Algorithm;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -13,8 +13,9 @@ use crate::{
     config::Config,
     engine::{
         Engine, MemoryBroker, MemoryPresence,
-        redis::{RedisBroker, RedisConfig, RedisPresence, Sinks, spawn_subscriber},
+        redis::{RedisBroker, RedisConfig, RedisPresence},
     },
+    fanout::FanOut,
     http::ApiLimiter,
     hub::Hub,
     node::{Node, Timing, new_router_id},
@@ -76,15 +77,14 @@ impl App {
         // First: a key that cannot load is a configuration error, reported before anything starts.
         let auth = authenticator(config).await?;
         let hub = Arc::new(Hub::with_snapshot_memory(config.dashboard_queue, config.snapshot_memory()));
+        let fanout = Arc::new(FanOut::new(hub, Arc::new(Relay::default())));
         let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
-        let sweep_now = Arc::new(Notify::new());
-        let relay = Arc::new(Relay::default());
         let router_id = new_router_id();
         let engine = match &config.redis_host {
             None => Engine {
                 name: "memory",
                 store: Arc::new(MemoryPresence::new(config.lifetimes())),
-                broker: Arc::new(MemoryBroker::new(hub.clone())),
+                broker: Arc::new(MemoryBroker::new(fanout.clone())),
             },
             Some(host) => {
                 let redis = RedisConfig {
@@ -97,21 +97,7 @@ impl App {
                     .await
                     .with_context(|| format!("connecting to Redis at {host}:{}", config.redis_port))?;
                 let broker = RedisBroker::new(store.connection(), redis.prefix.clone(), router_id.clone());
-                let sinks = Sinks {
-                    hub: hub.clone(),
-                    relay: relay.clone(),
-                    origin: router_id.clone(),
-                    sweep_now: sweep_now.clone(),
-                    receiving: broker.receiving(),
-                };
-                let subscribed = spawn_subscriber(
-                    redis.client()?,
-                    store.connection(),
-                    redis.prefix,
-                    sinks,
-                    shutdown.clone(),
-                    &tracker,
-                );
+                let subscribed = broker.subscribe(redis.client()?, fanout.clone(), shutdown.clone(), &tracker);
                 // The first snapshot is read after the subscription stands: no update falls
                 // between the two.
                 tokio::time::timeout(Duration::from_secs(5), subscribed)
@@ -128,7 +114,7 @@ impl App {
             probe_interval: Duration::from_millis(500),
             last_seen: config.last_seen(),
         };
-        let node = Arc::new(Node::new(engine, (hub, relay), timing, sweep_now, router_id));
+        let node = Arc::new(Node::new(engine, fanout, timing, router_id));
         node.start(shutdown.clone(), &tracker).await.context("starting the presence engine")?;
         tracing::info!(
             engine = node.engine_name(),

@@ -43,6 +43,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod engine;
+pub mod fanout;
 pub mod fds;
 pub mod http;
 pub mod hub;

@@ -18,13 +18,14 @@ use std::{
 
 use futures_util::{StreamExt, stream};
 use tokio::{
-    sync::{Notify, mpsc, oneshot},
+    sync::{mpsc, oneshot},
     time::{Instant, MissedTickBehavior},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     engine::{Engine, EngineError},
+    fanout::FanOut,
     hub::Hub,
     id::Id,
     metrics,
@@ -115,8 +116,8 @@ pub fn new_router_id() -> String {
 
 pub struct Node {
     engine: Engine,
-    hub: Arc<Hub>,
-    relay: Arc<Relay>,
+    /// This router's hub and relay; what the broker delivers lands there too.
+    fanout: Arc<FanOut>,
     timing: Timing,
     router_id: String,
     /// PTT floors held by this router's sessions: channel → holder and until when.
@@ -140,23 +141,15 @@ pub struct Node {
     degraded: AtomicBool,
     /// No sweeping before this (see [`Timing::recovery_grace`]).
     sweep_paused_until: Mutex<Option<Instant>>,
-    /// Wakes the sweeper early, e.g. on a Redis `expired` event.
-    sweep_now: Arc<Notify>,
 }
 
 impl Node {
-    pub fn new(
-        engine: Engine,
-        (hub, relay): (Arc<Hub>, Arc<Relay>),
-        timing: Timing,
-        sweep_now: Arc<Notify>,
-        router_id: String,
-    ) -> Self {
+    /// `fanout` is the one the engine's broker delivers into.
+    pub fn new(engine: Engine, fanout: Arc<FanOut>, timing: Timing, router_id: String) -> Self {
         let (writes, pending_writes) = mpsc::channel(WRITE_BEHIND);
         Node {
             engine,
-            hub,
-            relay,
+            fanout,
             timing,
             router_id,
             floors: Mutex::new(HashMap::new()),
@@ -169,16 +162,15 @@ impl Node {
             pending_writes: Mutex::new(Some(pending_writes)),
             degraded: AtomicBool::new(false),
             sweep_paused_until: Mutex::new(None),
-            sweep_now,
         }
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
-        &self.hub
+        self.fanout.hub()
     }
 
     pub fn relay(&self) -> &Arc<Relay> {
-        &self.relay
+        self.fanout.relay()
     }
 
     pub fn engine_name(&self) -> &'static str {
@@ -271,9 +263,9 @@ impl Node {
     /// Tells the connection of `replaced` (here, or through the broker on another router)
     /// to end, and waits for it to, at most [`REPLACE_WAIT`].
     async fn replace(&self, replaced: &SessionId) {
-        let ended = self.relay.await_end(replaced);
+        let ended = self.relay().await_end(replaced);
         let here = replaced.router() == self.router_id;
-        let result = if here && !self.relay.replace(replaced) {
+        let result = if here && !self.relay().replace(replaced) {
             // Its connection has ended already.
             "gone"
         } else {
@@ -285,7 +277,7 @@ impl Node {
                 Err(_) => "timed_out",
             }
         };
-        self.relay.ended(replaced);
+        self.relay().ended(replaced);
         ::metrics::counter!(metrics::SESSIONS_REPLACED, "result" => result).increment(1);
         tracing::debug!(session = %replaced, result, "replaced a session of the same device");
     }
@@ -296,7 +288,7 @@ impl Node {
     pub async fn replaced_session_ended(&self, session: &SessionId) {
         // Its store writes (the indicators' ends) land before the new session's.
         self.written().await;
-        self.relay.ended(session);
+        self.relay().ended(session);
         self.engine.broker.control(&Control::Ended(session.clone()));
     }
 
@@ -382,7 +374,7 @@ impl Node {
     /// the broker for the other routers. Local delivery comes first and never waits on
     /// the store, so PTT on one router survives a Redis outage.
     pub fn send(&self, delivery: Delivery) {
-        self.relay.deliver(&delivery);
+        self.relay().deliver(&delivery);
         self.engine.broker.relay(&delivery);
     }
 
@@ -518,7 +510,7 @@ impl Node {
         let result = store!(self, online());
         let snapshot = self.check("snapshot", result)?;
         let online = snapshot.users.len();
-        self.hub.reset(snapshot);
+        self.hub().reset(snapshot);
         self.degraded.store(false, Ordering::Relaxed);
         ::metrics::gauge!(metrics::ENGINE_UP).set(1.0);
         tracing::info!(reasserted, online, "presence rebuilt from the store");
@@ -657,14 +649,14 @@ impl Node {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
-                _ = self.sweep_now.notified() => {}
+                _ = self.fanout.sweep_requested() => {}
                 _ = prune.tick() => {
-                    self.hub.prune(unix_ms().saturating_sub(self.timing.last_seen.as_millis() as u64));
+                    self.hub().prune(unix_ms().saturating_sub(self.timing.last_seen.as_millis() as u64));
                     continue;
                 }
             }
             // Cached snapshots too old to serve are not kept while nobody connects.
-            self.hub.expire_snapshots();
+            self.hub().expire_snapshots();
             let paused = *self.sweep_paused_until.lock().unwrap_or_else(|e| e.into_inner());
             if paused.is_some_and(|until| Instant::now() < until) {
                 continue;
@@ -687,7 +679,7 @@ impl Node {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.hub.resync_requested() => {}
+                _ = self.hub().resync_requested() => {}
                 _ = probe.tick() => {
                     if !self.is_degraded() {
                         // A call whose connection dropped was already sent again by the
@@ -716,7 +708,7 @@ mod tests {
     };
 
     fn memory_node(ttl: Duration) -> Arc<Node> {
-        let hub = Arc::new(Hub::new(64));
+        let fanout = Arc::new(FanOut::new(Arc::new(Hub::new(64)), Arc::new(Relay::default())));
         let engine = Engine {
             name: "memory",
             store: Arc::new(MemoryPresence::new(Lifetimes {
@@ -724,7 +716,7 @@ mod tests {
                 last_seen: Duration::from_secs(30 * 24 * 3600),
                 away_after: Duration::from_secs(300),
             })),
-            broker: Arc::new(MemoryBroker::new(hub.clone())),
+            broker: Arc::new(MemoryBroker::new(fanout.clone())),
         };
         let timing = Timing {
             sweep_interval: Duration::from_millis(250),
@@ -732,8 +724,7 @@ mod tests {
             probe_interval: Duration::from_secs(1),
             last_seen: Duration::from_secs(30 * 24 * 3600),
         };
-        let relay = Arc::new(Relay::default());
-        Arc::new(Node::new(engine, (hub, relay), timing, Arc::new(Notify::new()), new_router_id()))
+        Arc::new(Node::new(engine, fanout, timing, new_router_id()))
     }
 
     #[tokio::test(start_paused = true)]

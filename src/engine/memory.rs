@@ -12,9 +12,8 @@ use std::{
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::{Broker, Connected, EngineError, Lifetimes, PresenceStore};
+use super::{Broker, BrokerEvents, Connected, EngineError, Lifetimes, PresenceStore};
 use crate::{
-    hub::Hub,
     id::Id,
     presence::{
         Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, Snapshot, Status, UserPresence, next_version,
@@ -459,21 +458,21 @@ impl PresenceStore for MemoryPresence {
     }
 }
 
-/// In one process the broker is a direct call into the hub.
+/// In one process the broker is a direct call into the router's [`BrokerEvents`].
 pub struct MemoryBroker {
-    hub: Arc<Hub>,
+    events: Arc<dyn BrokerEvents>,
 }
 
 impl MemoryBroker {
-    pub fn new(hub: Arc<Hub>) -> Self {
-        MemoryBroker { hub }
+    pub fn new(events: Arc<dyn BrokerEvents>) -> Self {
+        MemoryBroker { events }
     }
 }
 
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn publish(&self, update: &PresenceUpdate) -> Result<(), EngineError> {
-        self.hub.apply(update.clone());
+        self.events.update(update.clone());
         Ok(())
     }
 }

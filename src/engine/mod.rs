@@ -2,9 +2,9 @@
 //!
 //! Two traits, as in centrifuge: the [`PresenceStore`] holds state with a lifetime
 //! (session leases, per-user versions, last seen) and decides *transitions*; the
-//! [`Broker`] carries transitions, transient and fire-and-forget, to every router's
-//! [`Hub`](crate::hub::Hub). Each has an in-memory implementation (one router, `make run`)
-//! and a Redis one (a cluster of routers).
+//! [`Broker`] carries transitions, transient and fire-and-forget, to every router, and
+//! delivers them into the [`BrokerEvents`] handler the router implements. Each has an
+//! in-memory implementation (one router, `make run`) and a Redis one (a cluster of routers).
 //!
 //! A transition is returned by exactly one store call: the one that flipped the user. Only
 //! that caller publishes it, which is what makes "exactly one offline per transition"
@@ -192,6 +192,34 @@ pub trait Broker: Send + Sync + 'static {
     fn is_receiving(&self) -> bool {
         true
     }
+}
+
+/// What a broker hands its router: the transitions every router publishes, the frames and
+/// session messages other routers relay, and the broker's own hints. The router's fan-out
+/// implements it ([`crate::fanout::FanOut`]); a broker delivers only into it, so no engine
+/// depends on how the router fans out.
+///
+/// A broker calls these from its receiving task, one at a time and in arrival order: each
+/// returns at once (no I/O, no waiting).
+pub trait BrokerEvents: Send + Sync + 'static {
+    /// A transition, published by any router, this one included. Stale ones (a version
+    /// the router has already passed) are the handler's to drop.
+    fn update(&self, update: PresenceUpdate);
+
+    /// A frame another router relayed, for this router's connections in its audience.
+    fn frame(&self, delivery: &Delivery);
+
+    /// A message about one session from another router (replaced; ended), in order after
+    /// the frames that router relayed before it.
+    fn control(&self, control: &Control);
+
+    /// Transitions may have been missed, or this router stopped hearing the others: its
+    /// view of presence must be rebuilt from the store.
+    fn resync_needed(&self);
+
+    /// A lease may just have lapsed (the store announced a key's expiry): sweep now
+    /// rather than at the next interval. Only a hint; the periodic sweep does not need it.
+    fn sweep_soon(&self);
 }
 
 /// The pair a router runs with.

@@ -1,24 +1,35 @@
 //! Pub/Sub between routers, the publishing side: every transition is published as JSON on
 //! `{prefix}updates` (and, for subscribers that want only one kind, on `{prefix}online` or
-//! `{prefix}offline`); each router's subscriber ([`super::subscriber`]) feeds its hub.
+//! `{prefix}offline`); each router's subscriber ([`super::subscriber`], started by
+//! [`RedisBroker::subscribe`]) hands them to its [`BrokerEvents`].
 //! PTT, TEXT and indicator frames go on `{prefix}relay` (msgpack, see
-//! [`Delivery::encode`]) into each router's relay; they are transient, so a lost one is
+//! [`Delivery::encode`]) to every other router; they are transient, so a lost one is
 //! simply lost, like a UDP packet of audio.
 //! The replacement of a session by a newer one of its device travels there too
 //! ([`Control::encode`]), in order with the frames.
 
-use std::{sync::Mutex, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use tokio::{
-    sync::mpsc::{self, error::TrySendError},
+    sync::{
+        mpsc::{self, error::TrySendError},
+        oneshot,
+    },
     task::JoinHandle,
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::{Connection, subscriber::Receiving, unavailable};
+use super::{
+    Connection,
+    subscriber::{Receiving, Sinks, spawn_subscriber},
+    unavailable,
+};
 use crate::{
-    engine::{Broker, EngineError},
+    engine::{Broker, BrokerEvents, EngineError},
     metrics,
     presence::PresenceUpdate,
     transient::{Control, Delivery},
@@ -55,11 +66,19 @@ impl RedisBroker {
         RedisBroker { conn, prefix, origin, relay, closing, publisher, receiving: Receiving::default() }
     }
 
-    /// The flag this router's subscriber keeps current (see [`spawn_subscriber`]).
-    ///
-    /// [`spawn_subscriber`]: super::spawn_subscriber
-    pub fn receiving(&self) -> Receiving {
-        self.receiving.clone()
+    /// Subscribes this router to what the others publish, handing it to `events` until
+    /// `shutdown`; `client` opens the subscription's own connections. The returned
+    /// receiver resolves once the first subscription stands: the router reads its first
+    /// snapshot only after that, so no update falls between the two.
+    pub fn subscribe(
+        &self,
+        client: redis::Client,
+        events: Arc<dyn BrokerEvents>,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> oneshot::Receiver<()> {
+        let sinks = Sinks { events, origin: self.origin.clone(), receiving: self.receiving.clone() };
+        spawn_subscriber(client, self.conn.clone(), self.prefix.clone(), sinks, shutdown, tracker)
     }
 }
 

@@ -24,7 +24,6 @@ use redis::{
 
 pub use broker::RedisBroker;
 pub use connection::Connection;
-pub use subscriber::{Receiving, Sinks, spawn_subscriber};
 
 use super::{Connected, EngineError, Lifetimes, PresenceStore};
 use crate::{

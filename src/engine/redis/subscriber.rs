@@ -1,6 +1,6 @@
-//! Pub/Sub between routers, the receiving side: `{prefix}updates` into the hub,
-//! `{prefix}relay` into the relay, keyspace `expired` events of user keys into an early
-//! sweep.
+//! Pub/Sub between routers, the receiving side: transitions from `{prefix}updates`,
+//! relayed frames and session messages from `{prefix}relay`, and keyspace `expired`
+//! events of user keys (an early sweep), each handed to the router's [`BrokerEvents`].
 //!
 //! Pub/Sub drops whatever is published while a subscriber is away, and a subscription is
 //! lost one of two ways:
@@ -34,14 +34,11 @@ use redis::{
     AsyncCommands, Client, Msg, RedisResult,
     aio::{PubSubSink, PubSubStream},
 };
-use tokio::{
-    sync::{Notify, oneshot},
-    time::MissedTickBehavior,
-};
+use tokio::{sync::oneshot, time::MissedTickBehavior};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{Connection, gaps::GapDetector};
-use crate::{hub::Hub, metrics, presence::PresenceUpdate, relay::Relay, transient::Relayed};
+use crate::{engine::BrokerEvents, metrics, presence::PresenceUpdate, transient::Relayed};
 
 /// How often the subscription connection is asked to answer a PING.
 const PING_EVERY: Duration = Duration::from_secs(1);
@@ -59,10 +56,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Whether this router's subscription delivers. Shared by the subscriber, which keeps it
 /// current, and the broker, which the node asks.
 #[derive(Clone, Default)]
-pub struct Receiving(Arc<AtomicBool>);
+pub(super) struct Receiving(Arc<AtomicBool>);
 
 impl Receiving {
-    pub fn get(&self) -> bool {
+    pub(super) fn get(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
 
@@ -73,14 +70,11 @@ impl Receiving {
 }
 
 /// Where the subscriber hands what it receives, and tells whether it is receiving.
-pub struct Sinks {
-    pub hub: Arc<Hub>,
-    pub relay: Arc<Relay>,
+pub(super) struct Sinks {
+    pub events: Arc<dyn BrokerEvents>,
     /// This router's id, to skip its own relayed frames.
     pub origin: String,
-    /// Woken by keyspace `expired` events of user keys: an early sweep.
-    pub sweep_now: Arc<Notify>,
-    /// From [`super::RedisBroker::receiving`].
+    /// The broker's flag (see [`super::RedisBroker`]'s `is_receiving`).
     pub receiving: Receiving,
 }
 
@@ -102,10 +96,9 @@ impl Lost {
     }
 }
 
-/// Runs the subscriber until shutdown. `conn` reads the transition sequence. The returned
-/// receiver resolves once the first subscription stands: the router reads its first
-/// snapshot only after that, so no update falls between the two.
-pub fn spawn_subscriber(
+/// Runs the subscriber until shutdown (see [`super::RedisBroker::subscribe`]). `conn`
+/// reads the transition sequence.
+pub(super) fn spawn_subscriber(
     client: Client,
     conn: Connection,
     prefix: String,
@@ -196,7 +189,7 @@ impl Subscriber {
     fn deaf(&self) {
         if self.sinks.receiving.set(false) {
             tracing::warn!("not receiving from other routers; degraded until subscribed again");
-            self.sinks.hub.request_resync();
+            self.sinks.events.resync_needed();
         }
     }
 
@@ -220,14 +213,14 @@ impl Subscriber {
             Some(tx) => {
                 let _ = tx.send(());
             }
-            None => self.sinks.hub.request_resync(),
+            None => self.sinks.events.resync_needed(),
         }
     }
 
     fn resync(&mut self) {
         tracing::warn!("presence updates may have been missed; rebuilding presence from Redis");
         self.gaps.reset();
-        self.sinks.hub.request_resync();
+        self.sinks.events.resync_needed();
     }
 
     /// A transition never arrived.
@@ -278,10 +271,8 @@ impl Subscriber {
                     ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "relay").increment(1);
                     match relayed {
                         _ if from == self.sinks.origin => {}
-                        Relayed::Frame(delivery) => {
-                            self.sinks.relay.deliver(&delivery);
-                        }
-                        Relayed::Control(control) => self.sinks.relay.control(&control),
+                        Relayed::Frame(delivery) => self.sinks.events.frame(&delivery),
+                        Relayed::Control(control) => self.sinks.events.control(&control),
                     }
                 }
                 None => {
@@ -294,7 +285,7 @@ impl Subscriber {
         if channel == EXPIRED {
             if payload.starts_with(self.user_keys.as_bytes()) {
                 ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "expired").increment(1);
-                self.sinks.sweep_now.notify_one();
+                self.sinks.events.sweep_soon();
             }
             return;
         }
@@ -304,7 +295,7 @@ impl Subscriber {
                 if update.seq.is_some_and(|seq| self.gaps.saw(seq)) {
                     self.gap();
                 }
-                self.sinks.hub.apply(update);
+                self.sinks.events.update(update);
             }
             Err(e) => {
                 ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "invalid").increment(1);
