@@ -81,11 +81,11 @@ impl App {
         let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
         let router_id = new_router_id();
         let engine = match &config.redis_host {
-            None => Engine {
-                name: "memory",
-                store: Arc::new(MemoryPresence::new(config.lifetimes())),
-                broker: Arc::new(MemoryBroker::new(fanout.clone())),
-            },
+            None => Engine::new(
+                "memory",
+                Arc::new(MemoryPresence::new(config.lifetimes())),
+                Arc::new(MemoryBroker::new(fanout.clone())),
+            ),
             Some(host) => {
                 let redis = RedisConfig {
                     host: host.clone(),
@@ -105,7 +105,7 @@ impl App {
                     .ok()
                     .and_then(Result::ok)
                     .with_context(|| format!("subscribing to Redis at {host}:{}", config.redis_port))?;
-                Engine { name: "redis", store: Arc::new(store), broker: Arc::new(broker) }
+                Engine::new("redis", Arc::new(store), Arc::new(broker))
             }
         };
         let timing = Timing {

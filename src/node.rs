@@ -78,10 +78,14 @@ pub struct Timing {
     pub last_seen: Duration,
 }
 
-/// Calls the store's `method`, timed under its name (see [`timed`]).
+/// Calls `method` of the engine's store (`store` or `signals`), timed under its name (see
+/// [`timed`]).
 macro_rules! store {
     ($node:expr, $method:ident($($arg:expr),*)) => {
-        timed(stringify!($method), $node.engine.store.$method($($arg),*)).await
+        store!($node, store.$method($($arg),*))
+    };
+    ($node:expr, $part:ident.$method:ident($($arg:expr),*)) => {
+        timed(stringify!($method), $node.engine.$part.$method($($arg),*)).await
     };
 }
 
@@ -382,7 +386,7 @@ impl Node {
     /// call (its writes are behind; this waits for them, up to the store's timeout).
     pub async fn indicators(&self, group: &Id) -> Result<Vec<(IndicatorKind, Id)>, EngineError> {
         self.written().await;
-        let result = store!(self, indicators(group));
+        let result = store!(self, signals.indicators(group));
         self.check("indicators", result)
     }
 
@@ -420,7 +424,7 @@ impl Node {
         if self.is_degraded() {
             return Floor::LocalOnly;
         }
-        let result = store!(self, take_floor(channel, holder, hold));
+        let result = store!(self, signals.take_floor(channel, holder, hold));
         match self.check("floor", result) {
             Ok(true) => Floor::Granted,
             Ok(false) => {
@@ -440,7 +444,7 @@ impl Node {
         if self.is_degraded() {
             return;
         }
-        let result = store!(self, release_floor(channel, holder));
+        let result = store!(self, signals.release_floor(channel, holder));
         let _ = self.check("floor", result);
     }
 
@@ -468,7 +472,7 @@ impl Node {
         let result = store!(self, expire_due());
         let updates = self.check("expire", result)?;
         self.publish(&updates).await;
-        let result = store!(self, claim_orphaned_indicators());
+        let result = store!(self, signals.claim_orphaned_indicators());
         for (group, kind, user) in self.check("indicators", result)? {
             ::metrics::counter!(metrics::INDICATORS, "type" => kind.as_str(), "active" => "false").increment(1);
             let frame = protocol::indicator_frame(&group, &user, kind, false);
@@ -559,7 +563,7 @@ impl Node {
         }
         // A lost publish shows as a gap in the transition sequence and is repaired by a
         // resync on every router.
-        let result = timed("publish", self.engine.broker.publish_many(updates)).await;
+        let result = timed("publish", self.engine.broker.publish(updates)).await;
         let _ = self.check("publish", result);
     }
 
@@ -602,7 +606,7 @@ impl Node {
                     let _ = self.announce("activity", result).await;
                 }
                 Write::Indicator { group, user, kind, ttl } => {
-                    let result = store!(self, set_indicator(&group, &user, kind, ttl));
+                    let result = store!(self, signals.set_indicator(&group, &user, kind, ttl));
                     let _ = self.check("indicator", result);
                 }
             }
@@ -709,15 +713,12 @@ mod tests {
 
     fn memory_node(ttl: Duration) -> Arc<Node> {
         let fanout = Arc::new(FanOut::new(Arc::new(Hub::new(64)), Arc::new(Relay::default())));
-        let engine = Engine {
-            name: "memory",
-            store: Arc::new(MemoryPresence::new(Lifetimes {
-                ttl,
-                last_seen: Duration::from_secs(30 * 24 * 3600),
-                away_after: Duration::from_secs(300),
-            })),
-            broker: Arc::new(MemoryBroker::new(fanout.clone())),
-        };
+        let store = MemoryPresence::new(Lifetimes {
+            ttl,
+            last_seen: Duration::from_secs(30 * 24 * 3600),
+            away_after: Duration::from_secs(300),
+        });
+        let engine = Engine::new("memory", Arc::new(store), Arc::new(MemoryBroker::new(fanout.clone())));
         let timing = Timing {
             sweep_interval: Duration::from_millis(250),
             recovery_grace: Duration::from_secs(2),

@@ -241,7 +241,10 @@ async fn cut_connections_are_retried_without_errors_degradation_or_resyncs() {
 /// granted it again.
 #[tokio::test]
 async fn every_store_call_is_safe_to_replay() {
-    use presence_router::{engine::PresenceStore, presence::Mode};
+    use presence_router::{
+        engine::{PresenceStore, SignalStore},
+        presence::Mode,
+    };
 
     let redis = common::RedisServer::start().await;
     let conn = redis.client().get_multiplexed_async_connection().await.unwrap();

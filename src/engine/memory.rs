@@ -12,7 +12,7 @@ use std::{
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::{Broker, BrokerEvents, Connected, EngineError, Lifetimes, PresenceStore};
+use super::{Broker, BrokerEvents, Connected, EngineError, Lifetimes, PresenceStore, SignalStore};
 use crate::{
     id::Id,
     presence::{
@@ -21,6 +21,7 @@ use crate::{
     },
     protocol::payload::IndicatorKind,
     scope::Scope,
+    transient::{Control, Delivery},
 };
 
 pub struct MemoryPresence {
@@ -396,6 +397,27 @@ impl PresenceStore for MemoryPresence {
             .unwrap_or_default())
     }
 
+    async fn ping(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    async fn choice(&self, user: &Id) -> Result<Option<Choice>, EngineError> {
+        Ok(self.state().users.get(user).map(|r| Choice { mode: r.mode, text: r.text.clone() }))
+    }
+
+    async fn lookup(&self, users: &[Id], scope: &Scope) -> Result<Vec<UserPresence>, EngineError> {
+        let state = self.state();
+        Ok(users
+            .iter()
+            .map(|id| {
+                state.users.get(id).map_or_else(|| UserPresence::unknown(id.clone()), |r| scope.read(r.presence(id)))
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl SignalStore for MemoryPresence {
     async fn set_indicator(
         &self,
         group: &Id,
@@ -439,22 +461,16 @@ impl PresenceStore for MemoryPresence {
         Ok(Vec::new())
     }
 
-    async fn ping(&self) -> Result<(), EngineError> {
+    /// One router holds every session, and it checked its own before asking
+    /// ([`crate::node::Node::take_floor`]): there is no other router to arbitrate with, so
+    /// the floor is granted.
+    async fn take_floor(&self, _channel: &str, _holder: &SessionId, _hold: Duration) -> Result<bool, EngineError> {
+        Ok(true)
+    }
+
+    /// Nothing was stored by [`SignalStore::take_floor`]: nothing to give back.
+    async fn release_floor(&self, _channel: &str, _holder: &SessionId) -> Result<(), EngineError> {
         Ok(())
-    }
-
-    async fn choice(&self, user: &Id) -> Result<Option<Choice>, EngineError> {
-        Ok(self.state().users.get(user).map(|r| Choice { mode: r.mode, text: r.text.clone() }))
-    }
-
-    async fn lookup(&self, users: &[Id], scope: &Scope) -> Result<Vec<UserPresence>, EngineError> {
-        let state = self.state();
-        Ok(users
-            .iter()
-            .map(|id| {
-                state.users.get(id).map_or_else(|| UserPresence::unknown(id.clone()), |r| scope.read(r.presence(id)))
-            })
-            .collect())
     }
 }
 
@@ -471,9 +487,26 @@ impl MemoryBroker {
 
 #[async_trait]
 impl Broker for MemoryBroker {
-    async fn publish(&self, update: &PresenceUpdate) -> Result<(), EngineError> {
-        self.events.update(update.clone());
+    async fn publish(&self, updates: &[PresenceUpdate]) -> Result<(), EngineError> {
+        for update in updates {
+            self.events.update(update.clone());
+        }
         Ok(())
+    }
+
+    /// The node delivered the frame to its connections before handing it here, and one
+    /// router holds them all: there is nobody else to tell.
+    fn relay(&self, _delivery: &Delivery) {}
+
+    /// Every session is on this router, which tells it directly: nobody else to tell.
+    fn control(&self, _control: &Control) {}
+
+    /// Nothing is ever queued.
+    async fn flush(&self) {}
+
+    /// Publishing is a direct call into the router: nothing can be missed.
+    fn is_receiving(&self) -> bool {
+        true
     }
 }
 

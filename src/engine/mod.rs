@@ -125,7 +125,13 @@ pub trait PresenceStore: Send + Sync + 'static {
 
     /// The users whose sessions named `group` within the last-seen retention.
     async fn group_members(&self, group: &Id) -> Result<Vec<Id>, EngineError>;
+}
 
+/// Group activity that lives a few seconds: indicators (typing, recording) and PTT floors.
+/// Kept apart from presence: no transitions, no versions, and an engine states for each
+/// method what it does (there are no defaults to inherit by forgetting one).
+#[async_trait]
+pub trait SignalStore: Send + Sync + 'static {
     /// Sets (`Some(ttl)`: live for `ttl`) or clears (`None`) a user's indicator in a group.
     /// Only the group endpoint reads these; the frames that announce them are relayed.
     async fn set_indicator(
@@ -141,57 +147,45 @@ pub trait PresenceStore: Send + Sync + 'static {
 
     /// Claims the indicators that lapsed without being cleared by the router that set them
     /// (it died): (group, kind, user) each, whose end the caller announces. Each is
-    /// claimed by exactly one router.
+    /// claimed by exactly one router, and never one its router cleared.
     async fn claim_orphaned_indicators(&self) -> Result<Vec<(Id, IndicatorKind, Id)>, EngineError>;
 
-    /// Claims a PTT channel's floor for `holder` for at most `hold`, unless another session
-    /// holds it. Routers check their own sessions first; the store arbitrates between
-    /// routers, so with one router (the embedded engine) there is nothing left to check.
-    async fn take_floor(&self, _channel: &str, _holder: &SessionId, _hold: Duration) -> Result<bool, EngineError> {
-        Ok(true)
-    }
+    /// Claims a PTT channel's floor for `holder` for at most `hold`, unless another
+    /// session holds it: true when granted (also to the session that holds it already).
+    /// Routers check their own sessions first; the store arbitrates between routers.
+    async fn take_floor(&self, channel: &str, holder: &SessionId, hold: Duration) -> Result<bool, EngineError>;
 
-    /// Gives the floor back if `holder` still has it.
-    async fn release_floor(&self, _channel: &str, _holder: &SessionId) -> Result<(), EngineError> {
-        Ok(())
-    }
+    /// Gives the floor back if `holder` still has it; nothing otherwise.
+    async fn release_floor(&self, channel: &str, holder: &SessionId) -> Result<(), EngineError>;
 }
 
-/// Transient transport of transitions to every router's hub.
+/// Transient transport between routers: transitions, relayed frames and session messages,
+/// fire-and-forget. What other routers publish reaches this one's [`BrokerEvents`].
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
-    async fn publish(&self, update: &PresenceUpdate) -> Result<(), EngineError>;
-
-    /// Publishes several in order; the Redis broker sends them in one round trip, which is
-    /// what keeps a sweep that ends thousands of leases at once from trickling them out.
-    async fn publish_many(&self, updates: &[PresenceUpdate]) -> Result<(), EngineError> {
-        for update in updates {
-            self.publish(update).await?;
-        }
-        Ok(())
-    }
+    /// Publishes transitions, in order, to every router (this one included). A batch goes
+    /// out in one round trip where the transport allows, which is what keeps a sweep that
+    /// ends thousands of leases at once from trickling them out.
+    async fn publish(&self, updates: &[PresenceUpdate]) -> Result<(), EngineError>;
 
     /// Carries a relayed frame to the other routers, each of which delivers it to its own
     /// connections. Fire-and-forget and never waits: transient frames are worth nothing
-    /// late. The sending router delivers locally itself, so with one router (the embedded
-    /// engine) there is nobody else to tell.
-    fn relay(&self, _delivery: &Delivery) {}
+    /// late. The sending router delivers to its own connections itself.
+    fn relay(&self, delivery: &Delivery);
 
     /// Carries a message about one session to the other routers, in order with the
     /// relayed frames (a replaced talker's STOP goes out before the news that it ended).
     /// Fire-and-forget like [`Broker::relay`].
-    fn control(&self, _control: &Control) {}
+    fn control(&self, control: &Control);
 
     /// Sends whatever relayed frames are still queued, then stops relaying: the router is
     /// exiting, and its connections' last frames (a talker's STOP) must still go out.
-    async fn flush(&self) {}
+    async fn flush(&self);
 
     /// Whether this router hears what the others publish. While it does not, its view of
     /// presence is going stale and frames relayed to its users are lost: the node reports
     /// itself degraded until the broker hears again, then rebuilds the view.
-    fn is_receiving(&self) -> bool {
-        true
-    }
+    fn is_receiving(&self) -> bool;
 }
 
 /// What a broker hands its router: the transitions every router publishes, the frames and
@@ -222,10 +216,18 @@ pub trait BrokerEvents: Send + Sync + 'static {
     fn sweep_soon(&self);
 }
 
-/// The pair a router runs with.
+/// What a router runs with: its presence, its signals and its broker.
 #[derive(Clone)]
 pub struct Engine {
     pub name: &'static str,
     pub store: Arc<dyn PresenceStore>,
+    pub signals: Arc<dyn SignalStore>,
     pub broker: Arc<dyn Broker>,
+}
+
+impl Engine {
+    /// An engine whose one store holds both presence and signals, as both of ours do.
+    pub fn new<S: PresenceStore + SignalStore>(name: &'static str, store: Arc<S>, broker: Arc<dyn Broker>) -> Self {
+        Engine { name, store: store.clone(), signals: store, broker }
+    }
 }

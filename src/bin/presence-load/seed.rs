@@ -45,7 +45,7 @@ pub async fn users(port: u16, n: usize, ttl: Duration) -> anyhow::Result<HashMap
                     choice: None,
                 };
                 if let Some(update) = store.connect(&session).await?.update {
-                    broker.publish(&update).await?;
+                    broker.publish(&[update]).await?;
                 }
                 Ok::<_, anyhow::Error>(())
             }

@@ -142,11 +142,8 @@ impl RedisBroker {
 
 #[async_trait]
 impl Broker for RedisBroker {
-    async fn publish(&self, update: &PresenceUpdate) -> Result<(), EngineError> {
-        self.publish_many(std::slice::from_ref(update)).await
-    }
-
-    async fn publish_many(&self, updates: &[PresenceUpdate]) -> Result<(), EngineError> {
+    /// One pipeline for the whole batch.
+    async fn publish(&self, updates: &[PresenceUpdate]) -> Result<(), EngineError> {
         let mut pipe = redis::pipe();
         for update in updates {
             self.add(&mut pipe, update)?;

@@ -29,7 +29,6 @@ use super::{Connected, EngineError, Lifetimes, PresenceStore};
 use crate::{
     id::Id,
     presence::{Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, Snapshot, Status, UserPresence},
-    protocol::payload::IndicatorKind,
     scope::Scope,
 };
 
@@ -402,32 +401,6 @@ impl PresenceStore for RedisPresence {
         let members: Vec<String> =
             conn.zrangebyscore(format!("{}group:{}", self.prefix, group), since, "+inf").await.map_err(unavailable)?;
         Ok(members.iter().filter_map(|m| Id::parse(m).ok()).collect())
-    }
-
-    async fn set_indicator(
-        &self,
-        group: &Id,
-        user: &Id,
-        kind: IndicatorKind,
-        ttl: Option<Duration>,
-    ) -> Result<(), EngineError> {
-        self.write_indicator(group, user, kind, ttl).await
-    }
-
-    async fn indicators(&self, group: &Id) -> Result<Vec<(IndicatorKind, Id)>, EngineError> {
-        self.read_indicators(group).await
-    }
-
-    async fn claim_orphaned_indicators(&self) -> Result<Vec<(Id, IndicatorKind, Id)>, EngineError> {
-        self.claim_orphaned_indicators().await
-    }
-
-    async fn take_floor(&self, channel: &str, holder: &SessionId, hold: Duration) -> Result<bool, EngineError> {
-        self.claim_floor(channel, holder, hold).await
-    }
-
-    async fn release_floor(&self, channel: &str, holder: &SessionId) -> Result<(), EngineError> {
-        self.drop_floor(channel, holder).await
     }
 
     /// A small write, so that refused writes (OOM under `noeviction`, READONLY after a

@@ -4,10 +4,16 @@
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use redis::{AsyncCommands, Script};
 
 use super::{RedisPresence, now_ms, unavailable};
-use crate::{engine::EngineError, id::Id, presence::SessionId, protocol::payload::IndicatorKind};
+use crate::{
+    engine::{EngineError, SignalStore},
+    id::Id,
+    presence::SessionId,
+    protocol::payload::IndicatorKind,
+};
 
 /// How long after its lapse an indicator whose router did not clear it is taken for
 /// orphaned (its router died) and its end announced by whichever router claims it. The
@@ -49,8 +55,11 @@ impl RedisPresence {
     fn floor_key(&self, channel: &str) -> String {
         format!("{}floor:{}", self.prefix, channel)
     }
+}
 
-    pub(super) async fn write_indicator(
+#[async_trait]
+impl SignalStore for RedisPresence {
+    async fn set_indicator(
         &self,
         group: &Id,
         user: &Id,
@@ -72,9 +81,10 @@ impl RedisPresence {
         Ok(())
     }
 
-    /// Claims the indicators whose router never cleared them, past their lapse and the
-    /// grace: (group, kind, user) each, to announce their end. Exactly one caller gets each.
-    pub(super) async fn claim_orphaned_indicators(&self) -> Result<Vec<(Id, IndicatorKind, Id)>, EngineError> {
+    /// Claims the indicators whose router never cleared them, past their lapse and
+    /// [`ORPHAN_GRACE`]; the script removes each one it returns, so exactly one caller
+    /// gets it.
+    async fn claim_orphaned_indicators(&self) -> Result<Vec<(Id, IndicatorKind, Id)>, EngineError> {
         let mut claimed = Vec::new();
         loop {
             let due: Vec<String> = self
@@ -98,7 +108,7 @@ impl RedisPresence {
         }
     }
 
-    pub(super) async fn read_indicators(&self, group: &Id) -> Result<Vec<(IndicatorKind, Id)>, EngineError> {
+    async fn indicators(&self, group: &Id) -> Result<Vec<(IndicatorKind, Id)>, EngineError> {
         let mut conn = self.conn.clone();
         let now = now_ms(&mut conn).await?;
         let members: Vec<String> =
@@ -108,12 +118,7 @@ impl RedisPresence {
         Ok(live)
     }
 
-    pub(super) async fn claim_floor(
-        &self,
-        channel: &str,
-        holder: &SessionId,
-        hold: Duration,
-    ) -> Result<bool, EngineError> {
+    async fn take_floor(&self, channel: &str, holder: &SessionId, hold: Duration) -> Result<bool, EngineError> {
         let granted: i64 = self
             .signals
             .floor_take
@@ -126,7 +131,7 @@ impl RedisPresence {
         Ok(granted == 1)
     }
 
-    pub(super) async fn drop_floor(&self, channel: &str, holder: &SessionId) -> Result<(), EngineError> {
+    async fn release_floor(&self, channel: &str, holder: &SessionId) -> Result<(), EngineError> {
         let _: i64 = self
             .signals
             .floor_release
