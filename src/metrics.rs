@@ -11,6 +11,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_process::Collector;
 
 use crate::{
+    engine::EngineError,
     presence::Cause,
     protocol::{message_type, payload::IndicatorKind},
 };
@@ -148,7 +149,10 @@ fn describe() {
         "Sessions replaced by a new session of the same user and device, by result: ended (it ended within 1 s), \
          gone (its connection had ended already) or timed_out (no word from its router within 1 s)."
     );
-    describe_counter!(ENGINE_ERRORS, "Presence store or broker calls that failed, by operation.");
+    describe_counter!(
+        ENGINE_ERRORS,
+        "Presence store or broker calls that failed, by operation and kind (unavailable: an outage; protocol, internal: a bug)."
+    );
     describe_gauge!(
         ENGINE_UP,
         "1 while the presence store answers, this router receives the broker's messages, and presence is rebuilt; 0 \
@@ -338,32 +342,6 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
             "replaced",
         ],
     );
-    each(
-        ENGINE_ERRORS,
-        "op",
-        &[
-            "activity",
-            "choice",
-            "connect",
-            "disconnect",
-            "expire",
-            "floor",
-            "group_members",
-            "heartbeat",
-            "indicator",
-            "indicators",
-            "linger",
-            "lookup",
-            "ping",
-            "probe",
-            "publish",
-            "regroup",
-            "relay",
-            "snapshot",
-            "status",
-            "subscription",
-        ],
-    );
     each(BROKER_MESSAGES, "kind", &["update", "relay", "expired", "invalid"]);
     each(BROKER_RESUBSCRIPTIONS, "reason", &["dropped", "silent"]);
     each(FLOOR_REQUESTS, "result", &["granted", "busy", "local_only"]);
@@ -373,6 +351,33 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
     each(ACCEPT_ERRORS, "kind", &["fd_limit", "memory", "aborted", "other"]);
     each(SNAPSHOTS, "source", &["new", "shared", "recent"]);
     each(SNAPSHOT_WAITS, "result", &["admitted", "timed_out"]);
+    let engine_ops = [
+        "activity",
+        "choice",
+        "connect",
+        "disconnect",
+        "expire",
+        "floor",
+        "group_members",
+        "heartbeat",
+        "indicator",
+        "indicators",
+        "linger",
+        "lookup",
+        "ping",
+        "probe",
+        "publish",
+        "regroup",
+        "relay",
+        "snapshot",
+        "status",
+        "subscription",
+    ];
+    for op in engine_ops {
+        for kind in EngineError::KINDS {
+            series.push((ENGINE_ERRORS, vec![("op", op), ("kind", kind)]));
+        }
+    }
     for route in crate::http::API_ROUTES {
         series.extend(API_STATUSES.iter().map(|status| (API_REQUESTS, vec![("route", route), ("status", *status)])));
     }

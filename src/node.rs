@@ -497,15 +497,20 @@ impl Node {
         let unended: Vec<Session> = self.unended().values().cloned().collect();
         for session in unended {
             let result = store!(self, disconnect(&session));
-            self.announce("disconnect", result).await?;
-            self.unended().remove(&session.id);
+            match self.announce("disconnect", result).await {
+                Err(e) if e.is_unavailable() => return Err(e),
+                // Ended; or a bug that would fail every retry alike: its lease lapses.
+                _ => self.unended().remove(&session.id),
+            };
         }
         let sessions: Vec<Session> = self.local().values().cloned().collect();
         let reasserted = sessions.len();
+        // Only an outage fails the resync: a session that meets a bug is left to it (its
+        // user is shown as the store has it) rather than keep the router degraded.
         let failures = stream::iter(sessions)
             .map(|session| async move { self.reassert(&session).await })
             .buffer_unordered(REASSERT_CONCURRENCY)
-            .filter(|r| std::future::ready(r.is_err()))
+            .filter(|r| std::future::ready(r.as_ref().is_err_and(EngineError::is_unavailable)))
             .count()
             .await;
         if failures > 0 {
@@ -537,11 +542,16 @@ impl Node {
         if self.is_degraded() { Err(EngineError::Unavailable("degraded".into())) } else { Ok(()) }
     }
 
-    /// Counts a failed store call and marks the node degraded.
+    /// Counts a failed store call, by operation and [kind](EngineError::kind). A store out
+    /// of reach marks the node degraded. Any other failure is a bug, logged at error, that
+    /// fails only this call: waiting degraded would not cure it, and the resync that ends
+    /// a degraded spell could meet it again and never finish.
     fn check<T>(&self, op: &'static str, result: Result<T, EngineError>) -> Result<T, EngineError> {
         if let Err(e) = &result {
-            ::metrics::counter!(metrics::ENGINE_ERRORS, "op" => op).increment(1);
-            if !self.degraded.swap(true, Ordering::Relaxed) {
+            ::metrics::counter!(metrics::ENGINE_ERRORS, "op" => op, "kind" => e.kind()).increment(1);
+            if !e.is_unavailable() {
+                tracing::error!(error = %e, op, kind = e.kind(), "presence engine call failed on a bug; not degrading");
+            } else if !self.degraded.swap(true, Ordering::Relaxed) {
                 ::metrics::gauge!(metrics::ENGINE_UP).set(0.0);
                 tracing::warn!(error = %e, op, "presence store unreachable; degraded until it answers");
             }
@@ -751,6 +761,17 @@ mod tests {
         shutdown.cancel();
         tracker.close();
         tracker.wait().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_an_unreachable_store_degrades_the_node() {
+        let node = memory_node(Duration::from_secs(60));
+        for bug in [EngineError::Protocol("a row of 3 fields".into()), EngineError::Internal("task gone".into())] {
+            assert!(node.check("lookup", Err::<(), _>(bug)).is_err(), "the call still fails");
+            assert!(!node.is_degraded(), "a bug is no outage: the router keeps serving");
+        }
+        let _ = node.check("lookup", Err::<(), _>(EngineError::Unavailable("connection refused".into())));
+        assert!(node.is_degraded());
     }
 
     #[tokio::test(start_paused = true)]

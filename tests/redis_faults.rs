@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Engine, Setup, map};
+use common::{Engine, Setup, map, prometheus::metric};
 use presence_router::protocol::message_type::{ACK, AUDIO, START, START_ACK, TEXT};
 use rmpv::Value;
 use tokio::time::Instant;
@@ -175,4 +175,39 @@ async fn write_failures_read_as_degraded_and_heal_without_ghosts() {
         view.apply(&dashboard.next_frame().await);
     }
     drop(stayers);
+}
+
+/// A key that is not what the scripts keep there (a string where a user's meta hash should
+/// be: another application writing under the prefix, a bad migration) is a fault in that
+/// user's data, not an outage: that user's calls fail, counted as `kind="protocol"`, and
+/// the router keeps serving everyone else, undegraded. Taken for an outage, it would
+/// degrade the router for good: every resync re-asserts that user's session and meets the
+/// same key.
+#[tokio::test]
+async fn a_key_of_the_wrong_type_fails_its_users_calls_without_degrading_the_router() {
+    let setup = Setup::new(Engine::Redis).await;
+    let router = setup.router(&[]).await;
+    let mut redis = setup.redis.as_ref().unwrap().client().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET").arg("presence:meta:broken").arg("not a hash").query_async(&mut redis).await.unwrap();
+
+    let token = presence_router::auth::mint_hs256_in(
+        common::SECRET.as_bytes(),
+        "broken",
+        presence_router::auth::Role::Mobile,
+        Some(&["crew"]),
+        3600,
+    )
+    .unwrap();
+    let mut broken = common::Client::connect(router.addr, &token, Some("device")).await;
+    assert_eq!(broken.next_error().await["code"].as_str(), Some("presence_unavailable"));
+    let metrics = router.metrics().await;
+    assert_eq!(metric(&metrics, r#"presence_engine_errors_total{op="connect",kind="protocol"}"#), Some(1), "{metrics}");
+    assert!(metrics.contains("presence_engine_up 1"), "{metrics}");
+    assert_eq!(common::http(router.addr, "GET", "/healthz", &[], "").await.0, 200);
+
+    let (mut dashboard, _) = router.dashboard("desk").await;
+    let _fine = router.mobile_in("fine", &["crew"]).await;
+    common::assert_update(&dashboard.next_update().await, "fine", "online");
+    let (status, body) = router.post_status(r#"{"userIds": ["fine"]}"#).await;
+    assert_eq!((status, body["users"][0]["status"].as_str()), (200, Some("online")), "{body}");
 }

@@ -38,11 +38,41 @@ pub struct Lifetimes {
     pub away_after: Duration,
 }
 
+/// Why an engine call failed. Only [`EngineError::Unavailable`] is an outage, which the
+/// router waits out degraded (see [`crate::node::Node`]); the other kinds are bugs that
+/// waiting would not cure: they fail the call and are logged and counted.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
-    /// The backing store cannot be reached; presence calls fail, connections stay up.
+    /// The store cannot be reached, or refuses to serve now (down, hung, out of memory, a
+    /// read-only replica): presence calls fail, connections stay up.
     #[error("presence store unavailable: {0}")]
     Unavailable(String),
+    /// The store answered something the engine does not expect (a reply of another shape,
+    /// a script that failed): the engine and its store disagree.
+    #[error("unexpected reply from the presence store: {0}")]
+    Protocol(String),
+    /// The engine failed on its own (a value it could not encode, a task of its own gone).
+    #[error("presence engine failure: {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    /// Every [`EngineError::kind`], for the metric's label values.
+    pub const KINDS: [&'static str; 3] = ["unavailable", "protocol", "internal"];
+
+    /// The kind, as the `kind` label of `presence_engine_errors_total` has it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EngineError::Unavailable(_) => "unavailable",
+            EngineError::Protocol(_) => "protocol",
+            EngineError::Internal(_) => "internal",
+        }
+    }
+
+    /// Whether the store is out of reach (rather than the engine at fault).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, EngineError::Unavailable(_))
+    }
 }
 
 /// What registering a new session did.

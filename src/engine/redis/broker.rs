@@ -24,9 +24,8 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
-    Connection,
+    Connection, classify,
     subscriber::{Receiving, Sinks, spawn_subscriber},
-    unavailable,
 };
 use crate::{
     engine::{Broker, BrokerEvents, EngineError},
@@ -112,8 +111,9 @@ async fn publish_relayed(
             pipe.publish(&channel, message).ignore();
         }
         if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-            ::metrics::counter!(metrics::ENGINE_ERRORS, "op" => "relay").increment(1);
-            tracing::debug!(error = %e, "relayed frames lost: Redis unreachable");
+            let error = classify(e);
+            ::metrics::counter!(metrics::ENGINE_ERRORS, "op" => "relay", "kind" => error.kind()).increment(1);
+            tracing::debug!(%error, "relayed frames lost");
         }
         if closing.is_cancelled() && queue.is_empty() {
             return;
@@ -132,7 +132,7 @@ impl RedisBroker {
 
     /// Adds one update's two PUBLISHes (`updates` and `online`/`offline`) to `pipe`.
     fn add(&self, pipe: &mut redis::Pipeline, update: &PresenceUpdate) -> Result<(), EngineError> {
-        let json = serde_json::to_string(update).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let json = serde_json::to_string(update).map_err(|e| EngineError::Internal(e.to_string()))?;
         let status_channel = if update.presence.status.is_online() { "online" } else { "offline" };
         pipe.publish(format!("{}updates", self.prefix), &json).ignore();
         pipe.publish(format!("{}{status_channel}", self.prefix), &json).ignore();
@@ -148,7 +148,7 @@ impl Broker for RedisBroker {
         for update in updates {
             self.add(&mut pipe, update)?;
         }
-        pipe.query_async::<()>(&mut self.conn.clone()).await.map_err(unavailable)
+        pipe.query_async::<()>(&mut self.conn.clone()).await.map_err(classify)
     }
 
     async fn flush(&self) {

@@ -9,6 +9,7 @@
 
 mod broker;
 mod connection;
+mod errors;
 mod gaps;
 mod renewals;
 mod signals;
@@ -18,12 +19,13 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use redis::{
-    AsyncCommands, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisError, Script,
-    ScriptInvocation, aio::ConnectionManagerConfig,
+    AsyncCommands, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Script, ScriptInvocation,
+    aio::ConnectionManagerConfig,
 };
 
 pub use broker::RedisBroker;
 pub use connection::Connection;
+use errors::classify;
 
 use super::{Connected, EngineError, Lifetimes, PresenceStore};
 use crate::{
@@ -84,13 +86,9 @@ pub struct RedisPresence {
     renewals: renewals::Renewals,
 }
 
-fn unavailable(e: RedisError) -> EngineError {
-    EngineError::Unavailable(e.to_string())
-}
-
 /// Redis' clock in Unix ms: the one clock the scripts use.
 async fn now_ms(conn: &mut Connection) -> Result<u64, EngineError> {
-    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.map_err(unavailable)?;
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.map_err(classify)?;
     Ok(secs * 1000 + micros / 1000)
 }
 
@@ -160,7 +158,7 @@ impl RedisPresence {
         call.arg(self.lifetimes.ttl.as_millis() as u64).arg(if replace { "1" } else { "0" });
         session_args(&mut call, session);
         let (row, replaced): (Option<Row>, Option<String>) =
-            call.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+            call.invoke_async(&mut self.conn.clone()).await.map_err(classify)?;
         Ok(Connected { update: row.map(parse_row).transpose()?, replaced: replaced.map(SessionId::from) })
     }
 
@@ -186,7 +184,7 @@ impl RedisPresence {
                 "lastActivity",
             ]);
         }
-        let rows: Vec<MetaRow> = pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        let rows: Vec<MetaRow> = pipe.query_async(&mut self.conn.clone()).await.map_err(classify)?;
         Ok(users.iter().zip(rows).map(|(user, row)| presence_of(user, row)).collect())
     }
 }
@@ -246,7 +244,7 @@ fn split_groups(joined: Option<&str>) -> Groups {
 type Row = Vec<Option<String>>;
 
 fn parse_row(row: Row) -> Result<PresenceUpdate, EngineError> {
-    let bad = || EngineError::Unavailable("unexpected reply from a presence script".into());
+    let bad = || EngineError::Protocol("a presence script's transition is not the row it should be".into());
     let [user, status, version, last_seen, device_id, cause, now, seq, groups, text, last_activity]: [Option<String>;
         11] = row.try_into().map_err(|_| bad())?;
     let number = |v: Option<String>| v.and_then(|s| s.parse::<u64>().ok());
@@ -294,22 +292,19 @@ impl PresenceStore for RedisPresence {
             .arg(session.device_id.as_deref().unwrap_or(""))
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(classify)?;
         row.map(parse_row).transpose()
     }
 
     async fn activity(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
         let row: Option<Row> =
-            self.on_session(&self.activity, session).invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+            self.on_session(&self.activity, session).invoke_async(&mut self.conn.clone()).await.map_err(classify)?;
         row.map(parse_row).transpose()
     }
 
     async fn disconnect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
-        let row: Option<Row> = self
-            .on_session(&self.disconnect, session)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
+        let row: Option<Row> =
+            self.on_session(&self.disconnect, session).invoke_async(&mut self.conn.clone()).await.map_err(classify)?;
         row.map(parse_row).transpose()
     }
 
@@ -319,7 +314,7 @@ impl PresenceStore for RedisPresence {
             .arg(grace.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(classify)?;
         Ok(())
     }
 
@@ -332,7 +327,7 @@ impl PresenceStore for RedisPresence {
                 .arg(self.lifetimes.away_after.as_millis() as u64)
                 .invoke_async(&mut self.conn.clone())
                 .await
-                .map_err(unavailable)?;
+                .map_err(classify)?;
             for row in rows {
                 updates.push(parse_row(row)?);
             }
@@ -345,7 +340,7 @@ impl PresenceStore for RedisPresence {
     async fn online(&self) -> Result<Snapshot, EngineError> {
         let mut conn = self.conn.clone();
         let watermark = now_ms(&mut conn).await?;
-        let ids: Vec<String> = conn.zrange(format!("{}deadlines", self.prefix), 0, -1).await.map_err(unavailable)?;
+        let ids: Vec<String> = conn.zrange(format!("{}deadlines", self.prefix), 0, -1).await.map_err(classify)?;
         let ids: Vec<Id> = ids.iter().filter_map(|id| Id::parse(id).ok()).collect();
         let mut users = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(SNAPSHOT_BATCH) {
@@ -361,7 +356,7 @@ impl PresenceStore for RedisPresence {
             .arg("text")
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(classify)?;
         Ok(mode.as_deref().and_then(Mode::parse).map(|mode| Choice { mode, text: text.map(Arc::from) }))
     }
 
@@ -379,9 +374,13 @@ impl PresenceStore for RedisPresence {
             Some(groups) => call.arg(groups.len()).arg(groups.iter().map(Id::as_str).collect::<Vec<_>>()),
         };
         call.arg(users.iter().map(Id::as_str).collect::<Vec<_>>());
-        let rows: Vec<Option<MetaRow>> = call.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        let rows: Vec<Option<MetaRow>> = call.invoke_async(&mut self.conn.clone()).await.map_err(classify)?;
         if rows.len() != users.len() {
-            return Err(EngineError::Unavailable("unexpected reply from the lookup script".into()));
+            return Err(EngineError::Protocol(format!(
+                "the lookup script answered {} rows for {} users",
+                rows.len(),
+                users.len()
+            )));
         }
         Ok(users
             .iter()
@@ -399,7 +398,7 @@ impl PresenceStore for RedisPresence {
         let Lifetimes { ttl, last_seen, .. } = self.lifetimes;
         let since = now_ms(&mut conn).await?.saturating_sub((last_seen + ttl).as_millis() as u64);
         let members: Vec<String> =
-            conn.zrangebyscore(format!("{}group:{}", self.prefix, group), since, "+inf").await.map_err(unavailable)?;
+            conn.zrangebyscore(format!("{}group:{}", self.prefix, group), since, "+inf").await.map_err(classify)?;
         Ok(members.iter().filter_map(|m| Id::parse(m).ok()).collect())
     }
 
@@ -413,7 +412,7 @@ impl PresenceStore for RedisPresence {
             .arg(10_000)
             .query_async::<()>(&mut self.conn.clone())
             .await
-            .map_err(unavailable)
+            .map_err(classify)
     }
 }
 

@@ -11,7 +11,7 @@
 use redis::Script;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Connection, Row, parse_row, session_args, unavailable};
+use super::{Connection, Row, classify, parse_row, session_args};
 use crate::{
     engine::EngineError,
     presence::{PresenceUpdate, Session},
@@ -49,7 +49,7 @@ impl Renewals {
     /// Renews one session's lease; the transition, if the session had lapsed.
     pub async fn renew(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
         let (reply, answer) = oneshot::channel();
-        let gone = || EngineError::Unavailable("the renewal task stopped".into());
+        let gone = || EngineError::Internal("the renewal task stopped".into());
         self.queue.send((session.clone(), reply)).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
@@ -81,7 +81,7 @@ impl Batcher {
         for (session, _) in batch {
             session_args(&mut call, session);
         }
-        let rows: Vec<(usize, Row)> = call.invoke_async(&mut self.conn).await.map_err(unavailable)?;
+        let rows: Vec<(usize, Row)> = call.invoke_async(&mut self.conn).await.map_err(classify)?;
         let mut results: Vec<Result<Option<PresenceUpdate>, EngineError>> = vec![Ok(None); batch.len()];
         for (index, row) in rows {
             if let Some(slot) = index.checked_sub(1).and_then(|i| results.get_mut(i)) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::{AsyncCommands, Script};
 
-use super::{RedisPresence, now_ms, unavailable};
+use super::{RedisPresence, classify, now_ms};
 use crate::{
     engine::{EngineError, SignalStore},
     id::Id,
@@ -77,7 +77,7 @@ impl SignalStore for RedisPresence {
             .arg(ORPHAN_GRACE.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(classify)?;
         Ok(())
     }
 
@@ -95,7 +95,7 @@ impl SignalStore for RedisPresence {
                 .arg(LAPSE_BATCH)
                 .invoke_async(&mut self.conn.clone())
                 .await
-                .map_err(unavailable)?;
+                .map_err(classify)?;
             let full = due.len() == LAPSE_BATCH;
             claimed.extend(due.iter().filter_map(|indexed| {
                 let (group, member) = indexed.split_once('\n')?;
@@ -112,7 +112,7 @@ impl SignalStore for RedisPresence {
         let mut conn = self.conn.clone();
         let now = now_ms(&mut conn).await?;
         let members: Vec<String> =
-            conn.zrangebyscore(self.indicators_key(group), format!("({now}"), "+inf").await.map_err(unavailable)?;
+            conn.zrangebyscore(self.indicators_key(group), format!("({now}"), "+inf").await.map_err(classify)?;
         let mut live: Vec<(IndicatorKind, Id)> = members.iter().filter_map(|m| parse_member(m)).collect();
         live.sort();
         Ok(live)
@@ -127,7 +127,7 @@ impl SignalStore for RedisPresence {
             .arg(hold.as_millis().max(1) as u64)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(classify)?;
         Ok(granted == 1)
     }
 
@@ -139,7 +139,7 @@ impl SignalStore for RedisPresence {
             .arg(holder.as_str())
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(classify)?;
         Ok(())
     }
 }
