@@ -639,11 +639,17 @@ pub fn session(user: &str, n: u64) -> presence_router::presence::Session {
 
 /// The Redis store itself (no router) on the Redis at `port`, with leases of `ttl`.
 pub async fn redis_store(port: u16, ttl: Duration) -> presence_router::engine::redis::RedisPresence {
-    use presence_router::engine::{
-        Lifetimes,
-        redis::{RedisConfig, RedisPresence},
-    };
+    let away_after = Duration::from_secs(3600);
+    redis_store_with(port, presence_router::engine::Lifetimes { ttl, last_seen: Duration::from_secs(3600), away_after })
+        .await
+}
+
+/// [`redis_store`] with every lifetime given.
+pub async fn redis_store_with(
+    port: u16,
+    lifetimes: presence_router::engine::Lifetimes,
+) -> presence_router::engine::redis::RedisPresence {
+    use presence_router::engine::redis::{RedisConfig, RedisPresence};
     let config = RedisConfig { host: "127.0.0.1".into(), port, password: None, prefix: "presence:".into() };
-    let lifetimes = Lifetimes { ttl, last_seen: Duration::from_secs(3600), away_after: Duration::from_secs(3600) };
     RedisPresence::connect(&config, lifetimes).await.unwrap()
 }
