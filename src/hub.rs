@@ -1,6 +1,6 @@
 //! The router's local view of cluster presence, and the fan-out to its dashboards.
 //!
-//! The broker delivers every transition here. The hub keeps the newest version it has
+//! Every transition the broker delivers comes here (through [`crate::fanout`]). The hub keeps the newest version it has
 //! seen per user and drops anything older (updates cross routers out of order), numbers each accepted change with a
 //! sequence number, encodes its frame once, and puts it on a bounded broadcast ring that
 //! every dashboard reads. The ring's size bounds memory however slow a dashboard is: a
@@ -438,8 +438,9 @@ impl Hub {
         let _ = self.events.send(HubEvent::Resync);
     }
 
-    /// Asks the node to rebuild the view from the store: a broker calls this once its
-    /// subscription is (re)established, since messages sent meanwhile are lost.
+    /// Asks the node to rebuild the view from the store: the broker asks for it (through
+    /// [`crate::fanout`]) once its subscription is (re)established, since messages sent
+    /// meanwhile are lost.
     pub fn request_resync(&self) {
         self.resync.notify_one();
     }

@@ -13,12 +13,21 @@
 //!   issuer, lifetime), the issuer's key set ([`auth::jwks`]: fetched, cached, re-fetched
 //!   on rotation within a bound) and where a handshake carries its credentials.
 //! - [`scope`]: which users a token may read, the same rule on every path.
-//! - [`engine`]: the [`PresenceStore`](engine::PresenceStore) (leases, transitions) and
-//!   [`Broker`](engine::Broker) (transport of transitions) traits and their implementations.
+//! - [`engine`]: the seam to where presence lives: the stores of state with a lifetime,
+//!   [`PresenceStore`](engine::PresenceStore) (leases, transitions) and
+//!   [`SignalStore`](engine::SignalStore) (indicators, floors), and the
+//!   [`Broker`](engine::Broker) (transient events between routers), which delivers into a
+//!   [`BrokerEvents`](engine::BrokerEvents) handler; memory and Redis implementations of
+//!   each. The engine knows nothing of the hub or the relay.
+//! - [`transient`]: the messages the broker carries besides transitions (relayed frames
+//!   and their audiences, session control) and their wire encoding.
+//! - [`fanout`]: this router's side of the seam: the [`BrokerEvents`](engine::BrokerEvents)
+//!   handler that hands what the broker delivers to the hub, the relay and the sweeper.
 //! - [`hub`]: this router's versioned view of presence and the fan-out to dashboards.
 //! - [`relay`]: delivery of transient frames (PTT, TEXT, indicators) to local connections,
 //!   and of the replacement of a session by a reconnect of its device.
-//! - [`node`]: composes engine and hub; publishes transitions; sweeps expired leases.
+//! - [`node`]: composes engine and fan-out; publishes transitions; sweeps expired leases;
+//!   degrades while the store is out of reach (and only then).
 //! - [`renewals`]: heartbeats handed off by connections, renewed in the background.
 //! - [`ws`]: the WebSocket handshake, the RFC 6455 framing and socket (budgets, close
 //!   handshake, no buffer held while idle) and the per-connection task.

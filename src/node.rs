@@ -455,7 +455,7 @@ impl Node {
         }
     }
 
-    /// Users' presence as `scope` reads it; see [`PresenceStore::lookup`].
+    /// Users' presence as `scope` reads it; see [`PresenceStore::lookup`](crate::engine::PresenceStore::lookup).
     pub async fn lookup(&self, users: &[Id], scope: &Scope) -> Result<Vec<UserPresence>, EngineError> {
         let result = store!(self, lookup(users, scope));
         self.check("lookup", result)

@@ -1,14 +1,22 @@
 //! The engine: where presence lives and how changes travel between routers.
 //!
-//! Two traits, as in centrifuge: the [`PresenceStore`] holds state with a lifetime
-//! (session leases, per-user versions, last seen) and decides *transitions*; the
-//! [`Broker`] carries transitions, transient and fire-and-forget, to every router, and
-//! delivers them into the [`BrokerEvents`] handler the router implements. Each has an
-//! in-memory implementation (one router, `make run`) and a Redis one (a cluster of routers).
+//! Presence, state with a lifetime, is kept apart from the broker, which carries transient
+//! events; each is a trait with an in-memory implementation (one router, `make run`) and a
+//! Redis one (a cluster of routers), as in centrifuge:
+//! - [`PresenceStore`]: session leases, per-user versions, last seen, chosen statuses. It
+//!   decides *transitions*.
+//! - [`SignalStore`]: group activity that lives seconds: indicators and PTT floors.
+//! - [`Broker`]: transitions, relayed frames and session messages between routers,
+//!   fire-and-forget. It delivers what it receives into the [`BrokerEvents`] handler the
+//!   router implements ([`crate::fanout`]), so no engine depends on the router's fan-out.
 //!
 //! A transition is returned by exactly one store call: the one that flipped the user. Only
 //! that caller publishes it, which is what makes "exactly one offline per transition"
-//! hold however many routers sweep for expired leases.
+//! hold however many routers sweep for expired leases. `tests/store_contract.rs` runs the
+//! same cases against every store.
+//!
+//! A failed call says why ([`EngineError`]): the store out of reach, which the router
+//! waits out degraded, or a bug (an unexpected reply), which fails the call alone.
 
 mod memory;
 pub mod redis;

@@ -82,7 +82,7 @@ impl SignalStore for RedisPresence {
     }
 
     /// Claims the indicators whose router never cleared them, past their lapse and
-    /// [`ORPHAN_GRACE`]; the script removes each one it returns, so exactly one caller
+    /// `ORPHAN_GRACE`; the script removes each one it returns, so exactly one caller
     /// gets it.
     async fn claim_orphaned_indicators(&self) -> Result<Vec<(Id, IndicatorKind, Id)>, EngineError> {
         let mut claimed = Vec::new();
