@@ -18,8 +18,22 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// A router that reaches Redis only through `proxy`.
-async fn router_behind(proxy: &TcpProxy) -> Router {
-    Router::start(&["--redis-host", "127.0.0.1", "--redis-port", &proxy.port.to_string()]).await
+/// Routers A (straight to Redis) and B (through a TCP proxy that can black-hole its
+/// flows), sharing one Redis.
+async fn a_and_b_behind_a_proxy() -> (Setup, TcpProxy, Router, Router) {
+    let setup = Setup::new(Engine::Redis).await;
+    let proxy = TcpProxy::start(setup.redis.as_ref().unwrap().port).await;
+    let a = setup.router(&[]).await;
+    let b = Router::start(&["--redis-host", "127.0.0.1", "--redis-port", &proxy.port.to_string()]).await;
+    (setup, proxy, a, b)
+}
+
+/// A dashboard on `router`, and the view its snapshot shows.
+async fn watch(router: &Router) -> (common::Client, View) {
+    let (dashboard, snapshot) = router.dashboard("desk").await;
+    let mut view = View::default();
+    view.apply(&snapshot);
+    (dashboard, view)
 }
 
 async fn health(router: &Router) -> u16 {
@@ -41,13 +55,8 @@ async fn await_view(dashboard: &mut common::Client, view: &mut View, online: &[&
 /// 5 s of the cut; relayed frames from A reach B's users again.
 #[tokio::test]
 async fn a_black_holed_subscription_is_noticed_and_the_view_rebuilt() {
-    let setup = Setup::new(Engine::Redis).await;
-    let proxy = TcpProxy::start(setup.redis.as_ref().unwrap().port).await;
-    let a = setup.router(&[]).await;
-    let b = router_behind(&proxy).await;
-    let (mut dashboard, snapshot) = b.dashboard("desk").await;
-    let mut view = View::default();
-    view.apply(&snapshot);
+    let (_setup, proxy, a, b) = a_and_b_behind_a_proxy().await;
+    let (mut dashboard, mut view) = watch(&b).await;
     let mut member = b.mobile_in("member", &["crew"]).await;
     let mut sender = a.mobile_in("sender", &["crew"]).await;
     await_view(&mut dashboard, &mut view, &["member", "sender"], Instant::now() + common::WAIT).await;
@@ -76,13 +85,8 @@ async fn a_black_holed_subscription_is_noticed_and_the_view_rebuilt() {
 /// the router is healthy again.
 #[tokio::test]
 async fn a_subscription_that_stays_black_holed_reads_as_degraded_until_it_resumes() {
-    let setup = Setup::new(Engine::Redis).await;
-    let proxy = TcpProxy::start(setup.redis.as_ref().unwrap().port).await;
-    let a = setup.router(&[]).await;
-    let b = router_behind(&proxy).await;
-    let (mut dashboard, snapshot) = b.dashboard("desk").await;
-    let mut view = View::default();
-    view.apply(&snapshot);
+    let (_setup, proxy, a, b) = a_and_b_behind_a_proxy().await;
+    let (mut dashboard, mut view) = watch(&b).await;
 
     proxy.black_hole_new_subscriptions(true);
     assert_eq!(proxy.black_hole_subscriptions(), 1);
@@ -104,13 +108,8 @@ async fn a_subscription_that_stays_black_holed_reads_as_degraded_until_it_resume
 /// minutes). Users connecting on it afterwards are seen by the other router.
 #[tokio::test]
 async fn a_black_holed_command_connection_is_replaced() {
-    let setup = Setup::new(Engine::Redis).await;
-    let proxy = TcpProxy::start(setup.redis.as_ref().unwrap().port).await;
-    let a = setup.router(&[]).await;
-    let b = router_behind(&proxy).await;
-    let (mut dashboard, snapshot) = a.dashboard("desk").await;
-    let mut view = View::default();
-    view.apply(&snapshot);
+    let (_setup, proxy, a, b) = a_and_b_behind_a_proxy().await;
+    let (mut dashboard, mut view) = watch(&a).await;
 
     assert!(proxy.black_hole_commands() >= 1);
     eventually("B to notice the silence", || async { health(&b).await == 503 }).await;
@@ -132,9 +131,7 @@ async fn cut_connections_are_retried_without_errors_degradation_or_resyncs() {
     let setup = Setup::new(Engine::Redis).await;
     let router = setup.router(&["--heartbeat-min-interval-ms", "0"]).await;
     let mut redis = setup.redis.as_ref().unwrap().client().get_multiplexed_async_connection().await.unwrap();
-    let (mut dashboard, snapshot) = router.dashboard("desk").await;
-    let mut view = View::default();
-    view.apply(&snapshot);
+    let (mut dashboard, mut view) = watch(&router).await;
     let mut talker = router.mobile_in("talker", &["crew"]).await;
     let mut mobiles = Vec::new();
     for i in 0..HEARTBEATERS {
