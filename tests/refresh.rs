@@ -11,7 +11,7 @@ use common::{Client, Engine, SECRET, Setup, assert_update, map};
 use presence_router::{
     auth::Role,
     presence::unix_ms,
-    protocol::message_type::{ACK, ERROR, REFRESH, TEXT},
+    protocol::message_type::{ACK, AUDIO, ERROR, REFRESH, START, START_ACK, STOP, TEXT},
 };
 use rmpv::Value;
 
@@ -153,7 +153,32 @@ async fn a_refresh_repeating_a_group_still_drops_the_others(engine: Engine) {
     assert_eq!(users, ["mover"]);
 }
 
+/// A private talk ends when the talker's refresh leaves the group it shared with the
+/// listener: the listener gets STOP (`not_a_member`), and the talker's next AUDIO and a new
+/// START are checked against the new groups.
+async fn a_refresh_leaving_the_shared_group_ends_a_private_talk(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let router = setup.router(&[]).await;
+    let mut listener = router.mobile_in("listener", &["crew"]).await;
+    let mut talker =
+        Client::connect(router.addr, &lasting("talker", Role::Mobile, Some(&["crew", "depot"])), Some("d")).await;
+    talker.sync("talker").await;
+    talker.send_frame(1, START, "talker", "listener", map(&[])).await;
+    talker.expect(START_ACK).await;
+    listener.expect_relayed(START, "talker", "listener").await;
+
+    let ack = refresh(&mut talker, "talker", &lasting("talker", Role::Mobile, Some(&["depot"]))).await;
+    assert_eq!(ack[1].as_u64(), Some(ACK.into()), "{ack}");
+    let stop = listener.expect_relayed(STOP, "talker", "listener").await;
+    assert_eq!(stop[5]["reason"].as_str(), Some("not_a_member"), "{stop}");
+    for (message_type, payload) in [(AUDIO, Value::Binary(vec![1, 2, 3])), (START, map(&[]))] {
+        talker.send_frame(1, message_type, "talker", "listener", payload).await;
+        assert_eq!(talker.next_error().await["code"].as_str(), Some("not_allowed"));
+    }
+}
+
 on_both_engines!(
+    a_refresh_leaving_the_shared_group_ends_a_private_talk,
     an_expired_token_closes_the_connection_with_4001,
     a_refresh_keeps_the_connection_past_the_old_expiry,
     a_refused_refresh_leaves_the_old_expiry,

@@ -3,7 +3,8 @@
 //!
 //! The new token must be valid and name the same user and role. It replaces the old one
 //! at once: its expiry, and its groups. New groups move everything the groups decide: a
-//! mobile's memberships (relayed frames, the floor and indicators in groups it left end,
+//! mobile's memberships (relayed frames, the floor and indicators in groups it left end, a
+//! private talk ends when any group was left,
 //! and its user's groups become the union over its live sessions with these, a transition
 //! dashboards of the old and the new groups both see when the union changed); a watcher's
 //! scope (it gets a fresh snapshot for the new scope).
@@ -42,18 +43,18 @@ impl Connection {
         self.expires_at = expiry(claims.exp);
         let groups = claims.groups.clone().map(Groups::from);
         if !same_groups(groups.as_deref(), self.groups.as_deref()) {
-            self.groups = groups;
+            let before = std::mem::replace(&mut self.groups, groups);
             self.scope = Scope::of(&claims);
             self.rescoped = true;
-            if let Some(exit) = self.regroup(socket).await {
+            if let Some(exit) = self.regroup(socket, before.as_deref().unwrap_or_default()).await {
                 return Err(exit);
             }
         }
         self.ack(socket, frame).await
     }
 
-    /// Applies new token groups: see the module documentation.
-    async fn regroup(&mut self, socket: &mut Socket) -> Option<Exit> {
+    /// Applies new token groups, replacing `before`: see the module documentation.
+    async fn regroup(&mut self, socket: &mut Socket, before: &[Id]) -> Option<Exit> {
         let groups = self.groups.clone().unwrap_or_default();
         if let Some(session) = self.session.as_mut() {
             session.groups = groups.clone();
@@ -61,7 +62,15 @@ impl Connection {
             for (kind, group) in left {
                 self.end_indicator(kind, group).await;
             }
-            if self.talk.as_ref().and_then(|talk| talk.group()).is_some_and(|group| !groups.contains(group)) {
+            // A talk ends in a group left; on a private channel, when any group was left,
+            // since the group shared with the listener may be among them (a new START
+            // checks it again).
+            let lost_any = before.iter().any(|group| !groups.contains(group));
+            let talk_ends = self.talk.as_ref().is_some_and(|talk| match talk.group() {
+                Some(group) => !groups.contains(group),
+                None => lost_any,
+            });
+            if talk_ends {
                 self.end_talk(Some("not_a_member")).await;
             }
             if let Some(session) = self.tracked() {
