@@ -113,8 +113,7 @@ impl Cost<'_> {
 /// `rate_limited` and `Retry-After`. The one call each API handler makes after `authorize`.
 pub fn charge(app: &App, claims: &Claims, cost: Cost<'_>) -> Result<(), ApiError> {
     let key = (claims.role.as_str(), claims.sub.clone());
-    let ids = cost.ids(app.api_limiter.burst());
-    let Err(wait) = app.api_limiter.charge(key, ids, Instant::now()) else {
+    let Err(wait) = app.api_limiter.spend(key, &cost, Instant::now()) else {
         return Ok(());
     };
     ::metrics::counter!(metrics::API_RATE_LIMITED, "route" => cost.route()).increment(1);
@@ -184,6 +183,20 @@ impl ApiLimiter {
     /// Ids a full bucket holds; `u32::MAX` when unlimited.
     pub fn burst(&self) -> u32 {
         self.budget.map_or(u32::MAX, |b| b.burst)
+    }
+
+    /// Spends what `cost` costs from `key`'s bucket at `now`; `Err(wait)` until the request
+    /// would fit. A group read refused for its participants beyond the first
+    /// [`GROUP_COST`] has spent those already, and its retry spends them again: its wait
+    /// is for both, so that the retry fits.
+    fn spend(&self, key: Key, cost: &Cost<'_>, now: Instant) -> Result<(), Duration> {
+        let ids = cost.ids(self.burst());
+        let Err(wait) = self.charge(key.clone(), ids, now) else { return Ok(()) };
+        match cost {
+            // A refused charge spends nothing: this only reads the longer wait.
+            Cost::GroupBeyond(_) => Err(self.charge(key, ids.saturating_add(GROUP_COST), now).err().unwrap_or(wait)),
+            _ => Err(wait),
+        }
     }
 
     /// Spends `ids` from `key`'s bucket at `now`; `Err(wait)` when it holds too few, `wait`
@@ -289,6 +302,22 @@ mod tests {
         let limiter = ApiLimiter::new(10, 50);
         assert_eq!(limiter.charge(key("a"), 100, Instant::now()), Ok(()));
         assert_eq!(limiter.charge(key("a"), 1, Instant::now()), Err(Duration::from_millis(100)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_group_read_refused_beyond_its_first_ids_waits_for_its_whole_retry() {
+        let limiter = ApiLimiter::new(100, 200);
+        let (group, beyond) = (Cost::Group, Cost::GroupBeyond(150));
+        assert_eq!(limiter.spend(key("a"), &group, Instant::now()), Ok(()));
+        assert_eq!(limiter.spend(key("a"), &beyond, Instant::now()), Ok(()));
+        // 50 ids left; 60 more come back: the up-front 100 passes, the other 50 do not.
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert_eq!(limiter.spend(key("a"), &group, Instant::now()), Ok(()));
+        let wait = limiter.spend(key("a"), &beyond, Instant::now()).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(1400), "150 ids from the 10 left, not 50");
+        tokio::time::advance(wait).await;
+        assert_eq!(limiter.spend(key("a"), &group, Instant::now()), Ok(()));
+        assert_eq!(limiter.spend(key("a"), &beyond, Instant::now()), Ok(()), "the retry fits");
     }
 
     #[tokio::test(start_paused = true)]
