@@ -80,22 +80,19 @@ impl App {
         let sweep_now = Arc::new(Notify::new());
         let relay = Arc::new(Relay::default());
         let router_id = new_router_id();
-        let engine = match &config.redis_host {
+        let redis = config.redis()?;
+        let redis_at = redis.as_ref().map(RedisConfig::address);
+        let engine = match redis {
             None => Engine {
                 name: "memory",
                 store: Arc::new(MemoryPresence::new(config.lifetimes())),
                 broker: Arc::new(MemoryBroker::new(hub.clone())),
             },
-            Some(host) => {
-                let redis = RedisConfig {
-                    host: host.clone(),
-                    port: config.redis_port,
-                    password: config.redis_password.clone(),
-                    prefix: config.redis_prefix.clone(),
-                };
+            Some(redis) => {
+                let at = redis.address();
                 let store = RedisPresence::connect(&redis, config.lifetimes())
                     .await
-                    .with_context(|| format!("connecting to Redis at {host}:{}", config.redis_port))?;
+                    .with_context(|| format!("connecting to Redis at {at}"))?;
                 let broker = RedisBroker::new(store.connection(), redis.prefix.clone(), router_id.clone());
                 let sinks = Sinks {
                     hub: hub.clone(),
@@ -118,7 +115,7 @@ impl App {
                     .await
                     .ok()
                     .and_then(Result::ok)
-                    .with_context(|| format!("subscribing to Redis at {host}:{}", config.redis_port))?;
+                    .with_context(|| format!("subscribing to Redis at {at}"))?;
                 Engine { name: "redis", store: Arc::new(store), broker: Arc::new(broker) }
             }
         };
@@ -132,6 +129,7 @@ impl App {
         node.start(shutdown.clone(), &tracker).await.context("starting the presence engine")?;
         tracing::info!(
             engine = node.engine_name(),
+            redis = redis_at,
             router = node.router_id(),
             ttl = config.presence_ttl,
             "presence engine started"

@@ -1,5 +1,6 @@
 //! Configuration: command-line flags, each also read from an environment variable
-//! (`PORT`, `PRESENCE_ENABLED`, `PRESENCE_TTL`, `REDIS_*`, `JWT_*`).
+//! (`PORT`, `PRESENCE_ENABLED`, `PRESENCE_TTL`, `REDIS_*`, `JWT_*`). A variable set to
+//! nothing counts as unset ([`Config::load`]).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -7,12 +8,14 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context;
 use clap::{
-    ArgAction, Parser,
+    ArgAction, CommandFactory, FromArgMatches, Parser,
     builder::{BoolishValueParser, RangedU64ValueParser},
 };
+use redis::{ConnectionAddr, IntoConnectionInfo};
 
-use crate::engine::Lifetimes;
+use crate::engine::{Lifetimes, redis::RedisConfig};
 
 /// `--max-connections` when not set: more than one process holds open files on most
 /// machines, so the open-file limit usually decides (see `fds`).
@@ -46,15 +49,40 @@ pub struct Config {
     #[arg(long, env = "LAST_SEEN_SECS", default_value_t = 30 * 24 * 3600)]
     pub last_seen_secs: u64,
 
-    /// Redis host; without it the router runs alone with the embedded in-memory engine.
+    /// The Redis server as a URL: `redis://[user[:password]@]host[:port][/db]`, or
+    /// `rediss://` for TLS (the server's certificate checked against the system's roots, or
+    /// `--redis-ca-cert`). Instead of `--redis-host`, `--redis-port` and `--redis-db`;
+    /// `--redis-username` and `--redis-password` may add credentials the URL leaves out.
+    /// Without it or `--redis-host`, the router runs alone with the embedded engine.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, conflicts_with_all = ["redis_host", "redis_port", "redis_db"])]
+    pub redis_url: Option<String>,
+
+    /// Redis host name or address (plain TCP; for TLS use `--redis-url rediss://…`).
+    /// Without it or `--redis-url`, the router runs alone with the embedded engine.
     #[arg(long, env = "REDIS_HOST")]
     pub redis_host: Option<String>,
 
+    /// Port of `--redis-host`.
     #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
     pub redis_port: u16,
 
+    /// Database number `--redis-host` selects. Keys are kept apart by database, Pub/Sub
+    /// channels are not: deployments sharing one Redis need different `--redis-prefix`es.
+    #[arg(long, env = "REDIS_DB", default_value_t = 0)]
+    pub redis_db: u32,
+
+    /// ACL user to log in as (Redis 6 and later). Unset: the `default` user.
+    #[arg(long, env = "REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+
+    /// Password of that user (`requirepass` for the `default` user).
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
+
+    /// PEM file of the certificate authority (or the self-signed certificate) that a
+    /// `rediss://` server's certificate must chain to, instead of the system's roots.
+    #[arg(long, env = "REDIS_CA_CERT")]
+    pub redis_ca_cert: Option<PathBuf>,
 
     /// Prefix of every Redis key and Pub/Sub channel.
     #[arg(long, env = "REDIS_PREFIX", default_value = "presence:")]
@@ -310,6 +338,79 @@ fn non_empty_name(name: &str) -> Result<String, String> {
 }
 
 impl Config {
+    /// Parses the command line and the environment; on an error, prints clap's message and
+    /// exits. A variable set to nothing (or only spaces), as `VAR=` in a compose file or a
+    /// template left blank, counts as unset: the flag's default applies. Except
+    /// `JWT_SECRET`: an empty secret is refused with its own message, never read as unset.
+    pub fn load() -> Config {
+        let blank = |arg: &clap::Arg| {
+            let value = arg.get_env().and_then(std::env::var_os);
+            arg.get_id() != "jwt_secret" && value.is_some_and(|v| v.to_str().is_some_and(|v| v.trim().is_empty()))
+        };
+        let mut command =
+            Config::command().mut_args(|arg| if blank(&arg) { arg.env(None::<&'static str>) } else { arg });
+        let mut matches = command.try_get_matches_from_mut(std::env::args_os()).unwrap_or_else(|e| e.exit());
+        Config::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.format(&mut command).exit())
+    }
+
+    /// Where the Redis engine connects, from `--redis-url` or `--redis-host` and the
+    /// credential flags; `None` for the embedded engine. Errors name the flag at fault and
+    /// never echo the URL, which may hold a password.
+    pub fn redis(&self) -> anyhow::Result<Option<RedisConfig>> {
+        let server = match (&self.redis_url, &self.redis_host) {
+            (None, None) => return Ok(None),
+            (Some(url), _) => url.as_str().into_connection_info().map_err(|e| {
+                anyhow::anyhow!(
+                    "--redis-url (REDIS_URL) is not a Redis URL: {e}; expected \
+                     redis://[user[:password]@]host[:port][/db] or rediss://…"
+                )
+            })?,
+            (None, Some(host)) => {
+                let server = ConnectionAddr::Tcp(host.clone(), self.redis_port).into_connection_info()?;
+                let settings = server.redis_settings().clone().set_db(self.redis_db.into());
+                server.set_redis_settings(settings)
+            }
+        };
+        let mut settings = server.redis_settings().clone();
+        if let Some(username) = &self.redis_username {
+            anyhow::ensure!(
+                settings.username().is_none(),
+                "the Redis user is named twice: in --redis-url and --redis-username"
+            );
+            settings = settings.set_username(username);
+        }
+        if let Some(password) = &self.redis_password {
+            anyhow::ensure!(
+                settings.password().is_none(),
+                "the Redis password is given twice: in --redis-url and --redis-password"
+            );
+            settings = settings.set_password(password);
+        }
+        let server = server.set_redis_settings(settings);
+        let root_cert = match &self.redis_ca_cert {
+            None => None,
+            Some(path) => {
+                anyhow::ensure!(
+                    matches!(server.addr(), ConnectionAddr::TcpTls { .. }),
+                    "--redis-ca-cert is for a TLS connection: give a rediss:// --redis-url"
+                );
+                let pem = std::fs::read(path).with_context(|| format!("reading --redis-ca-cert {}", path.display()))?;
+                anyhow::ensure!(
+                    String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----"),
+                    "--redis-ca-cert {}: no PEM certificate in it",
+                    path.display()
+                );
+                Some(pem)
+            }
+        };
+        let redis = RedisConfig { server, root_cert, prefix: self.redis_prefix.clone() };
+        if let Some(path) = &self.redis_ca_cert {
+            // Parsed now: a broken file is named, not reported as a failed connection.
+            redis.client().with_context(|| format!("--redis-ca-cert {}", path.display()))?;
+        }
+        Ok(Some(redis))
+    }
+
     /// What every token's claims must meet: `--jwt-audience`, `--jwt-issuer`,
     /// `--max-token-lifetime`.
     pub fn token_rules(&self) -> crate::auth::Rules {
@@ -381,6 +482,42 @@ mod tests {
         assert_eq!((c.port, c.presence_ttl, c.presence_enabled, c.redis_port), (3000, 60, true, 6379));
         assert_eq!(c.heartbeat_min_interval(), Duration::from_secs(10));
         assert!(c.redis_host.is_none());
+    }
+
+    #[test]
+    fn redis_is_named_by_a_url_or_by_its_parts_never_both() {
+        let redis = |extra: &[&str]| {
+            let config = Config::try_parse_from([&["presence-router", "--jwt-secret", "s"], extra].concat())?;
+            Ok::<_, anyhow::Error>(config.redis()?.map(|r| {
+                let settings = r.server.redis_settings();
+                let tls = matches!(r.server.addr(), ConnectionAddr::TcpTls { .. });
+                (r.address(), tls, settings.db(), settings.username().map(str::to_owned), settings.password().is_some())
+            }))
+        };
+        assert_eq!(redis(&[]).unwrap(), None, "the embedded engine");
+        assert_eq!(
+            redis(&["--redis-url", "rediss://router:p%40ss@redis.internal:6380/2"]).unwrap(),
+            Some(("redis.internal:6380".into(), true, 2, Some("router".into()), true))
+        );
+        assert_eq!(
+            redis(&["--redis-host", "10.0.0.5", "--redis-db", "3", "--redis-username", "u", "--redis-password", "p"])
+                .unwrap(),
+            Some(("10.0.0.5:6379".into(), false, 3, Some("u".into()), true))
+        );
+        let credentials_beside = redis(&["--redis-url", "redis://h", "--redis-password", "p"]).unwrap();
+        assert_eq!(credentials_beside, Some(("h:6379".into(), false, 0, None, true)));
+
+        for both in [&["--redis-host", "h"][..], &["--redis-port", "1"], &["--redis-db", "1"]] {
+            let e = redis(&[&["--redis-url", "redis://h"][..], both].concat()).unwrap_err();
+            let e = e.downcast::<clap::Error>().unwrap();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{both:?}");
+        }
+        let e = redis(&["--redis-url", "redis://a:b@h", "--redis-username", "c"]).unwrap_err();
+        assert!(e.to_string().contains("named twice"), "{e}");
+        let e = redis(&["--redis-url", "redis://h", "--redis-ca-cert", "ca.pem"]).unwrap_err();
+        assert!(e.to_string().contains("rediss://"), "{e}");
+        let e = redis(&["--redis-url", "mysql://root:hunter2@h"]).unwrap_err();
+        assert!(e.to_string().contains("not a Redis URL") && !e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]

@@ -1,14 +1,13 @@
 //! The router binary: config, logging, metrics, signals, then [`presence_router::run`].
 
 use anyhow::Context;
-use clap::Parser;
 use presence_router::{app::App, config::Config};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut config = Config::parse();
+    let mut config = Config::load();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(|| LogWriter)
