@@ -230,7 +230,8 @@ async fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
             let pem = std::fs::read(path).with_context(|| format!("reading JWT public key {}", path.display()))?;
             let algorithm = Algorithm::from_str(&config.jwt_algorithm)
                 .with_context(|| format!("JWT algorithm {}", config.jwt_algorithm))?;
-            Authenticator::public_key(&pem, algorithm)?
+            Authenticator::public_key(&pem, algorithm)
+                .with_context(|| format!("JWT public key {} ({algorithm:?})", path.display()))?
         }
         (None, None, Some(source)) => Authenticator::key_set(Jwks::load(source, config.jwks_timing()).await?),
         (None, None, None) => anyhow::bail!("set JWT_SECRET, JWT_PUBLIC_KEY, JWT_JWKS_URL or JWT_JWKS_FILE"),
