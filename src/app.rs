@@ -80,22 +80,19 @@ impl App {
         let fanout = Arc::new(FanOut::new(hub, Arc::new(Relay::default())));
         let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
         let router_id = new_router_id();
-        let engine = match &config.redis_host {
+        let redis = config.redis()?;
+        let redis_at = redis.as_ref().map(RedisConfig::address);
+        let engine = match redis {
             None => Engine::new(
                 "memory",
                 Arc::new(MemoryPresence::new(config.lifetimes())),
                 Arc::new(MemoryBroker::new(fanout.clone())),
             ),
-            Some(host) => {
-                let redis = RedisConfig {
-                    host: host.clone(),
-                    port: config.redis_port,
-                    password: config.redis_password.clone(),
-                    prefix: config.redis_prefix.clone(),
-                };
+            Some(redis) => {
+                let at = redis.address();
                 let store = RedisPresence::connect(&redis, config.lifetimes())
                     .await
-                    .with_context(|| format!("connecting to Redis at {host}:{}", config.redis_port))?;
+                    .with_context(|| format!("connecting to Redis at {at}"))?;
                 let broker = RedisBroker::new(store.connection(), redis.prefix.clone(), router_id.clone());
                 let subscribed = broker.subscribe(redis.client()?, fanout.clone(), shutdown.clone(), &tracker);
                 // The first snapshot is read after the subscription stands: no update falls
@@ -104,7 +101,7 @@ impl App {
                     .await
                     .ok()
                     .and_then(Result::ok)
-                    .with_context(|| format!("subscribing to Redis at {host}:{}", config.redis_port))?;
+                    .with_context(|| format!("subscribing to Redis at {at}"))?;
                 Engine::new("redis", Arc::new(store), Arc::new(broker))
             }
         };
@@ -118,6 +115,7 @@ impl App {
         node.start(shutdown.clone(), &tracker).await.context("starting the presence engine")?;
         tracing::info!(
             engine = node.engine_name(),
+            redis = redis_at,
             router = node.router_id(),
             ttl = config.presence_ttl,
             "presence engine started"
@@ -218,7 +216,8 @@ async fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
             let pem = std::fs::read(path).with_context(|| format!("reading JWT public key {}", path.display()))?;
             let algorithm = Algorithm::from_str(&config.jwt_algorithm)
                 .with_context(|| format!("JWT algorithm {}", config.jwt_algorithm))?;
-            Authenticator::public_key(&pem, algorithm)?
+            Authenticator::public_key(&pem, algorithm)
+                .with_context(|| format!("JWT public key {} ({algorithm:?})", path.display()))?
         }
         (None, None, Some(source)) => Authenticator::key_set(Jwks::load(source, config.jwks_timing()).await?),
         (None, None, None) => anyhow::bail!("set JWT_SECRET, JWT_PUBLIC_KEY, JWT_JWKS_URL or JWT_JWKS_FILE"),

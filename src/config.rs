@@ -1,5 +1,6 @@
 //! Configuration: command-line flags, each also read from an environment variable
-//! (`PORT`, `PRESENCE_ENABLED`, `PRESENCE_TTL`, `REDIS_*`, `JWT_*`).
+//! (`PORT`, `PRESENCE_ENABLED`, `PRESENCE_TTL`, `REDIS_*`, `JWT_*`). A variable set to
+//! nothing counts as unset ([`Config::load`]).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -7,68 +8,51 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context;
 use clap::{
-    ArgAction, Parser,
+    ArgAction, CommandFactory, FromArgMatches, Parser,
     builder::{BoolishValueParser, RangedU64ValueParser},
 };
+use redis::{ConnectionAddr, IntoConnectionInfo};
 
-use crate::engine::Lifetimes;
+use crate::{
+    engine::{Lifetimes, redis::RedisConfig},
+    logging::LogFormat,
+};
 
 /// `--max-connections` when not set: more than one process holds open files on most
 /// machines, so the open-file limit usually decides (see `fds`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 
+/// Every flag, under the heading `--help` lists it with (`help_heading`); fields are in
+/// that order.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "presence-router", version, about = "msgpack-over-WebSocket presence router for push-to-talk fleets")]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    #[arg(help_heading = "Network")]
     pub host: IpAddr,
 
     /// Port for WebSocket and HTTP (0 picks a free one; the bound address is printed).
     #[arg(long, env = "PORT", default_value_t = 3000)]
+    #[arg(help_heading = "Network")]
     pub port: u16,
 
-    /// Serve `/metrics` on this address only (e.g. `127.0.0.1:9100`), and answer 404 for it
-    /// on the public port. Unset: `/metrics` is on the public port.
-    #[arg(long, env = "METRICS_ADDR")]
-    pub metrics_addr: Option<SocketAddr>,
+    /// Peers whose `X-Forwarded-For` (else `X-Real-IP`) names the client the per-address
+    /// budget keys on: comma-separated CIDRs or addresses, or `none`. Any other peer is
+    /// keyed on its own address and its forwarding headers are ignored. Default: loopback
+    /// and the private ranges, where a proxy in front of the router sits.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = crate::server::DEFAULT_TRUSTED_PROXIES)]
+    #[arg(help_heading = "Network")]
+    pub trusted_proxies: crate::server::TrustedProxies,
 
-    /// Track presence at all; when false, heartbeats are ignored and the presence API answers 503.
-    #[arg(long, env = "PRESENCE_ENABLED", default_value_t = true, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
-    pub presence_enabled: bool,
-
-    /// Seconds a session stays online without a heartbeat.
-    #[arg(long, env = "PRESENCE_TTL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub presence_ttl: u64,
-
-    /// Seconds an offline user's last seen is kept (30 days).
-    #[arg(long, env = "LAST_SEEN_SECS", default_value_t = 30 * 24 * 3600)]
-    pub last_seen_secs: u64,
-
-    /// Redis host; without it the router runs alone with the embedded in-memory engine.
-    #[arg(long, env = "REDIS_HOST")]
-    pub redis_host: Option<String>,
-
-    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
-    pub redis_port: u16,
-
-    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
-    pub redis_password: Option<String>,
-
-    /// Prefix of every Redis key and Pub/Sub channel.
-    #[arg(long, env = "REDIS_PREFIX", default_value = "presence:")]
-    pub redis_prefix: String,
-
-    /// On shutdown, sessions stay online this long so clients can reconnect to another
-    /// router without flashing offline; those that do not come back go offline after it.
-    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 15_000)]
-    pub shutdown_grace_ms: u64,
-
-    /// After Redis comes back, sweeping waits this long so every router can re-assert
-    /// its sessions before lapsed leases are announced offline.
-    #[arg(long, env = "RECOVERY_GRACE_MS", default_value_t = 3_000)]
-    pub recovery_grace_ms: u64,
+    /// SO_SNDBUF for client sockets in bytes (default: kernel autotuning, up to 4 MiB on
+    /// Linux). A smaller value bounds kernel memory per slow client and makes a stalled
+    /// reader show up as a stalled write sooner.
+    #[arg(long, env = "TCP_SEND_BUFFER")]
+    #[arg(help_heading = "Network")]
+    pub tcp_send_buffer: Option<u32>,
 
     /// HS256 secret that signs client tokens. An empty one is refused: anyone could sign
     /// tokens with it. Shorter than 32 bytes starts with a warning: it can be guessed
@@ -80,14 +64,17 @@ pub struct Config {
         required_unless_present_any = ["jwt_public_key", "jwt_jwks_url", "jwt_jwks_file"],
         value_parser = non_empty_secret
     )]
+    #[arg(help_heading = "Tokens")]
     pub jwt_secret: Option<String>,
 
     /// PEM public key of the token issuer, for asymmetric algorithms (instead of a secret).
     #[arg(long, env = "JWT_PUBLIC_KEY", conflicts_with = "jwt_secret")]
+    #[arg(help_heading = "Tokens")]
     pub jwt_public_key: Option<PathBuf>,
 
     /// Algorithm for --jwt-public-key: RS256, RS384, RS512, PS256, ES256, ES384, EdDSA.
     #[arg(long, env = "JWT_ALGORITHM", default_value = "RS256")]
+    #[arg(help_heading = "Tokens")]
     pub jwt_algorithm: String,
 
     /// URL of the token issuer's key set (JWKS), e.g. Keycloak's
@@ -100,21 +87,25 @@ pub struct Config {
         conflicts_with_all = ["jwt_secret", "jwt_public_key", "jwt_jwks_file"],
         value_parser = crate::auth::jwks::parse_url
     )]
+    #[arg(help_heading = "Tokens")]
     pub jwt_jwks_url: Option<reqwest::Url>,
 
     /// A key set (JWKS) in a file, read like --jwt-jwks-url (and read again on the same
     /// schedule, so a rotated file is picked up). Must be readable at start.
     #[arg(long, env = "JWT_JWKS_FILE", conflicts_with_all = ["jwt_secret", "jwt_public_key"])]
+    #[arg(help_heading = "Tokens")]
     pub jwt_jwks_file: Option<PathBuf>,
 
     /// Seconds a fetched key set is used before it is fetched again (5 minutes).
     #[arg(long, env = "JWT_JWKS_CACHE_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    #[arg(help_heading = "Tokens")]
     pub jwt_jwks_cache_secs: u64,
 
     /// Least seconds between two fetches of the key set, whatever asks for them: a token
     /// naming a key the set lacks (a rotation) fetches it again only this long after the
     /// last fetch, so made-up `kid`s cannot make the router hammer the identity provider.
     #[arg(long, env = "JWT_JWKS_MIN_REFETCH_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    #[arg(help_heading = "Tokens")]
     pub jwt_jwks_min_refetch_secs: u64,
 
     /// Audiences this router accepts in a token's `aud`, comma-separated: a token must name
@@ -122,31 +113,28 @@ pub struct Config {
     /// (`token_audience_not_configured`), since it was issued for some service and this
     /// router cannot tell it is that one.
     #[arg(long, env = "JWT_AUDIENCE", value_delimiter = ',', value_parser = non_empty_name)]
+    #[arg(help_heading = "Tokens")]
     pub jwt_audience: Vec<String>,
 
     /// Issuers this router accepts in a token's `iss`, comma-separated: a token must name
     /// one of them exactly. Unset: `iss` is not read.
     #[arg(long, env = "JWT_ISSUER", value_delimiter = ',', value_parser = non_empty_name)]
+    #[arg(help_heading = "Tokens")]
     pub jwt_issuer: Vec<String>,
 
     /// Longest token lifetime accepted, in seconds from issue (`iat`) to expiry (`exp`);
     /// longer tokens, and tokens without `iat`, are refused. Bounds how long a leaked token
     /// stays useful whatever expiry its issuer gave it. Unset: no limit.
     #[arg(long, env = "MAX_TOKEN_LIFETIME", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(help_heading = "Tokens")]
     pub max_token_lifetime: Option<u64>,
 
     /// Most WebSocket connections at once; more are refused with 503. Lowered at start to
     /// what the open-file limit leaves after `--max-handshakes` and `--fd-reserve` (with a
     /// warning in the log).
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    #[arg(help_heading = "Connection limits")]
     pub max_connections: usize,
-
-    /// Milliseconds a client may take to send a request's headers before its connection is
-    /// closed. The same clock runs while a keep-alive connection waits for its next
-    /// request, so this is also the idle timeout of plain HTTP keep-alive. Bounds how long
-    /// a slow or silent client (slowloris) holds a socket before it upgrades.
-    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub header_read_timeout_ms: u64,
 
     /// Most TCP connections still speaking HTTP at once on the public port: WebSocket
     /// handshakes in progress and keep-alive API connections. At the cap the connection
@@ -157,6 +145,7 @@ pub struct Config {
     /// do not count (`--max-connections` caps those). Default: 1024, or a quarter of the
     /// open-file limit when that is less (at least 16).
     #[arg(long, env = "MAX_HANDSHAKES", value_parser = RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
+    #[arg(help_heading = "Connection limits")]
     pub max_handshakes: Option<usize>,
 
     /// File descriptors kept beside WebSockets and handshakes: Redis connections, the
@@ -165,88 +154,85 @@ pub struct Config {
     /// `/healthz`, `/metrics` and the API still answer. Default: 128, or an eighth of the
     /// open-file limit when that is less (at least 32).
     #[arg(long, env = "FD_RESERVE")]
+    #[arg(help_heading = "Connection limits")]
     pub fd_reserve: Option<usize>,
+
+    /// Milliseconds a client may take to send a request's headers before its connection is
+    /// closed. The same clock runs while a keep-alive connection waits for its next
+    /// request, so this is also the idle timeout of plain HTTP keep-alive. Bounds how long
+    /// a slow or silent client (slowloris) holds a socket before it upgrades.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(help_heading = "Connection limits")]
+    pub header_read_timeout_ms: u64,
 
     /// New connections per second per client address (IPv6: per /64), checked right after
     /// the accept, before any HTTP is parsed or token verified; through a trusted proxy,
     /// requests per second per client it names. Over it: 429 `address_rate_limited` with
     /// `Retry-After`. Addresses in `--trusted-proxies` are not budgeted. 0: no limit.
     #[arg(long, env = "ADDRESS_CONNECT_RATE", default_value_t = 50)]
+    #[arg(help_heading = "Connection limits")]
     pub address_connect_rate: u32,
 
     /// Connections a client address may open at once before `--address-connect-rate`
     /// applies: room for a NAT full of phones reconnecting after a restart.
     #[arg(long, env = "ADDRESS_CONNECT_BURST", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(help_heading = "Connection limits")]
     pub address_connect_burst: u32,
 
     /// After a WebSocket is closed 4029 (flooding), new connections from its client address
     /// are refused for this long: 429 `address_penalized` with `Retry-After`. Open
     /// connections are not touched. 0: no penalty; at most a day.
     #[arg(long, env = "ABUSE_PENALTY_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    #[arg(help_heading = "Connection limits")]
     pub abuse_penalty_ms: u64,
-
-    /// Peers whose `X-Forwarded-For` (else `X-Real-IP`) names the client the per-address
-    /// budget keys on: comma-separated CIDRs or addresses, or `none`. Any other peer is
-    /// keyed on its own address and its forwarding headers are ignored. Default: loopback
-    /// and the private ranges, where a proxy in front of the router sits.
-    #[arg(long, env = "TRUSTED_PROXIES", default_value = crate::server::DEFAULT_TRUSTED_PROXIES)]
-    pub trusted_proxies: crate::server::TrustedProxies,
-
-    /// HTTP API budget per user (token subject and role), in user ids per second: a bulk
-    /// request costs the ids it asks for, a user lookup 1, a group read 100. Over it the API
-    /// answers 429 `rate_limited` with `Retry-After`. 0: no limit.
-    #[arg(long, env = "API_IDS_PER_SECOND", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
-    pub api_ids_per_second: u32,
-
-    /// Ids a user may spend at once before the rate applies. At least 100, so the largest
-    /// request fits. Default: five seconds' worth of `--api-ids-per-second`, at least 100.
-    #[arg(long, env = "API_IDS_BURST", value_parser = clap::value_parser!(u32).range(100..))]
-    pub api_ids_burst: Option<u32>,
 
     /// Largest inbound WebSocket message in bytes; larger ones close the connection (1009).
     #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    #[arg(help_heading = "WebSocket limits")]
     pub max_frame_bytes: usize,
 
     /// Inbound frames per second per connection (token bucket rate): room for 20 ms audio
     /// frames (50/s) plus the rest.
     #[arg(long, env = "FRAME_RATE", default_value_t = 100)]
+    #[arg(help_heading = "WebSocket limits")]
     pub frame_rate: u32,
 
     /// Inbound frame burst per connection; a connection that keeps sending past it is closed (4029).
     /// Every WebSocket frame counts: pings, pongs, text and continuation fragments too.
     #[arg(long, env = "FRAME_BURST", default_value_t = 200)]
+    #[arg(help_heading = "WebSocket limits")]
     pub frame_burst: u32,
-
-    /// Milliseconds a client may take to finish a frame (or a fragmented message) once it
-    /// has begun it; past that the connection is closed (1008). Bounds how long a client
-    /// can park a buffer of up to `--max-frame-bytes` in the router.
-    #[arg(long, env = "FRAME_TIMEOUT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub frame_timeout_ms: u64,
 
     /// Inbound payload bytes per second per connection (token bucket rate; the burst is
     /// four times `--max-frame-bytes`). A frame past it is dropped, and a connection
     /// whose frames keep being dropped is closed (4029).
     #[arg(long, env = "BYTE_RATE", default_value_t = 256 * 1024)]
+    #[arg(help_heading = "WebSocket limits")]
     pub byte_rate: u32,
 
-    /// Heartbeats closer together than this are acknowledged but not written to the
-    /// store. Defaults to a sixth of the TTL.
-    #[arg(long, env = "HEARTBEAT_MIN_INTERVAL_MS")]
-    pub heartbeat_min_interval_ms: Option<u64>,
+    /// Milliseconds a client may take to finish a frame (or a fragmented message) once it
+    /// has begun it; past that the connection is closed (1008). Bounds how long a client
+    /// can park a buffer of up to `--max-frame-bytes` in the router.
+    #[arg(long, env = "FRAME_TIMEOUT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(help_heading = "WebSocket limits")]
+    pub frame_timeout_ms: u64,
+
+    /// Longest a single write to a client may take before it is dropped as a slow consumer.
+    #[arg(long, env = "WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(help_heading = "WebSocket limits")]
+    pub write_timeout_ms: u64,
 
     /// Changes a dashboard may fall behind before it is closed as a slow consumer (4008).
     #[arg(long, env = "DASHBOARD_QUEUE", default_value_t = 8192)]
+    #[arg(help_heading = "WebSocket limits")]
     pub dashboard_queue: usize,
 
     /// Dashboards wait this long after a change to send it with everything else that
     /// changed meanwhile, in one write (batched updates). 0: send at once,
     /// batching only what is already queued. The ring must hold a window's worth.
     #[arg(long, env = "UPDATE_BATCH_MS", default_value_t = 0)]
+    #[arg(help_heading = "WebSocket limits")]
     pub update_batch_ms: u64,
-
-    /// Longest a single write to a client may take before it is dropped as a slow consumer.
-    #[arg(long, env = "WRITE_TIMEOUT_MS", default_value_t = 10_000)]
-    pub write_timeout_ms: u64,
 
     /// MiB of snapshot frames held at once: those dashboards have not finished writing and
     /// the per-scope cache, each frame counted once however many dashboards share it. A
@@ -255,40 +241,146 @@ pub struct Config {
     /// (100k-user) snapshots at once; a single snapshot larger than the budget is still
     /// sent while nothing else is held.
     #[arg(long, env = "SNAPSHOT_MEMORY_MB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    #[arg(help_heading = "WebSocket limits")]
     pub snapshot_memory_mb: u64,
 
-    /// SO_SNDBUF for client sockets in bytes (default: kernel autotuning, up to 4 MiB on
-    /// Linux). A smaller value bounds kernel memory per slow client and makes a stalled
-    /// reader show up as a stalled write sooner.
-    #[arg(long, env = "TCP_SEND_BUFFER")]
-    pub tcp_send_buffer: Option<u32>,
+    /// HTTP API budget per user (token subject and role), in user ids per second: a bulk
+    /// request costs the ids it asks for, a user lookup 1, a group read 100. Over it the API
+    /// answers 429 `rate_limited` with `Retry-After`. 0: no limit.
+    #[arg(long, env = "API_IDS_PER_SECOND", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
+    #[arg(help_heading = "HTTP API limits")]
+    pub api_ids_per_second: u32,
+
+    /// Ids a user may spend at once before the rate applies. At least 100, so the largest
+    /// request fits. Default: five seconds' worth of `--api-ids-per-second`, at least 100.
+    #[arg(long, env = "API_IDS_BURST", value_parser = clap::value_parser!(u32).range(100..))]
+    #[arg(help_heading = "HTTP API limits")]
+    pub api_ids_burst: Option<u32>,
+
+    /// Track presence at all; when false, heartbeats are ignored and the presence API answers 503.
+    #[arg(long, env = "PRESENCE_ENABLED", default_value_t = true, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    #[arg(help_heading = "Presence")]
+    pub presence_enabled: bool,
+
+    /// Seconds a session stays online without a heartbeat.
+    #[arg(long, env = "PRESENCE_TTL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    #[arg(help_heading = "Presence")]
+    pub presence_ttl: u64,
+
+    /// Heartbeats closer together than this are acknowledged but not written to the
+    /// store. Defaults to a sixth of the TTL.
+    #[arg(long, env = "HEARTBEAT_MIN_INTERVAL_MS")]
+    #[arg(help_heading = "Presence")]
+    pub heartbeat_min_interval_ms: Option<u64>,
 
     /// How often expired leases are swept.
     #[arg(long, env = "SWEEP_INTERVAL_MS", default_value_t = 250)]
+    #[arg(help_heading = "Presence")]
     pub sweep_interval_ms: u64,
+
+    /// Seconds an offline user's last seen is kept (30 days).
+    #[arg(long, env = "LAST_SEEN_SECS", default_value_t = 30 * 24 * 3600)]
+    #[arg(help_heading = "Presence")]
+    pub last_seen_secs: u64,
 
     /// Inactivity after which an `online` user is shown `away` (5 minutes).
     #[arg(long, env = "AWAY_AFTER_MS", default_value_t = 5 * 60 * 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(help_heading = "Presence")]
     pub away_after_ms: u64,
 
     /// Lifetime of a typing indicator without a refresh (5 s).
     #[arg(long, env = "TYPING_TTL_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(help_heading = "Presence")]
     pub typing_ttl_ms: u64,
 
     /// Lifetime of a recording indicator without a refresh (30 s).
     #[arg(long, env = "RECORDING_TTL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(help_heading = "Presence")]
     pub recording_ttl_ms: u64,
+
+    /// On shutdown, sessions stay online this long so clients can reconnect to another
+    /// router without flashing offline; those that do not come back go offline after it.
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 15_000)]
+    #[arg(help_heading = "Presence")]
+    pub shutdown_grace_ms: u64,
+
+    /// Longest PTT transmission: the floor is taken back after this (and the talking
+    /// indicator, which lives as long as the floor, ends with it).
+    #[arg(long, env = "MAX_TALK_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(help_heading = "Push-to-talk")]
+    pub max_talk_ms: u64,
 
     /// Private channels (START, AUDIO, TEXT to one user) only between users who share a
     /// group; otherwise ERROR `not_allowed` and nothing is relayed. Off: any user may call
     /// any other.
     #[arg(long, env = "PRIVATE_NEEDS_SHARED_GROUP", default_value_t = true, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    #[arg(help_heading = "Push-to-talk")]
     pub private_needs_shared_group: bool,
 
-    /// Longest PTT transmission: the floor is taken back after this (and the talking
-    /// indicator, which lives as long as the floor, ends with it).
-    #[arg(long, env = "MAX_TALK_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_talk_ms: u64,
+    /// The Redis server as a URL: `redis://[user[:password]@]host[:port][/db]`, or
+    /// `rediss://` for TLS (the server's certificate checked against the system's roots, or
+    /// `--redis-ca-cert`). Instead of `--redis-host`, `--redis-port` and `--redis-db`;
+    /// `--redis-username` and `--redis-password` may add credentials the URL leaves out.
+    /// Without it or `--redis-host`, the router runs alone with the embedded engine.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, conflicts_with_all = ["redis_host", "redis_port", "redis_db"])]
+    #[arg(help_heading = "Redis")]
+    pub redis_url: Option<String>,
+
+    /// Redis host name or address (plain TCP; for TLS use `--redis-url rediss://…`).
+    /// Without it or `--redis-url`, the router runs alone with the embedded engine.
+    #[arg(long, env = "REDIS_HOST")]
+    #[arg(help_heading = "Redis")]
+    pub redis_host: Option<String>,
+
+    /// Port of `--redis-host`.
+    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
+    #[arg(help_heading = "Redis")]
+    pub redis_port: u16,
+
+    /// Database number `--redis-host` selects. Keys are kept apart by database, Pub/Sub
+    /// channels are not: deployments sharing one Redis need different `--redis-prefix`es.
+    #[arg(long, env = "REDIS_DB", default_value_t = 0)]
+    #[arg(help_heading = "Redis")]
+    pub redis_db: u32,
+
+    /// ACL user to log in as (Redis 6 and later). Unset: the `default` user.
+    #[arg(long, env = "REDIS_USERNAME")]
+    #[arg(help_heading = "Redis")]
+    pub redis_username: Option<String>,
+
+    /// Password of that user (`requirepass` for the `default` user).
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    #[arg(help_heading = "Redis")]
+    pub redis_password: Option<String>,
+
+    /// PEM file of the certificate authority (or the self-signed certificate) that a
+    /// `rediss://` server's certificate must chain to, instead of the system's roots.
+    #[arg(long, env = "REDIS_CA_CERT")]
+    #[arg(help_heading = "Redis")]
+    pub redis_ca_cert: Option<PathBuf>,
+
+    /// Prefix of every Redis key and Pub/Sub channel.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "presence:")]
+    #[arg(help_heading = "Redis")]
+    pub redis_prefix: String,
+
+    /// After Redis comes back, sweeping waits this long so every router can re-assert
+    /// its sessions before lapsed leases are announced offline.
+    #[arg(long, env = "RECOVERY_GRACE_MS", default_value_t = 3_000)]
+    #[arg(help_heading = "Redis")]
+    pub recovery_grace_ms: u64,
+
+    /// Format of the log on standard error: `text`, or `json` (one object per line, for log
+    /// collectors). Levels and modules are chosen with `RUST_LOG` (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(help_heading = "Observability")]
+    pub log_format: LogFormat,
+
+    /// Serve `/metrics` on this address only (e.g. `127.0.0.1:9100`), and answer 404 for it
+    /// on the public port. Unset: `/metrics` is on the public port.
+    #[arg(long, env = "METRICS_ADDR")]
+    #[arg(help_heading = "Observability")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Refuses an empty or all-whitespace JWT secret, from the flag or the environment.
@@ -310,6 +402,79 @@ fn non_empty_name(name: &str) -> Result<String, String> {
 }
 
 impl Config {
+    /// Parses the command line and the environment; on an error, prints clap's message and
+    /// exits. A variable set to nothing (or only spaces), as `VAR=` in a compose file or a
+    /// template left blank, counts as unset: the flag's default applies. Except
+    /// `JWT_SECRET`: an empty secret is refused with its own message, never read as unset.
+    pub fn load() -> Config {
+        let blank = |arg: &clap::Arg| {
+            let value = arg.get_env().and_then(std::env::var_os);
+            arg.get_id() != "jwt_secret" && value.is_some_and(|v| v.to_str().is_some_and(|v| v.trim().is_empty()))
+        };
+        let mut command =
+            Config::command().mut_args(|arg| if blank(&arg) { arg.env(None::<&'static str>) } else { arg });
+        let mut matches = command.try_get_matches_from_mut(std::env::args_os()).unwrap_or_else(|e| e.exit());
+        Config::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.format(&mut command).exit())
+    }
+
+    /// Where the Redis engine connects, from `--redis-url` or `--redis-host` and the
+    /// credential flags; `None` for the embedded engine. Errors name the flag at fault and
+    /// never echo the URL, which may hold a password.
+    pub fn redis(&self) -> anyhow::Result<Option<RedisConfig>> {
+        let server = match (&self.redis_url, &self.redis_host) {
+            (None, None) => return Ok(None),
+            (Some(url), _) => url.as_str().into_connection_info().map_err(|e| {
+                anyhow::anyhow!(
+                    "--redis-url (REDIS_URL) is not a Redis URL: {e}; expected \
+                     redis://[user[:password]@]host[:port][/db] or rediss://…"
+                )
+            })?,
+            (None, Some(host)) => {
+                let server = ConnectionAddr::Tcp(host.clone(), self.redis_port).into_connection_info()?;
+                let settings = server.redis_settings().clone().set_db(self.redis_db.into());
+                server.set_redis_settings(settings)
+            }
+        };
+        let mut settings = server.redis_settings().clone();
+        if let Some(username) = &self.redis_username {
+            anyhow::ensure!(
+                settings.username().is_none(),
+                "the Redis user is named twice: in --redis-url and --redis-username"
+            );
+            settings = settings.set_username(username);
+        }
+        if let Some(password) = &self.redis_password {
+            anyhow::ensure!(
+                settings.password().is_none(),
+                "the Redis password is given twice: in --redis-url and --redis-password"
+            );
+            settings = settings.set_password(password);
+        }
+        let server = server.set_redis_settings(settings);
+        let root_cert = match &self.redis_ca_cert {
+            None => None,
+            Some(path) => {
+                anyhow::ensure!(
+                    matches!(server.addr(), ConnectionAddr::TcpTls { .. }),
+                    "--redis-ca-cert is for a TLS connection: give a rediss:// --redis-url"
+                );
+                let pem = std::fs::read(path).with_context(|| format!("reading --redis-ca-cert {}", path.display()))?;
+                anyhow::ensure!(
+                    String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----"),
+                    "--redis-ca-cert {}: no PEM certificate in it",
+                    path.display()
+                );
+                Some(pem)
+            }
+        };
+        let redis = RedisConfig { server, root_cert, prefix: self.redis_prefix.clone() };
+        if let Some(path) = &self.redis_ca_cert {
+            // Parsed now: a broken file is named, not reported as a failed connection.
+            redis.client().with_context(|| format!("--redis-ca-cert {}", path.display()))?;
+        }
+        Ok(Some(redis))
+    }
+
     /// What every token's claims must meet: `--jwt-audience`, `--jwt-issuer`,
     /// `--max-token-lifetime`.
     pub fn token_rules(&self) -> crate::auth::Rules {
@@ -381,6 +546,53 @@ mod tests {
         assert_eq!((c.port, c.presence_ttl, c.presence_enabled, c.redis_port), (3000, 60, true, 6379));
         assert_eq!(c.heartbeat_min_interval(), Duration::from_secs(10));
         assert!(c.redis_host.is_none());
+    }
+
+    #[test]
+    fn redis_is_named_by_a_url_or_by_its_parts_never_both() {
+        let redis = |extra: &[&str]| {
+            let config = Config::try_parse_from([&["presence-router", "--jwt-secret", "s"], extra].concat())?;
+            Ok::<_, anyhow::Error>(config.redis()?.map(|r| {
+                let settings = r.server.redis_settings();
+                let tls = matches!(r.server.addr(), ConnectionAddr::TcpTls { .. });
+                (r.address(), tls, settings.db(), settings.username().map(str::to_owned), settings.password().is_some())
+            }))
+        };
+        assert_eq!(redis(&[]).unwrap(), None, "the embedded engine");
+        assert_eq!(
+            redis(&["--redis-url", "rediss://router:p%40ss@redis.internal:6380/2"]).unwrap(),
+            Some(("redis.internal:6380".into(), true, 2, Some("router".into()), true))
+        );
+        assert_eq!(
+            redis(&["--redis-host", "10.0.0.5", "--redis-db", "3", "--redis-username", "u", "--redis-password", "p"])
+                .unwrap(),
+            Some(("10.0.0.5:6379".into(), false, 3, Some("u".into()), true))
+        );
+        let credentials_beside = redis(&["--redis-url", "redis://h", "--redis-password", "p"]).unwrap();
+        assert_eq!(credentials_beside, Some(("h:6379".into(), false, 0, None, true)));
+
+        for both in [&["--redis-host", "h"][..], &["--redis-port", "1"], &["--redis-db", "1"]] {
+            let e = redis(&[&["--redis-url", "redis://h"][..], both].concat()).unwrap_err();
+            let e = e.downcast::<clap::Error>().unwrap();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{both:?}");
+        }
+        let e = redis(&["--redis-url", "redis://a:b@h", "--redis-username", "c"]).unwrap_err();
+        assert!(e.to_string().contains("named twice"), "{e}");
+        let e = redis(&["--redis-url", "redis://h", "--redis-ca-cert", "ca.pem"]).unwrap_err();
+        assert!(e.to_string().contains("rediss://"), "{e}");
+        let e = redis(&["--redis-url", "mysql://root:hunter2@h"]).unwrap_err();
+        assert!(e.to_string().contains("not a Redis URL") && !e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn every_flag_has_a_help_text_a_variable_and_a_heading() {
+        let command = Config::command();
+        for arg in command.get_arguments() {
+            let id = arg.get_id();
+            assert!(arg.get_help().is_some_and(|h| !h.to_string().is_empty()), "{id} has no help text");
+            assert!(arg.get_env().is_some(), "{id} has no environment variable");
+            assert!(arg.get_help_heading().is_some(), "{id} is listed under no heading");
+        }
     }
 
     #[test]

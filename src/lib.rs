@@ -40,6 +40,8 @@
 //!   evictions, accept errors).
 //! - [`fds`]: the open-file limit, raised at start and shared out among WebSockets,
 //!   handshakes and the rest (defaults scaled down under a small limit).
+//! - [`logging`]: the log's format (`--log-format` text or JSON) and filter (`RUST_LOG`),
+//!   refused handshakes logged at a capped rate, the line a failed start writes.
 //! - [`app`]: shared state built from the config; [`metrics`]: metric names.
 //!
 //! Beside the library: `src/main.rs` (the router binary), `src/bin/presence-load/` (the
@@ -57,6 +59,7 @@ pub mod fds;
 pub mod http;
 pub mod hub;
 pub mod id;
+pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod presence;

@@ -520,9 +520,15 @@ impl Node {
         let snapshot = self.check("snapshot", result)?;
         let online = snapshot.users.len();
         self.hub().reset(snapshot);
-        self.degraded.store(false, Ordering::Relaxed);
+        let recovered = self.degraded.swap(false, Ordering::Relaxed);
         ::metrics::gauge!(metrics::ENGINE_UP).set(1.0);
-        tracing::info!(reasserted, online, "presence rebuilt from the store");
+        // At start there is nothing to rebuild: said at INFO only after an outage or when
+        // sessions were re-asserted.
+        if recovered || reasserted > 0 {
+            tracing::info!(reasserted, online, "presence rebuilt from the store");
+        } else {
+            tracing::debug!(reasserted, online, "presence read from the store");
+        }
         Ok(())
     }
 

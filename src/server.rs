@@ -68,10 +68,15 @@ use self::{
 };
 pub use self::{
     budget::{BudgetLimits, TRACKED_ADDRESSES},
-    edge::ClientBudget,
+    edge::{ClientAddr, ClientBudget},
     forwarded::{DEFAULT_TRUSTED_PROXIES, TrustedProxies},
 };
-use crate::{app::Limits, http::ApiError, metrics};
+use crate::{
+    app::Limits,
+    http::ApiError,
+    logging::{self, Throttle},
+    metrics,
+};
 
 /// Largest request head (request line and headers) in bytes. A WebSocket handshake with a
 /// JWT is well under 2 KiB; browsers send a few KiB of cookies at most.
@@ -109,7 +114,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: &Limits, shutd
     // Shown at 0 from the start, so an alert on it has a series to watch.
     let fd_limit_errors = ::metrics::counter!(metrics::ACCEPT_ERRORS, "kind" => "fd_limit");
     let connections = TaskTracker::new();
-    let mut accept_log = RateLimit::new(ACCEPT_LOG_INTERVAL);
+    let accept_log = Throttle::new(1, ACCEPT_LOG_INTERVAL);
 
     loop {
         let accepted = tokio::select! {
@@ -118,7 +123,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: &Limits, shutd
             accepted = listener.accept() => accepted,
         };
         let (tcp, peer) = match accepted {
-            Ok((tcp, peer)) => (tcp, peer.ip()),
+            Ok((tcp, peer)) => (tcp, peer.ip().to_canonical()),
             Err(e) => {
                 let kind = accept_error_kind(&e);
                 match kind {
@@ -143,6 +148,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: &Limits, shutd
             Ok(source) => source,
             Err(refused) => {
                 ::metrics::counter!(metrics::HTTP_REFUSED, "reason" => refused.reason()).increment(1);
+                logging::rejected(Refusal::STATUS.as_u16(), refused.reason(), Some(peer));
                 match pool.admit() {
                     Admission::Admitted { slot, evicted, evicted_another } => {
                         if evicted_another {
@@ -159,6 +165,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: &Limits, shutd
             Admission::Admitted { slot, evicted, evicted_another } => (slot, evicted, evicted_another),
             Admission::Full => {
                 refused.increment(1);
+                logging::rejected(StatusCode::SERVICE_UNAVAILABLE.as_u16(), "too_many_handshakes", Some(peer));
                 refuse(tcp, &refusal);
                 continue;
             }
@@ -174,15 +181,18 @@ pub async fn serve(listener: TcpListener, router: Router, limits: &Limits, shutd
             // hyper calls the service once a request head is complete: from here until the
             // response body is dropped, this connection is not evicted.
             let serving = requests.serving();
-            let response = match edge.on_request(source, peer, request.headers()) {
-                Ok(client) => {
-                    if let Some(client) = client {
-                        request.extensions_mut().insert(client);
+            let (client, admitted) = edge.on_request(source, peer, request.headers());
+            let response = match admitted {
+                Ok(budget) => {
+                    request.extensions_mut().insert(client);
+                    if let Some(budget) = budget {
+                        request.extensions_mut().insert(budget);
                     }
                     Either::Left(app.call(request))
                 }
                 Err(refused) => {
                     ::metrics::counter!(metrics::HTTP_REFUSED, "reason" => refused.reason()).increment(1);
+                    logging::rejected(Refusal::STATUS.as_u16(), refused.reason(), Some(client.0));
                     Either::Right(std::future::ready(Ok(refused.error().into_response())))
                 }
             };
@@ -317,51 +327,9 @@ fn connection_error_reason(e: &hyper::Error) -> &'static str {
     }
 }
 
-/// Lets an event through at most once per interval and counts the ones held back.
-#[derive(Debug)]
-struct RateLimit {
-    interval: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimit {
-    fn new(interval: Duration) -> RateLimit {
-        RateLimit { interval, last: None, suppressed: 0 }
-    }
-
-    /// `Some(n)` when this event should be reported, `n` being how many were held back
-    /// since the last report; `None` when it is held back.
-    fn ready(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.saturating_duration_since(last) < self.interval => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn accept_errors_are_reported_once_per_interval_with_the_count_held_back() {
-        let mut limit = RateLimit::new(Duration::from_secs(1));
-        let t0 = Instant::now();
-        assert_eq!(limit.ready(t0), Some(0));
-        for i in 1..=19 {
-            assert_eq!(limit.ready(t0 + Duration::from_millis(50 * i)), None);
-        }
-        assert_eq!(limit.ready(t0 + Duration::from_secs(1)), Some(19));
-        assert_eq!(limit.ready(t0 + Duration::from_millis(1500)), None);
-        assert_eq!(limit.ready(t0 + Duration::from_secs(5)), Some(1));
-    }
 
     #[test]
     fn accept_errors_get_low_cardinality_kinds() {

@@ -78,6 +78,9 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The HTTP status of every refusal.
+    pub const STATUS: StatusCode = StatusCode::TOO_MANY_REQUESTS;
+
     /// How long until the same connection would be admitted.
     pub fn wait(self) -> Duration {
         match self {
@@ -110,7 +113,7 @@ impl Refusal {
             }
         };
         let secs = retry_after_secs(wait);
-        ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, format!("{why}; retry in {secs} s")).retry_after(secs)
+        ApiError::new(Refusal::STATUS, code, format!("{why}; retry in {secs} s")).retry_after(secs)
     }
 }
 

@@ -8,7 +8,8 @@
 //! with `Retry-After`; see `budget` for the rules.
 //!
 //! An admitted request carries a [`ClientBudget`] in its extensions, which the WebSocket
-//! it may become uses to penalize its address when it is closed 4029.
+//! it may become uses to penalize its address when it is closed 4029, and every request its
+//! [`ClientAddr`], which the log shows.
 
 use std::{
     net::IpAddr,
@@ -60,12 +61,28 @@ impl Edge {
         budget.admit(key, Instant::now()).map(|()| Source::Client(key))
     }
 
-    /// Decides on a request of a connection from `peer` once its head is parsed: `Ok` with
-    /// the client's budget when it has one.
+    /// Decides on a request of a connection from `peer` once its head is parsed: the client
+    /// it speaks for and, admitted, the client's budget when it has one.
     pub(super) fn on_request(
         self: &Arc<Self>,
         source: Source,
         peer: IpAddr,
+        headers: &HeaderMap,
+    ) -> (ClientAddr, Result<Option<ClientBudget>, Refusal>) {
+        let named = match self.trusted.contains(peer) {
+            true => forwarded_client(&self.trusted, headers),
+            false => None,
+        };
+        let client = ClientAddr(named.unwrap_or(peer));
+        (client, self.admit(source, peer, named, headers))
+    }
+
+    /// The budget's decision on a request; `named` is the client a trusted proxy named.
+    fn admit(
+        self: &Arc<Self>,
+        source: Source,
+        peer: IpAddr,
+        named: Option<IpAddr>,
         headers: &HeaderMap,
     ) -> Result<Option<ClientBudget>, Refusal> {
         let key = match source {
@@ -81,7 +98,7 @@ impl Edge {
                 key
             }
             Source::Proxy => {
-                let (Some(budget), Some(client)) = (&self.budget, forwarded_client(&self.trusted, headers)) else {
+                let (Some(budget), Some(client)) = (&self.budget, named) else {
                     return Ok(None);
                 };
                 let key = budget_key(client);
@@ -92,6 +109,12 @@ impl Edge {
         Ok(Some(ClientBudget { edge: self.clone(), key }))
     }
 }
+
+/// The address of the client a request speaks for: the one a trusted proxy names (see
+/// `forwarded`), else the peer's own. Unlike the budget's key, the whole address (not an
+/// IPv6 client's /64). Every request carries it in its extensions, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
 
 /// The budget a request was admitted under: its client's address on the listener's edge.
 #[derive(Clone)]

@@ -133,7 +133,9 @@ impl Connection {
     pub async fn run(mut self, mut socket: Socket, _permit: OwnedSemaphorePermit) {
         let role = self.role.as_str();
         ::metrics::gauge!(metrics::CONNECTIONS, "role" => role).increment(1.0);
-        tracing::debug!(session = ?self.session.as_ref().map(|s| &s.id), "connected");
+        // Who it is (session, user, role, device, address) is on the span.
+        let opened = Instant::now();
+        tracing::info!("connection opened");
 
         // Reachable for relayed frames before anyone can see this user online; and, for a
         // session on a device, for its replacement until it has ended.
@@ -174,7 +176,9 @@ impl Connection {
         }
         ::metrics::counter!(metrics::DISCONNECTS, "reason" => reason).increment(1);
         ::metrics::gauge!(metrics::CONNECTIONS, "role" => role).decrement(1.0);
-        tracing::debug!(reason, "disconnected");
+        // The code is the one sent (or echoed); none when the connection was already gone.
+        let duration_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(duration_ms, code = close.map(|(code, _)| code), reason, "connection closed");
         // Last, so that presence never waits for it: let the Close frame reach the client.
         if closed {
             socket.finish().await;

@@ -10,7 +10,7 @@ mod signals;
 mod snapshot;
 mod socket;
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use axum::{
     extract::{Request, State},
@@ -20,7 +20,14 @@ use axum::{
 use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
-use crate::{app::App, auth::Credentials, http::ApiError, id::Id, metrics, server::ClientBudget};
+use crate::{
+    app::App,
+    auth::Credentials,
+    http::ApiError,
+    id::Id,
+    logging, metrics,
+    server::{ClientAddr, ClientBudget},
+};
 
 use connection::Connection;
 use rate_limit::Budget;
@@ -28,6 +35,9 @@ use socket::Socket;
 
 /// `GET /` (and `/ws`): authenticate, then upgrade.
 pub async fn upgrade(State(app): State<Arc<App>>, mut request: Request) -> Response {
+    let remote = request.extensions().get::<ClientAddr>().map(|client| client.0);
+    // The function below, with the client's address.
+    let reject = |reason, error| reject(reason, error, remote);
     let headers = request.headers();
     let key = match websocket_key(headers) {
         Ok(key) => key,
@@ -82,8 +92,16 @@ pub async fn upgrade(State(app): State<Arc<App>>, mut request: Request) -> Respo
         );
     };
 
-    let span = tracing::info_span!("conn", user = %claims.sub, role = claims.role.as_str());
-    let connection = Connection::new(app.clone(), claims, device_id);
+    let connection = Connection::new(app.clone(), claims, device_id.clone());
+    // Every line the connection logs carries who it is; `session` only for a mobile session.
+    let span = tracing::info_span!(
+        "conn",
+        session = connection.session.as_ref().map(|s| tracing::field::display(&s.id)),
+        user = %connection.user,
+        role = %connection.role.as_str(),
+        device = device_id.as_deref().map(tracing::field::display),
+        remote = remote.map(tracing::field::display),
+    );
     let limits = &app.limits;
     let client = request.extensions_mut().remove::<ClientBudget>();
     let budget =
@@ -134,7 +152,10 @@ fn websocket_key(headers: &HeaderMap) -> Result<HeaderValue, &'static str> {
     HeaderValue::from_str(&accept).map_err(|_| "Sec-WebSocket-Key is invalid")
 }
 
-fn reject(reason: &'static str, error: ApiError) -> Response {
+/// Refuses a handshake: counted under `reason`, logged (at a capped rate) with the client's
+/// address, answered with `error`.
+fn reject(reason: &'static str, error: ApiError, remote: Option<IpAddr>) -> Response {
     ::metrics::counter!(metrics::HANDSHAKE_REJECTIONS, "reason" => reason).increment(1);
+    logging::rejected(error.status.as_u16(), reason, remote);
     error.into_response()
 }

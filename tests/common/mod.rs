@@ -106,15 +106,23 @@ macro_rules! on_both_engines {
 pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
+    /// Appended to the command line; later settings win over `redis.conf` and `--port`.
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
+        RedisServer::start_with(|_| Vec::new()).await
+    }
+
+    /// [`RedisServer::start`] with `extra(port)` appended to redis-server's command line
+    /// (`--requirepass`, or TLS on the port: `--port 0 --tls-port <port> …`).
+    pub async fn start_with(extra: impl FnOnce(u16) -> Vec<String>) -> RedisServer {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("presence-router-test-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut server = RedisServer { port, dir, child: None };
+        let mut server = RedisServer { port, dir, extra: extra(port), child: None };
         server.spawn().await;
         server
     }
@@ -125,6 +133,7 @@ impl RedisServer {
         let mut child = Command::new("redis-server")
             .arg(conf)
             .args(["--port", &self.port.to_string(), "--dir", self.dir.to_str().unwrap(), "--logfile", ""])
+            .args(&self.extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -650,6 +659,6 @@ pub async fn redis_store_with(
     lifetimes: presence_router::engine::Lifetimes,
 ) -> presence_router::engine::redis::RedisPresence {
     use presence_router::engine::redis::{RedisConfig, RedisPresence};
-    let config = RedisConfig { host: "127.0.0.1".into(), port, password: None, prefix: "presence:".into() };
+    let config = RedisConfig::tcp("127.0.0.1", port);
     RedisPresence::connect(&config, lifetimes).await.unwrap()
 }

@@ -18,7 +18,7 @@ use redis::AsyncCommands;
 use crate::fleet;
 
 pub fn config(port: u16) -> RedisConfig {
-    RedisConfig { host: "127.0.0.1".into(), port, password: None, prefix: "presence:".into() }
+    RedisConfig::tcp("127.0.0.1", port)
 }
 
 /// Leases users `u0..u{n}` for `ttl` through the lease script and publishes each

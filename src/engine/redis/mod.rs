@@ -19,8 +19,8 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use redis::{
-    AsyncCommands, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Script, ScriptInvocation,
-    aio::ConnectionManagerConfig,
+    AsyncCommands, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Script, ScriptInvocation,
+    TlsCertificates, aio::ConnectionManagerConfig,
 };
 
 pub use broker::RedisBroker;
@@ -52,22 +52,40 @@ macro_rules! script {
 /// Where and how to reach Redis.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    pub host: String,
-    pub port: u16,
-    pub password: Option<String>,
+    /// Address (plain TCP, or TLS for `rediss://`), ACL user, password and database number.
+    /// Its `Debug` hides the password.
+    pub server: ConnectionInfo,
+    /// PEM certificates that a TLS server's certificate must chain to, instead of the
+    /// system's roots (a private CA, or a self-signed server certificate).
+    pub root_cert: Option<Vec<u8>>,
     /// Prefix of every key and channel (`presence:` by default).
     pub prefix: String,
 }
 
 impl RedisConfig {
+    /// Plain TCP to `host:port`, no login, database 0, the default prefix.
+    pub fn tcp(host: &str, port: u16) -> RedisConfig {
+        let server = ConnectionAddr::Tcp(host.to_string(), port)
+            .into_connection_info()
+            .expect("a TCP address is always a valid connection");
+        RedisConfig { server, root_cert: None, prefix: "presence:".into() }
+    }
+
+    /// `host:port`, for messages: never the credentials.
+    pub fn address(&self) -> String {
+        self.server.addr().to_string()
+    }
+
+    /// A client for every connection the engine opens (commands and Pub/Sub alike), so each
+    /// logs in, selects the database and speaks TLS the same way; reconnects too.
     pub fn client(&self) -> redis::RedisResult<Client> {
-        let mut settings = RedisConnectionInfo::default();
-        if let Some(password) = &self.password {
-            settings = settings.set_password(password);
+        match &self.root_cert {
+            None => Client::open(self.server.clone()),
+            Some(root) => Client::build_with_tls(
+                self.server.clone(),
+                TlsCertificates { client_tls: None, root_cert: Some(root.clone()) },
+            ),
         }
-        let info =
-            ConnectionAddr::Tcp(self.host.clone(), self.port).into_connection_info()?.set_redis_settings(settings);
-        Client::open(info)
     }
 }
 

@@ -107,9 +107,12 @@ pub(super) fn spawn_subscriber(
     tracker: &TaskTracker,
 ) -> oneshot::Receiver<()> {
     let (subscribed_tx, subscribed_rx) = oneshot::channel();
+    // Keyspace events are published per database: the one the router's keys live in.
+    let expired = format!("__keyevent@{}__:expired", client.get_connection_info().redis_settings().db());
     let subscriber = Subscriber {
         client,
         conn,
+        expired,
         updates: format!("{prefix}updates"),
         relayed: format!("{prefix}relay"),
         user_keys: format!("{prefix}user:"),
@@ -126,12 +129,11 @@ pub(super) fn spawn_subscriber(
     subscribed_rx
 }
 
-/// Keyspace events of expired keys, in database 0.
-const EXPIRED: &str = "__keyevent@0__:expired";
-
 struct Subscriber {
     client: Client,
     conn: Connection,
+    /// The channel of keyspace events of expired keys, in the router's database.
+    expired: String,
     updates: String,
     relayed: String,
     user_keys: String,
@@ -175,7 +177,7 @@ impl Subscriber {
 
     async fn subscribe(&self) -> RedisResult<(PubSubSink, PubSubStream)> {
         let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.subscribe(&[self.updates.as_str(), self.relayed.as_str(), EXPIRED]).await?;
+        pubsub.subscribe(&[self.updates.as_str(), self.relayed.as_str(), self.expired.as_str()]).await?;
         Ok(pubsub.split())
     }
 
@@ -282,7 +284,7 @@ impl Subscriber {
             }
             return;
         }
-        if channel == EXPIRED {
+        if channel == self.expired {
             if payload.starts_with(self.user_keys.as_bytes()) {
                 ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "expired").increment(1);
                 self.sinks.events.sweep_soon();
