@@ -130,8 +130,8 @@ pub struct Config {
     pub max_token_lifetime: Option<u64>,
 
     /// Most WebSocket connections at once; more are refused with 503. Lowered at start to
-    /// what the open-file limit leaves after `--max-handshakes` and `--fd-reserve` (with a
-    /// warning in the log).
+    /// what the open-file limit leaves after `--max-handshakes` and `--fd-reserve` (logged:
+    /// at WARN when a value you set is lowered, at INFO for the default).
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     #[arg(help_heading = "Connection limits")]
     pub max_connections: usize,

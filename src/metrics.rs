@@ -11,6 +11,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_process::Collector;
 
 use crate::{
+    auth::Role,
     engine::EngineError,
     presence::Cause,
     protocol::{message_type, payload::IndicatorKind},
@@ -93,6 +94,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     for (name, labels) in zero_series() {
         ::metrics::counter!(name, &labels).increment(0);
     }
+    // Gauges a dashboard plots from the start: 0 until their first change.
+    for role in [Role::Mobile, Role::Web, Role::Dashboard, Role::Service] {
+        ::metrics::gauge!(CONNECTIONS, "role" => role.as_str()).increment(0.0);
+    }
+    ::metrics::gauge!(SNAPSHOT_MEMORY).increment(0.0);
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 

@@ -41,6 +41,19 @@ async fn a_fresh_router_shows_every_counter_at_zero(engine: Engine) {
         assert!(zeroes.iter().any(|(n, l)| *n == name && l == labels), "{name}{labels:?} is registered at 0");
     }
 
+    // Gauges the shipped dashboard plots read 0, not "no data", before their first change.
+    for (name, labels) in [
+        (metrics::CONNECTIONS, &[("role", "mobile")][..]),
+        (metrics::CONNECTIONS, &[("role", "dashboard")]),
+        (metrics::SNAPSHOT_MEMORY, &[]),
+    ] {
+        assert_eq!(
+            sample(&samples, name, labels).map(|s| s.value),
+            Some(0.0),
+            "{name}{labels:?}:
+{text}"
+        );
+    }
     let build = sample(&samples, metrics::BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))]);
     assert_eq!(build.map(|s| s.value), Some(1.0), "presence_build_info{{version}} is 1:\n{text}");
     for process in ["process_open_fds", "process_max_fds", "process_resident_memory_bytes", "process_cpu_seconds_total"]
