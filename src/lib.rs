@@ -42,6 +42,8 @@
 //!   handshakes and the rest (defaults scaled down under a small limit).
 //! - [`logging`]: the log's format (`--log-format` text or JSON) and filter (`RUST_LOG`),
 //!   refused handshakes logged at a capped rate, the line a failed start writes.
+//! - [`gcra`]: a rate with a burst kept as one instant per key, for the API and edge
+//!   budgets.
 //! - [`app`]: shared state built from the config; [`metrics`]: metric names.
 //!
 //! Beside the library: `src/main.rs` (the router binary), `src/bin/presence-load/` (the
@@ -56,6 +58,7 @@ pub mod config;
 pub mod engine;
 pub mod fanout;
 pub mod fds;
+pub mod gcra;
 pub mod http;
 pub mod hub;
 pub mod id;

@@ -54,7 +54,7 @@ use tokio::time::Instant;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{ApiError, presence::parse_request};
-use crate::{app::App, auth::Claims, id::Id, metrics};
+use crate::{app::App, auth::Claims, gcra::Gcra, id::Id, metrics};
 
 /// What `GET /api/groups/{id}/presence` costs up front, in ids: as much as the largest
 /// bulk request, charged before the store is read. A group with more participants costs
@@ -150,10 +150,7 @@ pub struct ApiLimiter {
 struct Budget {
     rate: u32,
     burst: u32,
-    /// How long one id takes to come back: 1 / rate.
-    per_id: Duration,
-    /// How far ahead of now a bucket's `full_at` may be: burst / rate.
-    tolerance: Duration,
+    gcra: Gcra,
 }
 
 #[derive(Debug, Default)]
@@ -167,11 +164,7 @@ impl ApiLimiter {
     /// `rate` ids per second (0: unlimited) with room for `burst` at once. A request costing
     /// more than `burst` is charged `burst`, so it passes from a full bucket.
     pub fn new(rate: u32, burst: u32) -> ApiLimiter {
-        let budget = (rate > 0).then(|| {
-            let burst = burst.max(1);
-            let per_id = Duration::from_secs(1) / rate;
-            Budget { rate, burst, per_id, tolerance: per_id * burst }
-        });
+        let budget = Gcra::new(rate, burst).map(|gcra| Budget { rate, burst: burst.max(1), gcra });
         ApiLimiter { budget, buckets: Mutex::new(Buckets { full_at: HashMap::new(), sweep_at: MIN_SWEEP_LEN }) }
     }
 
@@ -204,12 +197,8 @@ impl ApiLimiter {
     pub fn charge(&self, key: Key, ids: u32, now: Instant) -> Result<(), Duration> {
         let Some(budget) = self.budget else { return Ok(()) };
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        let full_at = buckets.full_at.get(&key).map_or(now, |&at| at.max(now));
-        let after = full_at + budget.per_id * ids.min(budget.burst);
-        let wait = (after - now).saturating_sub(budget.tolerance);
-        if !wait.is_zero() {
-            return Err(wait);
-        }
+        let full_at = buckets.full_at.get(&key).copied().unwrap_or(now);
+        let after = budget.gcra.spend(full_at, ids.min(budget.burst), now)?;
         if buckets.full_at.insert(key, after).is_none() && buckets.full_at.len() >= buckets.sweep_at {
             buckets.sweep(now);
         }

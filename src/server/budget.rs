@@ -43,6 +43,7 @@ use lru::LruCache;
 use tokio::time::Instant;
 
 use crate::{
+    gcra::Gcra,
     http::{ApiError, retry_after_secs},
     metrics,
 };
@@ -128,10 +129,8 @@ struct Entry {
 /// The buckets and penalties of the addresses seen lately.
 #[derive(Debug)]
 pub struct AddressBudget {
-    /// How long one connection takes to come back (1 / rate); `None`: no rate limit.
-    per_connection: Option<Duration>,
-    /// How far ahead of now a bucket's `full_at` may be: burst / rate.
-    tolerance: Duration,
+    /// Connections per second and at once; `None`: no rate limit.
+    rate: Option<Gcra>,
     penalty: Duration,
     addresses: Mutex<LruCache<IpAddr, Entry>>,
     /// `presence_edge_addresses`.
@@ -144,12 +143,9 @@ impl AddressBudget {
         if limits.rate == 0 && limits.penalty.is_zero() {
             return None;
         }
-        let per_connection = (limits.rate > 0).then(|| Duration::from_secs(1) / limits.rate);
-        let tolerance = per_connection.map_or(Duration::ZERO, |per| per * limits.burst.max(1));
         let capacity = NonZeroUsize::new(TRACKED_ADDRESSES).expect("a positive constant");
         Some(AddressBudget {
-            per_connection,
-            tolerance,
+            rate: Gcra::new(limits.rate, limits.burst),
             penalty: limits.penalty,
             addresses: Mutex::new(LruCache::new(capacity)),
             tracked: ::metrics::gauge!(metrics::EDGE_ADDRESSES),
@@ -171,13 +167,8 @@ impl AddressBudget {
             }
             entry.penalized_until = None;
         }
-        if let Some(per_connection) = self.per_connection {
-            let after = entry.full_at.max(now) + per_connection;
-            let wait = (after - now).saturating_sub(self.tolerance);
-            if !wait.is_zero() {
-                return Err(Refusal::Rate(wait));
-            }
-            entry.full_at = after;
+        if let Some(rate) = self.rate {
+            entry.full_at = rate.spend(entry.full_at, 1, now).map_err(Refusal::Rate)?;
         }
         let len = addresses.len();
         drop(addresses);
