@@ -200,6 +200,12 @@ pub fn visible(groups: &[Id], allowed: Option<&[Id]>) -> bool {
     allowed.is_none_or(|allowed| groups.iter().any(|g| allowed.contains(g)))
 }
 
+/// Whether two lists name the same groups, in any order and each any number of times:
+/// groups are a set, so lengths prove nothing (`[a, a]` is not `[a, b]`).
+pub fn same_groups(a: &[Id], b: &[Id]) -> bool {
+    a.iter().all(|g| b.contains(g)) && b.iter().all(|g| a.contains(g))
+}
+
 impl UserPresence {
     /// What is reported for a user the store has never seen.
     pub fn unknown(user_id: Id) -> Self {

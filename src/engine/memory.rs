@@ -17,7 +17,7 @@ use crate::{
     id::Id,
     presence::{
         Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, Snapshot, Status, UserPresence, next_version,
-        unix_ms,
+        same_groups, unix_ms,
     },
     protocol::payload::IndicatorKind,
     scope::Scope,
@@ -270,17 +270,12 @@ impl State {
                 union.push(group.clone());
             }
         }
-        let regrouped = !record.live.is_empty() && !same_set(&union, &record.groups);
+        let regrouped = !record.live.is_empty() && !same_groups(&union, &record.groups);
         if regrouped && let Some(record) = self.users.get_mut(user) {
             record.groups = union.into();
         }
         self.settle(user, cause, regrouped.then_some(Cause::Groups))
     }
-}
-
-/// Whether two lists of groups hold the same groups, in any order.
-fn same_set(a: &[Id], b: &[Id]) -> bool {
-    a.len() == b.len() && a.iter().all(|g| b.contains(g))
 }
 
 #[async_trait]

@@ -16,7 +16,7 @@ use super::{
 use crate::{
     id::Id,
     metrics,
-    presence::Groups,
+    presence::{self, Groups},
     protocol::{ErrorCode, Frame, payload},
     scope::Scope,
 };
@@ -84,11 +84,11 @@ impl Connection {
     }
 }
 
-/// Whether two `groups` claims name the same groups (in any order, each any number of
-/// times): a claim is a set, so lengths prove nothing (`[a, a]` is not `[a, b]`).
+/// Whether two `groups` claims name the same groups ([`presence::same_groups`]); a token
+/// without the claim differs from one with an empty list.
 fn same_groups(a: Option<&[Id]>, b: Option<&[Id]>) -> bool {
     match (a, b) {
-        (Some(a), Some(b)) => a.iter().all(|g| b.contains(g)) && b.iter().all(|g| a.contains(g)),
+        (Some(a), Some(b)) => presence::same_groups(a, b),
         (a, b) => a.is_none() && b.is_none(),
     }
 }
