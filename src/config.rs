@@ -13,10 +13,13 @@ use clap::{
     ArgAction, CommandFactory, FromArgMatches, Parser,
     builder::{BoolishValueParser, RangedU64ValueParser},
 };
-use redis::{ConnectionAddr, IntoConnectionInfo};
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
 use crate::{
-    engine::{Lifetimes, redis::RedisConfig},
+    engine::{
+        Lifetimes,
+        redis::{ClusterNodes, RedisConfig},
+    },
     logging::LogFormat,
 };
 
@@ -326,6 +329,23 @@ pub struct Config {
     #[arg(help_heading = "Redis")]
     pub redis_url: Option<String>,
 
+    /// A Redis Cluster (7.0 or later) instead of one Redis: comma-separated seed nodes,
+    /// each `host:port` or a `redis://`/`rediss://` URL (any of the cluster's nodes; the
+    /// others are discovered). Login from `--redis-username`/`--redis-password` (or the
+    /// URLs), TLS from `rediss://` and `--redis-ca-cert`; database 0 only, as Redis
+    /// Cluster has no other.
+    #[arg(long, env = "REDIS_CLUSTER_NODES", hide_env_values = true, value_delimiter = ',', conflicts_with_all = ["redis_url", "redis_host", "redis_port", "redis_db"])]
+    #[arg(help_heading = "Redis")]
+    pub redis_cluster_nodes: Vec<String>,
+
+    /// Shards the keyspace is split into on a Redis Cluster (see docs/OPERATIONS.md):
+    /// each holds its users' keys, online index and transition sequence in one hash slot.
+    /// Every router of a deployment must use the same number; more shards spread over
+    /// more masters.
+    #[arg(long, env = "REDIS_CLUSTER_SHARDS", default_value_t = crate::engine::redis::DEFAULT_CLUSTER_SHARDS, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=1024), usize::from))]
+    #[arg(help_heading = "Redis")]
+    pub redis_cluster_shards: usize,
+
     /// Redis host name or address (plain TCP; for TLS use `--redis-url rediss://…`).
     /// Without it or `--redis-url`, the router runs alone with the embedded engine.
     #[arg(long, env = "REDIS_HOST")]
@@ -401,6 +421,28 @@ fn non_empty_name(name: &str) -> Result<String, String> {
     }
 }
 
+/// One `--redis-cluster-nodes` entry: `host:port`, or a `redis://`/`rediss://` URL of
+/// database 0. Errors name the entry's position, never its text (a URL may hold a password).
+fn cluster_node(node: &str) -> anyhow::Result<ConnectionInfo> {
+    let node = node.trim();
+    let info = if node.contains("://") {
+        node.into_connection_info()
+            .map_err(|e| anyhow::anyhow!("a --redis-cluster-nodes URL is not a Redis URL: {e}"))?
+    } else {
+        let (host, port) = node
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+            .filter(|(host, _)| !host.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("--redis-cluster-nodes entries are host:port or redis:// URLs"))?;
+        ConnectionAddr::Tcp(host.to_string(), port).into_connection_info()?
+    };
+    anyhow::ensure!(
+        info.redis_settings().db() == 0,
+        "a Redis Cluster has only database 0: drop the /db of --redis-cluster-nodes"
+    );
+    Ok(info)
+}
+
 impl Config {
     /// Parses the command line and the environment; on an error, prints clap's message and
     /// exits. A variable set to nothing (or only spaces), as `VAR=` in a compose file or a
@@ -421,36 +463,23 @@ impl Config {
     /// credential flags; `None` for the embedded engine. Errors name the flag at fault and
     /// never echo the URL, which may hold a password.
     pub fn redis(&self) -> anyhow::Result<Option<RedisConfig>> {
-        let server = match (&self.redis_url, &self.redis_host) {
-            (None, None) => return Ok(None),
-            (Some(url), _) => url.as_str().into_connection_info().map_err(|e| {
+        let servers = match (&self.redis_url, &self.redis_host, self.redis_cluster_nodes.as_slice()) {
+            (None, None, []) => return Ok(None),
+            (Some(url), _, _) => vec![url.as_str().into_connection_info().map_err(|e| {
                 anyhow::anyhow!(
                     "--redis-url (REDIS_URL) is not a Redis URL: {e}; expected \
                      redis://[user[:password]@]host[:port][/db] or rediss://…"
                 )
-            })?,
-            (None, Some(host)) => {
+            })?],
+            (None, Some(host), _) => {
                 let server = ConnectionAddr::Tcp(host.clone(), self.redis_port).into_connection_info()?;
                 let settings = server.redis_settings().clone().set_db(self.redis_db.into());
-                server.set_redis_settings(settings)
+                vec![server.set_redis_settings(settings)]
             }
+            (None, None, nodes) => nodes.iter().map(|node| cluster_node(node)).collect::<anyhow::Result<_>>()?,
         };
-        let mut settings = server.redis_settings().clone();
-        if let Some(username) = &self.redis_username {
-            anyhow::ensure!(
-                settings.username().is_none(),
-                "the Redis user is named twice: in --redis-url and --redis-username"
-            );
-            settings = settings.set_username(username);
-        }
-        if let Some(password) = &self.redis_password {
-            anyhow::ensure!(
-                settings.password().is_none(),
-                "the Redis password is given twice: in --redis-url and --redis-password"
-            );
-            settings = settings.set_password(password);
-        }
-        let server = server.set_redis_settings(settings);
+        let servers = servers.into_iter().map(|server| self.with_login(server)).collect::<anyhow::Result<Vec<_>>>()?;
+        let server = servers[0].clone();
         let root_cert = match &self.redis_ca_cert {
             None => None,
             Some(path) => {
@@ -467,12 +496,41 @@ impl Config {
                 Some(pem)
             }
         };
-        let redis = RedisConfig { server, root_cert, prefix: self.redis_prefix.clone() };
+        let cluster = (!self.redis_cluster_nodes.is_empty())
+            .then(|| ClusterNodes { seeds: servers, shards: self.redis_cluster_shards });
+        if cluster.is_some() {
+            anyhow::ensure!(
+                !self.redis_prefix.contains(['{', '}']),
+                "--redis-prefix must not hold '{{' or '}}' on a Redis Cluster: the keys' hash tags follow it"
+            );
+        }
+        let redis = RedisConfig { server, cluster, root_cert, prefix: self.redis_prefix.clone() };
         if let Some(path) = &self.redis_ca_cert {
             // Parsed now: a broken file is named, not reported as a failed connection.
             redis.client().with_context(|| format!("--redis-ca-cert {}", path.display()))?;
         }
         Ok(Some(redis))
+    }
+
+    /// `server` with the login of `--redis-username` and `--redis-password`, which must not
+    /// name what its URL names already.
+    fn with_login(&self, server: ConnectionInfo) -> anyhow::Result<ConnectionInfo> {
+        let mut settings = server.redis_settings().clone();
+        if let Some(username) = &self.redis_username {
+            anyhow::ensure!(
+                settings.username().is_none(),
+                "the Redis user is named twice: in --redis-url and --redis-username"
+            );
+            settings = settings.set_username(username);
+        }
+        if let Some(password) = &self.redis_password {
+            anyhow::ensure!(
+                settings.password().is_none(),
+                "the Redis password is given twice: in --redis-url and --redis-password"
+            );
+            settings = settings.set_password(password);
+        }
+        Ok(server.set_redis_settings(settings))
     }
 
     /// What every token's claims must meet: `--jwt-audience`, `--jwt-issuer`,

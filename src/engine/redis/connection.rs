@@ -1,6 +1,8 @@
-//! The command connection: the `redis` crate's [`ConnectionManager`], plus one replay of a
-//! call whose connection dropped, and a replacement of a connection that went silent
-//! (see [`Connection::replace_if_silent`]).
+//! The command connection: to one Redis, the `redis` crate's [`ConnectionManager`], plus
+//! one replay of a call whose connection dropped, and a replacement of a connection that
+//! went silent (see [`Connection::replace_if_silent`]); to a Redis Cluster, the crate's
+//! [`ClusterConnection`], which routes each call to its slot's master, follows MOVED
+//! replies and reconnects and retries on its own (what follows is about one Redis).
 //!
 //! Connections get cut while Redis itself is fine: a proxy's idle timeout, `CLIENT KILL`,
 //! a failover. The manager learns of it only from the next call, which fails with the
@@ -30,6 +32,7 @@ use std::{
 use redis::{
     Client, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster_async::ClusterConnection,
 };
 use tokio::time::Instant;
 
@@ -38,9 +41,15 @@ use crate::metrics;
 /// Least time between two attempts to replace a connection whose calls time out.
 const REPLACE_EVERY: Duration = Duration::from_secs(1);
 
-/// A cheap handle; clones share one multiplexed connection.
+/// A cheap handle; clones share one multiplexed connection (one per node of a cluster).
 #[derive(Clone)]
-pub struct Connection(Arc<Shared>);
+pub struct Connection(Link);
+
+#[derive(Clone)]
+enum Link {
+    Single(Arc<Shared>),
+    Cluster(ClusterConnection),
+}
 
 struct Shared {
     current: RwLock<ConnectionManager>,
@@ -54,11 +63,19 @@ impl Connection {
     /// Connects now: fails if Redis cannot be reached.
     pub async fn open(client: Client, config: ConnectionManagerConfig) -> RedisResult<Self> {
         let current = RwLock::new(client.get_connection_manager_with_config(config.clone()).await?);
-        Ok(Connection(Arc::new(Shared { current, client, config, last_replacement: Mutex::new(None) })))
+        let shared = Shared { current, client, config, last_replacement: Mutex::new(None) };
+        Ok(Connection(Link::Single(Arc::new(shared))))
     }
 
+    /// Wraps a connection to a Redis Cluster.
+    pub fn cluster(conn: ClusterConnection) -> Self {
+        Connection(Link::Cluster(conn))
+    }
+}
+
+impl Shared {
     fn manager(&self) -> ConnectionManager {
-        self.0.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// A call timed out. The manager reconnects only when its connection reports an error,
@@ -68,18 +85,18 @@ impl Connection {
     /// replacement in the background, at most one per [`REPLACE_EVERY`]: a fresh
     /// connection that answers a PING within the timeout takes the old one's place. A
     /// hung Redis answers no PING, and keeps its connection.
-    fn replace_if_silent(&self, error: &RedisError) {
+    fn replace_if_silent(self: &Arc<Self>, error: &RedisError) {
         if !error.is_timeout() {
             return;
         }
         {
-            let mut last = self.0.last_replacement.lock().unwrap_or_else(|e| e.into_inner());
+            let mut last = self.last_replacement.lock().unwrap_or_else(|e| e.into_inner());
             if last.is_some_and(|at| at.elapsed() < REPLACE_EVERY) {
                 return;
             }
             *last = Some(Instant::now());
         }
-        let shared = self.0.clone();
+        let shared = self.clone();
         tokio::spawn(async move {
             let Ok(mut fresh) = shared.client.get_connection_manager_with_config(shared.config.clone()).await else {
                 return;
@@ -107,17 +124,20 @@ fn replay(error: &RedisError) -> bool {
 
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            let mut manager = self.manager();
-            let result = match manager.send_packed_command(cmd).await {
-                Err(e) if replay(&e) => manager.send_packed_command(cmd).await,
-                done => done,
-            };
-            if let Err(e) = &result {
-                self.replace_if_silent(e);
-            }
-            result
-        })
+        match &mut self.0 {
+            Link::Cluster(cluster) => cluster.req_packed_command(cmd),
+            Link::Single(shared) => Box::pin(async move {
+                let mut manager = shared.manager();
+                let result = match manager.send_packed_command(cmd).await {
+                    Err(e) if replay(&e) => manager.send_packed_command(cmd).await,
+                    done => done,
+                };
+                if let Err(e) = &result {
+                    shared.replace_if_silent(e);
+                }
+                result
+            }),
+        }
     }
 
     fn req_packed_commands<'a>(
@@ -126,20 +146,26 @@ impl ConnectionLike for Connection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
-            let mut manager = self.manager();
-            let result = match manager.send_packed_commands(pipeline, offset, count).await {
-                Err(e) if replay(&e) => manager.send_packed_commands(pipeline, offset, count).await,
-                done => done,
-            };
-            if let Err(e) = &result {
-                self.replace_if_silent(e);
-            }
-            result
-        })
+        match &mut self.0 {
+            Link::Cluster(cluster) => cluster.req_packed_commands(pipeline, offset, count),
+            Link::Single(shared) => Box::pin(async move {
+                let mut manager = shared.manager();
+                let result = match manager.send_packed_commands(pipeline, offset, count).await {
+                    Err(e) if replay(&e) => manager.send_packed_commands(pipeline, offset, count).await,
+                    done => done,
+                };
+                if let Err(e) = &result {
+                    shared.replace_if_silent(e);
+                }
+                result
+            }),
+        }
     }
 
     fn get_db(&self) -> i64 {
-        self.manager().get_db()
+        match &self.0 {
+            Link::Cluster(cluster) => cluster.get_db(),
+            Link::Single(shared) => shared.manager().get_db(),
+        }
     }
 }

@@ -1,6 +1,9 @@
-//! The Redis engine: presence shared by every router through one Redis.
+//! The Redis engine: presence shared by every router through one Redis, or through a
+//! Redis Cluster.
 //!
-//! All multi-key changes run as Lua scripts (`lua/`), atomic and on Redis' own clock;
+//! All multi-key changes run as Lua scripts (`lua/`), atomic and on Redis' own clock, each
+//! within one shard of the keyspace ([`keys`]): one shard on a single Redis, a fixed number
+//! of hash-tagged shards on a cluster;
 //! transitions travel on Pub/Sub ([`broker`] publishes, [`subscriber`] receives and
 //! notices a subscription that went quiet). Every call goes over one [`Connection`], which
 //! sends a call again when its connection dropped under it. Offline detection never depends on keyspace
@@ -11,6 +14,7 @@ mod broker;
 mod connection;
 mod errors;
 mod gaps;
+mod keys;
 mod renewals;
 mod signals;
 mod subscriber;
@@ -18,14 +22,16 @@ mod subscriber;
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
+use futures_util::future::try_join_all;
 use redis::{
     AsyncCommands, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Script, ScriptInvocation,
-    TlsCertificates, aio::ConnectionManagerConfig,
+    TlsCertificates, aio::ConnectionManagerConfig, cluster::ClusterClient,
 };
 
 pub use broker::RedisBroker;
 pub use connection::Connection;
 use errors::classify;
+pub use keys::Keyspace;
 
 use super::{Connected, EngineError, Lifetimes, PresenceStore};
 use crate::{
@@ -42,6 +48,9 @@ const SWEEP_BATCH: usize = 1000;
 const STORE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Users read per pipeline when building a snapshot.
 const SNAPSHOT_BATCH: usize = 1000;
+/// How often a cluster call is sent again after a MOVED, a refused or a dropped connection
+/// (a failover under way): each try is bounded by [`STORE_TIMEOUT`].
+const CLUSTER_RETRIES: u32 = 2;
 
 macro_rules! script {
     ($file:literal) => {
@@ -53,8 +62,11 @@ macro_rules! script {
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     /// Address (plain TCP, or TLS for `rediss://`), ACL user, password and database number.
-    /// Its `Debug` hides the password.
+    /// Its `Debug` hides the password. For a cluster, its first seed node.
     pub server: ConnectionInfo,
+    /// A Redis Cluster instead of one server: its seed nodes and how many shards the
+    /// keyspace is split into.
+    pub cluster: Option<ClusterNodes>,
     /// PEM certificates that a TLS server's certificate must chain to, instead of the
     /// system's roots (a private CA, or a self-signed server certificate).
     pub root_cert: Option<Vec<u8>>,
@@ -62,13 +74,76 @@ pub struct RedisConfig {
     pub prefix: String,
 }
 
+/// The nodes a Redis Cluster engine starts from, and its sharding.
+#[derive(Debug, Clone)]
+pub struct ClusterNodes {
+    /// Nodes to learn the cluster's topology from (any of its nodes; the rest are found).
+    /// Each carries the same login and TLS settings.
+    pub seeds: Vec<ConnectionInfo>,
+    /// How many shards the keyspace is split into: every router of a deployment must use
+    /// the same number (see [`Keyspace`]).
+    pub shards: usize,
+}
+
+/// Shards of a Redis Cluster keyspace unless configured otherwise: enough to spread over
+/// up to 16 masters.
+pub const DEFAULT_CLUSTER_SHARDS: usize = 16;
+
 impl RedisConfig {
     /// Plain TCP to `host:port`, no login, database 0, the default prefix.
     pub fn tcp(host: &str, port: u16) -> RedisConfig {
         let server = ConnectionAddr::Tcp(host.to_string(), port)
             .into_connection_info()
             .expect("a TCP address is always a valid connection");
-        RedisConfig { server, root_cert: None, prefix: "presence:".into() }
+        RedisConfig { server, cluster: None, root_cert: None, prefix: "presence:".into() }
+    }
+
+    /// A Redis Cluster reached through plain TCP at `seeds` (`(host, port)` each), no login,
+    /// [`DEFAULT_CLUSTER_SHARDS`] shards, the default prefix.
+    pub fn cluster(seeds: &[(&str, u16)]) -> RedisConfig {
+        let seeds: Vec<ConnectionInfo> = seeds
+            .iter()
+            .map(|(host, port)| {
+                ConnectionAddr::Tcp(host.to_string(), *port)
+                    .into_connection_info()
+                    .expect("a TCP address is always a valid connection")
+            })
+            .collect();
+        RedisConfig {
+            server: seeds[0].clone(),
+            cluster: Some(ClusterNodes { seeds, shards: DEFAULT_CLUSTER_SHARDS }),
+            root_cert: None,
+            prefix: "presence:".into(),
+        }
+    }
+
+    /// Where the keys and channels are: one shard on one Redis, hash-tagged shards on a
+    /// cluster.
+    pub fn keyspace(&self) -> Keyspace {
+        match &self.cluster {
+            None => Keyspace::single(&self.prefix),
+            Some(cluster) => Keyspace::sharded(&self.prefix, cluster.shards),
+        }
+    }
+
+    /// A client of the cluster, if this is one; `push` receives what its connections are
+    /// sent unasked (Pub/Sub messages), and makes it speak RESP3, which that needs.
+    pub fn cluster_client(
+        &self,
+        push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
+    ) -> redis::RedisResult<Option<ClusterClient>> {
+        let Some(cluster) = &self.cluster else { return Ok(None) };
+        let mut builder = redis::cluster::ClusterClientBuilder::new(cluster.seeds.clone())
+            .connection_timeout(STORE_TIMEOUT)
+            .response_timeout(STORE_TIMEOUT)
+            .retries(CLUSTER_RETRIES);
+        if let Some(root) = &self.root_cert {
+            builder = builder.certs(TlsCertificates { client_tls: None, root_cert: Some(root.clone()) });
+        }
+        if let Some(push) = push {
+            builder = builder.use_protocol(redis::ProtocolVersion::RESP3).push_sender(push);
+        }
+        builder.build().map(Some)
     }
 
     /// `host:port`, for messages: never the credentials.
@@ -91,7 +166,7 @@ impl RedisConfig {
 
 pub struct RedisPresence {
     conn: Connection,
-    prefix: String,
+    keys: Keyspace,
     lifetimes: Lifetimes,
     lease: Script,
     disconnect: Script,
@@ -114,27 +189,37 @@ impl RedisPresence {
     /// Connects (failing fast if Redis cannot be reached now) and makes sure keyspace
     /// `expired` events are on.
     pub async fn connect(config: &RedisConfig, lifetimes: Lifetimes) -> anyhow::Result<Self> {
-        let client = config.client()?;
-        // Calls fail within STORE_TIMEOUT while Redis is down or hung, instead of hanging
-        // API requests and renewals; the manager reconnects in the background, and a call
-        // whose connection dropped is sent again on the new one (see [`Connection`]).
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(STORE_TIMEOUT))
-            .set_response_timeout(Some(STORE_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let mut conn = Connection::open(client, manager_config).await?;
-        ensure_expired_events(&mut conn).await;
+        let conn = match config.cluster_client(None)? {
+            // The cluster connection reconnects, follows MOVED and failovers itself.
+            Some(cluster) => Connection::cluster(cluster.get_async_connection().await?),
+            None => {
+                // Calls fail within STORE_TIMEOUT while Redis is down or hung, instead of
+                // hanging API requests and renewals; the manager reconnects in the
+                // background, and a call whose connection dropped is sent again on the new
+                // one (see [`Connection`]).
+                let manager_config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(STORE_TIMEOUT))
+                    .set_response_timeout(Some(STORE_TIMEOUT))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_secs(1));
+                let mut conn = Connection::open(config.client()?, manager_config).await?;
+                // A cluster node announces only its own keys' expiries: there the sweep
+                // alone detects silence.
+                ensure_expired_events(&mut conn).await;
+                conn
+            }
+        };
+        let keys = config.keyspace();
         let renewals = renewals::Renewals::start(renewals::Batcher {
             conn: conn.clone(),
             script: script!("renew.lua"),
-            prefix: config.prefix.clone(),
+            keys: keys.clone(),
             last_seen_ms: lifetimes.last_seen.as_millis() as u64,
             ttl_ms: lifetimes.ttl.as_millis() as u64,
         });
         Ok(RedisPresence {
             conn,
-            prefix: config.prefix.clone(),
+            keys,
             lifetimes,
             lease: script!("lease.lua"),
             disconnect: script!("disconnect.lua"),
@@ -154,17 +239,20 @@ impl RedisPresence {
         self.conn.clone()
     }
 
-    /// A call of a script with the arguments every script starts with: prefix and the
-    /// last-seen retention in ms.
-    fn call<'a>(&'a self, script: &'a Script) -> ScriptInvocation<'a> {
-        let mut call = script.prepare_invoke();
-        call.arg(&self.prefix).arg(self.lifetimes.last_seen.as_millis() as u64);
-        call
+    /// The keys and channels this engine uses.
+    pub fn keyspace(&self) -> &Keyspace {
+        &self.keys
+    }
+
+    /// A call of a script on `shard` with what every script starts with: the shard's
+    /// sequence key, and the last-seen retention in ms.
+    fn call<'a>(&'a self, script: &'a Script, shard: usize) -> ScriptInvocation<'a> {
+        start_call(script, &self.keys, shard, self.lifetimes.last_seen.as_millis() as u64)
     }
 
     /// A call of one of the session scripts: the common arguments, then user and session.
     fn on_session<'a>(&'a self, script: &'a Script, session: &Session) -> ScriptInvocation<'a> {
-        let mut call = self.call(script);
+        let mut call = self.call(script, self.keys.shard_of(session.user.as_str()));
         call.arg(session.user.as_str()).arg(session.id.as_str());
         call
     }
@@ -172,7 +260,7 @@ impl RedisPresence {
     /// `lease.lua`: registers `session` anew, replacing the live session of its device
     /// when `replace` (see [`PresenceStore::connect`]).
     async fn lease(&self, session: &Session, replace: bool) -> Result<Connected, EngineError> {
-        let mut call = self.call(&self.lease);
+        let mut call = self.call(&self.lease, self.keys.shard_of(session.user.as_str()));
         call.arg(self.lifetimes.ttl.as_millis() as u64).arg(if replace { "1" } else { "0" });
         session_args(&mut call, session);
         let (row, replaced): (Option<Row>, Option<String>) =
@@ -181,10 +269,10 @@ impl RedisPresence {
     }
 
     fn meta_key(&self, user: &Id) -> String {
-        format!("{}meta:{}", self.prefix, user)
+        self.keys.key(self.keys.shard_of(user.as_str()), &format!("meta:{user}"))
     }
 
-    /// The meta fields of each user, pipelined.
+    /// The meta fields of each user of one shard, pipelined.
     async fn read_meta(&self, users: &[Id]) -> Result<Vec<UserPresence>, EngineError> {
         // Redis refuses an empty pipeline, and that must not read as an outage.
         if users.is_empty() {
@@ -204,6 +292,64 @@ impl RedisPresence {
         }
         let rows: Vec<MetaRow> = pipe.query_async(&mut self.conn.clone()).await.map_err(classify)?;
         Ok(users.iter().zip(rows).map(|(user, row)| presence_of(user, row)).collect())
+    }
+
+    /// `sweep.lua` on one shard, a batch at a time until it finds no more due.
+    async fn sweep_shard(&self, shard: usize) -> Result<Vec<PresenceUpdate>, EngineError> {
+        let mut updates = Vec::new();
+        loop {
+            let (due, rows): (usize, Vec<Row>) = self
+                .call(&self.sweep, shard)
+                .arg(SWEEP_BATCH)
+                .arg(self.lifetimes.away_after.as_millis() as u64)
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(classify)?;
+            for row in rows {
+                updates.push(parse_row(row)?);
+            }
+            if due < SWEEP_BATCH {
+                return Ok(updates);
+            }
+        }
+    }
+
+    /// The users online in one shard, from its index.
+    async fn online_in(&self, shard: usize) -> Result<Vec<UserPresence>, EngineError> {
+        let ids: Vec<String> =
+            self.conn.clone().zrange(self.keys.key(shard, "deadlines"), 0, -1).await.map_err(classify)?;
+        let ids: Vec<Id> = ids.iter().filter_map(|id| Id::parse(id).ok()).collect();
+        let mut users = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(SNAPSHOT_BATCH) {
+            users.extend(self.read_meta(chunk).await?.into_iter().filter(|u| u.status.is_online()));
+        }
+        Ok(users)
+    }
+
+    /// `lookup.lua` for users of one shard.
+    async fn lookup_in(&self, shard: usize, users: &[&Id], scope: &Scope) -> Result<Vec<UserPresence>, EngineError> {
+        let mut call = self.call(&self.lookup, shard);
+        call.arg(scope.user().map_or("", Id::as_str));
+        match scope.allowed() {
+            None => call.arg(-1),
+            Some(groups) => call.arg(groups.len()).arg(groups.iter().map(Id::as_str).collect::<Vec<_>>()),
+        };
+        call.arg(users.iter().map(|user| user.as_str()).collect::<Vec<_>>());
+        let rows: Vec<Option<MetaRow>> = call.invoke_async(&mut self.conn.clone()).await.map_err(classify)?;
+        if rows.len() != users.len() {
+            return Err(EngineError::Protocol(format!(
+                "the lookup script answered {} rows for {} users",
+                rows.len(),
+                users.len()
+            )));
+        }
+        Ok(users
+            .iter()
+            .zip(rows)
+            .map(|(&user, row)| {
+                row.map_or_else(|| UserPresence::unknown(user.clone()), |row| scope.redact(presence_of(user, row)))
+            })
+            .collect())
     }
 }
 
@@ -234,6 +380,15 @@ fn shown(mut presence: UserPresence) -> UserPresence {
         presence.last_activity = None;
     }
     presence
+}
+
+/// A call of `script` on `shard`: KEYS[1] is the shard's sequence key, which routes the
+/// call to the shard's slot on Redis Cluster and tells the script every other key (see
+/// `lua/prelude.lua`); ARGV[1] is the last-seen retention in ms.
+fn start_call<'a>(script: &'a Script, keys: &Keyspace, shard: usize, last_seen_ms: u64) -> ScriptInvocation<'a> {
+    let mut call = script.key(keys.seq(shard));
+    call.arg(last_seen_ms);
+    call
 }
 
 /// A session as `lease.lua` and `renew.lua` take it: user, session, deviceId ('' keeps
@@ -336,35 +491,16 @@ impl PresenceStore for RedisPresence {
         Ok(())
     }
 
+    /// Sweeps every shard at once; each shard's script claims its transitions atomically.
     async fn expire_due(&self) -> Result<Vec<PresenceUpdate>, EngineError> {
-        let mut updates = Vec::new();
-        loop {
-            let (due, rows): (usize, Vec<Row>) = self
-                .call(&self.sweep)
-                .arg(SWEEP_BATCH)
-                .arg(self.lifetimes.away_after.as_millis() as u64)
-                .invoke_async(&mut self.conn.clone())
-                .await
-                .map_err(classify)?;
-            for row in rows {
-                updates.push(parse_row(row)?);
-            }
-            if due < SWEEP_BATCH {
-                return Ok(updates);
-            }
-        }
+        let swept = try_join_all((0..self.keys.shards()).map(|shard| self.sweep_shard(shard))).await?;
+        Ok(swept.into_iter().flatten().collect())
     }
 
     async fn online(&self) -> Result<Snapshot, EngineError> {
-        let mut conn = self.conn.clone();
-        let watermark = now_ms(&mut conn).await?;
-        let ids: Vec<String> = conn.zrange(format!("{}deadlines", self.prefix), 0, -1).await.map_err(classify)?;
-        let ids: Vec<Id> = ids.iter().filter_map(|id| Id::parse(id).ok()).collect();
-        let mut users = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(SNAPSHOT_BATCH) {
-            users.extend(self.read_meta(chunk).await?.into_iter().filter(|u| u.status.is_online()));
-        }
-        Ok(Snapshot { users, watermark })
+        let watermark = now_ms(&mut self.conn.clone()).await?;
+        let shards = try_join_all((0..self.keys.shards()).map(|shard| self.online_in(shard))).await?;
+        Ok(Snapshot { users: shards.into_iter().flatten().collect(), watermark })
     }
 
     async fn choice(&self, user: &Id) -> Result<Option<Choice>, EngineError> {
@@ -382,55 +518,49 @@ impl PresenceStore for RedisPresence {
     /// the unknown user's, byte for byte, so timing the answer tells nothing more than
     /// reading it does.
     async fn lookup(&self, users: &[Id], scope: &Scope) -> Result<Vec<UserPresence>, EngineError> {
-        if users.is_empty() {
-            return Ok(Vec::new());
+        let parts = self.keys.partition(users.iter().map(Id::as_str));
+        let answers = try_join_all(parts.iter().map(|(shard, indices)| {
+            let shard_users: Vec<&Id> = indices.iter().map(|&i| &users[i]).collect();
+            async move { self.lookup_in(*shard, &shard_users, scope).await }
+        }))
+        .await?;
+        let mut presences: Vec<Option<UserPresence>> = vec![None; users.len()];
+        for ((_, indices), answer) in parts.iter().zip(answers) {
+            for (&i, presence) in indices.iter().zip(answer) {
+                presences[i] = Some(presence);
+            }
         }
-        let mut call = self.call(&self.lookup);
-        call.arg(scope.user().map_or("", Id::as_str));
-        match scope.allowed() {
-            None => call.arg(-1),
-            Some(groups) => call.arg(groups.len()).arg(groups.iter().map(Id::as_str).collect::<Vec<_>>()),
-        };
-        call.arg(users.iter().map(Id::as_str).collect::<Vec<_>>());
-        let rows: Vec<Option<MetaRow>> = call.invoke_async(&mut self.conn.clone()).await.map_err(classify)?;
-        if rows.len() != users.len() {
-            return Err(EngineError::Protocol(format!(
-                "the lookup script answered {} rows for {} users",
-                rows.len(),
-                users.len()
-            )));
-        }
-        Ok(users
-            .iter()
-            .zip(rows)
-            .map(|(user, row)| {
-                row.map_or_else(|| UserPresence::unknown(user.clone()), |row| scope.redact(presence_of(user, row)))
-            })
-            .collect())
+        Ok(presences.into_iter().flatten().collect())
     }
 
+    /// Each shard indexes its own users' groups: the members are the union of every
+    /// shard's index of the group.
     async fn group_members(&self, group: &Id) -> Result<Vec<Id>, EngineError> {
-        let mut conn = self.conn.clone();
         // A member's score is its last lease, which lapses a TTL later: the retention runs
         // from there, as in the lease script's trim and the memory engine.
         let Lifetimes { ttl, last_seen, .. } = self.lifetimes;
-        let since = now_ms(&mut conn).await?.saturating_sub((last_seen + ttl).as_millis() as u64);
-        let members: Vec<String> =
-            conn.zrangebyscore(format!("{}group:{}", self.prefix, group), since, "+inf").await.map_err(classify)?;
-        Ok(members.iter().filter_map(|m| Id::parse(m).ok()).collect())
+        let since = now_ms(&mut self.conn.clone()).await?.saturating_sub((last_seen + ttl).as_millis() as u64);
+        let key = format!("group:{group}");
+        let shards = try_join_all((0..self.keys.shards()).map(|shard| {
+            let mut conn = self.conn.clone();
+            let key = self.keys.key(shard, &key);
+            async move { conn.zrangebyscore::<_, _, _, Vec<String>>(key, since, "+inf").await.map_err(classify) }
+        }))
+        .await?;
+        Ok(shards.iter().flatten().filter_map(|m| Id::parse(m).ok()).collect())
     }
 
-    /// A small write, so that refused writes (OOM under `noeviction`, READONLY after a
-    /// failover) show here and not only at the next heartbeat's renewal.
+    /// A small write to every shard, so that refused writes (OOM under `noeviction`,
+    /// READONLY after a failover, a cluster master down) show here and not only at the next
+    /// heartbeat's renewal.
     async fn ping(&self) -> Result<(), EngineError> {
-        redis::cmd("SET")
-            .arg(format!("{}probe", self.prefix))
-            .arg(1)
-            .arg("PX")
-            .arg(10_000)
-            .query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(classify)
+        try_join_all((0..self.keys.shards()).map(|shard| {
+            let mut conn = self.conn.clone();
+            let probe = redis::cmd("SET").arg(self.keys.key(shard, "probe")).arg(1).arg("PX").arg(10_000).clone();
+            async move { probe.query_async::<()>(&mut conn).await.map_err(classify) }
+        }))
+        .await?;
+        Ok(())
     }
 }
 

@@ -6,12 +6,14 @@
 //! one call of `renew.lua`, whose short path for a live session touches only what a
 //! heartbeat changes. Nothing waits to fill a batch: under light load a batch is one
 //! heartbeat and costs what it did before; under heavy load batches grow while the previous
-//! call is in flight.
+//! call is in flight. A script runs within one shard ([`Keyspace`]), so a batch is split
+//! into one call per shard it holds, sent at once.
 
+use futures_util::future::try_join_all;
 use redis::Script;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Connection, Row, classify, parse_row, session_args};
+use super::{Connection, Keyspace, Row, classify, parse_row, session_args, start_call};
 use crate::{
     engine::EngineError,
     presence::{PresenceUpdate, Session},
@@ -33,7 +35,7 @@ pub struct Renewals {
 pub struct Batcher {
     pub conn: Connection,
     pub script: Script,
-    pub prefix: String,
+    pub keys: Keyspace,
     pub last_seen_ms: u64,
     pub ttl_ms: u64,
 }
@@ -56,7 +58,7 @@ impl Renewals {
 }
 
 impl Batcher {
-    async fn run(mut self, mut pending: mpsc::Receiver<(Session, Reply)>) {
+    async fn run(self, mut pending: mpsc::Receiver<(Session, Reply)>) {
         let mut batch = Vec::with_capacity(BATCH);
         while pending.recv_many(&mut batch, BATCH).await > 0 {
             let results = self.renew(&batch).await;
@@ -71,21 +73,29 @@ impl Batcher {
         }
     }
 
-    /// One call for the whole batch; per session, its transition or none.
+    /// One call per shard in the batch; per session, its transition or none.
     async fn renew(
-        &mut self,
+        &self,
         batch: &[(Session, Reply)],
     ) -> Result<Vec<Result<Option<PresenceUpdate>, EngineError>>, EngineError> {
-        let mut call = self.script.prepare_invoke();
-        call.arg(&self.prefix).arg(self.last_seen_ms).arg(self.ttl_ms);
-        for (session, _) in batch {
-            session_args(&mut call, session);
-        }
-        let rows: Vec<(usize, Row)> = call.invoke_async(&mut self.conn).await.map_err(classify)?;
+        let parts = self.keys.partition(batch.iter().map(|(session, _)| session.user.as_str()));
+        let answers = try_join_all(parts.iter().map(|(shard, indices)| {
+            let mut call = start_call(&self.script, &self.keys, *shard, self.last_seen_ms);
+            call.arg(self.ttl_ms);
+            for &i in indices {
+                session_args(&mut call, &batch[i].0);
+            }
+            let mut conn = self.conn.clone();
+            async move { call.invoke_async::<Vec<(usize, Row)>>(&mut conn).await.map_err(classify) }
+        }))
+        .await?;
         let mut results: Vec<Result<Option<PresenceUpdate>, EngineError>> = vec![Ok(None); batch.len()];
-        for (index, row) in rows {
-            if let Some(slot) = index.checked_sub(1).and_then(|i| results.get_mut(i)) {
-                *slot = parse_row(row).map(Some);
+        for ((_, indices), rows) in parts.iter().zip(answers) {
+            for (index, row) in rows {
+                // `index` counts the call's sessions from 1.
+                if let Some(&i) = index.checked_sub(1).and_then(|i| indices.get(i)) {
+                    results[i] = parse_row(row).map(Some);
+                }
             }
         }
         Ok(results)

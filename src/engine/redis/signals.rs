@@ -1,10 +1,13 @@
 //! Group activity in Redis: indicators (`{p}indicators:G`, read by the group endpoint) and
 //! PTT floors (`{p}floor:CHANNEL`), which keep two routers from granting one group's
-//! floor twice. Both scripts take their keys in KEYS and use Redis' clock.
+//! floor twice. Both scripts take their keys in KEYS and use Redis' clock. A group's
+//! indicators and the index of their lapses live in the group's shard, a floor in its
+//! channel's (see [`super::Keyspace`]).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::try_join_all;
 use redis::{AsyncCommands, Script};
 
 use super::{RedisPresence, classify, now_ms};
@@ -45,15 +48,40 @@ impl Default for SignalScripts {
 
 impl RedisPresence {
     fn indicators_key(&self, group: &Id) -> String {
-        format!("{}indicators:{}", self.prefix, group)
+        self.keys.key(self.keys.shard_of(group.as_str()), &format!("indicators:{group}"))
     }
 
-    fn lapses_key(&self) -> String {
-        format!("{}indicator_lapses", self.prefix)
+    /// The index of lapses of the indicators of `shard`'s groups.
+    fn lapses_key(&self, shard: usize) -> String {
+        self.keys.key(shard, "indicator_lapses")
     }
 
     fn floor_key(&self, channel: &str) -> String {
-        format!("{}floor:{}", self.prefix, channel)
+        self.keys.key(self.keys.shard_of(channel), &format!("floor:{channel}"))
+    }
+
+    /// Claims the orphaned indicators of one shard, a batch at a time.
+    async fn claim_orphans_in(&self, shard: usize) -> Result<Vec<(Id, IndicatorKind, Id)>, EngineError> {
+        let mut claimed = Vec::new();
+        loop {
+            let due: Vec<String> = self
+                .signals
+                .indicator_lapses
+                .key(self.lapses_key(shard))
+                .arg(LAPSE_BATCH)
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(classify)?;
+            let full = due.len() == LAPSE_BATCH;
+            claimed.extend(due.iter().filter_map(|indexed| {
+                let (group, member) = indexed.split_once('\n')?;
+                let (kind, user) = parse_member(member)?;
+                Some((Id::parse(group).ok()?, kind, user))
+            }));
+            if !full {
+                return Ok(claimed);
+            }
+        }
     }
 }
 
@@ -70,7 +98,7 @@ impl SignalStore for RedisPresence {
             .signals
             .indicator
             .key(self.indicators_key(group))
-            .key(self.lapses_key())
+            .key(self.lapses_key(self.keys.shard_of(group.as_str())))
             .arg(format!("{}:{}", kind.as_str(), user))
             .arg(ttl.map_or(0, |t| t.as_millis().max(1) as u64))
             .arg(group.as_str())
@@ -82,30 +110,11 @@ impl SignalStore for RedisPresence {
     }
 
     /// Claims the indicators whose router never cleared them, past their lapse and
-    /// `ORPHAN_GRACE`; the script removes each one it returns, so exactly one caller
-    /// gets it.
+    /// `ORPHAN_GRACE`, in every shard; the script removes each one it returns, so exactly
+    /// one caller gets it.
     async fn claim_orphaned_indicators(&self) -> Result<Vec<(Id, IndicatorKind, Id)>, EngineError> {
-        let mut claimed = Vec::new();
-        loop {
-            let due: Vec<String> = self
-                .signals
-                .indicator_lapses
-                .key(self.lapses_key())
-                .arg(&self.prefix)
-                .arg(LAPSE_BATCH)
-                .invoke_async(&mut self.conn.clone())
-                .await
-                .map_err(classify)?;
-            let full = due.len() == LAPSE_BATCH;
-            claimed.extend(due.iter().filter_map(|indexed| {
-                let (group, member) = indexed.split_once('\n')?;
-                let (kind, user) = parse_member(member)?;
-                Some((Id::parse(group).ok()?, kind, user))
-            }));
-            if !full {
-                return Ok(claimed);
-            }
-        }
+        let shards = try_join_all((0..self.keys.shards()).map(|shard| self.claim_orphans_in(shard))).await?;
+        Ok(shards.into_iter().flatten().collect())
     }
 
     async fn indicators(&self, group: &Id) -> Result<Vec<(IndicatorKind, Id)>, EngineError> {

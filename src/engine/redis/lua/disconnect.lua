@@ -1,5 +1,5 @@
--- A session closed. ARGV: prefix, last_seen_ms, user, session.
-local user, session = ARGV[3], ARGV[4]
+-- A session closed. ARGV: last_seen_ms, user, session.
+local user, session = ARGV[2], ARGV[3]
 local _, _, skey = keys_of(user)
 if redis.call('ZREM', skey, session) == 0 then
   return nil -- already swept or never registered

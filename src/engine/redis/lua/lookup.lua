@@ -1,4 +1,4 @@
--- Reads users' presence within a reader's scope. ARGV: prefix, last_seen_ms, the reader's
+-- Reads users' presence within a reader's scope. ARGV: last_seen_ms, the reader's
 -- own user id ('' for none), the number n of groups it reads (-1: everyone), those n
 -- groups, then the user ids. Returns one entry per user id: its meta fields (status,
 -- lastSeen, deviceId, version, groups, text, lastActivity) when the user is known and
@@ -11,12 +11,12 @@
 -- the reader could read then) have their own fields read. With more groups, only the
 -- user's groups field is read before the scope is known.
 local INDEXED_SCOPE = 8
-local own = ARGV[3]
-local n = tonumber(ARGV[4])
+local own = ARGV[2]
+local n = tonumber(ARGV[3])
 local allowed = nil
 if n >= 0 then
   allowed = {}
-  for i = 5, 4 + n do
+  for i = 4, 3 + n do
     allowed[ARGV[i]] = true
   end
 end
@@ -25,7 +25,7 @@ local function listed(user)
   if n > INDEXED_SCOPE then
     return true
   end
-  for i = 5, 4 + n do
+  for i = 4, 3 + n do
     if redis.call('ZSCORE', prefix .. 'group:' .. ARGV[i], user) then
       return true
     end
@@ -49,7 +49,7 @@ local function readable(user, meta)
 end
 
 local rows = {}
-for i = 5 + math.max(n, 0), #ARGV do
+for i = 4 + math.max(n, 0), #ARGV do
   local user = ARGV[i]
   local _, meta = keys_of(user)
   local m = readable(user, meta)

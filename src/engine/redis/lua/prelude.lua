@@ -1,12 +1,15 @@
--- Prepended to every script. ARGV[1] is the key prefix ("presence:"); ARGV[2] how long,
--- in ms, an offline user's meta hash (its last seen) is kept.
+-- Prepended to every script. KEYS[1] is the sequence key of the shard the call is about,
+-- `{p}seq`, where {p} is the key prefix ("presence:") and, on Redis Cluster, the shard's
+-- hash tag ("presence:{12}"): every key below is derived from it, so all the keys a call
+-- touches share its hash slot, which Redis Cluster routes the call by and requires. ARGV[1]
+-- is how long, in ms, an offline user's meta hash (its last seen) is kept.
 --
 -- Keys of user U:
 --   {p}user:U      "1" with a PX lifetime: the per-user presence key; its expiry event only
 --                  wakes the sweepers early
 --   {p}meta:U      hash: status (what others see), lastSeen, deviceId, role, version,
 --                  groups, mode (chosen: online/away/dnd/invisible), text, lastActivity,
---                  idle ("1" once away_after passed without activity); expires ARGV[2]
+--                  idle ("1" once away_after passed without activity); expires ARGV[1]
 --                  ms after the user's last session ends
 --   {p}sessions:U  zset: session id -> lease deadline (Unix ms, Redis clock)
 --   {p}sgroups:U   hash: session id -> its token's groups (newline-separated), for the
@@ -19,19 +22,17 @@
 --   {p}deadlines   zset: user id -> its earliest lease deadline; holds exactly the users
 --                  online, so it is both the snapshot index and the sweep queue (which
 --                  thus also finds one lapsed session of a user whose others live)
---   {p}seq         counter numbering every transition
+--   {p}seq         counter numbering every transition of the shard
 --   {p}group:G     zset: user id -> last lease (ms) of a session in group G
 --   {p}active      zset: user id -> last activity (ms), for users shown online in mode
 --                  "online": the auto-away queue
 --   {p}replaced:S  the session that session S's connect replaced (its device's holder),
 --                  for REPLAY_MS: a replay of that connect returns it again
---
--- Keys are derived from ARGV, so these scripts suit a single Redis, not Redis Cluster.
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local prefix = ARGV[1]
-local last_seen_ms = tonumber(ARGV[2])
+local prefix = string.sub(KEYS[1], 1, -4)
+local last_seen_ms = tonumber(ARGV[1])
 local deadlines = prefix .. 'deadlines'
 local active = prefix .. 'active'
 -- How long a connect's replaced session is remembered for a replay of that connect (ms):
@@ -128,7 +129,7 @@ end
 -- keeps its auto-away entry in `active` current. Returns the transition as
 -- {user, status, version, lastSeen, deviceId, cause, now, seq, groups, text, lastActivity}
 -- when the shown status changed (or `force` and the user is shown, for a new text or new
--- groups; then with `forced_cause` when the status itself did not change), else nil. `seq` numbers every transition cluster-wide, so subscribers notice one they never
+-- groups; then with `forced_cause` when the status itself did not change), else nil. `seq` numbers every transition of the shard, so subscribers notice one they never
 -- received. The version is above the last one and at least `now`, so versions keep
 -- growing even if Redis restarts empty.
 local function transition(user, cause, force, forced_cause)
@@ -167,7 +168,7 @@ local function transition(user, cause, force, forced_cause)
     redis.call('PEXPIRE', meta, last_seen_ms)
   end
   local f = redis.call('HMGET', meta, 'lastSeen', 'deviceId', 'groups', 'text', 'lastActivity')
-  local seq = redis.call('INCR', prefix .. 'seq')
+  local seq = redis.call('INCR', KEYS[1])
   return {user, shown, tostring(version), f[1] or false, f[2] or false, cause, tostring(now), tostring(seq),
     f[3] or false, f[4] or false, f[5] or false}
 end

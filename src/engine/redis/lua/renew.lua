@@ -1,4 +1,4 @@
--- Heartbeats of many sessions in one call. ARGV: prefix, last_seen_ms, ttl_ms, then six per
+-- Heartbeats of many sessions in one call. ARGV: last_seen_ms, ttl_ms, then six per
 -- session: user, session, deviceId, groups, mode, text.
 --
 -- A live session (the usual heartbeat) takes the short path: its own deadline, the user's
@@ -7,10 +7,10 @@
 -- whole lease), so it is never a transition. A lapsed or unknown
 -- session (a silent phone back, a re-assert after Redis lost its data) takes the whole
 -- `lease`, refused if another live session holds its device now (it was replaced). Returns {index, transition} pairs, index counting sessions from 1.
-local ttl = tonumber(ARGV[3])
+local ttl = tonumber(ARGV[2])
 local deadline = now + ttl
 local out = {}
-for i = 4, #ARGV, 6 do
+for i = 3, #ARGV, 6 do
   local user, session = ARGV[i], ARGV[i + 1]
   local _, meta, skey = keys_of(user)
   local current = tonumber(redis.call('ZSCORE', skey, session))
@@ -28,7 +28,7 @@ for i = 4, #ARGV, 6 do
   else
     local row = lease(user, session, ttl, ARGV[i + 2], 'mobile', ARGV[i + 3], '0', ARGV[i + 4], ARGV[i + 5], '0')
     if row then
-      out[#out + 1] = {(i - 4) / 6 + 1, row}
+      out[#out + 1] = {(i - 3) / 6 + 1, row}
     end
   end
 end
