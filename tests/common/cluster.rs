@@ -23,7 +23,7 @@ impl RedisCluster {
     /// replica's link to its master is up; panics after [`WAIT`].
     pub async fn start() -> RedisCluster {
         let servers =
-            futures_util::future::join_all((0..2 * MASTERS).map(|_| RedisServer::start_with(node_args))).await;
+            futures_util::future::join_all((0..2 * MASTERS).map(|_| RedisServer::start_with(|_| node_args()))).await;
         let cluster = RedisCluster { servers };
         let create = tokio::process::Command::new("redis-cli")
             .args(["--cluster", "create"])
@@ -80,7 +80,8 @@ impl RedisCluster {
     }
 
     /// `redis-cli -c <args>` against a live node (following MOVED); its stdout, trimmed.
-    /// Replies are raw (`OK`, a value, an empty line for nil, `ERR …` for an error).
+    /// Replies are raw (`OK`, a value, an empty line for nil, `ERR …` for an error). Panics
+    /// if redis-cli cannot connect, as when MOVED names a killed master not yet replaced.
     pub async fn cli(&self, args: &[&str]) -> String {
         let port = self.any_live().to_string();
         let run = tokio::process::Command::new("redis-cli").args(["-c", "-p", &port]).args(args).output();
@@ -122,12 +123,10 @@ impl RedisCluster {
     }
 }
 
-/// redis-server's command-line settings for a cluster node on `port`, appended after
-/// `redis.conf`. Fast failure detection (1 s node timeout), a replica that fails over
+/// redis-server's command-line settings for a cluster node, appended after `redis.conf`. Fast failure detection (1 s node timeout), a replica that fails over
 /// however stale it is, replicas synced at once (no diskless-sync delay), no persistence.
-fn node_args(port: u16) -> Vec<String> {
+fn node_args() -> Vec<String> {
     let bus = free_port();
-    assert_ne!(bus, port);
     let settings = [
         ("cluster-enabled", "yes".to_string()),
         // Relative to `--dir`, the node's own temp dir.
