@@ -4,6 +4,7 @@
 //! fixed sleep.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod prometheus;
 pub mod raw;
 pub mod tcp_proxy;
