@@ -1,7 +1,9 @@
 //! The store contract, as `PresenceStore` and `SignalStore` document it, run in-process
-//! against every engine: the same cases, the same assertions, on the embedded engine and on
-//! Redis (a real redis-server per case). A new engine joins the suite with one entry in
-//! [`contract!`]'s list and an [`Engine`] that opens it.
+//! against every engine: the same cases, the same assertions, on the embedded engine, on
+//! Redis (a real redis-server per case) and on a Redis Cluster (three masters, three
+//! replicas; one cluster for every case, as starting one takes seconds, each case in a
+//! keyspace of its own). A new engine joins the suite with one entry in [`contract!`]'s
+//! list and an [`Engine`] that opens it.
 //!
 //! Time runs for real on every engine (Redis keeps its own clock), so a case that waits for
 //! a lapse uses short lifetimes and polls with a deadline ([`common::WAIT`]); no case
@@ -9,12 +11,23 @@
 
 mod common;
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
-use common::RedisServer;
+use common::{RedisServer, cluster::RedisCluster};
 use futures_util::future::join;
 use presence_router::{
-    engine::{Lifetimes, MemoryPresence, PresenceStore, SignalStore},
+    engine::{
+        Lifetimes, MemoryPresence, PresenceStore, SignalStore,
+        redis::{RedisConfig, RedisPresence},
+    },
     id::Id,
     presence::{Cause, Mode, PresenceUpdate, Session, SessionId, Status, UserPresence},
     protocol::payload::IndicatorKind,
@@ -64,10 +77,30 @@ const REDIS: Engine = Engine {
     },
 };
 
-/// Runs every case on every engine, as `<engine>::<case>`.
+/// The seed nodes of the cluster that [`redis_cluster::every_case`] started.
+static CLUSTER_SEEDS: OnceLock<Vec<(String, u16)>> = OnceLock::new();
+/// Numbers the keyspaces of the cases on the cluster.
+static CLUSTER_CASES: AtomicUsize = AtomicUsize::new(0);
+
+const REDIS_CLUSTER: Engine = Engine {
+    shared: true,
+    open: |lifetimes| {
+        Box::pin(async move {
+            let seeds = CLUSTER_SEEDS.get().expect("the cluster is started first");
+            let seeds: Vec<(&str, u16)> = seeds.iter().map(|(host, port)| (host.as_str(), *port)).collect();
+            let mut config = RedisConfig::cluster(&seeds);
+            config.prefix = format!("case{}:", CLUSTER_CASES.fetch_add(1, Ordering::Relaxed));
+            Stores::new(RedisPresence::connect(&config, lifetimes).await.unwrap(), None)
+        })
+    },
+};
+
+/// Runs every case on every engine, as `<engine>::<case>`, and on the cluster, in turn,
+/// as `redis_cluster::every_case`.
 macro_rules! contract {
     (engines: [$($engine:ident => $opener:ident),* $(,)?], cases: $cases:tt $(,)?) => {
         $(contract!(@engine $engine, $opener, $cases);)*
+        contract!(@cluster $cases);
     };
     (@engine $engine:ident, $opener:ident, [$($case:ident),* $(,)?]) => {
         mod $engine {
@@ -75,6 +108,28 @@ macro_rules! contract {
             async fn $case() {
                 super::$case(&super::$opener).await
             })*
+        }
+    };
+    (@cluster [$($case:ident),* $(,)?]) => {
+        mod redis_cluster {
+            #[tokio::test]
+            async fn every_case() {
+                let cluster = super::RedisCluster::start().await;
+                let seeds = cluster
+                    .nodes()
+                    .iter()
+                    .map(|node| {
+                        let (host, port) = node.rsplit_once(':').unwrap();
+                        (host.to_string(), port.parse().unwrap())
+                    })
+                    .collect();
+                super::CLUSTER_SEEDS.set(seeds).unwrap();
+                $(
+                    eprintln!("case {}", stringify!($case));
+                    super::$case(&super::REDIS_CLUSTER).await;
+                )*
+                drop(cluster);
+            }
         }
     };
 }
