@@ -2,7 +2,8 @@
 //!
 //! All multi-key changes run as Lua scripts (`lua/`), atomic and on Redis' own clock;
 //! transitions travel on Pub/Sub ([`broker`] publishes, [`subscriber`] receives and
-//! notices a subscription that went quiet). Every call goes over one [`Connection`], which
+//! notices a subscription that went quiet), and so do relayed frames, a group's on its
+//! own channel that only the routers serving the group subscribe to ([`groups`]). Every call goes over one [`Connection`], which
 //! sends a call again when its connection dropped under it. Offline detection never depends on keyspace
 //! events alone (Redis sends them late, or never to a subscriber that was away): every router sweeps the `deadlines` index, and the atomic sweep
 //! script hands each offline to exactly one of them.
@@ -11,6 +12,7 @@ mod broker;
 mod connection;
 mod errors;
 mod gaps;
+mod groups;
 mod renewals;
 mod signals;
 mod subscriber;
@@ -26,6 +28,7 @@ use redis::{
 pub use broker::RedisBroker;
 pub use connection::Connection;
 use errors::classify;
+pub use groups::group_channel;
 
 use super::{Connected, EngineError, Lifetimes, PresenceStore};
 use crate::{
