@@ -42,6 +42,7 @@ pub const ENGINE_UP: &str = "presence_engine_up";
 pub const BROKER_MESSAGES: &str = "presence_broker_messages_total";
 pub const BROKER_GAPS: &str = "presence_broker_gaps_total";
 pub const BROKER_RESUBSCRIPTIONS: &str = "presence_broker_resubscriptions_total";
+pub const BROKER_GROUP_SUBSCRIPTIONS: &str = "presence_broker_group_subscriptions";
 pub const REDIS_RETRIES: &str = "presence_redis_retries_total";
 pub const REDIS_RECONNECTS: &str = "presence_redis_reconnects_total";
 pub const RELAYED: &str = "presence_relayed_frames_total";
@@ -99,6 +100,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         ::metrics::gauge!(CONNECTIONS, "role" => role.as_str()).increment(0.0);
     }
     ::metrics::gauge!(SNAPSHOT_MEMORY).increment(0.0);
+    ::metrics::gauge!(BROKER_GROUP_SUBSCRIPTIONS).increment(0.0);
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
@@ -178,6 +180,11 @@ fn describe() {
         REDIS_RECONNECTS,
         "Redis command connections replaced because calls on them timed out while a new connection answered (a \
          black-holed flow)."
+    );
+    describe_gauge!(
+        BROKER_GROUP_SUBSCRIPTIONS,
+        "Group relay channels this router subscribes to: the groups with a mobile member on it (Redis engine; 0 on \
+         the memory engine)."
     );
     describe_counter!(BROKER_MESSAGES, "Messages received from the broker, by kind (update, relay, expired, invalid).");
     describe_counter!(RELAYED, "PTT, TEXT and indicator frames this router sent towards receivers, by type.");

@@ -148,8 +148,18 @@ pub struct Node {
 }
 
 impl Node {
-    /// `fanout` is the one the engine's broker delivers into.
+    /// `fanout` is the one the engine's broker delivers into. The broker hears from the
+    /// relay which groups this router serves ([`Broker::serve_group`]).
+    ///
+    /// [`Broker::serve_group`]: crate::engine::Broker::serve_group
     pub fn new(engine: Engine, fanout: Arc<FanOut>, timing: Timing, router_id: String) -> Self {
+        // Weak: a memory broker holds the fan-out, which holds the relay and so this hook.
+        let broker = Arc::downgrade(&engine.broker);
+        fanout.relay().on_serving(Box::new(move |group, serving| {
+            if let Some(broker) = broker.upgrade() {
+                broker.serve_group(group, serving);
+            }
+        }));
         let (writes, pending_writes) = mpsc::channel(WRITE_BEHIND);
         Node {
             engine,

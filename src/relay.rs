@@ -13,6 +13,10 @@
 //!
 //! The same mailboxes carry one [`Control`]: a session replaced by a newer session of its
 //! device is told to end, and whoever replaced it waits here (bounded) to hear that it has.
+//!
+//! The registry knows which groups have a mobile member here, and tells a hook
+//! ([`Relay::on_serving`]) as each gains its first and loses its last: the broker listens
+//! to a group's frames only meanwhile.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -46,6 +50,16 @@ pub enum Member {
     Session { user: Id, groups: Groups, replaceable: Option<SessionId> },
     /// A dashboard allowed `allowed` groups (`None`: all).
     Watcher { allowed: Option<Groups> },
+}
+
+impl Member {
+    /// The groups it is a member of: a dashboard is a member of none.
+    fn groups(&self) -> &[Id] {
+        match self {
+            Member::Session { groups, .. } => groups,
+            Member::Watcher { .. } => &[],
+        }
+    }
 }
 
 /// One connection's queue. Hand-rolled rather than a tokio channel: an idle connection's
@@ -96,9 +110,15 @@ impl Queue {
     }
 }
 
+/// Told, under the registry's lock and so in order, when this router gains its first
+/// (`true`) or loses its last (`false`) mobile member of a group. It must return at once.
+pub type ServingHook = Box<dyn Fn(&Id, bool) + Send + Sync>;
+
 #[derive(Default)]
 struct Registry {
     next: u64,
+    /// The groups with a mobile member here, and their members: the groups this router
+    /// serves.
     groups: HashMap<Id, HashMap<u64, (Id, Outbox)>>,
     /// A user has few sessions: a Vec costs less per idle connection than a map.
     users: HashMap<Id, Vec<(u64, Outbox)>>,
@@ -107,6 +127,8 @@ struct Registry {
     sessions: HashMap<SessionId, Outbox>,
     /// Replaced sessions a connection here waits to see end.
     ends: HashMap<SessionId, oneshot::Sender<()>>,
+    /// Told of each change to the keys of `groups`.
+    serving: Option<ServingHook>,
 }
 
 #[derive(Default)]
@@ -128,6 +150,18 @@ impl Relay {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Calls `hook` for every group this router serves now, then at each change: the
+    /// broker subscribes to the groups' frames through it (see
+    /// [`Broker::serve_group`](crate::engine::Broker::serve_group)), without this module
+    /// depending on the engine. Set once, when the node is built; a second call replaces it.
+    pub fn on_serving(&self, hook: ServingHook) {
+        let mut registry = self.registry();
+        for group in registry.groups.keys() {
+            hook(group, true);
+        }
+        registry.serving = Some(hook);
+    }
+
     pub fn register(self: &Arc<Self>, member: Member) -> Mailbox {
         let capacity = match member {
             Member::Session { .. } => MAILBOX_FRAMES,
@@ -145,7 +179,7 @@ impl Relay {
         let mut registry = self.registry();
         registry.next += 1;
         let id = registry.next;
-        registry.insert(id, &member, outbox);
+        registry.update(id, None, Some((&member, outbox)));
         Mailbox { queue, relay: Arc::clone(self), id, member }
     }
 
@@ -246,8 +280,7 @@ impl Mailbox {
     /// keeping its queue: frames already queued are still delivered.
     pub fn rescope(&mut self, member: Member) {
         let mut registry = self.relay.registry();
-        registry.remove(self.id, &self.member);
-        registry.insert(self.id, &member, self.queue.clone());
+        registry.update(self.id, Some(&self.member), Some((&member, self.queue.clone())));
         self.member = member;
     }
 
@@ -283,11 +316,36 @@ impl Mailbox {
 
 impl Drop for Mailbox {
     fn drop(&mut self) {
-        self.relay.registry().remove(self.id, &self.member);
+        self.relay.registry().update(self.id, Some(&self.member), None);
     }
 }
 
 impl Registry {
+    /// Takes connection `id` out as `old` and puts it in as `new` (either may be `None`),
+    /// then tells the hook of each group that gained its first member or lost its last:
+    /// a group that both name stays served without a word (a refreshed token keeping it).
+    fn update(&mut self, id: u64, old: Option<&Member>, new: Option<(&Member, Outbox)>) {
+        let mut affected: Vec<(Id, bool)> = Vec::new();
+        if self.serving.is_some() {
+            let named = old.into_iter().chain(new.as_ref().map(|(member, _)| *member)).flat_map(Member::groups);
+            affected = named.map(|group| (group.clone(), self.groups.contains_key(group))).collect();
+        }
+        if let Some(old) = old {
+            self.remove(id, old);
+        }
+        if let Some((new, outbox)) = new {
+            self.insert(id, new, outbox);
+        }
+        if let Some(hook) = &self.serving {
+            for (group, was) in affected {
+                let now = self.groups.contains_key(&group);
+                if now != was {
+                    hook(&group, now);
+                }
+            }
+        }
+    }
+
     fn insert(&mut self, id: u64, member: &Member, outbox: Outbox) {
         match member {
             Member::Session { user, groups, replaceable } => {
@@ -427,6 +485,28 @@ mod tests {
         assert_eq!(ended.try_recv(), Ok(()));
         drop(mailbox);
         assert!(!relay.replace(&old), "an ended session is not here any more");
+    }
+
+    #[test]
+    fn the_hook_hears_of_each_groups_first_and_last_member() {
+        let relay = Arc::new(Relay::default());
+        let early = session(&relay, "a", &["g"]);
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let log = heard.clone();
+        relay.on_serving(Box::new(move |group, serving| log.lock().unwrap().push((group.to_string(), serving))));
+        let take = || std::mem::take(&mut *heard.lock().unwrap());
+        assert_eq!(take(), [("g".into(), true)], "groups served before the hook was set");
+
+        let mut second = session(&relay, "b", &["g", "h"]);
+        assert_eq!(take(), [("h".into(), true)], "only a group's first member counts");
+        relay.register(Member::Watcher { allowed: None });
+        assert_eq!(take(), [], "a dashboard is no member");
+        drop(early);
+        assert_eq!(take(), [], "b is still in g");
+        second.rescope(Member::Session { user: id("b"), groups: vec![id("g")].into(), replaceable: None });
+        assert_eq!(take(), [("h".into(), false)], "a refreshed token keeping g keeps it served without a word");
+        drop(second);
+        assert_eq!(take(), [("g".into(), false)]);
     }
 
     #[test]

@@ -41,11 +41,13 @@ async fn a_fresh_router_shows_every_counter_at_zero(engine: Engine) {
         assert!(zeroes.iter().any(|(n, l)| *n == name && l == labels), "{name}{labels:?} is registered at 0");
     }
 
-    // Gauges the shipped dashboard plots read 0, not "no data", before their first change.
+    // Gauges the shipped dashboard plots, and the group subscriptions, read 0, not "no
+    // data", before their first change.
     for (name, labels) in [
         (metrics::CONNECTIONS, &[("role", "mobile")][..]),
         (metrics::CONNECTIONS, &[("role", "dashboard")]),
         (metrics::SNAPSHOT_MEMORY, &[]),
+        (metrics::BROKER_GROUP_SUBSCRIPTIONS, &[]),
     ] {
         assert_eq!(
             sample(&samples, name, labels).map(|s| s.value),

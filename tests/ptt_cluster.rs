@@ -3,8 +3,12 @@
 
 mod common;
 
-use common::{Engine, Setup, map};
-use presence_router::protocol::message_type::{AUDIO, START, START_ACK, START_FAILED, STOP, STOP_ACK, TEXT};
+use common::{Engine, RedisServer, Router, Setup, eventually, map, prometheus::metric};
+use presence_router::{
+    engine::redis::group_channel,
+    id::Id,
+    protocol::message_type::{AUDIO, START, START_ACK, START_FAILED, STOP, STOP_ACK, TEXT},
+};
 use rmpv::Value;
 
 #[tokio::test]
@@ -170,4 +174,89 @@ async fn indicators_of_a_killed_router_end_on_the_others_exactly_once() {
         }
     }
     assert_eq!(b.group("crew").await["typingUsers"], serde_json::json!([]));
+}
+
+/// How many connections subscribe to the relay channel of group `crew` on `redis`.
+async fn crew_subscribers(redis: &RedisServer) -> u64 {
+    let channel = group_channel("presence:", &Id::parse("crew").unwrap());
+    let mut conn = redis.client().get_multiplexed_async_connection().await.unwrap();
+    let (_, subscribers): (String, u64) =
+        redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query_async(&mut conn).await.unwrap();
+    subscribers
+}
+
+/// Relayed messages `router` has received from Redis so far.
+async fn relayed_to(router: &Router) -> u64 {
+    metric(&router.metrics().await, r#"presence_broker_messages_total{kind="relay"}"#).unwrap()
+}
+
+/// The group relay channels `router` subscribes to, as its gauge has it.
+async fn group_subscriptions(router: &Router) -> Option<u64> {
+    metric(&router.metrics().await, "presence_broker_group_subscriptions")
+}
+
+/// A group's PTT frames reach only the routers with a mobile member of the group: each
+/// router subscribes to the group's relay channel from its first local member to its last.
+#[tokio::test]
+async fn group_talk_reaches_only_the_routers_serving_the_group() {
+    let setup = Setup::new(Engine::Redis).await;
+    let redis = setup.redis.as_ref().unwrap();
+    let (a, b, c) = (setup.router(&[]).await, setup.router(&[]).await, setup.router(&[]).await);
+    // A dashboard is no member: C serves no mobile session of the group, yet it is told of
+    // the group's indicators, which every router hears.
+    let (mut dashboard, _) = c.dashboard_of("dispatcher", &["crew"]).await;
+    let mut talker = a.mobile_in("t", &["crew"]).await;
+    let mut listener = b.mobile_in("l", &["crew"]).await;
+    dashboard.next_update().await;
+    dashboard.next_update().await;
+    eventually("a and b to subscribe to the group's channel", || async { crew_subscribers(redis).await == 2 }).await;
+
+    talker.take_floor("t", "crew", &mut listener).await;
+    dashboard.expect_indicator("t", "talking", true).await;
+    let before = relayed_to(&c).await;
+    for n in 0..20u8 {
+        talker.send_frame(0, AUDIO, "t", "crew", Value::Binary(vec![n; 40])).await;
+        assert_eq!(listener.expect_relayed(AUDIO, "t", "crew").await[5], Value::Binary(vec![n; 40]));
+    }
+    // A marker that every router hears, published after the audio: once C has it, C has
+    // had whatever was sent to it before.
+    talker.indicator("t", "crew", "typing", true).await;
+    dashboard.expect_indicator("t", "typing", true).await;
+    assert_eq!(relayed_to(&c).await, before + 1, "C received the marker and none of the audio");
+
+    // A member connecting on C makes C a receiver of the group's frames, until it leaves.
+    let mut member = c.mobile_in("m", &["crew"]).await;
+    eventually("c to subscribe to the group's channel", || async { crew_subscribers(redis).await == 3 }).await;
+    talker.send_frame(0, AUDIO, "t", "crew", Value::Binary(vec![7; 40])).await;
+    assert_eq!(member.expect_relayed(AUDIO, "t", "crew").await[5], Value::Binary(vec![7; 40]));
+    eventually("c's gauge to count the subscription", || async { group_subscriptions(&c).await == Some(1) }).await;
+    member.close().await;
+    eventually("c to leave the group's channel", || async { crew_subscribers(redis).await == 2 }).await;
+    eventually("c's gauge to count none", || async { group_subscriptions(&c).await == Some(0) }).await;
+}
+
+/// A cut subscription connection takes its group channels with it: the router subscribes
+/// to them again with the rest, and the group's talk flows again.
+#[tokio::test]
+async fn group_channels_are_subscribed_again_after_the_subscription_is_cut() {
+    let setup = Setup::new(Engine::Redis).await;
+    let redis = setup.redis.as_ref().unwrap();
+    let (a, b) = (setup.router(&[]).await, setup.router(&[]).await);
+    let mut talker = a.mobile_in("t", &["crew"]).await;
+    let mut listener = b.mobile_in("l", &["crew"]).await;
+    eventually("a and b to subscribe to the group's channel", || async { crew_subscribers(redis).await == 2 }).await;
+
+    let mut admin = redis.client().get_multiplexed_async_connection().await.unwrap();
+    let _: u64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut admin).await.unwrap();
+    for router in [&a, &b] {
+        eventually("the router to resubscribe", || async {
+            metric(&router.metrics().await, r#"presence_broker_resubscriptions_total{reason="dropped"}"#) >= Some(1)
+        })
+        .await;
+    }
+    eventually("a and b to subscribe to the group's channel again", || async { crew_subscribers(redis).await == 2 })
+        .await;
+    talker.take_floor("t", "crew", &mut listener).await;
+    talker.send_frame(0, AUDIO, "t", "crew", Value::Binary(vec![5; 40])).await;
+    assert_eq!(listener.expect_relayed(AUDIO, "t", "crew").await[5], Value::Binary(vec![5; 40]));
 }

@@ -496,6 +496,9 @@ impl Broker for MemoryBroker {
     /// Every session is on this router, which tells it directly: nobody else to tell.
     fn control(&self, _control: &Control) {}
 
+    /// Nothing travels between routers, so there is no channel to subscribe to.
+    fn serve_group(&self, _group: &Id, _serving: bool) {}
+
     /// Nothing is ever queued.
     async fn flush(&self) {}
 

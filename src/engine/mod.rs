@@ -220,6 +220,15 @@ pub trait Broker: Send + Sync + 'static {
     /// exiting, and its connections' last frames (a talker's STOP) must still go out.
     async fn flush(&self);
 
+    /// This router gained its first (`serving`) or lost its last (not `serving`) local
+    /// mobile member of `group`: from now on, the group's member frames
+    /// ([`Audience::Group`](crate::transient::Audience::Group) without dashboards: PTT and
+    /// TEXT) must (or need no longer) reach it. As in centrifuge, a broker whose transport
+    /// has channels subscribes to the group's channel from the first member to the last, so
+    /// a router hears only the groups it serves. Called under the relay's lock, in the order
+    /// the changes happen: it never blocks (no I/O, no waiting).
+    fn serve_group(&self, group: &Id, serving: bool);
+
     /// Whether this router hears what the others publish. While it does not, its view of
     /// presence is going stale and frames relayed to its users are lost: the node reports
     /// itself degraded until the broker hears again, then rebuilds the view.

@@ -5,6 +5,7 @@
 //! limit first (`ulimit -n 250000`) for the router and the tool alike.
 
 mod bulk;
+mod fanin;
 mod fleet;
 mod flood;
 mod heartbeats;
@@ -186,6 +187,21 @@ enum Scenario {
         #[arg(long)]
         heartbeat_every_ms: Option<u64>,
     },
+    /// Redis → router relay messages per AUDIO frame: a talker and a listener per group,
+    /// group i on router i mod N, every talker sending AUDIO at once.
+    RelayFanin {
+        /// The routers, comma-separated (all on one Redis).
+        #[arg(long, value_delimiter = ',', required = true)]
+        routers: Vec<SocketAddr>,
+        #[arg(long, default_value_t = 100)]
+        groups: usize,
+        /// AUDIO frames per second per talker (50 = 20 ms frames).
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+        /// Keep below the routers' --max-talk-ms.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+    },
     /// `POST /api/presence/status` with 100 ids.
     Bulk {
         #[arg(long)]
@@ -262,6 +278,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Bulk { router, online, requests, scope_oracle } => {
             bulk::run(&credentials, router, online, requests, scope_oracle).await
+        }
+        Scenario::RelayFanin { routers, groups, rate, seconds } => {
+            fanin::run(credentials, routers, groups, rate, seconds).await
         }
         Scenario::Ptt { talker, listeners_router, listeners, rate, seconds, heartbeat_every_ms } => {
             let heartbeat_every = heartbeat_every_ms.map(Duration::from_millis);

@@ -172,6 +172,16 @@ impl Http {
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
+        self.exchange(&request).await
+    }
+
+    /// GETs `path` without credentials (`/metrics`); returns the status and the body.
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+        self.exchange(&format!("GET {path} HTTP/1.1\r\nHost: load\r\n\r\n")).await
+    }
+
+    /// Sends `request` and reads the response's status and body (by its Content-Length).
+    async fn exchange(&mut self, request: &str) -> anyhow::Result<(u16, Vec<u8>)> {
         self.stream.get_mut().write_all(request.as_bytes()).await?;
         let mut line = String::new();
         self.stream.read_line(&mut line).await?;

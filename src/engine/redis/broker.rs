@@ -2,11 +2,23 @@
 //! `{prefix}updates` (and, for subscribers that want only one kind, on `{prefix}online` or
 //! `{prefix}offline`); each router's subscriber ([`super::subscriber`], started by
 //! [`RedisBroker::subscribe`]) hands them to its [`BrokerEvents`].
-//! PTT, TEXT and indicator frames go on `{prefix}relay` (msgpack, see
-//! [`Delivery::encode`]) to every other router; they are transient, so a lost one is
-//! simply lost, like a UDP packet of audio.
-//! The replacement of a session by a newer one of its device travels there too
-//! ([`Control::encode`]), in order with the frames.
+//! Relayed frames are msgpack (see [`Delivery::encode`]) and transient: a lost one is
+//! simply lost, like a UDP packet of audio. A group's member frames (PTT and TEXT: an
+//! [`Audience::Group`] without dashboards), the bulk of the traffic, go on the group's own
+//! channel ([`group_channel`]), which only the routers serving the group subscribe to (see
+//! [`super::groups`]); every other frame (indicators, which dashboards of any router may
+//! watch; private channels; visibility news) goes on `{prefix}relay`, which every router
+//! subscribes to. So do the messages about one session ([`Control::encode`]: replaced,
+//! ended).
+//!
+//! A session message travels in order after the frames its router relayed before it (a
+//! replaced talker's STOP before the news that it ended), although they go on different
+//! channels: one task publishes them all, in order, over one connection, Redis runs one
+//! client's commands in order and appends each message to a subscriber's output as it
+//! runs the PUBLISH, and each router reads every channel it subscribes to from one
+//! connection. This holds on one Redis (or a primary with its replicas); on a Redis
+//! Cluster, channels of different shards would be published and read over different
+//! connections.
 
 use std::{
     sync::{Arc, Mutex},
@@ -25,13 +37,15 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
     Connection, classify,
+    groups::{Served, group_channel},
     subscriber::{Receiving, Sinks, spawn_subscriber},
 };
 use crate::{
     engine::{Broker, BrokerEvents, EngineError},
+    id::Id,
     metrics,
     presence::PresenceUpdate,
-    transient::{Control, Delivery},
+    transient::{Audience, Control, Delivery},
 };
 
 /// Relayed frames waiting for the publisher; a fuller queue drops frames (audio is worth
@@ -45,24 +59,31 @@ pub struct RedisBroker {
     prefix: String,
     /// This router's id: receivers skip relayed frames they sent themselves.
     origin: String,
-    /// To the relay publisher task.
-    relay: mpsc::Sender<Vec<u8>>,
+    /// To the relay publisher task: a message and its group (`None`: the shared relay
+    /// channel).
+    relay: mpsc::Sender<Outgoing>,
     /// Tells the publisher to send what is queued and stop.
     closing: CancellationToken,
     publisher: Mutex<Option<JoinHandle<()>>>,
     /// Whether this router's subscription delivers (set by its subscriber).
     receiving: Receiving,
+    /// The groups whose channels this router's subscriber holds.
+    served: Arc<Served>,
 }
+
+/// A relayed message on its way to Redis, with the group whose channel it goes on (`None`:
+/// `{prefix}relay`).
+type Outgoing = (Option<Id>, Vec<u8>);
 
 impl RedisBroker {
     /// Also starts the task that publishes relayed frames, until [`Broker::flush`].
     pub fn new(conn: Connection, prefix: String, origin: String) -> Self {
         let (relay, queue) = mpsc::channel(RELAY_QUEUE);
         let closing = CancellationToken::new();
-        let channel = format!("{prefix}relay");
-        let publisher = tokio::spawn(publish_relayed(conn.clone(), channel, queue, closing.clone()));
+        let publisher = tokio::spawn(publish_relayed(conn.clone(), prefix.clone(), queue, closing.clone()));
         let publisher = Mutex::new(Some(publisher));
-        RedisBroker { conn, prefix, origin, relay, closing, publisher, receiving: Receiving::default() }
+        let (receiving, served) = (Receiving::default(), Arc::default());
+        RedisBroker { conn, prefix, origin, relay, closing, publisher, receiving, served }
     }
 
     /// Subscribes this router to what the others publish, handing it to `events` until
@@ -77,7 +98,8 @@ impl RedisBroker {
         tracker: &TaskTracker,
     ) -> oneshot::Receiver<()> {
         let sinks = Sinks { events, origin: self.origin.clone(), receiving: self.receiving.clone() };
-        spawn_subscriber(client, self.conn.clone(), self.prefix.clone(), sinks, shutdown, tracker)
+        let (conn, prefix, served) = (self.conn.clone(), self.prefix.clone(), self.served.clone());
+        spawn_subscriber(client, conn, prefix, served, sinks, shutdown, tracker)
     }
 }
 
@@ -87,10 +109,11 @@ impl RedisBroker {
 /// indicator ends) and returns.
 async fn publish_relayed(
     mut conn: Connection,
-    channel: String,
-    mut queue: mpsc::Receiver<Vec<u8>>,
+    prefix: String,
+    mut queue: mpsc::Receiver<Outgoing>,
     closing: CancellationToken,
 ) {
+    let shared = format!("{prefix}relay");
     let mut batch = Vec::with_capacity(RELAY_BATCH);
     loop {
         let received = tokio::select! {
@@ -107,8 +130,12 @@ async fn publish_relayed(
             return;
         }
         let mut pipe = redis::pipe();
-        for message in batch.drain(..) {
-            pipe.publish(&channel, message).ignore();
+        for (group, message) in batch.drain(..) {
+            match group {
+                Some(group) => pipe.publish(group_channel(&prefix, &group), message),
+                None => pipe.publish(&shared, message),
+            };
+            pipe.ignore();
         }
         if let Err(e) = pipe.query_async::<()>(&mut conn).await {
             let error = classify(e);
@@ -124,7 +151,7 @@ async fn publish_relayed(
 impl RedisBroker {
     /// Queues a message for the relay publisher, or drops and counts it when the queue is
     /// full.
-    fn queue(&self, message: Vec<u8>) {
+    fn queue(&self, message: Outgoing) {
         if let Err(TrySendError::Full(_) | TrySendError::Closed(_)) = self.relay.try_send(message) {
             ::metrics::counter!(metrics::RELAY_DROPPED).increment(1);
         }
@@ -166,14 +193,24 @@ impl Broker for RedisBroker {
         self.receiving.get()
     }
 
-    /// Queues the frame for the publisher. A full queue (Redis slow or down) drops the
-    /// frame, counted in `presence_relay_dropped_total`.
+    /// Queues the frame for the publisher: a group's member frame for its group's channel,
+    /// any other for the shared one. A full queue (Redis slow or down) drops the frame,
+    /// counted in `presence_relay_dropped_total`.
     fn relay(&self, delivery: &Delivery) {
-        self.queue(delivery.encode(&self.origin));
+        let group = match &delivery.audience {
+            Audience::Group { group, dashboards: false } => Some(group.clone()),
+            _ => None,
+        };
+        self.queue((group, delivery.encode(&self.origin)));
     }
 
-    /// Queued behind the relayed frames, on the same channel, so it arrives after them.
+    /// Queued behind the relayed frames, so it arrives after them (see the module's doc).
     fn control(&self, control: &Control) {
-        self.queue(control.encode(&self.origin));
+        self.queue((None, control.encode(&self.origin)));
+    }
+
+    /// Records the change and wakes the subscriber, which follows it.
+    fn serve_group(&self, group: &Id, serving: bool) {
+        self.served.set(group, serving);
     }
 }

@@ -5,7 +5,8 @@
 //! within one shard of the keyspace ([`keys`]): one shard on a single Redis, a fixed number
 //! of hash-tagged shards on a cluster;
 //! transitions travel on Pub/Sub ([`broker`] publishes, [`subscriber`] receives and
-//! notices a subscription that went quiet). Every call goes over one [`Connection`], which
+//! notices a subscription that went quiet), and so do relayed frames, a group's on its
+//! own channel that only the routers serving the group subscribe to ([`groups`]). Every call goes over one [`Connection`], which
 //! sends a call again when its connection dropped under it. Offline detection never depends on keyspace
 //! events alone (Redis sends them late, or never to a subscriber that was away): every router sweeps the `deadlines` index, and the atomic sweep
 //! script hands each offline to exactly one of them.
@@ -14,6 +15,7 @@ mod broker;
 mod connection;
 mod errors;
 mod gaps;
+mod groups;
 mod keys;
 mod renewals;
 mod signals;
@@ -31,6 +33,7 @@ use redis::{
 pub use broker::RedisBroker;
 pub use connection::Connection;
 use errors::classify;
+pub use groups::group_channel;
 pub use keys::Keyspace;
 
 use super::{Connected, EngineError, Lifetimes, PresenceStore};

@@ -1,14 +1,16 @@
 //! Pub/Sub between routers, the receiving side: transitions from `{prefix}updates`,
-//! relayed frames and session messages from `{prefix}relay`, and keyspace `expired`
-//! events of user keys (an early sweep), each handed to the router's [`BrokerEvents`].
+//! relayed frames and session messages from `{prefix}relay`, the member frames of the
+//! groups this router serves from their own channels (subscribed and unsubscribed as the
+//! groups come and go, see [`super::groups`]), and keyspace `expired` events of user keys
+//! (an early sweep), each handed to the router's [`BrokerEvents`].
 //!
 //! Pub/Sub drops whatever is published while a subscriber is away, and a subscription is
 //! lost one of two ways:
 //! - **dropped**: its connection closes or fails (Redis restarted, `CLIENT KILL`, a
-//!   proxy's cut). The subscriber resubscribes at once. Which transitions were decided
-//!   meanwhile is known from the cluster-wide sequence (`{prefix}seq`): any of them that
-//!   does not arrive within the gap grace triggers a resync, and when none was decided
-//!   dashboards see nothing at all.
+//!   proxy's cut). The subscriber resubscribes at once, to the channels of the groups it
+//!   serves too. Which transitions were decided meanwhile is known from the cluster-wide
+//!   sequence (`{prefix}seq`): any of them that does not arrive within the gap grace
+//!   triggers a resync, and when none was decided dashboards see nothing at all.
 //! - **silent**: the connection stays open but nothing arrives, not even the answer to the
 //!   PING sent every [`PING_EVERY`] (a NAT or load balancer dropped the flow without
 //!   telling either end). Noticed within [`PING_EVERY`] + [`PING_TIMEOUT`].
@@ -37,7 +39,11 @@ use redis::{
 use tokio::{sync::oneshot, time::MissedTickBehavior};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::{Connection, gaps::GapDetector};
+use super::{
+    Connection,
+    gaps::GapDetector,
+    groups::{Served, follow},
+};
 use crate::{engine::BrokerEvents, metrics, presence::PresenceUpdate, transient::Relayed};
 
 /// How often the subscription connection is asked to answer a PING.
@@ -46,7 +52,7 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 /// Redis' latency, even under load (it answers a PING between two commands).
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long connecting and subscribing may take.
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a missing sequence number may stay missing (overtaken by a later publish from
 /// another router) before it counts as lost.
 const GAP_GRACE: Duration = Duration::from_secs(1);
@@ -80,7 +86,7 @@ pub(super) struct Sinks {
 
 /// How a subscription ended.
 #[derive(Debug, Clone, Copy)]
-enum Lost {
+pub(super) enum Lost {
     /// Its connection closed or failed.
     Dropped,
     /// A PING went unanswered for [`PING_TIMEOUT`].
@@ -97,11 +103,12 @@ impl Lost {
 }
 
 /// Runs the subscriber until shutdown (see [`super::RedisBroker::subscribe`]). `conn`
-/// reads the transition sequence.
+/// reads the transition sequence; `served` names the groups whose channels to hold.
 pub(super) fn spawn_subscriber(
     client: Client,
     conn: Connection,
     prefix: String,
+    served: Arc<Served>,
     sinks: Sinks,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
@@ -117,6 +124,8 @@ pub(super) fn spawn_subscriber(
         relayed: format!("{prefix}relay"),
         user_keys: format!("{prefix}user:"),
         seq: format!("{prefix}seq"),
+        prefix,
+        served,
         sinks,
         gaps: GapDetector::new(GAP_GRACE),
     };
@@ -138,6 +147,8 @@ struct Subscriber {
     relayed: String,
     user_keys: String,
     seq: String,
+    prefix: String,
+    served: Arc<Served>,
     sinks: Sinks,
     gaps: GapDetector,
 }
@@ -167,6 +178,8 @@ impl Subscriber {
             }
             self.subscribed(first.take()).await;
             let reason = self.listen(sink, messages).await;
+            // The connection's group subscriptions went with it.
+            ::metrics::gauge!(metrics::BROKER_GROUP_SUBSCRIPTIONS).set(0.0);
             tracing::warn!(reason = reason.as_str(), "lost the subscription to {}; resubscribing", self.updates);
             if let Lost::Silent = reason {
                 self.deaf();
@@ -231,8 +244,12 @@ impl Subscriber {
         self.resync();
     }
 
-    /// Handles messages until the subscription is lost; PINGs it meanwhile.
+    /// Handles messages until the subscription is lost; PINGs it meanwhile, and keeps its
+    /// group channels those of the groups served.
     async fn listen(&mut self, mut sink: PubSubSink, mut messages: PubSubStream) -> Lost {
+        let (served, prefix) = (self.served.clone(), self.prefix.clone());
+        let groups = follow(&served, &prefix, sink.clone());
+        tokio::pin!(groups);
         let watchdog = async move {
             let mut tick = tokio::time::interval(PING_EVERY);
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -251,6 +268,7 @@ impl Subscriber {
         loop {
             tokio::select! {
                 lost = &mut watchdog => return lost,
+                lost = &mut groups => return lost,
                 message = messages.next() => match message {
                     Some(message) => self.handle(&message),
                     None => return Lost::Dropped,
@@ -264,33 +282,25 @@ impl Subscriber {
         }
     }
 
+    /// Dispatches by channel: anything not `updates` or `expired` is the relay channel or
+    /// a group's, the only others subscribed (and a group channel just unsubscribed may
+    /// still deliver a message sent before).
     fn handle(&mut self, message: &Msg) {
         let payload: &[u8] = message.get_payload_bytes();
         let channel = message.get_channel_name();
-        if channel == self.relayed {
-            match Relayed::decode(payload) {
-                Some((from, relayed)) => {
-                    ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "relay").increment(1);
-                    match relayed {
-                        _ if from == self.sinks.origin => {}
-                        Relayed::Frame(delivery) => self.sinks.events.frame(&delivery),
-                        Relayed::Control(control) => self.sinks.events.control(&control),
-                    }
-                }
-                None => {
-                    ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "invalid").increment(1);
-                    tracing::warn!("ignoring a malformed message on {}", self.relayed);
-                }
-            }
-            return;
-        }
-        if channel == self.expired {
+        if channel == self.updates {
+            self.update(payload);
+        } else if channel == self.expired {
             if payload.starts_with(self.user_keys.as_bytes()) {
                 ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "expired").increment(1);
                 self.sinks.events.sweep_soon();
             }
-            return;
+        } else {
+            self.relayed(channel, payload);
         }
+    }
+
+    fn update(&mut self, payload: &[u8]) {
         match serde_json::from_slice::<PresenceUpdate>(payload) {
             Ok(update) => {
                 ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "update").increment(1);
@@ -302,6 +312,24 @@ impl Subscriber {
             Err(e) => {
                 ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "invalid").increment(1);
                 tracing::warn!(error = %e, "ignoring a malformed message on {}", self.updates);
+            }
+        }
+    }
+
+    /// A relayed frame or session message; this router's own are skipped.
+    fn relayed(&self, channel: &str, payload: &[u8]) {
+        match Relayed::decode(payload) {
+            Some((from, relayed)) => {
+                ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "relay").increment(1);
+                match relayed {
+                    _ if from == self.sinks.origin => {}
+                    Relayed::Frame(delivery) => self.sinks.events.frame(&delivery),
+                    Relayed::Control(control) => self.sinks.events.control(&control),
+                }
+            }
+            None => {
+                ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "invalid").increment(1);
+                tracing::warn!("ignoring a malformed message on {channel}");
             }
         }
     }
