@@ -93,8 +93,8 @@ impl App {
                 let store = RedisPresence::connect(&redis, config.lifetimes())
                     .await
                     .with_context(|| format!("connecting to Redis at {at}"))?;
-                let broker = RedisBroker::new(store.connection(), redis.prefix.clone(), router_id.clone());
-                let subscribed = broker.subscribe(redis.client()?, fanout.clone(), shutdown.clone(), &tracker);
+                let broker = RedisBroker::new(store.connection(), store.keyspace().clone(), router_id.clone());
+                let subscribed = broker.subscribe(&redis, fanout.clone(), shutdown.clone(), &tracker)?;
                 // The first snapshot is read after the subscription stands: no update falls
                 // between the two.
                 tokio::time::timeout(Duration::from_secs(5), subscribed)

@@ -5,8 +5,7 @@ mod common;
 
 use common::{Engine, RedisServer, Router, Setup, eventually, map, prometheus::metric};
 use presence_router::{
-    engine::redis::group_channel,
-    id::Id,
+    engine::redis::Keyspace,
     protocol::message_type::{AUDIO, START, START_ACK, START_FAILED, STOP, STOP_ACK, TEXT},
 };
 use rmpv::Value;
@@ -178,7 +177,7 @@ async fn indicators_of_a_killed_router_end_on_the_others_exactly_once() {
 
 /// How many connections subscribe to the relay channel of group `crew` on `redis`.
 async fn crew_subscribers(redis: &RedisServer) -> u64 {
-    let channel = group_channel("presence:", &Id::parse("crew").unwrap());
+    let channel = Keyspace::single("presence:").group_channel("crew");
     let mut conn = redis.client().get_multiplexed_async_connection().await.unwrap();
     let (_, subscribers): (String, u64) =
         redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query_async(&mut conn).await.unwrap();

@@ -32,7 +32,7 @@ pub async fn users(port: u16, n: usize, ttl: Duration) -> anyhow::Result<HashMap
         )
         .await?,
     );
-    let broker = Arc::new(RedisBroker::new(store.connection(), "presence:".into(), "presence-load".into()));
+    let broker = Arc::new(RedisBroker::new(store.connection(), store.keyspace().clone(), "presence-load".into()));
     stream::iter(0..n)
         .map(|i| {
             let (store, broker) = (store.clone(), broker.clone());

@@ -26,6 +26,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+use futures_util::future::try_join_all;
 use tokio::{
     sync::{
         mpsc::{self, error::TrySendError},
@@ -36,9 +37,11 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
-    Connection, classify,
-    groups::{Served, group_channel},
-    subscriber::{Receiving, Sinks, spawn_subscriber},
+    Connection, Keyspace, RedisConfig, classify,
+    groups::Served,
+    inbox::{Receiving, Sinks},
+    sharded::spawn_sharded_subscriber,
+    subscriber::spawn_subscriber,
 };
 use crate::{
     engine::{Broker, BrokerEvents, EngineError},
@@ -56,7 +59,7 @@ const RELAY_BATCH: usize = 256;
 
 pub struct RedisBroker {
     conn: Connection,
-    prefix: String,
+    keys: Keyspace,
     /// This router's id: receivers skip relayed frames they sent themselves.
     origin: String,
     /// To the relay publisher task: a message and its group (`None`: the shared relay
@@ -71,36 +74,67 @@ pub struct RedisBroker {
     served: Arc<Served>,
 }
 
-/// A relayed message on its way to Redis, with the group whose channel it goes on (`None`:
-/// `{prefix}relay`).
-type Outgoing = (Option<Id>, Vec<u8>);
+/// A relayed message on its way to Redis: the shard of its channel, the channel, the
+/// message.
+type Outgoing = (usize, String, Vec<u8>);
 
 impl RedisBroker {
     /// Also starts the task that publishes relayed frames, until [`Broker::flush`].
-    pub fn new(conn: Connection, prefix: String, origin: String) -> Self {
+    pub fn new(conn: Connection, keys: Keyspace, origin: String) -> Self {
         let (relay, queue) = mpsc::channel(RELAY_QUEUE);
         let closing = CancellationToken::new();
-        let publisher = tokio::spawn(publish_relayed(conn.clone(), prefix.clone(), queue, closing.clone()));
+        let publisher = tokio::spawn(publish_relayed(conn.clone(), keys.clone(), queue, closing.clone()));
         let publisher = Mutex::new(Some(publisher));
         let (receiving, served) = (Receiving::default(), Arc::default());
-        RedisBroker { conn, prefix, origin, relay, closing, publisher, receiving, served }
+        RedisBroker { conn, keys, origin, relay, closing, publisher, receiving, served }
     }
 
     /// Subscribes this router to what the others publish, handing it to `events` until
-    /// `shutdown`; `client` opens the subscription's own connections. The returned
-    /// receiver resolves once the first subscription stands: the router reads its first
-    /// snapshot only after that, so no update falls between the two.
+    /// `shutdown`; the subscription opens its own connections, as `config` says. The
+    /// returned receiver resolves once the first subscription stands: the router reads its
+    /// first snapshot only after that, so no update falls between the two.
     pub fn subscribe(
         &self,
-        client: redis::Client,
+        config: &RedisConfig,
         events: Arc<dyn BrokerEvents>,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
-    ) -> oneshot::Receiver<()> {
+    ) -> anyhow::Result<oneshot::Receiver<()>> {
         let sinks = Sinks { events, origin: self.origin.clone(), receiving: self.receiving.clone() };
-        let (conn, prefix, served) = (self.conn.clone(), self.prefix.clone(), self.served.clone());
-        spawn_subscriber(client, conn, prefix, served, sinks, shutdown, tracker)
+        let (conn, keys, served) = (self.conn.clone(), self.keys.clone(), self.served.clone());
+        Ok(match config.cluster {
+            Some(_) => spawn_sharded_subscriber(config.clone(), conn, keys, served, sinks, shutdown, tracker),
+            None => spawn_subscriber(config.client()?, conn, keys, served, sinks, shutdown, tracker),
+        })
     }
+}
+
+/// A PUBLISH of `message` on `channel`: SPUBLISH (sharded Pub/Sub, delivered by the
+/// channel's shard alone) on Redis Cluster, where a plain PUBLISH would go to every node.
+fn publish_cmd(keys: &Keyspace, channel: &str, message: &[u8]) -> redis::Cmd {
+    let mut cmd = redis::cmd(if keys.is_sharded() { "SPUBLISH" } else { "PUBLISH" });
+    cmd.arg(channel).arg(message);
+    cmd
+}
+
+/// Runs one pipeline per shard that `messages` (shard, channel, message) go to, at once: a
+/// pipeline may not span slots on Redis Cluster. Order is kept within each shard, so
+/// within each channel.
+async fn publish_all(
+    conn: &Connection,
+    keys: &Keyspace,
+    messages: impl IntoIterator<Item = (usize, String, Vec<u8>)>,
+) -> Result<(), EngineError> {
+    let mut pipes: Vec<Option<redis::Pipeline>> = vec![None; keys.shards()];
+    for (shard, channel, message) in messages {
+        pipes[shard].get_or_insert_with(redis::pipe).add_command(publish_cmd(keys, &channel, &message)).ignore();
+    }
+    try_join_all(pipes.into_iter().flatten().map(|pipe| {
+        let mut conn = conn.clone();
+        async move { pipe.query_async::<()>(&mut conn).await.map_err(classify) }
+    }))
+    .await?;
+    Ok(())
 }
 
 /// Publishes relayed frames in order, a pipeline per batch. Connection tasks only queue
@@ -108,12 +142,11 @@ impl RedisBroker {
 /// Once `closing`, it publishes what is still queued (a stopping router's last STOPs and
 /// indicator ends) and returns.
 async fn publish_relayed(
-    mut conn: Connection,
-    prefix: String,
+    conn: Connection,
+    keys: Keyspace,
     mut queue: mpsc::Receiver<Outgoing>,
     closing: CancellationToken,
 ) {
-    let shared = format!("{prefix}relay");
     let mut batch = Vec::with_capacity(RELAY_BATCH);
     loop {
         let received = tokio::select! {
@@ -129,16 +162,7 @@ async fn publish_relayed(
         if received == 0 {
             return;
         }
-        let mut pipe = redis::pipe();
-        for (group, message) in batch.drain(..) {
-            match group {
-                Some(group) => pipe.publish(group_channel(&prefix, &group), message),
-                None => pipe.publish(&shared, message),
-            };
-            pipe.ignore();
-        }
-        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-            let error = classify(e);
+        if let Err(error) = publish_all(&conn, &keys, batch.drain(..)).await {
             ::metrics::counter!(metrics::ENGINE_ERRORS, "op" => "relay", "kind" => error.kind()).increment(1);
             tracing::debug!(%error, "relayed frames lost");
         }
@@ -157,25 +181,28 @@ impl RedisBroker {
         }
     }
 
-    /// Adds one update's two PUBLISHes (`updates` and `online`/`offline`) to `pipe`.
-    fn add(&self, pipe: &mut redis::Pipeline, update: &PresenceUpdate) -> Result<(), EngineError> {
-        let json = serde_json::to_string(update).map_err(|e| EngineError::Internal(e.to_string()))?;
+    /// One update's two messages, on its user's shard's `updates` and `online` or
+    /// `offline` channels.
+    fn messages(&self, update: &PresenceUpdate) -> Result<[(usize, String, Vec<u8>); 2], EngineError> {
+        let json = serde_json::to_vec(update).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let shard = self.keys.shard_of(update.presence.user_id.as_str());
         let status_channel = if update.presence.status.is_online() { "online" } else { "offline" };
-        pipe.publish(format!("{}updates", self.prefix), &json).ignore();
-        pipe.publish(format!("{}{status_channel}", self.prefix), &json).ignore();
-        Ok(())
+        Ok([
+            (shard, self.keys.key(shard, "updates"), json.clone()),
+            (shard, self.keys.key(shard, status_channel), json),
+        ])
     }
 }
 
 #[async_trait]
 impl Broker for RedisBroker {
-    /// One pipeline for the whole batch.
+    /// One pipeline for the whole batch (one per shard on Redis Cluster).
     async fn publish(&self, updates: &[PresenceUpdate]) -> Result<(), EngineError> {
-        let mut pipe = redis::pipe();
+        let mut messages = Vec::with_capacity(2 * updates.len());
         for update in updates {
-            self.add(&mut pipe, update)?;
+            messages.extend(self.messages(update)?);
         }
-        pipe.query_async::<()>(&mut self.conn.clone()).await.map_err(classify)
+        publish_all(&self.conn, &self.keys, messages).await
     }
 
     async fn flush(&self) {
@@ -197,16 +224,18 @@ impl Broker for RedisBroker {
     /// any other for the shared one. A full queue (Redis slow or down) drops the frame,
     /// counted in `presence_relay_dropped_total`.
     fn relay(&self, delivery: &Delivery) {
-        let group = match &delivery.audience {
-            Audience::Group { group, dashboards: false } => Some(group.clone()),
-            _ => None,
-        };
-        self.queue((group, delivery.encode(&self.origin)));
+        let message = delivery.encode(&self.origin);
+        match &delivery.audience {
+            Audience::Group { group, dashboards: false } => {
+                self.queue((self.keys.shard_of(group.as_str()), self.keys.group_channel(group.as_str()), message))
+            }
+            _ => self.queue((0, self.keys.key(0, "relay"), message)),
+        }
     }
 
     /// Queued behind the relayed frames, so it arrives after them (see the module's doc).
     fn control(&self, control: &Control) {
-        self.queue((None, control.encode(&self.origin)));
+        self.queue((0, self.keys.key(0, "relay"), control.encode(&self.origin)));
     }
 
     /// Records the change and wakes the subscriber, which follows it.

@@ -1,5 +1,5 @@
 //! Per-group relay channels: a group's member frames (PTT and TEXT) go on the group's own
-//! channel ([`group_channel`]), and each router subscribes only to the channels of the
+//! channel ([`Keyspace::group_channel`]), and each router subscribes only to the channels of the
 //! groups it serves, those with a mobile member on it. As in centrifuge, the router tells
 //! the broker when it gains a group's first member and loses its last
 //! ([`Broker::serve_group`](crate::engine::Broker::serve_group)); the broker records the
@@ -17,18 +17,12 @@ use std::{
 use redis::aio::PubSubSink;
 use tokio::sync::Notify;
 
-use super::subscriber::{Lost, SUBSCRIBE_TIMEOUT};
+use super::{Keyspace, inbox::Lost, subscriber::SUBSCRIBE_TIMEOUT};
 use crate::{id::Id, metrics};
 
 /// Most channels named in one SUBSCRIBE or UNSUBSCRIBE: a router serving many groups
 /// subscribes to them in a few commands, none of them large.
 const CHANNELS_PER_COMMAND: usize = 1000;
-
-/// The Pub/Sub channel of `group`'s member frames under `prefix`: `{prefix}relay:{group}`.
-/// Every publish and subscription names it through here.
-pub fn group_channel(prefix: &str, group: &Id) -> String {
-    format!("{prefix}relay:{group}")
-}
 
 /// The groups this router serves, as the relay reports them; shared by the broker, which
 /// records changes without waiting, and the subscriber, which follows them.
@@ -57,9 +51,14 @@ impl Served {
         }
     }
 
+    /// Resolves at the next change (at once if one came since the last call).
+    pub(super) async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
     /// The groups to subscribe to and those to unsubscribe from, for a connection that
     /// holds `subscribed`, to hold the served groups.
-    fn diff(&self, subscribed: &HashSet<Id>) -> (Vec<Id>, Vec<Id>) {
+    pub(super) fn diff(&self, subscribed: &HashSet<Id>) -> (Vec<Id>, Vec<Id>) {
         let groups = self.groups();
         let joined = groups.difference(subscribed).cloned().collect();
         let left = subscribed.difference(&groups).cloned().collect();
@@ -73,13 +72,13 @@ impl Served {
 /// Changes that come while a command is under way are taken together by the next one.
 /// `presence_broker_group_subscriptions` counts the channels held; the caller zeroes it
 /// when the connection is lost.
-pub(super) async fn follow(served: &Served, prefix: &str, mut sink: PubSubSink) -> Lost {
+pub(super) async fn follow(served: &Served, keys: &Keyspace, mut sink: PubSubSink) -> Lost {
     let mut subscribed = HashSet::new();
     loop {
         let (joined, left) = served.diff(&subscribed);
         for (groups, subscribe) in [(joined, true), (left, false)] {
             for chunk in groups.chunks(CHANNELS_PER_COMMAND) {
-                let channels: Vec<String> = chunk.iter().map(|group| group_channel(prefix, group)).collect();
+                let channels: Vec<String> = chunk.iter().map(|group| keys.group_channel(group.as_str())).collect();
                 let command = async {
                     if subscribe { sink.subscribe(&channels).await } else { sink.unsubscribe(&channels).await }
                 };
@@ -98,7 +97,7 @@ pub(super) async fn follow(served: &Served, prefix: &str, mut sink: PubSubSink) 
                 ::metrics::gauge!(metrics::BROKER_GROUP_SUBSCRIPTIONS).set(subscribed.len() as f64);
             }
         }
-        served.changed.notified().await;
+        served.changed().await;
     }
 }
 
@@ -121,10 +120,5 @@ mod tests {
         assert_eq!((joined.into_iter().collect(), left.into_iter().collect()), (ids(&["a"]), ids(&["x"])));
         let (joined, left) = served.diff(&HashSet::new());
         assert_eq!((joined.into_iter().collect(), left), (ids(&["a", "b"]), Vec::new()), "a new connection takes all");
-    }
-
-    #[test]
-    fn the_channel_names_its_group_under_the_prefix() {
-        assert_eq!(group_channel("presence:", &Id::parse("crew").unwrap()), "presence:relay:crew");
     }
 }

@@ -68,6 +68,12 @@ impl Keyspace {
         format!("{}{}{name}", self.prefix, self.tags[shard])
     }
 
+    /// The Pub/Sub channel of `group`'s member frames: `{prefix}relay:{group}` in the
+    /// group's shard. Every publish and subscription names it through here.
+    pub fn group_channel(&self, group: &str) -> String {
+        self.key(self.shard_of(group), &format!("relay:{group}"))
+    }
+
     /// The shard's transition sequence: the key every script call names first, so that
     /// Redis Cluster routes the call to the shard's slot (see `lua/prelude.lua`).
     pub fn seq(&self, shard: usize) -> String {
@@ -132,6 +138,7 @@ mod tests {
         assert_eq!(keys.shard_of("alice"), 0);
         assert_eq!(keys.key(0, "meta:alice"), "presence:meta:alice");
         assert_eq!(keys.shard_of_key("presence:updates", "updates"), Some(0));
+        assert_eq!(keys.group_channel("crew"), "presence:relay:crew");
         assert!(!keys.is_sharded());
     }
 

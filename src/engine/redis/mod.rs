@@ -16,8 +16,10 @@ mod connection;
 mod errors;
 mod gaps;
 mod groups;
+mod inbox;
 mod keys;
 mod renewals;
+mod sharded;
 mod signals;
 mod subscriber;
 
@@ -27,13 +29,14 @@ use async_trait::async_trait;
 use futures_util::future::try_join_all;
 use redis::{
     AsyncCommands, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Script, ScriptInvocation,
-    TlsCertificates, aio::ConnectionManagerConfig, cluster::ClusterClient,
+    TlsCertificates,
+    aio::{AsyncPushSender, ConnectionManagerConfig},
+    cluster::{ClusterClient, ClusterClientBuilder},
 };
 
 pub use broker::RedisBroker;
 pub use connection::Connection;
 use errors::classify;
-pub use groups::group_channel;
 pub use keys::Keyspace;
 
 use super::{Connected, EngineError, Lifetimes, PresenceStore};
@@ -129,24 +132,30 @@ impl RedisConfig {
         }
     }
 
-    /// A client of the cluster, if this is one; `push` receives what its connections are
-    /// sent unasked (Pub/Sub messages), and makes it speak RESP3, which that needs.
-    pub fn cluster_client(
-        &self,
-        push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
-    ) -> redis::RedisResult<Option<ClusterClient>> {
-        let Some(cluster) = &self.cluster else { return Ok(None) };
-        let mut builder = redis::cluster::ClusterClientBuilder::new(cluster.seeds.clone())
+    /// A client of the cluster, if this is one.
+    pub fn cluster_client(&self) -> redis::RedisResult<Option<ClusterClient>> {
+        self.cluster_builder().map(ClusterClientBuilder::build).transpose()
+    }
+
+    /// A client of the cluster, if this is one, whose connections hand what they are sent
+    /// unasked (Pub/Sub messages) to `push`; it speaks RESP3, which that needs.
+    fn cluster_push_client(&self, push: impl AsyncPushSender) -> redis::RedisResult<Option<ClusterClient>> {
+        self.cluster_builder()
+            .map(|builder| builder.use_protocol(redis::ProtocolVersion::RESP3).push_sender(push).build())
+            .transpose()
+    }
+
+    /// Every cluster connection logs in, speaks TLS and times out the same way.
+    fn cluster_builder(&self) -> Option<ClusterClientBuilder> {
+        let cluster = self.cluster.as_ref()?;
+        let mut builder = ClusterClientBuilder::new(cluster.seeds.clone())
             .connection_timeout(STORE_TIMEOUT)
             .response_timeout(STORE_TIMEOUT)
             .retries(CLUSTER_RETRIES);
         if let Some(root) = &self.root_cert {
             builder = builder.certs(TlsCertificates { client_tls: None, root_cert: Some(root.clone()) });
         }
-        if let Some(push) = push {
-            builder = builder.use_protocol(redis::ProtocolVersion::RESP3).push_sender(push);
-        }
-        builder.build().map(Some)
+        Some(builder)
     }
 
     /// `host:port`, for messages: never the credentials.
@@ -192,7 +201,7 @@ impl RedisPresence {
     /// Connects (failing fast if Redis cannot be reached now) and makes sure keyspace
     /// `expired` events are on.
     pub async fn connect(config: &RedisConfig, lifetimes: Lifetimes) -> anyhow::Result<Self> {
-        let conn = match config.cluster_client(None)? {
+        let conn = match config.cluster_client()? {
             // The cluster connection reconnects, follows MOVED and failovers itself.
             Some(cluster) => Connection::cluster(cluster.get_async_connection().await?),
             None => {
