@@ -61,6 +61,8 @@ for run in 1 2 3; do
   $BIN/presence-load ptt --talker 127.0.0.1:4100 --listeners-router 127.0.0.1:4100 --listeners 100 --rate 50 --seconds 10
   $BIN/presence-load ptt --talker 127.0.0.1:4101 --listeners-router 127.0.0.1:4102 --listeners 100 --rate 50 --seconds 10
 done
+# Redis → router relay messages per AUDIO frame, 100 groups spread over routers A and B.
+$BIN/presence-load relay-fanin --routers 127.0.0.1:4101,127.0.0.1:4102 --groups 100 --rate 50 --seconds 3
 # Real fleets heartbeat every 30 s: 20k heartbeats/s is 600k mobiles' worth.
 $BIN/presence-load heartbeats --router 127.0.0.1:4101 --router-pid "${PID_OF[4101]}" --connections 2000 --seconds 10 --rate 20000
 $BIN/presence-load silent --redis-port 6400 --other-keys 1000000 --dashboard 127.0.0.1:4102 --users 100000 --ttl 30
