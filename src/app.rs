@@ -102,7 +102,8 @@ impl App {
                     .ok()
                     .and_then(Result::ok)
                     .with_context(|| format!("subscribing to Redis at {at}"))?;
-                Engine::new("redis", Arc::new(store), Arc::new(broker))
+                let name = if redis.cluster.is_some() { "redis-cluster" } else { "redis" };
+                Engine::new(name, Arc::new(store), Arc::new(broker))
             }
         };
         let timing = Timing {

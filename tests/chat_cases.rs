@@ -16,7 +16,7 @@ mod common;
 
 use common::{Engine, Router, Setup, assert_update, map};
 
-on_both_engines!(
+on_every_engine!(
     t01_user_online_on_connect,
     t02_user_away_after_inactivity,
     t03_user_back_online_after_activity,

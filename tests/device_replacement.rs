@@ -157,7 +157,7 @@ async fn only_the_same_users_same_device_is_replaced(engine: Engine) {
     second.sync(TALKER).await;
 }
 
-on_both_engines!(a_reconnect_replaces_its_dead_talking_session, only_the_same_users_same_device_is_replaced);
+on_every_engine!(a_reconnect_replaces_its_dead_talking_session, only_the_same_users_same_device_is_replaced);
 
 /// The dead session on router A, the reconnect on router B: B has A end it through the
 /// broker before the reconnect talks.

@@ -1,7 +1,7 @@
 //! A user who chose `invisible` is shown to nobody: no dashboard, member or API call sees
 //! its presence signals (typing, recording, talking, counts, moving activity times), while
 //! the content it sends (START / AUDIO / STOP, TEXT) still reaches its groups' members.
-//! Against the real binary, on both engines, and across two routers sharing Redis.
+//! Against the real binary, on every engine, and across two routers sharing Redis.
 
 mod common;
 
@@ -13,7 +13,7 @@ use presence_router::{
 use rmpv::Value;
 use serde_json::json;
 
-on_both_engines!(
+on_every_engine!(
     an_invisible_user_is_never_shown_typing_recording_or_talking,
     turning_invisible_ends_the_signals_and_turning_visible_shows_them_again,
     a_user_invisible_since_an_earlier_session_stays_hidden,

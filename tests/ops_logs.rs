@@ -240,4 +240,4 @@ async fn a_start_logs_no_rebuild(engine: Engine) {
     assert!(messages.contains(&"presence engine started"), "{messages:?}");
 }
 
-on_both_engines!(a_start_logs_no_rebuild);
+on_every_engine!(a_start_logs_no_rebuild);

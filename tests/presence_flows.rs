@@ -5,7 +5,7 @@ mod common;
 
 use common::{Engine, Setup, assert_update};
 
-on_both_engines!(
+on_every_engine!(
     mobile_online_and_offline_reach_the_dashboard,
     killed_app_without_close_frame_goes_offline_at_once,
     silent_mobile_goes_offline_once_after_the_ttl,

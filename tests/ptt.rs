@@ -1,4 +1,4 @@
-//! Push-to-talk routing of VoicePing's frames against the real binary, on both engines:
+//! Push-to-talk routing of VoicePing's frames against the real binary, on every engine:
 //! floors, relaying to group members (never back to the talker), private channels, the
 //! maximum talk time, and `talking` in presence.
 
@@ -8,7 +8,7 @@ use common::{Engine, Router, Setup, map};
 use presence_router::protocol::message_type::{AUDIO, START, START_ACK, START_FAILED, STOP, STOP_ACK, TEXT};
 use rmpv::Value;
 
-on_both_engines!(
+on_every_engine!(
     group_talk_reaches_members_only,
     a_busy_floor_refuses_a_second_talker,
     max_talk_time_takes_the_floor_back,

@@ -177,7 +177,7 @@ async fn a_refresh_leaving_the_shared_group_ends_a_private_talk(engine: Engine) 
     }
 }
 
-on_both_engines!(
+on_every_engine!(
     a_refresh_leaving_the_shared_group_ends_a_private_talk,
     an_expired_token_closes_the_connection_with_4001,
     a_refresh_keeps_the_connection_past_the_old_expiry,

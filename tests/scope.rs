@@ -171,7 +171,7 @@ async fn a_group_listing_forgets_a_member_who_left(engine: Engine) {
     assert_eq!((x["status"].as_str(), x["statusText"].as_str()), (Some("dnd"), Some("meeting with tenant-B")));
 }
 
-on_both_engines!(
+on_every_engine!(
     a_group_listing_forgets_a_member_who_left,
     the_api_reads_only_within_the_tokens_scope,
     a_scoped_dashboard_sees_no_other_groups_names,

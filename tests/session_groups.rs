@@ -222,7 +222,7 @@ async fn a_refresh_moves_only_that_devices_groups(engine: Engine) {
     watch.expect("the tablet's token moved it to g1", &router, &router, &["g1"]).await;
 }
 
-on_both_engines!(
+on_every_engine!(
     each_device_keeps_its_groups_while_it_lives,
     a_lapsed_device_takes_only_its_groups_away,
     a_refresh_moves_only_that_devices_groups,

@@ -1,11 +1,11 @@
 //! Chosen statuses: online / away / dnd / invisible with a custom text, as
-//! dashboards, snapshots and the HTTP API show them, on both engines.
+//! dashboards, snapshots and the HTTP API show them, on every engine.
 
 mod common;
 
 use common::{Engine, Setup, assert_update, map};
 
-on_both_engines!(
+on_every_engine!(
     dnd_with_text_reaches_dashboards_snapshots_and_the_api,
     invisible_users_are_shown_offline,
     manual_away_lasts_until_set_back,

@@ -59,24 +59,32 @@ pub async fn await_line<T>(
 pub enum Engine {
     Memory,
     Redis,
+    /// The Redis engine on a Redis Cluster of three masters and three replicas.
+    RedisCluster,
 }
 
-/// What a test needs to start routers on one engine: nothing, or a Redis server.
+/// What a test needs to start routers on one engine: nothing, a Redis server, or a Redis
+/// Cluster.
 pub struct Setup {
     pub redis: Option<RedisServer>,
+    pub cluster: Option<cluster::RedisCluster>,
 }
 
 impl Setup {
     pub async fn new(engine: Engine) -> Setup {
-        let redis = match engine {
-            Engine::Memory => None,
-            Engine::Redis => Some(RedisServer::start().await),
-        };
-        Setup { redis }
+        match engine {
+            Engine::Memory => Setup { redis: None, cluster: None },
+            Engine::Redis => Setup { redis: Some(RedisServer::start().await), cluster: None },
+            Engine::RedisCluster => Setup { redis: None, cluster: Some(cluster::RedisCluster::start().await) },
+        }
     }
 
     pub fn engine_name(&self) -> &'static str {
-        if self.redis.is_some() { "redis" } else { "memory" }
+        match (&self.redis, &self.cluster) {
+            (Some(_), _) => "redis",
+            (None, Some(_)) => "redis-cluster",
+            (None, None) => "memory",
+        }
     }
 
     /// A router on this setup's engine with `extra` flags.
@@ -85,20 +93,27 @@ impl Setup {
         if let Some(redis) = &self.redis {
             args.extend(["--redis-host".into(), "127.0.0.1".into(), "--redis-port".into(), redis.port.to_string()]);
         }
+        if let Some(cluster) = &self.cluster {
+            args.extend(["--redis-cluster-nodes".into(), cluster.seeds()]);
+        }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Router::start(&args).await
     }
 }
 
-/// Runs each named `async fn(Engine)` as two tests, `memory::name` and `redis::name`.
+/// Runs each named `async fn(Engine)` as three tests, `memory::name`, `redis::name` and
+/// `redis_cluster::name`.
 #[macro_export]
-macro_rules! on_both_engines {
+macro_rules! on_every_engine {
     ($($name:ident),* $(,)?) => {
         mod memory {
             $(#[tokio::test] async fn $name() { super::$name($crate::common::Engine::Memory).await })*
         }
         mod redis {
             $(#[tokio::test] async fn $name() { super::$name($crate::common::Engine::Redis).await })*
+        }
+        mod redis_cluster {
+            $(#[tokio::test] async fn $name() { super::$name($crate::common::Engine::RedisCluster).await })*
         }
     };
 }
