@@ -186,7 +186,10 @@ fn describe() {
         "Group relay channels this router subscribes to: the groups with a mobile member on it (Redis engine; 0 on \
          the memory engine)."
     );
-    describe_counter!(BROKER_MESSAGES, "Messages received from the broker, by kind (update, relay, expired, invalid).");
+    describe_counter!(
+        BROKER_MESSAGES,
+        "Messages received from the broker, by kind (update, relay, expired, invalid; overflow: dropped, the subscriber falling behind)."
+    );
     describe_counter!(RELAYED, "PTT, TEXT and indicator frames this router sent towards receivers, by type.");
     describe_counter!(RELAY_OVERFLOWS, "Connections closed because their queue of relayed frames was full.");
     describe_counter!(RELAY_DROPPED, "Relayed frames not sent to other routers: the publish queue was full.");
@@ -355,7 +358,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
             "replaced",
         ],
     );
-    each(BROKER_MESSAGES, "kind", &["update", "relay", "expired", "invalid"]);
+    each(BROKER_MESSAGES, "kind", &["update", "relay", "expired", "invalid", "overflow"]);
     each(BROKER_RESUBSCRIPTIONS, "reason", &["dropped", "silent"]);
     each(FLOOR_REQUESTS, "result", &["granted", "busy", "local_only"]);
     each(SESSIONS_REPLACED, "result", &["ended", "gone", "timed_out"]);

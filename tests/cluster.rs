@@ -1,15 +1,22 @@
-//! Several routers sharing one real redis-server: updates cross routers, offline is
-//! announced exactly once however many routers sweep, and crashes, rolling restarts and
-//! Redis outages leave every dashboard right without anyone reconnecting.
+//! Several routers sharing one real redis-server (or a Redis Cluster): updates cross
+//! routers, offline is announced exactly once however many routers sweep, and crashes,
+//! rolling restarts and Redis outages leave every dashboard right without anyone
+//! reconnecting.
 
 mod common;
 
+use ::redis::AsyncCommands;
 use common::{Engine, Setup, View, assert_update, eventually, http};
-use redis::AsyncCommands;
 
-#[tokio::test]
-async fn dashboard_on_one_router_sees_mobiles_on_another_go_silent_once() {
-    let setup = Setup::new(Engine::Redis).await;
+on_shared_engines!(
+    dashboard_on_one_router_sees_mobiles_on_another_go_silent_once,
+    reconnecting_to_another_router_shows_no_false_offline,
+    a_killed_routers_users_go_offline_once_after_the_ttl,
+    a_rolling_restart_does_not_flash_users_offline,
+);
+
+async fn dashboard_on_one_router_sees_mobiles_on_another_go_silent_once(engine: Engine) {
+    let setup = Setup::new(engine).await;
     let (a, b, _c) = (
         setup.router(&["--presence-ttl", "1"]).await,
         setup.router(&["--presence-ttl", "1"]).await,
@@ -34,9 +41,8 @@ async fn dashboard_on_one_router_sees_mobiles_on_another_go_silent_once() {
     assert_eq!(closed["cause"].as_str(), Some("disconnect"));
 }
 
-#[tokio::test]
-async fn reconnecting_to_another_router_shows_no_false_offline() {
-    let setup = Setup::new(Engine::Redis).await;
+async fn reconnecting_to_another_router_shows_no_false_offline(engine: Engine) {
+    let setup = Setup::new(engine).await;
     let (a, b) = (setup.router(&[]).await, setup.router(&[]).await);
     let (mut dashboard, _) = b.dashboard("dispatcher").await;
     let old = a.mobile("walker", "phone").await;
@@ -53,9 +59,8 @@ async fn reconnecting_to_another_router_shows_no_false_offline() {
     assert_update(&dashboard.next_update().await, "walker", "offline");
 }
 
-#[tokio::test]
-async fn a_killed_routers_users_go_offline_once_after_the_ttl() {
-    let setup = Setup::new(Engine::Redis).await;
+async fn a_killed_routers_users_go_offline_once_after_the_ttl(engine: Engine) {
+    let setup = Setup::new(engine).await;
     let (mut a, b) = (setup.router(&["--presence-ttl", "1"]).await, setup.router(&["--presence-ttl", "1"]).await);
     let (mut dashboard, _) = b.dashboard("dispatcher").await;
     let _orphan = a.mobile("orphan", "phone").await;
@@ -69,9 +74,8 @@ async fn a_killed_routers_users_go_offline_once_after_the_ttl() {
     assert_update(&dashboard.next_update().await, "marker", "online");
 }
 
-#[tokio::test]
-async fn a_rolling_restart_does_not_flash_users_offline() {
-    let setup = Setup::new(Engine::Redis).await;
+async fn a_rolling_restart_does_not_flash_users_offline(engine: Engine) {
+    let setup = Setup::new(engine).await;
     let (mut a, b) = (setup.router(&["--shutdown-grace-ms", "3000"]).await, setup.router(&[]).await);
     let (mut dashboard, _) = b.dashboard("dispatcher").await;
     let mut stayer = a.mobile("stayer", "phone-1").await;
@@ -192,9 +196,9 @@ async fn a_transition_that_was_never_published_is_healed_by_a_resync() {
     // Another router decided "ghost" online and was killed before it published: the
     // state and the sequence number are in Redis, the message never left.
     let mut conn = setup.redis.as_ref().unwrap().client().get_multiplexed_async_connection().await.unwrap();
-    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    let (secs, micros): (u64, u64) = ::redis::cmd("TIME").query_async(&mut conn).await.unwrap();
     let now = secs * 1000 + micros / 1000;
-    let _: () = redis::pipe()
+    let _: () = ::redis::pipe()
         .hset_multiple("presence:meta:ghost", &[("status", "online"), ("deviceId", "g")])
         .hset("presence:meta:ghost", "version", now)
         .hset("presence:meta:ghost", "lastSeen", now)

@@ -1,18 +1,24 @@
-//! PTT and indicators between routers sharing one real redis-server, and PTT on one router
-//! while Redis is down.
+//! PTT and indicators between routers sharing one real redis-server (or a Redis Cluster),
+//! and PTT on one router while Redis is down.
 
 mod common;
 
-use common::{Engine, RedisServer, Router, Setup, eventually, map, prometheus::metric};
+use common::{Engine, Router, Setup, eventually, map, prometheus::metric};
 use presence_router::{
-    engine::redis::Keyspace,
+    engine::redis::{DEFAULT_CLUSTER_SHARDS, Keyspace},
     protocol::message_type::{AUDIO, START, START_ACK, START_FAILED, STOP, STOP_ACK, TEXT},
 };
 use rmpv::Value;
 
-#[tokio::test]
-async fn talk_and_indicators_cross_routers_and_one_floor_holds_cluster_wide() {
-    let setup = Setup::new(Engine::Redis).await;
+on_shared_engines!(
+    talk_and_indicators_cross_routers_and_one_floor_holds_cluster_wide,
+    a_router_stopping_mid_talk_tells_the_other_routers,
+    indicators_of_a_killed_router_end_on_the_others_exactly_once,
+    group_talk_reaches_only_the_routers_serving_the_group,
+);
+
+async fn talk_and_indicators_cross_routers_and_one_floor_holds_cluster_wide(engine: Engine) {
+    let setup = Setup::new(engine).await;
     let (a, b) = (setup.router(&[]).await, setup.router(&[]).await);
     let (mut dashboard, _) = b.dashboard_of("dispatcher", &["crew"]).await;
     let mut talker = a.mobile_in("t", &["crew"]).await;
@@ -102,9 +108,8 @@ async fn ptt_on_one_router_keeps_working_while_redis_is_down() {
     assert!(metrics.contains(r#"presence_floor_requests_total{result="granted"} 1"#), "{metrics}");
 }
 
-#[tokio::test]
-async fn a_router_stopping_mid_talk_tells_the_other_routers() {
-    let setup = Setup::new(Engine::Redis).await;
+async fn a_router_stopping_mid_talk_tells_the_other_routers(engine: Engine) {
+    let setup = Setup::new(engine).await;
     let (mut a, b) = (setup.router(&[]).await, setup.router(&[]).await);
     let mut talker = a.mobile_in("t", &["crew"]).await;
     let mut listener = b.mobile_in("l", &["crew"]).await;
@@ -125,9 +130,8 @@ async fn a_router_stopping_mid_talk_tells_the_other_routers() {
 /// A router killed while its users type or talk cannot announce the ends: the indicators
 /// lapse in Redis, and one of the surviving routers (both sweep) announces each end,
 /// exactly once, to members and dashboards on every router.
-#[tokio::test]
-async fn indicators_of_a_killed_router_end_on_the_others_exactly_once() {
-    let setup = Setup::new(Engine::Redis).await;
+async fn indicators_of_a_killed_router_end_on_the_others_exactly_once(engine: Engine) {
+    let setup = Setup::new(engine).await;
     let mut a = setup.router(&["--typing-ttl-ms", "1000", "--max-talk-ms", "1500"]).await;
     let (b, c) = (setup.router(&[]).await, setup.router(&[]).await);
     let (mut dashboard, _) = b.dashboard_of("dispatcher", &["crew"]).await;
@@ -175,12 +179,22 @@ async fn indicators_of_a_killed_router_end_on_the_others_exactly_once() {
     assert_eq!(b.group("crew").await["typingUsers"], serde_json::json!([]));
 }
 
-/// How many connections subscribe to the relay channel of group `crew` on `redis`.
-async fn crew_subscribers(redis: &RedisServer) -> u64 {
-    let channel = Keyspace::single("presence:").group_channel("crew");
-    let mut conn = redis.client().get_multiplexed_async_connection().await.unwrap();
+/// How many connections subscribe to the relay channel of group `crew`: on one Redis,
+/// `PUBSUB NUMSUB`; on a cluster, `PUBSUB SHARDNUMSUB` on the master of its slot, the only
+/// node that delivers a sharded channel.
+async fn crew_subscribers(setup: &Setup) -> u64 {
+    let (port, channel, numsub) = match (&setup.redis, &setup.cluster) {
+        (Some(redis), _) => (redis.port, Keyspace::single("presence:").group_channel("crew"), "NUMSUB"),
+        (None, Some(cluster)) => {
+            let channel = Keyspace::sharded("presence:", DEFAULT_CLUSTER_SHARDS).group_channel("crew");
+            (cluster.master_for_key(&channel).await, channel, "SHARDNUMSUB")
+        }
+        (None, None) => unreachable!("a shared engine"),
+    };
+    let client = ::redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let (_, subscribers): (String, u64) =
-        redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query_async(&mut conn).await.unwrap();
+        ::redis::cmd("PUBSUB").arg(numsub).arg(channel).query_async(&mut conn).await.unwrap();
     subscribers
 }
 
@@ -196,10 +210,8 @@ async fn group_subscriptions(router: &Router) -> Option<u64> {
 
 /// A group's PTT frames reach only the routers with a mobile member of the group: each
 /// router subscribes to the group's relay channel from its first local member to its last.
-#[tokio::test]
-async fn group_talk_reaches_only_the_routers_serving_the_group() {
-    let setup = Setup::new(Engine::Redis).await;
-    let redis = setup.redis.as_ref().unwrap();
+async fn group_talk_reaches_only_the_routers_serving_the_group(engine: Engine) {
+    let setup = Setup::new(engine).await;
     let (a, b, c) = (setup.router(&[]).await, setup.router(&[]).await, setup.router(&[]).await);
     // A dashboard is no member: C serves no mobile session of the group, yet it is told of
     // the group's indicators, which every router hears.
@@ -208,7 +220,7 @@ async fn group_talk_reaches_only_the_routers_serving_the_group() {
     let mut listener = b.mobile_in("l", &["crew"]).await;
     dashboard.next_update().await;
     dashboard.next_update().await;
-    eventually("a and b to subscribe to the group's channel", || async { crew_subscribers(redis).await == 2 }).await;
+    eventually("a and b to subscribe to the group's channel", || async { crew_subscribers(&setup).await == 2 }).await;
 
     talker.take_floor("t", "crew", &mut listener).await;
     dashboard.expect_indicator("t", "talking", true).await;
@@ -225,12 +237,12 @@ async fn group_talk_reaches_only_the_routers_serving_the_group() {
 
     // A member connecting on C makes C a receiver of the group's frames, until it leaves.
     let mut member = c.mobile_in("m", &["crew"]).await;
-    eventually("c to subscribe to the group's channel", || async { crew_subscribers(redis).await == 3 }).await;
+    eventually("c to subscribe to the group's channel", || async { crew_subscribers(&setup).await == 3 }).await;
     talker.send_frame(0, AUDIO, "t", "crew", Value::Binary(vec![7; 40])).await;
     assert_eq!(member.expect_relayed(AUDIO, "t", "crew").await[5], Value::Binary(vec![7; 40]));
     eventually("c's gauge to count the subscription", || async { group_subscriptions(&c).await == Some(1) }).await;
     member.close().await;
-    eventually("c to leave the group's channel", || async { crew_subscribers(redis).await == 2 }).await;
+    eventually("c to leave the group's channel", || async { crew_subscribers(&setup).await == 2 }).await;
     eventually("c's gauge to count none", || async { group_subscriptions(&c).await == Some(0) }).await;
 }
 
@@ -243,17 +255,17 @@ async fn group_channels_are_subscribed_again_after_the_subscription_is_cut() {
     let (a, b) = (setup.router(&[]).await, setup.router(&[]).await);
     let mut talker = a.mobile_in("t", &["crew"]).await;
     let mut listener = b.mobile_in("l", &["crew"]).await;
-    eventually("a and b to subscribe to the group's channel", || async { crew_subscribers(redis).await == 2 }).await;
+    eventually("a and b to subscribe to the group's channel", || async { crew_subscribers(&setup).await == 2 }).await;
 
     let mut admin = redis.client().get_multiplexed_async_connection().await.unwrap();
-    let _: u64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut admin).await.unwrap();
+    let _: u64 = ::redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut admin).await.unwrap();
     for router in [&a, &b] {
         eventually("the router to resubscribe", || async {
             metric(&router.metrics().await, r#"presence_broker_resubscriptions_total{reason="dropped"}"#) >= Some(1)
         })
         .await;
     }
-    eventually("a and b to subscribe to the group's channel again", || async { crew_subscribers(redis).await == 2 })
+    eventually("a and b to subscribe to the group's channel again", || async { crew_subscribers(&setup).await == 2 })
         .await;
     talker.take_floor("t", "crew", &mut listener).await;
     talker.send_frame(0, AUDIO, "t", "crew", Value::Binary(vec![5; 40])).await;

@@ -118,6 +118,20 @@ macro_rules! on_every_engine {
     };
 }
 
+/// Runs each named `async fn(Engine)` as two tests on the engines several routers share,
+/// `redis::name` and `redis_cluster::name`.
+#[macro_export]
+macro_rules! on_shared_engines {
+    ($($name:ident),* $(,)?) => {
+        mod redis {
+            $(#[tokio::test] async fn $name() { super::$name($crate::common::Engine::Redis).await })*
+        }
+        mod redis_cluster {
+            $(#[tokio::test] async fn $name() { super::$name($crate::common::Engine::RedisCluster).await })*
+        }
+    };
+}
+
 /// A real `redis-server` with the project's `redis.conf`, on a free port; killed on drop.
 pub struct RedisServer {
     pub port: u16,

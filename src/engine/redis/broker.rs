@@ -1,24 +1,29 @@
-//! Pub/Sub between routers, the publishing side: every transition is published as JSON on
-//! `{prefix}updates` (and, for subscribers that want only one kind, on `{prefix}online` or
-//! `{prefix}offline`); each router's subscriber ([`super::subscriber`], started by
-//! [`RedisBroker::subscribe`]) hands them to its [`BrokerEvents`].
-//! Relayed frames are msgpack (see [`Delivery::encode`]) and transient: a lost one is
-//! simply lost, like a UDP packet of audio. A group's member frames (PTT and TEXT: an
-//! [`Audience::Group`] without dashboards), the bulk of the traffic, go on the group's own
-//! channel ([`group_channel`]), which only the routers serving the group subscribe to (see
-//! [`super::groups`]); every other frame (indicators, which dashboards of any router may
-//! watch; private channels; visibility news) goes on `{prefix}relay`, which every router
-//! subscribes to. So do the messages about one session ([`Control::encode`]: replaced,
-//! ended).
+//! Pub/Sub between routers, the publishing side. Channel names are those of the
+//! [`Keyspace`]: `{p}name` on one Redis, and on a Redis Cluster one of each per shard, with
+//! the shard's hash tag, published with SPUBLISH (sharded Pub/Sub: only the master of the
+//! channel's slot delivers it, instead of every node).
 //!
-//! A session message travels in order after the frames its router relayed before it (a
-//! replaced talker's STOP before the news that it ended), although they go on different
-//! channels: one task publishes them all, in order, over one connection, Redis runs one
-//! client's commands in order and appends each message to a subscriber's output as it
-//! runs the PUBLISH, and each router reads every channel it subscribes to from one
-//! connection. This holds on one Redis (or a primary with its replicas); on a Redis
-//! Cluster, channels of different shards would be published and read over different
-//! connections.
+//! - Every transition is published as JSON on its user's shard's `updates` (and, for
+//!   subscribers that want only one kind, `online` or `offline`); each router's subscriber
+//!   ([`super::subscriber`] on one Redis, [`super::sharded`] on a cluster, started by
+//!   [`RedisBroker::subscribe`]) hands them to its [`BrokerEvents`].
+//! - Relayed frames are msgpack (see [`Delivery::encode`]) and transient: a lost one is
+//!   simply lost, like a UDP packet of audio. A group's member frames (PTT and TEXT: an
+//!   [`Audience::Group`] without dashboards), the bulk of the traffic, go on the group's
+//!   own channel ([`Keyspace::group_channel`]), which only the routers serving the group
+//!   subscribe to (see [`super::groups`]). Every other frame goes on the `relay` channel of
+//!   its group's or user's shard, which every router subscribes to: a group's indicators
+//!   (dashboards on any router may watch them), private frames, visibility news.
+//! - Messages about one session ([`Control::encode`]: replaced, ended) go on shard 0's
+//!   `relay`.
+//!
+//! Order: a group's frames all go to its shard, so they arrive in the order they were
+//! relayed (a STOP before the end of `talking`): one task publishes them in order, a
+//! shard's channels live on one node, which delivers one client's messages in order, and
+//! each router reads a node's channels from one connection. A session message is published
+//! only once everything relayed before it has been (each node acknowledged it): a replaced
+//! talker's STOP reaches every node before the news that it ended goes out, so the new
+//! session's START, sent after that news, follows the STOP on the group's node.
 
 use std::{
     sync::{Arc, Mutex},
@@ -74,9 +79,16 @@ pub struct RedisBroker {
     served: Arc<Served>,
 }
 
-/// A relayed message on its way to Redis: the shard of its channel, the channel, the
-/// message.
-type Outgoing = (usize, String, Vec<u8>);
+/// A relayed message on its way to Redis.
+struct Outgoing {
+    /// The shard of its channel.
+    shard: usize,
+    channel: String,
+    message: Vec<u8>,
+    /// Sent only once every message queued before it is published: a session message
+    /// (see the module's doc).
+    after_the_rest: bool,
+}
 
 impl RedisBroker {
     /// Also starts the task that publishes relayed frames, until [`Broker::flush`].
@@ -162,9 +174,14 @@ async fn publish_relayed(
         if received == 0 {
             return;
         }
-        if let Err(error) = publish_all(&conn, &keys, batch.drain(..)).await {
-            ::metrics::counter!(metrics::ENGINE_ERRORS, "op" => "relay", "kind" => error.kind()).increment(1);
-            tracing::debug!(%error, "relayed frames lost");
+        // A session message starts a new round, sent once the one before is published.
+        while !batch.is_empty() {
+            let end = batch.iter().skip(1).position(|out| out.after_the_rest).map_or(batch.len(), |i| i + 1);
+            let round = batch.drain(..end).map(|out| (out.shard, out.channel, out.message));
+            if let Err(error) = publish_all(&conn, &keys, round).await {
+                ::metrics::counter!(metrics::ENGINE_ERRORS, "op" => "relay", "kind" => error.kind()).increment(1);
+                tracing::debug!(%error, "relayed frames lost");
+            }
         }
         if closing.is_cancelled() && queue.is_empty() {
             return;
@@ -225,17 +242,25 @@ impl Broker for RedisBroker {
     /// counted in `presence_relay_dropped_total`.
     fn relay(&self, delivery: &Delivery) {
         let message = delivery.encode(&self.origin);
-        match &delivery.audience {
+        let (shard, channel) = match &delivery.audience {
             Audience::Group { group, dashboards: false } => {
-                self.queue((self.keys.shard_of(group.as_str()), self.keys.group_channel(group.as_str()), message))
+                (self.keys.shard_of(group.as_str()), self.keys.group_channel(group.as_str()))
             }
-            _ => self.queue((0, self.keys.key(0, "relay"), message)),
-        }
+            Audience::Group { group: target, dashboards: true }
+            | Audience::User(target)
+            | Audience::Visibility { user: target, .. } => {
+                let shard = self.keys.shard_of(target.as_str());
+                (shard, self.keys.key(shard, "relay"))
+            }
+        };
+        self.queue(Outgoing { shard, channel, message, after_the_rest: false });
     }
 
-    /// Queued behind the relayed frames, so it arrives after them (see the module's doc).
+    /// Queued behind the relayed frames, and published once they are (see the module's
+    /// doc).
     fn control(&self, control: &Control) {
-        self.queue((0, self.keys.key(0, "relay"), control.encode(&self.origin)));
+        let message = control.encode(&self.origin);
+        self.queue(Outgoing { shard: 0, channel: self.keys.key(0, "relay"), message, after_the_rest: true });
     }
 
     /// Records the change and wakes the subscriber, which follows it.

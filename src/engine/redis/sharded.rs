@@ -172,16 +172,10 @@ impl Sharded {
         self.left.extend(left);
     }
 
-    /// Every shard's channels: its `updates`, shard 0's shared `relay`, the served groups'.
+    /// Every shard's channels: its `updates` and `relay`, and the served groups'.
     fn plan(&mut self) -> Plan {
         let mut plan: Plan = (0..self.keys.shards())
-            .map(|shard| {
-                let mut channels = vec![self.keys.key(shard, "updates")];
-                if shard == 0 {
-                    channels.push(self.keys.key(0, "relay"));
-                }
-                (channels, Vec::new())
-            })
+            .map(|shard| (vec![self.keys.key(shard, "updates"), self.keys.key(shard, "relay")], Vec::new()))
             .collect();
         for group in &self.groups {
             plan[self.keys.shard_of(group.as_str())].0.push(self.keys.group_channel(group.as_str()));
