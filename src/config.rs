@@ -329,9 +329,9 @@ pub struct Config {
     #[arg(help_heading = "Redis")]
     pub redis_url: Option<String>,
 
-    /// A Redis Cluster (7.0 or later) instead of one Redis: comma-separated seed nodes,
-    /// each `host:port` or a `redis://`/`rediss://` URL (any of the cluster's nodes; the
-    /// others are discovered). Login from `--redis-username`/`--redis-password` (or the
+    /// A Redis Cluster (7.0 or later) instead of one Redis: comma-separated nodes to start
+    /// from, each `host:port` or a `redis://`/`rediss://` URL (any of the cluster's nodes;
+    /// the others are discovered). Login from `--redis-username`/`--redis-password` (or the
     /// URLs), TLS from `rediss://` and `--redis-ca-cert`; database 0 only, as Redis
     /// Cluster has no other.
     #[arg(long, env = "REDIS_CLUSTER_NODES", hide_env_values = true, value_delimiter = ',', conflicts_with_all = ["redis_url", "redis_host", "redis_port", "redis_db"])]

@@ -722,8 +722,9 @@ impl Node {
             }
             *self.sweep_paused_until.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(Instant::now() + self.timing.recovery_grace);
-            if let Err(e) = self.resync().await {
-                tracing::debug!(error = %e, "resync failed; retrying");
+            match self.resync().await {
+                Ok(()) => ::metrics::counter!(metrics::RESYNCS).increment(1),
+                Err(e) => tracing::debug!(error = %e, "resync failed; retrying"),
             }
         }
     }

@@ -114,6 +114,14 @@ impl Inbox {
         }
     }
 
+    /// A periodic check of `shard` ([`GapDetector::expect_through`]); an unreadable head
+    /// checks nothing.
+    pub(super) fn expect_through(&mut self, shard: usize, head: Option<u64>) {
+        if head.is_some_and(|head| self.gaps[shard].expect_through(head)) {
+            self.resync();
+        }
+    }
+
     /// Marks the router deaf (the node turns degraded) and wakes the node to notice.
     pub(super) fn deaf(&self) {
         if self.sinks.receiving.set(false) {

@@ -222,13 +222,12 @@ impl RedisPresence {
             }
         };
         let keys = config.keyspace();
-        let renewals = renewals::Renewals::start(renewals::Batcher {
-            conn: conn.clone(),
-            script: script!("renew.lua"),
-            keys: keys.clone(),
-            last_seen_ms: lifetimes.last_seen.as_millis() as u64,
-            ttl_ms: lifetimes.ttl.as_millis() as u64,
-        });
+        let renewals = renewals::Renewals::start(renewals::Batcher::new(
+            conn.clone(),
+            script!("renew.lua"),
+            keys.clone(),
+            lifetimes,
+        ));
         Ok(RedisPresence {
             conn,
             keys,
@@ -259,7 +258,7 @@ impl RedisPresence {
     /// A call of a script on `shard` with what every script starts with: the shard's
     /// sequence key, and the last-seen retention in ms.
     fn call<'a>(&'a self, script: &'a Script, shard: usize) -> ScriptInvocation<'a> {
-        start_call(script, &self.keys, shard, self.lifetimes.last_seen.as_millis() as u64)
+        start_call(script, &self.keys, shard, &self.lifetimes)
     }
 
     /// A call of one of the session scripts: the common arguments, then user and session.
@@ -273,7 +272,7 @@ impl RedisPresence {
     /// when `replace` (see [`PresenceStore::connect`]).
     async fn lease(&self, session: &Session, replace: bool) -> Result<Connected, EngineError> {
         let mut call = self.call(&self.lease, self.keys.shard_of(session.user.as_str()));
-        call.arg(self.lifetimes.ttl.as_millis() as u64).arg(if replace { "1" } else { "0" });
+        call.arg(if replace { "1" } else { "0" });
         session_args(&mut call, session);
         let (row, replaced): (Option<Row>, Option<String>) =
             call.invoke_async(&mut self.conn.clone()).await.map_err(classify)?;
@@ -282,28 +281,6 @@ impl RedisPresence {
 
     fn meta_key(&self, user: &Id) -> String {
         self.keys.key(self.keys.shard_of(user.as_str()), &format!("meta:{user}"))
-    }
-
-    /// The meta fields of each user of one shard, pipelined.
-    async fn read_meta(&self, users: &[Id]) -> Result<Vec<UserPresence>, EngineError> {
-        // Redis refuses an empty pipeline, and that must not read as an outage.
-        if users.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for user in users {
-            pipe.cmd("HMGET").arg(self.meta_key(user)).arg(&[
-                "status",
-                "lastSeen",
-                "deviceId",
-                "version",
-                "groups",
-                "text",
-                "lastActivity",
-            ]);
-        }
-        let rows: Vec<MetaRow> = pipe.query_async(&mut self.conn.clone()).await.map_err(classify)?;
-        Ok(users.iter().zip(rows).map(|(user, row)| presence_of(user, row)).collect())
     }
 
     /// `sweep.lua` on one shard, a batch at a time until it finds no more due.
@@ -326,14 +303,18 @@ impl RedisPresence {
         }
     }
 
-    /// The users online in one shard, from its index.
+    /// The users shown online in one shard: those with a lease, read a batch at a time.
     async fn online_in(&self, shard: usize) -> Result<Vec<UserPresence>, EngineError> {
-        let ids: Vec<String> =
-            self.conn.clone().zrange(self.keys.key(shard, "deadlines"), 0, -1).await.map_err(classify)?;
-        let ids: Vec<Id> = ids.iter().filter_map(|id| Id::parse(id).ok()).collect();
+        let leases: Vec<String> =
+            self.conn.clone().zrange(self.keys.key(shard, "leases"), 0, -1).await.map_err(classify)?;
+        let mut ids: Vec<Id> = leases.iter().filter_map(|lease| Id::parse(lease.split_once('\n')?.0).ok()).collect();
+        ids.sort_unstable();
+        ids.dedup();
         let mut users = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(SNAPSHOT_BATCH) {
-            users.extend(self.read_meta(chunk).await?.into_iter().filter(|u| u.status.is_online()));
+            let chunk: Vec<&Id> = chunk.iter().collect();
+            let read = self.lookup_in(shard, &chunk, &Scope::everyone()).await?;
+            users.extend(read.into_iter().filter(|u| u.status.is_online()));
         }
         Ok(users)
     }
@@ -396,10 +377,10 @@ fn shown(mut presence: UserPresence) -> UserPresence {
 
 /// A call of `script` on `shard`: KEYS[1] is the shard's sequence key, which routes the
 /// call to the shard's slot on Redis Cluster and tells the script every other key (see
-/// `lua/prelude.lua`); ARGV[1] is the last-seen retention in ms.
-fn start_call<'a>(script: &'a Script, keys: &Keyspace, shard: usize, last_seen_ms: u64) -> ScriptInvocation<'a> {
+/// `lua/prelude.lua`); ARGV[1] is the last-seen retention and ARGV[2] the lease, in ms.
+fn start_call<'a>(script: &'a Script, keys: &Keyspace, shard: usize, lifetimes: &Lifetimes) -> ScriptInvocation<'a> {
     let mut call = script.key(keys.seq(shard));
-    call.arg(last_seen_ms);
+    call.arg(lifetimes.last_seen.as_millis() as u64).arg(lifetimes.ttl.as_millis() as u64);
     call
 }
 
@@ -413,6 +394,11 @@ fn session_args(call: &mut ScriptInvocation<'_>, session: &Session) {
         .arg(join_groups(&session.groups))
         .arg(choice.map_or("", |c| c.mode.as_str()))
         .arg(choice.and_then(|c| c.text.as_deref()).unwrap_or(""));
+}
+
+/// A session's member of `{p}leases`: `user\nsession` (`lease_of` in `lua/prelude.lua`).
+fn lease_member(session: &Session) -> String {
+    format!("{}\n{}", session.user, session.id)
 }
 
 /// Groups as the meta hash holds them: newline-separated (ids have no control characters).

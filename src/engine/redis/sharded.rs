@@ -210,7 +210,7 @@ impl Sharded {
         let was_receiving = self.inbox.sinks.receiving.set(true);
         if first.is_none() && was_receiving {
             for (shard, head) in heads.enumerate() {
-                self.inbox.resume(shard, head);
+                self.inbox.expect_through(shard, head);
             }
             return true;
         }

@@ -1,13 +1,15 @@
-//! A Redis Cluster master killed mid-session (three masters, three replicas,
-//! `cluster-node-timeout` 1 s): its replica takes over, and the routers carry on. Presence
-//! and push-to-talk keep working, no user is left a ghost, every offline is announced
-//! exactly once, and dashboards get a fresh snapshot on the connections they have.
+//! Faults only a Redis Cluster has (three masters, three replicas, `cluster-node-timeout`
+//! 1 s), against real routers. A master killed mid-session: its replica takes over, and the
+//! routers carry on; presence and push-to-talk keep working, no user is left a ghost, every
+//! offline is announced exactly once, and dashboards get a fresh snapshot on the
+//! connections they have. A transition lost on one shard with none after it: each router's
+//! periodic check of the shards' sequences notices it, and resyncs once.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Engine, Setup, View, cluster::RedisCluster, map};
+use common::{Engine, Setup, View, cluster::RedisCluster, eventually, map, prometheus::metric};
 use presence_router::{
     engine::redis::{DEFAULT_CLUSTER_SHARDS, Keyspace},
     protocol::message_type::{AUDIO, STOP, STOP_ACK},
@@ -130,4 +132,34 @@ async fn a_master_failing_over_mid_session_keeps_presence_and_talk_right() {
         assert_eq!(offlines_of(&frames, user).count(), 0, "{user} stayed connected and never went offline");
         assert!(view.online.contains_key(user), "{user} is online on the dashboard");
     }
+}
+
+/// A transition decided on a shard and never published (its router killed in between),
+/// with no later transition on that shard to show the gap: the router's check of every
+/// shard's sequence, at each renewal of its subscriptions, notices it and resyncs, once.
+#[tokio::test]
+async fn a_lost_transition_with_none_after_it_is_healed_by_one_resync() {
+    let setup = Setup::new(Engine::RedisCluster).await;
+    let router = setup.router(&[]).await;
+    let (mut dashboard, snapshot) = router.dashboard("dispatcher").await;
+    let mut view = View::default();
+    view.apply(&snapshot);
+    let counter = |name: &'static str| {
+        let router = &router;
+        async move { metric(&router.metrics().await, name).unwrap() }
+    };
+    let resyncs = counter("presence_resyncs_total").await;
+
+    let keys = Keyspace::sharded("presence:", DEFAULT_CLUSTER_SHARDS);
+    let cluster = setup.cluster.as_ref().unwrap();
+    assert_eq!(cluster.cli(&["incr", &keys.seq(0)]).await, "1");
+    eventually("the gap to be noticed", || async { counter("presence_broker_gaps_total").await == 1 }).await;
+    watch_until(&mut dashboard, &mut view, |view| view.snapshots == 2).await;
+    assert_eq!(counter("presence_resyncs_total").await, resyncs + 1);
+
+    // Healed for good: the shards' subscriptions are renewed (and their sequences checked)
+    // every second; over three of them, nothing more is missing and nothing is rebuilt.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(counter("presence_broker_gaps_total").await, 1);
+    assert_eq!(counter("presence_resyncs_total").await, resyncs + 1);
 }
