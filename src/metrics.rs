@@ -193,7 +193,7 @@ fn describe() {
     );
     describe_counter!(
         BROKER_MESSAGES,
-        "Messages received from the broker, by kind (update, relay, expired, invalid; overflow: dropped, the subscriber falling behind)."
+        "Messages received from the broker, by kind (update, relay, invalid; overflow: dropped, the subscriber falling behind)."
     );
     describe_counter!(RELAYED, "PTT, TEXT and indicator frames this router sent towards receivers, by type.");
     describe_counter!(RELAY_OVERFLOWS, "Connections closed because their queue of relayed frames was full.");
@@ -364,7 +364,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
             "replaced",
         ],
     );
-    each(BROKER_MESSAGES, "kind", &["update", "relay", "expired", "invalid", "overflow"]);
+    each(BROKER_MESSAGES, "kind", &["update", "relay", "invalid", "overflow"]);
     each(BROKER_RESUBSCRIPTIONS, "reason", &["dropped", "silent"]);
     each(FLOOR_REQUESTS, "result", &["granted", "busy", "local_only"]);
     each(SESSIONS_REPLACED, "result", &["ended", "gone", "timed_out"]);

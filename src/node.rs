@@ -679,7 +679,6 @@ impl Node {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
-                _ = self.fanout.sweep_requested() => {}
                 _ = prune.tick() => {
                     self.hub().prune(unix_ms().saturating_sub(self.timing.last_seen.as_millis() as u64));
                     continue;

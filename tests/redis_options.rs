@@ -70,9 +70,8 @@ async fn a_url_with_a_password_reaches_a_redis_that_requires_one() {
 async fn an_acl_user_logs_in_with_the_rights_the_router_needs() {
     let redis = RedisServer::start().await;
     let mut setup = redis.client().get_multiplexed_async_connection().await.unwrap();
-    // Only the router's keys and channels (its own, and expired-key events), and no
-    // administrative commands.
-    let channels = ["&presence:*", "&__keyevent@0__:expired"];
+    // Only the router's keys and channels, and no administrative commands.
+    let channels = ["&presence:*"];
     for user in [
         &[&["router", "on", ">router-pass", "~presence:*"][..], &channels, &["+@all", "-@dangerous"]].concat()[..],
         &["admin", "on", ">admin-pass", "~*", "&*", "+@all"],

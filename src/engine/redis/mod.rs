@@ -3,13 +3,16 @@
 //!
 //! All multi-key changes run as Lua scripts (`lua/`), atomic and on Redis' own clock, each
 //! within one shard of the keyspace ([`keys`]): one shard on a single Redis, a fixed number
-//! of hash-tagged shards on a cluster;
-//! transitions travel on Pub/Sub ([`broker`] publishes, [`subscriber`] receives and
-//! notices a subscription that went quiet), and so do relayed frames, a group's on its
-//! own channel that only the routers serving the group subscribe to ([`groups`]). Every call goes over one [`Connection`], which
-//! sends a call again when its connection dropped under it. Offline detection never depends on keyspace
-//! events alone (Redis sends them late, or never to a subscriber that was away): every router sweeps the `deadlines` index, and the atomic sweep
-//! script hands each offline to exactly one of them.
+//! of hash-tagged shards on a cluster. A live session's heartbeat is the exception: it
+//! only moves its lease deadline, one command ([`renewals`]). Transitions travel on
+//! Pub/Sub ([`broker`] publishes; [`subscriber`] on one Redis, [`sharded`] on a cluster,
+//! receive and notice a subscription that went quiet), and so do relayed frames, a group's
+//! on its own channel that only the routers serving the group subscribe to ([`groups`]).
+//! Every call goes over one [`Connection`], which sends a call again when its connection
+//! dropped under it. Offline detection does not depend on keyspace events (Redis sends
+//! them late, or never to a subscriber that was away): every router sweeps each shard's
+//! `leases` index every 250 ms, and the atomic sweep script hands each offline to exactly
+//! one of them.
 
 mod broker;
 mod connection;
@@ -198,8 +201,7 @@ async fn now_ms(conn: &mut Connection) -> Result<u64, EngineError> {
 }
 
 impl RedisPresence {
-    /// Connects (failing fast if Redis cannot be reached now) and makes sure keyspace
-    /// `expired` events are on.
+    /// Connects, failing fast if Redis cannot be reached now.
     pub async fn connect(config: &RedisConfig, lifetimes: Lifetimes) -> anyhow::Result<Self> {
         let conn = match config.cluster_client()? {
             // The cluster connection reconnects, follows MOVED and failovers itself.
@@ -214,11 +216,7 @@ impl RedisPresence {
                     .set_response_timeout(Some(STORE_TIMEOUT))
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_secs(1));
-                let mut conn = Connection::open(config.client()?, manager_config).await?;
-                // A cluster node announces only its own keys' expiries: there the sweep
-                // alone detects silence.
-                ensure_expired_events(&mut conn).await;
-                conn
+                Connection::open(config.client()?, manager_config).await?
             }
         };
         let keys = config.keyspace();
@@ -559,37 +557,5 @@ impl PresenceStore for RedisPresence {
         }))
         .await?;
         Ok(())
-    }
-}
-
-/// Turns on `notify-keyspace-events Ex` when it is off. Managed Redis often forbids
-/// CONFIG; then the sweep alone detects silence (within TTL + the sweep interval).
-async fn ensure_expired_events(conn: &mut Connection) {
-    let current: Result<(String, String), _> =
-        redis::cmd("CONFIG").arg("GET").arg("notify-keyspace-events").query_async(conn).await;
-    let flags = match current {
-        Ok((_, flags)) => flags,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read notify-keyspace-events; relying on the sweep for offline detection");
-            return;
-        }
-    };
-    // `E` turns on keyevent notifications; `x` (or `A`, all classes) selects expiries.
-    if flags.contains('E') && (flags.contains('x') || flags.contains('A')) {
-        tracing::info!(flags, "keyspace expired events are on");
-        return;
-    }
-    let mut wanted = flags.clone();
-    for c in ['E', 'x'] {
-        if !wanted.contains(c) {
-            wanted.push(c);
-        }
-    }
-    match redis::cmd("CONFIG").arg("SET").arg("notify-keyspace-events").arg(&wanted).query_async::<()>(conn).await {
-        Ok(()) => tracing::info!(from = flags, to = wanted, "turned on keyspace expired events"),
-        Err(e) => tracing::warn!(
-            error = %e,
-            "cannot set notify-keyspace-events Ex (add it to redis.conf); relying on the sweep for offline detection"
-        ),
     }
 }

@@ -61,7 +61,7 @@ pub(super) fn spawn_sharded_subscriber(
 ) -> oneshot::Receiver<()> {
     let (subscribed_tx, subscribed_rx) = oneshot::channel();
     let subscriber = Sharded {
-        inbox: Inbox::new(sinks, keys.clone(), conn, None),
+        inbox: Inbox::new(sinks, keys.clone(), conn),
         config,
         keys,
         served,
