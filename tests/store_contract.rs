@@ -139,6 +139,7 @@ contract! {
     cases: [
         a_user_goes_online_and_offline_exactly_once,
         a_lapsed_lease_is_swept_offline_exactly_once,
+        last_seen_follows_heartbeats_and_stays_at_the_last_one,
         a_new_session_on_a_device_replaces_the_old_one,
         groups_are_the_union_of_the_live_sessions_groups,
         chosen_statuses_transition_and_outlive_the_session,
@@ -251,6 +252,32 @@ async fn a_lapsed_lease_is_swept_offline_exactly_once(engine: &Engine) {
     // A heartbeat after the lapse registers the session again: the phone was silent, not gone.
     let back = store.heartbeat(&other).await.unwrap();
     assert_eq!(shown(&back), Some((Status::Online, Cause::Connect)));
+}
+
+/// An online user's last seen is its last heartbeat, read by everyone alike (lookups, the
+/// snapshot, its transitions); once its lease lapses it stays at that heartbeat.
+async fn last_seen_follows_heartbeats_and_stays_at_the_last_one(engine: &Engine) {
+    let stores = (engine.open)(lifetimes(Duration::from_secs(2), LONG)).await;
+    let store = &*stores.store;
+    let phone = session("u", 1, Some("d"), &[]);
+    let online = store.connect(&phone).await.unwrap().update.unwrap();
+    let connected = online.presence.last_seen.unwrap();
+    assert_eq!(look(store, "u", &Scope::everyone()).await.last_seen, Some(connected));
+
+    // Time passes, as between two heartbeats.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    store.heartbeat(&phone).await.unwrap();
+    let heard = look(store, "u", &Scope::everyone()).await.last_seen.unwrap();
+    assert!(heard > connected, "a heartbeat is seen: {heard} after {connected}");
+    let snapshot = store.online().await.unwrap();
+    assert_eq!(snapshot.users.iter().find(|u| u.user_id.as_str() == "u").unwrap().last_seen, Some(heard));
+    let status = store.set_status(&phone, Mode::Dnd, None).await.unwrap().unwrap();
+    assert_eq!(status.presence.last_seen, Some(heard), "a transition carries it too");
+
+    let swept = sweep_until(store, |swept| !swept.is_empty()).await;
+    assert_eq!(swept[0].presence.status, Status::Offline);
+    assert_eq!(swept[0].presence.last_seen, Some(heard), "last seen at the last heartbeat, not at the lapse");
+    assert_eq!(look(store, "u", &Scope::everyone()).await.last_seen, Some(heard));
 }
 
 async fn a_new_session_on_a_device_replaces_the_old_one(engine: &Engine) {

@@ -109,12 +109,7 @@ macro_rules! on_every_engine {
         mod memory {
             $(#[tokio::test] async fn $name() { super::$name($crate::common::Engine::Memory).await })*
         }
-        mod redis {
-            $(#[tokio::test] async fn $name() { super::$name($crate::common::Engine::Redis).await })*
-        }
-        mod redis_cluster {
-            $(#[tokio::test] async fn $name() { super::$name($crate::common::Engine::RedisCluster).await })*
-        }
+        $crate::on_shared_engines!($($name),*);
     };
 }
 

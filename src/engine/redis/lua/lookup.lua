@@ -49,19 +49,6 @@ local function readable(user, meta)
   return false
 end
 
--- The last heartbeat of a user's sessions, if it has any.
-local function last_heartbeat(user)
-  local _, skey = keys_of(user)
-  local latest = nil
-  for _, session in ipairs(redis.call('SMEMBERS', skey)) do
-    local until_ = deadline(user, session)
-    if until_ and (not latest or until_ > latest) then
-      latest = until_
-    end
-  end
-  return latest and math.min(latest - ttl, now)
-end
-
 local rows = {}
 for i = 5 + math.max(n, 0), #ARGV do
   local user = ARGV[i]

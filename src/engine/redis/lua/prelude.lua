@@ -64,6 +64,20 @@ local function deadline(user, session)
   return tonumber(redis.call('ZSCORE', leases, lease_of(user, session)))
 end
 
+-- When the user was last heard from, if it has sessions: its latest lease deadline less
+-- the lease (each heartbeat moves its session's deadline, and nothing else).
+local function last_heartbeat(user)
+  local _, skey = keys_of(user)
+  local latest = nil
+  for _, session in ipairs(redis.call('SMEMBERS', skey)) do
+    local until_ = deadline(user, session)
+    if until_ and (not latest or until_ > latest) then
+      latest = until_
+    end
+  end
+  return latest and math.min(latest - ttl, now)
+end
+
 -- Registers a session's lease, or ends it (`at` nil).
 local function set_lease(user, session, at)
   local _, skey = keys_of(user)
@@ -241,6 +255,10 @@ local function transition(user, cause, force, forced_cause)
     redis.call('PEXPIRE', meta, last_seen_ms)
   end
   local f = redis.call('HMGET', meta, 'lastSeen', 'deviceId', 'groups', 'text', 'lastActivity')
+  local heard = shown ~= 'offline' and last_heartbeat(user)
+  if heard then
+    f[1] = string.format('%d', heard)
+  end
   local seq = redis.call('INCR', KEYS[1])
   return {user, shown, tostring(version), f[1] or false, f[2] or false, cause, tostring(now), tostring(seq),
     f[3] or false, f[4] or false, f[5] or false}
