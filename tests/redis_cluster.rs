@@ -134,6 +134,53 @@ async fn a_master_failing_over_mid_session_keeps_presence_and_talk_right() {
     }
 }
 
+/// A master that hangs (SIGSTOP: its connections stay open, nothing answers) is failed
+/// over like a dead one; the routers leave it behind once its replica is promoted, rather
+/// than wait on it until it wakes: presence and talk work again while it still hangs.
+#[tokio::test]
+async fn a_hung_master_is_left_behind_once_its_replica_is_promoted() {
+    let mut setup = Setup::new(Engine::RedisCluster).await;
+    let (a, b) = (setup.router(&[]).await, setup.router(&[]).await);
+    let (mut dashboard, snapshot) = b.dashboard("dispatcher").await;
+    let mut view = View::default();
+    view.apply(&snapshot);
+    let mut stayer = a.mobile("stayer", "phone-stayer").await;
+    let mut talker = a.mobile_in("talker", &["crew"]).await;
+    let mut listener = b.mobile_in("listener", &["crew"]).await;
+    watch_until(&mut dashboard, &mut view, |view| view.online.len() == 3).await;
+
+    let key = shard_key("stayer");
+    let cluster: &mut RedisCluster = setup.cluster.as_mut().unwrap();
+    let master = cluster.master_for_key(&key).await;
+    cluster.hang(master).await;
+    assert_ne!(cluster.wait_failover(&key).await, master);
+
+    // While the old master still hangs: both routers serve again, the stayer's heartbeats
+    // are acknowledged, a newcomer is seen across routers, and talk crosses them.
+    for router in [&a, &b] {
+        eventually("the router to serve again", || async {
+            common::http(router.addr, "GET", "/healthz", &[], "").await.0 == 200
+        })
+        .await;
+    }
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        stayer.heartbeat("stayer").await;
+        if stayer.next_frame().await[1].as_u64() == Some(34) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stayer's heartbeats are never acknowledged again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _newcomer = a.mobile("newcomer", "phone-new").await;
+    watch_until(&mut dashboard, &mut view, |view| view.online.contains_key("newcomer")).await;
+    assert!(["stayer", "talker", "listener"].iter().all(|user| view.online.contains_key(*user)));
+    talker.take_floor("talker", "crew", &mut listener).await;
+    talker.send_frame(0, AUDIO, "talker", "crew", Value::Binary(vec![3; 40])).await;
+    assert_eq!(listener.expect_relayed(AUDIO, "talker", "crew").await[5], Value::Binary(vec![3; 40]));
+    setup.cluster.as_mut().unwrap().resume(master).await;
+}
+
 /// A transition decided on a shard and never published (its router killed in between),
 /// with no later transition on that shard to show the gap: the router's check of every
 /// shard's sequence, at each renewal of its subscriptions, notices it and resyncs, once.
@@ -162,4 +209,17 @@ async fn a_lost_transition_with_none_after_it_is_healed_by_one_resync() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(counter("presence_broker_gaps_total").await, 1);
     assert_eq!(counter("presence_resyncs_total").await, resyncs + 1);
+}
+
+/// Routers that split the keyspace into different numbers of shards would each find a
+/// user's keys in a different shard: the second is refused at start, naming the number.
+#[tokio::test]
+async fn a_router_with_another_number_of_shards_is_refused_at_start() {
+    let setup = Setup::new(Engine::RedisCluster).await;
+    let _first = setup.router(&[]).await;
+    let seeds = setup.cluster.as_ref().unwrap().seeds();
+    let args = ["--redis-cluster-nodes", &seeds, "--redis-cluster-shards", "4"];
+    let stderr = common::tokens::refused_at_start(&args, &[("JWT_SECRET", common::SECRET)]).await;
+    assert!(stderr.contains("--redis-cluster-shards 16"), "{stderr}");
+    let _same = setup.router(&["--redis-cluster-shards", "16"]).await;
 }

@@ -15,6 +15,8 @@ const SLOTS: u16 = 16384;
 pub struct RedisCluster {
     /// Every node started, killed ones included (their `child` is gone).
     servers: Vec<RedisServer>,
+    /// Nodes stopped with SIGSTOP: they answer nothing, so they count as gone.
+    hung: Vec<u16>,
 }
 
 impl RedisCluster {
@@ -24,7 +26,7 @@ impl RedisCluster {
     pub async fn start() -> RedisCluster {
         let servers =
             futures_util::future::join_all((0..2 * MASTERS).map(|_| RedisServer::start_with(|_| node_args()))).await;
-        let cluster = RedisCluster { servers };
+        let cluster = RedisCluster { servers, hung: Vec::new() };
         let create = tokio::process::Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(cluster.nodes())
@@ -90,8 +92,24 @@ impl RedisCluster {
         String::from_utf8(output.stdout).unwrap().trim().to_string()
     }
 
+    /// SIGSTOP of the node on `port`: it hangs, answering nothing (connections stay open),
+    /// until [`RedisCluster::resume`].
+    pub async fn hang(&mut self, port: u16) {
+        self.servers.iter().find(|server| server.port == port).expect("a node of this cluster").signal("STOP").await;
+        self.hung.push(port);
+    }
+
+    /// SIGCONT of a node [`RedisCluster::hang`] stopped.
+    pub async fn resume(&mut self, port: u16) {
+        self.servers.iter().find(|server| server.port == port).expect("a node of this cluster").signal("CONT").await;
+        self.hung.retain(|hung| *hung != port);
+    }
+
     fn live(&self) -> impl Iterator<Item = u16> + '_ {
-        self.servers.iter().filter(|server| server.child.is_some()).map(|server| server.port)
+        self.servers
+            .iter()
+            .filter(|server| server.child.is_some() && !self.hung.contains(&server.port))
+            .map(|server| server.port)
     }
 
     /// A node still running, to ask about the cluster.

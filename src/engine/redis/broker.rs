@@ -115,7 +115,7 @@ impl RedisBroker {
         let sinks = Sinks { events, origin: self.origin.clone(), receiving: self.receiving.clone() };
         let (conn, keys, served) = (self.conn.clone(), self.keys.clone(), self.served.clone());
         Ok(match config.cluster {
-            Some(_) => spawn_sharded_subscriber(config.clone(), conn, keys, served, sinks, shutdown, tracker),
+            Some(_) => spawn_sharded_subscriber(config, conn, keys, served, sinks, shutdown, tracker)?,
             None => spawn_subscriber(config.client()?, conn, keys, served, sinks, shutdown, tracker),
         })
     }

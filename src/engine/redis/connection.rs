@@ -1,8 +1,8 @@
-//! The command connection: to one Redis, the `redis` crate's [`ConnectionManager`], plus
-//! one replay of a call whose connection dropped, and a replacement of a connection that
-//! went silent (see [`Connection::replace_if_silent`]); to a Redis Cluster, the crate's
-//! [`ClusterConnection`], which routes each call to its slot's master, follows MOVED
-//! replies and reconnects and retries on its own (what follows is about one Redis).
+//! The command connection: to one Redis, the `redis` crate's [`ConnectionManager`]; to a
+//! Redis Cluster, its [`ClusterConnection`], which routes each call to its slot's master,
+//! follows MOVED replies and reconnects on its own. Either way, plus one replay of a call
+//! whose connection dropped, and a replacement of a connection that went silent (see
+//! [`Shared::replace_if_silent`]).
 //!
 //! Connections get cut while Redis itself is fine: a proxy's idle timeout, `CLIENT KILL`,
 //! a failover. The manager learns of it only from the next call, which fails with the
@@ -32,6 +32,7 @@ use std::{
 use redis::{
     Client, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClient,
     cluster_async::ClusterConnection,
 };
 use tokio::time::Instant;
@@ -40,51 +41,77 @@ use crate::metrics;
 
 /// Least time between two attempts to replace a connection whose calls time out.
 const REPLACE_EVERY: Duration = Duration::from_secs(1);
+/// How long a replacement may take to connect and answer its PING.
+const REPLACE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A cheap handle; clones share one multiplexed connection (one per node of a cluster).
 #[derive(Clone)]
-pub struct Connection(Link);
+pub struct Connection(Arc<Shared>);
 
+/// The connection in use, of either kind.
 #[derive(Clone)]
 enum Link {
-    Single(Arc<Shared>),
+    Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
 
+/// How to open another connection like the one in use.
+enum Opener {
+    Single(Client, ConnectionManagerConfig),
+    Cluster(ClusterClient),
+}
+
 struct Shared {
-    current: RwLock<ConnectionManager>,
-    client: Client,
-    config: ConnectionManagerConfig,
+    current: RwLock<Link>,
+    opener: Opener,
     /// When a replacement was last tried; `None` before the first.
     last_replacement: Mutex<Option<Instant>>,
 }
 
+impl Opener {
+    async fn open(&self) -> RedisResult<Link> {
+        Ok(match self {
+            Opener::Single(client, config) => {
+                Link::Single(client.get_connection_manager_with_config(config.clone()).await?)
+            }
+            Opener::Cluster(client) => Link::Cluster(client.get_async_connection().await?),
+        })
+    }
+}
+
 impl Connection {
-    /// Connects now: fails if Redis cannot be reached.
+    /// Connects to one Redis now: fails if it cannot be reached.
     pub async fn open(client: Client, config: ConnectionManagerConfig) -> RedisResult<Self> {
-        let current = RwLock::new(client.get_connection_manager_with_config(config.clone()).await?);
-        let shared = Shared { current, client, config, last_replacement: Mutex::new(None) };
-        Ok(Connection(Link::Single(Arc::new(shared))))
+        Connection::start(Opener::Single(client, config)).await
     }
 
-    /// Wraps a connection to a Redis Cluster.
-    pub fn cluster(conn: ClusterConnection) -> Self {
-        Connection(Link::Cluster(conn))
+    /// Connects to a Redis Cluster now: fails if none of its nodes can be reached.
+    pub async fn cluster(client: ClusterClient) -> RedisResult<Self> {
+        Connection::start(Opener::Cluster(client)).await
+    }
+
+    async fn start(opener: Opener) -> RedisResult<Self> {
+        let current = RwLock::new(opener.open().await?);
+        Ok(Connection(Arc::new(Shared { current, opener, last_replacement: Mutex::new(None) })))
     }
 }
 
 impl Shared {
-    fn manager(&self) -> ConnectionManager {
+    fn link(&self) -> Link {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// A call timed out. The manager reconnects only when its connection reports an error,
+    /// A call timed out. The connection in use reconnects only when it reports an error,
     /// and a black-holed one (a NAT or proxy dropped the flow: no FIN, no RST) reports
-    /// none until the kernel gives up on it, many minutes later; every call meanwhile
-    /// times out although Redis answers new connections. So a timeout triggers a
+    /// none until the kernel gives up on it, many minutes later; nor does a cluster
+    /// connection learn of a failover from a master that hangs (it answers nothing, not
+    /// even the MOVED that would send the call to its promoted replica). Every call
+    /// meanwhile times out although Redis answers new connections. So a timeout triggers a
     /// replacement in the background, at most one per [`REPLACE_EVERY`]: a fresh
-    /// connection that answers a PING within the timeout takes the old one's place. A
-    /// hung Redis answers no PING, and keeps its connection.
+    /// connection (on a cluster, with the topology read anew) that answers a PING (on a
+    /// cluster, every master's) within the timeout takes the old one's place. A hung
+    /// Redis, or a hung master not yet replaced, answers no PING, and the old connection
+    /// stays.
     fn replace_if_silent(self: &Arc<Self>, error: &RedisError) {
         if !error.is_timeout() {
             return;
@@ -98,12 +125,12 @@ impl Shared {
         }
         let shared = self.clone();
         tokio::spawn(async move {
-            let Ok(mut fresh) = shared.client.get_connection_manager_with_config(shared.config.clone()).await else {
-                return;
+            let fresh = async {
+                let mut fresh = shared.opener.open().await?;
+                redis::cmd("PING").query_async::<()>(&mut fresh).await?;
+                Ok::<_, RedisError>(fresh)
             };
-            if redis::cmd("PING").query_async::<()>(&mut fresh).await.is_err() {
-                return;
-            }
+            let Ok(Ok(fresh)) = tokio::time::timeout(REPLACE_TIMEOUT, fresh).await else { return };
             *shared.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
             ::metrics::counter!(metrics::REDIS_RECONNECTS).increment(1);
             tracing::warn!("a Redis connection stopped answering while Redis answers a new one; replaced it");
@@ -112,7 +139,7 @@ impl Shared {
 }
 
 /// True, and counted, when `error` says the call's connection dropped under it: the
-/// manager is reconnecting, and the call is worth sending once more.
+/// connection is reconnecting, and the call is worth sending once more.
 fn replay(error: &RedisError) -> bool {
     let dropped = error.is_connection_dropped() && !error.is_connection_refusal();
     if dropped {
@@ -122,21 +149,11 @@ fn replay(error: &RedisError) -> bool {
     dropped
 }
 
-impl ConnectionLike for Connection {
+impl ConnectionLike for Link {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match &mut self.0 {
-            Link::Cluster(cluster) => cluster.req_packed_command(cmd),
-            Link::Single(shared) => Box::pin(async move {
-                let mut manager = shared.manager();
-                let result = match manager.send_packed_command(cmd).await {
-                    Err(e) if replay(&e) => manager.send_packed_command(cmd).await,
-                    done => done,
-                };
-                if let Err(e) = &result {
-                    shared.replace_if_silent(e);
-                }
-                result
-            }),
+        match self {
+            Link::Single(conn) => conn.req_packed_command(cmd),
+            Link::Cluster(conn) => conn.req_packed_command(cmd),
         }
     }
 
@@ -146,26 +163,55 @@ impl ConnectionLike for Connection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match &mut self.0 {
-            Link::Cluster(cluster) => cluster.req_packed_commands(pipeline, offset, count),
-            Link::Single(shared) => Box::pin(async move {
-                let mut manager = shared.manager();
-                let result = match manager.send_packed_commands(pipeline, offset, count).await {
-                    Err(e) if replay(&e) => manager.send_packed_commands(pipeline, offset, count).await,
-                    done => done,
-                };
-                if let Err(e) = &result {
-                    shared.replace_if_silent(e);
-                }
-                result
-            }),
+        match self {
+            Link::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Link::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
-        match &self.0 {
-            Link::Cluster(cluster) => cluster.get_db(),
-            Link::Single(shared) => shared.manager().get_db(),
+        match self {
+            Link::Single(conn) => conn.get_db(),
+            Link::Cluster(conn) => conn.get_db(),
         }
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let mut link = self.0.link();
+            let result = match link.req_packed_command(cmd).await {
+                Err(e) if replay(&e) => link.req_packed_command(cmd).await,
+                done => done,
+            };
+            if let Err(e) = &result {
+                self.0.replace_if_silent(e);
+            }
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let mut link = self.0.link();
+            let result = match link.req_packed_commands(pipeline, offset, count).await {
+                Err(e) if replay(&e) => link.req_packed_commands(pipeline, offset, count).await,
+                done => done,
+            };
+            if let Err(e) = &result {
+                self.0.replace_if_silent(e);
+            }
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.link().get_db()
     }
 }

@@ -194,6 +194,25 @@ pub struct RedisPresence {
     renewals: renewals::Renewals,
 }
 
+/// Makes sure every router of the deployment splits the cluster's keyspace alike: the
+/// first to start records its number of shards in `{prefix}shards`, and a router started
+/// with another number is refused, naming it. Routers that disagreed would each find a
+/// user's keys in a different shard: two records of one user, each with half its
+/// sessions.
+async fn agree_on_shards(conn: &mut Connection, config: &RedisConfig) -> anyhow::Result<()> {
+    let Some(cluster) = &config.cluster else { return Ok(()) };
+    let key = format!("{}shards", config.prefix);
+    let (recorded,): (usize,) =
+        redis::pipe().cmd("SET").arg(&key).arg(cluster.shards).arg("NX").ignore().get(&key).query_async(conn).await?;
+    anyhow::ensure!(
+        recorded == cluster.shards,
+        "this deployment's keyspace on the Redis Cluster has {recorded} shards (`{key}`, set by the first router \
+         started): start every router with --redis-cluster-shards {recorded}; to change the number, stop every \
+         router and delete the keys under --redis-prefix first"
+    );
+    Ok(())
+}
+
 /// Redis' clock in Unix ms: the one clock the scripts use.
 async fn now_ms(conn: &mut Connection) -> Result<u64, EngineError> {
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.map_err(classify)?;
@@ -205,7 +224,11 @@ impl RedisPresence {
     pub async fn connect(config: &RedisConfig, lifetimes: Lifetimes) -> anyhow::Result<Self> {
         let conn = match config.cluster_client()? {
             // The cluster connection reconnects, follows MOVED and failovers itself.
-            Some(cluster) => Connection::cluster(cluster.get_async_connection().await?),
+            Some(cluster) => {
+                let mut conn = Connection::cluster(cluster).await?;
+                agree_on_shards(&mut conn, config).await?;
+                conn
+            }
             None => {
                 // Calls fail within STORE_TIMEOUT while Redis is down or hung, instead of
                 // hanging API requests and renewals; the manager reconnects in the

@@ -11,8 +11,11 @@
 //! A master that fails takes its subscribers' subscriptions with it, and the `redis` crate
 //! does not reliably bring them back on the promoted replica. So the subscriber renews
 //! every shard's subscriptions itself, every [`RENEW_EVERY`] (every [`RETRY_EVERY`] while
-//! one fails) and at once when a connection reports its loss: SSUBSCRIBE again (a no-op for a subscription that stands), then read
-//! the shard's sequence. A shard that fails to renew leaves the router deaf (degraded)
+//! one fails) and at once when a connection reports its loss: SSUBSCRIBE again (a no-op
+//! for a subscription that stands), then read the shard's sequence. A renewal that timed
+//! out is tried next on a fresh connection, which reads the cluster's topology anew: a
+//! master that hangs never answers the MOVED that would tell the old connection of its
+//! promoted replica. A shard that fails to renew leaves the router deaf (degraded)
 //! until every shard renews again; then the router resyncs. A renewal that succeeds checks
 //! that every transition the shard decided arrives within the gap grace, so one lost while
 //! a subscription silently lapsed (or published to a master that then failed) still turns
@@ -21,7 +24,7 @@
 use std::{collections::HashSet, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::future::join_all;
-use redis::{PushInfo, PushKind, Value, cluster_async::ClusterConnection};
+use redis::{PushInfo, PushKind, Value, cluster::ClusterClient, cluster_async::ClusterConnection};
 use tokio::{
     sync::{mpsc, oneshot},
     time::MissedTickBehavior,
@@ -32,7 +35,7 @@ use super::{
     Connection, Keyspace, RedisConfig,
     groups::Served,
     inbox::{GAP_GRACE, Inbox, Lost, Sinks, head},
-    subscriber::{MAX_BACKOFF, SUBSCRIBE_TIMEOUT},
+    subscriber::SUBSCRIBE_TIMEOUT,
 };
 use crate::{id::Id, metrics};
 
@@ -51,18 +54,26 @@ const CHANNELS_PER_COMMAND: usize = 1000;
 /// Runs the subscriber until shutdown (see [`super::RedisBroker::subscribe`]). `conn`
 /// reads the shards' sequences; `served` names the groups whose channels to hold.
 pub(super) fn spawn_sharded_subscriber(
-    config: RedisConfig,
+    config: &RedisConfig,
     conn: Connection,
     keys: Keyspace,
     served: Arc<Served>,
     sinks: Sinks,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
-) -> oneshot::Receiver<()> {
+) -> anyhow::Result<oneshot::Receiver<()>> {
+    let (tx, pushes) = mpsc::channel(PUSH_QUEUE);
+    let push = move |info: PushInfo| {
+        if tx.try_send(info).is_err() {
+            ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "overflow").increment(1);
+        }
+        Ok::<(), ()>(())
+    };
+    let client = config.cluster_push_client(push)?.ok_or_else(|| anyhow::anyhow!("not a Redis Cluster"))?;
     let (subscribed_tx, subscribed_rx) = oneshot::channel();
     let subscriber = Sharded {
         inbox: Inbox::new(sinks, keys.clone(), conn),
-        config,
+        client,
         keys,
         served,
         groups: HashSet::new(),
@@ -72,14 +83,15 @@ pub(super) fn spawn_sharded_subscriber(
     tracker.spawn(async move {
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            () = subscriber.run(subscribed_tx) => {}
+            () = subscriber.run(pushes, subscribed_tx) => {}
         }
     });
-    subscribed_rx
+    Ok(subscribed_rx)
 }
 
 struct Sharded {
-    config: RedisConfig,
+    /// Opens the subscription's connections, whose messages arrive as pushes.
+    client: ClusterClient,
     keys: Keyspace,
     served: Arc<Served>,
     inbox: Inbox,
@@ -93,29 +105,35 @@ struct Sharded {
 
 /// Per shard: its channels to subscribe to, and those to give up.
 type Plan = Vec<(Vec<String>, Vec<String>)>;
+/// Why a shard's renewal failed: how, and the error.
+type Failure = (Lost, String);
 /// Per shard: its sequence's head once renewed (`None`: unreadable), or why it failed.
-type Renewed = Vec<Result<Option<u64>, Lost>>;
+type Renewed = Vec<Result<Option<u64>, Failure>>;
+/// A renewal's outcome, and the connection it opened (none when it used the one it had).
+type Outcome = (Option<ClusterConnection>, Renewed);
 
 impl Sharded {
-    async fn run(mut self, first: oneshot::Sender<()>) {
-        let (tx, mut pushes) = mpsc::channel(PUSH_QUEUE);
-        let push = move |info: PushInfo| {
-            if tx.try_send(info).is_err() {
-                ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "overflow").increment(1);
-            }
-            Ok::<(), ()>(())
-        };
-        let conn = self.connect(push).await;
+    async fn run(mut self, mut pushes: mpsc::Receiver<PushInfo>, first: oneshot::Sender<()>) {
+        // No connection until the first renewal opens one; a renewal that timed out is
+        // followed by one on a fresh connection.
+        let mut conn: Option<ClusterConnection> = None;
         let mut first = Some(first);
-        let mut renewal: Option<Pin<Box<dyn Future<Output = Renewed> + Send>>> = None;
+        let mut renewal: Option<Pin<Box<dyn Future<Output = Outcome> + Send>>> = None;
         let mut again = false;
         let mut tick = tokio::time::interval(RENEW_EVERY);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut gap_check = tokio::time::interval(GAP_GRACE / 2);
         loop {
             tokio::select! {
-                renewed = async { renewal.as_mut().expect("only polled while in flight").await }, if renewal.is_some() => {
+                (fresh, renewed) = async { renewal.as_mut().expect("only polled while in flight").await }, if renewal.is_some() => {
                     renewal = None;
+                    if fresh.is_some() {
+                        // The old connection, and its subscriptions, end here.
+                        conn = fresh;
+                    }
+                    if renewed.iter().any(|shard| matches!(shard, Err((Lost::Silent, _)))) {
+                        conn = None;
+                    }
                     let all = self.renewed(renewed, &mut first);
                     if std::mem::take(&mut again) {
                         tick.reset_immediately();
@@ -128,7 +146,8 @@ impl Sharded {
                         again = true;
                     } else {
                         let (seq, keys) = (self.inbox.conn.clone(), self.keys.clone());
-                        renewal = Some(Box::pin(renew(conn.clone(), seq, keys, self.plan())));
+                        let using = conn.clone().ok_or_else(|| self.client.clone());
+                        renewal = Some(Box::pin(renew(using, seq, keys, self.plan())));
                     }
                 }
                 () = self.served.changed() => {
@@ -142,26 +161,6 @@ impl Sharded {
                     _ => {}
                 },
                 _ = gap_check.tick() => self.inbox.check_gaps(),
-            }
-        }
-    }
-
-    /// The cluster connection that delivers pushes to `push`, retried until it stands.
-    async fn connect(&self, push: impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static) -> ClusterConnection {
-        let client = match self.config.cluster_push_client(push) {
-            Ok(Some(client)) => client,
-            // Checked when the configuration was read: a cluster, with a valid client.
-            Ok(None) | Err(_) => unreachable!("a sharded subscriber needs a valid cluster configuration"),
-        };
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match client.get_async_connection().await {
-                Ok(conn) => return conn,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot reach the Redis Cluster to subscribe; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
             }
         }
     }
@@ -194,13 +193,13 @@ impl Sharded {
     /// What a renewal found: the router hears again (or for the first time) once every
     /// shard renewed, and stays deaf while one fails. True when every shard renewed.
     fn renewed(&mut self, renewed: Renewed, first: &mut Option<oneshot::Sender<()>>) -> bool {
-        let failed = renewed.iter().find_map(|shard| shard.as_ref().err().copied());
-        if let Some(reason) = failed {
+        let failed = renewed.iter().find_map(|shard| shard.as_ref().err());
+        if let Some((reason, error)) = failed {
+            if self.lost.is_none() {
+                tracing::warn!(reason = reason.as_str(), %error, "cannot subscribe to every shard of the Redis Cluster");
+            }
+            self.lost.get_or_insert(*reason);
             if first.is_none() {
-                if self.lost.is_none() {
-                    tracing::warn!(reason = reason.as_str(), "a shard's subscription could not be renewed");
-                }
-                self.lost.get_or_insert(reason);
                 self.inbox.deaf();
             }
             return false;
@@ -220,6 +219,7 @@ impl Sharded {
         match first.take() {
             Some(tx) => {
                 tracing::info!(shards = self.keys.shards(), "subscribed to every shard of the Redis Cluster");
+                self.lost = None;
                 let _ = tx.send(());
             }
             None => {
@@ -242,11 +242,25 @@ impl Sharded {
 
 /// Renews every shard at once: gives up the channels of groups left, subscribes to the
 /// shard's channels again, and reads its sequence (over `seq`), each command bounded by
-/// [`SUBSCRIBE_TIMEOUT`].
-async fn renew(conn: ClusterConnection, seq: Connection, keys: Keyspace, plan: Plan) -> Renewed {
-    let (seq, keys) = (&seq, &keys);
-    join_all(plan.into_iter().enumerate().map(|(shard, (subscribe, unsubscribe))| {
-        let mut conn = conn.clone();
+/// [`SUBSCRIBE_TIMEOUT`]. On `using`'s connection, or on a fresh one from its client
+/// (returned with the outcome when it was opened).
+async fn renew(
+    using: Result<ClusterConnection, ClusterClient>,
+    seq: Connection,
+    keys: Keyspace,
+    plan: Plan,
+) -> Outcome {
+    let (conn, fresh) = match using {
+        Ok(conn) => (conn, false),
+        Err(client) => match tokio::time::timeout(SUBSCRIBE_TIMEOUT, client.get_async_connection()).await {
+            Ok(Ok(conn)) => (conn, true),
+            Ok(Err(error)) => return (None, vec![Err(failure(&error)); plan.len()]),
+            Err(_) => return (None, vec![Err((Lost::Silent, "connecting timed out".into())); plan.len()]),
+        },
+    };
+    let (seq, keys, conn_ref) = (&seq, &keys, &conn);
+    let renewed = join_all(plan.into_iter().enumerate().map(|(shard, (subscribe, unsubscribe))| {
+        let mut conn = conn_ref.clone();
         async move {
             for chunk in unsubscribe.chunks(CHANNELS_PER_COMMAND) {
                 bounded(conn.sunsubscribe(chunk)).await?;
@@ -257,14 +271,21 @@ async fn renew(conn: ClusterConnection, seq: Connection, keys: Keyspace, plan: P
             Ok(head(seq, keys, shard).await)
         }
     }))
-    .await
+    .await;
+    (fresh.then_some(conn), renewed)
 }
 
 /// A (un)subscription that must answer within [`SUBSCRIBE_TIMEOUT`].
-async fn bounded(command: impl Future<Output = redis::RedisResult<()>>) -> Result<(), Lost> {
+async fn bounded(command: impl Future<Output = redis::RedisResult<()>>) -> Result<(), Failure> {
     match tokio::time::timeout(SUBSCRIBE_TIMEOUT, command).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(Lost::Dropped),
-        Err(_) => Err(Lost::Silent),
+        Ok(Err(error)) => Err(failure(&error)),
+        Err(_) => Err((Lost::Silent, "no answer in time".into())),
     }
+}
+
+/// A failed command: silent when it timed out (a node that does not answer), dropped
+/// otherwise.
+fn failure(error: &redis::RedisError) -> Failure {
+    (if error.is_timeout() { Lost::Silent } else { Lost::Dropped }, error.to_string())
 }
