@@ -421,26 +421,56 @@ fn non_empty_name(name: &str) -> Result<String, String> {
     }
 }
 
-/// One `--redis-cluster-nodes` entry: `host:port`, or a `redis://`/`rediss://` URL of
-/// database 0. Errors name the entry's position, never its text (a URL may hold a password).
-fn cluster_node(node: &str) -> anyhow::Result<ConnectionInfo> {
+/// One `--redis-cluster-nodes` entry, the `n`th (from 1): `host:port` (`[v6]:port` for an
+/// IPv6 address), or a `redis://`/`rediss://` URL of database 0. Errors name the entry's
+/// position, never its text (a URL may hold a password).
+fn cluster_node(n: usize, node: &str) -> anyhow::Result<ConnectionInfo> {
     let node = node.trim();
     let info = if node.contains("://") {
         node.into_connection_info()
-            .map_err(|e| anyhow::anyhow!("a --redis-cluster-nodes URL is not a Redis URL: {e}"))?
+            .map_err(|e| anyhow::anyhow!("--redis-cluster-nodes entry {n} is not a Redis URL: {e}"))?
     } else {
         let (host, port) = node
             .rsplit_once(':')
             .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
-            .filter(|(host, _)| !host.is_empty())
-            .ok_or_else(|| anyhow::anyhow!("--redis-cluster-nodes entries are host:port or redis:// URLs"))?;
+            .map(|(host, port)| (host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host), port))
+            .filter(|(host, port)| !host.is_empty() && *port != 0)
+            .ok_or_else(|| anyhow::anyhow!("--redis-cluster-nodes entry {n} is not host:port (nor a redis:// URL)"))?;
         ConnectionAddr::Tcp(host.to_string(), port).into_connection_info()?
     };
     anyhow::ensure!(
         info.redis_settings().db() == 0,
-        "a Redis Cluster has only database 0: drop the /db of --redis-cluster-nodes"
+        "--redis-cluster-nodes entry {n} names a database: a Redis Cluster has only database 0"
     );
     Ok(info)
+}
+
+/// The cluster's nodes, each logging in as the ones whose URL names a login: every node
+/// of a cluster takes the same one, and naming it in one URL is enough.
+fn login_everywhere(nodes: Vec<ConnectionInfo>) -> anyhow::Result<Vec<ConnectionInfo>> {
+    let login = |node: &ConnectionInfo| {
+        let settings = node.redis_settings();
+        (settings.username().map(str::to_owned), settings.password().map(str::to_owned))
+    };
+    let mut named = nodes.iter().map(login).filter(|login| *login != (None, None));
+    let Some(first) = named.next() else { return Ok(nodes) };
+    anyhow::ensure!(
+        named.all(|other| other == first),
+        "--redis-cluster-nodes URLs name different logins: every node of a cluster takes the same one"
+    );
+    Ok(nodes
+        .into_iter()
+        .map(|node| {
+            let mut settings = node.redis_settings().clone();
+            if let Some(username) = &first.0 {
+                settings = settings.set_username(username);
+            }
+            if let Some(password) = &first.1 {
+                settings = settings.set_password(password);
+            }
+            node.set_redis_settings(settings)
+        })
+        .collect())
 }
 
 impl Config {
@@ -476,7 +506,9 @@ impl Config {
                 let settings = server.redis_settings().clone().set_db(self.redis_db.into());
                 vec![server.set_redis_settings(settings)]
             }
-            (None, None, nodes) => nodes.iter().map(|node| cluster_node(node)).collect::<anyhow::Result<_>>()?,
+            (None, None, nodes) => login_everywhere(
+                nodes.iter().enumerate().map(|(i, node)| cluster_node(i + 1, node)).collect::<anyhow::Result<_>>()?,
+            )?,
         };
         let servers = servers.into_iter().map(|server| self.with_login(server)).collect::<anyhow::Result<Vec<_>>>()?;
         let server = servers[0].clone();
@@ -519,14 +551,14 @@ impl Config {
         if let Some(username) = &self.redis_username {
             anyhow::ensure!(
                 settings.username().is_none(),
-                "the Redis user is named twice: in --redis-url and --redis-username"
+                "the Redis user is named twice: in the Redis URL and --redis-username"
             );
             settings = settings.set_username(username);
         }
         if let Some(password) = &self.redis_password {
             anyhow::ensure!(
                 settings.password().is_none(),
-                "the Redis password is given twice: in --redis-url and --redis-password"
+                "the Redis password is given twice: in the Redis URL and --redis-password"
             );
             settings = settings.set_password(password);
         }
@@ -660,8 +692,17 @@ mod tests {
                 "64"
             ])
             .unwrap(),
-            Some((vec![("10.0.0.1:7000".into(), false), ("10.0.0.2:7001".into(), true)], 64))
+            Some((vec![("10.0.0.1:7000".into(), true), ("10.0.0.2:7001".into(), true)], 64)),
+            "a login named in one URL is every node's"
         );
+        assert_eq!(
+            cluster(&["--redis-cluster-nodes", "[::1]:7000,::1:7001"]).unwrap(),
+            Some((vec![("::1:7000".into(), false), ("::1:7001".into(), false)], DEFAULT_CLUSTER_SHARDS))
+        );
+        let e = cluster(&["--redis-cluster-nodes", "redis://a:b@h:1,redis://a:c@h:2"]).unwrap_err();
+        assert!(e.to_string().contains("different logins") && !e.to_string().contains("c@"), "{e}");
+        let e = cluster(&["--redis-cluster-nodes", "h:1,h:99999"]).unwrap_err();
+        assert!(e.to_string().contains("entry 2"), "{e}");
         let with_password = cluster(&["--redis-cluster-nodes", "a:1,b:2", "--redis-password", "p"]).unwrap();
         assert_eq!(with_password, Some((vec![("a:1".into(), true), ("b:2".into(), true)], DEFAULT_CLUSTER_SHARDS)));
         assert_eq!(cluster(&["--redis-host", "h"]).unwrap(), None, "one Redis is no cluster");

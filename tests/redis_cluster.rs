@@ -223,3 +223,14 @@ async fn a_router_with_another_number_of_shards_is_refused_at_start() {
     assert!(stderr.contains("--redis-cluster-shards 16"), "{stderr}");
     let _same = setup.router(&["--redis-cluster-shards", "16"]).await;
 }
+
+/// A cluster node given as one Redis would answer MOVED to most calls: refused at start,
+/// pointing at the flag for a cluster.
+#[tokio::test]
+async fn a_cluster_node_given_as_one_redis_is_refused_at_start() {
+    let setup = Setup::new(Engine::RedisCluster).await;
+    let node = setup.cluster.as_ref().unwrap().nodes()[0].clone();
+    let args = ["--redis-url", &format!("redis://{node}")];
+    let stderr = common::tokens::refused_at_start(&args, &[("JWT_SECRET", common::SECRET)]).await;
+    assert!(stderr.contains("--redis-cluster-nodes"), "{stderr}");
+}

@@ -161,9 +161,13 @@ impl RedisConfig {
         Some(builder)
     }
 
-    /// `host:port`, for messages: never the credentials.
+    /// `host:port` (a cluster's nodes, comma-separated), for messages: never the
+    /// credentials.
     pub fn address(&self) -> String {
-        self.server.addr().to_string()
+        match &self.cluster {
+            None => self.server.addr().to_string(),
+            Some(cluster) => cluster.seeds.iter().map(|seed| seed.addr().to_string()).collect::<Vec<_>>().join(","),
+        }
     }
 
     /// A client for every connection the engine opens (commands and Pub/Sub alike), so each
@@ -192,6 +196,18 @@ pub struct RedisPresence {
     lookup: Script,
     signals: signals::SignalScripts,
     renewals: renewals::Renewals,
+}
+
+/// Refuses a node of a Redis Cluster given as one Redis: it would answer MOVED to every
+/// call for a key of another node's slots, and the router would stay degraded. (A Redis
+/// that forbids `INFO` is taken for what it was given as.)
+async fn refuse_a_cluster_node(conn: &mut Connection) -> anyhow::Result<()> {
+    let info: redis::RedisResult<String> = redis::cmd("INFO").arg("cluster").query_async(conn).await;
+    anyhow::ensure!(
+        !info.is_ok_and(|info| info.contains("cluster_enabled:1")),
+        "this Redis is a node of a Redis Cluster: name the cluster's nodes with --redis-cluster-nodes instead"
+    );
+    Ok(())
 }
 
 /// Makes sure every router of the deployment splits the cluster's keyspace alike: the
@@ -239,7 +255,9 @@ impl RedisPresence {
                     .set_response_timeout(Some(STORE_TIMEOUT))
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_secs(1));
-                Connection::open(config.client()?, manager_config).await?
+                let mut conn = Connection::open(config.client()?, manager_config).await?;
+                refuse_a_cluster_node(&mut conn).await?;
+                conn
             }
         };
         let keys = config.keyspace();
