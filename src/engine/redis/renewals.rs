@@ -13,7 +13,8 @@
 //! and any the command did not extend, take the whole lease (`renew.lua`), which may be an
 //! online transition or a refusal (another session holds the device now).
 //!
-//! Deadlines are on Redis' clock, as every script's: the router reads Redis' `TIME` every
+//! Deadlines are on Redis' clock, as every script's: the router reads the clock of each
+//! shard's master (`lua/clock.lua`, which runs where the shard's scripts run) every
 //! [`CLOCK_EVERY`] and counts from there on its own monotonic clock, which stays within
 //! half a round trip of Redis' (and follows a step of Redis' clock within
 //! [`CLOCK_EVERY`]).
@@ -27,7 +28,7 @@ use tokio::{
     time::Instant,
 };
 
-use super::{Connection, Keyspace, Row, classify, lease_member, now_ms, parse_row, session_args, start_call};
+use super::{Connection, Keyspace, Row, classify, lease_member, parse_row, session_args, start_call};
 use crate::{
     engine::{EngineError, Lifetimes},
     presence::{PresenceUpdate, Session},
@@ -55,8 +56,11 @@ pub struct Batcher {
     script: Script,
     keys: Keyspace,
     lifetimes: Lifetimes,
-    /// Redis' clock (Unix ms) as last read, and when on this router's clock.
-    clock: Option<(Instant, u64)>,
+    /// `lua/clock.lua`.
+    clock_script: Script,
+    /// Per shard, its master's clock (Unix ms) as last read, and when on this router's
+    /// clock.
+    clocks: Vec<Option<(Instant, u64)>>,
 }
 
 type Results = Vec<Result<Option<PresenceUpdate>, EngineError>>;
@@ -80,21 +84,24 @@ impl Renewals {
 
 impl Batcher {
     pub fn new(conn: Connection, script: Script, keys: Keyspace, lifetimes: Lifetimes) -> Batcher {
-        Batcher { conn, script, keys, lifetimes, clock: None }
+        let clocks = vec![None; keys.shards()];
+        let clock_script = Script::new(include_str!("lua/clock.lua"));
+        Batcher { conn, script, keys, lifetimes, clock_script, clocks }
     }
 
-    /// Redis' clock now, in Unix ms, read again when the last reading is [`CLOCK_EVERY`]
-    /// old: the reading is taken to be at the midpoint of its round trip.
-    async fn redis_now(&mut self) -> Result<u64, EngineError> {
-        if let Some((at, redis_ms)) = self.clock
+    /// The clock of `shard`'s master now, in Unix ms, read again when the last reading is
+    /// [`CLOCK_EVERY`] old: the reading is taken to be at the midpoint of its round trip.
+    async fn redis_now(&mut self, shard: usize) -> Result<u64, EngineError> {
+        if let Some((at, redis_ms)) = self.clocks[shard]
             && at.elapsed() < CLOCK_EVERY
         {
             return Ok(redis_ms + at.elapsed().as_millis() as u64);
         }
         let sent = Instant::now();
-        let redis_ms = now_ms(&mut self.conn).await?;
+        let redis_ms: u64 =
+            self.clock_script.key(self.keys.seq(shard)).invoke_async(&mut self.conn).await.map_err(classify)?;
         let at = sent + sent.elapsed() / 2;
-        self.clock = Some((at, redis_ms));
+        self.clocks[shard] = Some((at, redis_ms));
         Ok(redis_ms + at.elapsed().as_millis() as u64)
     }
 
@@ -117,9 +124,12 @@ impl Batcher {
     /// with a `ZADD XX GT` per session (a pipeline per shard), the others through
     /// `renew.lua` (a call per shard).
     async fn renew(&mut self, batch: &[(Session, Reply)]) -> Result<Results, EngineError> {
-        let deadline = self.redis_now().await? + self.lifetimes.ttl.as_millis() as u64;
         let parts = self.keys.partition(batch.iter().map(|(session, _)| session.user.as_str()));
-        let extended = try_join_all(parts.iter().map(|(shard, indices)| {
+        let mut deadlines = Vec::with_capacity(parts.len());
+        for (shard, _) in &parts {
+            deadlines.push(self.redis_now(*shard).await? + self.lifetimes.ttl.as_millis() as u64);
+        }
+        let extended = try_join_all(parts.iter().zip(deadlines).map(|((shard, indices), deadline)| {
             let mut pipe = redis::pipe();
             let leases = self.keys.key(*shard, "leases");
             for &i in indices {
