@@ -211,3 +211,44 @@ async fn a_key_of_the_wrong_type_fails_its_users_calls_without_degrading_the_rou
     let (status, body) = router.post_status(r#"{"userIds": ["fine"]}"#).await;
     assert_eq!((status, body["users"][0]["status"].as_str()), (200, Some("online")), "{body}");
 }
+
+/// A user whose keys are of another type, with a lapsed lease, fails alone: the sweep, in
+/// score order, meets it first every time, and must go on to end everyone else's lapsed
+/// leases (a silent user still goes offline by expiry, once).
+#[tokio::test]
+async fn a_user_whose_keys_are_of_another_type_does_not_stop_the_sweep() {
+    let setup = Setup::new(Engine::Redis).await;
+    let router = setup.router(&["--presence-ttl", "1"]).await;
+    let mut redis = setup.redis.as_ref().unwrap().client().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::pipe()
+        .set("presence:sessions:mallory", "not a set")
+        .zadd("presence:leases", "mallory\nrouter:1", 1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let (mut dashboard, _) = router.dashboard("desk").await;
+    let _silent = router.mobile("silent", "phone").await;
+    common::assert_update(&dashboard.next_update().await, "silent", "online");
+    let offline = dashboard.next_update().await;
+    common::assert_update(&offline, "silent", "offline");
+    assert_eq!(offline["cause"].as_str(), Some("expired"), "the sweep ended it, not the heartbeat timeout");
+    let metrics = router.metrics().await;
+    assert_eq!(metric(&metrics, r#"presence_engine_errors_total{op="expire",kind="protocol"}"#), Some(1), "{metrics}");
+}
+
+/// A group's index key of another type costs that index its entry, never a user's
+/// transition: a member of the group who leaves goes offline on the dashboards.
+#[tokio::test]
+async fn a_group_key_of_another_type_leaves_no_ghost() {
+    let setup = Setup::new(Engine::Redis).await;
+    let router = setup.router(&[]).await;
+    let mut redis = setup.redis.as_ref().unwrap().client().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET").arg("presence:group:crew").arg("not a zset").query_async(&mut redis).await.unwrap();
+    let (mut dashboard, _) = router.dashboard("desk").await;
+    let member = router.mobile_in("member", &["crew"]).await;
+    common::assert_update(&dashboard.next_update().await, "member", "online");
+    member.close().await;
+    common::assert_update(&dashboard.next_update().await, "member", "offline");
+    let (status, body) = router.post_status(r#"{"userIds": ["member"]}"#).await;
+    assert_eq!((status, body["users"][0]["status"].as_str()), (200, Some("offline")), "{body}");
+}

@@ -140,6 +140,7 @@ contract! {
         a_user_goes_online_and_offline_exactly_once,
         a_lapsed_lease_is_swept_offline_exactly_once,
         last_seen_follows_heartbeats_and_stays_at_the_last_one,
+        a_lingering_session_keeps_its_last_seen,
         a_new_session_on_a_device_replaces_the_old_one,
         groups_are_the_union_of_the_live_sessions_groups,
         chosen_statuses_transition_and_outlive_the_session,
@@ -278,6 +279,24 @@ async fn last_seen_follows_heartbeats_and_stays_at_the_last_one(engine: &Engine)
     assert_eq!(swept[0].presence.status, Status::Offline);
     assert_eq!(swept[0].presence.last_seen, Some(heard), "last seen at the last heartbeat, not at the lapse");
     assert_eq!(look(store, "u", &Scope::everyone()).await.last_seen, Some(heard));
+}
+
+/// A router shutting down shortens its sessions' leases: its users' last seen is not moved
+/// back by that (to the shortened deadline less the lease), online or once lapsed.
+async fn a_lingering_session_keeps_its_last_seen(engine: &Engine) {
+    let stores = (engine.open)(lifetimes(Duration::from_secs(5), LONG)).await;
+    let store = &*stores.store;
+    let phone = session("u", 1, Some("d"), &[]);
+    store.connect(&phone).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    store.heartbeat(&phone).await.unwrap();
+    let heard = look(store, "u", &Scope::everyone()).await.last_seen.unwrap();
+
+    store.linger(&phone, Duration::from_millis(200)).await.unwrap();
+    assert!(look(store, "u", &Scope::everyone()).await.last_seen.unwrap() >= heard, "online, lingering");
+    let swept = sweep_until(store, |swept| !swept.is_empty()).await;
+    assert_eq!(swept[0].presence.status, Status::Offline);
+    assert!(swept[0].presence.last_seen.unwrap() >= heard, "not before its last heartbeat: {swept:?}");
 }
 
 async fn a_new_session_on_a_device_replaces_the_old_one(engine: &Engine) {

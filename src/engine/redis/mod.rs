@@ -45,6 +45,7 @@ pub use keys::Keyspace;
 use super::{Connected, EngineError, Lifetimes, PresenceStore};
 use crate::{
     id::Id,
+    metrics,
     presence::{Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, Snapshot, Status, UserPresence},
     scope::Scope,
 };
@@ -326,7 +327,7 @@ impl RedisPresence {
     async fn sweep_shard(&self, shard: usize) -> Result<Vec<PresenceUpdate>, EngineError> {
         let mut updates = Vec::new();
         loop {
-            let (due, rows): (usize, Vec<Row>) = self
+            let (due, rows, failures): (usize, Vec<Row>, Vec<String>) = self
                 .call(&self.sweep, shard)
                 .arg(SWEEP_BATCH)
                 .arg(self.lifetimes.away_after.as_millis() as u64)
@@ -335,6 +336,15 @@ impl RedisPresence {
                 .map_err(classify)?;
             for row in rows {
                 updates.push(parse_row(row)?);
+            }
+            // Users whose keys the scripts cannot read: each fails alone, once (its lapsed
+            // leases left the queue), and the sweep goes on for the others.
+            for failure in failures {
+                ::metrics::counter!(metrics::ENGINE_ERRORS, "op" => "expire", "kind" => "protocol").increment(1);
+                tracing::error!(
+                    failure,
+                    "a user's keys in Redis are not as the scripts keep them; its lease was ended"
+                );
             }
             if due < SWEEP_BATCH {
                 return Ok(updates);

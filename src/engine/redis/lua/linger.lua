@@ -3,7 +3,12 @@
 -- ARGV: last_seen_ms, ttl_ms, user, session, grace_ms. Sessions of the user that lapsed
 -- already are left to the sweep, which announces what their end changes.
 local user, session = ARGV[3], ARGV[4]
-redis.call('ZADD', leases, 'XX', 'LT', now + tonumber(ARGV[5]), lease_of(user, session))
+local meta = keys_of(user)
+if redis.call('ZADD', leases, 'XX', 'LT', 'CH', now + tonumber(ARGV[5]), lease_of(user, session)) == 1
+  and redis.call('HGET', meta, 'mode') ~= 'invisible' then
+  -- Its connection closed now: the shortened deadline no longer tells its last heartbeat.
+  redis.call('HSET', meta, 'lastSeen', now)
+end
 release_devices(user, function(holder)
   return holder ~= session
 end)

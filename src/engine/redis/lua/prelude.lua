@@ -65,9 +65,11 @@ local function deadline(user, session)
 end
 
 -- When the user was last heard from, if it has sessions: its latest lease deadline less
--- the lease (each heartbeat moves its session's deadline, and nothing else).
+-- the lease (each heartbeat moves its session's deadline, and nothing else), or the last
+-- seen recorded when that is later (a lingering session's deadline was shortened when its
+-- connection closed, which recorded that moment).
 local function last_heartbeat(user)
-  local _, skey = keys_of(user)
+  local meta, skey = keys_of(user)
   local latest = nil
   for _, session in ipairs(redis.call('SMEMBERS', skey)) do
     local until_ = deadline(user, session)
@@ -75,7 +77,10 @@ local function last_heartbeat(user)
       latest = until_
     end
   end
-  return latest and math.min(latest - ttl, now)
+  if not latest then
+    return nil
+  end
+  return math.max(math.min(latest - ttl, now), tonumber(redis.call('HGET', meta, 'lastSeen')) or 0)
 end
 
 -- Registers a session's lease, or ends it (`at` nil).
@@ -123,12 +128,14 @@ local function same_groups(a, b)
 end
 
 -- The user has a session in `group` from now on: a participant until it has none, and
--- the group's key lives as long as it does.
+-- the group's key lives as long as it does. (Group and auto-away indexes are written with
+-- `redis.pcall`: a key of another type there, written by something else under the prefix,
+-- costs that index its entry, never the transition of every user that touches it.)
 local function joins(user, group)
   local gkey = prefix .. 'group:' .. group
-  redis.call('ZADD', gkey, LIVE, user)
-  redis.call('ZREMRANGEBYSCORE', gkey, '-inf', now - last_seen_ms - ttl)
-  redis.call('PERSIST', gkey)
+  redis.pcall('ZADD', gkey, LIVE, user)
+  redis.pcall('ZREMRANGEBYSCORE', gkey, '-inf', now - last_seen_ms - ttl)
+  redis.pcall('PERSIST', gkey)
 end
 
 -- The user had its last session in each group of `old` not in `new` (newline-separated)
@@ -139,9 +146,9 @@ local function leaves(user, old, new, at)
   for group in string.gmatch(old, '[^\n]+') do
     if not kept[group] then
       local gkey = prefix .. 'group:' .. group
-      redis.call('ZADD', gkey, at, user)
-      if redis.call('ZCOUNT', gkey, LIVE, LIVE) == 0 then
-        redis.call('PEXPIRE', gkey, last_seen_ms + ttl)
+      redis.pcall('ZADD', gkey, at, user)
+      if redis.pcall('ZCOUNT', gkey, LIVE, LIVE) == 0 then
+        redis.pcall('PEXPIRE', gkey, last_seen_ms + ttl)
       end
     end
   end
@@ -172,7 +179,8 @@ local function settle(user)
     redis.call('DEL', skey, sgroups, devices)
     local seen = now
     if lapsed then
-      seen = math.min(lapsed - ttl, now)
+      -- Not before the last seen recorded (a lingering session's close).
+      seen = math.max(math.min(lapsed - ttl, now), tonumber(redis.call('HGET', meta, 'lastSeen')) or 0)
       if redis.call('HGET', meta, 'mode') ~= 'invisible' then
         redis.call('HSET', meta, 'lastSeen', seen)
       end
@@ -232,9 +240,9 @@ local function transition(user, cause, force, forced_cause)
     end
   end
   if shown == 'online' and mode == 'online' then
-    redis.call('ZADD', active, tonumber(m[5]) or now, user)
+    redis.pcall('ZADD', active, tonumber(m[5]) or now, user)
   else
-    redis.call('ZREM', active, user)
+    redis.pcall('ZREM', active, user)
   end
   if (m[1] or 'offline') == shown then
     if not (force and shown ~= 'offline') then
