@@ -332,3 +332,29 @@ async fn a_chosen_status_survives_a_reconnect_then_redis_losing_everything() {
     })
     .await;
 }
+
+/// Redis losing its data while every connection stands (`FLUSHALL`): the routers' check of
+/// the sequence sees it go back and resyncs; a user who closed meanwhile (its disconnect
+/// found nothing to end) is no ghost on the dashboards, and the users still connected are
+/// back online.
+#[tokio::test]
+async fn a_flushall_is_noticed_and_leaves_no_ghost() {
+    let setup = Setup::new(Engine::Redis).await;
+    let router = setup.router(&[]).await;
+    let (mut dashboard, snapshot) = router.dashboard("dispatcher").await;
+    let mut view = View::default();
+    view.apply(&snapshot);
+    let _stayer = router.mobile("stayer", "p1").await;
+    let leaver = router.mobile("leaver", "p2").await;
+    while view.online.len() < 2 {
+        view.apply(&dashboard.next_frame().await);
+    }
+    let snapshots = view.snapshots;
+    let mut conn = setup.redis.as_ref().unwrap().client().get_multiplexed_async_connection().await.unwrap();
+    let _: () = ::redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    leaver.close().await;
+    while view.snapshots == snapshots || view.online.contains_key("leaver") {
+        view.apply(&dashboard.next_frame().await);
+    }
+    assert_eq!(view.online_ids(), ["stayer"]);
+}

@@ -100,6 +100,11 @@ impl GapDetector {
         }
     }
 
+    /// The highest number received (or taken as the baseline) so far.
+    pub fn received(&self) -> Option<u64> {
+        self.next.map(|next| next - 1)
+    }
+
     /// True when some gap has stayed open longer than the grace period.
     pub fn overdue(&self) -> bool {
         self.open.values().next().is_some_and(|since| since.elapsed() >= self.grace)

@@ -109,10 +109,23 @@ impl Inbox {
         }
     }
 
-    /// A periodic check of `shard` ([`GapDetector::expect_through`]); an unreadable head
-    /// checks nothing.
-    pub(super) fn expect_through(&mut self, shard: usize, head: Option<u64>) {
-        if head.is_some_and(|head| self.gaps[shard].expect_through(head)) {
+    /// The highest transition number of `shard` received so far.
+    pub(super) fn received(&self, shard: usize) -> Option<u64> {
+        self.gaps[shard].received()
+    }
+
+    /// A periodic check of `shard`: `head` was read after `received` (the highest number
+    /// received then) had arrived, so a head below it means the sequence went back: Redis
+    /// lost its data (`FLUSHALL`, a failover to a replica that had not caught up) while
+    /// the subscription stood, and whatever it held is gone: the router resyncs. Otherwise
+    /// every number up to the head must arrive ([`GapDetector::expect_through`]). An
+    /// unreadable head checks nothing.
+    pub(super) fn check_head(&mut self, shard: usize, head: Option<u64>, received: Option<u64>) {
+        let Some(head) = head else { return };
+        if received.is_some_and(|received| head < received) {
+            tracing::warn!(shard, head, received, "the transition sequence went back: Redis lost its data");
+            self.resync();
+        } else if self.gaps[shard].expect_through(head) {
             self.resync();
         }
     }

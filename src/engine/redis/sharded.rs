@@ -79,6 +79,7 @@ pub(super) fn spawn_sharded_subscriber(
         groups: HashSet::new(),
         left: Vec::new(),
         lost: None,
+        received: Vec::new(),
     };
     tracker.spawn(async move {
         tokio::select! {
@@ -101,6 +102,9 @@ struct Sharded {
     left: Vec<Id>,
     /// Why the router went deaf, until it hears again.
     lost: Option<Lost>,
+    /// Per shard, the highest transition number received when the renewal under way
+    /// started: the head it reads cannot be lower, unless Redis lost its data.
+    received: Vec<Option<u64>>,
 }
 
 /// Per shard: its channels to subscribe to, and those to give up.
@@ -147,6 +151,7 @@ impl Sharded {
                     } else {
                         let (seq, keys) = (self.inbox.conn.clone(), self.keys.clone());
                         let using = conn.clone().ok_or_else(|| self.client.clone());
+                        self.received = (0..self.keys.shards()).map(|shard| self.inbox.received(shard)).collect();
                         renewal = Some(Box::pin(renew(using, seq, keys, self.plan())));
                     }
                 }
@@ -209,7 +214,8 @@ impl Sharded {
         let was_receiving = self.inbox.sinks.receiving.set(true);
         if first.is_none() && was_receiving {
             for (shard, head) in heads.enumerate() {
-                self.inbox.expect_through(shard, head);
+                let received = self.received.get(shard).copied().flatten();
+                self.inbox.check_head(shard, head, received);
             }
             return true;
         }

@@ -47,6 +47,10 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long connecting and subscribing may take.
 pub(super) const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the sequence's head is read while subscribed: a transition lost with none
+/// after it, or a sequence that went back (Redis lost its data while the subscription
+/// stood), is noticed within this and the gap grace.
+const HEAD_EVERY: Duration = Duration::from_secs(1);
 /// Longest wait between two failed subscription attempts.
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -169,6 +173,8 @@ impl Subscriber {
         };
         tokio::pin!(watchdog);
         let mut gap_check = tokio::time::interval(GAP_GRACE / 2);
+        let mut head_check = tokio::time::interval(HEAD_EVERY);
+        head_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 lost = &mut watchdog => return lost,
@@ -178,6 +184,11 @@ impl Subscriber {
                     None => return Lost::Dropped,
                 },
                 _ = gap_check.tick() => self.inbox.check_gaps(),
+                _ = head_check.tick() => {
+                    let received = self.inbox.received(0);
+                    let head = self.inbox.head(0).await;
+                    self.inbox.check_head(0, head, received);
+                }
             }
         }
     }
