@@ -329,9 +329,9 @@ pub struct Config {
     #[arg(help_heading = "Redis")]
     pub redis_url: Option<String>,
 
-    /// A Redis Cluster (7.0 or later) instead of one Redis: comma-separated seed nodes,
-    /// each `host:port` or a `redis://`/`rediss://` URL (any of the cluster's nodes; the
-    /// others are discovered). Login from `--redis-username`/`--redis-password` (or the
+    /// A Redis Cluster (7.0 or later) instead of one Redis: comma-separated nodes to start
+    /// from, each `host:port` or a `redis://`/`rediss://` URL (any of the cluster's nodes;
+    /// the others are discovered). Login from `--redis-username`/`--redis-password` (or the
     /// URLs), TLS from `rediss://` and `--redis-ca-cert`; database 0 only, as Redis
     /// Cluster has no other.
     #[arg(long, env = "REDIS_CLUSTER_NODES", hide_env_values = true, value_delimiter = ',', conflicts_with_all = ["redis_url", "redis_host", "redis_port", "redis_db"])]
@@ -597,6 +597,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::redis::DEFAULT_CLUSTER_SHARDS;
 
     #[test]
     fn defaults_are_the_documented_ones() {
@@ -640,6 +641,42 @@ mod tests {
         assert!(e.to_string().contains("rediss://"), "{e}");
         let e = redis(&["--redis-url", "mysql://root:hunter2@h"]).unwrap_err();
         assert!(e.to_string().contains("not a Redis URL") && !e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn a_redis_cluster_is_named_by_its_seed_nodes() {
+        let cluster = |extra: &[&str]| {
+            let config = Config::try_parse_from([&["presence-router", "--jwt-secret", "s"], extra].concat())?;
+            Ok::<_, anyhow::Error>(config.redis()?.and_then(|r| r.cluster).map(|c| {
+                let seeds = c.seeds.iter().map(|s| (s.addr().to_string(), s.redis_settings().password().is_some()));
+                (seeds.collect::<Vec<_>>(), c.shards)
+            }))
+        };
+        assert_eq!(
+            cluster(&[
+                "--redis-cluster-nodes",
+                "10.0.0.1:7000, redis://u:p@10.0.0.2:7001",
+                "--redis-cluster-shards",
+                "64"
+            ])
+            .unwrap(),
+            Some((vec![("10.0.0.1:7000".into(), false), ("10.0.0.2:7001".into(), true)], 64))
+        );
+        let with_password = cluster(&["--redis-cluster-nodes", "a:1,b:2", "--redis-password", "p"]).unwrap();
+        assert_eq!(with_password, Some((vec![("a:1".into(), true), ("b:2".into(), true)], DEFAULT_CLUSTER_SHARDS)));
+        assert_eq!(cluster(&["--redis-host", "h"]).unwrap(), None, "one Redis is no cluster");
+
+        for bad in ["h", "h:port", ":7000", "redis://h:7000/2", "mysql://root:hunter2@h"] {
+            let e = cluster(&["--redis-cluster-nodes", bad]).unwrap_err();
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+        let e = cluster(&["--redis-cluster-nodes", "h:1", "--redis-url", "redis://h"]).unwrap_err();
+        assert_eq!(e.downcast::<clap::Error>().unwrap().kind(), clap::error::ErrorKind::ArgumentConflict);
+        let e = cluster(&["--redis-cluster-nodes", "h:1", "--redis-prefix", "p{x}:"]).unwrap_err();
+        assert!(e.to_string().contains("hash tags"), "{e}");
+        for shards in ["0", "1025"] {
+            assert!(cluster(&["--redis-cluster-nodes", "h:1", "--redis-cluster-shards", shards]).is_err());
+        }
     }
 
     #[test]

@@ -1,10 +1,8 @@
-//! This router's fan-out: the [`Hub`] (presence to dashboards), the [`Relay`] (transient
-//! frames to connections) and the sweeper's wake-up. It is what the broker delivers into
-//! ([`BrokerEvents`]), so the engine knows nothing of either.
+//! This router's fan-out: the [`Hub`] (presence to dashboards) and the [`Relay`] (transient
+//! frames to connections). It is what the broker delivers into ([`BrokerEvents`]), so the
+//! engine knows nothing of either.
 
 use std::sync::Arc;
-
-use tokio::sync::Notify;
 
 use crate::{
     engine::BrokerEvents,
@@ -17,13 +15,11 @@ use crate::{
 pub struct FanOut {
     hub: Arc<Hub>,
     relay: Arc<Relay>,
-    /// Wakes the sweeper early (a Redis `expired` event).
-    sweep_now: Notify,
 }
 
 impl FanOut {
     pub fn new(hub: Arc<Hub>, relay: Arc<Relay>) -> Self {
-        FanOut { hub, relay, sweep_now: Notify::new() }
+        FanOut { hub, relay }
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -32,12 +28,6 @@ impl FanOut {
 
     pub fn relay(&self) -> &Arc<Relay> {
         &self.relay
-    }
-
-    /// Resolves once the broker hinted that a lease lapsed ([`BrokerEvents::sweep_soon`]);
-    /// a hint given while nobody waits is kept for the next call.
-    pub async fn sweep_requested(&self) {
-        self.sweep_now.notified().await;
     }
 }
 
@@ -56,9 +46,5 @@ impl BrokerEvents for FanOut {
 
     fn resync_needed(&self) {
         self.hub.request_resync();
-    }
-
-    fn sweep_soon(&self) {
-        self.sweep_now.notify_one();
     }
 }

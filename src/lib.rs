@@ -18,7 +18,11 @@
 //!   [`SignalStore`](engine::SignalStore) (indicators, floors), and the
 //!   [`Broker`](engine::Broker) (transient events between routers), which delivers into a
 //!   [`BrokerEvents`](engine::BrokerEvents) handler; memory and Redis implementations of
-//!   each. The engine knows nothing of the hub or the relay.
+//!   each. The Redis engine runs on one Redis or on a Redis Cluster: its keyspace is split
+//!   into hash-tagged shards ([`engine::redis::Keyspace`]), each script runs within one,
+//!   and its subscriber is a plain one on one Redis, a sharded one (SSUBSCRIBE, renewed
+//!   every second) on a cluster, both handing what they receive to one inbox. The engine
+//!   knows nothing of the hub or the relay.
 //! - [`transient`]: the messages the broker carries besides transitions (relayed frames
 //!   and their audiences, session control) and their wire encoding.
 //! - [`fanout`]: this router's side of the seam: the [`BrokerEvents`](engine::BrokerEvents)

@@ -41,6 +41,7 @@ pub const ENGINE_ERRORS: &str = "presence_engine_errors_total";
 pub const ENGINE_UP: &str = "presence_engine_up";
 pub const BROKER_MESSAGES: &str = "presence_broker_messages_total";
 pub const BROKER_GAPS: &str = "presence_broker_gaps_total";
+pub const RESYNCS: &str = "presence_resyncs_total";
 pub const BROKER_RESUBSCRIPTIONS: &str = "presence_broker_resubscriptions_total";
 pub const BROKER_GROUP_SUBSCRIPTIONS: &str = "presence_broker_group_subscriptions";
 pub const REDIS_RETRIES: &str = "presence_redis_retries_total";
@@ -168,6 +169,10 @@ fn describe() {
     );
     describe_counter!(BROKER_GAPS, "Transitions that never arrived from the broker, each answered by a resync.");
     describe_counter!(
+        RESYNCS,
+        "Times this router rebuilt its view of presence from the store after start: a transition missed, a subscription lapsed, an outage ended."
+    );
+    describe_counter!(
         BROKER_RESUBSCRIPTIONS,
         "Broker subscriptions re-established, by what ended the last one: dropped (its connection closed or failed), \
          silent (a PING went unanswered for 1 s: the flow was black-holed)."
@@ -188,7 +193,7 @@ fn describe() {
     );
     describe_counter!(
         BROKER_MESSAGES,
-        "Messages received from the broker, by kind (update, relay, expired, invalid; overflow: dropped, the subscriber falling behind)."
+        "Messages received from the broker, by kind (update, relay, invalid; overflow: dropped, the subscriber falling behind)."
     );
     describe_counter!(RELAYED, "PTT, TEXT and indicator frames this router sent towards receivers, by type.");
     describe_counter!(RELAY_OVERFLOWS, "Connections closed because their queue of relayed frames was full.");
@@ -294,6 +299,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         STALE_UPDATES,
         STORE_WRITES_DROPPED,
         BROKER_GAPS,
+        RESYNCS,
         RELAY_OVERFLOWS,
         RELAY_DROPPED,
         HTTP_EVICTIONS,
@@ -358,7 +364,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
             "replaced",
         ],
     );
-    each(BROKER_MESSAGES, "kind", &["update", "relay", "expired", "invalid", "overflow"]);
+    each(BROKER_MESSAGES, "kind", &["update", "relay", "invalid", "overflow"]);
     each(BROKER_RESUBSCRIPTIONS, "reason", &["dropped", "silent"]);
     each(FLOOR_REQUESTS, "result", &["granted", "busy", "local_only"]);
     each(SESSIONS_REPLACED, "result", &["ended", "gone", "timed_out"]);

@@ -679,7 +679,6 @@ impl Node {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
-                _ = self.fanout.sweep_requested() => {}
                 _ = prune.tick() => {
                     self.hub().prune(unix_ms().saturating_sub(self.timing.last_seen.as_millis() as u64));
                     continue;
@@ -722,8 +721,9 @@ impl Node {
             }
             *self.sweep_paused_until.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(Instant::now() + self.timing.recovery_grace);
-            if let Err(e) = self.resync().await {
-                tracing::debug!(error = %e, "resync failed; retrying");
+            match self.resync().await {
+                Ok(()) => ::metrics::counter!(metrics::RESYNCS).increment(1),
+                Err(e) => tracing::debug!(error = %e, "resync failed; retrying"),
             }
         }
     }

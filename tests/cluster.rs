@@ -202,8 +202,8 @@ async fn a_transition_that_was_never_published_is_healed_by_a_resync() {
         .hset_multiple("presence:meta:ghost", &[("status", "online"), ("deviceId", "g")])
         .hset("presence:meta:ghost", "version", now)
         .hset("presence:meta:ghost", "lastSeen", now)
-        .zadd("presence:sessions:ghost", "dead-router:1", now + 60_000)
-        .zadd("presence:deadlines", "ghost", now + 60_000)
+        .sadd("presence:sessions:ghost", "dead-router:1")
+        .zadd("presence:leases", "ghost\ndead-router:1", now + 60_000)
         .incr("presence:seq", 1)
         .query_async(&mut conn)
         .await

@@ -213,6 +213,6 @@ async fn a_reconnect_while_degraded_replaces_the_dead_session_on_recovery() {
     assert_eq!(old.close_code().await, Some(4009), "the dead session is replaced on recovery");
     new.sync(TALKER).await;
     let sessions: u64 =
-        ::redis::cmd("ZCARD").arg(format!("presence:sessions:{TALKER}")).query_async(&mut redis).await.unwrap();
+        ::redis::cmd("SCARD").arg(format!("presence:sessions:{TALKER}")).query_async(&mut redis).await.unwrap();
     assert_eq!(sessions, 1, "Redis keeps the reconnect's session only");
 }

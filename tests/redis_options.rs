@@ -70,9 +70,8 @@ async fn a_url_with_a_password_reaches_a_redis_that_requires_one() {
 async fn an_acl_user_logs_in_with_the_rights_the_router_needs() {
     let redis = RedisServer::start().await;
     let mut setup = redis.client().get_multiplexed_async_connection().await.unwrap();
-    // Only the router's keys and channels (its own, and expired-key events), and no
-    // administrative commands.
-    let channels = ["&presence:*", "&__keyevent@0__:expired"];
+    // Only the router's keys and channels, and no administrative commands.
+    let channels = ["&presence:*"];
     for user in [
         &[&["router", "on", ">router-pass", "~presence:*"][..], &channels, &["+@all", "-@dangerous"]].concat()[..],
         &["admin", "on", ">admin-pass", "~*", "&*", "+@all"],
@@ -107,6 +106,32 @@ async fn an_acl_user_logs_in_with_the_rights_the_router_needs() {
     ])
     .await;
     let _mobile = online(&router, "bob").await;
+}
+
+/// On a Redis Cluster, an ACL user with the router's keys and channels and no
+/// administrative command, set on every node, serves too (the client reads the topology
+/// with `CLUSTER SLOTS`, which `-@dangerous` leaves).
+#[tokio::test]
+async fn an_acl_user_serves_on_a_redis_cluster() {
+    let cluster = common::cluster::RedisCluster::start().await;
+    for node in cluster.nodes() {
+        let mut conn = redis_as(&format!("redis://{node}/")).await;
+        let user = ["router", "on", ">router-pass", "~presence:*", "&presence:*", "+@all", "-@dangerous"];
+        let _: () = redis::cmd("ACL").arg("SETUSER").arg(&user).query_async(&mut conn).await.unwrap();
+    }
+    let router = Router::start(&[
+        "--redis-cluster-nodes",
+        &cluster.seeds(),
+        "--redis-username",
+        "router",
+        "--redis-password",
+        "router-pass",
+    ])
+    .await;
+    let _mobile = online(&router, "alice").await;
+    let (_dashboard, snapshot) = router.dashboard("watcher").await;
+    assert_eq!(snapshot[5]["users"][0]["userId"].as_str(), Some("alice"), "{snapshot}");
+    assert_eq!(engine(&router).await, "redis-cluster");
 }
 
 #[tokio::test]

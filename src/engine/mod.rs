@@ -257,10 +257,6 @@ pub trait BrokerEvents: Send + Sync + 'static {
     /// Transitions may have been missed, or this router stopped hearing the others: its
     /// view of presence must be rebuilt from the store.
     fn resync_needed(&self);
-
-    /// A lease may just have lapsed (the store announced a key's expiry): sweep now
-    /// rather than at the next interval. Only a hint; the periodic sweep does not need it.
-    fn sweep_soon(&self);
 }
 
 /// What a router runs with: its presence, its signals and its broker.

@@ -83,6 +83,23 @@ impl GapDetector {
         self.missing(next, head + 1, head + 1)
     }
 
+    /// A periodic check: `head`, the last number decided so far, read just now, must
+    /// arrive within the grace, with every number before it. This notices a transition
+    /// lost when no later one follows to show the gap. A head behind what has been
+    /// received (read before those arrived) tells nothing; without a baseline (after a
+    /// reset) it becomes the baseline. True when more is missing than can be tracked: the
+    /// router must resync now.
+    pub fn expect_through(&mut self, head: u64) -> bool {
+        match self.next {
+            None => {
+                self.next = Some(head + 1);
+                false
+            }
+            Some(next) if head < next => false,
+            Some(next) => self.missing(next, head + 1, head + 1),
+        }
+    }
+
     /// True when some gap has stayed open longer than the grace period.
     pub fn overdue(&self) -> bool {
         self.open.values().next().is_some_and(|since| since.elapsed() >= self.grace)
@@ -148,6 +165,28 @@ mod tests {
         let mut restarted = GapDetector::new(GRACE);
         restarted.start_at(100);
         assert!(restarted.resume(0), "the sequence went back: Redis lost its data");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_periodic_head_expects_what_was_decided_and_tells_nothing_when_stale() {
+        let mut gaps = GapDetector::new(GRACE);
+        assert!(!gaps.expect_through(10), "no baseline yet: the head becomes one");
+        assert!(!gaps.saw(11));
+        assert!(!gaps.saw(12));
+        assert!(!gaps.expect_through(11), "read before 12 arrived: stale, no gap");
+        assert!(!gaps.expect_through(12));
+        tokio::time::advance(GRACE * 2).await;
+        assert!(!gaps.overdue(), "everything up to the head arrived");
+
+        assert!(!gaps.expect_through(14), "13 and 14 were decided");
+        assert!(!gaps.saw(13));
+        tokio::time::advance(GRACE).await;
+        assert!(gaps.overdue(), "14 never came, and nothing after it showed the gap");
+
+        gaps.reset();
+        assert!(!gaps.expect_through(20), "after a reset, the head is the baseline again");
+        tokio::time::advance(GRACE * 2).await;
+        assert!(!gaps.overdue());
     }
 
     #[tokio::test(start_paused = true)]

@@ -76,19 +76,14 @@ pub(super) struct Inbox {
     keys: Keyspace,
     /// Reads the shards' sequences.
     pub conn: Connection,
-    /// The channel of keyspace events of expired keys, when subscribed (one Redis).
-    expired: Option<String>,
-    /// What an expired user key's name starts with.
-    user_keys: String,
     /// One per shard.
     gaps: Vec<GapDetector>,
 }
 
 impl Inbox {
-    pub(super) fn new(sinks: Sinks, keys: Keyspace, conn: Connection, expired: Option<String>) -> Inbox {
-        let user_keys = keys.key(0, "user:");
+    pub(super) fn new(sinks: Sinks, keys: Keyspace, conn: Connection) -> Inbox {
         let gaps = (0..keys.shards()).map(|_| GapDetector::new(GAP_GRACE)).collect();
-        Inbox { sinks, keys, conn, expired, user_keys, gaps }
+        Inbox { sinks, keys, conn, gaps }
     }
 
     /// The last transition number `shard` decided so far; `None` if it cannot be read now.
@@ -110,6 +105,14 @@ impl Inbox {
     /// ([`GapDetector::resume`]); it resyncs at once when `head` is unknown or went back.
     pub(super) fn resume(&mut self, shard: usize, head: Option<u64>) {
         if head.is_none_or(|head| self.gaps[shard].resume(head)) {
+            self.resync();
+        }
+    }
+
+    /// A periodic check of `shard` ([`GapDetector::expect_through`]); an unreadable head
+    /// checks nothing.
+    pub(super) fn expect_through(&mut self, shard: usize, head: Option<u64>) {
+        if head.is_some_and(|head| self.gaps[shard].expect_through(head)) {
             self.resync();
         }
     }
@@ -139,18 +142,12 @@ impl Inbox {
         }
     }
 
-    /// Dispatches a message by its channel: a shard's transitions, expired-key events, and
-    /// otherwise relayed frames (the shared relay channel or a group's, the only others
-    /// subscribed; a group channel just unsubscribed may still deliver a message sent
-    /// before).
+    /// Dispatches a message by its channel: a shard's transitions, and otherwise relayed
+    /// frames (a shard's relay channel or a group's, the only others subscribed; a group
+    /// channel just unsubscribed may still deliver a message sent before).
     pub(super) fn handle(&mut self, channel: &str, payload: &[u8]) {
         if let Some(shard) = self.keys.shard_of_key(channel, "updates") {
             self.update(shard, payload);
-        } else if self.expired.as_deref() == Some(channel) {
-            if payload.starts_with(self.user_keys.as_bytes()) {
-                ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "expired").increment(1);
-                self.sinks.events.sweep_soon();
-            }
         } else {
             self.relayed(channel, payload);
         }

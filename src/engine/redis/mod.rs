@@ -3,13 +3,16 @@
 //!
 //! All multi-key changes run as Lua scripts (`lua/`), atomic and on Redis' own clock, each
 //! within one shard of the keyspace ([`keys`]): one shard on a single Redis, a fixed number
-//! of hash-tagged shards on a cluster;
-//! transitions travel on Pub/Sub ([`broker`] publishes, [`subscriber`] receives and
-//! notices a subscription that went quiet), and so do relayed frames, a group's on its
-//! own channel that only the routers serving the group subscribe to ([`groups`]). Every call goes over one [`Connection`], which
-//! sends a call again when its connection dropped under it. Offline detection never depends on keyspace
-//! events alone (Redis sends them late, or never to a subscriber that was away): every router sweeps the `deadlines` index, and the atomic sweep
-//! script hands each offline to exactly one of them.
+//! of hash-tagged shards on a cluster. A live session's heartbeat is the exception: it
+//! only moves its lease deadline, one command ([`renewals`]). Transitions travel on
+//! Pub/Sub ([`broker`] publishes; [`subscriber`] on one Redis, [`sharded`] on a cluster,
+//! receive and notice a subscription that went quiet), and so do relayed frames, a group's
+//! on its own channel that only the routers serving the group subscribe to ([`groups`]).
+//! Every call goes over one [`Connection`], which sends a call again when its connection
+//! dropped under it. Offline detection does not depend on keyspace events (Redis sends
+//! them late, or never to a subscriber that was away): every router sweeps each shard's
+//! `leases` index every 250 ms, and the atomic sweep script hands each offline to exactly
+//! one of them.
 
 mod broker;
 mod connection;
@@ -198,8 +201,7 @@ async fn now_ms(conn: &mut Connection) -> Result<u64, EngineError> {
 }
 
 impl RedisPresence {
-    /// Connects (failing fast if Redis cannot be reached now) and makes sure keyspace
-    /// `expired` events are on.
+    /// Connects, failing fast if Redis cannot be reached now.
     pub async fn connect(config: &RedisConfig, lifetimes: Lifetimes) -> anyhow::Result<Self> {
         let conn = match config.cluster_client()? {
             // The cluster connection reconnects, follows MOVED and failovers itself.
@@ -214,21 +216,16 @@ impl RedisPresence {
                     .set_response_timeout(Some(STORE_TIMEOUT))
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_secs(1));
-                let mut conn = Connection::open(config.client()?, manager_config).await?;
-                // A cluster node announces only its own keys' expiries: there the sweep
-                // alone detects silence.
-                ensure_expired_events(&mut conn).await;
-                conn
+                Connection::open(config.client()?, manager_config).await?
             }
         };
         let keys = config.keyspace();
-        let renewals = renewals::Renewals::start(renewals::Batcher {
-            conn: conn.clone(),
-            script: script!("renew.lua"),
-            keys: keys.clone(),
-            last_seen_ms: lifetimes.last_seen.as_millis() as u64,
-            ttl_ms: lifetimes.ttl.as_millis() as u64,
-        });
+        let renewals = renewals::Renewals::start(renewals::Batcher::new(
+            conn.clone(),
+            script!("renew.lua"),
+            keys.clone(),
+            lifetimes,
+        ));
         Ok(RedisPresence {
             conn,
             keys,
@@ -259,7 +256,7 @@ impl RedisPresence {
     /// A call of a script on `shard` with what every script starts with: the shard's
     /// sequence key, and the last-seen retention in ms.
     fn call<'a>(&'a self, script: &'a Script, shard: usize) -> ScriptInvocation<'a> {
-        start_call(script, &self.keys, shard, self.lifetimes.last_seen.as_millis() as u64)
+        start_call(script, &self.keys, shard, &self.lifetimes)
     }
 
     /// A call of one of the session scripts: the common arguments, then user and session.
@@ -273,7 +270,7 @@ impl RedisPresence {
     /// when `replace` (see [`PresenceStore::connect`]).
     async fn lease(&self, session: &Session, replace: bool) -> Result<Connected, EngineError> {
         let mut call = self.call(&self.lease, self.keys.shard_of(session.user.as_str()));
-        call.arg(self.lifetimes.ttl.as_millis() as u64).arg(if replace { "1" } else { "0" });
+        call.arg(if replace { "1" } else { "0" });
         session_args(&mut call, session);
         let (row, replaced): (Option<Row>, Option<String>) =
             call.invoke_async(&mut self.conn.clone()).await.map_err(classify)?;
@@ -282,28 +279,6 @@ impl RedisPresence {
 
     fn meta_key(&self, user: &Id) -> String {
         self.keys.key(self.keys.shard_of(user.as_str()), &format!("meta:{user}"))
-    }
-
-    /// The meta fields of each user of one shard, pipelined.
-    async fn read_meta(&self, users: &[Id]) -> Result<Vec<UserPresence>, EngineError> {
-        // Redis refuses an empty pipeline, and that must not read as an outage.
-        if users.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for user in users {
-            pipe.cmd("HMGET").arg(self.meta_key(user)).arg(&[
-                "status",
-                "lastSeen",
-                "deviceId",
-                "version",
-                "groups",
-                "text",
-                "lastActivity",
-            ]);
-        }
-        let rows: Vec<MetaRow> = pipe.query_async(&mut self.conn.clone()).await.map_err(classify)?;
-        Ok(users.iter().zip(rows).map(|(user, row)| presence_of(user, row)).collect())
     }
 
     /// `sweep.lua` on one shard, a batch at a time until it finds no more due.
@@ -326,14 +301,18 @@ impl RedisPresence {
         }
     }
 
-    /// The users online in one shard, from its index.
+    /// The users shown online in one shard: those with a lease, read a batch at a time.
     async fn online_in(&self, shard: usize) -> Result<Vec<UserPresence>, EngineError> {
-        let ids: Vec<String> =
-            self.conn.clone().zrange(self.keys.key(shard, "deadlines"), 0, -1).await.map_err(classify)?;
-        let ids: Vec<Id> = ids.iter().filter_map(|id| Id::parse(id).ok()).collect();
+        let leases: Vec<String> =
+            self.conn.clone().zrange(self.keys.key(shard, "leases"), 0, -1).await.map_err(classify)?;
+        let mut ids: Vec<Id> = leases.iter().filter_map(|lease| Id::parse(lease.split_once('\n')?.0).ok()).collect();
+        ids.sort_unstable();
+        ids.dedup();
         let mut users = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(SNAPSHOT_BATCH) {
-            users.extend(self.read_meta(chunk).await?.into_iter().filter(|u| u.status.is_online()));
+            let chunk: Vec<&Id> = chunk.iter().collect();
+            let read = self.lookup_in(shard, &chunk, &Scope::everyone()).await?;
+            users.extend(read.into_iter().filter(|u| u.status.is_online()));
         }
         Ok(users)
     }
@@ -396,10 +375,10 @@ fn shown(mut presence: UserPresence) -> UserPresence {
 
 /// A call of `script` on `shard`: KEYS[1] is the shard's sequence key, which routes the
 /// call to the shard's slot on Redis Cluster and tells the script every other key (see
-/// `lua/prelude.lua`); ARGV[1] is the last-seen retention in ms.
-fn start_call<'a>(script: &'a Script, keys: &Keyspace, shard: usize, last_seen_ms: u64) -> ScriptInvocation<'a> {
+/// `lua/prelude.lua`); ARGV[1] is the last-seen retention and ARGV[2] the lease, in ms.
+fn start_call<'a>(script: &'a Script, keys: &Keyspace, shard: usize, lifetimes: &Lifetimes) -> ScriptInvocation<'a> {
     let mut call = script.key(keys.seq(shard));
-    call.arg(last_seen_ms);
+    call.arg(lifetimes.last_seen.as_millis() as u64).arg(lifetimes.ttl.as_millis() as u64);
     call
 }
 
@@ -413,6 +392,11 @@ fn session_args(call: &mut ScriptInvocation<'_>, session: &Session) {
         .arg(join_groups(&session.groups))
         .arg(choice.map_or("", |c| c.mode.as_str()))
         .arg(choice.and_then(|c| c.text.as_deref()).unwrap_or(""));
+}
+
+/// A session's member of `{p}leases`: `user\nsession` (`lease_of` in `lua/prelude.lua`).
+fn lease_member(session: &Session) -> String {
+    format!("{}\n{}", session.user, session.id)
 }
 
 /// Groups as the meta hash holds them: newline-separated (ids have no control characters).
@@ -573,37 +557,5 @@ impl PresenceStore for RedisPresence {
         }))
         .await?;
         Ok(())
-    }
-}
-
-/// Turns on `notify-keyspace-events Ex` when it is off. Managed Redis often forbids
-/// CONFIG; then the sweep alone detects silence (within TTL + the sweep interval).
-async fn ensure_expired_events(conn: &mut Connection) {
-    let current: Result<(String, String), _> =
-        redis::cmd("CONFIG").arg("GET").arg("notify-keyspace-events").query_async(conn).await;
-    let flags = match current {
-        Ok((_, flags)) => flags,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read notify-keyspace-events; relying on the sweep for offline detection");
-            return;
-        }
-    };
-    // `E` turns on keyevent notifications; `x` (or `A`, all classes) selects expiries.
-    if flags.contains('E') && (flags.contains('x') || flags.contains('A')) {
-        tracing::info!(flags, "keyspace expired events are on");
-        return;
-    }
-    let mut wanted = flags.clone();
-    for c in ['E', 'x'] {
-        if !wanted.contains(c) {
-            wanted.push(c);
-        }
-    }
-    match redis::cmd("CONFIG").arg("SET").arg("notify-keyspace-events").arg(&wanted).query_async::<()>(conn).await {
-        Ok(()) => tracing::info!(from = flags, to = wanted, "turned on keyspace expired events"),
-        Err(e) => tracing::warn!(
-            error = %e,
-            "cannot set notify-keyspace-events Ex (add it to redis.conf); relying on the sweep for offline detection"
-        ),
     }
 }

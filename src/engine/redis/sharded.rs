@@ -10,8 +10,8 @@
 //!
 //! A master that fails takes its subscribers' subscriptions with it, and the `redis` crate
 //! does not reliably bring them back on the promoted replica. So the subscriber renews
-//! every shard's subscriptions itself, every [`RENEW_EVERY`] and at once when a connection
-//! reports its loss: SSUBSCRIBE again (a no-op for a subscription that stands), then read
+//! every shard's subscriptions itself, every [`RENEW_EVERY`] (every [`RETRY_EVERY`] while
+//! one fails) and at once when a connection reports its loss: SSUBSCRIBE again (a no-op for a subscription that stands), then read
 //! the shard's sequence. A shard that fails to renew leaves the router deaf (degraded)
 //! until every shard renews again; then the router resyncs. A renewal that succeeds checks
 //! that every transition the shard decided arrives within the gap grace, so one lost while
@@ -38,6 +38,9 @@ use crate::{id::Id, metrics};
 
 /// How often every shard's subscriptions are renewed.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
+/// How soon a renewal that failed is tried again: a replica promoted after a master failed
+/// is found within this of its promotion.
+const RETRY_EVERY: Duration = Duration::from_millis(250);
 /// Pushes waiting for the subscriber. A fuller queue drops messages (counted as
 /// `overflow`): a lost transition shows as a gap and the router resyncs; a lost frame is
 /// lost, like any late audio.
@@ -58,7 +61,7 @@ pub(super) fn spawn_sharded_subscriber(
 ) -> oneshot::Receiver<()> {
     let (subscribed_tx, subscribed_rx) = oneshot::channel();
     let subscriber = Sharded {
-        inbox: Inbox::new(sinks, keys.clone(), conn, None),
+        inbox: Inbox::new(sinks, keys.clone(), conn),
         config,
         keys,
         served,
@@ -113,9 +116,11 @@ impl Sharded {
             tokio::select! {
                 renewed = async { renewal.as_mut().expect("only polled while in flight").await }, if renewal.is_some() => {
                     renewal = None;
-                    self.renewed(renewed, &mut first);
+                    let all = self.renewed(renewed, &mut first);
                     if std::mem::take(&mut again) {
                         tick.reset_immediately();
+                    } else if !all {
+                        tick.reset_after(RETRY_EVERY);
                     }
                 }
                 _ = tick.tick() => {
@@ -187,8 +192,8 @@ impl Sharded {
     }
 
     /// What a renewal found: the router hears again (or for the first time) once every
-    /// shard renewed, and stays deaf while one fails.
-    fn renewed(&mut self, renewed: Renewed, first: &mut Option<oneshot::Sender<()>>) {
+    /// shard renewed, and stays deaf while one fails. True when every shard renewed.
+    fn renewed(&mut self, renewed: Renewed, first: &mut Option<oneshot::Sender<()>>) -> bool {
         let failed = renewed.iter().find_map(|shard| shard.as_ref().err().copied());
         if let Some(reason) = failed {
             if first.is_none() {
@@ -198,16 +203,16 @@ impl Sharded {
                 self.lost.get_or_insert(reason);
                 self.inbox.deaf();
             }
-            return;
+            return false;
         }
         ::metrics::gauge!(metrics::BROKER_GROUP_SUBSCRIPTIONS).set(self.groups.len() as f64);
         let heads = renewed.into_iter().map(|shard| shard.ok().flatten());
         let was_receiving = self.inbox.sinks.receiving.set(true);
         if first.is_none() && was_receiving {
             for (shard, head) in heads.enumerate() {
-                self.inbox.resume(shard, head);
+                self.inbox.expect_through(shard, head);
             }
-            return;
+            return true;
         }
         for (shard, head) in heads.enumerate() {
             self.inbox.start_at(shard, head);
@@ -224,6 +229,7 @@ impl Sharded {
                 self.inbox.sinks.events.resync_needed();
             }
         }
+        true
     }
 
     /// A message push: `[channel, payload]`.

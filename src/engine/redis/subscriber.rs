@@ -1,9 +1,8 @@
 //! Pub/Sub between routers on one Redis, the receiving side: transitions from `{prefix}updates`,
 //! relayed frames and session messages from `{prefix}relay`, the member frames of the
 //! groups this router serves from their own channels (subscribed and unsubscribed as the
-//! groups come and go, see [`super::groups`]), and keyspace `expired` events of user keys
-//! (an early sweep), each handed to the router's [`BrokerEvents`](crate::engine::BrokerEvents)
-//! through its [`Inbox`].
+//! groups come and go, see [`super::groups`]), each handed to the router's
+//! [`BrokerEvents`](crate::engine::BrokerEvents) through its [`Inbox`].
 //!
 //! Pub/Sub drops whatever is published while a subscriber is away, and a subscription is
 //! lost one of two ways:
@@ -63,15 +62,12 @@ pub(super) fn spawn_subscriber(
     tracker: &TaskTracker,
 ) -> oneshot::Receiver<()> {
     let (subscribed_tx, subscribed_rx) = oneshot::channel();
-    // Keyspace events are published per database: the one the router's keys live in.
-    let expired = format!("__keyevent@{}__:expired", client.get_connection_info().redis_settings().db());
     let subscriber = Subscriber {
         client,
         updates: keys.key(0, "updates"),
         relayed: keys.key(0, "relay"),
-        expired: expired.clone(),
         served,
-        inbox: Inbox::new(sinks, keys.clone(), conn, Some(expired)),
+        inbox: Inbox::new(sinks, keys.clone(), conn),
         keys,
     };
     tracker.spawn(async move {
@@ -87,8 +83,6 @@ struct Subscriber {
     client: Client,
     updates: String,
     relayed: String,
-    /// The channel of keyspace events of expired keys, in the router's database.
-    expired: String,
     keys: Keyspace,
     served: std::sync::Arc<Served>,
     inbox: Inbox,
@@ -131,7 +125,7 @@ impl Subscriber {
 
     async fn subscribe(&self) -> RedisResult<(PubSubSink, PubSubStream)> {
         let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.subscribe(&[self.updates.as_str(), self.relayed.as_str(), self.expired.as_str()]).await?;
+        pubsub.subscribe(&[self.updates.as_str(), self.relayed.as_str()]).await?;
         Ok(pubsub.split())
     }
 

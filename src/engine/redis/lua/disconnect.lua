@@ -1,9 +1,10 @@
--- A session closed. ARGV: last_seen_ms, user, session.
-local user, session = ARGV[2], ARGV[3]
-local _, _, skey = keys_of(user)
-if redis.call('ZREM', skey, session) == 0 then
+-- A session closed. ARGV: last_seen_ms, ttl_ms, user, session.
+local user, session = ARGV[3], ARGV[4]
+local _, skey = keys_of(user)
+if redis.call('SISMEMBER', skey, session) == 0 then
   return nil -- already swept or never registered
 end
+set_lease(user, session, nil)
 local live, regrouped = settle(user)
 if live > 0 then
   -- Another device is still online: news only if this one's groups were its alone.

@@ -1,8 +1,9 @@
--- Reads users' presence within a reader's scope. ARGV: last_seen_ms, the reader's
+-- Reads users' presence within a reader's scope. ARGV: last_seen_ms, ttl_ms, the reader's
 -- own user id ('' for none), the number n of groups it reads (-1: everyone), those n
 -- groups, then the user ids. Returns one entry per user id: its meta fields (status,
 -- lastSeen, deviceId, version, groups, text, lastActivity) when the user is known and
--- within the scope, else false.
+-- within the scope, else false. A user shown online was last seen at its latest
+-- heartbeat: its sessions' latest lease deadline less the lease.
 --
 -- Out-of-scope and unknown users get the same reply, and as nearly as possible the same
 -- work, so that timing the answer tells no more than reading it: with up to
@@ -11,12 +12,12 @@
 -- the reader could read then) have their own fields read. With more groups, only the
 -- user's groups field is read before the scope is known.
 local INDEXED_SCOPE = 8
-local own = ARGV[2]
-local n = tonumber(ARGV[3])
+local own = ARGV[3]
+local n = tonumber(ARGV[4])
 local allowed = nil
 if n >= 0 then
   allowed = {}
-  for i = 4, 3 + n do
+  for i = 5, 4 + n do
     allowed[ARGV[i]] = true
   end
 end
@@ -25,7 +26,7 @@ local function listed(user)
   if n > INDEXED_SCOPE then
     return true
   end
-  for i = 4, 3 + n do
+  for i = 5, 4 + n do
     if redis.call('ZSCORE', prefix .. 'group:' .. ARGV[i], user) then
       return true
     end
@@ -48,12 +49,28 @@ local function readable(user, meta)
   return false
 end
 
+-- The last heartbeat of a user's sessions, if it has any.
+local function last_heartbeat(user)
+  local _, skey = keys_of(user)
+  local latest = nil
+  for _, session in ipairs(redis.call('SMEMBERS', skey)) do
+    local until_ = deadline(user, session)
+    if until_ and (not latest or until_ > latest) then
+      latest = until_
+    end
+  end
+  return latest and math.min(latest - ttl, now)
+end
+
 local rows = {}
-for i = 4 + math.max(n, 0), #ARGV do
+for i = 5 + math.max(n, 0), #ARGV do
   local user = ARGV[i]
-  local _, meta = keys_of(user)
+  local meta = keys_of(user)
   local m = readable(user, meta)
     and redis.call('HMGET', meta, 'status', 'lastSeen', 'deviceId', 'version', 'groups', 'text', 'lastActivity')
+  if m and m[1] and m[1] ~= 'offline' then
+    m[2] = last_heartbeat(user) or m[2]
+  end
   rows[#rows + 1] = (m and m[4]) and m or false
 end
 return rows

@@ -2,30 +2,37 @@
 -- `{p}seq`, where {p} is the key prefix ("presence:") and, on Redis Cluster, the shard's
 -- hash tag ("presence:{12}"): every key below is derived from it, so all the keys a call
 -- touches share its hash slot, which Redis Cluster routes the call by and requires. ARGV[1]
--- is how long, in ms, an offline user's meta hash (its last seen) is kept.
+-- is how long, in ms, an offline user's meta hash (its last seen) is kept; ARGV[2] the
+-- lease of a session, in ms.
 --
--- Keys of user U:
---   {p}user:U      "1" with a PX lifetime: the per-user presence key; its expiry event only
---                  wakes the sweepers early
+-- Keys of the shard:
+--   {p}leases      zset: "user\nsession" -> that session's lease deadline (Unix ms, Redis
+--                  clock). Holds exactly the sessions registered and not yet ended (a
+--                  lapsed one until the sweep ends it): the snapshot's index of who is
+--                  online, and the sweep queue. A heartbeat of a live session writes only
+--                  its own score here (see renewals.rs): nothing else changes, and
+--                  everything that depends on the time of the last heartbeat is derived
+--                  from this score when it is read (lastSeen of a user shown online) or
+--                  when the session lapses (lastSeen of a user gone offline)
+--   {p}seq         counter numbering every transition of the shard
+--   {p}active      zset: user id -> last activity (ms), for users shown online in mode
+--                  "online": the auto-away queue
+--   {p}group:G     zset: user id -> when it last had a session in group G (ms), or +inf
+--                  while it has one: the group's participants within the last-seen
+--                  retention; expires that long after its last live participant left
+-- Keys of user U (in its shard):
 --   {p}meta:U      hash: status (what others see), lastSeen, deviceId, role, version,
 --                  groups, mode (chosen: online/away/dnd/invisible), text, lastActivity,
 --                  idle ("1" once away_after passed without activity); expires ARGV[1]
 --                  ms after the user's last session ends
---   {p}sessions:U  zset: session id -> lease deadline (Unix ms, Redis clock)
+--   {p}sessions:U  set: the user's sessions in {p}leases
 --   {p}sgroups:U   hash: session id -> its token's groups (newline-separated), for the
 --                  sessions in {p}sessions:U; meta `groups` is their union
 --   {p}devices:U   hash: device id -> the session holding it, for sessions in
 --                  {p}sessions:U: a new session on the device replaces that one
---                  (these two hashes have no TTL, which would cost every heartbeat a
---                  write: `settle` deletes them with the user's last session, and a user
---                  with sessions is always in {p}deadlines, so a sweep gets to it)
---   {p}deadlines   zset: user id -> its earliest lease deadline; holds exactly the users
---                  online, so it is both the snapshot index and the sweep queue (which
---                  thus also finds one lapsed session of a user whose others live)
---   {p}seq         counter numbering every transition of the shard
---   {p}group:G     zset: user id -> last lease (ms) of a session in group G
---   {p}active      zset: user id -> last activity (ms), for users shown online in mode
---                  "online": the auto-away queue
+--                  (these keys have no TTL, which would cost every heartbeat a write:
+--                  `settle` deletes them with the user's last session, and a session is in
+--                  {p}leases until then, so a sweep gets to it)
 --   {p}replaced:S  the session that session S's connect replaced (its device's holder),
 --                  for REPLAY_MS: a replay of that connect returns it again
 
@@ -33,29 +40,45 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix = string.sub(KEYS[1], 1, -4)
 local last_seen_ms = tonumber(ARGV[1])
-local deadlines = prefix .. 'deadlines'
+local ttl = tonumber(ARGV[2])
+local leases = prefix .. 'leases'
 local active = prefix .. 'active'
 -- How long a connect's replaced session is remembered for a replay of that connect (ms):
 -- far longer than a call and its one replay take.
 local REPLAY_MS = 10000
+-- A group participant's score while it has a session in the group.
+local LIVE = '+inf'
 
 local function keys_of(user)
-  return prefix .. 'user:' .. user, prefix .. 'meta:' .. user, prefix .. 'sessions:' .. user,
-    prefix .. 'sgroups:' .. user, prefix .. 'devices:' .. user
+  return prefix .. 'meta:' .. user, prefix .. 'sessions:' .. user, prefix .. 'sgroups:' .. user,
+    prefix .. 'devices:' .. user
 end
 
--- Puts the user in the sweep queue at its earliest lease deadline (the TTL key lapses then
--- too, waking the sweepers), and keeps its sessions until its latest.
-local function schedule(user, first, last)
-  local ukey, _, skey = keys_of(user)
-  redis.call('ZADD', deadlines, first, user)
-  redis.call('SET', ukey, '1', 'PX', math.max(first - now, 1))
-  redis.call('PEXPIREAT', skey, last)
+-- The member of {p}leases of a session.
+local function lease_of(user, session)
+  return user .. '\n' .. session
+end
+
+-- The lease deadline of a session of `user`, or nil when it has none.
+local function deadline(user, session)
+  return tonumber(redis.call('ZSCORE', leases, lease_of(user, session)))
+end
+
+-- Registers a session's lease, or ends it (`at` nil).
+local function set_lease(user, session, at)
+  local _, skey = keys_of(user)
+  if at then
+    redis.call('SADD', skey, session)
+    redis.call('ZADD', leases, at, lease_of(user, session))
+  else
+    redis.call('SREM', skey, session)
+    redis.call('ZREM', leases, lease_of(user, session))
+  end
 end
 
 -- Removes the user's device claims held by sessions that `keep` refuses.
 local function release_devices(user, keep)
-  local _, _, _, _, devices = keys_of(user)
+  local _, _, _, devices = keys_of(user)
   local claims = redis.call('HGETALL', devices)
   for i = 1, #claims, 2 do
     if not keep(claims[i + 1]) then
@@ -64,12 +87,18 @@ local function release_devices(user, keep)
   end
 end
 
--- Whether two newline-separated lists of groups hold the same groups, in any order.
-local function same_groups(a, b)
+-- The groups of a newline-separated list, as a set.
+local function group_set(list)
   local set = {}
-  for group in string.gmatch(a, '[^\n]+') do
+  for group in string.gmatch(list, '[^\n]+') do
     set[group] = true
   end
+  return set
+end
+
+-- Whether two newline-separated lists of groups hold the same groups, in any order.
+local function same_groups(a, b)
+  local set = group_set(a)
   for group in string.gmatch(b, '[^\n]+') do
     if not set[group] then
       return false
@@ -79,30 +108,71 @@ local function same_groups(a, b)
   return next(set) == nil
 end
 
--- Drops the user's lapsed sessions (and the groups and devices of sessions gone), brings the index and
--- the TTL key in line with the ones left, and sets the user's groups to the union of the
--- live sessions' groups (kept as they were once none is left, for reads of its last seen;
--- kept too while a live session's groups are unknown: registered by an older router).
+-- The user has a session in `group` from now on: a participant until it has none, and
+-- the group's key lives as long as it does.
+local function joins(user, group)
+  local gkey = prefix .. 'group:' .. group
+  redis.call('ZADD', gkey, LIVE, user)
+  redis.call('ZREMRANGEBYSCORE', gkey, '-inf', now - last_seen_ms - ttl)
+  redis.call('PERSIST', gkey)
+end
+
+-- The user had its last session in each group of `old` not in `new` (newline-separated)
+-- at `at`: it stays a participant for the last-seen retention from then, and a group
+-- left without live participants expires that long after.
+local function leaves(user, old, new, at)
+  local kept = group_set(new)
+  for group in string.gmatch(old, '[^\n]+') do
+    if not kept[group] then
+      local gkey = prefix .. 'group:' .. group
+      redis.call('ZADD', gkey, at, user)
+      if redis.call('ZCOUNT', gkey, LIVE, LIVE) == 0 then
+        redis.call('PEXPIRE', gkey, last_seen_ms + ttl)
+      end
+    end
+  end
+end
+
+-- Ends the user's lapsed sessions (and forgets the groups and devices of sessions gone),
+-- and sets the user's groups to the union of the live sessions' groups (kept as they were
+-- once none is left, for reads of its last seen; kept too while a live session's groups
+-- are unknown: registered by an older router). A user left with no session was last seen
+-- at the last heartbeat of its lapsed sessions (their latest deadline less the lease),
+-- or now when none lapsed (its last one was ended), unless it is invisible.
 -- Returns how many live sessions the user has, and whether its groups changed.
 local function settle(user)
-  local ukey, meta, skey, sgroups, devices = keys_of(user)
-  redis.call('ZREMRANGEBYSCORE', skey, '-inf', now)
-  local count = redis.call('ZCARD', skey)
+  local meta, skey, sgroups, devices = keys_of(user)
+  local count, lapsed = 0, nil
+  for _, session in ipairs(redis.call('SMEMBERS', skey)) do
+    local until_ = deadline(user, session)
+    if until_ and until_ > now then
+      count = count + 1
+    else
+      set_lease(user, session, nil)
+      if until_ and (not lapsed or until_ > lapsed) then
+        lapsed = until_
+      end
+    end
+  end
   if count == 0 then
-    redis.call('DEL', skey, ukey, sgroups, devices)
-    redis.call('ZREM', deadlines, user)
+    redis.call('DEL', skey, sgroups, devices)
+    local seen = now
+    if lapsed then
+      seen = math.min(lapsed - ttl, now)
+      if redis.call('HGET', meta, 'mode') ~= 'invisible' then
+        redis.call('HSET', meta, 'lastSeen', seen)
+      end
+    end
+    leaves(user, redis.call('HGET', meta, 'groups') or '', '', seen)
     return 0, false
   end
   release_devices(user, function(holder)
-    return redis.call('ZSCORE', skey, holder)
+    return redis.call('SISMEMBER', skey, holder) == 1
   end)
-  local first = redis.call('ZRANGE', skey, 0, 0, 'WITHSCORES')
-  local last = redis.call('ZRANGE', skey, -1, -1, 'WITHSCORES')
-  schedule(user, tonumber(first[2]), tonumber(last[2]))
   local union, seen, known = {}, {}, 0
   local entries = redis.call('HGETALL', sgroups)
   for i = 1, #entries, 2 do
-    if redis.call('ZSCORE', skey, entries[i]) then
+    if redis.call('SISMEMBER', skey, entries[i]) == 1 then
       known = known + 1
       for group in string.gmatch(entries[i + 1], '[^\n]+') do
         if not seen[group] then
@@ -118,9 +188,11 @@ local function settle(user)
     return count, false
   end
   local groups = table.concat(union, '\n')
-  if same_groups(redis.call('HGET', meta, 'groups') or '', groups) then
+  local old = redis.call('HGET', meta, 'groups') or ''
+  if same_groups(old, groups) then
     return count, false
   end
+  leaves(user, old, groups, now)
   redis.call('HSET', meta, 'groups', groups)
   return count, true
 end
@@ -129,11 +201,12 @@ end
 -- keeps its auto-away entry in `active` current. Returns the transition as
 -- {user, status, version, lastSeen, deviceId, cause, now, seq, groups, text, lastActivity}
 -- when the shown status changed (or `force` and the user is shown, for a new text or new
--- groups; then with `forced_cause` when the status itself did not change), else nil. `seq` numbers every transition of the shard, so subscribers notice one they never
+-- groups; then with `forced_cause` when the status itself did not change), else nil.
+-- `seq` numbers every transition of the shard, so subscribers notice one they never
 -- received. The version is above the last one and at least `now`, so versions keep
 -- growing even if Redis restarts empty.
 local function transition(user, cause, force, forced_cause)
-  local _, meta, skey = keys_of(user)
+  local meta, skey = keys_of(user)
   local m = redis.call('HMGET', meta, 'status', 'version', 'mode', 'idle', 'lastActivity')
   local mode = m[3] or 'online'
   local connected = redis.call('EXISTS', skey) == 1
@@ -158,7 +231,7 @@ local function transition(user, cause, force, forced_cause)
   local version = math.max((tonumber(m[2]) or 0) + 1, now)
   redis.call('HSET', meta, 'status', shown, 'version', version)
   -- Going offline by choice (disconnect, invisible) is seen now; an expired user was last
-  -- seen at its last heartbeat.
+  -- seen at its last heartbeat (set by `settle`).
   if shown == 'offline' and cause ~= 'expired' then
     redis.call('HSET', meta, 'lastSeen', now)
   end
@@ -186,9 +259,9 @@ local function device_holder(user, session, device)
   if device == '' then
     return nil
   end
-  local _, _, skey, _, devices = keys_of(user)
+  local _, _, _, devices = keys_of(user)
   local holder = redis.call('HGET', devices, device)
-  if holder and holder ~= session and (tonumber(redis.call('ZSCORE', skey, holder)) or 0) > now then
+  if holder and holder ~= session and (deadline(user, holder) or 0) > now then
     return holder
   end
   return nil
@@ -203,8 +276,8 @@ end
 -- held it is ended, after this one is registered; otherwise (a renewal) a live holder
 -- means this session was replaced, and nothing is written.
 -- Returns the transition, if any, and the replaced session, if any.
-local function lease(user, session, ttl, device, role, groups, activity, mode, text, replace)
-  local _, meta, skey, sgroups, devices = keys_of(user)
+local function lease(user, session, device, role, groups, activity, mode, text, replace)
+  local meta, _, sgroups, devices = keys_of(user)
   local holder = device_holder(user, session, device)
   if holder and replace ~= '1' then
     return nil, nil
@@ -215,7 +288,7 @@ local function lease(user, session, ttl, device, role, groups, activity, mode, t
       redis.call('HSET', meta, 'text', text)
     end
   end
-  redis.call('ZADD', skey, now + ttl, session)
+  set_lease(user, session, now + ttl)
   redis.call('HSET', sgroups, session, groups)
   if device ~= '' then
     redis.call('HSET', devices, device, session)
@@ -225,10 +298,13 @@ local function lease(user, session, ttl, device, role, groups, activity, mode, t
   -- name the session it ended, or that session's router never hears of it.
   local replaced_key = prefix .. 'replaced:' .. session
   if holder then
-    redis.call('ZREM', skey, holder)
+    set_lease(user, holder, nil)
     redis.call('SET', replaced_key, holder, 'PX', REPLAY_MS)
   elseif replace == '1' and device ~= '' then
     holder = redis.call('GET', replaced_key) or nil
+  end
+  for group in string.gmatch(groups, '[^\n]+') do
+    joins(user, group)
   end
   -- New groups are news to the dashboards of the old and the new groups alike.
   local _, regrouped = settle(user)
@@ -241,12 +317,6 @@ local function lease(user, session, ttl, device, role, groups, activity, mode, t
   if activity == '1' then
     redis.call('HSET', meta, 'lastActivity', now)
     redis.call('HDEL', meta, 'idle')
-  end
-  for group in string.gmatch(groups, '[^\n]+') do
-    local gkey = prefix .. 'group:' .. group
-    redis.call('ZADD', gkey, now, user)
-    redis.call('ZREMRANGEBYSCORE', gkey, '-inf', now - last_seen_ms - ttl)
-    redis.call('PEXPIRE', gkey, last_seen_ms + ttl)
   end
   return transition(user, 'connect', regrouped, 'groups'), holder
 end

@@ -1,11 +1,11 @@
--- The user chose a status. ARGV: last_seen_ms, user, session, mode
+-- The user chose a status. ARGV: last_seen_ms, ttl_ms, user, session, mode
 -- (online/away/dnd/invisible), text ('' = none), deviceId of the session ('' = none).
 -- Setting a status is activity.
-local user, text = ARGV[2], ARGV[5]
-local _, meta, skey = keys_of(user)
+local user, mode, text = ARGV[3], ARGV[5], ARGV[6]
+local meta, skey = keys_of(user)
 local old = redis.call('HGET', meta, 'text') or ''
 local was_invisible = redis.call('HGET', meta, 'mode') == 'invisible'
-redis.call('HSET', meta, 'mode', ARGV[4], 'lastActivity', now)
+redis.call('HSET', meta, 'mode', mode, 'lastActivity', now)
 redis.call('HDEL', meta, 'idle')
 if text == '' then
   redis.call('HDEL', meta, 'text')
@@ -15,8 +15,8 @@ end
 local _, regrouped = settle(user)
 -- Seen again after being invisible: from now and on this device, not as it was when it
 -- went invisible.
-if was_invisible and ARGV[4] ~= 'invisible' and redis.call('EXISTS', skey) == 1 then
-  seen_on(meta, ARGV[6])
+if was_invisible and mode ~= 'invisible' and redis.call('EXISTS', skey) == 1 then
+  seen_on(meta, ARGV[7])
 end
 if regrouped then
   return transition(user, 'status', true, 'groups')
