@@ -19,7 +19,8 @@ cleanup() {
   rm -rf "$DIR"
 }
 trap cleanup EXIT
-[ -n "${KEEP_LOGS:-}" ] && trap 'cp "$DIR"/r*.err /tmp/ 2>/dev/null; cleanup' EXIT
+# KEEP_LOGS=<dir>: the routers' stderr (r<port>.err) is copied there at the end.
+[ -n "${KEEP_LOGS:-}" ] && trap 'mkdir -p "$KEEP_LOGS"; cp "$DIR"/r*.err "$KEEP_LOGS"/ 2>/dev/null; cleanup' EXIT
 
 router() { # port, extra flags… → starts a router, waits for its listen line and /readyz
   local port=$1; shift
