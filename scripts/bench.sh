@@ -2,6 +2,7 @@
 # Runs every benchmark in docs/BENCHMARKS.md in one session and prints one line per figure.
 # Needs redis-server and redis-benchmark (make deps). Loopback only; stops by itself.
 #   scripts/bench.sh [idle-connections]
+#   BENCH_ONLY=cluster scripts/bench.sh   # only "Redis Cluster vs one Redis", both engines
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IDLE=${1:-18000}
@@ -11,28 +12,93 @@ BIN=target/release
 DIR=$(mktemp -d)
 PIDS=()
 declare -A PID_OF
-cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; for port in 6400 6401; do redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; done; rm -rf "$DIR"; }
+CLUSTER_PORTS=(6410 6411 6412 6413 6414 6415) # 3 masters, 3 replicas; cluster bus on port + 10000
+cleanup() {
+  kill "${PIDS[@]}" 2>/dev/null || true
+  for port in 6400 6401 "${CLUSTER_PORTS[@]}"; do redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; done
+  rm -rf "$DIR"
+}
 trap cleanup EXIT
-[ -n "${KEEP_LOGS:-}" ] && trap 'cp "$DIR"/r*.err /tmp/ 2>/dev/null; cleanup' EXIT
+# KEEP_LOGS=<dir>: the routers' stderr (r<port>.err) is copied there at the end.
+[ -n "${KEEP_LOGS:-}" ] && trap 'mkdir -p "$KEEP_LOGS"; cp "$DIR"/r*.err "$KEEP_LOGS"/ 2>/dev/null; cleanup' EXIT
 
-router() { # port, extra flags… → starts a router, waits for its listen line
+router() { # port, extra flags… → starts a router, waits for its listen line and /readyz
   local port=$1; shift
   "$BIN/presence-router" --host 127.0.0.1 --port "$port" "$@" >"$DIR/r$port.out" 2>"$DIR/r$port.err" &
   PIDS+=($!)
   PID_OF[$port]=$!
-  for _ in $(seq 100); do grep -q listening "$DIR/r$port.out" 2>/dev/null && return; sleep 0.05; done
-  echo "router $port did not start" >&2; cat "$DIR/r$port.err" >&2; exit 1
+  for _ in $(seq 100); do grep -q listening "$DIR/r$port.out" 2>/dev/null && break; sleep 0.05; done
+  # Ready: its engine connected and subscribed (a cluster router to every shard).
+  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && return; sleep 0.05; done
+  echo "router $port did not start or turn ready" >&2; cat "$DIR/r$port.err" >&2; exit 1
 }
+redis_pid() { redis-cli -p "$1" info server | awk -F: '/^process_id/{print $2}' | tr -d '\r'; }
 
 echo "# $(date -u +%FT%TZ) $(nproc) cores, $(uname -r)"
 redis-server redis.conf --port 6400 --dir "$DIR" --daemonize yes --logfile "$DIR/redis.log"
 until redis-cli -p 6400 ping >/dev/null 2>&1; do sleep 0.05; done
+# A Redis Cluster of 3 masters and 3 replicas beside it, each node with the same redis.conf.
+for port in "${CLUSTER_PORTS[@]}"; do
+  mkdir "$DIR/node$port"
+  redis-server redis.conf --port "$port" --dir "$DIR/node$port" --daemonize yes --logfile "$DIR/node$port/redis.log" \
+    --cluster-enabled yes --cluster-config-file nodes.conf --cluster-port $((port + 10000)) \
+    --cluster-node-timeout 1000 --cluster-require-full-coverage no --repl-diskless-sync-delay 0 --appendonly no
+done
+for port in "${CLUSTER_PORTS[@]}"; do until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.05; done; done
+redis-cli --cluster create "${CLUSTER_PORTS[@]/#/127.0.0.1:}" --cluster-replicas 1 --cluster-yes >"$DIR/cluster-create.log"
+cluster_settled() { # every node: state ok, all slots assigned, all 6 nodes known; every replica linked
+  local port info
+  for port in "${CLUSTER_PORTS[@]}"; do
+    info=$(redis-cli -p "$port" cluster info; redis-cli -p "$port" info replication)
+    grep -q cluster_state:ok <<<"$info" && grep -q cluster_slots_assigned:16384 <<<"$info" \
+      && grep -q cluster_known_nodes:6 <<<"$info" || return 1
+    if grep -q role:slave <<<"$info"; then grep -q master_link_status:up <<<"$info" || return 1; fi
+  done
+}
+for _ in $(seq 200); do cluster_settled && break; sleep 0.1; done
+cluster_settled || { echo "the Redis Cluster did not settle" >&2; cat "$DIR/cluster-create.log" >&2; exit 1; }
+
 REDIS=(--redis-host 127.0.0.1 --redis-port 6400)
+CLUSTER=(--redis-cluster-nodes "$(IFS=,; echo "${CLUSTER_PORTS[*]/#/127.0.0.1:}")")
 FAST=(--heartbeat-min-interval-ms 0 --frame-rate 1000000 --frame-burst 1000000 --api-ids-per-second 0)
 
 router 4100                              # embedded
 router 4101 "${REDIS[@]}" "${FAST[@]}"   # Redis A
 router 4102 "${REDIS[@]}" --dashboard-queue 200000  # Redis B: its dashboard watches 100k users
+router 4111 "${CLUSTER[@]}" "${FAST[@]}" # cluster A, as Redis A
+router 4112 "${CLUSTER[@]}" --dashboard-queue 200000  # cluster B, as Redis B
+router 4121 "${REDIS[@]}"                # Redis C and D, cluster C and D: the relay fan-in's 4 routers
+router 4122 "${REDIS[@]}"
+router 4113 "${CLUSTER[@]}"
+router 4114 "${CLUSTER[@]}"
+declare -A A_OF=([redis]=4101 [cluster]=4111) B_OF=([redis]=4102 [cluster]=4112) FANIN_OF REDIS_PIDS_OF
+FANIN_OF[redis]=127.0.0.1:4101,127.0.0.1:4102,127.0.0.1:4121,127.0.0.1:4122
+FANIN_OF[cluster]=127.0.0.1:4111,127.0.0.1:4112,127.0.0.1:4113,127.0.0.1:4114
+REDIS_PIDS_OF[redis]=$(redis_pid 6400)
+REDIS_PIDS_OF[cluster]=$(for port in "${CLUSTER_PORTS[@]}"; do redis_pid "$port"; done | paste -sd,)
+
+# Redis Cluster vs one Redis: the same scenarios on routers A and B of each engine, three
+# rounds, the engines' order swapped every round; every line is prefixed with its engine.
+# Redis CPU is the redis-server's, or the sum of all six cluster nodes' (replicas included).
+compare_engines() {
+  local round engine a b
+  for round in 1 2 3; do
+    for engine in $( ((round % 2)) && echo redis cluster || echo cluster redis); do
+      a=${A_OF[$engine]} b=${B_OF[$engine]}
+      {
+        $BIN/presence-load heartbeats --router 127.0.0.1:$a --router-pid "${PID_OF[$a]}" --connections 500 --seconds 10 \
+          --redis-pids "${REDIS_PIDS_OF[$engine]}"
+        $BIN/presence-load latency --mobiles 127.0.0.1:$a --dashboard 127.0.0.1:$b --users 200 --rate 1000 --seconds 10
+        $BIN/presence-load ptt --talker 127.0.0.1:$a --listeners-router 127.0.0.1:$b --listeners 100 --rate 50 --seconds 10
+      } | sed -u "s/^/$engine: /"
+    done
+  done
+  # Redis → router relay messages per AUDIO frame, 100 groups over each engine's 4 routers.
+  for engine in redis cluster; do
+    $BIN/presence-load relay-fanin --routers "${FANIN_OF[$engine]}" --groups 100 --rate 50 --seconds 3 | sed -u "s/^/$engine: /"
+  done
+}
+if [ "${BENCH_ONLY:-}" = cluster ]; then compare_engines; exit 0; fi
 
 # Idle RSS, then again after every connection sent one 60 KiB frame (kernel TCP memory beside).
 $BIN/presence-load idle --router 127.0.0.1:4100 --router-pid "${PID_OF[4100]}" --connections "$IDLE" --frame-bytes 61440
@@ -63,6 +129,7 @@ for run in 1 2 3; do
 done
 # Redis → router relay messages per AUDIO frame, 100 groups spread over routers A and B.
 $BIN/presence-load relay-fanin --routers 127.0.0.1:4101,127.0.0.1:4102 --groups 100 --rate 50 --seconds 3
+compare_engines
 # Real fleets heartbeat every 30 s: 20k heartbeats/s is 600k mobiles' worth.
 $BIN/presence-load heartbeats --router 127.0.0.1:4101 --router-pid "${PID_OF[4101]}" --connections 2000 --seconds 10 --rate 20000
 $BIN/presence-load silent --redis-port 6400 --other-keys 1000000 --dashboard 127.0.0.1:4102 --users 100000 --ttl 30
@@ -80,7 +147,7 @@ $BIN/presence-load snapshot --router 127.0.0.1:4103 --users 0 --expect 100000 --
 # a hung store does to PTT.
 redis-server redis.conf --port 6401 --dir "$DIR" --daemonize yes --logfile "$DIR/redis-hang.log"
 until redis-cli -p 6401 ping >/dev/null 2>&1; do sleep 0.05; done
-HANG_PID=$(redis-cli -p 6401 info server | awk -F: '/^process_id/{print $2}' | tr -d '\r')
+HANG_PID=$(redis_pid 6401)
 router 4105 --redis-host 127.0.0.1 --redis-port 6401 "${FAST[@]}"
 $BIN/presence-load heartbeats --router 127.0.0.1:4105 --router-pid "${PID_OF[4105]}" --connections 1200 --seconds 14 --rate 1200 &
 HEARTBEATS=$!

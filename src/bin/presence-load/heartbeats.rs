@@ -1,7 +1,8 @@
 //! Heartbeat throughput: N mobiles heartbeat for a fixed time, at a chosen total rate or,
 //! with rate 0, in a closed loop (send, wait for the ACK, repeat); reports heartbeats per
 //! second and per second of router CPU, beside `redis-benchmark -t set -P 16` measured
-//! just before on the same Redis.
+//! just before on the same Redis, and, given the redis-server pids (all of a cluster's
+//! nodes), Redis CPU per heartbeat over the same window.
 
 use std::{
     net::SocketAddr,
@@ -21,22 +22,32 @@ use crate::{
     stats::Process,
 };
 
+/// The heartbeat load: how many mobiles, for how long, at what total rate.
+pub struct Load {
+    pub connections: usize,
+    pub seconds: u64,
+    /// Heartbeats per second across all connections; 0 = closed loop.
+    pub rate: u32,
+}
+
 pub async fn run(
     credentials: &Credentials,
     router: SocketAddr,
     pid: u32,
-    connections: usize,
-    seconds: u64,
-    rate: u32,
+    load: Load,
     redis_port: Option<u16>,
+    redis_pids: &[u32],
 ) -> anyhow::Result<()> {
+    let Load { connections, seconds, rate } = load;
     let redis_ops = match redis_port {
         Some(port) => Some(redis_benchmark(port).await?),
         None => None,
     };
     let mobiles = fleet::connect(credentials, router, 0..connections, 256).await?;
     let process = Process { pid };
+    let redis: Vec<Process> = redis_pids.iter().map(|&pid| Process { pid }).collect();
     let (count, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let redis_before = cpu_sum(&redis)?;
     let cpu_before = process.cpu_seconds()?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
@@ -73,6 +84,7 @@ pub async fn run(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = process.cpu_seconds()? - cpu_before;
+    let redis_cpu = cpu_sum(&redis)? - redis_before;
     let n = count.load(Ordering::Relaxed) as f64;
     print!(
         "heartbeats connections={connections} rate={} seconds={elapsed:.1} per_second={:.0} router_cpu={cpu:.2}s per_router_cpu_second={:.0} refused={}",
@@ -81,11 +93,23 @@ pub async fn run(
         n / cpu,
         refused.load(Ordering::Relaxed)
     );
+    if !redis.is_empty() {
+        print!(
+            " redis_processes={} redis_cpu={redis_cpu:.2}s redis_us_per_heartbeat={:.2}",
+            redis.len(),
+            redis_cpu * 1e6 / n
+        );
+    }
     match redis_ops {
         Some(ops) => println!(" redis_set_p16={ops:.0} ratio={:.2}", (n / elapsed) / ops),
         None => println!(),
     }
     Ok(())
+}
+
+/// CPU seconds consumed so far by all of `processes` together.
+fn cpu_sum(processes: &[Process]) -> anyhow::Result<f64> {
+    processes.iter().map(Process::cpu_seconds).sum()
 }
 
 /// `redis-benchmark -t set -P 16 -q`: SET requests per second.

@@ -91,7 +91,8 @@ enum Scenario {
         flooder_sources: flood::Sources,
     },
     /// Heartbeats per second and per router CPU-second (router: --heartbeat-min-interval-ms 0
-    /// and a --frame-rate high enough not to throttle).
+    /// and a --frame-rate high enough not to throttle); with --redis-pids, Redis CPU per
+    /// heartbeat too.
     Heartbeats {
         #[arg(long)]
         router: SocketAddr,
@@ -107,6 +108,10 @@ enum Scenario {
         /// Run `redis-benchmark -t set -P 16` against this port first, for the ratio.
         #[arg(long)]
         redis_port: Option<u16>,
+        /// The redis-server processes behind the router (every node of a cluster),
+        /// comma-separated: their CPU over the same window, summed, per heartbeat.
+        #[arg(long, value_delimiter = ',')]
+        redis_pids: Vec<u32>,
     },
     /// Connect/disconnect on one router → PRESENCE_UPDATE on a dashboard of another.
     Latency {
@@ -253,8 +258,9 @@ async fn main() -> anyhow::Result<()> {
             };
             flood::run(credentials, options).await
         }
-        Scenario::Heartbeats { router, router_pid, connections, seconds, rate, redis_port } => {
-            heartbeats::run(&credentials, router, router_pid, connections, seconds, rate, redis_port).await
+        Scenario::Heartbeats { router, router_pid, connections, seconds, rate, redis_port, redis_pids } => {
+            let load = heartbeats::Load { connections, seconds, rate };
+            heartbeats::run(&credentials, router, router_pid, load, redis_port, &redis_pids).await
         }
         Scenario::Latency { mobiles, dashboard, users, rate, seconds } => {
             latency::run(credentials, mobiles, dashboard, users, rate, seconds).await
