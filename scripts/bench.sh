@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IDLE=${1:-18000}
+# Sockets for 100k mobiles: as many open files as allowed (raising the hard limit needs
+# CAP_SYS_RESOURCE; without it, the hard limit is what the routers and the load tool get).
+ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 export JWT_SECRET=bench-secret
 cargo build --release --bins -q
 BIN=target/release
@@ -22,9 +25,9 @@ trap cleanup EXIT
 # KEEP_LOGS=<dir>: the routers' stderr (r<port>.err) is copied there at the end.
 [ -n "${KEEP_LOGS:-}" ] && trap 'mkdir -p "$KEEP_LOGS"; cp "$DIR"/r*.err "$KEEP_LOGS"/ 2>/dev/null; cleanup' EXIT
 
-router() { # port, extra flags… → starts a router, waits for its listen line and /readyz
+router() { # port, extra flags… → starts a router (ROUTER_BIN, default this build's), waits for its listen line and /readyz
   local port=$1; shift
-  "$BIN/presence-router" --host 127.0.0.1 --port "$port" "$@" >"$DIR/r$port.out" 2>"$DIR/r$port.err" &
+  "${ROUTER_BIN:-$BIN/presence-router}" --host 127.0.0.1 --port "$port" "$@" >"$DIR/r$port.out" 2>"$DIR/r$port.err" &
   PIDS+=($!)
   PID_OF[$port]=$!
   for _ in $(seq 100); do grep -q listening "$DIR/r$port.out" 2>/dev/null && break; sleep 0.05; done
@@ -37,6 +40,56 @@ redis_pid() { redis-cli -p "$1" info server | awk -F: '/^process_id/{print $2}' 
 echo "# $(date -u +%FT%TZ) $(nproc) cores, $(uname -r)"
 redis-server redis.conf --port 6400 --dir "$DIR" --daemonize yes --logfile "$DIR/redis.log"
 until redis-cli -p 6400 ping >/dev/null 2>&1; do sleep 0.05; done
+REDIS=(--redis-host 127.0.0.1 --redis-port 6400)
+
+# Redis work per heartbeat at a realistic scale: N mobiles heartbeating every 30 s, their
+# phases spread evenly, on routers sharing the one redis-server (flushed before each run,
+# fresh routers each run), and on the memory engine; measured over 60 s once every session
+# is connected and one interval has passed. Runs first, while no other router uses :6400.
+# A router holds what its open-file limit leaves after its reserve (--max-handshakes 1024,
+# --fd-reserve 128), so N past two routers' worth takes more routers (the line says how many).
+# BEFORE_ROUTER=<a presence-router binary>: every Redis run alternates with that build's.
+STEADY_SESSIONS=${STEADY_SESSIONS:-10000 100000}
+steady() { # label, engine (redis|memory), sessions, router binary
+  local label=$1 engine=$2 n=$3 bin=$4 per_router count i port addrs=() pids=() ports=() flags=()
+  per_router=$(($(ulimit -n) - 1024 - 128 - 100))
+  count=$(((n + per_router - 1) / per_router))
+  if [ "$engine" = redis ]; then
+    ((count >= 2)) || count=2
+    flags=("${REDIS[@]}") ports=(--redis-ports 6400)
+    # An older build turns keyspace events on (63f4077 does) and they stay on; this one uses none.
+    redis-cli -p 6400 flushall >/dev/null
+    redis-cli -p 6400 config set notify-keyspace-events "" >/dev/null
+  fi
+  for i in $(seq "$count"); do
+    port=$((4130 + i))
+    ROUTER_BIN=$bin router "$port" "${flags[@]}"
+    addrs+=("127.0.0.1:$port") pids+=("${PID_OF[$port]}")
+  done
+  $BIN/presence-load steady --routers "$(IFS=,; echo "${addrs[*]}")" --router-pids "$(IFS=,; echo "${pids[*]}")" \
+    "${ports[@]}" --sessions "$n" --interval-secs 30 --window-secs 60 | sed -u "s/^/$label: /"
+  kill "${pids[@]}"
+  wait "${pids[@]}" 2>/dev/null || true
+  for i in $(seq "$count"); do mv "$DIR/r$((4130 + i)).err" "$DIR/r$((4130 + i))-$label-$n-$round.err"; done
+}
+if [ -z "${BENCH_ONLY:-}" ] || [ "$BENCH_ONLY" = steady ]; then
+  for round in $(seq "${STEADY_ROUNDS:-1}"); do
+    # This machine's Redis speed in the same session, for reference.
+    echo "redis-benchmark: $(redis-benchmark -p 6400 -t set -P 16 -q -n 2000000 | tr '\r' '\n' | grep '^SET' | tail -1)"
+    for n in $STEADY_SESSIONS; do
+      builds=(after)
+      [ -n "${BEFORE_ROUTER:-}" ] && builds=($( ((round % 2)) && echo before after || echo after before))
+      for build in "${builds[@]}"; do
+        bin=$BIN/presence-router
+        [ "$build" = before ] && bin=$BEFORE_ROUTER
+        steady "$build" redis "$n" "$bin"
+      done
+      steady memory memory "$n" "$BIN/presence-router"
+    done
+  done
+  [ "${BENCH_ONLY:-}" = steady ] && exit 0
+fi
+
 # A Redis Cluster of 3 masters and 3 replicas beside it, each node with the same redis.conf.
 for port in "${CLUSTER_PORTS[@]}"; do
   mkdir "$DIR/node$port"
@@ -58,7 +111,6 @@ cluster_settled() { # every node: state ok, all slots assigned, all 6 nodes know
 for _ in $(seq 200); do cluster_settled && break; sleep 0.1; done
 cluster_settled || { echo "the Redis Cluster did not settle" >&2; cat "$DIR/cluster-create.log" >&2; exit 1; }
 
-REDIS=(--redis-host 127.0.0.1 --redis-port 6400)
 CLUSTER=(--redis-cluster-nodes "$(IFS=,; echo "${CLUSTER_PORTS[*]/#/127.0.0.1:}")")
 FAST=(--heartbeat-min-interval-ms 0 --frame-rate 1000000 --frame-burst 1000000 --api-ids-per-second 0)
 

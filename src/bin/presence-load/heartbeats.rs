@@ -19,7 +19,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::{
     fleet,
     net::{Credentials, heartbeat_answer},
-    stats::Process,
+    stats::{Process, cpu_seconds_sum},
 };
 
 /// The heartbeat load: how many mobiles, for how long, at what total rate.
@@ -47,7 +47,7 @@ pub async fn run(
     let process = Process { pid };
     let redis: Vec<Process> = redis_pids.iter().map(|&pid| Process { pid }).collect();
     let (count, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let redis_before = cpu_sum(&redis)?;
+    let redis_before = cpu_seconds_sum(&redis)?;
     let cpu_before = process.cpu_seconds()?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
@@ -84,7 +84,7 @@ pub async fn run(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = process.cpu_seconds()? - cpu_before;
-    let redis_cpu = cpu_sum(&redis)? - redis_before;
+    let redis_cpu = cpu_seconds_sum(&redis)? - redis_before;
     let n = count.load(Ordering::Relaxed) as f64;
     print!(
         "heartbeats connections={connections} rate={} seconds={elapsed:.1} per_second={:.0} router_cpu={cpu:.2}s per_router_cpu_second={:.0} refused={}",
@@ -105,11 +105,6 @@ pub async fn run(
         None => println!(),
     }
     Ok(())
-}
-
-/// CPU seconds consumed so far by all of `processes` together.
-fn cpu_sum(processes: &[Process]) -> anyhow::Result<f64> {
-    processes.iter().map(Process::cpu_seconds).sum()
 }
 
 /// `redis-benchmark -t set -P 16 -q`: SET requests per second.

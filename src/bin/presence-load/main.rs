@@ -18,6 +18,7 @@ mod seed;
 mod silent;
 mod snapshot;
 mod stats;
+mod steady;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -207,6 +208,51 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         seconds: u64,
     },
+    /// N mobiles heartbeating every --interval-secs, phases spread evenly, over several
+    /// routers and source addresses; after one full interval, a window of --window-secs:
+    /// Redis µs per heartbeat (`INFO cpu`), router µs per heartbeat (both also less an idle
+    /// window's rate), router KiB per connection. Sessions are held by worker processes within the open-file limit.
+    Steady {
+        /// The routers, comma-separated: session i on router i mod N.
+        #[arg(long, value_delimiter = ',', required = true)]
+        routers: Vec<SocketAddr>,
+        /// The routers' pids, comma-separated, in the same order.
+        #[arg(long, value_delimiter = ',', required = true)]
+        router_pids: Vec<u32>,
+        /// The redis-server ports behind the routers, comma-separated; none for the
+        /// memory engine.
+        #[arg(long, value_delimiter = ',')]
+        redis_ports: Vec<u16>,
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        #[arg(long, default_value_t = 30)]
+        interval_secs: u64,
+        #[arg(long, default_value_t = 60)]
+        window_secs: u64,
+        /// An idle window first, routers up and no session connected: the CPU rate that
+        /// the `_net` figures subtract.
+        #[arg(long, default_value_t = 10)]
+        baseline_secs: u64,
+        /// Sessions per worker process (default: its open-file limit less 256).
+        #[arg(long)]
+        per_process: Option<usize>,
+    },
+    /// One worker process of `steady` (started by it).
+    #[command(hide = true)]
+    SteadyWorker {
+        #[arg(long, value_delimiter = ',', required = true)]
+        routers: Vec<SocketAddr>,
+        #[arg(long)]
+        sessions: usize,
+        #[arg(long)]
+        from: usize,
+        #[arg(long)]
+        to: usize,
+        #[arg(long)]
+        interval_ms: u64,
+        #[arg(long)]
+        epoch_ms: u64,
+    },
     /// `POST /api/presence/status` with 100 ids.
     Bulk {
         #[arg(long)]
@@ -225,7 +271,7 @@ enum Scenario {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let credentials = Arc::new(Credentials { secret: args.secret });
+    let credentials = Arc::new(Credentials { secret: args.secret.clone() });
     match args.scenario {
         Scenario::Idle { router, router_pid, connections, frame_bytes, frames_in_flight } => {
             idle::run(&credentials, router, router_pid, connections, frame_bytes, frames_in_flight.max(1)).await
@@ -281,6 +327,32 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Snapshot { router, users, expect, repeat, retain_dashboards, router_pid } => {
             let retain = router_pid.filter(|_| retain_dashboards > 0).map(|pid| (pid, retain_dashboards));
             snapshot::run(&credentials, router, users, expect.unwrap_or(users), repeat, retain).await
+        }
+        Scenario::Steady {
+            routers,
+            router_pids,
+            redis_ports,
+            sessions,
+            interval_secs,
+            window_secs,
+            baseline_secs,
+            per_process,
+        } => {
+            let options = steady::Options {
+                routers,
+                router_pids,
+                redis_ports,
+                sessions,
+                interval: Duration::from_secs(interval_secs),
+                window: Duration::from_secs(window_secs),
+                baseline: Duration::from_secs(baseline_secs),
+                per_process,
+            };
+            steady::run(&args.secret, options).await
+        }
+        Scenario::SteadyWorker { routers, sessions, from, to, interval_ms, epoch_ms } => {
+            let interval = Duration::from_millis(interval_ms);
+            steady::worker(credentials, steady::Share { routers, sessions, range: from..to, interval, epoch_ms }).await
         }
         Scenario::Bulk { router, online, requests, scope_oracle } => {
             bulk::run(&credentials, router, online, requests, scope_oracle).await

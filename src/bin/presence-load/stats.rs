@@ -58,6 +58,11 @@ impl Process {
     }
 }
 
+/// CPU seconds consumed so far by all of `processes` together.
+pub fn cpu_seconds_sum(processes: &[Process]) -> anyhow::Result<f64> {
+    processes.iter().map(Process::cpu_seconds).sum()
+}
+
 /// The highest RSS of a process seen since [`Process::watch_peak`], polled every 10 ms.
 pub struct PeakRss {
     peak: Arc<AtomicU64>,
