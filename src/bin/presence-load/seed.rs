@@ -54,8 +54,12 @@ pub async fn users(port: u16, n: usize, ttl: Duration) -> anyhow::Result<HashMap
         .try_collect::<()>()
         .await?;
     let mut conn = store.connection();
-    let scored: Vec<(String, f64)> = conn.zrange_withscores("presence:deadlines", 0, -1).await?;
-    Ok(scored.into_iter().map(|(user, deadline)| (user, deadline as u64)).collect())
+    // `user\nsession` -> that session's lease deadline: one session per user here.
+    let scored: Vec<(String, f64)> = conn.zrange_withscores("presence:leases", 0, -1).await?;
+    Ok(scored
+        .into_iter()
+        .filter_map(|(lease, deadline)| Some((lease.split_once('\n')?.0.to_owned(), deadline as u64)))
+        .collect())
 }
 
 /// `count` unrelated keys with a one-hour TTL, as a busy shared Redis holds: they slow
