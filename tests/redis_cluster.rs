@@ -103,15 +103,7 @@ async fn a_master_failing_over_mid_session_keeps_presence_and_talk_right() {
     // Presence works again on every shard: heartbeats are acknowledged (renewing the
     // stayers' leases past the leaver's), and a new user comes online.
     for (user, phone) in &mut phones {
-        let deadline = Instant::now() + common::WAIT;
-        loop {
-            phone.heartbeat(user).await;
-            if phone.next_frame().await[1].as_u64() == Some(34) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{user}'s heartbeats are never acknowledged again");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        phone.sync_after_outage(user).await;
     }
     let _newcomer = b.mobile("newcomer", "phone-new").await;
     frames.extend(watch_until(&mut dashboard, &mut view, |view| view.online.contains_key("newcomer")).await);
@@ -163,15 +155,7 @@ async fn a_hung_master_is_left_behind_once_its_replica_is_promoted() {
         })
         .await;
     }
-    let deadline = Instant::now() + common::WAIT;
-    loop {
-        stayer.heartbeat("stayer").await;
-        if stayer.next_frame().await[1].as_u64() == Some(34) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the stayer's heartbeats are never acknowledged again");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    stayer.sync_after_outage("stayer").await;
     let _newcomer = a.mobile("newcomer", "phone-new").await;
     watch_until(&mut dashboard, &mut view, |view| view.online.contains_key("newcomer")).await;
     assert!(["stayer", "talker", "listener"].iter().all(|user| view.online.contains_key(*user)));

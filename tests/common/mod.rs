@@ -461,6 +461,21 @@ impl Client {
         assert_eq!(ack[1].as_u64(), Some(34), "expected HEARTBEAT_ACK, got {ack}");
     }
 
+    /// Heartbeats until one is acknowledged, after an outage: while the router is degraded
+    /// (or a Redis connection is being re-established) a heartbeat gets an ERROR instead.
+    /// Panics if none is acknowledged within [`WAIT`].
+    pub async fn sync_after_outage(&mut self, user: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            self.heartbeat(user).await;
+            if self.next_frame().await[1].as_u64() == Some(34) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{user}'s heartbeats are never acknowledged again");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The next binary frame, decoded; fails on close or timeout.
     pub async fn next_frame(&mut self) -> Value {
         loop {
