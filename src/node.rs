@@ -264,7 +264,7 @@ impl Node {
     /// store never took, that connect.
     async fn reassert(&self, session: &Session) -> Result<(), EngineError> {
         let unregistered = self.unregistered().contains(&session.id);
-        if unregistered { self.register(session).await } else { self.heartbeat(session).await }
+        if unregistered { self.register(session).await } else { self.heartbeat(session, Instant::now()).await }
     }
 
     /// The status and text `user` chose, from the store; `None` for a user that never
@@ -317,8 +317,8 @@ impl Node {
         self.announce("regroup", result).await
     }
 
-    pub async fn heartbeat(&self, session: &Session) -> Result<(), EngineError> {
-        let result = store!(self, heartbeat(session));
+    pub async fn heartbeat(&self, session: &Session, at: Instant) -> Result<(), EngineError> {
+        let result = store!(self, heartbeat(session, at));
         self.announce("heartbeat", result).await
     }
 
@@ -652,18 +652,20 @@ impl Node {
         queued
     }
 
-    /// Renews the heartbeats connections handed off, all that are waiting at a time.
+    /// Renews the heartbeats connections handed off, all that are waiting at a time,
+    /// gathered for the store's renewal window.
     async fn renewer(self: Arc<Self>, shutdown: CancellationToken) {
         let node = &*self;
+        let window = self.engine.store.renewal_window();
         loop {
-            let sessions = tokio::select! {
+            let heartbeats = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                sessions = self.renewals.take() => sessions,
+                heartbeats = self.renewals.take(window) => heartbeats,
             };
-            stream::iter(sessions)
-                .for_each_concurrent(REASSERT_CONCURRENCY, |session| async move {
+            stream::iter(heartbeats)
+                .for_each_concurrent(REASSERT_CONCURRENCY, |(session, at)| async move {
                     if !node.is_degraded() {
-                        let _ = node.heartbeat(&session).await;
+                        let _ = node.heartbeat(&session, at).await;
                     }
                     node.renewals.done(&session.id);
                 })

@@ -262,8 +262,8 @@ async fn every_store_call_is_safe_to_replay() {
     assert!(store.set_status(&user, Mode::Auto, None).await.unwrap().is_some());
     assert_eq!(store.set_status(&user, Mode::Auto, None).await.unwrap(), None, "status replayed");
     assert_eq!(store.activity(&user).await.unwrap(), None);
-    assert_eq!(store.heartbeat(&user).await.unwrap(), None);
-    assert_eq!(store.heartbeat(&user).await.unwrap(), None, "renewal replayed");
+    assert_eq!(store.heartbeat(&user, tokio::time::Instant::now()).await.unwrap(), None);
+    assert_eq!(store.heartbeat(&user, tokio::time::Instant::now()).await.unwrap(), None, "renewal replayed");
     let decided = seq().await;
     assert_eq!(decided, before.map(|s| s + 2), "one number per status change, none per replay");
 
@@ -275,8 +275,12 @@ async fn every_store_call_is_safe_to_replay() {
         swept = short.expire_due().await.unwrap().len();
     }
     let before = seq().await;
-    assert!(store.heartbeat(&lapsed).await.unwrap().is_some());
-    assert_eq!(store.heartbeat(&lapsed).await.unwrap(), None, "a lapsed session's renewal replayed");
+    assert!(store.heartbeat(&lapsed, tokio::time::Instant::now()).await.unwrap().is_some());
+    assert_eq!(
+        store.heartbeat(&lapsed, tokio::time::Instant::now()).await.unwrap(),
+        None,
+        "a lapsed session's renewal replayed"
+    );
     assert!(store.disconnect(&lapsed).await.unwrap().is_some());
     assert_eq!(store.disconnect(&lapsed).await.unwrap(), None, "disconnect replayed");
     assert_eq!(seq().await, before.map(|s| s + 2));

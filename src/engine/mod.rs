@@ -24,6 +24,7 @@ pub mod redis;
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
+use tokio::time::Instant;
 
 pub use memory::{MemoryBroker, MemoryPresence};
 
@@ -114,8 +115,17 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// again (the phone was silent, not gone), which may return an online transition,
     /// unless another live session holds its device now (it was replaced).
     /// When the store has lost the user's chosen status (an empty Redis after a restart),
-    /// the session's [`choice`](Session::choice) is restored.
-    async fn heartbeat(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError>;
+    /// the session's [`choice`](Session::choice) is restored. The lease runs the TTL from
+    /// `at`, when the heartbeat arrived (it may have waited for a batch).
+    async fn heartbeat(&self, session: &Session, at: Instant) -> Result<Option<PresenceUpdate>, EngineError>;
+
+    /// How long the router gathers heartbeats before renewing them (see
+    /// [`crate::renewals`]): zero for a store in this process; a store across the network
+    /// renews a batch per round trip, and each round trip costs it far more than the
+    /// renewals it carries.
+    fn renewal_window(&self) -> Duration {
+        Duration::ZERO
+    }
 
     /// Ends a session. Returns the offline transition when it was the user's last.
     async fn disconnect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError>;
