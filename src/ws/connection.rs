@@ -3,7 +3,7 @@
 //! stream. Writes happen inline, so a connection never queues more than the hub's shared
 //! ring and its bounded mailbox; a write that stalls past `--write-timeout-ms` ends the
 //! connection as a slow consumer. PTT lives in `ptt.rs`, statuses and indicators in
-//! `signals.rs`.
+//! `signals.rs`, changes of groups in `refresh.rs` and `membership.rs`.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
