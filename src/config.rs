@@ -320,6 +320,20 @@ pub struct Config {
     #[arg(help_heading = "Push-to-talk")]
     pub private_needs_shared_group: bool,
 
+    /// USER_ADD (15) may join groups the token does not name, which the session then holds
+    /// as if the token named them (their members, PTT, TEXT and indicators). Off: a
+    /// session joins back only groups its token names (ERROR `not_a_member` otherwise).
+    /// On, any client decides its own groups: a WARN at start says so.
+    #[arg(long, env = "USER_ADD_ANY_GROUP", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    #[arg(help_heading = "Push-to-talk")]
+    pub user_add_any_group: bool,
+
+    /// Most groups a session holds once USER_ADD joins groups its token does not name
+    /// (ERROR `too_many_groups` beyond). A token naming more is served; it joins no more.
+    #[arg(long, env = "MAX_SESSION_GROUPS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(help_heading = "Push-to-talk")]
+    pub max_session_groups: u16,
+
     /// The Redis server as a URL: `redis://[user[:password]@]host[:port][/db]`, or
     /// `rediss://` for TLS (the server's certificate checked against the system's roots, or
     /// `--redis-ca-cert`). Instead of `--redis-host`, `--redis-port` and `--redis-db`;

@@ -51,6 +51,7 @@ pub const RELAY_OVERFLOWS: &str = "presence_relay_overflows_total";
 pub const RELAY_DROPPED: &str = "presence_relay_dropped_total";
 pub const FLOOR_REQUESTS: &str = "presence_floor_requests_total";
 pub const INDICATORS: &str = "presence_indicator_events_total";
+pub const MEMBERSHIP_CHANGES: &str = "presence_membership_changes_total";
 pub const HTTP_CONNECTIONS: &str = "presence_http_connections";
 pub const HTTP_WAITING: &str = "presence_http_waiting";
 pub const HTTP_REFUSED: &str = "presence_http_refused_total";
@@ -200,6 +201,11 @@ fn describe() {
     describe_counter!(RELAY_DROPPED, "Relayed frames not sent to other routers: the publish queue was full.");
     describe_counter!(FLOOR_REQUESTS, "PTT START requests, by result (granted, busy, local_only).");
     describe_counter!(INDICATORS, "Indicator starts and ends broadcast, by type and isActive.");
+    describe_counter!(
+        MEMBERSHIP_CHANGES,
+        "USER_ADD and USER_REMOVE frames, by type (user_add, user_remove) and result: applied, unchanged (already \
+         in or out), or the ERROR code answered (not_a_member, too_many_groups, not_allowed, invalid_frame)."
+    );
     describe_gauge!(
         HTTP_CONNECTIONS,
         "TCP connections still speaking HTTP (handshakes in progress, keep-alive API clients), capped by MAX_HANDSHAKES \
@@ -336,6 +342,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         "not_a_member",
         "floor_not_held",
         "not_allowed",
+        "too_many_groups",
         "token_mismatch",
     ];
     each(FRAME_ERRORS, "reason", &[&decode[..], &framing, &refused, TOKEN_CODES].concat());
@@ -411,6 +418,15 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
     for kind in IndicatorKind::ALL {
         for active in ["true", "false"] {
             series.push((INDICATORS, vec![("type", kind.as_str()), ("active", active)]));
+        }
+    }
+    let refusals = ["not_allowed", "invalid_frame"];
+    for (kind, results) in [
+        ("user_add", &["applied", "unchanged", "not_a_member", "too_many_groups"][..]),
+        ("user_remove", &["applied", "unchanged"][..]),
+    ] {
+        for result in results.iter().chain(&refusals) {
+            series.push((MEMBERSHIP_CHANGES, vec![("type", kind), ("result", *result)]));
         }
     }
     series

@@ -306,12 +306,15 @@ impl Node {
         self.engine.broker.control(&Control::Ended(session.clone()));
     }
 
-    /// Re-registers a live session whose groups changed (a token refresh), and keeps them
-    /// for a re-assert.
+    /// Re-registers a live session whose groups changed (a token refresh, USER_ADD or
+    /// USER_REMOVE), and keeps them for a re-assert. A heartbeat of the session recorded
+    /// before is dropped (and one in flight waited for): carrying the old groups, it would
+    /// undo the change when it landed after it; the regroup renews the lease anyway.
     pub async fn regroup(&self, session: &Session) -> Result<(), EngineError> {
         if let Some(registered) = self.local().get_mut(&session.id) {
             registered.groups = session.groups.clone();
         }
+        self.renewals.settle(&session.id).await;
         self.skip_while_degraded()?;
         let result = store!(self, regroup(session));
         self.announce("regroup", result).await

@@ -34,7 +34,7 @@ pub enum DecodeError {
     Malformed(String),
     #[error("frame has {0} trailing bytes after the msgpack value")]
     TrailingBytes(usize),
-    #[error("frame must be a msgpack array of 5 or 6 elements")]
+    #[error("frame must be a msgpack array of 4, 5 or 6 elements")]
     Shape,
     #[error("channelType must be 0 (group) or 1 (private)")]
     ChannelType,
@@ -72,7 +72,10 @@ pub fn decode(mut bytes: &[u8]) -> Result<Frame, DecodeError> {
         (Some(c), Some(m), Some(f), Some(t)) => (c, m, f, t),
         _ => return Err(DecodeError::Shape),
     };
+    // VoicePing clients leave the payload out of frames that need none (USER_ADD,
+    // USER_REMOVE): four elements read as a nil payload.
     let (message_id, payload) = match (items.next(), items.next(), items.next()) {
+        (None, None, None) => (None, Value::Nil),
         (Some(payload), None, None) => (None, payload),
         (Some(message_id), Some(payload), None) => (Some(message_id), payload),
         _ => return Err(DecodeError::Shape),
@@ -169,6 +172,16 @@ mod tests {
         assert_eq!(frame.to, Some(Id::parse("7").unwrap()));
         assert_eq!(frame.message_id, Some(Value::from("m-1")));
         assert_eq!(frame.payload, Value::Binary(vec![1, 2]));
+    }
+
+    #[test]
+    fn four_elements_have_a_nil_payload() {
+        let v = Value::Array(vec![0.into(), 15.into(), "7".into(), "18".into()]);
+        let mut bytes = Vec::new();
+        rmpv::encode::write_value(&mut bytes, &v).unwrap();
+        let frame = decode(&bytes).unwrap();
+        assert_eq!((frame.message_type, frame.to), (15, Some(Id::parse("18").unwrap())));
+        assert_eq!((frame.message_id, frame.payload), (None, Value::Nil));
     }
 
     #[test]

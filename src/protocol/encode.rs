@@ -40,6 +40,9 @@ pub enum ErrorCode {
     FloorNotHeld,
     /// Only mobile sessions talk, type and set a status; private channels need a shared group.
     NotAllowed,
+    /// A USER_ADD beyond the token's groups would take the session past
+    /// `--max-session-groups`.
+    TooManyGroups,
     /// The connection's token expired (the connection is then closed with 4001), or a
     /// REFRESH token was refused: the code is the one the HTTP API answers for the same
     /// token (`token_expired`, `invalid_token`, ...), or `token_mismatch` for a token of
@@ -60,6 +63,7 @@ impl ErrorCode {
             ErrorCode::NotAMember => "not_a_member",
             ErrorCode::FloorNotHeld => "floor_not_held",
             ErrorCode::NotAllowed => "not_allowed",
+            ErrorCode::TooManyGroups => "too_many_groups",
             ErrorCode::Token(code) => code,
         }
     }

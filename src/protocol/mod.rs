@@ -1,7 +1,8 @@
 //! The wire protocol: VoicePing-compatible msgpack frames.
 //!
 //! A frame is a msgpack array `[channelType, messageType, fromId, toId, payload]` or, with
-//! a message id, `[channelType, messageType, fromId, toId, messageId, payload]`. Frames the
+//! a message id, `[channelType, messageType, fromId, toId, messageId, payload]`; a client's
+//! frame may leave the payload out (`[channelType, messageType, fromId, toId]`). Frames the
 //! router sends always carry the message id, so their payload sits at index 5.
 //! `docs/PROTOCOL.md` is the reference for clients.
 
@@ -32,6 +33,10 @@ pub mod message_type {
     pub const START_ACK: u8 = 6;
     pub const STOP_ACK: u8 = 7;
     pub const START_FAILED: u8 = 8;
+    /// Mobile → router: join the group in `toId` for the rest of the session.
+    pub const USER_ADD: u8 = 15;
+    /// Mobile → router: leave the group in `toId` for the rest of the session.
+    pub const USER_REMOVE: u8 = 16;
     pub const TEXT: u8 = 17;
     /// Last of VoicePing's numbers (UNAUTHORIZED_GROUP).
     pub const VOICEPING_LAST: u8 = 27;
@@ -54,7 +59,8 @@ pub mod message_type {
     pub const INDICATOR: u8 = 37;
     /// Router → group members and dashboards: someone's indicator started or ended.
     pub const INDICATOR_UPDATE: u8 = 38;
-    /// Router → client: the STATUS, ACTIVITY, INDICATOR, TEXT or REFRESH frame was applied.
+    /// Router → client: the STATUS, ACTIVITY, INDICATOR, TEXT, REFRESH, USER_ADD or
+    /// USER_REMOVE frame was applied.
     pub const ACK: u8 = 39;
     /// Client → router: `{token}`, a new token for the same user and role, to be used
     /// from now on (its expiry, and its groups).
@@ -78,6 +84,8 @@ pub mod message_type {
             STOP => "stop",
             AUDIO => "audio",
             TEXT => "text",
+            USER_ADD => "user_add",
+            USER_REMOVE => "user_remove",
             0..=VOICEPING_LAST => "ptt_other",
             _ => "unknown",
         }

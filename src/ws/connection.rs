@@ -3,7 +3,7 @@
 //! stream. Writes happen inline, so a connection never queues more than the hub's shared
 //! ring and its bounded mailbox; a write that stalls past `--write-timeout-ms` ends the
 //! connection as a slow consumer. PTT lives in `ptt.rs`, statuses and indicators in
-//! `signals.rs`.
+//! `signals.rs`, changes of groups in `refresh.rs` and `membership.rs`.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -18,6 +18,7 @@ use tokio::{
 
 use super::{
     close,
+    membership::Membership,
     ptt::Talk,
     socket::{Incoming, Socket},
 };
@@ -79,9 +80,13 @@ pub struct Connection {
     pub(super) seq: u64,
     /// Whose presence this connection may see (dashboards) or, over HTTP, read.
     pub(super) scope: Scope,
-    /// The token's groups: a mobile's memberships; for a dashboard, the only groups whose
-    /// members it sees (`None`: everyone).
+    /// A mobile's memberships: its token's groups, with its USER_ADD / USER_REMOVE
+    /// changes; for a dashboard, the token's groups, the only ones whose members it sees
+    /// (`None`: everyone).
     pub(super) groups: Option<Groups>,
+    /// A mobile's changes to its token's groups (boxed: most sessions make none); `None`
+    /// while it holds exactly its token's groups.
+    pub(super) membership: Option<Box<Membership>>,
     /// Indicators this connection has on, and when each lapses without a refresh.
     pub(super) indicators: BTreeMap<(IndicatorKind, Id), Instant>,
     /// The PTT floor this connection holds (boxed: most connections never talk, and every
@@ -114,6 +119,7 @@ impl Connection {
             seq: 0,
             scope,
             groups,
+            membership: None,
             indicators: BTreeMap::new(),
             talk: None,
             invisible,
@@ -125,7 +131,7 @@ impl Connection {
         self.session.as_ref().filter(|_| self.app.presence_enabled)
     }
 
-    /// Whether the token names `group`.
+    /// Whether the session is in `group`.
     pub(super) fn member_of(&self, group: &Id) -> bool {
         self.groups.as_deref().is_some_and(|groups| groups.contains(group))
     }
@@ -340,6 +346,7 @@ impl Connection {
             message_type::ACTIVITY => Box::pin(self.on_activity(socket, &frame)).await,
             message_type::INDICATOR => Box::pin(self.on_indicator(socket, &frame)).await,
             message_type::REFRESH => Box::pin(self.on_refresh(socket, &frame)).await,
+            message_type::USER_ADD | message_type::USER_REMOVE => Box::pin(self.on_membership(socket, &frame)).await,
             message_type::START | message_type::STOP | message_type::AUDIO | message_type::TEXT => {
                 Box::pin(self.on_ptt(socket, &frame)).await
             }
