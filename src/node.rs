@@ -39,6 +39,9 @@ use crate::{
 
 /// Store calls in flight at once while re-asserting sessions after an outage.
 const REASSERT_CONCURRENCY: usize = 64;
+/// Renewals of one gathering handed to the store at once: more than a gathering usually
+/// holds ([`crate::renewals::GATHER_ENOUGH`]), so it reaches the store as one batch.
+const RENEW_CONCURRENCY: usize = 256;
 /// Most sessions kept to end on recovery (see [`Node::disconnect`]).
 const MAX_UNENDED: usize = 100_000;
 /// How long a new session waits for the session of its device it replaced to end (its
@@ -666,7 +669,7 @@ impl Node {
                 heartbeats = self.renewals.take(window) => heartbeats,
             };
             stream::iter(heartbeats)
-                .for_each_concurrent(REASSERT_CONCURRENCY, |(session, at)| async move {
+                .for_each_concurrent(RENEW_CONCURRENCY, |(session, at)| async move {
                     if !node.is_degraded() {
                         let _ = node.heartbeat(&session, at).await;
                     }

@@ -31,13 +31,14 @@ pub struct PendingRenewals {
     ready: Notify,
     /// Wakes sessions ending: a renewal finished.
     settled: Notify,
-    /// Wakes a gathering renewer: [`GATHER_AT_MOST`] are waiting.
+    /// Wakes a gathering renewer: [`GATHER_ENOUGH`] are waiting.
     full: Notify,
 }
 
-/// Most heartbeats gathered before they are taken even within the window: a batch is
-/// worth a round trip long before this.
-const GATHER_AT_MOST: usize = 1024;
+/// Heartbeats that end a gathering before its window does: a batch this size already
+/// costs Redis about a microsecond per heartbeat (docs/BENCHMARKS.md), so a busy router
+/// renews them at once rather than holding them.
+pub const GATHER_ENOUGH: usize = 128;
 
 /// A recorded heartbeat: the session and when its heartbeat arrived.
 pub type Heartbeat = (Session, Instant);
@@ -59,7 +60,7 @@ impl PendingRenewals {
         let full = {
             let mut state = self.state();
             state.pending.insert(session.id.clone(), (session.clone(), Instant::now()));
-            state.pending.len() >= GATHER_AT_MOST
+            state.pending.len() >= GATHER_ENOUGH
         };
         self.ready.notify_one();
         if full {
@@ -68,7 +69,7 @@ impl PendingRenewals {
     }
 
     /// Waits for a recorded heartbeat, then gathers for `window` more (less once
-    /// [`GATHER_AT_MOST`] are waiting), and takes them all; each is in flight until
+    /// [`GATHER_ENOUGH`] are waiting), and takes all that are waiting; each is in flight until
     /// [`done`](Self::done). A session ending meanwhile just drops its heartbeat.
     pub async fn take(&self, window: Duration) -> Vec<Heartbeat> {
         loop {
@@ -77,7 +78,7 @@ impl PendingRenewals {
                 let full = self.full.notified();
                 tokio::pin!(full);
                 full.as_mut().enable();
-                if self.state().pending.len() < GATHER_AT_MOST {
+                if self.state().pending.len() < GATHER_ENOUGH {
                     let _ = tokio::time::timeout(window, full).await;
                 }
             }
@@ -206,10 +207,10 @@ mod tests {
             let renewals = renewals.clone();
             async move { renewals.take(Duration::from_secs(3600)).await }
         });
-        for n in 0..GATHER_AT_MOST as u64 {
+        for n in 0..GATHER_ENOUGH as u64 {
             renewals.push(&session(n));
         }
         let taken = tokio::time::timeout(Duration::from_secs(1), taking).await.expect("taken at once").unwrap();
-        assert_eq!(taken.len(), GATHER_AT_MOST);
+        assert_eq!(taken.len(), GATHER_ENOUGH);
     }
 }
