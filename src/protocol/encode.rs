@@ -269,7 +269,7 @@ pub fn indicator_frame(group: &Id, user: &Id, kind: IndicatorKind, active: bool)
 /// The message-id slot of a frame on a channel.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Slot<'a> {
-    /// None: five elements, the payload at index 4 (VoicePing's usual layout).
+    /// Five elements, the payload at index 4 (VoicePing's usual layout).
     Absent,
     /// Six elements: this message id (nil for `None`) at index 4, the payload at 5.
     Id(Option<&'a Value>),
