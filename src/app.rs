@@ -52,6 +52,9 @@ pub struct Limits {
     pub typing_ttl: Duration,
     pub recording_ttl: Duration,
     pub max_talk: Duration,
+    /// How long a talker may send no AUDIO before another START takes its floor; `None`:
+    /// never.
+    pub floor_idle: Option<Duration>,
     pub private_needs_shared_group: bool,
     /// USER_ADD may join groups the token does not name (`--user-add-any-group`).
     pub user_add_any_group: bool,
@@ -185,6 +188,7 @@ impl App {
                 typing_ttl: Duration::from_millis(config.typing_ttl_ms),
                 recording_ttl: Duration::from_millis(config.recording_ttl_ms),
                 max_talk: Duration::from_millis(config.max_talk_ms),
+                floor_idle: (config.floor_idle_ms > 0).then(|| Duration::from_millis(config.floor_idle_ms)),
                 private_needs_shared_group: config.private_needs_shared_group,
                 user_add_any_group: config.user_add_any_group,
                 max_session_groups: config.max_session_groups.into(),

@@ -313,6 +313,14 @@ pub struct Config {
     #[arg(help_heading = "Push-to-talk")]
     pub max_talk_ms: u64,
 
+    /// A PTT floor whose talker has sent no AUDIO for this long (since its START or its
+    /// last AUDIO) is taken over by the next START on the channel, as VoicePing did: the
+    /// old talker gets a STOP with reason `idle`. 0: never. On the Redis engine the idle
+    /// time is measured to within 250 ms (later, never sooner).
+    #[arg(long, env = "FLOOR_IDLE_MS", default_value_t = 3_000)]
+    #[arg(help_heading = "Push-to-talk")]
+    pub floor_idle_ms: u64,
+
     /// Private channels (START, AUDIO, TEXT to one user) only between users who share a
     /// group; otherwise ERROR `not_allowed` and nothing is relayed. Off: any user may call
     /// any other.

@@ -25,7 +25,7 @@ use common::{RedisServer, cluster::RedisCluster};
 use futures_util::future::join;
 use presence_router::{
     engine::{
-        Lifetimes, MemoryPresence, PresenceStore, SignalStore,
+        FloorTake, Lifetimes, MemoryPresence, PresenceStore, SignalStore,
         redis::{RedisConfig, RedisPresence},
     },
     id::Id,
@@ -153,6 +153,7 @@ contract! {
         indicators_are_set_cleared_and_lapse,
         only_an_orphaned_indicator_is_claimed_and_exactly_once,
         a_floor_is_held_by_one_session_at_a_time,
+        an_idle_floor_is_taken_over_and_a_touched_one_is_not,
     ],
 }
 
@@ -543,22 +544,71 @@ async fn a_floor_is_held_by_one_session_at_a_time(engine: &Engine) {
     let stores = open(engine).await;
     let signals = &*stores.signals;
     let (a, b) = (SessionId::new("r1", 1), SessionId::new("r2", 1));
-    assert!(signals.take_floor("crew", &a, LONG).await.unwrap());
-    assert!(signals.take_floor("crew", &a, LONG).await.unwrap(), "its holder is granted it again");
-    assert!(signals.take_floor("other", &b, LONG).await.unwrap(), "floors are per channel");
+    let claim = |session: &SessionId, hold: Duration| common::floor_claim(session, hold, None);
+    let granted = |take: FloorTake| take == FloorTake::Granted;
+    assert!(granted(signals.take_floor("crew", &claim(&a, LONG)).await.unwrap()));
+    assert!(granted(signals.take_floor("crew", &claim(&a, LONG)).await.unwrap()), "its holder is granted it again");
+    assert!(granted(signals.take_floor("other", &claim(&b, LONG)).await.unwrap()), "floors are per channel");
     if engine.shared {
-        assert!(!signals.take_floor("crew", &b, LONG).await.unwrap(), "busy for a session of another router");
+        let busy = signals.take_floor("crew", &claim(&b, LONG)).await.unwrap();
+        assert_eq!(busy, FloorTake::Busy, "busy for a session of another router");
         signals.release_floor("crew", &b).await.unwrap();
-        assert!(!signals.take_floor("crew", &b, LONG).await.unwrap(), "only the holder gives it back");
+        let busy = signals.take_floor("crew", &claim(&b, LONG)).await.unwrap();
+        assert_eq!(busy, FloorTake::Busy, "only the holder gives it back");
     }
     signals.release_floor("crew", &a).await.unwrap();
-    assert!(signals.take_floor("crew", &b, LONG).await.unwrap(), "free once released");
+    assert!(granted(signals.take_floor("crew", &claim(&b, LONG)).await.unwrap()), "free once released");
 
     // A holder that never gives it back holds it at most `hold`.
-    assert!(signals.take_floor("brief", &a, Duration::from_millis(100)).await.unwrap());
+    assert!(granted(signals.take_floor("brief", &claim(&a, Duration::from_millis(100))).await.unwrap()));
     let deadline = Instant::now() + common::WAIT;
-    while !signals.take_floor("brief", &b, LONG).await.unwrap() {
+    while !granted(signals.take_floor("brief", &claim(&b, LONG)).await.unwrap()) {
         assert!(Instant::now() < deadline, "the floor was held past its hold");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// A floor whose talker has not touched it (sent AUDIO) for its idle time is taken over by
+/// a claim that allows it, and the taker learns from whom; a touch keeps it, and a claim
+/// without an idle time takes nothing over. (A store of one router grants every claim: its
+/// router decides the takeover itself.)
+async fn an_idle_floor_is_taken_over_and_a_touched_one_is_not(engine: &Engine) {
+    if !engine.shared {
+        return;
+    }
+    let stores = open(engine).await;
+    let signals = &*stores.signals;
+    let (a, b, c) = (SessionId::new("r1", 1), SessionId::new("r2", 1), SessionId::new("r3", 1));
+    let idle = |session: &SessionId| common::floor_claim(session, LONG, Some(SHORT));
+    assert_eq!(signals.take_floor("crew", &idle(&a)).await.unwrap(), FloorTake::Granted);
+    assert_eq!(signals.take_floor("crew", &idle(&b)).await.unwrap(), FloorTake::Busy, "not idle yet");
+    // Touched well within the idle time, for three idle times: never taken over.
+    let until = Instant::now() + 3 * SHORT;
+    while Instant::now() < until {
+        signals.touch_floor("crew", &a, SHORT).await.unwrap();
+        assert_eq!(signals.take_floor("crew", &idle(&b)).await.unwrap(), FloorTake::Busy, "touched");
+        tokio::time::sleep(SHORT / 6).await;
+    }
+    let patient = common::floor_claim(&c, LONG, None);
+    let deadline = Instant::now() + common::WAIT;
+    let taken = loop {
+        assert_eq!(signals.take_floor("crew", &patient).await.unwrap(), FloorTake::Busy, "no takeover without idle");
+        match signals.take_floor("crew", &idle(&b)).await.unwrap() {
+            FloorTake::Busy => {
+                assert!(Instant::now() < deadline, "an idle floor was never taken over");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            taken => break taken,
+        }
+    };
+    let FloorTake::TakenOver { from, held } = taken else { panic!("{taken:?}") };
+    assert_eq!((from.session, from.user.as_str(), &*from.talk, from.with_message_id), (a.clone(), "u", "t", false));
+    assert!(held >= 3 * SHORT, "held {held:?}");
+    signals.touch_floor("crew", &a, LONG).await.unwrap();
+    signals.release_floor("crew", &a).await.unwrap();
+    assert_eq!(
+        signals.take_floor("crew", &patient).await.unwrap(),
+        FloorTake::Busy,
+        "the old talker gave back nothing"
+    );
 }

@@ -12,7 +12,9 @@ use std::{
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::{Broker, BrokerEvents, Connected, EngineError, Lifetimes, PresenceStore, SignalStore};
+use super::{
+    Broker, BrokerEvents, Connected, EngineError, FloorClaim, FloorTake, Lifetimes, PresenceStore, SignalStore,
+};
 use crate::{
     id::Id,
     presence::{
@@ -469,10 +471,16 @@ impl SignalStore for MemoryPresence {
     }
 
     /// One router holds every session, and it checked its own before asking
-    /// ([`crate::node::Node::take_floor`]): there is no other router to arbitrate with, so
-    /// the floor is granted.
-    async fn take_floor(&self, _channel: &str, _holder: &SessionId, _hold: Duration) -> Result<bool, EngineError> {
-        Ok(true)
+    /// ([`crate::node::Node::take_floor`], which also takes an idle floor over): there is
+    /// no other router to arbitrate with, so the floor is granted.
+    async fn take_floor(&self, _channel: &str, _claim: &FloorClaim) -> Result<FloorTake, EngineError> {
+        Ok(FloorTake::Granted)
+    }
+
+    /// Nothing was stored by [`SignalStore::take_floor`]: the router keeps the idle
+    /// deadline of its own floors.
+    async fn touch_floor(&self, _channel: &str, _holder: &SessionId, _idle: Duration) -> Result<(), EngineError> {
+        Ok(())
     }
 
     /// Nothing was stored by [`SignalStore::take_floor`]: nothing to give back.

@@ -198,13 +198,55 @@ pub trait SignalStore: Send + Sync + 'static {
     /// claimed by exactly one router, and never one its router cleared.
     async fn claim_orphaned_indicators(&self) -> Result<Vec<(Id, IndicatorKind, Id)>, EngineError>;
 
-    /// Claims a PTT channel's floor for `holder` for at most `hold`, unless another
-    /// session holds it: true when granted (also to the session that holds it already).
+    /// Claims a PTT channel's floor for `claim`'s talker for at most its `hold`, unless
+    /// another session holds it and is not idle: [`FloorTake::Granted`] also to the
+    /// session that holds it already (and a replayed call gets its first answer again).
     /// Routers check their own sessions first; the store arbitrates between routers.
-    async fn take_floor(&self, channel: &str, holder: &SessionId, hold: Duration) -> Result<bool, EngineError>;
+    async fn take_floor(&self, channel: &str, claim: &FloorClaim) -> Result<FloorTake, EngineError>;
+
+    /// The floor's holder sent AUDIO: the floor goes idle `idle` from now. Nothing when
+    /// `holder` does not hold it.
+    async fn touch_floor(&self, channel: &str, holder: &SessionId, idle: Duration) -> Result<(), EngineError>;
 
     /// Gives the floor back if `holder` still has it; nothing otherwise.
     async fn release_floor(&self, channel: &str, holder: &SessionId) -> Result<(), EngineError>;
+}
+
+/// Who talks on a PTT floor: what a session that takes the floor over needs to end that
+/// talk for its listeners, and to tell its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Talker {
+    pub session: SessionId,
+    pub user: Id,
+    /// The talk's message id.
+    pub talk: Arc<str>,
+    /// Its START had the message-id slot: the STOP its listeners get has it too.
+    pub with_message_id: bool,
+}
+
+/// A session's claim on a PTT channel's floor.
+#[derive(Debug, Clone)]
+pub struct FloorClaim {
+    pub talker: Talker,
+    /// Held at most this long (the maximum talk time), unless given back sooner.
+    pub hold: Duration,
+    /// Taken over by another session's claim once the talker has sent no AUDIO (see
+    /// [`SignalStore::touch_floor`]) for this long since the claim or the last touch;
+    /// `None`: never. A claim with `None` takes no idle floor over either.
+    pub idle: Option<Duration>,
+}
+
+/// The answer to [`SignalStore::take_floor`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FloorTake {
+    Granted,
+    /// Another session holds the floor.
+    Busy,
+    /// Granted: the floor was `from`'s, idle, and held for `held`.
+    TakenOver {
+        from: Talker,
+        held: Duration,
+    },
 }
 
 /// Transient transport between routers: transitions, relayed frames and session messages,

@@ -202,15 +202,13 @@ impl Connection {
         }
     }
 
-    /// What this connection is reachable as for relayed frames (and, on a device, for
-    /// its replacement).
+    /// What this connection is reachable as for relayed frames (and, as a mobile session,
+    /// for its replacement and the loss of its floor).
     fn member(&self) -> Member {
         match &self.session {
-            Some(session) => Member::Session {
-                user: self.user.clone(),
-                groups: session.groups.clone(),
-                replaceable: session.device_id.is_some().then(|| session.id.clone()),
-            },
+            Some(session) => {
+                Member::Session { user: self.user.clone(), groups: session.groups.clone(), session: session.id.clone() }
+            }
             None => Member::Watcher { allowed: self.scope.allowed_groups() },
         }
     }
@@ -347,9 +345,12 @@ impl Connection {
             message_type::INDICATOR => Box::pin(self.on_indicator(socket, &frame)).await,
             message_type::REFRESH => Box::pin(self.on_refresh(socket, &frame)).await,
             message_type::USER_ADD | message_type::USER_REMOVE => Box::pin(self.on_membership(socket, &frame)).await,
-            message_type::START | message_type::STOP | message_type::AUDIO | message_type::TEXT => {
-                Box::pin(self.on_ptt(socket, &frame)).await
-            }
+            message_type::START
+            | message_type::STOP
+            | message_type::AUDIO
+            | message_type::TEXT
+            | message_type::DELIVERED
+            | message_type::READ => Box::pin(self.on_ptt(socket, &frame)).await,
             _ => {
                 self.refuse(socket, &frame, ErrorCode::UnsupportedType, "this router does not handle that message type")
                     .await
@@ -474,11 +475,17 @@ impl Connection {
         frame
     }
 
-    /// Applies news of the user's visibility, then writes what the mailbox holds (up to a
-    /// batch; the rest wakes the next round) and flushes once.
+    /// Applies news of the user's visibility and of its floor taken over, then writes what
+    /// the mailbox holds (up to a batch; the rest wakes the next round) and flushes once.
     async fn on_relayed(&mut self, socket: &mut Socket, mailbox: &Mailbox) -> Option<Exit> {
         if let Some(invisible) = mailbox.take_visibility() {
             self.set_invisible(invisible);
+        }
+        // Boxed, like the other rare paths: it would widen every idle connection's task.
+        if let Some(talk) = mailbox.take_lost_talk()
+            && let Some(exit) = Box::pin(self.lose_talk(socket, &talk)).await
+        {
+            return Some(exit);
         }
         let mut written = 0;
         while written < EVENT_BATCH
