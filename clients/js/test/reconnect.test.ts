@@ -55,14 +55,19 @@ test("a router stopping (1012) is left at once and rejoined when it is back", as
   await alpha.heartbeat();
 });
 
-test("a mobile whose HEARTBEAT_ACKs stop coming drops the dead connection and reconnects", async () => {
+/**
+ * A router behind a link that can go silent, and client options that reach it with fast
+ * liveness checks: heartbeats (or pings) every 200 ms, dead after 300 ms without an answer.
+ */
+async function silentLink() {
   const router = await Router.start();
   const link = await SilentLink.start(router);
-  const alpha = await mobile(router, "zombie-alpha", ["north"], {
-    url: link.url,
-    heartbeatIntervalMs: 200,
-    ackTimeoutMs: 300,
-  });
+  return { router, link, options: { url: link.url, heartbeatIntervalMs: 200, ackTimeoutMs: 300 } };
+}
+
+test("a mobile whose HEARTBEAT_ACKs stop coming drops the dead connection and reconnects", async () => {
+  const { router, link, options } = await silentLink();
+  const alpha = await mobile(router, "zombie-alpha", ["north"], options);
   const drop = next(alpha, "disconnected");
   const back = next(alpha, "connected");
   link.blackhole();
@@ -74,17 +79,25 @@ test("a mobile whose HEARTBEAT_ACKs stop coming drops the dead connection and re
 });
 
 test("a dashboard in Node whose pongs stop coming drops the dead connection and resyncs", async () => {
-  const router = await Router.start();
-  const link = await SilentLink.start(router);
-  const watcher = await dashboard(router, "zombie-watcher", undefined, {
-    url: link.url,
-    heartbeatIntervalMs: 200,
-    ackTimeoutMs: 300,
-  });
+  const { router, link, options } = await silentLink();
+  const watcher = await dashboard(router, "zombie-watcher", undefined, options);
   const drop = next(watcher, "disconnected");
   const resync = next(watcher, "snapshot");
   link.blackhole();
   const [info] = await drop;
   assert.match(info.reason, /no pong within 300 ms/);
   await resync;
+});
+
+test("4029: a client closed for flooding waits out the penalty, then reconnects", async () => {
+  const router = await Router.start(["--frame-rate", "1", "--frame-burst", "2", "--abuse-penalty-ms", "300"]);
+  const alpha = await mobile(router, "flood-alpha", ["north"], { penaltyMs: 300 });
+  const limited = next(alpha, "disconnected");
+  const back = next(alpha, "connected");
+  for (let i = 0; i < 20; i++) alpha.activity().catch(() => {});
+  const [info] = await limited;
+  assert.equal(info.code, 4029);
+  assert.ok(info.reconnectInMs !== null && info.reconnectInMs >= 300, `waits the penalty: ${info.reconnectInMs} ms`);
+  await back;
+  assert.equal(alpha.state, "open");
 });
