@@ -187,6 +187,8 @@ export class PresenceClient extends Emitter<ClientEvents> {
   private canRefresh = true;
   /** The socket has been answered since it opened (the backoff is reset then). */
   private answered = false;
+  /** The current socket opened (a handshake that failed never did). */
+  private opened = false;
   /** Why the client dropped the socket itself (a zombie), reported as the close reason. */
   private dropReason: string | null = null;
   private pending: Pending[] = [];
@@ -212,6 +214,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
       this.emit("indicator", event),
     );
     if (options.token) this.setToken(options.token);
+    else if (!options.getToken) throw new TypeError("PresenceClient needs a token or getToken");
   }
 
   get state(): ConnectionState {
@@ -300,6 +303,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
     this.setState("connecting");
     this.dropReason = null;
     this.answered = false;
+    this.opened = false;
     try {
       if (!this.token || (this.options.getToken && (this.needToken || this.tokenExpiring()))) {
         this.setToken(await this.fetchToken());
@@ -307,8 +311,9 @@ export class PresenceClient extends Emitter<ClientEvents> {
       }
     } catch (error) {
       if (generation !== this.generation || this.stopped) return;
-      this.emit("error", error instanceof Error ? error : new Error(String(error)));
-      return this.retry(1006, "no token", null, this.options.getToken ? this.backoff.next() : null);
+      const failure = error instanceof Error ? error : new Error(String(error));
+      this.emit("error", failure);
+      return this.retry(1006, `no token: ${failure.message}`, null, this.backoff.next());
     }
     if (generation !== this.generation || this.stopped) return;
     if (this.userId === undefined) {
@@ -341,6 +346,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
   }
 
   private onOpen(): void {
+    this.opened = true;
     const attempt = this.backoff.attempt;
     this.setState("open");
     this.emit("connected", { attempt });
@@ -352,6 +358,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
   }
 
   private onClose(code: number, reason: string, refusal: HandshakeError | null): void {
+    const seesRefusals = this.socket?.seesRefusals ?? true;
     this.socket = null;
     this.generation++;
     clearTimeout(this.timers.closing);
@@ -368,7 +375,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
       this.emit("disconnected", { code, reason, reconnectInMs: null, refusal });
       return this.stop(null);
     }
-    const { delay, fatal } = this.decide(code, reason, refusal);
+    const { delay, fatal } = this.decide(code, reason, refusal, seesRefusals);
     this.retry(code, reason, refusal, delay, fatal);
   }
 
@@ -377,8 +384,12 @@ export class PresenceClient extends Emitter<ClientEvents> {
     code: number,
     reason: string,
     refusal: HandshakeError | null,
+    seesRefusals: boolean,
   ): { delay: number | null; fatal?: Error } {
     const canRenew = this.options.getToken !== undefined;
+    // A browser whose handshake failed for a reason it could not learn: the token may be
+    // the cause, and a fresh one costs little.
+    if (!this.opened && !refusal && !seesRefusals && canRenew) this.needToken = true;
     if (refusal) {
       if (refusal.status === 401) {
         if (!canRenew) return { delay: null, fatal: refusal };

@@ -118,6 +118,8 @@ export class IndicatorSet implements Iterable<Indicator> {
     for (const i of this.live.values()) next = Math.min(next, i.expiresAt);
     if (next === Infinity) return;
     this.timer = setTimeout(() => this.lapse(), Math.max(0, next - now));
+    // Housekeeping only: in Node it does not keep a process alive on its own.
+    (this.timer as { unref?: () => void }).unref?.();
   }
 
   private lapse(): void {

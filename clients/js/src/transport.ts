@@ -51,6 +51,11 @@ export interface Transport {
   terminate(): void;
   /** Sends a WebSocket ping; `onPong` runs when its pong arrives. Absent in browsers. */
   ping?(onPong: () => void): void;
+  /**
+   * Whether a refused handshake is always reported with its reason. False in browsers,
+   * which learn it only when the router's API can be asked.
+   */
+  readonly seesRefusals: boolean;
 }
 
 /** The browser-style WebSocket constructor (the global one, or one passed in). */
@@ -128,6 +133,7 @@ async function openNode({ url, token, deviceId, auth, handlers }: Connect): Prom
   });
   ws.on("close", (code, reason) => handlers.close(code, reason.toString("utf8"), refusal));
   return {
+    seesRefusals: true,
     send: (data) => ws.send(data),
     close: (code, reason) => ws.close(code, reason),
     terminate: () => ws.terminate(),
@@ -171,6 +177,7 @@ async function openBrowser({ url, token, deviceId, handlers, WebSocket }: Connec
     void diagnose(url, token).then((refusal) => end(event.code, event.reason, refusal));
   };
   return {
+    seesRefusals: false,
     send: (data) => ws.send(data),
     close: (code, reason) => ws.close(code, reason),
     // A browser cannot drop a socket without its close handshake; stop listening instead,

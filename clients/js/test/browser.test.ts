@@ -1,7 +1,8 @@
 /**
  * The built package in real headless Chromium, unbundled (ES modules and an import map):
  * the browser's WebSocket with the token in the subprotocol pair, a watcher's snapshot and
- * updates, a mobile's heartbeats, and a refused token explained.
+ * updates, a mobile's heartbeats, a refused token explained, and one replaced from
+ * getToken where the refusal cannot be learnt.
  *
  * The page is served from one origin that also carries the router (WebSocket and API), as
  * a deployment behind nginx does: so the client may ask the API why a handshake failed.
@@ -46,7 +47,18 @@ try {
 
   const bad = new PresenceClient({ url, token: params.get("bad"), reconnect: false });
   const refusal = await bad.connect().then(() => null, (e) => ({ name: e.name, status: e.status, code: e.code }));
-  report({ fromSnapshot, arrived: [arrived.status, arrived.deviceId], rtt: typeof rtt, refusal });
+
+  // Straight to the router, another origin: the refusal cannot be learnt, so the retry
+  // takes a fresh token from getToken.
+  let asked = 0;
+  const direct = new PresenceClient({
+    url: params.get("direct"),
+    token: params.get("bad"),
+    getToken: () => (asked++, params.get("dashboard")),
+    reconnect: { initialDelayMs: 50, maxDelayMs: 200 },
+  });
+  await direct.connect();
+  report({ fromSnapshot, arrived: [arrived.status, arrived.deviceId], rtt: typeof rtt, refusal, asked });
 } catch (error) {
   report({ error: String(error && error.stack || error) });
 }
@@ -97,7 +109,7 @@ async function serve(router: Router, onResult: (result: unknown) => void): Promi
   return (server.address() as AddressInfo).port;
 }
 
-test("in headless Chromium: subprotocol handshake, snapshot, updates, heartbeats, a refusal explained", async (t) => {
+test("in headless Chromium: subprotocol handshake, snapshot, updates, heartbeats, refused tokens", async (t) => {
   if (!chromium) return t.skip("chromium is not installed (make deps installs it)");
   const router = await Router.start();
   await mobile(router, "br-alpha", ["north"]);
@@ -109,6 +121,7 @@ test("in headless Chromium: subprotocol handshake, snapshot, updates, heartbeats
     dashboard: mint("br-watcher", "dashboard", { groups: ["north"] }),
     mobile: mint("br-phone", "mobile", { groups: ["north"] }),
     bad: mint("br-bad", "dashboard", { secret: "another-secret-32-bytes-long-enough" }),
+    direct: router.url,
   });
   const profile = await mkdtemp(path.join(tmpdir(), "js-client-chromium-"));
   const browser = spawn(
@@ -140,5 +153,6 @@ test("in headless Chromium: subprotocol handshake, snapshot, updates, heartbeats
     arrived: ["online", "browser-tab"],
     rtt: "number",
     refusal: { name: "HandshakeError", status: 401, code: "invalid_token" },
+    asked: 1,
   });
 });
