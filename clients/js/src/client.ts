@@ -155,8 +155,14 @@ interface Pending {
   timer: ReturnType<typeof setTimeout>;
 }
 
-/** How often a held indicator is sent again (the router's lifetimes are 5 s and 30 s). */
+/**
+ * How often a held indicator is sent again: every 3 s (typing) or 10 s (recording), as
+ * docs/PROTOCOL.md asks for the router's default lifetimes of 5 s and 30 s, and at most
+ * every 60% of a shorter lifetime set in `indicatorLifetimesMs`.
+ */
 const INDICATOR_REFRESH_MS: Record<string, number> = { typing: 3_000, recording: 10_000 };
+const indicatorRefreshMs = (type: string, lifetimeMs: number): number =>
+  Math.max(1, Math.min(INDICATOR_REFRESH_MS[type] ?? 3_000, lifetimeMs * 0.6));
 
 /** The router accepts a token until its `exp` plus this leeway (docs/PROTOCOL.md, "Handshake"). */
 const LEEWAY_MS = 5_000;
@@ -174,6 +180,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
 
   private readonly options: ClientOptions;
   private readonly backoff: Backoff;
+  private readonly lifetimes: IndicatorLifetimes;
   private token: string | undefined;
   private claims: TokenClaims = {};
   private socket: Transport | null = null;
@@ -210,9 +217,8 @@ export class PresenceClient extends Emitter<ClientEvents> {
     super();
     this.options = options;
     this.backoff = new Backoff(options.reconnect || {});
-    this.indicators = new IndicatorSet({ ...DEFAULT_INDICATOR_LIFETIMES, ...options.indicatorLifetimesMs }, (event) =>
-      this.emit("indicator", event),
-    );
+    this.lifetimes = { ...DEFAULT_INDICATOR_LIFETIMES, ...options.indicatorLifetimesMs };
+    this.indicators = new IndicatorSet(this.lifetimes, (event) => this.emit("indicator", event));
     if (options.token) this.setToken(options.token);
     else if (!options.getToken) throw new TypeError("PresenceClient needs a token or getToken");
   }
@@ -741,8 +747,9 @@ export class PresenceClient extends Emitter<ClientEvents> {
 
   /**
    * Starts or ends this user's typing or recording indicator in `groupId` (mobile). While it
-   * is on, the client sends it again every 3 s (typing) or 10 s (recording) so it does not
-   * lapse, and after a reconnect. Resolves on the router's ACK.
+   * is on, the client sends it again every 3 s (typing) or 10 s (recording; sooner with
+   * shorter `indicatorLifetimesMs`) so it does not lapse, and after a reconnect. Resolves on
+   * the router's ACK.
    */
   async setIndicator(groupId: Id, type: Exclude<IndicatorType, "talking">, isActive = true): Promise<void> {
     const key = `${groupId}\u0000${type}`;
@@ -752,7 +759,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
     if (isActive) {
       const timer = setInterval(
         () => this.background(this.sendIndicator(String(groupId), type, true)),
-        INDICATOR_REFRESH_MS[type] ?? 3_000,
+        indicatorRefreshMs(type, this.lifetimes[type]),
       );
       this.ownIndicators.set(key, { groupId: String(groupId), type, timer });
     }

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { group, privateTo } from "../dist/index.js";
-import { dashboard, mobile, next, Router } from "./harness.js";
+import { dashboard, mint, mobile, next, Router } from "./harness.js";
 
 const router = await Router.start();
 const alpha = await mobile(router, "alpha", ["north"]);
@@ -96,4 +96,19 @@ test("typing starts and ends for members and dashboards, and the indicator set f
   await alpha.setIndicator("north", "typing", false);
   await ended;
   assert.equal(bravo.indicators.has("north", "alpha", "typing"), false);
+});
+
+test("a typing indicator held on is refreshed, so the router keeps it past its lifetime", async () => {
+  const short = await Router.start(["--typing-ttl-ms", "400"]);
+  const typist = await mobile(short, "typist", ["west"], { indicatorLifetimesMs: { typing: 400 } });
+  await typist.setIndicator("west", "typing");
+  // Three lifetimes pass: without the refreshes (every 240 ms) the router would have ended it.
+  await new Promise((resolve) => setTimeout(resolve, 1_200));
+  const group = (await (
+    await fetch(`${short.http}/api/groups/west/presence`, {
+      headers: { authorization: `Bearer ${mint("probe", "service")}` },
+    })
+  ).json()) as { typingUsers: string[] };
+  assert.deepEqual(group.typingUsers, ["typist"]);
+  await typist.setIndicator("west", "typing", false);
 });
