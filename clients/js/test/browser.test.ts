@@ -1,8 +1,8 @@
 /**
  * The built package in real headless Chromium, unbundled (ES modules and an import map):
  * the browser's WebSocket with the token in the subprotocol pair, a watcher's snapshot and
- * updates, a mobile's heartbeats, a refused token explained, and one replaced from
- * getToken where the refusal cannot be learnt.
+ * updates, a mobile's heartbeats, a refused token explained, one replaced from getToken
+ * where the refusal cannot be learnt, and a dead connection dropped and redone.
  *
  * The page is served from one origin that also carries the router (WebSocket and API), as
  * a deployment behind nginx does: so the client may ask the API why a handshake failed.
@@ -17,7 +17,7 @@ import path from "node:path";
 import { after, test } from "node:test";
 import { fileURLToPath } from "node:url";
 
-import { bounded, mint, mobile, Router } from "./harness.js";
+import { bounded, mint, mobile, Router, SilentLink } from "./harness.js";
 
 const PACKAGE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const chromium = ["chromium", "chromium-browser", "google-chrome"].find(
@@ -58,16 +58,35 @@ try {
     reconnect: { initialDelayMs: 50, maxDelayMs: 200 },
   });
   await direct.connect();
-  report({ fromSnapshot, arrived: [arrived.status, arrived.deviceId], rtt: typeof rtt, refusal, asked });
+
+  // Through a link that goes silent: no HEARTBEAT_ACK, so the socket is dropped and redone.
+  const radio = new PresenceClient({
+    url: params.get("silent"),
+    token: params.get("radio"),
+    heartbeatIntervalMs: 200,
+    ackTimeoutMs: 300,
+    reconnect: { initialDelayMs: 50, maxDelayMs: 200 },
+  });
+  await radio.connect();
+  const dropped = new Promise((resolve) => radio.once("disconnected", resolve));
+  const back = new Promise((resolve) => radio.once("connected", resolve));
+  await fetch("/blackhole", { method: "POST" });
+  const { reason } = await dropped;
+  await back;
+  report({ fromSnapshot, arrived: [arrived.status, arrived.deviceId], rtt: typeof rtt, refusal, asked, reason });
 } catch (error) {
   report({ error: String(error && error.stack || error) });
 }
 </script>`;
 
 /** Serves the page, the package and its dependency, and passes /ws and /api/ to the router. */
-async function serve(router: Router, onResult: (result: unknown) => void): Promise<number> {
+async function serve(router: Router, link: SilentLink, onResult: (result: unknown) => void): Promise<number> {
   const server = createServer(async (request: IncomingMessage, response: ServerResponse) => {
     const url = new URL(request.url!, "http://page");
+    if (request.method === "POST" && url.pathname === "/blackhole") {
+      link.blackhole();
+      return response.end();
+    }
     if (request.method === "POST" && url.pathname === "/result") {
       let body = "";
       for await (const chunk of request) body += chunk;
@@ -109,19 +128,22 @@ async function serve(router: Router, onResult: (result: unknown) => void): Promi
   return (server.address() as AddressInfo).port;
 }
 
-test("in headless Chromium: subprotocol handshake, snapshot, updates, heartbeats, refused tokens", async (t) => {
+test("in headless Chromium: subprotocol handshake, snapshot, updates, heartbeats, refused tokens, a dead link", async (t) => {
   if (!chromium) return t.skip("chromium is not installed (make deps installs it)");
   const router = await Router.start();
   await mobile(router, "br-alpha", ["north"]);
   let deliver: (result: unknown) => void = () => {};
   const result = new Promise<unknown>((resolve) => (deliver = resolve));
-  const port = await serve(router, deliver);
+  const link = await SilentLink.start(router);
+  const port = await serve(router, link, deliver);
 
   const hash = new URLSearchParams({
     dashboard: mint("br-watcher", "dashboard", { groups: ["north"] }),
     mobile: mint("br-phone", "mobile", { groups: ["north"] }),
     bad: mint("br-bad", "dashboard", { secret: "another-secret-32-bytes-long-enough" }),
     direct: router.url,
+    silent: link.url,
+    radio: mint("br-radio", "mobile", { groups: ["north"] }),
   });
   const profile = await mkdtemp(path.join(tmpdir(), "js-client-chromium-"));
   const browser = spawn(
@@ -154,5 +176,6 @@ test("in headless Chromium: subprotocol handshake, snapshot, updates, heartbeats
     rtt: "number",
     refusal: { name: "HandshakeError", status: 401, code: "invalid_token" },
     asked: 1,
+    reason: "no HEARTBEAT_ACK within 300 ms",
   });
 });
