@@ -449,10 +449,14 @@ export class PresenceClient extends Emitter<ClientEvents> {
     for (const waiter of this.waiters.splice(0)) waiter.reject(failure);
   }
 
-  /** Drops a connection that stopped answering, so the client reconnects at once. */
-  private drop(reason: string): void {
+  /**
+   * Drops `socket` when it stopped answering (a zombie: the network lost it without a
+   * close), so the client reconnects as after any other drop. A later socket is left alone.
+   */
+  private drop(socket: Transport | null, reason: string): void {
+    if (!socket || socket !== this.socket) return;
     this.dropReason = reason;
-    this.socket?.terminate();
+    socket.terminate();
   }
 
   private startLiveness(): void {
@@ -465,12 +469,12 @@ export class PresenceClient extends Emitter<ClientEvents> {
       beat = () => this.background(this.heartbeat());
     } else if (socket?.ping) {
       beat = () => {
-        const timer = setTimeout(() => this.drop(`no pong within ${timeout} ms`), timeout);
+        const timer = setTimeout(() => this.drop(socket, `no pong within ${timeout} ms`), timeout);
         socket.ping!(() => clearTimeout(timer));
       };
     }
     if (!beat) return;
-    if (heartbeats) beat(); // at once: proves the session and resets the backoff
+    if (heartbeats) beat(); // at once: proves the session (its answer resets the backoff)
     this.timers.beat = setInterval(beat, interval);
   }
 
@@ -703,13 +707,14 @@ export class PresenceClient extends Emitter<ClientEvents> {
   async heartbeat(): Promise<number> {
     const sent = Date.now();
     const timeoutMs = this.options.ackTimeoutMs ?? 10_000;
+    const socket = this.socket;
     await this.request(
       ChannelType.GROUP,
       MessageType.HEARTBEAT,
       null,
       { type: "heartbeat", timestamp: sent },
       { timeoutMs },
-      () => this.drop(`no HEARTBEAT_ACK within ${timeoutMs} ms`),
+      () => this.drop(socket, `no HEARTBEAT_ACK within ${timeoutMs} ms`),
     );
     return Date.now() - sent;
   }
