@@ -26,7 +26,7 @@ import {
   IndicatorSet,
   type IndicatorType,
 } from "./indicators.js";
-import { PresenceMap, type PresenceUpdate, type UserPresence } from "./presence.js";
+import { PresenceMap, type PresenceUpdate, type SnapshotGroupCounts, type UserPresence } from "./presence.js";
 import {
   type Channel,
   channelOf,
@@ -112,8 +112,8 @@ export interface SnapshotInfo {
   /** How many users the snapshot listed. */
   count: number;
   timestamp: number | null;
-  /** Per-group counts, when the router sends them (passed through as received). */
-  groupCounts?: unknown;
+  /** Each group's users shown online, away and dnd, when the router sends them (as received). */
+  groupCounts?: Record<string, SnapshotGroupCounts>;
 }
 
 export interface ClientEvents {
@@ -371,6 +371,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
     clearInterval(this.timers.beat);
     clearTimeout(this.timers.refresh);
     this.talkValue = null;
+    this.indicators.dropAll();
     const ended = new RouterError("disconnected", `the connection closed (${code})`);
     for (const request of this.pending.splice(0)) {
       clearTimeout(request.timer);
@@ -519,6 +520,8 @@ export class PresenceClient extends Emitter<ClientEvents> {
         return;
       }
       case MessageType.INDICATOR_UPDATE: {
+        // A dashboard's are numbered with its presence updates; the snapshot holds those up to its own.
+        if (this.presence.contains(num(frame.messageId))) return;
         const event = this.indicators.apply(frame.payload);
         if (event) this.emit("indicator", event);
         return;
@@ -574,7 +577,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
       count: num(payload.count) ?? (Array.isArray(payload.users) ? payload.users.length : 0),
       timestamp: num(payload.timestamp),
     };
-    if (payload.groupCounts !== undefined) snapshot.groupCounts = payload.groupCounts;
+    if (payload.groupCounts !== undefined) snapshot.groupCounts = payload.groupCounts as Record<string, SnapshotGroupCounts>;
     this.emit("snapshot", snapshot);
   }
 

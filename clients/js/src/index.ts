@@ -34,6 +34,7 @@ export {
   PresenceMap,
   type PresenceUpdate,
   readUser,
+  type SnapshotGroupCounts,
   type Status,
   type UserPresence,
 } from "./presence.js";

@@ -6,7 +6,8 @@
  * it dies, no end comes, so each indicator also lapses on its own after its lifetime
  * (typing 5 s, recording 30 s, talking 30 s: the router's `TYPING_TTL_MS`,
  * `RECORDING_TTL_MS` and `MAX_TALK_MS` defaults) counted from its latest start. A lapse
- * is reported like an end, with `expired: true`.
+ * is reported like an end, with `expired: true`; so is each indicator dropped when the
+ * connection ends (the ends sent meanwhile never arrive).
  */
 import { payloadMap, readId } from "./frames.js";
 
@@ -31,7 +32,11 @@ export interface IndicatorEvent {
   isActive: boolean;
   /** Unix ms of the change (the router's; the client's clock for a lapse). */
   timestamp: number;
-  /** True when no end came within the lifetime and the client dropped it. */
+  /**
+   * True when the client dropped it without an end from the router: its lifetime passed,
+   * or the connection ended (ends sent meanwhile would be lost; a watcher's next snapshot
+   * lists what is still live).
+   */
   expired: boolean;
 }
 
@@ -48,7 +53,7 @@ export class IndicatorSet implements Iterable<Indicator> {
 
   constructor(
     private readonly lifetimes: IndicatorLifetimes,
-    /** Called for each indicator that lapsed. */
+    /** Called for each indicator the set drops on its own (lapsed, or dropped by {@link dropAll}). */
     private readonly onLapse: (event: IndicatorEvent) => void,
   ) {}
 
@@ -105,10 +110,17 @@ export class IndicatorSet implements Iterable<Indicator> {
     this.schedule(now);
   }
 
-  /** Drops everything without events (a client closed for good). */
-  clear(): void {
+  /** Drops every indicator, reporting each as an end with `expired: true`. */
+  dropAll(): void {
+    const now = Date.now();
+    const dropped = [...this.live.values()];
     this.live.clear();
-    this.schedule(Date.now());
+    this.schedule(now);
+    for (const i of dropped) this.onLapse(this.lapsed(i, now));
+  }
+
+  private lapsed(i: Indicator, now: number): IndicatorEvent {
+    return { groupId: i.groupId, userId: i.userId, type: i.type, isActive: false, timestamp: now, expired: true };
   }
 
   private schedule(now: number): void {
@@ -127,7 +139,7 @@ export class IndicatorSet implements Iterable<Indicator> {
     for (const [k, i] of this.live) {
       if (i.expiresAt > now) continue;
       this.live.delete(k);
-      this.onLapse({ groupId: i.groupId, userId: i.userId, type: i.type, isActive: false, timestamp: now, expired: true });
+      this.onLapse(this.lapsed(i, now));
     }
     this.schedule(now);
   }

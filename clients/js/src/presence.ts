@@ -49,6 +49,9 @@ export interface GroupCounts {
   offline: number;
 }
 
+/** A snapshot's `groupCounts` entry: the group's users shown online, away and dnd. */
+export type SnapshotGroupCounts = Omit<GroupCounts, "offline">;
+
 const STATUSES: readonly string[] = ["online", "away", "dnd", "offline"];
 
 function num(value: unknown): number | null {
@@ -147,7 +150,7 @@ export class PresenceMap implements Iterable<UserPresence> {
   ): { update: PresenceUpdate; previous: UserPresence | undefined } | null {
     const user = readUser(payload);
     if (!user) return null;
-    if (seq !== null && this.snapshotSeq !== null && seq <= this.snapshotSeq) return null;
+    if (this.contains(seq)) return null;
     const previous = this.users.get(user.userId);
     if (previous && user.version <= previous.version) {
       this.staleUpdates++;
@@ -164,9 +167,11 @@ export class PresenceMap implements Iterable<UserPresence> {
     return { update, previous };
   }
 
-  /** Forgets everything (a client closed for good). */
-  clear(): void {
-    this.users.clear();
-    this.snapshotSeq = null;
+  /**
+   * Whether the last snapshot already holds the change numbered `seq` (a PRESENCE_UPDATE
+   * or an INDICATOR_UPDATE sent to a dashboard): its number is at or below the snapshot's.
+   */
+  contains(seq: number | null): boolean {
+    return seq !== null && this.snapshotSeq !== null && seq <= this.snapshotSeq;
   }
 }

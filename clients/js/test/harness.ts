@@ -164,12 +164,22 @@ export async function dashboard(router: Router, user: string, groups?: string[],
   return created;
 }
 
-/** The router's HTTP answer for one user, read with a service token. */
-export async function presenceOf(router: Router, user: string): Promise<{ status: string; deviceId: string | null }> {
-  const response = await fetch(`${router.http}/api/users/${user}/presence`, {
+/** A GET of the router's HTTP API with a service token; the JSON answer. */
+async function api<T>(router: Router, path: string): Promise<T> {
+  const response = await fetch(`${router.http}${path}`, {
     headers: { authorization: `Bearer ${mint("probe", "service")}` },
   });
-  return ((await response.json()) as { user: { status: string; deviceId: string | null } }).user;
+  return (await response.json()) as T;
+}
+
+/** The router's HTTP answer for one user. */
+export async function presenceOf(router: Router, user: string): Promise<{ status: string; deviceId: string | null }> {
+  return (await api<{ user: { status: string; deviceId: string | null } }>(router, `/api/users/${user}/presence`)).user;
+}
+
+/** The router's HTTP answer for one group (who is typing, recording, talking there). */
+export function groupPresence(router: Router, group: string) {
+  return api<{ typingUsers: string[]; recordingUsers: string[]; talkingUsers: string[] }>(router, `/api/groups/${group}/presence`);
 }
 
 /**

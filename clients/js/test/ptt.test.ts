@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { group, privateTo } from "../dist/index.js";
-import { dashboard, mint, mobile, next, Router } from "./harness.js";
+import { client, dashboard, groupPresence, mint, mobile, next, Router } from "./harness.js";
 
 const router = await Router.start();
 const alpha = await mobile(router, "alpha", ["north"]);
@@ -104,11 +104,23 @@ test("a typing indicator held on is refreshed, so the router keeps it past its l
   await typist.setIndicator("west", "typing");
   // Three lifetimes pass: without the refreshes (every 240 ms) the router would have ended it.
   await new Promise((resolve) => setTimeout(resolve, 1_200));
-  const group = (await (
-    await fetch(`${short.http}/api/groups/west/presence`, {
-      headers: { authorization: `Bearer ${mint("probe", "service")}` },
-    })
-  ).json()) as { typingUsers: string[] };
-  assert.deepEqual(group.typingUsers, ["typist"]);
+  assert.deepEqual((await groupPresence(short, "west")).typingUsers, ["typist"]);
   await typist.setIndicator("west", "typing", false);
+});
+
+test("a dashboard opened mid-talk shows the talker from its snapshot's indicators", async (t) => {
+  await alpha.startTalk(group("north"));
+  t.after(() => alpha.stopTalk());
+  const late = client({ url: router.url, token: mint("late-watcher", "dashboard", { groups: ["north"] }) });
+  const first = next(late, "frame");
+  const snapshot = next(late, "snapshot");
+  await late.connect();
+  const [frame] = await first;
+  const [{ indicators, groupCounts }] = await snapshot;
+  if (!("indicators" in (frame.payload as object))) return t.skip("this router's snapshots carry no indicators");
+  assert.deepEqual(
+    indicators.list("north").map((i) => [i.userId, i.type]),
+    [["alpha", "talking"]],
+  );
+  assert.equal(groupCounts?.north?.online, 2);
 });

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { type DisconnectInfo, type PresenceClient } from "../dist/index.js";
-import { dashboard, FAST, mobile, next, Router, SilentLink, until } from "./harness.js";
+import { dashboard, FAST, groupPresence, mobile, next, Router, SilentLink, until } from "./harness.js";
 
 /** The `disconnected` reports of `client` from now on. */
 function record(client: PresenceClient): DisconnectInfo[] {
@@ -17,13 +17,20 @@ test("after the router is killed, clients retry with capped, jittered backoff an
   const alpha = await mobile(router, "rs-alpha", ["north"]);
   const watcher = await dashboard(router, "rs-watcher", ["north"]);
   assert.equal(watcher.presence.get("rs-alpha")?.status, "online");
+  const typing = next(watcher, "indicator", (i) => i.userId === "rs-alpha" && i.isActive);
+  await alpha.setIndicator("north", "typing");
+  await typing;
   const drops = record(watcher);
+  const dropped = next(watcher, "indicator", (i) => i.userId === "rs-alpha" && !i.isActive);
 
   // Three failed attempts while the router is down: the first drop and two refused retries.
   const thirdDrop = next(watcher, "disconnected", () => drops.length >= 3);
   await router.kill("SIGKILL");
   await thirdDrop;
   assert.equal(drops[0]!.code, 1006);
+  const [end] = await dropped;
+  assert.equal(end.expired, true, "its end cannot come any more: the client drops it");
+  assert.equal(watcher.indicators.size, 0);
   drops.forEach((drop, n) => {
     const cap = Math.min(FAST.reconnect.maxDelayMs, FAST.reconnect.initialDelayMs * 2 ** n);
     assert.ok(drop.reconnectInMs !== null && drop.reconnectInMs <= cap, `attempt ${n}: ${drop.reconnectInMs} ms ≤ ${cap}`);
@@ -38,6 +45,8 @@ test("after the router is killed, clients retry with capped, jittered backoff an
   // The mobile is in the new snapshot or comes after it, whichever reconnected first.
   await until(watcher, () => watcher.presence.get("rs-alpha")?.status === "online", "rs-alpha online again");
   await alpha.heartbeat();
+  // The typing indicator it holds was sent again on the new connection.
+  assert.deepEqual((await groupPresence(router, "north")).typingUsers, ["rs-alpha"]);
 });
 
 test("a router stopping (1012) is left at once and rejoined when it is back", async () => {

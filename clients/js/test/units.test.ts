@@ -63,7 +63,7 @@ test("presence: a second snapshot replaces the view, keeping only what it does n
   assert.deepEqual(map.countsByGroup().get("g"), { online: 0, away: 1, dnd: 1, offline: 1 });
 });
 
-test("indicators: an end removes one; one without an end lapses after its lifetime", async () => {
+test("indicators: an end removes one; one without an end lapses after its lifetime; dropAll ends the rest", async () => {
   const lapsed: IndicatorEvent[] = [];
   let onLapse: () => void = () => {};
   const set = new IndicatorSet({ typing: 30, recording: 60_000, talking: 60_000 }, (event) => {
@@ -90,7 +90,16 @@ test("indicators: an end removes one; one without an end lapses after its lifeti
     [["u3", "talking", 4]],
     "a snapshot's indicators replace the set",
   );
-  set.clear();
+  set.dropAll();
+  assert.equal(set.size, 0);
+  assert.deepEqual(lapsed.at(-1), { groupId: "g", userId: "u3", type: "talking", isActive: false, timestamp: lapsed.at(-1)!.timestamp, expired: true });
+});
+
+test("presence: changes numbered at or below the snapshot's seq are in it", () => {
+  const map = new PresenceMap();
+  assert.equal(map.contains(3), false, "no snapshot yet");
+  map.applySnapshot({ users: [] }, 10);
+  assert.deepEqual([map.contains(9), map.contains(10), map.contains(11), map.contains(null)], [true, true, false, false]);
 });
 
 test("frames: four, five and six elements; ids read as text, nil/0/\"\" as none", () => {
