@@ -16,7 +16,7 @@ use crate::{
         redis::{RedisBroker, RedisConfig, RedisPresence},
     },
     fanout::FanOut,
-    http::ApiLimiter,
+    http::{ApiLimiter, Cors},
     hub::Hub,
     node::{Node, Timing, new_router_id},
     relay::Relay,
@@ -76,6 +76,8 @@ pub struct App {
     pub metrics: Option<PrometheusHandle>,
     /// The HTTP API's ids-per-second budget per user (`--api-ids-per-second`).
     pub api_limiter: Arc<ApiLimiter>,
+    /// The HTTP API's CORS (`--cors-origins`); `None`: no CORS header is sent.
+    pub cors: Option<Arc<Cors>>,
 }
 
 impl App {
@@ -152,6 +154,10 @@ impl App {
             ),
         }
 
+        if let Some(origins) = &config.cors_origins {
+            tracing::info!(%origins, "CORS for the HTTP API");
+        }
+
         if config.user_add_any_group {
             tracing::warn!(
                 max_session_groups = config.max_session_groups,
@@ -199,6 +205,7 @@ impl App {
             shutdown,
             metrics,
             api_limiter,
+            cors: config.cors_origins.clone().map(Cors::new),
         }))
     }
 }

@@ -260,6 +260,14 @@ pub struct Config {
     #[arg(help_heading = "HTTP API limits")]
     pub api_ids_burst: Option<u32>,
 
+    /// Origins whose browser pages may call the HTTP API (CORS): comma-separated
+    /// `scheme://host[:port]`, or `*` for any. Only the API: not the WebSocket endpoint,
+    /// `/metrics` or the probes. Unset: no CORS header is sent, and browsers keep pages of
+    /// other origins from reading the API.
+    #[arg(long, env = "CORS_ORIGINS", value_parser = crate::http::CorsOrigins::parse)]
+    #[arg(help_heading = "HTTP API limits")]
+    pub cors_origins: Option<crate::http::CorsOrigins>,
+
     /// Track presence at all; when false, heartbeats are ignored and the presence API answers 503.
     #[arg(long, env = "PRESENCE_ENABLED", default_value_t = true, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     #[arg(help_heading = "Presence")]
@@ -802,6 +810,19 @@ mod tests {
         assert_eq!(parse(&["--api-ids-per-second", "50", "--api-ids-burst", "120"]).unwrap(), (50, 120));
         assert!(parse(&["--api-ids-burst", "99"]).is_err(), "a full request could never pass");
         assert!(parse(&["--api-ids-per-second", "-1"]).is_err());
+    }
+
+    #[test]
+    fn cors_is_off_unless_origins_are_named() {
+        let parse = |extra: &[&str]| {
+            Config::try_parse_from([&["presence-router", "--jwt-secret", "s"], extra].concat()).map(|c| c.cors_origins)
+        };
+        assert_eq!(parse(&[]).unwrap(), None);
+        assert_eq!(parse(&["--cors-origins", "*"]).unwrap(), Some(crate::http::CorsOrigins::Any));
+        let named = parse(&["--cors-origins", "https://a.test,https://b.test"]).unwrap().unwrap();
+        assert_eq!(named.to_string(), "https://a.test,https://b.test");
+        let e = parse(&["--cors-origins", "https://a.test/app"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{e}");
     }
 
     #[test]
