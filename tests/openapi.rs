@@ -89,6 +89,17 @@ fn the_spec_describes_exactly_the_routes_the_router_serves() {
     assert!(unserved.is_empty(), "in docs/openapi.yaml but not served: {unserved:?}");
 }
 
+#[test]
+fn the_spec_is_a_valid_openapi_3_1_document() {
+    let schema: serde_json::Value = serde_json::from_str(include_str!("fixtures/openapi-3.1-schema.json")).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the OpenAPI 3.1 schema");
+    let errors: Vec<String> =
+        validator.iter_errors(SPEC.doc()).map(|e| format!("{e} (at {})", e.instance_path())).collect();
+    assert!(errors.is_empty(), "docs/openapi.yaml is not a valid OpenAPI 3.1 document: {errors:#?}");
+    let undeclared = SPEC.undeclared_path_parameters();
+    assert!(undeclared.is_empty(), "path parameters not declared: {undeclared:?}");
+}
+
 #[tokio::test]
 async fn every_described_operation_is_served_and_answers_without_a_token_as_described() {
     let router = Router::start(&["--cors-origins", ORIGIN]).await;

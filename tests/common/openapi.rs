@@ -140,6 +140,37 @@ impl Spec {
         operations
     }
 
+    /// The document itself.
+    pub fn doc(&self) -> &Value {
+        &self.doc
+    }
+
+    /// `{name}`s in a path that one of its operations does not declare as a path
+    /// parameter (on the path or on the operation), as `METHOD path {name}`.
+    pub fn undeclared_path_parameters(&self) -> Vec<String> {
+        let declared = |parameters: Option<&Value>, pointer: &str| -> Vec<String> {
+            let count = parameters.and_then(Value::as_array).map_or(0, Vec::len);
+            (0..count)
+                .map(|i| self.follow(&format!("{pointer}/parameters/{i}")).0)
+                .filter(|p| p["in"] == "path")
+                .filter_map(|p| p["name"].as_str().map(str::to_string))
+                .collect()
+        };
+        let mut undeclared = Vec::new();
+        for (method, path) in self.operations() {
+            let (item, item_at) = self.walk(&["paths", &path]);
+            let (op, op_at) = self.walk(&["paths", &path, &method.to_ascii_lowercase()]);
+            let mut names = declared(item.get("parameters"), &item_at);
+            names.extend(declared(op.get("parameters"), &op_at));
+            for name in path.split('{').skip(1).filter_map(|rest| rest.split_once('}')).map(|(name, _)| name) {
+                if !names.iter().any(|n| n == name) {
+                    undeclared.push(format!("{method} {path} {{{name}}}"));
+                }
+            }
+        }
+        undeclared
+    }
+
     /// Asserts that `reply` is an answer `method path` may give: its status is listed, its
     /// required headers are there, every header the response describes (and every CORS
     /// header sent) matches its schema, and its body has a listed content type and
