@@ -200,6 +200,13 @@ impl App {
 }
 
 async fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
+    let rules = config.token_rules()?;
+    if rules.allow_without_exp {
+        tracing::warn!(
+            "tokens without exp are accepted (--allow-tokens-without-exp): such a token stays valid until its \
+             connection ends, and one that leaks can be used for ever; issue tokens that expire"
+        );
+    }
     let auth = match (&config.jwt_secret, &config.jwt_public_key, key_set_source(config)) {
         (Some(secret), _, _) => {
             // The config refuses an empty secret; this guards a Config built some other way.
@@ -223,7 +230,7 @@ async fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
         (None, None, Some(source)) => Authenticator::key_set(Jwks::load(source, config.jwks_timing()).await?),
         (None, None, None) => anyhow::bail!("set JWT_SECRET, JWT_PUBLIC_KEY, JWT_JWKS_URL or JWT_JWKS_FILE"),
     };
-    Ok(auth.rules(config.token_rules()))
+    Ok(auth.rules(rules))
 }
 
 /// Where the key set comes from, when the config names one.

@@ -504,9 +504,11 @@ impl Connection {
 }
 
 /// When a token with this `exp` (Unix seconds) stops being accepted: `exp` plus the
-/// leeway every token check allows, on the tokio clock (at most a century ahead).
-pub(super) fn expiry(exp: u64) -> Instant {
+/// leeway every token check allows, on the tokio clock (at most a century ahead; a token
+/// without `exp` never expires on its connection).
+pub(super) fn expiry(exp: Option<u64>) -> Instant {
     const CENTURY_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+    let Some(exp) = exp else { return Instant::now() + Duration::from_millis(CENTURY_MS) };
     let until_ms = exp.saturating_add(auth::LEEWAY_SECS).saturating_mul(1000).saturating_sub(unix_ms());
     Instant::now() + Duration::from_millis(until_ms.min(CENTURY_MS))
 }

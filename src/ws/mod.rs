@@ -55,7 +55,7 @@ pub async fn upgrade(State(app): State<Arc<App>>, mut request: Request) -> Respo
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "missing_token",
-                "a JWT is required in the `token` header or Sec-WebSocket-Protocol",
+                "a JWT is required in the `token` (or `voicepingtoken`) header, Authorization: Bearer or Sec-WebSocket-Protocol",
             ),
         );
     };
