@@ -45,6 +45,8 @@ pub struct Limits {
     pub frame_timeout: Duration,
     pub heartbeat_min_interval: Duration,
     pub idle_timeout: Duration,
+    /// A mobile that does not heartbeat is pinged after this long without a sign of life.
+    pub ping_interval: Duration,
     pub write_timeout: Duration,
     pub shutdown_grace: Duration,
     pub update_batch: Duration,
@@ -166,6 +168,7 @@ impl App {
                 frame_timeout: Duration::from_millis(config.frame_timeout_ms),
                 heartbeat_min_interval: config.heartbeat_min_interval(),
                 idle_timeout: config.idle_timeout(),
+                ping_interval: config.ping_interval(),
                 write_timeout: Duration::from_millis(config.write_timeout_ms),
                 shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
                 update_batch: Duration::from_millis(config.update_batch_ms),

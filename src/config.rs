@@ -697,6 +697,12 @@ impl Config {
         Duration::from_millis(self.header_read_timeout_ms)
     }
 
+    /// A mobile that does not heartbeat is pinged after a third of the TTL without a sign
+    /// of life: answering, it is heard from twice more before its lease could lapse.
+    pub fn ping_interval(&self) -> Duration {
+        self.ttl() / 3
+    }
+
     /// A mobile socket silent this long is closed; a little past the TTL so the store's
     /// sweep, not the socket, is what announces the offline.
     pub fn idle_timeout(&self) -> Duration {

@@ -3,6 +3,7 @@
 pub mod close;
 mod connection;
 pub mod frame;
+mod liveness;
 mod ptt;
 mod rate_limit;
 mod refresh;

@@ -67,6 +67,8 @@ pub enum Incoming {
     Binary(Bytes),
     /// A complete text message (valid UTF-8; the protocol has no use for it).
     Text,
+    /// A ping (answered here) or a pong: nothing to handle, but the client is there.
+    Control,
     /// The client sent a Close frame with this code (`None`: no code). Answer with
     /// [`Socket::close`] echoing it.
     Closed(Option<u16>),
@@ -161,8 +163,9 @@ impl Socket {
         }
     }
 
-    /// The next message, or how the connection ended. Pings are answered and pongs
-    /// absorbed here. Cancel-safe: all progress lives in `self`.
+    /// The next message, or how the connection ended. Pings are answered here; pings and
+    /// pongs are reported as [`Incoming::Control`]. Cancel-safe: all progress lives in
+    /// `self`.
     pub async fn recv(&mut self) -> Incoming {
         poll_fn(|cx| self.poll_recv(cx)).await
     }
@@ -298,9 +301,9 @@ impl Socket {
         match header.opcode {
             Opcode::Ping => {
                 self.pong = Some(payload.into());
-                None
+                Some(Incoming::Control)
             }
-            Opcode::Pong => None,
+            Opcode::Pong => Some(Incoming::Control),
             Opcode::Close => Some(match frame::close_code(&payload) {
                 Ok(code) => Incoming::Closed(code),
                 Err(violation) => Incoming::Violation(violation),
@@ -343,6 +346,13 @@ impl Socket {
     /// Writes a binary frame and everything queued before it.
     pub async fn send(&mut self, payload: Bytes) -> std::io::Result<()> {
         self.queue(Opcode::Binary, payload);
+        self.flush().await
+    }
+
+    /// Writes a ping (empty) and everything queued before it. A client that answers it is
+    /// heard from ([`Incoming::Control`]).
+    pub async fn ping(&mut self) -> std::io::Result<()> {
+        self.queue(Opcode::Ping, Bytes::new());
         self.flush().await
     }
 
