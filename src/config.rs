@@ -295,7 +295,9 @@ pub struct Config {
     #[arg(help_heading = "Presence")]
     pub presence_enabled: bool,
 
-    /// Seconds a session stays online without a heartbeat.
+    /// Seconds a session stays online without a heartbeat. A mobile that has never sent
+    /// HEARTBEAT is kept by any frame, ping or pong instead, and pinged after a third of
+    /// this without one.
     #[arg(long, env = "PRESENCE_TTL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     #[arg(help_heading = "Presence")]
     pub presence_ttl: u64,

@@ -249,23 +249,28 @@ impl Socket {
     /// Handles the whole frames at the start of `buf` until one completes a message or
     /// ends the connection. Returns the bytes consumed, that outcome (`None`: more bytes
     /// are needed) and, when a frame has begun, its whole size in bytes.
+    /// Control frames read on the way count as one [`Incoming::Control`], reported when
+    /// nothing else is: a burst of pings wakes the connection once.
     fn advance(&mut self, buf: &[u8]) -> (usize, Option<Incoming>, usize) {
         let mut at = 0;
+        let mut control = None;
         loop {
             let assembled = self.fragments.as_ref().map_or(0, |f| f.data.len());
             let header = match frame::parse_header(&buf[at..], self.max_message - assembled) {
                 Ok(Some(header)) => header,
-                Ok(None) => return (at, None, 0),
+                Ok(None) => return (at, control, 0),
                 Err(violation) => return (at, Some(Incoming::Violation(violation)), 0),
             };
             let end = at + header.header_len + header.len;
             if buf.len() < end {
-                return (at, None, end - at);
+                return (at, control, end - at);
             }
             let payload = &buf[at + header.header_len..end];
             at = end;
-            if let Some(incoming) = self.on_frame(header, payload) {
-                return (at, Some(incoming), 0);
+            match self.on_frame(header, payload) {
+                Some(Incoming::Control) => control = Some(Incoming::Control),
+                Some(incoming) => return (at, Some(incoming), 0),
+                None => {}
             }
         }
     }
