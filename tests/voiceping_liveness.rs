@@ -11,6 +11,7 @@ mod common;
 
 use common::{
     Client, Engine, Setup, assert_update,
+    prometheus::metric,
     raw::{End, RawWs, frame},
     token,
 };
@@ -134,6 +135,7 @@ async fn a_mobile_talking_without_heartbeats_is_not_cut(engine: Engine) {
     let router = setup.router(&SHORT_TTL).await;
     let (mut dashboard, _) = router.dashboard("dispatcher").await;
     let token = mint_hs256_in(common::SECRET.as_bytes(), "talker", Role::Mobile, Some(&["g"]), 3600).unwrap();
+    let started = Instant::now();
     // It never reads: pings go unanswered; only its frames say it is there.
     let mut talker = RawWs::connect(router.addr, &token, Some("radio")).await;
     assert_update(&next_update(&mut dashboard).await, "talker", "online");
@@ -155,6 +157,13 @@ async fn a_mobile_talking_without_heartbeats_is_not_cut(engine: Engine) {
     assert_eq!(end, End::Closed(Some(4000)));
     marker_goes_offline_first(&mut dashboard).await;
     assert_eq!(router.user("talker").await["status"], "online");
+    // Its 20 frames a second renewed the lease once per ping interval (a third of the TTL)
+    // at most, not once per frame.
+    let metrics = router.metrics().await;
+    let renewals = metric(&metrics, "presence_liveness_renewals_total").unwrap();
+    let frames = metric(&metrics, r#"presence_frames_received_total{type="audio"}"#).unwrap();
+    let intervals = (started.elapsed().as_secs_f64() * 3.0).ceil() as u64;
+    assert!((1..=intervals).contains(&renewals), "{renewals} renewals in {intervals} intervals, {frames} frames");
 
     // Its socket is still served: a heartbeat is answered.
     talker.send(&frame_bytes(&heartbeat_frame("talker"))).await;
