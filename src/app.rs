@@ -54,7 +54,14 @@ pub struct Limits {
     pub typing_ttl: Duration,
     pub recording_ttl: Duration,
     pub max_talk: Duration,
+    /// How long a talker may send no AUDIO before another START takes its floor; `None`:
+    /// never.
+    pub floor_idle: Option<Duration>,
     pub private_needs_shared_group: bool,
+    /// USER_ADD may join groups the token does not name (`--user-add-any-group`).
+    pub user_add_any_group: bool,
+    /// Most groups a session holds after joining groups beyond its token's.
+    pub max_session_groups: usize,
 }
 
 pub struct App {
@@ -147,6 +154,14 @@ impl App {
             ),
         }
 
+        if config.user_add_any_group {
+            tracing::warn!(
+                max_session_groups = config.max_session_groups,
+                "USER_ADD may join any group (--user-add-any-group): a mobile session reads, talks and types in \
+                 groups its token does not name"
+            );
+        }
+
         Ok(Arc::new(App {
             node,
             auth,
@@ -176,7 +191,10 @@ impl App {
                 typing_ttl: Duration::from_millis(config.typing_ttl_ms),
                 recording_ttl: Duration::from_millis(config.recording_ttl_ms),
                 max_talk: Duration::from_millis(config.max_talk_ms),
+                floor_idle: (config.floor_idle_ms > 0).then(|| Duration::from_millis(config.floor_idle_ms)),
                 private_needs_shared_group: config.private_needs_shared_group,
+                user_add_any_group: config.user_add_any_group,
+                max_session_groups: config.max_session_groups.into(),
             },
             presence_enabled: config.presence_enabled,
             connections: Arc::new(Semaphore::new(config.max_connections)),

@@ -345,12 +345,34 @@ pub struct Config {
     #[arg(help_heading = "Push-to-talk")]
     pub max_talk_ms: u64,
 
+    /// A PTT floor whose talker has sent no AUDIO for this long (since its START or its
+    /// last AUDIO) is taken over by the next START on the channel, as VoicePing did: the
+    /// old talker gets a STOP with reason `idle`. 0: never. On the Redis engine the idle
+    /// time is measured to within 250 ms (later, never sooner).
+    #[arg(long, env = "FLOOR_IDLE_MS", default_value_t = 3_000)]
+    #[arg(help_heading = "Push-to-talk")]
+    pub floor_idle_ms: u64,
+
     /// Private channels (START, AUDIO, TEXT to one user) only between users who share a
     /// group; otherwise ERROR `not_allowed` and nothing is relayed. Off: any user may call
     /// any other.
     #[arg(long, env = "PRIVATE_NEEDS_SHARED_GROUP", default_value_t = true, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     #[arg(help_heading = "Push-to-talk")]
     pub private_needs_shared_group: bool,
+
+    /// USER_ADD (15) may join groups the token does not name, which the session then holds
+    /// as if the token named them (their members, PTT, TEXT and indicators). Off: a
+    /// session joins back only groups its token names (ERROR `not_a_member` otherwise).
+    /// On, any client decides its own groups: a WARN at start says so.
+    #[arg(long, env = "USER_ADD_ANY_GROUP", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    #[arg(help_heading = "Push-to-talk")]
+    pub user_add_any_group: bool,
+
+    /// Most groups a session holds once USER_ADD joins groups its token does not name
+    /// (ERROR `too_many_groups` beyond). A token naming more is served; it joins no more.
+    #[arg(long, env = "MAX_SESSION_GROUPS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(help_heading = "Push-to-talk")]
+    pub max_session_groups: u16,
 
     /// The Redis server as a URL: `redis://[user[:password]@]host[:port][/db]`, or
     /// `rediss://` for TLS (the server's certificate checked against the system's roots, or
@@ -415,6 +437,15 @@ pub struct Config {
     #[arg(long, env = "REDIS_PREFIX", default_value = "presence:")]
     #[arg(help_heading = "Redis")]
     pub redis_prefix: String,
+
+    /// Milliseconds the router gathers heartbeats at most before renewing them in Redis
+    /// in one round trip (0–10000; less once 128 are waiting, and never more than a
+    /// twentieth of the TTL): longer costs Redis less per heartbeat. Leases and last seen
+    /// count from each heartbeat's arrival, so this moves no offline time; it delays only
+    /// the online transition of a session whose lease had lapsed.
+    #[arg(long, env = "REDIS_RENEWAL_WINDOW_MS", default_value_t = crate::engine::redis::DEFAULT_RENEWAL_WINDOW.as_millis() as u64, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    #[arg(help_heading = "Redis")]
+    pub redis_renewal_window_ms: u64,
 
     /// After Redis comes back, sweeping waits this long so every router can re-assert
     /// its sessions before lapsed leases are announced offline.
@@ -600,7 +631,13 @@ impl Config {
                 "--redis-prefix must not hold '{{' or '}}' on a Redis Cluster: the keys' hash tags follow it"
             );
         }
-        let redis = RedisConfig { server, cluster, root_cert, prefix: self.redis_prefix.clone() };
+        let redis = RedisConfig {
+            server,
+            cluster,
+            root_cert,
+            prefix: self.redis_prefix.clone(),
+            renewal_window: Duration::from_millis(self.redis_renewal_window_ms),
+        };
         if let Some(path) = &self.redis_ca_cert {
             // Parsed now: a broken file is named, not reported as a failed connection.
             redis.client().with_context(|| format!("--redis-ca-cert {}", path.display()))?;

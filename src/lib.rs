@@ -7,7 +7,8 @@
 //! # Layout
 //!
 //! - [`config`]: flags and environment variables.
-//! - [`protocol`]: the VoicePing-compatible msgpack frame codec (pure functions).
+//! - [`protocol`]: the VoicePing-compatible msgpack frame codec (pure functions), and
+//!   VoicePing's payload conventions for push-to-talk ([`protocol::voiceping`]).
 //! - [`id`], [`presence`]: the data model; ids normalised at the edge, versioned presence.
 //! - [`auth`]: JWT verification (signature, then the claims' rules: dates, audience,
 //!   issuer, lifetime), the issuer's key set ([`auth::jwks`]: fetched, cached, re-fetched
@@ -29,9 +30,11 @@
 //!   handler that hands what the broker delivers to the hub, the relay and the sweeper.
 //! - [`hub`]: this router's versioned view of presence and the fan-out to dashboards.
 //! - [`relay`]: delivery of transient frames (PTT, TEXT, indicators) to local connections,
-//!   and of the replacement of a session by a reconnect of its device.
+//!   and of the news about one session: replaced by a reconnect of its device, or its
+//!   idle floor taken over.
 //! - [`node`]: composes engine and fan-out; publishes transitions; sweeps expired leases;
-//!   degrades while the store is out of reach (and only then).
+//!   arbitrates PTT floors (its own sessions', then the store's); degrades while the store
+//!   is out of reach (and only then).
 //! - [`renewals`]: heartbeats handed off by connections, renewed in the background.
 //! - [`ws`]: the WebSocket handshake, the RFC 6455 framing and socket (budgets, close
 //!   handshake, no buffer held while idle) and the per-connection task.

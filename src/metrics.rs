@@ -52,7 +52,9 @@ pub const RELAYED: &str = "presence_relayed_frames_total";
 pub const RELAY_OVERFLOWS: &str = "presence_relay_overflows_total";
 pub const RELAY_DROPPED: &str = "presence_relay_dropped_total";
 pub const FLOOR_REQUESTS: &str = "presence_floor_requests_total";
+pub const AUDIO_DROPPED: &str = "presence_audio_dropped_total";
 pub const INDICATORS: &str = "presence_indicator_events_total";
+pub const MEMBERSHIP_CHANGES: &str = "presence_membership_changes_total";
 pub const HTTP_CONNECTIONS: &str = "presence_http_connections";
 pub const HTTP_WAITING: &str = "presence_http_waiting";
 pub const HTTP_REFUSED: &str = "presence_http_refused_total";
@@ -208,8 +210,17 @@ fn describe() {
     describe_counter!(RELAYED, "PTT, TEXT and indicator frames this router sent towards receivers, by type.");
     describe_counter!(RELAY_OVERFLOWS, "Connections closed because their queue of relayed frames was full.");
     describe_counter!(RELAY_DROPPED, "Relayed frames not sent to other routers: the publish queue was full.");
-    describe_counter!(FLOOR_REQUESTS, "PTT START requests, by result (granted, busy, local_only).");
+    describe_counter!(FLOOR_REQUESTS, "PTT START requests, by result (granted, busy, local_only, idle_takeover).");
+    describe_counter!(
+        AUDIO_DROPPED,
+        "AUDIO dropped without an answer: its talk had been ended by the router, by reason (max_talk_time, idle, not_a_member)."
+    );
     describe_counter!(INDICATORS, "Indicator starts and ends broadcast, by type and isActive.");
+    describe_counter!(
+        MEMBERSHIP_CHANGES,
+        "USER_ADD and USER_REMOVE frames, by type (user_add, user_remove) and result: applied, unchanged (already \
+         in or out), or the ERROR code answered (not_a_member, too_many_groups, not_allowed, invalid_frame)."
+    );
     describe_gauge!(
         HTTP_CONNECTIONS,
         "TCP connections still speaking HTTP (handshakes in progress, keep-alive API clients), capped by MAX_HANDSHAKES \
@@ -348,6 +359,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         "not_a_member",
         "floor_not_held",
         "not_allowed",
+        "too_many_groups",
         "token_mismatch",
     ];
     each(FRAME_ERRORS, "reason", &[&decode[..], &framing, &refused, TOKEN_CODES].concat());
@@ -378,7 +390,8 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
     );
     each(BROKER_MESSAGES, "kind", &["update", "relay", "invalid", "overflow"]);
     each(BROKER_RESUBSCRIPTIONS, "reason", &["dropped", "silent"]);
-    each(FLOOR_REQUESTS, "result", &["granted", "busy", "local_only"]);
+    each(FLOOR_REQUESTS, "result", &["granted", "busy", "local_only", "idle_takeover"]);
+    each(AUDIO_DROPPED, "reason", &["max_talk_time", "idle", "not_a_member"]);
     each(SESSIONS_REPLACED, "result", &["ended", "gone", "timed_out"]);
     each(HTTP_REFUSED, "reason", &["too_many_handshakes", "address_rate", "address_penalty"]);
     each(HTTP_CONNECTION_ERRORS, "reason", &["header_timeout", "header_too_large", "bad_request", "incomplete", "io"]);
@@ -423,6 +436,15 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
     for kind in IndicatorKind::ALL {
         for active in ["true", "false"] {
             series.push((INDICATORS, vec![("type", kind.as_str()), ("active", active)]));
+        }
+    }
+    let refusals = ["not_allowed", "invalid_frame"];
+    for (kind, results) in [
+        ("user_add", &["applied", "unchanged", "not_a_member", "too_many_groups"][..]),
+        ("user_remove", &["applied", "unchanged"][..]),
+    ] {
+        for result in results.iter().chain(&refusals) {
+            series.push((MEMBERSHIP_CHANGES, vec![("type", kind), ("result", *result)]));
         }
     }
     series

@@ -24,13 +24,13 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    engine::{Engine, EngineError},
+    engine::{Engine, EngineError, FloorClaim, FloorTake, Talker},
     fanout::FanOut,
     hub::Hub,
     id::Id,
     metrics,
     presence::{Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, UserPresence, unix_ms},
-    protocol::{self, payload::IndicatorKind},
+    protocol::{self, ChannelType, payload::IndicatorKind},
     relay::Relay,
     renewals::PendingRenewals,
     scope::Scope,
@@ -39,6 +39,9 @@ use crate::{
 
 /// Store calls in flight at once while re-asserting sessions after an outage.
 const REASSERT_CONCURRENCY: usize = 64;
+/// Renewals of one gathering handed to the store at once: more than a gathering usually
+/// holds ([`crate::renewals::GATHER_ENOUGH`]), so it reaches the store as one batch.
+const RENEW_CONCURRENCY: usize = 256;
 /// Most sessions kept to end on recovery (see [`Node::disconnect`]).
 const MAX_UNENDED: usize = 100_000;
 /// How long a new session waits for the session of its device it replaced to end (its
@@ -58,6 +61,12 @@ pub enum Write {
         user: Id,
         kind: IndicatorKind,
         ttl: Option<Duration>,
+    },
+    /// The holder of a floor sent AUDIO: the store's idle deadline moves on.
+    FloorTouch {
+        channel: String,
+        holder: SessionId,
+        idle: Duration,
     },
     /// Answered once every write queued before it is done: reads see this router's own
     /// writes.
@@ -102,15 +111,39 @@ async fn timed<T>(op: &'static str, call: impl Future<Output = T>) -> T {
 /// How often the hub's view drops offline users past the retention.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
+/// How often, at most, the store hears that a floor's holder still sends AUDIO (one write
+/// per talker per interval, never one per frame). The store's idle deadline is moved on
+/// by the idle time plus this, so it never passes while AUDIO keeps coming: on the Redis
+/// engine an idle floor is taken over after between the idle time and this much more of
+/// silence; on one router, after the idle time exactly.
+pub const FLOOR_TOUCH_INTERVAL: Duration = Duration::from_millis(250);
+
 /// The answer to a PTT START.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Floor {
-    Granted,
+    /// The floor is the claimant's. `local_only`: granted by this router alone, as the
+    /// store could not be asked, so a session on another router might talk at the same
+    /// time (PTT keeps working through a Redis outage). `taken_from`: the idle talker it
+    /// was taken from, and how long that one had held it; its listeners must hear its
+    /// STOP, and its session is told ([`Node::floor_taken`]).
+    Granted { local_only: bool, taken_from: Option<(Talker, Duration)> },
     /// Another session holds the channel's floor.
     Busy,
-    /// Granted by this router alone: the store could not be asked, so a session on another
-    /// router might talk at the same time (PTT keeps working through a Redis outage).
-    LocalOnly,
+}
+
+/// A floor held by a session of this router.
+#[derive(Debug, Clone)]
+struct LocalFloor {
+    talker: Talker,
+    taken_at: Instant,
+    /// The maximum talk time runs out.
+    until: Instant,
+    /// Another START may take it over after this long without AUDIO; `None`: never.
+    idle: Option<Duration>,
+    /// The last AUDIO (or the take).
+    audio_at: Instant,
+    /// When the store last heard of its AUDIO (or the take).
+    touched_at: Instant,
 }
 
 /// A new router id: random enough that routers of one cluster never share one.
@@ -124,9 +157,11 @@ pub struct Node {
     fanout: Arc<FanOut>,
     timing: Timing,
     router_id: String,
-    /// PTT floors held by this router's sessions: channel → holder and until when.
-    floors: Mutex<HashMap<String, (SessionId, Instant)>>,
+    /// PTT floors held by this router's sessions, by channel.
+    floors: Mutex<HashMap<String, LocalFloor>>,
     next_session: AtomicU64,
+    /// Numbers the message ids this router makes.
+    next_message: AtomicU64,
     /// This router's live sessions.
     local: Mutex<HashMap<SessionId, Session>>,
     /// Sessions that closed while the store could not record it: ended on recovery.
@@ -168,6 +203,7 @@ impl Node {
             router_id,
             floors: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
+            next_message: AtomicU64::new(1),
             local: Mutex::new(HashMap::new()),
             unended: Mutex::new(HashMap::new()),
             unregistered: Mutex::new(HashSet::new()),
@@ -204,6 +240,15 @@ impl Node {
     pub fn session(&self, user: Id, device_id: Option<Arc<str>>, groups: Groups) -> Session {
         let n = self.next_session.fetch_add(1, Ordering::Relaxed);
         Session { id: SessionId::new(&self.router_id, n), user, device_id, groups, choice: None }
+    }
+
+    /// A new message id for a talk or a text, VoicePing's `{channelType}_{type}_{toId}_{fromId}_{ms}`
+    /// (its apps and tests read the prefix) with this router's id and a counter after it:
+    /// unique across the cluster.
+    pub fn message_id(&self, channel: ChannelType, message_type: u8, to: &Id, from: &Id) -> Arc<str> {
+        let n = self.next_message.fetch_add(1, Ordering::Relaxed);
+        let (channel, router) = (channel as u8, &self.router_id);
+        Arc::from(format!("{channel}_{message_type}_{to}_{from}_{}_{router}-{n}", unix_ms()))
     }
 
     /// No code under these locks can panic; recover the guard rather than propagate one.
@@ -264,7 +309,7 @@ impl Node {
     /// store never took, that connect.
     async fn reassert(&self, session: &Session) -> Result<(), EngineError> {
         let unregistered = self.unregistered().contains(&session.id);
-        if unregistered { self.register(session).await } else { self.heartbeat(session).await }
+        if unregistered { self.register(session).await } else { self.heartbeat(session, Instant::now()).await }
     }
 
     /// The status and text `user` chose, from the store; `None` for a user that never
@@ -306,19 +351,22 @@ impl Node {
         self.engine.broker.control(&Control::Ended(session.clone()));
     }
 
-    /// Re-registers a live session whose groups changed (a token refresh), and keeps them
-    /// for a re-assert.
+    /// Re-registers a live session whose groups changed (a token refresh, USER_ADD or
+    /// USER_REMOVE), and keeps them for a re-assert. A heartbeat of the session recorded
+    /// before is dropped (and one in flight waited for): carrying the old groups, it would
+    /// undo the change when it landed after it; the regroup renews the lease anyway.
     pub async fn regroup(&self, session: &Session) -> Result<(), EngineError> {
         if let Some(registered) = self.local().get_mut(&session.id) {
             registered.groups = session.groups.clone();
         }
+        self.renewals.settle(&session.id).await;
         self.skip_while_degraded()?;
         let result = store!(self, regroup(session));
         self.announce("regroup", result).await
     }
 
-    pub async fn heartbeat(&self, session: &Session) -> Result<(), EngineError> {
-        let result = store!(self, heartbeat(session));
+    pub async fn heartbeat(&self, session: &Session, at: Instant) -> Result<(), EngineError> {
+        let result = store!(self, heartbeat(session, at));
         self.announce("heartbeat", result).await
     }
 
@@ -412,36 +460,103 @@ impl Node {
         let _ = tokio::time::timeout(Duration::from_secs(1), barrier).await;
     }
 
-    fn floors(&self) -> MutexGuard<'_, HashMap<String, (SessionId, Instant)>> {
+    fn floors(&self) -> MutexGuard<'_, HashMap<String, LocalFloor>> {
         self.floors.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Claims a PTT channel's floor for `holder` for `hold`. This router's own sessions
-    /// are checked (and the floor reserved) here first, so two local STARTs never both
-    /// win, with or without the store; then the store arbitrates between routers. While
+    /// Claims a PTT channel's floor for `claim`'s talker. This router's own sessions are
+    /// checked (and the floor reserved) here first, so two local STARTs never both win,
+    /// with or without the store; then the store arbitrates between routers. While
     /// degraded the store is not asked: a START must not wait out its timeout.
-    pub async fn take_floor(&self, channel: &str, holder: &SessionId, hold: Duration) -> Floor {
+    ///
+    /// A floor whose talker has sent no AUDIO for the claim's idle time (and whose own
+    /// claim had one) is taken over; on the Redis engine the store's deadline decides,
+    /// up to [`FLOOR_TOUCH_INTERVAL`] later.
+    pub async fn take_floor(&self, channel: &str, claim: &FloorClaim) -> Floor {
         let now = Instant::now();
-        {
+        let previous = {
             let mut floors = self.floors();
-            match floors.get(channel) {
-                Some((other, until)) if other != holder && *until > now => return Floor::Busy,
-                _ => {
-                    floors.insert(channel.to_owned(), (holder.clone(), now + hold));
+            let previous = match floors.get(channel) {
+                Some(held) if held.talker.session != claim.talker.session && held.until > now => {
+                    let idle = |idle: Duration| held.audio_at + idle <= now;
+                    if claim.idle.is_none() || !held.idle.is_some_and(idle) {
+                        return Floor::Busy;
+                    }
+                    Some(held.clone())
                 }
-            }
-        }
+                _ => None,
+            };
+            let floor = LocalFloor {
+                talker: claim.talker.clone(),
+                taken_at: now,
+                until: now + claim.hold,
+                idle: claim.idle,
+                audio_at: now,
+                touched_at: now,
+            };
+            floors.insert(channel.to_owned(), floor);
+            previous
+        };
+        let taken_locally = || previous.clone().map(|held| (held.talker, now - held.taken_at));
         if self.is_degraded() {
-            return Floor::LocalOnly;
+            return Floor::Granted { local_only: true, taken_from: taken_locally() };
         }
-        let result = store!(self, signals.take_floor(channel, holder, hold));
+        let stored = FloorClaim { idle: claim.idle.map(|idle| idle + FLOOR_TOUCH_INTERVAL), ..claim.clone() };
+        let result = store!(self, signals.take_floor(channel, &stored));
         match self.check("floor", result) {
-            Ok(true) => Floor::Granted,
-            Ok(false) => {
-                self.forget_floor(channel, holder);
+            Ok(FloorTake::Granted) => Floor::Granted { local_only: false, taken_from: taken_locally() },
+            Ok(FloorTake::TakenOver { from, held }) => {
+                Floor::Granted { local_only: false, taken_from: Some((from, held)) }
+            }
+            Ok(FloorTake::Busy) => {
+                // The store's holder is another router's, or this router's idle one is not
+                // idle yet by the store's (coarser) deadline: it keeps the floor.
+                let mut floors = self.floors();
+                if floors.get(channel).is_some_and(|held| held.talker.session == claim.talker.session) {
+                    match previous {
+                        Some(held) => floors.insert(channel.to_owned(), held),
+                        None => floors.remove(channel),
+                    };
+                }
                 Floor::Busy
             }
-            Err(_) => Floor::LocalOnly,
+            Err(_) => Floor::Granted { local_only: true, taken_from: taken_locally() },
+        }
+    }
+
+    /// `holder` sent AUDIO on `channel`: its floor is not idle. The store hears of it at
+    /// most every [`FLOOR_TOUCH_INTERVAL`], written behind. False when `holder` does not
+    /// hold the floor any more on this router (another session took it over).
+    pub fn floor_audio(&self, channel: &str, holder: &SessionId) -> bool {
+        let now = Instant::now();
+        let touch = {
+            let mut floors = self.floors();
+            let Some(held) = floors.get_mut(channel).filter(|held| held.talker.session == *holder) else {
+                return false;
+            };
+            held.audio_at = now;
+            let due = now - held.touched_at >= FLOOR_TOUCH_INTERVAL;
+            let touch = held.idle.filter(|_| due);
+            if touch.is_some() {
+                held.touched_at = now;
+            }
+            touch
+        };
+        if let Some(idle) = touch {
+            let idle = idle + FLOOR_TOUCH_INTERVAL;
+            self.write_soon(Write::FloorTouch { channel: channel.to_owned(), holder: holder.clone(), idle });
+        }
+        true
+    }
+
+    /// Tells the session of `talker`, here or (through the broker) on another router, that
+    /// the floor of its talk was taken over.
+    pub fn floor_taken(&self, talker: &Talker) {
+        let control = Control::FloorTaken { session: talker.session.clone(), talk: talker.talk.clone() };
+        if talker.session.router() == self.router_id {
+            self.relay().control(&control);
+        } else {
+            self.engine.broker.control(&control);
         }
     }
 
@@ -458,9 +573,11 @@ impl Node {
         let _ = self.check("floor", result);
     }
 
-    fn forget_floor(&self, channel: &str, holder: &SessionId) {
+    /// Drops this router's record of `holder`'s floor, leaving the store's alone: the
+    /// floor is another session's now.
+    pub fn forget_floor(&self, channel: &str, holder: &SessionId) {
         let mut floors = self.floors();
-        if floors.get(channel).is_some_and(|(h, _)| h == holder) {
+        if floors.get(channel).is_some_and(|held| held.talker.session == *holder) {
             floors.remove(channel);
         }
     }
@@ -635,6 +752,10 @@ impl Node {
                     let result = store!(self, signals.set_indicator(&group, &user, kind, ttl));
                     let _ = self.check("indicator", result);
                 }
+                Write::FloorTouch { channel, holder, idle } => {
+                    let result = store!(self, signals.touch_floor(&channel, &holder, idle));
+                    let _ = self.check("floor", result);
+                }
             }
         }
     }
@@ -652,18 +773,20 @@ impl Node {
         queued
     }
 
-    /// Renews the heartbeats connections handed off, all that are waiting at a time.
+    /// Renews the heartbeats connections handed off, all that are waiting at a time,
+    /// gathered for the store's renewal window.
     async fn renewer(self: Arc<Self>, shutdown: CancellationToken) {
         let node = &*self;
+        let window = self.engine.store.renewal_window();
         loop {
-            let sessions = tokio::select! {
+            let heartbeats = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                sessions = self.renewals.take() => sessions,
+                heartbeats = self.renewals.take(window) => heartbeats,
             };
-            stream::iter(sessions)
-                .for_each_concurrent(REASSERT_CONCURRENCY, |session| async move {
+            stream::iter(heartbeats)
+                .for_each_concurrent(RENEW_CONCURRENCY, |(session, at)| async move {
                     if !node.is_degraded() {
-                        let _ = node.heartbeat(&session).await;
+                        let _ = node.heartbeat(&session, at).await;
                     }
                     node.renewals.done(&session.id);
                 })
@@ -777,6 +900,39 @@ mod tests {
         shutdown.cancel();
         tracker.close();
         tracker.wait().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_floor_goes_to_the_next_claim_only_when_both_allow_it() {
+        let node = memory_node(Duration::from_secs(60));
+        let hold = Duration::from_secs(30);
+        let idle = Some(Duration::from_secs(3));
+        let talker = |n: u64| Talker {
+            session: SessionId::new("r", n),
+            user: Id::parse(&format!("u{n}")).unwrap(),
+            talk: format!("t{n}").into(),
+            with_message_id: n.is_multiple_of(2),
+        };
+        let claim = |n: u64, idle: Option<Duration>| FloorClaim { talker: talker(n), hold, idle };
+        let granted = Floor::Granted { local_only: false, taken_from: None };
+        let second = Duration::from_secs(1);
+
+        assert_eq!(node.take_floor("g:crew", &claim(1, idle)).await, granted);
+        tokio::time::sleep(2 * second).await;
+        assert!(node.floor_audio("g:crew", &talker(1).session), "AUDIO of the holder");
+        tokio::time::sleep(2 * second).await;
+        assert_eq!(node.take_floor("g:crew", &claim(2, idle)).await, Floor::Busy, "2 s since its AUDIO");
+        tokio::time::sleep(2 * second).await;
+        assert_eq!(node.take_floor("g:crew", &claim(2, None)).await, Floor::Busy, "a claim without idle waits");
+        let taken = Floor::Granted { local_only: false, taken_from: Some((talker(1), 6 * second)) };
+        assert_eq!(node.take_floor("g:crew", &claim(2, idle)).await, taken, "4 s since its AUDIO");
+        assert!(!node.floor_audio("g:crew", &talker(1).session), "the old talker's AUDIO finds the floor gone");
+        assert!(node.floor_audio("g:crew", &talker(2).session));
+
+        // A floor claimed with the takeover off (`--floor-idle-ms 0`) is never idle.
+        assert_eq!(node.take_floor("g:quiet", &claim(3, None)).await, granted);
+        tokio::time::sleep(20 * second).await;
+        assert_eq!(node.take_floor("g:quiet", &claim(4, idle)).await, Floor::Busy);
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,8 +11,10 @@
 //! routers travel through the [`Broker`](crate::engine::Broker); the node delivers here
 //! first, so PTT between users on one router does not depend on Redis.
 //!
-//! The same mailboxes carry one [`Control`]: a session replaced by a newer session of its
-//! device is told to end, and whoever replaced it waits here (bounded) to hear that it has.
+//! The same mailboxes carry the [`Control`]s about one session: a session replaced by a
+//! newer session of its device is told to end, and whoever replaced it waits here
+//! (bounded) to hear that it has; a session whose idle floor another took is told its
+//! talk is over.
 //!
 //! The registry knows which groups have a mobile member here, and tells a hook
 //! ([`Relay::on_serving`]) as each gains its first and loses its last: the broker listens
@@ -45,9 +47,10 @@ pub const WATCHER_MAILBOX_FRAMES: usize = 8 * MAILBOX_FRAMES;
 
 /// What a connection registers as.
 pub enum Member {
-    /// A mobile session: reached through its user and its token's groups, and, when it
-    /// holds a device (so a newer session may replace it), through its session id.
-    Session { user: Id, groups: Groups, replaceable: Option<SessionId> },
+    /// A mobile session: reached through its user and its token's groups, and through its
+    /// session id (to be replaced by a newer session of its device, or told its floor
+    /// was taken).
+    Session { user: Id, groups: Groups, session: SessionId },
     /// A dashboard allowed `allowed` groups (`None`: all).
     Watcher { allowed: Option<Groups> },
 }
@@ -75,6 +78,9 @@ struct Queue {
     visibility: AtomicU8,
     /// A newer session of the connection's device replaced it.
     replaced: AtomicBool,
+    /// The message id of the connection's talk whose floor another session took over, not
+    /// yet taken.
+    lost_talk: Mutex<Option<Arc<str>>>,
 }
 
 const NO_NEWS: u8 = 0;
@@ -123,7 +129,7 @@ struct Registry {
     /// A user has few sessions: a Vec costs less per idle connection than a map.
     users: HashMap<Id, Vec<(u64, Outbox)>>,
     watchers: HashMap<u64, (Option<Groups>, Outbox)>,
-    /// Sessions that hold a device, by session id.
+    /// Mobile sessions, by session id.
     sessions: HashMap<SessionId, Outbox>,
     /// Replaced sessions a connection here waits to see end.
     ends: HashMap<SessionId, oneshot::Sender<()>>,
@@ -174,6 +180,7 @@ impl Relay {
             overflowed: AtomicBool::new(false),
             visibility: AtomicU8::new(NO_NEWS),
             replaced: AtomicBool::new(false),
+            lost_talk: Mutex::default(),
         });
         let queue = outbox.clone();
         let mut registry = self.registry();
@@ -215,6 +222,17 @@ impl Relay {
                 self.replace(session);
             }
             Control::Ended(session) => self.ended(session),
+            Control::FloorTaken { session, talk } => self.floor_taken(session, talk),
+        }
+    }
+
+    /// Tells the connection of `session`, if it is on this router, that the floor of its
+    /// talk `talk` was taken over.
+    fn floor_taken(&self, session: &SessionId, talk: &Arc<str>) {
+        let registry = self.registry();
+        if let Some(outbox) = registry.sessions.get(session) {
+            *outbox.lost_talk.lock().unwrap_or_else(|e| e.into_inner()) = Some(talk.clone());
+            outbox.ready.notify_one();
         }
     }
 
@@ -304,6 +322,12 @@ impl Mailbox {
         self.queue.frames().pop_front()
     }
 
+    /// The message id of this connection's talk whose floor another session took over,
+    /// once: `None` when there is no such news since the last call.
+    pub fn take_lost_talk(&self) -> Option<Arc<str>> {
+        self.queue.lost_talk.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
     /// The latest news that the user chose `invisible` (`true`) or to be seen (`false`),
     /// once: `None` when there is none since the last call.
     pub fn take_visibility(&self) -> Option<bool> {
@@ -348,13 +372,11 @@ impl Registry {
 
     fn insert(&mut self, id: u64, member: &Member, outbox: Outbox) {
         match member {
-            Member::Session { user, groups, replaceable } => {
+            Member::Session { user, groups, session } => {
                 for group in groups.iter() {
                     self.groups.entry(group.clone()).or_default().insert(id, (user.clone(), outbox.clone()));
                 }
-                if let Some(session) = replaceable {
-                    self.sessions.insert(session.clone(), outbox.clone());
-                }
+                self.sessions.insert(session.clone(), outbox.clone());
                 self.users.entry(user.clone()).or_default().push((id, outbox));
             }
             Member::Watcher { allowed } => {
@@ -365,10 +387,8 @@ impl Registry {
 
     fn remove(&mut self, id: u64, member: &Member) {
         match member {
-            Member::Session { user, groups, replaceable } => {
-                if let Some(session) = replaceable {
-                    self.sessions.remove(session);
-                }
+            Member::Session { user, groups, session } => {
+                self.sessions.remove(session);
                 for group in groups.iter() {
                     if let Some(members) = self.groups.get_mut(group) {
                         members.remove(&id);
@@ -400,8 +420,11 @@ mod tests {
     }
 
     fn session(relay: &Arc<Relay>, user: &str, groups: &[&str]) -> Mailbox {
+        use std::sync::atomic::AtomicU64;
+        static NEXT: AtomicU64 = AtomicU64::new(1);
         let groups = groups.iter().map(|g| id(g)).collect();
-        relay.register(Member::Session { user: id(user), groups, replaceable: None })
+        let session = SessionId::new("test", NEXT.fetch_add(1, Ordering::Relaxed));
+        relay.register(Member::Session { user: id(user), groups, session })
     }
 
     fn to_group(group: &str, dashboards: bool, except: &str) -> Delivery {
@@ -470,11 +493,8 @@ mod tests {
     fn a_replaced_session_is_told_and_its_replacer_hears_it_end() {
         let relay = Arc::new(Relay::default());
         let old = SessionId::new("r", 1);
-        let mailbox = relay.register(Member::Session {
-            user: id("t"),
-            groups: Groups::default(),
-            replaceable: Some(old.clone()),
-        });
+        let mailbox =
+            relay.register(Member::Session { user: id("t"), groups: Groups::default(), session: old.clone() });
         let mut ended = relay.await_end(&old);
         assert!(!relay.replace(&SessionId::new("r", 2)), "another session is not here");
         relay.control(&Control::Replace(old.clone()));
@@ -485,6 +505,21 @@ mod tests {
         assert_eq!(ended.try_recv(), Ok(()));
         drop(mailbox);
         assert!(!relay.replace(&old), "an ended session is not here any more");
+    }
+
+    #[test]
+    fn a_session_whose_floor_was_taken_hears_which_talk_once() {
+        let relay = Arc::new(Relay::default());
+        let talker = SessionId::new("r", 1);
+        let mailbox =
+            relay.register(Member::Session { user: id("t"), groups: Groups::default(), session: talker.clone() });
+        let bystander = session(&relay, "t", &[]);
+        relay.control(&Control::FloorTaken { session: talker, talk: "0_3_g_t_1".into() });
+        assert_eq!(futures_util::FutureExt::now_or_never(mailbox.ready()), Some(()), "it is woken");
+        assert_eq!(mailbox.take_lost_talk().as_deref(), Some("0_3_g_t_1"));
+        assert_eq!(mailbox.take_lost_talk(), None, "once");
+        assert_eq!(bystander.take_lost_talk(), None, "another session of the user keeps its talk");
+        assert!(mailbox.try_recv().is_none(), "nothing is written to the client");
     }
 
     #[test]
@@ -503,7 +538,8 @@ mod tests {
         assert_eq!(take(), [], "a dashboard is no member");
         drop(early);
         assert_eq!(take(), [], "b is still in g");
-        second.rescope(Member::Session { user: id("b"), groups: vec![id("g")].into(), replaceable: None });
+        let session = SessionId::new("test", 0);
+        second.rescope(Member::Session { user: id("b"), groups: vec![id("g")].into(), session });
         assert_eq!(take(), [("h".into(), false)], "a refreshed token keeping g keeps it served without a word");
         drop(second);
         assert_eq!(take(), [("g".into(), false)]);

@@ -6,6 +6,8 @@
 //! the broker ([`crate::engine::Broker`]) carries them between routers and the relay
 //! ([`crate::relay`]) delivers them to this router's connections.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::{id::Id, presence::SessionId};
@@ -41,6 +43,9 @@ pub enum Control {
     /// This replaced session has ended: its floor, indicators and presence are released,
     /// and every frame it sent on its way out went before this message.
     Ended(SessionId),
+    /// Another session took over the floor of this session's talk (by its message id),
+    /// idle too long: the talk is over.
+    FloorTaken { session: SessionId, talk: Arc<str> },
 }
 
 /// What travels between routers on the relay channel.
@@ -104,22 +109,27 @@ impl Delivery {
 /// The control message kinds, after the delivery's audience kinds (0, 1, 2).
 const REPLACE: u64 = 3;
 const ENDED: u64 = 4;
+const FLOOR_TAKEN: u64 = 5;
 
 impl Control {
     /// The message routers exchange: msgpack `[origin, kind, sessionId]`, kind 3 =
-    /// replace, 4 = ended.
+    /// replace, 4 = ended; `[origin, 5, sessionId, talk]` for a floor taken.
     pub fn encode(&self, origin: &str) -> Vec<u8> {
         use rmp::encode as enc;
-        let (kind, session) = match self {
-            Control::Replace(session) => (REPLACE, session),
-            Control::Ended(session) => (ENDED, session),
+        let (kind, session, talk) = match self {
+            Control::Replace(session) => (REPLACE, session, None),
+            Control::Ended(session) => (ENDED, session, None),
+            Control::FloorTaken { session, talk } => (FLOOR_TAKEN, session, Some(talk)),
         };
-        let mut buf = Vec::with_capacity(origin.len() + session.as_str().len() + 8);
+        let mut buf = Vec::with_capacity(origin.len() + session.as_str().len() + talk.map_or(0, |t| t.len()) + 12);
         // Writes into a Vec cannot fail.
-        let _ = enc::write_array_len(&mut buf, 3);
+        let _ = enc::write_array_len(&mut buf, 3 + u32::from(talk.is_some()));
         let _ = enc::write_str(&mut buf, origin);
         let _ = enc::write_uint(&mut buf, kind);
         let _ = enc::write_str(&mut buf, session.as_str());
+        if let Some(talk) = talk {
+            let _ = enc::write_str(&mut buf, talk);
+        }
         buf
     }
 }
@@ -143,6 +153,10 @@ impl Relayed {
                     ENDED => Relayed::Control(Control::Ended(session)),
                     _ => return None,
                 }
+            }
+            [kind, session, talk] if kind.as_u64() == Some(FLOOR_TAKEN) => {
+                let session = SessionId::from(session.as_str()?.to_owned());
+                Relayed::Control(Control::FloorTaken { session, talk: Arc::from(talk.as_str()?) })
             }
             _ => Relayed::Frame(Delivery::decode(items)?),
         };
@@ -168,7 +182,8 @@ mod tests {
         assert_eq!(Relayed::decode(&group.encode("r1")), Some(("r1".into(), Relayed::Frame(group))));
         let private = Delivery { audience: Audience::User(id("b")), except: None, frame: Bytes::from_static(b"\x93") };
         assert_eq!(Relayed::decode(&private.encode("r2")), Some(("r2".into(), Relayed::Frame(private))));
-        for control in [Control::Replace(SessionId::new("r1", 7)), Control::Ended(SessionId::new("r1", 7))] {
+        let taken = Control::FloorTaken { session: SessionId::new("r1", 7), talk: "0_3_g_a_1".into() };
+        for control in [Control::Replace(SessionId::new("r1", 7)), Control::Ended(SessionId::new("r1", 7)), taken] {
             assert_eq!(Relayed::decode(&control.encode("r2")), Some(("r2".into(), Relayed::Control(control))));
         }
         let hidden = Delivery {

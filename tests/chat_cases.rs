@@ -93,7 +93,7 @@ async fn t03_user_back_online_after_activity(engine: Engine) {
     // Sending a message is activity too.
     assert_update(&dashboard.next_update().await, "a", "away");
     a.send_frame(0, TEXT, "a", "crew", map(&[("text", "on my way".into())])).await;
-    a.expect(39).await;
+    a.expect(22).await;
     assert_update(&dashboard.next_update().await, "a", "online");
 }
 

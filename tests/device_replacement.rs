@@ -88,7 +88,7 @@ async fn a_dead_talker_is_replaced_by_its_reconnect(old_router: &Router, new_rou
     // Listeners hear the old talk end, for that reason, before the new one starts.
     for listener in &mut listeners {
         let stop = listener.expect_relayed(STOP, TALKER, GROUP).await;
-        assert_eq!(stop[5]["reason"].as_str(), Some("replaced"), "{stop}");
+        assert_eq!(common::stop_reason(&stop).as_deref(), Some("replaced"), "{stop}");
         listener.expect_indicator(TALKER, "talking", false).await;
         listener.expect_indicator(TALKER, "typing", false).await;
         listener.expect_relayed(START, TALKER, GROUP).await;

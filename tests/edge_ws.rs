@@ -303,7 +303,7 @@ async fn large_frames_leave_no_buffer_behind() {
     for (user, client) in &mut clients {
         // TEXT to the client's own, otherwise empty group: read whole, then acknowledged.
         client.send_frame(0, 17, user, user, payload.clone()).await;
-        client.expect(39).await;
+        client.expect(22).await;
     }
     let grown = router.memory_kib("VmRSS").saturating_sub(before);
     assert!(

@@ -8,7 +8,7 @@ mod common;
 use common::{Client, Engine, Router, SECRET, Setup, assert_update, map};
 use presence_router::{
     auth::{Role, mint_hs256_in},
-    protocol::message_type::{AUDIO, START, START_ACK, STOP, STOP_ACK, TEXT},
+    protocol::message_type::{AUDIO, START, START_ACK, STOP, STOP_ACK, TEXT, TEXT_ACK},
 };
 use rmpv::Value;
 use serde_json::json;
@@ -145,7 +145,7 @@ async fn an_invisible_user_is_never_shown_typing_recording_or_talking(engine: En
     a.send_frame(0, AUDIO, "a", "crew", audio()).await;
     // The content reaches the member, and it is the first of a's frames the member gets.
     b.expect_relayed(START, "a", "crew").await;
-    assert_eq!(b.expect_relayed(AUDIO, "a", "crew").await[5], audio());
+    assert_eq!(b.expect_relayed(AUDIO, "a", "crew").await[4], audio());
 
     assert_eq!(signalling(&router, "crew").await, [json!([]), json!([]), json!([])], "a types, records and talks");
     let group = router.group("crew").await;
@@ -156,8 +156,8 @@ async fn an_invisible_user_is_never_shown_typing_recording_or_talking(engine: En
     a.expect(STOP_ACK).await;
     b.expect_relayed(STOP, "a", "crew").await;
     a.send_frame(0, TEXT, "a", "crew", map(&[("text", "copy".into())])).await;
-    a.expect(39).await;
-    assert_eq!(b.expect_relayed(TEXT, "a", "crew").await[5]["text"].as_str(), Some("copy"));
+    a.expect(TEXT_ACK).await;
+    assert_eq!(b.expect_relayed(TEXT, "a", "crew").await[4]["text"].as_str(), Some("copy"));
     a.indicator("a", "crew", "typing", false).await;
     a.indicator("a", "crew", "recording", false).await;
 
@@ -340,7 +340,7 @@ async fn a_session_connected_during_an_outage_hides_its_signals_until_it_knows_t
     hider.indicator("hider", "crew", "typing", true).await;
     newcomer.indicator("newcomer", "crew", "typing", true).await;
     hider.send_frame(0, TEXT, "hider", "crew", map(&[("text", "copy".into())])).await;
-    hider.expect(39).await;
+    hider.expect(TEXT_ACK).await;
     member.expect_relayed(TEXT, "hider", "crew").await;
     typing_marker(&mut marker, "marker", &mut [&mut dashboard, &mut member]).await;
 

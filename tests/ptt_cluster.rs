@@ -6,7 +6,7 @@ mod common;
 use common::{Engine, Router, Setup, eventually, map, prometheus::metric};
 use presence_router::{
     engine::redis::{DEFAULT_CLUSTER_SHARDS, Keyspace},
-    protocol::message_type::{AUDIO, START, START_ACK, START_FAILED, STOP, STOP_ACK, TEXT},
+    protocol::message_type::{AUDIO, START, START_ACK, START_FAILED, STOP, STOP_ACK, TEXT, TEXT_ACK},
 };
 use rmpv::Value;
 
@@ -32,11 +32,11 @@ async fn talk_and_indicators_cross_routers_and_one_floor_holds_cluster_wide(engi
     listener.expect_indicator("t", "talking", true).await;
     dashboard.expect_indicator("t", "talking", true).await;
     talker.send_frame(0, AUDIO, "t", "crew", Value::Binary(vec![1, 2, 3])).await;
-    assert_eq!(listener.expect_relayed(AUDIO, "t", "crew").await[5], Value::Binary(vec![1, 2, 3]));
+    assert_eq!(listener.expect_relayed(AUDIO, "t", "crew").await[4], Value::Binary(vec![1, 2, 3]));
 
     // The floor is the cluster's, not the router's.
     listener.send_frame(0, START, "l", "crew", map(&[])).await;
-    assert_eq!(listener.expect(START_FAILED).await[5]["reason"].as_str(), Some("busy"));
+    assert_eq!(listener.expect(START_FAILED).await[4].as_str(), Some("Busy"));
     talker.send_frame(0, STOP, "t", "crew", map(&[])).await;
     talker.expect(STOP_ACK).await;
     listener.expect_relayed(STOP, "t", "crew").await;
@@ -77,13 +77,13 @@ async fn ptt_on_one_router_keeps_working_while_redis_is_down() {
     b.expect_relayed(START, "a", "crew").await;
     b.expect_indicator("a", "talking", true).await;
     a.send_frame(0, AUDIO, "a", "crew", Value::Binary(vec![9; 40])).await;
-    assert_eq!(b.expect_relayed(AUDIO, "a", "crew").await[5], Value::Binary(vec![9; 40]));
+    assert_eq!(b.expect_relayed(AUDIO, "a", "crew").await[4], Value::Binary(vec![9; 40]));
     // The router still keeps its own sessions from talking over each other.
     c.expect_relayed(START, "a", "crew").await;
     c.expect_indicator("a", "talking", true).await;
     c.expect_relayed(AUDIO, "a", "crew").await;
     c.send_frame(0, START, "c", "crew", map(&[])).await;
-    assert_eq!(c.expect(START_FAILED).await[5]["reason"].as_str(), Some("busy"));
+    assert_eq!(c.expect(START_FAILED).await[4].as_str(), Some("Busy"));
     a.send_frame(0, STOP, "a", "crew", map(&[])).await;
     a.expect(STOP_ACK).await;
     b.expect_relayed(STOP, "a", "crew").await;
@@ -91,7 +91,7 @@ async fn ptt_on_one_router_keeps_working_while_redis_is_down() {
     c.expect_relayed(STOP, "a", "crew").await;
     c.expect_indicator("a", "talking", false).await;
     c.send_frame(0, TEXT, "c", "crew", map(&[("text", "radio check".into())])).await;
-    c.expect(39).await;
+    c.expect(TEXT_ACK).await;
     b.expect_relayed(TEXT, "c", "crew").await;
     let metrics = router.metrics().await;
     assert!(metrics.contains(r#"presence_floor_requests_total{result="local_only"} 1"#), "{metrics}");
@@ -121,7 +121,7 @@ async fn a_router_stopping_mid_talk_tells_the_other_routers(engine: Engine) {
     assert_eq!(talker.close_code().await, Some(1012));
     assert!(a.exited().await.success());
     let stop = listener.expect_relayed(STOP, "t", "crew").await;
-    assert_eq!(stop[5]["reason"].as_str(), Some("disconnected"));
+    assert_eq!(common::stop_reason(&stop).as_deref(), Some("disconnected"));
     listener.expect_indicator("t", "talking", false).await;
     listener.send_frame(0, START, "l", "crew", map(&[])).await;
     listener.expect(START_ACK).await;
@@ -166,7 +166,7 @@ async fn indicators_of_a_killed_router_end_on_the_others_exactly_once(engine: En
     on_b.send_frame(0, TEXT, "on-b", "crew", map(&[("text", "marker".into())])).await;
     on_c.expect_relayed(TEXT, "on-b", "crew").await;
     on_c.send_frame(0, TEXT, "on-c", "crew", map(&[("text", "marker".into())])).await;
-    on_b.expect(39).await;
+    on_b.expect(TEXT_ACK).await;
     on_b.expect_relayed(TEXT, "on-c", "crew").await;
     // The dashboard on B sees both ends too.
     let mut ended = 0;
@@ -227,7 +227,7 @@ async fn group_talk_reaches_only_the_routers_serving_the_group(engine: Engine) {
     let before = relayed_to(&c).await;
     for n in 0..20u8 {
         talker.send_frame(0, AUDIO, "t", "crew", Value::Binary(vec![n; 40])).await;
-        assert_eq!(listener.expect_relayed(AUDIO, "t", "crew").await[5], Value::Binary(vec![n; 40]));
+        assert_eq!(listener.expect_relayed(AUDIO, "t", "crew").await[4], Value::Binary(vec![n; 40]));
     }
     // A marker that every router hears, published after the audio: once C has it, C has
     // had whatever was sent to it before.
@@ -239,7 +239,7 @@ async fn group_talk_reaches_only_the_routers_serving_the_group(engine: Engine) {
     let mut member = c.mobile_in("m", &["crew"]).await;
     eventually("c to subscribe to the group's channel", || async { crew_subscribers(&setup).await == 3 }).await;
     talker.send_frame(0, AUDIO, "t", "crew", Value::Binary(vec![7; 40])).await;
-    assert_eq!(member.expect_relayed(AUDIO, "t", "crew").await[5], Value::Binary(vec![7; 40]));
+    assert_eq!(member.expect_relayed(AUDIO, "t", "crew").await[4], Value::Binary(vec![7; 40]));
     eventually("c's gauge to count the subscription", || async { group_subscriptions(&c).await == Some(1) }).await;
     member.close().await;
     eventually("c to leave the group's channel", || async { crew_subscribers(&setup).await == 2 }).await;
@@ -269,5 +269,5 @@ async fn group_channels_are_subscribed_again_after_the_subscription_is_cut() {
         .await;
     talker.take_floor("t", "crew", &mut listener).await;
     talker.send_frame(0, AUDIO, "t", "crew", Value::Binary(vec![5; 40])).await;
-    assert_eq!(listener.expect_relayed(AUDIO, "t", "crew").await[5], Value::Binary(vec![5; 40]));
+    assert_eq!(listener.expect_relayed(AUDIO, "t", "crew").await[4], Value::Binary(vec![5; 40]));
 }

@@ -72,7 +72,7 @@ async fn a_black_holed_subscription_is_noticed_and_the_view_rebuilt() {
     sender.send_frame(0, TEXT, "sender", "crew", map(&[("text", "over".into())])).await;
     loop {
         let frame = member.next_frame().await;
-        if frame[1].as_u64() == Some(TEXT.into()) && frame[5]["text"].as_str() == Some("over") {
+        if frame[1].as_u64() == Some(TEXT.into()) && frame[4]["text"].as_str() == Some("over") {
             break;
         }
     }
@@ -235,12 +235,12 @@ async fn cut_connections_are_retried_without_errors_degradation_or_resyncs() {
 /// What a replay relies on: each store call a connection waits for, and the heartbeat's
 /// renewal, sent twice with the same arguments (as after a reply lost with its connection)
 /// decides no second transition and takes no second sequence number; a floor's holder is
-/// granted it again.
+/// granted it again, and a floor's taker hears again whose it was.
 #[tokio::test]
 async fn every_store_call_is_safe_to_replay() {
     use presence_router::{
-        engine::{PresenceStore, SignalStore},
-        presence::Mode,
+        engine::{FloorTake, PresenceStore, SignalStore},
+        presence::{Mode, SessionId},
     };
 
     let redis = common::RedisServer::start().await;
@@ -262,8 +262,8 @@ async fn every_store_call_is_safe_to_replay() {
     assert!(store.set_status(&user, Mode::Auto, None).await.unwrap().is_some());
     assert_eq!(store.set_status(&user, Mode::Auto, None).await.unwrap(), None, "status replayed");
     assert_eq!(store.activity(&user).await.unwrap(), None);
-    assert_eq!(store.heartbeat(&user).await.unwrap(), None);
-    assert_eq!(store.heartbeat(&user).await.unwrap(), None, "renewal replayed");
+    assert_eq!(store.heartbeat(&user, tokio::time::Instant::now()).await.unwrap(), None);
+    assert_eq!(store.heartbeat(&user, tokio::time::Instant::now()).await.unwrap(), None, "renewal replayed");
     let decided = seq().await;
     assert_eq!(decided, before.map(|s| s + 2), "one number per status change, none per replay");
 
@@ -275,19 +275,42 @@ async fn every_store_call_is_safe_to_replay() {
         swept = short.expire_due().await.unwrap().len();
     }
     let before = seq().await;
-    assert!(store.heartbeat(&lapsed).await.unwrap().is_some());
-    assert_eq!(store.heartbeat(&lapsed).await.unwrap(), None, "a lapsed session's renewal replayed");
+    assert!(store.heartbeat(&lapsed, tokio::time::Instant::now()).await.unwrap().is_some());
+    assert_eq!(
+        store.heartbeat(&lapsed, tokio::time::Instant::now()).await.unwrap(),
+        None,
+        "a lapsed session's renewal replayed"
+    );
     assert!(store.disconnect(&lapsed).await.unwrap().is_some());
     assert_eq!(store.disconnect(&lapsed).await.unwrap(), None, "disconnect replayed");
     assert_eq!(seq().await, before.map(|s| s + 2));
 
     let hold = Duration::from_secs(30);
-    assert!(store.take_floor("crew", &user.id, hold).await.unwrap());
-    assert!(store.take_floor("crew", &user.id, hold).await.unwrap(), "the holder is granted its floor again");
-    assert!(!store.take_floor("crew", &lapsed.id, hold).await.unwrap(), "and nobody else");
+    let (mine, theirs) = (common::floor_claim(&user.id, hold, None), common::floor_claim(&lapsed.id, hold, None));
+    assert_eq!(store.take_floor("crew", &mine).await.unwrap(), FloorTake::Granted);
+    assert_eq!(store.take_floor("crew", &mine).await.unwrap(), FloorTake::Granted, "the holder is granted it again");
+    assert_eq!(store.take_floor("crew", &theirs).await.unwrap(), FloorTake::Busy, "and nobody else");
     store.release_floor("crew", &user.id).await.unwrap();
     store.release_floor("crew", &user.id).await.unwrap();
-    assert!(store.take_floor("crew", &lapsed.id, hold).await.unwrap(), "released once, free after the replay");
+    assert_eq!(store.take_floor("crew", &theirs).await.unwrap(), FloorTake::Granted, "released once, free after");
+
+    // A takeover replayed names the talker it took the floor from again (else that talker
+    // is never told its talk is over).
+    let idle = Some(Duration::from_millis(1));
+    store.take_floor("idle", &common::floor_claim(&lapsed.id, hold, idle)).await.unwrap();
+    let taker = common::floor_claim(&user.id, hold, idle);
+    let first = loop {
+        match store.take_floor("idle", &taker).await.unwrap() {
+            FloorTake::Busy => tokio::time::sleep(Duration::from_millis(5)).await,
+            taken => break taken,
+        }
+    };
+    assert!(matches!(&first, FloorTake::TakenOver { from, .. } if from.session == lapsed.id), "{first:?}");
+    assert_eq!(store.take_floor("idle", &taker).await.unwrap(), first, "the takeover replayed");
+    store.touch_floor("idle", &user.id, Duration::from_secs(30)).await.unwrap();
+    store.touch_floor("idle", &user.id, Duration::from_secs(30)).await.unwrap();
+    let late = common::floor_claim(&SessionId::new("test", 9), hold, idle);
+    assert_eq!(store.take_floor("idle", &late).await.unwrap(), FloorTake::Busy, "a touch replayed keeps it busy");
 }
 
 /// A connect that replaced its device's live session, replayed after its reply was lost,

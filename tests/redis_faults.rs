@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Engine, Setup, map, prometheus::metric};
-use presence_router::protocol::message_type::{ACK, AUDIO, START, START_ACK, TEXT};
+use presence_router::protocol::message_type::{AUDIO, START, START_ACK, TEXT, TEXT_ACK};
 use rmpv::Value;
 use tokio::time::Instant;
 
@@ -71,11 +71,11 @@ async fn ptt_on_one_router_never_waits_for_a_hung_redis() {
     talker.send_frame(0, TEXT, "talker", "crew", map(&[("text", "still here".into())])).await;
     loop {
         let frame = listener.next_frame().await;
-        if frame[1].as_u64() == Some(TEXT.into()) && frame[5]["text"].as_str() == Some("still here") {
+        if frame[1].as_u64() == Some(TEXT.into()) && frame[4]["text"].as_str() == Some("still here") {
             break;
         }
     }
-    talker.expect(ACK).await;
+    talker.expect(TEXT_ACK).await;
     setup.redis.as_ref().unwrap().signal("CONT").await;
     // A heartbeat blocked on a hung Redis used to hold its connection for a second or more
     // at a time; 500 ms is far above a 20 ms frame interval and far below that.

@@ -39,7 +39,7 @@ async fn one_batch_of_live_and_lapsed_sessions_answers_each_heartbeat() {
 
     // Everyone heartbeats at once, interleaved, through the long-TTL store.
     let all: Vec<&Session> = live.iter().zip(&lapsed).flat_map(|(a, b)| [a, b]).collect();
-    let results = join_all(all.iter().map(|s| long.heartbeat(s))).await;
+    let results = join_all(all.iter().map(|s| long.heartbeat(s, tokio::time::Instant::now()))).await;
     for (s, result) in all.iter().zip(results) {
         let result = result.unwrap();
         if s.user.as_str().starts_with("live") {

@@ -25,7 +25,7 @@ use common::{RedisServer, cluster::RedisCluster};
 use futures_util::future::join;
 use presence_router::{
     engine::{
-        Lifetimes, MemoryPresence, PresenceStore, SignalStore,
+        FloorTake, Lifetimes, MemoryPresence, PresenceStore, SignalStore,
         redis::{RedisConfig, RedisPresence},
     },
     id::Id,
@@ -141,6 +141,7 @@ contract! {
         a_lapsed_lease_is_swept_offline_exactly_once,
         last_seen_follows_heartbeats_and_stays_at_the_last_one,
         a_lingering_session_keeps_its_last_seen,
+        a_lease_runs_from_its_heartbeats_arrival,
         a_new_session_on_a_device_replaces_the_old_one,
         groups_are_the_union_of_the_live_sessions_groups,
         chosen_statuses_transition_and_outlive_the_session,
@@ -152,6 +153,7 @@ contract! {
         indicators_are_set_cleared_and_lapse,
         only_an_orphaned_indicator_is_claimed_and_exactly_once,
         a_floor_is_held_by_one_session_at_a_time,
+        an_idle_floor_is_taken_over_and_a_touched_one_is_not,
     ],
 }
 
@@ -224,7 +226,7 @@ async fn a_user_goes_online_and_offline_exactly_once(engine: &Engine) {
     assert_eq!((shown(&online.update), online.replaced), (Some((Status::Online, Cause::Connect)), None));
     let online = online.update.unwrap();
     assert_eq!(online.presence.device_id.as_deref(), Some("phone"));
-    assert_eq!(store.heartbeat(&phone).await.unwrap(), None, "a renewal is no transition");
+    assert_eq!(store.heartbeat(&phone, Instant::now()).await.unwrap(), None, "a renewal is no transition");
     assert_eq!(store.connect(&tablet).await.unwrap().update, None, "a second device is no transition");
     assert_eq!(store.disconnect(&phone).await.unwrap(), None, "the user stays online on its tablet");
     assert_eq!(look(store, "u", &Scope::everyone()).await.status, Status::Online);
@@ -251,7 +253,7 @@ async fn a_lapsed_lease_is_swept_offline_exactly_once(engine: &Engine) {
     assert_eq!(store.disconnect(&silent).await.unwrap(), None, "closing a lapsed session changes nothing");
 
     // A heartbeat after the lapse registers the session again: the phone was silent, not gone.
-    let back = store.heartbeat(&other).await.unwrap();
+    let back = store.heartbeat(&other, Instant::now()).await.unwrap();
     assert_eq!(shown(&back), Some((Status::Online, Cause::Connect)));
 }
 
@@ -267,7 +269,7 @@ async fn last_seen_follows_heartbeats_and_stays_at_the_last_one(engine: &Engine)
 
     // Time passes, as between two heartbeats.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    store.heartbeat(&phone).await.unwrap();
+    store.heartbeat(&phone, Instant::now()).await.unwrap();
     let heard = look(store, "u", &Scope::everyone()).await.last_seen.unwrap();
     assert!(heard > connected, "a heartbeat is seen: {heard} after {connected}");
     let snapshot = store.online().await.unwrap();
@@ -281,6 +283,25 @@ async fn last_seen_follows_heartbeats_and_stays_at_the_last_one(engine: &Engine)
     assert_eq!(look(store, "u", &Scope::everyone()).await.last_seen, Some(heard));
 }
 
+/// A heartbeat may wait for its batch: its lease, and the user's last seen, count from
+/// when it arrived, not from when the store took it.
+async fn a_lease_runs_from_its_heartbeats_arrival(engine: &Engine) {
+    let stores = (engine.open)(lifetimes(Duration::from_secs(5), LONG)).await;
+    let store = &*stores.store;
+    let phone = session("u", 1, Some("d"), &[]);
+    let started = Instant::now();
+    let connected = store.connect(&phone).await.unwrap().update.unwrap().presence.last_seen.unwrap();
+    let arrived = started + Duration::from_millis(100);
+    tokio::time::sleep_until(arrived + Duration::from_millis(400)).await;
+    store.heartbeat(&phone, arrived).await.unwrap();
+    let heard = look(store, "u", &Scope::everyone()).await.last_seen.unwrap();
+    // Taken 400 ms after it arrived; the clocks agree within a few ms.
+    assert!(
+        (connected + 50..connected + 300).contains(&heard),
+        "last seen at the arrival, ~100 ms after the connect at {connected}: {heard}"
+    );
+}
+
 /// A router shutting down shortens its sessions' leases: its users' last seen is not moved
 /// back by that (to the shortened deadline less the lease), online or once lapsed.
 async fn a_lingering_session_keeps_its_last_seen(engine: &Engine) {
@@ -289,7 +310,7 @@ async fn a_lingering_session_keeps_its_last_seen(engine: &Engine) {
     let phone = session("u", 1, Some("d"), &[]);
     store.connect(&phone).await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    store.heartbeat(&phone).await.unwrap();
+    store.heartbeat(&phone, Instant::now()).await.unwrap();
     let heard = look(store, "u", &Scope::everyone()).await.last_seen.unwrap();
 
     store.linger(&phone, Duration::from_millis(200)).await.unwrap();
@@ -312,7 +333,7 @@ async fn a_new_session_on_a_device_replaces_the_old_one(engine: &Engine) {
     let new = session("u", 5, Some("radio"), &[]);
     let replacing = store.connect(&new).await.unwrap();
     assert_eq!((replacing.update, replacing.replaced), (None, Some(old.id.clone())), "a replacement is no transition");
-    assert_eq!(store.heartbeat(&old).await.unwrap(), None, "the replaced session is not brought back");
+    assert_eq!(store.heartbeat(&old, Instant::now()).await.unwrap(), None, "the replaced session is not brought back");
     assert_eq!(store.regroup(&old).await.unwrap(), None);
     for s in [&new, &unnamed, &other_device] {
         assert_eq!(store.disconnect(s).await.unwrap(), None);
@@ -331,7 +352,7 @@ async fn groups_are_the_union_of_the_live_sessions_groups(engine: &Engine) {
     let joined = store.connect(&tablet).await.unwrap().update.expect("new groups are news");
     assert_eq!((joined.presence.status, joined.cause), (Status::Online, Cause::Groups));
     assert_eq!(groups_of(&joined), ["g1", "g2", "g3"]);
-    assert_eq!(store.heartbeat(&tablet).await.unwrap(), None, "the same groups again are no news");
+    assert_eq!(store.heartbeat(&tablet, Instant::now()).await.unwrap(), None, "the same groups again are no news");
 
     let refreshed = Session { groups: vec![id("g2"), id("g4")].into(), ..tablet.clone() };
     let regrouped = store.regroup(&refreshed).await.unwrap().expect("a refreshed token's groups are news");
@@ -523,22 +544,71 @@ async fn a_floor_is_held_by_one_session_at_a_time(engine: &Engine) {
     let stores = open(engine).await;
     let signals = &*stores.signals;
     let (a, b) = (SessionId::new("r1", 1), SessionId::new("r2", 1));
-    assert!(signals.take_floor("crew", &a, LONG).await.unwrap());
-    assert!(signals.take_floor("crew", &a, LONG).await.unwrap(), "its holder is granted it again");
-    assert!(signals.take_floor("other", &b, LONG).await.unwrap(), "floors are per channel");
+    let claim = |session: &SessionId, hold: Duration| common::floor_claim(session, hold, None);
+    let granted = |take: FloorTake| take == FloorTake::Granted;
+    assert!(granted(signals.take_floor("crew", &claim(&a, LONG)).await.unwrap()));
+    assert!(granted(signals.take_floor("crew", &claim(&a, LONG)).await.unwrap()), "its holder is granted it again");
+    assert!(granted(signals.take_floor("other", &claim(&b, LONG)).await.unwrap()), "floors are per channel");
     if engine.shared {
-        assert!(!signals.take_floor("crew", &b, LONG).await.unwrap(), "busy for a session of another router");
+        let busy = signals.take_floor("crew", &claim(&b, LONG)).await.unwrap();
+        assert_eq!(busy, FloorTake::Busy, "busy for a session of another router");
         signals.release_floor("crew", &b).await.unwrap();
-        assert!(!signals.take_floor("crew", &b, LONG).await.unwrap(), "only the holder gives it back");
+        let busy = signals.take_floor("crew", &claim(&b, LONG)).await.unwrap();
+        assert_eq!(busy, FloorTake::Busy, "only the holder gives it back");
     }
     signals.release_floor("crew", &a).await.unwrap();
-    assert!(signals.take_floor("crew", &b, LONG).await.unwrap(), "free once released");
+    assert!(granted(signals.take_floor("crew", &claim(&b, LONG)).await.unwrap()), "free once released");
 
     // A holder that never gives it back holds it at most `hold`.
-    assert!(signals.take_floor("brief", &a, Duration::from_millis(100)).await.unwrap());
+    assert!(granted(signals.take_floor("brief", &claim(&a, Duration::from_millis(100))).await.unwrap()));
     let deadline = Instant::now() + common::WAIT;
-    while !signals.take_floor("brief", &b, LONG).await.unwrap() {
+    while !granted(signals.take_floor("brief", &claim(&b, LONG)).await.unwrap()) {
         assert!(Instant::now() < deadline, "the floor was held past its hold");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// A floor whose talker has not touched it (sent AUDIO) for its idle time is taken over by
+/// a claim that allows it, and the taker learns from whom; a touch keeps it, and a claim
+/// without an idle time takes nothing over. (A store of one router grants every claim: its
+/// router decides the takeover itself.)
+async fn an_idle_floor_is_taken_over_and_a_touched_one_is_not(engine: &Engine) {
+    if !engine.shared {
+        return;
+    }
+    let stores = open(engine).await;
+    let signals = &*stores.signals;
+    let (a, b, c) = (SessionId::new("r1", 1), SessionId::new("r2", 1), SessionId::new("r3", 1));
+    let idle = |session: &SessionId| common::floor_claim(session, LONG, Some(SHORT));
+    assert_eq!(signals.take_floor("crew", &idle(&a)).await.unwrap(), FloorTake::Granted);
+    assert_eq!(signals.take_floor("crew", &idle(&b)).await.unwrap(), FloorTake::Busy, "not idle yet");
+    // Touched well within the idle time, for three idle times: never taken over.
+    let until = Instant::now() + 3 * SHORT;
+    while Instant::now() < until {
+        signals.touch_floor("crew", &a, SHORT).await.unwrap();
+        assert_eq!(signals.take_floor("crew", &idle(&b)).await.unwrap(), FloorTake::Busy, "touched");
+        tokio::time::sleep(SHORT / 6).await;
+    }
+    let patient = common::floor_claim(&c, LONG, None);
+    let deadline = Instant::now() + common::WAIT;
+    let taken = loop {
+        assert_eq!(signals.take_floor("crew", &patient).await.unwrap(), FloorTake::Busy, "no takeover without idle");
+        match signals.take_floor("crew", &idle(&b)).await.unwrap() {
+            FloorTake::Busy => {
+                assert!(Instant::now() < deadline, "an idle floor was never taken over");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            taken => break taken,
+        }
+    };
+    let FloorTake::TakenOver { from, held } = taken else { panic!("{taken:?}") };
+    assert_eq!((from.session, from.user.as_str(), &*from.talk, from.with_message_id), (a.clone(), "u", "t", false));
+    assert!(held >= 3 * SHORT, "held {held:?}");
+    signals.touch_floor("crew", &a, LONG).await.unwrap();
+    signals.release_floor("crew", &a).await.unwrap();
+    assert_eq!(
+        signals.take_floor("crew", &patient).await.unwrap(),
+        FloorTake::Busy,
+        "the old talker gave back nothing"
+    );
 }

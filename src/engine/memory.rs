@@ -12,7 +12,9 @@ use std::{
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::{Broker, BrokerEvents, Connected, EngineError, Lifetimes, PresenceStore, SignalStore};
+use super::{
+    Broker, BrokerEvents, Connected, EngineError, FloorClaim, FloorTake, Lifetimes, PresenceStore, SignalStore,
+};
 use crate::{
     id::Id,
     presence::{
@@ -198,15 +200,24 @@ impl State {
         self.users.get(&session.user)?.live.iter().find(held).cloned()
     }
 
-    /// Registers or renews `session`'s lease until `deadline`. A live session of the same
-    /// user and device is replaced when `replace` (a new session); otherwise (a renewal of
-    /// a session that was replaced) the lease is refused: `None`.
-    fn lease(&mut self, session: &Session, deadline: Instant, activity: bool, replace: bool) -> Option<Connected> {
+    /// Registers or renews `session`'s lease until `deadline`, the session last heard at
+    /// `heard`. A live session of the same user and device is replaced when `replace` (a
+    /// new session); otherwise (a renewal of a session that was replaced) the lease is
+    /// refused: `None`.
+    fn lease(
+        &mut self,
+        session: &Session,
+        deadline: Instant,
+        heard: Instant,
+        activity: bool,
+        replace: bool,
+    ) -> Option<Connected> {
         let holder = self.device_holder(session);
         if holder.is_some() && !replace {
             return None;
         }
         let now_ms = unix_ms();
+        let heard_ms = now_ms.saturating_sub(heard.elapsed().as_millis() as u64);
         let lease = Lease {
             user: session.user.clone(),
             deadline,
@@ -221,7 +232,7 @@ impl State {
         // An invisible user's sessions must not reveal it through `lastSeen` or `deviceId`:
         // it reads as it did when it went invisible.
         if record.mode != Mode::Invisible {
-            record.seen_on(session, now_ms);
+            record.seen_on(session, heard_ms);
         }
         if !record.live.contains(&session.id) {
             record.live.push(session.id.clone());
@@ -281,15 +292,17 @@ impl State {
 #[async_trait]
 impl PresenceStore for MemoryPresence {
     async fn connect(&self, session: &Session) -> Result<Connected, EngineError> {
-        Ok(self.state().lease(session, Instant::now() + self.lifetimes.ttl, true, true).unwrap_or_default())
+        let now = Instant::now();
+        Ok(self.state().lease(session, now + self.lifetimes.ttl, now, true, true).unwrap_or_default())
     }
 
     async fn regroup(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
-        Ok(self.state().lease(session, Instant::now() + self.lifetimes.ttl, true, false).and_then(|c| c.update))
+        let now = Instant::now();
+        Ok(self.state().lease(session, now + self.lifetimes.ttl, now, true, false).and_then(|c| c.update))
     }
 
-    async fn heartbeat(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
-        Ok(self.state().lease(session, Instant::now() + self.lifetimes.ttl, false, false).and_then(|c| c.update))
+    async fn heartbeat(&self, session: &Session, at: Instant) -> Result<Option<PresenceUpdate>, EngineError> {
+        Ok(self.state().lease(session, at + self.lifetimes.ttl, at, false, false).and_then(|c| c.update))
     }
 
     async fn disconnect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
@@ -364,7 +377,8 @@ impl PresenceStore for MemoryPresence {
     async fn linger(&self, session: &Session, grace: Duration) -> Result<(), EngineError> {
         let mut state = self.state();
         if let Some(deadline) = state.leases.get(&session.id).map(|lease| lease.deadline) {
-            state.lease(session, deadline.min(Instant::now() + grace), false, false);
+            let now = Instant::now();
+            state.lease(session, deadline.min(now + grace), now, false, false);
         }
         if let Some(lease) = state.leases.get_mut(&session.id) {
             lease.device = None;
@@ -457,10 +471,16 @@ impl SignalStore for MemoryPresence {
     }
 
     /// One router holds every session, and it checked its own before asking
-    /// ([`crate::node::Node::take_floor`]): there is no other router to arbitrate with, so
-    /// the floor is granted.
-    async fn take_floor(&self, _channel: &str, _holder: &SessionId, _hold: Duration) -> Result<bool, EngineError> {
-        Ok(true)
+    /// ([`crate::node::Node::take_floor`], which also takes an idle floor over): there is
+    /// no other router to arbitrate with, so the floor is granted.
+    async fn take_floor(&self, _channel: &str, _claim: &FloorClaim) -> Result<FloorTake, EngineError> {
+        Ok(FloorTake::Granted)
+    }
+
+    /// Nothing was stored by [`SignalStore::take_floor`]: the router keeps the idle
+    /// deadline of its own floors.
+    async fn touch_floor(&self, _channel: &str, _holder: &SessionId, _idle: Duration) -> Result<(), EngineError> {
+        Ok(())
     }
 
     /// Nothing was stored by [`SignalStore::take_floor`]: nothing to give back.
@@ -553,7 +573,7 @@ mod tests {
         store.connect(&s).await.unwrap();
         for _ in 0..5 {
             tokio::time::advance(Duration::from_secs(30)).await;
-            assert_eq!(store.heartbeat(&s).await.unwrap(), None);
+            assert_eq!(store.heartbeat(&s, Instant::now()).await.unwrap(), None);
             assert!(store.expire_due().await.unwrap().is_empty());
         }
         assert_eq!(store.online().await.unwrap().users.len(), 1);
@@ -566,7 +586,7 @@ mod tests {
         store.connect(&s).await.unwrap();
         tokio::time::advance(TTL).await;
         let offline = store.expire_due().await.unwrap().remove(0);
-        let back = store.heartbeat(&s).await.unwrap().expect("re-registered");
+        let back = store.heartbeat(&s, Instant::now()).await.unwrap().expect("re-registered");
         assert_eq!(back.presence.status, Status::Online);
         assert!(back.presence.version > offline.presence.version);
     }
@@ -596,11 +616,11 @@ mod tests {
         assert_eq!(names(&store.connect(&phone).await.unwrap().update.unwrap()), ["g1", "g2"]);
         let joined = store.connect(&tablet).await.unwrap().update.expect("new groups are news");
         assert_eq!((joined.cause, names(&joined)), (Cause::Groups, vec!["g1".into(), "g2".into(), "g3".into()]));
-        assert_eq!(store.heartbeat(&tablet).await.unwrap(), None, "the same groups again are no news");
+        assert_eq!(store.heartbeat(&tablet, Instant::now()).await.unwrap(), None, "the same groups again are no news");
 
         // The phone falls silent: its lapse takes away only the group no other session names.
         tokio::time::advance(TTL / 2).await;
-        store.heartbeat(&tablet).await.unwrap();
+        store.heartbeat(&tablet, Instant::now()).await.unwrap();
         tokio::time::advance(TTL / 2).await;
         let lapsed = store.expire_due().await.unwrap();
         assert_eq!(lapsed.len(), 1);
@@ -623,7 +643,11 @@ mod tests {
         let new = on(5, Some("radio"));
         let replaced = store.connect(&new).await.unwrap();
         assert_eq!(replaced, Connected { update: None, replaced: Some(old.id.clone()) }, "no transition either");
-        assert_eq!(store.heartbeat(&old).await.unwrap(), None, "the replaced session is not brought back");
+        assert_eq!(
+            store.heartbeat(&old, Instant::now()).await.unwrap(),
+            None,
+            "the replaced session is not brought back"
+        );
         assert_eq!(store.regroup(&old).await.unwrap(), None);
         for s in [&new, &unnamed, &tablet] {
             store.disconnect(s).await.unwrap();
@@ -704,10 +728,10 @@ mod tests {
         let s = session("u", 1);
         store.connect(&s).await.unwrap();
         tokio::time::advance(AWAY_AFTER - Duration::from_secs(30)).await;
-        store.heartbeat(&s).await.unwrap();
+        store.heartbeat(&s, Instant::now()).await.unwrap();
         assert!(store.expire_due().await.unwrap().is_empty(), "heartbeats are not activity, but not idle yet");
         tokio::time::advance(Duration::from_secs(30)).await;
-        store.heartbeat(&s).await.unwrap();
+        store.heartbeat(&s, Instant::now()).await.unwrap();
         let away = store.expire_due().await.unwrap();
         assert_eq!(away.len(), 1, "heartbeats alone do not keep a user online");
         assert_eq!((away[0].presence.status, away[0].cause), (Status::Away, Cause::Idle));
@@ -729,7 +753,7 @@ mod tests {
         store.connect(&s).await.unwrap();
         for step in 1..=120 {
             tokio::time::advance(Duration::from_secs(30)).await;
-            store.heartbeat(&s).await.unwrap();
+            store.heartbeat(&s, Instant::now()).await.unwrap();
             if step % 4 == 0 {
                 assert_eq!(store.activity(&s).await.unwrap(), None, "an online user pinging stays online");
             }
@@ -751,7 +775,7 @@ mod tests {
         assert_eq!(store.set_status(&s, Mode::Dnd, Some("parked")).await.unwrap(), None, "nothing changed");
         for _ in 0..20 {
             tokio::time::advance(Duration::from_secs(30)).await;
-            store.heartbeat(&s).await.unwrap();
+            store.heartbeat(&s, Instant::now()).await.unwrap();
             assert!(store.expire_due().await.unwrap().is_empty(), "dnd is not turned away by inactivity");
         }
 
@@ -760,7 +784,7 @@ mod tests {
         assert_eq!(hidden.presence.last_activity, None);
         assert!(store.online().await.unwrap().users.is_empty(), "invisible users are not in snapshots");
         tokio::time::advance(Duration::from_secs(30)).await;
-        store.heartbeat(&s).await.unwrap();
+        store.heartbeat(&s, Instant::now()).await.unwrap();
         let seen = store.lookup(std::slice::from_ref(&s.user), &Scope::everyone()).await.unwrap().remove(0);
         assert_eq!(seen.last_seen, hidden.presence.last_seen, "heartbeats do not reveal an invisible user");
         assert_eq!(store.disconnect(&s).await.unwrap(), None, "already shown offline");

@@ -24,6 +24,7 @@ pub mod redis;
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
+use tokio::time::Instant;
 
 pub use memory::{MemoryBroker, MemoryPresence};
 
@@ -114,8 +115,17 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// again (the phone was silent, not gone), which may return an online transition,
     /// unless another live session holds its device now (it was replaced).
     /// When the store has lost the user's chosen status (an empty Redis after a restart),
-    /// the session's [`choice`](Session::choice) is restored.
-    async fn heartbeat(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError>;
+    /// the session's [`choice`](Session::choice) is restored. The lease runs the TTL from
+    /// `at`, when the heartbeat arrived (it may have waited for a batch).
+    async fn heartbeat(&self, session: &Session, at: Instant) -> Result<Option<PresenceUpdate>, EngineError>;
+
+    /// How long the router gathers heartbeats before renewing them (see
+    /// [`crate::renewals`]): zero for a store in this process; a store across the network
+    /// renews a batch per round trip, and each round trip costs it far more than the
+    /// renewals it carries.
+    fn renewal_window(&self) -> Duration {
+        Duration::ZERO
+    }
 
     /// Ends a session. Returns the offline transition when it was the user's last.
     async fn disconnect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError>;
@@ -188,13 +198,55 @@ pub trait SignalStore: Send + Sync + 'static {
     /// claimed by exactly one router, and never one its router cleared.
     async fn claim_orphaned_indicators(&self) -> Result<Vec<(Id, IndicatorKind, Id)>, EngineError>;
 
-    /// Claims a PTT channel's floor for `holder` for at most `hold`, unless another
-    /// session holds it: true when granted (also to the session that holds it already).
+    /// Claims a PTT channel's floor for `claim`'s talker for at most its `hold`, unless
+    /// another session holds it and is not idle: [`FloorTake::Granted`] also to the
+    /// session that holds it already (and a replayed call gets its first answer again).
     /// Routers check their own sessions first; the store arbitrates between routers.
-    async fn take_floor(&self, channel: &str, holder: &SessionId, hold: Duration) -> Result<bool, EngineError>;
+    async fn take_floor(&self, channel: &str, claim: &FloorClaim) -> Result<FloorTake, EngineError>;
+
+    /// The floor's holder sent AUDIO: the floor goes idle `idle` from now. Nothing when
+    /// `holder` does not hold it.
+    async fn touch_floor(&self, channel: &str, holder: &SessionId, idle: Duration) -> Result<(), EngineError>;
 
     /// Gives the floor back if `holder` still has it; nothing otherwise.
     async fn release_floor(&self, channel: &str, holder: &SessionId) -> Result<(), EngineError>;
+}
+
+/// Who talks on a PTT floor: what a session that takes the floor over needs to end that
+/// talk for its listeners, and to tell its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Talker {
+    pub session: SessionId,
+    pub user: Id,
+    /// The talk's message id.
+    pub talk: Arc<str>,
+    /// Its START had the message-id slot: the STOP its listeners get has it too.
+    pub with_message_id: bool,
+}
+
+/// A session's claim on a PTT channel's floor.
+#[derive(Debug, Clone)]
+pub struct FloorClaim {
+    pub talker: Talker,
+    /// Held at most this long (the maximum talk time), unless given back sooner.
+    pub hold: Duration,
+    /// Taken over by another session's claim once the talker has sent no AUDIO (see
+    /// [`SignalStore::touch_floor`]) for this long since the claim or the last touch;
+    /// `None`: never. A claim with `None` takes no idle floor over either.
+    pub idle: Option<Duration>,
+}
+
+/// The answer to [`SignalStore::take_floor`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FloorTake {
+    Granted,
+    /// Another session holds the floor.
+    Busy,
+    /// Granted: the floor was `from`'s, idle, and held for `held`.
+    TakenOver {
+        from: Talker,
+        held: Duration,
+    },
 }
 
 /// Transient transport between routers: transitions, relayed frames and session messages,

@@ -13,7 +13,7 @@ use crate::id::{Id, IdError};
 pub const MAX_DEPTH: usize = 16;
 
 /// The ext value old notepack versions emit for `undefined`: fixext1 type 0, data 0.
-fn is_js_undefined(value: &Value) -> bool {
+pub(super) fn is_js_undefined(value: &Value) -> bool {
     matches!(value, Value::Ext(0, data) if data.as_slice() == [0])
 }
 
@@ -25,6 +25,10 @@ pub struct Frame {
     pub from: Option<Id>,
     pub to: Option<Id>,
     pub message_id: Option<Value>,
+    /// Whether the frame had the message-id slot (six elements), even holding nil: what
+    /// the router relays and answers for it keeps the sender's layout.
+    pub with_message_id: bool,
+    /// Nil for a four-element frame, which has none.
     pub payload: Value,
 }
 
@@ -34,7 +38,7 @@ pub enum DecodeError {
     Malformed(String),
     #[error("frame has {0} trailing bytes after the msgpack value")]
     TrailingBytes(usize),
-    #[error("frame must be a msgpack array of 5 or 6 elements")]
+    #[error("frame must be a msgpack array of 4, 5 or 6 elements")]
     Shape,
     #[error("channelType must be 0 (group) or 1 (private)")]
     ChannelType,
@@ -72,17 +76,22 @@ pub fn decode(mut bytes: &[u8]) -> Result<Frame, DecodeError> {
         (Some(c), Some(m), Some(f), Some(t)) => (c, m, f, t),
         _ => return Err(DecodeError::Shape),
     };
+    // VoicePing clients leave the payload out of frames that need none (USER_ADD,
+    // USER_REMOVE): four elements read as a nil payload.
     let (message_id, payload) = match (items.next(), items.next(), items.next()) {
+        (None, _, _) => (None, Value::Nil),
         (Some(payload), None, None) => (None, payload),
         (Some(message_id), Some(payload), None) => (Some(message_id), payload),
         _ => return Err(DecodeError::Shape),
     };
+    let with_message_id = message_id.is_some();
     Ok(Frame {
         channel_type: channel_type(&channel)?,
         message_type: small_uint(&message_type).ok_or(DecodeError::MessageType)?,
         from: optional_id(&from).map_err(|source| DecodeError::Id { field: "fromId", source })?,
         to: optional_id(&to).map_err(|source| DecodeError::Id { field: "toId", source })?,
         message_id: message_id.filter(|m| !m.is_nil() && !is_js_undefined(m)),
+        with_message_id,
         payload,
     })
 }
@@ -172,6 +181,15 @@ mod tests {
     }
 
     #[test]
+    fn four_elements_carry_no_payload_and_five_no_message_id_slot() {
+        let frame = decode(&[0x94, 0x01, 0x02, 0xa1, b'1', 0xa2, b'1', b'8']).unwrap();
+        assert_eq!((frame.payload, frame.message_id, frame.with_message_id), (Value::Nil, None, false));
+        assert!(!decode(&notepack_heartbeat()).unwrap().with_message_id);
+        let six = decode(&[0x96, 0x00, 0x02, 0xa1, b'1', 0xa2, b'1', b'8', 0xc0, 0xc0]).unwrap();
+        assert_eq!((six.message_id, six.with_message_id), (None, true), "a nil message id still takes the slot");
+    }
+
+    #[test]
     fn notepack_quirks_are_accepted() {
         // fromId as float64 (a JS number past 2^32), toId as notepack's `undefined`,
         // messageId undefined, messageType as float64.
@@ -193,6 +211,7 @@ mod tests {
             (&[], "malformed"),
             (&[0x95, 0, 30], "malformed"), // truncated
             (&[0x93, 0, 30, 1], "shape"),
+            (&[0x90], "shape"),
             (&[0x95, 0, 30, 1, 0, 0xc0, 0xc0], "malformed"), // trailing bytes
             (&[0x97, 0, 30, 1, 0, 0, 0, 0], "shape"),
             (&[0x81, 0, 0], "shape"),

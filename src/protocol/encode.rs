@@ -40,6 +40,9 @@ pub enum ErrorCode {
     FloorNotHeld,
     /// Only mobile sessions talk, type and set a status; private channels need a shared group.
     NotAllowed,
+    /// A USER_ADD beyond the token's groups would take the session past
+    /// `--max-session-groups`.
+    TooManyGroups,
     /// The connection's token expired (the connection is then closed with 4001), or a
     /// REFRESH token was refused: the code is the one the HTTP API answers for the same
     /// token (`token_expired`, `invalid_token`, ...), or `token_mismatch` for a token of
@@ -60,6 +63,7 @@ impl ErrorCode {
             ErrorCode::NotAMember => "not_a_member",
             ErrorCode::FloorNotHeld => "floor_not_held",
             ErrorCode::NotAllowed => "not_allowed",
+            ErrorCode::TooManyGroups => "too_many_groups",
             ErrorCode::Token(code) => code,
         }
     }
@@ -266,52 +270,55 @@ pub fn indicator_frame(group: &Id, user: &Id, kind: IndicatorKind, active: bool)
     Bytes::from(buf.into_vec())
 }
 
-/// A PTT frame (START, AUDIO, STOP, TEXT) relayed to its receivers in VoicePing's layout
-/// with the message id slot, so the payload is at index 5 like every router frame:
-/// `[channelType, type, fromId, toId, messageId, payload]`, ids as canonical strings.
-pub fn relay_frame(frame: &Frame, from: &Id, to: &Id) -> Bytes {
-    let mut buf = ByteBuf::with_capacity(48);
-    let Ok(_) = enc::write_array_len(&mut buf, 6);
-    let Ok(_) = enc::write_uint(&mut buf, frame.channel_type as u64);
-    let Ok(_) = enc::write_uint(&mut buf, frame.message_type.into());
-    let Ok(_) = enc::write_str(&mut buf, from.as_str());
-    let Ok(_) = enc::write_str(&mut buf, to.as_str());
-    match &frame.message_id {
-        Some(id) => write_value(&mut buf, id),
-        None => {
-            let Ok(_) = enc::write_nil(&mut buf);
-        }
-    }
-    write_value(&mut buf, &frame.payload);
-    Bytes::from(buf.into_vec())
+/// The message-id slot of a frame on a channel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Slot<'a> {
+    /// Five elements, the payload at index 4 (VoicePing's usual layout).
+    Absent,
+    /// Six elements: this message id (nil for `None`) at index 4, the payload at 5.
+    Id(Option<&'a Value>),
 }
 
-/// The router's answer about a channel (START_ACK, START_FAILED, STOP_ACK, or a STOP it
-/// sends itself): `[channelType, type, 0, toId, messageId, {reason?, timestamp}]`.
-pub fn reply_frame(
+impl<'a> Slot<'a> {
+    /// The slot as `frame` had it: relays and VoicePing's replies keep the sender's layout.
+    pub fn of(frame: &'a Frame) -> Self {
+        if frame.with_message_id { Slot::Id(frame.message_id.as_ref()) } else { Slot::Absent }
+    }
+}
+
+/// A frame on a PTT channel (relayed START, AUDIO, STOP, TEXT, DELIVERED, READ; the
+/// router's acks and STOPs): `[channelType, type, fromId, toId, payload]` or, with the
+/// slot, `[channelType, type, fromId, toId, messageId, payload]`. Ids are written as
+/// canonical strings; `from` `None` is the router itself, written 0.
+pub fn channel_frame(
     channel: ChannelType,
     message_type: u8,
+    from: Option<&Id>,
     to: &Id,
-    message_id: Option<&Value>,
-    reason: Option<&str>,
+    slot: Slot<'_>,
+    payload: &Value,
 ) -> Bytes {
-    let mut buf = ByteBuf::with_capacity(64);
-    let Ok(_) = enc::write_array_len(&mut buf, 6);
+    let mut buf = ByteBuf::with_capacity(48);
+    let Ok(_) = enc::write_array_len(&mut buf, if slot == Slot::Absent { 5 } else { 6 });
     let Ok(_) = enc::write_uint(&mut buf, channel as u64);
     let Ok(_) = enc::write_uint(&mut buf, message_type.into());
-    let Ok(_) = enc::write_uint(&mut buf, 0);
-    let Ok(_) = enc::write_str(&mut buf, to.as_str());
-    match message_id {
-        Some(id) => write_value(&mut buf, id),
+    match from {
+        Some(from) => {
+            let Ok(_) = enc::write_str(&mut buf, from.as_str());
+        }
         None => {
+            let Ok(_) = enc::write_uint(&mut buf, 0);
+        }
+    }
+    let Ok(_) = enc::write_str(&mut buf, to.as_str());
+    match slot {
+        Slot::Absent => {}
+        Slot::Id(Some(id)) => write_value(&mut buf, id),
+        Slot::Id(None) => {
             let Ok(_) = enc::write_nil(&mut buf);
         }
     }
-    let Ok(_) = enc::write_map_len(&mut buf, 1 + u32::from(reason.is_some()));
-    if let Some(reason) = reason {
-        str_field(&mut buf, "reason", reason);
-    }
-    uint_field(&mut buf, "timestamp", unix_ms());
+    write_value(&mut buf, payload);
     Bytes::from(buf.into_vec())
 }
 
@@ -438,6 +445,18 @@ mod tests {
         let v = read(&heartbeat_ack_frame(Some(&Value::from(12))));
         assert_eq!((v[1].as_u64(), v[4].as_u64()), (Some(34), Some(12)));
         assert!(v[5]["timestamp"].as_u64().is_some());
+    }
+
+    #[test]
+    fn channel_frames_keep_the_layout_they_are_given() {
+        let (from, to) = (Id::parse("1").unwrap(), Id::parse("18").unwrap());
+        let five = read(&channel_frame(ChannelType::Group, 1, Some(&from), &to, Slot::Absent, &Value::from(7)));
+        assert_eq!(five, Value::Array(vec![0.into(), 1.into(), "1".into(), "18".into(), 7.into()]));
+        let id = Value::from("m");
+        let six = read(&channel_frame(ChannelType::Private, 2, None, &to, Slot::Id(Some(&id)), &Value::Nil));
+        assert_eq!(six, Value::Array(vec![1.into(), 2.into(), 0.into(), "18".into(), "m".into(), Value::Nil]));
+        let nil = read(&channel_frame(ChannelType::Group, 3, Some(&from), &to, Slot::Id(None), &Value::from(1)));
+        assert_eq!(nil[4], Value::Nil);
     }
 
     #[test]

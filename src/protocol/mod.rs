@@ -1,18 +1,21 @@
 //! The wire protocol: VoicePing-compatible msgpack frames.
 //!
 //! A frame is a msgpack array `[channelType, messageType, fromId, toId, payload]` or, with
-//! a message id, `[channelType, messageType, fromId, toId, messageId, payload]`. Frames the
-//! router sends always carry the message id, so their payload sits at index 5.
+//! a message id, `[channelType, messageType, fromId, toId, messageId, payload]` (or, with
+//! neither, `[channelType, messageType, fromId, toId]`). What is relayed on a channel, and
+//! VoicePing's START_ACK / START_FAILED, keep the sender's layout; every other frame the
+//! router sends carries the message id, so its payload sits at index 5.
 //! `docs/PROTOCOL.md` is the reference for clients.
 
 mod decode;
 mod encode;
 pub mod payload;
+pub mod voiceping;
 
 pub use decode::{DecodeError, Frame, MAX_DEPTH, decode};
 pub use encode::{
-    ErrorCode, ack_frame, client_frame, encode_snapshot, error_frame, heartbeat_ack_frame, heartbeat_frame,
-    indicator_frame, relay_frame, reply_frame, snapshot_frame, snapshot_len_bound, update_frame,
+    ErrorCode, Slot, ack_frame, channel_frame, client_frame, encode_snapshot, error_frame, heartbeat_ack_frame,
+    heartbeat_frame, indicator_frame, snapshot_frame, snapshot_len_bound, update_frame,
 };
 
 /// How `toId` is read: a group or one user.
@@ -32,7 +35,18 @@ pub mod message_type {
     pub const START_ACK: u8 = 6;
     pub const STOP_ACK: u8 = 7;
     pub const START_FAILED: u8 = 8;
+    /// Mobile → router: join the group in `toId` for the rest of the session.
+    pub const USER_ADD: u8 = 15;
+    /// Mobile → router: leave the group in `toId` for the rest of the session.
+    pub const USER_REMOVE: u8 = 16;
     pub const TEXT: u8 = 17;
+    /// Receiver → router → sender: `[1, 20, receiver, sender, messageId]`, the message
+    /// with that id reached the receiver (a group's are ignored, as VoicePing did).
+    pub const DELIVERED: u8 = 20;
+    /// Receiver → router → sender: the message with that id was read.
+    pub const READ: u8 = 21;
+    /// Router → sender: the TEXT was relayed; VoicePing's ack, on the text's channel.
+    pub const TEXT_ACK: u8 = 22;
     /// Last of VoicePing's numbers (UNAUTHORIZED_GROUP).
     pub const VOICEPING_LAST: u8 = 27;
     /// Mobile → router: keep my presence alive.
@@ -54,7 +68,8 @@ pub mod message_type {
     pub const INDICATOR: u8 = 37;
     /// Router → group members and dashboards: someone's indicator started or ended.
     pub const INDICATOR_UPDATE: u8 = 38;
-    /// Router → client: the STATUS, ACTIVITY, INDICATOR, TEXT or REFRESH frame was applied.
+    /// Router → client: the STATUS, ACTIVITY, INDICATOR, REFRESH, USER_ADD or USER_REMOVE
+    /// frame was applied.
     pub const ACK: u8 = 39;
     /// Client → router: `{token}`, a new token for the same user and role, to be used
     /// from now on (its expiry, and its groups).
@@ -78,6 +93,10 @@ pub mod message_type {
             STOP => "stop",
             AUDIO => "audio",
             TEXT => "text",
+            USER_ADD => "user_add",
+            USER_REMOVE => "user_remove",
+            DELIVERED => "delivered",
+            READ => "read",
             0..=VOICEPING_LAST => "ptt_other",
             _ => "unknown",
         }

@@ -3,7 +3,7 @@
 //! stream. Writes happen inline, so a connection never queues more than the hub's shared
 //! ring and its bounded mailbox; a write that stalls past `--write-timeout-ms` ends the
 //! connection as a slow consumer. PTT lives in `ptt.rs`, statuses and indicators in
-//! `signals.rs`.
+//! `signals.rs`, changes of groups in `refresh.rs` and `membership.rs`.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -19,6 +19,7 @@ use tokio::{
 use super::{
     close,
     liveness::{self, Renewal},
+    membership::Membership,
     ptt::Talk,
     socket::{Incoming, Socket},
 };
@@ -85,9 +86,13 @@ pub struct Connection {
     pub(super) seq: u64,
     /// Whose presence this connection may see (dashboards) or, over HTTP, read.
     pub(super) scope: Scope,
-    /// The token's groups: a mobile's memberships; for a dashboard, the only groups whose
-    /// members it sees (`None`: everyone).
+    /// A mobile's memberships: its token's groups, with its USER_ADD / USER_REMOVE
+    /// changes; for a dashboard, the token's groups, the only ones whose members it sees
+    /// (`None`: everyone).
     pub(super) groups: Option<Groups>,
+    /// A mobile's changes to its token's groups (boxed: most sessions make none); `None`
+    /// while it holds exactly its token's groups.
+    pub(super) membership: Option<Box<Membership>>,
     /// Indicators this connection has on, and when each lapses without a refresh.
     pub(super) indicators: BTreeMap<(IndicatorKind, Id), Instant>,
     /// The PTT floor this connection holds (boxed: most connections never talk, and every
@@ -121,6 +126,7 @@ impl Connection {
             seq: 0,
             scope,
             groups,
+            membership: None,
             indicators: BTreeMap::new(),
             talk: None,
             invisible,
@@ -132,7 +138,7 @@ impl Connection {
         self.session.as_ref().filter(|_| self.app.presence_enabled)
     }
 
-    /// Whether the token names `group`.
+    /// Whether the session is in `group`.
     pub(super) fn member_of(&self, group: &Id) -> bool {
         self.groups.as_deref().is_some_and(|groups| groups.contains(group))
     }
@@ -203,15 +209,13 @@ impl Connection {
         }
     }
 
-    /// What this connection is reachable as for relayed frames (and, on a device, for
-    /// its replacement).
+    /// What this connection is reachable as for relayed frames (and, as a mobile session,
+    /// for its replacement and the loss of its floor).
     fn member(&self) -> Member {
         match &self.session {
-            Some(session) => Member::Session {
-                user: self.user.clone(),
-                groups: session.groups.clone(),
-                replaceable: session.device_id.is_some().then(|| session.id.clone()),
-            },
+            Some(session) => {
+                Member::Session { user: self.user.clone(), groups: session.groups.clone(), session: session.id.clone() }
+            }
             None => Member::Watcher { allowed: self.scope.allowed_groups() },
         }
     }
@@ -368,9 +372,13 @@ impl Connection {
             message_type::ACTIVITY => Box::pin(self.on_activity(socket, &frame)).await,
             message_type::INDICATOR => Box::pin(self.on_indicator(socket, &frame)).await,
             message_type::REFRESH => Box::pin(self.on_refresh(socket, &frame)).await,
-            message_type::START | message_type::STOP | message_type::AUDIO | message_type::TEXT => {
-                Box::pin(self.on_ptt(socket, &frame)).await
-            }
+            message_type::USER_ADD | message_type::USER_REMOVE => Box::pin(self.on_membership(socket, &frame)).await,
+            message_type::START
+            | message_type::STOP
+            | message_type::AUDIO
+            | message_type::TEXT
+            | message_type::DELIVERED
+            | message_type::READ => Box::pin(self.on_ptt(socket, &frame)).await,
             _ => {
                 self.refuse(socket, &frame, ErrorCode::UnsupportedType, "this router does not handle that message type")
                     .await
@@ -492,11 +500,17 @@ impl Connection {
         frame
     }
 
-    /// Applies news of the user's visibility, then writes what the mailbox holds (up to a
-    /// batch; the rest wakes the next round) and flushes once.
+    /// Applies news of the user's visibility and of its floor taken over, then writes what
+    /// the mailbox holds (up to a batch; the rest wakes the next round) and flushes once.
     async fn on_relayed(&mut self, socket: &mut Socket, mailbox: &Mailbox) -> Option<Exit> {
         if let Some(invisible) = mailbox.take_visibility() {
             self.set_invisible(invisible);
+        }
+        // Boxed, like the other rare paths: it would widen every idle connection's task.
+        if let Some(talk) = mailbox.take_lost_talk()
+            && let Some(exit) = Box::pin(self.lose_talk(socket, &talk)).await
+        {
+            return Some(exit);
         }
         let mut written = 0;
         while written < EVENT_BATCH

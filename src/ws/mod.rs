@@ -4,6 +4,7 @@ pub mod close;
 mod connection;
 pub mod frame;
 mod liveness;
+mod membership;
 mod ptt;
 mod rate_limit;
 mod refresh;

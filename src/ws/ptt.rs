@@ -1,13 +1,28 @@
-//! Push-to-talk: VoicePing's START / AUDIO / STOP / TEXT on group and private channels.
+//! Push-to-talk: VoicePing's START / AUDIO / STOP / TEXT and its receipts (DELIVERED,
+//! READ) on group and private channels, in VoicePing's frames.
 //!
 //! One session talks on a channel at a time: START asks the node for the channel's floor
-//! and gets START_ACK or START_FAILED (`busy`, or `already_talking` on another channel).
-//! The holder's AUDIO and STOP are relayed to the channel's receivers, never back to the
-//! sender; anyone else's get ERROR `floor_not_held`. The router takes the floor back after
-//! `MAX_TALK_MS` (the talker gets a STOP with reason `max_talk_time`, the receivers a
-//! STOP in the talker's name) and when the connection closes. While a user holds a group's
-//! floor it shows as `talking` in that group, like a typing indicator.
+//! and gets START_ACK (echoing the START's payload) or START_FAILED ("Busy", or "Already
+//! talking" on another channel), in the START's own layout. The holder's AUDIO and STOP
+//! are relayed to the channel's receivers in the layout the sender used, never to the
+//! sender's user (but on its private channel to itself, which reaches all its sessions,
+//! the sending one included, as VoicePing did); anyone else's get ERROR `floor_not_held`.
+//! Each talk has a message id, made at its START: STOP_ACK carries it, and the receivers'
+//! STOP gets VoicePing's `{duration, message_id}`. TEXT needs no floor: TEXT_ACK carries
+//! its message id, which its receivers get with the text. DELIVERED and READ go back to
+//! the user they name, on a private channel; a group's are ignored.
+//!
+//! The router ends a talk on the talker's behalf after `MAX_TALK_MS`, when another START
+//! takes over a floor idle for `FLOOR_IDLE_MS`, when the talker leaves the group and when
+//! its connection closes: the talker gets the router's STOP with the reason, the receivers
+//! a STOP in the talker's name, and the talker's further AUDIO for that talk is dropped
+//! without an answer (counted in `presence_audio_dropped_total`) until its STOP, which is
+//! acknowledged, or its next START. While a user holds a group's floor it shows as
+//! `talking` in that group, like a typing indicator.
 
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
 use rmpv::Value;
 use tokio::time::Instant;
 
@@ -16,22 +31,33 @@ use super::{
     socket::Socket,
 };
 use crate::{
+    engine::{FloorClaim, Talker},
     id::Id,
     metrics,
     node::Floor,
+    presence::unix_ms,
     protocol::{
-        self, ChannelType, ErrorCode, Frame,
-        message_type::{START, START_ACK, START_FAILED, STOP, STOP_ACK, TEXT, label},
+        self, ChannelType, ErrorCode, Frame, Slot,
+        message_type::{AUDIO, DELIVERED, READ, START, START_ACK, START_FAILED, STOP, STOP_ACK, TEXT, TEXT_ACK, label},
         payload::IndicatorKind,
+        voiceping::{self, ACKNOWLEDGED, ALREADY_TALKING, BUSY},
     },
     transient::{Audience, Delivery},
 };
 
-/// The floor a connection holds.
+/// The talk of a connection: the floor it holds, or a talk the router ended.
 pub struct Talk {
     channel: Channel,
+    /// Its message id.
+    id: Arc<str>,
+    started: Instant,
     /// When the maximum talk time runs out.
-    pub until: Instant,
+    until: Instant,
+    /// Its START had the message-id slot: the STOPs sent in the talker's name have it.
+    with_message_id: bool,
+    /// Why the router ended it on the talker's behalf (its floor is gone); `None` while
+    /// the talker holds the floor.
+    ended: Option<&'static str>,
 }
 
 impl Talk {
@@ -39,17 +65,26 @@ impl Talk {
     pub(super) fn group(&self) -> Option<&Id> {
         (self.channel.kind == ChannelType::Group).then_some(&self.channel.to)
     }
+
+    /// When the router takes the floor back (the maximum talk time), while it is held.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        self.ended.is_none().then_some(self.until)
+    }
 }
 
 /// A channel as a frame names it.
+#[derive(Clone)]
 struct Channel {
     /// The floor's key: `g:{group}`, or `p:{len}:{a}:{b}` for the private channel between
-    /// users a < b (length-prefixed, so no two pairs share a key).
+    /// users a ≤ b (length-prefixed, so no two pairs share a key).
     key: String,
     kind: ChannelType,
     /// The group, or the user talked to.
     to: Id,
     audience: Audience,
+    /// Whose sessions never get the frames: the sender's user, except on its private
+    /// channel to itself.
+    except: Option<Id>,
 }
 
 impl Connection {
@@ -63,21 +98,20 @@ impl Connection {
                 key: format!("g:{to}"),
                 kind: ChannelType::Group,
                 audience: Audience::Group { group: to.clone(), dashboards: false },
+                except: Some(self.user.clone()),
                 to,
             }),
             ChannelType::Group => Err((ErrorCode::NotAMember, "the token's groups do not include this group")),
-            ChannelType::Private if to == self.user => {
-                Err((ErrorCode::InvalidFrame, "a private channel needs another user"))
-            }
-            ChannelType::Private if !self.may_call(&to) => {
+            ChannelType::Private if to != self.user && !self.may_call(&to) => {
                 Err((ErrorCode::NotAllowed, "a private channel needs a group shared with that user"))
             }
             ChannelType::Private => {
-                let (a, b) = if self.user < to { (&self.user, &to) } else { (&to, &self.user) };
+                let (a, b) = if self.user <= to { (&self.user, &to) } else { (&to, &self.user) };
                 Ok(Channel {
                     key: format!("p:{}:{a}:{b}", a.as_str().len()),
                     kind: ChannelType::Private,
                     audience: Audience::User(to.clone()),
+                    except: (to != self.user).then(|| self.user.clone()),
                     to,
                 })
             }
@@ -97,14 +131,20 @@ impl Connection {
             || node.hub().groups_of(user).is_some_and(|theirs| theirs.iter().any(|g| mine.contains(g)))
     }
 
-    fn holds(&self, channel: &str) -> bool {
-        self.talk.as_ref().is_some_and(|t| t.channel.key == channel)
+    /// The connection's talk on `channel`, held or ended.
+    fn talk_on(&self, channel: &Channel) -> Option<&Talk> {
+        self.talk.as_deref().filter(|talk| talk.channel.key == channel.key)
     }
 
-    /// START, STOP, AUDIO and TEXT.
+    /// START, STOP, AUDIO, TEXT, DELIVERED and READ.
     pub(super) async fn on_ptt(&mut self, socket: &mut Socket, frame: &Frame) -> Result<bool, Exit> {
         if self.session.is_none() {
             return self.refuse(socket, frame, ErrorCode::NotAllowed, "only mobile sessions talk").await;
+        }
+        let receipt = matches!(frame.message_type, DELIVERED | READ);
+        if receipt && frame.channel_type == ChannelType::Group {
+            // VoicePing ignored a group's receipts, without a word.
+            return Ok(false);
         }
         let channel = match self.channel_of(frame) {
             Ok(channel) => channel,
@@ -112,53 +152,65 @@ impl Connection {
         };
         match frame.message_type {
             START => self.on_start(socket, frame, channel).await,
-            STOP if self.holds(&channel.key) => {
-                self.forward(frame, &channel);
-                self.end_talk(None).await;
-                self.reply(socket, frame, STOP_ACK, None).await
-            }
-            TEXT => {
-                self.forward(frame, &channel);
-                self.note_activity(false).await;
-                self.ack(socket, frame).await
-            }
-            // AUDIO
-            _ if self.holds(&channel.key) => {
-                self.forward(frame, &channel);
-                Ok(false)
-            }
+            STOP => self.on_stop(socket, frame, &channel).await,
+            AUDIO => self.on_audio(socket, frame, &channel).await,
+            TEXT => self.on_text(socket, frame, &channel).await,
+            // DELIVERED, READ: back to the user they name, as sent.
             _ => {
-                self.refuse(socket, frame, ErrorCode::FloorNotHeld, "START was not acknowledged on this channel").await
+                self.forward(frame, &channel, &frame.payload);
+                Ok(false)
             }
         }
     }
 
     async fn on_start(&mut self, socket: &mut Socket, frame: &Frame, channel: Channel) -> Result<bool, Exit> {
-        match &self.talk {
-            Some(talk) if talk.channel.key == channel.key => return self.reply(socket, frame, START_ACK, None).await,
-            Some(_) => return self.reply(socket, frame, START_FAILED, Some("already_talking")).await,
-            None => {}
+        if let Some(talk) = self.talk.as_deref().filter(|talk| talk.ended.is_none()) {
+            return if talk.channel.key == channel.key {
+                let echo = voiceping::start_ack(channel.kind, &frame.payload);
+                self.answer(socket, frame, &channel, START_ACK, &echo).await
+            } else {
+                self.answer(socket, frame, &channel, START_FAILED, &ALREADY_TALKING.into()).await
+            };
         }
         let Some(session) = self.session.clone() else { return Ok(false) };
+        let node = Arc::clone(&self.app.node);
+        let id = node.message_id(channel.kind, AUDIO, &channel.to, &self.user);
+        let talker = Talker {
+            session: session.id,
+            user: self.user.clone(),
+            talk: id.clone(),
+            with_message_id: frame.with_message_id,
+        };
         let hold = self.app.limits.max_talk;
-        let floor = self.app.node.take_floor(&channel.key, &session.id, hold).await;
-        let result = match floor {
-            Floor::Granted => "granted",
-            Floor::Busy => "busy",
-            Floor::LocalOnly => "local_only",
+        let claim = FloorClaim { talker, hold, idle: self.app.limits.floor_idle };
+        let (local_only, taken_from) = match node.take_floor(&channel.key, &claim).await {
+            Floor::Granted { local_only, taken_from } => (local_only, taken_from),
+            Floor::Busy => {
+                ::metrics::counter!(metrics::FLOOR_REQUESTS, "result" => "busy").increment(1);
+                return self.answer(socket, frame, &channel, START_FAILED, &BUSY.into()).await;
+            }
+        };
+        let result = match (&taken_from, local_only) {
+            (Some(_), _) => "idle_takeover",
+            (None, true) => "local_only",
+            (None, false) => "granted",
         };
         ::metrics::counter!(metrics::FLOOR_REQUESTS, "result" => result).increment(1);
-        if floor == Floor::Busy {
-            return self.reply(socket, frame, START_FAILED, Some("busy")).await;
+        if let Some((talker, held)) = &taken_from {
+            // Its listeners hear its STOP before the new START; its session is told.
+            self.stop_taken_talk(&channel, talker, *held);
+            node.floor_taken(talker);
         }
         // Held from here, so a failed reply still gives it back; `talking` is set after, so
         // it never lapses before the floor does.
         let group = (channel.kind == ChannelType::Group).then(|| channel.to.clone());
-        self.talk = Some(Box::new(Talk { channel, until: Instant::now() + hold }));
-        let acked = self.reply(socket, frame, START_ACK, None).await;
-        if let Some(talk) = &self.talk {
-            self.forward(frame, &talk.channel);
-        }
+        let now = Instant::now();
+        let with_message_id = frame.with_message_id;
+        let echo = voiceping::start_ack(channel.kind, &frame.payload);
+        let talk = Talk { channel: channel.clone(), id, started: now, until: now + hold, with_message_id, ended: None };
+        self.talk = Some(Box::new(talk));
+        let acked = self.answer(socket, frame, &channel, START_ACK, &echo).await;
+        self.forward(frame, &channel, &frame.payload);
         if let Some(group) = group {
             self.start_indicator(IndicatorKind::Talking, group, hold).await;
         }
@@ -166,62 +218,226 @@ impl Connection {
         acked
     }
 
-    /// Relays the client's frame to the channel's receivers.
-    fn forward(&self, frame: &Frame, channel: &Channel) {
-        ::metrics::counter!(metrics::RELAYED, "type" => label(frame.message_type)).increment(1);
-        let delivery = Delivery {
-            audience: channel.audience.clone(),
-            except: Some(self.user.clone()),
-            frame: protocol::relay_frame(frame, &self.user, &channel.to),
+    /// AUDIO: relayed while the floor is held; dropped, counted, while the talk the
+    /// router ended lasts.
+    async fn on_audio(&mut self, socket: &mut Socket, frame: &Frame, channel: &Channel) -> Result<bool, Exit> {
+        let (Some(talk), Some(session)) = (self.talk_on(channel), self.session.as_ref()) else {
+            let message = "START was not acknowledged on this channel";
+            return self.refuse(socket, frame, ErrorCode::FloorNotHeld, message).await;
         };
-        self.app.node.send(delivery);
+        if let Some(reason) = talk.ended {
+            ::metrics::counter!(metrics::AUDIO_DROPPED, "reason" => reason).increment(1);
+            return Ok(false);
+        }
+        if self.app.node.floor_audio(&channel.key, &session.id) {
+            self.forward(frame, channel, &frame.payload);
+            return Ok(false);
+        }
+        // Another session of this router took the floor over: the news is on its way, and
+        // this is the lost talk's first dropped AUDIO.
+        ::metrics::counter!(metrics::AUDIO_DROPPED, "reason" => IDLE).increment(1);
+        let id = talk.id.clone();
+        self.lose_talk(socket, &id).await.map_or(Ok(false), Err)
     }
 
-    /// START_ACK, START_FAILED or STOP_ACK about the frame's channel.
-    async fn reply(
+    /// STOP: relayed with VoicePing's `{duration, message_id}` and acknowledged with the
+    /// talk's message id; a talk the router ended is only acknowledged (its listeners had
+    /// its STOP).
+    async fn on_stop(&mut self, socket: &mut Socket, frame: &Frame, channel: &Channel) -> Result<bool, Exit> {
+        let Some(talk) = self.talk_on(channel) else {
+            let message = "START was not acknowledged on this channel";
+            return self.refuse(socket, frame, ErrorCode::FloorNotHeld, message).await;
+        };
+        let id = talk.id.clone();
+        if talk.ended.is_none() {
+            let stop = voiceping::stop(talk.started.elapsed(), &id, None);
+            self.forward(frame, channel, &stop);
+        }
+        self.end_talk(None).await;
+        self.acknowledge(socket, channel, STOP_ACK, &id).await
+    }
+
+    /// TEXT: relayed with its message id (the frame's own, when it has one), acknowledged
+    /// with TEXT_ACK.
+    async fn on_text(&mut self, socket: &mut Socket, frame: &Frame, channel: &Channel) -> Result<bool, Exit> {
+        let id = match frame.message_id.as_ref().and_then(client_message_id) {
+            Some(id) => id,
+            None => self.app.node.message_id(channel.kind, TEXT, &channel.to, &self.user),
+        };
+        self.forward(frame, channel, &voiceping::text(&frame.payload, &id));
+        self.note_activity(false).await;
+        self.acknowledge(socket, channel, TEXT_ACK, &id).await
+    }
+
+    /// Relays the client's frame, with `payload`, to the channel's receivers in the layout
+    /// it came in.
+    fn forward(&self, frame: &Frame, channel: &Channel, payload: &Value) {
+        let bytes = protocol::channel_frame(
+            channel.kind,
+            frame.message_type,
+            Some(&self.user),
+            &channel.to,
+            Slot::of(frame),
+            payload,
+        );
+        self.relay(channel.audience.clone(), channel.except.clone(), frame.message_type, bytes);
+    }
+
+    fn relay(&self, audience: Audience, except: Option<Id>, message_type: u8, frame: Bytes) {
+        ::metrics::counter!(metrics::RELAYED, "type" => label(message_type)).increment(1);
+        self.app.node.send(Delivery { audience, except, frame });
+    }
+
+    /// START_ACK or START_FAILED, in the START's layout, on its channel.
+    async fn answer(
         &mut self,
         socket: &mut Socket,
         frame: &Frame,
+        channel: &Channel,
         message_type: u8,
-        reason: Option<&str>,
+        payload: &Value,
     ) -> Result<bool, Exit> {
-        let Some(to) = &frame.to else { return Ok(false) };
-        let reply = protocol::reply_frame(frame.channel_type, message_type, to, frame.message_id.as_ref(), reason);
-        match self.write(socket, reply).await {
-            Some(exit) => Err(exit),
-            None => Ok(false),
-        }
+        let reply = protocol::channel_frame(
+            channel.kind,
+            message_type,
+            Some(&self.user),
+            &channel.to,
+            Slot::of(frame),
+            payload,
+        );
+        self.write(socket, reply).await.map_or(Ok(false), Err)
+    }
+
+    /// STOP_ACK or TEXT_ACK as VoicePing sent them: `[ct, type, fromId, toId, messageId,
+    /// "Acknowledged"]` on the frame's channel.
+    async fn acknowledge(
+        &mut self,
+        socket: &mut Socket,
+        channel: &Channel,
+        message_type: u8,
+        id: &str,
+    ) -> Result<bool, Exit> {
+        let id = Value::from(id);
+        let ack = protocol::channel_frame(
+            channel.kind,
+            message_type,
+            Some(&self.user),
+            &channel.to,
+            Slot::Id(Some(&id)),
+            &ACKNOWLEDGED.into(),
+        );
+        self.write(socket, ack).await.map_or(Ok(false), Err)
+    }
+
+    /// The listeners of `talker`'s talk, whose floor this session just took over on
+    /// `channel`, hear its STOP in its name (reason `idle`): a group's members, or on a
+    /// private channel this user.
+    fn stop_taken_talk(&self, channel: &Channel, talker: &Talker, held: Duration) {
+        let (to, audience, except) = match channel.kind {
+            ChannelType::Group => (&channel.to, channel.audience.clone(), Some(talker.user.clone())),
+            ChannelType::Private => (&self.user, Audience::User(self.user.clone()), None),
+        };
+        let frame = talk_stop(channel.kind, &talker.user, to, &talker.talk, talker.with_message_id, held, IDLE);
+        self.relay(audience, except, STOP, frame);
     }
 
     /// The maximum talk time ran out: the router takes the floor back and tells the
     /// talker with a STOP of its own.
     pub(super) async fn cut_talk(&mut self, socket: &mut Socket) -> Option<Exit> {
-        let reason = "max_talk_time";
-        let channel = &self.talk.as_ref()?.channel;
-        let reply = protocol::reply_frame(channel.kind, STOP, &channel.to, None, Some(reason));
-        self.end_talk(Some(reason)).await;
-        self.write(socket, reply).await
+        self.end_talk(Some("max_talk_time")).await;
+        let stop = self.talk.as_deref().and_then(router_stop)?;
+        self.write(socket, stop).await
+    }
+
+    /// Another session took over the floor of this connection's talk `id` (its AUDIO had
+    /// stopped): the talk ends, its listeners heard its STOP from the taker, and the
+    /// talker gets the router's STOP with reason `idle`. Nothing if that talk is over.
+    pub(super) async fn lose_talk(&mut self, socket: &mut Socket, id: &str) -> Option<Exit> {
+        let (Some(talk), Some(session)) = (self.talk.as_deref_mut(), self.session.as_ref()) else { return None };
+        if talk.ended.is_some() || *talk.id != *id {
+            return None;
+        }
+        talk.ended = Some(IDLE);
+        self.app.node.forget_floor(&talk.channel.key, &session.id);
+        let (stop, group) = (router_stop(talk), talk.group().cloned());
+        if let Some(group) = group {
+            self.end_indicator(IndicatorKind::Talking, group).await;
+        }
+        self.write(socket, stop?).await
     }
 
     /// Gives the floor back. `reason` is set when the router ends the talk on the
-    /// talker's behalf: the receivers then get a STOP in the talker's name.
-    pub(super) async fn end_talk(&mut self, reason: Option<&str>) {
-        let (Some(talk), Some(session)) = (self.talk.take(), self.session.as_ref()) else { return };
-        let channel = talk.channel;
-        self.app.node.release_floor(&channel.key, &session.id).await;
-        if let Some(reason) = reason {
-            let stop = Frame {
-                channel_type: channel.kind,
-                message_type: STOP,
-                from: Some(self.user.clone()),
-                to: Some(channel.to.clone()),
-                message_id: None,
-                payload: Value::Map(vec![(Value::from("reason"), Value::from(reason))]),
-            };
-            self.forward(&stop, &channel);
+    /// talker's behalf: the receivers then get a STOP in the talker's name, and the talk
+    /// is kept, ended, to absorb the talker's AUDIO still under way; `None` (the talker's
+    /// own STOP, relayed by the caller) ends it for good, an ended one too.
+    pub(super) async fn end_talk(&mut self, reason: Option<&'static str>) {
+        let Some(mut talk) = self.talk.take() else { return };
+        if talk.ended.is_some() {
+            if reason.is_some() {
+                self.talk = Some(talk);
+            }
+            return;
         }
-        if channel.kind == ChannelType::Group {
-            self.end_indicator(IndicatorKind::Talking, channel.to).await;
+        if let Some(session) = &self.session {
+            self.app.node.release_floor(&talk.channel.key, &session.id).await;
+        }
+        let group = talk.group().cloned();
+        if let Some(reason) = reason {
+            let channel = &talk.channel;
+            let held = talk.started.elapsed();
+            let stop = talk_stop(channel.kind, &self.user, &channel.to, &talk.id, talk.with_message_id, held, reason);
+            self.relay(channel.audience.clone(), channel.except.clone(), STOP, stop);
+            talk.ended = Some(reason);
+            self.talk = Some(talk);
+        }
+        if let Some(group) = group {
+            self.end_indicator(IndicatorKind::Talking, group).await;
         }
     }
+}
+
+/// Why the floor of an idle talker went to the next START.
+const IDLE: &str = "idle";
+
+/// A STOP in `from`'s name for the listeners of its talk `id`, which the router ended
+/// (`reason`): VoicePing's `{duration, message_id}` with the reason, in the layout of the
+/// talk's START (the talk's message id in the slot, when it had one).
+fn talk_stop(
+    channel: ChannelType,
+    from: &Id,
+    to: &Id,
+    id: &str,
+    with_message_id: bool,
+    held: Duration,
+    reason: &str,
+) -> Bytes {
+    let slot_id = Value::from(id);
+    let slot = if with_message_id { Slot::Id(Some(&slot_id)) } else { Slot::Absent };
+    protocol::channel_frame(channel, STOP, Some(from), to, slot, &voiceping::stop(held, id, Some(reason)))
+}
+
+/// The router's own STOP to the talker of a talk it ended: `[ct, 2, 0, toId, messageId,
+/// {reason, message_id, duration, timestamp}]`; `None` for a talk not ended.
+fn router_stop(talk: &Talk) -> Option<Bytes> {
+    let reason = talk.ended?;
+    let duration = u64::try_from(talk.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let payload = Value::Map(vec![
+        ("reason".into(), reason.into()),
+        ("message_id".into(), Value::from(&*talk.id)),
+        ("duration".into(), duration.into()),
+        ("timestamp".into(), unix_ms().into()),
+    ]);
+    let id = Value::from(&*talk.id);
+    Some(protocol::channel_frame(talk.channel.kind, STOP, None, &talk.channel.to, Slot::Id(Some(&id)), &payload))
+}
+
+/// A TEXT's own message id: a string or an integer with an id's limits (at most 128
+/// bytes, no control characters), as text; `None` for anything else.
+fn client_message_id(value: &Value) -> Option<Arc<str>> {
+    let id = match value {
+        Value::String(s) => Id::parse(s.as_str()?).ok()?,
+        Value::Integer(n) => Id::from_int(n.as_i64().map(i128::from).or(n.as_u64().map(i128::from))?),
+        _ => return None,
+    };
+    Some(Arc::from(id.as_str()))
 }

@@ -2,7 +2,8 @@
 //! with 4001 once its token's `exp` (plus the leeway) passes.
 //!
 //! The new token must be valid and name the same user and role. It replaces the old one
-//! at once: its expiry, and its groups. New groups move everything the groups decide: a
+//! at once: its expiry, and its groups (a mobile's USER_ADD / USER_REMOVE changes stay on
+//! top of them: `membership.rs`). New groups move everything the groups decide: a
 //! mobile's memberships (relayed frames, the floor and indicators in groups it left end, a
 //! private talk ends when any group was left,
 //! and its user's groups become the union over its live sessions with these, a transition
@@ -41,30 +42,29 @@ impl Connection {
         }
         ::metrics::counter!(metrics::REFRESHES, "result" => "accepted").increment(1);
         self.expires_at = expiry(claims.exp);
-        let groups = claims.groups.clone().map(Groups::from);
+        // A mobile's USER_ADD / USER_REMOVE changes stay on top of the new token's groups.
+        let groups = self.with_changes(claims.groups.clone().map(Groups::from));
         if !same_groups(groups.as_deref(), self.groups.as_deref()) {
-            let before = std::mem::replace(&mut self.groups, groups);
             self.scope = Scope::of(&claims);
-            self.rescoped = true;
-            if let Some(exit) = self.regroup(socket, before.as_deref().unwrap_or_default()).await {
+            if let Some(exit) = self.regroup(socket, groups).await {
                 return Err(exit);
             }
         }
         self.ack(socket, frame).await
     }
 
-    /// Applies new token groups, replacing `before`: see the module documentation.
-    async fn regroup(&mut self, socket: &mut Socket, before: &[Id]) -> Option<Exit> {
+    /// Applies the connection's new `groups` (a REFRESH's, or a USER_ADD / USER_REMOVE
+    /// change): see the module documentation. A watcher's scope must be set first.
+    pub(super) async fn regroup(&mut self, socket: &mut Socket, groups: Option<Groups>) -> Option<Exit> {
+        let before = std::mem::replace(&mut self.groups, groups).unwrap_or_default();
+        self.rescoped = true;
         let groups = self.groups.clone().unwrap_or_default();
         if let Some(session) = self.session.as_mut() {
             session.groups = groups.clone();
-            let left: Vec<_> = self.indicators.keys().filter(|(_, group)| !groups.contains(group)).cloned().collect();
-            for (kind, group) in left {
-                self.end_indicator(kind, group).await;
-            }
             // A talk ends in a group left; on a private channel, when any group was left,
             // since the group shared with the listener may be among them (a new START
-            // checks it again).
+            // checks it again). First, as on a disconnect: listeners get the STOP before
+            // `talking` ends.
             let lost_any = before.iter().any(|group| !groups.contains(group));
             let talk_ends = self.talk.as_ref().is_some_and(|talk| match talk.group() {
                 Some(group) => !groups.contains(group),
@@ -72,6 +72,10 @@ impl Connection {
             });
             if talk_ends {
                 self.end_talk(Some("not_a_member")).await;
+            }
+            let left: Vec<_> = self.indicators.keys().filter(|(_, group)| !groups.contains(group)).cloned().collect();
+            for (kind, group) in left {
+                self.end_indicator(kind, group).await;
             }
             if let Some(session) = self.tracked() {
                 // Errors are counted by the node; the next heartbeat re-leases the session.

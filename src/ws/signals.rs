@@ -223,14 +223,14 @@ impl Connection {
 
     /// The earliest of the indicator deadlines and the floor's.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        let talk = self.talk.as_ref().map(|t| t.until);
+        let talk = self.talk.as_ref().and_then(|t| t.deadline());
         self.indicators.values().copied().chain(talk).min()
     }
 
     /// Ends what lapsed: the floor after the maximum talk time, indicators not refreshed.
     pub(super) async fn on_deadline(&mut self, socket: &mut Socket) -> Option<Exit> {
         let now = Instant::now();
-        if self.talk.as_ref().is_some_and(|t| t.until <= now)
+        if self.talk.as_ref().and_then(|t| t.deadline()).is_some_and(|until| until <= now)
             && let Some(exit) = self.cut_talk(socket).await
         {
             return Some(exit);

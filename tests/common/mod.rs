@@ -515,7 +515,9 @@ impl Client {
         frame
     }
 
-    /// The next frame, asserting a relayed `[channelType, type, from, to, messageId, payload]`.
+    /// The next frame, asserting a relayed `[channelType, type, from, to, payload]` (or, from
+    /// a sender that used the message-id slot, `[channelType, type, from, to, messageId,
+    /// payload]`).
     pub async fn expect_relayed(&mut self, message_type: u8, from: &str, to: &str) -> Value {
         let frame = self.expect(message_type).await;
         assert_eq!((frame[2].as_str(), frame[3].as_str()), (Some(from), Some(to)), "{frame}");
@@ -576,6 +578,14 @@ impl Client {
         // Wait for the router's echo so the close is processed before the test goes on.
         while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.ws.next()).await {}
     }
+}
+
+/// The `reason` of a STOP the router relayed in a talker's name (the router ended the
+/// talk): its payload, the last element, is VoicePing's JSON string.
+pub fn stop_reason(stop: &Value) -> Option<String> {
+    let payload = stop.as_array()?.last()?.as_str()?;
+    let json: serde_json::Value = serde_json::from_str(payload).ok()?;
+    Some(json["reason"].as_str()?.to_owned())
 }
 
 /// A dashboard's view: who is online, from snapshots and updates as a real dashboard
@@ -701,4 +711,20 @@ pub async fn redis_store_with(
     use presence_router::engine::redis::{RedisConfig, RedisPresence};
     let config = RedisConfig::tcp("127.0.0.1", port);
     RedisPresence::connect(&config, lifetimes).await.unwrap()
+}
+
+/// A floor claim of `session` (of user `u`, talk `t`, five-element layout) held at most
+/// `hold`, taken over once idle for `idle`.
+pub fn floor_claim(
+    session: &presence_router::presence::SessionId,
+    hold: Duration,
+    idle: Option<Duration>,
+) -> presence_router::engine::FloorClaim {
+    use presence_router::{
+        engine::{FloorClaim, Talker},
+        id::Id,
+    };
+    let talker =
+        Talker { session: session.clone(), user: Id::parse("u").unwrap(), talk: "t".into(), with_message_id: false };
+    FloorClaim { talker, hold, idle }
 }

@@ -66,7 +66,7 @@ pub async fn run(
     Ok(())
 }
 
-/// Sends a TEXT (17) of exactly `bytes` to the mobile's own group and waits for its ACK.
+/// Sends a TEXT (17) of exactly `bytes` to the mobile's own group and waits for its TEXT_ACK.
 async fn large_text(mobile: &mut Mobile, bytes: usize) -> anyhow::Result<()> {
     let group = fleet::own_group(&mobile.user);
     let frame = |text_len: usize| {
@@ -82,7 +82,7 @@ async fn large_text(mobile: &mut Mobile, bytes: usize) -> anyhow::Result<()> {
     loop {
         let reply = next_frame(&mut mobile.ws).await?;
         match reply[1].as_u64().map(|t| t as u8) {
-            Some(message_type::ACK) => return Ok(()),
+            Some(message_type::TEXT_ACK) => return Ok(()),
             Some(message_type::ERROR) => bail!("TEXT refused: {}", reply[5]),
             _ => continue,
         }

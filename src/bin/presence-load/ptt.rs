@@ -68,7 +68,7 @@ pub async fn run(
                 };
                 let Ok(frame) = rmpv::decode::read_value(&mut &bytes[..]) else { break };
                 if frame[1].as_u64() == Some(message_type::AUDIO.into())
-                    && let Value::Binary(audio) = &frame[5]
+                    && let Value::Binary(audio) = &frame[4]
                     && let Some(stamp) = audio.get(..8)
                 {
                     let now = Instant::now();

@@ -36,6 +36,7 @@ use redis::{
     aio::{AsyncPushSender, ConnectionManagerConfig},
     cluster::{ClusterClient, ClusterClientBuilder},
 };
+use tokio::time::Instant;
 
 pub use broker::RedisBroker;
 pub use connection::Connection;
@@ -58,6 +59,9 @@ const SWEEP_BATCH: usize = 1000;
 const STORE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Users read per pipeline when building a snapshot.
 const SNAPSHOT_BATCH: usize = 1000;
+/// How long heartbeats are gathered into one renewal batch unless configured otherwise
+/// (see [`RedisConfig::renewal_window`]).
+pub const DEFAULT_RENEWAL_WINDOW: Duration = Duration::from_millis(1000);
 /// How often a cluster call is sent again after a MOVED, a refused or a dropped connection
 /// (a failover under way): each try is bounded by [`STORE_TIMEOUT`].
 const CLUSTER_RETRIES: u32 = 2;
@@ -82,6 +86,12 @@ pub struct RedisConfig {
     pub root_cert: Option<Vec<u8>>,
     /// Prefix of every key and channel (`presence:` by default).
     pub prefix: String,
+    /// How long the router gathers heartbeats into one renewal batch at most (see
+    /// [`PresenceStore::renewal_window`]; less once 128 are waiting, and never more than
+    /// a twentieth of the TTL). A lease runs from its heartbeat's arrival, so this moves
+    /// no offline time and no last seen; it delays only the online transition of a
+    /// session whose lease had lapsed, and a disconnect never waits for it.
+    pub renewal_window: Duration,
 }
 
 /// The nodes a Redis Cluster engine starts from, and its sharding.
@@ -105,7 +115,13 @@ impl RedisConfig {
         let server = ConnectionAddr::Tcp(host.to_string(), port)
             .into_connection_info()
             .expect("a TCP address is always a valid connection");
-        RedisConfig { server, cluster: None, root_cert: None, prefix: "presence:".into() }
+        RedisConfig {
+            server,
+            cluster: None,
+            root_cert: None,
+            prefix: "presence:".into(),
+            renewal_window: DEFAULT_RENEWAL_WINDOW,
+        }
     }
 
     /// A Redis Cluster reached through plain TCP at `seeds` (`(host, port)` each), no login,
@@ -124,6 +140,7 @@ impl RedisConfig {
             cluster: Some(ClusterNodes { seeds, shards: DEFAULT_CLUSTER_SHARDS }),
             root_cert: None,
             prefix: "presence:".into(),
+            renewal_window: DEFAULT_RENEWAL_WINDOW,
         }
     }
 
@@ -197,6 +214,7 @@ pub struct RedisPresence {
     lookup: Script,
     signals: signals::SignalScripts,
     renewals: renewals::Renewals,
+    renewal_window: Duration,
 }
 
 /// Refuses a node of a Redis Cluster given as one Redis: it would answer MOVED to every
@@ -281,6 +299,7 @@ impl RedisPresence {
             lookup: script!("lookup.lua"),
             signals: signals::SignalScripts::default(),
             renewals,
+            renewal_window: config.renewal_window,
         })
     }
 
@@ -495,8 +514,17 @@ impl PresenceStore for RedisPresence {
         Ok(self.lease(session, false).await?.update)
     }
 
-    async fn heartbeat(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
-        self.renewals.renew(session).await
+    async fn heartbeat(&self, session: &Session, at: Instant) -> Result<Option<PresenceUpdate>, EngineError> {
+        self.renewals.renew(session, at).await
+    }
+
+    /// A heartbeat alone in its round trip costs Redis many times the command it carries
+    /// (waking, reading and answering a socket, its caches gone cold); see
+    /// docs/BENCHMARKS.md, "Redis work per heartbeat". The configured window, and at most
+    /// a twentieth of the TTL: a lease must still be renewed well before it could lapse
+    /// for a client heartbeating at any sensible interval.
+    fn renewal_window(&self) -> Duration {
+        self.renewal_window.min(self.lifetimes.ttl / 20)
     }
 
     async fn set_status(

@@ -1,8 +1,9 @@
 //! Heartbeats batched, and a live session's lease extended with one command.
 //!
 //! Heartbeats queue here; one task takes whatever is queued (up to [`BATCH`]) and renews
-//! it. Nothing waits to fill a batch: under light load a batch is one heartbeat; under
-//! heavy load batches grow while the previous one is in flight.
+//! it. Nothing waits here to fill a batch: the router gathers heartbeats before it hands
+//! them over (see `renewal_window`), and under heavy load batches grow while the previous
+//! one is in flight.
 //!
 //! A heartbeat of a live session changes one thing in Redis: its lease deadline. So it is
 //! one `ZADD {p}leases XX GT` per session, pipelined per shard, and no script: every
@@ -17,7 +18,8 @@
 //! shard's master (`lua/clock.lua`, which runs where the shard's scripts run) every
 //! [`CLOCK_EVERY`] and counts from there on its own monotonic clock, which stays within
 //! half a round trip of Redis' (and follows a step of Redis' clock within
-//! [`CLOCK_EVERY`]).
+//! [`CLOCK_EVERY`]). A lease runs the TTL from its heartbeat's arrival, read on that
+//! clock, however long the heartbeat waited for its batch.
 
 use std::time::Duration;
 
@@ -44,9 +46,12 @@ const QUEUE: usize = 8 * BATCH;
 
 type Reply = oneshot::Sender<Result<Option<PresenceUpdate>, EngineError>>;
 
+/// A queued heartbeat: the session, when its heartbeat arrived, and who waits for it.
+type Queued = (Session, Instant, Reply);
+
 /// The handle heartbeats queue on.
 pub struct Renewals {
-    queue: mpsc::Sender<(Session, Reply)>,
+    queue: mpsc::Sender<Queued>,
 }
 
 /// Renews batches of sessions.
@@ -73,11 +78,12 @@ impl Renewals {
         Renewals { queue }
     }
 
-    /// Renews one session's lease; the transition, if the session had lapsed.
-    pub async fn renew(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
+    /// Renews one session's lease to the TTL from `at`; the transition, if the session
+    /// had lapsed.
+    pub async fn renew(&self, session: &Session, at: Instant) -> Result<Option<PresenceUpdate>, EngineError> {
         let (reply, answer) = oneshot::channel();
         let gone = || EngineError::Internal("the renewal task stopped".into());
-        self.queue.send((session.clone(), reply)).await.map_err(|_| gone())?;
+        self.queue.send((session.clone(), at, reply)).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 }
@@ -89,27 +95,28 @@ impl Batcher {
         Batcher { conn, script, keys, lifetimes, clock_script, clocks }
     }
 
-    /// The clock of `shard`'s master now, in Unix ms, read again when the last reading is
-    /// [`CLOCK_EVERY`] old: the reading is taken to be at the midpoint of its round trip.
-    async fn redis_now(&mut self, shard: usize) -> Result<u64, EngineError> {
+    /// Where `shard`'s master's clock was read last (Unix ms) and when on this router's
+    /// clock, read again when that is [`CLOCK_EVERY`] old: the reading is taken to be at
+    /// the midpoint of its round trip.
+    async fn redis_clock(&mut self, shard: usize) -> Result<(Instant, u64), EngineError> {
         if let Some((at, redis_ms)) = self.clocks[shard]
             && at.elapsed() < CLOCK_EVERY
         {
-            return Ok(redis_ms + at.elapsed().as_millis() as u64);
+            return Ok((at, redis_ms));
         }
         let sent = Instant::now();
         let redis_ms: u64 =
             self.clock_script.key(self.keys.seq(shard)).invoke_async(&mut self.conn).await.map_err(classify)?;
-        let at = sent + sent.elapsed() / 2;
-        self.clocks[shard] = Some((at, redis_ms));
-        Ok(redis_ms + at.elapsed().as_millis() as u64)
+        let reading = (sent + sent.elapsed() / 2, redis_ms);
+        self.clocks[shard] = Some(reading);
+        Ok(reading)
     }
 
-    async fn run(mut self, mut pending: mpsc::Receiver<(Session, Reply)>) {
+    async fn run(mut self, mut pending: mpsc::Receiver<Queued>) {
         let mut batch = Vec::with_capacity(BATCH);
         while pending.recv_many(&mut batch, BATCH).await > 0 {
             let results = self.renew(&batch).await;
-            for (i, (_, reply)) in batch.drain(..).enumerate() {
+            for (i, (_, _, reply)) in batch.drain(..).enumerate() {
                 let result = match &results {
                     Ok(rows) => rows[i].clone(),
                     Err(e) => Err(e.clone()),
@@ -123,17 +130,19 @@ impl Batcher {
     /// Per session of the batch, its transition or none: a live session's lease extended
     /// with a `ZADD XX GT` per session (a pipeline per shard), the others through
     /// `renew.lua` (a call per shard).
-    async fn renew(&mut self, batch: &[(Session, Reply)]) -> Result<Results, EngineError> {
-        let parts = self.keys.partition(batch.iter().map(|(session, _)| session.user.as_str()));
-        let mut deadlines = Vec::with_capacity(parts.len());
+    async fn renew(&mut self, batch: &[Queued]) -> Result<Results, EngineError> {
+        let parts = self.keys.partition(batch.iter().map(|(session, _, _)| session.user.as_str()));
+        let mut clocks = Vec::with_capacity(parts.len());
         for (shard, _) in &parts {
-            deadlines.push(self.redis_now(*shard).await? + self.lifetimes.ttl.as_millis() as u64);
+            clocks.push(self.redis_clock(*shard).await?);
         }
-        let extended = try_join_all(parts.iter().zip(deadlines).map(|((shard, indices), deadline)| {
+        let ttl_ms = self.lifetimes.ttl.as_millis() as u64;
+        let extended = try_join_all(parts.iter().zip(clocks).map(|((shard, indices), (read_at, redis_ms))| {
             let mut pipe = redis::pipe();
             let leases = self.keys.key(*shard, "leases");
             for &i in indices {
-                let session = &batch[i].0;
+                let (session, at, _) = &batch[i];
+                let deadline = on_clock(*at, read_at, redis_ms) + ttl_ms;
                 pipe.cmd("ZADD").arg(&leases).arg("XX").arg("GT").arg("CH").arg(deadline).arg(lease_member(session));
             }
             let mut conn = self.conn.clone();
@@ -152,12 +161,7 @@ impl Batcher {
     }
 
     /// `renew.lua` for the sessions at `indices` of the batch: one call per shard.
-    async fn lease(
-        &self,
-        batch: &[(Session, Reply)],
-        indices: &[usize],
-        results: &mut Results,
-    ) -> Result<(), EngineError> {
+    async fn lease(&self, batch: &[Queued], indices: &[usize], results: &mut Results) -> Result<(), EngineError> {
         let parts = self.keys.partition(indices.iter().map(|&i| batch[i].0.user.as_str()));
         let answers = try_join_all(parts.iter().map(|(shard, positions)| {
             let mut call = start_call(&self.script, &self.keys, *shard, &self.lifetimes);
@@ -177,5 +181,13 @@ impl Batcher {
             }
         }
         Ok(())
+    }
+}
+
+/// `at` on a clock that read `redis_ms` at `read_at` (Unix ms).
+fn on_clock(at: Instant, read_at: Instant, redis_ms: u64) -> u64 {
+    match at.checked_duration_since(read_at) {
+        Some(after) => redis_ms + after.as_millis() as u64,
+        None => redis_ms.saturating_sub(read_at.duration_since(at).as_millis() as u64),
     }
 }

@@ -1,6 +1,7 @@
 //! Group activity in Redis: indicators (`{p}indicators:G`, read by the group endpoint) and
-//! PTT floors (`{p}floor:CHANNEL`), which keep two routers from granting one group's
-//! floor twice. Both scripts take their keys in KEYS and use Redis' clock. A group's
+//! PTT floors (`{p}floor:CHANNEL`, see `lua/floor_take.lua`), which keep two routers from
+//! granting one channel's floor twice and let any router take an idle one over. The
+//! scripts take their keys in KEYS and use Redis' clock. A group's
 //! indicators and the index of their lapses live in the group's shard, a floor in its
 //! channel's (see [`super::Keyspace`]).
 
@@ -12,7 +13,7 @@ use redis::{AsyncCommands, Script};
 
 use super::{RedisPresence, classify, now_ms};
 use crate::{
-    engine::{EngineError, SignalStore},
+    engine::{EngineError, FloorClaim, FloorTake, SignalStore, Talker},
     id::Id,
     presence::SessionId,
     protocol::payload::IndicatorKind,
@@ -32,6 +33,7 @@ pub struct SignalScripts {
     indicator: Script,
     indicator_lapses: Script,
     floor_take: Script,
+    floor_touch: Script,
     floor_release: Script,
 }
 
@@ -41,6 +43,7 @@ impl Default for SignalScripts {
             indicator: Script::new(include_str!("lua/indicator.lua")),
             indicator_lapses: Script::new(include_str!("lua/indicator_lapses.lua")),
             floor_take: Script::new(include_str!("lua/floor_take.lua")),
+            floor_touch: Script::new(include_str!("lua/floor_touch.lua")),
             floor_release: Script::new(include_str!("lua/floor_release.lua")),
         }
     }
@@ -127,17 +130,48 @@ impl SignalStore for RedisPresence {
         Ok(live)
     }
 
-    async fn take_floor(&self, channel: &str, holder: &SessionId, hold: Duration) -> Result<bool, EngineError> {
-        let granted: i64 = self
+    async fn take_floor(&self, channel: &str, claim: &FloorClaim) -> Result<FloorTake, EngineError> {
+        let talker = &claim.talker;
+        let reply: Vec<redis::Value> = self
             .signals
             .floor_take
             .key(self.floor_key(channel))
-            .arg(holder.as_str())
-            .arg(hold.as_millis().max(1) as u64)
+            .arg(talker.session.as_str())
+            .arg(format!("{}\n{}\n{}", talker.user, talker.talk, u8::from(talker.with_message_id)))
+            .arg(claim.hold.as_millis().max(1) as u64)
+            .arg(claim.idle.map_or(0, |idle| idle.as_millis().max(1) as u64))
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(classify)?;
-        Ok(granted == 1)
+        let int = |value: &redis::Value| redis::from_redis_value_ref::<i64>(value).ok();
+        let text = |value: &redis::Value| redis::from_redis_value_ref::<String>(value).ok();
+        match reply.as_slice() {
+            [answer] if int(answer) == Some(1) => Ok(FloorTake::Granted),
+            [answer] if int(answer) == Some(0) => Ok(FloorTake::Busy),
+            [_, session, talker, held] => {
+                let (session, talker, held) = (text(session), text(talker), text(held));
+                let from = session.zip(talker).and_then(|(session, talker)| parse_talker(session, &talker));
+                let held = held.and_then(|held| held.parse().ok()).map(Duration::from_millis);
+                match from.zip(held) {
+                    Some((from, held)) => Ok(FloorTake::TakenOver { from, held }),
+                    None => Err(EngineError::Protocol(format!("a floor taken from {reply:?}"))),
+                }
+            }
+            _ => Err(EngineError::Protocol(format!("floor_take answered {reply:?}"))),
+        }
+    }
+
+    async fn touch_floor(&self, channel: &str, holder: &SessionId, idle: Duration) -> Result<(), EngineError> {
+        let _: i64 = self
+            .signals
+            .floor_touch
+            .key(self.floor_key(channel))
+            .arg(holder.as_str())
+            .arg(idle.as_millis().max(1) as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(classify)?;
+        Ok(())
     }
 
     async fn release_floor(&self, channel: &str, holder: &SessionId) -> Result<(), EngineError> {
@@ -151,6 +185,19 @@ impl SignalStore for RedisPresence {
             .map_err(classify)?;
         Ok(())
     }
+}
+
+/// The talker a floor was taken from: its session, and `user\ntalk\nlayout` as
+/// [`SignalStore::take_floor`] wrote it (ids hold no control characters).
+fn parse_talker(session: String, talker: &str) -> Option<Talker> {
+    let mut fields = talker.splitn(3, '\n');
+    let (user, talk, layout) = (fields.next()?, fields.next()?, fields.next()?);
+    Some(Talker {
+        session: SessionId::from(session),
+        user: Id::parse(user).ok()?,
+        talk: talk.into(),
+        with_message_id: layout == "1",
+    })
 }
 
 /// A group zset member, `type:user`.
