@@ -20,6 +20,8 @@ use crate::{
 pub const ONLINE_USERS: &str = "presence_online_users";
 pub const CONNECTIONS: &str = "presence_connections";
 pub const HEARTBEATS: &str = "presence_heartbeats_total";
+pub const PINGS: &str = "presence_pings_total";
+pub const LIVENESS_RENEWALS: &str = "presence_liveness_renewals_total";
 pub const TRANSITIONS: &str = "presence_transitions_total";
 pub const TTL_EXPIRATIONS: &str = "presence_ttl_expirations_total";
 pub const STALE_UPDATES: &str = "presence_stale_updates_total";
@@ -117,6 +119,14 @@ fn describe() {
     describe_gauge!(ONLINE_USERS, "Users online in the cluster, as this router's view has them.");
     describe_gauge!(CONNECTIONS, "Open WebSocket connections on this router, by role.");
     describe_counter!(HEARTBEATS, "Heartbeats received, by result (accepted, coalesced, rejected, failed).");
+    describe_counter!(
+        PINGS,
+        "WebSocket pings sent to mobiles that do not heartbeat, after a ping interval of silence."
+    );
+    describe_counter!(
+        LIVENESS_RENEWALS,
+        "Leases renewed for mobiles that do not heartbeat, by the frames and pongs they send (one per ping interval at most)."
+    );
     describe_counter!(TRANSITIONS, "Presence transitions this router decided and published, by cause.");
     describe_counter!(TTL_EXPIRATIONS, "Users marked offline because no heartbeat renewed their lease in time.");
     describe_counter!(STALE_UPDATES, "Presence updates dropped because a newer version was already applied.");
@@ -318,6 +328,8 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         REDIS_RETRIES,
         REDIS_RECONNECTS,
         EDGE_PENALTIES,
+        PINGS,
+        LIVENESS_RENEWALS,
     ]
     .into_iter()
     .map(|name| (name, Vec::new()))

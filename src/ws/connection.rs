@@ -18,6 +18,7 @@ use tokio::{
 
 use super::{
     close,
+    liveness::{self, Renewal},
     membership::Membership,
     ptt::Talk,
     socket::{Incoming, Socket},
@@ -44,6 +45,8 @@ const CLOSE_WRITE_TIME: Duration = Duration::from_secs(1);
 enum Wake {
     Shutdown,
     Idle,
+    /// A mobile that does not heartbeat has been silent for a ping interval.
+    Ping,
     Incoming(Incoming),
     Event(Result<HubEvent, RecvError>),
     /// Relayed frames may be waiting in the mailbox.
@@ -72,8 +75,11 @@ pub struct Connection {
     /// Mobile sessions only: PTT floors are held by it, and presence is kept for it while
     /// presence is enabled.
     pub(super) session: Option<Session>,
-    /// When the store last saw a heartbeat from this session.
-    stored_at: Instant,
+    /// When this session's lease was last handed over for renewal (connect counts).
+    pub(super) stored_at: Instant,
+    /// Whether this connection has sent a HEARTBEAT: from then on only heartbeats keep
+    /// it; before, the router pings it and anything it sends keeps it (`liveness.rs`).
+    heartbeats: bool,
     /// When the store last recorded activity of this session (connect counts).
     pub(super) activity_at: Instant,
     /// Dashboards: the sequence number their view includes.
@@ -115,6 +121,7 @@ impl Connection {
             role: claims.role,
             session,
             stored_at: Instant::now(),
+            heartbeats: false,
             activity_at: Instant::now(),
             seq: 0,
             scope,
@@ -240,10 +247,10 @@ impl Connection {
             }
             subscription = Some(events);
         }
-        // One timer serves the heartbeat timeout and the indicator/floor deadlines: every
-        // byte of this task is paid by every idle connection.
-        let mut idle_at = Instant::now() + self.app.limits.idle_timeout;
-        let timer = sleep_until(idle_at);
+        // One timer serves liveness (the heartbeat timeout, pings) and the indicator/floor
+        // deadlines: every byte of this task is paid by every idle connection.
+        let mut heard_at = Instant::now();
+        let timer = sleep_until(heard_at + self.app.limits.idle_timeout);
         tokio::pin!(timer);
         let shutdown = self.app.shutdown.clone();
 
@@ -254,7 +261,12 @@ impl Connection {
                     None => std::future::pending().await,
                 }
             };
-            let idle = self.tracked().is_some().then_some(idle_at);
+            let limits = &self.app.limits;
+            let ping_every = (!self.heartbeats).then_some(limits.ping_interval);
+            let idle = self
+                .tracked()
+                .is_some()
+                .then(|| liveness::wake_at(heard_at, Instant::now(), limits.idle_timeout, ping_every));
             let wake_at = [idle, self.next_deadline()].into_iter().flatten().fold(self.expires_at, Instant::min);
             if timer.deadline() != wake_at {
                 timer.as_mut().reset(wake_at);
@@ -265,7 +277,10 @@ impl Connection {
                 _ = &mut timer => {
                     let now = Instant::now();
                     if idle.is_some_and(|at| at <= now) {
-                        Wake::Idle
+                        match liveness::is_cut(heard_at, now, self.app.limits.idle_timeout) {
+                            true => Wake::Idle,
+                            false => Wake::Ping,
+                        }
                     } else if self.expires_at <= now {
                         Wake::Expired
                     } else {
@@ -276,9 +291,18 @@ impl Connection {
                 () = mailbox.ready() => Wake::Relayed,
                 event = event => Wake::Event(event),
             };
+            // Anything the client sent is a sign of life; what it proves depends on whether
+            // the client heartbeats.
+            let heard = matches!(wake, Wake::Incoming(Incoming::Binary(_) | Incoming::Text | Incoming::Control));
+            let mut heartbeat = false;
             let exit = match wake {
                 Wake::Shutdown => Some(Exit::Close(close::SERVICE_RESTART, "router restarting")),
                 Wake::Idle => Some(Exit::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout")),
+                Wake::Ping => {
+                    ::metrics::counter!(metrics::PINGS).increment(1);
+                    self.timed(socket.ping()).await
+                }
+                Wake::Incoming(Incoming::Control) => None,
                 Wake::Expired => {
                     let message = "the token expired; send REFRESH with a new one before it does";
                     let frame = protocol::error_frame(ErrorCode::Token("token_expired"), message, None, None);
@@ -293,9 +317,7 @@ impl Connection {
                 Wake::Incoming(Incoming::RateLimited) => Some(Exit::Close(close::RATE_LIMITED, "rate limit exceeded")),
                 Wake::Incoming(Incoming::Binary(bytes)) => {
                     let exit = self.on_binary(socket, &bytes).await;
-                    if matches!(exit, Ok(true)) {
-                        idle_at = Instant::now() + self.app.limits.idle_timeout;
-                    }
+                    heartbeat = matches!(exit, Ok(true));
                     if std::mem::take(&mut self.rescoped) {
                         mailbox.rescope(self.member());
                     }
@@ -318,6 +340,12 @@ impl Connection {
             };
             if let Some(exit) = exit {
                 return exit;
+            }
+            if heartbeat || (heard && !self.heartbeats) {
+                heard_at = Instant::now();
+            }
+            if heard && !self.heartbeats {
+                self.heard(heard_at);
             }
         }
     }
@@ -359,7 +387,8 @@ impl Connection {
     }
 
     /// Hands the lease's renewal to the node (unless coalesced) and acknowledges at once:
-    /// the connection never waits on the store. While the store is unreachable the answer
+    /// the connection never waits on the store. From the first one, heartbeats alone keep
+    /// the connection (`liveness.rs`). While the store is unreachable the answer
     /// is ERROR `presence_unavailable`; the session is re-asserted when it returns.
     async fn on_heartbeat(&mut self, socket: &mut Socket, frame: &Frame) -> Result<bool, Exit> {
         if self.role != Role::Mobile {
@@ -368,16 +397,12 @@ impl Connection {
                 .refuse(socket, frame, ErrorCode::HeartbeatNotAllowed, "web and dashboard sessions do not heartbeat")
                 .await;
         }
-        let now = Instant::now();
-        let result = match self.tracked() {
-            None => "ignored",
-            Some(_) if self.app.node.is_degraded() => "failed",
-            Some(_) if now - self.stored_at < self.app.limits.heartbeat_min_interval => "coalesced",
-            Some(session) => {
-                self.app.node.heartbeat_soon(session);
-                self.stored_at = now;
-                "accepted"
-            }
+        self.heartbeats = true;
+        let result = match self.renew(Instant::now(), self.app.limits.heartbeat_min_interval) {
+            Renewal::Untracked => "ignored",
+            Renewal::Degraded => "failed",
+            Renewal::Coalesced => "coalesced",
+            Renewal::Renewed => "accepted",
         };
         ::metrics::counter!(metrics::HEARTBEATS, "result" => result).increment(1);
         if result == "failed" {
@@ -518,9 +543,11 @@ impl Connection {
 }
 
 /// When a token with this `exp` (Unix seconds) stops being accepted: `exp` plus the
-/// leeway every token check allows, on the tokio clock (at most a century ahead).
-pub(super) fn expiry(exp: u64) -> Instant {
+/// leeway every token check allows, on the tokio clock (at most a century ahead; a token
+/// without `exp` never expires on its connection).
+pub(super) fn expiry(exp: Option<u64>) -> Instant {
     const CENTURY_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+    let Some(exp) = exp else { return Instant::now() + Duration::from_millis(CENTURY_MS) };
     let until_ms = exp.saturating_add(auth::LEEWAY_SECS).saturating_mul(1000).saturating_sub(unix_ms());
     Instant::now() + Duration::from_millis(until_ms.min(CENTURY_MS))
 }

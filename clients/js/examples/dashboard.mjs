@@ -1,9 +1,9 @@
 // A terminal dashboard: everyone online, then every change, typing and talking.
-//   TOKEN=$(cargo run -q --example mint_token -- dispatcher dashboard) node examples/dashboard.mjs
+//   TOKEN=$(cargo run -q --example mint_token -- dispatcher --role dashboard) node examples/dashboard.mjs
 import { PresenceClient } from "presence-router-client";
 
 const client = new PresenceClient({
-  url: process.env.ROUTER_URL ?? "ws://localhost:3000/ws",
+  url: process.env.ROUTER_URL ?? `ws://127.0.0.1:${process.env.PORT ?? 3000}/ws`,
   token: process.env.TOKEN, // in production, also getToken: () => fetch a fresh one
 });
 const dot = { online: "●", away: "◐", dnd: "⊘", offline: "○" };

@@ -61,13 +61,19 @@ export interface ClientOptions {
   getToken?: () => string | Promise<string>;
   /** The device id: a reconnect of the same user and device replaces the old session. */
   deviceId?: string;
-  /** The `fromId` of every frame; default: the token's `sub`. */
+  /**
+   * The `fromId` of every frame; default: the token's `sub`. Set it when the router reads
+   * the user from another claim (`JWT_SUBJECT_CLAIM`, such as VoicePing's `uid`).
+   */
   userId?: Id;
   /** Where the token goes: `header` (default in Node) or `subprotocol` (browsers). */
   auth?: AuthMode;
   /** A browser-style WebSocket constructor to use instead of `ws` or the global one. */
   WebSocket?: WebSocketConstructor;
-  /** Send HEARTBEATs; default: when the token's role is `mobile`. */
+  /**
+   * Send HEARTBEATs; default: when the token's role is `mobile`, or it names none (the
+   * router's default role is `mobile`).
+   */
   heartbeat?: boolean;
   /** The router's `PRESENCE_TTL` in ms (default 60 000); heartbeats go at half of it. */
   presenceTtlMs?: number;
@@ -461,7 +467,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
   }
 
   private startLiveness(): void {
-    const heartbeats = this.options.heartbeat ?? this.claims.role === "mobile";
+    const heartbeats = this.options.heartbeat ?? (this.claims.role ?? "mobile") === "mobile";
     const interval = this.options.heartbeatIntervalMs ?? (this.options.presenceTtlMs ?? 60_000) / 2;
     const timeout = this.options.ackTimeoutMs ?? 10_000;
     const socket = this.socket;
