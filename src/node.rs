@@ -271,7 +271,12 @@ impl Node {
     pub async fn connect(&self, session: &Session) -> Result<Option<Choice>, EngineError> {
         self.local().insert(session.id.clone(), session.clone());
         let registered = match self.skip_while_degraded() {
-            Ok(()) => self.register(session).await,
+            Ok(()) => {
+                // The relay registered the session, so its groups are served: their frames
+                // must reach it before anyone sees it there.
+                self.engine.broker.until_serving(&session.groups).await;
+                self.register(session).await
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = registered {

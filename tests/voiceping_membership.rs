@@ -285,7 +285,27 @@ on_every_engine!(
     run_time_changes_survive_a_refresh,
 );
 
+/// A session hears its groups' frames from other routers from the moment its connection
+/// is registered: its router subscribes to a group's channel before the store shows the
+/// session there. Rounds in fresh groups, each answered at once, to catch a lagging
+/// subscription.
+async fn a_new_member_hears_its_groups_from_other_routers_at_once(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let (a, b) = (setup.router(&[]).await, setup.router(&[]).await);
+    for round in 0..20 {
+        let (group, talker_id, member_id) = (format!("fresh{round}"), format!("t{round}"), format!("m{round}"));
+        let mut talker = mobile(&a, &talker_id, &[&group]).await;
+        let mut member = mobile(&b, &member_id, &[&group]).await;
+        talker.send_frame(0, TEXT, &talker_id, &group, map(&[("text", "welcome".into())])).await;
+        talker.expect(TEXT_ACK).await;
+        assert_eq!(next_text(&mut member, &talker_id, &group).await, "welcome", "round {round}");
+    }
+}
+
 mod across_routers {
     use super::*;
-    on_shared_engines!(membership_changes_reach_the_other_routers);
+    on_shared_engines!(
+        membership_changes_reach_the_other_routers,
+        a_new_member_hears_its_groups_from_other_routers_at_once
+    );
 }

@@ -46,7 +46,7 @@ use super::{
     groups::Served,
     inbox::{Receiving, Sinks},
     sharded::spawn_sharded_subscriber,
-    subscriber::spawn_subscriber,
+    subscriber::{SUBSCRIBE_TIMEOUT, spawn_subscriber},
 };
 use crate::{
     engine::{Broker, BrokerEvents, EngineError},
@@ -266,5 +266,11 @@ impl Broker for RedisBroker {
     /// Records the change and wakes the subscriber, which follows it.
     fn serve_group(&self, group: &Id, serving: bool) {
         self.served.set(group, serving);
+    }
+
+    /// Until the subscription confirms the groups' channels, within a subscribe command's
+    /// own bound.
+    async fn until_serving(&self, groups: &[Id]) {
+        self.served.until_subscribed(groups, SUBSCRIBE_TIMEOUT).await;
     }
 }
