@@ -366,6 +366,9 @@ impl Node {
         }
         self.renewals.settle(&session.id).await;
         self.skip_while_degraded()?;
+        // The relay has the session in its new groups: their frames must reach it before
+        // anyone sees it there.
+        self.engine.broker.until_serving(&session.groups).await;
         let result = store!(self, regroup(session));
         self.announce("regroup", result).await
     }

@@ -250,12 +250,16 @@ async fn membership_changes_reach_the_other_routers(engine: Engine) {
     let mut talker = mobile(&a, "t", &["crew"]).await;
     assert_update(&desk.next_update().await, "t", "online");
     let mut me = mobile(&b, "7", &["depot"]).await;
+    // On a third router: what it hears of crew has gone through Redis.
+    let c = setup.router(&[]).await;
+    let mut witness = mobile(&c, "w", &["crew"]).await;
+    assert_update(&desk.next_update().await, "w", "online");
     let subscriptions = || async { metric(&b.metrics().await, "presence_broker_group_subscriptions") };
     eventually("b to subscribe to depot's channel", || async { subscriptions().await == Some(1) }).await;
 
     change(&mut me, USER_ADD, "7", "crew").await;
     assert_update(&desk.next_update().await, "7", "online");
-    assert_eq!(online_in(&a, "crew").await, ["7", "t"]);
+    assert_eq!(online_in(&a, "crew").await, ["7", "t", "w"]);
     eventually("b to subscribe to crew's channel", || async { subscriptions().await == Some(2) }).await;
     talker.take_floor("t", "crew", &mut me).await;
     talker.send_frame(0, AUDIO, "t", "crew", Value::Binary(vec![9; 20])).await;
@@ -269,6 +273,15 @@ async fn membership_changes_reach_the_other_routers(engine: Engine) {
     assert_update(&next_update(&mut desk).await, "7", "offline");
     eventually("b to leave crew's channel", || async { subscriptions().await == Some(1) }).await;
     text(&mut talker, "t", "crew", "while away").await;
+    // Relaying is asynchronous: rejoin only once the text has gone out (the witness heard
+    // the talk before it).
+    loop {
+        let frame = witness.next_frame().await;
+        if frame[1].as_u64() == Some(TEXT.into()) {
+            assert_eq!(frame[4]["text"].as_str(), Some("while away"), "{frame}");
+            break;
+        }
+    }
     change(&mut me, USER_ADD, "7", "crew").await;
     assert_update(&desk.next_update().await, "7", "online");
     eventually("b to subscribe to crew's channel again", || async { subscriptions().await == Some(2) }).await;
@@ -302,10 +315,29 @@ async fn a_new_member_hears_its_groups_from_other_routers_at_once(engine: Engine
     }
 }
 
+/// A USER_ADD's ACK comes once the group's frames from other routers reach the session:
+/// rounds in which the session leaves its only group on its router and joins it again,
+/// each answered at once.
+async fn a_rejoined_member_hears_its_group_from_other_routers_at_once(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let (a, b) = (setup.router(&[]).await, setup.router(&[]).await);
+    let mut talker = mobile(&a, "t", &["crew"]).await;
+    let mut member = mobile(&b, "7", &["crew", "depot"]).await;
+    for round in 0..20 {
+        change(&mut member, USER_REMOVE, "7", "crew").await;
+        change(&mut member, USER_ADD, "7", "crew").await;
+        let words = format!("round {round}");
+        talker.send_frame(0, TEXT, "t", "crew", map(&[("text", words.as_str().into())])).await;
+        talker.expect(TEXT_ACK).await;
+        assert_eq!(next_text(&mut member, "t", "crew").await, words);
+    }
+}
+
 mod across_routers {
     use super::*;
     on_shared_engines!(
         membership_changes_reach_the_other_routers,
-        a_new_member_hears_its_groups_from_other_routers_at_once
+        a_new_member_hears_its_groups_from_other_routers_at_once,
+        a_rejoined_member_hears_its_group_from_other_routers_at_once
     );
 }

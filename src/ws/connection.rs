@@ -5,7 +5,11 @@
 //! connection as a slow consumer. PTT lives in `ptt.rs`, statuses and indicators in
 //! `signals.rs`, changes of groups in `refresh.rs` and `membership.rs`.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use tokio::{
@@ -31,7 +35,7 @@ use crate::{
     metrics,
     presence::{Groups, Mode, PresenceUpdate, Session, unix_ms},
     protocol::{self, ErrorCode, Frame, message_type, payload::IndicatorKind},
-    relay::{Mailbox, Member},
+    relay::{Mailbox, Member, Registration},
     scope::{Scope, View},
 };
 
@@ -70,8 +74,9 @@ pub struct Connection {
     pub(super) role: Role,
     /// When the token stops being valid (`exp` plus the leeway); a REFRESH moves it.
     pub(super) expires_at: Instant,
-    /// A REFRESH changed the groups: the mailbox registers anew.
-    pub(super) rescoped: bool,
+    /// Where the relay reaches this connection: its groups change there the moment they
+    /// change (see [`Connection::regroup`]).
+    pub(super) registration: Weak<Registration>,
     /// Mobile sessions only: PTT floors are held by it, and presence is kept for it while
     /// presence is enabled.
     pub(super) session: Option<Session>,
@@ -116,7 +121,7 @@ impl Connection {
         Connection {
             app,
             expires_at: expiry(claims.exp),
-            rescoped: false,
+            registration: Weak::new(),
             user: claims.sub,
             role: claims.role,
             session,
@@ -153,6 +158,7 @@ impl Connection {
         // Reachable for relayed frames before anyone can see this user online; and, for a
         // session on a device, for its replacement until it has ended.
         let mut mailbox = self.app.node.relay().register(self.member());
+        self.registration = mailbox.registration();
         let exit = self.serve(&mut socket, &mut mailbox).await;
         let (close, reason) = match exit {
             Exit::Close(code, reason) => (Some((code, reason)), reason),
@@ -211,7 +217,7 @@ impl Connection {
 
     /// What this connection is reachable as for relayed frames (and, as a mobile session,
     /// for its replacement and the loss of its floor).
-    fn member(&self) -> Member {
+    pub(super) fn member(&self) -> Member {
         match &self.session {
             Some(session) => {
                 Member::Session { user: self.user.clone(), groups: session.groups.clone(), session: session.id.clone() }
@@ -318,9 +324,6 @@ impl Connection {
                 Wake::Incoming(Incoming::Binary(bytes)) => {
                     let exit = self.on_binary(socket, &bytes).await;
                     heartbeat = matches!(exit, Ok(true));
-                    if std::mem::take(&mut self.rescoped) {
-                        mailbox.rescope(self.member());
-                    }
                     exit.err()
                 }
                 Wake::Incoming(Incoming::Text) => {

@@ -53,6 +53,11 @@ impl Served {
             let mut groups = self.groups();
             if serving { groups.insert(group.clone()) } else { groups.remove(group) }
         };
+        if !serving {
+            // Its channel is on its way out: served again, it waits for the subscriber to
+            // confirm it anew.
+            self.subscribed.lock().unwrap_or_else(|e| e.into_inner()).remove(group);
+        }
         if changed {
             self.changed.notify_one();
         }
@@ -131,9 +136,9 @@ pub(super) async fn follow(served: &Served, keys: &Keyspace, mut sink: PubSubSin
                     }
                 }
                 ::metrics::gauge!(metrics::BROKER_GROUP_SUBSCRIPTIONS).set(subscribed.len() as f64);
-                served.confirm(&subscribed);
             }
         }
+        served.confirm(&subscribed);
         served.changed().await;
     }
 }

@@ -181,6 +181,8 @@ impl Sharded {
         for group in &left {
             self.groups.remove(group);
         }
+        // A group left and served again before the renewal keeps its channel.
+        self.left.retain(|group| !joined.contains(group));
         self.groups.extend(joined);
         self.left.extend(left);
     }
