@@ -2,7 +2,8 @@
 //!
 //! A frame is a msgpack array `[channelType, messageType, fromId, toId, payload]` or, with
 //! a message id, `[channelType, messageType, fromId, toId, messageId, payload]` (or, with
-//! neither, `[channelType, messageType, fromId, toId]`). What is relayed on a channel, and
+//! neither, `[channelType, messageType, fromId, toId]`; VoicePing's CONNECTION alone comes
+//! as `[channelType, messageType, fromId]`). What is relayed on a channel, and
 //! VoicePing's START_ACK / START_FAILED, keep the sender's layout; every other frame the
 //! router sends carries the message id, so its payload sits at index 5.
 //! `docs/PROTOCOL.md` is the reference for clients.
@@ -32,6 +33,9 @@ pub mod message_type {
     pub const START: u8 = 1;
     pub const STOP: u8 = 2;
     pub const AUDIO: u8 = 3;
+    /// Mobile → router: VoicePing's SDK announces itself, `[0, 4, uid]` (three elements);
+    /// taken without an answer.
+    pub const CONNECTION: u8 = 4;
     pub const START_ACK: u8 = 6;
     pub const STOP_ACK: u8 = 7;
     pub const START_FAILED: u8 = 8;

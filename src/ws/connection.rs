@@ -373,6 +373,8 @@ impl Connection {
             message_type::INDICATOR => Box::pin(self.on_indicator(socket, &frame)).await,
             message_type::REFRESH => Box::pin(self.on_refresh(socket, &frame)).await,
             message_type::USER_ADD | message_type::USER_REMOVE => Box::pin(self.on_membership(socket, &frame)).await,
+            // VoicePing's SDK sends it on connect; VoicePing's router answered nothing.
+            message_type::CONNECTION => Ok(false),
             message_type::START
             | message_type::STOP
             | message_type::AUDIO
