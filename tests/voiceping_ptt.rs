@@ -17,6 +17,7 @@ on_every_engine!(
     group_talk_and_text_in_voicepings_shapes,
     private_talk_and_receipts_in_voicepings_shapes,
     a_busy_floor_answers_voicepings_start_failed,
+    a_start_on_another_channel_moves_the_talk,
     every_frame_shape_is_relayed_as_sent,
     talking_to_oneself_reaches_every_session_of_the_user,
     receipts_follow_the_private_channel_rules,
@@ -188,19 +189,63 @@ async fn private_talk_and_receipts_in_voicepings_shapes(engine: Engine) {
 }
 
 /// maximum.idle.test.js's second START: START_FAILED with VoicePing's "Busy", on the
-/// START's channel; a talker asking for a second channel gets "Already talking".
+/// START's channel.
 async fn a_busy_floor_answers_voicepings_start_failed(engine: Engine) {
     let setup = Setup::new(engine).await;
     let router = setup.router(&[]).await;
-    let mut one = router.mobile_in("1", &["18", "19"]).await;
+    let mut one = router.mobile_in("1", &["18"]).await;
     let mut two = router.mobile_in("2", &["18"]).await;
     one.send_value(vp(GROUP, START, "1", "18", timestamp())).await;
     expect_vp(&mut one, GROUP, START_ACK, "1", "18").await;
     expect_vp(&mut two, GROUP, START, "1", "18").await;
     two.send_value(vp(GROUP, START, "2", "18", timestamp())).await;
     assert_eq!(expect_vp(&mut two, GROUP, START_FAILED, "2", "18").await[4].as_str(), Some("Busy"));
+}
+
+/// A START on another channel moves the session's talk, as VoicePing let it: the talk it
+/// held ends first (its listeners hear its STOP, reason `switched`, and its `talking`
+/// ends), then the new START is decided as any other: granted, or "Busy" (the ended talk's
+/// AUDIO still under way is then dropped without an answer).
+async fn a_start_on_another_channel_moves_the_talk(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let router = setup.router(&[]).await;
+    let mut one = router.mobile_in("1", &["18", "19"]).await;
+    let mut two = router.mobile_in("2", &["18"]).await;
+    let mut three = router.mobile_in("3", &["19"]).await;
+    one.send_value(vp(GROUP, START, "1", "18", timestamp())).await;
+    expect_vp(&mut one, GROUP, START_ACK, "1", "18").await;
+    expect_vp(&mut two, GROUP, START, "1", "18").await;
+    three.send_value(vp(GROUP, START, "3", "19", timestamp())).await;
+    expect_vp(&mut three, GROUP, START_ACK, "3", "19").await;
+    expect_vp(&mut one, GROUP, START, "3", "19").await;
+
+    // 19 is busy: one's talk in 18 ends all the same, and the START is refused.
     one.send_value(vp(GROUP, START, "1", "19", timestamp())).await;
-    assert_eq!(expect_vp(&mut one, GROUP, START_FAILED, "1", "19").await[4].as_str(), Some("Already talking"));
+    assert_eq!(expect_vp(&mut one, GROUP, START_FAILED, "1", "19").await[4].as_str(), Some("Busy"));
+    let stop = json(&expect_vp(&mut two, GROUP, STOP, "1", "18").await[4]);
+    assert_eq!(stop["reason"].as_str(), Some("switched"), "{stop}");
+    one.send_value(vp(GROUP, AUDIO, "1", "18", audio(1))).await;
+    quiet(&mut one, "1").await;
+    quiet(&mut two, "2").await;
+    talk_ends(&mut three, &mut [&mut one], GROUP, "3", "19").await;
+
+    // Free now: granted, and a START back in 18 moves the talk again.
+    one.send_value(vp(GROUP, START, "1", "19", timestamp())).await;
+    expect_vp(&mut one, GROUP, START_ACK, "1", "19").await;
+    expect_vp(&mut three, GROUP, START, "1", "19").await;
+    one.send_value(vp(GROUP, START, "1", "18", timestamp())).await;
+    expect_vp(&mut one, GROUP, START_ACK, "1", "18").await;
+    let stop = json(&expect_vp(&mut three, GROUP, STOP, "1", "19").await[4]);
+    assert_eq!(stop["reason"].as_str(), Some("switched"), "{stop}");
+    expect_vp(&mut two, GROUP, START, "1", "18").await;
+    for (group, talking) in [("18", serde_json::json!(["1"])), ("19", serde_json::json!([]))] {
+        common::eventually("`talking` to follow the talk", || async {
+            router.group(group).await["talkingUsers"] == talking
+        })
+        .await;
+    }
+    let metrics = router.metrics().await;
+    assert_eq!(metric(&metrics, r#"presence_audio_dropped_total{reason="switched"}"#), Some(1), "{metrics}");
 }
 
 /// A six-element frame is relayed with its message id at index 4 and its payload at 5, and

@@ -13,9 +13,6 @@ use super::ChannelType;
 pub const ACKNOWLEDGED: &str = "Acknowledged";
 /// START_FAILED's payload: another session holds the channel's floor.
 pub const BUSY: &str = "Busy";
-/// START_FAILED's payload: the session holds another channel's floor (a session talks on
-/// one channel at a time; VoicePing had no such answer).
-pub const ALREADY_TALKING: &str = "Already talking";
 
 /// START_ACK's payload: the START's own, as VoicePing echoed it. A payload JavaScript
 /// reads as false (nil, false, 0, "") is "Acknowledged"; on a group channel a number is

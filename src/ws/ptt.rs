@@ -2,8 +2,9 @@
 //! READ) on group and private channels, in VoicePing's frames.
 //!
 //! One session talks on a channel at a time: START asks the node for the channel's floor
-//! and gets START_ACK (echoing the START's payload) or START_FAILED ("Busy", or "Already
-//! talking" on another channel), in the START's own layout. The holder's AUDIO and STOP
+//! and gets START_ACK (echoing the START's payload) or START_FAILED ("Busy"), in the
+//! START's own layout. A START on another channel moves the talk, as VoicePing let it: the
+//! talk held ends first (reason `switched`), then the START is decided like any other. The holder's AUDIO and STOP
 //! are relayed to the channel's receivers in the layout the sender used, never to the
 //! sender's user (but on its private channel to itself, which reaches all its sessions,
 //! the sending one included, as VoicePing did); anyone else's get ERROR `floor_not_held`.
@@ -13,9 +14,10 @@
 //! the user they name, on a private channel; a group's are ignored.
 //!
 //! The router ends a talk on the talker's behalf after `MAX_TALK_MS`, when another START
-//! takes over a floor idle for `FLOOR_IDLE_MS`, when the talker leaves the group and when
-//! its connection closes: the talker gets the router's STOP with the reason, the receivers
-//! a STOP in the talker's name, and the talker's further AUDIO for that talk is dropped
+//! takes over a floor idle for `FLOOR_IDLE_MS`, when the talker leaves the group, when it
+//! STARTs on another channel and when its connection closes: the talker gets the router's
+//! STOP with the reason (but for a switch, which it asked for), the receivers a STOP in
+//! the talker's name, and the talker's further AUDIO for that talk is dropped
 //! without an answer (counted in `presence_audio_dropped_total`) until its STOP, which is
 //! acknowledged, or its next START. While a user holds a group's floor it shows as
 //! `talking` in that group, like a typing indicator.
@@ -40,7 +42,7 @@ use crate::{
         self, ChannelType, ErrorCode, Frame, Slot,
         message_type::{AUDIO, DELIVERED, READ, START, START_ACK, START_FAILED, STOP, STOP_ACK, TEXT, TEXT_ACK, label},
         payload::IndicatorKind,
-        voiceping::{self, ACKNOWLEDGED, ALREADY_TALKING, BUSY},
+        voiceping::{self, ACKNOWLEDGED, BUSY},
     },
     transient::{Audience, Delivery},
 };
@@ -163,14 +165,16 @@ impl Connection {
         }
     }
 
+    /// START: acknowledged again on the channel whose floor the session holds; on another
+    /// channel, the talk held ends first (its listeners hear its STOP, reason `switched`),
+    /// then the floor is asked for.
     async fn on_start(&mut self, socket: &mut Socket, frame: &Frame, channel: Channel) -> Result<bool, Exit> {
         if let Some(talk) = self.talk.as_deref().filter(|talk| talk.ended.is_none()) {
-            return if talk.channel.key == channel.key {
+            if talk.channel.key == channel.key {
                 let echo = voiceping::start_ack(channel.kind, &frame.payload);
-                self.answer(socket, frame, &channel, START_ACK, &echo).await
-            } else {
-                self.answer(socket, frame, &channel, START_FAILED, &ALREADY_TALKING.into()).await
-            };
+                return self.answer(socket, frame, &channel, START_ACK, &echo).await;
+            }
+            self.end_talk(Some(SWITCHED)).await;
         }
         let Some(session) = self.session.clone() else { return Ok(false) };
         let node = Arc::clone(&self.app.node);
@@ -398,6 +402,8 @@ impl Connection {
 
 /// Why the floor of an idle talker went to the next START.
 const IDLE: &str = "idle";
+/// Why a talk ended when its talker STARTed on another channel.
+const SWITCHED: &str = "switched";
 
 /// A STOP in `from`'s name for the listeners of its talk `id`, which the router ended
 /// (`reason`): VoicePing's `{duration, message_id}` with the reason, in the layout of the
