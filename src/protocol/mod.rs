@@ -39,6 +39,9 @@ pub mod message_type {
     pub const START_ACK: u8 = 6;
     pub const STOP_ACK: u8 = 7;
     pub const START_FAILED: u8 = 8;
+    /// Router → mobile: `[1, 9, 0, userId, text]`, another session of the user's device
+    /// replaced this one (close 4009 follows); VoicePing's apps stop reconnecting on it.
+    pub const LOGIN_DUPLICATED: u8 = 9;
     /// Mobile → router: join the group in `toId` for the rest of the session.
     pub const USER_ADD: u8 = 15;
     /// Mobile → router: leave the group in `toId` for the rest of the session.

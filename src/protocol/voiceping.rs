@@ -1,5 +1,5 @@
 //! VoicePing's payload conventions for push-to-talk, which its apps parse: the texts of its
-//! acks, what START_ACK echoes, and the JSON strings receivers get for a STOP and a TEXT
+//! acks and of LOGIN_DUPLICATED, what START_ACK echoes, and the JSON strings receivers get for a STOP and a TEXT
 //! (`{"duration", "message_id"}`, `{"message_id", "text"}`, keys in that order).
 
 use std::time::Duration;
@@ -8,6 +8,7 @@ use rmpv::Value;
 use serde::Serialize;
 
 use super::ChannelType;
+use crate::id::Id;
 
 /// The payload of START_ACK for a START without one, of STOP_ACK and of TEXT_ACK.
 pub const ACKNOWLEDGED: &str = "Acknowledged";
@@ -33,6 +34,11 @@ pub fn start_ack(channel: ChannelType, payload: &Value) -> Value {
         Value::F32(f) if channel == ChannelType::Group => Value::from(f.to_string()),
         other => other.clone(),
     }
+}
+
+/// LOGIN_DUPLICATED's payload, VoicePing's text: `user` logged in again from `device`.
+pub fn login_duplicated(user: &Id, device: &str) -> Value {
+    Value::from(format!("userId {user} has logged in from another deviceId {device}"))
 }
 
 #[derive(Serialize)]

@@ -30,7 +30,7 @@ use crate::{
     id::Id,
     metrics,
     presence::{Groups, Mode, PresenceUpdate, Session, unix_ms},
-    protocol::{self, ErrorCode, Frame, message_type, payload::IndicatorKind},
+    protocol::{self, ChannelType, ErrorCode, Frame, Slot, message_type, payload::IndicatorKind, voiceping},
     relay::{Mailbox, Member},
     scope::{Scope, View},
 };
@@ -185,7 +185,9 @@ impl Connection {
         }
         drop(mailbox);
         if replaced {
-            closed = Self::close(&mut socket, close).await;
+            let told =
+                close.is_none_or(|(code, _)| code != close::REPLACED) || self.login_duplicated(&mut socket).await;
+            closed = told && Self::close(&mut socket, close).await;
         }
         ::metrics::counter!(metrics::DISCONNECTS, "reason" => reason).increment(1);
         ::metrics::gauge!(metrics::CONNECTIONS, "role" => role).decrement(1.0);
@@ -196,6 +198,24 @@ impl Connection {
         if closed {
             socket.finish().await;
         }
+    }
+
+    /// Tells a replaced session, in VoicePing's LOGIN_DUPLICATED `[1, 9, 0, userId, text]`,
+    /// that its device logged in again: VoicePing's apps stop reconnecting on it, where a
+    /// close alone has them reconnect and replace the new session in turn. Whether it was
+    /// written.
+    async fn login_duplicated(&mut self, socket: &mut Socket) -> bool {
+        let device = self.session.as_ref().and_then(|session| session.device_id.clone()).unwrap_or_default();
+        let text = voiceping::login_duplicated(&self.user, &device);
+        let frame = protocol::channel_frame(
+            ChannelType::Private,
+            message_type::LOGIN_DUPLICATED,
+            None,
+            &self.user,
+            Slot::Absent,
+            &text,
+        );
+        self.write(socket, frame).await.is_none()
     }
 
     /// Sends our Close frame, if the connection ends with one, within [`CLOSE_WRITE_TIME`];
