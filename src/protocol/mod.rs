@@ -54,8 +54,11 @@ pub mod message_type {
     pub const READ: u8 = 21;
     /// Router → sender: the TEXT was relayed; VoicePing's ack, on the text's channel.
     pub const TEXT_ACK: u8 = 22;
-    /// Last of VoicePing's numbers (UNAUTHORIZED_GROUP).
-    pub const VOICEPING_LAST: u8 = 27;
+    /// Router → talker: `[0, 27, fromId, groupId, "Unauthorized Group"]`, the START named a
+    /// group outside the session's groups (START_FAILED "Ack Failed" follows).
+    pub const UNAUTHORIZED_GROUP: u8 = 27;
+    /// Last of VoicePing's numbers.
+    pub const VOICEPING_LAST: u8 = UNAUTHORIZED_GROUP;
     /// Mobile → router: keep my presence alive.
     pub const HEARTBEAT: u8 = 30;
     /// Router → clients: one user's presence changed.

@@ -15,6 +15,12 @@ pub const ACKNOWLEDGED: &str = "Acknowledged";
 /// START_FAILED's payload: another session holds the channel's floor.
 pub const BUSY: &str = "Busy";
 
+/// START_FAILED's payload after UNAUTHORIZED_GROUP: the START named a group outside the
+/// session's groups.
+pub const ACK_FAILED: &str = "Ack Failed";
+/// UNAUTHORIZED_GROUP's payload.
+pub const UNAUTHORIZED: &str = "Unauthorized Group";
+
 /// START_ACK's payload: the START's own, as VoicePing echoed it. A payload JavaScript
 /// reads as false (nil, false, 0, "") is "Acknowledged"; on a group channel a number is
 /// echoed as its decimal text (VoicePing's `toString()`); anything else as sent.

@@ -20,7 +20,7 @@ use super::{
     close,
     liveness::{self, Renewal},
     membership::Membership,
-    ptt::Talk,
+    ptt::{RefusedStart, Talk},
     socket::{Incoming, Socket},
 };
 use crate::{
@@ -98,6 +98,8 @@ pub struct Connection {
     /// The PTT floor this connection holds (boxed: most connections never talk, and every
     /// byte here is in every idle connection's task).
     pub(super) talk: Option<Box<Talk>>,
+    /// The START last refused, until the next START or STOP (boxed, like `talk`).
+    pub(super) refused_start: Option<Box<RefusedStart>>,
     /// Whether the user chose `invisible`, as this connection last learnt it (from the
     /// store at connect, its own STATUS, or news of a STATUS on another of the user's
     /// sessions); `None` while unknown (the store was unreachable at connect). Its
@@ -129,6 +131,7 @@ impl Connection {
             membership: None,
             indicators: BTreeMap::new(),
             talk: None,
+            refused_start: None,
             invisible,
         }
     }
@@ -211,7 +214,7 @@ impl Connection {
             ChannelType::Private,
             message_type::LOGIN_DUPLICATED,
             None,
-            &self.user,
+            Some(&self.user),
             Slot::Absent,
             &text,
         );
@@ -381,6 +384,9 @@ impl Connection {
             }
         };
         ::metrics::counter!(metrics::FRAMES_RECEIVED, "type" => message_type::label(frame.message_type)).increment(1);
+        if self.after_refused_start(&frame) {
+            return Ok(false);
+        }
         if frame.from.as_ref() != Some(&self.user) {
             return self.refuse(socket, &frame, ErrorCode::SenderMismatch, "fromId must be the token's subject").await;
         }
@@ -439,7 +445,8 @@ impl Connection {
         }
     }
 
-    /// Replies with an ERROR frame naming the refused frame; the connection stays open.
+    /// Replies with an ERROR frame naming the refused frame (for a START, followed by
+    /// VoicePing's answers, `ptt.rs`); the connection stays open.
     pub(super) async fn refuse(
         &mut self,
         socket: &mut Socket,
@@ -451,7 +458,13 @@ impl Connection {
             ::metrics::counter!(metrics::FRAME_ERRORS, "reason" => code.as_str()).increment(1);
         }
         let reply = protocol::error_frame(code, message, Some(frame.message_type), frame.message_id.as_ref());
-        self.write(socket, reply).await.map_or(Ok(false), Err)
+        if let Some(exit) = self.write(socket, reply).await {
+            return Err(exit);
+        }
+        if frame.message_type == message_type::START {
+            return Box::pin(self.start_refused(socket, frame, code)).await;
+        }
+        Ok(false)
     }
 
     /// Forwards `first` and every event queued behind it (up to a batch; after waiting the

@@ -21,6 +21,12 @@
 //! without an answer (counted in `presence_audio_dropped_total`) until its STOP, which is
 //! acknowledged, or its next START. While a user holds a group's floor it shows as
 //! `talking` in that group, like a typing indicator.
+//!
+//! A START the router refuses (its ERROR: not a member, not allowed, another sender, no
+//! channel) also gets what VoicePing's apps wait for before they stop recording: START_FAILED
+//! in the START's layout, after VoicePing's UNAUTHORIZED_GROUP for a group outside the
+//! session's. The AUDIO that follows it on its channel is dropped without an answer
+//! (counted) until the session's next START or STOP.
 
 use std::{sync::Arc, time::Duration};
 
@@ -40,9 +46,12 @@ use crate::{
     presence::unix_ms,
     protocol::{
         self, ChannelType, ErrorCode, Frame, Slot,
-        message_type::{AUDIO, DELIVERED, READ, START, START_ACK, START_FAILED, STOP, STOP_ACK, TEXT, TEXT_ACK, label},
+        message_type::{
+            AUDIO, DELIVERED, READ, START, START_ACK, START_FAILED, STOP, STOP_ACK, TEXT, TEXT_ACK, UNAUTHORIZED_GROUP,
+            label,
+        },
         payload::IndicatorKind,
-        voiceping::{self, ACKNOWLEDGED, BUSY},
+        voiceping::{self, ACK_FAILED, ACKNOWLEDGED, BUSY, UNAUTHORIZED},
     },
     transient::{Audience, Delivery},
 };
@@ -71,6 +80,20 @@ impl Talk {
     /// When the router takes the floor back (the maximum talk time), while it is held.
     pub(super) fn deadline(&self) -> Option<Instant> {
         self.ended.is_none().then_some(self.until)
+    }
+}
+
+/// A START the router refused, as it named its channel: the AUDIO that follows on that
+/// channel is dropped without an answer until the session's next START or STOP.
+pub struct RefusedStart {
+    channel_type: ChannelType,
+    from: Option<Id>,
+    to: Option<Id>,
+}
+
+impl RefusedStart {
+    fn names_channel_of(&self, frame: &Frame) -> bool {
+        (self.channel_type, &self.from, &self.to) == (frame.channel_type, &frame.from, &frame.to)
     }
 }
 
@@ -136,6 +159,49 @@ impl Connection {
     /// The connection's talk on `channel`, held or ended.
     fn talk_on(&self, channel: &Channel) -> Option<&Talk> {
         self.talk.as_deref().filter(|talk| talk.channel.key == channel.key)
+    }
+
+    /// Whether `frame` is AUDIO following a refused START on that START's channel: it is
+    /// dropped (counted), unanswered, however it would be refused. Any START or STOP ends
+    /// that, so it is checked before anything else about the frame.
+    pub(super) fn after_refused_start(&mut self, frame: &Frame) -> bool {
+        match frame.message_type {
+            START | STOP => {
+                self.refused_start = None;
+                false
+            }
+            AUDIO if self.refused_start.as_deref().is_some_and(|refused| refused.names_channel_of(frame)) => {
+                ::metrics::counter!(metrics::AUDIO_DROPPED, "reason" => START_REFUSED).increment(1);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Follows the ERROR `code` that refused the START `frame` with what VoicePing's apps
+    /// wait for (for up to 10 s, streaming AUDIO meanwhile): for a group outside the
+    /// session's groups, VoicePing's UNAUTHORIZED_GROUP and START_FAILED "Ack Failed"; for
+    /// any other refusal START_FAILED with the ERROR's code. Both in the START's layout,
+    /// from the session's user, to the START's `toId` (0 when it named none).
+    pub(super) async fn start_refused(
+        &mut self,
+        socket: &mut Socket,
+        frame: &Frame,
+        code: ErrorCode,
+    ) -> Result<bool, Exit> {
+        let refused = RefusedStart { channel_type: frame.channel_type, from: frame.from.clone(), to: frame.to.clone() };
+        self.refused_start = Some(Box::new(refused));
+        let user = self.user.clone();
+        let reply = |message_type: u8, payload: &str| {
+            let (to, slot) = (frame.to.as_ref(), Slot::of(frame));
+            protocol::channel_frame(frame.channel_type, message_type, Some(&user), to, slot, &payload.into())
+        };
+        let unauthorized = code == ErrorCode::NotAMember && frame.channel_type == ChannelType::Group;
+        if unauthorized && let Some(exit) = self.write(socket, reply(UNAUTHORIZED_GROUP, UNAUTHORIZED)).await {
+            return Err(exit);
+        }
+        let reason = if unauthorized { ACK_FAILED } else { code.as_str() };
+        self.write(socket, reply(START_FAILED, reason)).await.map_or(Ok(false), Err)
     }
 
     /// START, STOP, AUDIO, TEXT, DELIVERED and READ.
@@ -280,7 +346,7 @@ impl Connection {
             channel.kind,
             frame.message_type,
             Some(&self.user),
-            &channel.to,
+            Some(&channel.to),
             Slot::of(frame),
             payload,
         );
@@ -305,7 +371,7 @@ impl Connection {
             channel.kind,
             message_type,
             Some(&self.user),
-            &channel.to,
+            Some(&channel.to),
             Slot::of(frame),
             payload,
         );
@@ -326,7 +392,7 @@ impl Connection {
             channel.kind,
             message_type,
             Some(&self.user),
-            &channel.to,
+            Some(&channel.to),
             Slot::Id(Some(&id)),
             &ACKNOWLEDGED.into(),
         );
@@ -404,6 +470,8 @@ impl Connection {
 const IDLE: &str = "idle";
 /// Why a talk ended when its talker STARTed on another channel.
 const SWITCHED: &str = "switched";
+/// Why AUDIO following a refused START is dropped.
+const START_REFUSED: &str = "start_refused";
 
 /// A STOP in `from`'s name for the listeners of its talk `id`, which the router ended
 /// (`reason`): VoicePing's `{duration, message_id}` with the reason, in the layout of the
@@ -419,7 +487,7 @@ fn talk_stop(
 ) -> Bytes {
     let slot_id = Value::from(id);
     let slot = if with_message_id { Slot::Id(Some(&slot_id)) } else { Slot::Absent };
-    protocol::channel_frame(channel, STOP, Some(from), to, slot, &voiceping::stop(held, id, Some(reason)))
+    protocol::channel_frame(channel, STOP, Some(from), Some(to), slot, &voiceping::stop(held, id, Some(reason)))
 }
 
 /// The router's own STOP to the talker of a talk it ended: `[ct, 2, 0, toId, messageId,
@@ -434,7 +502,7 @@ fn router_stop(talk: &Talk) -> Option<Bytes> {
         ("timestamp".into(), unix_ms().into()),
     ]);
     let id = Value::from(&*talk.id);
-    Some(protocol::channel_frame(talk.channel.kind, STOP, None, &talk.channel.to, Slot::Id(Some(&id)), &payload))
+    Some(protocol::channel_frame(talk.channel.kind, STOP, None, Some(&talk.channel.to), Slot::Id(Some(&id)), &payload))
 }
 
 /// A TEXT's own message id: a string or an integer with an id's limits (at most 128
