@@ -213,7 +213,8 @@ fn describe() {
     describe_counter!(FLOOR_REQUESTS, "PTT START requests, by result (granted, busy, local_only, idle_takeover).");
     describe_counter!(
         AUDIO_DROPPED,
-        "AUDIO dropped without an answer: its talk had been ended by the router, by reason (max_talk_time, idle, not_a_member)."
+        "AUDIO dropped without an answer, by reason: its talk had been ended by the router (max_talk_time, idle, \
+         not_a_member, switched), or it followed a refused START (start_refused)."
     );
     describe_counter!(INDICATORS, "Indicator starts and ends broadcast, by type and isActive.");
     describe_counter!(
@@ -391,7 +392,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
     each(BROKER_MESSAGES, "kind", &["update", "relay", "invalid", "overflow"]);
     each(BROKER_RESUBSCRIPTIONS, "reason", &["dropped", "silent"]);
     each(FLOOR_REQUESTS, "result", &["granted", "busy", "local_only", "idle_takeover"]);
-    each(AUDIO_DROPPED, "reason", &["max_talk_time", "idle", "not_a_member"]);
+    each(AUDIO_DROPPED, "reason", &["max_talk_time", "idle", "not_a_member", "switched", "start_refused"]);
     each(SESSIONS_REPLACED, "result", &["ended", "gone", "timed_out"]);
     each(HTTP_REFUSED, "reason", &["too_many_handshakes", "address_rate", "address_penalty"]);
     each(HTTP_CONNECTION_ERRORS, "reason", &["header_timeout", "header_too_large", "bad_request", "incomplete", "io"]);

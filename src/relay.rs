@@ -550,14 +550,16 @@ mod tests {
         let take = || std::mem::take(&mut *heard.lock().unwrap());
         assert_eq!(take(), [("g".into(), true)], "groups served before the hook was set");
 
-        let mut second = session(&relay, "b", &["g", "h"]);
+        let second = session(&relay, "b", &["g", "h"]);
         assert_eq!(take(), [("h".into(), true)], "only a group's first member counts");
         relay.register(Member::Watcher { allowed: None });
         assert_eq!(take(), [], "a dashboard is no member");
         drop(early);
         assert_eq!(take(), [], "b is still in g");
         let session = SessionId::new("test", 0);
-        second.rescope(Member::Session { user: id("b"), groups: vec![id("g")].into(), session });
+        let registration = second.registration().upgrade().unwrap();
+        registration.rescope(Member::Session { user: id("b"), groups: vec![id("g")].into(), session });
+        drop(registration);
         assert_eq!(take(), [("h".into(), false)], "a refreshed token keeping g keeps it served without a word");
         drop(second);
         assert_eq!(take(), [("g".into(), false)]);

@@ -10,7 +10,9 @@ mod common;
 use common::{Client, Engine, Router, SECRET, Setup, assert_update, eventually, map, prometheus::metric};
 use presence_router::{
     auth::{Role, mint_hs256_in},
-    protocol::message_type::{ACK, AUDIO, START, START_ACK, STOP, STOP_ACK, TEXT, TEXT_ACK},
+    protocol::message_type::{
+        ACK, AUDIO, START, START_ACK, START_FAILED, STOP, STOP_ACK, TEXT, TEXT_ACK, UNAUTHORIZED_GROUP,
+    },
 };
 use rmpv::Value;
 
@@ -119,6 +121,8 @@ async fn user_remove_leaves_a_group_and_user_add_rejoins_it(engine: Engine) {
     assert_eq!(next_text(&mut me, "p", "depot").await, "depot still");
     me.send_frame(0, START, "7", "crew", map(&[])).await;
     assert_eq!(me.next_error().await["code"].as_str(), Some("not_a_member"));
+    me.expect_relayed(UNAUTHORIZED_GROUP, "7", "crew").await;
+    me.expect_relayed(START_FAILED, "7", "crew").await;
     // Leaving a group it is not in changes nothing.
     change(&mut me, USER_REMOVE, "7", "crew").await;
 

@@ -170,3 +170,17 @@ async fn voiceping_header_names_carry_the_token_and_device() {
     .await;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_device_id")), "{body}");
 }
+
+/// A user id of 0 (`0`, `"0"`, `0.0`) is what frames write for "no id", and the router's own
+/// fromId: a token naming it is refused at both doors, whichever claim holds the user.
+#[tokio::test]
+async fn a_token_naming_user_zero_is_refused() {
+    let router = Router::start(&[]).await;
+    let exp = common::tokens::now() + 600;
+    for zero in [json!(0), json!("0"), json!(0.0)] {
+        let token = sign(json!({"sub": zero, "role": "mobile", "exp": exp}));
+        refused_everywhere(&router, &token, "invalid_token", "0 means no id").await;
+    }
+    let router = Router::start(&VOICEPING).await;
+    refused_everywhere(&router, &sign(json!({"uid": 0, "channelIds": [18]})), "invalid_token", "`uid`").await;
+}

@@ -162,13 +162,21 @@ impl Rules {
         Ok(Claims { sub, role, exp, iat, groups })
     }
 
-    /// The user id: a string or a whole number, in the subject claim.
+    /// The user id: a string or a whole number, in the subject claim; never 0, which
+    /// frames read as "no id" (and the router writes as its own fromId), so a user 0
+    /// could neither be told apart from the router nor name itself in a frame.
     fn subject(&self, signed: &Signed) -> Result<Id, AuthError> {
         let name = &self.subject_claim;
         let value = signed.get(name).ok_or_else(|| {
             AuthError::Invalid(format!("the token has no `{name}` claim, which names the user (--jwt-subject-claim)"))
         })?;
-        Id::deserialize(value).map_err(|e| AuthError::Invalid(format!("`{name}` (the user id): {e}")))
+        let id = Id::deserialize(value).map_err(|e| AuthError::Invalid(format!("`{name}` (the user id): {e}")))?;
+        if id.as_str() == "0" {
+            return Err(AuthError::Invalid(format!(
+                "`{name}` (the user id) is 0: in frames 0 means no id (it is the router's own fromId)"
+            )));
+        }
+        Ok(id)
     }
 
     /// `role`, or the default role when the token has none.

@@ -24,7 +24,7 @@ use super::{
     close,
     liveness::{self, Renewal},
     membership::Membership,
-    ptt::Talk,
+    ptt::{RefusedStart, Talk},
     socket::{Incoming, Socket},
 };
 use crate::{
@@ -34,7 +34,7 @@ use crate::{
     id::Id,
     metrics,
     presence::{Groups, Mode, PresenceUpdate, Session, unix_ms},
-    protocol::{self, ErrorCode, Frame, message_type, payload::IndicatorKind},
+    protocol::{self, ChannelType, ErrorCode, Frame, Slot, message_type, payload::IndicatorKind, voiceping},
     relay::{Mailbox, Member, Registration},
     scope::{Scope, View},
 };
@@ -103,6 +103,8 @@ pub struct Connection {
     /// The PTT floor this connection holds (boxed: most connections never talk, and every
     /// byte here is in every idle connection's task).
     pub(super) talk: Option<Box<Talk>>,
+    /// The START last refused, until the next START or STOP (boxed, like `talk`).
+    pub(super) refused_start: Option<Box<RefusedStart>>,
     /// Whether the user chose `invisible`, as this connection last learnt it (from the
     /// store at connect, its own STATUS, or news of a STATUS on another of the user's
     /// sessions); `None` while unknown (the store was unreachable at connect). Its
@@ -134,6 +136,7 @@ impl Connection {
             membership: None,
             indicators: BTreeMap::new(),
             talk: None,
+            refused_start: None,
             invisible,
         }
     }
@@ -191,7 +194,9 @@ impl Connection {
         }
         drop(mailbox);
         if replaced {
-            closed = Self::close(&mut socket, close).await;
+            let told =
+                close.is_none_or(|(code, _)| code != close::REPLACED) || self.login_duplicated(&mut socket).await;
+            closed = told && Self::close(&mut socket, close).await;
         }
         ::metrics::counter!(metrics::DISCONNECTS, "reason" => reason).increment(1);
         ::metrics::gauge!(metrics::CONNECTIONS, "role" => role).decrement(1.0);
@@ -202,6 +207,24 @@ impl Connection {
         if closed {
             socket.finish().await;
         }
+    }
+
+    /// Tells a replaced session, in VoicePing's LOGIN_DUPLICATED `[1, 9, 0, userId, text]`,
+    /// that its device logged in again: VoicePing's apps stop reconnecting on it, where a
+    /// close alone has them reconnect and replace the new session in turn. Whether it was
+    /// written.
+    async fn login_duplicated(&mut self, socket: &mut Socket) -> bool {
+        let device = self.session.as_ref().and_then(|session| session.device_id.clone()).unwrap_or_default();
+        let text = voiceping::login_duplicated(&self.user, &device);
+        let frame = protocol::channel_frame(
+            ChannelType::Private,
+            message_type::LOGIN_DUPLICATED,
+            None,
+            Some(&self.user),
+            Slot::Absent,
+            &text,
+        );
+        self.write(socket, frame).await.is_none()
     }
 
     /// Sends our Close frame, if the connection ends with one, within [`CLOSE_WRITE_TIME`];
@@ -364,6 +387,9 @@ impl Connection {
             }
         };
         ::metrics::counter!(metrics::FRAMES_RECEIVED, "type" => message_type::label(frame.message_type)).increment(1);
+        if self.after_refused_start(&frame) {
+            return Ok(false);
+        }
         if frame.from.as_ref() != Some(&self.user) {
             return self.refuse(socket, &frame, ErrorCode::SenderMismatch, "fromId must be the token's subject").await;
         }
@@ -376,6 +402,8 @@ impl Connection {
             message_type::INDICATOR => Box::pin(self.on_indicator(socket, &frame)).await,
             message_type::REFRESH => Box::pin(self.on_refresh(socket, &frame)).await,
             message_type::USER_ADD | message_type::USER_REMOVE => Box::pin(self.on_membership(socket, &frame)).await,
+            // VoicePing's SDK sends it on connect; VoicePing's router answered nothing.
+            message_type::CONNECTION => Ok(false),
             message_type::START
             | message_type::STOP
             | message_type::AUDIO
@@ -420,7 +448,8 @@ impl Connection {
         }
     }
 
-    /// Replies with an ERROR frame naming the refused frame; the connection stays open.
+    /// Replies with an ERROR frame naming the refused frame (for a START, followed by
+    /// VoicePing's answers, `ptt.rs`); the connection stays open.
     pub(super) async fn refuse(
         &mut self,
         socket: &mut Socket,
@@ -432,7 +461,13 @@ impl Connection {
             ::metrics::counter!(metrics::FRAME_ERRORS, "reason" => code.as_str()).increment(1);
         }
         let reply = protocol::error_frame(code, message, Some(frame.message_type), frame.message_id.as_ref());
-        self.write(socket, reply).await.map_or(Ok(false), Err)
+        if let Some(exit) = self.write(socket, reply).await {
+            return Err(exit);
+        }
+        if frame.message_type == message_type::START {
+            return Box::pin(self.start_refused(socket, frame, code)).await;
+        }
+        Ok(false)
     }
 
     /// Forwards `first` and every event queued behind it (up to a batch; after waiting the
