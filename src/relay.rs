@@ -302,6 +302,18 @@ impl Relay {
                 registry.users.get(user).into_iter().flatten().for_each(|(_, outbox)| push(outbox));
             }
             Audience::User(_) => {}
+            Audience::UserIn { user, groups } if Some(user) != except => {
+                let mut reached = Vec::new();
+                for members in groups.iter().filter_map(|group| registry.groups.get(group)) {
+                    for (id, (member, outbox)) in members {
+                        if member == user && !reached.contains(id) {
+                            reached.push(*id);
+                            push(outbox);
+                        }
+                    }
+                }
+            }
+            Audience::UserIn { .. } => {}
             Audience::Visibility { user, invisible } => {
                 for (_, outbox) in registry.users.get(user).into_iter().flatten() {
                     outbox.tell(*invisible);

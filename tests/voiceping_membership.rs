@@ -302,6 +302,34 @@ on_every_engine!(
     run_time_changes_survive_a_refresh,
 );
 
+/// A private frame that needs a shared group reaches only the receiver's sessions in one
+/// of the sender's groups now, whatever the routers last showed of the receiver: here an
+/// invisible user's phone left the group it shared with the sender (an invisible user's
+/// changes are never shown), its tablet did not. From the receiver's router and another.
+async fn a_private_frame_reaches_only_sessions_sharing_a_group_now(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let (a, b) = (setup.router(&[]).await, setup.router(&[]).await);
+    for (round, sender_on) in [&b, &a].into_iter().enumerate() {
+        let (user, sender, group) = (format!("b{round}"), format!("a{round}"), format!("h{round}"));
+        let mut phone = b.mobile_on(&user, "phone", &["g", &group]).await;
+        let mut tablet = b.mobile_on(&user, "tablet", &[&group]).await;
+        phone.set_status(&user, "invisible", None).await;
+        change(&mut phone, USER_REMOVE, &user, &group).await;
+        let mut caller = mobile(sender_on, &sender, &[&group]).await;
+
+        caller.send_frame(1, TEXT, &sender, &user, map(&[("text", "psst".into())])).await;
+        caller.expect(TEXT_ACK).await;
+        assert_eq!(tablet.expect_relayed(TEXT, &sender, &user).await[4]["text"].as_str(), Some("psst"));
+        // The frame was delivered on the phone's router before this: a phone it reached
+        // would read it before the next one.
+        change(&mut phone, USER_ADD, &user, &group).await;
+        caller.send_frame(1, TEXT, &sender, &user, map(&[("text", "now".into())])).await;
+        caller.expect(TEXT_ACK).await;
+        let text = phone.expect_relayed(TEXT, &sender, &user).await;
+        assert_eq!(text[4]["text"].as_str(), Some("now"), "round {round}: {text}");
+    }
+}
+
 /// A session hears its groups' frames from other routers from the moment its connection
 /// is registered: its router subscribes to a group's channel before the store shows the
 /// session there. Rounds in fresh groups, each answered at once, to catch a lagging
@@ -342,6 +370,7 @@ mod across_routers {
     on_shared_engines!(
         membership_changes_reach_the_other_routers,
         a_new_member_hears_its_groups_from_other_routers_at_once,
-        a_rejoined_member_hears_its_group_from_other_routers_at_once
+        a_rejoined_member_hears_its_group_from_other_routers_at_once,
+        a_private_frame_reaches_only_sessions_sharing_a_group_now
     );
 }

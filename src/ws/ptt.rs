@@ -135,7 +135,12 @@ impl Connection {
                 Ok(Channel {
                     key: format!("p:{}:{a}:{b}", a.as_str().len()),
                     kind: ChannelType::Private,
-                    audience: Audience::User(to.clone()),
+                    // Where the other user's sessions are, their current groups decide.
+                    audience: if to != self.user && self.app.limits.private_needs_shared_group {
+                        Audience::UserIn { user: to.clone(), groups: self.groups.clone().unwrap_or_default() }
+                    } else {
+                        Audience::User(to.clone())
+                    },
                     except: (to != self.user).then(|| self.user.clone()),
                     to,
                 })

@@ -248,6 +248,7 @@ impl Broker for RedisBroker {
             }
             Audience::Group { group: target, dashboards: true }
             | Audience::User(target)
+            | Audience::UserIn { user: target, .. }
             | Audience::Visibility { user: target, .. } => {
                 let shard = self.keys.shard_of(target.as_str());
                 (shard, self.keys.key(shard, "relay"))
