@@ -144,7 +144,6 @@ pub struct Relay {
 
 /// A connection's queue of relayed frames; unregisters on drop.
 pub struct Mailbox {
-    queue: Outbox,
     registration: Arc<Registration>,
 }
 
@@ -212,9 +211,8 @@ impl Relay {
         registry.next += 1;
         let id = registry.next;
         registry.update(id, None, Some((&member, outbox)));
-        let registration =
-            Arc::new(Registration { relay: Arc::clone(self), id, queue: queue.clone(), member: Mutex::new(member) });
-        Mailbox { queue, registration }
+        let registration = Arc::new(Registration { relay: Arc::clone(self), id, queue, member: Mutex::new(member) });
+        Mailbox { registration }
     }
 
     /// Tells the connection of `session`, if it is on this router, that it was replaced;
@@ -330,7 +328,7 @@ impl Mailbox {
     /// [`try_recv`](Self::try_recv). A frame pushed at any time after the previous wake-up
     /// wakes this, so none is left behind.
     pub async fn ready(&self) {
-        self.queue.ready.notified().await;
+        self.registration.queue.ready.notified().await;
     }
 
     /// The registration, for its connection to change (see [`Registration::rescope`]).
@@ -340,34 +338,34 @@ impl Mailbox {
 
     /// Wakes the next [`ready`](Self::ready) at once: frames were left in the queue.
     pub fn wake(&self) {
-        self.queue.ready.notify_one();
+        self.registration.queue.ready.notify_one();
     }
 
     /// The queue overflowed: the connection fell behind and must close as a slow consumer.
     pub fn overflowed(&self) -> bool {
-        self.queue.overflowed.load(Ordering::Relaxed)
+        self.registration.queue.overflowed.load(Ordering::Relaxed)
     }
 
     /// A newer session of the connection's device replaced it: it must end.
     pub fn replaced(&self) -> bool {
-        self.queue.replaced.load(Ordering::Relaxed)
+        self.registration.queue.replaced.load(Ordering::Relaxed)
     }
 
     /// The next frame if one is queued.
     pub fn try_recv(&self) -> Option<Bytes> {
-        self.queue.frames().pop_front()
+        self.registration.queue.frames().pop_front()
     }
 
     /// The message id of this connection's talk whose floor another session took over,
     /// once: `None` when there is no such news since the last call.
     pub fn take_lost_talk(&self) -> Option<Arc<str>> {
-        self.queue.lost_talk.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.registration.queue.lost_talk.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// The latest news that the user chose `invisible` (`true`) or to be seen (`false`),
     /// once: `None` when there is none since the last call.
     pub fn take_visibility(&self) -> Option<bool> {
-        match self.queue.visibility.swap(NO_NEWS, Ordering::Relaxed) {
+        match self.registration.queue.visibility.swap(NO_NEWS, Ordering::Relaxed) {
             NO_NEWS => None,
             news => Some(news == HIDDEN),
         }
@@ -491,9 +489,9 @@ mod tests {
         for _ in 0..MAILBOX_FRAMES {
             relay.deliver(&to_group("g", false, "a"));
         }
-        assert!(!slow.queue.overflowed.load(Ordering::Relaxed));
+        assert!(!slow.registration.queue.overflowed.load(Ordering::Relaxed));
         relay.deliver(&to_group("g", false, "a"));
-        assert_eq!(slow.queue.frames().len(), MAILBOX_FRAMES, "the queue stops growing");
+        assert_eq!(slow.registration.queue.frames().len(), MAILBOX_FRAMES, "the queue stops growing");
         assert!(slow.overflowed(), "the reader learns it fell behind");
         assert_eq!(futures_util::FutureExt::now_or_never(slow.ready()), Some(()), "and is woken to find out");
     }
