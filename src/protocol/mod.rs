@@ -9,6 +9,7 @@
 
 mod decode;
 mod encode;
+pub mod live;
 pub mod payload;
 pub mod voiceping;
 
