@@ -110,6 +110,11 @@ impl Browser {
             .await;
     }
 
+    /// `property` (`textContent`, …) of what `selector` finds in `user`'s row.
+    async fn in_row(&mut self, user: &str, selector: &str, property: &str) -> Value {
+        self.eval(&format!("document.querySelector('[data-user=\"{user}\"] {selector}')?.{property}")).await
+    }
+
     /// Polls a JavaScript condition until it is true (the page has no event to await).
     async fn wait_until(&mut self, condition: &str) {
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -203,4 +208,150 @@ async fn the_dashboard_page_refreshes_its_token_from_the_fragment() {
     assert_eq!(browser.eval("document.body.dataset.connected").await, json!("true"));
     expiring.eval(&format!("location.hash = 'token={}'", minted(now + 3600))).await;
     expiring.wait_until("document.body.dataset.connected === 'true'").await;
+}
+
+/// Opens the page with `token` once the router has what the test set up.
+async fn page(router: &Router, token: &str) -> Browser {
+    Browser::open(&format!("http://{}/dashboard#token={token}", router.addr)).await
+}
+
+/// The user ids of the list's rows, top to bottom (every row is on screen in these tests).
+async fn listed(browser: &mut Browser) -> Value {
+    browser.eval("dashboard.shownIds()").await
+}
+
+/// Types into the search box, or picks a group, as a person would.
+async fn search(browser: &mut Browser, query: &str) {
+    let set = format!(
+        "{{ const s = document.getElementById('search'); s.value = {query:?}; s.dispatchEvent(new Event('input')) }}"
+    );
+    browser.eval(&set).await;
+}
+
+async fn pick_group(browser: &mut Browser, group: &str) {
+    let set = format!(
+        "{{ const g = document.getElementById('group'); g.value = {group:?}; g.dispatchEvent(new Event('change')) }}"
+    );
+    browser.eval(&set).await;
+}
+
+/// A group's counts in the groups panel, as `[online, away, dnd, offline]`.
+async fn group_counts(browser: &mut Browser, group: &str) -> Value {
+    let read = format!("[...document.querySelectorAll('[data-group={group:?}] .n')].map((n) => Number(n.textContent))");
+    browser.eval(&read).await
+}
+
+/// Counts split online / away / dnd / offline, overall and per group; a natural sort; a
+/// search and a group filter; talking and typing shown from the snapshot of a page opened
+/// mid-transmission; last seen for a user gone offline.
+#[tokio::test]
+async fn the_dashboard_page_counts_sorts_searches_filters_and_shows_who_talks() {
+    let router = Router::start(&["--typing-ttl-ms", "600000", "--max-talk-ms", "600000"]).await;
+    let mut crew = Vec::new();
+    for user in ["u10", "u2", "u1", "u7"] {
+        crew.push(router.mobile_in(user, &["crew"]).await);
+    }
+    crew[0].set_status("u10", "dnd", None).await;
+    crew[1].set_status("u2", "away", Some("at lunch")).await;
+    let mut typist = router.mobile_in("u8", &["yard"]).await;
+    let u20 = router.mobile_in("u20", &["yard"]).await;
+    // u7 talks in crew, u8 types in yard: both before the page opens.
+    let talker = &mut crew[3];
+    talker.send_frame(0, 1, "u7", "crew", common::map(&[])).await;
+    while talker.next_frame().await[1].as_u64() != Some(6) {}
+    typist.indicator("u8", "yard", "typing", true).await;
+    let (_, snapshot) = router.dashboard("check").await;
+    assert_eq!(snapshot[5]["indicators"].as_array().map(Vec::len), Some(2), "{snapshot}");
+
+    let mut browser = page(&router, &token("dispatcher", Role::Dashboard)).await;
+    browser.wait_until("dashboard.state().users === 6").await;
+    assert_eq!(listed(&mut browser).await, json!(["u1", "u2", "u7", "u8", "u10", "u20"]), "u2 before u10");
+    let counts =
+        "['online', 'away', 'dnd', 'offline'].map((s) => Number(document.getElementById('count-' + s).dataset.value))";
+    browser.wait_until(&format!("JSON.stringify({counts}) === '[4,1,1,0]'")).await;
+    // Talking stands out from the snapshot: the row, its badge and the banner.
+    browser.wait_until("document.querySelector('[data-user=\"u7\"]').classList.contains('talking')").await;
+    assert_eq!(browser.in_row("u7", ".badge.talking", "textContent").await, json!("TALKING · crew"));
+    let banner = browser
+        .eval("document.getElementById('talking').hidden ? '' : document.getElementById('talking').textContent")
+        .await;
+    assert!(banner.as_str().unwrap().contains("u7 in crew"), "{banner}");
+    let motion = "getComputedStyle(document.querySelector('[data-user=\"u7\"] .badge.talking')).animationName";
+    assert_eq!(browser.eval(motion).await, json!("pulse"), "talking moves");
+    assert_eq!(browser.in_row("u8", ".badge.typing", "textContent").await, json!("typing · yard"));
+    assert_eq!(group_counts(&mut browser, "crew").await, json!([2, 1, 1, 0]), "away and dnd are not online");
+
+    // Gone offline: counted so, with its last seen.
+    u20.close().await;
+    browser.wait_for("u20", "offline").await;
+    browser.wait_until(&format!("JSON.stringify({counts}) === '[3,1,1,1]'")).await;
+    assert_eq!(group_counts(&mut browser, "yard").await, json!([1, 0, 0, 1]));
+    assert_eq!(browser.in_row("u20", ".seen", "textContent").await, json!("last seen just now"));
+
+    search(&mut browser, "U1").await;
+    browser.wait_until("JSON.stringify(dashboard.shownIds()) === '[\"u1\",\"u10\"]'").await;
+    search(&mut browser, "").await;
+    pick_group(&mut browser, "yard").await;
+    browser.wait_until("JSON.stringify(dashboard.shownIds()) === '[\"u8\",\"u20\"]'").await;
+    pick_group(&mut browser, "crew").await;
+    browser.wait_until("JSON.stringify(dashboard.shownIds()) === '[\"u1\",\"u2\",\"u7\",\"u10\"]'").await;
+
+    // The talk ends: the row and the banner calm down.
+    crew[3].send_frame(0, 2, "u7", "crew", common::map(&[])).await;
+    browser.wait_until("!document.querySelector('[data-user=\"u7\"]').classList.contains('talking')").await;
+    assert_eq!(browser.eval("document.getElementById('talking').hidden").await, json!(true));
+}
+
+/// A dashboard token signed as the tests' router expects, with these `exp` and key.
+fn dashboard_token(exp: u64, secret: &str) -> String {
+    let now = presence_router::presence::unix_ms() / 1000;
+    let claims = json!({"sub": "dispatcher", "role": "dashboard", "exp": exp, "iat": now.min(exp)});
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
+/// An expired or forged token is refused before the WebSocket: the page says why and
+/// stops, instead of retrying a handshake the browser only reports as 1006.
+#[tokio::test]
+async fn the_dashboard_page_says_why_a_token_is_refused_and_stops() {
+    let router = Router::start(&[]).await;
+    let now = presence_router::presence::unix_ms() / 1000;
+    let expired = dashboard_token(now - 3600, common::SECRET);
+    let mut browser = page(&router, &expired).await;
+    browser.wait_until("document.body.dataset.connected === 'expired'").await;
+    let notice = browser.eval("document.getElementById('notice').textContent").await;
+    assert!(notice.as_str().unwrap().starts_with("The token expired"), "{notice}");
+
+    let forged = dashboard_token(now + 3600, "another-secret-of-at-least-32-bytes!!");
+    let mut browser = page(&router, &forged).await;
+    browser.wait_until("document.body.dataset.connected === 'refused'").await;
+    let notice = browser.eval("document.getElementById('notice').textContent").await;
+    assert!(notice.as_str().unwrap().contains("refused the token (invalid_token"), "{notice}");
+    assert!(
+        !browser.eval("document.getElementById('status').textContent").await.as_str().unwrap().contains("reconnecting")
+    );
+    let metrics = router.metrics().await;
+    let refused =
+        metrics.lines().filter(|l| l.starts_with("presence_handshake_rejections_total{") && !l.ends_with(" 0"));
+    assert_eq!(refused.collect::<Vec<_>>(), Vec::<&str>::new(), "no WebSocket was tried");
+
+    // A good token in the fragment connects the same page.
+    browser.eval(&format!("location.hash = 'token={}'", token("dispatcher", Role::Dashboard))).await;
+    browser.wait_until("document.body.dataset.connected === 'true'").await;
+    assert_eq!(browser.eval("document.getElementById('notice').hidden").await, json!(true));
+}
+
+/// A mobile token is a phone's presence session: the page never sends it, says so, and
+/// its user stays offline.
+#[tokio::test]
+async fn the_dashboard_page_refuses_a_mobile_token_and_marks_nobody_online() {
+    let router = Router::start(&[]).await;
+    let mut browser = page(&router, &token("phone", Role::Mobile)).await;
+    browser.wait_until("document.body.dataset.connected === 'wrong-role'").await;
+    let notice = browser.eval("document.getElementById('notice').textContent").await;
+    assert!(notice.as_str().unwrap().contains("role \"mobile\""), "{notice}");
+    assert!(notice.as_str().unwrap().contains("marked nobody online"), "{notice}");
+    let phone = router.user("phone").await;
+    assert_eq!((phone["status"].as_str(), phone["deviceId"].as_str()), (Some("offline"), None), "{phone}");
+    assert!(router.metrics().await.contains("presence_connections{role=\"mobile\"} 0"));
 }
