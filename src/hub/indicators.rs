@@ -23,6 +23,7 @@ use crate::{
 /// Group, kind, user.
 type Key = (Id, IndicatorKind, Id);
 
+#[derive(Clone, Copy)]
 struct Entry {
     /// Unix ms it started (see [`LiveIndicator::since`]).
     since: u64,
@@ -79,8 +80,8 @@ impl Indicators {
     pub(super) fn rebuild(&mut self, stored: Vec<(Id, IndicatorKind, Id)>, now_ms: u64) {
         let mut before = std::mem::take(&mut self.live);
         for key in stored {
-            let since = before.get(&key).map_or(now_ms, |entry| entry.since);
-            self.live.insert(key, Entry { since, local: false });
+            let entry = before.get(&key).map_or(Entry { since: now_ms, local: false }, |entry| *entry);
+            self.live.insert(key, entry);
         }
         before.retain(|_, entry| entry.local);
         self.live.extend(before);
@@ -144,5 +145,9 @@ mod tests {
                 ("g".into(), "new".into(), "recording", 100),
             ]
         );
+        // This router's own stays its own though the store listed it too.
+        indicators.rebuild(vec![(id("g"), IndicatorKind::Talking, id("mine"))], 200);
+        indicators.rebuild(Vec::new(), 300);
+        assert_eq!(shown(&indicators, &Scope::everyone()), [("g".into(), "mine".into(), "talking", 1)]);
     }
 }
