@@ -1,14 +1,55 @@
-//! Prints a development token: `cargo run -q --example mint_token -- <user> <role>`.
-//! Role is mobile, web, dashboard or service; the secret is `JWT_SECRET` or the `make run`
-//! default.
+//! Prints a development token (HS256) for the router `make run` starts:
+//!
+//!     cargo run -q --example mint_token -- driver-1 --groups crew,north
+//!     cargo run -q --example mint_token -- api --role service --ttl 600
+//!     cargo run -q --example mint_token -- --help
+//!
+//! The secret is `JWT_SECRET`, or `make run`'s default. Only the token goes to standard
+//! output, so `$(…)` takes it whole.
 
-use presence_router::auth::{Role, mint_hs256};
+use clap::Parser;
+use presence_router::{
+    auth::{Role, mint_hs256_in},
+    id::Id,
+};
+
+/// Prints a signed JWT the router accepts (claims sub, role, iat, exp and groups).
+#[derive(Parser)]
+#[command(name = "mint_token")]
+struct Args {
+    /// The user id (`sub`).
+    #[arg(default_value = "driver-1", value_parser = user_id)]
+    user: String,
+    /// What the token may do: a mobile heartbeats, talks and types in its groups; web and
+    /// dashboard watch presence; service reads the HTTP API.
+    #[arg(long, default_value = "mobile", value_parser = ["mobile", "web", "dashboard", "service"])]
+    role: String,
+    /// Groups, comma-separated: a mobile's memberships, or the only groups a watcher sees
+    /// (without it a dashboard or service token sees everyone).
+    #[arg(long, value_delimiter = ',', value_parser = group_id)]
+    groups: Option<Vec<String>>,
+    /// Seconds until the token expires (`exp` - `iat`).
+    #[arg(long, default_value_t = 24 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    ttl: u64,
+    /// The HS256 secret the router verifies with.
+    #[arg(long, env = "JWT_SECRET", default_value = "dev-secret-change-me", hide_env_values = true)]
+    secret: String,
+}
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let user = args.next().unwrap_or_else(|| "driver-1".into());
-    let role: Role = serde_json::from_value(serde_json::Value::String(args.next().unwrap_or_else(|| "mobile".into())))?;
-    let secret = std::env::var("JWT_SECRET").unwrap_or_else(|_| "dev-secret-change-me".into());
-    println!("{}", mint_hs256(secret.as_bytes(), &user, role, 24 * 3600)?);
+    let args = Args::parse();
+    let role: Role = serde_json::from_value(serde_json::Value::String(args.role))?;
+    let groups: Option<Vec<&str>> = args.groups.as_ref().map(|groups| groups.iter().map(String::as_str).collect());
+    println!("{}", mint_hs256_in(args.secret.as_bytes(), &args.user, role, groups.as_deref(), args.ttl)?);
     Ok(())
+}
+
+/// A user id the router accepts.
+fn user_id(id: &str) -> Result<String, String> {
+    Id::parse(id).map(|id| id.as_str().to_string()).map_err(|e| format!("not a user id: {e}"))
+}
+
+/// A group id the router accepts.
+fn group_id(id: &str) -> Result<String, String> {
+    Id::parse(id).map(|id| id.as_str().to_string()).map_err(|e| format!("not a group id: {e}"))
 }

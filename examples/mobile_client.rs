@@ -1,17 +1,22 @@
-//! A mobile PTT client: connects with a dev token, heartbeats, prints what the router says.
+//! A mobile PTT client: connects with a dev token, heartbeats, prints what the router says
+//! (one readable line per frame).
 //!
 //!     make run                                   # terminal 1
 //!     cargo run --example mobile_client -- --user driver-1 --groups crew
 //!     cargo run --example mobile_client -- --user driver-2 --groups crew \
 //!         --status dnd --text "on patrol" --talk crew  # says "dnd", then talks for a second
 //!
-//! Ctrl-C closes cleanly (the dashboard sees "offline" at once); `kill -9` leaves the
+//! It connects to `--url`, by default `ws://127.0.0.1:$PORT/` (`PORT` as `make run` takes
+//! it, 3000 when unset). Ctrl-C closes cleanly (the dashboard sees "offline" at once); `kill -9` leaves the
 //! socket to the heartbeat TTL. Its token lives `--token-ttl` seconds; it sends a fresh one
 //! (REFRESH) when two thirds of that have passed, as a real app would after asking its
 //! backend, so the router never closes it with 4001.
 
+mod common;
+
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use presence_router::{
@@ -19,11 +24,13 @@ use presence_router::{
     protocol::{ChannelType, client_frame, heartbeat_frame, message_type},
 };
 use rmpv::Value;
-use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser)]
 struct Args {
-    #[arg(long, default_value = "ws://127.0.0.1:3000/")]
+    /// The router's WebSocket URL (default: `ws://127.0.0.1:$PORT/`, port 3000 when `PORT`
+    /// is unset).
+    #[arg(long, default_value_t = common::default_url())]
     url: String,
     #[arg(long, default_value = "driver-1")]
     user: String,
@@ -32,7 +39,7 @@ struct Args {
     /// Seconds between heartbeats (mobile apps send one every 30 s).
     #[arg(long, default_value_t = 30)]
     interval: u64,
-    #[arg(long, env = "JWT_SECRET", default_value = "dev-secret-change-me")]
+    #[arg(long, env = "JWT_SECRET", default_value = "dev-secret-change-me", hide_env_values = true)]
     jwt_secret: String,
     /// Groups for the token, comma-separated (PTT, indicators and dashboards scope by them).
     #[arg(long, value_delimiter = ',')]
@@ -58,27 +65,28 @@ async fn main() -> anyhow::Result<()> {
     let groups = (!groups.is_empty()).then_some(groups.as_slice());
     let mint = || mint_hs256_in(args.jwt_secret.as_bytes(), &args.user, Role::Mobile, groups, args.token_ttl);
     let token = mint()?;
-    let mut request = args.url.as_str().into_client_request()?;
+    let mut request = common::request(&args.url)?;
     request.headers_mut().insert("token", token.parse()?);
     request.headers_mut().insert("device_id", args.device.parse()?);
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
-    println!("connected as {} ({}); heartbeat every {} s", args.user, args.device, args.interval);
+    let mut ws = common::connect(request).await?;
+    let sending = || format!("sending to {}", args.url);
+    println!("connected to {} as {} ({}); heartbeat every {} s", args.url, args.user, args.device, args.interval);
     let frame = |message_type, to: &str, payload: Value| {
         Message::Binary(client_frame(ChannelType::Group, message_type, &args.user, to, &payload))
     };
     if let Some(status) = &args.status {
         let text = args.text.as_deref().map_or(Value::Nil, Value::from);
         let payload = Value::Map(vec![("status".into(), status.as_str().into()), ("text".into(), text)]);
-        ws.send(frame(message_type::STATUS, "", payload)).await?;
+        ws.send(frame(message_type::STATUS, "", payload)).await.with_context(sending)?;
         println!("→ STATUS {status}");
     }
     if let Some(group) = &args.talk {
-        ws.send(frame(message_type::START, group, Value::Map(vec![]))).await?;
+        ws.send(frame(message_type::START, group, Value::Map(vec![]))).await.with_context(sending)?;
         for _ in 0..50 {
-            ws.send(frame(message_type::AUDIO, group, Value::Binary(vec![0; 160]))).await?;
+            ws.send(frame(message_type::AUDIO, group, Value::Binary(vec![0; 160]))).await.with_context(sending)?;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        ws.send(frame(message_type::STOP, group, Value::Map(vec![]))).await?;
+        ws.send(frame(message_type::STOP, group, Value::Map(vec![]))).await.with_context(sending)?;
         println!("→ START, 50 × AUDIO, STOP in {group}");
     }
 
@@ -88,24 +96,22 @@ async fn main() -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = ticks.tick() => {
-                ws.send(Message::Binary(heartbeat_frame(&args.user))).await?;
+                ws.send(Message::Binary(heartbeat_frame(&args.user))).await.with_context(sending)?;
                 println!("→ HEARTBEAT");
             }
             _ = refreshes.tick() => {
                 let payload = Value::Map(vec![("token".into(), mint()?.into())]);
-                ws.send(frame(message_type::REFRESH, "", payload)).await?;
+                ws.send(frame(message_type::REFRESH, "", payload)).await.with_context(sending)?;
                 println!("→ REFRESH");
             }
             message = ws.next() => match message {
-                Some(Ok(Message::Binary(bytes))) => match rmpv::decode::read_value(&mut &bytes[..])? {
-                    frame if frame[1].as_u64() == Some(message_type::AUDIO.into()) => {
-                        println!("← AUDIO from {} in {}", frame[2], frame[3]);
-                    }
-                    frame => println!("← {frame}"),
-                },
+                Some(Ok(Message::Binary(bytes))) => {
+                    let frame = rmpv::decode::read_value(&mut &bytes[..]).context("a frame that is not msgpack")?;
+                    println!("← {}", common::describe(&frame));
+                }
                 Some(Ok(Message::Close(frame))) => { println!("← close {frame:?}"); break; }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => { println!("connection error: {e}"); break; }
+                Some(Err(e)) => return Err(e).with_context(|| format!("the connection to {}", args.url)),
                 None => break,
             },
             _ = tokio::signal::ctrl_c() => {

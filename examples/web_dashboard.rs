@@ -1,34 +1,45 @@
-//! A monitoring dashboard: prints the PRESENCE_SNAPSHOT, then every PRESENCE_UPDATE.
+//! A monitoring dashboard: prints the PRESENCE_SNAPSHOT, then every frame the router sends
+//! it (presence updates, typing/recording/talking indicators, errors, acks), one readable
+//! line each.
 //!
 //!     make run                                   # terminal 1
 //!     cargo run --example web_dashboard          # terminal 2
 //!     cargo run --example mobile_client          # terminal 3
 //!
-//! It authenticates like a browser would, with `Sec-WebSocket-Protocol: <token>, <deviceId>`,
-//! and never heartbeats. Its token lives `--token-ttl` seconds; a fresh one goes out
-//! (REFRESH) when two thirds of that have passed.
+//! It connects to `--url`, by default `ws://127.0.0.1:$PORT/` (`PORT` as `make run` takes
+//! it, 3000 when unset). It authenticates like a browser would, with
+//! `Sec-WebSocket-Protocol: <token>, <deviceId>`, and never heartbeats. Its token lives
+//! `--token-ttl` seconds; a fresh one goes out (REFRESH) when two thirds of that have passed.
 
-use std::{collections::BTreeMap, time::Duration};
+mod common;
 
+use std::{collections::BTreeSet, time::Duration};
+
+use anyhow::Context;
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use presence_router::{
-    auth::{Role, mint_hs256},
+    auth::{Role, mint_hs256_in},
     protocol::{
         ChannelType, client_frame,
         message_type::{PRESENCE_SNAPSHOT, PRESENCE_UPDATE, REFRESH},
     },
 };
 use rmpv::Value;
-use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser)]
 struct Args {
-    #[arg(long, default_value = "ws://127.0.0.1:3000/")]
+    /// The router's WebSocket URL (default: `ws://127.0.0.1:$PORT/`, port 3000 when `PORT`
+    /// is unset).
+    #[arg(long, default_value_t = common::default_url())]
     url: String,
     #[arg(long, default_value = "dispatcher-1")]
     user: String,
-    #[arg(long, env = "JWT_SECRET", default_value = "dev-secret-change-me")]
+    /// Groups to watch, comma-separated (default: everyone).
+    #[arg(long, value_delimiter = ',')]
+    groups: Vec<String>,
+    #[arg(long, env = "JWT_SECRET", default_value = "dev-secret-change-me", hide_env_values = true)]
     jwt_secret: String,
     /// Lifetime of each token in seconds; a new one is sent (REFRESH) before it ends.
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(15..))]
@@ -38,14 +49,17 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mint = || mint_hs256(args.jwt_secret.as_bytes(), &args.user, Role::Dashboard, args.token_ttl);
+    let groups: Vec<&str> = args.groups.iter().map(String::as_str).collect();
+    let groups = (!groups.is_empty()).then_some(groups.as_slice());
+    let mint = || mint_hs256_in(args.jwt_secret.as_bytes(), &args.user, Role::Dashboard, groups, args.token_ttl);
     let token = mint()?;
-    let mut request = args.url.as_str().into_client_request()?;
+    let mut request = common::request(&args.url)?;
     request.headers_mut().insert("sec-websocket-protocol", format!("{token}, web-dashboard-001").parse()?);
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
+    let mut ws = common::connect(request).await?;
+    println!("connected to {} as {}", args.url, args.user);
 
-    // userId → status, as a dashboard would keep it.
-    let mut online: BTreeMap<String, String> = BTreeMap::new();
+    // Who is shown online, away or dnd, as a dashboard would keep it.
+    let mut online: BTreeSet<String> = BTreeSet::new();
     let refresh_every = Duration::from_secs(args.token_ttl * 2 / 3);
     let mut refreshes = tokio::time::interval_at(tokio::time::Instant::now() + refresh_every, refresh_every);
     loop {
@@ -54,50 +68,42 @@ async fn main() -> anyhow::Result<()> {
             _ = refreshes.tick() => {
                 let payload = Value::Map(vec![("token".into(), mint()?.into())]);
                 let frame = client_frame(ChannelType::Group, REFRESH, &args.user, "", &payload);
-                ws.send(Message::Binary(frame)).await?;
+                ws.send(Message::Binary(frame)).await.with_context(|| format!("sending to {}", args.url))?;
                 println!("→ REFRESH");
                 continue;
             }
         };
         let Some(message) = message else { break };
-        let bytes = match message? {
+        let bytes = match message.with_context(|| format!("the connection to {}", args.url))? {
             Message::Binary(bytes) => bytes,
             Message::Close(frame) => {
-                println!("closed by router: {frame:?}");
+                println!("closed by {}: {frame:?}", args.url);
                 break;
             }
             _ => continue,
         };
-        let frame = rmpv::decode::read_value(&mut &bytes[..])?;
+        let frame = rmpv::decode::read_value(&mut &bytes[..]).context("a frame that is not msgpack")?;
+        println!("{}", common::describe(&frame));
         let payload = &frame[5];
         match frame[1].as_u64().map(|t| t as u8) {
             Some(PRESENCE_SNAPSHOT) => {
-                online.clear();
-                for user in payload["users"].as_array().into_iter().flatten() {
-                    online.insert(text(&user["userId"]), text(&user["status"]));
-                }
-                println!("snapshot: {} online {:?}", online.len(), online.keys().collect::<Vec<_>>());
+                online =
+                    payload["users"].as_array().into_iter().flatten().map(|user| user_id(&user["userId"])).collect();
             }
             Some(PRESENCE_UPDATE) => {
-                let (user, status) = (text(&payload["userId"]), text(&payload["status"]));
-                println!(
-                    "update: {user} is {status} (cause {}, version {})",
-                    text(&payload["cause"]),
-                    payload["version"]
-                );
-                if status == "offline" {
-                    online.remove(&user);
-                } else {
-                    online.insert(user, status);
-                }
+                let user = user_id(&payload["userId"]);
+                match payload["status"].as_str() {
+                    Some("offline") => online.remove(&user),
+                    _ => online.insert(user),
+                };
                 println!("  {} online", online.len());
             }
-            _ => println!("← {frame}"),
+            _ => {}
         }
     }
     Ok(())
 }
 
-fn text(value: &Value) -> String {
+fn user_id(value: &Value) -> String {
     value.as_str().unwrap_or_default().to_string()
 }

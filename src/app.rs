@@ -16,7 +16,7 @@ use crate::{
         redis::{RedisBroker, RedisConfig, RedisPresence},
     },
     fanout::FanOut,
-    http::ApiLimiter,
+    http::{ApiLimiter, Cors},
     hub::Hub,
     node::{Node, Timing, new_router_id},
     relay::Relay,
@@ -45,6 +45,8 @@ pub struct Limits {
     pub frame_timeout: Duration,
     pub heartbeat_min_interval: Duration,
     pub idle_timeout: Duration,
+    /// A mobile that does not heartbeat is pinged after this long without a sign of life.
+    pub ping_interval: Duration,
     pub write_timeout: Duration,
     pub shutdown_grace: Duration,
     pub update_batch: Duration,
@@ -76,6 +78,8 @@ pub struct App {
     pub metrics: Option<PrometheusHandle>,
     /// The HTTP API's ids-per-second budget per user (`--api-ids-per-second`).
     pub api_limiter: Arc<ApiLimiter>,
+    /// The HTTP API's CORS (`--cors-origins`); `None`: no CORS header is sent.
+    pub cors: Option<Arc<Cors>>,
 }
 
 impl App {
@@ -152,6 +156,10 @@ impl App {
             ),
         }
 
+        if let Some(origins) = &config.cors_origins {
+            tracing::info!(%origins, "CORS for the HTTP API");
+        }
+
         if config.user_add_any_group {
             tracing::warn!(
                 max_session_groups = config.max_session_groups,
@@ -181,6 +189,7 @@ impl App {
                 frame_timeout: Duration::from_millis(config.frame_timeout_ms),
                 heartbeat_min_interval: config.heartbeat_min_interval(),
                 idle_timeout: config.idle_timeout(),
+                ping_interval: config.ping_interval(),
                 write_timeout: Duration::from_millis(config.write_timeout_ms),
                 shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
                 update_batch: Duration::from_millis(config.update_batch_ms),
@@ -199,6 +208,7 @@ impl App {
             shutdown,
             metrics,
             api_limiter,
+            cors: config.cors_origins.clone().map(Cors::new),
         }))
     }
 }
@@ -218,6 +228,13 @@ impl App {
 }
 
 async fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
+    let rules = config.token_rules()?;
+    if rules.allow_without_exp {
+        tracing::warn!(
+            "tokens without exp are accepted (--allow-tokens-without-exp): such a token stays valid until its \
+             connection ends, and one that leaks can be used for ever; issue tokens that expire"
+        );
+    }
     let auth = match (&config.jwt_secret, &config.jwt_public_key, key_set_source(config)) {
         (Some(secret), _, _) => {
             // The config refuses an empty secret; this guards a Config built some other way.
@@ -241,7 +258,7 @@ async fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
         (None, None, Some(source)) => Authenticator::key_set(Jwks::load(source, config.jwks_timing()).await?),
         (None, None, None) => anyhow::bail!("set JWT_SECRET, JWT_PUBLIC_KEY, JWT_JWKS_URL or JWT_JWKS_FILE"),
     };
-    Ok(auth.rules(config.token_rules()))
+    Ok(auth.rules(rules))
 }
 
 /// Where the key set comes from, when the config names one.

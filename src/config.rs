@@ -132,6 +132,36 @@ pub struct Config {
     #[arg(help_heading = "Tokens")]
     pub max_token_lifetime: Option<u64>,
 
+    /// Accept tokens without `exp`, as VoicePing issued them. Such a token stays valid until
+    /// its connection ends, and one that leaks is good for ever: prefer tokens that expire.
+    /// Refused with `--max-token-lifetime`, which such a token could not meet. Logged at
+    /// WARN at start when set.
+    #[arg(long, env = "ALLOW_TOKENS_WITHOUT_EXP", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    #[arg(help_heading = "Tokens")]
+    pub allow_tokens_without_exp: bool,
+
+    /// The claim that names the user: a string or a whole number (`7` and `"7"` are one
+    /// id). VoicePing tokens name it `uid`. The claims with a registered meaning (`exp`,
+    /// `nbf`, `iat`, `aud`, `iss`, `jti`) and `role` cannot be it.
+    #[arg(long, env = "JWT_SUBJECT_CLAIM", default_value = "sub", value_parser = claim_name)]
+    #[arg(help_heading = "Tokens")]
+    pub jwt_subject_claim: String,
+
+    /// The claim that lists the user's groups, ids as strings or whole numbers. VoicePing
+    /// tokens name it `channelIds`. Same restrictions as `--jwt-subject-claim`, whose claim
+    /// it cannot be.
+    #[arg(long, env = "JWT_GROUPS_CLAIM", default_value = "groups", value_parser = claim_name)]
+    #[arg(help_heading = "Tokens")]
+    pub jwt_groups_claim: String,
+
+    /// The role of a token without `role`: `mobile` (its own presence and talk, in the
+    /// groups its token names), `web`, or `none` to refuse such tokens (401). A watcher role
+    /// that may read everyone (`dashboard`, `service`) cannot be a default: a token must
+    /// say so.
+    #[arg(long, env = "JWT_DEFAULT_ROLE", default_value = "mobile", value_parser = default_role)]
+    #[arg(help_heading = "Tokens")]
+    pub jwt_default_role: DefaultRole,
+
     /// Most WebSocket connections at once; more are refused with 503. Lowered at start to
     /// what the open-file limit leaves after `--max-handshakes` and `--fd-reserve` (logged:
     /// at WARN when a value you set is lowered, at INFO for the default).
@@ -260,12 +290,22 @@ pub struct Config {
     #[arg(help_heading = "HTTP API limits")]
     pub api_ids_burst: Option<u32>,
 
+    /// Origins whose browser pages may call the HTTP API (CORS): comma-separated
+    /// `scheme://host[:port]`, or `*` for any. Only the API: not the WebSocket endpoint,
+    /// `/metrics` or the probes. Unset: no CORS header is sent, and browsers keep pages of
+    /// other origins from reading the API.
+    #[arg(long, env = "CORS_ORIGINS", value_parser = crate::http::CorsOrigins::parse)]
+    #[arg(help_heading = "HTTP API limits")]
+    pub cors_origins: Option<crate::http::CorsOrigins>,
+
     /// Track presence at all; when false, heartbeats are ignored and the presence API answers 503.
     #[arg(long, env = "PRESENCE_ENABLED", default_value_t = true, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     #[arg(help_heading = "Presence")]
     pub presence_enabled: bool,
 
-    /// Seconds a session stays online without a heartbeat.
+    /// Seconds a session stays online without a heartbeat. A mobile that has never sent
+    /// HEARTBEAT is kept by any frame, ping or pong instead, and pinged after a third of
+    /// this without one.
     #[arg(long, env = "PRESENCE_TTL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     #[arg(help_heading = "Presence")]
     pub presence_ttl: u64,
@@ -444,6 +484,38 @@ fn non_empty_secret(secret: &str) -> Result<String, String> {
     Ok(secret.to_string())
 }
 
+/// The role given to tokens without `role` (`--jwt-default-role`); `None`: such tokens are
+/// refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DefaultRole(pub Option<crate::auth::Role>);
+
+/// `mobile`, `web` or `none`: only roles that read no more than their own groups.
+fn default_role(name: &str) -> Result<DefaultRole, String> {
+    use crate::auth::Role;
+    match name.trim().to_ascii_lowercase().as_str() {
+        "mobile" => Ok(DefaultRole(Some(Role::Mobile))),
+        "web" => Ok(DefaultRole(Some(Role::Web))),
+        "none" => Ok(DefaultRole(None)),
+        "dashboard" | "service" => Err(format!(
+            "{name} cannot be a default role: without `groups` it reads everyone's presence, which a token \
+             must claim itself; use mobile, web or none"
+        )),
+        _ => Err("expected mobile, web or none".into()),
+    }
+}
+
+/// A claim name for the user or its groups: not empty, and not a claim whose meaning is
+/// fixed (a date, the audience, the issuer, the token id, the role).
+fn claim_name(name: &str) -> Result<String, String> {
+    if name.trim().is_empty() {
+        return Err("empty: name the claim exactly as tokens carry it".into());
+    }
+    if crate::auth::RESERVED_CLAIMS.contains(&name) {
+        return Err(format!("`{name}` has its own meaning in a token and cannot name the user or its groups"));
+    }
+    Ok(name.to_string())
+}
+
 /// Refuses an empty audience or issuer: no token names one, so it would only look set.
 fn non_empty_name(name: &str) -> Result<String, String> {
     match name.trim().is_empty() {
@@ -602,14 +674,30 @@ impl Config {
         Ok(server.set_redis_settings(settings))
     }
 
-    /// What every token's claims must meet: `--jwt-audience`, `--jwt-issuer`,
-    /// `--max-token-lifetime`.
-    pub fn token_rules(&self) -> crate::auth::Rules {
-        crate::auth::Rules {
+    /// What every token's claims must meet (`--jwt-audience`, `--jwt-issuer`,
+    /// `--max-token-lifetime`, `--allow-tokens-without-exp`) and how they are read
+    /// (`--jwt-subject-claim`, `--jwt-groups-claim`, `--jwt-default-role`). Errors on flags
+    /// that contradict each other.
+    pub fn token_rules(&self) -> anyhow::Result<crate::auth::Rules> {
+        anyhow::ensure!(
+            self.jwt_subject_claim != self.jwt_groups_claim,
+            "--jwt-subject-claim and --jwt-groups-claim both name `{}`: one claim cannot hold the user and its groups",
+            self.jwt_subject_claim
+        );
+        anyhow::ensure!(
+            !(self.allow_tokens_without_exp && self.max_token_lifetime.is_some()),
+            "--allow-tokens-without-exp cannot be used with --max-token-lifetime: a token without `exp` has no \
+             lifetime to cap"
+        );
+        Ok(crate::auth::Rules {
             audiences: self.jwt_audience.clone(),
             issuers: self.jwt_issuer.clone(),
             max_lifetime: self.max_token_lifetime,
-        }
+            subject_claim: self.jwt_subject_claim.clone(),
+            groups_claim: self.jwt_groups_claim.clone(),
+            default_role: self.jwt_default_role.0,
+            allow_without_exp: self.allow_tokens_without_exp,
+        })
     }
 
     /// `--jwt-jwks-cache-secs` and `--jwt-jwks-min-refetch-secs`.
@@ -654,6 +742,12 @@ impl Config {
 
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    /// A mobile that does not heartbeat is pinged after a third of the TTL without a sign
+    /// of life: answering, it is heard from twice more before its lease could lapse.
+    pub fn ping_interval(&self) -> Duration {
+        self.ttl() / 3
     }
 
     /// A mobile socket silent this long is closed; a little past the TTL so the store's
@@ -805,6 +899,19 @@ mod tests {
     }
 
     #[test]
+    fn cors_is_off_unless_origins_are_named() {
+        let parse = |extra: &[&str]| {
+            Config::try_parse_from([&["presence-router", "--jwt-secret", "s"], extra].concat()).map(|c| c.cors_origins)
+        };
+        assert_eq!(parse(&[]).unwrap(), None);
+        assert_eq!(parse(&["--cors-origins", "*"]).unwrap(), Some(crate::http::CorsOrigins::Any));
+        let named = parse(&["--cors-origins", "https://a.test,https://b.test"]).unwrap().unwrap();
+        assert_eq!(named.to_string(), "https://a.test,https://b.test");
+        let e = parse(&["--cors-origins", "https://a.test/app"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{e}");
+    }
+
+    #[test]
     fn metrics_stay_on_the_public_port_unless_an_address_is_given() {
         let c = Config::try_parse_from(["presence-router", "--jwt-secret", "s"]).unwrap();
         assert_eq!(c.metrics_addr, None);
@@ -863,7 +970,8 @@ mod tests {
     #[test]
     fn audiences_and_issuers_are_comma_separated_and_never_empty() {
         let c = Config::try_parse_from(["presence-router", "--jwt-secret", "s"]).unwrap();
-        assert!(c.token_rules().audiences.is_empty() && c.token_rules().issuers.is_empty());
+        let rules = c.token_rules().unwrap();
+        assert!(rules.audiences.is_empty() && rules.issuers.is_empty());
         let c = Config::try_parse_from([
             "presence-router",
             "--jwt-secret",
@@ -876,7 +984,7 @@ mod tests {
             "600",
         ])
         .unwrap();
-        let rules = c.token_rules();
+        let rules = c.token_rules().unwrap();
         assert_eq!(rules.audiences, ["presence", "account"]);
         assert_eq!(rules.issuers, ["https://idp.example/realms/ptt"]);
         assert_eq!(rules.max_lifetime, Some(600));
@@ -886,5 +994,38 @@ mod tests {
                 assert!(e.to_string().contains("empty"), "{flag} {empty:?}: {e}");
             }
         }
+    }
+
+    #[test]
+    fn claim_names_default_role_and_tokens_without_exp() {
+        let parse =
+            |extra: &[&str]| Config::try_parse_from([&["presence-router", "--jwt-secret", "s"], extra].concat());
+        let rules = parse(&[]).unwrap().token_rules().unwrap();
+        assert_eq!((rules.subject_claim.as_str(), rules.groups_claim.as_str()), ("sub", "groups"));
+        assert_eq!((rules.default_role, rules.allow_without_exp), (Some(crate::auth::Role::Mobile), false));
+        let voiceping =
+            ["--jwt-subject-claim", "uid", "--jwt-groups-claim", "channelIds", "--allow-tokens-without-exp"];
+        let rules = parse(&voiceping).unwrap().token_rules().unwrap();
+        assert_eq!((rules.subject_claim.as_str(), rules.groups_claim.as_str()), ("uid", "channelIds"));
+        assert!(rules.allow_without_exp);
+        assert_eq!(parse(&["--jwt-default-role", "none"]).unwrap().token_rules().unwrap().default_role, None);
+        assert_eq!(parse(&["--jwt-default-role", "web"]).unwrap().jwt_default_role.0, Some(crate::auth::Role::Web));
+
+        for (flags, says) in [
+            (&["--jwt-default-role", "dashboard"][..], "reads everyone"),
+            (&["--jwt-default-role", "service"], "reads everyone"),
+            (&["--jwt-default-role", "admin"], "mobile, web or none"),
+            (&["--jwt-subject-claim", ""], "empty"),
+            (&["--jwt-subject-claim", "exp"], "its own meaning"),
+            (&["--jwt-groups-claim", "role"], "its own meaning"),
+            (&["--allow-tokens-without-exp", "maybe"], "unexpected argument"),
+        ] {
+            let e = parse(flags).unwrap_err().to_string();
+            assert!(e.contains(says), "{flags:?}: {e}");
+        }
+        let same = parse(&["--jwt-subject-claim", "uid", "--jwt-groups-claim", "uid"]).unwrap();
+        assert!(same.token_rules().unwrap_err().to_string().contains("both name `uid`"));
+        let capped = parse(&["--allow-tokens-without-exp", "--max-token-lifetime", "600"]).unwrap();
+        assert!(capped.token_rules().unwrap_err().to_string().contains("--max-token-lifetime"));
     }
 }

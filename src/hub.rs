@@ -982,7 +982,7 @@ mod tests {
         Scope::of(&crate::auth::Claims {
             sub: Id::parse(user).unwrap(),
             role: crate::auth::Role::Dashboard,
-            exp: u64::MAX,
+            exp: Some(u64::MAX),
             iat: None,
             groups: groups.map(|g| g.iter().map(|s| Id::parse(s).unwrap()).collect()),
         })

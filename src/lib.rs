@@ -42,9 +42,10 @@
 //! - [`renewals`]: heartbeats handed off by connections, renewed in the background.
 //! - [`ws`]: the WebSocket handshake, the RFC 6455 framing and socket (budgets, close
 //!   handshake, no buffer held while idle) and the per-connection task.
-//! - [`http`]: the axum router: WebSocket endpoint, presence API (and its ids-per-second
-//!   budget per user), the probes `/livez`, `/readyz`, `/healthz` (on the public port, and
-//!   on `--metrics-addr`), metrics (on the public port or `--metrics-addr`).
+//! - [`http`]: the axum routers, built from a table of routes that `docs/openapi.yaml`
+//!   describes: WebSocket endpoint, presence API (its ids-per-second budget per user, and
+//!   CORS with `--cors-origins`), the probes `/livez`, `/readyz`, `/healthz` (on the public
+//!   port, and on `--metrics-addr`), metrics (on the public port or `--metrics-addr`).
 //! - [`server`]: the accept loop serving that router, with the limits that apply before a
 //!   WebSocket upgrade (the per-address connection budget and its penalty after a 4029,
 //!   trusted proxies' forwarded addresses, header timeout and size, handshake cap and its

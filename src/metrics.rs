@@ -20,6 +20,8 @@ use crate::{
 pub const ONLINE_USERS: &str = "presence_online_users";
 pub const CONNECTIONS: &str = "presence_connections";
 pub const HEARTBEATS: &str = "presence_heartbeats_total";
+pub const PINGS: &str = "presence_pings_total";
+pub const LIVENESS_RENEWALS: &str = "presence_liveness_renewals_total";
 pub const TRANSITIONS: &str = "presence_transitions_total";
 pub const TTL_EXPIRATIONS: &str = "presence_ttl_expirations_total";
 pub const STALE_UPDATES: &str = "presence_stale_updates_total";
@@ -117,6 +119,14 @@ fn describe() {
     describe_gauge!(ONLINE_USERS, "Users online in the cluster, as this router's view has them.");
     describe_gauge!(CONNECTIONS, "Open WebSocket connections on this router, by role.");
     describe_counter!(HEARTBEATS, "Heartbeats received, by result (accepted, coalesced, rejected, failed).");
+    describe_counter!(
+        PINGS,
+        "WebSocket pings sent to mobiles that do not heartbeat, after a ping interval of silence."
+    );
+    describe_counter!(
+        LIVENESS_RENEWALS,
+        "Leases renewed for mobiles that do not heartbeat, by the frames and pongs they send (one per ping interval at most)."
+    );
     describe_counter!(TRANSITIONS, "Presence transitions this router decided and published, by cause.");
     describe_counter!(TTL_EXPIRATIONS, "Users marked offline because no heartbeat renewed their lease in time.");
     describe_counter!(STALE_UPDATES, "Presence updates dropped because a newer version was already applied.");
@@ -203,7 +213,8 @@ fn describe() {
     describe_counter!(FLOOR_REQUESTS, "PTT START requests, by result (granted, busy, local_only, idle_takeover).");
     describe_counter!(
         AUDIO_DROPPED,
-        "AUDIO dropped without an answer: its talk had been ended by the router, by reason (max_talk_time, idle, not_a_member)."
+        "AUDIO dropped without an answer, by reason: its talk had been ended by the router (max_talk_time, idle, \
+         not_a_member, switched), or it followed a refused START (start_refused)."
     );
     describe_counter!(INDICATORS, "Indicator starts and ends broadcast, by type and isActive.");
     describe_counter!(
@@ -318,6 +329,8 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         REDIS_RETRIES,
         REDIS_RECONNECTS,
         EDGE_PENALTIES,
+        PINGS,
+        LIVENESS_RENEWALS,
     ]
     .into_iter()
     .map(|name| (name, Vec::new()))
@@ -379,7 +392,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
     each(BROKER_MESSAGES, "kind", &["update", "relay", "invalid", "overflow"]);
     each(BROKER_RESUBSCRIPTIONS, "reason", &["dropped", "silent"]);
     each(FLOOR_REQUESTS, "result", &["granted", "busy", "local_only", "idle_takeover"]);
-    each(AUDIO_DROPPED, "reason", &["max_talk_time", "idle", "not_a_member"]);
+    each(AUDIO_DROPPED, "reason", &["max_talk_time", "idle", "not_a_member", "switched", "start_refused"]);
     each(SESSIONS_REPLACED, "result", &["ended", "gone", "timed_out"]);
     each(HTTP_REFUSED, "reason", &["too_many_handshakes", "address_rate", "address_penalty"]);
     each(HTTP_CONNECTION_ERRORS, "reason", &["header_timeout", "header_too_large", "bad_request", "incomplete", "io"]);

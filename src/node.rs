@@ -271,7 +271,12 @@ impl Node {
     pub async fn connect(&self, session: &Session) -> Result<Option<Choice>, EngineError> {
         self.local().insert(session.id.clone(), session.clone());
         let registered = match self.skip_while_degraded() {
-            Ok(()) => self.register(session).await,
+            Ok(()) => {
+                // The relay registered the session, so its groups are served: their frames
+                // must reach it before anyone sees it there.
+                self.engine.broker.until_serving(&session.groups).await;
+                self.register(session).await
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = registered {
@@ -361,6 +366,9 @@ impl Node {
         }
         self.renewals.settle(&session.id).await;
         self.skip_while_degraded()?;
+        // The relay has the session in its new groups: their frames must reach it before
+        // anyone sees it there.
+        self.engine.broker.until_serving(&session.groups).await;
         let result = store!(self, regroup(session));
         self.announce("regroup", result).await
     }

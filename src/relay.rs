@@ -23,7 +23,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, Weak,
         atomic::{AtomicBool, AtomicU8, Ordering},
     },
 };
@@ -143,9 +143,34 @@ pub struct Relay {
 /// A connection's queue of relayed frames; unregisters on drop.
 pub struct Mailbox {
     queue: Outbox,
+    registration: Arc<Registration>,
+}
+
+/// What a connection is reachable as, until its [`Mailbox`] is dropped. The connection
+/// holds it weakly, to change its groups at the moment they change (before the change is
+/// acknowledged, so that frames sent in answer reach it).
+pub struct Registration {
     relay: Arc<Relay>,
     id: u64,
-    member: Member,
+    queue: Outbox,
+    member: Mutex<Member>,
+}
+
+impl Registration {
+    /// Registers the connection anew as `member` (its groups changed), keeping its queue:
+    /// frames already queued are still delivered.
+    pub fn rescope(&self, member: Member) {
+        let mut current = self.member.lock().unwrap_or_else(|e| e.into_inner());
+        self.relay.registry().update(self.id, Some(&current), Some((&member, self.queue.clone())));
+        *current = member;
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let member = self.member.get_mut().unwrap_or_else(|e| e.into_inner());
+        self.relay.registry().update(self.id, Some(member), None);
+    }
 }
 
 impl Relay {
@@ -181,7 +206,9 @@ impl Relay {
         registry.next += 1;
         let id = registry.next;
         registry.update(id, None, Some((&member, outbox)));
-        Mailbox { queue, relay: Arc::clone(self), id, member }
+        let registration =
+            Arc::new(Registration { relay: Arc::clone(self), id, queue: queue.clone(), member: Mutex::new(member) });
+        Mailbox { queue, registration }
     }
 
     /// Tells the connection of `session`, if it is on this router, that it was replaced;
@@ -262,6 +289,18 @@ impl Relay {
                 registry.users.get(user).into_iter().flatten().for_each(|(_, outbox)| push(outbox));
             }
             Audience::User(_) => {}
+            Audience::UserIn { user, groups } if Some(user) != except => {
+                let mut reached = Vec::new();
+                for members in groups.iter().filter_map(|group| registry.groups.get(group)) {
+                    for (id, (member, outbox)) in members {
+                        if member == user && !reached.contains(id) {
+                            reached.push(*id);
+                            push(outbox);
+                        }
+                    }
+                }
+            }
+            Audience::UserIn { .. } => {}
             Audience::Visibility { user, invisible } => {
                 for (_, outbox) in registry.users.get(user).into_iter().flatten() {
                     outbox.tell(*invisible);
@@ -281,12 +320,9 @@ impl Mailbox {
         self.queue.ready.notified().await;
     }
 
-    /// Registers the connection anew as `member` (its groups changed: a token refresh),
-    /// keeping its queue: frames already queued are still delivered.
-    pub fn rescope(&mut self, member: Member) {
-        let mut registry = self.relay.registry();
-        registry.update(self.id, Some(&self.member), Some((&member, self.queue.clone())));
-        self.member = member;
+    /// The registration, for its connection to change (see [`Registration::rescope`]).
+    pub fn registration(&self) -> Weak<Registration> {
+        Arc::downgrade(&self.registration)
     }
 
     /// Wakes the next [`ready`](Self::ready) at once: frames were left in the queue.
@@ -322,12 +358,6 @@ impl Mailbox {
             NO_NEWS => None,
             news => Some(news == HIDDEN),
         }
-    }
-}
-
-impl Drop for Mailbox {
-    fn drop(&mut self) {
-        self.relay.registry().update(self.id, Some(&self.member), None);
     }
 }
 
@@ -513,14 +543,16 @@ mod tests {
         let take = || std::mem::take(&mut *heard.lock().unwrap());
         assert_eq!(take(), [("g".into(), true)], "groups served before the hook was set");
 
-        let mut second = session(&relay, "b", &["g", "h"]);
+        let second = session(&relay, "b", &["g", "h"]);
         assert_eq!(take(), [("h".into(), true)], "only a group's first member counts");
         relay.register(Member::Watcher);
         assert_eq!(take(), [], "a dashboard is no member");
         drop(early);
         assert_eq!(take(), [], "b is still in g");
         let session = SessionId::new("test", 0);
-        second.rescope(Member::Session { user: id("b"), groups: vec![id("g")].into(), session });
+        let registration = second.registration().upgrade().unwrap();
+        registration.rescope(Member::Session { user: id("b"), groups: vec![id("g")].into(), session });
+        drop(registration);
         assert_eq!(take(), [("h".into(), false)], "a refreshed token keeping g keeps it served without a word");
         drop(second);
         assert_eq!(take(), [("g".into(), false)]);

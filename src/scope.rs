@@ -137,7 +137,7 @@ mod tests {
         Claims {
             sub: id("me"),
             role,
-            exp: u64::MAX,
+            exp: Some(u64::MAX),
             iat: None,
             groups: groups.map(|g| g.iter().map(|s| id(s)).collect()),
         }

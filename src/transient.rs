@@ -10,7 +10,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::{id::Id, presence::SessionId};
+use crate::{
+    id::Id,
+    presence::{Groups, SessionId},
+};
 
 /// Who a relayed frame is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +24,10 @@ pub enum Audience {
     Group { group: Id, dashboards: bool },
     /// Every session of one user (a private channel).
     User(Id),
+    /// The sessions of one user that are in one of `groups` now (a private channel that
+    /// needs a shared group: the sender's groups). Decided where the sessions are, with
+    /// their current groups, whatever the sending router last heard of the user.
+    UserIn { user: Id, groups: Groups },
     /// Every session of one user, told that the user chose `invisible` (or chose to be seen
     /// again): not a frame for the client but news for its connection, which hides (or
     /// shows) its own indicators and talking. The frame is empty.
@@ -58,15 +65,16 @@ pub enum Relayed {
 
 impl Delivery {
     /// The message routers exchange: msgpack `[origin, audienceKind, audienceId, flag,
-    /// except, frame]`, audienceKind 0 = group (flag: dashboards too), 1 = user, 2 = a
-    /// user's visibility (flag: invisible). `origin` is the sending router, which already
+    /// except, frame]`, audienceKind 0 = group (flag: dashboards too), 1 = user (flag:
+    /// false, or the array of groups the user's sessions must be in), 2 = a user's
+    /// visibility (flag: invisible). `origin` is the sending router, which already
     /// delivered to its own connections.
     pub fn encode(&self, origin: &str) -> Vec<u8> {
         use rmp::encode as enc;
         let mut buf = Vec::with_capacity(self.frame.len() + 64);
         let (kind, target, flag) = match &self.audience {
             Audience::Group { group, dashboards } => (0, group, *dashboards),
-            Audience::User(user) => (1, user, false),
+            Audience::User(user) | Audience::UserIn { user, .. } => (1, user, false),
             Audience::Visibility { user, invisible } => (2, user, *invisible),
         };
         // Writes into a Vec cannot fail.
@@ -74,7 +82,17 @@ impl Delivery {
         let _ = enc::write_str(&mut buf, origin);
         let _ = enc::write_uint(&mut buf, kind);
         let _ = enc::write_str(&mut buf, target.as_str());
-        let _ = enc::write_bool(&mut buf, flag);
+        match &self.audience {
+            Audience::UserIn { groups, .. } => {
+                let _ = enc::write_array_len(&mut buf, groups.len() as u32);
+                for group in groups.iter() {
+                    let _ = enc::write_str(&mut buf, group.as_str());
+                }
+            }
+            _ => {
+                let _ = enc::write_bool(&mut buf, flag);
+            }
+        }
         match &self.except {
             Some(user) => {
                 let _ = enc::write_str(&mut buf, user.as_str());
@@ -94,7 +112,17 @@ impl Delivery {
         let target = Id::parse(target.as_str()?).ok()?;
         let audience = match kind.as_u64()? {
             0 => Audience::Group { group: target, dashboards: flag.as_bool()? },
-            1 => Audience::User(target),
+            1 => match flag {
+                Value::Array(groups) => Audience::UserIn {
+                    user: target,
+                    groups: groups
+                        .iter()
+                        .map(|group| Id::parse(group.as_str()?).ok())
+                        .collect::<Option<Vec<Id>>>()?
+                        .into(),
+                },
+                _ => Audience::User(target),
+            },
             2 => Audience::Visibility { user: target, invisible: flag.as_bool()? },
             _ => return None,
         };
@@ -183,6 +211,12 @@ mod tests {
         assert_eq!(Relayed::decode(&group.encode("r1")), Some(("r1".into(), Relayed::Frame(group))));
         let private = Delivery { audience: Audience::User(id("b")), except: None, frame: Bytes::from_static(b"\x93") };
         assert_eq!(Relayed::decode(&private.encode("r2")), Some(("r2".into(), Relayed::Frame(private))));
+        let shared = Delivery {
+            audience: Audience::UserIn { user: id("b"), groups: vec![id("g"), id("h")].into() },
+            except: Some(id("a")),
+            frame: Bytes::from_static(b"\x93"),
+        };
+        assert_eq!(Relayed::decode(&shared.encode("r2")), Some(("r2".into(), Relayed::Frame(shared))));
         let taken = Control::FloorTaken { session: SessionId::new("r1", 7), talk: "0_3_g_a_1".into() };
         for control in [Control::Replace(SessionId::new("r1", 7)), Control::Ended(SessionId::new("r1", 7)), taken] {
             assert_eq!(Relayed::decode(&control.encode("r2")), Some(("r2".into(), Relayed::Control(control))));

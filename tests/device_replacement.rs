@@ -1,5 +1,6 @@
 //! A new session of the same user and device id replaces the older one at once, on any
-//! router: the old connection is closed with 4009 `replaced`, its floor is released (its
+//! router: the old connection is told LOGIN_DUPLICATED (VoicePing's 9) and closed with
+//! 4009 `replaced`, its floor is released (its
 //! listeners get STOP with reason `replaced`, then the new session's START) and its
 //! indicators end, and dashboards never see the user offline in between. Sessions
 //! without a device id, other devices and other users' sessions are never replaced. On
@@ -8,10 +9,12 @@
 mod common;
 
 use common::{Client, Engine, Router, SECRET, Setup, View, map};
+use futures_util::StreamExt;
 use presence_router::{
     auth::{Role, mint_hs256_in},
     protocol::message_type::{START, START_ACK, STOP, STOP_ACK},
 };
+use tokio_tungstenite::tungstenite::Message;
 
 const TALKER: &str = "t";
 const GROUP: &str = "crew";
@@ -157,7 +160,44 @@ async fn only_the_same_users_same_device_is_replaced(engine: Engine) {
     second.sync(TALKER).await;
 }
 
-on_every_engine!(a_reconnect_replaces_its_dead_talking_session, only_the_same_users_same_device_is_replaced);
+/// The replaced connection's last frame, right before its 4009 close, is VoicePing's
+/// LOGIN_DUPLICATED (9), `[1, 9, 0, userId, "userId … has logged in from another deviceId
+/// …"]`: VoicePing's apps stop reconnecting on it, where a close alone has them reconnect
+/// and replace the new session in turn.
+async fn the_replaced_connection_is_told_login_duplicated(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let router = setup.router(&[]).await;
+    let mut old = connect(&router, TALKER, Some("radio")).await;
+    old.sync(TALKER).await;
+    let mut new = connect(&router, TALKER, Some("radio")).await;
+    new.sync(TALKER).await;
+
+    let mut last = None;
+    let code = loop {
+        match tokio::time::timeout(common::WAIT, old.ws.next()).await.expect("the close in time") {
+            Some(Ok(Message::Binary(bytes))) => last = Some(rmpv::decode::read_value(&mut &bytes[..]).unwrap()),
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            other => panic!("expected frames and a close, got {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(4009));
+    let expected = rmpv::Value::Array(vec![
+        1.into(),
+        9.into(),
+        0.into(),
+        TALKER.into(),
+        format!("userId {TALKER} has logged in from another deviceId radio").into(),
+    ]);
+    assert_eq!(last, Some(expected));
+    new.sync(TALKER).await;
+}
+
+on_every_engine!(
+    a_reconnect_replaces_its_dead_talking_session,
+    only_the_same_users_same_device_is_replaced,
+    the_replaced_connection_is_told_login_duplicated,
+);
 
 /// The dead session on router A, the reconnect on router B: B has A end it through the
 /// broker before the reconnect talks.

@@ -3,7 +3,12 @@
 
 mod common;
 
-use common::{Engine, Setup, assert_update};
+use common::{
+    Engine, Setup, assert_update,
+    raw::{End, RawWs},
+    token,
+};
+use presence_router::auth::Role;
 
 on_every_engine!(
     mobile_online_and_offline_reach_the_dashboard,
@@ -57,8 +62,9 @@ async fn silent_mobile_goes_offline_once_after_the_ttl(engine: Engine) {
     let setup = Setup::new(engine).await;
     let router = setup.router(&["--presence-ttl", "1"]).await;
     let (mut dashboard, _) = router.dashboard("dispatcher").await;
-    // Connected and never heard from again: the socket stays open, nothing is sent.
-    let mut silent = router.mobile("silent", "phone-1").await;
+    // Connected and never heard from again: the socket stays open, nothing is sent, not
+    // even the pong to the router's pings (it never reads).
+    let mut silent = RawWs::connect(router.addr, &token("silent", Role::Mobile), Some("phone-1")).await;
     assert_update(&dashboard.next_update().await, "silent", "online");
 
     let offline = dashboard.next_update().await;
@@ -70,7 +76,7 @@ async fn silent_mobile_goes_offline_once_after_the_ttl(engine: Engine) {
     assert_update(&dashboard.next_update().await, "marker", "online");
 
     // The zombie socket itself is closed with the heartbeat-timeout code.
-    assert_eq!(silent.close_code().await, Some(4000));
+    assert_eq!(silent.end().await, End::Closed(Some(4000)));
 }
 
 async fn heartbeats_keep_a_mobile_online_past_the_ttl(engine: Engine) {

@@ -5,7 +5,9 @@
 mod common;
 
 use common::{Engine, Router, Setup, map};
-use presence_router::protocol::message_type::{AUDIO, START, START_ACK, START_FAILED, STOP, STOP_ACK, TEXT, TEXT_ACK};
+use presence_router::protocol::message_type::{
+    AUDIO, START, START_ACK, START_FAILED, STOP, STOP_ACK, TEXT, TEXT_ACK, UNAUTHORIZED_GROUP,
+};
 use rmpv::Value;
 
 on_every_engine!(
@@ -149,10 +151,12 @@ async fn private_channels_need_a_shared_group(engine: Engine) {
         a.send_frame(1, START, "a", "x", map(&[])).await;
         if needed {
             assert_eq!(a.next_error().await["code"].as_str(), Some("not_allowed"));
+            assert_eq!(a.expect_relayed(START_FAILED, "a", "x").await[4].as_str(), Some("not_allowed"));
             a.send_frame(1, TEXT, "a", "x", "psst".into()).await;
             assert_eq!(a.next_error().await["code"].as_str(), Some("not_allowed"));
             a.send_frame(1, START, "a", "nobody", map(&[])).await;
             assert_eq!(a.next_error().await["code"].as_str(), Some("not_allowed"));
+            a.expect_relayed(START_FAILED, "a", "nobody").await;
             // Nothing reached x: its next frame is its own heartbeat's ACK.
             x.sync("x").await;
         } else {
@@ -185,11 +189,16 @@ async fn ptt_refuses_outsiders_and_dashboards(engine: Engine) {
     a.send_frame(0, START, "a", "elsewhere", map(&[])).await;
     let error = a.next_error().await;
     assert_eq!((error["code"].as_str(), error["messageType"].as_u64()), (Some("not_a_member"), Some(1)));
+    // VoicePing's answers to a START outside the session's groups follow the ERROR.
+    a.expect_relayed(UNAUTHORIZED_GROUP, "a", "elsewhere").await;
+    assert_eq!(a.expect_relayed(START_FAILED, "a", "elsewhere").await[4].as_str(), Some("Ack Failed"));
     a.send_frame(0, STOP, "a", "crew", map(&[])).await;
     assert_eq!(a.next_error().await["code"].as_str(), Some("floor_not_held"));
     let (mut dashboard, _) = router.dashboard("dispatcher").await;
     dashboard.send_frame(0, START, "dispatcher", "crew", map(&[])).await;
     assert_eq!(dashboard.next_error().await["code"].as_str(), Some("not_allowed"));
+    let failed = dashboard.expect_relayed(START_FAILED, "dispatcher", "crew").await;
+    assert_eq!(failed[4].as_str(), Some("not_allowed"));
     let metrics = router.metrics().await;
     assert!(metrics.contains(r#"presence_frame_errors_total{reason="not_a_member"} 1"#), "{metrics}");
 }

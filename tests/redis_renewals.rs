@@ -1,6 +1,7 @@
 //! The Redis store's batched heartbeats against a real redis-server: a batch that mixes
 //! live sessions (the short path) with lapsed ones (the whole lease) answers each
-//! heartbeat with its own result.
+//! heartbeat with its own result, and heartbeats arriving apart are gathered into shared
+//! round trips.
 
 mod common;
 
@@ -53,4 +54,61 @@ async fn one_batch_of_live_and_lapsed_sessions_answers_each_heartbeat() {
     }
     let online = long.online().await.unwrap();
     assert_eq!(online.users.len(), 200);
+}
+
+/// Redis' counter `name` from `INFO <section>` (`field=value` inside it when `field`).
+async fn redis_stat(redis: &common::RedisServer, section: &str, name: &str, field: Option<&str>) -> u64 {
+    let mut conn = redis.client().get_multiplexed_async_connection().await.unwrap();
+    let info: String = ::redis::cmd("INFO").arg(section).query_async(&mut conn).await.unwrap();
+    let line = info.lines().find_map(|line| line.strip_prefix(&format!("{name}:"))).unwrap_or("0");
+    let value = match field {
+        Some(field) => line.split(',').find_map(|kv| kv.strip_prefix(&format!("{field}="))).unwrap_or("0"),
+        None => line,
+    };
+    value.trim().parse().unwrap()
+}
+
+/// Heartbeats arriving one by one, as a fleet's do at a realistic pace, are gathered by the
+/// router and renewed together: Redis reads far fewer requests than it renews leases.
+#[tokio::test]
+async fn heartbeats_arriving_apart_share_round_trips() {
+    const MOBILES: usize = 100;
+    let redis = common::RedisServer::start().await;
+    let port = redis.port.to_string();
+    // Every heartbeat is written (none coalesced with the one at connect); the default
+    // 60 s TTL leaves the default window of 1 s.
+    let router = common::Router::start(&[
+        "--redis-host",
+        "127.0.0.1",
+        "--redis-port",
+        &port,
+        "--heartbeat-min-interval-ms",
+        "0",
+    ])
+    .await;
+    let mut mobiles = Vec::with_capacity(MOBILES);
+    for i in 0..MOBILES {
+        let user = format!("m{i}");
+        let mut mobile =
+            common::Client::connect(router.addr, &common::token(&user, presence_router::auth::Role::Mobile), None)
+                .await;
+        mobile.sync(&user).await;
+        mobiles.push((user, mobile));
+    }
+    let mut conn = redis.client().get_multiplexed_async_connection().await.unwrap();
+    let _: () = ::redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut conn).await.unwrap();
+
+    // One heartbeat every 5 ms, each acknowledged before the next: never two on the wire
+    // at once, so a router renewing each on arrival would send Redis one request apiece.
+    for (user, mobile) in &mut mobiles {
+        mobile.sync(user).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    common::eventually("every heartbeat renewed", || async {
+        redis_stat(&redis, "commandstats", "cmdstat_zadd", Some("calls")).await >= MOBILES as u64
+    })
+    .await;
+    let reads = redis_stat(&redis, "stats", "total_reads_processed", None).await;
+    // A few a second come from the routers' sweeps, probes and subscription checks.
+    assert!(reads < MOBILES as u64 / 2, "{reads} requests read by Redis for {MOBILES} renewals");
 }

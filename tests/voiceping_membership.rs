@@ -10,7 +10,9 @@ mod common;
 use common::{Client, Engine, Router, SECRET, Setup, assert_update, eventually, map, prometheus::metric};
 use presence_router::{
     auth::{Role, mint_hs256_in},
-    protocol::message_type::{ACK, AUDIO, START, START_ACK, STOP, STOP_ACK, TEXT, TEXT_ACK},
+    protocol::message_type::{
+        ACK, AUDIO, START, START_ACK, START_FAILED, STOP, STOP_ACK, TEXT, TEXT_ACK, UNAUTHORIZED_GROUP,
+    },
 };
 use rmpv::Value;
 
@@ -119,6 +121,8 @@ async fn user_remove_leaves_a_group_and_user_add_rejoins_it(engine: Engine) {
     assert_eq!(next_text(&mut me, "p", "depot").await, "depot still");
     me.send_frame(0, START, "7", "crew", map(&[])).await;
     assert_eq!(me.next_error().await["code"].as_str(), Some("not_a_member"));
+    me.expect_relayed(UNAUTHORIZED_GROUP, "7", "crew").await;
+    me.expect_relayed(START_FAILED, "7", "crew").await;
     // Leaving a group it is not in changes nothing.
     change(&mut me, USER_REMOVE, "7", "crew").await;
 
@@ -250,12 +254,16 @@ async fn membership_changes_reach_the_other_routers(engine: Engine) {
     let mut talker = mobile(&a, "t", &["crew"]).await;
     assert_update(&desk.next_update().await, "t", "online");
     let mut me = mobile(&b, "7", &["depot"]).await;
+    // On a third router: what it hears of crew has gone through Redis.
+    let c = setup.router(&[]).await;
+    let mut witness = mobile(&c, "w", &["crew"]).await;
+    assert_update(&desk.next_update().await, "w", "online");
     let subscriptions = || async { metric(&b.metrics().await, "presence_broker_group_subscriptions") };
     eventually("b to subscribe to depot's channel", || async { subscriptions().await == Some(1) }).await;
 
     change(&mut me, USER_ADD, "7", "crew").await;
     assert_update(&desk.next_update().await, "7", "online");
-    assert_eq!(online_in(&a, "crew").await, ["7", "t"]);
+    assert_eq!(online_in(&a, "crew").await, ["7", "t", "w"]);
     eventually("b to subscribe to crew's channel", || async { subscriptions().await == Some(2) }).await;
     talker.take_floor("t", "crew", &mut me).await;
     talker.send_frame(0, AUDIO, "t", "crew", Value::Binary(vec![9; 20])).await;
@@ -269,6 +277,15 @@ async fn membership_changes_reach_the_other_routers(engine: Engine) {
     assert_update(&next_update(&mut desk).await, "7", "offline");
     eventually("b to leave crew's channel", || async { subscriptions().await == Some(1) }).await;
     text(&mut talker, "t", "crew", "while away").await;
+    // Relaying is asynchronous: rejoin only once the text has gone out (the witness heard
+    // the talk before it).
+    loop {
+        let frame = witness.next_frame().await;
+        if frame[1].as_u64() == Some(TEXT.into()) {
+            assert_eq!(frame[4]["text"].as_str(), Some("while away"), "{frame}");
+            break;
+        }
+    }
     change(&mut me, USER_ADD, "7", "crew").await;
     assert_update(&desk.next_update().await, "7", "online");
     eventually("b to subscribe to crew's channel again", || async { subscriptions().await == Some(2) }).await;
@@ -285,7 +302,75 @@ on_every_engine!(
     run_time_changes_survive_a_refresh,
 );
 
+/// A private frame that needs a shared group reaches only the receiver's sessions in one
+/// of the sender's groups now, whatever the routers last showed of the receiver: here an
+/// invisible user's phone left the group it shared with the sender (an invisible user's
+/// changes are never shown), its tablet did not. From the receiver's router and another.
+async fn a_private_frame_reaches_only_sessions_sharing_a_group_now(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let (a, b) = (setup.router(&[]).await, setup.router(&[]).await);
+    for (round, sender_on) in [&b, &a].into_iter().enumerate() {
+        let (user, sender, group) = (format!("b{round}"), format!("a{round}"), format!("h{round}"));
+        let mut phone = b.mobile_on(&user, "phone", &["g", &group]).await;
+        let mut tablet = b.mobile_on(&user, "tablet", &[&group]).await;
+        phone.set_status(&user, "invisible", None).await;
+        change(&mut phone, USER_REMOVE, &user, &group).await;
+        let mut caller = mobile(sender_on, &sender, &[&group]).await;
+
+        caller.send_frame(1, TEXT, &sender, &user, map(&[("text", "psst".into())])).await;
+        caller.expect(TEXT_ACK).await;
+        assert_eq!(tablet.expect_relayed(TEXT, &sender, &user).await[4]["text"].as_str(), Some("psst"));
+        // The frame was delivered on the phone's router before this: a phone it reached
+        // would read it before the next one.
+        change(&mut phone, USER_ADD, &user, &group).await;
+        caller.send_frame(1, TEXT, &sender, &user, map(&[("text", "now".into())])).await;
+        caller.expect(TEXT_ACK).await;
+        let text = phone.expect_relayed(TEXT, &sender, &user).await;
+        assert_eq!(text[4]["text"].as_str(), Some("now"), "round {round}: {text}");
+    }
+}
+
+/// A session hears its groups' frames from other routers from the moment its connection
+/// is registered: its router subscribes to a group's channel before the store shows the
+/// session there. Rounds in fresh groups, each answered at once, to catch a lagging
+/// subscription.
+async fn a_new_member_hears_its_groups_from_other_routers_at_once(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let (a, b) = (setup.router(&[]).await, setup.router(&[]).await);
+    for round in 0..20 {
+        let (group, talker_id, member_id) = (format!("fresh{round}"), format!("t{round}"), format!("m{round}"));
+        let mut talker = mobile(&a, &talker_id, &[&group]).await;
+        let mut member = mobile(&b, &member_id, &[&group]).await;
+        talker.send_frame(0, TEXT, &talker_id, &group, map(&[("text", "welcome".into())])).await;
+        talker.expect(TEXT_ACK).await;
+        assert_eq!(next_text(&mut member, &talker_id, &group).await, "welcome", "round {round}");
+    }
+}
+
+/// A USER_ADD's ACK comes once the group's frames from other routers reach the session:
+/// rounds in which the session leaves its only group on its router and joins it again,
+/// each answered at once.
+async fn a_rejoined_member_hears_its_group_from_other_routers_at_once(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let (a, b) = (setup.router(&[]).await, setup.router(&[]).await);
+    let mut talker = mobile(&a, "t", &["crew"]).await;
+    let mut member = mobile(&b, "7", &["crew", "depot"]).await;
+    for round in 0..20 {
+        change(&mut member, USER_REMOVE, "7", "crew").await;
+        change(&mut member, USER_ADD, "7", "crew").await;
+        let words = format!("round {round}");
+        talker.send_frame(0, TEXT, "t", "crew", map(&[("text", words.as_str().into())])).await;
+        talker.expect(TEXT_ACK).await;
+        assert_eq!(next_text(&mut member, "t", "crew").await, words);
+    }
+}
+
 mod across_routers {
     use super::*;
-    on_shared_engines!(membership_changes_reach_the_other_routers);
+    on_shared_engines!(
+        membership_changes_reach_the_other_routers,
+        a_new_member_hears_its_groups_from_other_routers_at_once,
+        a_rejoined_member_hears_its_group_from_other_routers_at_once,
+        a_private_frame_reaches_only_sessions_sharing_a_group_now
+    );
 }

@@ -17,6 +17,9 @@ on_every_engine!(
     group_talk_and_text_in_voicepings_shapes,
     private_talk_and_receipts_in_voicepings_shapes,
     a_busy_floor_answers_voicepings_start_failed,
+    a_start_on_another_channel_moves_the_talk,
+    the_sdks_connect_sequence_leaves_the_user_free_to_talk,
+    a_refused_start_is_answered_as_voiceping_did,
     every_frame_shape_is_relayed_as_sent,
     talking_to_oneself_reaches_every_session_of_the_user,
     receipts_follow_the_private_channel_rules,
@@ -188,19 +191,158 @@ async fn private_talk_and_receipts_in_voicepings_shapes(engine: Engine) {
 }
 
 /// maximum.idle.test.js's second START: START_FAILED with VoicePing's "Busy", on the
-/// START's channel; a talker asking for a second channel gets "Already talking".
+/// START's channel.
 async fn a_busy_floor_answers_voicepings_start_failed(engine: Engine) {
     let setup = Setup::new(engine).await;
     let router = setup.router(&[]).await;
-    let mut one = router.mobile_in("1", &["18", "19"]).await;
+    let mut one = router.mobile_in("1", &["18"]).await;
     let mut two = router.mobile_in("2", &["18"]).await;
     one.send_value(vp(GROUP, START, "1", "18", timestamp())).await;
     expect_vp(&mut one, GROUP, START_ACK, "1", "18").await;
     expect_vp(&mut two, GROUP, START, "1", "18").await;
     two.send_value(vp(GROUP, START, "2", "18", timestamp())).await;
     assert_eq!(expect_vp(&mut two, GROUP, START_FAILED, "2", "18").await[4].as_str(), Some("Busy"));
+}
+
+/// A START on another channel moves the session's talk, as VoicePing let it: the talk it
+/// held ends first (its listeners hear its STOP, reason `switched`, and its `talking`
+/// ends), then the new START is decided as any other: granted, or "Busy" (the ended talk's
+/// AUDIO still under way is then dropped without an answer).
+async fn a_start_on_another_channel_moves_the_talk(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let router = setup.router(&[]).await;
+    let mut one = router.mobile_in("1", &["18", "19"]).await;
+    let mut two = router.mobile_in("2", &["18"]).await;
+    let mut three = router.mobile_in("3", &["19"]).await;
+    one.send_value(vp(GROUP, START, "1", "18", timestamp())).await;
+    expect_vp(&mut one, GROUP, START_ACK, "1", "18").await;
+    expect_vp(&mut two, GROUP, START, "1", "18").await;
+    three.send_value(vp(GROUP, START, "3", "19", timestamp())).await;
+    expect_vp(&mut three, GROUP, START_ACK, "3", "19").await;
+    expect_vp(&mut one, GROUP, START, "3", "19").await;
+
+    // 19 is busy: one's talk in 18 ends all the same, and the START is refused.
     one.send_value(vp(GROUP, START, "1", "19", timestamp())).await;
-    assert_eq!(expect_vp(&mut one, GROUP, START_FAILED, "1", "19").await[4].as_str(), Some("Already talking"));
+    assert_eq!(expect_vp(&mut one, GROUP, START_FAILED, "1", "19").await[4].as_str(), Some("Busy"));
+    let stop = json(&expect_vp(&mut two, GROUP, STOP, "1", "18").await[4]);
+    assert_eq!(stop["reason"].as_str(), Some("switched"), "{stop}");
+    one.send_value(vp(GROUP, AUDIO, "1", "18", audio(1))).await;
+    quiet(&mut one, "1").await;
+    quiet(&mut two, "2").await;
+    talk_ends(&mut three, &mut [&mut one], GROUP, "3", "19").await;
+
+    // Free now: granted, and a START back in 18 moves the talk again.
+    one.send_value(vp(GROUP, START, "1", "19", timestamp())).await;
+    expect_vp(&mut one, GROUP, START_ACK, "1", "19").await;
+    expect_vp(&mut three, GROUP, START, "1", "19").await;
+    one.send_value(vp(GROUP, START, "1", "18", timestamp())).await;
+    expect_vp(&mut one, GROUP, START_ACK, "1", "18").await;
+    let stop = json(&expect_vp(&mut three, GROUP, STOP, "1", "19").await[4]);
+    assert_eq!(stop["reason"].as_str(), Some("switched"), "{stop}");
+    expect_vp(&mut two, GROUP, START, "1", "18").await;
+    for (group, talking) in [("18", serde_json::json!(["1"])), ("19", serde_json::json!([]))] {
+        common::eventually("`talking` to follow the talk", || async {
+            router.group(group).await["talkingUsers"] == talking
+        })
+        .await;
+    }
+    let metrics = router.metrics().await;
+    assert_eq!(metric(&metrics, r#"presence_audio_dropped_total{reason="switched"}"#), Some(1), "{metrics}");
+}
+
+/// What VoicePing's Android SDK sends on every connect: CONNECTION in three elements
+/// `[0, 4, uid]`, then a START on the private channel to user "00000", which it never
+/// stops. The CONNECTION is taken without an answer; the START is answered (START_ACK
+/// where private channels need no shared group, else ERROR and START_FAILED) and the
+/// user talks in its group at once.
+async fn the_sdks_connect_sequence_leaves_the_user_free_to_talk(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    for shared in [false, true] {
+        let router = setup.router(&["--private-needs-shared-group", &shared.to_string()]).await;
+        let mut one = router.mobile_in("1", &["18"]).await;
+        let mut two = router.mobile_in("2", &["18"]).await;
+        one.send_value(Value::Array(vec![GROUP.into(), 4.into(), "1".into()])).await;
+        one.send_value(vp(PRIVATE, START, "1", "00000", timestamp())).await;
+        if shared {
+            let error = one.next_error().await;
+            assert_eq!(error["code"].as_str(), Some("not_allowed"), "{error}");
+            expect_vp(&mut one, PRIVATE, START_FAILED, "1", "00000").await;
+        } else {
+            expect_vp(&mut one, PRIVATE, START_ACK, "1", "00000").await;
+        }
+        one.send_value(vp(GROUP, START, "1", "18", timestamp())).await;
+        expect_vp(&mut one, GROUP, START_ACK, "1", "18").await;
+        expect_vp(&mut two, GROUP, START, "1", "18").await;
+        // The floor is the engine's: free it for the next router on it.
+        talk_ends(&mut one, &mut [&mut two], GROUP, "1", "18").await;
+        let metrics = router.metrics().await;
+        assert_eq!(metric(&metrics, r#"presence_frames_received_total{type="ptt_other"}"#), Some(1), "{metrics}");
+        assert_eq!(metric(&metrics, r#"presence_frame_errors_total{reason="shape"}"#), Some(0), "{metrics}");
+    }
+}
+
+/// A START the router refuses gets, after its ERROR, what VoicePing's apps wait for: on a
+/// group outside the session's groups VoicePing's UNAUTHORIZED_GROUP (27) and START_FAILED
+/// "Ack Failed", else START_FAILED with the ERROR's code, in the START's layout. The AUDIO
+/// that follows it on its channel is dropped without an answer (counted) until the next
+/// START or STOP, which is answered as usual.
+async fn a_refused_start_is_answered_as_voiceping_did(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let router = setup.router(&[]).await;
+    let mut one = router.mobile_in("1", &["18"]).await;
+    let mut two = router.mobile_in("2", &["18"]).await;
+    let _stranger = router.mobile_in("9", &["other"]).await;
+    let refused = |error: &Value, code: &str| {
+        assert_eq!(
+            (error["code"].as_str(), error["messageType"].as_u64()),
+            (Some(code), Some(START.into())),
+            "{error}"
+        );
+    };
+
+    one.send_value(vp(GROUP, START, "1", "99", timestamp())).await;
+    refused(&one.next_error().await, "not_a_member");
+    assert_eq!(expect_vp(&mut one, GROUP, 27, "1", "99").await[4].as_str(), Some("Unauthorized Group"));
+    assert_eq!(expect_vp(&mut one, GROUP, START_FAILED, "1", "99").await[4].as_str(), Some("Ack Failed"));
+    for n in 0..20 {
+        one.send_value(vp(GROUP, AUDIO, "1", "99", audio(n))).await;
+    }
+    quiet(&mut one, "1").await;
+    // The STOP ends the quiet: it is refused as before, and so is AUDIO after it.
+    one.send_value(vp(GROUP, STOP, "1", "99", timestamp())).await;
+    assert_eq!(one.next_error().await["code"].as_str(), Some("not_a_member"));
+    one.send_value(vp(GROUP, AUDIO, "1", "99", audio(0))).await;
+    assert_eq!(one.next_error().await["code"].as_str(), Some("not_a_member"));
+
+    // In another user's name: START_FAILED carries the session's own id.
+    one.send_value(vp(GROUP, START, "2", "18", timestamp())).await;
+    refused(&one.next_error().await, "sender_mismatch");
+    assert_eq!(expect_vp(&mut one, GROUP, START_FAILED, "1", "18").await[4].as_str(), Some("sender_mismatch"));
+    for n in 0..20 {
+        one.send_value(vp(GROUP, AUDIO, "2", "18", audio(n))).await;
+    }
+    quiet(&mut one, "1").await;
+
+    // A private channel without a shared group, in six elements: answered in six.
+    let six = |message_type: u8, payload: Value| {
+        Value::Array(vec![PRIVATE.into(), message_type.into(), "1".into(), "9".into(), "m-1".into(), payload])
+    };
+    one.send_value(six(START, timestamp())).await;
+    refused(&one.next_error().await, "not_allowed");
+    let failed = expect_six(&mut one, PRIVATE, START_FAILED, "1", "9").await;
+    assert_eq!((failed[4].as_str(), failed[5].as_str()), (Some("m-1"), Some("not_allowed")), "{failed}");
+    for n in 0..20 {
+        one.send_value(six(AUDIO, audio(n))).await;
+    }
+    quiet(&mut one, "1").await;
+    // The next START is decided as usual.
+    one.send_value(vp(GROUP, START, "1", "18", timestamp())).await;
+    expect_vp(&mut one, GROUP, START_ACK, "1", "18").await;
+    expect_vp(&mut two, GROUP, START, "1", "18").await;
+
+    let metrics = router.metrics().await;
+    assert_eq!(metric(&metrics, r#"presence_audio_dropped_total{reason="start_refused"}"#), Some(60), "{metrics}");
+    quiet(&mut two, "2").await;
 }
 
 /// A six-element frame is relayed with its message id at index 4 and its payload at 5, and

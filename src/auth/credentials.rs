@@ -1,7 +1,8 @@
 //! Where a request carries its token and device id, before anything is verified.
 //!
-//! Mobile apps send the token in a `token` header with `device_id` beside it. Browsers
-//! cannot set WebSocket headers, so (as VoicePing clients do) they may send the pair as
+//! Mobile apps send the token in a `token` header with `device_id` beside it; VoicePing's
+//! apps may name them `voicepingtoken` and `deviceid`. Browsers cannot set WebSocket
+//! headers, so (as VoicePing clients do) they may send the pair as
 //! `Sec-WebSocket-Protocol: <token>, <deviceId>`; the router then has to echo one of the
 //! offered protocols back or the browser drops the connection.
 
@@ -17,8 +18,13 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// Reads `token` / `device_id` headers, then `Authorization: Bearer`, then the
-    /// `Sec-WebSocket-Protocol` pair.
+    /// The first of these that a request carries wins, the others are not read (VoicePing's
+    /// router read them in the same order):
+    /// - the token: the `token` header, `voicepingtoken`, `Authorization: Bearer`, the first
+    ///   `Sec-WebSocket-Protocol` entry;
+    /// - the device id: the `device_id` header, `deviceid`, the second
+    ///   `Sec-WebSocket-Protocol` entry. Unlike VoicePing's router, the token never stands
+    ///   in for a missing device id: it would be stored and logged as one.
     pub fn from_headers(headers: &HeaderMap) -> Self {
         let header = |name: &str| {
             headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty()).map(String::from)
@@ -31,8 +37,8 @@ impl Credentials {
             .unwrap_or_default();
         let protocol = offered.get(1).or(offered.first()).cloned();
         Credentials {
-            token: header("token").or(bearer).or_else(|| offered.first().cloned()),
-            device_id: header("device_id").or_else(|| offered.get(1).cloned()),
+            token: header("token").or_else(|| header("voicepingtoken")).or(bearer).or_else(|| offered.first().cloned()),
+            device_id: header("device_id").or_else(|| header("deviceid")).or_else(|| offered.get(1).cloned()),
             protocol,
         }
     }
@@ -62,5 +68,28 @@ mod tests {
         h.insert("authorization", "Bearer t3".parse().unwrap());
         assert_eq!(Credentials::from_headers(&h).token.as_deref(), Some("t3"));
         assert_eq!(Credentials::from_headers(&HeaderMap::new()), Credentials::default());
+    }
+
+    #[test]
+    fn voiceping_header_names_are_read_after_the_usual_ones() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (name, value) in pairs {
+                h.insert(*name, value.parse().unwrap());
+            }
+            Credentials::from_headers(&h)
+        };
+        let c = headers(&[("voicepingtoken", "t1"), ("deviceid", "d1")]);
+        assert_eq!((c.token.as_deref(), c.device_id.as_deref()), (Some("t1"), Some("d1")));
+        let c = headers(&[("token", "t1"), ("voicepingtoken", "t2"), ("device_id", "d1"), ("deviceid", "d2")]);
+        assert_eq!((c.token.as_deref(), c.device_id.as_deref()), (Some("t1"), Some("d1")));
+        let c =
+            headers(&[("voicepingtoken", "t2"), ("authorization", "Bearer t3"), ("sec-websocket-protocol", "t4, d4")]);
+        assert_eq!((c.token.as_deref(), c.device_id.as_deref()), (Some("t2"), Some("d4")));
+        let c = headers(&[("deviceid", "d2"), ("sec-websocket-protocol", "t4, d4")]);
+        assert_eq!((c.token.as_deref(), c.device_id.as_deref()), (Some("t4"), Some("d2")));
+        // A blank header counts as absent; a token never doubles as the device id.
+        let c = headers(&[("token", " "), ("voicepingtoken", "t2"), ("deviceid", "")]);
+        assert_eq!((c.token.as_deref(), c.device_id.as_deref()), (Some("t2"), None));
     }
 }

@@ -14,7 +14,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 
 use self::claims::Signed;
 pub use self::{
-    claims::{Claims, MAX_NUMERIC_DATE, Role, Rules},
+    claims::{Claims, MAX_NUMERIC_DATE, RESERVED_CLAIMS, Role, Rules},
     credentials::Credentials,
     error::AuthError,
     jwks::Jwks,
@@ -70,15 +70,15 @@ impl Authenticator {
         Authenticator { keys: Keys::Set(Box::new(jwks)), rules: Rules::default() }
     }
 
-    /// What every token's claims must meet beyond its signature: the audience, the issuer,
-    /// the lifetime cap.
+    /// What every token's claims must meet beyond its signature (the audience, the issuer,
+    /// the lifetime cap), and which claims name the user and its groups.
     pub fn rules(mut self, rules: Rules) -> Self {
         self.rules = rules;
         self
     }
 
-    /// The signature with its algorithm, the claims' shape (`sub`, `role`, `groups`), then
-    /// [`Rules::check`]'s rules. A refusal is counted by its code.
+    /// The signature with its algorithm, then [`Rules::check`]'s rules (the claims' shapes
+    /// first). A refusal is counted by its code.
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let verified = self.check(token).await;
         if let Err(e) = &verified {
@@ -181,7 +181,8 @@ mod tests {
         let other = mint_hs256(b"other", "u1", Role::Mobile, 60).unwrap();
         assert!(matches!(auth.verify(&other).await, Err(AuthError::Invalid(_))));
         assert!(matches!(auth.verify("not.a.jwt").await, Err(AuthError::Invalid(_))));
-        let expired = Claims { sub: Id::parse("u1").unwrap(), role: Role::Web, exp: 1_000, iat: None, groups: None };
+        let expired =
+            Claims { sub: Id::parse("u1").unwrap(), role: Role::Web, exp: Some(1_000), iat: None, groups: None };
         let token = jsonwebtoken::encode(&Header::default(), &expired, &EncodingKey::from_secret(SECRET)).unwrap();
         assert_eq!(auth.verify(&token).await.unwrap_err(), AuthError::Expired);
     }
@@ -201,7 +202,7 @@ mod tests {
             Authenticator::hs256(SECRET).verify(&mint_hs256(SECRET, "u1", Role::Mobile, 60).unwrap()).await.unwrap();
         let iat = claims.iat.expect("mint sets iat");
         assert!((before..=now()).contains(&iat), "iat {iat}");
-        assert_eq!(claims.exp - iat, 60);
+        assert_eq!(claims.exp, Some(iat + 60));
     }
 
     #[tokio::test]

@@ -286,6 +286,13 @@ pub trait Broker: Send + Sync + 'static {
     /// the changes happen: it never blocks (no I/O, no waiting).
     fn serve_group(&self, group: &Id, serving: bool);
 
+    /// Resolves once the member frames of `groups` that other routers publish from now on
+    /// reach this router: after [`Broker::serve_group`] named a group, subscribing to its
+    /// channel takes a round trip. Bounded: while the transport is out of reach it
+    /// resolves anyway (the node is degraded then). The node waits for it before the store
+    /// shows a new session, so whoever answers that session's arrival reaches it.
+    async fn until_serving(&self, _groups: &[Id]) {}
+
     /// Whether this router hears what the others publish. While it does not, its view of
     /// presence is going stale and frames relayed to its users are lost: the node reports
     /// itself degraded until the broker hears again, then rebuilds the view.

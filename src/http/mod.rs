@@ -2,6 +2,7 @@
 //! and with `--metrics-addr` a second one that serves only `/metrics` and the probes
 //! (`/livez`, `/readyz`, `/healthz`).
 
+mod cors;
 mod error;
 mod ops;
 mod presence;
@@ -12,12 +13,13 @@ use std::sync::Arc;
 use axum::{
     Router,
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
-    http::StatusCode,
+    http::{Method, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{MethodFilter, MethodRouter, on},
 };
 
+pub use cors::{Cors, CorsOrigins};
 pub use error::ApiError;
 pub use presence::MAX_USER_IDS;
 pub use rate_limit::{ApiLimiter, retry_after_secs};
@@ -30,40 +32,125 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The API's routes, as the `route` label of its metrics has them.
 pub const API_ROUTES: [&str; 3] = ["/api/presence/status", "/api/users/{id}/presence", "/api/groups/{id}/presence"];
 
-/// The public router. `/metrics` is on it only when `public_metrics`; otherwise it answers
-/// 404 there like any unknown path, and [`metrics_router`] serves it on its own address.
-pub fn router(app: Arc<App>, public_metrics: bool) -> Router {
-    let [status, user, group] = API_ROUTES;
-    let api = Router::new()
-        .route(status, post(presence::status).fallback(method_not_allowed))
-        .route(user, get(presence::user).fallback(method_not_allowed))
-        .route(group, get(presence::group).fallback(method_not_allowed))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .route_layer(middleware::from_fn_with_state(app.clone(), count_requests));
-    let router = Router::new()
-        .route("/", get(ws::upgrade))
-        .route("/ws", get(ws::upgrade))
-        .route("/dashboard", get(ops::dashboard));
-    let router = if public_metrics { router.route("/metrics", get(ops::metrics)) } else { router };
-    probes(router).merge(api).fallback(not_found).with_state(app)
+/// What answers a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// The WebSocket handshake ([`ws::upgrade`]).
+    WebSocket,
+    /// The `/dashboard` page.
+    Dashboard,
+    Metrics,
+    Live,
+    Ready,
+    Health,
+    /// The presence API: bulk, one user, one group.
+    Status,
+    User,
+    Group,
 }
 
-/// The router of `--metrics-addr`: `GET /metrics` and the probes, nothing else. The probes
-/// are here so that they reach the router on a listener of its own: on the public port
+/// A method on a path, and what answers it. The routers are built from [`public_routes`]
+/// and [`metrics_routes`], so those lists are exactly what is served (docs/openapi.yaml
+/// describes each; a test holds the two together). A GET route answers HEAD too; any other
+/// method on a route's path gets 405 `method_not_allowed`, and a path on no route 404
+/// `not_found`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub endpoint: Endpoint,
+}
+
+impl Route {
+    fn get(path: &'static str, endpoint: Endpoint) -> Route {
+        Route { method: Method::GET, path, endpoint }
+    }
+
+    /// An API route: counted in the API's metrics, its body bounded, its requests timed
+    /// out, and with `--cors-origins` answering CORS preflights (`OPTIONS`).
+    pub fn is_api(&self) -> bool {
+        matches!(self.endpoint, Endpoint::Status | Endpoint::User | Endpoint::Group)
+    }
+
+    fn handler(&self) -> MethodRouter<Arc<App>> {
+        let filter = MethodFilter::try_from(self.method.clone()).expect("routes use standard methods");
+        let handler = match self.endpoint {
+            Endpoint::WebSocket => on(filter, ws::upgrade),
+            Endpoint::Dashboard => on(filter, ops::dashboard),
+            Endpoint::Metrics => on(filter, ops::metrics),
+            Endpoint::Live => on(filter, ops::live),
+            Endpoint::Ready => on(filter, ops::ready),
+            Endpoint::Health => on(filter, ops::health),
+            Endpoint::Status => on(filter, presence::status),
+            Endpoint::User => on(filter, presence::user),
+            Endpoint::Group => on(filter, presence::group),
+        };
+        handler.fallback(method_not_allowed)
+    }
+}
+
+/// Every route of the public port: the WebSocket endpoint (`/` and `/ws`), the dashboard
+/// page, the presence API, the probes, and `/metrics` when `public_metrics`.
+pub fn public_routes(public_metrics: bool) -> Vec<Route> {
+    let [status, user, group] = API_ROUTES;
+    let mut routes = vec![
+        Route::get("/", Endpoint::WebSocket),
+        Route::get("/ws", Endpoint::WebSocket),
+        Route::get("/dashboard", Endpoint::Dashboard),
+        Route { method: Method::POST, path: status, endpoint: Endpoint::Status },
+        Route::get(user, Endpoint::User),
+        Route::get(group, Endpoint::Group),
+    ];
+    routes.extend(probe_routes());
+    if public_metrics {
+        routes.push(Route::get("/metrics", Endpoint::Metrics));
+    }
+    routes
+}
+
+/// Every route of `--metrics-addr`: `GET /metrics` and the probes, nothing else. The probes
+/// are there so that they reach the router on a listener of its own: on the public port
 /// they share the handshake pool with every client, and a prober that is answered 503
 /// restarts a healthy router.
-pub fn metrics_router(app: Arc<App>) -> Router {
-    probes(Router::new().route("/metrics", get(ops::metrics).fallback(method_not_allowed)))
-        .fallback(not_found)
-        .with_state(app)
+pub fn metrics_routes() -> Vec<Route> {
+    let mut routes = vec![Route::get("/metrics", Endpoint::Metrics)];
+    routes.extend(probe_routes());
+    routes
 }
 
 /// `GET /livez`, `/readyz` and `/healthz` ([`ops`] says what each answers).
-fn probes(router: Router<Arc<App>>) -> Router<Arc<App>> {
-    router
-        .route("/livez", get(ops::live).fallback(method_not_allowed))
-        .route("/readyz", get(ops::ready).fallback(method_not_allowed))
-        .route("/healthz", get(ops::health).fallback(method_not_allowed))
+fn probe_routes() -> [Route; 3] {
+    [
+        Route::get("/livez", Endpoint::Live),
+        Route::get("/readyz", Endpoint::Ready),
+        Route::get("/healthz", Endpoint::Health),
+    ]
+}
+
+/// The public router, built from [`public_routes`]. `/metrics` is on it only when
+/// `public_metrics`; otherwise it answers 404 there like any unknown path, and
+/// [`metrics_router`] serves it on its own address. The API's routes have CORS when
+/// `app.cors` names origins ([`cors`] says what it answers).
+pub fn router(app: Arc<App>, public_metrics: bool) -> Router {
+    let (api, rest): (Vec<Route>, Vec<Route>) = public_routes(public_metrics).into_iter().partition(Route::is_api);
+    let api = serve(api)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route_layer(middleware::from_fn_with_state(app.clone(), count_requests));
+    let api = match &app.cors {
+        Some(cors) => api.layer(middleware::from_fn_with_state(cors.clone(), cors::gate)),
+        None => api,
+    };
+    serve(rest).merge(api).fallback(not_found).with_state(app)
+}
+
+/// The router of `--metrics-addr`, built from [`metrics_routes`].
+pub fn metrics_router(app: Arc<App>) -> Router {
+    serve(metrics_routes()).fallback(not_found).with_state(app)
+}
+
+/// A router answering `routes`.
+fn serve(routes: Vec<Route>) -> Router<Arc<App>> {
+    routes.iter().fold(Router::new(), |router, route| router.route(route.path, route.handler()))
 }
 
 /// Counts API requests by route and status, times them by route, and bounds each one (its

@@ -6,7 +6,7 @@
 
 use rmpv::Value;
 
-use super::ChannelType;
+use super::{ChannelType, message_type::CONNECTION};
 use crate::id::{Id, IdError};
 
 /// Deepest nesting accepted in a frame; PTT and presence payloads are flat maps.
@@ -38,7 +38,7 @@ pub enum DecodeError {
     Malformed(String),
     #[error("frame has {0} trailing bytes after the msgpack value")]
     TrailingBytes(usize),
-    #[error("frame must be a msgpack array of 4, 5 or 6 elements")]
+    #[error("frame must be a msgpack array of 4, 5 or 6 elements (3 for CONNECTION)")]
     Shape,
     #[error("channelType must be 0 (group) or 1 (private)")]
     ChannelType,
@@ -74,6 +74,8 @@ pub fn decode(mut bytes: &[u8]) -> Result<Frame, DecodeError> {
     let mut items = items.into_iter();
     let (channel, message_type, from, to) = match (items.next(), items.next(), items.next(), items.next()) {
         (Some(c), Some(m), Some(f), Some(t)) => (c, m, f, t),
+        // VoicePing's Android SDK announces itself with `[0, 4, uid]` on every connect.
+        (Some(c), Some(m), Some(f), None) if small_uint(&m) == Some(CONNECTION) => (c, m, f, Value::Nil),
         _ => return Err(DecodeError::Shape),
     };
     // VoicePing clients leave the payload out of frames that need none (USER_ADD,
@@ -187,6 +189,14 @@ mod tests {
         assert!(!decode(&notepack_heartbeat()).unwrap().with_message_id);
         let six = decode(&[0x96, 0x00, 0x02, 0xa1, b'1', 0xa2, b'1', b'8', 0xc0, 0xc0]).unwrap();
         assert_eq!((six.message_id, six.with_message_id), (None, true), "a nil message id still takes the slot");
+    }
+
+    #[test]
+    fn only_connection_comes_in_three_elements() {
+        let frame = decode(&[0x93, 0x00, 0x04, 0xa1, b'7']).unwrap();
+        assert_eq!((frame.message_type, frame.to, frame.payload), (CONNECTION, None, Value::Nil));
+        assert_eq!(frame.from, Some(Id::parse("7").unwrap()));
+        assert_eq!(decode(&[0x93, 0x00, 0x01, 0xa1, b'7']).unwrap_err().reason(), "shape");
     }
 
     #[test]

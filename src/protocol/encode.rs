@@ -327,12 +327,13 @@ impl<'a> Slot<'a> {
 /// A frame on a PTT channel (relayed START, AUDIO, STOP, TEXT, DELIVERED, READ; the
 /// router's acks and STOPs): `[channelType, type, fromId, toId, payload]` or, with the
 /// slot, `[channelType, type, fromId, toId, messageId, payload]`. Ids are written as
-/// canonical strings; `from` `None` is the router itself, written 0.
+/// canonical strings; `None` is written 0, VoicePing's "no id": as `from`, the router
+/// itself; as `to`, a refused frame that named no channel.
 pub fn channel_frame(
     channel: ChannelType,
     message_type: u8,
     from: Option<&Id>,
-    to: &Id,
+    to: Option<&Id>,
     slot: Slot<'_>,
     payload: &Value,
 ) -> Bytes {
@@ -340,15 +341,16 @@ pub fn channel_frame(
     let Ok(_) = enc::write_array_len(&mut buf, if slot == Slot::Absent { 5 } else { 6 });
     let Ok(_) = enc::write_uint(&mut buf, channel as u64);
     let Ok(_) = enc::write_uint(&mut buf, message_type.into());
-    match from {
-        Some(from) => {
-            let Ok(_) = enc::write_str(&mut buf, from.as_str());
-        }
-        None => {
-            let Ok(_) = enc::write_uint(&mut buf, 0);
+    for id in [from, to] {
+        match id {
+            Some(id) => {
+                let Ok(_) = enc::write_str(&mut buf, id.as_str());
+            }
+            None => {
+                let Ok(_) = enc::write_uint(&mut buf, 0);
+            }
         }
     }
-    let Ok(_) = enc::write_str(&mut buf, to.as_str());
     match slot {
         Slot::Absent => {}
         Slot::Id(Some(id)) => write_value(&mut buf, id),
@@ -543,13 +545,15 @@ mod tests {
     #[test]
     fn channel_frames_keep_the_layout_they_are_given() {
         let (from, to) = (Id::parse("1").unwrap(), Id::parse("18").unwrap());
-        let five = read(&channel_frame(ChannelType::Group, 1, Some(&from), &to, Slot::Absent, &Value::from(7)));
+        let five = read(&channel_frame(ChannelType::Group, 1, Some(&from), Some(&to), Slot::Absent, &Value::from(7)));
         assert_eq!(five, Value::Array(vec![0.into(), 1.into(), "1".into(), "18".into(), 7.into()]));
         let id = Value::from("m");
-        let six = read(&channel_frame(ChannelType::Private, 2, None, &to, Slot::Id(Some(&id)), &Value::Nil));
+        let six = read(&channel_frame(ChannelType::Private, 2, None, Some(&to), Slot::Id(Some(&id)), &Value::Nil));
         assert_eq!(six, Value::Array(vec![1.into(), 2.into(), 0.into(), "18".into(), "m".into(), Value::Nil]));
-        let nil = read(&channel_frame(ChannelType::Group, 3, Some(&from), &to, Slot::Id(None), &Value::from(1)));
+        let nil = read(&channel_frame(ChannelType::Group, 3, Some(&from), Some(&to), Slot::Id(None), &Value::from(1)));
         assert_eq!(nil[4], Value::Nil);
+        let nowhere = read(&channel_frame(ChannelType::Group, 8, Some(&from), None, Slot::Absent, &Value::Nil));
+        assert_eq!(nowhere[3], Value::from(0), "no channel: VoicePing's no id");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! A frame is a msgpack array `[channelType, messageType, fromId, toId, payload]` or, with
 //! a message id, `[channelType, messageType, fromId, toId, messageId, payload]` (or, with
-//! neither, `[channelType, messageType, fromId, toId]`). What is relayed on a channel, and
+//! neither, `[channelType, messageType, fromId, toId]`; VoicePing's CONNECTION alone comes
+//! as `[channelType, messageType, fromId]`). What is relayed on a channel, and
 //! VoicePing's START_ACK / START_FAILED, keep the sender's layout; every other frame the
 //! router sends carries the message id, so its payload sits at index 5.
 //! `docs/PROTOCOL.md` is the reference for clients.
@@ -33,9 +34,15 @@ pub mod message_type {
     pub const START: u8 = 1;
     pub const STOP: u8 = 2;
     pub const AUDIO: u8 = 3;
+    /// Mobile → router: VoicePing's SDK announces itself, `[0, 4, uid]` (three elements);
+    /// taken without an answer.
+    pub const CONNECTION: u8 = 4;
     pub const START_ACK: u8 = 6;
     pub const STOP_ACK: u8 = 7;
     pub const START_FAILED: u8 = 8;
+    /// Router → mobile: `[1, 9, 0, userId, text]`, another session of the user's device
+    /// replaced this one (close 4009 follows); VoicePing's apps stop reconnecting on it.
+    pub const LOGIN_DUPLICATED: u8 = 9;
     /// Mobile → router: join the group in `toId` for the rest of the session.
     pub const USER_ADD: u8 = 15;
     /// Mobile → router: leave the group in `toId` for the rest of the session.
@@ -48,8 +55,11 @@ pub mod message_type {
     pub const READ: u8 = 21;
     /// Router → sender: the TEXT was relayed; VoicePing's ack, on the text's channel.
     pub const TEXT_ACK: u8 = 22;
-    /// Last of VoicePing's numbers (UNAUTHORIZED_GROUP).
-    pub const VOICEPING_LAST: u8 = 27;
+    /// Router → talker: `[0, 27, fromId, groupId, "Unauthorized Group"]`, the START named a
+    /// group outside the session's groups (START_FAILED "Ack Failed" follows).
+    pub const UNAUTHORIZED_GROUP: u8 = 27;
+    /// Last of VoicePing's numbers.
+    pub const VOICEPING_LAST: u8 = UNAUTHORIZED_GROUP;
     /// Mobile → router: keep my presence alive.
     pub const HEARTBEAT: u8 = 30;
     /// Router → clients: one user's presence changed.

@@ -1,5 +1,5 @@
 //! VoicePing's payload conventions for push-to-talk, which its apps parse: the texts of its
-//! acks, what START_ACK echoes, and the JSON strings receivers get for a STOP and a TEXT
+//! acks and of LOGIN_DUPLICATED, what START_ACK echoes, and the JSON strings receivers get for a STOP and a TEXT
 //! (`{"duration", "message_id"}`, `{"message_id", "text"}`, keys in that order).
 
 use std::time::Duration;
@@ -8,14 +8,18 @@ use rmpv::Value;
 use serde::Serialize;
 
 use super::ChannelType;
+use crate::id::Id;
 
 /// The payload of START_ACK for a START without one, of STOP_ACK and of TEXT_ACK.
 pub const ACKNOWLEDGED: &str = "Acknowledged";
 /// START_FAILED's payload: another session holds the channel's floor.
 pub const BUSY: &str = "Busy";
-/// START_FAILED's payload: the session holds another channel's floor (a session talks on
-/// one channel at a time; VoicePing had no such answer).
-pub const ALREADY_TALKING: &str = "Already talking";
+
+/// START_FAILED's payload after UNAUTHORIZED_GROUP: the START named a group outside the
+/// session's groups.
+pub const ACK_FAILED: &str = "Ack Failed";
+/// UNAUTHORIZED_GROUP's payload.
+pub const UNAUTHORIZED: &str = "Unauthorized Group";
 
 /// START_ACK's payload: the START's own, as VoicePing echoed it. A payload JavaScript
 /// reads as false (nil, false, 0, "") is "Acknowledged"; on a group channel a number is
@@ -36,6 +40,11 @@ pub fn start_ack(channel: ChannelType, payload: &Value) -> Value {
         Value::F32(f) if channel == ChannelType::Group => Value::from(f.to_string()),
         other => other.clone(),
     }
+}
+
+/// LOGIN_DUPLICATED's payload, VoicePing's text: `user` logged in again from `device`.
+pub fn login_duplicated(user: &Id, device: &str) -> Value {
+    Value::from(format!("userId {user} has logged in from another deviceId {device}"))
 }
 
 #[derive(Serialize)]

@@ -5,7 +5,11 @@
 //! connection as a slow consumer. PTT lives in `ptt.rs`, statuses and indicators in
 //! `signals.rs`, changes of groups in `refresh.rs` and `membership.rs`.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use tokio::{
@@ -18,8 +22,9 @@ use tokio::{
 
 use super::{
     close,
+    liveness::{self, Renewal},
     membership::Membership,
-    ptt::Talk,
+    ptt::{RefusedStart, Talk},
     socket::{Incoming, Socket},
 };
 use crate::{
@@ -29,8 +34,8 @@ use crate::{
     id::Id,
     metrics,
     presence::{Groups, Mode, Session, unix_ms},
-    protocol::{self, ErrorCode, Frame, message_type, payload::IndicatorKind},
-    relay::{Mailbox, Member},
+    protocol::{self, ChannelType, ErrorCode, Frame, Slot, message_type, payload::IndicatorKind, voiceping},
+    relay::{Mailbox, Member, Registration},
     scope::{Scope, View},
 };
 
@@ -44,6 +49,8 @@ const CLOSE_WRITE_TIME: Duration = Duration::from_secs(1);
 enum Wake {
     Shutdown,
     Idle,
+    /// A mobile that does not heartbeat has been silent for a ping interval.
+    Ping,
     Incoming(Incoming),
     Event(Result<HubEvent, RecvError>),
     /// Relayed frames may be waiting in the mailbox.
@@ -67,13 +74,17 @@ pub struct Connection {
     pub(super) role: Role,
     /// When the token stops being valid (`exp` plus the leeway); a REFRESH moves it.
     pub(super) expires_at: Instant,
-    /// A REFRESH changed the groups: the mailbox registers anew.
-    pub(super) rescoped: bool,
+    /// Where the relay reaches this connection: its groups change there the moment they
+    /// change (see [`Connection::regroup`]).
+    pub(super) registration: Weak<Registration>,
     /// Mobile sessions only: PTT floors are held by it, and presence is kept for it while
     /// presence is enabled.
     pub(super) session: Option<Session>,
-    /// When the store last saw a heartbeat from this session.
-    stored_at: Instant,
+    /// When this session's lease was last handed over for renewal (connect counts).
+    pub(super) stored_at: Instant,
+    /// Whether this connection has sent a HEARTBEAT: from then on only heartbeats keep
+    /// it; before, the router pings it and anything it sends keeps it (`liveness.rs`).
+    heartbeats: bool,
     /// When the store last recorded activity of this session (connect counts).
     pub(super) activity_at: Instant,
     /// Dashboards: the sequence number their view includes.
@@ -92,6 +103,8 @@ pub struct Connection {
     /// The PTT floor this connection holds (boxed: most connections never talk, and every
     /// byte here is in every idle connection's task).
     pub(super) talk: Option<Box<Talk>>,
+    /// The START last refused, until the next START or STOP (boxed, like `talk`).
+    pub(super) refused_start: Option<Box<RefusedStart>>,
     /// Whether the user chose `invisible`, as this connection last learnt it (from the
     /// store at connect, its own STATUS, or news of a STATUS on another of the user's
     /// sessions); `None` while unknown (the store was unreachable at connect). Its
@@ -110,11 +123,12 @@ impl Connection {
         Connection {
             app,
             expires_at: expiry(claims.exp),
-            rescoped: false,
+            registration: Weak::new(),
             user: claims.sub,
             role: claims.role,
             session,
             stored_at: Instant::now(),
+            heartbeats: false,
             activity_at: Instant::now(),
             seq: 0,
             scope,
@@ -122,6 +136,7 @@ impl Connection {
             membership: None,
             indicators: BTreeMap::new(),
             talk: None,
+            refused_start: None,
             invisible,
         }
     }
@@ -146,6 +161,7 @@ impl Connection {
         // Reachable for relayed frames before anyone can see this user online; and, for a
         // session on a device, for its replacement until it has ended.
         let mut mailbox = self.app.node.relay().register(self.member());
+        self.registration = mailbox.registration();
         let exit = self.serve(&mut socket, &mut mailbox).await;
         let (close, reason) = match exit {
             Exit::Close(code, reason) => (Some((code, reason)), reason),
@@ -178,7 +194,9 @@ impl Connection {
         }
         drop(mailbox);
         if replaced {
-            closed = Self::close(&mut socket, close).await;
+            let told =
+                close.is_none_or(|(code, _)| code != close::REPLACED) || self.login_duplicated(&mut socket).await;
+            closed = told && Self::close(&mut socket, close).await;
         }
         ::metrics::counter!(metrics::DISCONNECTS, "reason" => reason).increment(1);
         ::metrics::gauge!(metrics::CONNECTIONS, "role" => role).decrement(1.0);
@@ -189,6 +207,24 @@ impl Connection {
         if closed {
             socket.finish().await;
         }
+    }
+
+    /// Tells a replaced session, in VoicePing's LOGIN_DUPLICATED `[1, 9, 0, userId, text]`,
+    /// that its device logged in again: VoicePing's apps stop reconnecting on it, where a
+    /// close alone has them reconnect and replace the new session in turn. Whether it was
+    /// written.
+    async fn login_duplicated(&mut self, socket: &mut Socket) -> bool {
+        let device = self.session.as_ref().and_then(|session| session.device_id.clone()).unwrap_or_default();
+        let text = voiceping::login_duplicated(&self.user, &device);
+        let frame = protocol::channel_frame(
+            ChannelType::Private,
+            message_type::LOGIN_DUPLICATED,
+            None,
+            Some(&self.user),
+            Slot::Absent,
+            &text,
+        );
+        self.write(socket, frame).await.is_none()
     }
 
     /// Sends our Close frame, if the connection ends with one, within [`CLOSE_WRITE_TIME`];
@@ -204,7 +240,7 @@ impl Connection {
 
     /// What this connection is reachable as for relayed frames (and, as a mobile session,
     /// for its replacement and the loss of its floor).
-    fn member(&self) -> Member {
+    pub(super) fn member(&self) -> Member {
         match &self.session {
             Some(session) => {
                 Member::Session { user: self.user.clone(), groups: session.groups.clone(), session: session.id.clone() }
@@ -240,10 +276,10 @@ impl Connection {
             }
             subscription = Some(events);
         }
-        // One timer serves the heartbeat timeout and the indicator/floor deadlines: every
-        // byte of this task is paid by every idle connection.
-        let mut idle_at = Instant::now() + self.app.limits.idle_timeout;
-        let timer = sleep_until(idle_at);
+        // One timer serves liveness (the heartbeat timeout, pings) and the indicator/floor
+        // deadlines: every byte of this task is paid by every idle connection.
+        let mut heard_at = Instant::now();
+        let timer = sleep_until(heard_at + self.app.limits.idle_timeout);
         tokio::pin!(timer);
         let shutdown = self.app.shutdown.clone();
 
@@ -254,7 +290,12 @@ impl Connection {
                     None => std::future::pending().await,
                 }
             };
-            let idle = self.tracked().is_some().then_some(idle_at);
+            let limits = &self.app.limits;
+            let ping_every = (!self.heartbeats).then_some(limits.ping_interval);
+            let idle = self
+                .tracked()
+                .is_some()
+                .then(|| liveness::wake_at(heard_at, Instant::now(), limits.idle_timeout, ping_every));
             let wake_at = [idle, self.next_deadline()].into_iter().flatten().fold(self.expires_at, Instant::min);
             if timer.deadline() != wake_at {
                 timer.as_mut().reset(wake_at);
@@ -265,7 +306,10 @@ impl Connection {
                 _ = &mut timer => {
                     let now = Instant::now();
                     if idle.is_some_and(|at| at <= now) {
-                        Wake::Idle
+                        match liveness::is_cut(heard_at, now, self.app.limits.idle_timeout) {
+                            true => Wake::Idle,
+                            false => Wake::Ping,
+                        }
                     } else if self.expires_at <= now {
                         Wake::Expired
                     } else {
@@ -276,9 +320,18 @@ impl Connection {
                 () = mailbox.ready() => Wake::Relayed,
                 event = event => Wake::Event(event),
             };
+            // Anything the client sent is a sign of life; what it proves depends on whether
+            // the client heartbeats.
+            let heard = matches!(wake, Wake::Incoming(Incoming::Binary(_) | Incoming::Text | Incoming::Control));
+            let mut heartbeat = false;
             let exit = match wake {
                 Wake::Shutdown => Some(Exit::Close(close::SERVICE_RESTART, "router restarting")),
                 Wake::Idle => Some(Exit::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout")),
+                Wake::Ping => {
+                    ::metrics::counter!(metrics::PINGS).increment(1);
+                    self.timed(socket.ping()).await
+                }
+                Wake::Incoming(Incoming::Control) => None,
                 Wake::Expired => {
                     let message = "the token expired; send REFRESH with a new one before it does";
                     let frame = protocol::error_frame(ErrorCode::Token("token_expired"), message, None, None);
@@ -293,12 +346,7 @@ impl Connection {
                 Wake::Incoming(Incoming::RateLimited) => Some(Exit::Close(close::RATE_LIMITED, "rate limit exceeded")),
                 Wake::Incoming(Incoming::Binary(bytes)) => {
                     let exit = self.on_binary(socket, &bytes).await;
-                    if matches!(exit, Ok(true)) {
-                        idle_at = Instant::now() + self.app.limits.idle_timeout;
-                    }
-                    if std::mem::take(&mut self.rescoped) {
-                        mailbox.rescope(self.member());
-                    }
+                    heartbeat = matches!(exit, Ok(true));
                     exit.err()
                 }
                 Wake::Incoming(Incoming::Text) => {
@@ -319,6 +367,12 @@ impl Connection {
             if let Some(exit) = exit {
                 return exit;
             }
+            if heartbeat || (heard && !self.heartbeats) {
+                heard_at = Instant::now();
+            }
+            if heard && !self.heartbeats {
+                self.heard(heard_at);
+            }
         }
     }
 
@@ -333,6 +387,9 @@ impl Connection {
             }
         };
         ::metrics::counter!(metrics::FRAMES_RECEIVED, "type" => message_type::label(frame.message_type)).increment(1);
+        if self.after_refused_start(&frame) {
+            return Ok(false);
+        }
         if frame.from.as_ref() != Some(&self.user) {
             return self.refuse(socket, &frame, ErrorCode::SenderMismatch, "fromId must be the token's subject").await;
         }
@@ -345,6 +402,8 @@ impl Connection {
             message_type::INDICATOR => Box::pin(self.on_indicator(socket, &frame)).await,
             message_type::REFRESH => Box::pin(self.on_refresh(socket, &frame)).await,
             message_type::USER_ADD | message_type::USER_REMOVE => Box::pin(self.on_membership(socket, &frame)).await,
+            // VoicePing's SDK sends it on connect; VoicePing's router answered nothing.
+            message_type::CONNECTION => Ok(false),
             message_type::START
             | message_type::STOP
             | message_type::AUDIO
@@ -359,7 +418,8 @@ impl Connection {
     }
 
     /// Hands the lease's renewal to the node (unless coalesced) and acknowledges at once:
-    /// the connection never waits on the store. While the store is unreachable the answer
+    /// the connection never waits on the store. From the first one, heartbeats alone keep
+    /// the connection (`liveness.rs`). While the store is unreachable the answer
     /// is ERROR `presence_unavailable`; the session is re-asserted when it returns.
     async fn on_heartbeat(&mut self, socket: &mut Socket, frame: &Frame) -> Result<bool, Exit> {
         if self.role != Role::Mobile {
@@ -368,16 +428,12 @@ impl Connection {
                 .refuse(socket, frame, ErrorCode::HeartbeatNotAllowed, "web and dashboard sessions do not heartbeat")
                 .await;
         }
-        let now = Instant::now();
-        let result = match self.tracked() {
-            None => "ignored",
-            Some(_) if self.app.node.is_degraded() => "failed",
-            Some(_) if now - self.stored_at < self.app.limits.heartbeat_min_interval => "coalesced",
-            Some(session) => {
-                self.app.node.heartbeat_soon(session);
-                self.stored_at = now;
-                "accepted"
-            }
+        self.heartbeats = true;
+        let result = match self.renew(Instant::now(), self.app.limits.heartbeat_min_interval) {
+            Renewal::Untracked => "ignored",
+            Renewal::Degraded => "failed",
+            Renewal::Coalesced => "coalesced",
+            Renewal::Renewed => "accepted",
         };
         ::metrics::counter!(metrics::HEARTBEATS, "result" => result).increment(1);
         if result == "failed" {
@@ -392,7 +448,8 @@ impl Connection {
         }
     }
 
-    /// Replies with an ERROR frame naming the refused frame; the connection stays open.
+    /// Replies with an ERROR frame naming the refused frame (for a START, followed by
+    /// VoicePing's answers, `ptt.rs`); the connection stays open.
     pub(super) async fn refuse(
         &mut self,
         socket: &mut Socket,
@@ -404,7 +461,13 @@ impl Connection {
             ::metrics::counter!(metrics::FRAME_ERRORS, "reason" => code.as_str()).increment(1);
         }
         let reply = protocol::error_frame(code, message, Some(frame.message_type), frame.message_id.as_ref());
-        self.write(socket, reply).await.map_or(Ok(false), Err)
+        if let Some(exit) = self.write(socket, reply).await {
+            return Err(exit);
+        }
+        if frame.message_type == message_type::START {
+            return Box::pin(self.start_refused(socket, frame, code)).await;
+        }
+        Ok(false)
     }
 
     /// Forwards `first` and every event queued behind it (up to a batch; after waiting the
@@ -531,9 +594,11 @@ impl Connection {
 }
 
 /// When a token with this `exp` (Unix seconds) stops being accepted: `exp` plus the
-/// leeway every token check allows, on the tokio clock (at most a century ahead).
-pub(super) fn expiry(exp: u64) -> Instant {
+/// leeway every token check allows, on the tokio clock (at most a century ahead; a token
+/// without `exp` never expires on its connection).
+pub(super) fn expiry(exp: Option<u64>) -> Instant {
     const CENTURY_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+    let Some(exp) = exp else { return Instant::now() + Duration::from_millis(CENTURY_MS) };
     let until_ms = exp.saturating_add(auth::LEEWAY_SECS).saturating_mul(1000).saturating_sub(unix_ms());
     Instant::now() + Duration::from_millis(until_ms.min(CENTURY_MS))
 }

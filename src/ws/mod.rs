@@ -3,6 +3,7 @@
 pub mod close;
 mod connection;
 pub mod frame;
+mod liveness;
 mod membership;
 mod ptt;
 mod rate_limit;
@@ -56,7 +57,7 @@ pub async fn upgrade(State(app): State<Arc<App>>, mut request: Request) -> Respo
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "missing_token",
-                "a JWT is required in the `token` header or Sec-WebSocket-Protocol",
+                "a JWT is required in the `token` (or `voicepingtoken`) header, Authorization: Bearer or Sec-WebSocket-Protocol",
             ),
         );
     };

@@ -2,8 +2,9 @@
 //! READ) on group and private channels, in VoicePing's frames.
 //!
 //! One session talks on a channel at a time: START asks the node for the channel's floor
-//! and gets START_ACK (echoing the START's payload) or START_FAILED ("Busy", or "Already
-//! talking" on another channel), in the START's own layout. The holder's AUDIO and STOP
+//! and gets START_ACK (echoing the START's payload) or START_FAILED ("Busy"), in the
+//! START's own layout. A START on another channel moves the talk, as VoicePing let it: the
+//! talk held ends first (reason `switched`), then the START is decided like any other. The holder's AUDIO and STOP
 //! are relayed to the channel's receivers in the layout the sender used, never to the
 //! sender's user (but on its private channel to itself, which reaches all its sessions,
 //! the sending one included, as VoicePing did); anyone else's get ERROR `floor_not_held`.
@@ -13,12 +14,19 @@
 //! the user they name, on a private channel; a group's are ignored.
 //!
 //! The router ends a talk on the talker's behalf after `MAX_TALK_MS`, when another START
-//! takes over a floor idle for `FLOOR_IDLE_MS`, when the talker leaves the group and when
-//! its connection closes: the talker gets the router's STOP with the reason, the receivers
-//! a STOP in the talker's name, and the talker's further AUDIO for that talk is dropped
+//! takes over a floor idle for `FLOOR_IDLE_MS`, when the talker leaves the group, when it
+//! STARTs on another channel and when its connection closes: the talker gets the router's
+//! STOP with the reason (but for a switch, which it asked for), the receivers a STOP in
+//! the talker's name, and the talker's further AUDIO for that talk is dropped
 //! without an answer (counted in `presence_audio_dropped_total`) until its STOP, which is
 //! acknowledged, or its next START. While a user holds a group's floor it shows as
 //! `talking` in that group, like a typing indicator.
+//!
+//! A START the router refuses (its ERROR: not a member, not allowed, another sender, no
+//! channel) also gets what VoicePing's apps wait for before they stop recording: START_FAILED
+//! in the START's layout, after VoicePing's UNAUTHORIZED_GROUP for a group outside the
+//! session's. The AUDIO that follows it on its channel is dropped without an answer
+//! (counted) until the session's next START or STOP.
 
 use std::{sync::Arc, time::Duration};
 
@@ -38,9 +46,12 @@ use crate::{
     presence::unix_ms,
     protocol::{
         self, ChannelType, ErrorCode, Frame, Slot,
-        message_type::{AUDIO, DELIVERED, READ, START, START_ACK, START_FAILED, STOP, STOP_ACK, TEXT, TEXT_ACK, label},
+        message_type::{
+            AUDIO, DELIVERED, READ, START, START_ACK, START_FAILED, STOP, STOP_ACK, TEXT, TEXT_ACK, UNAUTHORIZED_GROUP,
+            label,
+        },
         payload::IndicatorKind,
-        voiceping::{self, ACKNOWLEDGED, ALREADY_TALKING, BUSY},
+        voiceping::{self, ACK_FAILED, ACKNOWLEDGED, BUSY, UNAUTHORIZED},
     },
     transient::{Audience, Delivery},
 };
@@ -69,6 +80,20 @@ impl Talk {
     /// When the router takes the floor back (the maximum talk time), while it is held.
     pub(super) fn deadline(&self) -> Option<Instant> {
         self.ended.is_none().then_some(self.until)
+    }
+}
+
+/// A START the router refused, as it named its channel: the AUDIO that follows on that
+/// channel is dropped without an answer until the session's next START or STOP.
+pub struct RefusedStart {
+    channel_type: ChannelType,
+    from: Option<Id>,
+    to: Option<Id>,
+}
+
+impl RefusedStart {
+    fn names_channel_of(&self, frame: &Frame) -> bool {
+        (self.channel_type, &self.from, &self.to) == (frame.channel_type, &frame.from, &frame.to)
     }
 }
 
@@ -110,7 +135,12 @@ impl Connection {
                 Ok(Channel {
                     key: format!("p:{}:{a}:{b}", a.as_str().len()),
                     kind: ChannelType::Private,
-                    audience: Audience::User(to.clone()),
+                    // Where the other user's sessions are, their current groups decide.
+                    audience: if to != self.user && self.app.limits.private_needs_shared_group {
+                        Audience::UserIn { user: to.clone(), groups: self.groups.clone().unwrap_or_default() }
+                    } else {
+                        Audience::User(to.clone())
+                    },
                     except: (to != self.user).then(|| self.user.clone()),
                     to,
                 })
@@ -134,6 +164,49 @@ impl Connection {
     /// The connection's talk on `channel`, held or ended.
     fn talk_on(&self, channel: &Channel) -> Option<&Talk> {
         self.talk.as_deref().filter(|talk| talk.channel.key == channel.key)
+    }
+
+    /// Whether `frame` is AUDIO following a refused START on that START's channel: it is
+    /// dropped (counted), unanswered, however it would be refused. Any START or STOP ends
+    /// that, so it is checked before anything else about the frame.
+    pub(super) fn after_refused_start(&mut self, frame: &Frame) -> bool {
+        match frame.message_type {
+            START | STOP => {
+                self.refused_start = None;
+                false
+            }
+            AUDIO if self.refused_start.as_deref().is_some_and(|refused| refused.names_channel_of(frame)) => {
+                ::metrics::counter!(metrics::AUDIO_DROPPED, "reason" => START_REFUSED).increment(1);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Follows the ERROR `code` that refused the START `frame` with what VoicePing's apps
+    /// wait for (for up to 10 s, streaming AUDIO meanwhile): for a group outside the
+    /// session's groups, VoicePing's UNAUTHORIZED_GROUP and START_FAILED "Ack Failed"; for
+    /// any other refusal START_FAILED with the ERROR's code. Both in the START's layout,
+    /// from the session's user, to the START's `toId` (0 when it named none).
+    pub(super) async fn start_refused(
+        &mut self,
+        socket: &mut Socket,
+        frame: &Frame,
+        code: ErrorCode,
+    ) -> Result<bool, Exit> {
+        let refused = RefusedStart { channel_type: frame.channel_type, from: frame.from.clone(), to: frame.to.clone() };
+        self.refused_start = Some(Box::new(refused));
+        let user = self.user.clone();
+        let reply = |message_type: u8, payload: &str| {
+            let (to, slot) = (frame.to.as_ref(), Slot::of(frame));
+            protocol::channel_frame(frame.channel_type, message_type, Some(&user), to, slot, &payload.into())
+        };
+        let unauthorized = code == ErrorCode::NotAMember && frame.channel_type == ChannelType::Group;
+        if unauthorized && let Some(exit) = self.write(socket, reply(UNAUTHORIZED_GROUP, UNAUTHORIZED)).await {
+            return Err(exit);
+        }
+        let reason = if unauthorized { ACK_FAILED } else { code.as_str() };
+        self.write(socket, reply(START_FAILED, reason)).await.map_or(Ok(false), Err)
     }
 
     /// START, STOP, AUDIO, TEXT, DELIVERED and READ.
@@ -163,14 +236,16 @@ impl Connection {
         }
     }
 
+    /// START: acknowledged again on the channel whose floor the session holds; on another
+    /// channel, the talk held ends first (its listeners hear its STOP, reason `switched`),
+    /// then the floor is asked for.
     async fn on_start(&mut self, socket: &mut Socket, frame: &Frame, channel: Channel) -> Result<bool, Exit> {
         if let Some(talk) = self.talk.as_deref().filter(|talk| talk.ended.is_none()) {
-            return if talk.channel.key == channel.key {
+            if talk.channel.key == channel.key {
                 let echo = voiceping::start_ack(channel.kind, &frame.payload);
-                self.answer(socket, frame, &channel, START_ACK, &echo).await
-            } else {
-                self.answer(socket, frame, &channel, START_FAILED, &ALREADY_TALKING.into()).await
-            };
+                return self.answer(socket, frame, &channel, START_ACK, &echo).await;
+            }
+            self.end_talk(Some(SWITCHED)).await;
         }
         let Some(session) = self.session.clone() else { return Ok(false) };
         let node = Arc::clone(&self.app.node);
@@ -276,7 +351,7 @@ impl Connection {
             channel.kind,
             frame.message_type,
             Some(&self.user),
-            &channel.to,
+            Some(&channel.to),
             Slot::of(frame),
             payload,
         );
@@ -301,7 +376,7 @@ impl Connection {
             channel.kind,
             message_type,
             Some(&self.user),
-            &channel.to,
+            Some(&channel.to),
             Slot::of(frame),
             payload,
         );
@@ -322,7 +397,7 @@ impl Connection {
             channel.kind,
             message_type,
             Some(&self.user),
-            &channel.to,
+            Some(&channel.to),
             Slot::Id(Some(&id)),
             &ACKNOWLEDGED.into(),
         );
@@ -398,6 +473,10 @@ impl Connection {
 
 /// Why the floor of an idle talker went to the next START.
 const IDLE: &str = "idle";
+/// Why a talk ended when its talker STARTed on another channel.
+const SWITCHED: &str = "switched";
+/// Why AUDIO following a refused START is dropped.
+const START_REFUSED: &str = "start_refused";
 
 /// A STOP in `from`'s name for the listeners of its talk `id`, which the router ended
 /// (`reason`): VoicePing's `{duration, message_id}` with the reason, in the layout of the
@@ -413,7 +492,7 @@ fn talk_stop(
 ) -> Bytes {
     let slot_id = Value::from(id);
     let slot = if with_message_id { Slot::Id(Some(&slot_id)) } else { Slot::Absent };
-    protocol::channel_frame(channel, STOP, Some(from), to, slot, &voiceping::stop(held, id, Some(reason)))
+    protocol::channel_frame(channel, STOP, Some(from), Some(to), slot, &voiceping::stop(held, id, Some(reason)))
 }
 
 /// The router's own STOP to the talker of a talk it ended: `[ct, 2, 0, toId, messageId,
@@ -428,7 +507,7 @@ fn router_stop(talk: &Talk) -> Option<Bytes> {
         ("timestamp".into(), unix_ms().into()),
     ]);
     let id = Value::from(&*talk.id);
-    Some(protocol::channel_frame(talk.channel.kind, STOP, None, &talk.channel.to, Slot::Id(Some(&id)), &payload))
+    Some(protocol::channel_frame(talk.channel.kind, STOP, None, Some(&talk.channel.to), Slot::Id(Some(&id)), &payload))
 }
 
 /// A TEXT's own message id: a string or an integer with an id's limits (at most 128

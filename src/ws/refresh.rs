@@ -57,10 +57,16 @@ impl Connection {
     /// change): see the module documentation. A watcher's scope must be set first.
     pub(super) async fn regroup(&mut self, socket: &mut Socket, groups: Option<Groups>) -> Option<Exit> {
         let before = std::mem::replace(&mut self.groups, groups).unwrap_or_default();
-        self.rescoped = true;
         let groups = self.groups.clone().unwrap_or_default();
         if let Some(session) = self.session.as_mut() {
             session.groups = groups.clone();
+        }
+        // Reachable in the new groups (and no longer in the old) before anything is
+        // answered or stored (the node then waits for the new groups' channels).
+        if let Some(registration) = self.registration.upgrade() {
+            registration.rescope(self.member());
+        }
+        if self.session.is_some() {
             // A talk ends in a group left; on a private channel, when any group was left,
             // since the group shared with the listener may be among them (a new START
             // checks it again). First, as on a disconnect: listeners get the STOP before

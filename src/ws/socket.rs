@@ -67,6 +67,8 @@ pub enum Incoming {
     Binary(Bytes),
     /// A complete text message (valid UTF-8; the protocol has no use for it).
     Text,
+    /// A ping (answered here) or a pong: nothing to handle, but the client is there.
+    Control,
     /// The client sent a Close frame with this code (`None`: no code). Answer with
     /// [`Socket::close`] echoing it.
     Closed(Option<u16>),
@@ -161,8 +163,9 @@ impl Socket {
         }
     }
 
-    /// The next message, or how the connection ended. Pings are answered and pongs
-    /// absorbed here. Cancel-safe: all progress lives in `self`.
+    /// The next message, or how the connection ended. Pings are answered here; pings and
+    /// pongs are reported as [`Incoming::Control`]. Cancel-safe: all progress lives in
+    /// `self`.
     pub async fn recv(&mut self) -> Incoming {
         poll_fn(|cx| self.poll_recv(cx)).await
     }
@@ -246,23 +249,28 @@ impl Socket {
     /// Handles the whole frames at the start of `buf` until one completes a message or
     /// ends the connection. Returns the bytes consumed, that outcome (`None`: more bytes
     /// are needed) and, when a frame has begun, its whole size in bytes.
+    /// Control frames read on the way count as one [`Incoming::Control`], reported when
+    /// nothing else is: a burst of pings wakes the connection once.
     fn advance(&mut self, buf: &[u8]) -> (usize, Option<Incoming>, usize) {
         let mut at = 0;
+        let mut control = None;
         loop {
             let assembled = self.fragments.as_ref().map_or(0, |f| f.data.len());
             let header = match frame::parse_header(&buf[at..], self.max_message - assembled) {
                 Ok(Some(header)) => header,
-                Ok(None) => return (at, None, 0),
+                Ok(None) => return (at, control, 0),
                 Err(violation) => return (at, Some(Incoming::Violation(violation)), 0),
             };
             let end = at + header.header_len + header.len;
             if buf.len() < end {
-                return (at, None, end - at);
+                return (at, control, end - at);
             }
             let payload = &buf[at + header.header_len..end];
             at = end;
-            if let Some(incoming) = self.on_frame(header, payload) {
-                return (at, Some(incoming), 0);
+            match self.on_frame(header, payload) {
+                Some(Incoming::Control) => control = Some(Incoming::Control),
+                Some(incoming) => return (at, Some(incoming), 0),
+                None => {}
             }
         }
     }
@@ -298,9 +306,9 @@ impl Socket {
         match header.opcode {
             Opcode::Ping => {
                 self.pong = Some(payload.into());
-                None
+                Some(Incoming::Control)
             }
-            Opcode::Pong => None,
+            Opcode::Pong => Some(Incoming::Control),
             Opcode::Close => Some(match frame::close_code(&payload) {
                 Ok(code) => Incoming::Closed(code),
                 Err(violation) => Incoming::Violation(violation),
@@ -343,6 +351,13 @@ impl Socket {
     /// Writes a binary frame and everything queued before it.
     pub async fn send(&mut self, payload: Bytes) -> std::io::Result<()> {
         self.queue(Opcode::Binary, payload);
+        self.flush().await
+    }
+
+    /// Writes a ping (empty) and everything queued before it. A client that answers it is
+    /// heard from ([`Incoming::Control`]).
+    pub async fn ping(&mut self) -> std::io::Result<()> {
+        self.queue(Opcode::Ping, Bytes::new());
         self.flush().await
     }
 

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod openapi;
 pub mod prometheus;
 pub mod raw;
 pub mod tcp_proxy;

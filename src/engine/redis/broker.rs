@@ -46,7 +46,7 @@ use super::{
     groups::Served,
     inbox::{Receiving, Sinks},
     sharded::spawn_sharded_subscriber,
-    subscriber::spawn_subscriber,
+    subscriber::{SUBSCRIBE_TIMEOUT, spawn_subscriber},
 };
 use crate::{
     engine::{Broker, BrokerEvents, EngineError},
@@ -248,6 +248,7 @@ impl Broker for RedisBroker {
             }
             Audience::Group { group: target, dashboards: true }
             | Audience::User(target)
+            | Audience::UserIn { user: target, .. }
             | Audience::Visibility { user: target, .. } => {
                 let shard = self.keys.shard_of(target.as_str());
                 (shard, self.keys.key(shard, "relay"))
@@ -266,5 +267,11 @@ impl Broker for RedisBroker {
     /// Records the change and wakes the subscriber, which follows it.
     fn serve_group(&self, group: &Id, serving: bool) {
         self.served.set(group, serving);
+    }
+
+    /// Until the subscription confirms the groups' channels, within a subscribe command's
+    /// own bound.
+    async fn until_serving(&self, groups: &[Id]) {
+        self.served.until_subscribed(groups, SUBSCRIBE_TIMEOUT).await;
     }
 }

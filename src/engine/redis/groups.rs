@@ -12,6 +12,7 @@
 use std::{
     collections::HashSet,
     sync::{Mutex, MutexGuard},
+    time::Duration,
 };
 
 use redis::aio::PubSubSink;
@@ -25,13 +26,19 @@ use crate::{id::Id, metrics};
 const CHANNELS_PER_COMMAND: usize = 1000;
 
 /// The groups this router serves, as the relay reports them; shared by the broker, which
-/// records changes without waiting, and the subscriber, which follows them.
+/// records changes without waiting, and the subscriber, which follows them and confirms
+/// the channels it holds, so that a new member can wait until its group's frames reach
+/// this router ([`Served::until_subscribed`]).
 #[derive(Default)]
 pub(super) struct Served {
     groups: Mutex<HashSet<Id>>,
     /// Woken at each change; a change made while the subscriber is busy leaves a permit,
     /// so it is never missed, and a burst of changes is taken in one go.
     changed: Notify,
+    /// The groups whose channels the subscription holds now, as its commands confirmed.
+    subscribed: Mutex<HashSet<Id>>,
+    /// Wakes every waiter when `subscribed` changes.
+    confirmed: Notify,
 }
 
 impl Served {
@@ -46,6 +53,11 @@ impl Served {
             let mut groups = self.groups();
             if serving { groups.insert(group.clone()) } else { groups.remove(group) }
         };
+        if !serving {
+            // Its channel is on its way out: served again, it waits for the subscriber to
+            // confirm it anew.
+            self.subscribed.lock().unwrap_or_else(|e| e.into_inner()).remove(group);
+        }
         if changed {
             self.changed.notify_one();
         }
@@ -54,6 +66,34 @@ impl Served {
     /// Resolves at the next change (at once if one came since the last call).
     pub(super) async fn changed(&self) {
         self.changed.notified().await;
+    }
+
+    /// The subscription holds exactly the channels of `groups` now (none when it was lost).
+    pub(super) fn confirm(&self, groups: &HashSet<Id>) {
+        self.subscribed.lock().unwrap_or_else(|e| e.into_inner()).clone_from(groups);
+        self.confirmed.notify_waiters();
+    }
+
+    /// Resolves once the subscription holds the channel of every one of `groups` that
+    /// this router serves, or after `bound` (the subscription is being renewed, or Redis
+    /// is out of reach: then frames may be missed, as the node's degraded state says).
+    pub(super) async fn until_subscribed(&self, groups: &[Id], bound: Duration) {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let confirmed = self.confirmed.notified();
+            tokio::pin!(confirmed);
+            confirmed.as_mut().enable();
+            {
+                let served = self.groups();
+                let subscribed = self.subscribed.lock().unwrap_or_else(|e| e.into_inner());
+                if groups.iter().all(|group| subscribed.contains(group) || !served.contains(group)) {
+                    return;
+                }
+            }
+            if tokio::time::timeout_at(deadline, confirmed).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// The groups to subscribe to and those to unsubscribe from, for a connection that
@@ -74,6 +114,7 @@ impl Served {
 /// when the connection is lost.
 pub(super) async fn follow(served: &Served, keys: &Keyspace, mut sink: PubSubSink) -> Lost {
     let mut subscribed = HashSet::new();
+    served.confirm(&subscribed);
     loop {
         let (joined, left) = served.diff(&subscribed);
         for (groups, subscribe) in [(joined, true), (left, false)] {
@@ -97,6 +138,7 @@ pub(super) async fn follow(served: &Served, keys: &Keyspace, mut sink: PubSubSin
                 ::metrics::gauge!(metrics::BROKER_GROUP_SUBSCRIPTIONS).set(subscribed.len() as f64);
             }
         }
+        served.confirm(&subscribed);
         served.changed().await;
     }
 }

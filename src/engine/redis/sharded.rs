@@ -78,6 +78,7 @@ pub(super) fn spawn_sharded_subscriber(
         served,
         groups: HashSet::new(),
         left: Vec::new(),
+        planned: HashSet::new(),
         lost: None,
         received: Vec::new(),
     };
@@ -100,6 +101,8 @@ struct Sharded {
     groups: HashSet<Id>,
     /// Groups no longer served, whose channels the next renewal gives up.
     left: Vec<Id>,
+    /// The groups whose channels the renewal under way subscribes to.
+    planned: HashSet<Id>,
     /// Why the router went deaf, until it hears again.
     lost: Option<Lost>,
     /// Per shard, the highest transition number received when the renewal under way
@@ -152,6 +155,7 @@ impl Sharded {
                         let (seq, keys) = (self.inbox.conn.clone(), self.keys.clone());
                         let using = conn.clone().ok_or_else(|| self.client.clone());
                         self.received = (0..self.keys.shards()).map(|shard| self.inbox.received(shard)).collect();
+                        self.planned.clone_from(&self.groups);
                         renewal = Some(Box::pin(renew(using, seq, keys, self.plan())));
                     }
                 }
@@ -177,6 +181,8 @@ impl Sharded {
         for group in &left {
             self.groups.remove(group);
         }
+        // A group left and served again before the renewal keeps its channel.
+        self.left.retain(|group| !joined.contains(group));
         self.groups.extend(joined);
         self.left.extend(left);
     }
@@ -207,9 +213,11 @@ impl Sharded {
             if first.is_none() {
                 self.inbox.deaf();
             }
+            self.served.confirm(&HashSet::new());
             return false;
         }
         ::metrics::gauge!(metrics::BROKER_GROUP_SUBSCRIPTIONS).set(self.groups.len() as f64);
+        self.served.confirm(&self.planned);
         let heads = renewed.into_iter().map(|shard| shard.ok().flatten());
         let was_receiving = self.inbox.sinks.receiving.set(true);
         if first.is_none() && was_receiving {

@@ -119,6 +119,7 @@ impl Subscriber {
             let reason = self.listen(sink, messages).await;
             // The connection's group subscriptions went with it.
             ::metrics::gauge!(metrics::BROKER_GROUP_SUBSCRIPTIONS).set(0.0);
+            self.served.confirm(&Default::default());
             tracing::warn!(reason = reason.as_str(), "lost the subscription to {}; resubscribing", self.updates);
             if let Lost::Silent = reason {
                 self.inbox.deaf();
