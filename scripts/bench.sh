@@ -37,7 +37,17 @@ router() { # port, extra flags… → starts a router (ROUTER_BIN, default this 
 }
 redis_pid() { redis-cli -p "$1" info server | awk -F: '/^process_id/{print $2}' | tr -d '\r'; }
 
+# The dashboard page in headless Chromium (tests/browser.rs, on a redis-server and a router
+# of its own): 100k users seeded in 500 groups, then 1,000 changes/s for 30 s from
+# `presence-load churn`; the page's own long tasks and frame times, watching, then scrolling.
+# DASHBOARD_USERS, DASHBOARD_RATE and DASHBOARD_SECONDS change the scale.
+dashboard_page() {
+  cargo test --release -q --test browser -- --ignored --nocapture the_dashboard_page_under_load 2>/dev/null \
+    | grep '^dashboard page'
+}
+
 echo "# $(date -u +%FT%TZ) $(nproc) cores, $(uname -r)"
+if [ "${BENCH_ONLY:-}" = dashboard ]; then dashboard_page; exit 0; fi
 redis-server redis.conf --port 6400 --dir "$DIR" --daemonize yes --logfile "$DIR/redis.log"
 until redis-cli -p 6400 ping >/dev/null 2>&1; do sleep 0.05; done
 REDIS=(--redis-host 127.0.0.1 --redis-port 6400)
@@ -210,3 +220,5 @@ sleep 2
 kill -STOP "$HANG_PID"; sleep 6; kill -CONT "$HANG_PID"
 wait "$TALK" "$HEARTBEATS"
 redis-cli -p 6401 shutdown nosave >/dev/null 2>&1 || true
+
+dashboard_page

@@ -1,6 +1,6 @@
-//! This router's fan-out: the [`Hub`] (presence to dashboards) and the [`Relay`] (transient
-//! frames to connections). It is what the broker delivers into ([`BrokerEvents`]), so the
-//! engine knows nothing of either.
+//! This router's fan-out: the [`Hub`] (presence and indicators to dashboards) and the
+//! [`Relay`] (transient frames to connections). It is what the broker delivers into
+//! ([`BrokerEvents`]), so the engine knows nothing of either.
 
 use std::sync::Arc;
 
@@ -8,8 +8,9 @@ use crate::{
     engine::BrokerEvents,
     hub::Hub,
     presence::PresenceUpdate,
+    protocol::live::IndicatorChange,
     relay::Relay,
-    transient::{Control, Delivery},
+    transient::{Audience, Control, Delivery},
 };
 
 pub struct FanOut {
@@ -29,6 +30,22 @@ impl FanOut {
     pub fn relay(&self) -> &Arc<Relay> {
         &self.relay
     }
+
+    /// Delivers a frame to this router's connections: the relay's for members, the hub's
+    /// for dashboards (a frame for a group's dashboards is an INDICATOR_UPDATE, which the
+    /// hub keeps in its view and numbers with its other changes). `local`: sent by this
+    /// router rather than relayed from another.
+    pub fn deliver(&self, delivery: &Delivery, local: bool) {
+        self.relay.deliver(delivery);
+        if let Audience::Group { dashboards: true, .. } = delivery.audience {
+            match IndicatorChange::read(&delivery.frame) {
+                Some(change) => {
+                    self.hub.indicator(change, delivery.frame.clone(), local);
+                }
+                None => tracing::warn!("a frame for dashboards that is no INDICATOR_UPDATE; not shown to them"),
+            }
+        }
+    }
 }
 
 impl BrokerEvents for FanOut {
@@ -37,7 +54,7 @@ impl BrokerEvents for FanOut {
     }
 
     fn frame(&self, delivery: &Delivery) {
-        self.relay.deliver(delivery);
+        self.deliver(delivery, false);
     }
 
     fn control(&self, control: &Control) {

@@ -28,6 +28,12 @@
 //!   are evicted first) or a frame of its scope exists to share; at its deadline it gives
 //!   up and is closed as a slow consumer. A single frame larger than the whole budget is
 //!   encoded when no other is in memory.
+//!
+//! The view holds the live indicators (typing, recording, talking) beside the users, kept
+//! from the INDICATOR_UPDATEs this router delivers: each start and end that changes them
+//! is a numbered change on the same ring, so a snapshot lists the indicators as of its
+//! sequence number and every later start or end follows it, whether the frame is fresh or
+//! a cached one served with its backlog.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -47,10 +53,18 @@ use tokio::{
 use crate::{
     id::Id,
     metrics,
-    presence::{Groups, PresenceUpdate, Snapshot, Status, UserPresence, visible},
-    protocol,
+    presence::{Groups, PresenceUpdate, Snapshot, Status, UserPresence, unix_ms, visible},
+    protocol::{
+        self,
+        live::{IndicatorChange, SnapshotContents},
+        payload::IndicatorKind,
+    },
     scope::Scope,
 };
+
+mod indicators;
+
+use indicators::Indicators;
 
 /// Most scopes whose snapshot frame is kept; the least recently used goes first.
 pub const CACHED_SCOPES: usize = 32;
@@ -73,6 +87,10 @@ pub enum HubEvent {
     /// was in before it: a scoped dashboard is shown the change if the user is within its
     /// scope after it, and the user leaving if it was only before (see [`Scope::view_of`]).
     Update { seq: u64, frame: Bytes, update: Arc<PresenceUpdate>, before: Groups },
+    /// An indicator started or ended: the INDICATOR_UPDATE frame as delivered, for the
+    /// dashboards whose scope covers its group; `local` when this router's own connection
+    /// (or sweep) announced it.
+    Indicator { seq: u64, frame: Bytes, change: Arc<IndicatorChange>, local: bool },
     /// The view was rebuilt from the store; every dashboard needs a fresh snapshot.
     Resync,
 }
@@ -89,6 +107,8 @@ struct View {
     /// Every user seen, offline ones included so a late stale "online" is recognised.
     users: HashMap<Id, UserPresence>,
     online: usize,
+    /// The live indicators.
+    indicators: Indicators,
     seq: u64,
     /// The last [`BACKLOG`] changes (sequence number, event) since the last reset: what
     /// brings a cached snapshot up to date.
@@ -103,6 +123,24 @@ impl View {
             .filter(|p| p.status != Status::Offline && scope.sees(&p.user_id, &p.groups))
             .map(|p| scope.redact(p.clone()))
             .collect()
+    }
+
+    /// What a snapshot of `scope` (whose key is `key`) holds now.
+    fn contents(&self, scope: &Scope, key: &ScopeKey) -> SnapshotContents {
+        SnapshotContents::new(self.online_users(scope), self.indicators.in_scope(scope), key.groups())
+    }
+
+    /// Numbers `event` (made with the next sequence number), keeps it in the history and
+    /// puts it on the ring.
+    fn record(&mut self, events: &broadcast::Sender<HubEvent>, event: impl FnOnce(u64) -> HubEvent) {
+        self.seq += 1;
+        let event = event(self.seq);
+        if self.history.len() == BACKLOG {
+            self.history.pop_front();
+        }
+        self.history.push_back((self.seq, event.clone()));
+        // No receiver is fine: nobody is watching.
+        let _ = events.send(event);
     }
 
     /// The oldest sequence number a snapshot may have and still be brought up to date:
@@ -141,6 +179,14 @@ enum ScopeKey {
 }
 
 impl ScopeKey {
+    /// The groups the scope reads; `None`: everyone's.
+    fn groups(&self) -> Option<&[Id]> {
+        match self {
+            ScopeKey::Everyone => None,
+            ScopeKey::Groups(groups) | ScopeKey::GroupsAndSelf(groups, _) => Some(groups),
+        }
+    }
+
     fn of(scope: &Scope, view: &View) -> ScopeKey {
         let Some(allowed) = scope.allowed() else { return ScopeKey::Everyone };
         let mut groups = allowed.to_vec();
@@ -156,7 +202,7 @@ impl ScopeKey {
     }
 }
 
-/// One snapshot of one scope: the users as they were at `seq`, until encoded once.
+/// One snapshot of one scope: its contents as they were at `seq`, until encoded once.
 struct Cell {
     key: ScopeKey,
     seq: u64,
@@ -166,7 +212,7 @@ struct Cell {
     /// A dashboard reserved room for the frame and encodes it (the encoding runs without
     /// yielding, so it cannot be abandoned half way).
     reserved: AtomicBool,
-    users: Mutex<Option<Vec<UserPresence>>>,
+    contents: Mutex<Option<SnapshotContents>>,
     frame: OnceCell<Bytes>,
 }
 
@@ -261,19 +307,32 @@ impl Hub {
         };
         let is_online = new.status != Status::Offline;
         view.online = view.online + usize::from(is_online) - usize::from(was_online);
-        view.seq += 1;
-        let seq = view.seq;
-        let frame = protocol::update_frame(&update, seq);
         view.users.insert(new.user_id.clone(), update.presence.clone());
         ::metrics::gauge!(metrics::ONLINE_USERS).set(view.online as f64);
-        let event = HubEvent::Update { seq, frame, update: Arc::new(update), before };
-        if view.history.len() == BACKLOG {
-            view.history.pop_front();
-        }
-        view.history.push_back((seq, event.clone()));
-        // No receiver is fine: nobody is watching.
-        let _ = self.events.send(event);
+        view.record(&self.events, |seq| {
+            let frame = protocol::update_frame(&update, seq);
+            HubEvent::Update { seq, frame, update: Arc::new(update), before }
+        });
         true
+    }
+
+    /// Applies an indicator's start or end, `frame` being the INDICATOR_UPDATE that
+    /// announced it (`local`: from this router's own connections or sweep); returns false
+    /// (and changes nothing) when it changes nothing: the start of a live one, the end of
+    /// one not live.
+    pub fn indicator(&self, change: IndicatorChange, frame: Bytes, local: bool) -> bool {
+        let mut view = self.view();
+        if !view.indicators.apply(&change, local) {
+            return false;
+        }
+        view.record(&self.events, |seq| HubEvent::Indicator { seq, frame, change: Arc::new(change), local });
+        true
+    }
+
+    /// The sequence number of the latest change: a rebuild ([`Hub::reset`]) re-applies
+    /// the indicator changes after the mark taken before the store was read.
+    pub fn mark(&self) -> u64 {
+        self.view().seq
     }
 
     /// The groups `user` was in at its last change this router heard of; `None` for a
@@ -378,12 +437,9 @@ impl Hub {
     /// are charged to the budget until the last reference to them is dropped.
     async fn frame(&self, cell: &Arc<Cell>) -> Bytes {
         let frame = cell.frame.get_or_init(|| async {
-            let bytes = {
-                let mut users = lock(&cell.users);
-                let bytes = protocol::encode_snapshot(users.as_deref().unwrap_or_default(), cell.seq);
-                *users = None;
-                bytes
-            };
+            // Taken out: the cell keeps no contents once its frame exists.
+            let contents = lock(&cell.contents).take().unwrap_or_default();
+            let bytes = protocol::encode_snapshot(&contents, cell.seq);
             ::metrics::counter!(metrics::SNAPSHOT_ENCODES).increment(1);
             self.snapshots.encoded(cell, bytes)
         });
@@ -406,15 +462,31 @@ impl Hub {
         self.snapshots.lock().used
     }
 
-    /// Rebuilds the view from the store's snapshot (start-up, and after the broker may have
-    /// lost messages) and tells every dashboard to take a fresh snapshot.
+    /// Rebuilds the view from the store's snapshot and its live indicators (start-up, and
+    /// after the broker may have lost messages) and tells every dashboard to take a fresh
+    /// snapshot.
     ///
     /// Updates keep arriving while the snapshot is read, so nothing newer than it is
     /// undone: a user in the snapshot takes the higher version of the two; a user missing
     /// from it is offline unless the view holds a change decided at or after the
-    /// snapshot's watermark.
-    pub fn reset(&self, snapshot: Snapshot) {
+    /// snapshot's watermark. Indicators have no versions: the store's are taken (this
+    /// router's own kept, see [`Indicators::rebuild`]), then the starts and ends applied
+    /// after `mark` ([`Hub::mark`], taken before the store was read) are applied again.
+    pub fn reset(&self, snapshot: Snapshot, indicators: Vec<(Id, IndicatorKind, Id)>, mark: u64) {
         let mut view = self.view();
+        view.indicators.rebuild(indicators, unix_ms());
+        let since_mark: Vec<(Arc<IndicatorChange>, bool)> = view
+            .history
+            .iter()
+            .filter(|(seq, _)| *seq > mark)
+            .filter_map(|(_, event)| match event {
+                HubEvent::Indicator { change, local, .. } => Some((change.clone(), *local)),
+                _ => None,
+            })
+            .collect();
+        for (change, local) in since_mark {
+            view.indicators.apply(&change, local);
+        }
         let listed: HashSet<Id> = snapshot.users.iter().map(|u| u.user_id.clone()).collect();
         for user in view.users.values_mut() {
             if !listed.contains(&user.user_id) && user.version < snapshot.watermark {
@@ -595,14 +667,14 @@ impl Snapshots {
         }
         drop(ledger);
         // Collected without the ledger's lock: dashboards finishing their writes need it.
-        let users = view.online_users(scope);
+        let contents = view.contents(scope, &key);
         let cell = Arc::new(Cell {
             key,
             seq: view.seq,
             taken_at: now,
-            len_bound: protocol::snapshot_len_bound(&users),
+            len_bound: protocol::snapshot_len_bound(&contents),
             reserved: AtomicBool::new(false),
-            users: Mutex::new(Some(users)),
+            contents: Mutex::new(Some(contents)),
             frame: OnceCell::new(),
         });
         self.lock().insert(cell.clone(), &mut evicted);
@@ -863,7 +935,7 @@ mod tests {
         let hub = Hub::new(16);
         hub.apply(update("gone", Status::Online, 1));
         let mut sub = hub.subscribe(&Scope::everyone());
-        hub.reset(Snapshot { users: vec![update("new", Status::Online, 5).presence], watermark: 10 });
+        hub.reset(Snapshot { users: vec![update("new", Status::Online, 5).presence], watermark: 10 }, Vec::new(), 0);
         assert!(matches!(sub.events.try_recv().unwrap(), HubEvent::Resync));
         let (users, _) = hub.snapshot();
         assert_eq!(users.iter().map(|u| u.user_id.as_str()).collect::<Vec<_>>(), ["new"]);
@@ -878,7 +950,7 @@ mod tests {
         hub.apply(update("left", Status::Offline, 106));
         hub.apply(update("old", Status::Online, 50));
         let stale = vec![update("left", Status::Online, 90).presence];
-        hub.reset(Snapshot { users: stale, watermark: 100 });
+        hub.reset(Snapshot { users: stale, watermark: 100 }, Vec::new(), 0);
         let (users, _) = hub.snapshot();
         let mut online: Vec<&str> = users.iter().map(|u| u.user_id.as_str()).collect();
         online.sort();
@@ -1077,7 +1149,7 @@ mod tests {
         assert!(!same(&second, &held(&hub, &everyone).await.frame()), "too many changes behind");
         // A resync: the rebuilt view is no change on the ring, so nothing before it serves.
         let third = held(&hub, &everyone).await.frame();
-        hub.reset(Snapshot { users: vec![update("z", Status::Online, 1).presence], watermark: 0 });
+        hub.reset(Snapshot { users: vec![update("z", Status::Online, 1).presence], watermark: 0 }, Vec::new(), 0);
         let rebuilt = held(&hub, &everyone).await;
         assert!(!same(&third, &rebuilt.frame()));
         assert!(rebuilt.backlog.is_empty());
@@ -1215,6 +1287,101 @@ mod tests {
         }
         assert!(frames.iter().all(|f| same(&f.frame(), &frames[0].frame())), "one frame for the five");
         assert_eq!(hub.snapshot_memory(), frames[0].frame().len());
+    }
+
+    /// `user`'s `kind` in `group` starts (or ends), as announced: the change and its frame.
+    fn signal(hub: &Hub, group: &str, user: &str, kind: IndicatorKind, active: bool, local: bool) -> bool {
+        let (group, user) = (Id::parse(group).unwrap(), Id::parse(user).unwrap());
+        let frame = protocol::indicator_frame(&group, &user, kind, active);
+        hub.indicator(IndicatorChange::read(&frame).unwrap(), frame, local)
+    }
+
+    /// The indicators a snapshot frame lists, as `group/user/type`.
+    fn indicators_in(frame: &Bytes) -> Vec<String> {
+        let value = rmpv::decode::read_value(&mut &frame[..]).unwrap();
+        let listed = value[5]["indicators"].as_array().unwrap().iter();
+        listed
+            .map(|i| {
+                format!(
+                    "{}/{}/{}",
+                    i["groupId"].as_str().unwrap(),
+                    i["userId"].as_str().unwrap(),
+                    i["type"].as_str().unwrap()
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_lists_the_live_indicators_of_its_scope_and_later_changes_follow() {
+        let hub = Hub::new(16);
+        hub.apply(member("t", &["g1"], 1));
+        assert!(signal(&hub, "g1", "t", IndicatorKind::Talking, true, true));
+        assert!(!signal(&hub, "g1", "t", IndicatorKind::Talking, true, true), "live already: no change");
+        assert!(signal(&hub, "g2", "u", IndicatorKind::Typing, true, false));
+        let g1 = scope("d", Some(&["g1"]));
+        let mut sub = hub.subscribe(&g1);
+        let seq = sub.snapshot.seq();
+        let snapshot = hub.snapshot_frame(sub.snapshot, &g1, later()).await.unwrap();
+        assert_eq!(indicators_in(&snapshot.frame()), ["g1/t/talking"], "only its groups'");
+        assert_eq!(indicators_in(&held(&hub, &Scope::everyone()).await.frame()), ["g1/t/talking", "g2/u/typing"]);
+        assert!(signal(&hub, "g1", "t", IndicatorKind::Talking, false, true));
+        match sub.events.try_recv().unwrap() {
+            HubEvent::Indicator { seq: next, change, .. } => {
+                assert_eq!(next, seq + 1, "numbered with the presence changes");
+                assert!(!change.active);
+            }
+            other => panic!("expected the end of talking, got {other:?}"),
+        }
+        assert!(!signal(&hub, "g1", "t", IndicatorKind::Talking, false, true), "ended already: no change");
+        assert!(sub.events.try_recv().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cached_snapshot_is_served_with_the_indicator_changes_since() {
+        let hub = Hub::with_stale_min(16, DEFAULT_SNAPSHOT_MEMORY, 0);
+        hub.apply(member("t", &["g1"], 1));
+        signal(&hub, "g1", "t", IndicatorKind::Talking, true, false);
+        let first = held(&hub, &Scope::everyone()).await;
+        let first_frame = first.frame();
+        drop(first);
+        signal(&hub, "g1", "t", IndicatorKind::Talking, false, false);
+        signal(&hub, "g1", "u", IndicatorKind::Typing, true, false);
+        let later_ = held(&hub, &Scope::everyone()).await;
+        assert!(same(&first_frame, &later_.frame()), "the cached frame ...");
+        assert_eq!(indicators_in(&later_.frame()), ["g1/t/talking"]);
+        let backlog: Vec<(bool, String)> = later_
+            .backlog
+            .iter()
+            .map(|event| match event {
+                HubEvent::Indicator { change, .. } => (change.active, change.indicator.user.to_string()),
+                other => panic!("expected indicator changes, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(backlog, [(false, "t".into()), (true, "u".into())], "... and the ends and starts since");
+    }
+
+    #[test]
+    fn a_reset_takes_the_stores_indicators_and_then_what_came_meanwhile() {
+        let hub = Hub::new(16);
+        let id = |s: &str| Id::parse(s).unwrap();
+        signal(&hub, "g", "ended", IndicatorKind::Typing, true, false);
+        signal(&hub, "g", "lost", IndicatorKind::Typing, true, false);
+        let mark = hub.mark();
+        // While the store was read: one ended, one started; the store had neither change.
+        signal(&hub, "g", "ended", IndicatorKind::Typing, false, false);
+        signal(&hub, "g", "new", IndicatorKind::Recording, true, false);
+        let stored =
+            vec![(id("g"), IndicatorKind::Typing, id("ended")), (id("g"), IndicatorKind::Talking, id("other"))];
+        hub.reset(Snapshot::default(), stored, mark);
+        let view = hub.view();
+        let listed: Vec<String> = view
+            .indicators
+            .in_scope(&Scope::everyone())
+            .iter()
+            .map(|i| format!("{}/{}", i.user, i.kind.as_str()))
+            .collect();
+        assert_eq!(listed, ["new/recording", "other/talking"], "\"lost\" is not in the store: its end was lost");
     }
 
     #[test]

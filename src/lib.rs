@@ -7,7 +7,8 @@
 //! # Layout
 //!
 //! - [`config`]: flags and environment variables.
-//! - [`protocol`]: the VoicePing-compatible msgpack frame codec (pure functions), and
+//! - [`protocol`]: the VoicePing-compatible msgpack frame codec (pure functions), what a
+//!   snapshot holds besides its users ([`protocol::live`]: indicators, group counts), and
 //!   VoicePing's payload conventions for push-to-talk ([`protocol::voiceping`]).
 //! - [`id`], [`presence`]: the data model; ids normalised at the edge, versioned presence.
 //! - [`auth`]: JWT verification (signature, then the claims' rules: dates, audience,
@@ -27,8 +28,11 @@
 //! - [`transient`]: the messages the broker carries besides transitions (relayed frames
 //!   and their audiences, session control) and their wire encoding.
 //! - [`fanout`]: this router's side of the seam: the [`BrokerEvents`](engine::BrokerEvents)
-//!   handler that hands what the broker delivers to the hub, the relay and the sweeper.
-//! - [`hub`]: this router's versioned view of presence and the fan-out to dashboards.
+//!   handler that hands what the broker delivers to the hub, the relay and the sweeper;
+//!   the node delivers its own frames through it too, so indicators reach the hub
+//!   whichever router announced them.
+//! - [`hub`]: this router's versioned view of presence and of the live indicators, and the
+//!   fan-out to dashboards (snapshots, then every change).
 //! - [`relay`]: delivery of transient frames (PTT, TEXT, indicators) to local connections,
 //!   and of the news about one session: replaced by a reconnect of its device, or its
 //!   idle floor taken over.

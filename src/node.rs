@@ -444,7 +444,7 @@ impl Node {
     /// the broker for the other routers. Local delivery comes first and never waits on
     /// the store, so PTT on one router survives a Redis outage.
     pub fn send(&self, delivery: Delivery) {
-        self.relay().deliver(&delivery);
+        self.fanout.deliver(&delivery, true);
         self.engine.broker.relay(&delivery);
     }
 
@@ -651,10 +651,16 @@ impl Node {
         if failures > 0 {
             return Err(EngineError::Unavailable(format!("{failures} sessions could not be re-asserted")));
         }
+        // Indicator changes delivered from here on are applied again over what the store
+        // lists; this router's own writes handed off before are in the store first.
+        let mark = self.hub().mark();
+        self.written().await;
         let result = store!(self, online());
         let snapshot = self.check("snapshot", result)?;
+        let result = store!(self, signals.live_indicators());
+        let indicators = self.check("indicators", result)?;
         let online = snapshot.users.len();
-        self.hub().reset(snapshot);
+        self.hub().reset(snapshot, indicators, mark);
         let recovered = self.degraded.swap(false, Ordering::Relaxed);
         ::metrics::gauge!(metrics::ENGINE_UP).set(1.0);
         // At start there is nothing to rebuild: said at INFO only after an outage or when
@@ -724,12 +730,13 @@ impl Node {
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<(), EngineError> {
-        self.resync().await?;
-        tracker.spawn(Arc::clone(self).sweeper(shutdown.clone()));
-        tracker.spawn(Arc::clone(self).renewer(shutdown.clone()));
+        // The writer first: a resync waits for the writes handed off before it.
         if let Some(pending) = self.pending_writes.lock().unwrap_or_else(|e| e.into_inner()).take() {
             tracker.spawn(Arc::clone(self).writer(pending, shutdown.clone()));
         }
+        self.resync().await?;
+        tracker.spawn(Arc::clone(self).sweeper(shutdown.clone()));
+        tracker.spawn(Arc::clone(self).renewer(shutdown.clone()));
         tracker.spawn(Arc::clone(self).maintainer(shutdown));
         Ok(())
     }

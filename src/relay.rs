@@ -34,16 +34,13 @@ use tokio::sync::{Notify, oneshot};
 use crate::{
     id::Id,
     metrics,
-    presence::{Groups, SessionId, visible},
+    presence::{Groups, SessionId},
     transient::{Audience, Control, Delivery},
 };
 
 /// Frames a mobile connection may have queued before it counts as a slow consumer: a few
 /// seconds of audio from every group it is in.
 pub const MAILBOX_FRAMES: usize = 512;
-/// The same for a dashboard: it sees the indicators of many groups, and its mailbox fills
-/// while its (large) snapshot is written.
-pub const WATCHER_MAILBOX_FRAMES: usize = 8 * MAILBOX_FRAMES;
 
 /// What a connection registers as.
 pub enum Member {
@@ -51,8 +48,10 @@ pub enum Member {
     /// session id (to be replaced by a newer session of its device, or told its floor
     /// was taken).
     Session { user: Id, groups: Groups, session: SessionId },
-    /// A dashboard allowed `allowed` groups (`None`: all).
-    Watcher { allowed: Option<Groups> },
+    /// A dashboard: nothing is relayed to it here. The indicators it is shown come from
+    /// the hub, numbered with the presence changes its snapshot is taken at (see
+    /// [`crate::hub`]).
+    Watcher,
 }
 
 impl Member {
@@ -60,7 +59,7 @@ impl Member {
     fn groups(&self) -> &[Id] {
         match self {
             Member::Session { groups, .. } => groups,
-            Member::Watcher { .. } => &[],
+            Member::Watcher => &[],
         }
     }
 }
@@ -128,7 +127,6 @@ struct Registry {
     groups: HashMap<Id, HashMap<u64, (Id, Outbox)>>,
     /// A user has few sessions: a Vec costs less per idle connection than a map.
     users: HashMap<Id, Vec<(u64, Outbox)>>,
-    watchers: HashMap<u64, (Option<Groups>, Outbox)>,
     /// Mobile sessions, by session id.
     sessions: HashMap<SessionId, Outbox>,
     /// Replaced sessions a connection here waits to see end.
@@ -193,13 +191,9 @@ impl Relay {
     }
 
     pub fn register(self: &Arc<Self>, member: Member) -> Mailbox {
-        let capacity = match member {
-            Member::Session { .. } => MAILBOX_FRAMES,
-            Member::Watcher { .. } => WATCHER_MAILBOX_FRAMES,
-        };
         let outbox = Arc::new(Queue {
             frames: Mutex::default(),
-            capacity,
+            capacity: MAILBOX_FRAMES,
             ready: Notify::new(),
             overflowed: AtomicBool::new(false),
             visibility: AtomicU8::new(NO_NEWS),
@@ -281,18 +275,11 @@ impl Relay {
             delivered += 1;
         };
         match &delivery.audience {
-            Audience::Group { group, dashboards } => {
+            // Dashboards get a group's frames for them (indicators) from the hub.
+            Audience::Group { group, .. } => {
                 for (user, outbox) in registry.groups.get(group).into_iter().flat_map(HashMap::values) {
                     if Some(user) != except {
                         push(outbox);
-                    }
-                }
-                if *dashboards {
-                    let group = std::slice::from_ref(group);
-                    for (allowed, outbox) in registry.watchers.values() {
-                        if visible(group, allowed.as_deref()) {
-                            push(outbox);
-                        }
                     }
                 }
             }
@@ -407,9 +394,7 @@ impl Registry {
                 self.sessions.insert(session.clone(), outbox.clone());
                 self.users.entry(user.clone()).or_default().push((id, outbox));
             }
-            Member::Watcher { allowed } => {
-                self.watchers.insert(id, (allowed.clone(), outbox));
-            }
+            Member::Watcher => {}
         }
     }
 
@@ -432,9 +417,7 @@ impl Registry {
                     }
                 }
             }
-            Member::Watcher { .. } => {
-                self.watchers.remove(&id);
-            }
+            Member::Watcher => {}
         }
     }
 }
@@ -464,22 +447,20 @@ mod tests {
     }
 
     #[test]
-    fn group_frames_reach_members_and_allowed_dashboards_but_not_the_sender() {
+    fn group_frames_reach_members_but_not_the_sender_nor_dashboards() {
         let relay = Arc::new(Relay::default());
         let sender = session(&relay, "a", &["g"]);
         let sender_tablet = session(&relay, "a", &["g"]);
         let member = session(&relay, "b", &["g", "h"]);
         let outsider = session(&relay, "c", &["h"]);
-        let all = relay.register(Member::Watcher { allowed: None });
-        let other = relay.register(Member::Watcher { allowed: Some(vec![id("h")].into()) });
+        let dashboard = relay.register(Member::Watcher);
 
-        assert_eq!(relay.deliver(&to_group("g", true, "a")), 2);
+        assert_eq!(relay.deliver(&to_group("g", true, "a")), 1, "dashboards are shown indicators by the hub");
         assert!(member.try_recv().is_some());
-        assert!(all.try_recv().is_some());
-        for mailbox in [&sender, &sender_tablet, &outsider, &other] {
+        for mailbox in [&sender, &sender_tablet, &outsider, &dashboard] {
             assert!(mailbox.try_recv().is_none());
         }
-        assert_eq!(relay.deliver(&to_group("g", false, "a")), 1, "audio skips dashboards");
+        assert_eq!(relay.deliver(&to_group("g", false, "a")), 1);
     }
 
     #[test]
@@ -562,7 +543,7 @@ mod tests {
 
         let second = session(&relay, "b", &["g", "h"]);
         assert_eq!(take(), [("h".into(), true)], "only a group's first member counts");
-        relay.register(Member::Watcher { allowed: None });
+        relay.register(Member::Watcher);
         assert_eq!(take(), [], "a dashboard is no member");
         drop(early);
         assert_eq!(take(), [], "b is still in g");

@@ -54,11 +54,6 @@ impl Scope {
         self.allowed.as_deref()
     }
 
-    /// [`Scope::allowed`], shared.
-    pub fn allowed_groups(&self) -> Option<Groups> {
-        self.allowed.clone()
-    }
-
     /// Whether `group` is within the scope (its participants may be listed).
     pub fn covers_group(&self, group: &Id) -> bool {
         self.allowed().is_none_or(|allowed| allowed.contains(group))

@@ -18,8 +18,9 @@ use crate::{
 /// Who a relayed frame is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Audience {
-    /// The mobile sessions whose token names the group, and, when `dashboards`, the
-    /// dashboards allowed to see the group.
+    /// The mobile sessions whose token names the group, and, when `dashboards` (the frame
+    /// is an INDICATOR_UPDATE), the dashboards allowed to see the group, through the hub's
+    /// view of live indicators (see [`crate::fanout::FanOut::deliver`]).
     Group { group: Id, dashboards: bool },
     /// Every session of one user (a private channel).
     User(Id),

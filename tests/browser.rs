@@ -6,7 +6,7 @@ mod common;
 
 use std::{process::Stdio, time::Duration};
 
-use common::{Router, WAIT, await_line, token};
+use common::{RedisServer, Router, WAIT, await_line, token};
 use futures_util::{SinkExt, StreamExt};
 use presence_router::auth::Role;
 use serde_json::{Value, json};
@@ -52,6 +52,7 @@ impl Browser {
                 "--disable-sync",
                 "--no-first-run",
                 "--remote-debugging-port=0",
+                "--window-size=1280,800",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")
@@ -110,9 +111,18 @@ impl Browser {
             .await;
     }
 
+    /// `property` (`textContent`, …) of what `selector` finds in `user`'s row.
+    async fn in_row(&mut self, user: &str, selector: &str, property: &str) -> Value {
+        self.eval(&format!("document.querySelector('[data-user=\"{user}\"] {selector}')?.{property}")).await
+    }
+
     /// Polls a JavaScript condition until it is true (the page has no event to await).
     async fn wait_until(&mut self, condition: &str) {
-        let deadline = tokio::time::Instant::now() + WAIT;
+        self.wait_until_within(condition, WAIT).await;
+    }
+
+    async fn wait_until_within(&mut self, condition: &str, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
         while self.eval(condition).await != json!(true) {
             assert!(tokio::time::Instant::now() < deadline, "page never satisfied {condition}");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -203,4 +213,293 @@ async fn the_dashboard_page_refreshes_its_token_from_the_fragment() {
     assert_eq!(browser.eval("document.body.dataset.connected").await, json!("true"));
     expiring.eval(&format!("location.hash = 'token={}'", minted(now + 3600))).await;
     expiring.wait_until("document.body.dataset.connected === 'true'").await;
+}
+
+/// Opens the page with `token` once the router has what the test set up.
+async fn page(router: &Router, token: &str) -> Browser {
+    Browser::open(&format!("http://{}/dashboard#token={token}", router.addr)).await
+}
+
+/// Waits until the list's rows are `users`, top to bottom (every row is on screen in these
+/// tests).
+async fn shows(browser: &mut Browser, users: &[&str]) {
+    browser.wait_until(&format!("JSON.stringify(dashboard.shownIds()) === {:?}", json!(users).to_string())).await;
+}
+
+/// Types into the search box, or picks a group, as a person would.
+async fn search(browser: &mut Browser, query: &str) {
+    let set = format!(
+        "{{ const s = document.getElementById('search'); s.value = {query:?}; s.dispatchEvent(new Event('input')) }}"
+    );
+    browser.eval(&set).await;
+}
+
+async fn pick_group(browser: &mut Browser, group: &str) {
+    let set = format!(
+        "{{ const g = document.getElementById('group'); g.value = {group:?}; g.dispatchEvent(new Event('change')) }}"
+    );
+    browser.eval(&set).await;
+}
+
+/// A group's counts in the groups panel, as `[online, away, dnd, offline]`.
+async fn group_counts(browser: &mut Browser, group: &str) -> Value {
+    let read = format!("[...document.querySelectorAll('[data-group={group:?}] .n')].map((n) => Number(n.textContent))");
+    browser.eval(&read).await
+}
+
+/// Counts split online / away / dnd / offline, overall and per group; a natural sort; a
+/// search and a group filter; talking and typing shown from the snapshot of a page opened
+/// mid-transmission; last seen for a user gone offline.
+#[tokio::test]
+async fn the_dashboard_page_counts_sorts_searches_filters_and_shows_who_talks() {
+    let router = Router::start(&["--typing-ttl-ms", "600000", "--max-talk-ms", "600000"]).await;
+    let mut crew = Vec::new();
+    for user in ["u10", "u2", "u1", "u7"] {
+        crew.push(router.mobile_in(user, &["crew"]).await);
+    }
+    crew[0].set_status("u10", "dnd", None).await;
+    crew[1].set_status("u2", "away", Some("at lunch")).await;
+    let mut typist = router.mobile_in("u8", &["yard"]).await;
+    let u20 = router.mobile_in("u20", &["yard"]).await;
+    // u7 talks in crew, u8 types in yard: both before the page opens.
+    let talker = &mut crew[3];
+    talker.send_frame(0, 1, "u7", "crew", common::map(&[])).await;
+    while talker.next_frame().await[1].as_u64() != Some(6) {}
+    typist.indicator("u8", "yard", "typing", true).await;
+    let (_, snapshot) = router.dashboard("check").await;
+    assert_eq!(snapshot[5]["indicators"].as_array().map(Vec::len), Some(2), "{snapshot}");
+
+    let mut browser = page(&router, &token("dispatcher", Role::Dashboard)).await;
+    browser.wait_until("dashboard.state().users === 6").await;
+    shows(&mut browser, &["u1", "u2", "u7", "u8", "u10", "u20"]).await; // u2 before u10
+    let counts =
+        "['online', 'away', 'dnd', 'offline'].map((s) => Number(document.getElementById('count-' + s).dataset.value))";
+    browser.wait_until(&format!("JSON.stringify({counts}) === '[4,1,1,0]'")).await;
+    // Talking stands out from the snapshot: the row, its badge and the banner.
+    browser.wait_until("document.querySelector('[data-user=\"u7\"]').classList.contains('talking')").await;
+    assert_eq!(browser.in_row("u7", ".badge.talking", "textContent").await, json!("TALKING · crew"));
+    let banner = browser
+        .eval("document.getElementById('talking').hidden ? '' : document.getElementById('talking').textContent")
+        .await;
+    assert!(banner.as_str().unwrap().contains("u7 in crew"), "{banner}");
+    let motion = "getComputedStyle(document.querySelector('[data-user=\"u7\"] .badge.talking')).animationName";
+    assert_eq!(browser.eval(motion).await, json!("pulse"), "talking moves");
+    assert_eq!(browser.in_row("u8", ".badge.typing", "textContent").await, json!("typing · yard"));
+    assert_eq!(group_counts(&mut browser, "crew").await, json!([2, 1, 1, 0]), "away and dnd are not online");
+
+    // Gone offline: counted so, with its last seen.
+    u20.close().await;
+    browser.wait_for("u20", "offline").await;
+    browser.wait_until(&format!("JSON.stringify({counts}) === '[3,1,1,1]'")).await;
+    assert_eq!(group_counts(&mut browser, "yard").await, json!([1, 0, 0, 1]));
+    assert_eq!(browser.in_row("u20", ".seen", "textContent").await, json!("last seen just now"));
+
+    search(&mut browser, "U1").await;
+    shows(&mut browser, &["u1", "u10"]).await;
+    search(&mut browser, "").await;
+    pick_group(&mut browser, "yard").await;
+    shows(&mut browser, &["u8", "u20"]).await;
+    pick_group(&mut browser, "crew").await;
+    shows(&mut browser, &["u1", "u2", "u7", "u10"]).await;
+
+    // The talk ends: the row and the banner calm down.
+    crew[3].send_frame(0, 2, "u7", "crew", common::map(&[])).await;
+    browser.wait_until("!document.querySelector('[data-user=\"u7\"]').classList.contains('talking')").await;
+    assert_eq!(browser.eval("document.getElementById('talking').hidden").await, json!(true));
+}
+
+/// A dashboard token signed as the tests' router expects, with these `exp` and key.
+fn dashboard_token(exp: u64, secret: &str) -> String {
+    let now = presence_router::presence::unix_ms() / 1000;
+    let claims = json!({"sub": "dispatcher", "role": "dashboard", "exp": exp, "iat": now.min(exp)});
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
+/// An expired or forged token is refused before the WebSocket: the page says why and
+/// stops, instead of retrying a handshake the browser only reports as 1006.
+#[tokio::test]
+async fn the_dashboard_page_says_why_a_token_is_refused_and_stops() {
+    let router = Router::start(&[]).await;
+    let now = presence_router::presence::unix_ms() / 1000;
+    let expired = dashboard_token(now - 3600, common::SECRET);
+    let mut browser = page(&router, &expired).await;
+    browser.wait_until("document.body.dataset.connected === 'expired'").await;
+    let notice = browser.eval("document.getElementById('notice').textContent").await;
+    assert!(notice.as_str().unwrap().starts_with("The token expired"), "{notice}");
+
+    let forged = dashboard_token(now + 3600, "another-secret-of-at-least-32-bytes!!");
+    let mut browser = page(&router, &forged).await;
+    browser.wait_until("document.body.dataset.connected === 'refused'").await;
+    let notice = browser.eval("document.getElementById('notice').textContent").await;
+    assert!(notice.as_str().unwrap().contains("refused the token (invalid_token"), "{notice}");
+    assert!(
+        !browser.eval("document.getElementById('status').textContent").await.as_str().unwrap().contains("reconnecting")
+    );
+    let metrics = router.metrics().await;
+    let refused =
+        metrics.lines().filter(|l| l.starts_with("presence_handshake_rejections_total{") && !l.ends_with(" 0"));
+    assert_eq!(refused.collect::<Vec<_>>(), Vec::<&str>::new(), "no WebSocket was tried");
+
+    // A good token in the fragment connects the same page.
+    browser.eval(&format!("location.hash = 'token={}'", token("dispatcher", Role::Dashboard))).await;
+    browser.wait_until("document.body.dataset.connected === 'true'").await;
+    assert_eq!(browser.eval("document.getElementById('notice').hidden").await, json!(true));
+}
+
+/// A mobile token is a phone's presence session: the page never sends it, says so, and
+/// its user stays offline.
+#[tokio::test]
+async fn the_dashboard_page_refuses_a_mobile_token_and_marks_nobody_online() {
+    let router = Router::start(&[]).await;
+    let mut browser = page(&router, &token("phone", Role::Mobile)).await;
+    browser.wait_until("document.body.dataset.connected === 'wrong-role'").await;
+    let notice = browser.eval("document.getElementById('notice').textContent").await;
+    assert!(notice.as_str().unwrap().contains("role \"mobile\""), "{notice}");
+    assert!(notice.as_str().unwrap().contains("marked nobody online"), "{notice}");
+    let phone = router.user("phone").await;
+    assert_eq!((phone["status"].as_str(), phone["deviceId"].as_str()), (Some("offline"), None), "{phone}");
+    assert!(router.metrics().await.contains("presence_connections{role=\"mobile\"} 0"));
+}
+
+/// Runs the load tool to its end; its last line.
+async fn load(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_presence-load")).args(args).output().await.unwrap();
+    assert!(output.status.success(), "presence-load {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).lines().last().unwrap_or_default().to_string()
+}
+
+/// The page's own figures for a window of `seconds` of churn, as one line.
+async fn measured(browser: &mut Browser, seconds: f64) -> String {
+    browser.eval("dashboard.startMeasure()").await;
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    let m = browser.eval("dashboard.stopMeasure()").await;
+    let ms = |key: &str| m[key].as_f64().unwrap_or_default();
+    format!(
+        "{:.0} changes/s applied; long tasks {} ({:.0} ms in all, longest {:.0} ms); frames {} (p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.0} ms, {} over 50 ms)",
+        ms("changes") / ms("seconds"),
+        m["longTasks"],
+        ms("longTaskMs"),
+        ms("longestTaskMs"),
+        m["frames"],
+        ms("frameP50"),
+        ms("frameP95"),
+        ms("frameP99"),
+        ms("frameMax"),
+        m["framesOver50"],
+    )
+}
+
+/// The dashboard page holding DASHBOARD_USERS users (100k) while a real router feeds it
+/// DASHBOARD_RATE changes a second (1,000: statuses, disconnects, reconnects, typing and
+/// talking starts and ends) for DASHBOARD_SECONDS (30): half of it watching, half scrolling
+/// the list 20 rows a frame. Figures from the page's own PerformanceObserver (long tasks)
+/// and requestAnimationFrame (frame times); docs/BENCHMARKS.md has them.
+/// `cargo test --release --test browser -- --ignored --nocapture the_dashboard_page_under_load`
+#[tokio::test]
+#[ignore = "a measurement for docs/BENCHMARKS.md; run it on a release build"]
+async fn the_dashboard_page_under_load() {
+    let setting = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let (users, rate, seconds) =
+        (setting("DASHBOARD_USERS", 100_000), setting("DASHBOARD_RATE", 1000), setting("DASHBOARD_SECONDS", 30));
+    let redis = RedisServer::start().await;
+    let (port, users_arg, rate_arg) = (redis.port.to_string(), users.to_string(), rate.to_string());
+    let seeded = load(&["seed", "--redis-port", &port, "--users", &users_arg, "--groups", "500"]).await;
+    let router = Router::start(&["--redis-host", "127.0.0.1", "--redis-port", &port]).await;
+    let mut browser = page(&router, &token("dispatcher", Role::Dashboard)).await;
+    browser.wait_until_within(&format!("dashboard.state().users === {users}"), Duration::from_secs(120)).await;
+    let snapshot = browser.eval("dashboard.perf.snapshots[0]").await;
+    let startup = browser.eval("dashboard.perf.longTasks.map((t) => t.duration)").await;
+    let ms = |key: &str| snapshot[key].as_f64().unwrap_or_default();
+    println!(
+        "dashboard page: {seeded}; snapshot {} bytes, decoded in {:.0} ms, applied in {:.0} ms; long tasks until shown (ms): {startup}",
+        snapshot["bytes"],
+        ms("decodeMs"),
+        ms("applyMs")
+    );
+
+    let churn_seconds = seconds.to_string();
+    let churn = tokio::spawn(async move {
+        load(&[
+            "churn",
+            "--redis-port",
+            &port,
+            "--users",
+            &users_arg,
+            "--groups",
+            "500",
+            "--rate",
+            &rate_arg,
+            "--seconds",
+            &churn_seconds,
+        ])
+        .await
+    });
+    let half = seconds as f64 / 2.0 - 1.0;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let watching = measured(&mut browser, half).await;
+    browser
+        .eval(
+            "{ const list = document.getElementById('list'); let down = true; window.scrolling = true;
+               const step = () => { if (!window.scrolling) return;
+                 list.scrollTop += down ? 600 : -600;
+                 if (list.scrollTop <= 0 || list.scrollTop + list.clientHeight >= list.scrollHeight - 1) down = !down;
+                 requestAnimationFrame(step); };
+               requestAnimationFrame(step); }",
+        )
+        .await;
+    let scrolling = measured(&mut browser, half).await;
+    browser.eval("window.scrolling = false").await;
+    println!("dashboard page: {}", churn.await.unwrap());
+    println!("dashboard page, {users} users, watching: {watching}");
+    println!("dashboard page, {users} users, scrolling 20 rows a frame: {scrolling}");
+    let state = browser.eval("dashboard.state()").await;
+    println!("dashboard page: {state}");
+}
+
+/// Writes the page's screenshots for the README (`docs/dashboard.png`, a control room with
+/// a talk in progress; `docs/dashboard-mobile-token.png`, the page given a phone's token):
+/// `cargo test --test browser -- --ignored the_dashboard_page_screenshots`.
+#[tokio::test]
+#[ignore = "writes docs/dashboard*.png"]
+async fn the_dashboard_page_screenshots() {
+    let router = Router::start(&["--typing-ttl-ms", "600000", "--max-talk-ms", "600000"]).await;
+    let groups = ["dispatch", "north", "south"];
+    let mut phones = Vec::new();
+    for i in 1..=36 {
+        let user = format!("unit-{i}");
+        let mut phone = router.mobile_on(&user, &format!("radio-{i}"), &[groups[i % 3]]).await;
+        match i % 7 {
+            3 => phone.set_status(&user, "away", Some("refuelling")).await,
+            5 => phone.set_status(&user, "dnd", Some("on a call")).await,
+            _ => {}
+        }
+        phones.push(phone);
+    }
+    // Talking in north, typing in south, recording in dispatch, before the page opens.
+    phones[3].send_frame(0, 1, "unit-4", "north", common::map(&[])).await;
+    while phones[3].next_frame().await[1].as_u64() != Some(6) {}
+    phones[7].indicator("unit-8", "south", "typing", true).await;
+    phones[8].indicator("unit-9", "dispatch", "recording", true).await;
+    let mut browser = page(&router, &token("dispatcher", Role::Dashboard)).await;
+    browser.wait_until("dashboard.state().users === 36").await;
+    // Three go offline: shown grey, with their last seen.
+    for i in [10, 5, 1] {
+        phones.remove(i).close().await;
+    }
+    browser.wait_until("dashboard.state().totals.offline === 3").await;
+    write_screenshot(&mut browser, "docs/dashboard.png").await;
+
+    let mut refused = page(&router, &token("unit-1", Role::Mobile)).await;
+    refused.wait_until("document.body.dataset.connected === 'wrong-role'").await;
+    write_screenshot(&mut refused, "docs/dashboard-mobile-token.png").await;
+}
+
+/// The page as Chromium renders it now, as a PNG at `path` (from the repository's root).
+async fn write_screenshot(browser: &mut Browser, path: &str) {
+    use base64::Engine as _;
+    let session = browser.session.clone();
+    let shot = browser.call(Some(&session), "Page.captureScreenshot", json!({ "format": "png" })).await;
+    let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap()).unwrap();
+    std::fs::write(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path), png).unwrap();
 }

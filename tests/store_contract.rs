@@ -498,6 +498,15 @@ async fn indicators_are_set_cleared_and_lapse(engine: &Engine) {
     let sorted =
         [(IndicatorKind::Typing, u.clone()), (IndicatorKind::Typing, v.clone()), (IndicatorKind::Recording, u.clone())];
     assert_eq!(live, sorted, "the group's own, sorted");
+    let everywhere = [
+        (g.clone(), IndicatorKind::Typing, u.clone()),
+        (g.clone(), IndicatorKind::Typing, v.clone()),
+        (g.clone(), IndicatorKind::Recording, u.clone()),
+        (id("elsewhere"), IndicatorKind::Talking, u.clone()),
+    ];
+    let mut everywhere = everywhere.to_vec();
+    everywhere.sort();
+    assert_eq!(signals.live_indicators().await.unwrap(), everywhere, "every group's, sorted");
 
     signals.set_indicator(&g, &u, IndicatorKind::Typing, None).await.unwrap();
     signals.set_indicator(&g, &v, IndicatorKind::Typing, Some(Duration::from_millis(100))).await.unwrap();
@@ -505,6 +514,12 @@ async fn indicators_are_set_cleared_and_lapse(engine: &Engine) {
     loop {
         let live = signals.indicators(&g).await.unwrap();
         if live == [(IndicatorKind::Recording, u.clone())] {
+            let mut left = vec![
+                (g.clone(), IndicatorKind::Recording, u.clone()),
+                (id("elsewhere"), IndicatorKind::Talking, u.clone()),
+            ];
+            left.sort();
+            assert_eq!(signals.live_indicators().await.unwrap(), left, "neither the cleared nor the lapsed one");
             break;
         }
         assert_eq!(live.len(), 2, "a cleared indicator is gone at once: {live:?}");

@@ -464,6 +464,22 @@ impl SignalStore for MemoryPresence {
         Ok(live)
     }
 
+    async fn live_indicators(&self) -> Result<Vec<(Id, IndicatorKind, Id)>, EngineError> {
+        let state = self.state();
+        let now = Instant::now();
+        let mut live: Vec<(Id, IndicatorKind, Id)> = state
+            .indicators
+            .iter()
+            .flat_map(|(group, live)| {
+                live.iter()
+                    .filter(|(_, until)| **until > now)
+                    .map(|((kind, user), _)| (group.clone(), *kind, user.clone()))
+            })
+            .collect();
+        live.sort();
+        Ok(live)
+    }
+
     /// One router holds every connection: an indicator's connection always ends it, so
     /// none is ever orphaned.
     async fn claim_orphaned_indicators(&self) -> Result<Vec<(Id, IndicatorKind, Id)>, EngineError> {

@@ -193,6 +193,11 @@ pub trait SignalStore: Send + Sync + 'static {
     /// The live indicators in a group, sorted.
     async fn indicators(&self, group: &Id) -> Result<Vec<(IndicatorKind, Id)>, EngineError>;
 
+    /// Every live indicator in every group, as (group, kind, user), sorted: what a router
+    /// rebuilding its view (at start, after an outage) shows its dashboards. Read from an
+    /// index of the live ones, never a scan of the keyspace.
+    async fn live_indicators(&self) -> Result<Vec<(Id, IndicatorKind, Id)>, EngineError>;
+
     /// Claims the indicators that lapsed without being cleared by the router that set them
     /// (it died): (group, kind, user) each, whose end the caller announces. Each is
     /// claimed by exactly one router, and never one its router cleared.

@@ -9,6 +9,7 @@ use rmpv::Value;
 
 use super::{
     ChannelType, Frame,
+    live::{LiveIndicator, SnapshotContents},
     message_type::{ACK, ERROR, HEARTBEAT, HEARTBEAT_ACK, INDICATOR_UPDATE, PRESENCE_SNAPSHOT, PRESENCE_UPDATE},
     payload::IndicatorKind,
 };
@@ -158,24 +159,44 @@ pub fn update_frame(update: &PresenceUpdate, seq: u64) -> Bytes {
     Bytes::from(buf.into_vec())
 }
 
-/// PRESENCE_SNAPSHOT (32): `[0, 32, 0, 0, seq, {users: [...], count, timestamp}]`. Updates
-/// with a sequence number up to `seq` are already contained in it.
-pub fn snapshot_frame(users: &[UserPresence], seq: u64) -> Bytes {
-    Bytes::from(encode_snapshot(users, seq))
+/// PRESENCE_SNAPSHOT (32): `[0, 32, 0, 0, seq, {users: [...], count, groupCounts: {group:
+/// {online, away, dnd}}, indicators: [{groupId, userId, type, timestamp}], timestamp}]`.
+/// Changes with a sequence number up to `seq` are already contained in it.
+pub fn snapshot_frame(contents: &SnapshotContents, seq: u64) -> Bytes {
+    Bytes::from(encode_snapshot(contents, seq))
 }
 
 /// [`snapshot_frame`]'s bytes, for a caller that wraps them itself (the hub charges each
 /// snapshot to its budget until the last reference is gone).
-pub fn encode_snapshot(users: &[UserPresence], seq: u64) -> Vec<u8> {
-    let mut buf = ByteBuf::with_capacity(snapshot_len_bound(users));
+pub fn encode_snapshot(contents: &SnapshotContents, seq: u64) -> Vec<u8> {
+    let SnapshotContents { users, indicators, group_counts } = contents;
+    let mut buf = ByteBuf::with_capacity(snapshot_len_bound(contents));
     header(&mut buf, PRESENCE_SNAPSHOT, Some(&Value::from(seq)));
-    let Ok(_) = enc::write_map_len(&mut buf, 3);
+    let Ok(_) = enc::write_map_len(&mut buf, 5);
     let Ok(_) = enc::write_str(&mut buf, "users");
     let Ok(_) = enc::write_array_len(&mut buf, users.len() as u32);
     for user in users {
         user_map(&mut buf, user, false, 0);
     }
     uint_field(&mut buf, "count", users.len() as u64);
+    let Ok(_) = enc::write_str(&mut buf, "groupCounts");
+    let Ok(_) = enc::write_map_len(&mut buf, group_counts.len() as u32);
+    for (group, counts) in group_counts {
+        let Ok(_) = enc::write_str(&mut buf, group.as_str());
+        let Ok(_) = enc::write_map_len(&mut buf, 3);
+        uint_field(&mut buf, "online", counts.online.into());
+        uint_field(&mut buf, "away", counts.away.into());
+        uint_field(&mut buf, "dnd", counts.dnd.into());
+    }
+    let Ok(_) = enc::write_str(&mut buf, "indicators");
+    let Ok(_) = enc::write_array_len(&mut buf, indicators.len() as u32);
+    for indicator in indicators {
+        let Ok(_) = enc::write_map_len(&mut buf, 4);
+        str_field(&mut buf, "groupId", indicator.group.as_str());
+        str_field(&mut buf, "userId", indicator.user.as_str());
+        str_field(&mut buf, "type", indicator.kind.as_str());
+        uint_field(&mut buf, "timestamp", indicator.since);
+    }
     uint_field(&mut buf, "timestamp", unix_ms());
     // Allocated at the bound, a few bytes per user over: snapshots are held while
     // dashboards write them and charged to the snapshot budget by length, so give back
@@ -185,9 +206,10 @@ pub fn encode_snapshot(users: &[UserPresence], seq: u64) -> Vec<u8> {
     bytes
 }
 
-/// At least the length of [`snapshot_frame`] of `users` (at most 16 bytes per user more):
-/// one allocation for the frame, and the room a dashboard waits for before encoding it.
-pub fn snapshot_len_bound(users: &[UserPresence]) -> usize {
+/// At least the length of [`snapshot_frame`] of `contents` (at most 16 bytes per user,
+/// indicator and group more): one allocation for the frame, and the room a dashboard
+/// waits for before encoding it.
+pub fn snapshot_len_bound(contents: &SnapshotContents) -> usize {
     /// msgpack str: a header of 1, 2, 3 or 5 bytes, then the bytes.
     fn str(len: usize) -> usize {
         len + match len {
@@ -215,10 +237,26 @@ pub fn snapshot_len_bound(users: &[UserPresence]) -> usize {
             + groups
             + user.status_text.as_deref().map_or(0, |t| str(10) + str(t.len()))
     };
+    let indicator = |i: &LiveIndicator| {
+        1 + str(7)
+            + str(i.group.as_str().len())
+            + str(6)
+            + str(i.user.as_str().len())
+            + str(4)
+            + str(i.kind.as_str().len())
+            + str(9)
+            + UINT
+    };
+    // A group's counts are u32s: 5 bytes each at most.
+    let counts = |group: &Id| str(group.as_str().len()) + 1 + str(6) + str(4) + str(3) + 3 * 5;
     // Header (6-array, 4 small uints, the sequence number), map, "users" and its array
-    // header, "count" and "timestamp" with their values.
-    let frame = 1 + 4 + UINT + 1 + str(5) + 5 + str(5) + UINT + str(9) + UINT;
-    frame + users.iter().map(user).sum::<usize>()
+    // header, "count", "groupCounts" and its map header, "indicators" and its array
+    // header, "timestamp", with their values.
+    let frame = 1 + 4 + UINT + 1 + str(5) + 5 + str(5) + UINT + str(11) + 5 + str(10) + 5 + str(9) + UINT;
+    frame
+        + contents.users.iter().map(user).sum::<usize>()
+        + contents.indicators.iter().map(indicator).sum::<usize>()
+        + contents.group_counts.iter().map(|(group, _)| counts(group)).sum::<usize>()
 }
 
 /// ERROR (33): `[0, 33, 0, 0, messageId, {code, message, messageType}]`, echoing the
@@ -403,7 +441,7 @@ mod tests {
         let mut bob = alice();
         bob.user_id = Id::parse("bob").unwrap();
         bob.device_id = None;
-        let v = read(&snapshot_frame(&[alice(), bob], 5));
+        let v = read(&snapshot_frame(&SnapshotContents { users: vec![alice(), bob], ..Default::default() }, 5));
         assert_eq!(v[1].as_u64(), Some(32));
         let users = v[5]["users"].as_array().unwrap();
         assert_eq!(users.len(), 2);
@@ -415,10 +453,53 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_carries_group_counts_and_live_indicators() {
+        use crate::protocol::live::{GroupCounts, IndicatorChange};
+        let (crew, yard) = (Id::parse("crew").unwrap(), Id::parse("yard").unwrap());
+        let talker = Id::parse("t").unwrap();
+        let live = IndicatorChange::read(&indicator_frame(&crew, &talker, IndicatorKind::Talking, true)).unwrap();
+        assert!(live.active);
+        assert!(IndicatorChange::read(&ack_frame(37, None)).is_none(), "only an INDICATOR_UPDATE reads as one");
+        let counts = GroupCounts { online: 3, away: 1, dnd: 0 };
+        let contents = SnapshotContents {
+            users: vec![alice()],
+            indicators: vec![live.indicator.clone()],
+            group_counts: vec![(crew.clone(), counts), (yard, GroupCounts::default())],
+        };
+        let v = read(&snapshot_frame(&contents, 5));
+        let indicator = &v[5]["indicators"][0];
+        assert_eq!((indicator["groupId"].as_str(), indicator["userId"].as_str()), (Some("crew"), Some("t")));
+        assert_eq!(indicator["type"].as_str(), Some("talking"));
+        assert_eq!(indicator["timestamp"].as_u64(), Some(live.indicator.since));
+        let crew = &v[5]["groupCounts"]["crew"];
+        assert_eq!((crew["online"].as_u64(), crew["away"].as_u64(), crew["dnd"].as_u64()), (Some(3), Some(1), Some(0)));
+        assert_eq!(v[5]["groupCounts"]["yard"]["online"].as_u64(), Some(0));
+    }
+
+    #[test]
+    fn group_counts_count_each_status_in_each_group_of_the_scope() {
+        use crate::{presence::Status, protocol::live::GroupCounts};
+        let ids = |names: &[&str]| {
+            crate::presence::Groups::from(names.iter().map(|n| Id::parse(n).unwrap()).collect::<Vec<_>>())
+        };
+        let user = |status, groups: &[&str]| UserPresence { status, groups: ids(groups), ..alice() };
+        let users = vec![user(Status::Online, &["a", "b"]), user(Status::Away, &["a"]), user(Status::Dnd, &["b", "c"])];
+        let counts = |online, away, dnd| GroupCounts { online, away, dnd };
+        let everyone = SnapshotContents::new(users.clone(), Vec::new(), None);
+        let names: Vec<&str> = everyone.group_counts.iter().map(|(g, _)| g.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(everyone.group_counts[0].1, counts(1, 1, 0));
+        assert_eq!(everyone.group_counts[1].1, counts(1, 0, 1));
+        let scoped = SnapshotContents::new(users, Vec::new(), Some(&ids(&["c", "z"])));
+        let got: Vec<(&str, GroupCounts)> = scoped.group_counts.iter().map(|(g, c)| (g.as_str(), *c)).collect();
+        assert_eq!(got, [("c", counts(0, 0, 1)), ("z", counts(0, 0, 0))], "only the scope's groups, empty ones too");
+    }
+
+    #[test]
     fn the_snapshot_bound_is_a_bound_and_close() {
         use std::sync::Arc;
-        let mut users = Vec::new();
-        assert!(snapshot_len_bound(&users) >= snapshot_frame(&users, u64::MAX).len());
+        let mut contents = SnapshotContents::default();
+        assert!(snapshot_len_bound(&contents) >= snapshot_frame(&contents, u64::MAX).len());
         for i in 0..200usize {
             let mut user = alice();
             user.user_id = Id::parse(&"u".repeat(1 + i % 128)).unwrap();
@@ -427,9 +508,21 @@ mod tests {
             let groups = (0..i % 60).map(|g| Id::parse(&format!("{g:0>width$}", width = 1 + g * 2)).unwrap());
             user.groups = crate::presence::Groups::from(groups.collect::<Vec<_>>());
             user.version = u64::MAX >> (i % 64);
-            users.push(user);
-            let (bound, len) = (snapshot_len_bound(&users), snapshot_frame(&users, i as u64).len());
-            assert!(bound >= len && bound <= len + 16 * users.len() + 64, "{} users: bound {bound}, len {len}", i + 1);
+            if i % 4 == 0 {
+                contents.indicators.push(LiveIndicator {
+                    group: user.groups.first().cloned().unwrap_or_else(|| user.user_id.clone()),
+                    user: user.user_id.clone(),
+                    kind: IndicatorKind::ALL[i % 3],
+                    since: u64::MAX >> (i % 64),
+                });
+            }
+            contents.users.push(user);
+            let users = std::mem::take(&mut contents.users);
+            let indicators = std::mem::take(&mut contents.indicators);
+            contents = SnapshotContents::new(users, indicators, None);
+            let (bound, len) = (snapshot_len_bound(&contents), snapshot_frame(&contents, i as u64).len());
+            let items = contents.users.len() + contents.indicators.len() + contents.group_counts.len();
+            assert!(bound >= len && bound <= len + 16 * items + 64, "{} users: bound {bound}, len {len}", i + 1);
         }
     }
 

@@ -10,6 +10,7 @@
 
 mod decode;
 mod encode;
+pub mod live;
 pub mod payload;
 pub mod voiceping;
 

@@ -33,7 +33,7 @@ use crate::{
     hub::{HubEvent, Subscription},
     id::Id,
     metrics,
-    presence::{Groups, Mode, PresenceUpdate, Session, unix_ms},
+    presence::{Groups, Mode, Session, unix_ms},
     protocol::{self, ChannelType, ErrorCode, Frame, Slot, message_type, payload::IndicatorKind, voiceping},
     relay::{Mailbox, Member, Registration},
     scope::{Scope, View},
@@ -245,7 +245,7 @@ impl Connection {
             Some(session) => {
                 Member::Session { user: self.user.clone(), groups: session.groups.clone(), session: session.id.clone() }
             }
-            None => Member::Watcher { allowed: self.scope.allowed_groups() },
+            None => Member::Watcher,
         }
     }
 
@@ -486,7 +486,6 @@ impl Connection {
         let mut forwarded = 0;
         while let Some(event) = next.take() {
             let frame = match event {
-                Ok(HubEvent::Update { seq, frame, update, before }) => self.shown(seq, frame, &update, &before),
                 Ok(HubEvent::Resync) => {
                     let source = self.app.node.hub().snapshot_source(&self.scope);
                     if let Some(exit) = Box::pin(self.write_snapshot(socket, source)).await {
@@ -499,6 +498,7 @@ impl Connection {
                     return Some(Exit::Close(close::SLOW_CONSUMER, "slow consumer"));
                 }
                 Err(RecvError::Closed) => return Some(Exit::Close(close::SERVICE_RESTART, "router restarting")),
+                Ok(change) => self.shown(change),
             };
             if let Some(frame) = frame
                 && let Some(exit) = self.timed(socket.feed(frame)).await
@@ -519,23 +519,36 @@ impl Connection {
         self.timed(socket.flush()).await
     }
 
-    /// How this dashboard is shown the change numbered `seq` (`None`: hidden from its
-    /// scope, or already in its view), moving its sequence number past it.
-    pub(super) fn shown(&mut self, seq: u64, frame: Bytes, update: &PresenceUpdate, before: &[Id]) -> Option<Bytes> {
+    /// How this dashboard is shown a change (`None`: hidden from its scope, or already in
+    /// its view), moving its sequence number past it: a presence update as its scope reads
+    /// it, an indicator of a group its scope covers as it is.
+    pub(super) fn shown(&mut self, change: HubEvent) -> Option<Bytes> {
+        let seq = match &change {
+            HubEvent::Update { seq, .. } | HubEvent::Indicator { seq, .. } => *seq,
+            HubEvent::Resync => return None,
+        };
         if seq <= self.seq {
             return None;
         }
         self.seq = seq;
-        let frame = match self.scope.view_of(update, before) {
-            View::AsIs => Some(frame),
-            View::Changed(shown) => Some(protocol::update_frame(&shown, seq)),
-            View::Hidden => None,
-        };
-        if frame.is_some() {
-            let latency_ms = unix_ms().saturating_sub(update.timestamp);
-            ::metrics::histogram!(metrics::UPDATE_LATENCY).record(latency_ms as f64 / 1000.0);
+        match change {
+            HubEvent::Update { frame, update, before, .. } => {
+                let frame = match self.scope.view_of(&update, &before) {
+                    View::AsIs => Some(frame),
+                    View::Changed(shown) => Some(protocol::update_frame(&shown, seq)),
+                    View::Hidden => None,
+                };
+                if frame.is_some() {
+                    let latency_ms = unix_ms().saturating_sub(update.timestamp);
+                    ::metrics::histogram!(metrics::UPDATE_LATENCY).record(latency_ms as f64 / 1000.0);
+                }
+                frame
+            }
+            HubEvent::Indicator { frame, change, .. } => {
+                self.scope.covers_group(&change.indicator.group).then_some(frame)
+            }
+            HubEvent::Resync => None,
         }
-        frame
     }
 
     /// Applies news of the user's visibility and of its floor taken over, then writes what

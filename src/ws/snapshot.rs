@@ -1,5 +1,6 @@
-//! A dashboard's snapshot: the PRESENCE_SNAPSHOT frame, then the changes after it that the
-//! hub sends along when the frame is a cached one a moment old.
+//! A dashboard's snapshot: the PRESENCE_SNAPSHOT frame, then the changes (presence updates,
+//! indicator starts and ends) after it that the hub sends along when the frame is a cached
+//! one a moment old.
 //!
 //! Snapshot frames count against the router's snapshot budget (`--snapshot-memory-mb`)
 //! while they are in memory, once however many dashboards share them. The socket queues
@@ -14,7 +15,7 @@ use super::{
     connection::{Connection, Exit},
     socket::Socket,
 };
-use crate::hub::{HubEvent, SnapshotSource};
+use crate::hub::SnapshotSource;
 
 impl Connection {
     /// Writes the snapshot of `source` and the changes that bring it up to date.
@@ -33,10 +34,8 @@ impl Connection {
             return written;
         }
         let mut fed = false;
-        for event in backlog {
-            if let HubEvent::Update { seq, frame, update, before } = event
-                && let Some(frame) = self.shown(seq, frame, &update, &before)
-            {
+        for change in backlog {
+            if let Some(frame) = self.shown(change) {
                 if let Some(exit) = self.timed(socket.feed(frame)).await {
                     return Some(exit);
                 }

@@ -5,6 +5,7 @@
 //! limit first (`ulimit -n 250000`) for the router and the tool alike.
 
 mod bulk;
+mod churn;
 mod fanin;
 mod fleet;
 mod flood;
@@ -154,6 +155,25 @@ enum Scenario {
         users: usize,
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
+        /// User uI is in group g(I mod this); 0: in none.
+        #[arg(long, default_value_t = 0)]
+        groups: usize,
+    },
+    /// A control room's traffic for the routers on this Redis: changes to users seeded with
+    /// `seed` (same --users and --groups), --rate a second for --seconds: statuses,
+    /// disconnects and reconnects, typing, talking (each ending a moment later).
+    Churn {
+        #[arg(long)]
+        redis_port: u16,
+        #[arg(long, default_value_t = 100_000)]
+        users: usize,
+        #[arg(long, default_value_t = 500)]
+        groups: usize,
+        /// Changes per second: transitions and indicator starts and ends together.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
     },
     /// Time to a new dashboard's PRESENCE_SNAPSHOT with N users online.
     Snapshot {
@@ -319,10 +339,13 @@ async fn main() -> anyhow::Result<()> {
             };
             silent::run(&credentials, from, dashboard, users, Duration::from_secs(ttl)).await
         }
-        Scenario::Seed { redis_port, users, ttl } => {
-            let deadlines = seed::users(redis_port, users, Duration::from_secs(ttl)).await?;
-            println!("seeded {} users online for {ttl}s", deadlines.len());
+        Scenario::Seed { redis_port, users, ttl, groups } => {
+            let deadlines = seed::users(redis_port, users, Duration::from_secs(ttl), groups).await?;
+            println!("seeded {} users online for {ttl}s in {groups} groups", deadlines.len());
             Ok(())
+        }
+        Scenario::Churn { redis_port, users, groups, rate, seconds } => {
+            churn::run(churn::Options { redis_port, users, groups, rate, seconds }).await
         }
         Scenario::Snapshot { router, users, expect, repeat, retain_dashboards, router_pid } => {
             let retain = router_pid.filter(|_| retain_dashboards > 0).map(|pid| (pid, retain_dashboards));

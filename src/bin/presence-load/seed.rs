@@ -1,6 +1,6 @@
 //! Presence written straight into Redis through the router's own store (the real lease
 //! script), for scales this machine's file limit does not allow as sockets: 100k users,
-//! among as many unrelated TTL keys as wanted.
+//! in groups if asked, among as many unrelated TTL keys as wanted.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -11,7 +11,7 @@ use presence_router::{
         redis::{RedisBroker, RedisConfig, RedisPresence},
     },
     id::Id,
-    presence::{Groups, Session, SessionId},
+    presence::{Groups, PresenceUpdate, Session, SessionId},
 };
 use redis::AsyncCommands;
 
@@ -21,39 +21,65 @@ pub fn config(port: u16) -> RedisConfig {
     RedisConfig::tcp("127.0.0.1", port)
 }
 
-/// Leases users `u0..u{n}` for `ttl` through the lease script and publishes each
-/// transition, as a router would; returns each user's deadline (Unix ms, Redis clock) as
-/// Redis recorded it.
-pub async fn users(port: u16, n: usize, ttl: Duration) -> anyhow::Result<HashMap<String, u64>> {
-    let store = Arc::new(
-        RedisPresence::connect(
-            &config(port),
-            Lifetimes { ttl, last_seen: Duration::from_secs(3600), away_after: Duration::from_secs(3600) },
-        )
-        .await?,
-    );
-    let broker = Arc::new(RedisBroker::new(store.connection(), store.keyspace().clone(), "presence-load".into()));
+/// The router's own store and broker, writing as a router would: what seeds users and
+/// then changes them (see [`crate::churn`]).
+pub struct Writer {
+    pub store: Arc<RedisPresence>,
+    pub broker: Arc<RedisBroker>,
+}
+
+impl Writer {
+    /// `ttl`: the seeded sessions' lease.
+    pub async fn connect(port: u16, ttl: Duration) -> anyhow::Result<Writer> {
+        let lifetimes = Lifetimes { ttl, last_seen: Duration::from_secs(3600), away_after: Duration::from_secs(3600) };
+        let store = Arc::new(RedisPresence::connect(&config(port), lifetimes).await?);
+        let broker = Arc::new(RedisBroker::new(store.connection(), store.keyspace().clone(), "presence-load".into()));
+        Ok(Writer { store, broker })
+    }
+
+    /// Publishes the transition a store call returned, if any.
+    pub async fn publish(&self, update: Option<PresenceUpdate>) -> anyhow::Result<()> {
+        if let Some(update) = update {
+            self.broker.publish(&[update]).await?;
+        }
+        Ok(())
+    }
+}
+
+/// User `u{i}`'s seeded session: in group `g{i % groups}` (in none when `groups` is 0).
+pub fn session(i: usize, groups: usize) -> anyhow::Result<Session> {
+    let groups = match groups {
+        0 => Groups::default(),
+        n => Groups::from([Id::parse(&group(i % n))?]),
+    };
+    Ok(Session {
+        id: SessionId::new("seed", i as u64),
+        user: Id::parse(&fleet::user(i))?,
+        device_id: Some("seed".into()),
+        groups,
+        choice: None,
+    })
+}
+
+/// The name of group number `n`.
+pub fn group(n: usize) -> String {
+    format!("g{n}")
+}
+
+/// Leases users `u0..u{n}` (in `groups` groups, see [`session`]) for `ttl` through the
+/// lease script and publishes each transition, as a router would; returns each user's
+/// deadline (Unix ms, Redis clock) as Redis recorded it.
+pub async fn users(port: u16, n: usize, ttl: Duration, groups: usize) -> anyhow::Result<HashMap<String, u64>> {
+    let writer = Arc::new(Writer::connect(port, ttl).await?);
     stream::iter(0..n)
         .map(|i| {
-            let (store, broker) = (store.clone(), broker.clone());
-            async move {
-                let session = Session {
-                    id: SessionId::new("seed", i as u64),
-                    user: Id::parse(&fleet::user(i))?,
-                    device_id: Some("seed".into()),
-                    groups: Groups::default(),
-                    choice: None,
-                };
-                if let Some(update) = store.connect(&session).await?.update {
-                    broker.publish(&[update]).await?;
-                }
-                Ok::<_, anyhow::Error>(())
-            }
+            let writer = writer.clone();
+            async move { writer.publish(writer.store.connect(&session(i, groups)?).await?.update).await }
         })
         .buffer_unordered(512)
         .try_collect::<()>()
         .await?;
-    let mut conn = store.connection();
+    let mut conn = writer.store.connection();
     // `user\nsession` -> that session's lease deadline: one session per user here.
     let scored: Vec<(String, f64)> = conn.zrange_withscores("presence:leases", 0, -1).await?;
     Ok(scored

@@ -52,7 +52,7 @@ pub async fn run(
                 seed::other_keys(redis_port, other_keys).await?;
                 println!("silent: {other_keys} other TTL keys written");
             }
-            seed::users(redis_port, users, ttl).await?
+            seed::users(redis_port, users, ttl, 0).await?
         }
     };
     // The dashboard joins once everyone is online: its snapshot holds them all, and what

@@ -76,11 +76,7 @@ impl RedisPresence {
                 .await
                 .map_err(classify)?;
             let full = due.len() == LAPSE_BATCH;
-            claimed.extend(due.iter().filter_map(|indexed| {
-                let (group, member) = indexed.split_once('\n')?;
-                let (kind, user) = parse_member(member)?;
-                Some((Id::parse(group).ok()?, kind, user))
-            }));
+            claimed.extend(due.iter().filter_map(|indexed| parse_indexed(indexed)));
             if !full {
                 return Ok(claimed);
             }
@@ -126,6 +122,24 @@ impl SignalStore for RedisPresence {
         let members: Vec<String> =
             conn.zrangebyscore(self.indicators_key(group), format!("({now}"), "+inf").await.map_err(classify)?;
         let mut live: Vec<(IndicatorKind, Id)> = members.iter().filter_map(|m| parse_member(m)).collect();
+        live.sort();
+        Ok(live)
+    }
+
+    /// From each shard's index of lapses: an indicator is live while its lapse (its score
+    /// there, less [`ORPHAN_GRACE`]) is ahead of Redis' clock.
+    async fn live_indicators(&self) -> Result<Vec<(Id, IndicatorKind, Id)>, EngineError> {
+        let mut conn = self.conn.clone();
+        let live_after = now_ms(&mut conn).await? + ORPHAN_GRACE.as_millis() as u64;
+        let shards = try_join_all((0..self.keys.shards()).map(|shard| {
+            let mut conn = conn.clone();
+            let key = self.lapses_key(shard);
+            async move { conn.zrangebyscore::<_, _, _, Vec<String>>(key, format!("({live_after}"), "+inf").await }
+        }))
+        .await
+        .map_err(classify)?;
+        let mut live: Vec<(Id, IndicatorKind, Id)> =
+            shards.iter().flatten().filter_map(|indexed| parse_indexed(indexed)).collect();
         live.sort();
         Ok(live)
     }
@@ -198,6 +212,13 @@ fn parse_talker(session: String, talker: &str) -> Option<Talker> {
         talk: talk.into(),
         with_message_id: layout == "1",
     })
+}
+
+/// A member of the index of lapses, `G\ntype:user`.
+fn parse_indexed(indexed: &str) -> Option<(Id, IndicatorKind, Id)> {
+    let (group, member) = indexed.split_once('\n')?;
+    let (kind, user) = parse_member(member)?;
+    Some((Id::parse(group).ok()?, kind, user))
 }
 
 /// A group zset member, `type:user`.
