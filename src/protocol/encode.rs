@@ -74,7 +74,7 @@ impl ErrorCode {
 // `let Ok(_) = …` below is irrefutable.
 
 /// Starts a router frame: `[0, type, 0, 0, messageId, ` — the payload follows.
-fn header(buf: &mut ByteBuf, message_type: u8, message_id: Option<&Value>) {
+pub(super) fn header(buf: &mut ByteBuf, message_type: u8, message_id: Option<&Value>) {
     let Ok(_) = enc::write_array_len(buf, 6);
     let Ok(_) = enc::write_uint(buf, 0);
     let Ok(_) = enc::write_uint(buf, message_type.into());
@@ -98,12 +98,12 @@ fn write_value(buf: &mut ByteBuf, value: &Value) {
     }
 }
 
-fn str_field(buf: &mut ByteBuf, key: &str, value: &str) {
+pub(super) fn str_field(buf: &mut ByteBuf, key: &str, value: &str) {
     let Ok(_) = enc::write_str(buf, key);
     let Ok(_) = enc::write_str(buf, value);
 }
 
-fn uint_field(buf: &mut ByteBuf, key: &str, value: u64) {
+pub(super) fn uint_field(buf: &mut ByteBuf, key: &str, value: u64) {
     let Ok(_) = enc::write_str(buf, key);
     let Ok(_) = enc::write_uint(buf, value);
 }
