@@ -913,7 +913,7 @@ mod tests {
     use super::*;
     use crate::presence::Cause;
 
-    fn update(user: &str, status: Status, version: u64) -> PresenceUpdate {
+    pub(super) fn update(user: &str, status: Status, version: u64) -> PresenceUpdate {
         PresenceUpdate {
             presence: UserPresence {
                 user_id: Id::parse(user).unwrap(),

@@ -123,7 +123,7 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{super::tests::update, *};
     use crate::scope::Scope;
 
     fn payload(event: &HubEvent) -> (u64, rmpv::Value) {
@@ -160,5 +160,19 @@ mod tests {
         hub.fresh();
         assert!(sub.events.try_recv().is_err(), "fresh once");
         assert!(hub.staleness().is_none());
+    }
+
+    #[test]
+    fn a_stale_rebuild_keeps_unlisted_users_until_a_confirming_one() {
+        use crate::presence::{Snapshot, Status};
+        let hub = Hub::new(16);
+        let (here, elsewhere) = (update("here", Status::Online, 1), update("elsewhere", Status::Online, 1));
+        hub.apply(here.clone());
+        hub.apply(elsewhere);
+        let listed = || Snapshot { users: vec![here.presence.clone()], watermark: 100 };
+        assert_eq!(hub.reset(listed(), Vec::new(), 0, true), 1, "not listed (yet): kept");
+        assert_eq!(hub.online_count(), 2);
+        assert_eq!(hub.reset(listed(), Vec::new(), 0, false), 0, "still not listed: offline");
+        assert_eq!(hub.online_count(), 1);
     }
 }
