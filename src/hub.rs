@@ -962,7 +962,12 @@ mod tests {
         let hub = Hub::new(16);
         hub.apply(update("gone", Status::Online, 1));
         let mut sub = hub.subscribe(&Scope::everyone());
-        hub.reset(Snapshot { users: vec![update("new", Status::Online, 5).presence], watermark: 10 }, Vec::new(), 0, false);
+        hub.reset(
+            Snapshot { users: vec![update("new", Status::Online, 5).presence], watermark: 10 },
+            Vec::new(),
+            0,
+            false,
+        );
         assert!(matches!(sub.events.try_recv().unwrap(), HubEvent::Resync));
         let (users, _) = hub.snapshot();
         assert_eq!(users.iter().map(|u| u.user_id.as_str()).collect::<Vec<_>>(), ["new"]);
@@ -1176,7 +1181,12 @@ mod tests {
         assert!(!same(&second, &held(&hub, &everyone).await.frame()), "too many changes behind");
         // A resync: the rebuilt view is no change on the ring, so nothing before it serves.
         let third = held(&hub, &everyone).await.frame();
-        hub.reset(Snapshot { users: vec![update("z", Status::Online, 1).presence], watermark: 0 }, Vec::new(), 0, false);
+        hub.reset(
+            Snapshot { users: vec![update("z", Status::Online, 1).presence], watermark: 0 },
+            Vec::new(),
+            0,
+            false,
+        );
         let rebuilt = held(&hub, &everyone).await;
         assert!(!same(&third, &rebuilt.frame()));
         assert!(rebuilt.backlog.is_empty());

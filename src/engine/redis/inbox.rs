@@ -17,7 +17,10 @@ use redis::{AsyncCommands, RedisResult};
 use super::{Connection, Keyspace, gaps::GapDetector};
 use crate::{
     engine::{BrokerEvents, Missed},
-    metrics, presence::PresenceUpdate, transient::Relayed};
+    metrics,
+    presence::PresenceUpdate,
+    transient::Relayed,
+};
 
 /// How long a missing sequence number may stay missing (overtaken by a later publish from
 /// another router) before it counts as lost.
