@@ -189,3 +189,45 @@ async fn a_transition_that_never_arrives_is_stale_until_the_rebuild() {
     let (status, _) = http(a.addr, "GET", "/healthz", &[], "").await;
     assert_eq!(status, 200);
 }
+
+/// How long after each fault its dashboards get STALE, and after recovery FRESH (printed
+/// for docs/OPERATIONS.md; `cargo test --test dashboard_stale -- --ignored --nocapture`).
+#[tokio::test]
+#[ignore = "a measurement; prints the delays"]
+async fn measure_stale_and_fresh_delays() {
+    use std::time::Instant;
+    let mut setup = Setup::new(Engine::Redis).await;
+    let (a, b) = (setup.router(&[]).await, setup.router(&[]).await);
+    let (mut dashboard, mut view) = watch(&a).await;
+    let mut steady = b.mobile("steady", "p1").await;
+    steady.sync("steady").await;
+    while view.online_ids() != ["steady"] {
+        view.apply(&dashboard.next_frame().await);
+    }
+    for round in 0..5 {
+        let redis = setup.redis.as_mut().unwrap();
+        let (stale_after, fresh_after) = if round % 2 == 0 {
+            let started = Instant::now();
+            redis.kill().await;
+            read_until(&mut dashboard, &mut view, STALE, &["steady"]).await;
+            let stale = started.elapsed();
+            let started = Instant::now();
+            setup.redis.as_mut().unwrap().spawn().await;
+            read_until(&mut dashboard, &mut view, FRESH, &["steady"]).await;
+            (stale, started.elapsed())
+        } else {
+            let started = Instant::now();
+            redis.signal("STOP").await;
+            read_until(&mut dashboard, &mut view, STALE, &["steady"]).await;
+            let stale = started.elapsed();
+            let started = Instant::now();
+            redis.signal("CONT").await;
+            read_until(&mut dashboard, &mut view, FRESH, &["steady"]).await;
+            (stale, started.elapsed())
+        };
+        let fault = if round % 2 == 0 { "killed, restarted empty" } else { "SIGSTOP, SIGCONT" };
+        eprintln!("redis {fault}: STALE after {stale_after:?}, FRESH {fresh_after:?} after it was back");
+        // Heartbeats renew the lease again before the next round.
+        steady.sync_after_outage("steady").await;
+    }
+}
