@@ -627,9 +627,10 @@ impl Node {
     /// and so does a router that does not hear the broker: a view rebuilt now could not be
     /// kept current).
     ///
-    /// A stale view's rebuild keeps online the users the store does not list (yet): the
-    /// other routers may still be re-asserting their sessions after the same outage, and
-    /// nobody is to be shown offline because Redis was lost. Then this returns false and
+    /// A stale view's rebuild keeps online the users the store does not list (yet), unless
+    /// only transitions went missing ([`StaleReason::may_lack_sessions`]): the other
+    /// routers may still be re-asserting their sessions after the same outage, and nobody
+    /// is to be shown offline because Redis was lost. Then this returns false and
     /// the view stays stale; the maintainer rebuilds it again, `confirming`, once
     /// [`Timing::recovery_grace`] has passed, and users still unlisted then are offline.
     /// Returns true when the view is fresh (dashboards were sent FRESH if it was stale).
@@ -671,7 +672,8 @@ impl Node {
         let result = store!(self, signals.live_indicators());
         let indicators = self.check("indicators", result)?;
         let online = snapshot.users.len();
-        let keep_unlisted = !confirming && self.hub().staleness().is_some();
+        let keep_unlisted =
+            !confirming && self.hub().staleness().is_some_and(|stale| stale.reason.may_lack_sessions());
         let kept = self.hub().reset(snapshot, indicators, mark, keep_unlisted);
         let recovered = self.degraded.swap(false, Ordering::Relaxed);
         ::metrics::gauge!(metrics::ENGINE_UP).set(1.0);

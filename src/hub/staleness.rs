@@ -48,6 +48,14 @@ impl StaleReason {
         }
     }
 
+    /// Whether, after a spell for this reason, Redis may lack sessions that live on other
+    /// routers until they re-assert them: Redis was out of reach or lost its data, or this
+    /// router cannot tell (its subscription lapsed, so it may have missed a restart). Not
+    /// after transitions went missing alone: Redis holds everything then.
+    pub fn may_lack_sessions(self) -> bool {
+        self != StaleReason::UpdatesMissed
+    }
+
     /// How much the reason says about the outage: a stale view reports the highest seen.
     fn rank(self) -> u8 {
         match self {
