@@ -672,8 +672,7 @@ impl Node {
         let result = store!(self, signals.live_indicators());
         let indicators = self.check("indicators", result)?;
         let online = snapshot.users.len();
-        let keep_unlisted =
-            !confirming && self.hub().staleness().is_some_and(|stale| stale.reason.may_lack_sessions());
+        let keep_unlisted = !confirming && self.hub().staleness().is_some_and(|stale| stale.reason.may_lack_sessions());
         let kept = self.hub().reset(snapshot, indicators, mark, keep_unlisted);
         let recovered = self.degraded.swap(false, Ordering::Relaxed);
         ::metrics::gauge!(metrics::ENGINE_UP).set(1.0);

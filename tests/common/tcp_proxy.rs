@@ -8,7 +8,8 @@
 //! `SUBSCRIBE` or `PSUBSCRIBE` (a router's Pub/Sub connection), so the command connection
 //! keeps working while the subscription goes quiet; or the others
 //! ([`TcpProxy::black_hole_commands`]), so the subscription keeps working while commands
-//! go unanswered.
+//! go unanswered. [`TcpProxy::refuse_new`] keeps new connections out altogether, as a
+//! server that is not back yet.
 
 use std::sync::{
     Arc, Mutex,
