@@ -95,7 +95,7 @@ export interface ClientOptions {
   refreshBeforeExpiry?: boolean;
   /** Fetch a new token this long before `exp` (default 30 000; at most half the token's remaining life). */
   refreshAheadMs?: number;
-  /** Lifetimes after which indicators without an end lapse (the router's TTLs). */
+  /** The router's indicator lifetimes, when not its defaults: own indicators are refreshed within them. */
   indicatorLifetimesMs?: Partial<IndicatorLifetimes>;
 }
 
@@ -147,7 +147,7 @@ export interface ClientEvents {
   stale: (stale: StaleInfo | null, previous: StaleInfo | null) => void;
   /** A PRESENCE_UPDATE changed one user (stale ones are not reported). */
   presence: (update: PresenceUpdate, previous: UserPresence | undefined) => void;
-  /** An indicator started, ended, or lapsed. */
+  /** An indicator started or ended (or was dropped with the connection: `expired`). */
   indicator: (event: IndicatorEvent) => void;
   ptt: (event: PttEvent) => void;
   text: (message: TextMessage) => void;
@@ -243,7 +243,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
     this.options = options;
     this.backoff = new Backoff(options.reconnect || {});
     this.lifetimes = { ...DEFAULT_INDICATOR_LIFETIMES, ...options.indicatorLifetimesMs };
-    this.indicators = new IndicatorSet(this.lifetimes, (event) => this.emit("indicator", event));
+    this.indicators = new IndicatorSet((event) => this.emit("indicator", event));
     if (options.token) this.setToken(options.token);
     else if (!options.getToken) throw new TypeError("PresenceClient needs a token or getToken");
   }
