@@ -1,0 +1,102 @@
+//! The talk of a router killed mid-talk (SIGKILL: no STOP, no end of `talking` from it) is
+//! ended by a surviving router once the floor's lease lapses, within seconds and before
+//! the talker is shown offline, not after the maximum talk time; a silent talker on a
+//! live router keeps its floor. Real routers, real redis-server (or Redis Cluster).
+
+mod common;
+
+use common::{Engine, Setup, map, prometheus::metric};
+use presence_router::{
+    engine::{FLOOR_LEASE, FLOOR_ORPHAN_GRACE},
+    protocol::message_type::{START, START_ACK, START_FAILED, STOP, TEXT},
+};
+
+on_shared_engines!(
+    a_killed_routers_talk_ends_on_the_others_within_its_lease,
+    a_silent_talker_on_a_live_router_keeps_its_floor
+);
+
+/// The maximum talk time, far beyond how long any wait here lasts ([`common::WAIT`]): only
+/// the floor's lease can end a talk in time.
+const MAX_TALK: &str = "60000";
+
+/// Talker and typist on A, a mobile listener and a dashboard on B; A is killed. The
+/// listener hears the talk's STOP (reason `router_lost`) and the end of `talking`, the
+/// dashboard sees `talking` end before the talker goes offline, and the floor is free.
+async fn a_killed_routers_talk_ends_on_the_others_within_its_lease(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let flags = ["--max-talk-ms", MAX_TALK, "--presence-ttl", "10"];
+    let mut a = setup.router(&flags).await;
+    let b = setup.router(&flags).await;
+    let (mut dashboard, _) = b.dashboard_of("dispatcher", &["crew"]).await;
+    let mut listener = b.mobile_in("listener", &["crew"]).await;
+    let mut talker = a.mobile_in("talker", &["crew"]).await;
+    let mut typist = a.mobile_in("typist", &["crew"]).await;
+    for _ in 0..3 {
+        dashboard.next_update().await;
+    }
+    typist.indicator("typist", "crew", "typing", true).await;
+    for client in [&mut talker, &mut listener, &mut dashboard] {
+        client.expect_indicator("typist", "typing", true).await;
+    }
+    talker.take_floor("talker", "crew", &mut listener).await;
+    dashboard.expect_indicator("talker", "talking", true).await;
+
+    a.signal("KILL").await;
+    let stop = listener.expect_relayed(STOP, "talker", "crew").await;
+    assert_eq!(common::stop_reason(&stop).as_deref(), Some("router_lost"), "{stop}");
+    // The typing end (its own lapse) may come before or after the talk's.
+    let mut talking_ended = false;
+    while !talking_ended {
+        let payload = listener.expect(38).await[5].clone();
+        assert_eq!(payload["isActive"].as_bool(), Some(false), "{payload}");
+        talking_ended = payload["type"].as_str() == Some("talking");
+    }
+    // The dispatcher never sees the talker offline while still talking.
+    loop {
+        let frame = dashboard.next_frame().await;
+        match frame[1].as_u64() {
+            Some(38) if frame[5]["type"].as_str() == Some("talking") => {
+                assert_eq!(
+                    (frame[5]["userId"].as_str(), frame[5]["isActive"].as_bool()),
+                    (Some("talker"), Some(false))
+                );
+                break;
+            }
+            Some(31) => {
+                assert_ne!(frame[5]["userId"].as_str(), Some("talker"), "offline before its talk ended: {frame}")
+            }
+            _ => {}
+        }
+    }
+    listener.send_frame(0, START, "listener", "crew", map(&[])).await;
+    listener.expect(START_ACK).await;
+    let metrics = b.metrics().await;
+    assert_eq!(metric(&metrics, "presence_floors_orphaned_total"), Some(1), "{metrics}");
+    // Exactly once: no second STOP or `talking` end before a marker sent after them.
+    listener.send_frame(0, TEXT, "listener", "crew", map(&[("text", "marker".into())])).await;
+    assert_eq!(listener.next_frame().await[1].as_u64(), Some(22), "TEXT_ACK is next");
+}
+
+/// A talker that sends nothing on a live router (the idle takeover off) still holds its
+/// floor after the lease and its grace have passed many times over: its router renews the
+/// lease, and nobody else's sweep ends its talk.
+async fn a_silent_talker_on_a_live_router_keeps_its_floor(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let flags = ["--max-talk-ms", MAX_TALK, "--floor-idle-ms", "0"];
+    let (a, b) = (setup.router(&flags).await, setup.router(&flags).await);
+    let mut talker = a.mobile_in("talker", &["crew"]).await;
+    let mut listener = b.mobile_in("listener", &["crew"]).await;
+    talker.take_floor("talker", "crew", &mut listener).await;
+
+    // Long enough for an unrenewed lease to lapse and be claimed twice over: nothing to
+    // wait on but time itself, as the point is that nothing happens.
+    tokio::time::sleep(2 * (FLOOR_LEASE + FLOOR_ORPHAN_GRACE)).await;
+    listener.send_frame(0, START, "listener", "crew", map(&[])).await;
+    assert_eq!(listener.expect(START_FAILED).await[4].as_str(), Some("Busy"));
+    talker.send_frame(0, TEXT, "talker", "crew", map(&[("text", "still here".into())])).await;
+    let text = listener.next_frame().await;
+    assert_eq!((text[1].as_u64(), text[2].as_str()), (Some(TEXT.into()), Some("talker")), "no STOP before: {text}");
+    let metrics = b.metrics().await;
+    assert_eq!(metric(&metrics, "presence_floors_orphaned_total"), Some(0), "{metrics}");
+}
