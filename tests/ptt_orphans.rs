@@ -25,9 +25,10 @@ const MAX_TALK: &str = "60000";
 /// dashboard sees `talking` end before the talker goes offline, and the floor is free.
 async fn a_killed_routers_talk_ends_on_the_others_within_its_lease(engine: Engine) {
     let setup = Setup::new(engine).await;
-    let flags = ["--max-talk-ms", MAX_TALK, "--presence-ttl", "10"];
-    let mut a = setup.router(&flags).await;
-    let b = setup.router(&flags).await;
+    // A's sessions are offline 10 s after their last renewal; B's last the default minute,
+    // so the listener outlives every wait here without heartbeating.
+    let mut a = setup.router(&["--max-talk-ms", MAX_TALK, "--presence-ttl", "10"]).await;
+    let b = setup.router(&["--max-talk-ms", MAX_TALK]).await;
     let (mut dashboard, _) = b.dashboard_of("dispatcher", &["crew"]).await;
     let mut listener = b.mobile_in("listener", &["crew"]).await;
     let mut talker = a.mobile_in("talker", &["crew"]).await;
