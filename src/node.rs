@@ -611,14 +611,17 @@ impl Node {
         self.check("group_members", result)
     }
 
-    /// Ends the leases that ran out and publishes the resulting offlines together; then
-    /// announces the end of the talks and indicators whose router died before it could.
+    /// Ends the leases that ran out and publishes the resulting offlines together, after
+    /// ending the talks of those users and of routers that died; then announces the end
+    /// of the indicators whose router died before it could.
     pub async fn sweep(&self) -> Result<usize, EngineError> {
         let result = store!(self, expire_due());
         let updates = self.check("expire", result)?;
+        // A lapsed talker's talk ends before it shows offline; and talks before indicators:
+        // a claimed talk clears its `talking`, which then never ends twice.
+        let floors = self.end_orphaned_floors(&updates).await;
         self.publish(&updates).await;
-        // Talks first: a claimed talk clears its `talking`, which then never ends twice.
-        self.end_orphaned_floors().await?;
+        floors?;
         let result = store!(self, signals.claim_orphaned_indicators());
         for (group, kind, user) in self.check("indicators", result)? {
             ::metrics::counter!(metrics::INDICATORS, "type" => kind.as_str(), "active" => "false").increment(1);

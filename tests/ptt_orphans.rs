@@ -13,7 +13,8 @@ use presence_router::{
 
 on_shared_engines!(
     a_killed_routers_talk_ends_on_the_others_within_its_lease,
-    a_silent_talker_on_a_live_router_keeps_its_floor
+    a_killed_routers_talk_ends_no_later_than_its_talker_goes_offline,
+    a_silent_talker_on_a_live_router_keeps_its_floor,
 );
 
 /// The maximum talk time, far beyond how long any wait here lasts ([`common::WAIT`]): only
@@ -23,11 +24,23 @@ const MAX_TALK: &str = "60000";
 /// Talker and typist on A, a mobile listener and a dashboard on B; A is killed. The
 /// listener hears the talk's STOP (reason `router_lost`) and the end of `talking`, the
 /// dashboard sees `talking` end before the talker goes offline, and the floor is free.
+/// A's sessions lapse 10 s after their last renewal: the floor's lease lapses first.
 async fn a_killed_routers_talk_ends_on_the_others_within_its_lease(engine: Engine) {
+    talk_of_a_killed_router_ends(engine, "10").await;
+}
+
+/// As above, with A's sessions lapsing 3 s after their last renewal, before the floor's
+/// lease (renewed until A died) would: the sweep that shows the talker offline ends its
+/// talk first.
+async fn a_killed_routers_talk_ends_no_later_than_its_talker_goes_offline(engine: Engine) {
+    talk_of_a_killed_router_ends(engine, "3").await;
+}
+
+async fn talk_of_a_killed_router_ends(engine: Engine, presence_ttl: &str) {
     let setup = Setup::new(engine).await;
-    // A's sessions are offline 10 s after their last renewal; B's last the default minute,
-    // so the listener outlives every wait here without heartbeating.
-    let mut a = setup.router(&["--max-talk-ms", MAX_TALK, "--presence-ttl", "10"]).await;
+    // B's sessions last the default minute, so the listener outlives every wait here
+    // without heartbeating.
+    let mut a = setup.router(&["--max-talk-ms", MAX_TALK, "--presence-ttl", presence_ttl]).await;
     let b = setup.router(&["--max-talk-ms", MAX_TALK]).await;
     let (mut dashboard, _) = b.dashboard_of("dispatcher", &["crew"]).await;
     let mut listener = b.mobile_in("listener", &["crew"]).await;

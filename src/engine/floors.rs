@@ -11,7 +11,8 @@
 //! cleared, and that router announces the talk's end (a STOP to its listeners, the end of
 //! `talking` to the group's members and dashboards). So a dead router's talker is shown
 //! talking for at most `FLOOR_LEASE + FLOOR_ORPHAN_GRACE` plus a sweep interval, not the
-//! maximum talk time.
+//! maximum talk time; and when its session lapses sooner (a short presence TTL), the sweep
+//! that shows it offline ends its talk too (see [`FLOOR_LEASE_QUIET`]).
 //!
 //! [`SignalStore::renew_floors`]: super::SignalStore::renew_floors
 //! [`SignalStore::claim_orphaned_floors`]: super::SignalStore::claim_orphaned_floors
@@ -27,6 +28,11 @@ pub const FLOOR_LEASE: Duration = Duration::from_secs(3);
 /// How often a router renews the leases of the floors its sessions hold: a third of
 /// [`FLOOR_LEASE`], so two renewals may be lost (or late) before a live floor lapses.
 pub const FLOOR_LEASE_RENEW: Duration = Duration::from_secs(1);
+
+/// How long a lease goes unrenewed before a floor of a user that went offline is taken
+/// for orphaned at once: one and a half renewal intervals, so the floor of a user who
+/// just reconnected elsewhere and talks again (a fresh lease) is never taken.
+pub const FLOOR_LEASE_QUIET: Duration = Duration::from_millis(1500);
 
 /// How long after its lease lapsed a floor is taken for orphaned: covers a renewal under
 /// way (its round trip, a router busy for a moment), so a live router's floor is never

@@ -512,7 +512,7 @@ impl SignalStore for MemoryPresence {
 
     /// One router holds every session: a floor's connection always gives it back when it
     /// ends (its STOP and the end of `talking` go out then), so none is ever orphaned.
-    async fn claim_orphaned_floors(&self) -> Result<Vec<OrphanedFloor>, EngineError> {
+    async fn claim_orphaned_floors(&self, _gone: &[Id]) -> Result<Vec<OrphanedFloor>, EngineError> {
         Ok(Vec::new())
     }
 }

@@ -27,7 +27,9 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-pub use floors::{FLOOR_LEASE, FLOOR_LEASE_RENEW, FLOOR_ORPHAN_GRACE, FloorListeners, OrphanedFloor};
+pub use floors::{
+    FLOOR_LEASE, FLOOR_LEASE_QUIET, FLOOR_LEASE_RENEW, FLOOR_ORPHAN_GRACE, FloorListeners, OrphanedFloor,
+};
 pub use memory::{MemoryBroker, MemoryPresence};
 
 use crate::{
@@ -223,10 +225,13 @@ pub trait SignalStore: Send + Sync + 'static {
     /// floor `holder` does not hold ([`FLOOR_LEASE`], [`FLOOR_LEASE_RENEW`]).
     async fn renew_floors(&self, floors: &[(String, SessionId)], lease: Duration) -> Result<(), EngineError>;
 
-    /// Claims the floors whose lease lapsed [`FLOOR_ORPHAN_GRACE`] ago (their router died):
-    /// each is released, its talker's `talking` indicator cleared, and returned to exactly
-    /// one caller, which announces the talk's end. Never a floor given back or taken over.
-    async fn claim_orphaned_floors(&self) -> Result<Vec<OrphanedFloor>, EngineError>;
+    /// Claims the floors whose lease lapsed [`FLOOR_ORPHAN_GRACE`] ago (their router died),
+    /// and those of the users in `gone` (they just went offline: their sessions lapsed)
+    /// whose lease was not renewed for [`FLOOR_LEASE_QUIET`]: each is released, its
+    /// talker's `talking` indicator cleared, and returned to exactly one caller, which
+    /// announces the talk's end. Never a floor given back or taken over, nor one a live
+    /// router renews.
+    async fn claim_orphaned_floors(&self, gone: &[Id]) -> Result<Vec<OrphanedFloor>, EngineError>;
 }
 
 /// Who talks on a PTT floor: what a session that takes the floor over needs to end that

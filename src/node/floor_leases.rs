@@ -1,7 +1,8 @@
 //! The leases of this router's floors, and the end of other routers' orphaned ones (see
 //! [`crate::engine::FLOOR_LEASE`]): while a session of this router holds a floor, the
 //! router renews its lease every [`FLOOR_LEASE_RENEW`]; every sweep claims the floors
-//! whose lease lapsed (their router died) and announces each talk's end as the talker's
+//! whose lease lapsed (their router died), or whose talker it showed offline, and
+//! announces each talk's end as the talker's
 //! router would have: a STOP in the talker's name (reason [`ROUTER_LOST`]) to its
 //! listeners, and on a group the end of `talking` to its members and dashboards.
 
@@ -13,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use super::{Node, timed};
 use crate::{
     engine::{EngineError, FLOOR_LEASE, FLOOR_LEASE_RENEW, FloorListeners, OrphanedFloor},
+    id::Id,
     metrics,
+    presence::{PresenceUpdate, Status},
     protocol::{
         self, ChannelType,
         message_type::{STOP, label},
@@ -54,9 +57,15 @@ impl Node {
         }
     }
 
-    /// Claims the floors whose router died and announces the end of each talk.
-    pub(super) async fn end_orphaned_floors(&self) -> Result<(), EngineError> {
-        let result = store!(self, signals.claim_orphaned_floors());
+    /// Claims the floors whose router died, and those of the users this sweep just showed
+    /// offline, and announces the end of each talk.
+    pub(super) async fn end_orphaned_floors(&self, updates: &[PresenceUpdate]) -> Result<(), EngineError> {
+        let gone: Vec<Id> = updates
+            .iter()
+            .filter(|update| update.presence.status == Status::Offline)
+            .map(|update| update.presence.user_id.clone())
+            .collect();
+        let result = store!(self, signals.claim_orphaned_floors(&gone));
         for orphan in self.check("floor", result)? {
             ::metrics::counter!(metrics::FLOORS_ORPHANED).increment(1);
             tracing::info!(talker = %orphan.talker.user, session = %orphan.talker.session,

@@ -14,7 +14,8 @@ use super::{
     signals::{LAPSE_BATCH, parse_talker},
 };
 use crate::{
-    engine::{EngineError, FLOOR_ORPHAN_GRACE, FloorListeners, OrphanedFloor},
+    engine::{EngineError, FLOOR_LEASE, FLOOR_LEASE_QUIET, FLOOR_ORPHAN_GRACE, FloorListeners, OrphanedFloor},
+    id::Id,
     presence::SessionId,
     protocol::payload::IndicatorKind,
 };
@@ -42,10 +43,15 @@ impl RedisPresence {
         Ok(())
     }
 
-    /// Claims the orphaned floors of one shard, a batch at a time, and clears the
-    /// `talking` indicator of each group talk's talker.
-    pub(super) async fn claim_orphaned_floors_in(&self, shard: usize) -> Result<Vec<OrphanedFloor>, EngineError> {
+    /// Claims the orphaned floors of one shard (those of `gone` in the first batch), a
+    /// batch at a time, and clears the `talking` indicator of each group talk's talker.
+    pub(super) async fn claim_orphaned_floors_in(
+        &self,
+        shard: usize,
+        mut gone: &[Id],
+    ) -> Result<Vec<OrphanedFloor>, EngineError> {
         let (lapses, talks) = self.floor_lease_keys(shard);
+        let horizon = (FLOOR_LEASE + FLOOR_ORPHAN_GRACE).saturating_sub(FLOOR_LEASE_QUIET).as_millis() as u64;
         let mut claimed = Vec::new();
         loop {
             let due: Vec<String> = self
@@ -54,9 +60,12 @@ impl RedisPresence {
                 .key(&lapses)
                 .key(&talks)
                 .arg(LAPSE_BATCH)
+                .arg(horizon)
+                .arg(gone.iter().map(Id::as_str).collect::<Vec<_>>())
                 .invoke_async(&mut self.conn.clone())
                 .await
                 .map_err(classify)?;
+            gone = &[];
             for fields in due.chunks_exact(4) {
                 let Some(mut orphan) = parse_orphan(&fields[1], &fields[2], &fields[3]) else {
                     tracing::warn!(channel = %fields[0], "an orphaned floor's talk is unreadable; its end is not announced");

@@ -236,8 +236,9 @@ impl SignalStore for RedisPresence {
         self.renew_floor_leases(floors, lease).await
     }
 
-    async fn claim_orphaned_floors(&self) -> Result<Vec<OrphanedFloor>, EngineError> {
-        let shards = try_join_all((0..self.keys.shards()).map(|shard| self.claim_orphaned_floors_in(shard))).await?;
+    async fn claim_orphaned_floors(&self, gone: &[Id]) -> Result<Vec<OrphanedFloor>, EngineError> {
+        let shards =
+            try_join_all((0..self.keys.shards()).map(|shard| self.claim_orphaned_floors_in(shard, gone))).await?;
         Ok(shards.into_iter().flatten().collect())
     }
 }
