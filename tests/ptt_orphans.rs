@@ -5,11 +5,21 @@
 
 mod common;
 
-use common::{Engine, Setup, map, prometheus::metric};
+use std::time::Duration;
+
+use common::{Engine, RedisServer, Setup, map, prometheus::metric};
 use presence_router::{
-    engine::{FLOOR_LEASE, FLOOR_ORPHAN_GRACE},
-    protocol::message_type::{START, START_ACK, START_FAILED, TEXT},
+    engine::{
+        FLOOR_LEASE, FLOOR_LEASE_QUIET, FLOOR_LEASE_RENEW, FLOOR_ORPHAN_GRACE, FloorListeners, FloorTake, SignalStore,
+    },
+    id::Id,
+    presence::SessionId,
+    protocol::{
+        message_type::{START, START_ACK, START_FAILED, TEXT},
+        payload::IndicatorKind,
+    },
 };
+use tokio::time::Instant;
 
 on_shared_engines!(
     a_killed_routers_talk_ends_on_the_others_within_its_lease,
@@ -129,4 +139,62 @@ async fn a_silent_talker_on_a_live_router_keeps_its_floor(engine: Engine) {
     assert_eq!((text[1].as_u64(), text[2].as_str()), (Some(TEXT.into()), Some("talker")), "no STOP before: {text}");
     let metrics = b.metrics().await;
     assert_eq!(metric(&metrics, "presence_floors_orphaned_total"), Some(0), "{metrics}");
+}
+
+/// The Redis store on its own: of talks given back, taken over, renewed and left alone,
+/// only the one left alone is claimed once its lease and grace have passed, exactly once,
+/// with its `talking` cleared; its floor is free then. A talk of a user gone offline whose
+/// lease went unrenewed for a while is claimed at once; a fresh one of the same user is not.
+#[tokio::test]
+async fn the_store_claims_exactly_the_talks_nobody_renews() {
+    let redis = RedisServer::start().await;
+    let store = common::redis_store(redis.port, Duration::from_secs(60)).await;
+    let session = |n: u64| SessionId::new("r", n);
+    let (hold, idle) = (Duration::from_secs(60), Some(Duration::from_millis(1)));
+    let claim = |n: u64| common::floor_claim(&session(n), hold, idle);
+    let (group, user) = (Id::parse("g").unwrap(), Id::parse("u").unwrap());
+
+    for (channel, n) in [("kept", 1), ("given", 2), ("orphan", 3), ("taken", 4)] {
+        assert_eq!(store.take_floor(channel, &claim(n)).await.unwrap(), FloorTake::Granted);
+    }
+    store.set_indicator(&group, &user, IndicatorKind::Talking, Some(hold)).await.unwrap();
+    store.release_floor("given", &session(2)).await.unwrap();
+    let taken = loop {
+        match store.take_floor("taken", &claim(5)).await.unwrap() {
+            FloorTake::Busy => tokio::time::sleep(Duration::from_millis(5)).await,
+            taken => break taken,
+        }
+    };
+    assert!(matches!(taken, FloorTake::TakenOver { .. }), "{taken:?}");
+    let live = [("kept".to_string(), session(1)), ("taken".to_string(), session(5))];
+
+    let started = Instant::now();
+    let orphans = loop {
+        store.renew_floors(&live, FLOOR_LEASE).await.unwrap();
+        let orphans = store.claim_orphaned_floors(&[]).await.unwrap();
+        if !orphans.is_empty() {
+            break orphans;
+        }
+        assert!(started.elapsed() < common::WAIT, "the unrenewed talk is claimed in time");
+        tokio::time::sleep(FLOOR_LEASE_RENEW / 4).await;
+    };
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    let orphan = &orphans[0];
+    assert_eq!((&orphan.talker.session, &orphan.listeners), (&session(3), &FloorListeners::Group(group.clone())));
+    assert!(orphan.talking_ended, "its talking was live, and is ended by this claim");
+    assert!(store.indicators(&group).await.unwrap().is_empty());
+    assert!(store.claim_orphaned_floors(&[]).await.unwrap().is_empty(), "claimed once");
+    assert_eq!(store.take_floor("orphan", &claim(6)).await.unwrap(), FloorTake::Granted, "its floor is free");
+    assert_eq!(store.take_floor("kept", &common::floor_claim(&session(7), hold, None)).await.unwrap(), FloorTake::Busy);
+
+    // The user goes offline: its talk unrenewed for a while is claimed at once; those of
+    // the same user that a live router renews are not.
+    store.take_floor("lapsing", &claim(8)).await.unwrap();
+    tokio::time::sleep(FLOOR_LEASE_QUIET + FLOOR_LEASE_RENEW / 4).await;
+    let live = [live[0].clone(), live[1].clone(), ("orphan".to_string(), session(6))];
+    store.renew_floors(&live, FLOOR_LEASE).await.unwrap();
+    let gone = store.claim_orphaned_floors(std::slice::from_ref(&user)).await.unwrap();
+    let claimed: Vec<&SessionId> = gone.iter().map(|orphan| &orphan.talker.session).collect();
+    assert_eq!(claimed, [&session(8)], "{gone:?}");
+    assert!(!gone[0].talking_ended, "no talking left to end");
 }
