@@ -1,6 +1,8 @@
 //! Group activity in Redis: indicators (`{p}indicators:G`, read by the group endpoint) and
 //! PTT floors (`{p}floor:CHANNEL`, see `lua/floor_take.lua`), which keep two routers from
-//! granting one channel's floor twice and let any router take an idle one over. The
+//! granting one channel's floor twice and let any router take an idle one over; their
+//! talks' leases, which let any router end the talk of one that died, are in
+//! `floor_leases.rs`. The
 //! scripts take their keys in KEYS and use Redis' clock. A group's
 //! indicators and the index of their lapses live in the group's shard, a floor in its
 //! channel's (see [`super::Keyspace`]).
