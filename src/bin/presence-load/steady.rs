@@ -47,6 +47,10 @@ use crate::{
 
 /// Handshakes in flight per worker process.
 const CONNECTING: usize = 256;
+
+/// How often a session's first heartbeat is tried while its router's store is unavailable,
+/// every 500 ms: a router that lost Redis for a moment is back within this.
+const FIRST_HEARTBEAT_TRIES: usize = 60;
 /// Descriptors a worker keeps beside its sessions' sockets (stdio, the runtime's own).
 const WORKER_FD_RESERVE: u64 = 256;
 
@@ -322,10 +326,18 @@ pub async fn worker(credentials: Arc<Credentials>, share: Share) -> anyhow::Resu
             let permit = gate.acquire().await;
             let ws = async {
                 let mut ws = credentials.connect(router, i, &user, Role::Mobile).await?;
-                match heartbeat_answer(&mut ws, &user).await? {
-                    None => Ok(ws),
-                    Some(error) => bail!("{user}'s first heartbeat refused: {error}"),
+                // A router that lost its store for a moment (a stall of this shared machine)
+                // refuses heartbeats until it answers again; the window is measured later.
+                for _ in 0..FIRST_HEARTBEAT_TRIES {
+                    match heartbeat_answer(&mut ws, &user).await? {
+                        None => return Ok(ws),
+                        Some(error) if error.to_string().contains("presence_unavailable") => {
+                            tokio::time::sleep(Duration::from_millis(500)).await
+                        }
+                        Some(error) => bail!("{user}'s first heartbeat refused: {error}"),
+                    }
                 }
+                bail!("{user}'s first heartbeat refused {FIRST_HEARTBEAT_TRIES} times: presence_unavailable")
             }
             .await
             .with_context(|| format!("{user} on {router}"));
