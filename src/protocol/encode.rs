@@ -44,6 +44,12 @@ pub enum ErrorCode {
     /// A USER_ADD beyond the token's groups would take the session past
     /// `--max-session-groups`.
     TooManyGroups,
+    /// A SUBSCRIBE named a group outside the token's scope.
+    NotInScope,
+    /// An UNSUBSCRIBE named a group the dashboard is not subscribed to.
+    NotSubscribed,
+    /// A SUBSCRIBE beyond [`super::groups::MAX_SUBSCRIPTIONS`] groups.
+    TooManySubscriptions,
     /// The connection's token expired (the connection is then closed with 4001), or a
     /// REFRESH token was refused: the code is the one the HTTP API answers for the same
     /// token (`token_expired`, `invalid_token`, ...), or `token_mismatch` for a token of
@@ -65,6 +71,9 @@ impl ErrorCode {
             ErrorCode::FloorNotHeld => "floor_not_held",
             ErrorCode::NotAllowed => "not_allowed",
             ErrorCode::TooManyGroups => "too_many_groups",
+            ErrorCode::NotInScope => "not_in_scope",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::Token(code) => code,
         }
     }
@@ -74,7 +83,7 @@ impl ErrorCode {
 // `let Ok(_) = …` below is irrefutable.
 
 /// Starts a router frame: `[0, type, 0, 0, messageId, ` — the payload follows.
-fn header(buf: &mut ByteBuf, message_type: u8, message_id: Option<&Value>) {
+pub(super) fn header(buf: &mut ByteBuf, message_type: u8, message_id: Option<&Value>) {
     let Ok(_) = enc::write_array_len(buf, 6);
     let Ok(_) = enc::write_uint(buf, 0);
     let Ok(_) = enc::write_uint(buf, message_type.into());
@@ -88,7 +97,7 @@ fn header(buf: &mut ByteBuf, message_type: u8, message_id: Option<&Value>) {
     }
 }
 
-fn write_value(buf: &mut ByteBuf, value: &Value) {
+pub(super) fn write_value(buf: &mut ByteBuf, value: &Value) {
     let mut out = Vec::new();
     // Writing to a Vec only fails on a nesting depth the decoder never lets through.
     if rmpv::encode::write_value(&mut out, value).is_ok() {
@@ -98,12 +107,12 @@ fn write_value(buf: &mut ByteBuf, value: &Value) {
     }
 }
 
-fn str_field(buf: &mut ByteBuf, key: &str, value: &str) {
+pub(super) fn str_field(buf: &mut ByteBuf, key: &str, value: &str) {
     let Ok(_) = enc::write_str(buf, key);
     let Ok(_) = enc::write_str(buf, value);
 }
 
-fn uint_field(buf: &mut ByteBuf, key: &str, value: u64) {
+pub(super) fn uint_field(buf: &mut ByteBuf, key: &str, value: u64) {
     let Ok(_) = enc::write_str(buf, key);
     let Ok(_) = enc::write_uint(buf, value);
 }
@@ -122,7 +131,7 @@ fn opt_field<T>(buf: &mut ByteBuf, key: &str, value: Option<T>, write: impl FnOn
 /// has one and, with `activity`, `lastActivity` when known, plus `extra` more fields the
 /// caller writes. Absent rather than nil: a 100k-user snapshot stays as small as it was
 /// before statuses existed.
-fn user_map(buf: &mut ByteBuf, user: &UserPresence, activity: bool, extra: u32) {
+pub(super) fn user_map(buf: &mut ByteBuf, user: &UserPresence, activity: bool, extra: u32) {
     let last_activity = user.last_activity.filter(|_| activity);
     let optional = u32::from(user.status_text.is_some()) + u32::from(last_activity.is_some());
     let Ok(_) = enc::write_map_len(buf, 6 + optional + extra);

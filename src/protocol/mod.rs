@@ -10,6 +10,7 @@
 
 mod decode;
 mod encode;
+pub mod groups;
 pub mod live;
 pub mod payload;
 pub mod voiceping;
@@ -85,6 +86,15 @@ pub mod message_type {
     /// Client → router: `{token}`, a new token for the same user and role, to be used
     /// from now on (its expiry, and its groups).
     pub const REFRESH: u8 = 40;
+    /// Dashboard → router: show me the group in `toId`, in full or by its counts
+    /// (`protocol::groups`).
+    pub const SUBSCRIBE: u8 = 45;
+    /// Dashboard → router: stop showing me the group in `toId`.
+    pub const UNSUBSCRIBE: u8 = 46;
+    /// Router → dashboard: one group's counts of members online, away, dnd and offline.
+    pub const GROUP_COUNTS: u8 = 47;
+    /// Router → dashboard: one group's part of the view, the answer to a SUBSCRIBE.
+    pub const GROUP_SNAPSHOT: u8 = 48;
 
     /// A low-cardinality label for metrics.
     pub fn label(message_type: u8) -> &'static str {
@@ -100,6 +110,8 @@ pub mod message_type {
             INDICATOR_UPDATE => "indicator_update",
             ACK => "ack",
             REFRESH => "refresh",
+            SUBSCRIBE => "subscribe",
+            UNSUBSCRIBE => "unsubscribe",
             START => "start",
             STOP => "stop",
             AUDIO => "audio",

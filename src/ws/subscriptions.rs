@@ -1,0 +1,479 @@
+//! A dashboard that chose its groups: SUBSCRIBE (45) and UNSUBSCRIBE (46), and what it is
+//! sent from then on (`docs/PROTOCOL.md`, "Choosing groups").
+//!
+//! Until its first SUBSCRIBE or UNSUBSCRIBE a dashboard is sent everything its token
+//! reads, every change at once, as always. From then on it is sent the groups it chose:
+//! - **in full**: its members' presence and the group's indicators. Changes are coalesced
+//!   per dashboard: within its window (the smallest its full subscriptions asked for) only
+//!   the latest PRESENCE_UPDATE of each user is kept, and all of them go out together at
+//!   the window's end, in the order they were numbered. A user's final state is thus
+//!   always sent, at most one window late, and never followed by an older one;
+//! - **by its counts**: GROUP_COUNTS (online, away, dnd, offline), sent when the counts
+//!   changed, at most once per the subscription's interval (never below
+//!   [`COUNTS_MIN_INTERVAL`](crate::protocol::groups::COUNTS_MIN_INTERVAL)), the last
+//!   change always followed by the counts it left.
+//!
+//! Memory per dashboard is bounded: at most [`MAX_SUBSCRIPTIONS`] groups and
+//! [`PENDING_MAX`] coalesced changes (reaching it sends them at once, ahead of the
+//! window).
+//!
+//! A GROUP_SNAPSHOT answering a SUBSCRIBE is exact: the changes numbered up to the
+//! sequence number it includes are sent before it (as the old choice shows them), and
+//! only the later ones after it.
+
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use tokio::{
+    sync::broadcast::{self, error::TryRecvError},
+    time::Instant,
+};
+
+use super::{
+    close,
+    connection::{Connection, Exit},
+    socket::Socket,
+};
+use crate::{
+    hub::{Hub, HubEvent, MemberCounts},
+    id::Id,
+    metrics,
+    presence::Groups,
+    protocol::{
+        self, ErrorCode, Frame,
+        groups::{self as wire, MAX_SUBSCRIPTIONS, Watch},
+    },
+    scope::{Scope, View},
+};
+
+/// Most coalesced changes one dashboard holds; reaching it sends them at once.
+pub const PENDING_MAX: usize = 1024;
+
+/// The groups a dashboard chose, and what it has yet to be sent of them.
+pub(super) struct Subscriptions {
+    /// Groups watched in full: each one's window, and the sequence number its
+    /// GROUP_SNAPSHOT included (changes up to it were shown without the group).
+    full: BTreeMap<Id, (Duration, u64)>,
+    counts: BTreeMap<Id, Counter>,
+    /// The current members of any full group: how changes are shown.
+    scope: Scope,
+    /// The latest change of each user not sent yet: its sequence number and frame.
+    pending: HashMap<Id, (u64, Bytes)>,
+    /// Indicator starts and ends not sent yet, in order.
+    signals: Vec<(u64, Bytes)>,
+    /// When the coalesced changes go out.
+    flush_at: Option<Instant>,
+}
+
+/// One group watched by its counts.
+struct Counter {
+    interval: Duration,
+    sent_at: Option<Instant>,
+    sent: Option<MemberCounts>,
+    /// The counts may have changed: when to look (and send them if they did).
+    due: Option<Instant>,
+}
+
+impl Default for Subscriptions {
+    /// No group: a dashboard whose first choice is still to come.
+    fn default() -> Self {
+        Subscriptions {
+            full: BTreeMap::new(),
+            counts: BTreeMap::new(),
+            scope: Scope::members_of_any(Groups::default()),
+            pending: HashMap::new(),
+            signals: Vec::new(),
+            flush_at: None,
+        }
+    }
+}
+
+impl Subscriptions {
+    /// What a dashboard sent everything its token reads holds before its first
+    /// UNSUBSCRIBE: its token's groups in full, every change at once; `None` for a token
+    /// that reads everyone (there is no group to take out).
+    fn of_token(scope: &Scope) -> Option<Subscriptions> {
+        let groups = scope.allowed()?;
+        let mut subscriptions = Subscriptions {
+            full: groups.iter().map(|group| (group.clone(), (Duration::ZERO, 0))).collect(),
+            ..Subscriptions::default()
+        };
+        subscriptions.rescope();
+        Some(subscriptions)
+    }
+
+    fn rescope(&mut self) {
+        self.scope = Scope::members_of_any(self.full.keys().cloned().collect());
+    }
+
+    fn window(&self) -> Duration {
+        self.full.values().map(|(window, _)| *window).min().unwrap_or_default()
+    }
+
+    /// Whom the dashboard is shown: the members of its full groups.
+    pub(super) fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// How a change numbered `seq` is shown: without the groups whose GROUP_SNAPSHOT
+    /// included it already.
+    fn scope_at(&self, seq: u64) -> Cow<'_, Scope> {
+        if self.full.values().all(|(_, since)| *since < seq) {
+            return Cow::Borrowed(&self.scope);
+        }
+        let groups = self.full.iter().filter(|(_, (_, since))| *since < seq).map(|(group, _)| group.clone());
+        Cow::Owned(Scope::members_of_any(groups.collect()))
+    }
+
+    /// Takes a change numbered `seq` (not yet seen): the frame to send now, if the
+    /// dashboard is shown it and sends every change at once; otherwise it waits for the
+    /// window's end (a later change of the same user replaces it).
+    fn take(&mut self, change: HubEvent, seq: u64, now: Instant) -> Option<Bytes> {
+        let (user, frame) = match change {
+            HubEvent::Update { frame, update, before, .. } => {
+                for group in update.presence.groups.iter().chain(before.iter()) {
+                    if let Some(counter) = self.counts.get_mut(group) {
+                        counter.touch(now);
+                    }
+                }
+                let frame = match self.scope_at(seq).view_of(&update, &before) {
+                    View::AsIs => frame,
+                    View::Changed(shown) => protocol::update_frame(&shown, seq),
+                    View::Hidden => return None,
+                };
+                (Some(update.presence.user_id.clone()), frame)
+            }
+            HubEvent::Indicator { frame, change, .. } => {
+                if !self.scope_at(seq).covers_group(&change.indicator.group) {
+                    return None;
+                }
+                (None, frame)
+            }
+            HubEvent::Resync => return None,
+        };
+        let window = self.window();
+        if window.is_zero() {
+            return Some(frame);
+        }
+        match user {
+            Some(user) => {
+                if self.pending.insert(user, (seq, frame)).is_some() {
+                    ::metrics::counter!(metrics::UPDATES_COALESCED).increment(1);
+                }
+            }
+            None => self.signals.push((seq, frame)),
+        }
+        let flush_at = *self.flush_at.get_or_insert(now + window);
+        if self.pending.len() + self.signals.len() >= PENDING_MAX {
+            self.flush_at = Some(flush_at.min(now));
+        }
+        None
+    }
+
+    /// When something is due: the coalesced changes, or a group's counts.
+    pub(super) fn due(&self) -> Option<Instant> {
+        self.counts.values().filter_map(|counter| counter.due).chain(self.flush_at).min()
+    }
+
+    /// Every coalesced change, in order; nothing is left pending.
+    fn drain(&mut self) -> Vec<Bytes> {
+        self.flush_at = None;
+        let mut changes: Vec<(u64, Bytes)> = self.pending.drain().map(|(_, change)| change).collect();
+        changes.append(&mut self.signals);
+        changes.sort_unstable_by_key(|(seq, _)| *seq);
+        changes.into_iter().map(|(_, frame)| frame).collect()
+    }
+
+    /// What is due at `now`: the coalesced changes once their window ended (or too many
+    /// wait), and the counts of each group due that changed since they were last sent.
+    fn take_due(&mut self, hub: &Hub, now: Instant) -> Vec<Bytes> {
+        let mut frames = if self.flush_at.is_some_and(|at| at <= now) { self.drain() } else { Vec::new() };
+        for (group, counter) in &mut self.counts {
+            if counter.due.is_some_and(|at| at <= now) {
+                counter.due = None;
+                frames.extend(counter.send_if_changed(hub, group, now));
+            }
+        }
+        frames
+    }
+
+    /// The view was replaced by a snapshot: nothing pending is news, every group's
+    /// counts are looked at again.
+    fn resynced(&mut self, now: Instant) {
+        self.pending.clear();
+        self.signals.clear();
+        self.flush_at = None;
+        for counter in self.counts.values_mut() {
+            counter.due = Some(now);
+        }
+    }
+
+    /// Keeps only the groups `scope` (a new token's) covers.
+    fn retain_within(&mut self, scope: &Scope) {
+        self.full.retain(|group, _| scope.covers_group(group));
+        self.counts.retain(|group, _| scope.covers_group(group));
+        self.rescope();
+    }
+
+    fn len(&self) -> usize {
+        self.full.len() + self.counts.len()
+    }
+
+    fn contains(&self, group: &Id) -> bool {
+        self.full.contains_key(group) || self.counts.contains_key(group)
+    }
+}
+
+impl Counter {
+    /// The counts may have changed: look at once, or once the interval since the last
+    /// GROUP_COUNTS has passed.
+    fn touch(&mut self, now: Instant) {
+        if self.due.is_none() {
+            self.due = Some(self.sent_at.map_or(now, |at| (at + self.interval).max(now)));
+        }
+    }
+
+    /// GROUP_COUNTS of `group` if its counts differ from the last ones sent.
+    fn send_if_changed(&mut self, hub: &Hub, group: &Id, now: Instant) -> Option<Bytes> {
+        let (counts, seq) = hub.group_counts(group);
+        if self.sent == Some(counts) {
+            return None;
+        }
+        self.sent = Some(counts);
+        self.sent_at = Some(now);
+        ::metrics::counter!(metrics::GROUP_COUNTS_SENT).increment(1);
+        Some(wire::counts_frame(group, &counts, seq))
+    }
+}
+
+impl Connection {
+    /// The scope the dashboard's snapshots are taken in: its token's, or, once it chose
+    /// its groups, the members of its full groups.
+    pub(super) fn watched_scope(&self) -> &Scope {
+        self.subscriptions.as_ref().map_or(&self.scope, |subscriptions| subscriptions.scope())
+    }
+
+    /// A change numbered `seq` for a dashboard that chose its groups: the frame to send
+    /// now, if any (see [`Subscriptions::take`]).
+    pub(super) fn take_subscribed(&mut self, change: HubEvent, seq: u64) -> Option<Bytes> {
+        self.subscriptions.as_mut()?.take(change, seq, Instant::now())
+    }
+
+    /// When the dashboard's coalesced changes or counts are due.
+    pub(super) fn subscriptions_due(&self) -> Option<Instant> {
+        self.subscriptions.as_ref().and_then(|subscriptions| subscriptions.due())
+    }
+
+    /// The view was replaced by a snapshot (a resync, a new token).
+    pub(super) fn subscriptions_resynced(&mut self) {
+        if let Some(subscriptions) = self.subscriptions.as_mut() {
+            subscriptions.resynced(Instant::now());
+        }
+    }
+
+    /// A new token: groups outside its scope are no longer watched.
+    pub(super) fn subscriptions_within_scope(&mut self) {
+        if let Some(subscriptions) = self.subscriptions.as_mut() {
+            subscriptions.retain_within(&self.scope);
+        }
+    }
+
+    /// Feeds what is due now (unflushed: the caller flushes).
+    pub(super) async fn feed_due(&mut self, socket: &mut Socket) -> Option<Exit> {
+        let subscriptions = self.subscriptions.as_mut()?;
+        let frames = subscriptions.take_due(self.app.node.hub(), Instant::now());
+        self.feed_all(socket, frames).await
+    }
+
+    /// Writes what is due now.
+    pub(super) async fn on_subscriptions_due(&mut self, socket: &mut Socket) -> Option<Exit> {
+        if let Some(exit) = self.feed_due(socket).await {
+            return Some(exit);
+        }
+        self.timed(socket.flush()).await
+    }
+
+    async fn feed_all(&mut self, socket: &mut Socket, frames: Vec<Bytes>) -> Option<Exit> {
+        for frame in frames {
+            if let Some(exit) = self.timed(socket.feed(frame)).await {
+                return Some(exit);
+            }
+        }
+        None
+    }
+
+    /// Refuses a SUBSCRIBE or UNSUBSCRIBE, counted by its ERROR code.
+    async fn refuse_subscription(
+        &mut self,
+        socket: &mut Socket,
+        frame: &Frame,
+        code: ErrorCode,
+        message: &str,
+    ) -> Result<bool, Exit> {
+        ::metrics::counter!(metrics::GROUP_SUBSCRIPTIONS, "result" => code.as_str()).increment(1);
+        self.refuse(socket, frame, code, message).await
+    }
+
+    /// The group a SUBSCRIBE or UNSUBSCRIBE names, from a connection that watches
+    /// presence; `Err` once it was refused.
+    async fn subscription_group(&mut self, socket: &mut Socket, frame: &Frame) -> Result<Id, Result<bool, Exit>> {
+        if !self.role.watches_presence() {
+            let message = "only dashboards choose the groups they are shown";
+            return Err(self.refuse_subscription(socket, frame, ErrorCode::NotAllowed, message).await);
+        }
+        match &frame.to {
+            Some(group) => Ok(group.clone()),
+            None => {
+                let message = "toId must name a group";
+                Err(self.refuse_subscription(socket, frame, ErrorCode::InvalidPayload, message).await)
+            }
+        }
+    }
+
+    /// SUBSCRIBE (45): watch the group in `toId` in full (answered with ACK and its
+    /// GROUP_SNAPSHOT) or by its counts (ACK and GROUP_COUNTS). `events` is the
+    /// dashboard's stream: the changes up to the snapshot are sent before it.
+    pub(super) async fn on_subscribe(
+        &mut self,
+        socket: &mut Socket,
+        frame: &Frame,
+        events: Option<&mut broadcast::Receiver<HubEvent>>,
+    ) -> Result<bool, Exit> {
+        let group = match self.subscription_group(socket, frame).await {
+            Ok(group) => group,
+            Err(refused) => return refused,
+        };
+        let watch = match wire::subscribe(&frame.payload) {
+            Ok(watch) => watch,
+            Err(e) => {
+                return self.refuse_subscription(socket, frame, ErrorCode::InvalidPayload, &e.to_string()).await;
+            }
+        };
+        if !self.scope.covers_group(&group) {
+            let message = "the group is outside the token's groups";
+            return self.refuse_subscription(socket, frame, ErrorCode::NotInScope, message).await;
+        }
+        let known = self.subscriptions.as_ref().is_some_and(|s| s.contains(&group));
+        if !known && self.subscriptions.as_ref().is_some_and(|s| s.len() >= MAX_SUBSCRIPTIONS) {
+            let message = "a dashboard subscribes to at most 256 groups";
+            return self.refuse_subscription(socket, frame, ErrorCode::TooManySubscriptions, message).await;
+        }
+        let Some(events) = events else {
+            return self.refuse_subscription(socket, frame, ErrorCode::NotAllowed, "not a dashboard").await;
+        };
+        let now = Instant::now();
+        match watch {
+            Watch::Counts { interval } => {
+                ::metrics::counter!(metrics::GROUP_SUBSCRIPTIONS, "result" => "counts").increment(1);
+                let subscriptions = self.subscriptions.get_or_insert_default();
+                if subscriptions.full.remove(&group).is_some() {
+                    subscriptions.rescope();
+                }
+                let mut counter = Counter { interval, sent_at: None, sent: None, due: None };
+                let counts = counter.send_if_changed(self.app.node.hub(), &group, now);
+                subscriptions.counts.insert(group, counter);
+                self.ack(socket, frame).await?;
+                match counts {
+                    Some(counts) => self.write(socket, counts).await.map_or(Ok(false), Err),
+                    None => Ok(false),
+                }
+            }
+            Watch::Full { window } => {
+                ::metrics::counter!(metrics::GROUP_SUBSCRIPTIONS, "result" => "full").increment(1);
+                let mut chosen: Vec<Id> =
+                    self.subscriptions.as_ref().map(|s| s.full.keys().cloned().collect()).unwrap_or_default();
+                chosen.push(group.clone());
+                let reader = Scope::members_of_any(chosen.into());
+                let hub = self.app.node.hub().clone();
+                let part = hub.group_part(&group, &reader);
+                // The changes up to the part, as the choice so far shows them, go first.
+                let resynced = self.catch_up(socket, events, part.seq).await?;
+                let subscriptions = self.subscriptions.get_or_insert_default();
+                let pending = subscriptions.drain();
+                subscriptions.counts.remove(&group);
+                subscriptions.full.insert(group.clone(), (window, part.seq));
+                subscriptions.rescope();
+                if let Some(exit) = self.feed_all(socket, pending).await {
+                    return Err(exit);
+                }
+                self.ack(socket, frame).await?;
+                if resynced {
+                    // The view was rebuilt meanwhile: a whole snapshot of the new choice.
+                    self.subscriptions_resynced();
+                    let source = hub.snapshot_source(self.watched_scope());
+                    return Box::pin(self.write_snapshot(socket, source)).await.map_or(Ok(false), Err);
+                }
+                self.seq = self.seq.max(part.seq);
+                let snapshot = wire::group_snapshot_frame(&group, &part);
+                drop(part);
+                self.write(socket, snapshot).await.map_or(Ok(false), Err)
+            }
+        }
+    }
+
+    /// Sends (or, coalesced, holds) the changes numbered up to `seq` from `events`, as
+    /// the dashboard's choice so far shows them; `Ok(true)` when the view was rebuilt
+    /// meanwhile (the dashboard needs a whole snapshot). Every change up to `seq` is on
+    /// the ring already: the hub numbers and sends them under the lock `seq` was read
+    /// under.
+    async fn catch_up(
+        &mut self,
+        socket: &mut Socket,
+        events: &mut broadcast::Receiver<HubEvent>,
+        seq: u64,
+    ) -> Result<bool, Exit> {
+        while self.seq < seq {
+            let change = match events.try_recv() {
+                Ok(HubEvent::Resync) => return Ok(true),
+                Ok(change) => change,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Lagged(missed)) => {
+                    tracing::info!(missed, "dashboard fell behind the update ring");
+                    return Err(Exit::Close(close::SLOW_CONSUMER, "slow consumer"));
+                }
+                Err(TryRecvError::Closed) => return Err(Exit::Close(close::SERVICE_RESTART, "router restarting")),
+            };
+            if let Some(frame) = self.shown(change)
+                && let Some(exit) = self.timed(socket.feed(frame)).await
+            {
+                return Err(exit);
+            }
+        }
+        Ok(false)
+    }
+
+    /// UNSUBSCRIBE (46): stop watching the group in `toId` (answered with ACK, after the
+    /// coalesced changes so far). A dashboard still sent everything its token reads is
+    /// subscribed to each of its token's groups.
+    pub(super) async fn on_unsubscribe(&mut self, socket: &mut Socket, frame: &Frame) -> Result<bool, Exit> {
+        let group = match self.subscription_group(socket, frame).await {
+            Ok(group) => group,
+            Err(refused) => return refused,
+        };
+        let chosen = self.subscriptions.is_some();
+        let mut subscriptions = match self.subscriptions.take() {
+            Some(subscriptions) => subscriptions,
+            None => Box::new(Subscriptions::of_token(&self.scope).unwrap_or_default()),
+        };
+        let full = subscriptions.full.remove(&group).is_some();
+        let counts = subscriptions.counts.remove(&group).is_some();
+        if !full && !counts {
+            if chosen {
+                self.subscriptions = Some(subscriptions);
+            }
+            return self.refuse_subscription(socket, frame, ErrorCode::NotSubscribed, "not subscribed to the group").await;
+        }
+        ::metrics::counter!(metrics::GROUP_SUBSCRIPTIONS, "result" => "unsubscribed").increment(1);
+        let pending = subscriptions.drain();
+        subscriptions.rescope();
+        self.subscriptions = Some(subscriptions);
+        if let Some(exit) = self.feed_all(socket, pending).await {
+            return Err(exit);
+        }
+        self.ack(socket, frame).await
+    }
+}
