@@ -3,6 +3,7 @@
 # Needs redis-server and redis-benchmark (make deps). Loopback only; stops by itself.
 #   scripts/bench.sh [idle-connections]
 #   BENCH_ONLY=cluster scripts/bench.sh   # only "Redis Cluster vs one Redis", both engines
+#   BENCH_ONLY=groups scripts/bench.sh    # only "Large groups": counts-only and full dashboards
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IDLE=${1:-18000}
@@ -51,6 +52,23 @@ if [ "${BENCH_ONLY:-}" = dashboard ]; then dashboard_page; exit 0; fi
 redis-server redis.conf --port 6400 --dir "$DIR" --daemonize yes --logfile "$DIR/redis.log"
 until redis-cli -p 6400 ping >/dev/null 2>&1; do sleep 0.05; done
 REDIS=(--redis-host 127.0.0.1 --redis-port 6400)
+
+# One 10k-member group (seeded into a flushed :6400) churning at 1,000 changes/s for 10 s
+# (`presence-load churn`, inside `presence-load groups`) on a fresh router, as four
+# dashboards see it: by counts (100 ms), in full coalesced (100 ms window), in full every
+# change, and without SUBSCRIBE. GROUPS_USERS, GROUPS_RATE, GROUPS_SECONDS change the scale.
+large_groups() {
+  local users=${GROUPS_USERS:-10000}
+  redis-cli -p 6400 flushall >/dev/null
+  $BIN/presence-load seed --redis-port 6400 --users "$users" --groups 1 >/dev/null
+  router 4150 "${REDIS[@]}"
+  $BIN/presence-load groups --router 127.0.0.1:4150 --redis-port 6400 --users "$users" \
+    --rate "${GROUPS_RATE:-1000}" --seconds "${GROUPS_SECONDS:-10}" --interval-ms 100
+  kill "${PID_OF[4150]}"
+  wait "${PID_OF[4150]}" 2>/dev/null || true
+  redis-cli -p 6400 flushall >/dev/null
+}
+if [ "${BENCH_ONLY:-}" = groups ]; then large_groups; exit 0; fi
 
 # Redis work per heartbeat at a realistic scale: N mobiles heartbeating every 30 s, their
 # phases spread evenly, on routers sharing the one redis-server (flushed before each run,
@@ -222,3 +240,5 @@ wait "$TALK" "$HEARTBEATS"
 redis-cli -p 6401 shutdown nosave >/dev/null 2>&1 || true
 
 dashboard_page
+
+large_groups

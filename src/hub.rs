@@ -65,8 +65,8 @@ use crate::{
 mod group_counts;
 mod indicators;
 
-pub use group_counts::{GroupPart, MemberCounts};
 use group_counts::Tally;
+pub use group_counts::{GroupPart, MemberCounts};
 use indicators::Indicators;
 
 /// Most scopes whose snapshot frame is kept; the least recently used goes first.

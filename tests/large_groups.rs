@@ -31,7 +31,9 @@ async fn dashboard(router: &Router, user: &str, groups: Option<&[&str]>) -> Clie
 /// window asked for); the next frame, which answers it.
 async fn subscribe(client: &mut Client, me: &str, group: &str, counts: bool, interval_ms: u64) -> Value {
     let payload = map(&[("counts", counts.into()), ("intervalMs", interval_ms.into())]);
-    client.send_value(Value::Array(vec![0.into(), SUBSCRIBE.into(), me.into(), group.into(), "s1".into(), payload])).await;
+    client
+        .send_value(Value::Array(vec![0.into(), SUBSCRIBE.into(), me.into(), group.into(), "s1".into(), payload]))
+        .await;
     client.next_frame().await
 }
 
@@ -185,9 +187,8 @@ async fn a_churning_10k_group_reaches_counts_and_full_dashboards_bounded_and_fin
     assert_eq!(members.0.len(), 10_000);
 
     let started = Instant::now();
-    let mut churn = load(&["churn", "--redis-port", &port, "--users", USERS, "--groups", "1", "--seconds", "5"])
-        .spawn()
-        .unwrap();
+    let mut churn =
+        load(&["churn", "--redis-port", &port, "--users", USERS, "--groups", "1", "--seconds", "5"]).spawn().unwrap();
     let (mut count_frames, mut last_counts, mut full_frames) = (0u64, [0; 4], 0u64);
     let churned = loop {
         tokio::select! {

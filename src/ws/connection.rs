@@ -301,7 +301,10 @@ impl Connection {
                 .tracked()
                 .is_some()
                 .then(|| liveness::wake_at(heard_at, Instant::now(), limits.idle_timeout, ping_every));
-            let wake_at = [idle, self.next_deadline(), self.subscriptions_due()].into_iter().flatten().fold(self.expires_at, Instant::min);
+            let wake_at = [idle, self.next_deadline(), self.subscriptions_due()]
+                .into_iter()
+                .flatten()
+                .fold(self.expires_at, Instant::min);
             if timer.deadline() != wake_at {
                 timer.as_mut().reset(wake_at);
             }

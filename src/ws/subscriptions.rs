@@ -22,7 +22,6 @@
 //! only the later ones after it.
 
 use std::{
-    borrow::Cow,
     collections::{BTreeMap, HashMap},
     time::Duration,
 };
@@ -55,9 +54,8 @@ pub const PENDING_MAX: usize = 1024;
 
 /// The groups a dashboard chose, and what it has yet to be sent of them.
 pub(super) struct Subscriptions {
-    /// Groups watched in full: each one's window, and the sequence number its
-    /// GROUP_SNAPSHOT included (changes up to it were shown without the group).
-    full: BTreeMap<Id, (Duration, u64)>,
+    /// Groups watched in full, and the coalescing window each asked for.
+    full: BTreeMap<Id, Duration>,
     counts: BTreeMap<Id, Counter>,
     /// The current members of any full group: how changes are shown.
     scope: Scope,
@@ -99,7 +97,7 @@ impl Subscriptions {
     fn of_token(scope: &Scope) -> Option<Subscriptions> {
         let groups = scope.allowed()?;
         let mut subscriptions = Subscriptions {
-            full: groups.iter().map(|group| (group.clone(), (Duration::ZERO, 0))).collect(),
+            full: groups.iter().map(|group| (group.clone(), Duration::ZERO)).collect(),
             ..Subscriptions::default()
         };
         subscriptions.rescope();
@@ -111,22 +109,12 @@ impl Subscriptions {
     }
 
     fn window(&self) -> Duration {
-        self.full.values().map(|(window, _)| *window).min().unwrap_or_default()
+        self.full.values().min().copied().unwrap_or_default()
     }
 
     /// Whom the dashboard is shown: the members of its full groups.
     pub(super) fn scope(&self) -> &Scope {
         &self.scope
-    }
-
-    /// How a change numbered `seq` is shown: without the groups whose GROUP_SNAPSHOT
-    /// included it already.
-    fn scope_at(&self, seq: u64) -> Cow<'_, Scope> {
-        if self.full.values().all(|(_, since)| *since < seq) {
-            return Cow::Borrowed(&self.scope);
-        }
-        let groups = self.full.iter().filter(|(_, (_, since))| *since < seq).map(|(group, _)| group.clone());
-        Cow::Owned(Scope::members_of_any(groups.collect()))
     }
 
     /// Takes a change numbered `seq` (not yet seen): the frame to send now, if the
@@ -140,7 +128,7 @@ impl Subscriptions {
                         counter.touch(now);
                     }
                 }
-                let frame = match self.scope_at(seq).view_of(&update, &before) {
+                let frame = match self.scope.view_of(&update, &before) {
                     View::AsIs => frame,
                     View::Changed(shown) => protocol::update_frame(&shown, seq),
                     View::Hidden => return None,
@@ -148,7 +136,7 @@ impl Subscriptions {
                 (Some(update.presence.user_id.clone()), frame)
             }
             HubEvent::Indicator { frame, change, .. } => {
-                if !self.scope_at(seq).covers_group(&change.indicator.group) {
+                if !self.scope.covers_group(&change.indicator.group) {
                     return None;
                 }
                 (None, frame)
@@ -370,12 +358,17 @@ impl Connection {
             Watch::Counts { interval } => {
                 ::metrics::counter!(metrics::GROUP_SUBSCRIPTIONS, "result" => "counts").increment(1);
                 let subscriptions = self.subscriptions.get_or_insert_default();
+                // Changes still due under the choice so far go before the ACK.
+                let pending = subscriptions.drain();
                 if subscriptions.full.remove(&group).is_some() {
                     subscriptions.rescope();
                 }
                 let mut counter = Counter { interval, sent_at: None, sent: None, due: None };
                 let counts = counter.send_if_changed(self.app.node.hub(), &group, now);
                 subscriptions.counts.insert(group, counter);
+                if let Some(exit) = self.feed_all(socket, pending).await {
+                    return Err(exit);
+                }
                 self.ack(socket, frame).await?;
                 match counts {
                     Some(counts) => self.write(socket, counts).await.map_or(Ok(false), Err),
@@ -395,7 +388,7 @@ impl Connection {
                 let subscriptions = self.subscriptions.get_or_insert_default();
                 let pending = subscriptions.drain();
                 subscriptions.counts.remove(&group);
-                subscriptions.full.insert(group.clone(), (window, part.seq));
+                subscriptions.full.insert(group.clone(), window);
                 subscriptions.rescope();
                 if let Some(exit) = self.feed_all(socket, pending).await {
                     return Err(exit);
@@ -465,7 +458,9 @@ impl Connection {
             if chosen {
                 self.subscriptions = Some(subscriptions);
             }
-            return self.refuse_subscription(socket, frame, ErrorCode::NotSubscribed, "not subscribed to the group").await;
+            return self
+                .refuse_subscription(socket, frame, ErrorCode::NotSubscribed, "not subscribed to the group")
+                .await;
         }
         ::metrics::counter!(metrics::GROUP_SUBSCRIPTIONS, "result" => "unsubscribed").increment(1);
         let pending = subscriptions.drain();
@@ -475,5 +470,114 @@ impl Connection {
             return Err(exit);
         }
         self.ack(socket, frame).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::presence::{Cause, PresenceUpdate, Status, UserPresence};
+
+    fn id(s: &str) -> Id {
+        Id::parse(s).unwrap()
+    }
+
+    /// `user`, in `groups`, changes to `status` at `version`: the hub's event numbered `seq`.
+    fn change(seq: u64, user: &str, groups: &[&str], status: Status, version: u64) -> HubEvent {
+        let mut presence = UserPresence::unknown(id(user));
+        presence.status = status;
+        presence.version = version;
+        presence.groups = groups.iter().map(|g| id(g)).collect();
+        let update = PresenceUpdate { presence, cause: Cause::Status, timestamp: 1, seq: None };
+        HubEvent::Update {
+            seq,
+            frame: protocol::update_frame(&update, seq),
+            update: Arc::new(update),
+            before: Groups::default(),
+        }
+    }
+
+    fn watching(full: &[(&str, u64)]) -> Subscriptions {
+        let mut subscriptions = Subscriptions::default();
+        for (group, window_ms) in full {
+            subscriptions.full.insert(id(group), Duration::from_millis(*window_ms));
+        }
+        subscriptions.rescope();
+        subscriptions
+    }
+
+    /// The (user, version) of each PRESENCE_UPDATE frame.
+    fn read(frames: &[Bytes]) -> Vec<(String, u64)> {
+        frames
+            .iter()
+            .map(|frame| {
+                let value = rmpv::decode::read_value(&mut &frame[..]).unwrap();
+                (value[5]["userId"].as_str().unwrap().to_owned(), value[5]["version"].as_u64().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_window_keeps_each_users_latest_change_and_sends_them_in_order() {
+        let hub = Hub::new(16);
+        let now = Instant::now();
+        let mut subscriptions = watching(&[("g1", 100)]);
+        let changes = [
+            change(1, "a", &["g1"], Status::Online, 1),
+            change(2, "b", &["g1"], Status::Online, 1),
+            change(3, "x", &["g2"], Status::Online, 1),
+            change(4, "a", &["g1"], Status::Away, 2),
+            change(5, "a", &["g1"], Status::Dnd, 3),
+        ];
+        for (seq, event) in (1..).zip(changes) {
+            assert!(subscriptions.take(event, seq, now).is_none(), "held for the window");
+        }
+        assert_eq!(subscriptions.due(), Some(now + Duration::from_millis(100)));
+        assert!(subscriptions.take_due(&hub, now).is_empty(), "not before the window ends");
+        let sent = subscriptions.take_due(&hub, now + Duration::from_millis(100));
+        assert_eq!(read(&sent), [("b".into(), 1), ("a".into(), 3)], "a's latest only, x outside the groups");
+        assert_eq!(subscriptions.due(), None, "nothing left");
+    }
+
+    #[test]
+    fn a_zero_window_sends_at_once_and_too_many_pending_go_out_early() {
+        let now = Instant::now();
+        let mut at_once = watching(&[("g1", 0)]);
+        assert!(at_once.take(change(1, "a", &["g1"], Status::Online, 1), 1, now).is_some());
+        let hub = Hub::new(16);
+        let mut subscriptions = watching(&[("g1", 60_000)]);
+        for n in 0..PENDING_MAX as u64 {
+            subscriptions.take(change(n + 1, &format!("u{n}"), &["g1"], Status::Online, 1), n + 1, now);
+        }
+        assert_eq!(subscriptions.due(), Some(now), "full: due at once");
+        assert_eq!(subscriptions.take_due(&hub, now).len(), PENDING_MAX);
+    }
+
+    #[test]
+    fn counts_go_out_at_most_once_per_interval_and_the_last_change_is_always_sent() {
+        let hub = Hub::new(16);
+        let group = id("g1");
+        let start = Instant::now();
+        let interval = Duration::from_millis(100);
+        let mut subscriptions = Subscriptions::default();
+        let mut counter = Counter { interval, sent_at: None, sent: None, due: None };
+        assert!(counter.send_if_changed(&hub, &group, start).is_some(), "the first counts at once");
+        subscriptions.counts.insert(group.clone(), counter);
+        let apply = |n: u64| {
+            let HubEvent::Update { update, .. } = change(n, "a", &["g1"], Status::Online, n) else { unreachable!() };
+            hub.apply((*update).clone());
+            change(n, "a", &["g1"], if n % 2 == 0 { Status::Away } else { Status::Online }, n)
+        };
+        subscriptions.take(apply(1), 1, start + Duration::from_millis(10));
+        assert_eq!(subscriptions.due(), Some(start + interval), "not before the interval since the last");
+        subscriptions.take(apply(2), 2, start + Duration::from_millis(50));
+        assert_eq!(subscriptions.due(), Some(start + interval), "one look for both");
+        assert_eq!(subscriptions.take_due(&hub, start + interval).len(), 1);
+        assert!(subscriptions.take_due(&hub, start + interval * 2).is_empty(), "no change: nothing");
+        // Counts that went back to what was last sent are not sent again.
+        subscriptions.take(change(3, "b", &["g1"], Status::Online, 1), 3, start + interval * 3);
+        assert!(subscriptions.take_due(&hub, start + interval * 3).is_empty());
     }
 }
