@@ -55,17 +55,21 @@ REDIS=(--redis-host 127.0.0.1 --redis-port 6400)
 
 # One 10k-member group (seeded into a flushed :6400) churning at 1,000 changes/s for 10 s
 # (`presence-load churn`, inside `presence-load groups`) on a fresh router, as four
-# dashboards see it: by counts (100 ms), in full coalesced (100 ms window), in full every
-# change, and without SUBSCRIBE. GROUPS_USERS, GROUPS_RATE, GROUPS_SECONDS change the scale.
+# dashboards see it: by counts, in full coalesced, in full every change, and without
+# SUBSCRIBE. Twice: every member changing, interval and window 100 ms; then 1,000 hot
+# members changing, 1 s. GROUPS_USERS, GROUPS_RATE, GROUPS_SECONDS change the scale.
 large_groups() {
-  local users=${GROUPS_USERS:-10000}
-  redis-cli -p 6400 flushall >/dev/null
-  $BIN/presence-load seed --redis-port 6400 --users "$users" --groups 1 >/dev/null
-  router 4150 "${REDIS[@]}"
-  $BIN/presence-load groups --router 127.0.0.1:4150 --redis-port 6400 --users "$users" \
-    --rate "${GROUPS_RATE:-1000}" --seconds "${GROUPS_SECONDS:-10}" --interval-ms 100
-  kill "${PID_OF[4150]}"
-  wait "${PID_OF[4150]}" 2>/dev/null || true
+  local users=${GROUPS_USERS:-10000} run
+  for run in "$users 100" "1000 1000"; do
+    set -- $run
+    redis-cli -p 6400 flushall >/dev/null
+    $BIN/presence-load seed --redis-port 6400 --users "$users" --groups 1 >/dev/null
+    router 4150 "${REDIS[@]}"
+    $BIN/presence-load groups --router 127.0.0.1:4150 --redis-port 6400 --users "$users" --churn-users "$1" \
+      --rate "${GROUPS_RATE:-1000}" --seconds "${GROUPS_SECONDS:-10}" --interval-ms "$2"
+    kill "${PID_OF[4150]}"
+    wait "${PID_OF[4150]}" 2>/dev/null || true
+  done
   redis-cli -p 6400 flushall >/dev/null
 }
 if [ "${BENCH_ONLY:-}" = groups ]; then large_groups; exit 0; fi

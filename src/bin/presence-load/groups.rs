@@ -28,6 +28,9 @@ pub struct Options {
     pub router: SocketAddr,
     pub redis_port: u16,
     pub users: usize,
+    /// The churn changes members u0..u{this} only (at most `users`): a hot set whose
+    /// members change again within a window.
+    pub churn_users: usize,
     pub rate: u64,
     pub seconds: f64,
     /// The interval of the counts, and the window of the coalesced full dashboard.
@@ -72,7 +75,7 @@ pub async fn run(credentials: &Credentials, options: Options) -> anyhow::Result<
     let started = Instant::now();
     churn::run(churn::Options {
         redis_port: options.redis_port,
-        users: options.users,
+        users: options.churn_users.min(options.users),
         groups: 1,
         rate: options.rate,
         seconds: options.seconds,
@@ -84,10 +87,12 @@ pub async fn run(credentials: &Credentials, options: Options) -> anyhow::Result<
     for (way, received) in ways.iter().zip(&counted) {
         let (frames, bytes) = (received.frames.load(Ordering::Relaxed), received.bytes.load(Ordering::Relaxed));
         println!(
-            "groups: {} users in one group, {} changes/s, {:.1} s, {}: {:.1} frames/s, {:.0} bytes/s",
+            "groups: {} users in one group, {} of them changing, {} changes/s, {:.1} s, interval {} ms, {}: {:.1} frames/s, {:.0} bytes/s",
             options.users,
+            options.churn_users.min(options.users),
             options.rate,
             seconds,
+            interval,
             way.label,
             frames as f64 / seconds,
             bytes as f64 / seconds

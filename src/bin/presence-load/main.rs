@@ -186,6 +186,9 @@ enum Scenario {
         redis_port: u16,
         #[arg(long, default_value_t = 10_000)]
         users: usize,
+        /// The churn changes the first this many members only (default: all of them).
+        #[arg(long)]
+        churn_users: Option<usize>,
         #[arg(long, default_value_t = 1000)]
         rate: u64,
         #[arg(long, default_value_t = 10.0)]
@@ -366,8 +369,9 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Churn { redis_port, users, groups, rate, seconds } => {
             churn::run(churn::Options { redis_port, users, groups, rate, seconds }).await
         }
-        Scenario::Groups { router, redis_port, users, rate, seconds, interval_ms } => {
-            let options = groups::Options { router, redis_port, users, rate, seconds, interval_ms };
+        Scenario::Groups { router, redis_port, users, churn_users, rate, seconds, interval_ms } => {
+            let churn_users = churn_users.unwrap_or(users);
+            let options = groups::Options { router, redis_port, users, churn_users, rate, seconds, interval_ms };
             groups::run(&credentials, options).await
         }
         Scenario::Snapshot { router, users, expect, repeat, retain_dashboards, router_pid } => {
