@@ -97,6 +97,32 @@ async fn subscriptions_follow_the_tokens_scope(engine: Engine) {
     assert_eq!(metric(&text, "presence_group_subscriptions_total{result=\"unsubscribed\"}"), Some(1));
 }
 
+/// A REFRESH whose token no longer names a watched group ends its subscription: the
+/// dashboard is sent a snapshot of what it still watches, and nothing of the group.
+async fn a_new_token_ends_subscriptions_outside_it(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let router = setup.router(&[]).await;
+    let mut a = router.mobile_in("a", &["g1"]).await;
+    let mut b = router.mobile_in("b", &["g2"]).await;
+    let mut dash = dashboard(&router, "dispatcher", Some(&["g1", "g2"])).await;
+    assert_eq!(subscribe(&mut dash, "dispatcher", "g1", false, 0).await[1].as_u64(), Some(ACK.into()));
+    dash.expect(GROUP_SNAPSHOT).await;
+
+    let narrower = mint_hs256_in(SECRET.as_bytes(), "dispatcher", Role::Dashboard, Some(&["g2"]), 3600).unwrap();
+    dash.send_frame(0, 40, "dispatcher", "", map(&[("token", narrower.into())])).await;
+    let snapshot = dash.expect(32).await;
+    assert_eq!(snapshot[5]["count"].as_u64(), Some(0), "g1 is no longer watched: {snapshot}");
+    dash.expect(ACK).await;
+    let refused = subscribe(&mut dash, "dispatcher", "g1", false, 0).await;
+    assert_eq!(refused[5]["code"].as_str(), Some("not_in_scope"), "{refused}");
+
+    a.set_status("a", "dnd", None).await;
+    assert_eq!(subscribe(&mut dash, "dispatcher", "g2", false, 0).await[1].as_u64(), Some(ACK.into()));
+    dash.expect(GROUP_SNAPSHOT).await;
+    b.set_status("b", "away", None).await;
+    assert_update(&dash.next_update().await, "b", "away");
+}
+
 /// A mobile is not a dashboard: it chooses no groups to watch.
 async fn only_dashboards_subscribe(engine: Engine) {
     let setup = Setup::new(engine).await;
@@ -115,6 +141,10 @@ mod memory {
     async fn only_dashboards_subscribe() {
         super::only_dashboards_subscribe(super::Engine::Memory).await
     }
+    #[tokio::test]
+    async fn a_new_token_ends_subscriptions_outside_it() {
+        super::a_new_token_ends_subscriptions_outside_it(super::Engine::Memory).await
+    }
 }
 
 mod redis {
@@ -125,6 +155,10 @@ mod redis {
     #[tokio::test]
     async fn only_dashboards_subscribe() {
         super::only_dashboards_subscribe(super::Engine::Redis).await
+    }
+    #[tokio::test]
+    async fn a_new_token_ends_subscriptions_outside_it() {
+        super::a_new_token_ends_subscriptions_outside_it(super::Engine::Redis).await
     }
 }
 
