@@ -38,6 +38,10 @@ export const MessageType = {
   INDICATOR_UPDATE: 38,
   ACK: 39,
   REFRESH: 40,
+  SUBSCRIBE: 45,
+  UNSUBSCRIBE: 46,
+  GROUP_COUNTS: 47,
+  GROUP_SNAPSHOT: 48,
 } as const;
 
 /** A user or group id: the router treats `123` and `"123"` alike and writes strings. */
