@@ -536,8 +536,11 @@ impl Connection {
                 };
             }
         }
-        // Coalesced changes go out when their window ends, or at once when too many wait.
-        if let Some(exit) = self.feed_due(socket).await {
+        // Coalesced changes go out when their window ends, or at once when too many wait
+        // (boxed, like the other rare paths: most dashboards never subscribe).
+        if self.subscriptions.is_some()
+            && let Some(exit) = Box::pin(self.feed_due(socket)).await
+        {
             return Some(exit);
         }
         self.timed(socket.flush()).await
