@@ -177,7 +177,11 @@ struct Members(HashMap<String, (String, u64)>);
 impl Members {
     fn apply(&mut self, frame: &Value) {
         match frame[1].as_u64() {
-            Some(48) => {
+            // A resync's snapshot (a busy machine's Redis timing out) replaces the view.
+            Some(32 | 48) => {
+                if frame[1].as_u64() == Some(32) {
+                    self.0.clear();
+                }
                 for user in frame[5]["users"].as_array().unwrap() {
                     let id = user["userId"].as_str().unwrap().to_string();
                     self.0.insert(id, (user["status"].as_str().unwrap().into(), user["version"].as_u64().unwrap()));
@@ -228,7 +232,10 @@ async fn a_churning_10k_group_reaches_counts_and_full_dashboards_bounded_and_fin
         tokio::select! {
             status = churn.wait() => break status.unwrap(),
             frame = counts.next_frame() => {
-                assert_eq!(frame[1].as_u64(), Some(GROUP_COUNTS.into()), "counts only: {frame}");
+                if frame[1].as_u64() != Some(GROUP_COUNTS.into()) {
+                    assert_eq!(frame[1].as_u64(), Some(32), "counts only, or a resync's snapshot: {frame}");
+                    continue;
+                }
                 count_frames += 1;
                 last_counts = counts_of(&frame);
             }
@@ -246,7 +253,15 @@ async fn a_churning_10k_group_reaches_counts_and_full_dashboards_bounded_and_fin
     assert!(full_frames > 0);
 
     // The store's final state, once the churn stopped.
-    let group = router.group("g0").await;
+    let deadline = Instant::now() + WAIT;
+    let group = loop {
+        let (status, body) = router.get("/api/groups/g0/presence").await;
+        if status == 200 {
+            break body;
+        }
+        // A busy machine's Redis may answer 10k participants past the command timeout.
+        assert!(Instant::now() < deadline, "the group's presence: {body}");
+    };
     let participants = group["participants"].as_array().unwrap();
     let stored: HashMap<&str, &str> =
         participants.iter().map(|p| (p["userId"].as_str().unwrap(), p["status"].as_str().unwrap())).collect();
@@ -256,7 +271,9 @@ async fn a_churning_10k_group_reaches_counts_and_full_dashboards_bounded_and_fin
     // Each dashboard reaches it with what it is sent next (each frame within WAIT).
     while last_counts != expected {
         let frame = counts.next_frame().await;
-        last_counts = counts_of(&frame);
+        if frame[1].as_u64() == Some(GROUP_COUNTS.into()) {
+            last_counts = counts_of(&frame);
+        }
     }
     let differs = |members: &Members| stored.iter().filter(|(user, status)| members.status(user) != **status).count();
     let deadline = Instant::now() + WAIT;
