@@ -123,6 +123,37 @@ async fn a_new_token_ends_subscriptions_outside_it(engine: Engine) {
     assert_update(&dash.next_update().await, "b", "away");
 }
 
+/// A user changing many times within a full dashboard's window reaches it in its last
+/// state, its updates in growing versions (never an older state after a newer one), and
+/// a later change of another member follows them.
+async fn a_flapping_member_reaches_a_coalescing_dashboard_in_its_last_state(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let router = setup.router(&[]).await;
+    let mut a = router.mobile_in("a", &["g1"]).await;
+    let mut b = router.mobile_in("b", &["g1"]).await;
+    let mut dash = dashboard(&router, "dispatcher", None).await;
+    assert_eq!(subscribe(&mut dash, "dispatcher", "g1", false, 200).await[1].as_u64(), Some(ACK.into()));
+    dash.expect(GROUP_SNAPSHOT).await;
+    let statuses = ["away", "dnd", "online"];
+    for n in 0..30 {
+        a.set_status("a", statuses[n % 3], Some(&format!("n{n}"))).await;
+    }
+    a.set_status("a", "dnd", Some("final")).await;
+    b.set_status("b", "away", None).await;
+    let mut versions = Vec::new();
+    loop {
+        let update = dash.next_update().await;
+        assert_eq!(update["userId"].as_str(), Some("a"), "a's last state comes before b's change: {update}");
+        versions.push(update["version"].as_u64().unwrap());
+        if update["statusText"].as_str() == Some("final") {
+            assert_update(&update, "a", "dnd");
+            break;
+        }
+    }
+    assert!(versions.windows(2).all(|pair| pair[0] < pair[1]), "versions only grow: {versions:?}");
+    assert_update(&dash.next_update().await, "b", "away");
+}
+
 /// A mobile is not a dashboard: it chooses no groups to watch.
 async fn only_dashboards_subscribe(engine: Engine) {
     let setup = Setup::new(engine).await;
@@ -142,6 +173,10 @@ mod memory {
         super::only_dashboards_subscribe(super::Engine::Memory).await
     }
     #[tokio::test]
+    async fn a_flapping_member_reaches_a_coalescing_dashboard_in_its_last_state() {
+        super::a_flapping_member_reaches_a_coalescing_dashboard_in_its_last_state(super::Engine::Memory).await
+    }
+    #[tokio::test]
     async fn a_new_token_ends_subscriptions_outside_it() {
         super::a_new_token_ends_subscriptions_outside_it(super::Engine::Memory).await
     }
@@ -155,6 +190,10 @@ mod redis {
     #[tokio::test]
     async fn only_dashboards_subscribe() {
         super::only_dashboards_subscribe(super::Engine::Redis).await
+    }
+    #[tokio::test]
+    async fn a_flapping_member_reaches_a_coalescing_dashboard_in_its_last_state() {
+        super::a_flapping_member_reaches_a_coalescing_dashboard_in_its_last_state(super::Engine::Redis).await
     }
     #[tokio::test]
     async fn a_new_token_ends_subscriptions_outside_it() {
