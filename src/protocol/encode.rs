@@ -97,7 +97,7 @@ pub(super) fn header(buf: &mut ByteBuf, message_type: u8, message_id: Option<&Va
     }
 }
 
-pub(super) fn write_value(buf: &mut ByteBuf, value: &Value) {
+fn write_value(buf: &mut ByteBuf, value: &Value) {
     let mut out = Vec::new();
     // Writing to a Vec only fails on a nesting depth the decoder never lets through.
     if rmpv::encode::write_value(&mut out, value).is_ok() {
