@@ -64,10 +64,12 @@ use crate::{
 
 mod group_counts;
 mod indicators;
+mod staleness;
 
 use group_counts::Tally;
 pub use group_counts::{GroupPart, MemberCounts};
 use indicators::Indicators;
+pub use staleness::{Stale, StaleReason};
 
 /// Most scopes whose snapshot frame is kept; the least recently used goes first.
 pub const CACHED_SCOPES: usize = 32;
@@ -96,6 +98,11 @@ pub enum HubEvent {
     Indicator { seq: u64, frame: Bytes, change: Arc<IndicatorChange>, local: bool },
     /// The view was rebuilt from the store; every dashboard needs a fresh snapshot.
     Resync,
+    /// The view stopped being fed: the STALE frame, for every dashboard.
+    Stale(Bytes),
+    /// The view is fed again and dashboards were sent it: the FRESH frame, for every
+    /// dashboard.
+    Fresh(Bytes),
 }
 
 pub struct Hub {
@@ -118,6 +125,8 @@ struct View {
     /// The last [`BACKLOG`] changes (sequence number, event) since the last reset: what
     /// brings a cached snapshot up to date.
     history: VecDeque<(u64, HubEvent)>,
+    /// The stale spell under way ([`staleness`]).
+    stale: Option<Stale>,
 }
 
 impl View {
@@ -240,6 +249,9 @@ impl SnapshotSource {
 pub struct Subscription {
     pub snapshot: SnapshotSource,
     pub events: broadcast::Receiver<HubEvent>,
+    /// The STALE frame to send right after the snapshot when the view is stale (later
+    /// STALE and FRESH frames come on `events`).
+    pub stale: Option<Bytes>,
 }
 
 /// A dashboard's snapshot frame, with the changes after it. While this is held the frame
@@ -369,9 +381,10 @@ impl Hub {
         let view = self.view();
         let events = self.events.subscribe();
         let (snapshot, evicted) = self.snapshots.source(&view, scope);
+        let stale = view.stale.as_ref().map(Stale::frame);
         drop(view);
         drop(evicted);
-        Subscription { snapshot, events }
+        Subscription { snapshot, events, stale }
     }
 
     /// The snapshot frame of `source`, charged to the snapshot budget. A frame that exists
@@ -470,15 +483,23 @@ impl Hub {
 
     /// Rebuilds the view from the store's snapshot and its live indicators (start-up, and
     /// after the broker may have lost messages) and tells every dashboard to take a fresh
-    /// snapshot.
+    /// snapshot. Returns how many users were kept online though the snapshot lacks them.
     ///
     /// Updates keep arriving while the snapshot is read, so nothing newer than it is
     /// undone: a user in the snapshot takes the higher version of the two; a user missing
     /// from it is offline unless the view holds a change decided at or after the
-    /// snapshot's watermark. Indicators have no versions: the store's are taken (this
+    /// snapshot's watermark, or `keep_unlisted` is set: then it keeps its state (after an
+    /// outage the other routers may not have re-asserted their sessions yet; a later
+    /// rebuild without it settles those users). Indicators have no versions: the store's are taken (this
     /// router's own kept, see [`Indicators::rebuild`]), then the starts and ends applied
     /// after `mark` ([`Hub::mark`], taken before the store was read) are applied again.
-    pub fn reset(&self, snapshot: Snapshot, indicators: Vec<(Id, IndicatorKind, Id)>, mark: u64) {
+    pub fn reset(
+        &self,
+        snapshot: Snapshot,
+        indicators: Vec<(Id, IndicatorKind, Id)>,
+        mark: u64,
+        keep_unlisted: bool,
+    ) -> usize {
         let mut view = self.view();
         view.indicators.rebuild(indicators, unix_ms());
         let since_mark: Vec<(Arc<IndicatorChange>, bool)> = view
@@ -494,9 +515,14 @@ impl Hub {
             view.indicators.apply(&change, local);
         }
         let listed: HashSet<Id> = snapshot.users.iter().map(|u| u.user_id.clone()).collect();
+        let mut kept = 0;
         for user in view.users.values_mut() {
-            if !listed.contains(&user.user_id) && user.version < snapshot.watermark {
-                user.status = Status::Offline;
+            if user.status != Status::Offline && !listed.contains(&user.user_id) && user.version < snapshot.watermark {
+                if keep_unlisted {
+                    kept += 1;
+                } else {
+                    user.status = Status::Offline;
+                }
             }
         }
         for user in snapshot.users {
@@ -515,6 +541,7 @@ impl Hub {
         view.history.clear();
         ::metrics::gauge!(metrics::ONLINE_USERS).set(view.online as f64);
         let _ = self.events.send(HubEvent::Resync);
+        kept
     }
 
     /// Asks the node to rebuild the view from the store: the broker asks for it (through
@@ -901,7 +928,7 @@ mod tests {
     use super::*;
     use crate::presence::Cause;
 
-    fn update(user: &str, status: Status, version: u64) -> PresenceUpdate {
+    pub(super) fn update(user: &str, status: Status, version: u64) -> PresenceUpdate {
         PresenceUpdate {
             presence: UserPresence {
                 user_id: Id::parse(user).unwrap(),
@@ -950,7 +977,12 @@ mod tests {
         let hub = Hub::new(16);
         hub.apply(update("gone", Status::Online, 1));
         let mut sub = hub.subscribe(&Scope::everyone());
-        hub.reset(Snapshot { users: vec![update("new", Status::Online, 5).presence], watermark: 10 }, Vec::new(), 0);
+        hub.reset(
+            Snapshot { users: vec![update("new", Status::Online, 5).presence], watermark: 10 },
+            Vec::new(),
+            0,
+            false,
+        );
         assert!(matches!(sub.events.try_recv().unwrap(), HubEvent::Resync));
         let (users, _) = hub.snapshot();
         assert_eq!(users.iter().map(|u| u.user_id.as_str()).collect::<Vec<_>>(), ["new"]);
@@ -965,7 +997,7 @@ mod tests {
         hub.apply(update("left", Status::Offline, 106));
         hub.apply(update("old", Status::Online, 50));
         let stale = vec![update("left", Status::Online, 90).presence];
-        hub.reset(Snapshot { users: stale, watermark: 100 }, Vec::new(), 0);
+        hub.reset(Snapshot { users: stale, watermark: 100 }, Vec::new(), 0, false);
         let (users, _) = hub.snapshot();
         let mut online: Vec<&str> = users.iter().map(|u| u.user_id.as_str()).collect();
         online.sort();
@@ -1164,7 +1196,12 @@ mod tests {
         assert!(!same(&second, &held(&hub, &everyone).await.frame()), "too many changes behind");
         // A resync: the rebuilt view is no change on the ring, so nothing before it serves.
         let third = held(&hub, &everyone).await.frame();
-        hub.reset(Snapshot { users: vec![update("z", Status::Online, 1).presence], watermark: 0 }, Vec::new(), 0);
+        hub.reset(
+            Snapshot { users: vec![update("z", Status::Online, 1).presence], watermark: 0 },
+            Vec::new(),
+            0,
+            false,
+        );
         let rebuilt = held(&hub, &everyone).await;
         assert!(!same(&third, &rebuilt.frame()));
         assert!(rebuilt.backlog.is_empty());
@@ -1388,7 +1425,7 @@ mod tests {
         signal(&hub, "g", "new", IndicatorKind::Recording, true, false);
         let stored =
             vec![(id("g"), IndicatorKind::Typing, id("ended")), (id("g"), IndicatorKind::Talking, id("other"))];
-        hub.reset(Snapshot::default(), stored, mark);
+        hub.reset(Snapshot::default(), stored, mark, false);
         let view = hub.view();
         let listed: Vec<String> = view
             .indicators

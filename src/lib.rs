@@ -33,7 +33,9 @@
 //!   the node delivers its own frames through it too, so indicators reach the hub
 //!   whichever router announced them.
 //! - [`hub`]: this router's versioned view of presence and of the live indicators, each
-//!   group's counts, and the fan-out to dashboards (snapshots, then every change).
+//!   group's counts, and the fan-out to dashboards (snapshots, then every change), and
+//!   whether that view is fed: STALE while it is not (Redis out of reach, the
+//!   subscription lost, transitions missed), FRESH once it is rebuilt ([`hub::Stale`]).
 //! - [`relay`]: delivery of transient frames (PTT, TEXT, indicators) to local connections,
 //!   and of the news about one session: replaced by a reconnect of its device, or its
 //!   idle floor taken over.

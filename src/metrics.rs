@@ -41,6 +41,8 @@ pub const DISCONNECTS: &str = "presence_disconnects_total";
 pub const SESSIONS_REPLACED: &str = "presence_sessions_replaced_total";
 pub const ENGINE_ERRORS: &str = "presence_engine_errors_total";
 pub const ENGINE_UP: &str = "presence_engine_up";
+pub const VIEW_STALE: &str = "presence_view_stale";
+pub const VIEW_STALE_REASONS: &str = "presence_view_stale_total";
 pub const BROKER_MESSAGES: &str = "presence_broker_messages_total";
 pub const BROKER_GAPS: &str = "presence_broker_gaps_total";
 pub const RESYNCS: &str = "presence_resyncs_total";
@@ -109,6 +111,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     }
     ::metrics::gauge!(SNAPSHOT_MEMORY).increment(0.0);
     ::metrics::gauge!(BROKER_GROUP_SUBSCRIPTIONS).increment(0.0);
+    ::metrics::gauge!(VIEW_STALE).increment(0.0);
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
@@ -181,6 +184,16 @@ fn describe() {
         ENGINE_UP,
         "1 while the presence store answers, this router receives the broker's messages, and presence is rebuilt; 0 \
          while degraded."
+    );
+    describe_gauge!(
+        VIEW_STALE,
+        "1 while this router's view of presence is stale (not fed: Redis out of reach, the subscription lost, \
+         transitions missed) and its dashboards were sent STALE; 0 once they were sent FRESH."
+    );
+    describe_counter!(
+        VIEW_STALE_REASONS,
+        "Stale spells by reason (store_unreachable, store_data_lost, subscription_lost, updates_missed), and the \
+         more serious reasons a spell turned to."
     );
     describe_counter!(BROKER_GAPS, "Transitions that never arrived from the broker, each answered by a resync.");
     describe_counter!(
@@ -410,6 +423,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
     );
     each(BROKER_MESSAGES, "kind", &["update", "relay", "invalid", "overflow"]);
     each(BROKER_RESUBSCRIPTIONS, "reason", &["dropped", "silent"]);
+    each(VIEW_STALE_REASONS, "reason", &crate::hub::StaleReason::ALL.map(crate::hub::StaleReason::as_str));
     each(FLOOR_REQUESTS, "result", &["granted", "busy", "local_only", "idle_takeover"]);
     each(AUDIO_DROPPED, "reason", &["max_talk_time", "idle", "not_a_member", "switched", "start_refused"]);
     each(SESSIONS_REPLACED, "result", &["ended", "gone", "timed_out"]);

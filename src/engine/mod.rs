@@ -319,8 +319,21 @@ pub trait BrokerEvents: Send + Sync + 'static {
     fn control(&self, control: &Control);
 
     /// Transitions may have been missed, or this router stopped hearing the others: its
-    /// view of presence must be rebuilt from the store.
-    fn resync_needed(&self);
+    /// view of presence must be rebuilt from the store. `missed` says what was lost; the
+    /// view counts as stale from this call until it is rebuilt.
+    fn resync_needed(&self, missed: Missed);
+}
+
+/// What a broker lost, when it asks for a resync ([`BrokerEvents::resync_needed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missed {
+    /// Transitions that never arrived: a gap in the sequence stayed open past its grace.
+    Transitions,
+    /// The sequence went back: the store lost its data (a restart without persistence,
+    /// `FLUSHALL`, a failover to a replica that had not caught up).
+    StoreData,
+    /// The subscription lapsed or stopped delivering: anything published meanwhile.
+    Subscription,
 }
 
 /// What a router runs with: its presence, its signals and its broker.

@@ -13,6 +13,7 @@ mod encode;
 pub mod groups;
 pub mod live;
 pub mod payload;
+mod staleness;
 pub mod voiceping;
 
 pub use decode::{DecodeError, Frame, MAX_DEPTH, decode};
@@ -20,6 +21,7 @@ pub use encode::{
     ErrorCode, Slot, ack_frame, channel_frame, client_frame, encode_snapshot, error_frame, heartbeat_ack_frame,
     heartbeat_frame, indicator_frame, snapshot_frame, snapshot_len_bound, update_frame,
 };
+pub use staleness::{fresh_frame, stale_frame};
 
 /// How `toId` is read: a group or one user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +88,14 @@ pub mod message_type {
     /// Client → router: `{token}`, a new token for the same user and role, to be used
     /// from now on (its expiry, and its groups).
     pub const REFRESH: u8 = 40;
+    /// Router → dashboards: `{since, reason, timestamp}`, this router's view stopped being
+    /// fed (Redis out of reach, the subscription lost, transitions missed): what is shown
+    /// is kept, but may be out of date.
+    pub const STALE: u8 = 43;
+    /// Router → dashboards: `{since, reason, timestamp}`, the view is fed again; the
+    /// frames since STALE (a PRESENCE_SNAPSHOT of the rebuilt view, updates) made the
+    /// corrections.
+    pub const FRESH: u8 = 44;
     /// Dashboard → router: show me the group in `toId`, in full or by its counts
     /// (`protocol::groups`).
     pub const SUBSCRIBE: u8 = 45;
@@ -110,6 +120,8 @@ pub mod message_type {
             INDICATOR_UPDATE => "indicator_update",
             ACK => "ack",
             REFRESH => "refresh",
+            STALE => "stale",
+            FRESH => "fresh",
             SUBSCRIBE => "subscribe",
             UNSUBSCRIBE => "unsubscribe",
             START => "start",

@@ -275,8 +275,15 @@ impl Connection {
         }
         let mut subscription = None;
         if self.role.watches_presence() {
-            let Subscription { snapshot, events } = self.app.node.hub().subscribe(&self.scope);
+            let Subscription { snapshot, events, stale } = self.app.node.hub().subscribe(&self.scope);
             if let Some(exit) = Box::pin(self.write_snapshot(socket, snapshot)).await {
+                return exit;
+            }
+            // The view is stale: the snapshot is what it last knew, and says so at once.
+            if let Some(exit) = match stale {
+                Some(frame) => self.write(socket, frame).await,
+                None => None,
+            } {
                 return exit;
             }
             subscription = Some(events);
@@ -550,9 +557,11 @@ impl Connection {
     /// its view), moving its sequence number past it: a presence update as its scope reads
     /// it, an indicator of a group its scope covers as it is.
     pub(super) fn shown(&mut self, change: HubEvent) -> Option<Bytes> {
-        let seq = match &change {
-            HubEvent::Update { seq, .. } | HubEvent::Indicator { seq, .. } => *seq,
+        let seq = match change {
+            HubEvent::Update { seq, .. } | HubEvent::Indicator { seq, .. } => seq,
             HubEvent::Resync => return None,
+            // Not a change of the view: every dashboard is told, whatever its position.
+            HubEvent::Stale(frame) | HubEvent::Fresh(frame) => return self.urgent_subscribed(frame),
         };
         if seq <= self.seq {
             return None;
@@ -577,7 +586,7 @@ impl Connection {
             HubEvent::Indicator { frame, change, .. } => {
                 self.scope.covers_group(&change.indicator.group).then_some(frame)
             }
-            HubEvent::Resync => None,
+            HubEvent::Resync | HubEvent::Stale(_) | HubEvent::Fresh(_) => None,
         }
     }
 

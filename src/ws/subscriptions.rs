@@ -141,7 +141,7 @@ impl Subscriptions {
                 }
                 (None, frame)
             }
-            HubEvent::Resync => return None,
+            HubEvent::Resync | HubEvent::Stale(_) | HubEvent::Fresh(_) => return None,
         };
         let window = self.window();
         if window.is_zero() {
@@ -162,6 +162,17 @@ impl Subscriptions {
         None
     }
 
+    /// A STALE or FRESH frame, when the dashboard's view includes `seq`: at once, after
+    /// the coalesced changes before it (they go out with it).
+    fn urgent(&mut self, frame: Bytes, seq: u64, now: Instant) -> Option<Bytes> {
+        if self.pending.is_empty() && self.signals.is_empty() {
+            return Some(frame);
+        }
+        self.signals.push((seq, frame));
+        self.flush_at = Some(now);
+        None
+    }
+
     /// When something is due: the coalesced changes, or a group's counts.
     pub(super) fn due(&self) -> Option<Instant> {
         self.counts.values().filter_map(|counter| counter.due).chain(self.flush_at).min()
@@ -172,7 +183,8 @@ impl Subscriptions {
         self.flush_at = None;
         let mut changes: Vec<(u64, Bytes)> = self.pending.drain().map(|(_, change)| change).collect();
         changes.append(&mut self.signals);
-        changes.sort_unstable_by_key(|(seq, _)| *seq);
+        // Stable: a STALE or FRESH frame follows the changes of its sequence number.
+        changes.sort_by_key(|(seq, _)| *seq);
         changes.into_iter().map(|(_, frame)| frame).collect()
     }
 
@@ -249,6 +261,16 @@ impl Connection {
     /// now, if any (see [`Subscriptions::take`]).
     pub(super) fn take_subscribed(&mut self, change: HubEvent, seq: u64) -> Option<Bytes> {
         self.subscriptions.as_mut()?.take(change, seq, Instant::now())
+    }
+
+    /// A STALE or FRESH frame: the frame to send now, unless coalesced changes wait
+    /// (then it goes out at once after them).
+    pub(super) fn urgent_subscribed(&mut self, frame: Bytes) -> Option<Bytes> {
+        let seq = self.seq;
+        match self.subscriptions.as_mut() {
+            Some(subscriptions) => subscriptions.urgent(frame, seq, Instant::now()),
+            None => Some(frame),
+        }
     }
 
     /// When the dashboard's coalesced changes or counts are due.
@@ -553,6 +575,22 @@ mod tests {
         }
         assert_eq!(subscriptions.due(), Some(now), "full: due at once");
         assert_eq!(subscriptions.take_due(&hub, now).len(), PENDING_MAX);
+    }
+
+    #[test]
+    fn a_stale_frame_goes_out_at_once_after_the_changes_before_it() {
+        let hub = Hub::new(16);
+        let now = Instant::now();
+        let mut subscriptions = watching(&[("g1", 1000)]);
+        let stale = Bytes::from_static(b"stale");
+        assert_eq!(subscriptions.urgent(stale.clone(), 0, now), Some(stale.clone()), "nothing waits: at once");
+        subscriptions.take(change(1, "a", &["g1"], Status::Online, 1), 1, now);
+        assert!(subscriptions.urgent(stale.clone(), 1, now).is_none());
+        assert_eq!(subscriptions.due(), Some(now));
+        let sent = subscriptions.take_due(&hub, now);
+        assert_eq!(sent.len(), 2);
+        assert_eq!(read(&sent[..1]), [("a".into(), 1)]);
+        assert_eq!(sent[1], stale, "after the change it follows");
     }
 
     #[test]

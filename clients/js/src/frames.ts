@@ -38,6 +38,8 @@ export const MessageType = {
   INDICATOR_UPDATE: 38,
   ACK: 39,
   REFRESH: 40,
+  STALE: 43,
+  FRESH: 44,
   SUBSCRIBE: 45,
   UNSUBSCRIBE: 46,
   GROUP_COUNTS: 47,

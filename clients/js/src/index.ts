@@ -15,6 +15,7 @@ export {
   type DisconnectInfo,
   PresenceClient,
   type SnapshotInfo,
+  type StaleInfo,
   type Talk,
 } from "./client.js";
 export { Emitter, type EventMap } from "./emitter.js";
