@@ -251,8 +251,17 @@ async fn a_churning_10k_group_reaches_counts_and_full_dashboards_bounded_and_fin
     const USERS: &str = "10000";
     let setup = Setup::new(Engine::Redis).await;
     let port = setup.redis.as_ref().unwrap().port.to_string();
-    let seeded = load(&["seed", "--redis-port", &port, "--users", USERS, "--groups", "1"]).status().await.unwrap();
-    assert!(seeded.success());
+    // Seeding leases the same sessions again when repeated: a busy machine's Redis may
+    // answer past the tool's command timeout, so it gets three tries.
+    let mut seeded = false;
+    for _ in 0..3 {
+        seeded =
+            load(&["seed", "--redis-port", &port, "--users", USERS, "--groups", "1"]).status().await.unwrap().success();
+        if seeded {
+            break;
+        }
+    }
+    assert!(seeded, "presence-load seed");
     let router = setup.router(&["--api-ids-per-second", "1000000"]).await;
     let mut counts = dashboard(&router, "counter", None).await;
     let mut full = dashboard(&router, "watcher", None).await;
@@ -284,7 +293,7 @@ async fn a_churning_10k_group_reaches_counts_and_full_dashboards_bounded_and_fin
             }
         }
     };
-    assert!(churned.success());
+    assert!(churned.success(), "presence-load churn");
     let seconds = started.elapsed().as_secs_f64();
     // At most one a 100 ms, and one at once: a generous bound, no timing of any one frame.
     assert!(count_frames as f64 <= 10.0 * seconds + 2.0, "{count_frames} GROUP_COUNTS in {seconds:.1} s");
@@ -292,7 +301,7 @@ async fn a_churning_10k_group_reaches_counts_and_full_dashboards_bounded_and_fin
     assert!(full_frames > 0);
 
     // The store's final state, once the churn stopped.
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + WAIT * 4;
     let group = loop {
         let (status, body) = router.get("/api/groups/g0/presence").await;
         if status == 200 {
