@@ -578,8 +578,7 @@ impl Connection {
                     View::Hidden => None,
                 };
                 if frame.is_some() {
-                    let latency_ms = unix_ms().saturating_sub(update.timestamp);
-                    ::metrics::histogram!(metrics::UPDATE_LATENCY).record(latency_ms as f64 / 1000.0);
+                    record_latency(update.timestamp);
                 }
                 frame
             }
@@ -630,6 +629,12 @@ impl Connection {
             Err(_) => Some(Exit::Close(close::SLOW_CONSUMER, "write timeout")),
         }
     }
+}
+
+/// Records a change decided at `timestamp` (Unix ms) reaching a dashboard's socket.
+pub(super) fn record_latency(timestamp: u64) {
+    let latency_ms = unix_ms().saturating_sub(timestamp);
+    ::metrics::histogram!(metrics::UPDATE_LATENCY).record(latency_ms as f64 / 1000.0);
 }
 
 /// When a token with this `exp` (Unix seconds) stops being accepted: `exp` plus the

@@ -34,7 +34,7 @@ use tokio::{
 
 use super::{
     close,
-    connection::{Connection, Exit},
+    connection::{Connection, Exit, record_latency},
     socket::Socket,
 };
 use crate::{
@@ -59,8 +59,9 @@ pub(super) struct Subscriptions {
     counts: BTreeMap<Id, Counter>,
     /// The current members of any full group: how changes are shown.
     scope: Scope,
-    /// The latest change of each user not sent yet: its sequence number and frame.
-    pending: HashMap<Id, (u64, Bytes)>,
+    /// The latest change of each user not sent yet: its sequence number, frame and when
+    /// it was decided (Unix ms).
+    pending: HashMap<Id, (u64, Bytes, u64)>,
     /// Indicator starts and ends not sent yet, in order.
     signals: Vec<(u64, Bytes)>,
     /// When the coalesced changes go out.
@@ -133,7 +134,7 @@ impl Subscriptions {
                     View::Changed(shown) => protocol::update_frame(&shown, seq),
                     View::Hidden => return None,
                 };
-                (Some(update.presence.user_id.clone()), frame)
+                (Some((update.presence.user_id.clone(), update.timestamp)), frame)
             }
             HubEvent::Indicator { frame, change, .. } => {
                 if !self.scope.covers_group(&change.indicator.group) {
@@ -145,11 +146,14 @@ impl Subscriptions {
         };
         let window = self.window();
         if window.is_zero() {
+            if let Some((_, decided)) = user {
+                record_latency(decided);
+            }
             return Some(frame);
         }
         match user {
-            Some(user) => {
-                if self.pending.insert(user, (seq, frame)).is_some() {
+            Some((user, decided)) => {
+                if self.pending.insert(user, (seq, frame, decided)).is_some() {
                     ::metrics::counter!(metrics::UPDATES_COALESCED).increment(1);
                 }
             }
@@ -181,7 +185,14 @@ impl Subscriptions {
     /// Every coalesced change, in order; nothing is left pending.
     fn drain(&mut self) -> Vec<Bytes> {
         self.flush_at = None;
-        let mut changes: Vec<(u64, Bytes)> = self.pending.drain().map(|(_, change)| change).collect();
+        let mut changes: Vec<(u64, Bytes)> = self
+            .pending
+            .drain()
+            .map(|(_, (seq, frame, decided))| {
+                record_latency(decided);
+                (seq, frame)
+            })
+            .collect();
         changes.append(&mut self.signals);
         // Stable: a STALE or FRESH frame follows the changes of its sequence number.
         changes.sort_by_key(|(seq, _)| *seq);
