@@ -54,6 +54,7 @@ pub const RELAYED: &str = "presence_relayed_frames_total";
 pub const RELAY_OVERFLOWS: &str = "presence_relay_overflows_total";
 pub const RELAY_DROPPED: &str = "presence_relay_dropped_total";
 pub const FLOOR_REQUESTS: &str = "presence_floor_requests_total";
+pub const FLOORS_ORPHANED: &str = "presence_floors_orphaned_total";
 pub const AUDIO_DROPPED: &str = "presence_audio_dropped_total";
 pub const INDICATORS: &str = "presence_indicator_events_total";
 pub const MEMBERSHIP_CHANGES: &str = "presence_membership_changes_total";
@@ -228,6 +229,10 @@ fn describe() {
     describe_counter!(RELAY_DROPPED, "Relayed frames not sent to other routers: the publish queue was full.");
     describe_counter!(FLOOR_REQUESTS, "PTT START requests, by result (granted, busy, local_only, idle_takeover).");
     describe_counter!(
+        FLOORS_ORPHANED,
+        "PTT floors of another router that lapsed (it died mid-talk) and whose talk this router ended."
+    );
+    describe_counter!(
         AUDIO_DROPPED,
         "AUDIO dropped without an answer, by reason: its talk had been ended by the router (max_talk_time, idle, \
          not_a_member, switched), or it followed a refused START (start_refused)."
@@ -358,6 +363,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         EDGE_PENALTIES,
         PINGS,
         LIVENESS_RENEWALS,
+        FLOORS_ORPHANED,
         GROUP_COUNTS_SENT,
         UPDATES_COALESCED,
     ]

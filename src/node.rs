@@ -46,7 +46,8 @@ const RENEW_CONCURRENCY: usize = 256;
 const MAX_UNENDED: usize = 100_000;
 /// How long a new session waits for the session of its device it replaced to end (its
 /// floor released, its STOP and indicator ends sent) before it is served anyway: that
-/// session's router may have died, and then its floor lapses after `MAX_TALK_MS`.
+/// session's router may have died, and then another router ends its floor once its lease
+/// lapses ([`crate::engine::FLOOR_LEASE`]).
 const REPLACE_WAIT: Duration = Duration::from_secs(1);
 /// Store writes a connection hands off without waiting (activity, indicators) queued at
 /// most; past that they are dropped and counted: an indicator lapses in the store on its
@@ -97,6 +98,11 @@ macro_rules! store {
         timed(stringify!($method), $node.engine.$part.$method($($arg),*)).await
     };
 }
+
+// After `store!`, which it uses.
+mod floor_leases;
+
+pub use floor_leases::ROUTER_LOST;
 
 /// Awaits a store or broker call and records how long it took in
 /// `presence_store_call_duration_seconds{op}`, failures included (a call that timed out
@@ -605,12 +611,17 @@ impl Node {
         self.check("group_members", result)
     }
 
-    /// Ends the leases that ran out and publishes the resulting offlines together; then
-    /// announces the end of indicators whose router died before it could.
+    /// Ends the leases that ran out and publishes the resulting offlines together, after
+    /// ending the talks of those users and of routers that died; then announces the end
+    /// of the indicators whose router died before it could.
     pub async fn sweep(&self) -> Result<usize, EngineError> {
         let result = store!(self, expire_due());
         let updates = self.check("expire", result)?;
+        // A lapsed talker's talk ends before it shows offline; and talks before indicators:
+        // a claimed talk clears its `talking`, which then never ends twice.
+        let floors = self.end_orphaned_floors(&updates).await;
         self.publish(&updates).await;
+        floors?;
         let result = store!(self, signals.claim_orphaned_indicators());
         for (group, kind, user) in self.check("indicators", result)? {
             ::metrics::counter!(metrics::INDICATORS, "type" => kind.as_str(), "active" => "false").increment(1);
@@ -760,6 +771,7 @@ impl Node {
         self.resync(true).await?;
         tracker.spawn(Arc::clone(self).sweeper(shutdown.clone()));
         tracker.spawn(Arc::clone(self).renewer(shutdown.clone()));
+        tracker.spawn(Arc::clone(self).floor_leaser(shutdown.clone()));
         tracker.spawn(Arc::clone(self).maintainer(shutdown));
         Ok(())
     }
@@ -965,7 +977,9 @@ mod tests {
             talk: format!("t{n}").into(),
             with_message_id: n.is_multiple_of(2),
         };
-        let claim = |n: u64, idle: Option<Duration>| FloorClaim { talker: talker(n), hold, idle };
+        let listeners = crate::engine::FloorListeners::Group(Id::parse("crew").unwrap());
+        let claim =
+            |n: u64, idle: Option<Duration>| FloorClaim { talker: talker(n), hold, idle, listeners: listeners.clone() };
         let granted = Floor::Granted { local_only: false, taken_from: None };
         let second = Duration::from_secs(1);
 
