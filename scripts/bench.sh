@@ -3,6 +3,7 @@
 # Needs redis-server and redis-benchmark (make deps). Loopback only; stops by itself.
 #   scripts/bench.sh [idle-connections]
 #   BENCH_ONLY=cluster scripts/bench.sh   # only "Redis Cluster vs one Redis", both engines
+#   BENCH_ONLY=groups scripts/bench.sh    # only "Large groups": counts-only and full dashboards
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IDLE=${1:-18000}
@@ -51,6 +52,27 @@ if [ "${BENCH_ONLY:-}" = dashboard ]; then dashboard_page; exit 0; fi
 redis-server redis.conf --port 6400 --dir "$DIR" --daemonize yes --logfile "$DIR/redis.log"
 until redis-cli -p 6400 ping >/dev/null 2>&1; do sleep 0.05; done
 REDIS=(--redis-host 127.0.0.1 --redis-port 6400)
+
+# One 10k-member group (seeded into a flushed :6400) churning at 1,000 changes/s for 10 s
+# (`presence-load churn`, inside `presence-load groups`) on a fresh router, as four
+# dashboards see it: by counts, in full coalesced, in full every change, and without
+# SUBSCRIBE. Twice: every member changing, interval and window 100 ms; then 1,000 hot
+# members changing, 1 s. GROUPS_USERS, GROUPS_RATE, GROUPS_SECONDS change the scale.
+large_groups() {
+  local users=${GROUPS_USERS:-10000} run
+  for run in "$users 100" "1000 1000"; do
+    set -- $run
+    redis-cli -p 6400 flushall >/dev/null
+    $BIN/presence-load seed --redis-port 6400 --users "$users" --groups 1 >/dev/null
+    router 4150 "${REDIS[@]}"
+    $BIN/presence-load groups --router 127.0.0.1:4150 --redis-port 6400 --users "$users" --churn-users "$1" \
+      --rate "${GROUPS_RATE:-1000}" --seconds "${GROUPS_SECONDS:-10}" --interval-ms "$2"
+    kill "${PID_OF[4150]}"
+    wait "${PID_OF[4150]}" 2>/dev/null || true
+  done
+  redis-cli -p 6400 flushall >/dev/null
+}
+if [ "${BENCH_ONLY:-}" = groups ]; then large_groups; exit 0; fi
 
 # Redis work per heartbeat at a realistic scale: N mobiles heartbeating every 30 s, their
 # phases spread evenly, on routers sharing the one redis-server (flushed before each run,
@@ -226,3 +248,5 @@ wait "$TALK" "$HEARTBEATS"
 redis-cli -p 6401 shutdown nosave >/dev/null 2>&1 || true
 
 dashboard_page
+
+large_groups

@@ -62,9 +62,12 @@ use crate::{
     scope::Scope,
 };
 
+mod group_counts;
 mod indicators;
 mod staleness;
 
+use group_counts::Tally;
+pub use group_counts::{GroupPart, MemberCounts};
 use indicators::Indicators;
 pub use staleness::{Stale, StaleReason};
 
@@ -116,6 +119,8 @@ struct View {
     online: usize,
     /// The live indicators.
     indicators: Indicators,
+    /// Each group's members by status.
+    tally: Tally,
     seq: u64,
     /// The last [`BACKLOG`] changes (sequence number, event) since the last reset: what
     /// brings a cached snapshot up to date.
@@ -319,7 +324,8 @@ impl Hub {
         };
         let is_online = new.status != Status::Offline;
         view.online = view.online + usize::from(is_online) - usize::from(was_online);
-        view.users.insert(new.user_id.clone(), update.presence.clone());
+        let replaced = view.users.insert(new.user_id.clone(), update.presence.clone());
+        view.tally.replace(replaced.as_ref(), &update.presence);
         ::metrics::gauge!(metrics::ONLINE_USERS).set(view.online as f64);
         view.record(&self.events, |seq| {
             let frame = protocol::update_frame(&update, seq);
@@ -528,6 +534,7 @@ impl Hub {
             }
         }
         view.online = view.users.values().filter(|p| p.status != Status::Offline).count();
+        view.tally = Tally::of(view.users.values());
         view.seq += 1;
         // No cached snapshot from before can be brought up to date: the rebuild is no
         // change on the ring.
@@ -552,7 +559,15 @@ impl Hub {
     /// Forgets offline users last seen before `cutoff_ms`, so the view holds the users of
     /// the retention window, not everyone ever seen.
     pub fn prune(&self, cutoff_ms: u64) {
-        self.view().users.retain(|_, p| p.status != Status::Offline || p.last_seen.is_some_and(|at| at >= cutoff_ms));
+        let mut view = self.view();
+        let View { users, tally, .. } = &mut *view;
+        users.retain(|_, p| {
+            let keep = p.status != Status::Offline || p.last_seen.is_some_and(|at| at >= cutoff_ms);
+            if !keep {
+                tally.remove(p);
+            }
+            keep
+        });
     }
 
     pub fn online_count(&self) -> usize {

@@ -8,7 +8,8 @@
 //!
 //! - [`config`]: flags and environment variables.
 //! - [`protocol`]: the VoicePing-compatible msgpack frame codec (pure functions), what a
-//!   snapshot holds besides its users ([`protocol::live`]: indicators, group counts), and
+//!   snapshot holds besides its users ([`protocol::live`]: indicators, group counts), the
+//!   frames of dashboards that choose their groups ([`protocol::groups`]), and
 //!   VoicePing's payload conventions for push-to-talk ([`protocol::voiceping`]).
 //! - [`id`], [`presence`]: the data model; ids normalised at the edge, versioned presence.
 //! - [`auth`]: JWT verification (signature, then the claims' rules: dates, audience,
@@ -31,10 +32,10 @@
 //!   handler that hands what the broker delivers to the hub, the relay and the sweeper;
 //!   the node delivers its own frames through it too, so indicators reach the hub
 //!   whichever router announced them.
-//! - [`hub`]: this router's versioned view of presence and of the live indicators, and the
-//!   fan-out to dashboards (snapshots, then every change), and whether that view is fed:
-//!   STALE while it is not (Redis out of reach, the subscription lost, transitions
-//!   missed), FRESH once it is rebuilt ([`hub::Stale`]).
+//! - [`hub`]: this router's versioned view of presence and of the live indicators, each
+//!   group's counts, and the fan-out to dashboards (snapshots, then every change), and
+//!   whether that view is fed: STALE while it is not (Redis out of reach, the
+//!   subscription lost, transitions missed), FRESH once it is rebuilt ([`hub::Stale`]).
 //! - [`relay`]: delivery of transient frames (PTT, TEXT, indicators) to local connections,
 //!   and of the news about one session: replaced by a reconnect of its device, or its
 //!   idle floor taken over.
@@ -43,7 +44,8 @@
 //!   is out of reach (and only then).
 //! - [`renewals`]: heartbeats handed off by connections, renewed in the background.
 //! - [`ws`]: the WebSocket handshake, the RFC 6455 framing and socket (budgets, close
-//!   handshake, no buffer held while idle) and the per-connection task.
+//!   handshake, no buffer held while idle) and the per-connection task (a dashboard's
+//!   chosen groups and their coalescing: `ws/subscriptions.rs`).
 //! - [`http`]: the axum routers, built from a table of routes that `docs/openapi.yaml`
 //!   describes: WebSocket endpoint, presence API (its ids-per-second budget per user, and
 //!   CORS with `--cors-origins`), the probes `/livez`, `/readyz`, `/healthz` (on the public

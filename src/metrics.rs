@@ -58,6 +58,9 @@ pub const FLOORS_ORPHANED: &str = "presence_floors_orphaned_total";
 pub const AUDIO_DROPPED: &str = "presence_audio_dropped_total";
 pub const INDICATORS: &str = "presence_indicator_events_total";
 pub const MEMBERSHIP_CHANGES: &str = "presence_membership_changes_total";
+pub const GROUP_SUBSCRIPTIONS: &str = "presence_group_subscriptions_total";
+pub const GROUP_COUNTS_SENT: &str = "presence_group_counts_sent_total";
+pub const UPDATES_COALESCED: &str = "presence_updates_coalesced_total";
 pub const HTTP_CONNECTIONS: &str = "presence_http_connections";
 pub const HTTP_WAITING: &str = "presence_http_waiting";
 pub const HTTP_REFUSED: &str = "presence_http_refused_total";
@@ -240,6 +243,17 @@ fn describe() {
         "USER_ADD and USER_REMOVE frames, by type (user_add, user_remove) and result: applied, unchanged (already \
          in or out), or the ERROR code answered (not_a_member, too_many_groups, not_allowed, invalid_frame)."
     );
+    describe_counter!(
+        GROUP_SUBSCRIPTIONS,
+        "Dashboards' SUBSCRIBE and UNSUBSCRIBE frames, by result: full, counts, unsubscribed, or the ERROR code \
+         answered (not_in_scope, not_subscribed, too_many_subscriptions, not_allowed, invalid_payload)."
+    );
+    describe_counter!(GROUP_COUNTS_SENT, "GROUP_COUNTS frames sent to dashboards watching a group by its counts.");
+    describe_counter!(
+        UPDATES_COALESCED,
+        "PRESENCE_UPDATEs not sent to a subscribed dashboard because a later change of the same user replaced them \
+         within its coalescing window."
+    );
     describe_gauge!(
         HTTP_CONNECTIONS,
         "TCP connections still speaking HTTP (handshakes in progress, keep-alive API clients), capped by MAX_HANDSHAKES \
@@ -350,6 +364,8 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         PINGS,
         LIVENESS_RENEWALS,
         FLOORS_ORPHANED,
+        GROUP_COUNTS_SENT,
+        UPDATES_COALESCED,
     ]
     .into_iter()
     .map(|name| (name, Vec::new()))
@@ -380,6 +396,9 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         "floor_not_held",
         "not_allowed",
         "too_many_groups",
+        "not_in_scope",
+        "not_subscribed",
+        "too_many_subscriptions",
         "token_mismatch",
     ];
     each(FRAME_ERRORS, "reason", &[&decode[..], &framing, &refused, TOKEN_CODES].concat());
@@ -418,6 +437,20 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
     each(HTTP_CONNECTION_ERRORS, "reason", &["header_timeout", "header_too_large", "bad_request", "incomplete", "io"]);
     each(ACCEPT_ERRORS, "kind", &["fd_limit", "memory", "aborted", "other"]);
     each(SNAPSHOTS, "source", &["new", "shared", "recent"]);
+    each(
+        GROUP_SUBSCRIPTIONS,
+        "result",
+        &[
+            "full",
+            "counts",
+            "unsubscribed",
+            "not_in_scope",
+            "not_subscribed",
+            "too_many_subscriptions",
+            "not_allowed",
+            "invalid_payload",
+        ],
+    );
     each(SNAPSHOT_WAITS, "result", &["admitted", "timed_out"]);
     let engine_ops = [
         "activity",

@@ -44,6 +44,12 @@ impl Scope {
         Scope { user: None, allowed: Some(Groups::from([group.clone()])) }
     }
 
+    /// Reads the current members of any of `groups` only: what a dashboard that chose
+    /// its groups (SUBSCRIBE) is shown in full, within its token's scope.
+    pub fn members_of_any(groups: Groups) -> Scope {
+        Scope { user: None, allowed: Some(groups) }
+    }
+
     /// The token's own user, which it always reads; `None` for [`Scope::everyone`].
     pub fn user(&self) -> Option<&Id> {
         self.user.as_ref()

@@ -44,6 +44,12 @@ pub enum ErrorCode {
     /// A USER_ADD beyond the token's groups would take the session past
     /// `--max-session-groups`.
     TooManyGroups,
+    /// A SUBSCRIBE named a group outside the token's scope.
+    NotInScope,
+    /// An UNSUBSCRIBE named a group the dashboard is not subscribed to.
+    NotSubscribed,
+    /// A SUBSCRIBE beyond [`super::groups::MAX_SUBSCRIPTIONS`] groups.
+    TooManySubscriptions,
     /// The connection's token expired (the connection is then closed with 4001), or a
     /// REFRESH token was refused: the code is the one the HTTP API answers for the same
     /// token (`token_expired`, `invalid_token`, ...), or `token_mismatch` for a token of
@@ -65,6 +71,9 @@ impl ErrorCode {
             ErrorCode::FloorNotHeld => "floor_not_held",
             ErrorCode::NotAllowed => "not_allowed",
             ErrorCode::TooManyGroups => "too_many_groups",
+            ErrorCode::NotInScope => "not_in_scope",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::Token(code) => code,
         }
     }
@@ -122,7 +131,7 @@ fn opt_field<T>(buf: &mut ByteBuf, key: &str, value: Option<T>, write: impl FnOn
 /// has one and, with `activity`, `lastActivity` when known, plus `extra` more fields the
 /// caller writes. Absent rather than nil: a 100k-user snapshot stays as small as it was
 /// before statuses existed.
-fn user_map(buf: &mut ByteBuf, user: &UserPresence, activity: bool, extra: u32) {
+pub(super) fn user_map(buf: &mut ByteBuf, user: &UserPresence, activity: bool, extra: u32) {
     let last_activity = user.last_activity.filter(|_| activity);
     let optional = u32::from(user.status_text.is_some()) + u32::from(last_activity.is_some());
     let Ok(_) = enc::write_map_len(buf, 6 + optional + extra);

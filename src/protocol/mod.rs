@@ -10,6 +10,7 @@
 
 mod decode;
 mod encode;
+pub mod groups;
 pub mod live;
 pub mod payload;
 mod staleness;
@@ -95,6 +96,15 @@ pub mod message_type {
     /// frames since STALE (a PRESENCE_SNAPSHOT of the rebuilt view, updates) made the
     /// corrections.
     pub const FRESH: u8 = 44;
+    /// Dashboard → router: show me the group in `toId`, in full or by its counts
+    /// (`protocol::groups`).
+    pub const SUBSCRIBE: u8 = 45;
+    /// Dashboard → router: stop showing me the group in `toId`.
+    pub const UNSUBSCRIBE: u8 = 46;
+    /// Router → dashboard: one group's counts of members online, away, dnd and offline.
+    pub const GROUP_COUNTS: u8 = 47;
+    /// Router → dashboard: one group's part of the view, the answer to a SUBSCRIBE.
+    pub const GROUP_SNAPSHOT: u8 = 48;
 
     /// A low-cardinality label for metrics.
     pub fn label(message_type: u8) -> &'static str {
@@ -112,6 +122,8 @@ pub mod message_type {
             REFRESH => "refresh",
             STALE => "stale",
             FRESH => "fresh",
+            SUBSCRIBE => "subscribe",
+            UNSUBSCRIBE => "unsubscribe",
             START => "start",
             STOP => "stop",
             AUDIO => "audio",

@@ -44,11 +44,11 @@ pub enum PayloadError {
 }
 
 /// The value of `key` in a msgpack map, if the map has it.
-fn field<'a>(map: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
+pub(super) fn field<'a>(map: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
     map.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v)
 }
 
-fn map(payload: &Value) -> Result<&[(Value, Value)], PayloadError> {
+pub(super) fn map(payload: &Value) -> Result<&[(Value, Value)], PayloadError> {
     match payload {
         Value::Map(map) => Ok(map),
         _ => Err(PayloadError::NotMap),

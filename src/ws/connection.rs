@@ -26,6 +26,7 @@ use super::{
     membership::Membership,
     ptt::{RefusedStart, Talk},
     socket::{Incoming, Socket},
+    subscriptions::Subscriptions,
 };
 use crate::{
     app::App,
@@ -110,6 +111,9 @@ pub struct Connection {
     /// sessions); `None` while unknown (the store was unreachable at connect). Its
     /// indicators and talking are announced and stored only while this is `Some(false)`.
     pub(super) invisible: Option<bool>,
+    /// A dashboard's chosen groups (SUBSCRIBE), boxed: most never choose; `None`: it is
+    /// sent everything its token reads.
+    pub(super) subscriptions: Option<Box<Subscriptions>>,
 }
 
 impl Connection {
@@ -138,6 +142,7 @@ impl Connection {
             talk: None,
             refused_start: None,
             invisible,
+            subscriptions: None,
         }
     }
 
@@ -303,7 +308,10 @@ impl Connection {
                 .tracked()
                 .is_some()
                 .then(|| liveness::wake_at(heard_at, Instant::now(), limits.idle_timeout, ping_every));
-            let wake_at = [idle, self.next_deadline()].into_iter().flatten().fold(self.expires_at, Instant::min);
+            let wake_at = [idle, self.next_deadline(), self.subscriptions_due()]
+                .into_iter()
+                .flatten()
+                .fold(self.expires_at, Instant::min);
             if timer.deadline() != wake_at {
                 timer.as_mut().reset(wake_at);
             }
@@ -352,7 +360,7 @@ impl Connection {
                 }
                 Wake::Incoming(Incoming::RateLimited) => Some(Exit::Close(close::RATE_LIMITED, "rate limit exceeded")),
                 Wake::Incoming(Incoming::Binary(bytes)) => {
-                    let exit = self.on_binary(socket, &bytes).await;
+                    let exit = self.on_binary(socket, &bytes, subscription.as_mut()).await;
                     heartbeat = matches!(exit, Ok(true));
                     exit.err()
                 }
@@ -369,7 +377,10 @@ impl Connection {
                 Wake::Relayed if mailbox.replaced() => Some(Exit::Close(close::REPLACED, "replaced")),
                 Wake::Relayed if mailbox.overflowed() => Some(Exit::Close(close::SLOW_CONSUMER, "slow consumer")),
                 Wake::Relayed => self.on_relayed(socket, mailbox).await,
-                Wake::Deadline => Box::pin(self.on_deadline(socket)).await,
+                Wake::Deadline => match Box::pin(self.on_subscriptions_due(socket)).await {
+                    Some(exit) => Some(exit),
+                    None => Box::pin(self.on_deadline(socket)).await,
+                },
             };
             if let Some(exit) = exit {
                 return exit;
@@ -384,7 +395,13 @@ impl Connection {
     }
 
     /// Handles one binary message; `Ok(true)` when it was a heartbeat that counts as life.
-    async fn on_binary(&mut self, socket: &mut Socket, bytes: &Bytes) -> Result<bool, Exit> {
+    /// `events` is a dashboard's stream of changes.
+    async fn on_binary(
+        &mut self,
+        socket: &mut Socket,
+        bytes: &Bytes,
+        events: Option<&mut broadcast::Receiver<HubEvent>>,
+    ) -> Result<bool, Exit> {
         let frame = match protocol::decode(bytes) {
             Ok(frame) => frame,
             Err(e) => {
@@ -409,6 +426,8 @@ impl Connection {
             message_type::INDICATOR => Box::pin(self.on_indicator(socket, &frame)).await,
             message_type::REFRESH => Box::pin(self.on_refresh(socket, &frame)).await,
             message_type::USER_ADD | message_type::USER_REMOVE => Box::pin(self.on_membership(socket, &frame)).await,
+            message_type::SUBSCRIBE => Box::pin(self.on_subscribe(socket, &frame, events)).await,
+            message_type::UNSUBSCRIBE => Box::pin(self.on_unsubscribe(socket, &frame)).await,
             // VoicePing's SDK sends it on connect; VoicePing's router answered nothing.
             message_type::CONNECTION => Ok(false),
             message_type::START
@@ -494,7 +513,8 @@ impl Connection {
         while let Some(event) = next.take() {
             let frame = match event {
                 Ok(HubEvent::Resync) => {
-                    let source = self.app.node.hub().snapshot_source(&self.scope);
+                    self.subscriptions_resynced();
+                    let source = self.app.node.hub().snapshot_source(self.watched_scope());
                     if let Some(exit) = Box::pin(self.write_snapshot(socket, source)).await {
                         return Some(exit);
                     }
@@ -523,6 +543,13 @@ impl Connection {
                 };
             }
         }
+        // Coalesced changes go out when their window ends, or at once when too many wait
+        // (boxed, like the other rare paths: most dashboards never subscribe).
+        if self.subscriptions.is_some()
+            && let Some(exit) = Box::pin(self.feed_due(socket)).await
+        {
+            return Some(exit);
+        }
         self.timed(socket.flush()).await
     }
 
@@ -534,12 +561,15 @@ impl Connection {
             HubEvent::Update { seq, .. } | HubEvent::Indicator { seq, .. } => seq,
             HubEvent::Resync => return None,
             // Not a change of the view: every dashboard is told, whatever its position.
-            HubEvent::Stale(frame) | HubEvent::Fresh(frame) => return Some(frame),
+            HubEvent::Stale(frame) | HubEvent::Fresh(frame) => return self.urgent_subscribed(frame),
         };
         if seq <= self.seq {
             return None;
         }
         self.seq = seq;
+        if self.subscriptions.is_some() {
+            return self.take_subscribed(change, seq);
+        }
         match change {
             HubEvent::Update { frame, update, before, .. } => {
                 let frame = match self.scope.view_of(&update, &before) {
@@ -548,8 +578,7 @@ impl Connection {
                     View::Hidden => None,
                 };
                 if frame.is_some() {
-                    let latency_ms = unix_ms().saturating_sub(update.timestamp);
-                    ::metrics::histogram!(metrics::UPDATE_LATENCY).record(latency_ms as f64 / 1000.0);
+                    record_latency(update.timestamp);
                 }
                 frame
             }
@@ -600,6 +629,12 @@ impl Connection {
             Err(_) => Some(Exit::Close(close::SLOW_CONSUMER, "write timeout")),
         }
     }
+}
+
+/// Records a change decided at `timestamp` (Unix ms) reaching a dashboard's socket.
+pub(super) fn record_latency(timestamp: u64) {
+    let latency_ms = unix_ms().saturating_sub(timestamp);
+    ::metrics::histogram!(metrics::UPDATE_LATENCY).record(latency_ms as f64 / 1000.0);
 }
 
 /// When a token with this `exp` (Unix seconds) stops being accepted: `exp` plus the

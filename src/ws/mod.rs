@@ -11,6 +11,7 @@ mod refresh;
 mod signals;
 mod snapshot;
 mod socket;
+mod subscriptions;
 
 use std::{net::IpAddr, sync::Arc};
 

@@ -89,7 +89,9 @@ impl Connection {
             }
             return None;
         }
-        let source = self.app.node.hub().snapshot_source(&self.scope);
+        self.subscriptions_within_scope();
+        self.subscriptions_resynced();
+        let source = self.app.node.hub().snapshot_source(self.watched_scope());
         self.write_snapshot(socket, source).await
     }
 }

@@ -22,7 +22,7 @@ impl Connection {
     pub(super) async fn write_snapshot(&mut self, socket: &mut Socket, source: SnapshotSource) -> Option<Exit> {
         let hub = self.app.node.hub().clone();
         let deadline = Instant::now() + self.app.limits.write_timeout;
-        let Some(snapshot) = hub.snapshot_frame(source, &self.scope, deadline).await else {
+        let Some(snapshot) = hub.snapshot_frame(source, self.watched_scope(), deadline).await else {
             tracing::info!("no room for a snapshot within the write timeout");
             return Some(Exit::Close(close::SLOW_CONSUMER, "snapshot memory full"));
         };

@@ -26,7 +26,14 @@ import {
   IndicatorSet,
   type IndicatorType,
 } from "./indicators.js";
-import { PresenceMap, type PresenceUpdate, type SnapshotGroupCounts, type UserPresence } from "./presence.js";
+import { GroupSubscriptions, readGroupCounts, type SubscribeOptions, subscribePayload } from "./groups.js";
+import {
+  type GroupCounts,
+  PresenceMap,
+  type PresenceUpdate,
+  type SnapshotGroupCounts,
+  type UserPresence,
+} from "./presence.js";
 import {
   type Channel,
   channelOf,
@@ -154,6 +161,10 @@ export interface ClientEvents {
   receipt: (receipt: Receipt) => void;
   /** A REFRESH was accepted; the connection now lives on the new token. */
   refreshed: (claims: TokenClaims) => void;
+  /** A GROUP_COUNTS: a group watched by counts only (`subscribe(g, {countsOnly: true})`). */
+  groupCounts: (groupId: string, counts: GroupCounts) => void;
+  /** A GROUP_SNAPSHOT replaced what the map shows of a group just subscribed to in full. */
+  groupSnapshot: (groupId: string, counts: GroupCounts) => void;
   /** Something failed that no promise reports: an unmatched ERROR frame, a refused handshake, `getToken`. */
   error: (error: Error) => void;
   /** Every decoded frame, before the client handles it. */
@@ -235,6 +246,8 @@ export class PresenceClient extends Emitter<ClientEvents> {
   } = {};
   /** USER_ADD / USER_REMOVE applied, sent again after every reconnect (they belong to the session). */
   private memberships = new Map<string, number>();
+  /** The groups this dashboard chose (SUBSCRIBE), sent again after every reconnect. */
+  private groupSubscriptions = new GroupSubscriptions();
   /** Indicators this client holds on, refreshed while they last and sent again after a reconnect. */
   private ownIndicators = new Map<string, { groupId: string; type: string; timer: ReturnType<typeof setInterval> }>();
 
@@ -395,6 +408,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
     this.startLiveness();
     this.scheduleRefresh();
     for (const [groupId, messageType] of this.memberships) this.background(this.membership(messageType, groupId));
+    for (const [groupId, options] of this.groupSubscriptions.entries()) this.background(this.subscribe(groupId, options));
     for (const own of this.ownIndicators.values()) this.background(this.sendIndicator(own.groupId, own.type, true));
   }
 
@@ -564,6 +578,17 @@ export class PresenceClient extends Emitter<ClientEvents> {
       case MessageType.STALE:
       case MessageType.FRESH:
         return this.onStale(frame);
+      case MessageType.GROUP_SNAPSHOT:
+      case MessageType.GROUP_COUNTS: {
+        const read = readGroupCounts(frame.payload);
+        if (!read) return;
+        if (frame.messageType === MessageType.GROUP_COUNTS) {
+          this.groupSubscriptions.counts.set(read.groupId, read.counts);
+          return this.emit("groupCounts", read.groupId, read.counts);
+        }
+        this.presence.applyGroupSnapshot(read.groupId, frame.payload, num(frame.messageId));
+        return this.emit("groupSnapshot", read.groupId, read.counts);
+      }
       case MessageType.ACK:
         return this.settle(num(payloadMap(frame.payload).messageType), frame, (p) => this.sameId(p, frame));
       case MessageType.HEARTBEAT_ACK:
@@ -853,6 +878,50 @@ export class PresenceClient extends Emitter<ClientEvents> {
   async leaveGroup(groupId: Id): Promise<void> {
     await this.membership(MessageType.USER_REMOVE, String(groupId));
     this.memberships.set(String(groupId), MessageType.USER_REMOVE);
+  }
+
+  /**
+   * SUBSCRIBE (45), dashboards: from now on watch `groupId` (within the token's groups) in
+   * full, its changes coalesced per `intervalMs`, or with `countsOnly` by its counts
+   * (`groupCounts` events; {@link groupCounts}). The first call narrows what the router
+   * sends to the groups chosen: users in none of the groups watched in full are dropped
+   * from {@link presence}. Resolves once the router applied it (a `groupSnapshot` or
+   * `groupCounts` event follows); kept across reconnects.
+   *
+   * @throws {RouterError} `not_in_scope` (a group outside the token's), `too_many_subscriptions`,
+   * `invalid_payload`, `not_allowed` (a mobile session).
+   */
+  async subscribe(groupId: Id, options: SubscribeOptions = {}): Promise<void> {
+    await this.request(ChannelType.GROUP, MessageType.SUBSCRIBE, groupId, subscribePayload(options));
+    this.groupSubscriptions.add(String(groupId), options);
+    this.dropUnwatched();
+  }
+
+  /** {@link subscribe} with `countsOnly`: online / away / dnd / offline at most every `intervalMs`. */
+  countsOnly(groupId: Id, intervalMs?: number): Promise<void> {
+    return this.subscribe(groupId, { countsOnly: true, intervalMs });
+  }
+
+  /**
+   * UNSUBSCRIBE (46): stop watching `groupId`; its members in no other group watched in
+   * full are dropped from {@link presence}.
+   *
+   * @throws {RouterError} `not_subscribed`.
+   */
+  async unsubscribe(groupId: Id): Promise<void> {
+    await this.request(ChannelType.GROUP, MessageType.UNSUBSCRIBE, groupId, null);
+    this.groupSubscriptions.remove(String(groupId), this.claims.groups);
+    this.dropUnwatched();
+  }
+
+  /** The last counts of each group watched by counts only. */
+  get groupCounts(): ReadonlyMap<string, GroupCounts> {
+    return this.groupSubscriptions.counts;
+  }
+
+  private dropUnwatched(): void {
+    const full = this.groupSubscriptions.full();
+    if (full) this.presence.retainGroups(full);
   }
 
   private async membership(messageType: number, groupId: string): Promise<void> {

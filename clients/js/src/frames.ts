@@ -40,6 +40,10 @@ export const MessageType = {
   REFRESH: 40,
   STALE: 43,
   FRESH: 44,
+  SUBSCRIBE: 45,
+  UNSUBSCRIBE: 46,
+  GROUP_COUNTS: 47,
+  GROUP_SNAPSHOT: 48,
 } as const;
 
 /** A user or group id: the router treats `123` and `"123"` alike and writes strings. */

@@ -19,6 +19,7 @@ export {
   type Talk,
 } from "./client.js";
 export { Emitter, type EventMap } from "./emitter.js";
+export { GroupSubscriptions, readGroupCounts, type SubscribeOptions } from "./groups.js";
 export { ClosedError, RouterError } from "./errors.js";
 export { ChannelType, decodeFrame, encodeFrame, type Frame, type Id, MessageType, readId } from "./frames.js";
 export {

@@ -168,6 +168,28 @@ export class PresenceMap implements Iterable<UserPresence> {
   }
 
   /**
+   * Replaces what the map shows of `groupId`'s members with a GROUP_SNAPSHOT payload taken
+   * at `seq` (the router sent every change up to it before): members shown online that it
+   * does not list are dropped, offline ones stay with their last seen.
+   */
+  applyGroupSnapshot(groupId: string, payload: unknown, seq: number | null): void {
+    for (const [id, user] of this.users) {
+      if (user.status !== "offline" && user.groups.includes(groupId)) this.users.delete(id);
+    }
+    const listed = payloadMap(payload).users;
+    for (const entry of Array.isArray(listed) ? listed : []) {
+      const user = readUser(entry);
+      if (user) this.users.set(user.userId, user);
+    }
+    if (seq !== null) this.snapshotSeq = Math.max(this.snapshotSeq ?? seq, seq);
+  }
+
+  /** Drops the users in none of `groups`: the router no longer sends their changes. */
+  retainGroups(groups: ReadonlySet<string>): void {
+    for (const [id, user] of this.users) if (!user.groups.some((group) => groups.has(group))) this.users.delete(id);
+  }
+
+  /**
    * Whether the last snapshot already holds the change numbered `seq` (a PRESENCE_UPDATE
    * or an INDICATOR_UPDATE sent to a dashboard): its number is at or below the snapshot's.
    */

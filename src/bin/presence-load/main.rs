@@ -9,6 +9,7 @@ mod churn;
 mod fanin;
 mod fleet;
 mod flood;
+mod groups;
 mod heartbeats;
 mod idle;
 mod latency;
@@ -174,6 +175,27 @@ enum Scenario {
         rate: u64,
         #[arg(long, default_value_t = 30.0)]
         seconds: f64,
+    },
+    /// One group of --users seeded members churning at --rate a second, as four
+    /// dashboards see it: by its counts, in full coalesced, in full every change, and
+    /// without SUBSCRIBE; frames and bytes a second each.
+    Groups {
+        #[arg(long)]
+        router: SocketAddr,
+        #[arg(long)]
+        redis_port: u16,
+        #[arg(long, default_value_t = 10_000)]
+        users: usize,
+        /// The churn changes the first this many members only (default: all of them).
+        #[arg(long)]
+        churn_users: Option<usize>,
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// The counts' interval and the coalesced dashboard's window, in ms.
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
     },
     /// Time to a new dashboard's PRESENCE_SNAPSHOT with N users online.
     Snapshot {
@@ -352,6 +374,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Churn { redis_port, users, groups, rate, seconds } => {
             churn::run(churn::Options { redis_port, users, groups, rate, seconds }).await
+        }
+        Scenario::Groups { router, redis_port, users, churn_users, rate, seconds, interval_ms } => {
+            let churn_users = churn_users.unwrap_or(users);
+            let options = groups::Options { router, redis_port, users, churn_users, rate, seconds, interval_ms };
+            groups::run(&credentials, options).await
         }
         Scenario::Snapshot { router, users, expect, repeat, retain_dashboards, router_pid } => {
             let retain = router_pid.filter(|_| retain_dashboards > 0).map(|pid| (pid, retain_dashboards));
