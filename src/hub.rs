@@ -63,8 +63,12 @@ use crate::{
 };
 
 mod indicators;
+mod position;
+mod resume;
 
 use indicators::Indicators;
+use position::ViewPosition;
+pub use resume::Resumption;
 
 /// Most scopes whose snapshot frame is kept; the least recently used goes first.
 pub const CACHED_SCOPES: usize = 32;
@@ -85,8 +89,9 @@ pub enum HubEvent {
     /// One accepted change, already encoded as a PRESENCE_UPDATE frame (as a dashboard
     /// that sees everyone is shown it), with the change itself and the groups the user
     /// was in before it: a scoped dashboard is shown the change if the user is within its
-    /// scope after it, and the user leaving if it was only before (see [`Scope::view_of`]).
-    Update { seq: u64, frame: Bytes, update: Arc<PresenceUpdate>, before: Groups },
+    /// scope after it, and the user leaving if it was only before (see [`Scope::view_of`]);
+    /// and the view's position once it includes the change (the frame holds it too).
+    Update { seq: u64, frame: Bytes, update: Arc<PresenceUpdate>, before: Groups, position: Option<Arc<str>> },
     /// An indicator started or ended: the INDICATOR_UPDATE frame as delivered, for the
     /// dashboards whose scope covers its group; `local` when this router's own connection
     /// (or sweep) announced it.
@@ -113,6 +118,8 @@ struct View {
     /// The last [`BACKLOG`] changes (sequence number, event) since the last reset: what
     /// brings a cached snapshot up to date.
     history: VecDeque<(u64, HubEvent)>,
+    /// Where the view stands in the store's change log.
+    position: ViewPosition,
 }
 
 impl View {
@@ -206,6 +213,8 @@ impl ScopeKey {
 struct Cell {
     key: ScopeKey,
     seq: u64,
+    /// The view's position at `seq` and the scope's name, when the position is known.
+    mark: Option<protocol::ViewMark>,
     taken_at: Instant,
     /// At least the frame's length ([`protocol::snapshot_len_bound`]).
     len_bound: usize,
@@ -296,6 +305,9 @@ impl Hub {
     /// Applies one transition; returns false (and changes nothing) when it is stale.
     pub fn apply(&self, update: PresenceUpdate) -> bool {
         let mut view = self.view();
+        if let Some(seq) = update.seq {
+            view.position.saw(update.shard, seq);
+        }
         let new = &update.presence;
         let (was_online, before) = match view.users.get(&new.user_id) {
             Some(known) if known.version >= new.version => {
@@ -309,9 +321,10 @@ impl Hub {
         view.online = view.online + usize::from(is_online) - usize::from(was_online);
         view.users.insert(new.user_id.clone(), update.presence.clone());
         ::metrics::gauge!(metrics::ONLINE_USERS).set(view.online as f64);
+        let position = view.position.token();
         view.record(&self.events, |seq| {
-            let frame = protocol::update_frame(&update, seq);
-            HubEvent::Update { seq, frame, update: Arc::new(update), before }
+            let frame = protocol::update_frame(&update, seq, position.as_deref());
+            HubEvent::Update { seq, frame, update: Arc::new(update), before, position }
         });
         true
     }
@@ -439,7 +452,7 @@ impl Hub {
         let frame = cell.frame.get_or_init(|| async {
             // Taken out: the cell keeps no contents once its frame exists.
             let contents = lock(&cell.contents).take().unwrap_or_default();
-            let bytes = protocol::encode_snapshot(&contents, cell.seq);
+            let bytes = protocol::encode_snapshot(&contents, cell.seq, cell.mark.as_ref());
             ::metrics::counter!(metrics::SNAPSHOT_ENCODES).increment(1);
             self.snapshots.encoded(cell, bytes)
         });
@@ -474,6 +487,7 @@ impl Hub {
     /// after `mark` ([`Hub::mark`], taken before the store was read) are applied again.
     pub fn reset(&self, snapshot: Snapshot, indicators: Vec<(Id, IndicatorKind, Id)>, mark: u64) {
         let mut view = self.view();
+        view.position.rebuilt(snapshot.position.as_ref());
         view.indicators.rebuild(indicators, unix_ms());
         let since_mark: Vec<(Arc<IndicatorChange>, bool)> = view
             .history
@@ -668,9 +682,14 @@ impl Snapshots {
         drop(ledger);
         // Collected without the ledger's lock: dashboards finishing their writes need it.
         let contents = view.contents(scope, &key);
+        let mark = view.position.token().map(|position| protocol::ViewMark {
+            position: position.to_string(),
+            view: crate::position::view_name(key.groups()),
+        });
         let cell = Arc::new(Cell {
             key,
             seq: view.seq,
+            mark,
             taken_at: now,
             len_bound: protocol::snapshot_len_bound(&contents),
             reserved: AtomicBool::new(false),

@@ -32,7 +32,8 @@
 //!   the node delivers its own frames through it too, so indicators reach the hub
 //!   whichever router announced them.
 //! - [`hub`]: this router's versioned view of presence and of the live indicators, and the
-//!   fan-out to dashboards (snapshots, then every change).
+//!   fan-out to dashboards (snapshots, then every change), with the view's [`position`] in
+//!   the store's change log, from which a reconnecting dashboard resumes.
 //! - [`relay`]: delivery of transient frames (PTT, TEXT, indicators) to local connections,
 //!   and of the news about one session: replaced by a reconnect of its device, or its
 //!   idle floor taken over.
@@ -77,6 +78,7 @@ pub mod id;
 pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod position;
 pub mod presence;
 pub mod protocol;
 pub mod relay;

@@ -24,11 +24,12 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    engine::{Engine, EngineError, FloorClaim, FloorTake, Talker},
+    engine::{Engine, EngineError, FloorClaim, FloorTake, Talker, log::Changes},
     fanout::FanOut,
     hub::Hub,
     id::Id,
     metrics,
+    position::Position,
     presence::{Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, UserPresence, unix_ms},
     protocol::{self, ChannelType, payload::IndicatorKind},
     relay::Relay,
@@ -596,6 +597,13 @@ impl Node {
         self.check("lookup", result)
     }
 
+    /// The transitions after `from` in the store's change log, or why they cannot be told
+    /// (see [`crate::engine::PresenceStore::changes_since`]).
+    pub async fn changes_since(&self, from: &Position) -> Result<Changes, EngineError> {
+        let result = store!(self, changes_since(from));
+        self.check("changes_since", result)
+    }
+
     pub async fn group_members(&self, group: &Id) -> Result<Vec<Id>, EngineError> {
         let result = store!(self, group_members(group));
         self.check("group_members", result)
@@ -881,6 +889,7 @@ mod tests {
             ttl,
             last_seen: Duration::from_secs(30 * 24 * 3600),
             away_after: Duration::from_secs(300),
+            log_entries: crate::engine::log::DEFAULT_LOG_ENTRIES,
         });
         let engine = Engine::new("memory", Arc::new(store), Arc::new(MemoryBroker::new(fanout.clone())));
         let timing = Timing {

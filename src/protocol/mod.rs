@@ -12,6 +12,7 @@ mod decode;
 mod encode;
 pub mod live;
 pub mod payload;
+mod resume;
 pub mod voiceping;
 
 pub use decode::{DecodeError, Frame, MAX_DEPTH, decode};
@@ -19,6 +20,7 @@ pub use encode::{
     ErrorCode, Slot, ack_frame, channel_frame, client_frame, encode_snapshot, error_frame, heartbeat_ack_frame,
     heartbeat_frame, indicator_frame, snapshot_frame, snapshot_len_bound, update_frame,
 };
+pub use resume::{ViewMark, resumed_frame};
 
 /// How `toId` is read: a group or one user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +87,10 @@ pub mod message_type {
     /// Client → router: `{token}`, a new token for the same user and role, to be used
     /// from now on (its expiry, and its groups).
     pub const REFRESH: u8 = 40;
+    /// Router → dashboard: `{position, view, changes, indicators, timestamp}`, after the
+    /// PRESENCE_UPDATEs that brought a resuming dashboard's view from its position up to
+    /// date, in place of a PRESENCE_SNAPSHOT.
+    pub const RESUMED: u8 = 41;
 
     /// A low-cardinality label for metrics.
     pub fn label(message_type: u8) -> &'static str {
@@ -100,6 +106,7 @@ pub mod message_type {
             INDICATOR_UPDATE => "indicator_update",
             ACK => "ack",
             REFRESH => "refresh",
+            RESUMED => "resumed",
             START => "start",
             STOP => "stop",
             AUDIO => "audio",

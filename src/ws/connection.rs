@@ -25,6 +25,7 @@ use super::{
     liveness::{self, Renewal},
     membership::Membership,
     ptt::{RefusedStart, Talk},
+    resume::ResumeFrom,
     socket::{Incoming, Socket},
 };
 use crate::{
@@ -89,6 +90,8 @@ pub struct Connection {
     pub(super) activity_at: Instant,
     /// Dashboards: the sequence number their view includes.
     pub(super) seq: u64,
+    /// Dashboards: the position they asked to resume from, until they start.
+    pub(super) resume_from: Option<Box<ResumeFrom>>,
     /// Whose presence this connection may see (dashboards) or, over HTTP, read.
     pub(super) scope: Scope,
     /// A mobile's memberships: its token's groups, with its USER_ADD / USER_REMOVE
@@ -131,6 +134,7 @@ impl Connection {
             heartbeats: false,
             activity_at: Instant::now(),
             seq: 0,
+            resume_from: None,
             scope,
             groups,
             membership: None,
@@ -270,10 +274,23 @@ impl Connection {
         }
         let mut subscription = None;
         if self.role.watches_presence() {
-            let Subscription { snapshot, events } = self.app.node.hub().subscribe(&self.scope);
-            if let Some(exit) = Box::pin(self.write_snapshot(socket, snapshot)).await {
-                return exit;
-            }
+            let resumed = match self.resume_from.take() {
+                Some(from) => match Box::pin(self.resume(socket, *from)).await {
+                    Ok(resumed) => resumed,
+                    Err(exit) => return exit,
+                },
+                None => None,
+            };
+            let events = match resumed {
+                Some(events) => events,
+                None => {
+                    let Subscription { snapshot, events } = self.app.node.hub().subscribe(&self.scope);
+                    if let Some(exit) = Box::pin(self.write_snapshot(socket, snapshot)).await {
+                        return exit;
+                    }
+                    events
+                }
+            };
             subscription = Some(events);
         }
         // One timer serves liveness (the heartbeat timeout, pings) and the indicator/floor
@@ -532,10 +549,10 @@ impl Connection {
         }
         self.seq = seq;
         match change {
-            HubEvent::Update { frame, update, before, .. } => {
+            HubEvent::Update { frame, update, before, position, .. } => {
                 let frame = match self.scope.view_of(&update, &before) {
                     View::AsIs => Some(frame),
-                    View::Changed(shown) => Some(protocol::update_frame(&shown, seq)),
+                    View::Changed(shown) => Some(protocol::update_frame(&shown, seq, position.as_deref())),
                     View::Hidden => None,
                 };
                 if frame.is_some() {
