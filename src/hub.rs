@@ -920,6 +920,7 @@ mod tests {
             cause: Cause::Connect,
             timestamp: 1,
             seq: None,
+            shard: 0,
         }
     }
 
@@ -954,7 +955,11 @@ mod tests {
         let hub = Hub::new(16);
         hub.apply(update("gone", Status::Online, 1));
         let mut sub = hub.subscribe(&Scope::everyone());
-        hub.reset(Snapshot { users: vec![update("new", Status::Online, 5).presence], watermark: 10 }, Vec::new(), 0);
+        hub.reset(
+            Snapshot { users: vec![update("new", Status::Online, 5).presence], watermark: 10, position: None },
+            Vec::new(),
+            0,
+        );
         assert!(matches!(sub.events.try_recv().unwrap(), HubEvent::Resync));
         let (users, _) = hub.snapshot();
         assert_eq!(users.iter().map(|u| u.user_id.as_str()).collect::<Vec<_>>(), ["new"]);
@@ -969,7 +974,7 @@ mod tests {
         hub.apply(update("left", Status::Offline, 106));
         hub.apply(update("old", Status::Online, 50));
         let stale = vec![update("left", Status::Online, 90).presence];
-        hub.reset(Snapshot { users: stale, watermark: 100 }, Vec::new(), 0);
+        hub.reset(Snapshot { users: stale, watermark: 100, position: None }, Vec::new(), 0);
         let (users, _) = hub.snapshot();
         let mut online: Vec<&str> = users.iter().map(|u| u.user_id.as_str()).collect();
         online.sort();
@@ -1168,7 +1173,11 @@ mod tests {
         assert!(!same(&second, &held(&hub, &everyone).await.frame()), "too many changes behind");
         // A resync: the rebuilt view is no change on the ring, so nothing before it serves.
         let third = held(&hub, &everyone).await.frame();
-        hub.reset(Snapshot { users: vec![update("z", Status::Online, 1).presence], watermark: 0 }, Vec::new(), 0);
+        hub.reset(
+            Snapshot { users: vec![update("z", Status::Online, 1).presence], watermark: 0, position: None },
+            Vec::new(),
+            0,
+        );
         let rebuilt = held(&hub, &everyone).await;
         assert!(!same(&third, &rebuilt.frame()));
         assert!(rebuilt.backlog.is_empty());

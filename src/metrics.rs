@@ -405,11 +405,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
     each(ACCEPT_ERRORS, "kind", &["fd_limit", "memory", "aborted", "other"]);
     each(SNAPSHOTS, "source", &["new", "shared", "recent"]);
     each(SNAPSHOT_WAITS, "result", &["admitted", "timed_out"]);
-    each(
-        DASHBOARD_RESUMES,
-        "result",
-        &["resumed", "too_old", "epoch", "ahead", "scope", "malformed", "unavailable"],
-    );
+    each(DASHBOARD_RESUMES, "result", &["resumed", "too_old", "epoch", "ahead", "scope", "malformed", "unavailable"]);
     let engine_ops = [
         "activity",
         "changes_since",

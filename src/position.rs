@@ -109,8 +109,15 @@ mod tests {
 
     #[test]
     fn malformed_tokens_are_refused() {
-        for token in ["", "abc", "00:1", "zzzzzzzzzzzzzzzz:1", "0000000000000000:", "0000000000000000:1.x", "0000000000000000:-1"]
-        {
+        for token in [
+            "",
+            "abc",
+            "00:1",
+            "zzzzzzzzzzzzzzzz:1",
+            "0000000000000000:",
+            "0000000000000000:1.x",
+            "0000000000000000:-1",
+        ] {
             assert_eq!(Position::parse(token), Err(Malformed), "{token}");
         }
         let many = format!("0000000000000000:{}", vec!["1"; MAX_SHARDS + 1].join("."));

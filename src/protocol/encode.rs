@@ -434,7 +434,7 @@ mod tests {
 
     #[test]
     fn update_payload_is_at_index_5() {
-        let update = PresenceUpdate { presence: alice(), cause: Cause::Connect, timestamp: 9, seq: None };
+        let update = PresenceUpdate { presence: alice(), cause: Cause::Connect, timestamp: 9, seq: None, shard: 0 };
         let v = read(&update_frame(&update, 77, None));
         assert_eq!(v[1].as_u64(), Some(31));
         assert_eq!(v[4].as_u64(), Some(77));

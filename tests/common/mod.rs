@@ -700,8 +700,12 @@ pub fn session(user: &str, n: u64) -> presence_router::presence::Session {
 /// The Redis store itself (no router) on the Redis at `port`, with leases of `ttl`.
 pub async fn redis_store(port: u16, ttl: Duration) -> presence_router::engine::redis::RedisPresence {
     let away_after = Duration::from_secs(3600);
-    redis_store_with(port, presence_router::engine::Lifetimes { ttl, last_seen: Duration::from_secs(3600), away_after })
-        .await
+    let log_entries = presence_router::engine::log::DEFAULT_LOG_ENTRIES;
+    redis_store_with(
+        port,
+        presence_router::engine::Lifetimes { ttl, last_seen: Duration::from_secs(3600), away_after, log_entries },
+    )
+    .await
 }
 
 /// [`redis_store`] with every lifetime given.
