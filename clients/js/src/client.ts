@@ -14,6 +14,8 @@
  * - With `getToken`, sends REFRESH (40) with a fresh token before the current one expires.
  * - Folds snapshots and updates into {@link PresenceMap}, indicators into
  *   {@link IndicatorSet}, and speaks push-to-talk and text.
+ * - A watcher reconnects with its view's last position, so the router sends only what
+ *   changed meanwhile (then RESUMED) instead of a full snapshot, when it can.
  */
 import { Backoff, type BackoffOptions } from "./backoff.js";
 import { Emitter } from "./emitter.js";
@@ -97,6 +99,11 @@ export interface ClientOptions {
   refreshAheadMs?: number;
   /** Lifetimes after which indicators without an end lapse (the router's TTLs). */
   indicatorLifetimesMs?: Partial<IndicatorLifetimes>;
+  /**
+   * Reconnect from the view's last position (default true): the router sends only what
+   * changed since (`resumed`), or a full snapshot when it cannot tell that exactly.
+   */
+  resume?: boolean;
 }
 
 /** What `disconnected` reports. */
@@ -122,6 +129,17 @@ export interface SnapshotInfo {
   groupCounts?: Record<string, SnapshotGroupCounts>;
 }
 
+/** What `resumed` reports: the view was brought up to date without a snapshot. */
+export interface ResumedInfo {
+  presence: PresenceMap;
+  indicators: IndicatorSet;
+  seq: number | null;
+  /** How many users' changes the router sent before RESUMED. */
+  changes: number;
+  /** The view's position now. */
+  position: string | null;
+}
+
 export interface ClientEvents {
   state: (state: ConnectionState, previous: ConnectionState) => void;
   /** The socket opened; `attempt` is how many failed attempts came before. */
@@ -129,6 +147,11 @@ export interface ClientEvents {
   disconnected: (info: DisconnectInfo) => void;
   /** A PRESENCE_SNAPSHOT replaced the view (first frame of a watcher, and after a resync). */
   snapshot: (snapshot: SnapshotInfo) => void;
+  /**
+   * A reconnect resumed from the view's last position: the updates it missed came (each
+   * reported as `presence`), then RESUMED; no snapshot.
+   */
+  resumed: (info: ResumedInfo) => void;
   /** A PRESENCE_UPDATE changed one user (stale ones are not reported). */
   presence: (update: PresenceUpdate, previous: UserPresence | undefined) => void;
   /** An indicator started, ended, or lapsed. */
@@ -335,7 +358,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
     const live = () => generation === this.generation;
     try {
       const socket = await openTransport({
-        url: this.options.url,
+        url: this.connectUrl(),
         token: this.token!,
         deviceId: this.options.deviceId,
         auth: this.options.auth ?? (isNode() && !this.options.WebSocket ? "header" : "subprotocol"),
@@ -357,8 +380,19 @@ export class PresenceClient extends Emitter<ClientEvents> {
     }
   }
 
+  /** The URL to connect to: with the view's last position, to resume from it. */
+  private connectUrl(): string {
+    const point = this.options.resume === false ? null : this.presence.resumePoint();
+    if (!point) return this.options.url;
+    const url = new URL(this.options.url);
+    url.searchParams.set("position", point.position);
+    url.searchParams.set("view", point.view);
+    return url.toString();
+  }
+
   private onOpen(): void {
     this.opened = true;
+    this.presence.reconnected();
     const attempt = this.backoff.attempt;
     this.setState("open");
     this.emit("connected", { attempt });
@@ -520,6 +554,8 @@ export class PresenceClient extends Emitter<ClientEvents> {
     switch (frame.messageType) {
       case MessageType.PRESENCE_SNAPSHOT:
         return this.onSnapshot(frame);
+      case MessageType.RESUMED:
+        return this.onResumed(frame);
       case MessageType.PRESENCE_UPDATE: {
         const applied = this.presence.applyUpdate(frame.payload, num(frame.messageId));
         if (applied) this.emit("presence", applied.update, applied.previous);
@@ -585,6 +621,20 @@ export class PresenceClient extends Emitter<ClientEvents> {
     };
     if (payload.groupCounts !== undefined) snapshot.groupCounts = payload.groupCounts as Record<string, SnapshotGroupCounts>;
     this.emit("snapshot", snapshot);
+  }
+
+  private onResumed(frame: Frame): void {
+    const seq = num(frame.messageId);
+    this.presence.applyResumed(frame.payload, seq);
+    const payload = payloadMap(frame.payload);
+    if (Array.isArray(payload.indicators)) this.indicators.replace(payload.indicators);
+    this.emit("resumed", {
+      presence: this.presence,
+      indicators: this.indicators,
+      seq,
+      changes: num(payload.changes) ?? 0,
+      position: typeof payload.position === "string" ? payload.position : null,
+    });
   }
 
   private onPtt(frame: Frame, me: string): void {

@@ -38,6 +38,7 @@ export const MessageType = {
   INDICATOR_UPDATE: 38,
   ACK: 39,
   REFRESH: 40,
+  RESUMED: 41,
 } as const;
 
 /** A user or group id: the router treats `123` and `"123"` alike and writes strings. */

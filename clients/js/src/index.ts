@@ -14,6 +14,7 @@ export {
   type ConnectionState,
   type DisconnectInfo,
   PresenceClient,
+  type ResumedInfo,
   type SnapshotInfo,
   type Talk,
 } from "./client.js";
@@ -34,6 +35,7 @@ export {
   PresenceMap,
   type PresenceUpdate,
   readUser,
+  type ResumePoint,
   type SnapshotGroupCounts,
   type Status,
   type UserPresence,
