@@ -37,6 +37,14 @@ on_both_engines!(
     a_malformed_position_gets_a_snapshot,
 );
 
+/// On a Redis Cluster a position holds one number per shard.
+mod redis_cluster {
+    #[tokio::test]
+    async fn a_reconnect_is_sent_only_the_latest_change_of_each_user_it_missed() {
+        super::a_reconnect_is_sent_only_the_latest_change_of_each_user_it_missed(super::Engine::RedisCluster).await
+    }
+}
+
 /// Where a dashboard's view stands, as its frames told it.
 #[derive(Debug, Clone)]
 struct Mark {
@@ -152,7 +160,7 @@ async fn a_reconnect_is_sent_only_the_latest_change_of_each_user_it_missed(engin
     // Every change has been decided (and reached the router the dashboard comes back to).
     await_states(&mut witness, &missed).await;
 
-    let mut dashboard = resuming(&resumed_on, &token("watch", Role::Dashboard), &mark).await;
+    let mut dashboard = resuming(resumed_on, &token("watch", Role::Dashboard), &mark).await;
     let (shown, resumed) = read_resume(&mut dashboard).await;
     let expected: BTreeMap<String, String> =
         missed.into_iter().map(|(user, status)| (user.to_string(), status.to_string())).collect();
@@ -161,7 +169,7 @@ async fn a_reconnect_is_sent_only_the_latest_change_of_each_user_it_missed(engin
     assert_eq!(resumed["view"].as_str(), Some(mark.view.as_str()));
     let position = resumed["position"].as_str().expect("RESUMED carries the position");
     assert_ne!(position, mark.position);
-    assert_eq!(resumes(&resumed_on, "resumed").await, 1);
+    assert_eq!(resumes(resumed_on, "resumed").await, 1);
 
     // Live from there, with positions.
     let _frank = left.mobile("frank", "f1").await;
@@ -183,11 +191,11 @@ async fn a_gap_longer_than_the_log_gets_a_snapshot(engine: Engine) {
         users.push(left.mobile(user, user).await);
     }
     await_states(&mut witness, &[("u1", "online"), ("u2", "online"), ("u3", "online")]).await;
-    let mut dashboard = resuming(&resumed_on, &token("watch", Role::Dashboard), &mark).await;
+    let mut dashboard = resuming(resumed_on, &token("watch", Role::Dashboard), &mark).await;
     let snapshot = dashboard.next_frame().await;
     assert_eq!(snapshot[1].as_u64(), Some(SNAPSHOT), "three changes missed, two kept: {snapshot}");
     assert_eq!(snapshot[5]["count"].as_u64(), Some(3));
-    assert_eq!(resumes(&resumed_on, "too_old").await, 1);
+    assert_eq!(resumes(resumed_on, "too_old").await, 1);
 }
 
 async fn a_position_of_another_scope_gets_a_snapshot(engine: Engine) {
@@ -204,18 +212,18 @@ async fn a_position_of_another_scope_gets_a_snapshot(engine: Engine) {
     await_states(&mut witness, &[("u1", "online"), ("u2", "online")]).await;
 
     // The same scope: only the change within it.
-    let mut dashboard = resuming(&resumed_on, &narrow, &mark).await;
+    let mut dashboard = resuming(resumed_on, &narrow, &mark).await;
     let (shown, resumed) = read_resume(&mut dashboard).await;
     assert_eq!(shown.keys().collect::<Vec<_>>(), ["u1"], "{resumed}");
     dashboard.close().await;
 
     // A wider scope: u2 did not change for it, yet it must be shown.
     let wide = dashboard_token("watch", Some(&["g1", "g2"]));
-    let mut dashboard = resuming(&resumed_on, &wide, &mark).await;
+    let mut dashboard = resuming(resumed_on, &wide, &mark).await;
     let snapshot = dashboard.next_frame().await;
     assert_eq!(snapshot[1].as_u64(), Some(SNAPSHOT), "{snapshot}");
     assert_eq!(snapshot[5]["count"].as_u64(), Some(2));
-    assert_eq!(resumes(&resumed_on, "scope").await, 1);
+    assert_eq!(resumes(resumed_on, "scope").await, 1);
 }
 
 async fn a_malformed_position_gets_a_snapshot(engine: Engine) {
