@@ -686,12 +686,14 @@ impl Snapshots {
             position: position.to_string(),
             view: crate::position::view_name(key.groups()),
         });
+        let len_bound =
+            protocol::snapshot_len_bound(&contents) + mark.as_ref().map_or(0, protocol::ViewMark::len_bound);
         let cell = Arc::new(Cell {
             key,
             seq: view.seq,
             mark,
             taken_at: now,
-            len_bound: protocol::snapshot_len_bound(&contents),
+            len_bound,
             reserved: AtomicBool::new(false),
             contents: Mutex::new(Some(contents)),
             frame: OnceCell::new(),

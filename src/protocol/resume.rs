@@ -24,7 +24,7 @@ pub struct ViewMark {
 
 impl ViewMark {
     /// At least what [`ViewMark::write`] writes, in bytes.
-    pub(super) fn len_bound(&self) -> usize {
+    pub fn len_bound(&self) -> usize {
         32 + self.position.len() + self.view.len()
     }
 

@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 
 use super::{connection::Connection, connection::Exit, socket::Socket};
 use crate::{
-    engine::log::LoggedChange,
+    engine::log::{LoggedChange, Unserved},
     hub::{HubEvent, Resumption},
     id::Id,
     metrics,
@@ -101,6 +101,13 @@ impl Connection {
         }
         let changes = match self.app.node.changes_since(&position).await {
             Ok(Ok((changes, _head))) => changes,
+            Ok(Err(Unserved::Epoch)) => {
+                // The view's history is the dashboard's, the store's is another: the store
+                // started a new one (lost its epoch) without the sequence showing it. The
+                // view is rebuilt, and its dashboards get a snapshot of the new history.
+                self.app.node.hub().request_resync();
+                return Err(Unserved::Epoch.as_str());
+            }
             Ok(Err(unserved)) => return Err(unserved.as_str()),
             Err(_) => return Err("unavailable"),
         };

@@ -56,7 +56,11 @@ pub async fn run(credentials: &Credentials, options: Options) -> anyhow::Result<
         .map(|k| async move {
             let mut ws = credentials.connect(first, k, &format!("dash{k}"), Role::Dashboard).await?;
             let snapshot = next_frame(&mut ws).await?;
-            anyhow::ensure!(snapshot[5]["count"].as_u64() >= Some(users as u64), "snapshot holds {}", snapshot[5]["count"]);
+            anyhow::ensure!(
+                snapshot[5]["count"].as_u64() >= Some(users as u64),
+                "snapshot holds {}",
+                snapshot[5]["count"]
+            );
             let mark = |key: &str| snapshot[5][key].as_str().map(String::from).context("a snapshot without its mark");
             let query = form_urlencoded::Serializer::new(String::from("?"))
                 .append_pair("position", &mark("position")?)

@@ -99,12 +99,14 @@ end
 local groups_before = {}
 
 -- The shard's epoch, made anew (with an empty log) when Redis lost the epoch or the
--- sequence: a new history, whose positions compare with no earlier one's. Unique: Redis'
--- clock in microseconds when it is made.
+-- sequence, or the log is not a stream (written by something else under the prefix: an
+-- append must never fail half way through a transition): a new history, whose positions
+-- compare with no earlier one's. Unique: Redis' clock in microseconds when it is made.
 local function history()
   local epoch_key = prefix .. 'epoch'
   local epoch = redis.call('GET', epoch_key)
-  if epoch and redis.call('EXISTS', KEYS[1]) == 1 then
+  local kind = redis.call('TYPE', log).ok
+  if epoch and redis.call('EXISTS', KEYS[1]) == 1 and (kind == 'stream' or kind == 'none') then
     return epoch
   end
   epoch = t[1] .. string.format('%06d', tonumber(t[2]))
