@@ -6,6 +6,8 @@
 //! background tasks: the sweeper that ends leases nobody renewed, and the maintainer that
 //! rebuilds presence after the broker lost messages or the store was unreachable.
 
+pub mod log_reads;
+
 use std::{
     collections::{HashMap, HashSet},
     hash::{BuildHasher, RandomState},
@@ -24,12 +26,11 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    engine::{Engine, EngineError, FloorClaim, FloorTake, Talker, log::Changes},
+    engine::{Engine, EngineError, FloorClaim, FloorTake, Talker},
     fanout::FanOut,
     hub::Hub,
     id::Id,
     metrics,
-    position::Position,
     presence::{Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, UserPresence, unix_ms},
     protocol::{self, ChannelType, payload::IndicatorKind},
     relay::Relay,
@@ -181,6 +182,8 @@ pub struct Node {
     degraded: AtomicBool,
     /// No sweeping before this (see [`Timing::recovery_grace`]).
     sweep_paused_until: Mutex<Option<Instant>>,
+    /// Reads of the change log for resuming dashboards.
+    log_reads: log_reads::LogReads,
 }
 
 impl Node {
@@ -213,6 +216,7 @@ impl Node {
             pending_writes: Mutex::new(Some(pending_writes)),
             degraded: AtomicBool::new(false),
             sweep_paused_until: Mutex::new(None),
+            log_reads: log_reads::LogReads::default(),
         }
     }
 
@@ -595,13 +599,6 @@ impl Node {
     pub async fn lookup(&self, users: &[Id], scope: &Scope) -> Result<Vec<UserPresence>, EngineError> {
         let result = store!(self, lookup(users, scope));
         self.check("lookup", result)
-    }
-
-    /// The transitions after `from` in the store's change log, or why they cannot be told
-    /// (see [`crate::engine::PresenceStore::changes_since`]).
-    pub async fn changes_since(&self, from: &Position) -> Result<Changes, EngineError> {
-        let result = store!(self, changes_since(from));
-        self.check("changes_since", result)
     }
 
     pub async fn group_members(&self, group: &Id) -> Result<Vec<Id>, EngineError> {

@@ -19,6 +19,7 @@ use crate::{
     hub::{HubEvent, Resumption},
     id::Id,
     metrics,
+    node::log_reads,
     position::{Malformed, Position, view_of},
     presence::{Groups, PresenceUpdate},
     protocol::{self, ViewMark},
@@ -99,8 +100,9 @@ impl Connection {
         if now.epoch != position.epoch || now.seqs.len() != position.seqs.len() {
             return Err("epoch");
         }
-        let changes = match self.app.node.changes_since(&position).await {
-            Ok(Ok((changes, _head))) => changes,
+        let read = self.app.node.changes_since(&position).await;
+        let changes = match read.as_ref() {
+            Ok(Ok((changes, _head))) => log_reads::after(changes, &position),
             Ok(Err(Unserved::Epoch)) => {
                 // The view's history is the dashboard's, the store's is another: the store
                 // started a new one (lost its epoch) without the sequence showing it. The
