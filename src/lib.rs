@@ -23,8 +23,10 @@
 //!   each. The Redis engine runs on one Redis or on a Redis Cluster: its keyspace is split
 //!   into hash-tagged shards ([`engine::redis::Keyspace`]), each script runs within one,
 //!   and its subscriber is a plain one on one Redis, a sharded one (SSUBSCRIBE, renewed
-//!   every second) on a cluster, both handing what they receive to one inbox. The engine
-//!   knows nothing of the hub or the relay.
+//!   every second) on a cluster, both handing what they receive to one inbox. Every
+//!   transition is appended, as it is decided, to its shard's bounded change log
+//!   ([`engine::log`]: a capped stream per shard; the memory engine's ring), from which
+//!   dashboards resume. The engine knows nothing of the hub or the relay.
 //! - [`transient`]: the messages the broker carries besides transitions (relayed frames
 //!   and their audiences, session control) and their wire encoding.
 //! - [`fanout`]: this router's side of the seam: the [`BrokerEvents`](engine::BrokerEvents)
@@ -37,12 +39,16 @@
 //! - [`relay`]: delivery of transient frames (PTT, TEXT, indicators) to local connections,
 //!   and of the news about one session: replaced by a reconnect of its device, or its
 //!   idle floor taken over.
+//! - [`position`]: a position in the change log as dashboards hold it (an opaque token),
+//!   and the name of a scope.
 //! - [`node`]: composes engine and fan-out; publishes transitions; sweeps expired leases;
+//!   batches the change-log reads of resuming dashboards ([`node::log_reads`]);
 //!   arbitrates PTT floors (its own sessions', then the store's); degrades while the store
 //!   is out of reach (and only then).
 //! - [`renewals`]: heartbeats handed off by connections, renewed in the background.
 //! - [`ws`]: the WebSocket handshake, the RFC 6455 framing and socket (budgets, close
-//!   handshake, no buffer held while idle) and the per-connection task.
+//!   handshake, no buffer held while idle) and the per-connection task (a dashboard's
+//!   start: a snapshot, or a resume from its position).
 //! - [`http`]: the axum routers, built from a table of routes that `docs/openapi.yaml`
 //!   describes: WebSocket endpoint, presence API (its ids-per-second budget per user, and
 //!   CORS with `--cors-origins`), the probes `/livez`, `/readyz`, `/healthz` (on the public
