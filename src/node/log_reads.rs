@@ -4,7 +4,7 @@
 //! same entries (hundreds of dashboards times the gap) and make them queue past the store
 //! timeout. Instead, one read is in flight at a time; the requests that arrive meanwhile
 //! join the next one, which reads from the oldest of their positions, and each takes its
-//! own part of it ([`Read::after`]).
+//! own part of it ([`after`]).
 
 use std::sync::{Arc, Mutex};
 

@@ -23,7 +23,7 @@ pub struct ViewMark {
 }
 
 impl ViewMark {
-    /// At least what [`ViewMark::write`] writes, in bytes.
+    /// At least what the frame's `position` and `view` fields take, in bytes.
     pub fn len_bound(&self) -> usize {
         32 + self.position.len() + self.view.len()
     }
