@@ -258,7 +258,7 @@ pub struct Config {
     /// Transitions each shard's change log keeps, at least (a Redis stream per shard, or
     /// the memory engine's ring): a dashboard that reconnects having missed no more
     /// resumes from its position with just those changes, instead of a full snapshot.
-    /// About 150 bytes of Redis memory each.
+    /// About 100 bytes of Redis memory each (more with long group lists).
     #[arg(long, env = "CHANGE_LOG_ENTRIES", default_value_t = crate::engine::log::DEFAULT_LOG_ENTRIES as u64, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     #[arg(help_heading = "WebSocket limits")]
     pub change_log_entries: u64,
