@@ -78,6 +78,9 @@ if [ "${BENCH_ONLY:-}" = resume ]; then resume_bench; exit 0; fi
 # --fd-reserve 128), so N past two routers' worth takes more routers (the line says how many).
 # BEFORE_ROUTER=<a presence-router binary>: every Redis run alternates with that build's.
 STEADY_SESSIONS=${STEADY_SESSIONS:-10000 100000}
+# The fleet comes online at this many sessions a second: what is measured is the steady
+# state, not a reconnect storm (on two shared cores a 100k storm can starve the routers).
+STEADY_CONNECT_RATE=${STEADY_CONNECT_RATE:-2000}
 steady() { # label, engine (redis|memory), sessions, router binary
   local label=$1 engine=$2 n=$3 bin=$4 per_router count i port addrs=() pids=() ports=() flags=()
   per_router=$(($(ulimit -n) - 1024 - 128 - 100))
@@ -95,7 +98,8 @@ steady() { # label, engine (redis|memory), sessions, router binary
     addrs+=("127.0.0.1:$port") pids+=("${PID_OF[$port]}")
   done
   $BIN/presence-load steady --routers "$(IFS=,; echo "${addrs[*]}")" --router-pids "$(IFS=,; echo "${pids[*]}")" \
-    "${ports[@]}" --sessions "$n" --interval-secs 30 --window-secs 60 | sed -u "s/^/$label: /"
+    "${ports[@]}" --sessions "$n" --interval-secs 30 --window-secs 60 --connect-rate "$STEADY_CONNECT_RATE" \
+    | sed -u "s/^/$label: /"
   kill "${pids[@]}"
   wait "${pids[@]}" 2>/dev/null || true
   for i in $(seq "$count"); do mv "$DIR/r$((4130 + i)).err" "$DIR/r$((4130 + i))-$label-$n-$round.err"; done

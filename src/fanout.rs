@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::{
-    engine::BrokerEvents,
+    engine::{BrokerEvents, Missed},
     hub::Hub,
     presence::PresenceUpdate,
     protocol::live::IndicatorChange,
@@ -61,7 +61,8 @@ impl BrokerEvents for FanOut {
         self.relay.control(control);
     }
 
-    fn resync_needed(&self) {
+    fn resync_needed(&self, missed: Missed) {
+        self.hub.stale(missed.into());
         self.hub.request_resync();
     }
 }

@@ -65,10 +65,12 @@ use crate::{
 mod indicators;
 mod position;
 mod resume;
+mod staleness;
 
 use indicators::Indicators;
 use position::ViewPosition;
 pub use resume::Resumption;
+pub use staleness::{Stale, StaleReason};
 
 /// Most scopes whose snapshot frame is kept; the least recently used goes first.
 pub const CACHED_SCOPES: usize = 32;
@@ -98,6 +100,11 @@ pub enum HubEvent {
     Indicator { seq: u64, frame: Bytes, change: Arc<IndicatorChange>, local: bool },
     /// The view was rebuilt from the store; every dashboard needs a fresh snapshot.
     Resync,
+    /// The view stopped being fed: the STALE frame, for every dashboard.
+    Stale(Bytes),
+    /// The view is fed again and dashboards were sent it: the FRESH frame, for every
+    /// dashboard.
+    Fresh(Bytes),
 }
 
 pub struct Hub {
@@ -120,6 +127,8 @@ struct View {
     history: VecDeque<(u64, HubEvent)>,
     /// Where the view stands in the store's change log.
     position: ViewPosition,
+    /// The stale spell under way ([`staleness`]).
+    stale: Option<Stale>,
 }
 
 impl View {
@@ -244,6 +253,9 @@ impl SnapshotSource {
 pub struct Subscription {
     pub snapshot: SnapshotSource,
     pub events: broadcast::Receiver<HubEvent>,
+    /// The STALE frame to send right after the snapshot when the view is stale (later
+    /// STALE and FRESH frames come on `events`).
+    pub stale: Option<Bytes>,
 }
 
 /// A dashboard's snapshot frame, with the changes after it. While this is held the frame
@@ -376,9 +388,10 @@ impl Hub {
         let view = self.view();
         let events = self.events.subscribe();
         let (snapshot, evicted) = self.snapshots.source(&view, scope);
+        let stale = view.stale.as_ref().map(Stale::frame);
         drop(view);
         drop(evicted);
-        Subscription { snapshot, events }
+        Subscription { snapshot, events, stale }
     }
 
     /// The snapshot frame of `source`, charged to the snapshot budget. A frame that exists
@@ -477,15 +490,23 @@ impl Hub {
 
     /// Rebuilds the view from the store's snapshot and its live indicators (start-up, and
     /// after the broker may have lost messages) and tells every dashboard to take a fresh
-    /// snapshot.
+    /// snapshot. Returns how many users were kept online though the snapshot lacks them.
     ///
     /// Updates keep arriving while the snapshot is read, so nothing newer than it is
     /// undone: a user in the snapshot takes the higher version of the two; a user missing
     /// from it is offline unless the view holds a change decided at or after the
-    /// snapshot's watermark. Indicators have no versions: the store's are taken (this
+    /// snapshot's watermark, or `keep_unlisted` is set: then it keeps its state (after an
+    /// outage the other routers may not have re-asserted their sessions yet; a later
+    /// rebuild without it settles those users). Indicators have no versions: the store's are taken (this
     /// router's own kept, see [`Indicators::rebuild`]), then the starts and ends applied
     /// after `mark` ([`Hub::mark`], taken before the store was read) are applied again.
-    pub fn reset(&self, snapshot: Snapshot, indicators: Vec<(Id, IndicatorKind, Id)>, mark: u64) {
+    pub fn reset(
+        &self,
+        snapshot: Snapshot,
+        indicators: Vec<(Id, IndicatorKind, Id)>,
+        mark: u64,
+        keep_unlisted: bool,
+    ) -> usize {
         let mut view = self.view();
         view.position.rebuilt(snapshot.position.as_ref());
         view.indicators.rebuild(indicators, unix_ms());
@@ -502,9 +523,14 @@ impl Hub {
             view.indicators.apply(&change, local);
         }
         let listed: HashSet<Id> = snapshot.users.iter().map(|u| u.user_id.clone()).collect();
+        let mut kept = 0;
         for user in view.users.values_mut() {
-            if !listed.contains(&user.user_id) && user.version < snapshot.watermark {
-                user.status = Status::Offline;
+            if user.status != Status::Offline && !listed.contains(&user.user_id) && user.version < snapshot.watermark {
+                if keep_unlisted {
+                    kept += 1;
+                } else {
+                    user.status = Status::Offline;
+                }
             }
         }
         for user in snapshot.users {
@@ -522,6 +548,7 @@ impl Hub {
         view.history.clear();
         ::metrics::gauge!(metrics::ONLINE_USERS).set(view.online as f64);
         let _ = self.events.send(HubEvent::Resync);
+        kept
     }
 
     /// Asks the node to rebuild the view from the store: the broker asks for it (through
@@ -907,7 +934,7 @@ mod tests {
     use super::*;
     use crate::presence::Cause;
 
-    fn update(user: &str, status: Status, version: u64) -> PresenceUpdate {
+    pub(super) fn update(user: &str, status: Status, version: u64) -> PresenceUpdate {
         PresenceUpdate {
             presence: UserPresence {
                 user_id: Id::parse(user).unwrap(),
@@ -961,6 +988,7 @@ mod tests {
             Snapshot { users: vec![update("new", Status::Online, 5).presence], watermark: 10, position: None },
             Vec::new(),
             0,
+            false,
         );
         assert!(matches!(sub.events.try_recv().unwrap(), HubEvent::Resync));
         let (users, _) = hub.snapshot();
@@ -976,7 +1004,7 @@ mod tests {
         hub.apply(update("left", Status::Offline, 106));
         hub.apply(update("old", Status::Online, 50));
         let stale = vec![update("left", Status::Online, 90).presence];
-        hub.reset(Snapshot { users: stale, watermark: 100, position: None }, Vec::new(), 0);
+        hub.reset(Snapshot { users: stale, watermark: 100, position: None }, Vec::new(), 0, false);
         let (users, _) = hub.snapshot();
         let mut online: Vec<&str> = users.iter().map(|u| u.user_id.as_str()).collect();
         online.sort();
@@ -1179,6 +1207,7 @@ mod tests {
             Snapshot { users: vec![update("z", Status::Online, 1).presence], watermark: 0, position: None },
             Vec::new(),
             0,
+            false,
         );
         let rebuilt = held(&hub, &everyone).await;
         assert!(!same(&third, &rebuilt.frame()));
@@ -1403,7 +1432,7 @@ mod tests {
         signal(&hub, "g", "new", IndicatorKind::Recording, true, false);
         let stored =
             vec![(id("g"), IndicatorKind::Typing, id("ended")), (id("g"), IndicatorKind::Talking, id("other"))];
-        hub.reset(Snapshot::default(), stored, mark);
+        hub.reset(Snapshot::default(), stored, mark, false);
         let view = hub.view();
         let listed: Vec<String> = view
             .indicators

@@ -35,7 +35,9 @@
 //!   whichever router announced them.
 //! - [`hub`]: this router's versioned view of presence and of the live indicators, and the
 //!   fan-out to dashboards (snapshots, then every change), with the view's [`position`] in
-//!   the store's change log, from which a reconnecting dashboard resumes.
+//!   the store's change log, from which a reconnecting dashboard resumes; and whether that
+//!   view is fed: STALE while it is not (Redis out of reach, the subscription lost,
+//!   transitions missed), FRESH once it is rebuilt ([`hub::Stale`]).
 //! - [`relay`]: delivery of transient frames (PTT, TEXT, indicators) to local connections,
 //!   and of the news about one session: replaced by a reconnect of its device, or its
 //!   idle floor taken over.

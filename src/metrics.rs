@@ -41,6 +41,8 @@ pub const DISCONNECTS: &str = "presence_disconnects_total";
 pub const SESSIONS_REPLACED: &str = "presence_sessions_replaced_total";
 pub const ENGINE_ERRORS: &str = "presence_engine_errors_total";
 pub const ENGINE_UP: &str = "presence_engine_up";
+pub const VIEW_STALE: &str = "presence_view_stale";
+pub const VIEW_STALE_REASONS: &str = "presence_view_stale_total";
 pub const BROKER_MESSAGES: &str = "presence_broker_messages_total";
 pub const BROKER_GAPS: &str = "presence_broker_gaps_total";
 pub const RESYNCS: &str = "presence_resyncs_total";
@@ -52,6 +54,7 @@ pub const RELAYED: &str = "presence_relayed_frames_total";
 pub const RELAY_OVERFLOWS: &str = "presence_relay_overflows_total";
 pub const RELAY_DROPPED: &str = "presence_relay_dropped_total";
 pub const FLOOR_REQUESTS: &str = "presence_floor_requests_total";
+pub const FLOORS_ORPHANED: &str = "presence_floors_orphaned_total";
 pub const AUDIO_DROPPED: &str = "presence_audio_dropped_total";
 pub const INDICATORS: &str = "presence_indicator_events_total";
 pub const MEMBERSHIP_CHANGES: &str = "presence_membership_changes_total";
@@ -107,6 +110,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     }
     ::metrics::gauge!(SNAPSHOT_MEMORY).increment(0.0);
     ::metrics::gauge!(BROKER_GROUP_SUBSCRIPTIONS).increment(0.0);
+    ::metrics::gauge!(VIEW_STALE).increment(0.0);
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
@@ -180,6 +184,16 @@ fn describe() {
         "1 while the presence store answers, this router receives the broker's messages, and presence is rebuilt; 0 \
          while degraded."
     );
+    describe_gauge!(
+        VIEW_STALE,
+        "1 while this router's view of presence is stale (not fed: Redis out of reach, the subscription lost, \
+         transitions missed) and its dashboards were sent STALE; 0 once they were sent FRESH."
+    );
+    describe_counter!(
+        VIEW_STALE_REASONS,
+        "Stale spells by reason (store_unreachable, store_data_lost, subscription_lost, updates_missed), and the \
+         more serious reasons a spell turned to."
+    );
     describe_counter!(BROKER_GAPS, "Transitions that never arrived from the broker, each answered by a resync.");
     describe_counter!(
         RESYNCS,
@@ -212,6 +226,10 @@ fn describe() {
     describe_counter!(RELAY_OVERFLOWS, "Connections closed because their queue of relayed frames was full.");
     describe_counter!(RELAY_DROPPED, "Relayed frames not sent to other routers: the publish queue was full.");
     describe_counter!(FLOOR_REQUESTS, "PTT START requests, by result (granted, busy, local_only, idle_takeover).");
+    describe_counter!(
+        FLOORS_ORPHANED,
+        "PTT floors of another router that lapsed (it died mid-talk) and whose talk this router ended."
+    );
     describe_counter!(
         AUDIO_DROPPED,
         "AUDIO dropped without an answer, by reason: its talk had been ended by the router (max_talk_time, idle, \
@@ -337,6 +355,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         EDGE_PENALTIES,
         PINGS,
         LIVENESS_RENEWALS,
+        FLOORS_ORPHANED,
     ]
     .into_iter()
     .map(|name| (name, Vec::new()))
@@ -397,6 +416,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
     );
     each(BROKER_MESSAGES, "kind", &["update", "relay", "invalid", "overflow"]);
     each(BROKER_RESUBSCRIPTIONS, "reason", &["dropped", "silent"]);
+    each(VIEW_STALE_REASONS, "reason", &crate::hub::StaleReason::ALL.map(crate::hub::StaleReason::as_str));
     each(FLOOR_REQUESTS, "result", &["granted", "busy", "local_only", "idle_takeover"]);
     each(AUDIO_DROPPED, "reason", &["max_talk_time", "idle", "not_a_member", "switched", "start_refused"]);
     each(SESSIONS_REPLACED, "result", &["ended", "gone", "timed_out"]);

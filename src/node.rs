@@ -28,7 +28,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     engine::{Engine, EngineError, FloorClaim, FloorTake, Talker},
     fanout::FanOut,
-    hub::Hub,
+    hub::{Hub, StaleReason},
     id::Id,
     metrics,
     presence::{Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, UserPresence, unix_ms},
@@ -48,7 +48,8 @@ const RENEW_CONCURRENCY: usize = 256;
 const MAX_UNENDED: usize = 100_000;
 /// How long a new session waits for the session of its device it replaced to end (its
 /// floor released, its STOP and indicator ends sent) before it is served anyway: that
-/// session's router may have died, and then its floor lapses after `MAX_TALK_MS`.
+/// session's router may have died, and then another router ends its floor once its lease
+/// lapses ([`crate::engine::FLOOR_LEASE`]).
 const REPLACE_WAIT: Duration = Duration::from_secs(1);
 /// Store writes a connection hands off without waiting (activity, indicators) queued at
 /// most; past that they are dropped and counted: an indicator lapses in the store on its
@@ -100,6 +101,11 @@ macro_rules! store {
     };
 }
 
+// After `store!`, which it uses.
+mod floor_leases;
+
+pub use floor_leases::ROUTER_LOST;
+
 /// Awaits a store or broker call and records how long it took in
 /// `presence_store_call_duration_seconds{op}`, failures included (a call that timed out
 /// shows as the timeout). Every store call goes through here, whichever the engine.
@@ -109,6 +115,10 @@ async fn timed<T>(op: &'static str, call: impl Future<Output = T>) -> T {
     ::metrics::histogram!(metrics::STORE_CALL_DURATION, "op" => op).record(started.elapsed());
     output
 }
+
+/// The operation [`Node::check`] is given when the broker does not deliver: the view is
+/// stale for the subscription, not the store.
+const DEAF: &str = "subscription";
 
 /// How often the hub's view drops offline users past the retention.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -606,12 +616,17 @@ impl Node {
         self.check("group_members", result)
     }
 
-    /// Ends the leases that ran out and publishes the resulting offlines together; then
-    /// announces the end of indicators whose router died before it could.
+    /// Ends the leases that ran out and publishes the resulting offlines together, after
+    /// ending the talks of those users and of routers that died; then announces the end
+    /// of the indicators whose router died before it could.
     pub async fn sweep(&self) -> Result<usize, EngineError> {
         let result = store!(self, expire_due());
         let updates = self.check("expire", result)?;
+        // A lapsed talker's talk ends before it shows offline; and talks before indicators:
+        // a claimed talk clears its `talking`, which then never ends twice.
+        let floors = self.end_orphaned_floors(&updates).await;
         self.publish(&updates).await;
+        floors?;
         let result = store!(self, signals.claim_orphaned_indicators());
         for (group, kind, user) in self.check("indicators", result)? {
             ::metrics::counter!(metrics::INDICATORS, "type" => kind.as_str(), "active" => "false").increment(1);
@@ -627,10 +642,18 @@ impl Node {
     /// when it all succeeded (a store that answers PING but refuses writes stays degraded,
     /// and so does a router that does not hear the broker: a view rebuilt now could not be
     /// kept current).
-    pub async fn resync(&self) -> Result<(), EngineError> {
+    ///
+    /// A stale view's rebuild keeps online the users the store does not list (yet), unless
+    /// only transitions went missing ([`StaleReason::may_lack_sessions`]): the other
+    /// routers may still be re-asserting their sessions after the same outage, and nobody
+    /// is to be shown offline because Redis was lost. Then this returns false and
+    /// the view stays stale; the maintainer rebuilds it again, `confirming`, once
+    /// [`Timing::recovery_grace`] has passed, and users still unlisted then are offline.
+    /// Returns true when the view is fresh (dashboards were sent FRESH if it was stale).
+    pub async fn resync(&self, confirming: bool) -> Result<bool, EngineError> {
         if !self.engine.broker.is_receiving() {
             let deaf = Err(EngineError::Unavailable("not receiving the broker's messages".into()));
-            return self.check("subscription", deaf);
+            return self.check(DEAF, deaf);
         }
         let result = store!(self, ping());
         self.check("ping", result)?;
@@ -665,7 +688,8 @@ impl Node {
         let result = store!(self, signals.live_indicators());
         let indicators = self.check("indicators", result)?;
         let online = snapshot.users.len();
-        self.hub().reset(snapshot, indicators, mark);
+        let keep_unlisted = !confirming && self.hub().staleness().is_some_and(|stale| stale.reason.may_lack_sessions());
+        let kept = self.hub().reset(snapshot, indicators, mark, keep_unlisted);
         let recovered = self.degraded.swap(false, Ordering::Relaxed);
         ::metrics::gauge!(metrics::ENGINE_UP).set(1.0);
         // At start there is nothing to rebuild: said at INFO only after an outage or when
@@ -675,7 +699,12 @@ impl Node {
         } else {
             tracing::debug!(reasserted, online, "presence read from the store");
         }
-        Ok(())
+        if kept == 0 {
+            self.hub().fresh();
+        } else {
+            tracing::info!(kept, "users the store does not list yet stay as they were until confirmed");
+        }
+        Ok(kept == 0)
     }
 
     async fn announce(
@@ -703,9 +732,14 @@ impl Node {
             ::metrics::counter!(metrics::ENGINE_ERRORS, "op" => op, "kind" => e.kind()).increment(1);
             if !e.is_unavailable() {
                 tracing::error!(error = %e, op, kind = e.kind(), "presence engine call failed on a bug; not degrading");
-            } else if !self.degraded.swap(true, Ordering::Relaxed) {
-                ::metrics::gauge!(metrics::ENGINE_UP).set(0.0);
-                tracing::warn!(error = %e, op, "presence store unreachable; degraded until it answers");
+            } else {
+                // The view is stale from now: its dashboards are told at once.
+                let reason = if op == DEAF { StaleReason::SubscriptionLost } else { StaleReason::StoreUnreachable };
+                self.hub().stale(reason);
+                if !self.degraded.swap(true, Ordering::Relaxed) {
+                    ::metrics::gauge!(metrics::ENGINE_UP).set(0.0);
+                    tracing::warn!(error = %e, op, "presence store unreachable; degraded until it answers");
+                }
             }
         }
         result
@@ -739,9 +773,10 @@ impl Node {
         if let Some(pending) = self.pending_writes.lock().unwrap_or_else(|e| e.into_inner()).take() {
             tracker.spawn(Arc::clone(self).writer(pending, shutdown.clone()));
         }
-        self.resync().await?;
+        self.resync(true).await?;
         tracker.spawn(Arc::clone(self).sweeper(shutdown.clone()));
         tracker.spawn(Arc::clone(self).renewer(shutdown.clone()));
+        tracker.spawn(Arc::clone(self).floor_leaser(shutdown.clone()));
         tracker.spawn(Arc::clone(self).maintainer(shutdown));
         Ok(())
     }
@@ -845,13 +880,18 @@ impl Node {
     /// resyncs as soon as it answers. Resyncs too when the broker asks: it resubscribed
     /// after missing messages, or stopped receiving (then the resync fails, and marks the
     /// router degraded at once).
+    ///
+    /// A rebuild that kept unlisted users online ([`Node::resync`]) is followed by a
+    /// confirming one [`Timing::recovery_grace`] later.
     async fn maintainer(self: Arc<Self>, shutdown: CancellationToken) {
         let mut probe = tokio::time::interval(self.timing.probe_interval);
         probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut confirm_at: Option<Instant> = None;
         loop {
-            tokio::select! {
+            let confirming = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.hub().resync_requested() => {}
+                _ = self.hub().resync_requested() => false,
+                _ = tokio::time::sleep_until(confirm_at.unwrap_or_else(Instant::now)), if confirm_at.is_some() => true,
                 _ = probe.tick() => {
                     if !self.is_degraded() {
                         // A call whose connection dropped was already sent again by the
@@ -860,12 +900,21 @@ impl Node {
                         let _ = self.check("probe", result);
                         continue;
                     }
+                    false
                 }
+            };
+            if !confirming {
+                *self.sweep_paused_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Instant::now() + self.timing.recovery_grace);
             }
-            *self.sweep_paused_until.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(Instant::now() + self.timing.recovery_grace);
-            match self.resync().await {
-                Ok(()) => ::metrics::counter!(metrics::RESYNCS).increment(1),
+            confirm_at = None;
+            match self.resync(confirming).await {
+                Ok(fresh) => {
+                    ::metrics::counter!(metrics::RESYNCS).increment(1);
+                    if !fresh {
+                        confirm_at = Some(Instant::now() + self.timing.recovery_grace);
+                    }
+                }
                 Err(e) => tracing::debug!(error = %e, "resync failed; retrying"),
             }
         }
@@ -934,7 +983,9 @@ mod tests {
             talk: format!("t{n}").into(),
             with_message_id: n.is_multiple_of(2),
         };
-        let claim = |n: u64, idle: Option<Duration>| FloorClaim { talker: talker(n), hold, idle };
+        let listeners = crate::engine::FloorListeners::Group(Id::parse("crew").unwrap());
+        let claim =
+            |n: u64, idle: Option<Duration>| FloorClaim { talker: talker(n), hold, idle, listeners: listeners.clone() };
         let granted = Floor::Granted { local_only: false, taken_from: None };
         let second = Duration::from_secs(1);
 

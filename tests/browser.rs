@@ -523,3 +523,30 @@ async fn write_screenshot(browser: &mut Browser, path: &str) {
     let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap()).unwrap();
     std::fs::write(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path), png).unwrap();
 }
+
+/// While the router's view is stale (here: Redis killed) the page keeps the last view,
+/// greyed under a banner that says since when and why; FRESH lifts both.
+#[tokio::test]
+async fn the_dashboard_page_greys_its_view_under_a_stale_banner_until_fresh() {
+    let mut redis = RedisServer::start().await;
+    let router = Router::start(&["--redis-host", "127.0.0.1", "--redis-port", &redis.port.to_string()]).await;
+    let mut alpha = router.mobile("alpha", "radio-a").await;
+    alpha.sync("alpha").await;
+    let mut browser = page(&router, &token("dispatcher", Role::Dashboard)).await;
+    browser.wait_for("alpha", "online").await;
+    assert_eq!(browser.eval("document.getElementById('stale').hidden").await, json!(true));
+
+    redis.kill().await;
+    browser.wait_until("document.body.dataset.stale === 'true'").await;
+    let banner = browser.eval("document.getElementById('stale').textContent").await;
+    let banner = banner.as_str().unwrap();
+    assert!(banner.starts_with("Out of date since "), "{banner}");
+    assert!(banner.contains("Redis") || banner.contains("other routers"), "says why: {banner}");
+    assert_eq!(browser.eval("getComputedStyle(document.querySelector('main')).opacity").await, json!("0.5"));
+    assert_eq!(browser.in_row("alpha", ".state", "textContent").await, json!("online"), "the last view, kept");
+
+    redis.spawn().await;
+    browser.wait_until("document.body.dataset.stale === 'false'").await;
+    assert_eq!(browser.eval("document.getElementById('stale').hidden").await, json!(true));
+    browser.wait_for("alpha", "online").await;
+}

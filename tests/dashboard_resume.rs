@@ -9,12 +9,14 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Client, Engine, RedisServer, Router, Setup, token};
+use common::{Client, Engine, RedisServer, Router, Setup, tcp_proxy::TcpProxy, token};
 use presence_router::auth::{Role, mint_hs256_in};
 use rmpv::Value;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const RESUMED: u64 = 41;
+const STALE: u64 = 43;
+const FRESH: u64 = 44;
 const SNAPSHOT: u64 = 32;
 const UPDATE: u64 = 31;
 
@@ -338,4 +340,51 @@ async fn a_log_key_of_another_type_starts_a_new_history() {
     let mut dashboard = resuming(&router, &token("watch", Role::Dashboard), &fresh).await;
     let (_, resumed) = read_resume(&mut dashboard).await;
     assert_eq!(resumed["view"].as_str(), Some("*"));
+}
+
+/// A dashboard resuming while the router's view is not fed (its subscription lost) is told
+/// so right after RESUMED, as one that gets a snapshot is; the rebuild's snapshot carries
+/// the rebuilt view's position, then FRESH.
+#[tokio::test]
+async fn a_dashboard_resuming_while_the_view_is_stale_gets_stale_after_resumed() {
+    let setup = Setup::new(Engine::Redis).await;
+    let redis = setup.redis.as_ref().unwrap();
+    let proxy = TcpProxy::start(redis.port).await;
+    let a = Router::start(&["--redis-host", "127.0.0.1", "--redis-port", &proxy.port.to_string()]).await;
+    let b = setup.router(&[]).await;
+    let token = dashboard_token("desk", None);
+    let mut watching = dashboard_with(&a, &token, "").await;
+    let mark = snapshot_mark(&watching.next_frame().await);
+    let mut newcomer = b.mobile("newcomer", "p1").await;
+    newcomer.sync("newcomer").await;
+    await_states(&mut watching, &[("newcomer", "online")]).await;
+
+    proxy.black_hole_new_subscriptions(true);
+    assert!(redis.kill_subscriptions().await >= 2, "both routers' subscriptions");
+    let stale = loop {
+        let frame = watching.next_frame().await;
+        if frame[1].as_u64() == Some(STALE) {
+            break frame;
+        }
+    };
+
+    let mut resumed = resuming(&a, &token, &mark).await;
+    let (shown, _) = read_resume(&mut resumed).await;
+    assert_eq!(shown.get("newcomer").map(String::as_str), Some("online"), "{shown:?}");
+    let after = resumed.next_frame().await;
+    assert_eq!(after[1].as_u64(), Some(STALE), "STALE right after RESUMED: {after}");
+    assert_eq!(after[5]["since"], stale[5]["since"]);
+
+    proxy.black_hole_new_subscriptions(false);
+    let mut rebuilt = None;
+    loop {
+        let frame = resumed.next_frame().await;
+        match frame[1].as_u64() {
+            Some(SNAPSHOT) => rebuilt = Some(snapshot_mark(&frame)),
+            Some(FRESH) => break,
+            _ => {}
+        }
+    }
+    let rebuilt = rebuilt.expect("the rebuilt view's snapshot before FRESH");
+    assert_eq!(rebuilt.view, mark.view);
 }

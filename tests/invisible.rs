@@ -28,12 +28,12 @@ fn audio() -> Value {
 }
 
 /// The next INDICATOR_UPDATE a dashboard gets, as `(user, type, isActive)`, past the
-/// presence updates and snapshots (after a resync) that come in between.
+/// presence updates, snapshots, STALE and FRESH (around a resync) that come in between.
 async fn next_indicator(dashboard: &mut Client) -> (String, String, bool) {
     loop {
         let frame = dashboard.next_frame().await;
         match frame[1].as_u64() {
-            Some(31 | 32) => continue,
+            Some(31 | 32 | 43 | 44) => continue,
             Some(38) => return indicator_of(&frame),
             _ => panic!("expected INDICATOR_UPDATE, got {frame}"),
         }

@@ -85,6 +85,12 @@ pub fn describe(frame: &Value) -> String {
             payload["messageType"].as_u64().map_or("frame", |t| message_type::label(t as u8))
         ),
         HEARTBEAT_ACK => "heartbeat acknowledged".into(),
+        STALE => format!(
+            "stale: the router's view is out of date since {} ms (reason {}); the last view is kept",
+            payload["since"],
+            field("reason")
+        ),
+        FRESH => format!("fresh: the router's view is current again (out of date since {} ms)", payload["since"]),
         START => format!("talk: {from} started talking in {channel}"),
         START_ACK => format!("talk: the floor in {channel} is yours"),
         START_FAILED => format!("talk: no floor in {channel}: {}", text(payload)),

@@ -13,7 +13,8 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::{
-    Broker, BrokerEvents, Connected, EngineError, FloorClaim, FloorTake, Lifetimes, PresenceStore, SignalStore,
+    Broker, BrokerEvents, Connected, EngineError, FloorClaim, FloorTake, Lifetimes, OrphanedFloor, PresenceStore,
+    SignalStore,
     log::{Changes, Ring},
 };
 use crate::{
@@ -517,6 +518,17 @@ impl SignalStore for MemoryPresence {
     /// Nothing was stored by [`SignalStore::take_floor`]: nothing to give back.
     async fn release_floor(&self, _channel: &str, _holder: &SessionId) -> Result<(), EngineError> {
         Ok(())
+    }
+
+    /// Nothing was stored by [`SignalStore::take_floor`]: no lease to renew.
+    async fn renew_floors(&self, _floors: &[(String, SessionId)], _lease: Duration) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// One router holds every session: a floor's connection always gives it back when it
+    /// ends (its STOP and the end of `talking` go out then), so none is ever orphaned.
+    async fn claim_orphaned_floors(&self, _gone: &[Id]) -> Result<Vec<OrphanedFloor>, EngineError> {
+        Ok(Vec::new())
     }
 }
 

@@ -18,6 +18,7 @@
 //! A failed call says why ([`EngineError`]): the store out of reach, which the router
 //! waits out degraded, or a bug (an unexpected reply), which fails the call alone.
 
+mod floors;
 pub mod log;
 mod memory;
 pub mod redis;
@@ -27,6 +28,9 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+pub use floors::{
+    FLOOR_LEASE, FLOOR_LEASE_QUIET, FLOOR_LEASE_RENEW, FLOOR_ORPHAN_GRACE, FloorListeners, OrphanedFloor,
+};
 pub use memory::{MemoryBroker, MemoryPresence};
 
 use crate::{
@@ -225,6 +229,19 @@ pub trait SignalStore: Send + Sync + 'static {
 
     /// Gives the floor back if `holder` still has it; nothing otherwise.
     async fn release_floor(&self, channel: &str, holder: &SessionId) -> Result<(), EngineError>;
+
+    /// Renews for `lease` the leases of the floors this router's sessions hold, each
+    /// `(channel, holder)`, in one round trip where the transport allows; nothing for a
+    /// floor `holder` does not hold ([`FLOOR_LEASE`], [`FLOOR_LEASE_RENEW`]).
+    async fn renew_floors(&self, floors: &[(String, SessionId)], lease: Duration) -> Result<(), EngineError>;
+
+    /// Claims the floors whose lease lapsed [`FLOOR_ORPHAN_GRACE`] ago (their router died),
+    /// and those of the users in `gone` (they just went offline: their sessions lapsed)
+    /// whose lease was not renewed for [`FLOOR_LEASE_QUIET`]: each is released, its
+    /// talker's `talking` indicator cleared, and returned to exactly one caller, which
+    /// announces the talk's end. Never a floor given back or taken over, nor one a live
+    /// router renews.
+    async fn claim_orphaned_floors(&self, gone: &[Id]) -> Result<Vec<OrphanedFloor>, EngineError>;
 }
 
 /// Who talks on a PTT floor: what a session that takes the floor over needs to end that
@@ -249,6 +266,8 @@ pub struct FloorClaim {
     /// [`SignalStore::touch_floor`]) for this long since the claim or the last touch;
     /// `None`: never. A claim with `None` takes no idle floor over either.
     pub idle: Option<Duration>,
+    /// Who hears the talk: told of its end by another router if this one dies.
+    pub listeners: FloorListeners,
 }
 
 /// The answer to [`SignalStore::take_floor`].
@@ -329,8 +348,21 @@ pub trait BrokerEvents: Send + Sync + 'static {
     fn control(&self, control: &Control);
 
     /// Transitions may have been missed, or this router stopped hearing the others: its
-    /// view of presence must be rebuilt from the store.
-    fn resync_needed(&self);
+    /// view of presence must be rebuilt from the store. `missed` says what was lost; the
+    /// view counts as stale from this call until it is rebuilt.
+    fn resync_needed(&self, missed: Missed);
+}
+
+/// What a broker lost, when it asks for a resync ([`BrokerEvents::resync_needed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missed {
+    /// Transitions that never arrived: a gap in the sequence stayed open past its grace.
+    Transitions,
+    /// The sequence went back: the store lost its data (a restart without persistence,
+    /// `FLUSHALL`, a failover to a replica that had not caught up).
+    StoreData,
+    /// The subscription lapsed or stopped delivering: anything published meanwhile.
+    Subscription,
 }
 
 /// What a router runs with: its presence, its signals and its broker.

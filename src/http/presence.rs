@@ -43,11 +43,29 @@ struct UserStatus {
     last_activity: Option<u64>,
 }
 
+/// While this router's view of presence is stale (see [`crate::hub::Stale`]), the `stale`
+/// field of a presence answer: since when (Unix ms) and why. The answer is read from the
+/// store, but this router has not been able to keep the store current for its own
+/// sessions, nor to hear the other routers, since then.
+#[derive(Serialize)]
+struct StaleField {
+    since: u64,
+    reason: &'static str,
+}
+
+impl StaleField {
+    fn of(node: &Node) -> Option<StaleField> {
+        node.hub().staleness().map(|stale| StaleField { since: stale.since_ms, reason: stale.reason.as_str() })
+    }
+}
+
 #[derive(Serialize)]
 pub struct StatusResponse {
     success: bool,
     users: Vec<UserStatus>,
     timestamp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stale: Option<StaleField>,
 }
 
 /// Reads `{"userIds": [...]}` with 1 to [`MAX_USER_IDS`] ids (strings or integers).
@@ -96,11 +114,13 @@ pub async fn status(
     }
     let body = body.map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
     let user_ids = parse_request(&body)?;
-    let users = presence(&app)?.lookup(&user_ids, &scope).await.map_err(unavailable)?;
+    let node = presence(&app)?;
+    let users = node.lookup(&user_ids, &scope).await.map_err(unavailable)?;
     Ok(Json(StatusResponse {
         success: true,
         users: users.into_iter().map(UserStatus::from).collect(),
         timestamp: unix_ms(),
+        stale: StaleField::of(node),
     }))
 }
 
@@ -109,6 +129,8 @@ pub struct UserResponse {
     success: bool,
     user: UserStatus,
     timestamp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stale: Option<StaleField>,
 }
 
 /// `GET /api/users/{id}/presence`: one user; last seen is kept for `LAST_SEEN_SECS`
@@ -122,9 +144,10 @@ pub async fn user(
     super::rate_limit::charge(&app, &claims, super::rate_limit::Cost::User)?;
     let scope = Scope::of(&claims);
     let id = path_id(id, "invalid_user_id")?;
-    let user = presence(&app)?.lookup(std::slice::from_ref(&id), &scope).await.map_err(unavailable)?.into_iter().next();
+    let node = presence(&app)?;
+    let user = node.lookup(std::slice::from_ref(&id), &scope).await.map_err(unavailable)?.into_iter().next();
     let user = user.unwrap_or_else(|| UserPresence::unknown(id));
-    Ok(Json(UserResponse { success: true, user: user.into(), timestamp: unix_ms() }))
+    Ok(Json(UserResponse { success: true, user: user.into(), timestamp: unix_ms(), stale: StaleField::of(node) }))
 }
 
 #[derive(Serialize)]
@@ -140,6 +163,8 @@ pub struct GroupResponse {
     recording_users: Vec<Id>,
     talking_users: Vec<Id>,
     timestamp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stale: Option<StaleField>,
 }
 
 /// `GET /api/groups/{id}/presence`: the group's participants (users whose sessions named
@@ -200,6 +225,7 @@ pub async fn group(
         recording_users,
         talking_users,
         timestamp: unix_ms(),
+        stale: StaleField::of(node),
     }))
 }
 

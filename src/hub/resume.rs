@@ -5,9 +5,10 @@
 //! change falls between the two (one in both is sent twice, which its version makes
 //! harmless).
 
+use bytes::Bytes;
 use tokio::sync::broadcast;
 
-use super::{Hub, HubEvent};
+use super::{Hub, HubEvent, Stale};
 use crate::{position::Position, protocol::live::LiveIndicator, scope::Scope};
 
 /// The start of a resuming dashboard.
@@ -21,6 +22,9 @@ pub struct Resumption {
     pub position: Option<Position>,
     /// The live indicators of the scope now.
     pub indicators: Vec<LiveIndicator>,
+    /// The STALE frame to send right after RESUMED when the view is stale (later spells
+    /// come through `events`).
+    pub stale: Option<Bytes>,
 }
 
 impl Hub {
@@ -33,6 +37,7 @@ impl Hub {
             seq: view.seq,
             position: view.position.get(),
             indicators: view.indicators.in_scope(scope),
+            stale: view.stale.as_ref().map(Stale::frame),
         }
     }
 }

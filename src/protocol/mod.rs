@@ -13,6 +13,7 @@ mod encode;
 pub mod live;
 pub mod payload;
 mod resume;
+mod staleness;
 pub mod voiceping;
 
 pub use decode::{DecodeError, Frame, MAX_DEPTH, decode};
@@ -21,6 +22,7 @@ pub use encode::{
     heartbeat_frame, indicator_frame, snapshot_frame, snapshot_len_bound, update_frame,
 };
 pub use resume::{ViewMark, resumed_frame};
+pub use staleness::{fresh_frame, stale_frame};
 
 /// How `toId` is read: a group or one user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +93,14 @@ pub mod message_type {
     /// PRESENCE_UPDATEs that brought a resuming dashboard's view from its position up to
     /// date, in place of a PRESENCE_SNAPSHOT.
     pub const RESUMED: u8 = 41;
+    /// Router → dashboards: `{since, reason, timestamp}`, this router's view stopped being
+    /// fed (Redis out of reach, the subscription lost, transitions missed): what is shown
+    /// is kept, but may be out of date.
+    pub const STALE: u8 = 43;
+    /// Router → dashboards: `{since, reason, timestamp}`, the view is fed again; the
+    /// frames since STALE (a PRESENCE_SNAPSHOT of the rebuilt view, updates) made the
+    /// corrections.
+    pub const FRESH: u8 = 44;
 
     /// A low-cardinality label for metrics.
     pub fn label(message_type: u8) -> &'static str {
@@ -107,6 +117,8 @@ pub mod message_type {
             ACK => "ack",
             REFRESH => "refresh",
             RESUMED => "resumed",
+            STALE => "stale",
+            FRESH => "fresh",
             START => "start",
             STOP => "stop",
             AUDIO => "audio",

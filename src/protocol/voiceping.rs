@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use rmpv::Value;
 use serde::Serialize;
 
-use super::ChannelType;
+use super::{ChannelType, Slot, message_type::STOP};
 use crate::id::Id;
 
 /// The payload of START_ACK for a START without one, of STOP_ACK and of TEXT_ACK.
@@ -61,6 +62,23 @@ struct Stop<'a> {
 pub fn stop(duration: Duration, message_id: &str, reason: Option<&str>) -> Value {
     let duration = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
     json(&Stop { duration, message_id, reason })
+}
+
+/// A STOP in `from`'s name for the listeners of its talk `id`, which the router ended
+/// (`reason`): VoicePing's `{duration, message_id}` with the reason, in the layout of the
+/// talk's START (the talk's message id in the slot, when it had one).
+pub fn talk_stop(
+    channel: ChannelType,
+    from: &Id,
+    to: &Id,
+    id: &str,
+    with_message_id: bool,
+    held: Duration,
+    reason: &str,
+) -> Bytes {
+    let slot_id = Value::from(id);
+    let slot = if with_message_id { Slot::Id(Some(&slot_id)) } else { Slot::Absent };
+    super::channel_frame(channel, STOP, Some(from), Some(to), slot, &stop(held, id, Some(reason)))
 }
 
 #[derive(Serialize)]

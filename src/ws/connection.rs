@@ -284,8 +284,12 @@ impl Connection {
             let events = match resumed {
                 Some(events) => events,
                 None => {
-                    let Subscription { snapshot, events } = self.app.node.hub().subscribe(&self.scope);
+                    let Subscription { snapshot, events, stale } = self.app.node.hub().subscribe(&self.scope);
                     if let Some(exit) = Box::pin(self.write_snapshot(socket, snapshot)).await {
+                        return exit;
+                    }
+                    // The view is stale: the snapshot is what it last knew, and says so at once.
+                    if let Some(exit) = self.write_stale(socket, stale).await {
                         return exit;
                     }
                     events
@@ -540,9 +544,11 @@ impl Connection {
     /// its view), moving its sequence number past it: a presence update as its scope reads
     /// it, an indicator of a group its scope covers as it is.
     pub(super) fn shown(&mut self, change: HubEvent) -> Option<Bytes> {
-        let seq = match &change {
-            HubEvent::Update { seq, .. } | HubEvent::Indicator { seq, .. } => *seq,
+        let seq = match change {
+            HubEvent::Update { seq, .. } | HubEvent::Indicator { seq, .. } => seq,
             HubEvent::Resync => return None,
+            // Not a change of the view: every dashboard is told, whatever its position.
+            HubEvent::Stale(frame) | HubEvent::Fresh(frame) => return Some(frame),
         };
         if seq <= self.seq {
             return None;
@@ -564,7 +570,7 @@ impl Connection {
             HubEvent::Indicator { frame, change, .. } => {
                 self.scope.covers_group(&change.indicator.group).then_some(frame)
             }
-            HubEvent::Resync => None,
+            HubEvent::Resync | HubEvent::Stale(_) | HubEvent::Fresh(_) => None,
         }
     }
 
@@ -598,6 +604,15 @@ impl Connection {
     /// Writes one frame within the write timeout.
     pub(super) async fn write(&mut self, socket: &mut Socket, frame: Bytes) -> Option<Exit> {
         self.timed(socket.send(frame)).await
+    }
+
+    /// Sends the STALE frame of a dashboard's start (after its snapshot or RESUMED), if
+    /// the view is stale: what it was shown is what the view last knew.
+    pub(super) async fn write_stale(&mut self, socket: &mut Socket, stale: Option<Bytes>) -> Option<Exit> {
+        match stale {
+            Some(frame) => self.write(socket, frame).await,
+            None => None,
+        }
     }
 
     /// A socket operation bounded by the write timeout; a stalled one is a slow consumer.

@@ -39,7 +39,7 @@ use super::{
     socket::Socket,
 };
 use crate::{
-    engine::{FloorClaim, Talker},
+    engine::{FloorClaim, FloorListeners, Talker},
     id::Id,
     metrics,
     node::Floor,
@@ -257,7 +257,14 @@ impl Connection {
             with_message_id: frame.with_message_id,
         };
         let hold = self.app.limits.max_talk;
-        let claim = FloorClaim { talker, hold, idle: self.app.limits.floor_idle };
+        let listeners = match &channel.audience {
+            Audience::Group { group, .. } => FloorListeners::Group(group.clone()),
+            Audience::UserIn { user, groups } => {
+                FloorListeners::User { user: user.clone(), groups: Some(groups.clone()) }
+            }
+            _ => FloorListeners::User { user: channel.to.clone(), groups: None },
+        };
+        let claim = FloorClaim { talker, hold, idle: self.app.limits.floor_idle, listeners };
         let (local_only, taken_from) = match node.take_floor(&channel.key, &claim).await {
             Floor::Granted { local_only, taken_from } => (local_only, taken_from),
             Floor::Busy => {
@@ -412,7 +419,8 @@ impl Connection {
             ChannelType::Group => (&channel.to, channel.audience.clone(), Some(talker.user.clone())),
             ChannelType::Private => (&self.user, Audience::User(self.user.clone()), None),
         };
-        let frame = talk_stop(channel.kind, &talker.user, to, &talker.talk, talker.with_message_id, held, IDLE);
+        let frame =
+            voiceping::talk_stop(channel.kind, &talker.user, to, &talker.talk, talker.with_message_id, held, IDLE);
         self.relay(audience, except, STOP, frame);
     }
 
@@ -460,7 +468,15 @@ impl Connection {
         if let Some(reason) = reason {
             let channel = &talk.channel;
             let held = talk.started.elapsed();
-            let stop = talk_stop(channel.kind, &self.user, &channel.to, &talk.id, talk.with_message_id, held, reason);
+            let stop = voiceping::talk_stop(
+                channel.kind,
+                &self.user,
+                &channel.to,
+                &talk.id,
+                talk.with_message_id,
+                held,
+                reason,
+            );
             self.relay(channel.audience.clone(), channel.except.clone(), STOP, stop);
             talk.ended = Some(reason);
             self.talk = Some(talk);
@@ -477,23 +493,6 @@ const IDLE: &str = "idle";
 const SWITCHED: &str = "switched";
 /// Why AUDIO following a refused START is dropped.
 const START_REFUSED: &str = "start_refused";
-
-/// A STOP in `from`'s name for the listeners of its talk `id`, which the router ended
-/// (`reason`): VoicePing's `{duration, message_id}` with the reason, in the layout of the
-/// talk's START (the talk's message id in the slot, when it had one).
-fn talk_stop(
-    channel: ChannelType,
-    from: &Id,
-    to: &Id,
-    id: &str,
-    with_message_id: bool,
-    held: Duration,
-    reason: &str,
-) -> Bytes {
-    let slot_id = Value::from(id);
-    let slot = if with_message_id { Slot::Id(Some(&slot_id)) } else { Slot::Absent };
-    protocol::channel_frame(channel, STOP, Some(from), Some(to), slot, &voiceping::stop(held, id, Some(reason)))
-}
 
 /// The router's own STOP to the talker of a talk it ended: `[ct, 2, 0, toId, messageId,
 /// {reason, message_id, duration, timestamp}]`; `None` for a talk not ended.

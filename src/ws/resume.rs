@@ -84,6 +84,10 @@ impl Connection {
         if let Some(exit) = self.write(socket, resumed).await {
             return Err(exit);
         }
+        // The view is stale: what it caught up to is what it last knew, and says so at once.
+        if let Some(exit) = self.write_stale(socket, resumption.stale).await {
+            return Err(exit);
+        }
         Ok(Some(resumption.events))
     }
 

@@ -189,6 +189,13 @@ impl RedisServer {
     pub fn client(&self) -> redis::Client {
         redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap()
     }
+
+    /// Drops every subscriber connection (`CLIENT KILL TYPE pubsub`): the routers' broker
+    /// subscriptions. Returns how many were dropped.
+    pub async fn kill_subscriptions(&self) -> u64 {
+        let mut conn = self.client().get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut conn).await.unwrap()
+    }
 }
 
 impl Drop for RedisServer {
@@ -718,18 +725,18 @@ pub async fn redis_store_with(
     RedisPresence::connect(&config, lifetimes).await.unwrap()
 }
 
-/// A floor claim of `session` (of user `u`, talk `t`, five-element layout) held at most
-/// `hold`, taken over once idle for `idle`.
+/// A floor claim of `session` (of user `u`, talk `t`, five-element layout, in group `g`)
+/// held at most `hold`, taken over once idle for `idle`.
 pub fn floor_claim(
     session: &presence_router::presence::SessionId,
     hold: Duration,
     idle: Option<Duration>,
 ) -> presence_router::engine::FloorClaim {
     use presence_router::{
-        engine::{FloorClaim, Talker},
+        engine::{FloorClaim, FloorListeners, Talker},
         id::Id,
     };
     let talker =
         Talker { session: session.clone(), user: Id::parse("u").unwrap(), talk: "t".into(), with_message_id: false };
-    FloorClaim { talker, hold, idle }
+    FloorClaim { talker, hold, idle, listeners: FloorListeners::Group(Id::parse("g").unwrap()) }
 }

@@ -8,7 +8,8 @@
 //! `SUBSCRIBE` or `PSUBSCRIBE` (a router's Pub/Sub connection), so the command connection
 //! keeps working while the subscription goes quiet; or the others
 //! ([`TcpProxy::black_hole_commands`]), so the subscription keeps working while commands
-//! go unanswered.
+//! go unanswered. [`TcpProxy::refuse_new`] keeps new connections out altogether, as a
+//! server that is not back yet.
 
 use std::sync::{
     Arc, Mutex,
@@ -38,6 +39,8 @@ struct Switches {
     flows: Mutex<Vec<Arc<Flow>>>,
     /// Black-hole a flow as soon as it subscribes.
     cut_new_subscriptions: AtomicBool,
+    /// Close new connections at once, as a server that is not back yet does.
+    refuse_new: AtomicBool,
 }
 
 /// Listens on a free loopback port and forwards each connection to `127.0.0.1:upstream`.
@@ -59,6 +62,9 @@ impl TcpProxy {
             // Each flow's copiers end with the proxy: they live in this task's set.
             let mut flows = JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
+                if accepting.refuse_new.load(Ordering::SeqCst) {
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else { continue };
                 let flow = Arc::new(Flow::default());
                 accepting.flows.lock().unwrap().push(flow.clone());
@@ -96,6 +102,12 @@ impl TcpProxy {
     /// reaches the server): resubscribing cannot get through until this is turned off.
     pub fn black_hole_new_subscriptions(&self, on: bool) {
         self.switches.cut_new_subscriptions.store(on, Ordering::SeqCst);
+    }
+
+    /// While on, new connections are closed as soon as they are accepted (flows open
+    /// already are left alone): the client cannot reach the server until this is off.
+    pub fn refuse_new(&self, on: bool) {
+        self.switches.refuse_new.store(on, Ordering::SeqCst);
     }
 }
 

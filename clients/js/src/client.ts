@@ -97,7 +97,7 @@ export interface ClientOptions {
   refreshBeforeExpiry?: boolean;
   /** Fetch a new token this long before `exp` (default 30 000; at most half the token's remaining life). */
   refreshAheadMs?: number;
-  /** Lifetimes after which indicators without an end lapse (the router's TTLs). */
+  /** The router's indicator lifetimes, when not its defaults: own indicators are refreshed within them. */
   indicatorLifetimesMs?: Partial<IndicatorLifetimes>;
   /**
    * Reconnect from the view's last position (default true): the router sends only what
@@ -140,6 +140,16 @@ export interface ResumedInfo {
   position: string | null;
 }
 
+/**
+ * A stale spell of the router's view (STALE, 43): since when (Unix ms, when the router first
+ * knew) and why (`store_unreachable`, `store_data_lost`, `subscription_lost`,
+ * `updates_missed`). While it lasts the presence map holds the last view the router had.
+ */
+export interface StaleInfo {
+  since: number;
+  reason: string;
+}
+
 export interface ClientEvents {
   state: (state: ConnectionState, previous: ConnectionState) => void;
   /** The socket opened; `attempt` is how many failed attempts came before. */
@@ -152,9 +162,15 @@ export interface ClientEvents {
    * reported as `presence`), then RESUMED; no snapshot.
    */
   resumed: (info: ResumedInfo) => void;
+  /**
+   * The router's view went stale (STALE: `stale` is the spell, and a more serious reason for
+   * the same spell comes as another call) or fresh again (FRESH, after the corrections were
+   * applied: `stale` is null, `previous` the spell it ends).
+   */
+  stale: (stale: StaleInfo | null, previous: StaleInfo | null) => void;
   /** A PRESENCE_UPDATE changed one user (stale ones are not reported). */
   presence: (update: PresenceUpdate, previous: UserPresence | undefined) => void;
-  /** An indicator started, ended, or lapsed. */
+  /** An indicator started or ended (or was dropped with the connection: `expired`). */
   indicator: (event: IndicatorEvent) => void;
   ptt: (event: PttEvent) => void;
   text: (message: TextMessage) => void;
@@ -230,6 +246,9 @@ export class PresenceClient extends Emitter<ClientEvents> {
   private pending: Pending[] = [];
   private nextMessageId = 1;
   private talkValue: Talk | null = null;
+  private staleValue: StaleInfo | null = null;
+  /** The current socket has not sent its first snapshot or RESUMED yet. */
+  private firstView = true;
   private waiters: { resolve(): void; reject(error: Error): void }[] = [];
   private timers: {
     retry?: ReturnType<typeof setTimeout>;
@@ -247,7 +266,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
     this.options = options;
     this.backoff = new Backoff(options.reconnect || {});
     this.lifetimes = { ...DEFAULT_INDICATOR_LIFETIMES, ...options.indicatorLifetimesMs };
-    this.indicators = new IndicatorSet(this.lifetimes, (event) => this.emit("indicator", event));
+    this.indicators = new IndicatorSet((event) => this.emit("indicator", event));
     if (options.token) this.setToken(options.token);
     else if (!options.getToken) throw new TypeError("PresenceClient needs a token or getToken");
   }
@@ -269,6 +288,15 @@ export class PresenceClient extends Emitter<ClientEvents> {
   /** The floor this client holds, or null. */
   get talk(): Talk | null {
     return this.talkValue;
+  }
+
+  /**
+   * The router's stale spell, or null while its view is fed (docs/PROTOCOL.md, "Stale and
+   * fresh views"). Kept across a reconnect until the new connection's first snapshot: the
+   * router sends STALE right after it if the spell goes on.
+   */
+  get stale(): StaleInfo | null {
+    return this.staleValue;
   }
 
   /**
@@ -393,6 +421,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
   private onOpen(): void {
     this.opened = true;
     this.presence.reconnected();
+    this.firstView = true;
     const attempt = this.backoff.attempt;
     this.setState("open");
     this.emit("connected", { attempt });
@@ -568,6 +597,9 @@ export class PresenceClient extends Emitter<ClientEvents> {
         if (event) this.emit("indicator", event);
         return;
       }
+      case MessageType.STALE:
+      case MessageType.FRESH:
+        return this.onStale(frame);
       case MessageType.ACK:
         return this.settle(num(payloadMap(frame.payload).messageType), frame, (p) => this.sameId(p, frame));
       case MessageType.HEARTBEAT_ACK:
@@ -607,7 +639,34 @@ export class PresenceClient extends Emitter<ClientEvents> {
     }
   }
 
+  /** STALE sets the spell (again, with a more serious reason), FRESH ends it. */
+  private onStale(frame: Frame): void {
+    const payload = payloadMap(frame.payload);
+    const since = num(payload.since);
+    const reason = typeof payload.reason === "string" ? payload.reason : "unknown";
+    this.setStale(frame.messageType === MessageType.STALE && since !== null ? { since, reason } : null);
+  }
+
+  private setStale(stale: StaleInfo | null): void {
+    const previous = this.staleValue;
+    if (previous === null && stale === null) return;
+    this.staleValue = stale;
+    this.emit("stale", stale, previous);
+  }
+
+  /**
+   * A new connection's snapshot or RESUMED is the router's view as it is now: a spell
+   * reported on an earlier connection is over unless STALE follows it at once.
+   */
+  private viewStarted(): void {
+    if (this.firstView) {
+      this.firstView = false;
+      this.setStale(null);
+    }
+  }
+
   private onSnapshot(frame: Frame): void {
+    this.viewStarted();
     const seq = num(frame.messageId);
     this.presence.applySnapshot(frame.payload, seq);
     const payload = payloadMap(frame.payload);
@@ -624,6 +683,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
   }
 
   private onResumed(frame: Frame): void {
+    this.viewStarted();
     const seq = num(frame.messageId);
     this.presence.applyResumed(frame.payload, seq);
     const payload = payloadMap(frame.payload);

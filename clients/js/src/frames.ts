@@ -39,6 +39,8 @@ export const MessageType = {
   ACK: 39,
   REFRESH: 40,
   RESUMED: 41,
+  STALE: 43,
+  FRESH: 44,
 } as const;
 
 /** A user or group id: the router treats `123` and `"123"` alike and writes strings. */

@@ -16,6 +16,7 @@ export {
   PresenceClient,
   type ResumedInfo,
   type SnapshotInfo,
+  type StaleInfo,
   type Talk,
 } from "./client.js";
 export { Emitter, type EventMap } from "./emitter.js";

@@ -2,12 +2,12 @@
  * Who is typing, recording or talking where: INDICATOR_UPDATE (38) frames, and the
  * `indicators` a snapshot may carry, held until their end.
  *
- * The router follows every start it announced with exactly one end, while it lives; if
- * it dies, no end comes, so each indicator also lapses on its own after its lifetime
- * (typing 5 s, recording 30 s, talking 30 s: the router's `TYPING_TTL_MS`,
- * `RECORDING_TTL_MS` and `MAX_TALK_MS` defaults) counted from its latest start. A lapse
- * is reported like an end, with `expired: true`; so is each indicator dropped when the
- * connection ends (the ends sent meanwhile never arrive).
+ * The router follows every start it announced with exactly one end (if the announcing
+ * router dies, another announces the end once its lifetime has passed), and a typist's
+ * refreshes are silent: so an indicator is held until its end, however long, with no timer
+ * of the client's own. When the connection ends, the ends sent meanwhile never arrive:
+ * every indicator is dropped then and reported like an end, with `expired: true` (a
+ * watcher's next snapshot lists what is still live).
  */
 import { payloadMap, readId } from "./frames.js";
 
@@ -20,27 +20,27 @@ export interface Indicator {
   type: IndicatorType | string;
   /** Unix ms the router gave for its start. */
   since: number;
-  /** Unix ms after which it lapses unless an end or a new start comes first. */
-  expiresAt: number;
 }
 
-/** An INDICATOR_UPDATE as received, or a lapse. */
+/** An INDICATOR_UPDATE as received, or an indicator dropped when the connection ended. */
 export interface IndicatorEvent {
   groupId: string;
   userId: string;
   type: IndicatorType | string;
   isActive: boolean;
-  /** Unix ms of the change (the router's; the client's clock for a lapse). */
+  /** Unix ms of the change (the router's; the client's clock when dropped). */
   timestamp: number;
   /**
-   * True when the client dropped it without an end from the router: its lifetime passed,
-   * or the connection ended (ends sent meanwhile would be lost; a watcher's next snapshot
-   * lists what is still live).
+   * True when the client dropped it without an end from the router: the connection ended
+   * (ends sent meanwhile would be lost; a watcher's next snapshot lists what is still live).
    */
   expired: boolean;
 }
 
-/** Lifetimes in ms by indicator type; unknown types get the longest. */
+/**
+ * The router's lifetimes in ms by indicator type (`TYPING_TTL_MS`, `RECORDING_TTL_MS`,
+ * `MAX_TALK_MS`): a client refreshes its own indicators within them.
+ */
 export type IndicatorLifetimes = Record<IndicatorType, number>;
 
 export const DEFAULT_INDICATOR_LIFETIMES: IndicatorLifetimes = { typing: 5_000, recording: 30_000, talking: 30_000 };
@@ -49,12 +49,10 @@ const key = (groupId: string, userId: string, type: string) => `${groupId}\u0000
 
 export class IndicatorSet implements Iterable<Indicator> {
   private live = new Map<string, Indicator>();
-  private timer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
-    private readonly lifetimes: IndicatorLifetimes,
-    /** Called for each indicator the set drops on its own (lapsed, or dropped by {@link dropAll}). */
-    private readonly onLapse: (event: IndicatorEvent) => void,
+    /** Called for each indicator dropped by {@link dropAll}. */
+    private readonly onDrop: (event: IndicatorEvent) => void,
   ) {}
 
   get size(): number {
@@ -77,10 +75,6 @@ export class IndicatorSet implements Iterable<Indicator> {
     return this.live.has(key(groupId, userId, type));
   }
 
-  private lifetime(type: string): number {
-    return (this.lifetimes as Record<string, number>)[type] ?? Math.max(...Object.values(this.lifetimes));
-  }
-
   /** Applies an INDICATOR_UPDATE payload; returns it as an event, or null if malformed. */
   apply(payload: unknown, now = Date.now()): IndicatorEvent | null {
     const map = payloadMap(payload);
@@ -92,22 +86,20 @@ export class IndicatorSet implements Iterable<Indicator> {
     const k = key(groupId, userId, map.type);
     if (isActive) {
       const since = this.live.get(k)?.since ?? timestamp;
-      this.live.set(k, { groupId, userId, type: map.type, since, expiresAt: now + this.lifetime(map.type) });
+      this.live.set(k, { groupId, userId, type: map.type, since });
     } else {
       this.live.delete(k);
     }
-    this.schedule(now);
     return { groupId, userId, type: map.type, isActive, timestamp, expired: false };
   }
 
   /**
    * Replaces every indicator with a snapshot's `indicators` list
-   * (`[{groupId, userId, type, timestamp}]`): each is live now and lapses a lifetime from now.
+   * (`[{groupId, userId, type, timestamp}]`).
    */
   replace(entries: unknown[], now = Date.now()): void {
     this.live.clear();
     for (const entry of entries) this.apply({ ...payloadMap(entry), isActive: true }, now);
-    this.schedule(now);
   }
 
   /** Drops every indicator, reporting each as an end with `expired: true`. */
@@ -115,32 +107,8 @@ export class IndicatorSet implements Iterable<Indicator> {
     const now = Date.now();
     const dropped = [...this.live.values()];
     this.live.clear();
-    this.schedule(now);
-    for (const i of dropped) this.onLapse(this.lapsed(i, now));
-  }
-
-  private lapsed(i: Indicator, now: number): IndicatorEvent {
-    return { groupId: i.groupId, userId: i.userId, type: i.type, isActive: false, timestamp: now, expired: true };
-  }
-
-  private schedule(now: number): void {
-    clearTimeout(this.timer);
-    this.timer = undefined;
-    let next = Infinity;
-    for (const i of this.live.values()) next = Math.min(next, i.expiresAt);
-    if (next === Infinity) return;
-    this.timer = setTimeout(() => this.lapse(), Math.max(0, next - now));
-    // Housekeeping only: in Node it does not keep a process alive on its own.
-    (this.timer as { unref?: () => void }).unref?.();
-  }
-
-  private lapse(): void {
-    const now = Date.now();
-    for (const [k, i] of this.live) {
-      if (i.expiresAt > now) continue;
-      this.live.delete(k);
-      this.onLapse(this.lapsed(i, now));
+    for (const i of dropped) {
+      this.onDrop({ groupId: i.groupId, userId: i.userId, type: i.type, isActive: false, timestamp: now, expired: true });
     }
-    this.schedule(now);
   }
 }

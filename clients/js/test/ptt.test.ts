@@ -98,14 +98,30 @@ test("typing starts and ends for members and dashboards, and the indicator set f
   assert.equal(bravo.indicators.has("north", "alpha", "typing"), false);
 });
 
-test("a typing indicator held on is refreshed, so the router keeps it past its lifetime", async () => {
+test("a typing indicator held on is refreshed, so the router and its watchers keep it past its lifetime", async () => {
   const short = await Router.start(["--typing-ttl-ms", "400"]);
   const typist = await mobile(short, "typist", ["west"], { indicatorLifetimesMs: { typing: 400 } });
+  const member = await mobile(short, "member", ["west"], { indicatorLifetimesMs: { typing: 400 } });
+  const watcher = await dashboard(short, "west-watcher", ["west"]);
+  const seen = Promise.all(
+    [member, watcher].map((c) => next(c, "indicator", (e) => e.type === "typing" && e.isActive)),
+  );
   await typist.setIndicator("west", "typing");
-  // Three lifetimes pass: without the refreshes (every 240 ms) the router would have ended it.
+  await seen;
+  // Three lifetimes pass: without the refreshes (every 240 ms) the router would have ended it,
+  // and the refreshes are silent: the watchers hold it until its end.
   await new Promise((resolve) => setTimeout(resolve, 1_200));
   assert.deepEqual((await groupPresence(short, "west")).typingUsers, ["typist"]);
+  assert.equal(member.indicators.has("west", "typist", "typing"), true, "a member still sees the typist");
+  assert.equal(watcher.indicators.has("west", "typist", "typing"), true, "a dashboard still sees the typist");
+  const ended = Promise.all([member, watcher].map((c) => next(c, "indicator", (e) => e.type === "typing" && !e.isActive)));
   await typist.setIndicator("west", "typing", false);
+  const ends = await ended;
+  assert.deepEqual(
+    ends.map(([e]) => e.expired),
+    [false, false],
+    "the end comes from the router",
+  );
 });
 
 test("a dashboard opened mid-talk shows the talker from its snapshot's indicators", async (t) => {

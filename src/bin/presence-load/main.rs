@@ -283,6 +283,10 @@ enum Scenario {
         /// Sessions per worker process (default: its open-file limit less 256).
         #[arg(long)]
         per_process: Option<usize>,
+        /// Most new sessions a second, all workers together (default: as fast as the
+        /// routers take them).
+        #[arg(long)]
+        connect_rate: Option<u32>,
     },
     /// One worker process of `steady` (started by it).
     #[command(hide = true)]
@@ -299,6 +303,8 @@ enum Scenario {
         interval_ms: u64,
         #[arg(long)]
         epoch_ms: u64,
+        #[arg(long, default_value_t = 0)]
+        connect_every_us: u64,
     },
     /// `POST /api/presence/status` with 100 ids.
     Bulk {
@@ -392,6 +398,7 @@ async fn main() -> anyhow::Result<()> {
             window_secs,
             baseline_secs,
             per_process,
+            connect_rate,
         } => {
             let options = steady::Options {
                 routers,
@@ -402,12 +409,15 @@ async fn main() -> anyhow::Result<()> {
                 window: Duration::from_secs(window_secs),
                 baseline: Duration::from_secs(baseline_secs),
                 per_process,
+                connect_rate,
             };
             steady::run(&args.secret, options).await
         }
-        Scenario::SteadyWorker { routers, sessions, from, to, interval_ms, epoch_ms } => {
+        Scenario::SteadyWorker { routers, sessions, from, to, interval_ms, epoch_ms, connect_every_us } => {
             let interval = Duration::from_millis(interval_ms);
-            steady::worker(credentials, steady::Share { routers, sessions, range: from..to, interval, epoch_ms }).await
+            let connect_every = Duration::from_micros(connect_every_us);
+            let share = steady::Share { routers, sessions, range: from..to, interval, epoch_ms, connect_every };
+            steady::worker(credentials, share).await
         }
         Scenario::Bulk { router, online, requests, scope_oracle } => {
             bulk::run(&credentials, router, online, requests, scope_oracle).await

@@ -64,6 +64,9 @@ pub struct Options {
     pub baseline: Duration,
     /// Sessions per worker process; default: what the open-file limit allows.
     pub per_process: Option<usize>,
+    /// Most new sessions a second, the whole fleet together; `None`: as fast as the
+    /// routers take them (a reconnect storm, not a fleet coming online over time).
+    pub connect_rate: Option<u32>,
 }
 
 /// One worker's share of the fleet.
@@ -76,6 +79,8 @@ pub struct Share {
     /// The schedule's origin, on the wall clock (Unix ms): session i heartbeats at
     /// `epoch + (i / sessions + k) × interval`.
     pub epoch_ms: u64,
+    /// The time between this worker's new sessions; zero: unpaced.
+    pub connect_every: Duration,
 }
 
 /// The worker processes' counters summed, and the CPU figures, at one instant.
@@ -88,7 +93,8 @@ struct Reading {
 }
 
 pub async fn run(secret: &str, options: Options) -> anyhow::Result<()> {
-    let Options { routers, router_pids, redis_ports, sessions, interval, window, baseline, per_process } = options;
+    let Options { routers, router_pids, redis_ports, sessions, interval, window, baseline, per_process, connect_rate } =
+        options;
     ensure!(!routers.is_empty() && routers.len() == router_pids.len(), "give one --router-pids entry per router");
     ensure!(sessions > 0, "--sessions must be above 0");
     let per_process = match per_process {
@@ -108,7 +114,11 @@ pub async fn run(secret: &str, options: Options) -> anyhow::Result<()> {
     let mut workers = Vec::new();
     for from in (0..sessions).step_by(per_process) {
         let range = from..(from + per_process).min(sessions);
-        let share = Share { routers: routers.clone(), sessions, range, interval, epoch_ms };
+        // Each worker its part of the rate, in proportion to its share of the fleet.
+        let connect_every = connect_rate.map_or(Duration::ZERO, |rate| {
+            Duration::from_secs_f64(sessions as f64 / (rate.max(1) as f64 * range.len() as f64))
+        });
+        let share = Share { routers: routers.clone(), sessions, range, interval, epoch_ms, connect_every };
         workers.push(Worker::spawn(secret, &share)?);
     }
     for worker in &mut workers {
@@ -206,6 +216,7 @@ impl Worker {
             .args(["--from", &share.range.start.to_string(), "--to", &share.range.end.to_string()])
             .args(["--interval-ms", &share.interval.as_millis().to_string()])
             .args(["--epoch-ms", &share.epoch_ms.to_string()])
+            .args(["--connect-every-us", &share.connect_every.as_micros().to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -287,7 +298,7 @@ struct Counters {
 pub async fn worker(credentials: Arc<Credentials>, share: Share) -> anyhow::Result<()> {
     let (_, hard) = rlimit::Resource::NOFILE.get()?;
     rlimit::increase_nofile_limit(hard)?;
-    let Share { routers, sessions, range, interval, epoch_ms } = share;
+    let Share { routers, sessions, range, interval, epoch_ms, connect_every } = share;
     // The wall-clock epoch on this process' monotonic clock.
     let since_epoch = Duration::from_millis(
         (SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64).saturating_sub(epoch_ms),
@@ -297,7 +308,11 @@ pub async fn worker(credentials: Arc<Credentials>, share: Share) -> anyhow::Resu
     let gate = Arc::new(Semaphore::new(CONNECTING));
     let (connected, mut connections) = mpsc::channel(CONNECTING);
     let held = range.len();
+    let mut pace = (!connect_every.is_zero()).then(|| tokio::time::interval(connect_every));
     for i in range {
+        if let Some(pace) = &mut pace {
+            pace.tick().await;
+        }
         let (credentials, counters, gate, connected) =
             (credentials.clone(), counters.clone(), gate.clone(), connected.clone());
         let router = routers[i % routers.len()];

@@ -15,7 +15,12 @@ use std::{
 use redis::{AsyncCommands, RedisResult};
 
 use super::{Connection, Keyspace, gaps::GapDetector};
-use crate::{engine::BrokerEvents, metrics, presence::PresenceUpdate, transient::Relayed};
+use crate::{
+    engine::{BrokerEvents, Missed},
+    metrics,
+    presence::PresenceUpdate,
+    transient::Relayed,
+};
 
 /// How long a missing sequence number may stay missing (overtaken by a later publish from
 /// another router) before it counts as lost.
@@ -104,8 +109,11 @@ impl Inbox {
     /// to `head` must arrive within the grace, or the router resyncs
     /// ([`GapDetector::resume`]); it resyncs at once when `head` is unknown or went back.
     pub(super) fn resume(&mut self, shard: usize, head: Option<u64>) {
-        if head.is_none_or(|head| self.gaps[shard].resume(head)) {
-            self.resync();
+        match (head, self.gaps[shard].received()) {
+            (None, _) | (_, None) => self.resync(Missed::Subscription),
+            (Some(head), Some(received)) if head < received => self.resync(Missed::StoreData),
+            (Some(head), _) if self.gaps[shard].resume(head) => self.resync(Missed::Transitions),
+            _ => {}
         }
     }
 
@@ -124,9 +132,9 @@ impl Inbox {
         let Some(head) = head else { return };
         if received.is_some_and(|received| head < received) {
             tracing::warn!(shard, head, received, "the transition sequence went back: Redis lost its data");
-            self.resync();
+            self.resync(Missed::StoreData);
         } else if self.gaps[shard].expect_through(head) {
-            self.resync();
+            self.resync(Missed::Transitions);
         }
     }
 
@@ -134,24 +142,24 @@ impl Inbox {
     pub(super) fn deaf(&self) {
         if self.sinks.receiving.set(false) {
             tracing::warn!("not receiving from other routers; degraded until subscribed again");
-            self.sinks.events.resync_needed();
+            self.sinks.events.resync_needed(Missed::Subscription);
         }
     }
 
     /// Transitions may have been missed: the node rebuilds its view from the store.
-    pub(super) fn resync(&mut self) {
+    pub(super) fn resync(&mut self, missed: Missed) {
         tracing::warn!("presence updates may have been missed; rebuilding presence from Redis");
         for gaps in &mut self.gaps {
             gaps.reset();
         }
-        self.sinks.events.resync_needed();
+        self.sinks.events.resync_needed(missed);
     }
 
     /// Resyncs if a transition has stayed missing past the grace.
     pub(super) fn check_gaps(&mut self) {
         if self.gaps.iter().any(GapDetector::overdue) {
             ::metrics::counter!(metrics::BROKER_GAPS).increment(1);
-            self.resync();
+            self.resync(Missed::Transitions);
         }
     }
 
@@ -173,7 +181,7 @@ impl Inbox {
                 ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "update").increment(1);
                 if update.seq.is_some_and(|seq| self.gaps[shard].saw(seq)) {
                     ::metrics::counter!(metrics::BROKER_GAPS).increment(1);
-                    self.resync();
+                    self.resync(Missed::Transitions);
                 }
                 self.sinks.events.update(update);
             }

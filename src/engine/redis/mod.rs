@@ -17,6 +17,7 @@
 mod broker;
 mod connection;
 mod errors;
+mod floor_leases;
 mod gaps;
 mod groups;
 mod inbox;

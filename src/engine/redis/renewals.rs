@@ -5,14 +5,17 @@
 //! them over (see `renewal_window`), and under heavy load batches grow while the previous
 //! one is in flight.
 //!
-//! A heartbeat of a live session changes one thing in Redis: its lease deadline. So it is
-//! one `ZADD {p}leases XX GT` per session, pipelined per shard, and no script: every
+//! A heartbeat of a live session changes one thing in Redis: its lease deadline. So a batch
+//! is one `ZADD {p}leases XX GT CH` per shard, carrying every session of the batch on that
+//! shard (Redis' cost per command, not per member, dominates at this size), and no script: every
 //! value that used to be written per heartbeat (the user's last seen, its groups'
 //! participation) is derived from the lease when it is read or when the lease lapses (see
 //! `lua/prelude.lua`). `XX` writes only a lease that exists, so a session whose lease was
-//! ended (swept, replaced, or lost with Redis' data) is not brought back silently: those,
-//! and any the command did not extend, take the whole lease (`renew.lua`), which may be an
-//! online transition or a refusal (another session holds the device now).
+//! ended (swept, replaced, or lost with Redis' data) is not brought back silently. When the
+//! command changed fewer leases than it carried, one `ZMSCORE` tells which are gone (a
+//! lease that stays, not moved back by `GT`, is kept as it is); those take the whole lease
+//! (`renew.lua`), which may be an online transition or a refusal (another session holds
+//! the device now).
 //!
 //! Deadlines are on Redis' clock, as every script's: the router reads the clock of each
 //! shard's master (`lua/clock.lua`, which runs where the shard's scripts run) every
@@ -39,7 +42,7 @@ use crate::{
 /// How often Redis' clock is read again.
 const CLOCK_EVERY: Duration = Duration::from_secs(10);
 
-/// Most sessions renewed by one script call: bounds how long one call blocks Redis.
+/// Most sessions renewed by one command or script call: bounds how long one call blocks Redis.
 const BATCH: usize = 256;
 /// Heartbeats waiting for a batch; senders wait for room rather than fail.
 const QUEUE: usize = 8 * BATCH;
@@ -127,9 +130,8 @@ impl Batcher {
         }
     }
 
-    /// Per session of the batch, its transition or none: a live session's lease extended
-    /// with a `ZADD XX GT` per session (a pipeline per shard), the others through
-    /// `renew.lua` (a call per shard).
+    /// Per session of the batch, its transition or none: the live sessions' leases extended
+    /// with one `ZADD XX GT CH` per shard, the others through `renew.lua` (a call per shard).
     async fn renew(&mut self, batch: &[Queued]) -> Result<Results, EngineError> {
         let parts = self.keys.partition(batch.iter().map(|(session, _, _)| session.user.as_str()));
         let mut clocks = Vec::with_capacity(parts.len());
@@ -137,21 +139,29 @@ impl Batcher {
             clocks.push(self.redis_clock(*shard).await?);
         }
         let ttl_ms = self.lifetimes.ttl.as_millis() as u64;
-        let extended = try_join_all(parts.iter().zip(clocks).map(|((shard, indices), (read_at, redis_ms))| {
-            let mut pipe = redis::pipe();
+        let held = try_join_all(parts.iter().zip(clocks).map(|((shard, indices), (read_at, redis_ms))| {
             let leases = self.keys.key(*shard, "leases");
-            for &i in indices {
-                let (session, at, _) = &batch[i];
-                let deadline = on_clock(*at, read_at, redis_ms) + ttl_ms;
-                pipe.cmd("ZADD").arg(&leases).arg("XX").arg("GT").arg("CH").arg(deadline).arg(lease_member(session));
+            let members: Vec<String> = indices.iter().map(|&i| lease_member(&batch[i].0)).collect();
+            let mut extend = redis::cmd("ZADD");
+            extend.arg(&leases).arg("XX").arg("GT").arg("CH");
+            for (&i, member) in indices.iter().zip(&members) {
+                extend.arg(on_clock(batch[i].1, read_at, redis_ms) + ttl_ms).arg(member);
             }
             let mut conn = self.conn.clone();
-            async move { pipe.query_async::<Vec<i64>>(&mut conn).await.map_err(classify) }
+            async move {
+                let changed: usize = extend.query_async(&mut conn).await.map_err(classify)?;
+                if changed == members.len() {
+                    return Ok(vec![true; members.len()]);
+                }
+                let scores: Vec<Option<f64>> =
+                    redis::cmd("ZMSCORE").arg(&leases).arg(&members).query_async(&mut conn).await.map_err(classify)?;
+                Ok::<_, EngineError>(scores.into_iter().map(|score| score.is_some()).collect::<Vec<bool>>())
+            }
         }))
         .await?;
         let mut rest = Vec::new();
-        for ((_, indices), extended) in parts.iter().zip(extended) {
-            rest.extend(indices.iter().zip(extended).filter(|&(_, extended)| extended == 0).map(|(&i, _)| i));
+        for ((_, indices), held) in parts.iter().zip(held) {
+            rest.extend(indices.iter().zip(held).filter(|&(_, held)| !held).map(|(&i, _)| i));
         }
         let mut results: Results = vec![Ok(None); batch.len()];
         if !rest.is_empty() {

@@ -240,7 +240,7 @@ impl Sharded {
                 let reason = self.lost.take().unwrap_or(Lost::Dropped);
                 ::metrics::counter!(metrics::BROKER_RESUBSCRIPTIONS, "reason" => reason.as_str()).increment(1);
                 tracing::info!("every shard's subscription stands again; rebuilding presence");
-                self.inbox.sinks.events.resync_needed();
+                self.inbox.sinks.events.resync_needed(crate::engine::Missed::Subscription);
             }
         }
         true

@@ -1,6 +1,8 @@
 //! Group activity in Redis: indicators (`{p}indicators:G`, read by the group endpoint) and
 //! PTT floors (`{p}floor:CHANNEL`, see `lua/floor_take.lua`), which keep two routers from
-//! granting one channel's floor twice and let any router take an idle one over. The
+//! granting one channel's floor twice and let any router take an idle one over; their
+//! talks' leases, which let any router end the talk of one that died, are in
+//! `floor_leases.rs`. The
 //! scripts take their keys in KEYS and use Redis' clock. A group's
 //! indicators and the index of their lapses live in the group's shard, a floor in its
 //! channel's (see [`super::Keyspace`]).
@@ -13,7 +15,7 @@ use redis::{AsyncCommands, Script};
 
 use super::{RedisPresence, classify, now_ms};
 use crate::{
-    engine::{EngineError, FloorClaim, FloorTake, SignalStore, Talker},
+    engine::{EngineError, FLOOR_LEASE, FLOOR_ORPHAN_GRACE, FloorClaim, FloorTake, OrphanedFloor, SignalStore, Talker},
     id::Id,
     presence::SessionId,
     protocol::payload::IndicatorKind,
@@ -26,7 +28,7 @@ use crate::{
 const ORPHAN_GRACE: Duration = Duration::from_secs(2);
 
 /// Most orphaned indicators claimed by one call.
-const LAPSE_BATCH: usize = 256;
+pub(super) const LAPSE_BATCH: usize = 256;
 
 /// The scripts of this module.
 pub struct SignalScripts {
@@ -35,6 +37,8 @@ pub struct SignalScripts {
     floor_take: Script,
     floor_touch: Script,
     floor_release: Script,
+    pub(super) floor_lease: Script,
+    pub(super) floor_orphans: Script,
 }
 
 impl Default for SignalScripts {
@@ -45,6 +49,8 @@ impl Default for SignalScripts {
             floor_take: Script::new(include_str!("lua/floor_take.lua")),
             floor_touch: Script::new(include_str!("lua/floor_touch.lua")),
             floor_release: Script::new(include_str!("lua/floor_release.lua")),
+            floor_lease: Script::new(include_str!("lua/floor_lease.lua")),
+            floor_orphans: Script::new(include_str!("lua/floor_orphans.lua")),
         }
     }
 }
@@ -61,6 +67,35 @@ impl RedisPresence {
 
     fn floor_key(&self, channel: &str) -> String {
         self.keys.key(self.keys.shard_of(channel), &format!("floor:{channel}"))
+    }
+
+    /// The leases of `shard`'s floors and their talks (see `lua/floor_take.lua`).
+    pub(super) fn floor_lease_keys(&self, shard: usize) -> (String, String) {
+        (self.keys.key(shard, "floor_lapses"), self.keys.key(shard, "floor_talks"))
+    }
+
+    /// Sets (`Some(ttl)`) or clears an indicator; a clear answers whether it was live (or
+    /// lapsed but not yet claimed as an orphan).
+    pub(super) async fn write_indicator(
+        &self,
+        group: &Id,
+        user: &Id,
+        kind: IndicatorKind,
+        ttl: Option<Duration>,
+    ) -> Result<bool, EngineError> {
+        let indexed: i64 = self
+            .signals
+            .indicator
+            .key(self.indicators_key(group))
+            .key(self.lapses_key(self.keys.shard_of(group.as_str())))
+            .arg(format!("{}:{}", kind.as_str(), user))
+            .arg(ttl.map_or(0, |t| t.as_millis().max(1) as u64))
+            .arg(group.as_str())
+            .arg(ORPHAN_GRACE.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(classify)?;
+        Ok(indexed == 1)
     }
 
     /// Claims the orphaned indicators of one shard, a batch at a time.
@@ -93,19 +128,7 @@ impl SignalStore for RedisPresence {
         kind: IndicatorKind,
         ttl: Option<Duration>,
     ) -> Result<(), EngineError> {
-        let _: i64 = self
-            .signals
-            .indicator
-            .key(self.indicators_key(group))
-            .key(self.lapses_key(self.keys.shard_of(group.as_str())))
-            .arg(format!("{}:{}", kind.as_str(), user))
-            .arg(ttl.map_or(0, |t| t.as_millis().max(1) as u64))
-            .arg(group.as_str())
-            .arg(ORPHAN_GRACE.as_millis() as u64)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(classify)?;
-        Ok(())
+        self.write_indicator(group, user, kind, ttl).await.map(drop)
     }
 
     /// Claims the indicators whose router never cleared them, past their lapse and
@@ -146,14 +169,21 @@ impl SignalStore for RedisPresence {
 
     async fn take_floor(&self, channel: &str, claim: &FloorClaim) -> Result<FloorTake, EngineError> {
         let talker = &claim.talker;
+        let (lapses, talks) = self.floor_lease_keys(self.keys.shard_of(channel));
         let reply: Vec<redis::Value> = self
             .signals
             .floor_take
             .key(self.floor_key(channel))
+            .key(lapses)
+            .key(talks)
             .arg(talker.session.as_str())
             .arg(format!("{}\n{}\n{}", talker.user, talker.talk, u8::from(talker.with_message_id)))
             .arg(claim.hold.as_millis().max(1) as u64)
             .arg(claim.idle.map_or(0, |idle| idle.as_millis().max(1) as u64))
+            .arg(channel)
+            .arg(claim.listeners.encode())
+            .arg(FLOOR_LEASE.as_millis() as u64)
+            .arg(FLOOR_ORPHAN_GRACE.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(classify)?;
@@ -189,21 +219,35 @@ impl SignalStore for RedisPresence {
     }
 
     async fn release_floor(&self, channel: &str, holder: &SessionId) -> Result<(), EngineError> {
+        let (lapses, talks) = self.floor_lease_keys(self.keys.shard_of(channel));
         let _: i64 = self
             .signals
             .floor_release
             .key(self.floor_key(channel))
+            .key(lapses)
+            .key(talks)
             .arg(holder.as_str())
+            .arg(channel)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(classify)?;
         Ok(())
     }
+
+    async fn renew_floors(&self, floors: &[(String, SessionId)], lease: Duration) -> Result<(), EngineError> {
+        self.renew_floor_leases(floors, lease).await
+    }
+
+    async fn claim_orphaned_floors(&self, gone: &[Id]) -> Result<Vec<OrphanedFloor>, EngineError> {
+        let shards =
+            try_join_all((0..self.keys.shards()).map(|shard| self.claim_orphaned_floors_in(shard, gone))).await?;
+        Ok(shards.into_iter().flatten().collect())
+    }
 }
 
 /// The talker a floor was taken from: its session, and `user\ntalk\nlayout` as
 /// [`SignalStore::take_floor`] wrote it (ids hold no control characters).
-fn parse_talker(session: String, talker: &str) -> Option<Talker> {
+pub(super) fn parse_talker(session: String, talker: &str) -> Option<Talker> {
     let mut fields = talker.splitn(3, '\n');
     let (user, talk, layout) = (fields.next()?, fields.next()?, fields.next()?);
     Some(Talker {

@@ -149,7 +149,7 @@ impl Subscriber {
             Some(tx) => {
                 let _ = tx.send(());
             }
-            None => self.inbox.sinks.events.resync_needed(),
+            None => self.inbox.sinks.events.resync_needed(crate::engine::Missed::Subscription),
         }
     }
 

@@ -5,6 +5,8 @@
 -- Lapsed members are trimmed on every write. The router holding an indicator clears it
 -- itself when it ends; the index lets another router announce the end of one whose
 -- router died (indicator_lapses.lua), after the grace, so never both.
+-- Returns 1 for a set; for a clear, 1 when the indicator was still indexed (its end is
+-- for the caller to announce, if it does not end its own), else 0.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
@@ -12,8 +14,7 @@ local indexed = ARGV[3] .. '\n' .. ARGV[1]
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if ttl == 0 then
   redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('ZREM', KEYS[2], indexed)
-  return 0
+  return redis.call('ZREM', KEYS[2], indexed)
 end
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 redis.call('ZADD', KEYS[2], now + ttl + tonumber(ARGV[4]), indexed)
