@@ -4,6 +4,7 @@
 #   scripts/bench.sh [idle-connections]
 #   BENCH_ONLY=cluster scripts/bench.sh   # only "Redis Cluster vs one Redis", both engines
 #   BENCH_ONLY=groups scripts/bench.sh    # only "Large groups": counts-only and full dashboards
+#   BENCH_ONLY=resume scripts/bench.sh    # only "Dashboards resuming after a router restart"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IDLE=${1:-18000}
@@ -73,6 +74,22 @@ large_groups() {
   redis-cli -p 6400 flushall >/dev/null
 }
 if [ "${BENCH_ONLY:-}" = groups ]; then large_groups; exit 0; fi
+# Dashboards resuming after their router stops: RESUME_USERS users seeded online (default
+# 20k), RESUME_DASHBOARDS dashboards (100) read their snapshot from router A, A stops
+# (SIGTERM), RESUME_CHANGES users (1,000) go offline meanwhile; then every dashboard
+# reconnects to router B at once with its position, and again without (a full snapshot
+# each): bytes, router B's CPU and time to a consistent view, side by side.
+resume_bench() {
+  local users=${RESUME_USERS:-20000} dashboards=${RESUME_DASHBOARDS:-100} changes=${RESUME_CHANGES:-1000}
+  redis-cli -p 6400 flushall >/dev/null
+  $BIN/presence-load seed --redis-port 6400 --users "$users" --ttl 3600
+  router 4140 "${REDIS[@]}"
+  router 4141 "${REDIS[@]}"
+  $BIN/presence-load resume --first 127.0.0.1:4140 --first-pid "${PID_OF[4140]}" --second 127.0.0.1:4141 \
+    --second-pid "${PID_OF[4141]}" --redis-port 6400 --users "$users" --dashboards "$dashboards" --changes "$changes"
+  redis-cli -p 6400 flushall >/dev/null
+}
+if [ "${BENCH_ONLY:-}" = resume ]; then resume_bench; exit 0; fi
 
 # Redis work per heartbeat at a realistic scale: N mobiles heartbeating every 30 s, their
 # phases spread evenly, on routers sharing the one redis-server (flushed before each run,
@@ -247,6 +264,7 @@ kill -STOP "$HANG_PID"; sleep 6; kill -CONT "$HANG_PID"
 wait "$TALK" "$HEARTBEATS"
 redis-cli -p 6401 shutdown nosave >/dev/null 2>&1 || true
 
+resume_bench
 dashboard_page
 
 large_groups

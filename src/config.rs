@@ -255,6 +255,14 @@ pub struct Config {
     #[arg(help_heading = "WebSocket limits")]
     pub write_timeout_ms: u64,
 
+    /// Transitions each shard's change log keeps, at least (a Redis stream per shard, or
+    /// the memory engine's ring): a dashboard that reconnects having missed no more
+    /// resumes from its position with just those changes, instead of a full snapshot.
+    /// About 100 bytes of Redis memory each (more with long group lists).
+    #[arg(long, env = "CHANGE_LOG_ENTRIES", default_value_t = crate::engine::log::DEFAULT_LOG_ENTRIES as u64, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    #[arg(help_heading = "WebSocket limits")]
+    pub change_log_entries: u64,
+
     /// Changes a dashboard may fall behind before it is closed as a slow consumer (4008).
     #[arg(long, env = "DASHBOARD_QUEUE", default_value_t = 8192)]
     #[arg(help_heading = "WebSocket limits")]
@@ -713,6 +721,7 @@ impl Config {
             ttl: self.ttl(),
             last_seen: self.last_seen(),
             away_after: Duration::from_millis(self.away_after_ms),
+            log_entries: usize::try_from(self.change_log_entries).unwrap_or(usize::MAX),
         }
     }
 

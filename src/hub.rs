@@ -64,11 +64,15 @@ use crate::{
 
 mod group_counts;
 mod indicators;
+mod position;
+mod resume;
 mod staleness;
 
 use group_counts::Tally;
 pub use group_counts::{GroupPart, MemberCounts};
 use indicators::Indicators;
+use position::ViewPosition;
+pub use resume::Resumption;
 pub use staleness::{Stale, StaleReason};
 
 /// Most scopes whose snapshot frame is kept; the least recently used goes first.
@@ -90,8 +94,9 @@ pub enum HubEvent {
     /// One accepted change, already encoded as a PRESENCE_UPDATE frame (as a dashboard
     /// that sees everyone is shown it), with the change itself and the groups the user
     /// was in before it: a scoped dashboard is shown the change if the user is within its
-    /// scope after it, and the user leaving if it was only before (see [`Scope::view_of`]).
-    Update { seq: u64, frame: Bytes, update: Arc<PresenceUpdate>, before: Groups },
+    /// scope after it, and the user leaving if it was only before (see [`Scope::view_of`]);
+    /// and the view's position once it includes the change (the frame holds it too).
+    Update { seq: u64, frame: Bytes, update: Arc<PresenceUpdate>, before: Groups, position: Option<Arc<str>> },
     /// An indicator started or ended: the INDICATOR_UPDATE frame as delivered, for the
     /// dashboards whose scope covers its group; `local` when this router's own connection
     /// (or sweep) announced it.
@@ -125,6 +130,8 @@ struct View {
     /// The last [`BACKLOG`] changes (sequence number, event) since the last reset: what
     /// brings a cached snapshot up to date.
     history: VecDeque<(u64, HubEvent)>,
+    /// Where the view stands in the store's change log.
+    position: ViewPosition,
     /// The stale spell under way ([`staleness`]).
     stale: Option<Stale>,
 }
@@ -220,6 +227,8 @@ impl ScopeKey {
 struct Cell {
     key: ScopeKey,
     seq: u64,
+    /// The view's position at `seq` and the scope's name, when the position is known.
+    mark: Option<protocol::ViewMark>,
     taken_at: Instant,
     /// At least the frame's length ([`protocol::snapshot_len_bound`]).
     len_bound: usize,
@@ -313,6 +322,9 @@ impl Hub {
     /// Applies one transition; returns false (and changes nothing) when it is stale.
     pub fn apply(&self, update: PresenceUpdate) -> bool {
         let mut view = self.view();
+        if let Some(seq) = update.seq {
+            view.position.saw(update.shard, seq);
+        }
         let new = &update.presence;
         let (was_online, before) = match view.users.get(&new.user_id) {
             Some(known) if known.version >= new.version => {
@@ -327,9 +339,10 @@ impl Hub {
         let replaced = view.users.insert(new.user_id.clone(), update.presence.clone());
         view.tally.replace(replaced.as_ref(), &update.presence);
         ::metrics::gauge!(metrics::ONLINE_USERS).set(view.online as f64);
+        let position = view.position.token();
         view.record(&self.events, |seq| {
-            let frame = protocol::update_frame(&update, seq);
-            HubEvent::Update { seq, frame, update: Arc::new(update), before }
+            let frame = protocol::update_frame(&update, seq, position.as_deref());
+            HubEvent::Update { seq, frame, update: Arc::new(update), before, position }
         });
         true
     }
@@ -458,7 +471,7 @@ impl Hub {
         let frame = cell.frame.get_or_init(|| async {
             // Taken out: the cell keeps no contents once its frame exists.
             let contents = lock(&cell.contents).take().unwrap_or_default();
-            let bytes = protocol::encode_snapshot(&contents, cell.seq);
+            let bytes = protocol::encode_snapshot(&contents, cell.seq, cell.mark.as_ref());
             ::metrics::counter!(metrics::SNAPSHOT_ENCODES).increment(1);
             self.snapshots.encoded(cell, bytes)
         });
@@ -501,6 +514,7 @@ impl Hub {
         keep_unlisted: bool,
     ) -> usize {
         let mut view = self.view();
+        view.position.rebuilt(snapshot.position.as_ref());
         view.indicators.rebuild(indicators, unix_ms());
         let since_mark: Vec<(Arc<IndicatorChange>, bool)> = view
             .history
@@ -710,11 +724,18 @@ impl Snapshots {
         drop(ledger);
         // Collected without the ledger's lock: dashboards finishing their writes need it.
         let contents = view.contents(scope, &key);
+        let mark = view.position.token().map(|position| protocol::ViewMark {
+            position: position.to_string(),
+            view: crate::position::view_name(key.groups()),
+        });
+        let len_bound =
+            protocol::snapshot_len_bound(&contents) + mark.as_ref().map_or(0, protocol::ViewMark::len_bound);
         let cell = Arc::new(Cell {
             key,
             seq: view.seq,
+            mark,
             taken_at: now,
-            len_bound: protocol::snapshot_len_bound(&contents),
+            len_bound,
             reserved: AtomicBool::new(false),
             contents: Mutex::new(Some(contents)),
             frame: OnceCell::new(),
@@ -943,6 +964,7 @@ mod tests {
             cause: Cause::Connect,
             timestamp: 1,
             seq: None,
+            shard: 0,
         }
     }
 
@@ -978,7 +1000,7 @@ mod tests {
         hub.apply(update("gone", Status::Online, 1));
         let mut sub = hub.subscribe(&Scope::everyone());
         hub.reset(
-            Snapshot { users: vec![update("new", Status::Online, 5).presence], watermark: 10 },
+            Snapshot { users: vec![update("new", Status::Online, 5).presence], watermark: 10, position: None },
             Vec::new(),
             0,
             false,
@@ -997,7 +1019,7 @@ mod tests {
         hub.apply(update("left", Status::Offline, 106));
         hub.apply(update("old", Status::Online, 50));
         let stale = vec![update("left", Status::Online, 90).presence];
-        hub.reset(Snapshot { users: stale, watermark: 100 }, Vec::new(), 0, false);
+        hub.reset(Snapshot { users: stale, watermark: 100, position: None }, Vec::new(), 0, false);
         let (users, _) = hub.snapshot();
         let mut online: Vec<&str> = users.iter().map(|u| u.user_id.as_str()).collect();
         online.sort();
@@ -1197,7 +1219,7 @@ mod tests {
         // A resync: the rebuilt view is no change on the ring, so nothing before it serves.
         let third = held(&hub, &everyone).await.frame();
         hub.reset(
-            Snapshot { users: vec![update("z", Status::Online, 1).presence], watermark: 0 },
+            Snapshot { users: vec![update("z", Status::Online, 1).presence], watermark: 0, position: None },
             Vec::new(),
             0,
             false,

@@ -24,8 +24,10 @@
 //!   each. The Redis engine runs on one Redis or on a Redis Cluster: its keyspace is split
 //!   into hash-tagged shards ([`engine::redis::Keyspace`]), each script runs within one,
 //!   and its subscriber is a plain one on one Redis, a sharded one (SSUBSCRIBE, renewed
-//!   every second) on a cluster, both handing what they receive to one inbox. The engine
-//!   knows nothing of the hub or the relay.
+//!   every second) on a cluster, both handing what they receive to one inbox. Every
+//!   transition is appended, as it is decided, to its shard's bounded change log
+//!   ([`engine::log`]: a capped stream per shard; the memory engine's ring), from which
+//!   dashboards resume. The engine knows nothing of the hub or the relay.
 //! - [`transient`]: the messages the broker carries besides transitions (relayed frames
 //!   and their audiences, session control) and their wire encoding.
 //! - [`fanout`]: this router's side of the seam: the [`BrokerEvents`](engine::BrokerEvents)
@@ -33,19 +35,24 @@
 //!   the node delivers its own frames through it too, so indicators reach the hub
 //!   whichever router announced them.
 //! - [`hub`]: this router's versioned view of presence and of the live indicators, each
-//!   group's counts, and the fan-out to dashboards (snapshots, then every change), and
-//!   whether that view is fed: STALE while it is not (Redis out of reach, the
+//!   group's counts, and the fan-out to dashboards (snapshots, then every change), with the
+//!   view's [`position`] in the store's change log, from which a reconnecting dashboard
+//!   resumes; and whether that view is fed: STALE while it is not (Redis out of reach, the
 //!   subscription lost, transitions missed), FRESH once it is rebuilt ([`hub::Stale`]).
 //! - [`relay`]: delivery of transient frames (PTT, TEXT, indicators) to local connections,
 //!   and of the news about one session: replaced by a reconnect of its device, or its
 //!   idle floor taken over.
+//! - [`position`]: a position in the change log as dashboards hold it (an opaque token),
+//!   and the name of a scope.
 //! - [`node`]: composes engine and fan-out; publishes transitions; sweeps expired leases;
+//!   batches the change-log reads of resuming dashboards ([`node::log_reads`]);
 //!   arbitrates PTT floors (its own sessions', then the store's); degrades while the store
 //!   is out of reach (and only then).
 //! - [`renewals`]: heartbeats handed off by connections, renewed in the background.
 //! - [`ws`]: the WebSocket handshake, the RFC 6455 framing and socket (budgets, close
 //!   handshake, no buffer held while idle) and the per-connection task (a dashboard's
-//!   chosen groups and their coalescing: `ws/subscriptions.rs`).
+//!   start: a snapshot, or a resume from its position; its chosen groups and their
+//!   coalescing: `ws/subscriptions.rs`).
 //! - [`http`]: the axum routers, built from a table of routes that `docs/openapi.yaml`
 //!   describes: WebSocket endpoint, presence API (its ids-per-second budget per user, and
 //!   CORS with `--cors-origins`), the probes `/livez`, `/readyz`, `/healthz` (on the public
@@ -81,6 +88,7 @@ pub mod id;
 pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod position;
 pub mod presence;
 pub mod protocol;
 pub mod relay;

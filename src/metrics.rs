@@ -73,6 +73,7 @@ pub const SNAPSHOTS: &str = "presence_snapshots_total";
 pub const SNAPSHOT_ENCODES: &str = "presence_snapshot_encodes_total";
 pub const SNAPSHOT_MEMORY: &str = "presence_snapshot_memory_bytes";
 pub const SNAPSHOT_WAITS: &str = "presence_snapshot_waits_total";
+pub const DASHBOARD_RESUMES: &str = "presence_dashboard_resumes_total";
 
 // Operations: what the build is, and how long requests and store calls take.
 pub const BUILD_INFO: &str = "presence_build_info";
@@ -292,6 +293,11 @@ fn describe() {
     );
     describe_counter!(ACCEPT_ERRORS, "Failed accepts, by kind (fd_limit, memory, aborted, other).");
     describe_counter!(
+        DASHBOARD_RESUMES,
+        "Dashboards that presented a position on connect, by result: resumed (sent only the changes they \
+         missed), or why they got a full snapshot instead (too_old, epoch, ahead, scope, malformed, unavailable)."
+    );
+    describe_counter!(
         SNAPSHOTS,
         "Snapshots taken for dashboards, by source: new (to be encoded), shared (a cached frame of the current \
          view), recent (a cached frame a moment old, sent with the changes since)."
@@ -452,8 +458,10 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         ],
     );
     each(SNAPSHOT_WAITS, "result", &["admitted", "timed_out"]);
+    each(DASHBOARD_RESUMES, "result", &["resumed", "too_old", "epoch", "ahead", "scope", "malformed", "unavailable"]);
     let engine_ops = [
         "activity",
+        "changes_since",
         "choice",
         "connect",
         "disconnect",

@@ -6,6 +6,8 @@
 //! background tasks: the sweeper that ends leases nobody renewed, and the maintainer that
 //! rebuilds presence after the broker lost messages or the store was unreachable.
 
+pub mod log_reads;
+
 use std::{
     collections::{HashMap, HashSet},
     hash::{BuildHasher, RandomState},
@@ -190,6 +192,8 @@ pub struct Node {
     degraded: AtomicBool,
     /// No sweeping before this (see [`Timing::recovery_grace`]).
     sweep_paused_until: Mutex<Option<Instant>>,
+    /// Reads of the change log for resuming dashboards.
+    log_reads: log_reads::LogReads,
 }
 
 impl Node {
@@ -222,6 +226,7 @@ impl Node {
             pending_writes: Mutex::new(Some(pending_writes)),
             degraded: AtomicBool::new(false),
             sweep_paused_until: Mutex::new(None),
+            log_reads: log_reads::LogReads::default(),
         }
     }
 
@@ -930,6 +935,7 @@ mod tests {
             ttl,
             last_seen: Duration::from_secs(30 * 24 * 3600),
             away_after: Duration::from_secs(300),
+            log_entries: crate::engine::log::DEFAULT_LOG_ENTRIES,
         });
         let engine = Engine::new("memory", Arc::new(store), Arc::new(MemoryBroker::new(fanout.clone())));
         let timing = Timing {

@@ -279,6 +279,10 @@ pub struct PresenceUpdate {
     /// routers notice updates they never received. `None` in the embedded engine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// The shard whose sequence `seq` belongs to (0 on one Redis and in the memory
+    /// engine): not sent between routers, each knows it from the channel it arrived on.
+    #[serde(skip)]
+    pub shard: usize,
 }
 
 /// Everyone online, and the store's clock when the read began: any transition decided
@@ -287,6 +291,9 @@ pub struct PresenceUpdate {
 pub struct Snapshot {
     pub users: Vec<UserPresence>,
     pub watermark: u64,
+    /// The change log's head, read before the users: every transition up to it is in
+    /// `users` (`None` when the store keeps no log).
+    pub position: Option<crate::position::Position>,
 }
 
 /// A user's next version: above the last one and at least the store's current Unix ms.

@@ -197,6 +197,7 @@ mod tests {
             cause: Cause::Connect,
             timestamp: 1,
             seq: None,
+            shard: 0,
         };
         assert_eq!(scope.view_of(&update(&["g1"]), &[]), View::AsIs);
         assert_eq!(scope.view_of(&update(&["g2"]), &[]), View::Hidden);

@@ -215,6 +215,26 @@ async fn the_dashboard_page_refreshes_its_token_from_the_fragment() {
     expiring.wait_until("document.body.dataset.connected === 'true'").await;
 }
 
+/// A page whose connection dropped reconnects from its view's position: the router sends
+/// only what changed meanwhile, no snapshot.
+#[tokio::test]
+async fn the_dashboard_page_resumes_from_its_position() {
+    let router = Router::start(&[]).await;
+    let (mut watcher, _) = router.dashboard("watcher").await;
+    let alpha = router.mobile("alpha", "radio-a").await;
+    watcher.next_update().await;
+    let mut browser = page(&router, &token("dispatcher", Role::Dashboard)).await;
+    browser.wait_for("alpha", "online").await;
+
+    browser.eval("socket.close()").await;
+    browser.wait_until("document.body.dataset.connected === 'false'").await;
+    let _bravo = router.mobile("bravo", "radio-b").await;
+    alpha.close().await;
+    browser.wait_for("bravo", "online").await;
+    browser.wait_for("alpha", "offline").await;
+    assert!(router.metrics().await.contains("presence_dashboard_resumes_total{result=\"resumed\"} 1"));
+}
+
 /// Opens the page with `token` once the router has what the test set up.
 async fn page(router: &Router, token: &str) -> Browser {
     Browser::open(&format!("http://{}/dashboard#token={token}", router.addr)).await

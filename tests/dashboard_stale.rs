@@ -137,10 +137,7 @@ async fn a_killed_subscription_that_cannot_come_back_is_stale_and_fresh_brings_w
     }
 
     proxy.black_hole_new_subscriptions(true);
-    let mut conn = redis.client().get_multiplexed_async_connection().await.unwrap();
-    let killed: u64 =
-        ::redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut conn).await.unwrap();
-    assert!(killed >= 2, "both routers' subscriptions");
+    assert!(redis.kill_subscriptions().await >= 2, "both routers' subscriptions");
     let stale = read_until(&mut dashboard, &mut view, STALE, &["leaver", "steady"]).await;
     stale_payload(&stale, &["subscription_lost"]);
     // A dashboard connecting meanwhile gets the last view, then STALE at once.

@@ -26,6 +26,7 @@ use futures_util::future::join;
 use presence_router::{
     engine::{
         FloorTake, Lifetimes, MemoryPresence, PresenceStore, SignalStore,
+        log::DEFAULT_LOG_ENTRIES,
         redis::{RedisConfig, RedisPresence},
     },
     id::Id,
@@ -163,7 +164,7 @@ const LONG: Duration = Duration::from_secs(3600);
 const SHORT: Duration = Duration::from_millis(300);
 
 fn lifetimes(ttl: Duration, away_after: Duration) -> Lifetimes {
-    Lifetimes { ttl, last_seen: LONG, away_after }
+    Lifetimes { ttl, last_seen: LONG, away_after, log_entries: DEFAULT_LOG_ENTRIES }
 }
 
 /// Stores whose leases and activity outlast any case.

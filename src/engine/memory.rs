@@ -15,9 +15,11 @@ use tokio::time::Instant;
 use super::{
     Broker, BrokerEvents, Connected, EngineError, FloorClaim, FloorTake, Lifetimes, OrphanedFloor, PresenceStore,
     SignalStore,
+    log::{Changes, Ring},
 };
 use crate::{
     id::Id,
+    position::Position,
     presence::{
         Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, Snapshot, Status, UserPresence, next_version,
         same_groups, unix_ms,
@@ -50,6 +52,8 @@ struct State {
     /// Group → live indicators and when each lapses.
     indicators: HashMap<Id, HashMap<(IndicatorKind, Id), Instant>>,
     last_prune: Option<Instant>,
+    /// Every transition, numbered, the latest kept.
+    log: Ring,
 }
 
 /// One live session's claim.
@@ -85,6 +89,8 @@ struct UserRecord {
     away_deadline: Option<Instant>,
     /// What others see; only a transition changes it.
     shown: Status,
+    /// The groups at its last transition, logged as the next one's groups before.
+    logged_groups: Groups,
 }
 
 impl UserRecord {
@@ -104,6 +110,7 @@ impl UserRecord {
             active_at: Instant::now(),
             away_deadline: None,
             shown: Status::Offline,
+            logged_groups: Groups::default(),
         }
     }
 
@@ -145,6 +152,7 @@ impl MemoryPresence {
             groups: HashMap::new(),
             indicators: HashMap::new(),
             last_prune: None,
+            log: Ring::new(lifetimes.log_entries),
         };
         MemoryPresence { lifetimes, state: Mutex::new(state) }
     }
@@ -187,7 +195,10 @@ impl State {
         }
         record.shown = shown;
         record.version = next_version(record.version, now);
-        Some(PresenceUpdate { presence: record.presence(user), cause, timestamp: now, seq: None })
+        let before = std::mem::replace(&mut record.logged_groups, record.groups.clone());
+        let mut update = PresenceUpdate { presence: record.presence(user), cause, timestamp: now, seq: None, shard: 0 };
+        self.log.append(&mut update, before);
+        Some(update)
     }
 
     /// The live session, other than `session`, that holds its user's device.
@@ -391,7 +402,11 @@ impl PresenceStore for MemoryPresence {
         let state = self.state();
         let watermark = unix_ms();
         let users = state.users.iter().filter(|(_, r)| r.shown.is_online()).map(|(id, r)| r.presence(id)).collect();
-        Ok(Snapshot { users, watermark })
+        Ok(Snapshot { users, watermark, position: Some(state.log.head()) })
+    }
+
+    async fn changes_since(&self, from: &Position) -> Result<Changes, EngineError> {
+        Ok(self.state().log.since(from))
     }
 
     async fn group_members(&self, group: &Id) -> Result<Vec<Id>, EngineError> {
@@ -559,11 +574,13 @@ impl Broker for MemoryBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::log::DEFAULT_LOG_ENTRIES;
 
     const TTL: Duration = Duration::from_secs(60);
     const LAST_SEEN: Duration = Duration::from_secs(30 * 24 * 3600);
     const AWAY_AFTER: Duration = Duration::from_secs(300);
-    const LIFETIMES: Lifetimes = Lifetimes { ttl: TTL, last_seen: LAST_SEEN, away_after: AWAY_AFTER };
+    const LIFETIMES: Lifetimes =
+        Lifetimes { ttl: TTL, last_seen: LAST_SEEN, away_after: AWAY_AFTER, log_entries: DEFAULT_LOG_ENTRIES };
 
     fn session(user: &str, n: u64) -> Session {
         Session {

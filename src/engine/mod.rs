@@ -19,6 +19,7 @@
 //! waits out degraded, or a bug (an unexpected reply), which fails the call alone.
 
 mod floors;
+pub mod log;
 mod memory;
 pub mod redis;
 
@@ -34,6 +35,7 @@ pub use memory::{MemoryBroker, MemoryPresence};
 
 use crate::{
     id::Id,
+    position::Position,
     presence::{Choice, Mode, PresenceUpdate, Session, SessionId, Snapshot, UserPresence},
     protocol::payload::IndicatorKind,
     scope::Scope,
@@ -49,6 +51,9 @@ pub struct Lifetimes {
     pub last_seen: Duration,
     /// Inactivity after which an `online` user is shown `away`.
     pub away_after: Duration,
+    /// How many of the latest transitions each shard's change log keeps, at least
+    /// (`--change-log-entries`): a dashboard that missed no more resumes from its position.
+    pub log_entries: usize,
 }
 
 /// Why an engine call failed. Only [`EngineError::Unavailable`] is an outage, which the
@@ -159,8 +164,13 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// the device does not replace it (its connection is gone already).
     async fn linger(&self, session: &Session, grace: Duration) -> Result<(), EngineError>;
 
-    /// Every user with a live session, from an index (never a keyspace scan, which costs O(all keys)).
+    /// Every user with a live session, from an index (never a keyspace scan, which costs O(all keys)),
+    /// and the change log's head read before them.
     async fn online(&self) -> Result<Snapshot, EngineError>;
+
+    /// The transitions after `from` in the change log ([`log`]), up to its head now, or
+    /// why they cannot be told: a dashboard that left at `from` resumes with them.
+    async fn changes_since(&self, from: &Position) -> Result<log::Changes, EngineError>;
 
     /// Whether the store answers and accepts writes: a store that still answers reads
     /// but refuses writes (out of memory, a read-only replica) must read as down.

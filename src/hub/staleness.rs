@@ -177,7 +177,7 @@ mod tests {
         let (here, elsewhere) = (update("here", Status::Online, 1), update("elsewhere", Status::Online, 1));
         hub.apply(here.clone());
         hub.apply(elsewhere);
-        let listed = || Snapshot { users: vec![here.presence.clone()], watermark: 100 };
+        let listed = || Snapshot { users: vec![here.presence.clone()], watermark: 100, position: None };
         assert_eq!(hub.reset(listed(), Vec::new(), 0, true), 1, "not listed (yet): kept");
         assert_eq!(hub.online_count(), 2);
         assert_eq!(hub.reset(listed(), Vec::new(), 0, false), 0, "still not listed: offline");

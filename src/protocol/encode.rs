@@ -12,6 +12,7 @@ use super::{
     live::{LiveIndicator, SnapshotContents},
     message_type::{ACK, ERROR, HEARTBEAT, HEARTBEAT_ACK, INDICATOR_UPDATE, PRESENCE_SNAPSHOT, PRESENCE_UPDATE},
     payload::IndicatorKind,
+    resume::ViewMark,
 };
 use crate::{
     id::Id,
@@ -158,30 +159,52 @@ pub(super) fn user_map(buf: &mut ByteBuf, user: &UserPresence, activity: bool, e
 }
 
 /// PRESENCE_UPDATE (31): `[0, 31, 0, 0, seq, {userId, status, lastSeen, deviceId, version,
-/// cause, timestamp}]`. `seq` is the router's event sequence number.
-pub fn update_frame(update: &PresenceUpdate, seq: u64) -> Bytes {
-    let mut buf = ByteBuf::with_capacity(128);
+/// cause, timestamp, position}]`. `seq` is the router's event sequence number; `position`
+/// the view's position in the change log once it includes this change (absent while the
+/// router knows none).
+pub fn update_frame(update: &PresenceUpdate, seq: u64, position: Option<&str>) -> Bytes {
+    let mut buf = ByteBuf::with_capacity(160);
     header(&mut buf, PRESENCE_UPDATE, Some(&Value::from(seq)));
-    user_map(&mut buf, &update.presence, true, 2);
+    user_map(&mut buf, &update.presence, true, 2 + u32::from(position.is_some()));
     str_field(&mut buf, "cause", update.cause.as_str());
     uint_field(&mut buf, "timestamp", update.timestamp);
+    if let Some(position) = position {
+        str_field(&mut buf, "position", position);
+    }
     Bytes::from(buf.into_vec())
+}
+
+/// `indicators: [{groupId, userId, type, timestamp}]`.
+pub(super) fn indicators_field(buf: &mut ByteBuf, indicators: &[LiveIndicator]) {
+    let Ok(_) = enc::write_str(buf, "indicators");
+    let Ok(_) = enc::write_array_len(buf, indicators.len() as u32);
+    for indicator in indicators {
+        let Ok(_) = enc::write_map_len(buf, 4);
+        str_field(buf, "groupId", indicator.group.as_str());
+        str_field(buf, "userId", indicator.user.as_str());
+        str_field(buf, "type", indicator.kind.as_str());
+        uint_field(buf, "timestamp", indicator.since);
+    }
 }
 
 /// PRESENCE_SNAPSHOT (32): `[0, 32, 0, 0, seq, {users: [...], count, groupCounts: {group:
 /// {online, away, dnd}}, indicators: [{groupId, userId, type, timestamp}], timestamp}]`.
 /// Changes with a sequence number up to `seq` are already contained in it.
 pub fn snapshot_frame(contents: &SnapshotContents, seq: u64) -> Bytes {
-    Bytes::from(encode_snapshot(contents, seq))
+    Bytes::from(encode_snapshot(contents, seq, None))
 }
 
 /// [`snapshot_frame`]'s bytes, for a caller that wraps them itself (the hub charges each
 /// snapshot to its budget until the last reference is gone).
-pub fn encode_snapshot(contents: &SnapshotContents, seq: u64) -> Vec<u8> {
+/// With `mark`, the payload holds `position` and `view` too (see [`ViewMark`]).
+pub fn encode_snapshot(contents: &SnapshotContents, seq: u64, mark: Option<&ViewMark>) -> Vec<u8> {
     let SnapshotContents { users, indicators, group_counts } = contents;
-    let mut buf = ByteBuf::with_capacity(snapshot_len_bound(contents));
+    let mut buf = ByteBuf::with_capacity(snapshot_len_bound(contents) + mark.map_or(0, ViewMark::len_bound));
     header(&mut buf, PRESENCE_SNAPSHOT, Some(&Value::from(seq)));
-    let Ok(_) = enc::write_map_len(&mut buf, 5);
+    let Ok(_) = enc::write_map_len(&mut buf, if mark.is_some() { 7 } else { 5 });
+    if let Some(mark) = mark {
+        mark.write(&mut buf);
+    }
     let Ok(_) = enc::write_str(&mut buf, "users");
     let Ok(_) = enc::write_array_len(&mut buf, users.len() as u32);
     for user in users {
@@ -197,15 +220,7 @@ pub fn encode_snapshot(contents: &SnapshotContents, seq: u64) -> Vec<u8> {
         uint_field(&mut buf, "away", counts.away.into());
         uint_field(&mut buf, "dnd", counts.dnd.into());
     }
-    let Ok(_) = enc::write_str(&mut buf, "indicators");
-    let Ok(_) = enc::write_array_len(&mut buf, indicators.len() as u32);
-    for indicator in indicators {
-        let Ok(_) = enc::write_map_len(&mut buf, 4);
-        str_field(&mut buf, "groupId", indicator.group.as_str());
-        str_field(&mut buf, "userId", indicator.user.as_str());
-        str_field(&mut buf, "type", indicator.kind.as_str());
-        uint_field(&mut buf, "timestamp", indicator.since);
-    }
+    indicators_field(&mut buf, indicators);
     uint_field(&mut buf, "timestamp", unix_ms());
     // Allocated at the bound, a few bytes per user over: snapshots are held while
     // dashboards write them and charged to the snapshot budget by length, so give back
@@ -428,8 +443,8 @@ mod tests {
 
     #[test]
     fn update_payload_is_at_index_5() {
-        let update = PresenceUpdate { presence: alice(), cause: Cause::Connect, timestamp: 9, seq: None };
-        let v = read(&update_frame(&update, 77));
+        let update = PresenceUpdate { presence: alice(), cause: Cause::Connect, timestamp: 9, seq: None, shard: 0 };
+        let v = read(&update_frame(&update, 77, None));
         assert_eq!(v[1].as_u64(), Some(31));
         assert_eq!(v[4].as_u64(), Some(77));
         let p = &v[5];

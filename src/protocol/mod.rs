@@ -13,6 +13,7 @@ mod encode;
 pub mod groups;
 pub mod live;
 pub mod payload;
+mod resume;
 mod staleness;
 pub mod voiceping;
 
@@ -21,6 +22,7 @@ pub use encode::{
     ErrorCode, Slot, ack_frame, channel_frame, client_frame, encode_snapshot, error_frame, heartbeat_ack_frame,
     heartbeat_frame, indicator_frame, snapshot_frame, snapshot_len_bound, update_frame,
 };
+pub use resume::{ViewMark, resumed_frame};
 pub use staleness::{fresh_frame, stale_frame};
 
 /// How `toId` is read: a group or one user.
@@ -88,6 +90,10 @@ pub mod message_type {
     /// Client → router: `{token}`, a new token for the same user and role, to be used
     /// from now on (its expiry, and its groups).
     pub const REFRESH: u8 = 40;
+    /// Router → dashboard: `{position, view, changes, indicators, timestamp}`, after the
+    /// PRESENCE_UPDATEs that brought a resuming dashboard's view from its position up to
+    /// date, in place of a PRESENCE_SNAPSHOT.
+    pub const RESUMED: u8 = 41;
     /// Router → dashboards: `{since, reason, timestamp}`, this router's view stopped being
     /// fed (Redis out of reach, the subscription lost, transitions missed): what is shown
     /// is kept, but may be out of date.
@@ -120,6 +126,7 @@ pub mod message_type {
             INDICATOR_UPDATE => "indicator_update",
             ACK => "ack",
             REFRESH => "refresh",
+            RESUMED => "resumed",
             STALE => "stale",
             FRESH => "fresh",
             SUBSCRIBE => "subscribe",

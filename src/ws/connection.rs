@@ -25,6 +25,7 @@ use super::{
     liveness::{self, Renewal},
     membership::Membership,
     ptt::{RefusedStart, Talk},
+    resume::ResumeFrom,
     socket::{Incoming, Socket},
     subscriptions::Subscriptions,
 };
@@ -90,6 +91,8 @@ pub struct Connection {
     pub(super) activity_at: Instant,
     /// Dashboards: the sequence number their view includes.
     pub(super) seq: u64,
+    /// Dashboards: the position they asked to resume from, until they start.
+    pub(super) resume_from: Option<Box<ResumeFrom>>,
     /// Whose presence this connection may see (dashboards) or, over HTTP, read.
     pub(super) scope: Scope,
     /// A mobile's memberships: its token's groups, with its USER_ADD / USER_REMOVE
@@ -135,6 +138,7 @@ impl Connection {
             heartbeats: false,
             activity_at: Instant::now(),
             seq: 0,
+            resume_from: None,
             scope,
             groups,
             membership: None,
@@ -275,17 +279,27 @@ impl Connection {
         }
         let mut subscription = None;
         if self.role.watches_presence() {
-            let Subscription { snapshot, events, stale } = self.app.node.hub().subscribe(&self.scope);
-            if let Some(exit) = Box::pin(self.write_snapshot(socket, snapshot)).await {
-                return exit;
-            }
-            // The view is stale: the snapshot is what it last knew, and says so at once.
-            if let Some(exit) = match stale {
-                Some(frame) => self.write(socket, frame).await,
+            let resumed = match self.resume_from.take() {
+                Some(from) => match Box::pin(self.resume(socket, *from)).await {
+                    Ok(resumed) => resumed,
+                    Err(exit) => return exit,
+                },
                 None => None,
-            } {
-                return exit;
-            }
+            };
+            let events = match resumed {
+                Some(events) => events,
+                None => {
+                    let Subscription { snapshot, events, stale } = self.app.node.hub().subscribe(&self.scope);
+                    if let Some(exit) = Box::pin(self.write_snapshot(socket, snapshot)).await {
+                        return exit;
+                    }
+                    // The view is stale: the snapshot is what it last knew, and says so at once.
+                    if let Some(exit) = self.write_stale(socket, stale).await {
+                        return exit;
+                    }
+                    events
+                }
+            };
             subscription = Some(events);
         }
         // One timer serves liveness (the heartbeat timeout, pings) and the indicator/floor
@@ -571,10 +585,10 @@ impl Connection {
             return self.take_subscribed(change, seq);
         }
         match change {
-            HubEvent::Update { frame, update, before, .. } => {
+            HubEvent::Update { frame, update, before, position, .. } => {
                 let frame = match self.scope.view_of(&update, &before) {
                     View::AsIs => Some(frame),
-                    View::Changed(shown) => Some(protocol::update_frame(&shown, seq)),
+                    View::Changed(shown) => Some(protocol::update_frame(&shown, seq, position.as_deref())),
                     View::Hidden => None,
                 };
                 if frame.is_some() {
@@ -619,6 +633,15 @@ impl Connection {
     /// Writes one frame within the write timeout.
     pub(super) async fn write(&mut self, socket: &mut Socket, frame: Bytes) -> Option<Exit> {
         self.timed(socket.send(frame)).await
+    }
+
+    /// Sends the STALE frame of a dashboard's start (after its snapshot or RESUMED), if
+    /// the view is stale: what it was shown is what the view last knew.
+    pub(super) async fn write_stale(&mut self, socket: &mut Socket, stale: Option<Bytes>) -> Option<Exit> {
+        match stale {
+            Some(frame) => self.write(socket, frame).await,
+            None => None,
+        }
     }
 
     /// A socket operation bounded by the write timeout; a stalled one is a slow consumer.

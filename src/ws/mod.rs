@@ -8,6 +8,7 @@ mod membership;
 mod ptt;
 mod rate_limit;
 mod refresh;
+mod resume;
 mod signals;
 mod snapshot;
 mod socket;
@@ -95,7 +96,8 @@ pub async fn upgrade(State(app): State<Arc<App>>, mut request: Request) -> Respo
         );
     };
 
-    let connection = Connection::new(app.clone(), claims, device_id.clone());
+    let mut connection = Connection::new(app.clone(), claims, device_id.clone());
+    connection.resume_from = resume::ResumeFrom::from_query(request.uri().query());
     // Every line the connection logs carries who it is; `session` only for a mobile session.
     let span = tracing::info_span!(
         "conn",

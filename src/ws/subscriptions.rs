@@ -123,7 +123,7 @@ impl Subscriptions {
     /// window's end (a later change of the same user replaces it).
     fn take(&mut self, change: HubEvent, seq: u64, now: Instant) -> Option<Bytes> {
         let (user, frame) = match change {
-            HubEvent::Update { frame, update, before, .. } => {
+            HubEvent::Update { frame, update, before, position, .. } => {
                 for group in update.presence.groups.iter().chain(before.iter()) {
                     if let Some(counter) = self.counts.get_mut(group) {
                         counter.touch(now);
@@ -131,7 +131,7 @@ impl Subscriptions {
                 }
                 let frame = match self.scope.view_of(&update, &before) {
                     View::AsIs => frame,
-                    View::Changed(shown) => protocol::update_frame(&shown, seq),
+                    View::Changed(shown) => protocol::update_frame(&shown, seq, position.as_deref()),
                     View::Hidden => return None,
                 };
                 (Some((update.presence.user_id.clone(), update.timestamp)), frame)
@@ -417,7 +417,7 @@ impl Connection {
                 let hub = self.app.node.hub().clone();
                 let part = hub.group_part(&group, &reader);
                 // The changes up to the part, as the choice so far shows them, go first.
-                let resynced = self.catch_up(socket, events, part.seq).await?;
+                let resynced = self.send_up_to(socket, events, part.seq).await?;
                 let subscriptions = self.subscriptions.get_or_insert_default();
                 let pending = subscriptions.drain();
                 subscriptions.counts.remove(&group);
@@ -446,7 +446,7 @@ impl Connection {
     /// meanwhile (the dashboard needs a whole snapshot). Every change up to `seq` is on
     /// the ring already: the hub numbers and sends them under the lock `seq` was read
     /// under.
-    async fn catch_up(
+    async fn send_up_to(
         &mut self,
         socket: &mut Socket,
         events: &mut broadcast::Receiver<HubEvent>,
@@ -523,12 +523,13 @@ mod tests {
         presence.status = status;
         presence.version = version;
         presence.groups = groups.iter().map(|g| id(g)).collect();
-        let update = PresenceUpdate { presence, cause: Cause::Status, timestamp: 1, seq: None };
+        let update = PresenceUpdate { presence, cause: Cause::Status, timestamp: 1, seq: None, shard: 0 };
         HubEvent::Update {
             seq,
-            frame: protocol::update_frame(&update, seq),
+            frame: protocol::update_frame(&update, seq, None),
             update: Arc::new(update),
             before: Groups::default(),
+            position: None,
         }
     }
 

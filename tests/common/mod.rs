@@ -189,6 +189,13 @@ impl RedisServer {
     pub fn client(&self) -> redis::Client {
         redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap()
     }
+
+    /// Drops every subscriber connection (`CLIENT KILL TYPE pubsub`): the routers' broker
+    /// subscriptions. Returns how many were dropped.
+    pub async fn kill_subscriptions(&self) -> u64 {
+        let mut conn = self.client().get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut conn).await.unwrap()
+    }
 }
 
 impl Drop for RedisServer {
@@ -700,8 +707,12 @@ pub fn session(user: &str, n: u64) -> presence_router::presence::Session {
 /// The Redis store itself (no router) on the Redis at `port`, with leases of `ttl`.
 pub async fn redis_store(port: u16, ttl: Duration) -> presence_router::engine::redis::RedisPresence {
     let away_after = Duration::from_secs(3600);
-    redis_store_with(port, presence_router::engine::Lifetimes { ttl, last_seen: Duration::from_secs(3600), away_after })
-        .await
+    let log_entries = presence_router::engine::log::DEFAULT_LOG_ENTRIES;
+    redis_store_with(
+        port,
+        presence_router::engine::Lifetimes { ttl, last_seen: Duration::from_secs(3600), away_after, log_entries },
+    )
+    .await
 }
 
 /// [`redis_store`] with every lifetime given.

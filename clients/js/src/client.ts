@@ -14,6 +14,8 @@
  * - With `getToken`, sends REFRESH (40) with a fresh token before the current one expires.
  * - Folds snapshots and updates into {@link PresenceMap}, indicators into
  *   {@link IndicatorSet}, and speaks push-to-talk and text.
+ * - A watcher reconnects with its view's last position, so the router sends only what
+ *   changed meanwhile (then RESUMED) instead of a full snapshot, when it can.
  */
 import { Backoff, type BackoffOptions } from "./backoff.js";
 import { Emitter } from "./emitter.js";
@@ -104,6 +106,11 @@ export interface ClientOptions {
   refreshAheadMs?: number;
   /** The router's indicator lifetimes, when not its defaults: own indicators are refreshed within them. */
   indicatorLifetimesMs?: Partial<IndicatorLifetimes>;
+  /**
+   * Reconnect from the view's last position (default true): the router sends only what
+   * changed since (`resumed`), or a full snapshot when it cannot tell that exactly.
+   */
+  resume?: boolean;
 }
 
 /** What `disconnected` reports. */
@@ -129,6 +136,17 @@ export interface SnapshotInfo {
   groupCounts?: Record<string, SnapshotGroupCounts>;
 }
 
+/** What `resumed` reports: the view was brought up to date without a snapshot. */
+export interface ResumedInfo {
+  presence: PresenceMap;
+  indicators: IndicatorSet;
+  seq: number | null;
+  /** How many users' changes the router sent before RESUMED. */
+  changes: number;
+  /** The view's position now. */
+  position: string | null;
+}
+
 /**
  * A stale spell of the router's view (STALE, 43): since when (Unix ms, when the router first
  * knew) and why (`store_unreachable`, `store_data_lost`, `subscription_lost`,
@@ -146,6 +164,11 @@ export interface ClientEvents {
   disconnected: (info: DisconnectInfo) => void;
   /** A PRESENCE_SNAPSHOT replaced the view (first frame of a watcher, and after a resync). */
   snapshot: (snapshot: SnapshotInfo) => void;
+  /**
+   * A reconnect resumed from the view's last position: the updates it missed came (each
+   * reported as `presence`), then RESUMED; no snapshot.
+   */
+  resumed: (info: ResumedInfo) => void;
   /**
    * The router's view went stale (STALE: `stale` is the spell, and a more serious reason for
    * the same spell comes as another call) or fresh again (FRESH, after the corrections were
@@ -235,8 +258,8 @@ export class PresenceClient extends Emitter<ClientEvents> {
   private nextMessageId = 1;
   private talkValue: Talk | null = null;
   private staleValue: StaleInfo | null = null;
-  /** The current socket has not sent its first snapshot yet. */
-  private firstSnapshot = true;
+  /** The current socket has not sent its first snapshot or RESUMED yet. */
+  private firstView = true;
   private waiters: { resolve(): void; reject(error: Error): void }[] = [];
   private timers: {
     retry?: ReturnType<typeof setTimeout>;
@@ -376,7 +399,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
     const live = () => generation === this.generation;
     try {
       const socket = await openTransport({
-        url: this.options.url,
+        url: this.connectUrl(),
         token: this.token!,
         deviceId: this.options.deviceId,
         auth: this.options.auth ?? (isNode() && !this.options.WebSocket ? "header" : "subprotocol"),
@@ -398,9 +421,20 @@ export class PresenceClient extends Emitter<ClientEvents> {
     }
   }
 
+  /** The URL to connect to: with the view's last position, to resume from it. */
+  private connectUrl(): string {
+    const point = this.options.resume === false ? null : this.presence.resumePoint();
+    if (!point) return this.options.url;
+    const url = new URL(this.options.url);
+    url.searchParams.set("position", point.position);
+    url.searchParams.set("view", point.view);
+    return url.toString();
+  }
+
   private onOpen(): void {
     this.opened = true;
-    this.firstSnapshot = true;
+    this.presence.reconnected();
+    this.firstView = true;
     const attempt = this.backoff.attempt;
     this.setState("open");
     this.emit("connected", { attempt });
@@ -563,6 +597,8 @@ export class PresenceClient extends Emitter<ClientEvents> {
     switch (frame.messageType) {
       case MessageType.PRESENCE_SNAPSHOT:
         return this.onSnapshot(frame);
+      case MessageType.RESUMED:
+        return this.onResumed(frame);
       case MessageType.PRESENCE_UPDATE: {
         const applied = this.presence.applyUpdate(frame.payload, num(frame.messageId));
         if (applied) this.emit("presence", applied.update, applied.previous);
@@ -643,13 +679,19 @@ export class PresenceClient extends Emitter<ClientEvents> {
     this.emit("stale", stale, previous);
   }
 
-  private onSnapshot(frame: Frame): void {
-    // A new connection's snapshot is the router's view as it is now: a spell reported on
-    // an earlier connection is over unless STALE follows it at once.
-    if (this.firstSnapshot) {
-      this.firstSnapshot = false;
+  /**
+   * A new connection's snapshot or RESUMED is the router's view as it is now: a spell
+   * reported on an earlier connection is over unless STALE follows it at once.
+   */
+  private viewStarted(): void {
+    if (this.firstView) {
+      this.firstView = false;
       this.setStale(null);
     }
+  }
+
+  private onSnapshot(frame: Frame): void {
+    this.viewStarted();
     const seq = num(frame.messageId);
     this.presence.applySnapshot(frame.payload, seq);
     const payload = payloadMap(frame.payload);
@@ -663,6 +705,21 @@ export class PresenceClient extends Emitter<ClientEvents> {
     };
     if (payload.groupCounts !== undefined) snapshot.groupCounts = payload.groupCounts as Record<string, SnapshotGroupCounts>;
     this.emit("snapshot", snapshot);
+  }
+
+  private onResumed(frame: Frame): void {
+    this.viewStarted();
+    const seq = num(frame.messageId);
+    this.presence.applyResumed(frame.payload, seq);
+    const payload = payloadMap(frame.payload);
+    if (Array.isArray(payload.indicators)) this.indicators.replace(payload.indicators);
+    this.emit("resumed", {
+      presence: this.presence,
+      indicators: this.indicators,
+      seq,
+      changes: num(payload.changes) ?? 0,
+      position: typeof payload.position === "string" ? payload.position : null,
+    });
   }
 
   private onPtt(frame: Frame, me: string): void {

@@ -38,6 +38,7 @@ export const MessageType = {
   INDICATOR_UPDATE: 38,
   ACK: 39,
   REFRESH: 40,
+  RESUMED: 41,
   STALE: 43,
   FRESH: 44,
   SUBSCRIBE: 45,

@@ -7,7 +7,10 @@
  * - an update whose sequence number is at or below the snapshot's is already in it;
  * - a second snapshot replaces the whole view (the router rebuilt its own). Users it does
  *   not list are offline: those already known offline stay, with their last seen; those
- *   that were shown online are dropped (their last seen is not known).
+ *   that were shown online are dropped (their last seen is not known);
+ * - the view's `position` and `view` (from the snapshot, each update that carries one, and
+ *   RESUMED) are kept: reconnecting with them, the router sends only what changed since
+ *   (the updates, then RESUMED) instead of a snapshot.
  */
 import { payloadMap, readId } from "./frames.js";
 
@@ -78,10 +81,20 @@ export function readUser(value: unknown): UserPresence | null {
   return user;
 }
 
+/** Where a view stands, to resume from: the query parameters of a reconnect. */
+export interface ResumePoint {
+  /** The view's position in the router's change log (opaque). */
+  position: string;
+  /** The name of the scope the view was taken with (opaque). */
+  view: string;
+}
+
 export class PresenceMap implements Iterable<UserPresence> {
   private users = new Map<string, UserPresence>();
   /** Sequence number of the last snapshot; updates at or below it are already in it. */
   private snapshotSeq: number | null = null;
+  private position: string | null = null;
+  private view: string | null = null;
   /** Updates ignored because their version was not above the one held (for diagnostics). */
   staleUpdates = 0;
 
@@ -137,6 +150,38 @@ export class PresenceMap implements Iterable<UserPresence> {
     }
     this.users = next;
     this.snapshotSeq = seq;
+    this.mark(payload, true);
+  }
+
+  /**
+   * A new connection: its sequence numbers start over (they are the router's own), so no
+   * update is taken as already held until its snapshot or RESUMED says so.
+   */
+  reconnected(): void {
+    this.snapshotSeq = null;
+  }
+
+  /**
+   * RESUMED (`{position, view, changes, indicators}`) at sequence number `seq`: the updates
+   * before it brought the view up to date; later changes come with higher numbers.
+   */
+  applyResumed(payload: unknown, seq: number | null): void {
+    this.snapshotSeq = seq;
+    this.mark(payload, true);
+  }
+
+  /** Where the view stands, once the router told it (null: resuming is not possible). */
+  resumePoint(): ResumePoint | null {
+    return this.position !== null && this.view !== null ? { position: this.position, view: this.view } : null;
+  }
+
+  /** Keeps the payload's position (and, from a snapshot or RESUMED, its view: none is
+   * no position to resume from). */
+  private mark(payload: unknown, names: boolean): void {
+    const map = payloadMap(payload);
+    if (typeof map.position === "string") this.position = map.position;
+    else if (names) this.position = null;
+    if (names) this.view = typeof map.view === "string" ? map.view : null;
   }
 
   /**
@@ -151,6 +196,8 @@ export class PresenceMap implements Iterable<UserPresence> {
     const user = readUser(payload);
     if (!user) return null;
     if (this.contains(seq)) return null;
+    // Stale or not, the view now holds everything up to the position the update carries.
+    this.mark(payload, false);
     const previous = this.users.get(user.userId);
     if (previous && user.version <= previous.version) {
       this.staleUpdates++;

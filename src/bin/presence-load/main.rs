@@ -16,6 +16,7 @@ mod latency;
 mod net;
 mod ptt;
 mod raw;
+mod resume;
 mod seed;
 mod silent;
 mod snapshot;
@@ -216,6 +217,32 @@ enum Scenario {
         #[arg(long)]
         router_pid: Option<u32>,
     },
+    /// Dashboards reconnecting after their router stopped, with their positions (only
+    /// the changes missed) and then without (a full snapshot each), in one run; the users
+    /// were seeded (`seed`) into the Redis behind both routers.
+    Resume {
+        /// Where the dashboards start.
+        #[arg(long)]
+        first: SocketAddr,
+        /// Stop the first router (SIGTERM) once the dashboards have their positions;
+        /// without it, the tool cuts them off itself.
+        #[arg(long)]
+        first_pid: Option<u32>,
+        /// Where they reconnect.
+        #[arg(long)]
+        second: SocketAddr,
+        #[arg(long)]
+        second_pid: u32,
+        #[arg(long)]
+        redis_port: u16,
+        #[arg(long, default_value_t = 20_000)]
+        users: usize,
+        #[arg(long, default_value_t = 100)]
+        dashboards: usize,
+        /// Users that go offline while the dashboards are away.
+        #[arg(long, default_value_t = 1000)]
+        changes: usize,
+    },
     /// PTT audio from a talker on one router to listeners on another (or the same).
     Ptt {
         #[arg(long)]
@@ -383,6 +410,11 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Snapshot { router, users, expect, repeat, retain_dashboards, router_pid } => {
             let retain = router_pid.filter(|_| retain_dashboards > 0).map(|pid| (pid, retain_dashboards));
             snapshot::run(&credentials, router, users, expect.unwrap_or(users), repeat, retain).await
+        }
+        Scenario::Resume { first, first_pid, second, second_pid, redis_port, users, dashboards, changes } => {
+            let options =
+                resume::Options { first, first_pid, second, second_pid, redis_port, users, dashboards, changes };
+            resume::run(&credentials, options).await
         }
         Scenario::Steady {
             routers,

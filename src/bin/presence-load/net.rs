@@ -49,9 +49,22 @@ impl Credentials {
         role: Role,
         groups: Option<&[&str]>,
     ) -> anyhow::Result<Ws> {
+        self.connect_to(router, "", i, user, role, groups).await
+    }
+
+    /// A connection to the endpoint with `query` (`?…`, or empty) appended to its URL.
+    pub async fn connect_to(
+        &self,
+        router: SocketAddr,
+        query: &str,
+        i: usize,
+        user: &str,
+        role: Role,
+        groups: Option<&[&str]>,
+    ) -> anyhow::Result<Ws> {
         let token = self.token(user, role, groups)?;
         let stream = tcp_connect(router, source(i), None).await?;
-        let mut request = format!("ws://{router}/").into_client_request()?;
+        let mut request = format!("ws://{router}/{query}").into_client_request()?;
         request.headers_mut().insert("token", token.parse()?);
         request.headers_mut().insert("device_id", format!("load-{i}").parse()?);
         // Small buffers: the default 128 KiB read buffer per client makes the tool's page

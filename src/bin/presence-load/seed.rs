@@ -8,6 +8,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use presence_router::{
     engine::{
         Broker, Lifetimes, PresenceStore,
+        log::DEFAULT_LOG_ENTRIES,
         redis::{RedisBroker, RedisConfig, RedisPresence},
     },
     id::Id,
@@ -31,7 +32,12 @@ pub struct Writer {
 impl Writer {
     /// `ttl`: the seeded sessions' lease.
     pub async fn connect(port: u16, ttl: Duration) -> anyhow::Result<Writer> {
-        let lifetimes = Lifetimes { ttl, last_seen: Duration::from_secs(3600), away_after: Duration::from_secs(3600) };
+        let lifetimes = Lifetimes {
+            ttl,
+            last_seen: Duration::from_secs(3600),
+            away_after: Duration::from_secs(3600),
+            log_entries: DEFAULT_LOG_ENTRIES,
+        };
         let store = Arc::new(RedisPresence::connect(&config(port), lifetimes).await?);
         let broker = Arc::new(RedisBroker::new(store.connection(), store.keyspace().clone(), "presence-load".into()));
         Ok(Writer { store, broker })

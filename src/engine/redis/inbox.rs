@@ -176,7 +176,8 @@ impl Inbox {
 
     fn update(&mut self, shard: usize, payload: &[u8]) {
         match serde_json::from_slice::<PresenceUpdate>(payload) {
-            Ok(update) => {
+            Ok(mut update) => {
+                update.shard = shard;
                 ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "update").increment(1);
                 if update.seq.is_some_and(|seq| self.gaps[shard].saw(seq)) {
                     ::metrics::counter!(metrics::BROKER_GAPS).increment(1);

@@ -22,6 +22,7 @@ mod gaps;
 mod groups;
 mod inbox;
 mod keys;
+mod log;
 mod renewals;
 mod sharded;
 mod signals;
@@ -44,10 +45,11 @@ pub use connection::Connection;
 use errors::classify;
 pub use keys::Keyspace;
 
-use super::{Connected, EngineError, Lifetimes, PresenceStore};
+use super::{Connected, EngineError, Lifetimes, PresenceStore, log::Changes};
 use crate::{
     id::Id,
     metrics,
+    position::Position,
     presence::{Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, Snapshot, Status, UserPresence},
     scope::Scope,
 };
@@ -213,6 +215,8 @@ pub struct RedisPresence {
     status: Script,
     activity: Script,
     lookup: Script,
+    log: Script,
+    head: Script,
     signals: signals::SignalScripts,
     renewals: renewals::Renewals,
     renewal_window: Duration,
@@ -298,6 +302,8 @@ impl RedisPresence {
             status: script!("status.lua"),
             activity: script!("activity.lua"),
             lookup: script!("lookup.lua"),
+            log: script!("log.lua"),
+            head: script!("head.lua"),
             signals: signals::SignalScripts::default(),
             renewals,
             renewal_window: config.renewal_window,
@@ -446,10 +452,11 @@ fn shown(mut presence: UserPresence) -> UserPresence {
 
 /// A call of `script` on `shard`: KEYS[1] is the shard's sequence key, which routes the
 /// call to the shard's slot on Redis Cluster and tells the script every other key (see
-/// `lua/prelude.lua`); ARGV[1] is the last-seen retention and ARGV[2] the lease, in ms.
+/// `lua/prelude.lua`); ARGV[1] is the last-seen retention and ARGV[2] the lease, in ms;
+/// ARGV[3] the change log's cap, which the prelude takes out of ARGV.
 fn start_call<'a>(script: &'a Script, keys: &Keyspace, shard: usize, lifetimes: &Lifetimes) -> ScriptInvocation<'a> {
     let mut call = script.key(keys.seq(shard));
-    call.arg(lifetimes.last_seen.as_millis() as u64).arg(lifetimes.ttl.as_millis() as u64);
+    call.arg(lifetimes.last_seen.as_millis() as u64).arg(lifetimes.ttl.as_millis() as u64).arg(lifetimes.log_entries);
     call
 }
 
@@ -502,6 +509,7 @@ fn parse_row(row: Row) -> Result<PresenceUpdate, EngineError> {
         cause: cause.as_deref().and_then(Cause::parse).ok_or_else(bad)?,
         timestamp: number(now).ok_or_else(bad)?,
         seq: Some(number(seq).ok_or_else(bad)?),
+        shard: 0,
     })
 }
 
@@ -574,9 +582,14 @@ impl PresenceStore for RedisPresence {
     }
 
     async fn online(&self) -> Result<Snapshot, EngineError> {
+        let position = self.log_head().await?;
         let watermark = now_ms(&mut self.conn.clone()).await?;
         let shards = try_join_all((0..self.keys.shards()).map(|shard| self.online_in(shard))).await?;
-        Ok(Snapshot { users: shards.into_iter().flatten().collect(), watermark })
+        Ok(Snapshot { users: shards.into_iter().flatten().collect(), watermark, position: Some(position) })
+    }
+
+    async fn changes_since(&self, from: &Position) -> Result<Changes, EngineError> {
+        self.changes_after(from).await
     }
 
     async fn choice(&self, user: &Id) -> Result<Option<Choice>, EngineError> {

@@ -3,7 +3,8 @@
 -- hash tag ("presence:{12}"): every key below is derived from it, so all the keys a call
 -- touches share its hash slot, which Redis Cluster routes the call by and requires. ARGV[1]
 -- is how long, in ms, an offline user's meta hash (its last seen) is kept; ARGV[2] the
--- lease of a session, in ms.
+-- lease of a session, in ms; ARGV[3] how many transitions the shard's change log keeps at
+-- least, which the prelude takes out of ARGV: each script's own arguments start at ARGV[3].
 --
 -- Keys of the shard:
 --   {p}leases      zset: "user\nsession" -> that session's lease deadline (Unix ms, Redis
@@ -15,6 +16,15 @@
 --                  from this score when it is read (lastSeen of a user shown online) or
 --                  when the session lapses (lastSeen of a user gone offline)
 --   {p}seq         counter numbering every transition of the shard
+--   {p}epoch       the shard's history: made anew whenever {p}epoch or {p}seq is missing
+--                  (Redis lost its data), so a position in the log of an earlier history
+--                  is never taken for one in this history
+--   {p}log         stream, the shard's change log: one entry per transition, appended in
+--                  the call that decides it, with the id `seq-0`; trimmed (MAXLEN ~) to
+--                  the newest ARGV[3] entries or a few more. Fields: u user, s status,
+--                  v version, c cause, t decided at (ms), g groups after, pg groups before
+--                  (newline-separated), and when set l lastSeen, d deviceId, x text,
+--                  a lastActivity
 --   {p}active      zset: user id -> last activity (ms), for users shown online in mode
 --                  "online": the auto-away queue
 --   {p}group:G     zset: user id -> when it last had a session in group G (ms), or +inf
@@ -41,6 +51,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix = string.sub(KEYS[1], 1, -4)
 local last_seen_ms = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
+local log_cap = table.remove(ARGV, 3)
+local log = prefix .. 'log'
 local leases = prefix .. 'leases'
 local active = prefix .. 'active'
 -- How long a connect's replaced session is remembered for a replay of that connect (ms):
@@ -81,6 +93,41 @@ local function last_heartbeat(user)
     return nil
   end
   return math.max(math.min(latest - ttl, now), tonumber(redis.call('HGET', meta, 'lastSeen')) or 0)
+end
+
+-- The groups each user was in before this call changed them (see `settle`), for the log.
+local groups_before = {}
+
+-- The shard's epoch, made anew (with an empty log) when Redis lost the epoch or the
+-- sequence, or the log is not a stream (written by something else under the prefix: an
+-- append must never fail half way through a transition): a new history, whose positions
+-- compare with no earlier one's. Unique: Redis' clock in microseconds when it is made.
+local function history()
+  local epoch_key = prefix .. 'epoch'
+  local epoch = redis.call('GET', epoch_key)
+  local kind = redis.call('TYPE', log).ok
+  if epoch and redis.call('EXISTS', KEYS[1]) == 1 and (kind == 'stream' or kind == 'none') then
+    return epoch
+  end
+  epoch = t[1] .. string.format('%06d', tonumber(t[2]))
+  redis.call('SET', epoch_key, epoch)
+  redis.call('SET', KEYS[1], 0, 'NX')
+  redis.call('DEL', log)
+  return epoch
+end
+
+-- Appends a transition (a row as `transition` returns it) to the change log, trimmed to
+-- its cap, under the id of its sequence number.
+local function append(row, before)
+  local entry = {'u', row[1], 's', row[2], 'v', row[3], 'c', row[6], 't', row[7], 'g', row[9] or '',
+    'pg', before or row[9] or ''}
+  for _, field in ipairs({{'l', 4}, {'d', 5}, {'x', 10}, {'a', 11}}) do
+    if row[field[2]] then
+      entry[#entry + 1] = field[1]
+      entry[#entry + 1] = row[field[2]]
+    end
+  end
+  redis.call('XADD', log, 'MAXLEN', '~', log_cap, row[8] .. '-0', unpack(entry))
 end
 
 -- Registers a session's lease, or ends it (`at` nil).
@@ -215,6 +262,7 @@ local function settle(user)
     return count, false
   end
   leaves(user, old, groups, now)
+  groups_before[user] = groups_before[user] or old
   redis.call('HSET', meta, 'groups', groups)
   return count, true
 end
@@ -225,7 +273,7 @@ end
 -- when the shown status changed (or `force` and the user is shown, for a new text or new
 -- groups; then with `forced_cause` when the status itself did not change), else nil.
 -- `seq` numbers every transition of the shard, so subscribers notice one they never
--- received. The version is above the last one and at least `now`, so versions keep
+-- received; the transition is in the shard's change log under that number. The version is above the last one and at least `now`, so versions keep
 -- growing even if Redis restarts empty.
 local function transition(user, cause, force, forced_cause)
   local meta, skey = keys_of(user)
@@ -267,9 +315,12 @@ local function transition(user, cause, force, forced_cause)
   if heard then
     f[1] = string.format('%d', heard)
   end
+  history()
   local seq = redis.call('INCR', KEYS[1])
-  return {user, shown, tostring(version), f[1] or false, f[2] or false, cause, tostring(now), tostring(seq),
+  local row = {user, shown, tostring(version), f[1] or false, f[2] or false, cause, tostring(now), tostring(seq),
     f[3] or false, f[4] or false, f[5] or false}
+  append(row, groups_before[user])
+  return row
 end
 
 -- The user is seen now, on `device` ('' keeps the stored one).

@@ -1,0 +1,139 @@
+//! Reads of the change log for resuming dashboards, batched: when a router restarts, all of
+//! its dashboards come back to the others at once, each asking for what it missed since
+//! nearly the same position. Asked one by one, each read would cost Redis a scan of the
+//! same entries (hundreds of dashboards times the gap) and make them queue past the store
+//! timeout. Instead, one read is in flight at a time; the requests that arrive meanwhile
+//! join the next one, which reads from the oldest of their positions, and each takes its
+//! own part of it ([`after`]).
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Mutex as AsyncMutex, oneshot};
+
+use super::Node;
+use crate::{
+    engine::{
+        EngineError,
+        log::{Changes, LoggedChange, Unserved},
+    },
+    position::Position,
+};
+
+/// What one read of the log answered, shared by the requests it served.
+pub type Read = Arc<Result<Changes, EngineError>>;
+
+/// Requests waiting for the next read, and the one read in flight.
+#[derive(Default)]
+pub(super) struct LogReads {
+    next: Mutex<Option<Batch>>,
+    reading: AsyncMutex<()>,
+}
+
+/// The requests of the next read: it starts at the oldest of their positions.
+struct Batch {
+    from: Position,
+    waiters: Vec<oneshot::Sender<Read>>,
+}
+
+impl Batch {
+    /// Whether `from` can share this batch's read: the same history and shards.
+    fn joins(&mut self, from: &Position) -> bool {
+        if self.from.epoch != from.epoch || self.from.seqs.len() != from.seqs.len() {
+            return false;
+        }
+        for (oldest, &seq) in self.from.seqs.iter_mut().zip(&from.seqs) {
+            *oldest = (*oldest).min(seq);
+        }
+        true
+    }
+}
+
+/// The changes of a read after `from` (every change is numbered, with its shard).
+pub fn after(changes: &[LoggedChange], from: &Position) -> Vec<LoggedChange> {
+    let newer = |change: &&LoggedChange| {
+        let update = &change.update;
+        update.seq.is_some_and(|seq| from.seqs.get(update.shard).is_some_and(|&seen| seq > seen))
+    };
+    changes.iter().filter(newer).cloned().collect()
+}
+
+impl Node {
+    /// The transitions after `from` in the store's change log, or why they cannot be told
+    /// (see [`crate::engine::PresenceStore::changes_since`]), read together with those of
+    /// the other requests that arrive meanwhile: take the changes after `from` with
+    /// [`after`].
+    pub async fn changes_since(&self, from: &Position) -> Read {
+        let (tx, rx) = oneshot::channel();
+        // Joined the next read (`Some(false)`), leads it (`Some(true)`), or, of another
+        // history than its requests, reads on its own (`None`).
+        let role = {
+            let mut next = self.log_reads.next.lock().unwrap_or_else(|e| e.into_inner());
+            match next.as_mut() {
+                Some(batch) => batch.joins(from).then(|| {
+                    batch.waiters.push(tx);
+                    false
+                }),
+                None => {
+                    *next = Some(Batch { from: from.clone(), waiters: vec![tx] });
+                    Some(true)
+                }
+            }
+        };
+        let Some(leads) = role else { return Arc::new(self.read_log(from).await) };
+        if leads {
+            let reading = self.log_reads.reading.lock().await;
+            let batch = self.log_reads.next.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(batch) = batch {
+                let read: Read = Arc::new(self.read_log(&batch.from).await);
+                drop(reading);
+                for waiter in batch.waiters {
+                    let _ = waiter.send(read.clone());
+                }
+            }
+        }
+        let read = rx.await.unwrap_or_else(|_| Arc::new(Err(EngineError::Internal("a log read was dropped".into()))));
+        // The oldest position of the batch was too old; this one may not be.
+        match read.as_ref() {
+            Ok(Err(Unserved::TooOld)) => Arc::new(self.read_log(from).await),
+            _ => read,
+        }
+    }
+
+    async fn read_log(&self, from: &Position) -> Result<Changes, EngineError> {
+        let result = super::timed("changes_since", self.engine.store.changes_since(from)).await;
+        self.check("changes_since", result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        id::Id,
+        presence::{Cause, Groups, PresenceUpdate, UserPresence},
+    };
+
+    fn change(shard: usize, seq: u64) -> LoggedChange {
+        let presence = UserPresence::unknown(Id::parse(&format!("u{shard}-{seq}")).unwrap());
+        let update = PresenceUpdate { presence, cause: Cause::Connect, timestamp: 0, seq: Some(seq), shard };
+        LoggedChange { update, before: Groups::default() }
+    }
+
+    #[test]
+    fn each_request_takes_the_changes_after_its_own_position() {
+        let read = [change(0, 4), change(1, 7), change(0, 5), change(1, 8)];
+        let from = Position { epoch: 1, seqs: vec![4, 7] };
+        let taken: Vec<(usize, Option<u64>)> =
+            after(&read, &from).iter().map(|c| (c.update.shard, c.update.seq)).collect();
+        assert_eq!(taken, [(0, Some(5)), (1, Some(8))]);
+    }
+
+    #[test]
+    fn a_batch_reads_from_the_oldest_position_of_one_history() {
+        let mut batch = Batch { from: Position { epoch: 1, seqs: vec![5, 9] }, waiters: Vec::new() };
+        assert!(batch.joins(&Position { epoch: 1, seqs: vec![7, 2] }));
+        assert_eq!(batch.from.seqs, [5, 2]);
+        assert!(!batch.joins(&Position { epoch: 2, seqs: vec![1, 1] }));
+        assert!(!batch.joins(&Position { epoch: 1, seqs: vec![1] }));
+    }
+}
