@@ -118,6 +118,23 @@ async fn mint_token_help_prints_its_usage_and_mints_nothing() {
 }
 
 #[tokio::test]
+async fn mint_token_refuses_what_would_make_a_token_the_router_refuses() {
+    for (args, says) in [
+        (&["u1", "--ttl", "18446744073709551615"][..], "--ttl"),
+        (&["u1", "--ttl", "3155760001"], "--ttl"),
+        (&["u1", "--ttl", "0"], "--ttl"),
+        (&["0"], "0 means"),
+        (&["bad\u{7}id"], "control character"),
+    ] {
+        let (ok, stdout, stderr) = run(command("mint_token", args)).await;
+        assert!(!ok && stdout.is_empty(), "{args:?} is refused without a token: {stdout}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    let (ok, stdout, stderr) = run(command("mint_token", &["u1", "--ttl", "3153600000"])).await;
+    assert!(ok && stdout.starts_with("eyJ"), "100 years is the longest: {stderr}");
+}
+
+#[tokio::test]
 async fn a_minted_token_carries_the_groups_ttl_and_role_asked_for_and_the_router_takes_it() {
     let args = ["dispatcher-7", "--role", "dashboard", "--groups", "north,south", "--ttl", "120"];
     let (ok, stdout, stderr) = run(command("mint_token", &args)).await;
