@@ -147,7 +147,12 @@ export interface ClientEvents {
   stale: (stale: StaleInfo | null, previous: StaleInfo | null) => void;
   /** A PRESENCE_UPDATE changed one user (stale ones are not reported). */
   presence: (update: PresenceUpdate, previous: UserPresence | undefined) => void;
-  /** An indicator started or ended (or was dropped with the connection: `expired`). */
+  /**
+   * An indicator started or ended (or was dropped with the connection: `expired`). Right
+   * after each `snapshot`, its indicators not held before come as starts and held ones it
+   * no longer lists as ends, so a UI driven by this event alone is current after every
+   * (re)connect.
+   */
   indicator: (event: IndicatorEvent) => void;
   ptt: (event: PttEvent) => void;
   text: (message: TextMessage) => void;
@@ -628,7 +633,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
     const seq = num(frame.messageId);
     this.presence.applySnapshot(frame.payload, seq);
     const payload = payloadMap(frame.payload);
-    if (Array.isArray(payload.indicators)) this.indicators.replace(payload.indicators);
+    const changed = Array.isArray(payload.indicators) ? this.indicators.replace(payload.indicators) : [];
     const snapshot: SnapshotInfo = {
       presence: this.presence,
       indicators: this.indicators,
@@ -638,6 +643,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
     };
     if (payload.groupCounts !== undefined) snapshot.groupCounts = payload.groupCounts as Record<string, SnapshotGroupCounts>;
     this.emit("snapshot", snapshot);
+    for (const event of changed) this.emit("indicator", event);
   }
 
   private onPtt(frame: Frame, me: string): void {
