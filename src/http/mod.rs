@@ -3,6 +3,7 @@
 //! (`/livez`, `/readyz`, `/healthz`).
 
 mod cors;
+mod dashboard_page;
 mod error;
 mod ops;
 mod presence;
@@ -76,7 +77,7 @@ impl Route {
         let filter = MethodFilter::try_from(self.method.clone()).expect("routes use standard methods");
         let handler = match self.endpoint {
             Endpoint::WebSocket => on(filter, ws::upgrade),
-            Endpoint::Dashboard => on(filter, ops::dashboard),
+            Endpoint::Dashboard => on(filter, dashboard_page::serve),
             Endpoint::Metrics => on(filter, ops::metrics),
             Endpoint::Live => on(filter, ops::live),
             Endpoint::Ready => on(filter, ops::ready),
