@@ -4,7 +4,7 @@
  * - Opens the WebSocket with the token in a header (Node) or the subprotocol pair
  *   (browsers); see `transport.ts`.
  * - Mobile sessions heartbeat every `heartbeatIntervalMs` (default half the router's
- *   presence TTL: 30 s) and count a heartbeat without HEARTBEAT_ACK within `ackTimeoutMs`
+ *   presence TTL, as its HEARTBEAT_ACK tells it: `presenceTtlMs`; 30 s until then) and count a heartbeat without HEARTBEAT_ACK within `ackTimeoutMs`
  *   as a dead connection (a zombie: the network dropped it without a close). Other roles
  *   may not heartbeat; in Node they send WebSocket pings at the same interval instead.
  * - Reconnects with exponential backoff and full jitter, and follows each close code as
@@ -75,7 +75,11 @@ export interface ClientOptions {
    * router's default role is `mobile`).
    */
   heartbeat?: boolean;
-  /** The router's `PRESENCE_TTL` in ms (default 60 000); heartbeats go at half of it. */
+  /**
+   * The router's `PRESENCE_TTL` in ms; heartbeats go at half of it. Default: what the
+   * router's HEARTBEAT_ACK says (`presenceTtlMs`; the first heartbeat goes at once), 60 000
+   * until it has said it (or from a router that does not).
+   */
   presenceTtlMs?: number;
   /** Interval of heartbeats (or pings) in ms; default `presenceTtlMs / 2`. */
   heartbeatIntervalMs?: number;
@@ -231,6 +235,8 @@ export class PresenceClient extends Emitter<ClientEvents> {
   private staleValue: StaleInfo | null = null;
   /** The current socket has not sent its first snapshot yet. */
   private firstSnapshot = true;
+  /** The presence TTL the router's HEARTBEAT_ACK said, in ms. */
+  private learnedTtlMs: number | null = null;
   private waiters: { resolve(): void; reject(error: Error): void }[] = [];
   private timers: {
     retry?: ReturnType<typeof setTimeout>;
@@ -409,6 +415,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
     this.generation++;
     clearTimeout(this.timers.closing);
     clearInterval(this.timers.beat);
+    this.beatEvery = null;
     clearTimeout(this.timers.refresh);
     this.talkValue = null;
     this.indicators.dropAll();
@@ -500,9 +507,13 @@ export class PresenceClient extends Emitter<ClientEvents> {
     socket.terminate();
   }
 
+  /** The interval of heartbeats (or pings): the option, else half the router's TTL. */
+  private beatInterval(): number {
+    return this.options.heartbeatIntervalMs ?? (this.options.presenceTtlMs ?? this.learnedTtlMs ?? 60_000) / 2;
+  }
+
   private startLiveness(): void {
     const heartbeats = this.options.heartbeat ?? (this.claims.role ?? "mobile") === "mobile";
-    const interval = this.options.heartbeatIntervalMs ?? (this.options.presenceTtlMs ?? 60_000) / 2;
     const timeout = this.options.ackTimeoutMs ?? 10_000;
     const socket = this.socket;
     let beat: (() => void) | undefined;
@@ -515,8 +526,25 @@ export class PresenceClient extends Emitter<ClientEvents> {
       };
     }
     if (!beat) return;
-    if (heartbeats) beat(); // at once: proves the session (its answer resets the backoff)
-    this.timers.beat = setInterval(beat, interval);
+    if (heartbeats) beat(); // at once: proves the session (its answer resets the backoff, and says the TTL)
+    this.beatEvery = beat;
+    this.timers.beat = setInterval(beat, this.beatInterval());
+  }
+
+  /** What the liveness timer runs. */
+  private beatEvery: (() => void) | null = null;
+
+  /**
+   * Takes the TTL a HEARTBEAT_ACK states (`presenceTtlMs`): the heartbeats follow it from
+   * now on, so a router with a short TTL never sees this session lapse between two.
+   */
+  private learnTtl(payload: unknown): void {
+    const ttl = num(payloadMap(payload).presenceTtlMs);
+    if (ttl === null || ttl <= 0 || ttl === this.learnedTtlMs) return;
+    this.learnedTtlMs = ttl;
+    if (!this.beatEvery) return;
+    clearInterval(this.timers.beat);
+    this.timers.beat = setInterval(this.beatEvery, this.beatInterval());
   }
 
   /** Schedules a REFRESH before the token expires, when `getToken` can supply one. */
@@ -572,6 +600,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
       case MessageType.ACK:
         return this.settle(num(payloadMap(frame.payload).messageType), frame, (p) => this.sameId(p, frame));
       case MessageType.HEARTBEAT_ACK:
+        this.learnTtl(frame.payload);
         return this.settle(MessageType.HEARTBEAT, frame, (p) => this.sameId(p, frame));
       case MessageType.ERROR:
         return this.onError(frame);
