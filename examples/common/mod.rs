@@ -131,7 +131,8 @@ fn snapshot(payload: &Value) -> String {
     if users.len() > SHOWN {
         shown.push(format!("and {} more", users.len() - SHOWN));
     }
-    let mut lines = vec![format!("snapshot: {}: {}", counts(users.iter().map(|user| &user["status"])), shown.join(", "))];
+    let mut lines =
+        vec![format!("snapshot: {}: {}", counts(users.iter().map(|user| &user["status"])), shown.join(", "))];
     for live in payload["indicators"].as_array().into_iter().flatten() {
         lines.push(format!(
             "  indicator: {} is {} in group {}",
