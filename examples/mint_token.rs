@@ -28,13 +28,17 @@ struct Args {
     /// (without it a dashboard or service token sees everyone).
     #[arg(long, value_delimiter = ',', value_parser = group_id)]
     groups: Option<Vec<String>>,
-    /// Seconds until the token expires (`exp` - `iat`).
-    #[arg(long, default_value_t = 24 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Seconds until the token expires (`exp` - `iat`), at most 100 years.
+    #[arg(long, default_value_t = 24 * 3600, value_parser = clap::value_parser!(u64).range(1..=MAX_TTL_SECS))]
     ttl: u64,
     /// The HS256 secret the router verifies with.
     #[arg(long, env = "JWT_SECRET", default_value = "dev-secret-change-me", hide_env_values = true)]
     secret: String,
 }
+
+/// Longest `--ttl`: 100 years. `iat + ttl` stays far inside what every JWT library reads
+/// as a date, where a larger one would wrap or overflow into an `exp` before `iat`.
+const MAX_TTL_SECS: u64 = 100 * 365 * 24 * 3600;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -44,9 +48,13 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A user id the router accepts.
+/// A user id the router accepts: never `0`, which frames read as "no id".
 fn user_id(id: &str) -> Result<String, String> {
-    Id::parse(id).map(|id| id.as_str().to_string()).map_err(|e| format!("not a user id: {e}"))
+    let id = Id::parse(id).map_err(|e| format!("not a user id: {e}"))?;
+    if id.as_str() == "0" {
+        return Err("not a user id: 0 means \"no id\" in frames, and the router refuses it".into());
+    }
+    Ok(id.as_str().to_string())
 }
 
 /// A group id the router accepts.

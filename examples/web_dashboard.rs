@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
@@ -58,8 +58,9 @@ async fn main() -> anyhow::Result<()> {
     let mut ws = common::connect(request).await?;
     println!("connected to {} as {}", args.url, args.user);
 
-    // Who is shown online, away or dnd, as a dashboard would keep it.
-    let mut online: BTreeSet<String> = BTreeSet::new();
+    // Each user's status as shown (online, away, dnd; offline ones dropped), as a dashboard
+    // would keep it.
+    let mut shown: BTreeMap<String, Value> = BTreeMap::new();
     let refresh_every = Duration::from_secs(args.token_ttl * 2 / 3);
     let mut refreshes = tokio::time::interval_at(tokio::time::Instant::now() + refresh_every, refresh_every);
     loop {
@@ -87,16 +88,20 @@ async fn main() -> anyhow::Result<()> {
         let payload = &frame[5];
         match frame[1].as_u64().map(|t| t as u8) {
             Some(PRESENCE_SNAPSHOT) => {
-                online =
-                    payload["users"].as_array().into_iter().flatten().map(|user| user_id(&user["userId"])).collect();
+                shown = payload["users"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|user| (user_id(&user["userId"]), user["status"].clone()))
+                    .collect();
             }
             Some(PRESENCE_UPDATE) => {
                 let user = user_id(&payload["userId"]);
                 match payload["status"].as_str() {
-                    Some("offline") => online.remove(&user),
-                    _ => online.insert(user),
+                    Some("offline") => shown.remove(&user),
+                    _ => shown.insert(user, payload["status"].clone()),
                 };
-                println!("  {} online", online.len());
+                println!("  {}", common::counts(shown.values()));
             }
             _ => {}
         }

@@ -44,6 +44,8 @@ pub struct Limits {
     /// How long a begun frame or fragmented message may stay unfinished.
     pub frame_timeout: Duration,
     pub heartbeat_min_interval: Duration,
+    /// A session's lease (`--presence-ttl`), told to clients in HEARTBEAT_ACK.
+    pub presence_ttl: Duration,
     pub idle_timeout: Duration,
     /// A mobile that does not heartbeat is pinged after this long without a sign of life.
     pub ping_interval: Duration,
@@ -188,6 +190,7 @@ impl App {
                 byte_rate: config.byte_rate,
                 frame_timeout: Duration::from_millis(config.frame_timeout_ms),
                 heartbeat_min_interval: config.heartbeat_min_interval(),
+                presence_ttl: config.ttl(),
                 idle_timeout: config.idle_timeout(),
                 ping_interval: config.ping_interval(),
                 write_timeout: Duration::from_millis(config.write_timeout_ms),

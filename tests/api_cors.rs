@@ -162,3 +162,30 @@ async fn origins_come_from_the_environment_too_and_a_bad_one_stops_the_start() {
         assert!(stderr.contains("--cors-origins") && stderr.contains(says), "{bad}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn every_answer_under_api_carries_cors_unknown_paths_and_wrong_methods_included() {
+    let router = Router::start(&["--cors-origins", APP]).await;
+    let auth = format!("Bearer {}", token("api", Role::Service));
+    let from_app = [("Origin", APP), ("Authorization", auth.as_str())];
+    for (method, path, status, code) in [
+        ("GET", "/api/nope", 404, "not_found"),
+        ("GET", "/api", 404, "not_found"),
+        ("POST", "/api/users/u1", 404, "not_found"),
+        ("DELETE", "/api/users/u1/presence", 405, "method_not_allowed"),
+        ("GET", "/api/presence/status", 405, "method_not_allowed"),
+    ] {
+        let reply = exchange(router.addr, &request(method, path, &from_app, "")).await;
+        assert_eq!((reply.status, reply.code().as_str()), (status, code), "{method} {path}: {reply}");
+        assert_eq!(reply.header("access-control-allow-origin"), Some(APP), "{method} {path}: {reply}");
+        assert!(listed(&reply, "vary").contains(&"origin".to_string()), "{method} {path}: {reply}");
+        let elsewhere = [("Origin", "https://elsewhere.example"), ("Authorization", auth.as_str())];
+        let reply = exchange(router.addr, &request(method, path, &elsewhere, "")).await;
+        assert!(reply.cors_headers().is_empty(), "{method} {path}: {reply}");
+        assert_eq!(listed(&reply, "vary"), ["origin"], "{method} {path}: {reply}");
+    }
+    // Outside the API a 404 stays without CORS.
+    let reply = exchange(router.addr, &request("GET", "/nope", &from_app, "")).await;
+    assert_eq!(reply.status, 404, "{reply}");
+    assert!(reply.cors_headers().is_empty() && reply.header("vary").is_none(), "{reply}");
+}

@@ -550,3 +550,123 @@ async fn the_dashboard_page_greys_its_view_under_a_stale_banner_until_fresh() {
     assert_eq!(browser.eval("document.getElementById('stale').hidden").await, json!(true));
     browser.wait_for("alpha", "online").await;
 }
+
+/// `[online, away, dnd, offline]` of the summary, and whether its offline figure is complete.
+async fn summary(browser: &mut Browser) -> Value {
+    browser
+        .eval(
+            "[...['online', 'away', 'dnd', 'offline'].map((s) => Number(document.getElementById('count-' + s).dataset.value)), \
+             document.getElementById('count-offline').dataset.complete === 'true']",
+        )
+        .await
+}
+
+/// Offline members and their last seen come from the group endpoint: at once for a token
+/// scoped to groups (every figure complete), when a group is picked for one that is not;
+/// then the WebSocket keeps them current.
+#[tokio::test]
+async fn the_dashboard_page_shows_offline_members_its_groups_had_before_it_opened() {
+    let router = Router::start(&[]).await;
+    let _on1 = router.mobile_in("on1", &["night"]).await;
+    for user in ["off1", "off2"] {
+        router.mobile_in(user, &["night"]).await.close().await;
+    }
+    for user in ["off1", "off2"] {
+        common::eventually("the members to go offline", || async {
+            router.user(user).await["status"].as_str() == Some("offline")
+        })
+        .await;
+    }
+
+    let night = presence_router::auth::mint_hs256_in(
+        common::SECRET.as_bytes(),
+        "night-desk",
+        Role::Dashboard,
+        Some(&["night"]),
+        3600,
+    )
+    .unwrap();
+    let mut scoped = page(&router, &night).await;
+    scoped.wait_until("JSON.stringify(dashboard.shownIds()) === '[\"off1\",\"off2\",\"on1\"]'").await;
+    scoped.wait_until("document.getElementById('count-offline').dataset.complete === 'true'").await;
+    assert_eq!(summary(&mut scoped).await, json!([1, 0, 0, 2, true]));
+    assert_eq!(scoped.in_row("off1", ".seen", "textContent").await, json!("last seen just now"));
+    assert_eq!(group_counts(&mut scoped, "night").await, json!([1, 0, 0, 2]));
+    // Kept current by the WebSocket.
+    let _back = router.mobile_in("off1", &["night"]).await;
+    scoped.wait_for("off1", "online").await;
+    scoped.wait_until("document.getElementById('count-offline').dataset.value === '1'").await;
+
+    // A token for everyone reads a group's members when the group is picked; until then
+    // its offline figure says it is partial.
+    let mut everyone = page(&router, &token("dispatcher", Role::Dashboard)).await;
+    everyone.wait_until("dashboard.state().users === 2").await;
+    assert_eq!(summary(&mut everyone).await, json!([2, 0, 0, 0, false]));
+    let partial = "document.querySelector('[data-group=\"night\"] .n-offline').classList.contains('partial')";
+    assert_eq!(everyone.eval(partial).await, json!(true));
+    pick_group(&mut everyone, "night").await;
+    everyone.wait_until("document.getElementById('count-offline').dataset.value === '1'").await;
+    everyone.wait_until(&format!("!{partial}")).await;
+    assert_eq!(everyone.in_row("off2", ".seen", "textContent").await, json!("last seen just now"));
+}
+
+/// The page lets the router judge the token: a subject claim of another name and a role
+/// from the router's default are taken, as a raw WebSocket takes them.
+#[tokio::test]
+async fn the_dashboard_page_takes_every_token_the_router_takes() {
+    let router = Router::start(&["--jwt-subject-claim", "uid", "--jwt-default-role", "web"]).await;
+    let now = presence_router::presence::unix_ms() / 1000;
+    let key = jsonwebtoken::EncodingKey::from_secret(common::SECRET.as_bytes());
+    let sign = |claims: Value| jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+    let phone = sign(json!({"uid": "alpha", "role": "mobile", "groups": ["crew"], "exp": now + 3600}));
+    let _alpha = common::Client::connect(router.addr, &phone, Some("alpha-phone")).await;
+    let desk = sign(json!({"uid": "desk-7", "groups": ["crew"], "exp": now + 3600, "iat": now}));
+    let mut browser = page(&router, &desk).await;
+    browser.wait_for("alpha", "online").await;
+    assert_eq!(browser.eval("document.body.dataset.connected").await, json!("true"));
+}
+
+/// Search reads status texts too; dnd and talking differ in colour (and the legend shows
+/// the list's colours); a web token without groups is told it sees only itself; the page
+/// comes with a policy that keeps it to its own script, style and origin, out of frames
+/// and out of caches.
+#[tokio::test]
+async fn the_dashboard_page_searches_texts_tells_colours_apart_and_is_served_locked_down() {
+    let router = Router::start(&[]).await;
+    let reply = common::openapi::exchange(router.addr, &common::openapi::request("GET", "/dashboard", &[], "")).await;
+    let policy = reply.header("content-security-policy").unwrap_or_default().to_string();
+    for directive in ["default-src 'none'", "script-src 'sha256-", "connect-src 'self'", "frame-ancestors 'none'"] {
+        assert!(policy.contains(directive), "{directive} in {policy}");
+    }
+    assert!(!policy.contains("unsafe-inline"), "{policy}");
+    assert_eq!(reply.header("x-frame-options"), Some("DENY"));
+    assert_eq!(reply.header("cache-control"), Some("no-cache"));
+
+    let mut busy = router.mobile_in("busy", &["crew"]).await;
+    busy.set_status("busy", "dnd", Some("on patrol")).await;
+    let mut talker = router.mobile_in("talker", &["crew"]).await;
+    let mut listener = router.mobile_in("listener", &["crew"]).await;
+    talker.take_floor("talker", "crew", &mut listener).await;
+    let mut browser = page(&router, &token("dispatcher", Role::Dashboard)).await;
+    browser.wait_for("busy", "dnd").await;
+    browser.wait_until("document.querySelector('[data-user=\"talker\"] .badge.talking') !== null").await;
+    // Running at all under the policy: the page's script connected, its style applies.
+    assert_eq!(browser.eval("document.body.dataset.connected").await, json!("true"));
+
+    let colour = |selector: &str| format!("getComputedStyle(document.querySelector({selector:?})).backgroundColor");
+    let dnd = browser.eval(&colour("[data-user=\"busy\"] .dot")).await;
+    let talking = browser.eval(&colour("[data-user=\"talker\"] .badge.talking")).await;
+    assert_ne!(dnd, talking, "dnd and talking look alike");
+    assert_eq!(browser.eval(&colour("#legend .dot.dnd")).await, dnd, "the legend shows the list's dnd");
+    assert_eq!(browser.eval(&colour("#legend .badge.talking")).await, talking);
+
+    search(&mut browser, "PATROL").await;
+    shows(&mut browser, &["busy"]).await;
+
+    let mut alone = page(&router, &token("lone-web", Role::Web)).await;
+    alone.wait_until("document.body.dataset.connected === 'true'").await;
+    alone.wait_until("!document.getElementById('hint').hidden").await;
+    let hint = alone.eval("document.getElementById('hint').textContent").await;
+    assert!(hint.as_str().unwrap().contains("only its own user"), "{hint}");
+    assert_eq!(browser.eval("document.getElementById('hint').hidden").await, json!(true));
+}

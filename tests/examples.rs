@@ -118,6 +118,23 @@ async fn mint_token_help_prints_its_usage_and_mints_nothing() {
 }
 
 #[tokio::test]
+async fn mint_token_refuses_what_would_make_a_token_the_router_refuses() {
+    for (args, says) in [
+        (&["u1", "--ttl", "18446744073709551615"][..], "--ttl"),
+        (&["u1", "--ttl", "3155760001"], "--ttl"),
+        (&["u1", "--ttl", "0"], "--ttl"),
+        (&["0"], "0 means"),
+        (&["bad\u{7}id"], "control character"),
+    ] {
+        let (ok, stdout, stderr) = run(command("mint_token", args)).await;
+        assert!(!ok && stdout.is_empty(), "{args:?} is refused without a token: {stdout}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    let (ok, stdout, stderr) = run(command("mint_token", &["u1", "--ttl", "3153600000"])).await;
+    assert!(ok && stdout.starts_with("eyJ"), "100 years is the longest: {stderr}");
+}
+
+#[tokio::test]
 async fn a_minted_token_carries_the_groups_ttl_and_role_asked_for_and_the_router_takes_it() {
     let args = ["dispatcher-7", "--role", "dashboard", "--groups", "north,south", "--ttl", "120"];
     let (ok, stdout, stderr) = run(command("mint_token", &args)).await;
@@ -153,7 +170,7 @@ async fn web_dashboard_prints_snapshots_updates_and_indicators_readably() {
     let _early = router.mobile_in("early", &["crew"]).await;
     let url = format!("ws://{}/", router.addr);
     let mut dashboard = Running::start(command("web_dashboard", &["--url", &url]));
-    dashboard.line("snapshot: 1 online: early online").await;
+    dashboard.line("snapshot: 1 online, 0 away, 0 dnd: early online").await;
 
     let mut mobile = router.mobile_in("u1", &["crew"]).await;
     dashboard.line("update: u1 is online (cause connect").await;
@@ -165,6 +182,38 @@ async fn web_dashboard_prints_snapshots_updates_and_indicators_readably() {
     dashboard.line("indicator: u1 stopped typing in group crew").await;
     mobile.close().await;
     dashboard.line("update: u1 is offline (cause disconnect").await;
+    dashboard.all_readable();
+}
+
+#[tokio::test]
+async fn web_dashboard_shows_what_is_live_when_it_opens_and_counts_away_and_dnd_apart() {
+    let router = Router::start(&[]).await;
+    let (mut early, _) = router.dashboard("early-watcher").await;
+    let mut talker = router.mobile_in("talker", &["crew"]).await;
+    let mut listener = router.mobile_in("listener", &["crew"]).await;
+    talker.take_floor("talker", "crew", &mut listener).await;
+    listener.set_status("listener", "away", None).await;
+    listener.indicator("listener", "crew", "typing", true).await;
+    let mut busy = router.mobile_in("busy", &["crew"]).await;
+    busy.set_status("busy", "dnd", None).await;
+    // The router's view holds all of it once a watcher has seen the last change.
+    loop {
+        let update = &early.next_frame().await[5];
+        if (update["userId"].as_str(), update["status"].as_str()) == (Some("busy"), Some("dnd")) {
+            break;
+        }
+    }
+
+    let url = format!("ws://{}/", router.addr);
+    let mut dashboard = Running::start(command("web_dashboard", &["--url", &url]));
+    dashboard.line("snapshot: 1 online, 1 away, 1 dnd: ").await;
+    dashboard.line("  group crew: 1 online, 1 away, 1 dnd").await;
+    for live in ["  indicator: talker is talking in group crew", "  indicator: listener is typing in group crew"] {
+        assert!(dashboard.seen.iter().any(|line| line == live), "{live:?} in {:#?}", dashboard.seen);
+    }
+    busy.close().await;
+    dashboard.line("update: busy is offline").await;
+    dashboard.line("  1 online, 1 away, 0 dnd").await;
     dashboard.all_readable();
 }
 

@@ -385,3 +385,44 @@ async fn metrics_on_their_own_address_match_the_spec() {
     let reply = exchange(metrics, &request("GET", "/api/users/u/presence", &[], "")).await;
     SPEC.check_component("NotFound", &reply);
 }
+
+#[tokio::test]
+async fn the_spec_takes_an_id_exactly_when_the_router_does() {
+    let router = Router::start(&[]).await;
+    let auth = bearer(&common::token("api", Role::Service));
+    let json = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let encode = |id: &str| id.bytes().map(|b| format!("%{b:02X}")).collect::<String>();
+    let ids = [
+        "u1".to_string(),
+        "a".repeat(128),
+        "a".repeat(129),
+        "line\nbreak".into(),
+        "nul\u{0}".into(),
+        "tab\t".into(),
+        "del\u{7f}".into(),
+        "c1\u{85}".into(),
+        "é".repeat(64),
+        "0".into(),
+        "00".into(),
+    ];
+    for id in &ids {
+        let (user_reply, group_reply) = (
+            answered(&router, "GET", USER, &at(USER, &encode(id)), &json, "").await,
+            answered(&router, "GET", GROUP, &at(GROUP, &encode(id)), &json, "").await,
+        );
+        let body = serde_json::json!({ "userIds": [id] }).to_string();
+        let bulk = answered(&router, "POST", STATUS, STATUS, &json, &body).await;
+        let id = serde_json::json!(id);
+        for (pointer, reply) in [
+            ("/components/parameters/UserId/schema", &user_reply),
+            ("/components/schemas/RequestedId", &bulk),
+            ("/components/parameters/Id/schema", &group_reply),
+        ] {
+            assert_eq!(SPEC.accepts(pointer, &id), reply.status != 400, "{id} at {pointer}: {reply}");
+        }
+    }
+    let zero = serde_json::json!({ "userIds": [0] }).to_string();
+    refused(&answered(&router, "POST", STATUS, STATUS, &json, &zero).await, 400, "invalid_request");
+    assert!(!SPEC.accepts("/components/schemas/RequestedId", &serde_json::json!(0)));
+    refused(&answered(&router, "GET", USER, &at(USER, "0"), &json, "").await, 400, "invalid_user_id");
+}

@@ -116,7 +116,10 @@ pub fn describe(frame: &Value) -> String {
     }
 }
 
-/// `snapshot: N online: u1 online, u2 dnd ("on patrol"), …` (the first 20 users).
+/// `snapshot: N online, N away, N dnd: u1 online, u2 dnd ("on patrol"), …` (the first 20
+/// users), then a line per live indicator (`  indicator: u1 is typing in group crew`, as
+/// the INDICATOR_UPDATE that started it read) and per group's counts
+/// (`  group crew: 2 online, 0 away, 1 dnd`): what is going on when the dashboard opens.
 fn snapshot(payload: &Value) -> String {
     const SHOWN: usize = 20;
     let users = payload["users"].as_array().map(Vec::as_slice).unwrap_or_default();
@@ -128,7 +131,35 @@ fn snapshot(payload: &Value) -> String {
     if users.len() > SHOWN {
         shown.push(format!("and {} more", users.len() - SHOWN));
     }
-    format!("snapshot: {} online: {}", users.len(), shown.join(", "))
+    let mut lines =
+        vec![format!("snapshot: {}: {}", counts(users.iter().map(|user| &user["status"])), shown.join(", "))];
+    for live in payload["indicators"].as_array().into_iter().flatten() {
+        lines.push(format!(
+            "  indicator: {} is {} in group {}",
+            text(&live["userId"]),
+            text(&live["type"]),
+            text(&live["groupId"])
+        ));
+    }
+    for (group, counted) in payload["groupCounts"].as_map().into_iter().flatten() {
+        let [online, away, dnd] = ["online", "away", "dnd"].map(|status| counted[status].as_u64().unwrap_or(0));
+        lines.push(format!("  group {}: {online} online, {away} away, {dnd} dnd", text(group)));
+    }
+    lines.join("\n")
+}
+
+/// `N online, N away, N dnd` of these statuses (offline ones not counted).
+pub fn counts<'a>(statuses: impl IntoIterator<Item = &'a Value>) -> String {
+    let (mut online, mut away, mut dnd) = (0, 0, 0);
+    for status in statuses {
+        match status.as_str() {
+            Some("online") => online += 1,
+            Some("away") => away += 1,
+            Some("dnd") => dnd += 1,
+            _ => {}
+        }
+    }
+    format!("{online} online, {away} away, {dnd} dnd")
 }
 
 /// ` ("on patrol")` when a user has a status text.

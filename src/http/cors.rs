@@ -26,7 +26,7 @@
 //! its allowed methods and headers to any origin. A preflight it answers reads nothing and
 //! is not counted in `presence_api_requests_total`; one from another origin is, as a 405.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{convert::Infallible, fmt, sync::Arc, time::Duration};
 
 use axum::{
     extract::{Request, State},
@@ -37,7 +37,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use tower::{Layer, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// How long a browser may reuse a preflight's answer: an origin removed from the list is
@@ -128,15 +128,28 @@ impl Cors {
 /// Hands a request from an allowed origin to the CORS layer (which answers a preflight
 /// itself); any other goes on as if CORS were off, its response marked `Vary: Origin`.
 pub async fn gate(State(cors): State<Arc<Cors>>, request: Request, next: Next) -> Response {
-    if request.headers().get(ORIGIN).is_some_and(|origin| cors.origins.allows(origin)) {
-        return match cors.layer.layer(next).oneshot(request).await {
-            Ok(response) => response.into_response(),
-            Err(never) => match never {},
-        };
+    cors.serve(request, next).await
+}
+
+impl Cors {
+    /// `request` answered by `service`, through the CORS layer when it comes from an
+    /// allowed origin, else marked `Vary: Origin`: every answer under `/api`, a route's
+    /// or not (404 `not_found` included), carries the same CORS headers.
+    pub async fn serve<S>(&self, request: Request, service: S) -> Response
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        if request.headers().get(ORIGIN).is_some_and(|origin| self.origins.allows(origin)) {
+            return match self.layer.layer(service).oneshot(request).await {
+                Ok(response) => response.into_response(),
+                Err(never) => match never {},
+            };
+        }
+        let Ok(mut response) = service.oneshot(request).await;
+        response.headers_mut().append(VARY, HeaderValue::from_static("origin"));
+        response
     }
-    let mut response = next.run(request).await;
-    response.headers_mut().append(VARY, HeaderValue::from_static("origin"));
-    response
 }
 
 #[cfg(test)]

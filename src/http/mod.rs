@@ -3,6 +3,7 @@
 //! (`/livez`, `/readyz`, `/healthz`).
 
 mod cors;
+mod dashboard_page;
 mod error;
 mod ops;
 mod presence;
@@ -76,7 +77,7 @@ impl Route {
         let filter = MethodFilter::try_from(self.method.clone()).expect("routes use standard methods");
         let handler = match self.endpoint {
             Endpoint::WebSocket => on(filter, ws::upgrade),
-            Endpoint::Dashboard => on(filter, ops::dashboard),
+            Endpoint::Dashboard => on(filter, dashboard_page::serve),
             Endpoint::Metrics => on(filter, ops::metrics),
             Endpoint::Live => on(filter, ops::live),
             Endpoint::Ready => on(filter, ops::ready),
@@ -140,7 +141,7 @@ pub fn router(app: Arc<App>, public_metrics: bool) -> Router {
         Some(cors) => api.layer(middleware::from_fn_with_state(cors.clone(), cors::gate)),
         None => api,
     };
-    serve(rest).merge(api).fallback(not_found).with_state(app)
+    serve(rest).merge(api).fallback(not_found_public).with_state(app)
 }
 
 /// The router of `--metrics-addr`, built from [`metrics_routes`].
@@ -177,4 +178,18 @@ async fn method_not_allowed() -> impl IntoResponse {
 
 async fn not_found() -> impl IntoResponse {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// The public port's 404 `not_found`: under `/api` it is an API answer, with the API's
+/// CORS headers when `--cors-origins` names origins, so a page of an allowed origin can
+/// read why its request failed.
+async fn not_found_public(State(app): State<Arc<App>>, request: Request) -> Response {
+    let path = request.uri().path();
+    match &app.cors {
+        Some(cors) if path == "/api" || path.starts_with("/api/") => {
+            let answer = tower::service_fn(|_: Request| async { Ok(not_found().await.into_response()) });
+            cors.serve(request, answer).await
+        }
+        _ => not_found().await.into_response(),
+    }
 }

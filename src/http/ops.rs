@@ -16,7 +16,7 @@ use axum::{
     Json,
     extract::State,
     http::{StatusCode, header},
-    response::{Html, IntoResponse},
+    response::IntoResponse,
 };
 
 use crate::app::App;
@@ -63,12 +63,6 @@ pub async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
             "connections": app.open_connections(),
         })),
     )
-}
-
-/// `GET /dashboard`: a live presence page for browsers (open it as
-/// `/dashboard#token=<JWT>`); it authenticates with the Sec-WebSocket-Protocol pair.
-pub async fn dashboard() -> impl IntoResponse {
-    Html(include_str!("../../static/dashboard.html"))
 }
 
 /// `GET /metrics`: Prometheus text format.

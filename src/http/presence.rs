@@ -83,6 +83,9 @@ pub fn parse_request(body: &[u8]) -> Result<Vec<Id>, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| invalid(e.to_string()))?;
     let ids = value.as_object().and_then(|o| o.get("userIds")).ok_or_else(|| invalid("no userIds field".into()))?;
     let user_ids = Vec::<Id>::deserialize(ids).map_err(|e| invalid(e.to_string()))?;
+    if let Some(at) = user_ids.iter().position(is_no_user) {
+        return Err(invalid(format!("userIds[{at}] is 0, which is never a user id (frames read it as no id)")));
+    }
     if user_ids.is_empty() || user_ids.len() > MAX_USER_IDS {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -144,6 +147,13 @@ pub async fn user(
     super::rate_limit::charge(&app, &claims, super::rate_limit::Cost::User)?;
     let scope = Scope::of(&claims);
     let id = path_id(id, "invalid_user_id")?;
+    if is_no_user(&id) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_user_id",
+            "0 is never a user id (frames read it as no id)",
+        ));
+    }
     let node = presence(&app)?;
     let user = node.lookup(std::slice::from_ref(&id), &scope).await.map_err(unavailable)?.into_iter().next();
     let user = user.unwrap_or_else(|| UserPresence::unknown(id));
@@ -257,6 +267,12 @@ fn path_id(id: Result<Path<String>, PathRejection>, code: &'static str) -> Resul
     Id::parse(&id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string()))
 }
 
+/// Whether `id` is `0`, which no token may name as its user (frames read it as "no id"),
+/// so the API refuses it like any other id that cannot be a user's.
+fn is_no_user(id: &Id) -> bool {
+    id.as_str() == "0"
+}
+
 /// The presence service, or 503: `presence_disabled` when `PRESENCE_ENABLED` is false,
 /// `presence_unavailable` while degraded. A store that still answers reads but refuses
 /// writes (out of memory, a read-only replica) would serve presence it can no longer keep
@@ -324,7 +340,7 @@ mod tests {
         }
 
         #[test]
-        fn valid_requests_keep_their_ids_in_order(ids in proptest::collection::vec("[a-zA-Z0-9_-]{1,128}", 1..=MAX_USER_IDS)) {
+        fn valid_requests_keep_their_ids_in_order(ids in proptest::collection::vec("[a-zA-Z0-9_-]{1,128}".prop_filter("0 is no id", |id| id != "0"), 1..=MAX_USER_IDS)) {
             let body = serde_json::json!({ "userIds": ids }).to_string();
             let parsed = parse_request(body.as_bytes()).unwrap();
             prop_assert_eq!(

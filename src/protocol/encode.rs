@@ -3,6 +3,8 @@
 //! An update is encoded once and the same `Bytes` goes to every dashboard, so fan-out
 //! costs a reference count per dashboard, not an encode.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use rmp::encode::{self as enc, ByteBuf};
 use rmpv::Value;
@@ -297,13 +299,15 @@ pub fn error_frame(code: ErrorCode, message: &str, message_type: Option<u8>, mes
     Bytes::from(buf.into_vec())
 }
 
-/// HEARTBEAT_ACK (34): `[0, 34, 0, 0, messageId, {timestamp}]`, echoing the heartbeat's
-/// message id.
-pub fn heartbeat_ack_frame(message_id: Option<&Value>) -> Bytes {
-    let mut buf = ByteBuf::with_capacity(32);
+/// HEARTBEAT_ACK (34): `[0, 34, 0, 0, messageId, {timestamp, presenceTtlMs}]`, echoing the
+/// heartbeat's message id, with the router's presence TTL in ms, so that a client learns
+/// how often it must heartbeat without being configured for this router.
+pub fn heartbeat_ack_frame(message_id: Option<&Value>, presence_ttl: Duration) -> Bytes {
+    let mut buf = ByteBuf::with_capacity(48);
     header(&mut buf, HEARTBEAT_ACK, message_id);
-    let Ok(_) = enc::write_map_len(&mut buf, 1);
+    let Ok(_) = enc::write_map_len(&mut buf, 2);
     uint_field(&mut buf, "timestamp", unix_ms());
+    uint_field(&mut buf, "presenceTtlMs", presence_ttl.as_millis().try_into().unwrap_or(u64::MAX));
     Bytes::from(buf.into_vec())
 }
 
@@ -561,9 +565,10 @@ mod tests {
 
     #[test]
     fn ack_echoes_the_message_id() {
-        let v = read(&heartbeat_ack_frame(Some(&Value::from(12))));
+        let v = read(&heartbeat_ack_frame(Some(&Value::from(12)), Duration::from_secs(10)));
         assert_eq!((v[1].as_u64(), v[4].as_u64()), (Some(34), Some(12)));
         assert!(v[5]["timestamp"].as_u64().is_some());
+        assert_eq!(v[5]["presenceTtlMs"].as_u64(), Some(10_000), "the TTL a client heartbeats within");
     }
 
     #[test]

@@ -482,7 +482,10 @@ impl Connection {
                 .await
                 .map(|_| true);
         }
-        match self.write(socket, protocol::heartbeat_ack_frame(frame.message_id.as_ref())).await {
+        match self
+            .write(socket, protocol::heartbeat_ack_frame(frame.message_id.as_ref(), self.app.limits.presence_ttl))
+            .await
+        {
             Some(exit) => Err(exit),
             None => Ok(true),
         }

@@ -2,6 +2,7 @@
 
 pub mod close;
 mod connection;
+pub mod expect_role;
 pub mod frame;
 mod liveness;
 mod membership;
@@ -67,6 +68,9 @@ pub async fn upgrade(State(app): State<Arc<App>>, mut request: Request) -> Respo
         Ok(claims) => claims,
         Err(e) => return reject(e.code(), e.into()),
     };
+    if let Err(error) = expect_role::check(request.uri(), claims.role) {
+        return reject(error.code, error);
+    }
     let device_id = match credentials.device_id.as_deref().map(Id::parse).transpose() {
         Ok(id) => id.map(|id| Arc::<str>::from(id.as_str())),
         Err(e) => {

@@ -234,6 +234,11 @@ impl Spec {
         }
     }
 
+    /// Whether `instance` matches the schema at `pointer` (a JSON pointer into the spec).
+    pub fn accepts(&self, pointer: &str, instance: &Value) -> bool {
+        self.validator(pointer).is_valid(instance)
+    }
+
     /// Validates `instance` against the schema at `pointer`.
     fn validate(&self, pointer: &str, instance: &Value, what: &str) {
         let validator = self.validator(pointer);

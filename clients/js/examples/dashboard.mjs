@@ -1,4 +1,4 @@
-// A terminal dashboard: everyone online, then every change, typing and talking.
+// A terminal dashboard: who is online, away or dnd (in all and by group), then every change, typing and talking.
 //   TOKEN=$(cargo run -q --example mint_token -- dispatcher --role dashboard) node examples/dashboard.mjs
 import { PresenceClient } from "presence-router-client";
 
@@ -8,13 +8,17 @@ const client = new PresenceClient({
 });
 const dot = { online: "●", away: "◐", dnd: "⊘", offline: "○" };
 const show = (u) => console.log(`${dot[u.status]} ${u.userId.padEnd(20)} ${u.status.padEnd(8)} ${u.statusText ?? ""}`);
+const counts = (c) => `${c.online} online, ${c.away} away, ${c.dnd} dnd`;
 
-client.on("snapshot", ({ presence }) => {
-  console.log(`— ${presence.size} users —`);
-  for (const user of presence) show(user);
+client.on("snapshot", ({ presence, groupCounts = {} }) => {
+  const all = { online: 0, away: 0, dnd: 0 };
+  for (const user of presence) if (user.status in all) all[user.status]++, show(user);
+  console.log(`— ${counts(all)} —`);
+  for (const [group, c] of Object.entries(groupCounts)) console.log(`  ${group}: ${counts(c)}`);
 });
 client.on("presence", show);
-client.on("indicator", (i) => console.log(`  ${i.userId} ${i.isActive ? "started" : "stopped"} ${i.type} in ${i.groupId}`));
+// Live indicators come as starts after every snapshot, then as they start and stop.
+client.on("indicator", (i) => console.log(`  ${i.userId} ${i.isActive ? "is" : "stopped"} ${i.type} in ${i.groupId}`));
 client.on("state", (state) => console.log(`[${state}]`));
 client.on("error", (error) => console.error(`error: ${error.message}`));
 await client.connect();

@@ -4,7 +4,7 @@
  * - Opens the WebSocket with the token in a header (Node) or the subprotocol pair
  *   (browsers); see `transport.ts`.
  * - Mobile sessions heartbeat every `heartbeatIntervalMs` (default half the router's
- *   presence TTL: 30 s) and count a heartbeat without HEARTBEAT_ACK within `ackTimeoutMs`
+ *   presence TTL, as its HEARTBEAT_ACK tells it: `presenceTtlMs`; 30 s until then) and count a heartbeat without HEARTBEAT_ACK within `ackTimeoutMs`
  *   as a dead connection (a zombie: the network dropped it without a close). Other roles
  *   may not heartbeat; in Node they send WebSocket pings at the same interval instead.
  * - Reconnects with exponential backoff and full jitter, and follows each close code as
@@ -84,7 +84,11 @@ export interface ClientOptions {
    * router's default role is `mobile`).
    */
   heartbeat?: boolean;
-  /** The router's `PRESENCE_TTL` in ms (default 60 000); heartbeats go at half of it. */
+  /**
+   * The router's `PRESENCE_TTL` in ms; heartbeats go at half of it. Default: what the
+   * router's HEARTBEAT_ACK says (`presenceTtlMs`; the first heartbeat goes at once), 60 000
+   * until it has said it (or from a router that does not).
+   */
   presenceTtlMs?: number;
   /** Interval of heartbeats (or pings) in ms; default `presenceTtlMs / 2`. */
   heartbeatIntervalMs?: number;
@@ -177,7 +181,12 @@ export interface ClientEvents {
   stale: (stale: StaleInfo | null, previous: StaleInfo | null) => void;
   /** A PRESENCE_UPDATE changed one user (stale ones are not reported). */
   presence: (update: PresenceUpdate, previous: UserPresence | undefined) => void;
-  /** An indicator started or ended (or was dropped with the connection: `expired`). */
+  /**
+   * An indicator started or ended (or was dropped with the connection: `expired`). Right
+   * after each `snapshot`, its indicators not held before come as starts and held ones it
+   * no longer lists as ends, so a UI driven by this event alone is current after every
+   * (re)connect.
+   */
   indicator: (event: IndicatorEvent) => void;
   ptt: (event: PttEvent) => void;
   text: (message: TextMessage) => void;
@@ -260,6 +269,8 @@ export class PresenceClient extends Emitter<ClientEvents> {
   private staleValue: StaleInfo | null = null;
   /** The current socket has not sent its first snapshot or RESUMED yet. */
   private firstView = true;
+  /** The presence TTL the router's HEARTBEAT_ACK said, in ms. */
+  private learnedTtlMs: number | null = null;
   private waiters: { resolve(): void; reject(error: Error): void }[] = [];
   private timers: {
     retry?: ReturnType<typeof setTimeout>;
@@ -452,6 +463,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
     this.generation++;
     clearTimeout(this.timers.closing);
     clearInterval(this.timers.beat);
+    this.beatEvery = null;
     clearTimeout(this.timers.refresh);
     this.talkValue = null;
     this.indicators.dropAll();
@@ -543,9 +555,13 @@ export class PresenceClient extends Emitter<ClientEvents> {
     socket.terminate();
   }
 
+  /** The interval of heartbeats (or pings): the option, else half the router's TTL. */
+  private beatInterval(): number {
+    return this.options.heartbeatIntervalMs ?? (this.options.presenceTtlMs ?? this.learnedTtlMs ?? 60_000) / 2;
+  }
+
   private startLiveness(): void {
     const heartbeats = this.options.heartbeat ?? (this.claims.role ?? "mobile") === "mobile";
-    const interval = this.options.heartbeatIntervalMs ?? (this.options.presenceTtlMs ?? 60_000) / 2;
     const timeout = this.options.ackTimeoutMs ?? 10_000;
     const socket = this.socket;
     let beat: (() => void) | undefined;
@@ -558,8 +574,25 @@ export class PresenceClient extends Emitter<ClientEvents> {
       };
     }
     if (!beat) return;
-    if (heartbeats) beat(); // at once: proves the session (its answer resets the backoff)
-    this.timers.beat = setInterval(beat, interval);
+    if (heartbeats) beat(); // at once: proves the session (its answer resets the backoff, and says the TTL)
+    this.beatEvery = beat;
+    this.timers.beat = setInterval(beat, this.beatInterval());
+  }
+
+  /** What the liveness timer runs. */
+  private beatEvery: (() => void) | null = null;
+
+  /**
+   * Takes the TTL a HEARTBEAT_ACK states (`presenceTtlMs`): the heartbeats follow it from
+   * now on, so a router with a short TTL never sees this session lapse between two.
+   */
+  private learnTtl(payload: unknown): void {
+    const ttl = num(payloadMap(payload).presenceTtlMs);
+    if (ttl === null || ttl <= 0 || ttl === this.learnedTtlMs) return;
+    this.learnedTtlMs = ttl;
+    if (!this.beatEvery) return;
+    clearInterval(this.timers.beat);
+    this.timers.beat = setInterval(this.beatEvery, this.beatInterval());
   }
 
   /** Schedules a REFRESH before the token expires, when `getToken` can supply one. */
@@ -628,6 +661,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
       case MessageType.ACK:
         return this.settle(num(payloadMap(frame.payload).messageType), frame, (p) => this.sameId(p, frame));
       case MessageType.HEARTBEAT_ACK:
+        this.learnTtl(frame.payload);
         return this.settle(MessageType.HEARTBEAT, frame, (p) => this.sameId(p, frame));
       case MessageType.ERROR:
         return this.onError(frame);
@@ -695,7 +729,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
     const seq = num(frame.messageId);
     this.presence.applySnapshot(frame.payload, seq);
     const payload = payloadMap(frame.payload);
-    if (Array.isArray(payload.indicators)) this.indicators.replace(payload.indicators);
+    const changed = Array.isArray(payload.indicators) ? this.indicators.replace(payload.indicators) : [];
     const snapshot: SnapshotInfo = {
       presence: this.presence,
       indicators: this.indicators,
@@ -705,6 +739,7 @@ export class PresenceClient extends Emitter<ClientEvents> {
     };
     if (payload.groupCounts !== undefined) snapshot.groupCounts = payload.groupCounts as Record<string, SnapshotGroupCounts>;
     this.emit("snapshot", snapshot);
+    for (const event of changed) this.emit("indicator", event);
   }
 
   private onResumed(frame: Frame): void {

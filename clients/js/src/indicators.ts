@@ -95,11 +95,25 @@ export class IndicatorSet implements Iterable<Indicator> {
 
   /**
    * Replaces every indicator with a snapshot's `indicators` list
-   * (`[{groupId, userId, type, timestamp}]`).
+   * (`[{groupId, userId, type, timestamp}]`). Returns the changes as events, so that a UI
+   * fed only by events sees what a snapshot says: a start for each indicator not held
+   * before (all of them after a reconnect, since {@link dropAll} ended the old ones), an
+   * end for each held one the snapshot no longer lists (stamped `now`, `expired: false`:
+   * the router's view says it is over).
    */
-  replace(entries: unknown[], now = Date.now()): void {
-    this.live.clear();
-    for (const entry of entries) this.apply({ ...payloadMap(entry), isActive: true }, now);
+  replace(entries: unknown[], now = Date.now()): IndicatorEvent[] {
+    const before = this.live;
+    this.live = new Map();
+    const events: IndicatorEvent[] = [];
+    for (const entry of entries) {
+      const event = this.apply({ ...payloadMap(entry), isActive: true }, now);
+      if (event && !before.has(key(event.groupId, event.userId, event.type))) events.push(event);
+    }
+    for (const [k, i] of before) {
+      if (this.live.has(k)) continue;
+      events.push({ groupId: i.groupId, userId: i.userId, type: i.type, isActive: false, timestamp: now, expired: false });
+    }
+    return events;
   }
 
   /** Drops every indicator, reporting each as an end with `expired: true`. */

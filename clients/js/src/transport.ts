@@ -161,9 +161,12 @@ async function openBrowser({ url, token, deviceId, handlers, WebSocket }: Connec
   const end = (code: number, reason: string, refusal: HandshakeError | null) => {
     if (ended) return;
     ended = true;
-    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    ws.onopen = ws.onmessage = ws.onclose = null;
     handlers.close(code, reason, refusal);
   };
+  // Always followed by a close, which reports the end. Set for good: the `ws` package (an
+  // EventEmitter, usable as the `WebSocket` option) throws an "error" nobody listens to.
+  ws.onerror = () => {};
   ws.onopen = () => {
     opened = true;
     handlers.open();
@@ -192,21 +195,36 @@ async function openBrowser({ url, token, deviceId, handlers, WebSocket }: Connec
 /**
  * The router's HTTP answer to `token` on its API, as a handshake refusal, or null when it
  * accepts the token or cannot be asked (another origin without CORS, network down).
+ *
+ * Only an answer that says something is a refusal: 401 (the token is refused), 429 and
+ * 5xx (wait, then retry). Any other (404 from a proxy that does not route the API, 400, …)
+ * says nothing about the handshake, so the cause stays unknown and the client retries.
  */
 async function diagnose(url: string, token: string): Promise<HandshakeError | null> {
   const fetch = (globalThis as { fetch?: typeof globalThis.fetch }).fetch;
   if (!fetch) return null;
   try {
-    const api = new URL(url);
-    api.protocol = api.protocol === "wss:" ? "https:" : "http:";
-    api.pathname = `/api/users/${encodeURIComponent(readClaims(token).sub ?? "_")}/presence`;
-    api.search = api.hash = "";
+    const api = apiUrl(url, `users/${encodeURIComponent(readClaims(token).sub ?? "_")}/presence`);
     const response = await fetch(api, { headers: { authorization: `Bearer ${token}` } });
-    if (response.ok) return null;
+    if (response.status !== 401 && response.status !== 429 && response.status < 500) return null;
     return refusalFrom(response.status, await response.text(), response.headers.get("retry-after"));
   } catch {
     return null;
   }
+}
+
+/**
+ * The router's API URL for `route` (`users/u1/presence`) beside its WebSocket URL: the
+ * WebSocket's path with its last segment (`ws`, or none for `/`) replaced by `api/...`, so
+ * a router under a path prefix (`wss://host/presence/ws`) is asked at
+ * `https://host/presence/api/...`.
+ */
+export function apiUrl(url: string, route: string): URL {
+  const api = new URL(url);
+  api.protocol = api.protocol === "wss:" ? "https:" : api.protocol === "ws:" ? "http:" : api.protocol;
+  api.pathname = `${api.pathname.replace(/\/ws\/?$/, "/").replace(/\/?$/, "/")}api/${route}`;
+  api.search = api.hash = "";
+  return api;
 }
 
 function refusalFrom(status: number, body: string, retryAfter: string | string[] | null): HandshakeError {

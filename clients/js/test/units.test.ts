@@ -118,3 +118,24 @@ test("token claims are read without verification", () => {
   assert.ok(claims.exp! > Date.now() / 1000);
   assert.deepEqual(readClaims("opaque"), {});
 });
+
+test("indicators: a snapshot's list comes back as starts of the new ones and ends of the unlisted", () => {
+  const set = new IndicatorSet(() => {});
+  set.apply({ groupId: "g", userId: "kept", type: "typing", isActive: true, timestamp: 1 });
+  set.apply({ groupId: "g", userId: "gone", type: "talking", isActive: true, timestamp: 1 });
+  const events = set.replace(
+    [
+      { groupId: "g", userId: "kept", type: "typing", timestamp: 1 },
+      { groupId: "g", userId: "new", type: "recording", timestamp: 2 },
+    ],
+    5,
+  );
+  assert.deepEqual(
+    events.map((e) => [e.userId, e.type, e.isActive, e.timestamp, e.expired]),
+    [
+      ["new", "recording", true, 2, false],
+      ["gone", "talking", false, 5, false],
+    ],
+  );
+  assert.deepEqual(set.replace([], 6).map((e) => [e.userId, e.isActive]), [["kept", false], ["new", false]]);
+});
