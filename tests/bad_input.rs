@@ -252,7 +252,7 @@ async fn bulk_api_rejects_bad_requests_with_json_errors() {
         (auth(), r#"{"userIds":[1.5]}"#.into(), 400, "invalid_request"),
         (auth(), format!(r#"{{"userIds":["{}"]}}"#, "x".repeat(129)), 400, "invalid_request"),
         (auth(), r#"{"userIds":[]}"#.into(), 400, "invalid_user_ids"),
-        (auth(), serde_json::json!({"userIds": (0..101).collect::<Vec<_>>()}).to_string(), 400, "invalid_user_ids"),
+        (auth(), serde_json::json!({"userIds": (1..=101).collect::<Vec<_>>()}).to_string(), 400, "invalid_user_ids"),
         (auth(), format!(r#"{{"userIds":["a"],"pad":"{}"}}"#, "x".repeat(70_000)), 413, "invalid_body"),
     ];
     for (headers, body, status, code) in cases {
@@ -263,7 +263,7 @@ async fn bulk_api_rejects_bad_requests_with_json_errors() {
         assert_eq!(json["error"]["code"].as_str(), Some(code), "{shown}: {json}");
         assert!(json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
-    let (status, ok) = post(auth(), serde_json::json!({"userIds": (0..100).collect::<Vec<_>>()}).to_string()).await;
+    let (status, ok) = post(auth(), serde_json::json!({"userIds": (1..=100).collect::<Vec<_>>()}).to_string()).await;
     assert_eq!((status, ok["users"].as_array().map(Vec::len)), (200, Some(100)));
 
     let (status, json) = http(router.addr, "GET", "/nope", &[], "").await;
