@@ -350,7 +350,7 @@ async fn a_dashboard_resuming_while_the_view_is_stale_gets_stale_after_resumed()
     let setup = Setup::new(Engine::Redis).await;
     let redis = setup.redis.as_ref().unwrap();
     let proxy = TcpProxy::start(redis.port).await;
-    let a = Router::start(&["--redis-host", "127.0.0.1", "--redis-port", &proxy.port.to_string()]).await;
+    let a = proxy.router().await;
     let b = setup.router(&[]).await;
     let token = dashboard_token("desk", None);
     let mut watching = dashboard_with(&a, &token, "").await;

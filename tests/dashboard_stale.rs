@@ -19,6 +19,13 @@ async fn watch(router: &Router) -> (Client, View) {
     (dashboard, view)
 }
 
+/// Reads the dashboard's frames into `view` until it shows exactly `online` online.
+async fn until_shown(dashboard: &mut Client, view: &mut View, online: &[&str]) {
+    while view.online_ids() != online {
+        view.apply(&dashboard.next_frame().await);
+    }
+}
+
 /// Reads the dashboard's frames into `view` until one of `message_type` arrives (returned);
 /// every user of `kept` must be online in the view after each frame: no false offline.
 async fn read_until(dashboard: &mut Client, view: &mut View, message_type: u8, kept: &[&str]) -> Value {
@@ -56,7 +63,7 @@ async fn redis_restarted_empty_is_stale_until_every_router_is_back_and_shows_no_
     let a = setup.router(&[]).await;
     // B reaches Redis through the proxy, which keeps it out after the restart for a while:
     // A rebuilds its view while B's sessions are not in Redis yet.
-    let b = Router::start(&["--redis-host", "127.0.0.1", "--redis-port", &proxy.port.to_string()]).await;
+    let b = proxy.router().await;
     let (mut dashboard, mut view) = watch(&a).await;
     let mut local = a.mobile("local", "p0").await;
     local.sync("local").await;
@@ -65,9 +72,7 @@ async fn redis_restarted_empty_is_stale_until_every_router_is_back_and_shows_no_
     let mut leaver = b.mobile("leaver", "p2").await;
     leaver.sync("leaver").await;
     let everyone = ["leaver", "local", "steady"];
-    while view.online_ids() != everyone {
-        view.apply(&dashboard.next_frame().await);
-    }
+    until_shown(&mut dashboard, &mut view, &everyone).await;
 
     proxy.refuse_new(true);
     setup.redis.as_mut().unwrap().kill().await;
@@ -102,9 +107,7 @@ async fn a_hung_redis_is_stale_within_seconds_and_fresh_after_with_no_false_offl
     steady.sync("steady").await;
     let mut leaver = b.mobile("leaver", "p2").await;
     leaver.sync("leaver").await;
-    while view.online_ids() != ["leaver", "steady"] {
-        view.apply(&dashboard.next_frame().await);
-    }
+    until_shown(&mut dashboard, &mut view, &["leaver", "steady"]).await;
 
     let redis = setup.redis.as_ref().unwrap();
     redis.signal("STOP").await;
@@ -125,16 +128,14 @@ async fn a_killed_subscription_that_cannot_come_back_is_stale_and_fresh_brings_w
     let setup = Setup::new(Engine::Redis).await;
     let redis = setup.redis.as_ref().unwrap();
     let proxy = TcpProxy::start(redis.port).await;
-    let a = Router::start(&["--redis-host", "127.0.0.1", "--redis-port", &proxy.port.to_string()]).await;
+    let a = proxy.router().await;
     let b = setup.router(&[]).await;
     let (mut dashboard, mut view) = watch(&a).await;
     let mut steady = b.mobile("steady", "p1").await;
     steady.sync("steady").await;
     let mut leaver = b.mobile("leaver", "p2").await;
     leaver.sync("leaver").await;
-    while view.online_ids() != ["leaver", "steady"] {
-        view.apply(&dashboard.next_frame().await);
-    }
+    until_shown(&mut dashboard, &mut view, &["leaver", "steady"]).await;
 
     proxy.black_hole_new_subscriptions(true);
     assert!(redis.kill_subscriptions().await >= 2, "both routers' subscriptions");
@@ -167,9 +168,7 @@ async fn a_transition_that_never_arrives_is_stale_until_the_rebuild() {
     let (mut dashboard, mut view) = watch(&a).await;
     let mut steady = b.mobile("steady", "p1").await;
     steady.sync("steady").await;
-    while view.online_ids() != ["steady"] {
-        view.apply(&dashboard.next_frame().await);
-    }
+    until_shown(&mut dashboard, &mut view, &["steady"]).await;
 
     // A transition decided but never published (its router died in between).
     let mut conn = setup.redis.as_ref().unwrap().client().get_multiplexed_async_connection().await.unwrap();
@@ -198,9 +197,7 @@ async fn measure_stale_and_fresh_delays() {
     let (mut dashboard, mut view) = watch(&a).await;
     let mut steady = b.mobile("steady", "p1").await;
     steady.sync("steady").await;
-    while view.online_ids() != ["steady"] {
-        view.apply(&dashboard.next_frame().await);
-    }
+    until_shown(&mut dashboard, &mut view, &["steady"]).await;
     for round in 0..5 {
         let redis = setup.redis.as_mut().unwrap();
         let (stale_after, fresh_after) = if round % 2 == 0 {

@@ -24,7 +24,7 @@ async fn a_and_b_behind_a_proxy() -> (Setup, TcpProxy, Router, Router) {
     let setup = Setup::new(Engine::Redis).await;
     let proxy = TcpProxy::start(setup.redis.as_ref().unwrap().port).await;
     let a = setup.router(&[]).await;
-    let b = Router::start(&["--redis-host", "127.0.0.1", "--redis-port", &proxy.port.to_string()]).await;
+    let b = proxy.router().await;
     (setup, proxy, a, b)
 }
 

@@ -52,6 +52,11 @@ pub struct TcpProxy {
 }
 
 impl TcpProxy {
+    /// A router whose Redis is reached through this proxy.
+    pub async fn router(&self) -> super::Router {
+        super::Router::start(&["--redis-host", "127.0.0.1", "--redis-port", &self.port.to_string()]).await
+    }
+
     pub async fn start(upstream: u16) -> TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
