@@ -106,7 +106,7 @@ impl App {
                 let store = RedisPresence::connect(&redis, config.lifetimes())
                     .await
                     .with_context(|| format!("connecting to Redis at {at}"))?;
-                let broker = RedisBroker::new(store.connection(), store.keyspace().clone(), router_id.clone());
+                let broker = RedisBroker::new(&store, router_id.clone());
                 let subscribed = broker.subscribe(&redis, fanout.clone(), shutdown.clone(), &tracker)?;
                 // The first snapshot is read after the subscription stands: no update falls
                 // between the two.

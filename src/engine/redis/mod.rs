@@ -215,7 +215,7 @@ pub struct RedisPresence {
     status: Script,
     activity: Script,
     lookup: Script,
-    log: Script,
+    log: log::LogReader,
     head: Script,
     signals: signals::SignalScripts,
     renewals: renewals::Renewals,
@@ -291,6 +291,7 @@ impl RedisPresence {
             keys.clone(),
             lifetimes,
         ));
+        let log = log::LogReader::new(script!("log.lua"), keys.clone(), lifetimes);
         Ok(RedisPresence {
             conn,
             keys,
@@ -302,7 +303,7 @@ impl RedisPresence {
             status: script!("status.lua"),
             activity: script!("activity.lua"),
             lookup: script!("lookup.lua"),
-            log: script!("log.lua"),
+            log,
             head: script!("head.lua"),
             signals: signals::SignalScripts::default(),
             renewals,
