@@ -86,6 +86,11 @@ impl Ring {
         Position::new(&[&self.epoch], vec![self.head])
     }
 
+    /// The number after which the ring still holds every transition.
+    pub(crate) fn kept(&self) -> u64 {
+        self.head - self.entries.len() as u64
+    }
+
     /// The transitions after `from`, up to the head.
     pub(crate) fn since(&self, from: &Position) -> Changes {
         let head = self.head();
@@ -129,6 +134,7 @@ mod tests {
         assert_eq!(users, ["b", "c"]);
         assert_eq!(head.seqs, [3]);
         assert!(ring.since(&head).unwrap().0.is_empty());
+        assert_eq!(ring.kept(), 1, "a position at 1 or later is served");
         assert_eq!(ring.since(&Position { seqs: vec![4], ..start.clone() }).err(), Some(Unserved::Ahead));
         assert_eq!(Ring::new(2).since(&head).err(), Some(Unserved::Epoch), "another start");
     }

@@ -593,6 +593,10 @@ impl PresenceStore for RedisPresence {
         self.changes_after(from).await
     }
 
+    async fn log_kept(&self) -> Result<Vec<u64>, EngineError> {
+        self.kept_in_log().await
+    }
+
     async fn choice(&self, user: &Id) -> Result<Option<Choice>, EngineError> {
         let (mode, text): (Option<String>, Option<String>) = redis::cmd("HMGET")
             .arg(self.meta_key(user))
