@@ -514,7 +514,6 @@ impl Hub {
         keep_unlisted: bool,
     ) -> usize {
         let mut view = self.view();
-        view.position.rebuilt(snapshot.position.as_ref());
         view.indicators.rebuild(indicators, unix_ms());
         let since_mark: Vec<(Arc<IndicatorChange>, bool)> = view
             .history
@@ -547,6 +546,10 @@ impl Hub {
                 }
             }
         }
+        // A view that keeps users the store does not list is no point of the change log:
+        // the rebuild that settles them writes nothing there. Until then its frames carry
+        // no position, so nobody resumes from it.
+        view.position.rebuilt(snapshot.position.as_ref().filter(|_| kept == 0));
         view.online = view.users.values().filter(|p| p.status != Status::Offline).count();
         view.tally = Tally::of(view.users.values());
         view.seq += 1;

@@ -92,13 +92,18 @@ pub(super) struct Inbox {
     pub conn: Connection,
     /// One per shard.
     gaps: Vec<GapDetector>,
+    /// Per shard, the highest transition number known to have been given in this history
+    /// (received, or read as the head), kept across resyncs and lapses: a head read below
+    /// it means the sequence went back.
+    highest: Vec<u64>,
 }
 
 impl Inbox {
     pub(super) fn new(sinks: Sinks, log: LogReader, conn: Connection) -> Inbox {
         let keys = log.keys().clone();
         let gaps = (0..keys.shards()).map(|_| GapDetector::new(GAP_GRACE)).collect();
-        Inbox { sinks, keys, log, conn, gaps }
+        let highest = vec![0; keys.shards()];
+        Inbox { sinks, keys, log, conn, gaps, highest }
     }
 
     /// The last transition number `shard` decided so far; `None` if it cannot be read now.
@@ -107,10 +112,15 @@ impl Inbox {
     }
 
     /// Takes `head` as `shard`'s baseline: only later numbers are expected
-    /// ([`GapDetector::start_at`]); with no head known, the next number received is.
-    pub(super) fn start_at(&mut self, shard: usize, head: Option<u64>) {
+    /// ([`GapDetector::start_at`]); with no head known, the next number received is. A
+    /// head behind what this router knew was given means the sequence went back.
+    pub(super) async fn start_at(&mut self, shard: usize, head: Option<u64>) {
         match head {
-            Some(head) => self.gaps[shard].start_at(head),
+            Some(head) if head < self.highest[shard] => self.went_back(shard, head).await,
+            Some(head) => {
+                self.highest[shard] = head;
+                self.gaps[shard].start_at(head)
+            }
             None => self.gaps[shard].reset(),
         }
     }
@@ -118,12 +128,12 @@ impl Inbox {
     /// `shard`'s subscription may have lapsed and stands again: the numbers it decided up
     /// to `head` must arrive within the grace, or the router resyncs
     /// ([`GapDetector::resume`]); it resyncs at once when `head` is unknown or went back.
-    pub(super) fn resume(&mut self, shard: usize, head: Option<u64>) {
+    pub(super) async fn resume(&mut self, shard: usize, head: Option<u64>) {
         match (head, self.gaps[shard].received()) {
+            (Some(head), _) if head < self.highest[shard] => self.went_back(shard, head).await,
             (None, _) | (_, None) => self.resync(Missed::Subscription),
-            (Some(head), Some(received)) if head < received => self.resync(Missed::StoreData),
             (Some(head), _) if self.gaps[shard].resume(head) => self.resync(Missed::Transitions),
-            _ => {}
+            (Some(head), _) => self.highest[shard] = head,
         }
     }
 
@@ -133,19 +143,38 @@ impl Inbox {
     }
 
     /// A periodic check of `shard`: `head` was read after `received` (the highest number
-    /// received then) had arrived, so a head below it means the sequence went back: Redis
-    /// lost its data (`FLUSHALL`, a failover to a replica that had not caught up) while
+    /// received then) had arrived, so a head below it, or below any number this router
+    /// knew was given, means the sequence went back: Redis lost its data (`FLUSHALL`, a
+    /// failover to a replica that had not caught up, a restart from an older copy) while
     /// the subscription stood, and whatever it held is gone: the router resyncs. Otherwise
     /// every number up to the head must arrive ([`GapDetector::expect_through`]). An
     /// unreadable head checks nothing.
-    pub(super) fn check_head(&mut self, shard: usize, head: Option<u64>, received: Option<u64>) {
+    pub(super) async fn check_head(&mut self, shard: usize, head: Option<u64>, received: Option<u64>) {
         let Some(head) = head else { return };
-        if received.is_some_and(|received| head < received) {
-            tracing::warn!(shard, head, received, "the transition sequence went back: Redis lost its data");
-            self.resync(Missed::StoreData);
-        } else if self.gaps[shard].expect_through(head) {
-            self.resync(Missed::Transitions);
+        if received.is_some_and(|received| head < received) || head < self.highest[shard] {
+            self.went_back(shard, head).await;
+        } else {
+            self.highest[shard] = head;
+            if self.gaps[shard].expect_through(head) {
+                self.resync(Missed::Transitions);
+            }
         }
+    }
+
+    /// `shard`'s sequence is at `head`, behind numbers this router knew were given: Redis
+    /// lost its data, or came back with an older copy of it. The shard starts a new
+    /// history past every number given before (unless another router did first), so that
+    /// dashboards' positions of the old one get snapshots rather than resumes against
+    /// numbers given twice; the router resyncs.
+    async fn went_back(&mut self, shard: usize, head: u64) {
+        let seen = self.highest[shard].max(self.gaps[shard].received().unwrap_or(0));
+        tracing::warn!(shard, head, seen, "the transition sequence went back: Redis lost its data");
+        match tokio::time::timeout(FILL_TIMEOUT, self.log.went_back(&self.conn, shard, seen)).await {
+            Ok(Ok(started)) => tracing::info!(shard, started, "the shard's history starts anew"),
+            Ok(Err(e)) => tracing::warn!(shard, error = %e, "starting the shard's history anew failed"),
+            Err(_) => tracing::warn!(shard, "starting the shard's history anew timed out"),
+        }
+        self.resync(Missed::StoreData);
     }
 
     /// Marks the router deaf (the node turns degraded) and wakes the node to notice.
@@ -231,6 +260,9 @@ impl Inbox {
         match serde_json::from_slice::<PresenceUpdate>(payload) {
             Ok(mut update) => {
                 update.shard = shard;
+                if let Some(seq) = update.seq {
+                    self.highest[shard] = self.highest[shard].max(seq);
+                }
                 ::metrics::counter!(metrics::BROKER_MESSAGES, "kind" => "update").increment(1);
                 if update.seq.is_some_and(|seq| self.gaps[shard].saw(seq)) {
                     ::metrics::counter!(metrics::BROKER_GAPS).increment(1);

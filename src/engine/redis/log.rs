@@ -27,18 +27,30 @@ type ShardLog = (String, u64, String, Vec<LoggedChange>);
 /// Redis (single-threaded) busy for long, nor runs into the store's call timeout.
 const PAGE: u64 = 1000;
 
-/// Reads the shards' change logs (`log.lua`): shared by the store and the subscriber.
+/// Reads the shards' change logs (`log.lua`), and starts a shard's history anew when its
+/// sequence went back (`went_back.lua`): shared by the store and the subscriber.
 #[derive(Clone)]
 pub(super) struct LogReader {
     script: Script,
+    went_back: Script,
     keys: Keyspace,
     lifetimes: Lifetimes,
 }
 
 impl LogReader {
-    /// `script` is `log.lua`.
-    pub(super) fn new(script: Script, keys: Keyspace, lifetimes: Lifetimes) -> LogReader {
-        LogReader { script, keys, lifetimes }
+    /// `script` is `log.lua`, `went_back` is `went_back.lua`.
+    pub(super) fn new(script: Script, went_back: Script, keys: Keyspace, lifetimes: Lifetimes) -> LogReader {
+        LogReader { script, went_back, keys, lifetimes }
+    }
+
+    /// `shard`'s sequence is behind `seen`, a number a router received: Redis came back
+    /// with an older copy of its data, and would number other transitions as before. The
+    /// shard starts a new history, so that no position of the old one is resumed against
+    /// numbers given twice (see `lua/went_back.lua`). True when this call started it.
+    pub(super) async fn went_back(&self, conn: &Connection, shard: usize, seen: u64) -> Result<bool, EngineError> {
+        let mut call = start_call(&self.went_back, &self.keys, shard, &self.lifetimes);
+        call.arg(seen);
+        call.invoke_async(&mut conn.clone()).await.map_err(classify)
     }
 
     pub(super) fn keys(&self) -> &Keyspace {

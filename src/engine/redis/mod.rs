@@ -291,7 +291,7 @@ impl RedisPresence {
             keys.clone(),
             lifetimes,
         ));
-        let log = log::LogReader::new(script!("log.lua"), keys.clone(), lifetimes);
+        let log = log::LogReader::new(script!("log.lua"), script!("went_back.lua"), keys.clone(), lifetimes);
         Ok(RedisPresence {
             conn,
             keys,

@@ -142,7 +142,7 @@ impl Sharded {
                     if renewed.iter().any(|shard| matches!(shard, Err((Lost::Silent, _)))) {
                         conn = None;
                     }
-                    let all = self.renewed(renewed, &mut first);
+                    let all = self.renewed(renewed, &mut first).await;
                     if std::mem::take(&mut again) {
                         tick.reset_immediately();
                     } else if !all {
@@ -204,7 +204,7 @@ impl Sharded {
 
     /// What a renewal found: the router hears again (or for the first time) once every
     /// shard renewed, and stays deaf while one fails. True when every shard renewed.
-    fn renewed(&mut self, renewed: Renewed, first: &mut Option<oneshot::Sender<()>>) -> bool {
+    async fn renewed(&mut self, renewed: Renewed, first: &mut Option<oneshot::Sender<()>>) -> bool {
         let failed = renewed.iter().find_map(|shard| shard.as_ref().err());
         if let Some((reason, error)) = failed {
             if self.lost.is_none() {
@@ -224,12 +224,12 @@ impl Sharded {
         if first.is_none() && was_receiving {
             for (shard, head) in heads.enumerate() {
                 let received = self.received.get(shard).copied().flatten();
-                self.inbox.check_head(shard, head, received);
+                self.inbox.check_head(shard, head, received).await;
             }
             return true;
         }
         for (shard, head) in heads.enumerate() {
-            self.inbox.start_at(shard, head);
+            self.inbox.start_at(shard, head).await;
         }
         match first.take() {
             Some(tx) => {

@@ -143,10 +143,10 @@ impl Subscriber {
         let head = self.inbox.head(0).await;
         let was_receiving = self.inbox.sinks.receiving.set(true);
         if first.is_none() && was_receiving {
-            self.inbox.resume(0, head);
+            self.inbox.resume(0, head).await;
             return;
         }
-        self.inbox.start_at(0, head);
+        self.inbox.start_at(0, head).await;
         match first {
             Some(tx) => {
                 let _ = tx.send(());
@@ -190,7 +190,7 @@ impl Subscriber {
                 _ = head_check.tick() => {
                     let received = self.inbox.received(0);
                     let head = self.inbox.head(0).await;
-                    self.inbox.check_head(0, head, received);
+                    self.inbox.check_head(0, head, received).await;
                 }
             }
         }
