@@ -4,7 +4,7 @@
 //! same entries (hundreds of dashboards times the gap) and make them queue past the store
 //! timeout. Instead, one read is in flight at a time; the requests that arrive meanwhile
 //! join the next one, which reads from the oldest of their positions, and each takes its
-//! own part of it ([`after`]). When that oldest one is too old for the log, the log's
+//! own part of it ([`is_after`]). When that oldest one is too old for the log, the log's
 //! bounds are read and the requests it still serves share one more read: positions too
 //! old for the log, mixed into a storm of resumes, cost one cheap read each batch, never
 //! a read of the log per request.
@@ -21,10 +21,11 @@ use super::Node;
 use crate::{
     engine::{
         EngineError,
-        log::{Changes, LoggedChange, Unserved},
+        log::{Changes, Unserved},
     },
     metrics,
     position::Position,
+    presence::PresenceUpdate,
 };
 
 /// What one read of the log answered, shared by the requests it served.
@@ -73,20 +74,17 @@ impl Batch {
     }
 }
 
-/// The changes of a read after `from` (every change is numbered, with its shard).
-pub fn after(changes: &[LoggedChange], from: &Position) -> Vec<LoggedChange> {
-    let newer = |change: &&LoggedChange| {
-        let update = &change.update;
-        update.seq.is_some_and(|seq| from.seqs.get(update.shard).is_some_and(|&seen| seq > seen))
-    };
-    changes.iter().filter(newer).cloned().collect()
+/// Whether `update`, a change of a read, comes after `from` (every change is numbered,
+/// with its shard).
+pub fn is_after(update: &PresenceUpdate, from: &Position) -> bool {
+    update.seq.is_some_and(|seq| from.seqs.get(update.shard).is_some_and(|&seen| seq > seen))
 }
 
 impl Node {
     /// The transitions after `from` in the store's change log, or why they cannot be told
     /// (see [`crate::engine::PresenceStore::changes_since`]), read together with those of
     /// the other requests that arrive meanwhile: take the changes after `from` with
-    /// [`after`].
+    /// [`is_after`].
     pub async fn changes_since(&self, from: &Position) -> Read {
         let (tx, rx) = oneshot::channel();
         // Joined the next read (`Some(false)`), leads it (`Some(true)`), or, of another
@@ -113,7 +111,15 @@ impl Node {
             }
             drop(reading);
         }
-        rx.await.unwrap_or_else(|_| Arc::new(Err(EngineError::Internal("a log read was dropped".into()))))
+        let read = rx.await.unwrap_or_else(|_| Arc::new(Err(EngineError::Internal("a log read was dropped".into()))));
+        // A read shared from an older position answers up to the head; a position past
+        // that head is not of this history.
+        match read.as_ref() {
+            Ok(Ok((_, head))) if from.seqs.iter().zip(&head.seqs).any(|(from, head)| from > head) => {
+                Arc::new(Ok(Err(Unserved::Ahead)))
+            }
+            _ => read,
+        }
     }
 
     /// Reads the log once for `batch` and answers its requests; when its oldest position
@@ -167,6 +173,7 @@ fn answer(batch: Batch, read: &Read) {
 mod tests {
     use super::*;
     use crate::{
+        engine::log::LoggedChange,
         id::Id,
         presence::{Cause, Groups, PresenceUpdate, UserPresence},
     };
@@ -182,7 +189,7 @@ mod tests {
         let read = [change(0, 4), change(1, 7), change(0, 5), change(1, 8)];
         let from = Position { epoch: 1, seqs: vec![4, 7] };
         let taken: Vec<(usize, Option<u64>)> =
-            after(&read, &from).iter().map(|c| (c.update.shard, c.update.seq)).collect();
+            read.iter().filter(|c| is_after(&c.update, &from)).map(|c| (c.update.shard, c.update.seq)).collect();
         assert_eq!(taken, [(0, Some(5)), (1, Some(8))]);
     }
 

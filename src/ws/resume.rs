@@ -21,7 +21,6 @@ use crate::{
     metrics,
     node::log_reads,
     position::{Malformed, Position, view_of},
-    presence::{Groups, PresenceUpdate},
     protocol::{self, ViewMark},
     scope::View,
 };
@@ -48,11 +47,37 @@ impl ResumeFrom {
     }
 }
 
-/// The missed changes to send, and where they bring the dashboard.
+/// The missed changes to send, and where they bring the dashboard. The changes stay in
+/// the log read that every dashboard resuming with it shares; each frame is encoded as the
+/// socket takes it, so a dashboard that never reads holds a list of indices, not a copy of
+/// every missed change.
 struct Catchup {
-    frames: Vec<Bytes>,
+    read: log_reads::Read,
+    /// Per user that changed: its latest change and its first (whose `before` groups tell
+    /// what the dashboard last saw of it), indices into `read`'s changes, in the order of
+    /// the latest.
+    picks: Vec<(usize, usize)>,
     resumption: Resumption,
     mark: ViewMark,
+}
+
+impl Catchup {
+    /// The frames of the picked changes, as this scope reads each.
+    fn frames<'a>(&'a self, scope: &'a crate::scope::Scope) -> impl Iterator<Item = Bytes> + 'a {
+        let changes: &[LoggedChange] = match self.read.as_ref() {
+            Ok(Ok((changes, _))) => changes,
+            _ => &[],
+        };
+        self.picks.iter().filter_map(move |&(latest, first)| {
+            let update = &changes[latest].update;
+            let shown = match scope.view_of(update, &changes[first].before) {
+                View::AsIs => protocol::update_frame(update, self.resumption.seq, None),
+                View::Changed(shown) => protocol::update_frame(&shown, self.resumption.seq, None),
+                View::Hidden => return None,
+            };
+            Some(shown)
+        })
+    }
 }
 
 impl Connection {
@@ -72,14 +97,16 @@ impl Connection {
             }
         };
         ::metrics::counter!(metrics::DASHBOARD_RESUMES, "result" => "resumed").increment(1);
-        let Catchup { frames, resumption, mark } = catchup;
-        self.seq = resumption.seq;
-        let changes = frames.len();
-        for frame in frames {
+        self.seq = catchup.resumption.seq;
+        let mut changes = 0;
+        let scope = self.scope.clone();
+        for frame in catchup.frames(&scope) {
+            changes += 1;
             if let Some(exit) = self.timed(socket.feed(frame)).await {
                 return Err(exit);
             }
         }
+        let Catchup { resumption, mark, .. } = catchup;
         let resumed = protocol::resumed_frame(resumption.seq, &mark, changes, &resumption.indicators);
         if let Some(exit) = self.write(socket, resumed).await {
             return Err(exit);
@@ -91,8 +118,8 @@ impl Connection {
         Ok(Some(resumption.events))
     }
 
-    /// The frames that bring a view at `from` up to the hub's view now, subscribed to the
-    /// hub first; or why that cannot be told (the `result` label).
+    /// What brings a view at `from` up to the hub's view now, subscribed to the hub first;
+    /// or why that cannot be told (the `result` label).
     async fn catch_up(&self, from: ResumeFrom) -> Result<Catchup, &'static str> {
         let position = from.position.map_err(|Malformed| "malformed")?;
         let view = view_of(&self.scope);
@@ -105,8 +132,8 @@ impl Connection {
             return Err("epoch");
         }
         let read = self.app.node.changes_since(&position).await;
-        let changes = match read.as_ref() {
-            Ok(Ok((changes, _head))) => log_reads::after(changes, &position),
+        let picks = match read.as_ref() {
+            Ok(Ok((changes, _head))) => latest_per_user(changes, &position),
             Ok(Err(Unserved::Epoch)) => {
                 // The view's history is the dashboard's, the store's is another: the store
                 // started a new one (lost its epoch) without the sequence showing it. The
@@ -117,33 +144,29 @@ impl Connection {
             Ok(Err(unserved)) => return Err(unserved.as_str()),
             Err(_) => return Err("unavailable"),
         };
-        let frames = latest_per_user(changes)
-            .into_iter()
-            .filter_map(|(update, before)| match self.scope.view_of(&update, &before) {
-                View::AsIs => Some(update),
-                View::Changed(shown) => Some(shown),
-                View::Hidden => None,
-            })
-            .map(|update| protocol::update_frame(&update, resumption.seq, None))
-            .collect();
         let mark = ViewMark { position: now.token(), view };
-        Ok(Catchup { frames, resumption, mark })
+        Ok(Catchup { read, picks, resumption, mark })
     }
 }
 
-/// Each user's latest change, in the order of those, with the groups the user was in
-/// before its first: what a view that missed them all must be shown.
-fn latest_per_user(changes: Vec<LoggedChange>) -> Vec<(PresenceUpdate, Groups)> {
-    let mut slots: HashMap<Id, usize> = HashMap::new();
-    let mut latest: Vec<Option<(PresenceUpdate, Groups)>> = Vec::with_capacity(changes.len());
-    for LoggedChange { update, before } in changes {
-        let user = update.presence.user_id.clone();
-        let before = match slots.get(&user).and_then(|&slot| latest[slot].take()) {
-            Some((_, first_before)) => first_before,
-            None => before,
+/// Of the changes after `from` (every change is numbered, with its shard; a read shared
+/// by several resumes starts at the oldest of their positions), each user's latest, in the
+/// order of those, with its first: what a view that missed them all must be shown is the
+/// latest as a scope reads it given the groups the user was in before the first.
+fn latest_per_user(changes: &[LoggedChange], from: &Position) -> Vec<(usize, usize)> {
+    let mut slots: HashMap<&Id, usize> = HashMap::new();
+    let mut latest: Vec<Option<(usize, usize)>> = Vec::new();
+    for (at, LoggedChange { update, .. }) in changes.iter().enumerate() {
+        if !log_reads::is_after(update, from) {
+            continue;
+        }
+        let user = &update.presence.user_id;
+        let first = match slots.get(user).and_then(|&slot| latest[slot].take()) {
+            Some((_, first)) => first,
+            None => at,
         };
         slots.insert(user, latest.len());
-        latest.push(Some((update, before)));
+        latest.push(Some((at, first)));
     }
     latest.into_iter().flatten().collect()
 }
@@ -151,7 +174,7 @@ fn latest_per_user(changes: Vec<LoggedChange>) -> Vec<(PresenceUpdate, Groups)> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::presence::{Cause, Status, UserPresence};
+    use crate::presence::{Cause, PresenceUpdate, Status, UserPresence};
 
     fn change(user: &str, status: Status, before: &[&str]) -> LoggedChange {
         let mut presence = UserPresence::unknown(Id::parse(user).unwrap());
@@ -162,17 +185,25 @@ mod tests {
 
     #[test]
     fn each_user_is_told_its_latest_change_with_the_groups_before_its_first() {
-        let changes = vec![
+        let mut changes = vec![
+            change("z", Status::Online, &[]),
             change("a", Status::Online, &["g1"]),
             change("b", Status::Online, &[]),
             change("a", Status::Offline, &["g2"]),
         ];
-        let latest = latest_per_user(changes);
-        let shown: Vec<(&str, Status, &str)> = latest
+        for (seq, change) in changes.iter_mut().enumerate() {
+            change.update.seq = Some(seq as u64 + 1);
+        }
+        let from = Position { epoch: 1, seqs: vec![1] };
+        let picks = latest_per_user(&changes, &from);
+        let shown: Vec<(&str, Status, &str)> = picks
             .iter()
-            .map(|(u, before)| (u.presence.user_id.as_str(), u.presence.status, before.first().map_or("", Id::as_str)))
+            .map(|&(latest, first)| {
+                let (update, before) = (&changes[latest].update, &changes[first].before);
+                (update.presence.user_id.as_str(), update.presence.status, before.first().map_or("", Id::as_str))
+            })
             .collect();
-        assert_eq!(shown, [("b", Status::Online, ""), ("a", Status::Offline, "g1")]);
+        assert_eq!(shown, [("b", Status::Online, ""), ("a", Status::Offline, "g1")], "z was seen at the position");
     }
 
     #[test]
