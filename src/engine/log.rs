@@ -86,6 +86,15 @@ impl Ring {
         Position::new(&[&self.epoch], vec![self.head])
     }
 
+    /// Up to `max` transitions after the one numbered `after`, in order, and how many
+    /// after it were trimmed already (a reader that fell more than the cap behind).
+    pub(crate) fn after(&self, after: u64, max: usize) -> (Vec<LoggedChange>, u64) {
+        let first = self.head + 1 - self.entries.len() as u64;
+        let lost = first.saturating_sub(after.saturating_add(1));
+        let skip = after.saturating_add(1).saturating_sub(first).min(self.entries.len() as u64) as usize;
+        (self.entries.range(skip..).take(max).cloned().collect(), lost)
+    }
+
     /// The transitions after `from`, up to the head.
     pub(crate) fn since(&self, from: &Position) -> Changes {
         let head = self.head();
@@ -131,5 +140,20 @@ mod tests {
         assert!(ring.since(&head).unwrap().0.is_empty());
         assert_eq!(ring.since(&Position { seqs: vec![4], ..start.clone() }).err(), Some(Unserved::Ahead));
         assert_eq!(Ring::new(2).since(&head).err(), Some(Unserved::Epoch), "another start");
+    }
+
+    #[test]
+    fn a_ring_hands_out_what_follows_a_number_and_counts_what_was_trimmed() {
+        let mut ring = Ring::new(2);
+        assert!(ring.after(0, 10).0.is_empty());
+        for user in ["a", "b", "c"] {
+            ring.append(&mut update(user), Groups::default());
+        }
+        let users = |(changes, lost): (Vec<LoggedChange>, u64)| {
+            (changes.iter().map(|c| c.update.presence.user_id.to_string()).collect::<Vec<_>>(), lost)
+        };
+        assert_eq!(users(ring.after(0, 10)), (vec!["b".into(), "c".into()], 1), "a was trimmed");
+        assert_eq!(users(ring.after(1, 1)), (vec!["b".into()], 0));
+        assert_eq!(users(ring.after(3, 10)), (vec![], 0));
     }
 }

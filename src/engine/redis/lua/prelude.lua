@@ -130,6 +130,22 @@ local function append(row, before)
   redis.call('XADD', log, 'MAXLEN', '~', log_cap, row[8] .. '-0', unpack(entry))
 end
 
+-- A change-log entry ({id, fields}) as a row: {user, status, version, lastSeen, deviceId,
+-- cause, now, seq, groups, text, lastActivity, groups before} (false where unset).
+local function row_of(entry)
+  local order = {u = 1, s = 2, v = 3, l = 4, d = 5, c = 6, t = 7, g = 9, x = 10, a = 11, pg = 12}
+  local row = {false, false, false, false, false, false, false, string.match(entry[1], '^(%d+)'), false, false, false,
+    false}
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    local at = order[fields[i]]
+    if at then
+      row[at] = fields[i + 1]
+    end
+  end
+  return row
+end
+
 -- Registers a session's lease, or ends it (`at` nil).
 local function set_lease(user, session, at)
   local _, skey = keys_of(user)
