@@ -77,6 +77,7 @@ pub const DASHBOARD_RESUMES: &str = "presence_dashboard_resumes_total";
 pub const WEBHOOK_EVENTS: &str = "presence_webhook_events_total";
 pub const WEBHOOK_RETRIES: &str = "presence_webhook_retries_total";
 pub const WEBHOOK_PENDING: &str = "presence_webhook_pending";
+pub const WEBHOOK_SHARDS: &str = "presence_webhook_shards";
 pub const WEBHOOK_LAG: &str = "presence_webhook_lag_seconds";
 
 // Operations: what the build is, and how long requests and store calls take.
@@ -124,6 +125,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     ::metrics::gauge!(BROKER_GROUP_SUBSCRIPTIONS).increment(0.0);
     ::metrics::gauge!(VIEW_STALE).increment(0.0);
     ::metrics::gauge!(WEBHOOK_PENDING).increment(0.0);
+    ::metrics::gauge!(WEBHOOK_SHARDS).increment(0.0);
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
@@ -314,6 +316,11 @@ fn describe() {
          cap before delivery: lost)."
     );
     describe_counter!(WEBHOOK_RETRIES, "Webhook POSTs that failed and were sent again after a backoff.");
+    describe_gauge!(
+        WEBHOOK_SHARDS,
+        "Shards of the change log whose webhooks this router delivers now (it holds their lease); summed over the \
+         routers: every shard once."
+    );
     describe_gauge!(WEBHOOK_PENDING, "Webhook events this router has in flight: taken, not yet accepted or given up.");
     describe_histogram!(
         WEBHOOK_LAG,

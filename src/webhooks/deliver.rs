@@ -63,8 +63,14 @@ impl Deliverer {
         // Whether the last take waited a batch window already: what is there now goes.
         let mut waited = false;
         let mut failing = false;
+        let shards = ::metrics::gauge!(metrics::WEBHOOK_SHARDS);
+        let mut held = false;
         while !self.shutdown.is_cancelled() {
             let taken = self.outbox.take(shard, &self.consumer, self.config.batch_size, LEASE).await;
+            if held != matches!(taken, Ok(Some(_))) {
+                held = !held;
+                shards.increment(if held { 1.0 } else { -1.0 });
+            }
             if failing != taken.is_err() {
                 failing = taken.is_err();
                 match &taken {
@@ -100,8 +106,11 @@ impl Deliverer {
             };
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
-                () = self.shutdown.cancelled() => return,
+                () = self.shutdown.cancelled() => break,
             }
+        }
+        if held {
+            shards.decrement(1.0);
         }
     }
 
