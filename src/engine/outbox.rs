@@ -37,8 +37,13 @@ pub trait Outbox: Send + Sync + 'static {
     /// Up to `count` (at most [`MAX_TAKE`]) entries of `shard` for `consumer` to deliver,
     /// holding the shard's delivery lease for `lease` (taken, or renewed). `None` when
     /// another consumer holds it: that one delivers the shard.
-    async fn take(&self, shard: usize, consumer: &str, count: usize, lease: Duration)
-    -> Result<Option<Taken>, EngineError>;
+    async fn take(
+        &self,
+        shard: usize,
+        consumer: &str,
+        count: usize,
+        lease: Duration,
+    ) -> Result<Option<Taken>, EngineError>;
 
     /// Settles the entries numbered `seqs` of `shard`, handed to `consumer`: delivered
     /// (`dead` None), or given up on, copied to the dead letters with that reason. Renews
