@@ -195,6 +195,12 @@ async fn series(router: &Router, name: &str) -> u64 {
     metric(&common::prometheus::scrape(router).await, name).unwrap_or(0)
 }
 
+/// How many shards the setup's change log has: one per Redis Cluster shard (the
+/// default number), else one.
+fn shards(setup: &Setup) -> u64 {
+    if setup.cluster.is_some() { presence_router::engine::redis::DEFAULT_CLUSTER_SHARDS as u64 } else { 1 }
+}
+
 /// Users, and the status changes each makes after coming online: 10,000 transitions with
 /// the online ones.
 const USERS: usize = 50;
@@ -217,7 +223,7 @@ async fn every_transition_arrives_in_order_when_the_delivering_router_is_killed(
     let mut flags = receiver.flags();
     flags.extend(["--frame-rate", "1000", "--frame-burst", "1000"].map(String::from));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let shards = if setup.cluster.is_some() { 16 } else { 1 };
+    let shards = shards(&setup);
 
     // The first router takes every shard's lease before the second starts.
     let mut deliverer = setup.router(&flags).await;
@@ -294,7 +300,8 @@ async fn events_go_to_the_dead_letters_after_the_retry_horizon(engine: Engine) {
     flags.extend(["--webhook-retry-horizon-ms", "300"].map(String::from));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let router = setup.router(&flags).await;
-    eventually("the router to deliver", || async { series(&router, "presence_webhook_shards").await == 1 }).await;
+    let shards = shards(&setup);
+    eventually("the router to deliver", || async { series(&router, "presence_webhook_shards").await == shards }).await;
 
     let mobile = router.mobile_in("lost-driver", &["fleet"]).await;
     mobile.close().await;
@@ -309,9 +316,16 @@ async fn events_go_to_the_dead_letters_after_the_retry_horizon(engine: Engine) {
         let mut conn = redis.client().get_multiplexed_async_connection().await.unwrap();
         let dead: Vec<(String, HashMap<String, String>)> =
             ::redis::cmd("XRANGE").arg("presence:webhook:dead").arg("-").arg("+").query_async(&mut conn).await.unwrap();
-        let kept: Vec<(&str, &str, &str)> =
-            dead.iter().map(|(_, f)| (f["u"].as_str(), f["s"].as_str(), f["reason"].as_str())).collect();
-        assert_eq!(kept, [("lost-driver", "online", "HTTP 500"), ("lost-driver", "offline", "HTTP 500")]);
+        let kept: Vec<(String, String, &str)> = dead
+            .iter()
+            .map(|(_, fields)| {
+                let event: Value = serde_json::from_str(&fields["event"]).expect("the event's JSON");
+                assert!(SPEC.accepts("/components/schemas/WebhookEvent", &event), "{event}");
+                (event["userId"].to_string(), event["status"].to_string(), fields["reason"].as_str())
+            })
+            .collect();
+        let driver = || "\"lost-driver\"".to_string();
+        assert_eq!(kept, [(driver(), "\"online\"".into(), "HTTP 500"), (driver(), "\"offline\"".into(), "HTTP 500")]);
         let pending: (u64, ::redis::Value, ::redis::Value, ::redis::Value) =
             ::redis::cmd("XPENDING").arg("presence:log").arg("webhooks").query_async(&mut conn).await.unwrap();
         assert_eq!(pending.0, 0, "nothing left pending");

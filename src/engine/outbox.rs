@@ -28,6 +28,15 @@ pub struct Taken {
     pub lost: u64,
 }
 
+/// Entries given up on, for the dead letters: why, and each entry as its webhook event's
+/// JSON (one per settled entry, in the same order), so they read as the receiver would
+/// have received them even once the log has trimmed the entries.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadLetters<'a> {
+    pub reason: &'a str,
+    pub events: &'a [String],
+}
+
 /// A store's change log as the webhook deliverer reads it.
 #[async_trait]
 pub trait Outbox: Send + Sync + 'static {
@@ -46,15 +55,15 @@ pub trait Outbox: Send + Sync + 'static {
     ) -> Result<Option<Taken>, EngineError>;
 
     /// Settles the entries numbered `seqs` of `shard`, handed to `consumer`: delivered
-    /// (`dead` None), or given up on, copied to the dead letters with that reason. Renews
-    /// the lease (`seqs` may be empty for that alone); `false` when `consumer` no longer
-    /// holds it.
+    /// (`dead` None), or given up on and kept as dead letters (Redis: a capped stream per
+    /// shard; the memory engine keeps none, its deliverer logs them). Renews the lease
+    /// (`seqs` may be empty for that alone); `false` when `consumer` no longer holds it.
     async fn settle(
         &self,
         shard: usize,
         consumer: &str,
         seqs: &[u64],
-        dead: Option<&str>,
+        dead: Option<DeadLetters<'_>>,
         lease: Duration,
     ) -> Result<bool, EngineError>;
 }
@@ -92,7 +101,14 @@ impl Outbox for MemoryOutbox {
         Ok(Some(Taken { entries, lost }))
     }
 
-    async fn settle(&self, _: usize, _: &str, seqs: &[u64], _: Option<&str>, _: Duration) -> Result<bool, EngineError> {
+    async fn settle(
+        &self,
+        _: usize,
+        _: &str,
+        seqs: &[u64],
+        _: Option<DeadLetters<'_>>,
+        _: Duration,
+    ) -> Result<bool, EngineError> {
         let mut settled = self.settled();
         *settled = seqs.iter().copied().fold(*settled, u64::max);
         Ok(true)

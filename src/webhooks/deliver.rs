@@ -8,7 +8,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{MAX_BACKOFF, WebhookConfig, event, signature};
 use crate::{
-    engine::{log::LoggedChange, outbox::Outbox},
+    engine::{
+        log::LoggedChange,
+        outbox::{DeadLetters, Outbox},
+    },
     metrics,
     presence::unix_ms,
 };
@@ -117,7 +120,8 @@ impl Deliverer {
     /// Sends one batch until it is settled or abandoned, keeping the lease meanwhile.
     async fn deliver(&self, shard: usize, entries: Vec<LoggedChange>) {
         let seqs: Vec<u64> = entries.iter().filter_map(|e| e.update.seq).collect();
-        let body = event::body(&entries);
+        let events = event::events(&entries);
+        let body = event::body(&events);
         let pending = ::metrics::gauge!(metrics::WEBHOOK_PENDING);
         pending.increment(entries.len() as f64);
         let outcome = tokio::select! {
@@ -140,16 +144,17 @@ impl Deliverer {
             }
             Outcome::Dead(reason) => {
                 ::metrics::counter!(metrics::WEBHOOK_EVENTS, "result" => "dead_letter").increment(count);
-                let first = entries.first().map(|e| event::Event::of(e).id);
+                let (first, last) = (entries.first(), entries.last());
                 tracing::error!(
                     shard,
                     events = count,
-                    first,
+                    first = first.map(|e| event::id(&e.update)),
+                    last = last.map(|e| event::id(&e.update)),
                     reason,
                     horizon_ms = self.config.retry_horizon.as_millis() as u64,
-                    "webhook batch given up after the retry horizon: its events are in the dead letters"
+                    "webhook batch given up after the retry horizon: its events are dead letters"
                 );
-                Some(reason.as_str())
+                Some(DeadLetters { reason, events: &events })
             }
         };
         if let Err(e) = self.outbox.settle(shard, &self.consumer, &seqs, dead, LEASE).await {

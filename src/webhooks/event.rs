@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::{
     engine::log::LoggedChange,
     id::Id,
-    presence::{Cause, Status},
+    presence::{Cause, PresenceUpdate, Status},
 };
 
 /// One transition as a webhook receiver gets it. Field names are those of the API's
@@ -44,7 +44,7 @@ impl<'a> Event<'a> {
     pub fn of(change: &'a LoggedChange) -> Event<'a> {
         let presence = &change.update.presence;
         Event {
-            id: format!("{}:{}", presence.user_id, presence.version),
+            id: id(&change.update),
             user_id: &presence.user_id,
             status: presence.status,
             version: presence.version,
@@ -60,12 +60,20 @@ impl<'a> Event<'a> {
     }
 }
 
-/// The JSON body of one POST.
-pub fn body(changes: &[LoggedChange]) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        events: Vec<Event<'a>>,
-    }
-    serde_json::to_vec(&Body { events: changes.iter().map(Event::of).collect() })
-        .expect("an event serialises: strings and numbers only")
+/// The idempotency key of a transition: `<userId>:<version>`.
+pub fn id(update: &PresenceUpdate) -> String {
+    format!("{}:{}", update.presence.user_id, update.presence.version)
+}
+
+/// Each change as its event's JSON.
+pub fn events(changes: &[LoggedChange]) -> Vec<String> {
+    changes
+        .iter()
+        .map(|change| serde_json::to_string(&Event::of(change)).expect("an event serialises: strings and numbers only"))
+        .collect()
+}
+
+/// The body of one POST: `{"events":[...]}` of events as [`events`] made them.
+pub fn body(events: &[String]) -> Vec<u8> {
+    format!("{{\"events\":[{}]}}", events.join(",")).into_bytes()
 }

@@ -10,7 +10,7 @@ use super::{Connection, Keyspace, Row, classify, parse_row, split_groups, start_
 use crate::engine::{
     EngineError, Lifetimes,
     log::LoggedChange,
-    outbox::{MAX_TAKE, Outbox, Taken},
+    outbox::{DeadLetters, MAX_TAKE, Outbox, Taken},
 };
 
 /// The consumer group the routers deliver webhooks through, on every shard's log.
@@ -92,11 +92,14 @@ impl Outbox for RedisOutbox {
         shard: usize,
         consumer: &str,
         seqs: &[u64],
-        dead: Option<&str>,
+        dead: Option<DeadLetters<'_>>,
         lease: Duration,
     ) -> Result<bool, EngineError> {
         let mut call = start_call(&self.settle, &self.keys, shard, &self.lifetimes);
-        call.arg(consumer).arg(lease.as_millis() as u64).arg(dead.unwrap_or("")).arg(seqs);
+        call.arg(consumer).arg(lease.as_millis() as u64).arg(seqs.len()).arg(seqs);
+        if let Some(dead) = dead {
+            call.arg(dead.reason).arg(dead.events);
+        }
         let held: u8 = call.invoke_async(&mut self.conn.clone()).await.map_err(classify)?;
         Ok(held == 1)
     }

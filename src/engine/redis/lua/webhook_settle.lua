@@ -1,31 +1,26 @@
 -- Settles entries of the shard's change log that the router ARGV[3] handed out for webhook
 -- delivery (see webhook_take.lua), and renews its delivery lease for ARGV[4] ms.
--- ARGV[5] is '' when they were delivered; otherwise why they could not be, and each is
--- first copied to the shard's dead-letter stream `{p}webhook:dead` (its fields, and `seq`
--- its number, `reason`, `at` now in ms; capped like the log). ARGV[6..] are their sequence
--- numbers (none: a renewal only). Entries are acknowledged whoever holds the lease: they
--- were delivered, or given up on, either way.
+-- ARGV[5] is how many entries, n (0: a renewal only), and ARGV[6..5+n] their sequence
+-- numbers. When they were given up on, ARGV[6+n] is why, and ARGV[7+n..6+2n] each one's
+-- webhook event (JSON): each is added to the shard's dead-letter stream `{p}webhook:dead`
+-- (fields: seq, event, reason, at: now in ms; capped like the log). Entries are
+-- acknowledged whoever holds the lease: they were delivered, or given up on, either way.
 -- Returns 1 when the router holds the lease (renewed), 0 when it does not (another took
 -- it, or it lapsed): the router must take it again before it delivers more.
-local consumer, lease_ms, reason = ARGV[3], ARGV[4], ARGV[5]
+local consumer, lease_ms, n = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local lease_key = prefix .. 'webhook:lease'
-local dead = prefix .. 'webhook:dead'
 local ids = {}
-for i = 6, #ARGV do
-  local id = ARGV[i] .. '-0'
-  ids[#ids + 1] = id
-  if reason ~= '' then
-    local entry = redis.call('XRANGE', log, id, id)[1]
-    if entry then
-      local fields = entry[2]
-      for _, extra in ipairs({'seq', ARGV[i], 'reason', reason, 'at', tostring(now)}) do
-        fields[#fields + 1] = extra
-      end
-      redis.call('XADD', dead, 'MAXLEN', '~', log_cap, '*', unpack(fields))
-    end
+for i = 1, n do
+  ids[i] = ARGV[5 + i] .. '-0'
+end
+local reason = ARGV[6 + n]
+if reason then
+  for i = 1, n do
+    redis.call('XADD', prefix .. 'webhook:dead', 'MAXLEN', '~', log_cap, '*', 'seq', ARGV[5 + i], 'event',
+      ARGV[6 + n + i], 'reason', reason, 'at', tostring(now))
   end
 end
-if #ids > 0 then
+if n > 0 then
   -- No group (the log began a new history since): nothing to acknowledge.
   redis.pcall('XACK', log, 'webhooks', unpack(ids))
 end
