@@ -393,3 +393,53 @@ async fn readyz_and_presence_are_unaffected_by_a_receiver_that_hangs(engine: Eng
     assert!(receiver.events().is_empty());
     assert_eq!(series(&router, "presence_webhook_events_total{result=\"delivered\"}").await, 0);
 }
+
+/// The change log keeps `--change-log-entries` per shard (Redis: a few more): what a
+/// receiver has not taken when the log trims it is lost, and the router says how many
+/// (`presence_webhook_events_total{result="trimmed"}`): every transition is either
+/// delivered or counted there.
+async fn events_trimmed_before_delivery_are_counted(engine: Engine) {
+    let setup = Setup::new(engine).await;
+    let receiver = Receiver::start(Behaviour::default()).await;
+    let mut flags = receiver.flags();
+    flags.extend(["--change-log-entries", "5", "--frame-rate", "1000", "--frame-burst", "1000"].map(String::from));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let router = setup.router(&flags).await;
+    let behaviour = &receiver.inbox.behaviour;
+    behaviour.holding.store(true, Ordering::SeqCst);
+    let mut mobile = router.mobile_in("far-driver", &["fleet"]).await;
+    tokio::time::timeout(WAIT, behaviour.held.notified()).await.expect("the first POST held");
+    const CHANGES: usize = 300;
+    for change in 0..CHANGES {
+        mobile.set_status("far-driver", if change % 2 == 0 { "dnd" } else { "online" }, None).await;
+    }
+    behaviour.release.notify_one();
+
+    let delivered_or_trimmed = || async {
+        let delivered = first_deliveries(&receiver.events()).0.values().map(Vec::len).sum::<usize>() as u64;
+        delivered + series(&router, "presence_webhook_events_total{result=\"trimmed\"}").await
+    };
+    eventually("every transition delivered or counted trimmed", || async {
+        delivered_or_trimmed().await == CHANGES as u64 + 1
+    })
+    .await;
+    assert!(series(&router, "presence_webhook_events_total{result=\"trimmed\"}").await > 0);
+    let (users, _) = first_deliveries(&receiver.events());
+    let versions = &users["far-driver"];
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "in version order: {versions:?}");
+}
+
+/// One Redis (a shard takes every transition) and the memory engine.
+mod trimmed {
+    use super::{Engine, events_trimmed_before_delivery_are_counted as run};
+
+    #[tokio::test]
+    async fn memory() {
+        run(Engine::Memory).await
+    }
+
+    #[tokio::test]
+    async fn redis() {
+        run(Engine::Redis).await
+    }
+}
