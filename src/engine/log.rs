@@ -4,7 +4,8 @@
 //! Each store keeps the latest transitions of each shard, in order, one entry per
 //! transition, appended atomically with deciding it (Redis: a capped stream per shard,
 //! `{prefix}log`, see `lua/prelude.lua`; memory: a ring). The cap is
-//! `--change-log-entries` per shard.
+//! `--change-log-entries` per shard. Nothing is published that is not in it, which makes
+//! it the outbox webhooks are delivered from too ([`super::outbox`]).
 
 use crate::{
     position::Position,

@@ -25,6 +25,11 @@
 --                  v version, c cause, t decided at (ms), g groups after, pg groups before
 --                  (newline-separated), and when set l lastSeen, d deviceId, x text,
 --                  a lastActivity
+--                  The log is also the webhook outbox: its consumer group `webhooks`
+--                  records what was handed out for delivery and not yet settled
+--   {p}webhook:lease  the router delivering the shard's webhooks (PX, renewed while it
+--                  lives; see webhook_take.lua)
+--   {p}webhook:dead   stream: webhook events given up at the retry horizon
 --   {p}active      zset: user id -> last activity (ms), for users shown online in mode
 --                  "online": the auto-away queue
 --   {p}group:G     zset: user id -> when it last had a session in group G (ms), or +inf
