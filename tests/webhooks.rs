@@ -234,6 +234,7 @@ async fn every_transition_arrives_in_order_when_the_delivering_router_is_killed(
     let survivor = setup.router(&flags).await;
     assert_eq!(series(&survivor, "presence_webhook_shards").await, 0, "the shards are taken");
 
+    let started = tokio::time::Instant::now();
     let changes = (0..USERS).map(|n| {
         let survivor = &survivor;
         async move {
@@ -274,13 +275,20 @@ async fn every_transition_arrives_in_order_when_the_delivering_router_is_killed(
         events.iter().filter(|e| e["userId"] == "driver-0").map(|e| e["status"].as_str().unwrap()).collect();
     assert_eq!(statuses[..3], ["online", "away", "online"], "the online, then each change");
     assert_eq!(receiver.inbox.bad_signatures.load(Ordering::SeqCst), 0, "every POST signed");
+    let text = common::prometheus::scrape(&survivor).await;
+    let lag = |part: &str| {
+        text.lines().find_map(|l| l.strip_prefix(&format!("presence_webhook_lag_seconds_{part} "))?.parse::<f64>().ok())
+    };
     eprintln!(
-        "{all} transitions: {} POSTs, {} events accepted, {repeats} sent again after the kill",
+        "{all} transitions delivered {:.1} s after the first: {} POSTs, {} events accepted, {repeats} sent again \
+         after the kill; the survivor's mean lag {:.2} s over {} events",
+        started.elapsed().as_secs_f64(),
         receiver.inbox.posts.load(Ordering::SeqCst),
-        events.len()
+        events.len(),
+        lag("sum").unwrap_or(0.0) / lag("count").unwrap_or(1.0),
+        lag("count").unwrap_or(0.0),
     );
 
-    let text = common::prometheus::scrape(&survivor).await;
     assert_eq!(metric(&text, "presence_webhook_shards"), Some(shards), "the survivor took every shard over");
     assert!(metric(&text, "presence_webhook_retries_total").unwrap() >= FAILURES as u64, "{text}");
     assert!(metric(&text, "presence_webhook_events_total{result=\"delivered\"}").unwrap() > 0);
