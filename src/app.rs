@@ -140,6 +140,12 @@ impl App {
         node.start(shutdown.clone(), &tracker).await.context("starting the presence engine")?;
         if let (Some(webhook), Some(outbox)) = (webhook, outbox) {
             tracing::info!(host = webhook.url.host_str(), signed = webhook.secret.is_some(), "webhooks on");
+            if webhook.secret.is_none() {
+                tracing::warn!(
+                    "webhooks are not signed (no --webhook-secret): a receiver cannot tell the router's requests \
+                     from forged ones"
+                );
+            }
             webhooks::start(outbox, webhook, router_id, shutdown.clone(), &tracker)?;
         }
         tracing::info!(
