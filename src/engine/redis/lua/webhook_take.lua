@@ -11,9 +11,10 @@
 -- before any new one.
 --
 -- Returns {verdict, lost, rows}: 'busy' when another router holds the lease (nothing
--- read); else 'ok' with this router's pending entries when it has any, else the next new
--- ones, as rows (`row_of`). `lost` counts entries trimmed from the log (its cap) before
--- they were delivered: they are settled here, as nobody can deliver them any more.
+-- read); else 'ok' with this router's pending entries (handed out before, not settled),
+-- then new ones up to the count, in log order, as rows (`row_of`). `lost` counts entries
+-- trimmed from the log (its cap) before they were delivered: they are settled here, as
+-- nobody can deliver them any more.
 -- The group is made (from the log's start) if it is missing: Redis lost its data, or the
 -- log began a new history (`history`), and every entry in it is then new.
 local consumer, count, lease_ms = ARGV[3], tonumber(ARGV[4]), ARGV[5]
@@ -100,10 +101,15 @@ local rows, read
 repeat
   rows, read = rows_of(redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', count, 'STREAMS', log, '0'))
 until #rows > 0 or read == 0
-if #rows == 0 then
-  rows = rows_of(redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', count, 'STREAMS', log, '>'))
-  if #rows > 0 then
-    lost = lost + math.max(tonumber(rows[1][8]) - last - 1, 0)
+-- Pending entries were handed out before any new one: new ones go after them.
+if #rows < count then
+  local fresh = rows_of(redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', count - #rows, 'STREAMS', log,
+    '>'))
+  if #fresh > 0 then
+    lost = lost + math.max(tonumber(fresh[1][8]) - last - 1, 0)
+  end
+  for _, row in ipairs(fresh) do
+    rows[#rows + 1] = row
   end
 end
 return {'ok', lost, rows}
