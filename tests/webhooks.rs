@@ -454,3 +454,29 @@ mod trimmed {
         run(Engine::Redis).await
     }
 }
+
+/// Redis restarted empty (its data, the log and the consumer group with it, lost): the
+/// log begins a new history, the group is made again at its start, and delivery goes on:
+/// the sessions the router re-asserts, and what follows, arrive.
+#[tokio::test]
+async fn delivery_goes_on_after_redis_loses_its_data() {
+    let mut setup = Setup::new(Engine::Redis).await;
+    let receiver = Receiver::start(Behaviour::default()).await;
+    let flags = receiver.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let router = setup.router(&flags).await;
+    let mut mobile = router.mobile_in("steady-driver", &["fleet"]).await;
+    receiver.until("the online", WAIT, |events| events.len() == 1).await;
+
+    let redis = setup.redis.as_mut().unwrap();
+    redis.kill().await;
+    redis.spawn().await;
+    // Its session is registered again in the new history: online once more.
+    receiver.until("the re-asserted online", WAIT, |events| events.len() == 2).await;
+    mobile.set_status("steady-driver", "dnd", None).await;
+    let events = receiver.until("the status change", WAIT, |events| events.len() == 3).await;
+    let seen: Vec<&str> = events.iter().map(|e| e["status"].as_str().unwrap()).collect();
+    assert_eq!(seen, ["online", "online", "dnd"]);
+    let versions: Vec<u64> = events.iter().map(|e| e["version"].as_u64().unwrap()).collect();
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "versions keep growing: {versions:?}");
+}
