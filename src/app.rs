@@ -117,7 +117,7 @@ impl App {
                     let made = store.outbox().await.with_context(|| format!("making the webhook outbox at {at}"))?;
                     outbox = Some(Arc::new(made));
                 }
-                let broker = RedisBroker::new(store.connection(), store.keyspace().clone(), router_id.clone());
+                let broker = RedisBroker::new(&store, router_id.clone());
                 let subscribed = broker.subscribe(&redis, fanout.clone(), shutdown.clone(), &tracker)?;
                 // The first snapshot is read after the subscription stands: no update falls
                 // between the two.

@@ -45,6 +45,7 @@ pub const VIEW_STALE: &str = "presence_view_stale";
 pub const VIEW_STALE_REASONS: &str = "presence_view_stale_total";
 pub const BROKER_MESSAGES: &str = "presence_broker_messages_total";
 pub const BROKER_GAPS: &str = "presence_broker_gaps_total";
+pub const BROKER_GAPS_FILLED: &str = "presence_broker_gaps_filled_total";
 pub const RESYNCS: &str = "presence_resyncs_total";
 pub const BROKER_RESUBSCRIPTIONS: &str = "presence_broker_resubscriptions_total";
 pub const BROKER_GROUP_SUBSCRIPTIONS: &str = "presence_broker_group_subscriptions";
@@ -209,7 +210,12 @@ fn describe() {
         "Stale spells by reason (store_unreachable, store_data_lost, subscription_lost, updates_missed), and the \
          more serious reasons a spell turned to."
     );
-    describe_counter!(BROKER_GAPS, "Transitions that never arrived from the broker, each answered by a resync.");
+    describe_counter!(
+        BROKER_GAPS,
+        "Times transitions stayed missing from the broker past the grace: each answered by reading them from the \
+         change log, or by a resync when the log no longer holds them."
+    );
+    describe_counter!(BROKER_GAPS_FILLED, "Missing transitions read from the change log instead of a resync.");
     describe_counter!(
         RESYNCS,
         "Times this router rebuilt its view of presence from the store after start: a transition missed, a subscription lapsed, an outage ended."
@@ -389,6 +395,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         STALE_UPDATES,
         STORE_WRITES_DROPPED,
         BROKER_GAPS,
+        BROKER_GAPS_FILLED,
         RESYNCS,
         RELAY_OVERFLOWS,
         RELAY_DROPPED,

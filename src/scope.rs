@@ -91,12 +91,13 @@ impl Scope {
 
     /// What a watcher with this scope is shown of a transition, given the groups the user
     /// was in before it: the update itself (groups outside the scope removed) while the
-    /// user is within the scope; when the transition takes the user out of the scope,
-    /// the user going offline there; nothing when it was out of scope before and after.
+    /// user is within the scope (the token's own user always is, whatever its groups);
+    /// when the transition takes the user out of the scope, the user going offline there;
+    /// nothing when it was out of scope before and after.
     pub fn view_of(&self, update: &PresenceUpdate, before: &[Id]) -> View {
         let Some(allowed) = self.allowed() else { return View::AsIs };
         let user = &update.presence;
-        if visible(&user.groups, Some(allowed)) {
+        if self.user.as_ref() == Some(&user.user_id) || visible(&user.groups, Some(allowed)) {
             if user.groups.iter().all(|g| allowed.contains(g)) {
                 return View::AsIs;
             }
@@ -209,5 +210,16 @@ mod tests {
         assert_eq!(redacted.presence.status, Status::Online);
         assert_eq!(redacted.presence.groups.iter().map(Id::as_str).collect::<Vec<_>>(), ["g1"]);
         assert_eq!(Scope::of(&claims(Role::Dashboard, None)).view_of(&update(&["g2"]), &[]), View::AsIs);
+    }
+
+    #[test]
+    fn the_tokens_own_user_is_shown_whatever_its_groups() {
+        let scope = Scope::of(&claims(Role::Dashboard, Some(&["g1"])));
+        let mut offline = user("me", &["g2"]);
+        offline.status = Status::Offline;
+        let update = PresenceUpdate { presence: offline, cause: Cause::Disconnect, timestamp: 1, seq: None, shard: 0 };
+        let View::Changed(shown) = scope.view_of(&update, &[id("g2")]) else { panic!("its own user is never hidden") };
+        assert_eq!(shown.presence.status, Status::Offline);
+        assert!(shown.presence.groups.is_empty(), "groups outside the scope are still removed");
     }
 }

@@ -185,8 +185,10 @@ async fn a_transition_that_was_never_published_is_healed_by_a_resync() {
     let _first = a.mobile("first", "p1").await;
     view.apply(&dashboard.next_frame().await);
 
-    // Another router decided "ghost" online and was killed before it published: the
-    // state and the sequence number are in Redis, the message never left.
+    // "ghost" was decided online and never published, and its change-log entry is gone
+    // too (trimmed past it): the state and the sequence number are in Redis, nothing
+    // else. (A transition the log still holds is read from it instead: see
+    // `dashboard_stale::a_transition_never_published_is_read_from_the_change_log_…`.)
     let mut conn = setup.redis.as_ref().unwrap().client().get_multiplexed_async_connection().await.unwrap();
     let (secs, micros): (u64, u64) = ::redis::cmd("TIME").query_async(&mut conn).await.unwrap();
     let now = secs * 1000 + micros / 1000;

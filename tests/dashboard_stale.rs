@@ -41,6 +41,17 @@ async fn read_until(dashboard: &mut Client, view: &mut View, message_type: u8, k
     }
 }
 
+/// Routers A and B on `setup`'s Redis, user "steady" online on B (its connection is
+/// returned), and a dashboard on A that shows it.
+async fn steady_on_b_watched_on_a(setup: &Setup) -> (Router, Router, Client, Client, View) {
+    let (a, b) = (setup.router(&[]).await, setup.router(&[]).await);
+    let (mut dashboard, mut view) = watch(&a).await;
+    let mut steady = b.mobile("steady", "p1").await;
+    steady.sync("steady").await;
+    until_shown(&mut dashboard, &mut view, &["steady"]).await;
+    (a, b, steady, dashboard, view)
+}
+
 /// The STALE frame's payload, checked: since a moment ago, for one of `reasons`.
 fn stale_payload(frame: &Value, reasons: &[&str]) -> Value {
     let payload = frame[5].clone();
@@ -164,13 +175,10 @@ async fn a_killed_subscription_that_cannot_come_back_is_stale_and_fresh_brings_w
 #[tokio::test]
 async fn a_transition_that_never_arrives_is_stale_until_the_rebuild() {
     let setup = Setup::new(Engine::Redis).await;
-    let (a, b) = (setup.router(&[]).await, setup.router(&[]).await);
-    let (mut dashboard, mut view) = watch(&a).await;
-    let mut steady = b.mobile("steady", "p1").await;
-    steady.sync("steady").await;
-    until_shown(&mut dashboard, &mut view, &["steady"]).await;
+    let (a, _b, _steady, mut dashboard, mut view) = steady_on_b_watched_on_a(&setup).await;
 
-    // A transition decided but never published (its router died in between).
+    // A number taken with no transition in the change log under it (an entry trimmed
+    // away): nothing can fill the gap but a rebuild.
     let mut conn = setup.redis.as_ref().unwrap().client().get_multiplexed_async_connection().await.unwrap();
     let _: u64 = conn.incr("presence:seq", 1).await.unwrap();
     let stale = read_until(&mut dashboard, &mut view, STALE, &["steady"]).await;
@@ -184,6 +192,40 @@ async fn a_transition_that_never_arrives_is_stale_until_the_rebuild() {
     assert!(metrics.contains("presence_view_stale_total{reason=\"updates_missed\"} 1"), "{metrics}");
     let (status, _) = http(a.addr, "GET", "/healthz", &[], "").await;
     assert_eq!(status, 200);
+}
+
+/// A transition decided and logged but never published (its router killed in between,
+/// or the message lost) is read from the change log once its grace has passed: the view
+/// is right without a rebuild, a STALE spell or a fresh snapshot.
+#[tokio::test]
+async fn a_transition_never_published_is_read_from_the_change_log_without_a_rebuild() {
+    use presence_router::engine::PresenceStore;
+    let setup = Setup::new(Engine::Redis).await;
+    let (a, _b, _steady, mut dashboard, mut view) = steady_on_b_watched_on_a(&setup).await;
+    let counter = |name: &'static str| {
+        let a = &a;
+        async move { common::prometheus::metric(&a.metrics().await, name).unwrap_or(0) }
+    };
+    let resyncs = counter("presence_resyncs_total").await;
+
+    // Decided (and logged) by a store of the test's own, which never publishes it; with
+    // nothing after it, only the routers' periodic check of the head shows the gap.
+    let store = common::redis_store(setup.redis.as_ref().unwrap().port, std::time::Duration::from_secs(60)).await;
+    store.connect(&common::session("ghost", 1)).await.unwrap();
+    let snapshots = view.snapshots;
+    loop {
+        let frame = dashboard.next_frame().await;
+        assert_ne!(frame[1].as_u64(), Some(STALE.into()), "a gap the log still holds is no reason to be stale");
+        view.apply(&frame);
+        if view.online.contains_key("ghost") {
+            break;
+        }
+    }
+    assert_eq!(view.snapshots, snapshots, "shown without a fresh snapshot");
+    assert_eq!(view.online_ids(), ["ghost", "steady"]);
+    assert_eq!(counter("presence_broker_gaps_filled_total").await, 1);
+    assert_eq!(counter("presence_resyncs_total").await, resyncs, "no rebuild");
+    assert!(stale_gauge(&a, 0).await);
 }
 
 /// How long after each fault its dashboards get STALE, and after recovery FRESH (printed

@@ -90,10 +90,14 @@ impl Ring {
     /// Up to `max` transitions after the one numbered `after`, in order, and how many
     /// after it were trimmed already (a reader that fell more than the cap behind).
     pub(crate) fn after(&self, after: u64, max: usize) -> (Vec<LoggedChange>, u64) {
-        let first = self.head + 1 - self.entries.len() as u64;
-        let lost = first.saturating_sub(after.saturating_add(1));
-        let skip = after.saturating_add(1).saturating_sub(first).min(self.entries.len() as u64) as usize;
-        (self.entries.range(skip..).take(max).cloned().collect(), lost)
+        let kept = self.kept();
+        let skip = after.saturating_sub(kept).min(self.entries.len() as u64) as usize;
+        (self.entries.range(skip..).take(max).cloned().collect(), kept.saturating_sub(after))
+    }
+
+    /// The number after which the ring still holds every transition.
+    pub(crate) fn kept(&self) -> u64 {
+        self.head - self.entries.len() as u64
     }
 
     /// The transitions after `from`, up to the head.
@@ -139,6 +143,7 @@ mod tests {
         assert_eq!(users, ["b", "c"]);
         assert_eq!(head.seqs, [3]);
         assert!(ring.since(&head).unwrap().0.is_empty());
+        assert_eq!(ring.kept(), 1, "a position at 1 or later is served");
         assert_eq!(ring.since(&Position { seqs: vec![4], ..start.clone() }).err(), Some(Unserved::Ahead));
         assert_eq!(Ring::new(2).since(&head).err(), Some(Unserved::Epoch), "another start");
     }

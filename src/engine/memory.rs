@@ -415,6 +415,10 @@ impl PresenceStore for MemoryPresence {
         Ok(self.state().log.since(from))
     }
 
+    async fn log_kept(&self) -> Result<Vec<u64>, EngineError> {
+        Ok(vec![self.state().log.kept()])
+    }
+
     async fn group_members(&self, group: &Id) -> Result<Vec<Id>, EngineError> {
         let state = self.state();
         let Lifetimes { ttl, last_seen, .. } = self.lifetimes;

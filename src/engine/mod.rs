@@ -173,6 +173,11 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// why they cannot be told: a dashboard that left at `from` resumes with them.
     async fn changes_since(&self, from: &Position) -> Result<log::Changes, EngineError>;
 
+    /// Per shard, the number after which the change log still holds every transition: a
+    /// position at or past it in every shard of the log's epoch can be resumed, unless the
+    /// log is trimmed further before it is read.
+    async fn log_kept(&self) -> Result<Vec<u64>, EngineError>;
+
     /// Whether the store answers and accepts writes: a store that still answers reads
     /// but refuses writes (out of memory, a read-only replica) must read as down.
     async fn ping(&self) -> Result<(), EngineError>;

@@ -4,7 +4,14 @@
 //! same entries (hundreds of dashboards times the gap) and make them queue past the store
 //! timeout. Instead, one read is in flight at a time; the requests that arrive meanwhile
 //! join the next one, which reads from the oldest of their positions, and each takes its
-//! own part of it ([`after`]).
+//! own part of it ([`after`]). When that oldest one is too old for the log, the log's
+//! bounds are read and the requests it still serves share one more read: positions too
+//! old for the log, mixed into a storm of resumes, cost one cheap read each batch, never
+//! a read of the log per request.
+//!
+//! A read of the log that fails or times out makes its dashboards start from a snapshot; it
+//! says nothing of the store's health that heartbeats and sweeps would not tell, so it never
+//! degrades the router.
 
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +23,7 @@ use crate::{
         EngineError,
         log::{Changes, LoggedChange, Unserved},
     },
+    metrics,
     position::Position,
 };
 
@@ -32,7 +40,7 @@ pub(super) struct LogReads {
 /// The requests of the next read: it starts at the oldest of their positions.
 struct Batch {
     from: Position,
-    waiters: Vec<oneshot::Sender<Read>>,
+    waiters: Vec<(Position, oneshot::Sender<Read>)>,
 }
 
 impl Batch {
@@ -45,6 +53,23 @@ impl Batch {
             *oldest = (*oldest).min(seq);
         }
         true
+    }
+
+    /// Splits off the requests whose positions the log no longer serves: those before
+    /// `kept` (per shard, the number after which it holds every transition) in any shard.
+    /// The batch keeps the others and starts at the oldest of them; `None` when none is left.
+    fn without_too_old(self, kept: &[u64]) -> (Option<Batch>, Vec<oneshot::Sender<Read>>) {
+        let servable = |from: &Position| from.seqs.iter().zip(kept).all(|(&seq, &kept)| seq >= kept);
+        let (kept_waiters, too_old): (Vec<_>, Vec<_>) = self.waiters.into_iter().partition(|(from, _)| servable(from));
+        let too_old = too_old.into_iter().map(|(_, tx)| tx).collect();
+        let mut waiters = kept_waiters.into_iter();
+        let Some((from, tx)) = waiters.next() else { return (None, too_old) };
+        let mut batch = Batch { from: from.clone(), waiters: vec![(from, tx)] };
+        for (from, tx) in waiters {
+            batch.joins(&from);
+            batch.waiters.push((from, tx));
+        }
+        (Some(batch), too_old)
     }
 }
 
@@ -70,11 +95,11 @@ impl Node {
             let mut next = self.log_reads.next.lock().unwrap_or_else(|e| e.into_inner());
             match next.as_mut() {
                 Some(batch) => batch.joins(from).then(|| {
-                    batch.waiters.push(tx);
+                    batch.waiters.push((from.clone(), tx));
                     false
                 }),
                 None => {
-                    *next = Some(Batch { from: from.clone(), waiters: vec![tx] });
+                    *next = Some(Batch { from: from.clone(), waiters: vec![(from.clone(), tx)] });
                     Some(true)
                 }
             }
@@ -84,24 +109,57 @@ impl Node {
             let reading = self.log_reads.reading.lock().await;
             let batch = self.log_reads.next.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(batch) = batch {
-                let read: Read = Arc::new(self.read_log(&batch.from).await);
-                drop(reading);
-                for waiter in batch.waiters {
-                    let _ = waiter.send(read.clone());
-                }
+                self.serve(batch).await;
             }
+            drop(reading);
         }
-        let read = rx.await.unwrap_or_else(|_| Arc::new(Err(EngineError::Internal("a log read was dropped".into()))));
-        // The oldest position of the batch was too old; this one may not be.
-        match read.as_ref() {
-            Ok(Err(Unserved::TooOld)) => Arc::new(self.read_log(from).await),
-            _ => read,
-        }
+        rx.await.unwrap_or_else(|_| Arc::new(Err(EngineError::Internal("a log read was dropped".into()))))
+    }
+
+    /// Reads the log once for `batch` and answers its requests; when its oldest position
+    /// is too old, answers the requests the log no longer serves so and reads once more
+    /// for the rest.
+    async fn serve(&self, batch: Batch) {
+        let read: Read = Arc::new(self.read_log(&batch.from).await);
+        let batch = match (read.as_ref(), batch.waiters.len()) {
+            (Ok(Err(Unserved::TooOld)), 2..) => match super::timed("log_kept", self.engine.store.log_kept()).await {
+                Ok(kept) => {
+                    let (rest, too_old) = batch.without_too_old(&kept);
+                    for waiter in too_old {
+                        let _ = waiter.send(read.clone());
+                    }
+                    match rest {
+                        Some(rest) => {
+                            let read: Read = Arc::new(self.read_log(&rest.from).await);
+                            return answer(rest, &read);
+                        }
+                        None => return,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the change log's bounds failed; its resumes get snapshots");
+                    batch
+                }
+            },
+            _ => batch,
+        };
+        answer(batch, &read);
     }
 
     async fn read_log(&self, from: &Position) -> Result<Changes, EngineError> {
         let result = super::timed("changes_since", self.engine.store.changes_since(from)).await;
-        self.check("changes_since", result)
+        if let Err(e) = &result {
+            ::metrics::counter!(metrics::ENGINE_ERRORS, "op" => "changes_since", "kind" => e.kind()).increment(1);
+            tracing::warn!(error = %e, "reading the change log failed; its resumes get snapshots");
+        }
+        result
+    }
+}
+
+/// Sends `read` to every request of `batch`.
+fn answer(batch: Batch, read: &Read) {
+    for (_, waiter) in batch.waiters {
+        let _ = waiter.send(read.clone());
     }
 }
 
@@ -135,5 +193,24 @@ mod tests {
         assert_eq!(batch.from.seqs, [5, 2]);
         assert!(!batch.joins(&Position { epoch: 2, seqs: vec![1, 1] }));
         assert!(!batch.joins(&Position { epoch: 1, seqs: vec![1] }));
+    }
+
+    #[test]
+    fn positions_the_log_no_longer_serves_are_split_off_and_the_rest_read_from_their_oldest() {
+        let mut batch = Batch { from: Position { epoch: 1, seqs: vec![9, 9] }, waiters: Vec::new() };
+        let mut receivers = Vec::new();
+        for seqs in [vec![9, 9], vec![2, 9], vec![7, 8], vec![9, 3]] {
+            let (tx, rx) = oneshot::channel();
+            let from = Position { epoch: 1, seqs };
+            batch.joins(&from);
+            batch.waiters.push((from, tx));
+            receivers.push(rx);
+        }
+        let (rest, too_old) = batch.without_too_old(&[5, 4]);
+        let rest = rest.expect("two are still served");
+        assert_eq!(rest.from.seqs, [7, 8], "the oldest of those left");
+        let left: Vec<Vec<u64>> = rest.waiters.iter().map(|(from, _)| from.seqs.clone()).collect();
+        assert_eq!(left, [vec![9, 9], vec![7, 8]]);
+        assert_eq!(too_old.len(), 2);
     }
 }

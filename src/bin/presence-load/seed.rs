@@ -39,7 +39,7 @@ impl Writer {
             log_entries: DEFAULT_LOG_ENTRIES,
         };
         let store = Arc::new(RedisPresence::connect(&config(port), lifetimes).await?);
-        let broker = Arc::new(RedisBroker::new(store.connection(), store.keyspace().clone(), "presence-load".into()));
+        let broker = Arc::new(RedisBroker::new(&store, "presence-load".into()));
         Ok(Writer { store, broker })
     }
 

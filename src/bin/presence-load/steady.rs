@@ -331,7 +331,7 @@ pub async fn worker(credentials: Arc<Credentials>, share: Share) -> anyhow::Resu
                 for _ in 0..FIRST_HEARTBEAT_TRIES {
                     match heartbeat_answer(&mut ws, &user).await? {
                         None => return Ok(ws),
-                        Some(error) if error.to_string().contains("presence_unavailable") => {
+                        Some(error) if error["code"].as_str() == Some("presence_unavailable") => {
                             tokio::time::sleep(Duration::from_millis(500)).await
                         }
                         Some(error) => bail!("{user}'s first heartbeat refused: {error}"),

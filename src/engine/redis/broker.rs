@@ -42,9 +42,10 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
-    Connection, Keyspace, RedisConfig, classify,
+    Connection, Keyspace, RedisConfig, RedisPresence, classify,
     groups::Served,
     inbox::{Receiving, Sinks},
+    log::LogReader,
     sharded::spawn_sharded_subscriber,
     subscriber::{SUBSCRIBE_TIMEOUT, spawn_subscriber},
 };
@@ -75,6 +76,8 @@ pub struct RedisBroker {
     publisher: Mutex<Option<JoinHandle<()>>>,
     /// Whether this router's subscription delivers (set by its subscriber).
     receiving: Receiving,
+    /// Reads transitions the subscription missed from the store's change log.
+    log: LogReader,
     /// The groups whose channels this router's subscriber holds.
     served: Arc<Served>,
 }
@@ -91,14 +94,16 @@ struct Outgoing {
 }
 
 impl RedisBroker {
-    /// Also starts the task that publishes relayed frames, until [`Broker::flush`].
-    pub fn new(conn: Connection, keys: Keyspace, origin: String) -> Self {
+    /// The broker of `store`'s Redis, on its connection and keyspace. Also starts the task
+    /// that publishes relayed frames, until [`Broker::flush`].
+    pub fn new(store: &RedisPresence, origin: String) -> Self {
+        let (conn, keys, log) = (store.connection(), store.keyspace().clone(), store.log_reader());
         let (relay, queue) = mpsc::channel(RELAY_QUEUE);
         let closing = CancellationToken::new();
         let publisher = tokio::spawn(publish_relayed(conn.clone(), keys.clone(), queue, closing.clone()));
         let publisher = Mutex::new(Some(publisher));
         let (receiving, served) = (Receiving::default(), Arc::default());
-        RedisBroker { conn, keys, origin, relay, closing, publisher, receiving, served }
+        RedisBroker { conn, keys, origin, relay, closing, publisher, receiving, served, log }
     }
 
     /// Subscribes this router to what the others publish, handing it to `events` until
@@ -113,10 +118,10 @@ impl RedisBroker {
         tracker: &TaskTracker,
     ) -> anyhow::Result<oneshot::Receiver<()>> {
         let sinks = Sinks { events, origin: self.origin.clone(), receiving: self.receiving.clone() };
-        let (conn, keys, served) = (self.conn.clone(), self.keys.clone(), self.served.clone());
+        let (conn, log, served) = (self.conn.clone(), self.log.clone(), self.served.clone());
         Ok(match config.cluster {
-            Some(_) => spawn_sharded_subscriber(config, conn, keys, served, sinks, shutdown, tracker)?,
-            None => spawn_subscriber(config.client()?, conn, keys, served, sinks, shutdown, tracker),
+            Some(_) => spawn_sharded_subscriber(config, conn, log, served, sinks, shutdown, tracker)?,
+            None => spawn_subscriber(config.client()?, conn, log, served, sinks, shutdown, tracker),
         })
     }
 }

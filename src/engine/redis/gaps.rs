@@ -5,7 +5,8 @@
 //! reconnects, and a router killed between deciding a transition and publishing it never
 //! publishes it. Either way the sequence shows a gap. Publishes from different routers may
 //! overtake each other, so a gap only counts once it has stayed open for the grace
-//! period; then the router resyncs from the store.
+//! period; then the router reads the missing numbers from the change log, or resyncs
+//! from the store (see [`super::inbox`]).
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -105,6 +106,16 @@ impl GapDetector {
         self.next.map(|next| next - 1)
     }
 
+    /// The lowest and the highest number missing now, if any.
+    pub fn missing_span(&self) -> Option<(u64, u64)> {
+        Some((*self.open.first_key_value()?.0, *self.open.last_key_value()?.0))
+    }
+
+    /// Whether `seq` is missing now.
+    pub fn is_missing(&self, seq: u64) -> bool {
+        self.open.contains_key(&seq)
+    }
+
     /// True when some gap has stayed open longer than the grace period.
     pub fn overdue(&self) -> bool {
         self.open.values().next().is_some_and(|since| since.elapsed() >= self.grace)
@@ -192,6 +203,23 @@ mod tests {
         assert!(!gaps.expect_through(20), "after a reset, the head is the baseline again");
         tokio::time::advance(GRACE * 2).await;
         assert!(!gaps.overdue());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_missing_span_is_what_a_read_of_the_log_must_cover() {
+        let mut gaps = GapDetector::new(GRACE);
+        assert_eq!(gaps.missing_span(), None);
+        gaps.saw(1);
+        gaps.saw(3);
+        gaps.saw(6);
+        assert_eq!(gaps.missing_span(), Some((2, 5)));
+        assert!(gaps.is_missing(4) && !gaps.is_missing(3) && !gaps.is_missing(7));
+        for filled in [2, 4, 5] {
+            gaps.saw(filled);
+        }
+        tokio::time::advance(GRACE).await;
+        assert_eq!(gaps.missing_span(), None);
+        assert!(!gaps.overdue(), "read from the log: nothing missing any more");
     }
 
     #[tokio::test(start_paused = true)]

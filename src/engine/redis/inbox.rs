@@ -1,8 +1,11 @@
 //! What a router's subscription receives, whatever carries it (one Redis connection, see
 //! [`super::subscriber`]; the nodes of a Redis Cluster, see [`super::sharded`]): each
 //! message is dispatched by its channel to the router's [`BrokerEvents`], and every
-//! transition's number is checked against its shard's sequence ([`GapDetector`]), so a
-//! transition that never arrived turns into a resync.
+//! transition's number is checked against its shard's sequence ([`GapDetector`]). A
+//! transition that never arrived is read from its shard's change log, where the script
+//! that decided it put it, and handed on as if received; only when the log no longer holds
+//! it (trimmed, or Redis lost its data) does the router rebuild its view (a resync), which
+//! costs every router a read of everyone online and its dashboards a STALE spell.
 
 use std::{
     sync::{
@@ -14,7 +17,7 @@ use std::{
 
 use redis::{AsyncCommands, RedisResult};
 
-use super::{Connection, Keyspace, gaps::GapDetector};
+use super::{Connection, Keyspace, gaps::GapDetector, log::LogReader};
 use crate::{
     engine::{BrokerEvents, Missed},
     metrics,
@@ -25,6 +28,10 @@ use crate::{
 /// How long a missing sequence number may stay missing (overtaken by a later publish from
 /// another router) before it counts as lost.
 pub(super) const GAP_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a read of the missing transitions from the change log may take before the
+/// router gives up on it and resyncs; the subscription's messages wait meanwhile.
+const FILL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Whether this router's subscription delivers. Shared by the subscriber, which keeps it
 /// current, and the broker, which the node asks.
@@ -79,16 +86,19 @@ pub(super) async fn head(conn: &Connection, keys: &Keyspace, shard: usize) -> Op
 pub(super) struct Inbox {
     pub sinks: Sinks,
     keys: Keyspace,
-    /// Reads the shards' sequences.
+    /// Reads what the subscription missed.
+    log: LogReader,
+    /// Reads the shards' sequences and logs.
     pub conn: Connection,
     /// One per shard.
     gaps: Vec<GapDetector>,
 }
 
 impl Inbox {
-    pub(super) fn new(sinks: Sinks, keys: Keyspace, conn: Connection) -> Inbox {
+    pub(super) fn new(sinks: Sinks, log: LogReader, conn: Connection) -> Inbox {
+        let keys = log.keys().clone();
         let gaps = (0..keys.shards()).map(|_| GapDetector::new(GAP_GRACE)).collect();
-        Inbox { sinks, keys, conn, gaps }
+        Inbox { sinks, keys, log, conn, gaps }
     }
 
     /// The last transition number `shard` decided so far; `None` if it cannot be read now.
@@ -155,12 +165,55 @@ impl Inbox {
         self.sinks.events.resync_needed(missed);
     }
 
-    /// Resyncs if a transition has stayed missing past the grace.
-    pub(super) fn check_gaps(&mut self) {
-        if self.gaps.iter().any(GapDetector::overdue) {
+    /// For each shard where a transition has stayed missing past the grace, reads the
+    /// missing ones from its change log and hands them on; resyncs when that fails.
+    pub(super) async fn check_gaps(&mut self) {
+        for shard in 0..self.gaps.len() {
+            if !self.gaps[shard].overdue() {
+                continue;
+            }
             ::metrics::counter!(metrics::BROKER_GAPS).increment(1);
-            self.resync(Missed::Transitions);
+            if !self.fill(shard).await {
+                self.resync(Missed::Transitions);
+                return;
+            }
         }
+    }
+
+    /// Reads every number `shard` is missing from its change log and hands each on as if
+    /// received (a copy still in flight is a duplicate the view ignores by its version).
+    /// False when the log cannot tell them all: trimmed past them, Redis lost its data,
+    /// or it did not answer within [`FILL_TIMEOUT`].
+    async fn fill(&mut self, shard: usize) -> bool {
+        let Some((first, last)) = self.gaps[shard].missing_span() else { return true };
+        let read = tokio::time::timeout(FILL_TIMEOUT, self.log.between(&self.conn, shard, first - 1, last)).await;
+        let changes = match read {
+            Ok(Ok(Some(changes))) => changes,
+            Ok(Ok(None)) => {
+                tracing::warn!(shard, first, last, "missing transitions are no longer in the change log");
+                return false;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(shard, error = %e, "reading missing transitions from the change log failed");
+                return false;
+            }
+            Err(_) => {
+                tracing::warn!(shard, "reading missing transitions from the change log timed out");
+                return false;
+            }
+        };
+        let mut filled = 0;
+        for change in changes {
+            let Some(seq) = change.update.seq else { continue };
+            if self.gaps[shard].is_missing(seq) {
+                self.gaps[shard].saw(seq);
+                self.sinks.events.update(change.update);
+                filled += 1;
+            }
+        }
+        ::metrics::counter!(metrics::BROKER_GAPS_FILLED).increment(filled);
+        tracing::info!(shard, filled, "read missed transitions from the change log");
+        !self.gaps[shard].overdue()
     }
 
     /// Dispatches a message by its channel: a shard's transitions, and otherwise relayed

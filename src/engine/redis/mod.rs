@@ -219,7 +219,7 @@ pub struct RedisPresence {
     status: Script,
     activity: Script,
     lookup: Script,
-    log: Script,
+    log: log::LogReader,
     head: Script,
     signals: signals::SignalScripts,
     renewals: renewals::Renewals,
@@ -295,6 +295,7 @@ impl RedisPresence {
             keys.clone(),
             lifetimes,
         ));
+        let log = log::LogReader::new(script!("log.lua"), keys.clone(), lifetimes);
         Ok(RedisPresence {
             conn,
             keys,
@@ -306,7 +307,7 @@ impl RedisPresence {
             status: script!("status.lua"),
             activity: script!("activity.lua"),
             lookup: script!("lookup.lua"),
-            log: script!("log.lua"),
+            log,
             head: script!("head.lua"),
             signals: signals::SignalScripts::default(),
             renewals,
@@ -594,6 +595,10 @@ impl PresenceStore for RedisPresence {
 
     async fn changes_since(&self, from: &Position) -> Result<Changes, EngineError> {
         self.changes_after(from).await
+    }
+
+    async fn log_kept(&self) -> Result<Vec<u64>, EngineError> {
+        self.kept_in_log().await
     }
 
     async fn choice(&self, user: &Id) -> Result<Option<Choice>, EngineError> {

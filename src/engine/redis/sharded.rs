@@ -35,6 +35,7 @@ use super::{
     Connection, Keyspace, RedisConfig,
     groups::Served,
     inbox::{GAP_GRACE, Inbox, Lost, Sinks, head},
+    log::LogReader,
     subscriber::SUBSCRIBE_TIMEOUT,
 };
 use crate::{id::Id, metrics};
@@ -52,11 +53,11 @@ const PUSH_QUEUE: usize = 16 * 1024;
 const CHANNELS_PER_COMMAND: usize = 1000;
 
 /// Runs the subscriber until shutdown (see [`super::RedisBroker::subscribe`]). `conn`
-/// reads the shards' sequences; `served` names the groups whose channels to hold.
+/// reads the shards' sequences, and `log` their change logs; `served` names the groups whose channels to hold.
 pub(super) fn spawn_sharded_subscriber(
     config: &RedisConfig,
     conn: Connection,
-    keys: Keyspace,
+    log: LogReader,
     served: Arc<Served>,
     sinks: Sinks,
     shutdown: CancellationToken,
@@ -72,9 +73,9 @@ pub(super) fn spawn_sharded_subscriber(
     let client = config.cluster_push_client(push)?.ok_or_else(|| anyhow::anyhow!("not a Redis Cluster"))?;
     let (subscribed_tx, subscribed_rx) = oneshot::channel();
     let subscriber = Sharded {
-        inbox: Inbox::new(sinks, keys.clone(), conn),
+        keys: log.keys().clone(),
+        inbox: Inbox::new(sinks, log, conn),
         client,
-        keys,
         served,
         groups: HashSet::new(),
         left: Vec::new(),
@@ -169,7 +170,7 @@ impl Sharded {
                     PushKind::Disconnection => tick.reset_immediately(),
                     _ => {}
                 },
-                _ = gap_check.tick() => self.inbox.check_gaps(),
+                _ = gap_check.tick() => self.inbox.check_gaps().await,
             }
         }
     }

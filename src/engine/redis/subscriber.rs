@@ -37,6 +37,7 @@ use super::{
     Connection, Keyspace,
     groups::{Served, follow},
     inbox::{GAP_GRACE, Inbox, Lost, Sinks},
+    log::LogReader,
 };
 use crate::metrics;
 
@@ -55,24 +56,25 @@ const HEAD_EVERY: Duration = Duration::from_secs(1);
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Runs the subscriber until shutdown (see [`super::RedisBroker::subscribe`]). `conn`
-/// reads the transition sequence; `served` names the groups whose channels to hold.
+/// reads the transition sequence, and `log` the change log; `served` names the groups whose channels to hold.
 pub(super) fn spawn_subscriber(
     client: Client,
     conn: Connection,
-    keys: Keyspace,
+    log: LogReader,
     served: std::sync::Arc<Served>,
     sinks: Sinks,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> oneshot::Receiver<()> {
     let (subscribed_tx, subscribed_rx) = oneshot::channel();
+    let keys = log.keys();
     let subscriber = Subscriber {
         client,
         updates: keys.key(0, "updates"),
         relayed: keys.key(0, "relay"),
         served,
-        inbox: Inbox::new(sinks, keys.clone(), conn),
-        keys,
+        keys: keys.clone(),
+        inbox: Inbox::new(sinks, log.clone(), conn),
     };
     tracker.spawn(async move {
         tokio::select! {
@@ -184,7 +186,7 @@ impl Subscriber {
                     Some(message) => self.inbox.handle(message.get_channel_name(), message.get_payload_bytes()),
                     None => return Lost::Dropped,
                 },
-                _ = gap_check.tick() => self.inbox.check_gaps(),
+                _ = gap_check.tick() => self.inbox.check_gaps().await,
                 _ = head_check.tick() => {
                     let received = self.inbox.received(0);
                     let head = self.inbox.head(0).await;
