@@ -480,3 +480,33 @@ async fn delivery_goes_on_after_redis_loses_its_data() {
     let versions: Vec<u64> = events.iter().map(|e| e["version"].as_u64().unwrap()).collect();
     assert!(versions.windows(2).all(|w| w[0] < w[1]), "versions keep growing: {versions:?}");
 }
+
+/// A router stopped (SIGTERM, a rolling restart) gives its shards' leases up as it stops,
+/// so another router delivers them from then on without waiting for the leases to lapse.
+#[tokio::test]
+async fn a_stopped_router_gives_its_shards_up() {
+    let setup = Setup::new(Engine::Redis).await;
+    let receiver = Receiver::start(Behaviour::default()).await;
+    let flags = receiver.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut stopping = setup.router(&flags).await;
+    eventually("the first router to deliver", || async { series(&stopping, "presence_webhook_shards").await == 1 })
+        .await;
+    let (_, health) = stopping.get("/healthz").await;
+    let id = health["router"].as_str().expect("the router's id").to_string();
+    let redis = setup.redis.as_ref().unwrap();
+    let conn = redis.client().get_multiplexed_async_connection().await.unwrap();
+    let holder = || {
+        let mut conn = conn.clone();
+        async move { ::redis::cmd("GET").arg("presence:webhook:lease").query_async::<Option<String>>(&mut conn).await }
+    };
+    assert_eq!(holder().await.unwrap().as_deref(), Some(id.as_str()));
+    let staying = setup.router(&flags).await;
+
+    stopping.signal("TERM").await;
+    stopping.exited().await;
+    assert_ne!(holder().await.unwrap().as_deref(), Some(id.as_str()), "the lease was given up");
+    let _mobile = staying.mobile_in("next-driver", &["fleet"]).await;
+    receiver.until("the online, from the other router", WAIT, |events| events.len() == 1).await;
+    assert_eq!(series(&staying, "presence_webhook_shards").await, 1);
+}

@@ -57,7 +57,8 @@ pub trait Outbox: Send + Sync + 'static {
     /// Settles the entries numbered `seqs` of `shard`, handed to `consumer`: delivered
     /// (`dead` None), or given up on and kept as dead letters (Redis: a capped stream per
     /// shard; the memory engine keeps none, its deliverer logs them). Renews the lease
-    /// (`seqs` may be empty for that alone); `false` when `consumer` no longer holds it.
+    /// for `lease` (`seqs` may be empty for that alone; a zero `lease` gives it up);
+    /// `false` when `consumer` no longer holds it.
     async fn settle(
         &self,
         shard: usize,

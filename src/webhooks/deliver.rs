@@ -114,6 +114,11 @@ impl Deliverer {
         }
         if held {
             shards.decrement(1.0);
+            // Given up at once, so another router takes the shard over now rather than when
+            // the lease lapses (a rolling restart).
+            if let Err(e) = self.outbox.settle(shard, &self.consumer, &[], None, Duration::ZERO).await {
+                tracing::warn!(shard, error = %e, "webhook delivery lease not given up: it lapses on its own");
+            }
         }
     }
 

@@ -6,7 +6,8 @@
 -- (fields: seq, event, reason, at: now in ms; capped like the log). Entries are
 -- acknowledged whoever holds the lease: they were delivered, or given up on, either way.
 -- Returns 1 when the router holds the lease (renewed), 0 when it does not (another took
--- it, or it lapsed): the router must take it again before it delivers more.
+-- it, or it lapsed): the router must take it again before it delivers more. A lease of 0
+-- ms gives it up (PEXPIRE 0 deletes the key).
 local consumer, lease_ms, n = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local lease_key = prefix .. 'webhook:lease'
 local ids = {}
