@@ -350,8 +350,12 @@ async fn events_go_to_the_dead_letters_after_the_retry_horizon(engine: Engine) {
             .collect();
         let driver = || "\"lost-driver\"".to_string();
         assert_eq!(kept, [(driver(), "\"online\"".into(), "HTTP 500"), (driver(), "\"offline\"".into(), "HTTP 500")]);
-        let pending: (u64, ::redis::Value, ::redis::Value, ::redis::Value) =
-            ::redis::cmd("XPENDING").arg("presence:log").arg("webhooks").query_async(&mut conn).await.unwrap();
+        let pending: (u64, ::redis::Value, ::redis::Value, ::redis::Value) = ::redis::cmd("XPENDING")
+            .arg("presence:log")
+            .arg(presence_router::engine::redis::WEBHOOK_GROUP)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         assert_eq!(pending.0, 0, "nothing left pending");
     }
 }
