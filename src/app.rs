@@ -13,6 +13,7 @@ use crate::{
     config::Config,
     engine::{
         Engine, MemoryBroker, MemoryPresence,
+        outbox::{MemoryOutbox, Outbox},
         redis::{RedisBroker, RedisConfig, RedisPresence},
     },
     fanout::FanOut,
@@ -21,6 +22,7 @@ use crate::{
     node::{Node, Timing, new_router_id},
     relay::Relay,
     server::{BudgetLimits, TrustedProxies},
+    webhooks,
 };
 
 /// Per-connection limits, from the config.
@@ -95,17 +97,26 @@ impl App {
         let router_id = new_router_id();
         let redis = config.redis()?;
         let redis_at = redis.as_ref().map(RedisConfig::address);
+        let webhook = config.webhook.config()?;
+        // The change log read as the webhook outbox, when webhooks are on.
+        let mut outbox: Option<Arc<dyn Outbox>> = None;
         let engine = match redis {
-            None => Engine::new(
-                "memory",
-                Arc::new(MemoryPresence::new(config.lifetimes())),
-                Arc::new(MemoryBroker::new(fanout.clone())),
-            ),
+            None => {
+                let store = Arc::new(MemoryPresence::new(config.lifetimes()));
+                if webhook.is_some() {
+                    outbox = Some(Arc::new(MemoryOutbox::new(store.clone())));
+                }
+                Engine::new("memory", store, Arc::new(MemoryBroker::new(fanout.clone())))
+            }
             Some(redis) => {
                 let at = redis.address();
                 let store = RedisPresence::connect(&redis, config.lifetimes())
                     .await
                     .with_context(|| format!("connecting to Redis at {at}"))?;
+                if webhook.is_some() {
+                    let made = store.outbox().await.with_context(|| format!("making the webhook outbox at {at}"))?;
+                    outbox = Some(Arc::new(made));
+                }
                 let broker = RedisBroker::new(&store, router_id.clone());
                 let subscribed = broker.subscribe(&redis, fanout.clone(), shutdown.clone(), &tracker)?;
                 // The first snapshot is read after the subscription stands: no update falls
@@ -125,8 +136,18 @@ impl App {
             probe_interval: Duration::from_millis(500),
             last_seen: config.last_seen(),
         };
-        let node = Arc::new(Node::new(engine, fanout, timing, router_id));
+        let node = Arc::new(Node::new(engine, fanout, timing, router_id.clone()));
         node.start(shutdown.clone(), &tracker).await.context("starting the presence engine")?;
+        if let (Some(webhook), Some(outbox)) = (webhook, outbox) {
+            tracing::info!(host = webhook.url.host_str(), signed = webhook.secret.is_some(), "webhooks on");
+            if webhook.secret.is_none() {
+                tracing::warn!(
+                    "webhooks are not signed (no --webhook-secret): a receiver cannot tell the router's requests \
+                     from forged ones"
+                );
+            }
+            webhooks::start(outbox, webhook, router_id, shutdown.clone(), &tracker)?;
+        }
         tracing::info!(
             engine = node.engine_name(),
             redis = redis_at,

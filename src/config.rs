@@ -480,6 +480,10 @@ pub struct Config {
     #[arg(long, env = "METRICS_ADDR")]
     #[arg(help_heading = "Observability")]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// `--webhook-*`: see [`crate::webhooks`].
+    #[command(flatten)]
+    pub webhook: crate::webhooks::WebhookArgs,
 }
 
 /// Refuses an empty or all-whitespace JWT secret, from the flag or the environment.

@@ -67,6 +67,9 @@
 //!   refused handshakes logged at a capped rate, the line a failed start writes.
 //! - [`gcra`]: a rate with a burst kept as one instant per key, for the API and edge
 //!   budgets.
+//! - [`webhooks`]: every transition POSTed to `--webhook-url` from the change log read as
+//!   an outbox ([`engine::outbox`]): batched, signed, retried with backoff, then dead
+//!   letters; one router per shard delivers at a time (a lease), in log order.
 //! - [`app`]: shared state built from the config; [`metrics`]: metric names.
 //!
 //! Beside the library: `src/main.rs` (the router binary), `src/bin/presence-load/` (the
@@ -96,6 +99,7 @@ pub mod renewals;
 pub mod scope;
 pub mod server;
 pub mod transient;
+pub mod webhooks;
 pub mod ws;
 
 use std::sync::Arc;

@@ -75,6 +75,11 @@ pub const SNAPSHOT_ENCODES: &str = "presence_snapshot_encodes_total";
 pub const SNAPSHOT_MEMORY: &str = "presence_snapshot_memory_bytes";
 pub const SNAPSHOT_WAITS: &str = "presence_snapshot_waits_total";
 pub const DASHBOARD_RESUMES: &str = "presence_dashboard_resumes_total";
+pub const WEBHOOK_EVENTS: &str = "presence_webhook_events_total";
+pub const WEBHOOK_RETRIES: &str = "presence_webhook_retries_total";
+pub const WEBHOOK_PENDING: &str = "presence_webhook_pending";
+pub const WEBHOOK_SHARDS: &str = "presence_webhook_shards";
+pub const WEBHOOK_LAG: &str = "presence_webhook_lag_seconds";
 
 // Operations: what the build is, and how long requests and store calls take.
 pub const BUILD_INFO: &str = "presence_build_info";
@@ -85,6 +90,10 @@ pub const STORE_CALL_DURATION: &str = "presence_store_call_duration_seconds";
 /// same buckets serve API requests and store calls (Redis answers in well under a
 /// millisecond on loopback; its command timeout is 500 ms).
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// Seconds from a transition to its webhook's acceptance: a batch window (100 ms) and a
+/// POST when all is well; retries' backoff and a takeover (seconds) otherwise.
+const WEBHOOK_LAG_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0];
 
 /// `process_*` figures (CPU seconds, resident memory, open and maximum file descriptors,
 /// threads, start time), read from `/proc` at each scrape.
@@ -101,6 +110,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     for histogram in [UPDATE_LATENCY, API_REQUEST_DURATION, STORE_CALL_DURATION] {
         builder = builder.set_buckets_for_metric(Matcher::Full(histogram.into()), LATENCY_BUCKETS)?;
     }
+    builder = builder.set_buckets_for_metric(Matcher::Full(WEBHOOK_LAG.into()), WEBHOOK_LAG_BUCKETS)?;
     let handle = builder.install_recorder()?;
     describe();
     PROCESS.describe();
@@ -115,6 +125,8 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     ::metrics::gauge!(SNAPSHOT_MEMORY).increment(0.0);
     ::metrics::gauge!(BROKER_GROUP_SUBSCRIPTIONS).increment(0.0);
     ::metrics::gauge!(VIEW_STALE).increment(0.0);
+    ::metrics::gauge!(WEBHOOK_PENDING).increment(0.0);
+    ::metrics::gauge!(WEBHOOK_SHARDS).increment(0.0);
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
@@ -304,6 +316,24 @@ fn describe() {
          missed), or why they got a full snapshot instead (too_old, epoch, ahead, scope, malformed, unavailable)."
     );
     describe_counter!(
+        WEBHOOK_EVENTS,
+        "Webhook events settled by this router, by result: delivered (the receiver answered 2xx), dead_letter (still \
+         failing at the retry horizon; kept in the dead-letter stream), trimmed (dropped from the change log by its \
+         cap before delivery: lost)."
+    );
+    describe_counter!(WEBHOOK_RETRIES, "Webhook POSTs that failed and were sent again after a backoff.");
+    describe_gauge!(
+        WEBHOOK_SHARDS,
+        "Shards of the change log whose webhooks this router delivers now (it holds their lease); summed over the \
+         routers: every shard once."
+    );
+    describe_gauge!(WEBHOOK_PENDING, "Webhook events this router has in flight: taken, not yet accepted or given up.");
+    describe_histogram!(
+        WEBHOOK_LAG,
+        Unit::Seconds,
+        "From a transition's decision to its webhook's acceptance by the receiver, per event (retries included)."
+    );
+    describe_counter!(
         SNAPSHOTS,
         "Snapshots taken for dashboards, by source: new (to be encoded), shared (a cached frame of the current \
          view), recent (a cached frame a moment old, sent with the changes since)."
@@ -379,6 +409,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         FLOORS_ORPHANED,
         GROUP_COUNTS_SENT,
         UPDATES_COALESCED,
+        WEBHOOK_RETRIES,
     ]
     .into_iter()
     .map(|name| (name, Vec::new()))
@@ -465,6 +496,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         ],
     );
     each(SNAPSHOT_WAITS, "result", &["admitted", "timed_out"]);
+    each(WEBHOOK_EVENTS, "result", &["delivered", "dead_letter", "trimmed"]);
     each(DASHBOARD_RESUMES, "result", &["resumed", "too_old", "epoch", "ahead", "scope", "malformed", "unavailable"]);
     let engine_ops = [
         "activity",

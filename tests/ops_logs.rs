@@ -204,6 +204,7 @@ async fn help_is_grouped_by_topic_and_names_nothing_internal() {
         "Push-to-talk:",
         "Redis:",
         "Observability:",
+        "Webhooks:",
     ];
     let at: Vec<usize> =
         headings.iter().map(|h| help.find(&format!("\n{h}\n")).unwrap_or_else(|| panic!("{h}: {help}"))).collect();

@@ -4,7 +4,8 @@
 //! Each store keeps the latest transitions of each shard, in order, one entry per
 //! transition, appended atomically with deciding it (Redis: a capped stream per shard,
 //! `{prefix}log`, see `lua/prelude.lua`; memory: a ring). The cap is
-//! `--change-log-entries` per shard.
+//! `--change-log-entries` per shard. Nothing is published that is not in it, which makes
+//! it the outbox webhooks are delivered from too ([`super::outbox`]).
 
 use crate::{
     position::Position,
@@ -86,6 +87,14 @@ impl Ring {
         Position::new(&[&self.epoch], vec![self.head])
     }
 
+    /// Up to `max` transitions after the one numbered `after`, in order, and how many
+    /// after it were trimmed already (a reader that fell more than the cap behind).
+    pub(crate) fn after(&self, after: u64, max: usize) -> (Vec<LoggedChange>, u64) {
+        let kept = self.kept();
+        let skip = after.saturating_sub(kept).min(self.entries.len() as u64) as usize;
+        (self.entries.range(skip..).take(max).cloned().collect(), kept.saturating_sub(after))
+    }
+
     /// The number after which the ring still holds every transition.
     pub(crate) fn kept(&self) -> u64 {
         self.head - self.entries.len() as u64
@@ -137,5 +146,20 @@ mod tests {
         assert_eq!(ring.kept(), 1, "a position at 1 or later is served");
         assert_eq!(ring.since(&Position { seqs: vec![4], ..start.clone() }).err(), Some(Unserved::Ahead));
         assert_eq!(Ring::new(2).since(&head).err(), Some(Unserved::Epoch), "another start");
+    }
+
+    #[test]
+    fn a_ring_hands_out_what_follows_a_number_and_counts_what_was_trimmed() {
+        let mut ring = Ring::new(2);
+        assert!(ring.after(0, 10).0.is_empty());
+        for user in ["a", "b", "c"] {
+            ring.append(&mut update(user), Groups::default());
+        }
+        let users = |(changes, lost): (Vec<LoggedChange>, u64)| {
+            (changes.iter().map(|c| c.update.presence.user_id.to_string()).collect::<Vec<_>>(), lost)
+        };
+        assert_eq!(users(ring.after(0, 10)), (vec!["b".into(), "c".into()], 1), "a was trimmed");
+        assert_eq!(users(ring.after(1, 1)), (vec!["b".into()], 0));
+        assert_eq!(users(ring.after(3, 10)), (vec![], 0));
     }
 }

@@ -157,6 +157,12 @@ impl MemoryPresence {
         MemoryPresence { lifetimes, state: Mutex::new(state) }
     }
 
+    /// Up to `max` logged transitions after the one numbered `after`, and how many after
+    /// it the ring no longer holds (see [`super::outbox`]).
+    pub(crate) fn log_after(&self, after: u64, max: usize) -> (Vec<super::log::LoggedChange>, u64) {
+        self.state().log.after(after, max)
+    }
+
     /// The lock is never held across an await, and no code under it can panic, so a
     /// poisoned lock cannot happen; recover the guard rather than propagate a panic.
     fn state(&self) -> MutexGuard<'_, State> {

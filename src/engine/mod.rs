@@ -21,6 +21,7 @@
 mod floors;
 pub mod log;
 mod memory;
+pub mod outbox;
 pub mod redis;
 
 use std::{sync::Arc, time::Duration};

@@ -44,6 +44,7 @@ pub use broker::RedisBroker;
 pub use connection::Connection;
 use errors::classify;
 pub use keys::Keyspace;
+pub use outbox::{RedisOutbox, WEBHOOK_GROUP};
 
 use super::{Connected, EngineError, Lifetimes, PresenceStore, log::Changes};
 use crate::{
@@ -74,6 +75,9 @@ macro_rules! script {
         Script::new(concat!(include_str!("lua/prelude.lua"), include_str!(concat!("lua/", $file))))
     };
 }
+
+// After `script!`, which it uses.
+mod outbox;
 
 /// Where and how to reach Redis.
 #[derive(Debug, Clone)]

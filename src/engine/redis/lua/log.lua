@@ -32,18 +32,8 @@ local entries = redis.call('XRANGE', log, (from + 1) .. '-0', last .. '-0')
 if #entries ~= last - from then
   return verdict('too_old')
 end
-local order = {u = 1, s = 2, v = 3, l = 4, d = 5, c = 6, t = 7, g = 9, x = 10, a = 11, pg = 12}
 local rows = {}
 for _, entry in ipairs(entries) do
-  local row = {false, false, false, false, false, false, false, string.match(entry[1], '^(%d+)'), false, false, false,
-    false}
-  local fields = entry[2]
-  for i = 1, #fields, 2 do
-    local at = order[fields[i]]
-    if at then
-      row[at] = fields[i + 1]
-    end
-  end
-  rows[#rows + 1] = row
+  rows[#rows + 1] = row_of(entry)
 end
 return verdict('ok', rows)

@@ -25,6 +25,11 @@
 --                  v version, c cause, t decided at (ms), g groups after, pg groups before
 --                  (newline-separated), and when set l lastSeen, d deviceId, x text,
 --                  a lastActivity
+--                  The log is also the webhook outbox: its consumer group `webhooks`
+--                  records what was handed out for delivery and not yet settled
+--   {p}webhook:lease  the router delivering the shard's webhooks (PX, renewed while it
+--                  lives; see webhook_take.lua)
+--   {p}webhook:dead   stream: webhook events given up at the retry horizon
 --   {p}active      zset: user id -> last activity (ms), for users shown online in mode
 --                  "online": the auto-away queue
 --   {p}group:G     zset: user id -> when it last had a session in group G (ms), or +inf
@@ -128,6 +133,22 @@ local function append(row, before)
     end
   end
   redis.call('XADD', log, 'MAXLEN', '~', log_cap, row[8] .. '-0', unpack(entry))
+end
+
+-- A change-log entry ({id, fields}) as a row: {user, status, version, lastSeen, deviceId,
+-- cause, now, seq, groups, text, lastActivity, groups before} (false where unset).
+local function row_of(entry)
+  local order = {u = 1, s = 2, v = 3, l = 4, d = 5, c = 6, t = 7, g = 9, x = 10, a = 11, pg = 12}
+  local row = {false, false, false, false, false, false, false, string.match(entry[1], '^(%d+)'), false, false, false,
+    false}
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    local at = order[fields[i]]
+    if at then
+      row[at] = fields[i + 1]
+    end
+  end
+  return row
 end
 
 -- Registers a session's lease, or ends it (`at` nil).
