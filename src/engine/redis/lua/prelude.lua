@@ -103,10 +103,15 @@ end
 -- The groups each user was in before this call changed them (see `settle`), for the log.
 local groups_before = {}
 
+-- A new epoch: Redis' clock in microseconds, unique to the moment it is made.
+local function new_epoch()
+  return t[1] .. string.format('%06d', tonumber(t[2]))
+end
+
 -- The shard's epoch, made anew (with an empty log) when Redis lost the epoch or the
 -- sequence, or the log is not a stream (written by something else under the prefix: an
 -- append must never fail half way through a transition): a new history, whose positions
--- compare with no earlier one's. Unique: Redis' clock in microseconds when it is made.
+-- compare with no earlier one's.
 local function history()
   local epoch_key = prefix .. 'epoch'
   local epoch = redis.call('GET', epoch_key)
@@ -114,7 +119,7 @@ local function history()
   if epoch and redis.call('EXISTS', KEYS[1]) == 1 and (kind == 'stream' or kind == 'none') then
     return epoch
   end
-  epoch = t[1] .. string.format('%06d', tonumber(t[2]))
+  epoch = new_epoch()
   redis.call('SET', epoch_key, epoch)
   redis.call('SET', KEYS[1], 0, 'NX')
   redis.call('DEL', log)
