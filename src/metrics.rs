@@ -74,6 +74,8 @@ pub const SNAPSHOT_ENCODES: &str = "presence_snapshot_encodes_total";
 pub const SNAPSHOT_MEMORY: &str = "presence_snapshot_memory_bytes";
 pub const SNAPSHOT_WAITS: &str = "presence_snapshot_waits_total";
 pub const DASHBOARD_RESUMES: &str = "presence_dashboard_resumes_total";
+pub const EVENT_STREAMS: &str = "presence_event_streams";
+pub const EVENT_STREAM_ENDS: &str = "presence_event_stream_ends_total";
 
 // Operations: what the build is, and how long requests and store calls take.
 pub const BUILD_INFO: &str = "presence_build_info";
@@ -112,6 +114,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         ::metrics::gauge!(CONNECTIONS, "role" => role.as_str()).increment(0.0);
     }
     ::metrics::gauge!(SNAPSHOT_MEMORY).increment(0.0);
+    ::metrics::gauge!(EVENT_STREAMS).increment(0.0);
     ::metrics::gauge!(BROKER_GROUP_SUBSCRIPTIONS).increment(0.0);
     ::metrics::gauge!(VIEW_STALE).increment(0.0);
     Ok(HANDLE.get_or_init(|| handle).clone())
@@ -292,6 +295,12 @@ fn describe() {
          timeout), header_too_large, bad_request, incomplete, io."
     );
     describe_counter!(ACCEPT_ERRORS, "Failed accepts, by kind (fd_limit, memory, aborted, other).");
+    describe_gauge!(EVENT_STREAMS, "Open server-sent event streams (GET /api/presence/events).");
+    describe_counter!(
+        EVENT_STREAM_ENDS,
+        "Event streams ended by the router, by reason: slow_consumer (its queue filled; connection dropped), reset \
+         (its position can no longer be served after a rebuild of the view)."
+    );
     describe_counter!(
         DASHBOARD_RESUMES,
         "Dashboards that presented a position on connect, by result: resumed (sent only the changes they \
@@ -458,6 +467,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         ],
     );
     each(SNAPSHOT_WAITS, "result", &["admitted", "timed_out"]);
+    each(EVENT_STREAM_ENDS, "reason", &["slow_consumer", "reset"]);
     each(DASHBOARD_RESUMES, "result", &["resumed", "too_old", "epoch", "ahead", "scope", "malformed", "unavailable"]);
     let engine_ops = [
         "activity",

@@ -5,6 +5,7 @@
 mod cors;
 mod dashboard_page;
 mod error;
+pub mod events;
 mod ops;
 mod presence;
 mod rate_limit;
@@ -22,6 +23,7 @@ use axum::{
 
 pub use cors::{Cors, CorsOrigins};
 pub use error::ApiError;
+pub use events::EventStreams;
 pub use presence::MAX_USER_IDS;
 pub use rate_limit::{ApiLimiter, retry_after_secs};
 
@@ -31,7 +33,8 @@ use crate::{app::App, metrics, ws};
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The API's routes, as the `route` label of its metrics has them.
-pub const API_ROUTES: [&str; 3] = ["/api/presence/status", "/api/users/{id}/presence", "/api/groups/{id}/presence"];
+pub const API_ROUTES: [&str; 4] =
+    ["/api/presence/status", "/api/users/{id}/presence", "/api/groups/{id}/presence", events::ROUTE];
 
 /// What answers a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +51,8 @@ pub enum Endpoint {
     Status,
     User,
     Group,
+    /// Presence transitions as server-sent events.
+    Events,
 }
 
 /// A method on a path, and what answers it. The routers are built from [`public_routes`]
@@ -70,7 +75,7 @@ impl Route {
     /// An API route: counted in the API's metrics, its body bounded, its requests timed
     /// out, and with `--cors-origins` answering CORS preflights (`OPTIONS`).
     pub fn is_api(&self) -> bool {
-        matches!(self.endpoint, Endpoint::Status | Endpoint::User | Endpoint::Group)
+        matches!(self.endpoint, Endpoint::Status | Endpoint::User | Endpoint::Group | Endpoint::Events)
     }
 
     fn handler(&self) -> MethodRouter<Arc<App>> {
@@ -85,6 +90,7 @@ impl Route {
             Endpoint::Status => on(filter, presence::status),
             Endpoint::User => on(filter, presence::user),
             Endpoint::Group => on(filter, presence::group),
+            Endpoint::Events => on(filter, events::events),
         };
         handler.fallback(method_not_allowed)
     }
@@ -93,7 +99,7 @@ impl Route {
 /// Every route of the public port: the WebSocket endpoint (`/` and `/ws`), the dashboard
 /// page, the presence API, the probes, and `/metrics` when `public_metrics`.
 pub fn public_routes(public_metrics: bool) -> Vec<Route> {
-    let [status, user, group] = API_ROUTES;
+    let [status, user, group, events] = API_ROUTES;
     let mut routes = vec![
         Route::get("/", Endpoint::WebSocket),
         Route::get("/ws", Endpoint::WebSocket),
@@ -101,6 +107,7 @@ pub fn public_routes(public_metrics: bool) -> Vec<Route> {
         Route { method: Method::POST, path: status, endpoint: Endpoint::Status },
         Route::get(user, Endpoint::User),
         Route::get(group, Endpoint::Group),
+        Route::get(events, Endpoint::Events),
     ];
     routes.extend(probe_routes());
     if public_metrics {

@@ -254,7 +254,7 @@ impl From<UserPresence> for UserStatus {
 
 /// Any valid token may read presence, within its [`Scope`]: `Authorization: Bearer <jwt>`
 /// (or a `token` header).
-async fn authorize(app: &App, headers: &HeaderMap) -> Result<Claims, ApiError> {
+pub(super) async fn authorize(app: &App, headers: &HeaderMap) -> Result<Claims, ApiError> {
     let token = Credentials::from_headers(headers).token.ok_or_else(|| {
         ApiError::new(StatusCode::UNAUTHORIZED, "missing_token", "send `Authorization: Bearer <jwt>`")
     })?;
@@ -277,7 +277,7 @@ fn is_no_user(id: &Id) -> bool {
 /// `presence_unavailable` while degraded. A store that still answers reads but refuses
 /// writes (out of memory, a read-only replica) would serve presence it can no longer keep
 /// current, so its answers are refused too until presence is rebuilt.
-fn presence(app: &App) -> Result<&Node, ApiError> {
+pub(super) fn presence(app: &App) -> Result<&Node, ApiError> {
     if !app.presence_enabled {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "presence_disabled", "PRESENCE_ENABLED is false"));
     }
