@@ -26,7 +26,7 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    engine::{Engine, EngineError, FloorClaim, FloorTake, Talker},
+    engine::{Engine, EngineError, FloorClaim, FloorTake, StatusSet, Talker},
     fanout::FanOut,
     hub::{Hub, StaleReason},
     id::Id,
@@ -448,6 +448,16 @@ impl Node {
             registered.choice = Some(Choice { mode, text: text.map(Arc::from) });
         }
         Ok(())
+    }
+
+    /// Sets the status `user` chose from no session of its own (the HTTP API); false when
+    /// the user has no live session (nothing is set).
+    pub async fn set_user_status(&self, user: &Id, mode: Mode, text: Option<&str>) -> Result<bool, EngineError> {
+        self.skip_while_degraded()?;
+        match self.check("status", store!(self, set_user_status(user, mode, text)))? {
+            StatusSet::NotOnline => Ok(false),
+            StatusSet::Set(update) => self.announce("status", Ok(update)).await.map(|()| true),
+        }
     }
 
     /// Sends the relayed frames still queued for other routers (the router is exiting).

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::{
     Broker, BrokerEvents, Connected, EngineError, FloorClaim, FloorTake, Lifetimes, OrphanedFloor, PresenceStore,
-    SignalStore,
+    SignalStore, StatusSet,
     log::{Changes, Ring},
 };
 use crate::{
@@ -340,6 +340,28 @@ impl PresenceStore for MemoryPresence {
             record.seen_on(session, unix_ms());
         }
         Ok(state.settle(&session.user, Cause::Status, changed_text.then_some(Cause::Status)))
+    }
+
+    async fn set_user_status(&self, user: &Id, mode: Mode, text: Option<&str>) -> Result<StatusSet, EngineError> {
+        let live = {
+            let state = self.state();
+            let now = Instant::now();
+            state.users.get(user).is_some_and(|record| {
+                record.live.iter().any(|s| state.leases.get(s).is_some_and(|lease| lease.deadline > now))
+            })
+        };
+        if !live {
+            return Ok(StatusSet::NotOnline);
+        }
+        // Seen again after being invisible: on the device it was last seen on.
+        let session = Session {
+            id: SessionId::from(String::new()),
+            user: user.clone(),
+            device_id: None,
+            groups: Groups::default(),
+            choice: None,
+        };
+        self.set_status(&session, mode, text).await.map(StatusSet::Set)
     }
 
     async fn activity(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {

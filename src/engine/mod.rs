@@ -104,6 +104,15 @@ pub struct Connected {
     pub replaced: Option<SessionId>,
 }
 
+/// What [`PresenceStore::set_user_status`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusSet {
+    /// The user has no live session: nothing was written.
+    NotOnline,
+    /// Set; the transition when what others see changed.
+    Set(Option<PresenceUpdate>),
+}
+
 /// Stored presence: session leases that expire unless heartbeats renew them.
 ///
 /// A session with a device id holds its user's device: a new session of the same user and
@@ -147,6 +156,12 @@ pub trait PresenceStore: Send + Sync + 'static {
         mode: Mode,
         text: Option<&str>,
     ) -> Result<Option<PresenceUpdate>, EngineError>;
+
+    /// Sets the status and text `user` chose, as [`PresenceStore::set_status`] does from
+    /// one of its sessions, but only while it has a live session: a status belongs to a
+    /// present user, and nothing is written for one without ([`StatusSet::NotOnline`]).
+    /// For requests that come from no session of the user (the HTTP API).
+    async fn set_user_status(&self, user: &Id, mode: Mode, text: Option<&str>) -> Result<StatusSet, EngineError>;
 
     /// Records activity of the session's user (resets the away timer). Returns the
     /// transition when the user was idle (away) and is online again.

@@ -67,16 +67,19 @@ pub fn status(payload: &Value) -> Result<(Mode, Option<String>), PayloadError> {
     let mode = field(map, "status").and_then(Value::as_str).and_then(Mode::parse).ok_or(PayloadError::Status)?;
     let text = match field(map, "text") {
         None | Some(Value::Nil) => None,
-        Some(Value::String(s)) => {
-            let text = s.as_str().ok_or(PayloadError::Text)?;
-            if text.len() > MAX_STATUS_TEXT || text.chars().any(char::is_control) {
-                return Err(PayloadError::Text);
-            }
-            Some(text.to_owned()).filter(|t| !t.is_empty())
-        }
+        Some(Value::String(s)) => status_text(s.as_str().ok_or(PayloadError::Text)?)?,
         Some(_) => return Err(PayloadError::Text),
     };
     Ok((mode, text))
+}
+
+/// A status text as stored: at most [`MAX_STATUS_TEXT`] bytes without control characters;
+/// an empty one is none. The WebSocket STATUS frame and the HTTP API read it alike.
+pub fn status_text(text: &str) -> Result<Option<String>, PayloadError> {
+    if text.len() > MAX_STATUS_TEXT || text.chars().any(char::is_control) {
+        return Err(PayloadError::Text);
+    }
+    Ok(Some(text.to_owned()).filter(|t| !t.is_empty()))
 }
 
 /// INDICATOR: `{type: "typing"|"recording", isActive: bool}`; `isActive` defaults to true.

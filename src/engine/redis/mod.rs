@@ -45,7 +45,7 @@ pub use connection::Connection;
 use errors::classify;
 pub use keys::Keyspace;
 
-use super::{Connected, EngineError, Lifetimes, PresenceStore, log::Changes};
+use super::{Connected, EngineError, Lifetimes, PresenceStore, StatusSet, log::Changes};
 use crate::{
     id::Id,
     metrics,
@@ -551,6 +551,17 @@ impl PresenceStore for RedisPresence {
             .await
             .map_err(classify)?;
         row.map(parse_row).transpose()
+    }
+
+    async fn set_user_status(&self, user: &Id, mode: Mode, text: Option<&str>) -> Result<StatusSet, EngineError> {
+        let mut call = self.call(&self.status, self.keys.shard_of(user.as_str()));
+        // No session of its own: no session id, and the device the user was last seen on.
+        call.arg(user.as_str()).arg("").arg(mode.as_str()).arg(text.unwrap_or("")).arg("").arg("1");
+        let row: Option<Row> = call.invoke_async(&mut self.conn.clone()).await.map_err(classify)?;
+        match row {
+            Some(row) if row.len() == 1 && row[0].as_deref() == Some("not_online") => Ok(StatusSet::NotOnline),
+            row => row.map(parse_row).transpose().map(StatusSet::Set),
+        }
     }
 
     async fn activity(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {

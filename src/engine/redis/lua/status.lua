@@ -1,8 +1,21 @@
 -- The user chose a status. ARGV: last_seen_ms, ttl_ms, user, session, mode
--- (online/away/dnd/invisible), text ('' = none), deviceId of the session ('' = none).
+-- (online/away/dnd/invisible), text ('' = none), deviceId of the session ('' = none),
+-- and '1' when set from no session of the user (the HTTP API): then only while the user
+-- has a live session, else nothing is written and {'not_online'} is returned.
 -- Setting a status is activity.
 local user, mode, text = ARGV[3], ARGV[5], ARGV[6]
 local meta, skey = keys_of(user)
+if ARGV[8] == '1' then
+  local live = false
+  for _, session in ipairs(redis.call('SMEMBERS', skey)) do
+    if (deadline(user, session) or 0) > now then
+      live = true
+    end
+  end
+  if not live then
+    return {'not_online'}
+  end
+end
 local old = redis.call('HGET', meta, 'text') or ''
 local was_invisible = redis.call('HGET', meta, 'mode') == 'invisible'
 redis.call('HSET', meta, 'mode', mode, 'lastActivity', now)

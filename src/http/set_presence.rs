@@ -1,0 +1,207 @@
+//! Presence set over HTTP, for backends and apps that hold no WebSocket for it:
+//! `POST /api/presence/me/status` (the token's own user), `POST /api/users/{id}/status`
+//! (a `service` token: any user within its scope) and `POST /api/presence/typing`.
+//!
+//! A status belongs to a present user: setting one for a user without a live session is
+//! refused with 409 `not_online` and writes nothing (so a backend learns the driver is
+//! gone rather than setting a status nobody will see). A user outside the token's scope
+//! is answered exactly like one never seen, as on every read.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{
+        Path, State,
+        rejection::{BytesRejection, PathRejection},
+    },
+    http::{HeaderMap, StatusCode},
+};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    ApiError,
+    presence::{UserStatus, authorize, json_body, path_id, presence, unavailable},
+    rate_limit::{self, Cost},
+};
+use crate::{
+    app::App,
+    auth::{Claims, Role},
+    id::Id,
+    metrics,
+    node::Write,
+    presence::{Mode, unix_ms},
+    protocol::{
+        self,
+        payload::{self, IndicatorKind},
+    },
+    scope::Scope,
+    transient::{Audience, Delivery},
+};
+
+/// The routes: own status, a user's status, typing.
+pub const ROUTES: [&str; 3] = ["/api/presence/me/status", "/api/users/{id}/status", "/api/presence/typing"];
+
+/// The body of a status request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusRequest {
+    /// online, away, dnd or invisible.
+    status: String,
+    /// The custom text; `null`, empty or missing clears it.
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct StatusResponse {
+    success: bool,
+    /// The user's presence once set, as the token reads it.
+    user: UserStatus,
+    timestamp: u64,
+}
+
+/// `POST /api/presence/me/status`: the token's own user.
+pub async fn own(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<StatusResponse>, ApiError> {
+    let claims = authorize(&app, &headers).await?;
+    rate_limit::charge(&app, &claims, Cost::One(ROUTES[0]))?;
+    let user = claims.sub.clone();
+    set_status(&app, &claims, user, &headers, body).await
+}
+
+/// `POST /api/users/{id}/status`: a `service` token sets any user's within its scope (any
+/// other token only its own user's: 403 `forbidden_role` otherwise).
+pub async fn user(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<StatusResponse>, ApiError> {
+    let claims = authorize(&app, &headers).await?;
+    rate_limit::charge(&app, &claims, Cost::One(ROUTES[1]))?;
+    let user = path_id(id, "invalid_user_id")?;
+    if user != claims.sub && claims.role != Role::Service {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_role",
+            "only a service token may set another user's status",
+        ));
+    }
+    set_status(&app, &claims, user, &headers, body).await
+}
+
+async fn set_status(
+    app: &App,
+    claims: &Claims,
+    user: Id,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<StatusResponse>, ApiError> {
+    let body = json_body(headers, body)?;
+    let request: StatusRequest = serde_json::from_slice(&body).map_err(|e| invalid(e.to_string()))?;
+    let mode = Mode::parse(&request.status).ok_or_else(|| invalid(payload::PayloadError::Status.to_string()))?;
+    let text = payload::status_text(request.text.as_deref().unwrap_or("")).map_err(|e| invalid(e.to_string()))?;
+    let node = presence(app)?;
+    let scope = Scope::of(claims);
+    let before = node.lookup(std::slice::from_ref(&user), &scope).await.map_err(unavailable)?;
+    // Out of scope reads like never seen: the same answer as a user without a session.
+    if user != claims.sub && before.first().is_none_or(|p| p.version == 0) {
+        return Err(not_online());
+    }
+    if !node.set_user_status(&user, mode, text.as_deref()).await.map_err(unavailable)? {
+        return Err(not_online());
+    }
+    // The user's connections, on every router, hide or show their own signals.
+    let invisible = mode == Mode::Invisible;
+    node.send(Delivery { audience: Audience::Visibility { user: user.clone(), invisible }, except: None, frame: Bytes::new() });
+    let after = node.lookup(std::slice::from_ref(&user), &scope).await.map_err(unavailable)?;
+    let user = after.into_iter().next().ok_or_else(|| unavailable_store("the user's presence was not read back"))?;
+    Ok(Json(StatusResponse { success: true, user: user.into(), timestamp: unix_ms() }))
+}
+
+/// The body of a typing request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TypingRequest {
+    /// The group typed in (`channel_id` and `channelId` are read as well).
+    #[serde(alias = "channel_id", alias = "channelId")]
+    group_id: Id,
+    /// false ends the indicator before its lifetime; default true.
+    #[serde(default = "active")]
+    is_active: bool,
+}
+
+fn active() -> bool {
+    true
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypingResponse {
+    success: bool,
+    group_id: Id,
+    is_active: bool,
+    /// Milliseconds until the indicator ends unless announced again (`TYPING_TTL_MS`); 0
+    /// when it was ended.
+    expires_in_ms: u64,
+}
+
+/// `POST /api/presence/typing`: the token's user is typing in one of its groups (its
+/// token's `groups`; 403 `not_a_member` otherwise), announced to the group's members and
+/// dashboards like the WebSocket INDICATOR and ended after the same lifetime unless
+/// announced again. Only for a user shown online, away or dnd: 409 `not_online` otherwise
+/// (an invisible user's typing is never shown).
+pub async fn typing(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<TypingResponse>, ApiError> {
+    let claims = authorize(&app, &headers).await?;
+    rate_limit::charge(&app, &claims, Cost::One(ROUTES[2]))?;
+    let body = json_body(&headers, body)?;
+    let request: TypingRequest = serde_json::from_slice(&body).map_err(|e| invalid(e.to_string()))?;
+    let group = request.group_id;
+    if !claims.groups.as_ref().is_some_and(|groups| groups.contains(&group)) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "not_a_member", "groupId must be one of the token's groups"));
+    }
+    let node = presence(&app)?;
+    let user = claims.sub.clone();
+    let me = node.lookup(std::slice::from_ref(&user), &Scope::everyone()).await.map_err(unavailable)?;
+    if !me.first().is_some_and(|p| p.status.is_online()) {
+        return Err(not_online());
+    }
+    let ttl = app.limits.typing_ttl;
+    let kind = IndicatorKind::Typing;
+    let write = Write::Indicator { group: group.clone(), user: user.clone(), kind, ttl: request.is_active.then_some(ttl) };
+    if !node.write_soon(write) {
+        return Err(unavailable_store("the presence store is unreachable"));
+    }
+    let active = if request.is_active { "true" } else { "false" };
+    ::metrics::counter!(metrics::INDICATORS, "type" => kind.as_str(), "active" => active).increment(1);
+    let frame = protocol::indicator_frame(&group, &user, kind, request.is_active);
+    let audience = Audience::Group { group: group.clone(), dashboards: true };
+    node.send(Delivery { audience, except: Some(user), frame });
+    let expires_in_ms = if request.is_active { ttl.as_millis() as u64 } else { 0 };
+    Ok(Json(TypingResponse { success: true, group_id: group, is_active: request.is_active, expires_in_ms }))
+}
+
+fn invalid(detail: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", detail)
+}
+
+fn not_online() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "not_online",
+        "the user has no live session (or is invisible, for typing): a status belongs to a present user",
+    )
+}
+
+fn unavailable_store(message: &str) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "presence_unavailable", message)
+}
