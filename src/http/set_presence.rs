@@ -7,7 +7,10 @@
 //! gone rather than setting a status nobody will see). A user outside the token's scope
 //! is answered exactly like one never seen, as on every read.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use axum::{
     Json,
@@ -19,6 +22,7 @@ use axum::{
     http::{HeaderMap, StatusCode},
 };
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use super::{
     ApiError,
@@ -30,7 +34,7 @@ use crate::{
     auth::{Claims, Role},
     id::Id,
     metrics,
-    node::Write,
+    node::{Node, Write},
     presence::{Mode, unix_ms},
     protocol::{
         self,
@@ -176,18 +180,86 @@ pub async fn typing(
         return Err(not_online());
     }
     let ttl = app.limits.typing_ttl;
-    let kind = IndicatorKind::Typing;
-    let write = Write::Indicator { group: group.clone(), user: user.clone(), kind, ttl: request.is_active.then_some(ttl) };
-    if !node.write_soon(write) {
-        return Err(unavailable_store("the presence store is unreachable"));
+    let key = (group.clone(), user);
+    if request.is_active {
+        if !node.write_soon(Write::Indicator { group: group.clone(), user: key.1.clone(), kind: TYPING, ttl: Some(ttl) }) {
+            return Err(unavailable_store("the presence store is unreachable"));
+        }
+        if app.http_typing.start(&key, Instant::now() + ttl) {
+            announce(node, &key, true);
+            tokio::spawn(end_when_due(app.clone(), key));
+        }
+    } else {
+        app.http_typing.stop(&key);
+        end(node, &key);
     }
-    let active = if request.is_active { "true" } else { "false" };
-    ::metrics::counter!(metrics::INDICATORS, "type" => kind.as_str(), "active" => active).increment(1);
-    let frame = protocol::indicator_frame(&group, &user, kind, request.is_active);
-    let audience = Audience::Group { group: group.clone(), dashboards: true };
-    node.send(Delivery { audience, except: Some(user), frame });
     let expires_in_ms = if request.is_active { ttl.as_millis() as u64 } else { 0 };
     Ok(Json(TypingResponse { success: true, group_id: group, is_active: request.is_active, expires_in_ms }))
+}
+
+const TYPING: IndicatorKind = IndicatorKind::Typing;
+
+/// A group and a user in it.
+type Key = (Id, Id);
+
+/// The typing indicators this router started over HTTP, and when each ends unless
+/// announced again: the same lifetime as a WebSocket connection's, ended by this router
+/// (by the Redis engine's sweep of lapsed indicators if this router dies first).
+#[derive(Default)]
+pub struct HttpTyping {
+    live: Mutex<HashMap<Key, Instant>>,
+}
+
+impl HttpTyping {
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Instant>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts `key` until `until`, or pushes its end there; true when it was not live.
+    fn start(&self, key: &Key, until: Instant) -> bool {
+        self.live().insert(key.clone(), until).is_none()
+    }
+
+    fn stop(&self, key: &Key) {
+        self.live().remove(key);
+    }
+
+    /// When `key` ends: `None` once it ended (then the caller announces the end).
+    fn until(&self, key: &Key, now: Instant) -> Option<Instant> {
+        let mut live = self.live();
+        let until = *live.get(key)?;
+        if until <= now {
+            live.remove(key);
+            return None;
+        }
+        Some(until)
+    }
+}
+
+/// Ends `key`'s indicator once its lifetime passes without another announcement (and
+/// nothing, if it was ended meanwhile).
+async fn end_when_due(app: Arc<App>, key: Key) {
+    while let Some(until) = app.http_typing.until(&key, Instant::now()) {
+        tokio::time::sleep_until(until).await;
+    }
+    if !app.http_typing.live().contains_key(&key) {
+        end(&app.node, &key);
+    }
+}
+
+/// Clears the store's copy of `key`'s indicator and announces its end.
+fn end(node: &Node, key: &Key) {
+    node.write_soon(Write::Indicator { group: key.0.clone(), user: key.1.clone(), kind: TYPING, ttl: None });
+    announce(node, key, false);
+}
+
+/// INDICATOR_UPDATE to the group's members and dashboards, never to the user itself.
+fn announce(node: &Node, (group, user): &Key, active: bool) {
+    let label = if active { "true" } else { "false" };
+    ::metrics::counter!(metrics::INDICATORS, "type" => TYPING.as_str(), "active" => label).increment(1);
+    let frame = protocol::indicator_frame(group, user, TYPING, active);
+    let audience = Audience::Group { group: group.clone(), dashboards: true };
+    node.send(Delivery { audience, except: Some(user.clone()), frame });
 }
 
 fn invalid(detail: String) -> ApiError {
