@@ -44,7 +44,7 @@ use crate::{
     metrics,
     node::{Node, log_reads},
     position::Position,
-    presence::{Cause, Groups, PresenceUpdate, Status},
+    presence::{Activity, Cause, Groups, PresenceUpdate, Status},
     scope::{Scope, View},
 };
 
@@ -372,6 +372,8 @@ struct Transition<'a> {
     status_text: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_activity: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    activity: Option<&'a Activity>,
     #[serde(skip_serializing_if = "<[Id]>::is_empty")]
     groups: &'a [Id],
     version: u64,
@@ -390,6 +392,7 @@ impl<'a> Transition<'a> {
             device_id: p.device_id.as_deref(),
             status_text: p.status_text.as_deref(),
             last_activity: p.last_activity,
+            activity: p.activity.as_ref(),
             groups: &p.groups,
             version: p.version,
             cause: update.cause,

@@ -22,7 +22,7 @@ use crate::{
     engine::EngineError,
     id::Id,
     node::Node,
-    presence::{Status, UserPresence, unix_ms},
+    presence::{Activity, Status, UserPresence, unix_ms},
     protocol::payload::IndicatorKind,
     scope::Scope,
 };
@@ -41,6 +41,8 @@ pub(super) struct UserStatus {
     status_text: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_activity: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    activity: Option<Activity>,
 }
 
 /// While this router's view of presence is stale (see [`crate::hub::Stale`]), the `stale`
@@ -237,6 +239,7 @@ impl From<UserPresence> for UserStatus {
             device_id: p.device_id,
             status_text: p.status_text,
             last_activity: p.last_activity,
+            activity: p.activity,
         }
     }
 }

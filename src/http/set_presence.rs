@@ -35,7 +35,7 @@ use crate::{
     id::Id,
     metrics,
     node::{Node, Write},
-    presence::{Mode, unix_ms},
+    presence::{ActivityChange, Mode, unix_ms},
     protocol::{
         self,
         payload::{self, IndicatorKind},
@@ -56,6 +56,24 @@ struct StatusRequest {
     /// The custom text; `null`, empty or missing clears it.
     #[serde(default)]
     text: Option<String>,
+    /// What the user is doing: missing leaves it as it is, `null` clears it.
+    #[serde(default, deserialize_with = "present")]
+    activity: Option<Option<ActivityRequest>>,
+}
+
+/// An activity to set: `{type, name}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActivityRequest {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// A field that is present, `null` or not: missing stays `None` (by `default`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<ActivityRequest>>, D::Error> {
+    Option::<ActivityRequest>::deserialize(d).map(Some)
 }
 
 #[derive(Serialize)]
@@ -110,6 +128,11 @@ async fn set_status(
     let request: StatusRequest = serde_json::from_slice(&body).map_err(|e| invalid(e.to_string()))?;
     let mode = Mode::parse(&request.status).ok_or_else(|| invalid(payload::PayloadError::Status.to_string()))?;
     let text = payload::status_text(request.text.as_deref().unwrap_or("")).map_err(|e| invalid(e.to_string()))?;
+    let activity = match request.activity {
+        None => ActivityChange::Keep,
+        Some(None) => ActivityChange::Clear,
+        Some(Some(a)) => payload::activity_change(&a.kind, a.name.as_deref()).map_err(|e| invalid(e.to_string()))?,
+    };
     let node = presence(app)?;
     let scope = Scope::of(claims);
     let before = node.lookup(std::slice::from_ref(&user), &scope).await.map_err(unavailable)?;
@@ -117,7 +140,7 @@ async fn set_status(
     if user != claims.sub && before.first().is_none_or(|p| p.version == 0) {
         return Err(not_online());
     }
-    if !node.set_user_status(&user, mode, text.as_deref()).await.map_err(unavailable)? {
+    if !node.set_user_status(&user, mode, text.as_deref(), &activity).await.map_err(unavailable)? {
         return Err(not_online());
     }
     // The user's connections, on every router, hide or show their own signals.

@@ -3,7 +3,8 @@
 -- answered). Returns {epoch, head, verdict, rows}: the shard's epoch and last sequence
 -- number now (the caller compares the epoch with the position's); verdict 'ok' with every
 -- transition after seq up to the head, in order, as rows {user, status, version,
--- lastSeen, deviceId, cause, now, seq, groups, text, lastActivity, groups before}; else
+-- lastSeen, deviceId, cause, now, seq, groups, text, lastActivity, activity, groups
+-- before}; else
 -- why not (rows empty): 'ahead' (a position past the head: not this history's),
 -- 'too_old' (entries after it were trimmed, or more than the limit).
 -- Atomic: the head and the rows are read at the same instant.
@@ -26,11 +27,11 @@ local entries = redis.call('XRANGE', log, (from + 1) .. '-0', '+')
 if #entries ~= head - from then
   return verdict('too_old')
 end
-local order = {u = 1, s = 2, v = 3, l = 4, d = 5, c = 6, t = 7, g = 9, x = 10, a = 11, pg = 12}
+local order = {u = 1, s = 2, v = 3, l = 4, d = 5, c = 6, t = 7, g = 9, x = 10, a = 11, y = 12, pg = 13}
 local rows = {}
 for _, entry in ipairs(entries) do
   local row = {false, false, false, false, false, false, false, string.match(entry[1], '^(%d+)'), false, false, false,
-    false}
+    false, false}
   local fields = entry[2]
   for i = 1, #fields, 2 do
     local at = order[fields[i]]
