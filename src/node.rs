@@ -31,7 +31,9 @@ use crate::{
     hub::{Hub, StaleReason},
     id::Id,
     metrics,
-    presence::{ActivityChange, Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, UserPresence, unix_ms},
+    presence::{
+        ActivityChange, Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, UserPresence, unix_ms,
+    },
     protocol::{self, ChannelType, payload::IndicatorKind},
     relay::Relay,
     renewals::PendingRenewals,

@@ -154,7 +154,10 @@ pub enum ActivityChange {
     Keep,
     Clear,
     /// Sets it; its start is kept when the type and name are unchanged.
-    Set { kind: Arc<str>, name: Option<Arc<str>> },
+    Set {
+        kind: Arc<str>,
+        name: Option<Arc<str>>,
+    },
 }
 
 impl ActivityChange {

@@ -22,7 +22,10 @@ macro_rules! on_both_engines {
     };
 }
 
-on_both_engines!(an_activity_travels_from_a_status_frame_to_dashboards_the_api_and_event_streams, bad_activities_are_refused);
+on_both_engines!(
+    an_activity_travels_from_a_status_frame_to_dashboards_the_api_and_event_streams,
+    bad_activities_are_refused
+);
 
 /// STATUS (35) with `activity` (omitted when `None`), and its ACK.
 async fn set_status(client: &mut Client, user: &str, status: &str, activity: Option<Value>) {

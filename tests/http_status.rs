@@ -133,7 +133,8 @@ async fn typing_over_http_reaches_members_and_dashboards_on_every_router(engine:
     let (status, _) = post(first.addr, "/api/presence/typing", &typist, r#"{"groupId": "g1"}"#).await;
     assert_eq!(status, 200);
     member.expect_indicator("u1", "typing", true).await;
-    let (status, _) = post(first.addr, "/api/presence/typing", &typist, r#"{"groupId": "g1", "isActive": false}"#).await;
+    let (status, _) =
+        post(first.addr, "/api/presence/typing", &typist, r#"{"groupId": "g1", "isActive": false}"#).await;
     assert_eq!(status, 200);
     member.expect_indicator("u1", "typing", false).await;
 

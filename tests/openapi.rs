@@ -457,7 +457,11 @@ async fn presence_writes_and_stream_refusals_match_the_spec() {
     assert_eq!(reply.status, 200, "{reply}");
 
     refused(&post(OWN, OWN.into(), me.clone(), r#"{"status": "asleep"}"#).await, 400, "invalid_request");
-    refused(&post(OF_USER, at(OF_USER, "u1"), bearer(&common::token("u2", Role::Mobile)), set).await, 403, "forbidden_role");
+    refused(
+        &post(OF_USER, at(OF_USER, "u1"), bearer(&common::token("u2", Role::Mobile)), set).await,
+        403,
+        "forbidden_role",
+    );
     refused(&post(OF_USER, at(OF_USER, "u9"), service.clone(), set).await, 409, "not_online");
     refused(&post(TYPING, TYPING.into(), me.clone(), r#"{"groupId": "elsewhere"}"#).await, 403, "not_a_member");
 

@@ -21,8 +21,8 @@ use crate::{
     id::Id,
     position::Position,
     presence::{
-        Activity, ActivityChange, Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, Snapshot, Status, UserPresence, next_version,
-        same_groups, unix_ms,
+        Activity, ActivityChange, Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, Snapshot, Status,
+        UserPresence, next_version, same_groups, unix_ms,
     },
     protocol::payload::IndicatorKind,
     scope::Scope,
@@ -461,7 +461,11 @@ impl PresenceStore for MemoryPresence {
     }
 
     async fn choice(&self, user: &Id) -> Result<Option<Choice>, EngineError> {
-        Ok(self.state().users.get(user).map(|r| Choice { mode: r.mode, text: r.text.clone(), activity: r.activity.clone() }))
+        Ok(self.state().users.get(user).map(|r| Choice {
+            mode: r.mode,
+            text: r.text.clone(),
+            activity: r.activity.clone(),
+        }))
     }
 
     async fn lookup(&self, users: &[Id], scope: &Scope) -> Result<Vec<UserPresence>, EngineError> {

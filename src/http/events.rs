@@ -165,7 +165,9 @@ fn since(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Position>, A
     let Some(token) = header.filter(|t| !t.is_empty()).or(query.filter(|t| !t.is_empty())) else {
         return Ok(None);
     };
-    Position::parse(&token).map(Some).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_position", e.to_string()))
+    Position::parse(&token)
+        .map(Some)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_position", e.to_string()))
 }
 
 /// Why a stream cannot go on from a position.
@@ -283,12 +285,7 @@ impl Stream {
                     Err(gone) => Err(encode(None, "reset", &ResetData { code: gone.code(), message: gone.message() })),
                 }
             }
-            HubEvent::Stale(_) => Ok(node
-                .hub()
-                .staleness()
-                .map(|stale| stale_event(&stale))
-                .into_iter()
-                .collect()),
+            HubEvent::Stale(_) => Ok(node.hub().staleness().map(|stale| stale_event(&stale)).into_iter().collect()),
             HubEvent::Fresh(_) => Ok(vec![encode(None, "fresh", &serde_json::json!({}))]),
             HubEvent::Indicator { .. } => Ok(vec![]),
         }

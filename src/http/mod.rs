@@ -25,9 +25,9 @@ use axum::{
 pub use cors::{Cors, CorsOrigins};
 pub use error::ApiError;
 pub use events::EventStreams;
-pub use set_presence::HttpTyping;
 pub use presence::MAX_USER_IDS;
 pub use rate_limit::{ApiLimiter, retry_after_secs};
+pub use set_presence::HttpTyping;
 
 use crate::{app::App, metrics, ws};
 

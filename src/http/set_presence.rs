@@ -145,7 +145,11 @@ async fn set_status(
     }
     // The user's connections, on every router, hide or show their own signals.
     let invisible = mode == Mode::Invisible;
-    node.send(Delivery { audience: Audience::Visibility { user: user.clone(), invisible }, except: None, frame: Bytes::new() });
+    node.send(Delivery {
+        audience: Audience::Visibility { user: user.clone(), invisible },
+        except: None,
+        frame: Bytes::new(),
+    });
     let after = node.lookup(std::slice::from_ref(&user), &scope).await.map_err(unavailable)?;
     let user = after.into_iter().next().ok_or_else(|| unavailable_store("the user's presence was not read back"))?;
     Ok(Json(StatusResponse { success: true, user: user.into(), timestamp: unix_ms() }))
@@ -205,7 +209,12 @@ pub async fn typing(
     let ttl = app.limits.typing_ttl;
     let key = (group.clone(), user);
     if request.is_active {
-        if !node.write_soon(Write::Indicator { group: group.clone(), user: key.1.clone(), kind: TYPING, ttl: Some(ttl) }) {
+        if !node.write_soon(Write::Indicator {
+            group: group.clone(),
+            user: key.1.clone(),
+            kind: TYPING,
+            ttl: Some(ttl),
+        }) {
             return Err(unavailable_store("the presence store is unreachable"));
         }
         if app.http_typing.start(&key, Instant::now() + ttl) {

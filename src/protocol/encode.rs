@@ -137,9 +137,8 @@ fn opt_field<T>(buf: &mut ByteBuf, key: &str, value: Option<T>, write: impl FnOn
 /// before statuses existed.
 pub(super) fn user_map(buf: &mut ByteBuf, user: &UserPresence, activity: bool, extra: u32) {
     let last_activity = user.last_activity.filter(|_| activity);
-    let optional = u32::from(user.status_text.is_some())
-        + u32::from(last_activity.is_some())
-        + u32::from(user.activity.is_some());
+    let optional =
+        u32::from(user.status_text.is_some()) + u32::from(last_activity.is_some()) + u32::from(user.activity.is_some());
     let Ok(_) = enc::write_map_len(buf, 6 + optional + extra);
     str_field(buf, "userId", user.user_id.as_str());
     str_field(buf, "status", user.status.as_str());
@@ -275,7 +274,13 @@ pub fn snapshot_len_bound(contents: &SnapshotContents) -> usize {
             + groups
             + user.status_text.as_deref().map_or(0, |t| str(10) + str(t.len()))
             + user.activity.as_ref().map_or(0, |a| {
-                str(8) + 1 + str(4) + str(a.kind.len()) + a.name.as_deref().map_or(0, |n| str(4) + str(n.len())) + str(9) + UINT
+                str(8)
+                    + 1
+                    + str(4)
+                    + str(a.kind.len())
+                    + a.name.as_deref().map_or(0, |n| str(4) + str(n.len()))
+                    + str(9)
+                    + UINT
             })
     };
     let indicator = |i: &LiveIndicator| {

@@ -105,7 +105,8 @@ impl Sse {
     /// Reads more bytes; false at the end of the connection (or a reset).
     async fn read(&mut self) -> bool {
         let mut buf = [0u8; 16 * 1024];
-        let n = tokio::time::timeout(WAIT, self.stream.read(&mut buf)).await.expect("stream bytes in time").unwrap_or(0);
+        let n =
+            tokio::time::timeout(WAIT, self.stream.read(&mut buf)).await.expect("stream bytes in time").unwrap_or(0);
         self.raw.extend_from_slice(&buf[..n]);
         n > 0
     }

@@ -50,7 +50,10 @@ use crate::{
     id::Id,
     metrics,
     position::Position,
-    presence::{Activity, ActivityChange, Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, Snapshot, Status, UserPresence},
+    presence::{
+        Activity, ActivityChange, Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, Snapshot, Status,
+        UserPresence,
+    },
     scope::Scope,
 };
 
@@ -508,7 +511,8 @@ fn parse_row(row: Row) -> Result<PresenceUpdate, EngineError> {
     let bad = || EngineError::Protocol("a presence script's transition is not the row it should be".into());
     let [user, status, version, last_seen, device_id, cause, now, seq, groups, text, last_activity, activity]: [Option<
         String,
-    >; 12] = row.try_into().map_err(|_| bad())?;
+    >;
+        12] = row.try_into().map_err(|_| bad())?;
     let number = |v: Option<String>| v.and_then(|s| s.parse::<u64>().ok());
     Ok(PresenceUpdate {
         presence: shown(UserPresence {
