@@ -9,6 +9,7 @@ mod common;
 use common::{
     Engine, Router, SECRET, Setup,
     sse::{Event, Sse},
+    tcp_proxy::TcpProxy,
     token,
 };
 use presence_router::auth::{Role, mint_hs256_in};
@@ -179,4 +180,44 @@ async fn streams_are_capped_and_a_slow_consumer_is_cut() {
     .await;
     let mut next = Sse::open(router.addr, PATH, &backend, None).await.open();
     until_ready(&mut next).await;
+}
+
+/// While the router's view is not fed, its streams are told (`stale`); once it is rebuilt,
+/// they get the transitions it missed meanwhile, read from the change log, then `fresh`.
+#[tokio::test]
+async fn a_stale_view_is_announced_and_what_it_missed_comes_before_fresh() {
+    let setup = Setup::new(Engine::Redis).await;
+    let redis = setup.redis.as_ref().unwrap();
+    let proxy = TcpProxy::start(redis.port).await;
+    let a = proxy.router().await;
+    let b = setup.router(&[]).await;
+    let backend = token("backend", Role::Service);
+    let mut sse = Sse::open(a.addr, PATH, &backend, None).await.open();
+    until_ready(&mut sse).await;
+    let leaver = b.mobile_in("leaver", &["g1"]).await;
+    assert_eq!(shown(&sse.next_named("presence").await), ("leaver".into(), "online".into()));
+
+    proxy.black_hole_new_subscriptions(true);
+    assert!(redis.kill_subscriptions().await >= 2, "both routers' subscriptions");
+    let stale = sse.next_named("stale").await;
+    assert_eq!(stale.data["reason"], "subscription_lost", "{stale:?}");
+    assert!(stale.data["since"].as_u64().is_some());
+
+    // B, still subscribed, changes presence; A hears none of it.
+    leaver.close().await;
+    let _newcomer = b.mobile_in("newcomer", &["g1"]).await;
+    proxy.black_hole_new_subscriptions(false);
+
+    let mut missed = Vec::new();
+    loop {
+        let event = sse.event().await;
+        match event.name.as_str() {
+            "fresh" => break,
+            "presence" => missed.push(shown(&event)),
+            other => panic!("unexpected {other}: {event:?}"),
+        }
+    }
+    for expected in [("leaver".to_string(), "offline".to_string()), ("newcomer".into(), "online".into())] {
+        assert!(missed.contains(&expected), "{expected:?} before fresh: {missed:?}");
+    }
 }
