@@ -6,7 +6,8 @@
 //! is first sent every transition after that position still in the store's change log
 //! (read once for the deployment's streams and dashboards, [`crate::node::log_reads`]),
 //! then a `ready` event, then each transition as this router's hub hears it: the live tail
-//! costs no store call per client. Without a position it starts at the router's view now.
+//! costs no store call per client. Without a position it starts at the router's view now
+//! (with what the log holds past it).
 //! Every `presence` event's `id` is a position that includes it, so a client that
 //! reconnects with it misses nothing; transitions may come twice across a reconnect or a
 //! rebuild of the view (never out of order for one user: compare `version`).
@@ -71,7 +72,8 @@ pub struct EventStreams {
 }
 
 impl EventStreams {
-    /// At most `max` streams at once, each queueing at most `queue` events (both at least 1).
+    /// At most `max` streams at once, each queueing at most `queue` events (the flags take at
+    /// least 1 of each).
     pub fn new(max: usize, queue: usize) -> Self {
         EventStreams { permits: Arc::new(Semaphore::new(max.max(1))), queue: queue.max(1) }
     }
@@ -122,12 +124,12 @@ pub async fn events(
         )
         .retry_after(1));
     };
+    // Without a position, from the view's: what the log holds past it (decided before the
+    // subscription but not yet applied to the view) is sent too.
+    let from = since.unwrap_or_else(|| now.clone());
     let mut stream = Stream { scope: Scope::of(&claims), cursor: now.clone(), floor: now };
     let mut first = Vec::new();
-    let resumed = match since {
-        Some(from) => stream.catch_up(node, &from, &mut first).await.map_err(Gone::into_error)?,
-        None => 0,
-    };
+    let resumed = stream.catch_up(node, &from, &mut first).await.map_err(Gone::into_error)?;
     first.push(stream.ready(resumed));
     if let Some(stale) = node.hub().staleness() {
         first.push(stale_event(&stale));
