@@ -30,6 +30,13 @@ macro_rules! on_both_engines {
 
 on_both_engines!(resumes_from_its_last_event_on_another_router, a_scoped_token_is_sent_only_users_in_its_groups);
 
+/// On a Redis Cluster a position names one number per shard: each event's id still
+/// resumes exactly, whichever shards the missed transitions were in.
+#[tokio::test]
+async fn resumes_from_its_last_event_on_a_redis_cluster() {
+    resumes_from_its_last_event_on_another_router(Engine::RedisCluster).await;
+}
+
 /// The (user, status) of a presence event.
 fn shown(event: &Event) -> (String, String) {
     assert_eq!(event.name, "presence", "{event:?}");
