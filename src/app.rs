@@ -84,6 +84,10 @@ pub struct App {
     pub api_limiter: Arc<ApiLimiter>,
     /// The HTTP API's CORS (`--cors-origins`); `None`: no CORS header is sent.
     pub cors: Option<Arc<Cors>>,
+    /// The bounds of `GET /api/presence/events` (`--event-streams`, `--event-stream-queue`).
+    pub event_streams: crate::http::EventStreams,
+    /// Typing indicators started over `POST /api/presence/typing`, ended when they lapse.
+    pub http_typing: crate::http::HttpTyping,
 }
 
 impl App {
@@ -233,6 +237,8 @@ impl App {
             metrics,
             api_limiter,
             cors: config.cors_origins.clone().map(Cors::new),
+            event_streams: crate::http::EventStreams::new(config.event_streams, config.event_stream_queue),
+            http_typing: crate::http::HttpTyping::default(),
         }))
     }
 }

@@ -268,6 +268,19 @@ pub struct Config {
     #[arg(help_heading = "WebSocket limits")]
     pub dashboard_queue: usize,
 
+    /// Most `GET /api/presence/events` streams open at once; more get 503
+    /// `too_many_streams`. Each holds a slot of `--max-handshakes` while open: keep it well
+    /// below that.
+    #[arg(long, env = "EVENT_STREAMS", default_value_t = crate::http::events::DEFAULT_MAX_STREAMS, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
+    #[arg(help_heading = "WebSocket limits")]
+    pub event_streams: usize,
+
+    /// Events queued for one event stream; a client that lets it fill is cut as a slow
+    /// consumer.
+    #[arg(long, env = "EVENT_STREAM_QUEUE", default_value_t = crate::http::events::DEFAULT_QUEUE, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
+    #[arg(help_heading = "WebSocket limits")]
+    pub event_stream_queue: usize,
+
     /// Dashboards wait this long after a change to send it with everything else that
     /// changed meanwhile, in one write (batched updates). 0: send at once,
     /// batching only what is already queued. The ring must hold a window's worth.

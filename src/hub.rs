@@ -963,6 +963,7 @@ mod tests {
                 groups: Groups::default(),
                 status_text: None,
                 last_activity: None,
+                activity: None,
             },
             cause: Cause::Connect,
             timestamp: 1,

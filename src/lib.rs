@@ -55,7 +55,9 @@
 //!   coalescing: `ws/subscriptions.rs`).
 //! - [`http`]: the axum routers, built from a table of routes that `docs/openapi.yaml`
 //!   describes: WebSocket endpoint, presence API (its ids-per-second budget per user, and
-//!   CORS with `--cors-origins`), the probes `/livez`, `/readyz`, `/healthz` (on the public
+//!   CORS with `--cors-origins`), the event stream of transitions (`http/events.rs`:
+//!   server-sent events resumed from a position, then the hub's fan-out), presence set over
+//!   HTTP (`http/set_presence.rs`: status, activity, typing), the probes `/livez`, `/readyz`, `/healthz` (on the public
 //!   port, and on `--metrics-addr`), metrics (on the public port or `--metrics-addr`).
 //! - [`server`]: the accept loop serving that router, with the limits that apply before a
 //!   WebSocket upgrade (the per-address connection budget and its penalty after a 4029,

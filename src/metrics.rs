@@ -80,6 +80,8 @@ pub const WEBHOOK_RETRIES: &str = "presence_webhook_retries_total";
 pub const WEBHOOK_PENDING: &str = "presence_webhook_pending";
 pub const WEBHOOK_SHARDS: &str = "presence_webhook_shards";
 pub const WEBHOOK_LAG: &str = "presence_webhook_lag_seconds";
+pub const EVENT_STREAMS: &str = "presence_event_streams";
+pub const EVENT_STREAM_ENDS: &str = "presence_event_stream_ends_total";
 
 // Operations: what the build is, and how long requests and store calls take.
 pub const BUILD_INFO: &str = "presence_build_info";
@@ -123,6 +125,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         ::metrics::gauge!(CONNECTIONS, "role" => role.as_str()).increment(0.0);
     }
     ::metrics::gauge!(SNAPSHOT_MEMORY).increment(0.0);
+    ::metrics::gauge!(EVENT_STREAMS).increment(0.0);
     ::metrics::gauge!(BROKER_GROUP_SUBSCRIPTIONS).increment(0.0);
     ::metrics::gauge!(VIEW_STALE).increment(0.0);
     ::metrics::gauge!(WEBHOOK_PENDING).increment(0.0);
@@ -310,6 +313,12 @@ fn describe() {
          timeout), header_too_large, bad_request, incomplete, io."
     );
     describe_counter!(ACCEPT_ERRORS, "Failed accepts, by kind (fd_limit, memory, aborted, other).");
+    describe_gauge!(EVENT_STREAMS, "Open server-sent event streams (GET /api/presence/events).");
+    describe_counter!(
+        EVENT_STREAM_ENDS,
+        "Event streams ended by the router, by reason: slow_consumer (its queue filled; connection dropped), reset \
+         (its position can no longer be served after a rebuild of the view)."
+    );
     describe_counter!(
         DASHBOARD_RESUMES,
         "Dashboards that presented a position on connect, by result: resumed (sent only the changes they \
@@ -497,6 +506,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
     );
     each(SNAPSHOT_WAITS, "result", &["admitted", "timed_out"]);
     each(WEBHOOK_EVENTS, "result", &["delivered", "dead_letter", "trimmed"]);
+    each(EVENT_STREAM_ENDS, "reason", &["slow_consumer", "reset"]);
     each(DASHBOARD_RESUMES, "result", &["resumed", "too_old", "epoch", "ahead", "scope", "malformed", "unavailable"]);
     let engine_ops = [
         "activity",

@@ -26,12 +26,14 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    engine::{Engine, EngineError, FloorClaim, FloorTake, Talker},
+    engine::{Engine, EngineError, FloorClaim, FloorTake, StatusSet, Talker},
     fanout::FanOut,
     hub::{Hub, StaleReason},
     id::Id,
     metrics,
-    presence::{Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, UserPresence, unix_ms},
+    presence::{
+        ActivityChange, Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, UserPresence, unix_ms,
+    },
     protocol::{self, ChannelType, payload::IndicatorKind},
     relay::Relay,
     renewals::PendingRenewals,
@@ -439,15 +441,41 @@ impl Node {
         self.announce("linger", result.map(|()| None)).await
     }
 
-    /// Sets the user's chosen status, and remembers it with the session for a re-assert.
-    pub async fn set_status(&self, session: &Session, mode: Mode, text: Option<&str>) -> Result<(), EngineError> {
+    /// Sets the user's chosen status, text and activity, and remembers them with the
+    /// session for a re-assert; returns what it remembered (the activity's start as this
+    /// router's clock has it, close to the store's).
+    pub async fn set_status(
+        &self,
+        session: &Session,
+        mode: Mode,
+        text: Option<&str>,
+        activity: &ActivityChange,
+    ) -> Result<Choice, EngineError> {
         self.skip_while_degraded()?;
-        let result = store!(self, set_status(session, mode, text));
+        let result = store!(self, set_choice(session, mode, text, activity));
         self.announce("status", result).await?;
+        let kept = session.choice.as_ref().and_then(|c| c.activity.as_ref());
+        let choice = Choice { mode, text: text.map(Arc::from), activity: activity.apply(kept, unix_ms()) };
         if let Some(registered) = self.local().get_mut(&session.id) {
-            registered.choice = Some(Choice { mode, text: text.map(Arc::from) });
+            registered.choice = Some(choice.clone());
         }
-        Ok(())
+        Ok(choice)
+    }
+
+    /// Sets the status `user` chose from no session of its own (the HTTP API); false when
+    /// the user has no live session (nothing is set).
+    pub async fn set_user_status(
+        &self,
+        user: &Id,
+        mode: Mode,
+        text: Option<&str>,
+        activity: &ActivityChange,
+    ) -> Result<bool, EngineError> {
+        self.skip_while_degraded()?;
+        match self.check("status", store!(self, set_user_status(user, mode, text, activity)))? {
+            StatusSet::NotOnline => Ok(false),
+            StatusSet::Set(update) => self.announce("status", Ok(update)).await.map(|()| true),
+        }
     }
 
     /// Sends the relayed frames still queued for other routers (the router is exiting).

@@ -104,6 +104,85 @@ impl Mode {
 /// Longest custom status text, in bytes.
 pub const MAX_STATUS_TEXT: usize = 128;
 
+/// Longest activity type, in bytes: a short token (`driving`, `on_call`).
+pub const MAX_ACTIVITY_TYPE: usize = 32;
+
+/// What a user is doing, shown beside its status while it is shown (like the status
+/// text): a `type` token, an optional free-text `name` (the status text's limits), and
+/// when it started (Unix ms, set by the store when the type or name changes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Activity {
+    #[serde(rename = "type")]
+    pub kind: Arc<str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Arc<str>>,
+    pub started_at: u64,
+}
+
+impl Activity {
+    /// As the Redis engine stores it (hash field, change log): `type\nstartedAt\nname`
+    /// (neither type nor name holds a control character).
+    pub fn encode(&self) -> String {
+        format!("{}\n{}\n{}", self.kind, self.started_at, self.name.as_deref().unwrap_or(""))
+    }
+
+    /// Reads [`Activity::encode`]'s form back; `None` for anything else.
+    pub fn decode(stored: &str) -> Option<Activity> {
+        let mut parts = stored.splitn(3, '\n');
+        let (kind, started_at, name) = (parts.next()?, parts.next()?, parts.next()?);
+        Some(Activity {
+            kind: Arc::from(kind),
+            name: (!name.is_empty()).then(|| Arc::from(name)),
+            started_at: started_at.parse().ok()?,
+        })
+    }
+
+    /// Whether `kind` is an activity type: 1 to [`MAX_ACTIVITY_TYPE`] bytes of lower-case
+    /// ASCII letters, digits, `_` and `-`.
+    pub fn valid_kind(kind: &str) -> bool {
+        (1..=MAX_ACTIVITY_TYPE).contains(&kind.len())
+            && kind.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    }
+}
+
+/// What a status request does to the user's activity.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ActivityChange {
+    /// Leaves it as it is (a request that does not name one).
+    #[default]
+    Keep,
+    Clear,
+    /// Sets it; its start is kept when the type and name are unchanged.
+    Set {
+        kind: Arc<str>,
+        name: Option<Arc<str>>,
+    },
+}
+
+impl ActivityChange {
+    /// As `status.lua` takes it: `=` keeps, empty clears, `type\nname` sets.
+    pub fn arg(&self) -> String {
+        match self {
+            ActivityChange::Keep => "=".into(),
+            ActivityChange::Clear => String::new(),
+            ActivityChange::Set { kind, name } => format!("{kind}\n{}", name.as_deref().unwrap_or("")),
+        }
+    }
+
+    /// The activity after this change to `current`, at `now_ms`.
+    pub fn apply(&self, current: Option<&Activity>, now_ms: u64) -> Option<Activity> {
+        match self {
+            ActivityChange::Keep => current.cloned(),
+            ActivityChange::Clear => None,
+            ActivityChange::Set { kind, name } => match current {
+                Some(same) if same.kind == *kind && same.name == *name => Some(same.clone()),
+                _ => Some(Activity { kind: kind.clone(), name: name.clone(), started_at: now_ms }),
+            },
+        }
+    }
+}
+
 /// Identifies one connection cluster-wide: the router's id and a per-router counter.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -160,11 +239,12 @@ pub struct Session {
     pub choice: Option<Choice>,
 }
 
-/// A chosen status and text.
+/// A chosen status, text and activity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Choice {
     pub mode: Mode,
     pub text: Option<Arc<str>>,
+    pub activity: Option<Activity>,
 }
 
 /// A user's groups, which decide which dashboards may see its presence. Cheap to clone.
@@ -192,6 +272,9 @@ pub struct UserPresence {
     /// heartbeat, which phones send on their own), while shown online/away/dnd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_activity: Option<u64>,
+    /// What the user is doing, shown only while shown online/away/dnd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<Activity>,
 }
 
 /// Whether a dashboard allowed `allowed` groups (`None`: all) may see a user in `groups`:
@@ -218,6 +301,7 @@ impl UserPresence {
             groups: Groups::default(),
             status_text: None,
             last_activity: None,
+            activity: None,
         }
     }
 }
@@ -232,7 +316,7 @@ pub enum Cause {
     Disconnect,
     /// The last session's lease ran out: no heartbeat within the TTL.
     Expired,
-    /// The user set its status or status text.
+    /// The user set its status, status text or activity.
     Status,
     /// No activity within `AWAY_AFTER_MS`: online turned away.
     Idle,

@@ -115,6 +115,7 @@ impl Scope {
         presence.device_id = None;
         presence.status_text = None;
         presence.last_activity = None;
+        presence.activity = None;
         View::Changed(left)
     }
 }

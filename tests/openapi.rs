@@ -426,3 +426,48 @@ async fn the_spec_takes_an_id_exactly_when_the_router_does() {
     assert!(!SPEC.accepts("/components/schemas/RequestedId", &serde_json::json!(0)));
     refused(&answered(&router, "GET", USER, &at(USER, "0"), &json, "").await, 400, "invalid_user_id");
 }
+
+/// Setting presence over HTTP and refusals of the event stream, as the spec describes them
+/// (a stream's 200 is read by `tests/sse_events.rs`: it does not end).
+#[tokio::test]
+async fn presence_writes_and_stream_refusals_match_the_spec() {
+    const OWN: &str = "/api/presence/me/status";
+    const OF_USER: &str = "/api/users/{id}/status";
+    const TYPING: &str = "/api/presence/typing";
+    const EVENTS: &str = "/api/presence/events";
+    let router = Router::start(&["--cors-origins", ORIGIN]).await;
+    let _phone = router.mobile_in("u1", &["crew"]).await;
+    let me = bearer(&token_in("u1", Role::Mobile, &["crew"]));
+    let service = bearer(&common::token("api", Role::Service));
+    let json = |auth: &str| vec![("Authorization", auth.to_string()), ("Content-Type", "application/json".into())];
+    let post = |template: &'static str, path: String, auth: String, body: &'static str| {
+        let router = &router;
+        async move {
+            let headers = json(&auth);
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            answered(router, "POST", template, &path, &headers, body).await
+        }
+    };
+    let set = r#"{"status": "dnd", "text": "on patrol", "activity": {"type": "driving", "name": "Route 9"}}"#;
+    let reply = post(OWN, OWN.into(), me.clone(), set).await;
+    assert_eq!(reply.status, 200, "{reply}");
+    let reply = post(OF_USER, at(OF_USER, "u1"), service.clone(), r#"{"status": "away", "activity": null}"#).await;
+    assert_eq!(reply.status, 200, "{reply}");
+    let reply = post(TYPING, TYPING.into(), me.clone(), r#"{"groupId": "crew"}"#).await;
+    assert_eq!(reply.status, 200, "{reply}");
+
+    refused(&post(OWN, OWN.into(), me.clone(), r#"{"status": "asleep"}"#).await, 400, "invalid_request");
+    refused(
+        &post(OF_USER, at(OF_USER, "u1"), bearer(&common::token("u2", Role::Mobile)), set).await,
+        403,
+        "forbidden_role",
+    );
+    refused(&post(OF_USER, at(OF_USER, "u9"), service.clone(), set).await, 409, "not_online");
+    refused(&post(TYPING, TYPING.into(), me.clone(), r#"{"groupId": "elsewhere"}"#).await, 403, "not_a_member");
+
+    let auth = [("Authorization", service.as_str())];
+    let bad = answered(&router, "GET", EVENTS, &format!("{EVENTS}?since=nonsense"), &auth, "").await;
+    refused(&bad, 400, "invalid_position");
+    let gone = answered(&router, "GET", EVENTS, &format!("{EVENTS}?since=0000000000000001:0"), &auth, "").await;
+    refused(&gone, 410, "position_unknown");
+}

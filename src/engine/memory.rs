@@ -14,15 +14,15 @@ use tokio::time::Instant;
 
 use super::{
     Broker, BrokerEvents, Connected, EngineError, FloorClaim, FloorTake, Lifetimes, OrphanedFloor, PresenceStore,
-    SignalStore,
+    SignalStore, StatusSet,
     log::{Changes, Ring},
 };
 use crate::{
     id::Id,
     position::Position,
     presence::{
-        Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, Snapshot, Status, UserPresence, next_version,
-        same_groups, unix_ms,
+        Activity, ActivityChange, Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, Snapshot, Status,
+        UserPresence, next_version, same_groups, unix_ms,
     },
     protocol::payload::IndicatorKind,
     scope::Scope,
@@ -80,6 +80,7 @@ struct UserRecord {
     groups: Groups,
     mode: Mode,
     text: Option<Arc<str>>,
+    activity: Option<Activity>,
     /// No activity within `away_after`.
     idle: bool,
     /// Unix ms and tokio instant of the last activity.
@@ -105,6 +106,7 @@ impl UserRecord {
             groups: Groups::default(),
             mode: Mode::Auto,
             text: None,
+            activity: None,
             idle: false,
             last_activity: now_ms,
             active_at: Instant::now(),
@@ -124,6 +126,7 @@ impl UserRecord {
             version: self.version,
             groups: self.groups.clone(),
             status_text: self.text.clone().filter(|_| shown),
+            activity: self.activity.clone().filter(|_| shown),
             last_activity: shown.then_some(self.last_activity),
         }
     }
@@ -327,15 +330,18 @@ impl PresenceStore for MemoryPresence {
         Ok(self.state().end(&session.id, Cause::Disconnect))
     }
 
-    async fn set_status(
+    async fn set_choice(
         &self,
         session: &Session,
         mode: Mode,
         text: Option<&str>,
+        activity: &ActivityChange,
     ) -> Result<Option<PresenceUpdate>, EngineError> {
         let mut state = self.state();
         let record = state.users.entry(session.user.clone()).or_insert_with(|| UserRecord::new(unix_ms()));
-        let changed_text = record.text.as_deref() != text;
+        let activity = activity.apply(record.activity.as_ref(), unix_ms());
+        let changed_text = record.text.as_deref() != text || record.activity != activity;
+        record.activity = activity;
         let was_invisible = record.mode == Mode::Invisible;
         record.mode = mode;
         record.text = text.map(Arc::from);
@@ -346,6 +352,34 @@ impl PresenceStore for MemoryPresence {
             record.seen_on(session, unix_ms());
         }
         Ok(state.settle(&session.user, Cause::Status, changed_text.then_some(Cause::Status)))
+    }
+
+    async fn set_user_status(
+        &self,
+        user: &Id,
+        mode: Mode,
+        text: Option<&str>,
+        activity: &ActivityChange,
+    ) -> Result<StatusSet, EngineError> {
+        let live = {
+            let state = self.state();
+            let now = Instant::now();
+            state.users.get(user).is_some_and(|record| {
+                record.live.iter().any(|s| state.leases.get(s).is_some_and(|lease| lease.deadline > now))
+            })
+        };
+        if !live {
+            return Ok(StatusSet::NotOnline);
+        }
+        // Seen again after being invisible: on the device it was last seen on.
+        let session = Session {
+            id: SessionId::from(String::new()),
+            user: user.clone(),
+            device_id: None,
+            groups: Groups::default(),
+            choice: None,
+        };
+        self.set_choice(&session, mode, text, activity).await.map(StatusSet::Set)
     }
 
     async fn activity(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
@@ -437,7 +471,11 @@ impl PresenceStore for MemoryPresence {
     }
 
     async fn choice(&self, user: &Id) -> Result<Option<Choice>, EngineError> {
-        Ok(self.state().users.get(user).map(|r| Choice { mode: r.mode, text: r.text.clone() }))
+        Ok(self.state().users.get(user).map(|r| Choice {
+            mode: r.mode,
+            text: r.text.clone(),
+            activity: r.activity.clone(),
+        }))
     }
 
     async fn lookup(&self, users: &[Id], scope: &Scope) -> Result<Vec<UserPresence>, EngineError> {

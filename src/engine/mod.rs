@@ -37,7 +37,7 @@ pub use memory::{MemoryBroker, MemoryPresence};
 use crate::{
     id::Id,
     position::Position,
-    presence::{Choice, Mode, PresenceUpdate, Session, SessionId, Snapshot, UserPresence},
+    presence::{ActivityChange, Choice, Mode, PresenceUpdate, Session, SessionId, Snapshot, UserPresence},
     protocol::payload::IndicatorKind,
     scope::Scope,
     transient::{Control, Delivery},
@@ -105,6 +105,15 @@ pub struct Connected {
     pub replaced: Option<SessionId>,
 }
 
+/// What [`PresenceStore::set_user_status`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusSet {
+    /// The user has no live session: nothing was written.
+    NotOnline,
+    /// Set; the transition when what others see changed.
+    Set(Option<PresenceUpdate>),
+}
+
 /// Stored presence: session leases that expire unless heartbeats renew them.
 ///
 /// A session with a device id holds its user's device: a new session of the same user and
@@ -140,14 +149,38 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// Ends a session. Returns the offline transition when it was the user's last.
     async fn disconnect(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError>;
 
-    /// Sets the status the user chose and its custom text (`None` clears it). Returns the
-    /// transition when what others see changed.
+    /// Sets the status the user chose and its custom text (`None` clears it), leaving its
+    /// activity as it is. Returns the transition when what others see changed.
     async fn set_status(
         &self,
         session: &Session,
         mode: Mode,
         text: Option<&str>,
+    ) -> Result<Option<PresenceUpdate>, EngineError> {
+        self.set_choice(session, mode, text, &ActivityChange::Keep).await
+    }
+
+    /// [`PresenceStore::set_status`], and changes the user's activity (its start is the
+    /// store's clock when the type or name changes, kept otherwise).
+    async fn set_choice(
+        &self,
+        session: &Session,
+        mode: Mode,
+        text: Option<&str>,
+        activity: &ActivityChange,
     ) -> Result<Option<PresenceUpdate>, EngineError>;
+
+    /// Sets the status and text `user` chose, as [`PresenceStore::set_status`] does from
+    /// one of its sessions, but only while it has a live session: a status belongs to a
+    /// present user, and nothing is written for one without ([`StatusSet::NotOnline`]).
+    /// For requests that come from no session of the user (the HTTP API).
+    async fn set_user_status(
+        &self,
+        user: &Id,
+        mode: Mode,
+        text: Option<&str>,
+        activity: &ActivityChange,
+    ) -> Result<StatusSet, EngineError>;
 
     /// Records activity of the session's user (resets the away timer). Returns the
     /// transition when the user was idle (away) and is online again.

@@ -5,9 +5,11 @@
 mod cors;
 mod dashboard_page;
 mod error;
+pub mod events;
 mod ops;
 mod presence;
 mod rate_limit;
+mod set_presence;
 
 use std::sync::Arc;
 
@@ -22,8 +24,10 @@ use axum::{
 
 pub use cors::{Cors, CorsOrigins};
 pub use error::ApiError;
+pub use events::EventStreams;
 pub use presence::MAX_USER_IDS;
 pub use rate_limit::{ApiLimiter, retry_after_secs};
+pub use set_presence::HttpTyping;
 
 use crate::{app::App, metrics, ws};
 
@@ -31,7 +35,15 @@ use crate::{app::App, metrics, ws};
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The API's routes, as the `route` label of its metrics has them.
-pub const API_ROUTES: [&str; 3] = ["/api/presence/status", "/api/users/{id}/presence", "/api/groups/{id}/presence"];
+pub const API_ROUTES: [&str; 7] = [
+    "/api/presence/status",
+    "/api/users/{id}/presence",
+    "/api/groups/{id}/presence",
+    events::ROUTE,
+    set_presence::ROUTES[0],
+    set_presence::ROUTES[1],
+    set_presence::ROUTES[2],
+];
 
 /// What answers a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +60,12 @@ pub enum Endpoint {
     Status,
     User,
     Group,
+    /// Presence transitions as server-sent events.
+    Events,
+    /// Setting presence: the token's own status, a user's status, typing.
+    OwnStatus,
+    UserStatus,
+    Typing,
 }
 
 /// A method on a path, and what answers it. The routers are built from [`public_routes`]
@@ -70,7 +88,16 @@ impl Route {
     /// An API route: counted in the API's metrics, its body bounded, its requests timed
     /// out, and with `--cors-origins` answering CORS preflights (`OPTIONS`).
     pub fn is_api(&self) -> bool {
-        matches!(self.endpoint, Endpoint::Status | Endpoint::User | Endpoint::Group)
+        matches!(
+            self.endpoint,
+            Endpoint::Status
+                | Endpoint::User
+                | Endpoint::Group
+                | Endpoint::Events
+                | Endpoint::OwnStatus
+                | Endpoint::UserStatus
+                | Endpoint::Typing
+        )
     }
 
     fn handler(&self) -> MethodRouter<Arc<App>> {
@@ -85,6 +112,10 @@ impl Route {
             Endpoint::Status => on(filter, presence::status),
             Endpoint::User => on(filter, presence::user),
             Endpoint::Group => on(filter, presence::group),
+            Endpoint::Events => on(filter, events::events),
+            Endpoint::OwnStatus => on(filter, set_presence::own),
+            Endpoint::UserStatus => on(filter, set_presence::user),
+            Endpoint::Typing => on(filter, set_presence::typing),
         };
         handler.fallback(method_not_allowed)
     }
@@ -93,7 +124,7 @@ impl Route {
 /// Every route of the public port: the WebSocket endpoint (`/` and `/ws`), the dashboard
 /// page, the presence API, the probes, and `/metrics` when `public_metrics`.
 pub fn public_routes(public_metrics: bool) -> Vec<Route> {
-    let [status, user, group] = API_ROUTES;
+    let [status, user, group, events, own_status, user_status, typing] = API_ROUTES;
     let mut routes = vec![
         Route::get("/", Endpoint::WebSocket),
         Route::get("/ws", Endpoint::WebSocket),
@@ -101,6 +132,10 @@ pub fn public_routes(public_metrics: bool) -> Vec<Route> {
         Route { method: Method::POST, path: status, endpoint: Endpoint::Status },
         Route::get(user, Endpoint::User),
         Route::get(group, Endpoint::Group),
+        Route::get(events, Endpoint::Events),
+        Route { method: Method::POST, path: own_status, endpoint: Endpoint::OwnStatus },
+        Route { method: Method::POST, path: user_status, endpoint: Endpoint::UserStatus },
+        Route { method: Method::POST, path: typing, endpoint: Endpoint::Typing },
     ];
     routes.extend(probe_routes());
     if public_metrics {

@@ -22,7 +22,7 @@ use crate::{
     engine::EngineError,
     id::Id,
     node::Node,
-    presence::{Status, UserPresence, unix_ms},
+    presence::{Activity, Status, UserPresence, unix_ms},
     protocol::payload::IndicatorKind,
     scope::Scope,
 };
@@ -32,7 +32,7 @@ pub const MAX_USER_IDS: usize = 100;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct UserStatus {
+pub(super) struct UserStatus {
     user_id: Id,
     status: Status,
     last_seen: Option<u64>,
@@ -41,6 +41,8 @@ struct UserStatus {
     status_text: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_activity: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    activity: Option<Activity>,
 }
 
 /// While this router's view of presence is stale (see [`crate::hub::Stale`]), the `stale`
@@ -104,18 +106,7 @@ pub async fn status(
     let claims = authorize(&app, &headers).await?;
     super::rate_limit::charge(&app, &claims, super::rate_limit::Cost::Status(&body))?;
     let scope = Scope::of(&claims);
-    let is_json = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
-    if !is_json {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send Content-Type: application/json",
-        ));
-    }
-    let body = body.map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
+    let body = json_body(&headers, body)?;
     let user_ids = parse_request(&body)?;
     let node = presence(&app)?;
     let users = node.lookup(&user_ids, &scope).await.map_err(unavailable)?;
@@ -248,13 +239,31 @@ impl From<UserPresence> for UserStatus {
             device_id: p.device_id,
             status_text: p.status_text,
             last_activity: p.last_activity,
+            activity: p.activity,
         }
     }
 }
 
+/// A JSON request's body: 415 `unsupported_media_type` without `Content-Type:
+/// application/json`, `invalid_body` when it could not be read (too large, cut short).
+pub(super) fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    let is_json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send Content-Type: application/json",
+        ));
+    }
+    body.map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))
+}
+
 /// Any valid token may read presence, within its [`Scope`]: `Authorization: Bearer <jwt>`
 /// (or a `token` header).
-async fn authorize(app: &App, headers: &HeaderMap) -> Result<Claims, ApiError> {
+pub(super) async fn authorize(app: &App, headers: &HeaderMap) -> Result<Claims, ApiError> {
     let token = Credentials::from_headers(headers).token.ok_or_else(|| {
         ApiError::new(StatusCode::UNAUTHORIZED, "missing_token", "send `Authorization: Bearer <jwt>`")
     })?;
@@ -262,7 +271,7 @@ async fn authorize(app: &App, headers: &HeaderMap) -> Result<Claims, ApiError> {
 }
 
 /// The id in the path, or a 400 with `code`.
-fn path_id(id: Result<Path<String>, PathRejection>, code: &'static str) -> Result<Id, ApiError> {
+pub(super) fn path_id(id: Result<Path<String>, PathRejection>, code: &'static str) -> Result<Id, ApiError> {
     let Path(id) = id.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, code, e.body_text()))?;
     Id::parse(&id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string()))
 }
@@ -277,7 +286,7 @@ fn is_no_user(id: &Id) -> bool {
 /// `presence_unavailable` while degraded. A store that still answers reads but refuses
 /// writes (out of memory, a read-only replica) would serve presence it can no longer keep
 /// current, so its answers are refused too until presence is rebuilt.
-fn presence(app: &App) -> Result<&Node, ApiError> {
+pub(super) fn presence(app: &App) -> Result<&Node, ApiError> {
     if !app.presence_enabled {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "presence_disabled", "PRESENCE_ENABLED is false"));
     }
@@ -292,7 +301,7 @@ fn presence(app: &App) -> Result<&Node, ApiError> {
 }
 
 /// A store that cannot be reached: 503 `presence_unavailable`.
-fn unavailable(e: EngineError) -> ApiError {
+pub(super) fn unavailable(e: EngineError) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "presence_unavailable", e.to_string())
 }
 

@@ -82,6 +82,8 @@ pub enum Cost<'a> {
     /// ...and, for a group with more participants than that, the rest once their number
     /// is known: a large group costs what it reads.
     GroupBeyond(usize),
+    /// Any other route (named, for the metric's label): 1.
+    One(&'static str),
 }
 
 impl Cost<'_> {
@@ -91,7 +93,7 @@ impl Cost<'_> {
     fn ids(&self, burst: u32) -> u32 {
         match self {
             Cost::Status(Ok(body)) => parse_request(body).map_or(1, |ids| ids.len() as u32),
-            Cost::Status(Err(_)) | Cost::User => 1,
+            Cost::Status(Err(_)) | Cost::User | Cost::One(_) => 1,
             Cost::Group => GROUP_COST,
             Cost::GroupBeyond(participants) => {
                 u32::try_from(*participants).unwrap_or(u32::MAX).min(burst).saturating_sub(GROUP_COST)
@@ -105,6 +107,7 @@ impl Cost<'_> {
             Cost::Status(_) => "/api/presence/status",
             Cost::User => "/api/users/{id}/presence",
             Cost::Group | Cost::GroupBeyond(_) => "/api/groups/{id}/presence",
+            Cost::One(route) => route,
         }
     }
 }

@@ -131,12 +131,14 @@ fn opt_field<T>(buf: &mut ByteBuf, key: &str, value: Option<T>, write: impl FnOn
 }
 
 /// `{userId, status, lastSeen, deviceId, version, groups}`, then `statusText` when the user
-/// has one and, with `activity`, `lastActivity` when known, plus `extra` more fields the
+/// has one, with `activity` `lastActivity` when known, and `activity` (`{type, name?,
+/// startedAt}`) when the user has one, plus `extra` more fields the
 /// caller writes. Absent rather than nil: a 100k-user snapshot stays as small as it was
 /// before statuses existed.
 pub(super) fn user_map(buf: &mut ByteBuf, user: &UserPresence, activity: bool, extra: u32) {
     let last_activity = user.last_activity.filter(|_| activity);
-    let optional = u32::from(user.status_text.is_some()) + u32::from(last_activity.is_some());
+    let optional =
+        u32::from(user.status_text.is_some()) + u32::from(last_activity.is_some()) + u32::from(user.activity.is_some());
     let Ok(_) = enc::write_map_len(buf, 6 + optional + extra);
     str_field(buf, "userId", user.user_id.as_str());
     str_field(buf, "status", user.status.as_str());
@@ -157,6 +159,15 @@ pub(super) fn user_map(buf: &mut ByteBuf, user: &UserPresence, activity: bool, e
     }
     if let Some(at) = last_activity {
         uint_field(buf, "lastActivity", at);
+    }
+    if let Some(activity) = &user.activity {
+        let Ok(_) = enc::write_str(buf, "activity");
+        let Ok(_) = enc::write_map_len(buf, 2 + u32::from(activity.name.is_some()));
+        str_field(buf, "type", &activity.kind);
+        if let Some(name) = activity.name.as_deref() {
+            str_field(buf, "name", name);
+        }
+        uint_field(buf, "startedAt", activity.started_at);
     }
 }
 
@@ -262,6 +273,15 @@ pub fn snapshot_len_bound(contents: &SnapshotContents) -> usize {
             + 5
             + groups
             + user.status_text.as_deref().map_or(0, |t| str(10) + str(t.len()))
+            + user.activity.as_ref().map_or(0, |a| {
+                str(8)
+                    + 1
+                    + str(4)
+                    + str(a.kind.len())
+                    + a.name.as_deref().map_or(0, |n| str(4) + str(n.len()))
+                    + str(9)
+                    + UINT
+            })
     };
     let indicator = |i: &LiveIndicator| {
         1 + str(7)
@@ -438,6 +458,7 @@ mod tests {
             groups: crate::presence::Groups::default(),
             status_text: Some("on patrol".into()),
             last_activity: Some(1_702_281_234_000),
+            activity: None,
         }
     }
 

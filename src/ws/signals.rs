@@ -12,7 +12,7 @@
 //! user is seen again announces the start of each still live. So an end is announced
 //! exactly when its start was.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -25,7 +25,7 @@ use crate::{
     id::Id,
     metrics,
     node::Write,
-    presence::{Choice, Mode},
+    presence::Mode,
     protocol::{
         self, ChannelType, ErrorCode, Frame,
         payload::{self, IndicatorKind},
@@ -56,13 +56,13 @@ impl Connection {
         let Some(session) = self.tracked().cloned() else {
             return self.refuse_not_mobile(socket, frame).await;
         };
-        let (mode, text) = match payload::status(&frame.payload) {
+        let (mode, text, activity) = match payload::status(&frame.payload) {
             Ok(status) => status,
             Err(e) => return self.refuse(socket, frame, ErrorCode::InvalidPayload, &e.to_string()).await,
         };
-        if self.app.node.set_status(&session, mode, text.as_deref()).await.is_err() {
+        let Ok(choice) = self.app.node.set_status(&session, mode, text.as_deref(), &activity).await else {
             return self.refuse(socket, frame, ErrorCode::PresenceUnavailable, "presence store unavailable").await;
-        }
+        };
         let invisible = mode == Mode::Invisible;
         self.set_invisible(invisible);
         // The user's other sessions, on every router, hide or show their own signals.
@@ -71,7 +71,7 @@ impl Connection {
         // Every later lease of this session carries the choice: a heartbeat that reaches a
         // Redis restarted empty before the router re-asserts must restore it, not reset it.
         if let Some(session) = self.session.as_mut() {
-            session.choice = Some(Choice { mode, text: text.map(Arc::from) });
+            session.choice = Some(choice);
         }
         self.activity_at = Instant::now();
         self.ack(socket, frame).await

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod openapi;
 pub mod prometheus;
 pub mod raw;
+pub mod sse;
 pub mod tcp_proxy;
 pub mod tokens;
 

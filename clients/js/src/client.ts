@@ -919,9 +919,18 @@ export class PresenceClient extends Emitter<ClientEvents> {
     else this.emit("error", new Error("getToken gave a token that expires no later than the one it replaces"));
   }
 
-  /** STATUS (35): `online`, `away`, `dnd` or `invisible`, with an optional text (mobile). */
-  async setStatus(status: "online" | "away" | "dnd" | "invisible", text?: string | null): Promise<void> {
-    await this.request(ChannelType.GROUP, MessageType.STATUS, null, { status, text: text ?? null });
+  /**
+   * STATUS (35): `online`, `away`, `dnd` or `invisible`, with an optional text (mobile), and
+   * an activity: `{type, name?}` sets it, `null` clears it, omitted leaves it as it is.
+   */
+  async setStatus(
+    status: "online" | "away" | "dnd" | "invisible",
+    text?: string | null,
+    activity?: { type: string; name?: string | null } | null,
+  ): Promise<void> {
+    const payload: Record<string, unknown> = { status, text: text ?? null };
+    if (activity !== undefined) payload.activity = activity;
+    await this.request(ChannelType.GROUP, MessageType.STATUS, null, payload);
   }
 
   /** ACTIVITY (36): the user is active; brings an `online` user shown `away` back (mobile). */

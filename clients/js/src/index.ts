@@ -32,6 +32,7 @@ export {
   type IndicatorType,
 } from "./indicators.js";
 export {
+  type Activity,
   type Cause,
   type GroupCounts,
   PresenceMap,

@@ -20,6 +20,14 @@ export type Status = "online" | "away" | "dnd" | "offline";
 /** Why a user's presence changed (`cause` of PRESENCE_UPDATE). */
 export type Cause = "connect" | "disconnect" | "expired" | "status" | "idle" | "active" | "groups";
 
+/** What a user is doing, beside its status (`driving`, `on_call`). */
+export interface Activity {
+  type: string;
+  name?: string;
+  /** Unix ms when this type and name were set. */
+  startedAt: number;
+}
+
 /** One user's presence as the map holds it. */
 export interface UserPresence {
   userId: string;
@@ -33,6 +41,8 @@ export interface UserPresence {
   statusText?: string;
   /** Unix ms of the user's last activity; updates carry it, snapshots do not. */
   lastActivity?: number;
+  /** What the user is doing; only while shown online, away or dnd. */
+  activity?: Activity;
 }
 
 /** A PRESENCE_UPDATE as received. */
@@ -78,6 +88,12 @@ export function readUser(value: unknown): UserPresence | null {
   if (typeof map.statusText === "string") user.statusText = map.statusText;
   const lastActivity = num(map.lastActivity);
   if (lastActivity !== null) user.lastActivity = lastActivity;
+  const activity = map.activity === undefined || map.activity === null ? null : payloadMap(map.activity);
+  const startedAt = activity === null ? null : num(activity.startedAt);
+  if (activity !== null && typeof activity.type === "string" && startedAt !== null) {
+    user.activity = { type: activity.type, startedAt };
+    if (typeof activity.name === "string") user.activity.name = activity.name;
+  }
   return user;
 }
 

@@ -54,6 +54,13 @@ test("a dashboard folds its snapshot and the updates after it into the presence 
   const [dnd] = await away;
   assert.equal(dnd.status, "dnd");
   assert.equal(watcher.presence.get("map-alpha")?.statusText, "driving");
+
+  const driving = next(watcher, "presence", (u) => u.userId === "map-alpha" && u.activity !== undefined);
+  await alpha.setStatus("dnd", "driving", { type: "driving", name: "Route 9" });
+  const [withActivity] = await driving;
+  assert.equal(withActivity.activity?.type, "driving");
+  assert.equal(watcher.presence.get("map-alpha")?.activity?.name, "Route 9");
+  assert.ok(watcher.presence.get("map-alpha")!.activity!.startedAt > 0);
 });
 
 test("a REFRESH to another scope brings a second snapshot, which replaces the view", async () => {

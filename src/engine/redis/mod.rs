@@ -46,12 +46,15 @@ use errors::classify;
 pub use keys::Keyspace;
 pub use outbox::{RedisOutbox, WEBHOOK_GROUP};
 
-use super::{Connected, EngineError, Lifetimes, PresenceStore, log::Changes};
+use super::{Connected, EngineError, Lifetimes, PresenceStore, StatusSet, log::Changes};
 use crate::{
     id::Id,
     metrics,
     position::Position,
-    presence::{Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, Snapshot, Status, UserPresence},
+    presence::{
+        Activity, ActivityChange, Cause, Choice, Groups, Mode, PresenceUpdate, Session, SessionId, Snapshot, Status,
+        UserPresence,
+    },
     scope::Scope,
 };
 
@@ -429,7 +432,7 @@ impl RedisPresence {
 /// A user's presence from its meta fields ([`MetaRow`]).
 fn presence_of(
     user: &Id,
-    (status, last_seen, device_id, version, groups, text, last_activity): MetaRow,
+    (status, last_seen, device_id, version, groups, text, last_activity, activity): MetaRow,
 ) -> UserPresence {
     shown(UserPresence {
         user_id: user.clone(),
@@ -440,17 +443,29 @@ fn presence_of(
         groups: split_groups(groups.as_deref()),
         status_text: text.map(Arc::from),
         last_activity,
+        activity: activity.as_deref().and_then(Activity::decode),
     })
 }
 
-/// `HMGET presence:meta:{id} status lastSeen deviceId version groups text lastActivity`.
-type MetaRow = (Option<String>, Option<u64>, Option<String>, Option<u64>, Option<String>, Option<String>, Option<u64>);
+/// `HMGET presence:meta:{id} status lastSeen deviceId version groups text lastActivity
+/// activity`.
+type MetaRow = (
+    Option<String>,
+    Option<u64>,
+    Option<String>,
+    Option<u64>,
+    Option<String>,
+    Option<String>,
+    Option<u64>,
+    Option<String>,
+);
 
 /// Hides what only a shown user reveals: its status text and last activity.
 fn shown(mut presence: UserPresence) -> UserPresence {
     if !presence.status.is_online() {
         presence.status_text = None;
         presence.last_activity = None;
+        presence.activity = None;
     }
     presence
 }
@@ -466,7 +481,8 @@ fn start_call<'a>(script: &'a Script, keys: &Keyspace, shard: usize, lifetimes: 
 }
 
 /// A session as `lease.lua` and `renew.lua` take it: user, session, deviceId ('' keeps
-/// the stored one), groups, and the chosen mode and text ('' for none) to restore.
+/// the stored one), groups, and the chosen mode, text and activity ('' for none) to
+/// restore.
 fn session_args(call: &mut ScriptInvocation<'_>, session: &Session) {
     let choice = session.choice.as_ref();
     call.arg(session.user.as_str())
@@ -474,7 +490,8 @@ fn session_args(call: &mut ScriptInvocation<'_>, session: &Session) {
         .arg(session.device_id.as_deref().unwrap_or(""))
         .arg(join_groups(&session.groups))
         .arg(choice.map_or("", |c| c.mode.as_str()))
-        .arg(choice.and_then(|c| c.text.as_deref()).unwrap_or(""));
+        .arg(choice.and_then(|c| c.text.as_deref()).unwrap_or(""))
+        .arg(choice.and_then(|c| c.activity.as_ref()).map(Activity::encode).unwrap_or_default());
 }
 
 /// A session's member of `{p}leases`: `user\nsession` (`lease_of` in `lua/prelude.lua`).
@@ -497,8 +514,10 @@ type Row = Vec<Option<String>>;
 
 fn parse_row(row: Row) -> Result<PresenceUpdate, EngineError> {
     let bad = || EngineError::Protocol("a presence script's transition is not the row it should be".into());
-    let [user, status, version, last_seen, device_id, cause, now, seq, groups, text, last_activity]: [Option<String>;
-        11] = row.try_into().map_err(|_| bad())?;
+    let [user, status, version, last_seen, device_id, cause, now, seq, groups, text, last_activity, activity]: [Option<
+        String,
+    >;
+        12] = row.try_into().map_err(|_| bad())?;
     let number = |v: Option<String>| v.and_then(|s| s.parse::<u64>().ok());
     Ok(PresenceUpdate {
         presence: shown(UserPresence {
@@ -510,6 +529,7 @@ fn parse_row(row: Row) -> Result<PresenceUpdate, EngineError> {
             groups: split_groups(groups.as_deref()),
             status_text: text.map(Arc::from),
             last_activity: number(last_activity),
+            activity: activity.as_deref().and_then(Activity::decode),
         }),
         cause: cause.as_deref().and_then(Cause::parse).ok_or_else(bad)?,
         timestamp: number(now).ok_or_else(bad)?,
@@ -541,21 +561,41 @@ impl PresenceStore for RedisPresence {
         self.renewal_window.min(self.lifetimes.ttl / 20)
     }
 
-    async fn set_status(
+    async fn set_choice(
         &self,
         session: &Session,
         mode: Mode,
         text: Option<&str>,
+        activity: &ActivityChange,
     ) -> Result<Option<PresenceUpdate>, EngineError> {
         let row: Option<Row> = self
             .on_session(&self.status, session)
             .arg(mode.as_str())
             .arg(text.unwrap_or(""))
             .arg(session.device_id.as_deref().unwrap_or(""))
+            .arg("0")
+            .arg(activity.arg())
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(classify)?;
         row.map(parse_row).transpose()
+    }
+
+    async fn set_user_status(
+        &self,
+        user: &Id,
+        mode: Mode,
+        text: Option<&str>,
+        activity: &ActivityChange,
+    ) -> Result<StatusSet, EngineError> {
+        let mut call = self.call(&self.status, self.keys.shard_of(user.as_str()));
+        // No session of its own: no session id, and the device the user was last seen on.
+        call.arg(user.as_str()).arg("").arg(mode.as_str()).arg(text.unwrap_or("")).arg("").arg("1").arg(activity.arg());
+        let row: Option<Row> = call.invoke_async(&mut self.conn.clone()).await.map_err(classify)?;
+        match row {
+            Some(row) if row.len() == 1 && row[0].as_deref() == Some("not_online") => Ok(StatusSet::NotOnline),
+            row => row.map(parse_row).transpose().map(StatusSet::Set),
+        }
     }
 
     async fn activity(&self, session: &Session) -> Result<Option<PresenceUpdate>, EngineError> {
@@ -602,14 +642,16 @@ impl PresenceStore for RedisPresence {
     }
 
     async fn choice(&self, user: &Id) -> Result<Option<Choice>, EngineError> {
-        let (mode, text): (Option<String>, Option<String>) = redis::cmd("HMGET")
+        let (mode, text, activity): (Option<String>, Option<String>, Option<String>) = redis::cmd("HMGET")
             .arg(self.meta_key(user))
             .arg("mode")
             .arg("text")
+            .arg("activity")
             .query_async(&mut self.conn.clone())
             .await
             .map_err(classify)?;
-        Ok(mode.as_deref().and_then(Mode::parse).map(|mode| Choice { mode, text: text.map(Arc::from) }))
+        let activity = activity.as_deref().and_then(Activity::decode);
+        Ok(mode.as_deref().and_then(Mode::parse).map(|mode| Choice { mode, text: text.map(Arc::from), activity }))
     }
 
     /// The scope is applied inside Redis (`lookup.lua`): an out-of-scope user's reply is

@@ -6,7 +6,7 @@
 -- shard's epoch and last sequence number now (the caller compares the epoch with the
 -- position's); verdict 'ok' with the transitions after seq, in order, up to through or
 -- `page` of them, as rows {user, status, version, lastSeen, deviceId, cause, now, seq,
--- groups, text, lastActivity, groups before}; else why not (rows empty): 'ahead' (a
+-- groups, text, lastActivity, activity, groups before}; else why not (rows empty): 'ahead' (a
 -- position, or through, past the head: not this history's), 'too_old' (entries after it
 -- were trimmed, or more than the limit).
 -- Atomic: the head and the rows are read at the same instant.

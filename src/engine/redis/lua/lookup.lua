@@ -1,7 +1,7 @@
 -- Reads users' presence within a reader's scope. ARGV: last_seen_ms, ttl_ms, the reader's
 -- own user id ('' for none), the number n of groups it reads (-1: everyone), those n
 -- groups, then the user ids. Returns one entry per user id: its meta fields (status,
--- lastSeen, deviceId, version, groups, text, lastActivity) when the user is known and
+-- lastSeen, deviceId, version, groups, text, lastActivity, activity) when the user is known and
 -- within the scope, else false. A user shown online was last seen at its latest
 -- heartbeat: its sessions' latest lease deadline less the lease.
 --
@@ -54,7 +54,8 @@ for i = 5 + math.max(n, 0), #ARGV do
   local user = ARGV[i]
   local meta = keys_of(user)
   local m = readable(user, meta)
-    and redis.call('HMGET', meta, 'status', 'lastSeen', 'deviceId', 'version', 'groups', 'text', 'lastActivity')
+    and redis.call('HMGET', meta, 'status', 'lastSeen', 'deviceId', 'version', 'groups', 'text', 'lastActivity',
+      'activity')
   if m and m[1] and m[1] ~= 'offline' then
     m[2] = last_heartbeat(user) or m[2]
   end

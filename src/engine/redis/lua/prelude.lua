@@ -24,7 +24,7 @@
 --                  the newest ARGV[3] entries or a few more. Fields: u user, s status,
 --                  v version, c cause, t decided at (ms), g groups after, pg groups before
 --                  (newline-separated), and when set l lastSeen, d deviceId, x text,
---                  a lastActivity
+--                  a lastActivity, y activity
 --                  The log is also the webhook outbox: its consumer group `webhooks`
 --                  records what was handed out for delivery and not yet settled
 --   {p}webhook:lease  the router delivering the shard's webhooks (PX, renewed while it
@@ -37,7 +37,8 @@
 --                  retention; expires that long after its last live participant left
 -- Keys of user U (in its shard):
 --   {p}meta:U      hash: status (what others see), lastSeen, deviceId, role, version,
---                  groups, mode (chosen: online/away/dnd/invisible), text, lastActivity,
+--                  groups, mode (chosen: online/away/dnd/invisible), text, activity
+--                  (`type\nstartedAt\nname`, see `Activity::encode`), lastActivity,
 --                  idle ("1" once away_after passed without activity); expires ARGV[1]
 --                  ms after the user's last session ends
 --   {p}sessions:U  set: the user's sessions in {p}leases
@@ -131,7 +132,7 @@ end
 local function append(row, before)
   local entry = {'u', row[1], 's', row[2], 'v', row[3], 'c', row[6], 't', row[7], 'g', row[9] or '',
     'pg', before or row[9] or ''}
-  for _, field in ipairs({{'l', 4}, {'d', 5}, {'x', 10}, {'a', 11}}) do
+  for _, field in ipairs({{'l', 4}, {'d', 5}, {'x', 10}, {'a', 11}, {'y', 12}}) do
     if row[field[2]] then
       entry[#entry + 1] = field[1]
       entry[#entry + 1] = row[field[2]]
@@ -143,9 +144,9 @@ end
 -- A change-log entry ({id, fields}) as a row: {user, status, version, lastSeen, deviceId,
 -- cause, now, seq, groups, text, lastActivity, groups before} (false where unset).
 local function row_of(entry)
-  local order = {u = 1, s = 2, v = 3, l = 4, d = 5, c = 6, t = 7, g = 9, x = 10, a = 11, pg = 12}
+  local order = {u = 1, s = 2, v = 3, l = 4, d = 5, c = 6, t = 7, g = 9, x = 10, a = 11, y = 12, pg = 13}
   local row = {false, false, false, false, false, false, false, string.match(entry[1], '^(%d+)'), false, false, false,
-    false}
+    false, false}
   local fields = entry[2]
   for i = 1, #fields, 2 do
     local at = order[fields[i]]
@@ -295,7 +296,8 @@ end
 
 -- Brings what others see of the user in line with its sessions, mode and idleness, and
 -- keeps its auto-away entry in `active` current. Returns the transition as
--- {user, status, version, lastSeen, deviceId, cause, now, seq, groups, text, lastActivity}
+-- {user, status, version, lastSeen, deviceId, cause, now, seq, groups, text, lastActivity,
+-- activity}
 -- when the shown status changed (or `force` and the user is shown, for a new text or new
 -- groups; then with `forced_cause` when the status itself did not change), else nil.
 -- `seq` numbers every transition of the shard, so subscribers notice one they never
@@ -336,7 +338,7 @@ local function transition(user, cause, force, forced_cause)
   else
     redis.call('PEXPIRE', meta, last_seen_ms)
   end
-  local f = redis.call('HMGET', meta, 'lastSeen', 'deviceId', 'groups', 'text', 'lastActivity')
+  local f = redis.call('HMGET', meta, 'lastSeen', 'deviceId', 'groups', 'text', 'lastActivity', 'activity')
   local heard = shown ~= 'offline' and last_heartbeat(user)
   if heard then
     f[1] = string.format('%d', heard)
@@ -344,7 +346,7 @@ local function transition(user, cause, force, forced_cause)
   history()
   local seq = redis.call('INCR', KEYS[1])
   local row = {user, shown, tostring(version), f[1] or false, f[2] or false, cause, tostring(now), tostring(seq),
-    f[3] or false, f[4] or false, f[5] or false}
+    f[3] or false, f[4] or false, f[5] or false, f[6] or false}
   append(row, groups_before[user])
   return row
 end
@@ -373,13 +375,14 @@ end
 -- Registers or renews a session: the whole of a connect, or of a heartbeat on a session
 -- that lapsed. deviceId '' keeps the stored one; groups are newline-separated (ids hold no
 -- control characters); activity '1' on connect resets the away timer (a heartbeat is not
--- activity: phones send them unattended); mode and text are the session's chosen status
--- ('' = none), restored only if Redis lost the user's mode (a restart without data).
+-- activity: phones send them unattended); mode, text and chosen (its activity) are the
+-- session's chosen status ('' = none), restored only if Redis lost the user's mode (a
+-- restart without data).
 -- The session claims its device: with replace '1' (a new session) the live session that
 -- held it is ended, after this one is registered; otherwise (a renewal) a live holder
 -- means this session was replaced, and nothing is written.
 -- Returns the transition, if any, and the replaced session, if any.
-local function lease(user, session, device, role, groups, activity, mode, text, replace)
+local function lease(user, session, device, role, groups, activity, mode, text, replace, chosen)
   local meta, _, sgroups, devices = keys_of(user)
   local holder = device_holder(user, session, device)
   if holder and replace ~= '1' then
@@ -389,6 +392,9 @@ local function lease(user, session, device, role, groups, activity, mode, text, 
     redis.call('HSET', meta, 'mode', mode)
     if text ~= '' then
       redis.call('HSET', meta, 'text', text)
+    end
+    if (chosen or '') ~= '' then
+      redis.call('HSET', meta, 'activity', chosen)
     end
   end
   set_lease(user, session, now + ttl)
