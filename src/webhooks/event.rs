@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::{
     engine::log::LoggedChange,
     id::Id,
-    presence::{Cause, PresenceUpdate, Status},
+    presence::{Activity, Cause, PresenceUpdate, Status},
 };
 
 /// One transition as a webhook receiver gets it. Field names are those of the API's
@@ -38,6 +38,9 @@ pub struct Event<'a> {
     pub status_text: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_activity: Option<u64>,
+    /// What the user is doing, while shown online, away or dnd.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activity: Option<&'a Activity>,
 }
 
 impl<'a> Event<'a> {
@@ -56,6 +59,7 @@ impl<'a> Event<'a> {
             previous_groups: (change.before != presence.groups).then_some(&change.before[..]),
             status_text: presence.status_text.as_deref(),
             last_activity: presence.last_activity,
+            activity: presence.activity.as_ref(),
         }
     }
 }
