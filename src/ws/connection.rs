@@ -172,8 +172,8 @@ impl Connection {
             Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
         };
         let limits = &self.app.limits;
-        let budget =
-            Budget::new(limits.frame_rate, limits.frame_burst, limits.byte_rate, limits.byte_burst()).penalizing(client);
+        let budget = Budget::new(limits.frame_rate, limits.frame_burst, limits.byte_rate, limits.byte_burst())
+            .penalizing(client);
         let mut socket = Socket::new(TokioIo::new(upgraded), budget, limits.max_frame_bytes, limits.frame_timeout);
         let role = self.role.as_str();
         ::metrics::gauge!(metrics::CONNECTIONS, "role" => role).increment(1.0);
