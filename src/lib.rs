@@ -50,9 +50,9 @@
 //!   is out of reach (and only then).
 //! - [`renewals`]: heartbeats handed off by connections, renewed in the background.
 //! - [`ws`]: the WebSocket handshake, the RFC 6455 framing and socket (budgets, close
-//!   handshake, no buffer held while idle) and the per-connection task (a dashboard's
-//!   start: a snapshot, or a resume from its position; its chosen groups and their
-//!   coalescing: `ws/subscriptions.rs`).
+//!   handshake, no buffer held while idle) and the per-connection task (its size pinned
+//!   in `ws/task_size.rs`; a dashboard's start: a snapshot, or a resume from its
+//!   position; its chosen groups and their coalescing: `ws/subscriptions.rs`).
 //! - [`http`]: the axum routers, built from a table of routes that `docs/openapi.yaml`
 //!   describes: WebSocket endpoint, presence API (its ids-per-second budget per user, and
 //!   CORS with `--cors-origins`), the event stream of transitions (`http/events.rs`:

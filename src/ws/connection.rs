@@ -12,6 +12,8 @@ use std::{
 };
 
 use bytes::Bytes;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use tokio::{
     sync::{
         OwnedSemaphorePermit, broadcast,
@@ -25,6 +27,7 @@ use super::{
     liveness::{self, Renewal},
     membership::Membership,
     ptt::{RefusedStart, Talk},
+    rate_limit::Budget,
     resume::ResumeFrom,
     socket::{Incoming, Socket},
     subscriptions::Subscriptions,
@@ -39,6 +42,7 @@ use crate::{
     protocol::{self, ChannelType, ErrorCode, Frame, Slot, message_type, payload::IndicatorKind, voiceping},
     relay::{Mailbox, Member, Registration},
     scope::{Scope, View},
+    server::ClientBudget,
 };
 
 /// Most queued hub events forwarded before one flush.
@@ -160,7 +164,17 @@ impl Connection {
         self.groups.as_deref().is_some_and(|groups| groups.contains(group))
     }
 
-    pub async fn run(mut self, mut socket: Socket, _permit: OwnedSemaphorePermit) {
+    /// Serves the connection once its HTTP upgrade completes: `client` is the client's
+    /// per-address budget, penalized should this connection's own budget close it.
+    pub async fn run(mut self, upgrade: OnUpgrade, client: Option<ClientBudget>, _permit: OwnedSemaphorePermit) {
+        let upgraded = match upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
+        };
+        let limits = &self.app.limits;
+        let budget = Budget::new(limits.frame_rate, limits.frame_burst, limits.byte_rate, limits.byte_burst())
+            .penalizing(client);
+        let mut socket = Socket::new(TokioIo::new(upgraded), budget, limits.max_frame_bytes, limits.frame_timeout);
         let role = self.role.as_str();
         ::metrics::gauge!(metrics::CONNECTIONS, "role" => role).increment(1.0);
         // Who it is (session, user, role, device, address) is on the span.

@@ -14,6 +14,7 @@ mod signals;
 mod snapshot;
 mod socket;
 mod subscriptions;
+mod task_size;
 
 use std::{net::IpAddr, sync::Arc};
 
@@ -22,7 +23,6 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
 use crate::{
@@ -35,8 +35,6 @@ use crate::{
 };
 
 use connection::Connection;
-use rate_limit::Budget;
-use socket::Socket;
 
 /// `GET /` (and `/ws`): authenticate, then upgrade.
 pub async fn upgrade(State(app): State<Arc<App>>, mut request: Request) -> Response {
@@ -111,23 +109,10 @@ pub async fn upgrade(State(app): State<Arc<App>>, mut request: Request) -> Respo
         device = device_id.as_deref().map(tracing::field::display),
         remote = remote.map(tracing::field::display),
     );
-    let limits = &app.limits;
     let client = request.extensions_mut().remove::<ClientBudget>();
-    let budget =
-        Budget::new(limits.frame_rate, limits.frame_burst, limits.byte_rate, limits.byte_burst()).penalizing(client);
-    let (max_message, frame_timeout) = (limits.max_frame_bytes, limits.frame_timeout);
-    app.tracker.spawn(
-        async move {
-            match on_upgrade.await {
-                Ok(upgraded) => {
-                    let socket = Socket::new(TokioIo::new(upgraded), budget, max_message, frame_timeout);
-                    connection.run(socket, permit).await;
-                }
-                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-            }
-        }
-        .instrument(span),
-    );
+    // The connection's future is the task: no wrapper holding a second copy of what it
+    // was started with (every idle connection pays for every byte of it).
+    app.tracker.spawn(connection.run(on_upgrade, client, permit).instrument(span));
 
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let headers = response.headers_mut();

@@ -458,9 +458,9 @@ impl Socket {
                 }
             }
         }
-        if self.out.capacity() > MAX_IOSLICES {
-            self.out = VecDeque::new();
-        }
+        // Released whatever its size: a mobile writes a frame or two per heartbeat, and
+        // the few slots those leave behind would stay allocated in every idle connection.
+        self.out = VecDeque::new();
         Pin::new(&mut self.io).poll_flush(cx)
     }
 }
