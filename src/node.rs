@@ -454,8 +454,9 @@ impl Node {
         self.skip_while_degraded()?;
         let result = store!(self, set_choice(session, mode, text, activity));
         self.announce("status", result).await?;
-        let kept = session.choice.as_ref().and_then(|c| c.activity.as_ref());
-        let choice = Choice { mode, text: text.map(Arc::from), activity: activity.apply(kept, unix_ms()) };
+        let kept = session.choice.as_ref().and_then(|c| c.activity.as_deref());
+        let choice =
+            Choice { mode, text: text.map(Arc::from), activity: activity.apply(kept, unix_ms()).map(Arc::new) };
         if let Some(registered) = self.local().get_mut(&session.id) {
             registered.choice = Some(choice.clone());
         }

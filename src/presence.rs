@@ -244,7 +244,9 @@ pub struct Session {
 pub struct Choice {
     pub mode: Mode,
     pub text: Option<Arc<str>>,
-    pub activity: Option<Activity>,
+    /// Behind a pointer: every mobile connection holds its session's choice, few an
+    /// activity.
+    pub activity: Option<Arc<Activity>>,
 }
 
 /// A user's groups, which decide which dashboards may see its presence. Cheap to clone.

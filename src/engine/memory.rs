@@ -474,7 +474,7 @@ impl PresenceStore for MemoryPresence {
         Ok(self.state().users.get(user).map(|r| Choice {
             mode: r.mode,
             text: r.text.clone(),
-            activity: r.activity.clone(),
+            activity: r.activity.clone().map(Arc::new),
         }))
     }
 

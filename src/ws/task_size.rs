@@ -9,7 +9,8 @@
 //! The future's bound is the debug profile's size (futures are laid out differently with
 //! and without optimisations; structs are not). When one of these tests fails, the task grew:
 //! box what made it grow, or, if every connection really needs it, raise the bound and
-//! re-measure `presence-load idle`.
+//! re-measure `presence-load idle`. (The bounds took 8 bytes more, and the future 24, for
+//! a session's chosen activity, a pointer kept by every mobile session.)
 
 #[cfg(test)]
 mod tests {
@@ -32,16 +33,16 @@ mod tests {
     #[cfg_attr(not(debug_assertions), ignore = "the bound is the debug profile's size")]
     fn a_connections_task_stays_within_its_size() {
         let run = output_size(Connection::run);
-        assert!(run <= 2240, "the connection's future is {run} bytes, more than 2240");
+        assert!(run <= 2264, "the connection's future is {run} bytes, more than 2264");
     }
 
     #[test]
     fn what_a_connection_holds_stays_within_its_size() {
         let sizes = [
-            ("Connection", size_of::<Connection>(), 296),
+            ("Connection", size_of::<Connection>(), 304),
             ("Socket", size_of::<Socket>(), 344),
             ("Budget", size_of::<Budget>(), 152),
-            ("Session", size_of::<Session>(), 88),
+            ("Session", size_of::<Session>(), 96),
         ];
         for (name, size, bound) in sizes {
             assert!(size <= bound, "{name} is {size} bytes, more than {bound}");

@@ -491,7 +491,7 @@ fn session_args(call: &mut ScriptInvocation<'_>, session: &Session) {
         .arg(join_groups(&session.groups))
         .arg(choice.map_or("", |c| c.mode.as_str()))
         .arg(choice.and_then(|c| c.text.as_deref()).unwrap_or(""))
-        .arg(choice.and_then(|c| c.activity.as_ref()).map(Activity::encode).unwrap_or_default());
+        .arg(choice.and_then(|c| c.activity.as_deref()).map(Activity::encode).unwrap_or_default());
 }
 
 /// A session's member of `{p}leases`: `user\nsession` (`lease_of` in `lua/prelude.lua`).
@@ -651,7 +651,11 @@ impl PresenceStore for RedisPresence {
             .await
             .map_err(classify)?;
         let activity = activity.as_deref().and_then(Activity::decode);
-        Ok(mode.as_deref().and_then(Mode::parse).map(|mode| Choice { mode, text: text.map(Arc::from), activity }))
+        Ok(mode.as_deref().and_then(Mode::parse).map(|mode| Choice {
+            mode,
+            text: text.map(Arc::from),
+            activity: activity.map(Arc::new),
+        }))
     }
 
     /// The scope is applied inside Redis (`lookup.lua`): an out-of-scope user's reply is
