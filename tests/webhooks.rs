@@ -369,7 +369,12 @@ async fn a_lone_router_delivers_every_kind_of_transition_with_its_fields() {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let router = Setup::new(Engine::Memory).await.router(&flags).await;
     let mut mobile = router.mobile_in("courier", &["north", "south"]).await;
-    mobile.set_status("courier", "dnd", Some("driving")).await;
+    // Chosen over HTTP, with an activity: the event carries it as the API shows it.
+    let bearer = format!("Bearer {}", common::token("courier", presence_router::auth::Role::Mobile));
+    let body = r#"{"status": "dnd", "text": "driving", "activity": {"type": "driving", "name": "Route 9"}}"#;
+    let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
+    let (status, answer) = common::http(router.addr, "POST", "/api/presence/me/status", &headers, body).await;
+    assert_eq!(status, 200, "{answer}");
     mobile.set_status("courier", "invisible", None).await;
     mobile.set_status("courier", "online", None).await;
     mobile.close().await;
@@ -393,6 +398,8 @@ async fn a_lone_router_delivers_every_kind_of_transition_with_its_fields() {
     assert_eq!(dnd["id"].as_str().unwrap(), format!("courier:{}", versions[1]));
     assert_eq!((dnd["userId"].as_str(), dnd["statusText"].as_str()), (Some("courier"), Some("driving")));
     assert_eq!(dnd["groups"], serde_json::json!(["north", "south"]));
+    assert_eq!(dnd["activity"], answer["user"]["activity"], "{dnd}");
+    assert_eq!(dnd["activity"]["type"].as_str(), Some("driving"));
     assert!(dnd["timestamp"].as_u64().is_some() && dnd["lastSeen"].as_u64().is_some());
     for batch in receiver.inbox.batches.lock().unwrap().iter() {
         assert!(SPEC.accepts("/components/schemas/WebhookBatch", batch), "{batch}");
