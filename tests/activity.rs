@@ -10,18 +10,6 @@ use common::{Client, Engine, RedisServer, SECRET, Setup, http, map, sse::Sse, to
 use presence_router::auth::{Role, mint_hs256_in};
 use rmpv::Value;
 
-/// Runs each named `async fn(Engine)` on the memory engine and on one Redis.
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test] async fn $name() { super::$name(super::Engine::Memory).await })*
-        }
-        mod redis {
-            $(#[tokio::test] async fn $name() { super::$name(super::Engine::Redis).await })*
-        }
-    };
-}
-
 on_both_engines!(
     an_activity_travels_from_a_status_frame_to_dashboards_the_api_and_event_streams,
     bad_activities_are_refused

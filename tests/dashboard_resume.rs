@@ -12,25 +12,12 @@ use std::collections::BTreeMap;
 use common::{Client, Engine, RedisServer, Router, Setup, tcp_proxy::TcpProxy, token};
 use presence_router::auth::{Role, mint_hs256_in};
 use rmpv::Value;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const RESUMED: u64 = 41;
 const STALE: u64 = 43;
 const FRESH: u64 = 44;
 const SNAPSHOT: u64 = 32;
 const UPDATE: u64 = 31;
-
-/// Runs each named `async fn(Engine)` on the memory engine and on one Redis.
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test] async fn $name() { super::$name(super::Engine::Memory).await })*
-        }
-        mod redis {
-            $(#[tokio::test] async fn $name() { super::$name(super::Engine::Redis).await })*
-        }
-    };
-}
 
 on_both_engines!(
     a_reconnect_is_sent_only_the_latest_change_of_each_user_it_missed,
@@ -62,24 +49,9 @@ fn dashboard_token(user: &str, groups: Option<&[&str]>) -> String {
     }
 }
 
-/// A dashboard connected with `query` appended to the endpoint's URL.
-async fn dashboard_with(router: &Router, token: &str, query: &str) -> Client {
-    let mut request = format!("ws://{}/?{query}", router.addr).into_client_request().unwrap();
-    request.headers_mut().insert("token", token.parse().unwrap());
-    let (ws, _) = tokio::time::timeout(common::WAIT, tokio_tungstenite::connect_async(request))
-        .await
-        .expect("handshake in time")
-        .expect("handshake accepted");
-    Client { ws }
-}
-
 /// A dashboard resuming from `mark`.
 async fn resuming(router: &Router, token: &str, mark: &Mark) -> Client {
-    let query: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("position", &mark.position)
-        .append_pair("view", &mark.view)
-        .finish();
-    dashboard_with(router, token, &query).await
+    Client::connect_with_query(router.addr, token, &common::resume_query(&mark.position, &mark.view)).await
 }
 
 /// The snapshot's mark.
@@ -212,7 +184,7 @@ async fn a_position_of_another_scope_gets_a_snapshot(engine: Engine) {
     let (left, resumed_on) = (&routers[0], routers.last().unwrap());
     let (mut witness, _) = resumed_on.dashboard("witness").await;
     let narrow = dashboard_token("watch", Some(&["g1"]));
-    let mut dashboard = dashboard_with(left, &narrow, "").await;
+    let mut dashboard = Client::connect_with_query(left.addr, &narrow, "").await;
     let mark = snapshot_mark(&dashboard.next_frame().await);
     dashboard.close().await;
     let _in_scope = left.mobile_in("u1", &["g1"]).await;
@@ -241,7 +213,7 @@ async fn a_malformed_position_gets_a_snapshot(engine: Engine) {
     let _alice = router.mobile("alice", "a1").await;
     await_states(&mut witness, &[("alice", "online")]).await;
     for query in ["position=nonsense&view=*", "position=0000000000000000%3A1&view=*"] {
-        let mut dashboard = dashboard_with(&router, &token("watch", Role::Dashboard), query).await;
+        let mut dashboard = Client::connect_with_query(router.addr, &token("watch", Role::Dashboard), query).await;
         let snapshot = dashboard.next_frame().await;
         assert_eq!(snapshot[1].as_u64(), Some(SNAPSHOT), "{query}: {snapshot}");
         assert_eq!(snapshot[5]["count"].as_u64(), Some(1));
@@ -353,7 +325,7 @@ async fn a_dashboard_resuming_while_the_view_is_stale_gets_stale_after_resumed()
     let a = proxy.router().await;
     let b = setup.router(&[]).await;
     let token = dashboard_token("desk", None);
-    let mut watching = dashboard_with(&a, &token, "").await;
+    let mut watching = Client::connect_with_query(a.addr, &token, "").await;
     let mark = snapshot_mark(&watching.next_frame().await);
     let mut newcomer = b.mobile("newcomer", "p1").await;
     newcomer.sync("newcomer").await;

@@ -10,30 +10,14 @@ use std::collections::BTreeMap;
 use common::{Client, RedisServer, Router, token};
 use presence_router::auth::Role;
 use rmpv::Value;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const RESUMED: u64 = 41;
 const SNAPSHOT: u64 = 32;
 const UPDATE: u64 = 31;
 
-/// A dashboard connected with `query` appended to the endpoint's URL.
-async fn dashboard_with(router: &Router, token: &str, query: &str) -> Client {
-    let mut request = format!("ws://{}/?{query}", router.addr).into_client_request().unwrap();
-    request.headers_mut().insert("token", token.parse().unwrap());
-    let (ws, _) = tokio::time::timeout(common::WAIT, tokio_tungstenite::connect_async(request))
-        .await
-        .expect("handshake in time")
-        .expect("handshake accepted");
-    Client { ws }
-}
-
 /// A dashboard resuming from `position` with `view`.
 async fn resuming(router: &Router, token: &str, position: &str, view: &str) -> Client {
-    let query: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("position", position)
-        .append_pair("view", view)
-        .finish();
-    dashboard_with(router, token, &query).await
+    Client::connect_with_query(router.addr, token, &common::resume_query(position, view)).await
 }
 
 /// What a resuming dashboard shows once it has its start: the users shown online or away
@@ -217,10 +201,7 @@ async fn stalled_resume(addr: std::net::SocketAddr, token: &str, position: &str,
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(addr).await.unwrap();
-    let query: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("position", position)
-        .append_pair("view", view)
-        .finish();
+    let query = common::resume_query(position, view);
     let request = format!(
         "GET /?{query} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\ntoken: {token}\r\n\r\n"
@@ -473,7 +454,7 @@ async fn a_resume_shows_text_invisible_and_a_user_leaving_the_scope() {
     let scoped =
         presence_router::auth::mint_hs256_in(common::SECRET.as_bytes(), "desk", Role::Dashboard, Some(&["g1"]), 3600)
             .unwrap();
-    let mut dashboard = dashboard_with(&a, &scoped, "").await;
+    let mut dashboard = Client::connect_with_query(a.addr, &scoped, "").await;
     let snapshot = dashboard.next_frame().await;
     let before = snapshot_view(&snapshot);
     assert_eq!(before.len(), 3, "{snapshot}");
@@ -489,7 +470,7 @@ async fn a_resume_shows_text_invisible_and_a_user_leaving_the_scope() {
     mover.send_frame(0, 40, "mover", "", common::map(&[("token", elsewhere.as_str().into())])).await;
     mover.expect(39).await;
     // A dashboard of the same scope on b has been told every change: b's view holds them.
-    let mut witness = dashboard_with(&b, &scoped, "").await;
+    let mut witness = Client::connect_with_query(b.addr, &scoped, "").await;
     let first = witness.next_frame().await;
     let mut seen = snapshot_view(&first);
     let mut witness_texts = BTreeMap::new();

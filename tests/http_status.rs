@@ -9,18 +9,6 @@ mod common;
 use common::{Engine, SECRET, Setup, http, token};
 use presence_router::auth::{Role, mint_hs256_in};
 
-/// Runs each named `async fn(Engine)` on the memory engine and on one Redis.
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test] async fn $name() { super::$name(super::Engine::Memory).await })*
-        }
-        mod redis {
-            $(#[tokio::test] async fn $name() { super::$name(super::Engine::Redis).await })*
-        }
-    };
-}
-
 on_both_engines!(
     a_user_sets_its_own_status_over_http,
     a_service_token_sets_users_in_its_scope_and_no_other_token_does,

@@ -16,18 +16,6 @@ use presence_router::auth::{Role, mint_hs256_in};
 
 const PATH: &str = "/api/presence/events";
 
-/// Runs each named `async fn(Engine)` on the memory engine and on one Redis.
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test] async fn $name() { super::$name(super::Engine::Memory).await })*
-        }
-        mod redis {
-            $(#[tokio::test] async fn $name() { super::$name(super::Engine::Redis).await })*
-        }
-    };
-}
-
 on_both_engines!(resumes_from_its_last_event_on_another_router, a_scoped_token_is_sent_only_users_in_its_groups);
 
 /// On a Redis Cluster a position names one number per shard: each event's id still

@@ -115,6 +115,19 @@ macro_rules! on_every_engine {
     };
 }
 
+/// Runs each named `async fn(Engine)` as two tests, `memory::name` and `redis::name`.
+#[macro_export]
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test] async fn $name() { super::$name($crate::common::Engine::Memory).await })*
+        }
+        mod redis {
+            $(#[tokio::test] async fn $name() { super::$name($crate::common::Engine::Redis).await })*
+        }
+    };
+}
+
 /// Runs each named `async fn(Engine)` as two tests on the engines several routers share,
 /// `redis::name` and `redis_cluster::name`.
 #[macro_export]
@@ -393,6 +406,11 @@ impl Router {
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// The handshake's query resuming a dashboard from `position` with `view`.
+pub fn resume_query(position: &str, view: &str) -> String {
+    form_urlencoded::Serializer::new(String::new()).append_pair("position", position).append_pair("view", view).finish()
+}
+
 pub struct Client {
     pub ws: Ws,
 }
@@ -404,6 +422,18 @@ impl Client {
         if let Some(device) = device {
             request.headers_mut().insert("device_id", device.parse().unwrap());
         }
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("handshake in time")
+            .expect("handshake accepted");
+        Client { ws }
+    }
+
+    /// Connects with `query` (without its `?`) after the endpoint's path, e.g. a dashboard's
+    /// position to resume from ([`resume_query`]).
+    pub async fn connect_with_query(addr: SocketAddr, token: &str, query: &str) -> Client {
+        let mut request = format!("ws://{addr}/?{query}").into_client_request().unwrap();
+        request.headers_mut().insert("token", token.parse().unwrap());
         let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
             .await
             .expect("handshake in time")
