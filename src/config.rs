@@ -268,9 +268,9 @@ pub struct Config {
     #[arg(help_heading = "WebSocket limits")]
     pub dashboard_queue: usize,
 
-    /// Most `GET /api/presence/events` streams open at once; more get 503
-    /// `too_many_streams`. Each holds a slot of `--max-handshakes` while open: keep it well
-    /// below that.
+    /// Most `GET /api/presence/events` streams open at once (and at most 4 per user); more
+    /// get 503 `too_many_streams`. An open stream holds a connection and a file descriptor,
+    /// not a slot of `--max-handshakes`.
     #[arg(long, env = "EVENT_STREAMS", default_value_t = crate::http::events::DEFAULT_MAX_STREAMS, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
     #[arg(help_heading = "WebSocket limits")]
     pub event_streams: usize,

@@ -506,7 +506,7 @@ pub fn zero_series() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
     );
     each(SNAPSHOT_WAITS, "result", &["admitted", "timed_out"]);
     each(WEBHOOK_EVENTS, "result", &["delivered", "dead_letter", "trimmed"]);
-    each(EVENT_STREAM_ENDS, "reason", &["slow_consumer", "reset"]);
+    each(EVENT_STREAM_ENDS, "reason", &["slow_consumer", "reset", "expired"]);
     each(DASHBOARD_RESUMES, "result", &["resumed", "too_old", "epoch", "ahead", "scope", "malformed", "unavailable"]);
     let engine_ops = [
         "activity",

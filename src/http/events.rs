@@ -15,9 +15,14 @@
 //! What is sent is scoped by the token exactly as every other read ([`Scope::view_of`]): a
 //! user outside the scope is never sent, and one leaving it is sent going `offline` there.
 //!
-//! Bounds: at most `--event-streams` streams at once (then 503 `too_many_streams`), each
-//! with a queue of `--event-stream-queue` events; a client that lets its queue fill (or
-//! falls a whole `--dashboard-queue` ring behind) is cut as a slow consumer. A comment line
+//! Bounds: at most `--event-streams` streams at once, and [`PER_USER`] per user (then 503
+//! `too_many_streams`), each with a queue of `--event-stream-queue` events; the catch-up
+//! from the log is encoded as the queue takes it, from the read shared with the other
+//! resumes, so a stream that never reads holds no copy of the gap; a client that lets its
+//! queue fill for [`SEND_WAIT`] (or falls a whole `--dashboard-queue` ring behind) is cut
+//! as a slow consumer. A stream ends when its token expires (`event: expired`): reconnect
+//! with a fresh token and `Last-Event-ID`. A stream leaves the handshake pool
+//! (`--max-handshakes`) once answered, as an upgraded WebSocket does. A comment line
 //! (`: keep-alive`) every [`HEARTBEAT`] keeps proxies from closing an idle stream.
 
 use std::{sync::Arc, time::Duration};
@@ -57,8 +62,15 @@ pub const ROUTE: &str = "/api/presence/events";
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// Streams open at once unless configured otherwise (`--event-streams`). Each holds an
-/// HTTP connection, and with it a slot of `--max-handshakes`, for as long as it lasts.
+/// HTTP connection for as long as it lasts.
 pub const DEFAULT_MAX_STREAMS: usize = 64;
+
+/// Streams one user (a token's `sub` and role) may hold open at once: a backend needs one
+/// or two; one token must not take every stream.
+pub const PER_USER: usize = 4;
+
+/// How long a stream's queue may stay full before its client is cut as too slow.
+pub const SEND_WAIT: Duration = Duration::from_secs(10);
 
 /// Events queued per stream unless configured otherwise (`--event-stream-queue`).
 pub const DEFAULT_QUEUE: usize = 1024;
@@ -69,31 +81,50 @@ const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 pub struct EventStreams {
     permits: Arc<Semaphore>,
     queue: usize,
+    /// Streams open per user.
+    users: Arc<std::sync::Mutex<std::collections::HashMap<(Id, &'static str), usize>>>,
 }
 
 impl EventStreams {
     /// At most `max` streams at once, each queueing at most `queue` events (the flags take at
     /// least 1 of each).
     pub fn new(max: usize, queue: usize) -> Self {
-        EventStreams { permits: Arc::new(Semaphore::new(max.max(1))), queue: queue.max(1) }
+        EventStreams { permits: Arc::new(Semaphore::new(max.max(1))), queue: queue.max(1), users: Arc::default() }
+    }
+
+    /// A place for one more stream of `user`, if both the router's and the user's bounds
+    /// allow it.
+    fn open(&self, user: (Id, &'static str)) -> Option<Open> {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let count = users.entry(user.clone()).or_default();
+        if *count >= PER_USER {
+            return None;
+        }
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        *count += 1;
+        ::metrics::gauge!(metrics::EVENT_STREAMS).increment(1.0);
+        Some(Open { _permit: permit, users: self.users.clone(), user })
     }
 }
 
-/// One open stream's place: its permit, and the gauge of open streams.
+/// One open stream's place: its permit, its count for its user, and the gauge of open
+/// streams.
 struct Open {
     _permit: OwnedSemaphorePermit,
-}
-
-impl Open {
-    fn new(permit: OwnedSemaphorePermit) -> Self {
-        ::metrics::gauge!(metrics::EVENT_STREAMS).increment(1.0);
-        Open { _permit: permit }
-    }
+    users: Arc<std::sync::Mutex<std::collections::HashMap<(Id, &'static str), usize>>>,
+    user: (Id, &'static str),
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
         ::metrics::gauge!(metrics::EVENT_STREAMS).decrement(1.0);
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = users.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                users.remove(&self.user);
+            }
+        }
     }
 }
 
@@ -111,9 +142,13 @@ pub async fn events(
     rate_limit::charge(&app, &claims, Cost::One(ROUTE))?;
     let since = since(&headers, query.as_deref())?;
     let node = super::presence::presence(&app)?;
-    let permit = app.event_streams.permits.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_streams", "too many event streams are open")
-            .retry_after(1)
+    let open = app.event_streams.open((claims.sub.clone(), claims.role.as_str())).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            "too many event streams are open, on this router or for this user",
+        )
+        .retry_after(1)
     })?;
     let resumption = node.hub().resumption(&Scope::of(&claims));
     let Some(now) = resumption.position else {
@@ -127,20 +162,17 @@ pub async fn events(
     // Without a position, from the view's: what the log holds past it (decided before the
     // subscription but not yet applied to the view) is sent too.
     let from = since.unwrap_or_else(|| now.clone());
-    let mut stream = Stream { scope: Scope::of(&claims), cursor: now.clone(), floor: now };
-    let mut first = Vec::new();
-    let resumed = stream.catch_up(node, &from, &mut first).await.map_err(Gone::into_error)?;
-    first.push(stream.ready(resumed));
-    if let Some(stale) = node.hub().staleness() {
-        first.push(stale_event(&stale));
-    }
+    let stream = Stream { scope: Scope::of(&claims), cursor: now.clone(), floor: now };
+    let read = stream.read(node, &from).await.map_err(Gone::into_error)?;
+    let expires = claims.exp.map(|exp| {
+        let left = exp.saturating_sub(crate::presence::unix_ms() / 1000);
+        tokio::time::Instant::now() + Duration::from_secs(left)
+    });
 
-    let (tx, rx) = mpsc::channel(app.event_streams.queue.max(first.len()));
-    for bytes in first {
-        let _ = tx.try_send(bytes);
-    }
+    let (tx, rx) = mpsc::channel(app.event_streams.queue);
     let cut = CancellationToken::new();
-    tokio::spawn(forward(stream, app.clone(), resumption.events, tx, cut.clone(), Open::new(permit)));
+    let start = Start { read, from, expires };
+    tokio::spawn(forward(stream, app.clone(), resumption.events, tx, cut.clone(), open, start));
     let body = futures_util::stream::unfold((rx, cut), |(mut rx, cut)| async move {
         tokio::select! {
             biased;
@@ -154,6 +186,8 @@ pub async fn events(
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // nginx buffers responses unless told not to: events would arrive in lumps.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    // The connection ends with the stream: it left the handshake pool when answered.
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     Ok(response)
 }
 
@@ -221,31 +255,39 @@ struct Stream {
 }
 
 impl Stream {
-    /// Queues in `out` the transitions after `from` that the scope shows, read from the
-    /// change log; the stream then stands at the log's head. Returns how many were queued.
-    async fn catch_up(&mut self, node: &Node, from: &Position, out: &mut Vec<Bytes>) -> Result<usize, Gone> {
+    /// Reads the change log after `from` (a read shared with the other resumes of the
+    /// moment), or why the stream cannot go on from there.
+    async fn read(&self, node: &Node, from: &Position) -> Result<log_reads::Read, Gone> {
         if from.epoch != self.cursor.epoch || from.seqs.len() != self.cursor.seqs.len() {
             return Err(Gone::Unserved(Unserved::Epoch));
         }
         let read = node.changes_since(from).await;
-        let (changes, head) = match read.as_ref() {
-            Ok(Ok((changes, head))) => (changes.iter().filter(|c| log_reads::is_after(&c.update, from)), head),
-            Ok(Err(unserved)) => return Err(Gone::Unserved(*unserved)),
-            Err(_) => return Err(Gone::Unavailable),
-        };
+        match read.as_ref() {
+            Ok(Ok(_)) => Ok(read),
+            Ok(Err(unserved)) => Err(Gone::Unserved(*unserved)),
+            Err(_) => Err(Gone::Unavailable),
+        }
+    }
+
+    /// Sends the transitions of `read` after `from` that the scope shows, each encoded as
+    /// the queue takes it; the stream then stands at the read's head. Returns how many were
+    /// sent, or `None` when the client stopped taking them.
+    async fn replay(&mut self, read: &log_reads::Read, from: &Position, tx: &mpsc::Sender<Bytes>) -> Option<usize> {
+        let Ok(Ok((changes, head))) = read.as_ref() else { return Some(0) };
         let mut at = from.clone();
-        let before = out.len();
-        for change in changes {
+        let mut sent = 0;
+        for change in changes.iter().filter(|c| log_reads::is_after(&c.update, from)) {
             if let (Some(seq), Some(slot)) = (change.update.seq, at.seqs.get_mut(change.update.shard)) {
                 *slot = seq;
             }
             if let Some(shown) = self.shown(&change.update, &change.before) {
-                out.push(encode(Some(&at), "presence", &Transition::of(&shown)));
+                send(tx, encode(Some(&at), "presence", &Transition::of(&shown))).await?;
+                sent += 1;
             }
         }
         self.floor = head.clone();
         raise(&mut self.cursor, head);
-        Ok(out.len() - before)
+        Some(sent)
     }
 
     /// The `ready` event: the stream has caught up and follows the live transitions.
@@ -262,34 +304,25 @@ impl Stream {
         }
     }
 
-    /// What to send for a live hub event: events, or the `reset` event that ends the stream.
-    async fn on_event(&mut self, node: &Node, event: HubEvent) -> Result<Vec<Bytes>, Bytes> {
+    /// What to send for a live hub event (a rebuild of the view is the caller's:
+    /// [`Stream::read`] and [`Stream::replay`]).
+    fn on_event(&mut self, node: &Node, event: HubEvent) -> Vec<Bytes> {
         match event {
             HubEvent::Update { update, before, position, .. } => {
                 let seen = |seq: u64| self.floor.seqs.get(update.shard).is_some_and(|&floor| seq <= floor);
                 if update.seq.is_some_and(seen) {
-                    return Ok(vec![]);
+                    return vec![];
                 }
                 if let Some(view) = position.as_deref().and_then(|token| Position::parse(token).ok())
                     && view.epoch == self.cursor.epoch
                 {
                     raise(&mut self.cursor, &view);
                 }
-                Ok(self.shown(&update, &before).map(|shown| self.presence(&shown)).into_iter().collect())
+                self.shown(&update, &before).map(|shown| self.presence(&shown)).into_iter().collect()
             }
-            // The view was rebuilt from the store: what this router missed meanwhile is in
-            // the log, after the stream's position.
-            HubEvent::Resync => {
-                let mut out = Vec::new();
-                let from = self.cursor.clone();
-                match self.catch_up(node, &from, &mut out).await {
-                    Ok(_) => Ok(out),
-                    Err(gone) => Err(encode(None, "reset", &ResetData { code: gone.code(), message: gone.message() })),
-                }
-            }
-            HubEvent::Stale(_) => Ok(node.hub().staleness().map(|stale| stale_event(&stale)).into_iter().collect()),
-            HubEvent::Fresh(_) => Ok(vec![encode(None, "fresh", &serde_json::json!({}))]),
-            HubEvent::Indicator { .. } => Ok(vec![]),
+            HubEvent::Stale(_) => node.hub().staleness().map(|stale| stale_event(&stale)).into_iter().collect(),
+            HubEvent::Fresh(_) => vec![encode(None, "fresh", &serde_json::json!({}))],
+            HubEvent::Resync | HubEvent::Indicator { .. } => vec![],
         }
     }
 
@@ -307,8 +340,22 @@ fn raise(cursor: &mut Position, to: &Position) {
     }
 }
 
-/// Follows the hub for one stream until the client goes, the router shuts down, the
-/// stream is reset, or the client is too slow (then `cut` drops its connection).
+/// Where a stream starts: the log read after `from`, and when its token expires.
+struct Start {
+    read: log_reads::Read,
+    from: Position,
+    expires: Option<tokio::time::Instant>,
+}
+
+/// Queues `bytes`, waiting at most [`SEND_WAIT`] for room; `None` when the client is gone
+/// or too slow.
+async fn send(tx: &mpsc::Sender<Bytes>, bytes: Bytes) -> Option<()> {
+    tokio::time::timeout(SEND_WAIT, tx.send(bytes)).await.ok()?.ok()
+}
+
+/// Sends the catch-up from the log, `ready`, then follows the hub for one stream until the
+/// client goes, the router shuts down, the token expires, the stream is reset, or the
+/// client is too slow (then `cut` drops its connection).
 async fn forward(
     mut stream: Stream,
     app: Arc<App>,
@@ -316,38 +363,72 @@ async fn forward(
     tx: mpsc::Sender<Bytes>,
     cut: CancellationToken,
     _open: Open,
+    start: Start,
 ) {
-    let slow = || {
-        ::metrics::counter!(metrics::EVENT_STREAM_ENDS, "reason" => "slow_consumer").increment(1);
-        tracing::debug!("event stream cut: slow consumer");
-        cut.cancel();
+    let stop = |reason: &'static str| {
+        if !tx.is_closed() {
+            ::metrics::counter!(metrics::EVENT_STREAM_ENDS, "reason" => reason).increment(1);
+            tracing::debug!(reason, "event stream cut");
+            cut.cancel();
+        }
     };
+    let Start { read, from, expires } = start;
+    let Some(resumed) = stream.replay(&read, &from, &tx).await else { return stop("slow_consumer") };
+    drop(read);
+    let mut first = vec![stream.ready(resumed)];
+    first.extend(app.node.hub().staleness().map(|stale| stale_event(&stale)));
+    for bytes in first {
+        if send(&tx, bytes).await.is_none() {
+            return stop("slow_consumer");
+        }
+    }
+    let expiry = async move {
+        match expires {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     loop {
         let out = tokio::select! {
             () = app.shutdown.cancelled() => return,
             () = tx.closed() => return,
-            _ = beat.tick() => Ok(vec![Bytes::from_static(KEEP_ALIVE)]),
+            () = &mut expiry => {
+                ::metrics::counter!(metrics::EVENT_STREAM_ENDS, "reason" => "expired").increment(1);
+                let _ = tx.try_send(encode(None, "expired", &serde_json::json!({})));
+                return;
+            }
+            _ = beat.tick() => vec![Bytes::from_static(KEEP_ALIVE)],
             event = events.recv() => match event {
-                Ok(event) => stream.on_event(&app.node, event).await,
-                Err(broadcast::error::RecvError::Lagged(_)) => return slow(),
+                // The view was rebuilt from the store: what this router missed meanwhile is
+                // in the log, after the stream's position.
+                Ok(HubEvent::Resync) => {
+                    let from = stream.cursor.clone();
+                    match stream.read(&app.node, &from).await {
+                        Ok(read) => {
+                            if stream.replay(&read, &from, &tx).await.is_none() {
+                                return stop("slow_consumer");
+                            }
+                            continue;
+                        }
+                        Err(gone) => {
+                            ::metrics::counter!(metrics::EVENT_STREAM_ENDS, "reason" => "reset").increment(1);
+                            let reset = encode(None, "reset", &ResetData { code: gone.code(), message: gone.message() });
+                            let _ = tx.try_send(reset);
+                            return;
+                        }
+                    }
+                }
+                Ok(event) => stream.on_event(&app.node, event),
+                Err(broadcast::error::RecvError::Lagged(_)) => return stop("slow_consumer"),
                 Err(broadcast::error::RecvError::Closed) => return,
             },
         };
-        let (out, last) = match out {
-            Ok(out) => (out, false),
-            Err(reset) => {
-                ::metrics::counter!(metrics::EVENT_STREAM_ENDS, "reason" => "reset").increment(1);
-                (vec![reset], true)
-            }
-        };
         for bytes in out {
             if tx.try_send(bytes).is_err() {
-                return slow();
+                return stop("slow_consumer");
             }
-        }
-        if last {
-            return;
         }
     }
 }

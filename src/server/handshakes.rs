@@ -67,6 +67,8 @@ struct Conn {
     busy: u32,
     /// Answered 101: it stays busy until its task ends.
     upgrading: bool,
+    /// Answered with an event stream: its slot is free again, and it is never evicted.
+    left: bool,
     /// Dropped, or sent on, when the connection is evicted.
     evict: oneshot::Sender<()>,
 }
@@ -116,7 +118,7 @@ impl Pool {
         let id = state.next;
         state.next += 1;
         let (evict, evicted) = oneshot::channel();
-        state.conns.insert(id, Conn { waiting_since: Some(id), busy: 0, upgrading: false, evict });
+        state.conns.insert(id, Conn { waiting_since: Some(id), busy: 0, upgrading: false, left: false, evict });
         state.waiting.insert(id, id);
         self.waiting.increment(1.0);
         Admission::Admitted { slot: Slot { pool: self.clone(), id }, evicted, evicted_another }
@@ -139,7 +141,7 @@ impl Pool {
         let ticket = state.next;
         let Some(conn) = state.conns.get_mut(&id) else { return };
         conn.busy = conn.busy.saturating_sub(1);
-        if conn.busy > 0 || conn.upgrading || conn.waiting_since.is_some() {
+        if conn.busy > 0 || conn.upgrading || conn.left || conn.waiting_since.is_some() {
             return;
         }
         conn.waiting_since = Some(ticket);
@@ -155,11 +157,31 @@ impl Pool {
         }
     }
 
+    /// Connection `id` answered with an event stream: it gives its slot back now and is
+    /// never evicted, though its connection lives on (until it ends, [`Pool::release`]).
+    fn leave(&self, id: u64) {
+        let mut state = self.lock();
+        let Some(conn) = state.conns.get_mut(&id) else { return };
+        if conn.left {
+            return;
+        }
+        conn.left = true;
+        if let Some(ticket) = conn.waiting_since.take() {
+            state.waiting.remove(&ticket);
+            self.waiting.decrement(1.0);
+        }
+        state.held -= 1;
+        self.open.decrement(1.0);
+    }
+
     /// Connection `id` has ended: its slot is free unless it was evicted (then the slot
-    /// went to the newcomer already).
+    /// went to the newcomer already) or it left the pool before.
     fn release(&self, id: u64) {
         let mut state = self.lock();
         let Some(conn) = state.conns.remove(&id) else { return };
+        if conn.left {
+            return;
+        }
         if let Some(ticket) = conn.waiting_since {
             state.waiting.remove(&ticket);
             self.waiting.decrement(1.0);
@@ -219,10 +241,17 @@ pub(super) struct Serving {
 impl Serving {
     /// Ties the request's end to its response: hyper drops a body once it has taken its
     /// last frame (or given up on it). A 101 keeps the connection busy until it leaves
-    /// the pool for its WebSocket.
+    /// the pool for its WebSocket. An event stream (`text/event-stream`) leaves the pool at
+    /// once: it lasts as long as its client reads, bounded by the streams' own caps, and its
+    /// connection closes with it.
     pub(super) fn respond<B>(self, response: hyper::Response<B>) -> hyper::Response<Sending<B>> {
+        let event_stream =
+            response.headers().get(hyper::header::CONTENT_TYPE).is_some_and(|t| t == "text/event-stream");
         let busy = if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             self.pool.upgrading(self.id);
+            None
+        } else if event_stream {
+            self.pool.leave(self.id);
             None
         } else {
             Some(self)
@@ -276,6 +305,22 @@ mod tests {
 
     fn is_evicted(rx: &mut oneshot::Receiver<()>) -> bool {
         !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+    }
+
+    #[test]
+    fn an_event_stream_gives_its_slot_back_and_is_never_evicted() {
+        let pool = Pool::new(1);
+        let (stream, mut stream_evicted, _) = admit(&pool);
+        let serving = stream.requests().serving();
+        pool.leave(serving.id);
+        drop(serving);
+        assert_eq!(pool.counts(), (0, 0), "its slot is free again");
+        let (newcomer, _, evicted_another) = admit(&pool);
+        assert!(!evicted_another && !is_evicted(&mut stream_evicted), "the stream goes on");
+        drop(stream);
+        assert_eq!(pool.counts(), (1, 1), "its end frees nothing it no longer held");
+        drop(newcomer);
+        assert_eq!(pool.counts(), (0, 0));
     }
 
     #[test]

@@ -207,7 +207,8 @@ impl Deliverer {
             Ok(response) => Err(format!("HTTP {}", response.status().as_u16())),
             Err(e) if e.is_timeout() => Err("timeout".into()),
             Err(e) if e.is_connect() => Err("connection refused or unreachable".into()),
-            Err(e) => Err(format!("request failed: {e}")),
+            // Without the URL: it may carry a credential, and this reason is logged and kept.
+            Err(e) => Err(format!("request failed: {}", e.without_url())),
         }
     }
 
