@@ -195,6 +195,39 @@ async fn a_lost_transition_with_none_after_it_is_healed_by_one_resync() {
     assert_eq!(counter("presence_resyncs_total").await, resyncs + 1);
 }
 
+/// Transitions flowing on every shard while the subscriptions are renewed (and every
+/// shard's head read) each second: a head read just before a message of its shard arrives
+/// is no sequence gone back, so nothing is rebuilt and no shard starts a new history.
+#[tokio::test]
+async fn heads_read_while_transitions_flow_start_no_new_history() {
+    let setup = Setup::new(Engine::RedisCluster).await;
+    let router = setup.router(&[]).await;
+    let (_dashboard, snapshot) = router.dashboard("dispatcher").await;
+    let epoch = snapshot[5]["position"].as_str().unwrap().split(':').next().unwrap().to_string();
+    let resyncs = metric(&router.metrics().await, "presence_resyncs_total").unwrap();
+    let until = Instant::now() + Duration::from_secs(4);
+    let churn = |lane: usize| {
+        let router = &router;
+        async move {
+            let mut n = 0;
+            while Instant::now() < until {
+                let user = format!("churn{lane}-{n}");
+                let mut mobile = router.mobile(&user, "p").await;
+                mobile.heartbeat(&user).await;
+                mobile.close().await;
+                n += 1;
+            }
+            n
+        }
+    };
+    let connects: usize = futures_util::future::join_all((0..8).map(churn)).await.into_iter().sum();
+    assert!(connects > 40, "only {connects} connects");
+    assert_eq!(metric(&router.metrics().await, "presence_resyncs_total").unwrap(), resyncs, "nothing rebuilt");
+    let (_, later) = router.dashboard("later").await;
+    let later_epoch = later[5]["position"].as_str().unwrap().split(':').next().unwrap().to_string();
+    assert_eq!(later_epoch, epoch, "no shard started a new history");
+}
+
 /// Routers that split the keyspace into different numbers of shards would each find a
 /// user's keys in a different shard: the second is refused at start, naming the number.
 #[tokio::test]

@@ -113,12 +113,13 @@ impl Inbox {
 
     /// Takes `head` as `shard`'s baseline: only later numbers are expected
     /// ([`GapDetector::start_at`]); with no head known, the next number received is. A
-    /// head behind what this router knew was given means the sequence went back.
-    pub(super) async fn start_at(&mut self, shard: usize, head: Option<u64>) {
+    /// head behind `known` (what [`Inbox::known`] said before the head was read) means the
+    /// sequence went back.
+    pub(super) async fn start_at(&mut self, shard: usize, head: Option<u64>, known: Option<u64>) {
         match head {
-            Some(head) if head < self.highest[shard] => self.went_back(shard, head).await,
+            Some(head) if known.is_some_and(|known| head < known) => self.went_back(shard, head).await,
             Some(head) => {
-                self.highest[shard] = head;
+                self.highest[shard] = self.highest[shard].max(head);
                 self.gaps[shard].start_at(head)
             }
             None => self.gaps[shard].reset(),
@@ -127,34 +128,38 @@ impl Inbox {
 
     /// `shard`'s subscription may have lapsed and stands again: the numbers it decided up
     /// to `head` must arrive within the grace, or the router resyncs
-    /// ([`GapDetector::resume`]); it resyncs at once when `head` is unknown or went back.
-    pub(super) async fn resume(&mut self, shard: usize, head: Option<u64>) {
+    /// ([`GapDetector::resume`]); it resyncs at once when `head` is unknown or went back
+    /// (behind `known`, as for [`Inbox::start_at`]).
+    pub(super) async fn resume(&mut self, shard: usize, head: Option<u64>, known: Option<u64>) {
         match (head, self.gaps[shard].received()) {
-            (Some(head), _) if head < self.highest[shard] => self.went_back(shard, head).await,
+            (Some(head), _) if known.is_some_and(|known| head < known) => self.went_back(shard, head).await,
             (None, _) | (_, None) => self.resync(Missed::Subscription),
             (Some(head), _) if self.gaps[shard].resume(head) => self.resync(Missed::Transitions),
-            (Some(head), _) => self.highest[shard] = head,
+            (Some(head), _) => self.highest[shard] = self.highest[shard].max(head),
         }
     }
 
-    /// The highest transition number of `shard` received so far.
-    pub(super) fn received(&self, shard: usize) -> Option<u64> {
-        self.gaps[shard].received()
+    /// The highest transition number of `shard` known to have been given in this history
+    /// (received, or read as its head), kept across resyncs and lapses. Taken before a head
+    /// is read, it tells whether that head went back: messages handled while the read is
+    /// under way may raise it past a head read just before them.
+    pub(super) fn known(&self, shard: usize) -> Option<u64> {
+        let known = self.highest[shard].max(self.gaps[shard].received().unwrap_or(0));
+        (known > 0).then_some(known)
     }
 
-    /// A periodic check of `shard`: `head` was read after `received` (the highest number
-    /// received then) had arrived, so a head below it, or below any number this router
-    /// knew was given, means the sequence went back: Redis lost its data (`FLUSHALL`, a
-    /// failover to a replica that had not caught up, a restart from an older copy) while
-    /// the subscription stood, and whatever it held is gone: the router resyncs. Otherwise
-    /// every number up to the head must arrive ([`GapDetector::expect_through`]). An
-    /// unreadable head checks nothing.
-    pub(super) async fn check_head(&mut self, shard: usize, head: Option<u64>, received: Option<u64>) {
+    /// A periodic check of `shard`: `head` was read after `known` ([`Inbox::known`]) was
+    /// taken, so a head below it means the sequence went back: Redis lost its data
+    /// (`FLUSHALL`, a failover to a replica that had not caught up, a restart from an older
+    /// copy) while the subscription stood, and whatever it held is gone: the router
+    /// resyncs. Otherwise every number up to the head must arrive
+    /// ([`GapDetector::expect_through`]). An unreadable head checks nothing.
+    pub(super) async fn check_head(&mut self, shard: usize, head: Option<u64>, known: Option<u64>) {
         let Some(head) = head else { return };
-        if received.is_some_and(|received| head < received) || head < self.highest[shard] {
+        if known.is_some_and(|known| head < known) {
             self.went_back(shard, head).await;
         } else {
-            self.highest[shard] = head;
+            self.highest[shard] = self.highest[shard].max(head);
             if self.gaps[shard].expect_through(head) {
                 self.resync(Missed::Transitions);
             }

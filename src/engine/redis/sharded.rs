@@ -81,7 +81,7 @@ pub(super) fn spawn_sharded_subscriber(
         left: Vec::new(),
         planned: HashSet::new(),
         lost: None,
-        received: Vec::new(),
+        known: Vec::new(),
     };
     tracker.spawn(async move {
         tokio::select! {
@@ -106,9 +106,10 @@ struct Sharded {
     planned: HashSet<Id>,
     /// Why the router went deaf, until it hears again.
     lost: Option<Lost>,
-    /// Per shard, the highest transition number received when the renewal under way
-    /// started: the head it reads cannot be lower, unless Redis lost its data.
-    received: Vec<Option<u64>>,
+    /// Per shard, the highest transition number known to have been given when the
+    /// renewal under way started ([`Inbox::known`]): the head it reads cannot be lower,
+    /// unless Redis lost its data.
+    known: Vec<Option<u64>>,
 }
 
 /// Per shard: its channels to subscribe to, and those to give up.
@@ -155,7 +156,7 @@ impl Sharded {
                     } else {
                         let (seq, keys) = (self.inbox.conn.clone(), self.keys.clone());
                         let using = conn.clone().ok_or_else(|| self.client.clone());
-                        self.received = (0..self.keys.shards()).map(|shard| self.inbox.received(shard)).collect();
+                        self.known = (0..self.keys.shards()).map(|shard| self.inbox.known(shard)).collect();
                         self.planned.clone_from(&self.groups);
                         renewal = Some(Box::pin(renew(using, seq, keys, self.plan())));
                     }
@@ -223,13 +224,14 @@ impl Sharded {
         let was_receiving = self.inbox.sinks.receiving.set(true);
         if first.is_none() && was_receiving {
             for (shard, head) in heads.enumerate() {
-                let received = self.received.get(shard).copied().flatten();
-                self.inbox.check_head(shard, head, received).await;
+                let known = self.known.get(shard).copied().flatten();
+                self.inbox.check_head(shard, head, known).await;
             }
             return true;
         }
         for (shard, head) in heads.enumerate() {
-            self.inbox.start_at(shard, head).await;
+            let known = self.known.get(shard).copied().flatten();
+            self.inbox.start_at(shard, head, known).await;
         }
         match first.take() {
             Some(tx) => {

@@ -140,13 +140,14 @@ impl Subscriber {
     /// sequence afresh (and the latter asks for a resync); one after a drop that was
     /// re-established at once only expects what was decided meanwhile.
     async fn subscribed(&mut self, first: Option<oneshot::Sender<()>>) {
+        let known = self.inbox.known(0);
         let head = self.inbox.head(0).await;
         let was_receiving = self.inbox.sinks.receiving.set(true);
         if first.is_none() && was_receiving {
-            self.inbox.resume(0, head).await;
+            self.inbox.resume(0, head, known).await;
             return;
         }
-        self.inbox.start_at(0, head).await;
+        self.inbox.start_at(0, head, known).await;
         match first {
             Some(tx) => {
                 let _ = tx.send(());
@@ -188,9 +189,9 @@ impl Subscriber {
                 },
                 _ = gap_check.tick() => self.inbox.check_gaps().await,
                 _ = head_check.tick() => {
-                    let received = self.inbox.received(0);
+                    let known = self.inbox.known(0);
                     let head = self.inbox.head(0).await;
-                    self.inbox.check_head(0, head, received).await;
+                    self.inbox.check_head(0, head, known).await;
                 }
             }
         }
