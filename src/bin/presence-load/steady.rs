@@ -4,8 +4,9 @@
 //! is connected and one full interval has passed, it measures a window: heartbeats
 //! acknowledged, Redis CPU (`INFO cpu` of the given ports, before and after) and the
 //! commands and reads (client requests read off a socket, `INFO stats`) Redis processed,
-//! the routers' CPU (/proc), and each router's RSS per connection (its RSS at the end of
-//! the window less its RSS before the first connection).
+//! the commands Redis spent most time in (`INFO commandstats`, µs per heartbeat), the
+//! routers' CPU (/proc), and each router's RSS per connection (its RSS at the end of the
+//! window less its RSS before the first connection).
 //!
 //! At a realistic rate the heartbeats are a small part of what Redis and the routers do
 //! (Redis' own cron, the routers' sweeps every 250 ms), so an idle window with the routers
@@ -177,6 +178,17 @@ pub async fn run(secret: &str, options: Options) -> anyhow::Result<()> {
             (after.redis.commands - before.redis.commands) as f64 / heartbeats,
             (after.redis.reads - before.redis.reads) as f64 / heartbeats,
         );
+        // Where Redis' time went in the window: the costliest commands, µs per heartbeat.
+        let mut spent: Vec<(&String, u64)> = after
+            .redis
+            .usec
+            .iter()
+            .map(|(name, &usec)| (name, usec.saturating_sub(before.redis.usec.get(name).copied().unwrap_or(0))))
+            .collect();
+        spent.sort_by_key(|&(_, usec)| std::cmp::Reverse(usec));
+        let top: Vec<String> =
+            spent.iter().take(6).map(|(name, usec)| format!("{name}:{:.2}", *usec as f64 / heartbeats)).collect();
+        println!(" redis_us_per_heartbeat_by_command={}", top.join(","));
     }
     Ok(())
 }
@@ -254,6 +266,9 @@ struct RedisReading {
     /// `total_reads_processed`: reads of client sockets that got data, so round trips
     /// (a pipeline read whole counts once).
     reads: u64,
+    /// `INFO commandstats`: microseconds spent in each command (a script's own commands
+    /// counted in its `evalsha` too).
+    usec: std::collections::BTreeMap<String, u64>,
 }
 
 impl Redis {
@@ -267,13 +282,22 @@ impl Redis {
     }
 
     async fn read(&self) -> anyhow::Result<RedisReading> {
-        let mut total = RedisReading { cpu: 0.0, commands: 0, reads: 0 };
+        let mut total = RedisReading { cpu: 0.0, commands: 0, reads: 0, usec: Default::default() };
         for conn in &self.connections {
             let cpu: String = redis::cmd("INFO").arg("cpu").query_async(&mut conn.clone()).await?;
             let stats: String = redis::cmd("INFO").arg("stats").query_async(&mut conn.clone()).await?;
             total.cpu += info_field::<f64>(&cpu, "used_cpu_sys")? + info_field::<f64>(&cpu, "used_cpu_user")?;
             total.commands += info_field::<u64>(&stats, "total_commands_processed")?;
             total.reads += info_field::<u64>(&stats, "total_reads_processed")?;
+            let commands: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn.clone()).await?;
+            for line in commands.lines() {
+                // cmdstat_zadd:calls=…,usec=…,usec_per_call=…
+                let Some((name, fields)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else {
+                    continue;
+                };
+                let usec = fields.split(',').find_map(|f| f.strip_prefix("usec=")?.parse::<u64>().ok());
+                *total.usec.entry(name.to_string()).or_default() += usec.unwrap_or(0);
+            }
         }
         Ok(total)
     }
