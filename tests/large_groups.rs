@@ -28,13 +28,19 @@ async fn dashboard(router: &Router, user: &str, groups: Option<&[&str]>) -> Clie
 }
 
 /// SUBSCRIBE to `group` (`counts`: by its counts only, `interval_ms`: the interval or
-/// window asked for); the next frame, which answers it.
+/// window asked for); the frame that answers it. Updates may come first: a snapshot can be
+/// followed by the changes decided while it was sent.
 async fn subscribe(client: &mut Client, me: &str, group: &str, counts: bool, interval_ms: u64) -> Value {
     let payload = map(&[("counts", counts.into()), ("intervalMs", interval_ms.into())]);
     client
         .send_value(Value::Array(vec![0.into(), SUBSCRIBE.into(), me.into(), group.into(), "s1".into(), payload]))
         .await;
-    client.next_frame().await
+    loop {
+        let frame = client.next_frame().await;
+        if frame[1].as_u64() != Some(presence_router::protocol::message_type::PRESENCE_UPDATE.into()) {
+            return frame;
+        }
+    }
 }
 
 /// The `[online, away, dnd, offline]` of a GROUP_COUNTS or GROUP_SNAPSHOT frame.
