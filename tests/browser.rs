@@ -286,8 +286,12 @@ async fn the_dashboard_page_counts_sorts_searches_filters_and_shows_who_talks() 
     talker.send_frame(0, 1, "u7", "crew", common::map(&[])).await;
     while talker.next_frame().await[1].as_u64() != Some(6) {}
     typist.indicator("u8", "yard", "typing", true).await;
-    let (_, snapshot) = router.dashboard("check").await;
-    assert_eq!(snapshot[5]["indicators"].as_array().map(Vec::len), Some(2), "{snapshot}");
+    // START_ACK comes before the talking indicator is announced.
+    common::eventually("talking and typing in a snapshot", || async {
+        let (_, snapshot) = router.dashboard("check").await;
+        snapshot[5]["indicators"].as_array().map(Vec::len) == Some(2)
+    })
+    .await;
 
     let mut browser = page(&router, &token("dispatcher", Role::Dashboard)).await;
     browser.wait_until("dashboard.state().users === 6").await;
