@@ -30,6 +30,8 @@
 --   {p}webhook:lease  the router delivering the shard's webhooks (PX, renewed while it
 --                  lives; see webhook_take.lua)
 --   {p}webhook:dead   stream: webhook events given up at the retry horizon
+--   {p}skipped     "<after> <through>": the numbers the shard's last new history skipped
+--                  (went_back.lua), which never had a log entry
 --   {p}active      zset: user id -> last activity (ms), for users shown online in mode
 --                  "online": the auto-away queue
 --   {p}group:G     zset: user id -> when it last had a session in group G (ms), or +inf

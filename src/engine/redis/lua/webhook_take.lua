@@ -18,13 +18,14 @@
 -- The group is made (from the log's start) if it is missing: Redis lost its data, or the
 -- log began a new history (`history`), and every entry in it is then new.
 local consumer, count, lease_ms = ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local GROUP = 'webhooks'
 local lease_key = prefix .. 'webhook:lease'
 local holder = redis.call('GET', lease_key)
 if holder and holder ~= consumer then
   return {'busy', 0, {}}
 end
 redis.call('SET', lease_key, consumer, 'PX', lease_ms)
+
+local GROUP = 'webhooks'
 
 -- The sequence number of the group's last-delivered entry, or nil without the group.
 local function delivered_up_to()
@@ -50,8 +51,10 @@ end
 
 local last = delivered_up_to()
 if not last then
+  -- A group made now owes nothing before the log's first entry.
   redis.call('XGROUP', 'CREATE', log, GROUP, '0', 'MKSTREAM')
-  last = 0
+  local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1]
+  last = first and tonumber(string.match(first[1], '^(%d+)')) - 1 or 0
 end
 local lost = 0
 if not holder then
@@ -106,17 +109,18 @@ if #rows < count then
   local fresh = rows_of(redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', count - #rows, 'STREAMS', log,
     '>'))
   if #fresh > 0 then
-    -- Numbers between the last delivered and the first fresh one were lost only if their
-    -- entries existed and were trimmed: numbers a new history skipped (see went_back.lua)
-    -- never had one. The stream remembers the highest id it deleted.
-    local info = redis.call('XINFO', 'STREAM', log)
-    local deleted = 0
-    for i = 1, #info, 2 do
-      if info[i] == 'max-deleted-entry-id' then
-        deleted = tonumber(string.match(info[i + 1], '^(%d+)')) or 0
+    -- The numbers between the last delivered and the first fresh one were trimmed, but for
+    -- those a new history skipped (see went_back.lua), which never had an entry.
+    local from, to = last + 1, tonumber(fresh[1][8]) - 1
+    local missing = math.max(to - from + 1, 0)
+    local skipped = redis.call('GET', prefix .. 'skipped')
+    if skipped and missing > 0 then
+      local after, through = string.match(skipped, '^(%d+) (%d+)$')
+      if after then
+        missing = missing - math.max(math.min(tonumber(through), to) - math.max(tonumber(after) + 1, from) + 1, 0)
       end
     end
-    lost = lost + math.max(math.min(tonumber(fresh[1][8]) - 1, deleted) - last, 0)
+    lost = lost + missing
   end
   for _, row in ipairs(fresh) do
     rows[#rows + 1] = row

@@ -9,9 +9,13 @@
 -- when it did so, 0 when the sequence is no longer behind (another router noticed first).
 local seen = tonumber(ARGV[3])
 history()
-if tonumber(redis.call('GET', KEYS[1]) or '0') >= seen then
+local head = tonumber(redis.call('GET', KEYS[1]) or '0')
+if head >= seen then
   return 0
 end
 redis.call('SET', prefix .. 'epoch', new_epoch())
 redis.call('SET', KEYS[1], seen)
+-- The numbers skipped (after `head`, through `seen`) never had an entry: the webhooks'
+-- delivery must not count them as entries trimmed before delivery.
+redis.call('SET', prefix .. 'skipped', head .. ' ' .. seen)
 return 1
