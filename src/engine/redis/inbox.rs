@@ -29,9 +29,10 @@ use crate::{
 /// another router) before it counts as lost.
 pub(super) const GAP_GRACE: Duration = Duration::from_secs(1);
 
-/// How long a read of the missing transitions from the change log may take before the
-/// router gives up on it and resyncs; the subscription's messages wait meanwhile.
-const FILL_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the subscriber's calls on the change log (reading missing transitions,
+/// starting a new history) may take before the router gives up on them and resyncs; the
+/// subscription's messages wait meanwhile.
+const LOG_CALL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Whether this router's subscription delivers. Shared by the subscriber, which keeps it
 /// current, and the broker, which the node asks.
@@ -85,8 +86,7 @@ pub(super) async fn head(conn: &Connection, keys: &Keyspace, shard: usize) -> Op
 /// The receiving end of one router's subscription.
 pub(super) struct Inbox {
     pub sinks: Sinks,
-    keys: Keyspace,
-    /// Reads what the subscription missed.
+    /// Reads what the subscription missed; its keyspace names the channels.
     log: LogReader,
     /// Reads the shards' sequences and logs.
     pub conn: Connection,
@@ -100,15 +100,14 @@ pub(super) struct Inbox {
 
 impl Inbox {
     pub(super) fn new(sinks: Sinks, log: LogReader, conn: Connection) -> Inbox {
-        let keys = log.keys().clone();
-        let gaps = (0..keys.shards()).map(|_| GapDetector::new(GAP_GRACE)).collect();
-        let highest = vec![0; keys.shards()];
-        Inbox { sinks, keys, log, conn, gaps, highest }
+        let shards = log.keys().shards();
+        let gaps = (0..shards).map(|_| GapDetector::new(GAP_GRACE)).collect();
+        Inbox { sinks, log, conn, gaps, highest: vec![0; shards] }
     }
 
     /// The last transition number `shard` decided so far; `None` if it cannot be read now.
     pub(super) async fn head(&self, shard: usize) -> Option<u64> {
-        head(&self.conn, &self.keys, shard).await
+        head(&self.conn, self.log.keys(), shard).await
     }
 
     /// Takes `head` as `shard`'s baseline: only later numbers are expected
@@ -174,7 +173,7 @@ impl Inbox {
     async fn went_back(&mut self, shard: usize, head: u64) {
         let seen = self.highest[shard].max(self.gaps[shard].received().unwrap_or(0));
         tracing::warn!(shard, head, seen, "the transition sequence went back: Redis lost its data");
-        match tokio::time::timeout(FILL_TIMEOUT, self.log.went_back(&self.conn, shard, seen)).await {
+        match tokio::time::timeout(LOG_CALL_TIMEOUT, self.log.went_back(&self.conn, shard, seen)).await {
             Ok(Ok(started)) => tracing::info!(shard, started, "the shard's history starts anew"),
             Ok(Err(e)) => tracing::warn!(shard, error = %e, "starting the shard's history anew failed"),
             Err(_) => tracing::warn!(shard, "starting the shard's history anew timed out"),
@@ -217,10 +216,10 @@ impl Inbox {
     /// Reads every number `shard` is missing from its change log and hands each on as if
     /// received (a copy still in flight is a duplicate the view ignores by its version).
     /// False when the log cannot tell them all: trimmed past them, Redis lost its data,
-    /// or it did not answer within [`FILL_TIMEOUT`].
+    /// or it did not answer within [`LOG_CALL_TIMEOUT`].
     async fn fill(&mut self, shard: usize) -> bool {
         let Some((first, last)) = self.gaps[shard].missing_span() else { return true };
-        let read = tokio::time::timeout(FILL_TIMEOUT, self.log.between(&self.conn, shard, first - 1, last)).await;
+        let read = tokio::time::timeout(LOG_CALL_TIMEOUT, self.log.between(&self.conn, shard, first - 1, last)).await;
         let changes = match read {
             Ok(Ok(Some(changes))) => changes,
             Ok(Ok(None)) => {
@@ -254,7 +253,7 @@ impl Inbox {
     /// frames (a shard's relay channel or a group's, the only others subscribed; a group
     /// channel just unsubscribed may still deliver a message sent before).
     pub(super) fn handle(&mut self, channel: &str, payload: &[u8]) {
-        if let Some(shard) = self.keys.shard_of_key(channel, "updates") {
+        if let Some(shard) = self.log.keys().shard_of_key(channel, "updates") {
             self.update(shard, payload);
         } else {
             self.relayed(channel, payload);
