@@ -93,12 +93,17 @@ if [ "${BENCH_ONLY:-}" = resume ]; then resume_bench; exit 0; fi
 
 # Redis work per heartbeat at a realistic scale: N mobiles heartbeating every 30 s, their
 # phases spread evenly, on routers sharing the one redis-server (flushed before each run,
-# fresh routers each run), and on the memory engine; measured over 60 s once every session
-# is connected and one interval has passed. Runs first, while no other router uses :6400.
+# fresh routers each run), and on the memory engine; measured over STEADY_WINDOW_SECS once
+# every session is connected and one interval has passed. Runs first, while no other router
+# uses :6400.
 # A router holds what its open-file limit leaves after its reserve (--max-handshakes 1024,
 # --fd-reserve 128), so N past two routers' worth takes more routers (the line says how many).
 # BEFORE_ROUTER=<a presence-router binary>: every Redis run alternates with that build's.
 STEADY_SESSIONS=${STEADY_SESSIONS:-10000 100000}
+# Seven intervals: a router holding its lease writes a session's deadline three TTLs (180 s)
+# ahead, i.e. once every seven heartbeats, so any window of seven intervals holds exactly
+# one write per session (a window of one or two would miss most of them).
+STEADY_WINDOW_SECS=${STEADY_WINDOW_SECS:-210}
 # The fleet comes online at this many sessions a second: what is measured is the steady
 # state, not a reconnect storm (on two shared cores a 100k storm can starve the routers).
 STEADY_CONNECT_RATE=${STEADY_CONNECT_RATE:-2000}
@@ -119,7 +124,7 @@ steady() { # label, engine (redis|memory), sessions, router binary
     addrs+=("127.0.0.1:$port") pids+=("${PID_OF[$port]}")
   done
   $BIN/presence-load steady --routers "$(IFS=,; echo "${addrs[*]}")" --router-pids "$(IFS=,; echo "${pids[*]}")" \
-    "${ports[@]}" --sessions "$n" --interval-secs 30 --window-secs 60 --connect-rate "$STEADY_CONNECT_RATE" \
+    "${ports[@]}" --sessions "$n" --interval-secs 30 --window-secs "$STEADY_WINDOW_SECS" --connect-rate "$STEADY_CONNECT_RATE" \
     | sed -u "s/^/$label: /"
   kill "${pids[@]}"
   wait "${pids[@]}" 2>/dev/null || true

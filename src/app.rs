@@ -114,7 +114,7 @@ impl App {
             }
             Some(redis) => {
                 let at = redis.address();
-                let store = RedisPresence::connect(&redis, config.lifetimes())
+                let store = RedisPresence::connect(&redis, config.lifetimes(), Some(&router_id))
                     .await
                     .with_context(|| format!("connecting to Redis at {at}"))?;
                 if webhook.is_some() {

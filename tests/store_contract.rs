@@ -91,7 +91,7 @@ const REDIS_CLUSTER: Engine = Engine {
             let seeds: Vec<(&str, u16)> = seeds.iter().map(|(host, port)| (host.as_str(), *port)).collect();
             let mut config = RedisConfig::cluster(&seeds);
             config.prefix = format!("case{}:", CLUSTER_CASES.fetch_add(1, Ordering::Relaxed));
-            Stores::new(RedisPresence::connect(&config, lifetimes).await.unwrap(), None)
+            Stores::new(RedisPresence::connect(&config, lifetimes, None).await.unwrap(), None)
         })
     },
 };

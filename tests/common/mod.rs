@@ -753,7 +753,7 @@ pub async fn redis_store_with(
 ) -> presence_router::engine::redis::RedisPresence {
     use presence_router::engine::redis::{RedisConfig, RedisPresence};
     let config = RedisConfig::tcp("127.0.0.1", port);
-    RedisPresence::connect(&config, lifetimes).await.unwrap()
+    RedisPresence::connect(&config, lifetimes, None).await.unwrap()
 }
 
 /// A floor claim of `session` (of user `u`, talk `t`, five-element layout, in group `g`)

@@ -38,7 +38,7 @@ impl Writer {
             away_after: Duration::from_secs(3600),
             log_entries: DEFAULT_LOG_ENTRIES,
         };
-        let store = Arc::new(RedisPresence::connect(&config(port), lifetimes).await?);
+        let store = Arc::new(RedisPresence::connect(&config(port), lifetimes, None).await?);
         let broker = Arc::new(RedisBroker::new(&store, "presence-load".into()));
         Ok(Writer { store, broker })
     }

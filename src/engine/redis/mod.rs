@@ -27,6 +27,7 @@ mod renewals;
 mod sharded;
 mod signals;
 mod subscriber;
+mod vouching;
 
 use std::{sync::Arc, time::Duration};
 
@@ -267,8 +268,11 @@ async fn now_ms(conn: &mut Connection) -> Result<u64, EngineError> {
 }
 
 impl RedisPresence {
-    /// Connects, failing fast if Redis cannot be reached now.
-    pub async fn connect(config: &RedisConfig, lifetimes: Lifetimes) -> anyhow::Result<Self> {
+    /// Connects, failing fast if Redis cannot be reached now. `router`: the id of the
+    /// router this store serves, under which it holds a lease of its own and so writes its
+    /// sessions' deadlines only every few heartbeats (see `vouching.rs`); `None` for a
+    /// store that serves no sessions of its own, or for writing every deadline as it is.
+    pub async fn connect(config: &RedisConfig, lifetimes: Lifetimes, router: Option<&str>) -> anyhow::Result<Self> {
         let conn = match config.cluster_client()? {
             // The cluster connection reconnects, follows MOVED and failovers itself.
             Some(cluster) => {
@@ -297,6 +301,7 @@ impl RedisPresence {
             script!("renew.lua"),
             keys.clone(),
             lifetimes,
+            router,
         ));
         let log = log::LogReader::new(script!("log.lua"), script!("went_back.lua"), keys.clone(), lifetimes);
         Ok(RedisPresence {
@@ -495,8 +500,8 @@ fn session_args(call: &mut ScriptInvocation<'_>, session: &Session) {
 }
 
 /// A session's member of `{p}leases`: `user\nsession` (`lease_of` in `lua/prelude.lua`).
-fn lease_member(session: &Session) -> String {
-    format!("{}\n{}", session.user, session.id)
+fn lease_member(user: &Id, session: &SessionId) -> String {
+    format!("{user}\n{session}")
 }
 
 /// Groups as the meta hash holds them: newline-separated (ids have no control characters).
@@ -696,8 +701,10 @@ impl PresenceStore for RedisPresence {
 
     /// A small write to every shard, so that refused writes (OOM under `noeviction`,
     /// READONLY after a failover, a cluster master down) show here and not only at the next
-    /// heartbeat's renewal.
+    /// heartbeat's renewal; and the router's lease renewed, failing once after it lapsed
+    /// (see `vouching.rs`).
     async fn ping(&self) -> Result<(), EngineError> {
+        self.renewals.check().await?;
         try_join_all((0..self.keys.shards()).map(|shard| {
             let mut conn = self.conn.clone();
             let probe = redis::cmd("SET").arg(self.keys.key(shard, "probe")).arg(1).arg("PX").arg(10_000).clone();

@@ -15,7 +15,9 @@
 //! command changed fewer leases than it carried, one `ZMSCORE` tells which are gone (a
 //! lease that stays, not moved back by `GT`, is kept as it is); those take the whole lease
 //! (`renew.lua`), which may be an online transition or a refusal (another session holds
-//! the device now).
+//! the device now). While this router holds its own lease, that command is `extend.lua`
+//! instead, which writes the deadline ahead of the heartbeat, and the heartbeats it covers
+//! write nothing ([`super::vouching`]).
 //!
 //! Deadlines are on Redis' clock, as every script's: the router reads the clock of each
 //! shard's master (`lua/clock.lua`, which runs where the shard's scripts run) every
@@ -33,7 +35,10 @@ use tokio::{
     time::Instant,
 };
 
-use super::{Connection, Keyspace, Row, classify, lease_member, parse_row, session_args, start_call};
+use super::{
+    Connection, Keyspace, Row, classify, lease_member, parse_row, session_args, start_call,
+    vouching::{RENEW_EVERY, ROUTER_LEASE, Vouching},
+};
 use crate::{
     engine::{EngineError, Lifetimes},
     presence::{PresenceUpdate, Session},
@@ -52,9 +57,15 @@ type Reply = oneshot::Sender<Result<Option<PresenceUpdate>, EngineError>>;
 /// A queued heartbeat: the session, when its heartbeat arrived, and who waits for it.
 type Queued = (Session, Instant, Reply);
 
+/// Asks the batching task to renew the router's lease now; answered with whether it
+/// lapsed since last asked.
+type Check = oneshot::Sender<Result<(), EngineError>>;
+
 /// The handle heartbeats queue on.
 pub struct Renewals {
     queue: mpsc::Sender<Queued>,
+    /// Present when the router vouches for its sessions' deadlines.
+    checks: Option<mpsc::Sender<Check>>,
 }
 
 /// Renews batches of sessions.
@@ -69,6 +80,9 @@ pub struct Batcher {
     /// Per shard, its master's clock (Unix ms) as last read, and when on this router's
     /// clock.
     clocks: Vec<Option<(Instant, u64)>>,
+    /// The router's lease and the real deadlines of what it wrote ahead; `None` when it
+    /// writes every deadline as it is.
+    vouching: Option<Vouching>,
 }
 
 type Results = Vec<Result<Option<PresenceUpdate>, EngineError>>;
@@ -77,8 +91,21 @@ impl Renewals {
     /// Starts the batching task; it ends when the handle is dropped.
     pub fn start(batcher: Batcher) -> Renewals {
         let (queue, pending) = mpsc::channel(QUEUE);
-        tokio::spawn(batcher.run(pending));
-        Renewals { queue }
+        let (checks, asked) = mpsc::channel(1);
+        let checks = batcher.vouching.is_some().then_some(checks);
+        tokio::spawn(batcher.run(pending, asked));
+        Renewals { queue, checks }
+    }
+
+    /// Renews the router's lease now (when it has one). Fails with
+    /// [`EngineError::Unavailable`] once after a lease lapsed, so that the node re-asserts
+    /// its sessions: some may have been swept meanwhile.
+    pub async fn check(&self) -> Result<(), EngineError> {
+        let Some(checks) = &self.checks else { return Ok(()) };
+        let (reply, answer) = oneshot::channel();
+        let gone = || EngineError::Internal("the renewal task stopped".into());
+        checks.send(reply).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     /// Renews one session's lease to the TTL from `at`; the transition, if the session
@@ -92,10 +119,19 @@ impl Renewals {
 }
 
 impl Batcher {
-    pub fn new(conn: Connection, script: Script, keys: Keyspace, lifetimes: Lifetimes) -> Batcher {
+    /// `router`: this router's id, under which it holds its lease; `None` writes every
+    /// deadline as it is.
+    pub fn new(
+        conn: Connection,
+        script: Script,
+        keys: Keyspace,
+        lifetimes: Lifetimes,
+        router: Option<&str>,
+    ) -> Batcher {
         let clocks = vec![None; keys.shards()];
         let clock_script = Script::new(include_str!("lua/clock.lua"));
-        Batcher { conn, script, keys, lifetimes, clock_script, clocks }
+        let vouching = router.and_then(|router| Vouching::new(router, &lifetimes, keys.shards()));
+        Batcher { conn, script, keys, lifetimes, clock_script, clocks, vouching }
     }
 
     /// Where `shard`'s master's clock was read last (Unix ms) and when on this router's
@@ -115,53 +151,185 @@ impl Batcher {
         Ok(reading)
     }
 
-    async fn run(mut self, mut pending: mpsc::Receiver<Queued>) {
+    async fn run(mut self, mut pending: mpsc::Receiver<Queued>, mut checks: mpsc::Receiver<Check>) {
         let mut batch = Vec::with_capacity(BATCH);
-        while pending.recv_many(&mut batch, BATCH).await > 0 {
-            let results = self.renew(&batch).await;
-            for (i, (_, _, reply)) in batch.drain(..).enumerate() {
-                let result = match &results {
-                    Ok(rows) => rows[i].clone(),
-                    Err(e) => Err(e.clone()),
-                };
-                // The heartbeat's connection may be gone; nobody to tell.
-                let _ = reply.send(result);
+        let mut renew_lease = tokio::time::interval(RENEW_EVERY);
+        renew_lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let vouching = self.vouching.is_some();
+        loop {
+            tokio::select! {
+                taken = pending.recv_many(&mut batch, BATCH) => {
+                    if taken == 0 {
+                        break;
+                    }
+                    let results = self.renew(&batch).await;
+                    for (i, (_, _, reply)) in batch.drain(..).enumerate() {
+                        let result = match &results {
+                            Ok(rows) => rows[i].clone(),
+                            Err(e) => Err(e.clone()),
+                        };
+                        // The heartbeat's connection may be gone; nobody to tell.
+                        let _ = reply.send(result);
+                    }
+                }
+                Some(reply) = checks.recv() => {
+                    let _ = reply.send(self.vouch().await);
+                }
+                _ = renew_lease.tick(), if vouching => {
+                    if let Err(e) = self.vouch().await {
+                        tracing::debug!(error = %e, "renewing the router's lease failed");
+                    }
+                }
             }
         }
     }
 
+    /// Writes the real deadlines due within the grace, then renews the router's lease, on
+    /// every shard. Fails when a shard could not be reached, or once after a lease lapsed.
+    async fn vouch(&mut self) -> Result<(), EngineError> {
+        if self.vouching.is_none() {
+            return Ok(());
+        }
+        let shards = self.keys.shards();
+        let mut lowering = Vec::with_capacity(shards);
+        for shard in 0..shards {
+            let (read_at, redis_ms) = self.redis_clock(shard).await?;
+            let now = on_clock(Instant::now(), read_at, redis_ms);
+            lowering.push(self.vouching.as_ref().map(|v| v.due_soon(shard, now)).unwrap_or_default());
+        }
+        let Some(vouching) = &self.vouching else { return Ok(()) };
+        let outcomes = futures_util::future::join_all(lowering.iter().enumerate().map(|(shard, due)| {
+            let mut conn = self.conn.clone();
+            // The real deadlines, and the sessions out of the router's set: the sweep must
+            // not bring an exact deadline back.
+            let mut lower = redis::pipe();
+            lower.atomic();
+            if !due.is_empty() {
+                let zadd = lower.cmd("ZADD").arg(self.keys.key(shard, "leases")).arg("XX").arg("LT").arg("CH");
+                for (deadline, member, _) in due {
+                    zadd.arg(*deadline).arg(member);
+                }
+                let srem = lower.cmd("SREM").arg(vouching.set_key(&self.keys, shard));
+                for (_, member, _) in due {
+                    srem.arg(member);
+                }
+            }
+            let mut renew = vouching.lease_script.key(self.keys.key(shard, "routers"));
+            renew.arg(vouching.entry()).arg(ROUTER_LEASE.as_millis() as u64);
+            async move {
+                if !due.is_empty() {
+                    lower.query_async::<()>(&mut conn).await.map_err(classify)?;
+                }
+                let (state, _now): (i64, u64) = renew.invoke_async(&mut conn).await.map_err(classify)?;
+                Ok::<_, EngineError>(state)
+            }
+        }))
+        .await;
+        let vouching = self.vouching.as_mut().expect("checked above");
+        let mut failed = None;
+        for (shard, (outcome, due)) in outcomes.into_iter().zip(&lowering).enumerate() {
+            match outcome {
+                Ok(state) => {
+                    vouching.lowered(due);
+                    vouching.renewed(shard, state);
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if vouching.take_lapsed() {
+            return Err(EngineError::Unavailable(
+                "this router's lease in Redis lapsed (it was stalled or cut off): its sessions are re-asserted".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Per session of the batch, its transition or none: the live sessions' leases extended
-    /// with one `ZADD XX GT CH` per shard, the others through `renew.lua` (a call per shard).
+    /// with one command per shard (nothing for those whose written deadline covers the
+    /// heartbeat), the others through `renew.lua` (a call per shard).
     async fn renew(&mut self, batch: &[Queued]) -> Result<Results, EngineError> {
         let parts = self.keys.partition(batch.iter().map(|(session, _, _)| session.user.as_str()));
-        let mut clocks = Vec::with_capacity(parts.len());
-        for (shard, _) in &parts {
-            clocks.push(self.redis_clock(*shard).await?);
-        }
         let ttl_ms = self.lifetimes.ttl.as_millis() as u64;
-        let held = try_join_all(parts.iter().zip(clocks).map(|((shard, indices), (read_at, redis_ms))| {
-            let leases = self.keys.key(*shard, "leases");
-            let members: Vec<String> = indices.iter().map(|&i| lease_member(&batch[i].0)).collect();
-            let mut extend = redis::cmd("ZADD");
-            extend.arg(&leases).arg("XX").arg("GT").arg("CH");
-            for (&i, member) in indices.iter().zip(&members) {
-                extend.arg(on_clock(batch[i].1, read_at, redis_ms) + ttl_ms).arg(member);
-            }
-            let mut conn = self.conn.clone();
-            async move {
-                let changed: usize = extend.query_async(&mut conn).await.map_err(classify)?;
-                if changed == members.len() {
-                    return Ok(vec![true; members.len()]);
+        // Per shard: (index in the batch, deadline) of what is to be written, new ones
+        // to this router's set first.
+        let mut writes: Vec<(usize, Vec<(usize, u64)>, usize)> = Vec::with_capacity(parts.len());
+        for (shard, indices) in &parts {
+            let (read_at, redis_ms) = self.redis_clock(*shard).await?;
+            let mut new = Vec::new();
+            let mut known = Vec::new();
+            for &i in indices {
+                let (session, at, _) = &batch[i];
+                let due = on_clock(*at, read_at, redis_ms) + ttl_ms;
+                let Some(v) = self.vouching.as_mut() else {
+                    new.push((i, due));
+                    continue;
+                };
+                if v.covers(&session.id, due) {
+                    continue;
                 }
-                let scores: Vec<Option<f64>> =
-                    redis::cmd("ZMSCORE").arg(&leases).arg(&members).query_async(&mut conn).await.map_err(classify)?;
-                Ok::<_, EngineError>(scores.into_iter().map(|score| score.is_some()).collect::<Vec<bool>>())
+                if v.is_new(&session.id) { new.push((i, due)) } else { known.push((i, due)) }
+            }
+            let fresh = new.len();
+            new.extend(known);
+            if !new.is_empty() {
+                writes.push((*shard, new, fresh));
+            }
+        }
+        let vouching = self.vouching.as_ref();
+        let written = try_join_all(writes.iter().map(|(shard, sessions, fresh)| {
+            let leases = self.keys.key(*shard, "leases");
+            let members: Vec<String> =
+                sessions.iter().map(|&(i, _)| lease_member(&batch[i].0.user, &batch[i].0.id)).collect();
+            let mut conn = self.conn.clone();
+            let extend = vouching.map(|v| {
+                let mut call = v.extend_script.key(self.keys.key(*shard, "routers"));
+                call.key(&leases).key(v.set_key(&self.keys, *shard)).arg(v.entry()).arg(v.ahead_ms()).arg(*fresh);
+                for (&(_, due), member) in sessions.iter().zip(&members) {
+                    call.arg(due).arg(member);
+                }
+                call
+            });
+            let mut plain = redis::cmd("ZADD");
+            plain.arg(&leases).arg("XX").arg("GT").arg("CH");
+            for (&(_, due), member) in sessions.iter().zip(&members) {
+                plain.arg(due).arg(member);
+            }
+            async move {
+                let (moved, held, unlisted): (usize, bool, Vec<String>) = match extend {
+                    Some(call) => call.invoke_async(&mut conn).await.map_err(classify)?,
+                    None => (plain.query_async(&mut conn).await.map_err(classify)?, false, Vec::new()),
+                };
+                let kept = if moved == members.len() {
+                    vec![true; members.len()]
+                } else {
+                    let scores: Vec<Option<f64>> = redis::cmd("ZMSCORE")
+                        .arg(&leases)
+                        .arg(&members)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(classify)?;
+                    scores.into_iter().map(|score| score.is_some()).collect()
+                };
+                let vouched: Vec<bool> = members.iter().map(|m| held && !unlisted.contains(m)).collect();
+                Ok::<_, EngineError>((held, kept, vouched))
             }
         }))
         .await?;
         let mut rest = Vec::new();
-        for ((_, indices), held) in parts.iter().zip(held) {
-            rest.extend(indices.iter().zip(held).filter(|&(_, held)| !held).map(|(&i, _)| i));
+        for ((shard, sessions, _), (held, kept, vouched)) in writes.iter().zip(written) {
+            if let Some(v) = self.vouching.as_mut() {
+                if !held {
+                    v.lost(*shard);
+                }
+                for ((&(i, due), kept), vouched) in sessions.iter().zip(&kept).zip(vouched) {
+                    let session = &batch[i].0;
+                    v.extended(&session.id, &session.user, *shard, due, held && vouched && *kept);
+                }
+            }
+            rest.extend(sessions.iter().zip(kept).filter(|&(_, kept)| !kept).map(|(&(i, _), _)| i));
         }
         let mut results: Results = vec![Ok(None); batch.len()];
         if !rest.is_empty() {

@@ -9,6 +9,8 @@ if redis.call('ZADD', leases, 'XX', 'LT', 'CH', now + tonumber(ARGV[5]), lease_o
   -- Its connection closed now: the shortened deadline no longer tells its last heartbeat.
   redis.call('HSET', meta, 'lastSeen', now)
 end
+-- Its deadline is written: its router no longer vouches for it.
+redis.call('SREM', router_sessions(session), lease_of(user, session))
 release_devices(user, function(holder)
   return holder ~= session
 end)

@@ -14,7 +14,22 @@
 --                  its own score here (see renewals.rs): nothing else changes, and
 --                  everything that depends on the time of the last heartbeat is derived
 --                  from this score when it is read (lastSeen of a user shown online) or
---                  when the session lapses (lastSeen of a user gone offline)
+--                  when the session lapses (lastSeen of a user gone offline).
+--                  While the session's router holds its lease in {p}routers, the score
+--                  may run ahead of the deadline: renewals.rs writes it once every few
+--                  heartbeats, ahead of them, and that router keeps the real deadline.
+--                  It writes the real one here before it comes (a client gone silent),
+--                  and at its shutdown (`linger.lua`); when its lease lapses instead,
+--                  `sweep.lua` brings its sessions' scores back within their deadlines
+--   {p}routers     zset: "R\nlease_ms\nahead_ms\ngrace_ms" -> the deadline of router R's
+--                  lease (Unix ms), renewed every second (`router_lease.lua`): the
+--                  routers vouching for the deadlines of their sessions. While it holds
+--                  it, R keeps every session's score at most `ahead` past its deadline,
+--                  and the real deadline written for every session due within `grace`
+--                  (and within its lease)
+--   {p}router:R    set: the members of {p}leases whose score router R wrote ahead
+--                  (`extend.lua`), so that they are found when its lease lapses; a
+--                  member leaves it when its real deadline is written, and when it ends
 --   {p}seq         counter numbering every transition of the shard
 --   {p}epoch       the shard's history: made anew whenever {p}epoch or {p}seq is missing
 --                  (Redis lost its data), so a position in the log of an earlier history
@@ -62,6 +77,7 @@ local ttl = tonumber(ARGV[2])
 local log_cap = table.remove(ARGV, 3)
 local log = prefix .. 'log'
 local leases = prefix .. 'leases'
+local routers = prefix .. 'routers'
 local active = prefix .. 'active'
 -- How long a connect's replaced session is remembered for a replay of that connect (ms):
 -- far longer than a call and its one replay take.
@@ -159,15 +175,28 @@ local function row_of(entry)
   return row
 end
 
+-- The set {p}router:R of router R.
+local function router_set(router)
+  return prefix .. 'router:' .. router
+end
+
+-- The set {p}router:R of a session of router R (a session id is `R:n`).
+local function router_sessions(session)
+  return router_set(string.match(session, '^(.*):') or '')
+end
+
 -- Registers a session's lease, or ends it (`at` nil).
 local function set_lease(user, session, at)
   local _, skey = keys_of(user)
+  local member = lease_of(user, session)
   if at then
     redis.call('SADD', skey, session)
-    redis.call('ZADD', leases, at, lease_of(user, session))
+    -- A live session's score may run ahead of `at` (see {p}leases): kept.
+    redis.call('ZADD', leases, 'GT', at, member)
   else
     redis.call('SREM', skey, session)
-    redis.call('ZREM', leases, lease_of(user, session))
+    redis.call('ZREM', leases, member)
+    redis.call('SREM', router_sessions(session), member)
   end
 end
 
