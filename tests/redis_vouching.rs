@@ -193,6 +193,36 @@ async fn a_killed_routers_users_go_offline_within_the_ttl_and_movers_stay() {
     assert_eq!(b.user("mover").await["status"].as_str(), Some("online"));
 }
 
+/// A router shutting down leaves its sessions a grace to reconnect elsewhere, but never
+/// more than their own deadlines: a client silent since before the shutdown goes offline
+/// within the TTL of its last heartbeat, although the shutdown grace runs longer and its
+/// score was written ahead.
+#[tokio::test]
+async fn a_shutdown_grace_never_outlasts_a_sessions_deadline() {
+    const TTL: u64 = 12;
+    let redis = RedisServer::start().await;
+    let mut conn = redis.client().get_multiplexed_async_connection().await.unwrap();
+    let (port, ttl) = (redis.port.to_string(), TTL.to_string());
+    let flags = ["--redis-host", "127.0.0.1", "--redis-port", &port, "--presence-ttl", &ttl];
+    let mut a =
+        Router::start(&[&flags[..], &["--heartbeat-min-interval-ms", "0", "--shutdown-grace-ms", "15000"]].concat())
+            .await;
+    let b = Router::start(&flags).await;
+    let (mut dashboard, _) = b.dashboard("dispatcher").await;
+    let mut quiet = vouched_mobile(&a, &mut conn, "quiet", TTL).await;
+    let last = Instant::now();
+    assert_update(&dashboard.next_update().await, "quiet", "online");
+    // Silent until its deadline is nearer than the shutdown grace, but not yet due within
+    // the grace the router writes real deadlines for (a third of the TTL).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a.signal("TERM").await;
+    assert_eq!(quiet.close_code().await, Some(1012), "told to reconnect");
+    let (offline, at) = offline_of(&mut dashboard, "quiet", &[]).await;
+    assert_eq!(offline["cause"].as_str(), Some("expired"), "{offline}");
+    let after = at - last;
+    assert!(after <= Duration::from_secs(TTL + 1), "offline {after:?} after the last heartbeat; the TTL is {TTL} s");
+}
+
 /// A router stopped until its lease lapsed (and the sweep brought its sessions' scores
 /// back) shows nobody offline, and on waking holds a new lease and writes ahead again.
 #[tokio::test]

@@ -227,6 +227,8 @@ pub struct RedisPresence {
     head: Script,
     signals: signals::SignalScripts,
     renewals: renewals::Renewals,
+    /// Set once the real deadlines were written at shutdown (see `linger`).
+    released: tokio::sync::OnceCell<()>,
     renewal_window: Duration,
 }
 
@@ -319,6 +321,7 @@ impl RedisPresence {
             head: script!("head.lua"),
             signals: signals::SignalScripts::default(),
             renewals,
+            released: tokio::sync::OnceCell::new(),
             renewal_window: config.renewal_window,
         })
     }
@@ -615,7 +618,17 @@ impl PresenceStore for RedisPresence {
         row.map(parse_row).transpose()
     }
 
+    /// The router's deadlines written ahead are written as they are first (once, for every
+    /// session: the router is shutting down), so that the grace never outlasts a session's
+    /// own deadline.
     async fn linger(&self, session: &Session, grace: Duration) -> Result<(), EngineError> {
+        self.released
+            .get_or_init(|| async {
+                if let Err(e) = self.renewals.release().await {
+                    tracing::warn!(error = %e, "writing the real deadlines before lingering failed");
+                }
+            })
+            .await;
         let _: Option<Row> = self
             .on_session(&self.linger, session)
             .arg(grace.as_millis() as u64)

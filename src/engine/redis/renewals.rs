@@ -28,7 +28,7 @@
 
 use std::time::Duration;
 
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 use redis::Script;
 use tokio::{
     sync::{mpsc, oneshot},
@@ -37,7 +37,7 @@ use tokio::{
 
 use super::{
     Connection, Keyspace, Row, classify, lease_member, parse_row, session_args, start_call,
-    vouching::{RENEW_EVERY, ROUTER_LEASE, Vouching},
+    vouching::{MARGIN, RENEW_EVERY, ROUTER_LEASE, Vouching, ms},
 };
 use crate::{
     engine::{EngineError, Lifetimes},
@@ -57,15 +57,19 @@ type Reply = oneshot::Sender<Result<Option<PresenceUpdate>, EngineError>>;
 /// A queued heartbeat: the session, when its heartbeat arrived, and who waits for it.
 type Queued = (Session, Instant, Reply);
 
-/// Asks the batching task to renew the router's lease now; answered with whether it
-/// lapsed since last asked.
-type Check = oneshot::Sender<Result<(), EngineError>>;
+/// What the node asks of the batching task besides heartbeats, answered when done.
+enum Ask {
+    /// Renew the router's lease now; fails once after a lease lapsed.
+    Check(oneshot::Sender<Result<(), EngineError>>),
+    /// Write every real deadline (the router is shutting down).
+    Release(oneshot::Sender<Result<(), EngineError>>),
+}
 
 /// The handle heartbeats queue on.
 pub struct Renewals {
     queue: mpsc::Sender<Queued>,
     /// Present when the router vouches for its sessions' deadlines.
-    checks: Option<mpsc::Sender<Check>>,
+    asks: Option<mpsc::Sender<Ask>>,
 }
 
 /// Renews batches of sessions.
@@ -91,20 +95,31 @@ impl Renewals {
     /// Starts the batching task; it ends when the handle is dropped.
     pub fn start(batcher: Batcher) -> Renewals {
         let (queue, pending) = mpsc::channel(QUEUE);
-        let (checks, asked) = mpsc::channel(1);
-        let checks = batcher.vouching.is_some().then_some(checks);
+        let (asks, asked) = mpsc::channel(1);
+        let asks = batcher.vouching.is_some().then_some(asks);
         tokio::spawn(batcher.run(pending, asked));
-        Renewals { queue, checks }
+        Renewals { queue, asks }
     }
 
     /// Renews the router's lease now (when it has one). Fails with
     /// [`EngineError::Unavailable`] once after a lease lapsed, so that the node re-asserts
     /// its sessions: some may have been swept meanwhile.
     pub async fn check(&self) -> Result<(), EngineError> {
-        let Some(checks) = &self.checks else { return Ok(()) };
+        self.ask(Ask::Check).await
+    }
+
+    /// Writes the real deadline of every session whose deadline this router wrote ahead,
+    /// and takes them out of its set: before its sessions linger at shutdown, so that a
+    /// lingering session ends no later than its own deadline.
+    pub async fn release(&self) -> Result<(), EngineError> {
+        self.ask(Ask::Release).await
+    }
+
+    async fn ask(&self, ask: fn(oneshot::Sender<Result<(), EngineError>>) -> Ask) -> Result<(), EngineError> {
+        let Some(asks) = &self.asks else { return Ok(()) };
         let (reply, answer) = oneshot::channel();
         let gone = || EngineError::Internal("the renewal task stopped".into());
-        checks.send(reply).await.map_err(|_| gone())?;
+        asks.send(ask(reply)).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 
@@ -151,7 +166,7 @@ impl Batcher {
         Ok(reading)
     }
 
-    async fn run(mut self, mut pending: mpsc::Receiver<Queued>, mut checks: mpsc::Receiver<Check>) {
+    async fn run(mut self, mut pending: mpsc::Receiver<Queued>, mut asks: mpsc::Receiver<Ask>) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut renew_lease = tokio::time::interval(RENEW_EVERY);
         renew_lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -172,11 +187,27 @@ impl Batcher {
                         let _ = reply.send(result);
                     }
                 }
-                Some(reply) = checks.recv() => {
-                    let _ = reply.send(self.vouch().await);
-                }
+                Some(ask) = asks.recv() => match ask {
+                    Ask::Check(reply) => {
+                        let result = self.vouch(false).await;
+                        // Taken here only, and only when told: a lapse the 1 s renewal found
+                        // is told at the next check that reaches Redis.
+                        let lapsed = result.is_ok() && self.vouching.as_mut().is_some_and(Vouching::take_lapsed);
+                        let result = result.and_then(|()| match lapsed {
+                            false => Ok(()),
+                            true => Err(EngineError::Unavailable(
+                                "this router's lease in Redis lapsed (it was stalled or cut off): its sessions are re-asserted"
+                                    .into(),
+                            )),
+                        });
+                        let _ = reply.send(result);
+                    }
+                    Ask::Release(reply) => {
+                        let _ = reply.send(self.vouch(true).await);
+                    }
+                },
                 _ = renew_lease.tick(), if vouching => {
-                    if let Err(e) = self.vouch().await {
+                    if let Err(e) = self.vouch(false).await {
                         tracing::debug!(error = %e, "renewing the router's lease failed");
                     }
                 }
@@ -184,67 +215,91 @@ impl Batcher {
         }
     }
 
-    /// Writes the real deadlines due within the grace, then renews the router's lease, on
-    /// every shard. Fails when a shard could not be reached, or once after a lease lapsed.
-    async fn vouch(&mut self) -> Result<(), EngineError> {
+    /// Writes the real deadlines due within the grace (all of them when `releasing`),
+    /// then renews the router's lease (not when `releasing`), on every shard. Fails when a
+    /// shard could not be reached; a lapse is recorded for [`Ask::Check`] to report.
+    async fn vouch(&mut self, releasing: bool) -> Result<(), EngineError> {
         if self.vouching.is_none() {
             return Ok(());
         }
         let shards = self.keys.shards();
-        let mut lowering = Vec::with_capacity(shards);
-        for shard in 0..shards {
-            let (read_at, redis_ms) = self.redis_clock(shard).await?;
-            let now = on_clock(Instant::now(), read_at, redis_ms);
-            lowering.push(self.vouching.as_ref().map(|v| v.due_soon(shard, now)).unwrap_or_default());
-        }
-        let Some(vouching) = &self.vouching else { return Ok(()) };
-        let outcomes = futures_util::future::join_all(lowering.iter().enumerate().map(|(shard, due)| {
-            let mut conn = self.conn.clone();
-            // The real deadlines, and the sessions out of the router's set: the sweep must
-            // not bring an exact deadline back.
-            let mut lower = redis::pipe();
-            lower.atomic();
-            if !due.is_empty() {
-                let zadd = lower.cmd("ZADD").arg(self.keys.key(shard, "leases")).arg("XX").arg("LT").arg("CH");
-                for (deadline, member, _) in due {
-                    zadd.arg(*deadline).arg(member);
-                }
-                let srem = lower.cmd("SREM").arg(vouching.set_key(&self.keys, shard));
-                for (_, member, _) in due {
-                    srem.arg(member);
-                }
-            }
-            let mut renew = vouching.lease_script.key(self.keys.key(shard, "routers"));
-            renew.arg(vouching.entry()).arg(ROUTER_LEASE.as_millis() as u64);
-            async move {
-                if !due.is_empty() {
-                    lower.query_async::<()>(&mut conn).await.map_err(classify)?;
-                }
-                let (state, _now): (i64, u64) = renew.invoke_async(&mut conn).await.map_err(classify)?;
-                Ok::<_, EngineError>(state)
-            }
-        }))
-        .await;
-        let vouching = self.vouching.as_mut().expect("checked above");
         let mut failed = None;
-        for (shard, (outcome, due)) in outcomes.into_iter().zip(&lowering).enumerate() {
-            match outcome {
-                Ok(state) => {
-                    vouching.lowered(due);
-                    vouching.renewed(shard, state);
+        // Per shard that could be read: the deadlines to write, and the moment they were
+        // computed for on its clock.
+        let mut plans = Vec::with_capacity(shards);
+        for shard in 0..shards {
+            match self.redis_clock(shard).await {
+                Ok((read_at, redis_ms)) => {
+                    let now = on_clock(Instant::now(), read_at, redis_ms);
+                    let due = self.vouching.as_ref().map(|v| v.due_soon(shard, (!releasing).then_some(now)));
+                    plans.push((shard, now, due.unwrap_or_default()));
                 }
                 Err(e) => failed = Some(e),
             }
         }
-        if let Some(e) = failed {
-            return Err(e);
+        let Some(vouching) = &self.vouching else { return Ok(()) };
+        let outcomes = join_all(plans.iter().map(|(shard, now, due)| {
+            let mut conn = self.conn.clone();
+            // The real deadlines, and those sessions out of the router's set (the sweep must
+            // not bring an exact deadline back), a bounded number a command.
+            let lowerings: Vec<redis::Pipeline> = due
+                .chunks(BATCH)
+                .map(|chunk| {
+                    let mut lower = redis::pipe();
+                    lower.atomic();
+                    let zadd = lower.cmd("ZADD").arg(self.keys.key(*shard, "leases")).arg("XX").arg("LT").arg("CH");
+                    for (deadline, member, _) in chunk {
+                        zadd.arg(*deadline).arg(member);
+                    }
+                    let srem = lower.cmd("SREM").arg(vouching.set_key(&self.keys, *shard));
+                    for (_, member, _) in chunk {
+                        srem.arg(member);
+                    }
+                    // Counted, as every call writing ahead (see `lua/extend.lua`).
+                    lower.cmd("INCR").arg(vouching.writes_key(&self.keys, *shard));
+                    lower
+                })
+                .collect();
+            // The renewal counts from no later than the moment the deadlines were chosen for.
+            let renew = (!releasing).then(|| {
+                let mut renew = vouching.lease_script.key(self.keys.key(*shard, "routers"));
+                renew.key(vouching.writes_key(&self.keys, *shard));
+                renew.arg(vouching.entry()).arg(ms(ROUTER_LEASE)).arg(now + ms(MARGIN));
+                renew.arg(vouching.lease_of(*shard)).arg(vouching.writes_of(*shard));
+                renew
+            });
+            async move {
+                let mut count = 0;
+                for lower in lowerings {
+                    let (_, _, counted): (u64, u64, u64) = lower.query_async(&mut conn).await.map_err(classify)?;
+                    count = counted;
+                }
+                match renew {
+                    Some(renew) => renew.invoke_async::<(i64, u64, u64)>(&mut conn).await.map(Some).map_err(classify),
+                    None => Ok(None),
+                }
+                .map(|renewed| (count, renewed))
+            }
+        }))
+        .await;
+        let vouching = self.vouching.as_mut().expect("checked above");
+        for ((shard, _, due), outcome) in plans.iter().zip(outcomes) {
+            match outcome {
+                Ok((count, renewed)) => {
+                    vouching.lowered(due);
+                    vouching.counted(*shard, count);
+                    if let Some((state, score, count)) = renewed {
+                        vouching.renewed(*shard, state, score, count);
+                    }
+                }
+                // Whether the deadlines and the renewal were written is not known.
+                Err(e) => {
+                    vouching.distrust(*shard);
+                    failed = Some(e);
+                }
+            }
         }
-        if vouching.take_lapsed() {
-            return Err(EngineError::Unavailable(
-                "this router's lease in Redis lapsed (it was stalled or cut off): its sessions are re-asserted".into(),
-            ));
-        }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Per session of the batch, its transition or none: the live sessions' leases extended
@@ -286,7 +341,8 @@ impl Batcher {
             let mut conn = self.conn.clone();
             let extend = vouching.map(|v| {
                 let mut call = v.extend_script.key(self.keys.key(*shard, "routers"));
-                call.key(&leases).key(v.set_key(&self.keys, *shard)).arg(v.entry()).arg(v.ahead_ms()).arg(*fresh);
+                call.key(&leases).key(v.set_key(&self.keys, *shard)).key(v.writes_key(&self.keys, *shard));
+                call.arg(v.entry()).arg(v.ahead_ms()).arg(v.exact_within_ms()).arg(*fresh);
                 for (&(_, due), member) in sessions.iter().zip(&members) {
                     call.arg(due).arg(member);
                 }
@@ -298,9 +354,9 @@ impl Batcher {
                 plain.arg(due).arg(member);
             }
             async move {
-                let (moved, held, unlisted): (usize, bool, Vec<String>) = match extend {
+                let (moved, held, unlisted, count): (usize, bool, Vec<String>, u64) = match extend {
                     Some(call) => call.invoke_async(&mut conn).await.map_err(classify)?,
-                    None => (plain.query_async(&mut conn).await.map_err(classify)?, false, Vec::new()),
+                    None => (plain.query_async(&mut conn).await.map_err(classify)?, false, Vec::new(), 0),
                 };
                 let kept = if moved == members.len() {
                     vec![true; members.len()]
@@ -314,16 +370,27 @@ impl Batcher {
                     scores.into_iter().map(|score| score.is_some()).collect()
                 };
                 let vouched: Vec<bool> = members.iter().map(|m| held && !unlisted.contains(m)).collect();
-                Ok::<_, EngineError>((held, kept, vouched))
+                Ok::<_, EngineError>((held, kept, vouched, count))
             }
         }))
-        .await?;
+        .await;
+        let written = match written {
+            Ok(written) => written,
+            Err(e) => {
+                // What was written is not known: those shards' covers are written again.
+                if let Some(v) = self.vouching.as_mut() {
+                    writes.iter().for_each(|(shard, _, _)| v.distrust(*shard));
+                }
+                return Err(e);
+            }
+        };
         let mut rest = Vec::new();
-        for ((shard, sessions, _), (held, kept, vouched)) in writes.iter().zip(written) {
+        for ((shard, sessions, _), (held, kept, vouched, count)) in writes.iter().zip(written) {
             if let Some(v) = self.vouching.as_mut() {
                 if !held {
                     v.lost(*shard);
                 }
+                v.counted(*shard, count);
                 for ((&(i, due), kept), vouched) in sessions.iter().zip(&kept).zip(vouched) {
                     let session = &batch[i].0;
                     v.extended(&session.id, &session.user, *shard, due, held && vouched && *kept);

@@ -30,6 +30,8 @@
 --   {p}router:R    set: the members of {p}leases whose score router R wrote ahead
 --                  (`extend.lua`), so that they are found when its lease lapses; a
 --                  member leaves it when its real deadline is written, and when it ends
+--   {p}router:R:writes  counter: the calls in which router R wrote ahead, so that it
+--                  notices writes Redis lost (`router_lease.lua`)
 --   {p}seq         counter numbering every transition of the shard
 --   {p}epoch       the shard's history: made anew whenever {p}epoch or {p}seq is missing
 --                  (Redis lost its data), so a position in the log of an earlier history
