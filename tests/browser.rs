@@ -604,7 +604,8 @@ async fn the_dashboard_page_shows_offline_members_its_groups_had_before_it_opene
     // A token for everyone reads a group's members when the group is picked; until then
     // its offline figure says it is partial.
     let mut everyone = page(&router, &token("dispatcher", Role::Dashboard)).await;
-    everyone.wait_until("dashboard.state().users === 2").await;
+    // The counts are drawn on the next frame after the snapshot is applied.
+    everyone.wait_until("document.getElementById('count-online').dataset.value === '2'").await;
     assert_eq!(summary(&mut everyone).await, json!([2, 0, 0, 0, false]));
     let partial = "document.querySelector('[data-group=\"night\"] .n-offline').classList.contains('partial')";
     assert_eq!(everyone.eval(partial).await, json!(true));

@@ -82,19 +82,24 @@ async fn written_ahead(conn: &mut MultiplexedConnection, user: &str, ttl: u64) -
     score > now + 2 * ttl * 1000
 }
 
-/// Reads `dashboard`'s updates until `user` goes offline, failing if any user of `kept`
-/// goes offline first; returns that update and when it came.
-async fn offline_of(dashboard: &mut Client, user: &str, kept: &[&str]) -> (rmpv::Value, Instant) {
-    loop {
+/// Reads `dashboard` until `user` goes offline, failing if any user of `kept` goes offline
+/// first; asserts its lease expired within the TTL (seconds) and a second of `last`, its
+/// last heartbeat, and returns the update.
+async fn expired_within_ttl(dashboard: &mut Client, user: &str, kept: &[&str], last: Instant, ttl: u64) -> rmpv::Value {
+    let offline = loop {
         let update = dashboard.next_update().await;
         let who = update["userId"].as_str().unwrap_or_default().to_owned();
         if update["status"].as_str() == Some("offline") {
             assert!(!kept.contains(&who.as_str()), "{who} was shown offline: {update}");
             if who == user {
-                return (update, Instant::now());
+                break update;
             }
         }
-    }
+    };
+    let after = last.elapsed();
+    assert_eq!(offline["cause"].as_str(), Some("expired"), "{offline}");
+    assert!(after <= Duration::from_secs(ttl + 1), "offline {after:?} after the last heartbeat; the TTL is {ttl} s");
+    offline
 }
 
 /// Adds a marker user on `router` and reads `dashboard` until it shows it online, failing if
@@ -152,10 +157,7 @@ async fn a_silent_session_goes_offline_within_the_ttl() {
     let last = Instant::now();
     assert_update(&dashboard.next_update().await, "silent", "online");
 
-    let (offline, at) = offline_of(&mut dashboard, "silent", &[]).await;
-    assert_eq!(offline["cause"].as_str(), Some("expired"), "{offline}");
-    let after = at - last;
-    assert!(after <= Duration::from_secs(TTL + 1), "offline {after:?} after the last heartbeat; the TTL is {TTL} s");
+    expired_within_ttl(&mut dashboard, "silent", &[], last, TTL).await;
 }
 
 /// A killed router's users go offline within the TTL of their last heartbeat, brought
@@ -181,10 +183,7 @@ async fn a_killed_routers_users_go_offline_within_the_ttl_and_movers_stay() {
     let mut moved = Client::connect(b.addr, &token("mover", Role::Mobile), Some("tablet")).await;
     moved.sync("mover").await;
 
-    let (offline, at) = offline_of(&mut dashboard, "orphan", &["mover"]).await;
-    assert_eq!(offline["cause"].as_str(), Some("expired"), "{offline}");
-    let after = at - last;
-    assert!(after <= Duration::from_secs(TTL + 1), "offline {after:?} after the last heartbeat; the TTL is {TTL} s");
+    let offline = expired_within_ttl(&mut dashboard, "orphan", &["mover"], last, TTL).await;
     let seen = offline["lastSeen"].as_u64().unwrap();
     assert!((connected..=killed + 1000).contains(&seen), "last seen {seen} while its router ran: {offline}");
     // The mover's session on the killed router lapsed too, silently.
@@ -217,10 +216,7 @@ async fn a_shutdown_grace_never_outlasts_a_sessions_deadline() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     a.signal("TERM").await;
     assert_eq!(quiet.close_code().await, Some(1012), "told to reconnect");
-    let (offline, at) = offline_of(&mut dashboard, "quiet", &[]).await;
-    assert_eq!(offline["cause"].as_str(), Some("expired"), "{offline}");
-    let after = at - last;
-    assert!(after <= Duration::from_secs(TTL + 1), "offline {after:?} after the last heartbeat; the TTL is {TTL} s");
+    expired_within_ttl(&mut dashboard, "quiet", &[], last, TTL).await;
 }
 
 /// A router stopped until its lease lapsed (and the sweep brought its sessions' scores
