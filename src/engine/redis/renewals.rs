@@ -91,6 +91,10 @@ pub struct Batcher {
 
 type Results = Vec<Result<Option<PresenceUpdate>, EngineError>>;
 
+/// What a batch writes on one shard: the shard; per session, its index in the batch and
+/// its deadline, new ones to the router's set first; how many are new.
+type ShardWrites = (usize, Vec<(usize, u64)>, usize);
+
 impl Renewals {
     /// Starts the batching task; it ends when the handle is dropped.
     pub fn start(batcher: Batcher) -> Renewals {
@@ -308,9 +312,7 @@ impl Batcher {
     async fn renew(&mut self, batch: &[Queued]) -> Result<Results, EngineError> {
         let parts = self.keys.partition(batch.iter().map(|(session, _, _)| session.user.as_str()));
         let ttl_ms = self.lifetimes.ttl.as_millis() as u64;
-        // Per shard: (index in the batch, deadline) of what is to be written, new ones
-        // to this router's set first.
-        let mut writes: Vec<(usize, Vec<(usize, u64)>, usize)> = Vec::with_capacity(parts.len());
+        let mut writes: Vec<ShardWrites> = Vec::with_capacity(parts.len());
         for (shard, indices) in &parts {
             let (read_at, redis_ms) = self.redis_clock(*shard).await?;
             let mut new = Vec::new();
