@@ -91,6 +91,14 @@ pub struct Batcher {
 
 type Results = Vec<Result<Option<PresenceUpdate>, EngineError>>;
 
+/// How a batch's live sessions are extended on one shard.
+enum Extension<'a> {
+    /// `extend.lua`: ahead of the deadlines while this router holds its lease.
+    Ahead(redis::ScriptInvocation<'a>),
+    /// `ZADD XX GT CH` of the deadlines as they are.
+    Exact(redis::Cmd),
+}
+
 /// What a batch writes on one shard: the shard; per session, its index in the batch and
 /// its deadline, new ones to the router's set first; how many are new.
 type ShardWrites = (usize, Vec<(usize, u64)>, usize);
@@ -205,6 +213,9 @@ impl Batcher {
                             )),
                         });
                         let _ = reply.send(result);
+                        // The lease was just renewed: the task's own renewal waits its full
+                        // interval from here, so the probe's checks are not doubled.
+                        renew_lease.reset();
                     }
                     Ask::Release(reply) => {
                         let _ = reply.send(self.vouch(true).await);
@@ -341,24 +352,31 @@ impl Batcher {
             let members: Vec<String> =
                 sessions.iter().map(|&(i, _)| lease_member(&batch[i].0.user, &batch[i].0.id)).collect();
             let mut conn = self.conn.clone();
-            let extend = vouching.map(|v| {
-                let mut call = v.extend_script.key(self.keys.key(*shard, "routers"));
-                call.key(&leases).key(v.set_key(&self.keys, *shard)).key(v.writes_key(&self.keys, *shard));
-                call.arg(v.entry()).arg(v.ahead_ms()).arg(v.exact_within_ms()).arg(*fresh);
-                for (&(_, due), member) in sessions.iter().zip(&members) {
-                    call.arg(due).arg(member);
+            let extension = match vouching {
+                Some(v) => {
+                    let mut call = v.extend_script.key(self.keys.key(*shard, "routers"));
+                    call.key(&leases).key(v.set_key(&self.keys, *shard)).key(v.writes_key(&self.keys, *shard));
+                    call.arg(v.entry()).arg(v.ahead_ms()).arg(v.exact_within_ms()).arg(*fresh);
+                    for (&(_, due), member) in sessions.iter().zip(&members) {
+                        call.arg(due).arg(member);
+                    }
+                    Extension::Ahead(call)
                 }
-                call
-            });
-            let mut plain = redis::cmd("ZADD");
-            plain.arg(&leases).arg("XX").arg("GT").arg("CH");
-            for (&(_, due), member) in sessions.iter().zip(&members) {
-                plain.arg(due).arg(member);
-            }
+                None => {
+                    let mut plain = redis::cmd("ZADD");
+                    plain.arg(&leases).arg("XX").arg("GT").arg("CH");
+                    for (&(_, due), member) in sessions.iter().zip(&members) {
+                        plain.arg(due).arg(member);
+                    }
+                    Extension::Exact(plain)
+                }
+            };
             async move {
-                let (moved, held, unlisted, count): (usize, bool, Vec<String>, u64) = match extend {
-                    Some(call) => call.invoke_async(&mut conn).await.map_err(classify)?,
-                    None => (plain.query_async(&mut conn).await.map_err(classify)?, false, Vec::new(), 0),
+                let (moved, held, unlisted, count): (usize, bool, Vec<String>, u64) = match extension {
+                    Extension::Ahead(call) => call.invoke_async(&mut conn).await.map_err(classify)?,
+                    Extension::Exact(plain) => {
+                        (plain.query_async(&mut conn).await.map_err(classify)?, false, Vec::new(), 0)
+                    }
                 };
                 let kept = if moved == members.len() {
                     vec![true; members.len()]
