@@ -5,6 +5,7 @@
 #   BENCH_ONLY=cluster scripts/bench.sh   # only "Redis Cluster vs one Redis", both engines
 #   BENCH_ONLY=groups scripts/bench.sh    # only "Large groups": counts-only and full dashboards
 #   BENCH_ONLY=resume scripts/bench.sh    # only "Dashboards resuming after a router restart"
+#   BENCH_ONLY=flood scripts/bench.sh     # only the floods on the per-address budget, in rounds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IDLE=${1:-18000}
@@ -48,8 +49,24 @@ dashboard_page() {
     | grep '^dashboard page'
 }
 
+# The floods with the per-address budget on for loopback clients (by default loopback is a
+# trusted proxy, not budgeted), flooders from one address, then each from its own: every
+# kind in FLOOD_ROUNDS (default 10) rounds of a 2 s quiet window and a 3 s flood, 10 s
+# apart (the flooders' addresses serve out their penalty), the probes' round trips pooled
+# per kind of window.
+floods_per_address() {
+  router 4106 --trusted-proxies none
+  for sources in same distinct; do
+    for kind in ping fragments text heartbeats; do
+      $BIN/presence-load flood --router 127.0.0.1:4106 --router-pid "${PID_OF[4106]}" --kind "$kind" --flooders 10 --probes 100 --seconds 3 --flooder-sources "$sources" --rounds "${FLOOD_ROUNDS:-10}"
+      sleep 10 # the penalty served out before the next kind
+    done
+  done
+}
+
 echo "# $(date -u +%FT%TZ) $(nproc) cores, $(uname -r)"
 if [ "${BENCH_ONLY:-}" = dashboard ]; then dashboard_page; exit 0; fi
+if [ "${BENCH_ONLY:-}" = flood ]; then floods_per_address; exit 0; fi
 redis-server redis.conf --port 6400 --dir "$DIR" --daemonize yes --logfile "$DIR/redis.log"
 until redis-cli -p 6400 ping >/dev/null 2>&1; do sleep 0.05; done
 REDIS=(--redis-host 127.0.0.1 --redis-port 6400)
@@ -218,15 +235,7 @@ router 4104
 for kind in ping fragments text heartbeats; do
   $BIN/presence-load flood --router 127.0.0.1:4104 --router-pid "${PID_OF[4104]}" --kind "$kind" --flooders 10 --probes 100 --seconds 3
 done
-# The same floods with the per-address budget on for loopback clients (by default loopback is
-# a trusted proxy, not budgeted): flooders from one address, then each from its own.
-router 4106 --trusted-proxies none
-for sources in same distinct; do
-  for kind in ping heartbeats; do
-    $BIN/presence-load flood --router 127.0.0.1:4106 --router-pid "${PID_OF[4106]}" --kind "$kind" --flooders 10 --probes 100 --seconds 3 --flooder-sources "$sources"
-    sleep 10 # the flooders' addresses serve out their 10 s penalty before the next kind
-  done
-done
+floods_per_address
 # The noisy figures run three times in this session; BENCHMARKS.md quotes their median.
 for run in 1 2 3; do
   $BIN/presence-load heartbeats --router 127.0.0.1:4101 --router-pid "${PID_OF[4101]}" --connections 500 --seconds 10 --redis-port 6400

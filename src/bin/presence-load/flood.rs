@@ -5,6 +5,10 @@
 //! ends, so the abuse is sustained. Meanwhile probe mobiles heartbeat at a steady pace
 //! (within the frame budget) and time their round trips, in a baseline window before the
 //! flood and during it; the router's RSS (before, peak, after) and CPU are read from /proc.
+//! With `--rounds N` the quiet and flood windows alternate N times on the same probes and
+//! router, and the round trips are pooled per kind of window: a shared machine's noise
+//! then falls on both alike, where one quiet window and one flood window a few seconds
+//! apart can differ by more than the flood does.
 //!
 //! Flooders keep writing after the Close frame, as an abuser would: the router drains at
 //! most 1 MiB (or 2 s) of input after its Close, then drops the socket, so a flooder is
@@ -27,6 +31,7 @@ use std::{
     collections::BTreeMap,
     io,
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    ops::Range,
     os::fd::{AsRawFd, RawFd},
     sync::{
         Arc, Mutex,
@@ -147,6 +152,11 @@ pub struct Options {
     pub probe_interval: Duration,
     pub baseline: Duration,
     pub seconds: Duration,
+    /// Quiet window + flood window, this many times (at least 1).
+    pub rounds: usize,
+    /// Between rounds, after the router's drain: long enough for the flooders' addresses to
+    /// serve out their penalty, so that every round starts as the first did.
+    pub pause: Duration,
     /// Frames per second per flooder; 0: as fast as the socket takes them.
     pub rate: u32,
     /// The flooders' SO_RCVBUF (default: the kernel's).
@@ -187,8 +197,21 @@ struct Outcome {
 }
 
 pub async fn run(credentials: Arc<Credentials>, options: Options) -> anyhow::Result<()> {
-    let Options { router, pid, kind, flooders, probes, probe_interval, baseline, seconds, rate, recv_buffer, sources } =
-        options;
+    let Options {
+        router,
+        pid,
+        kind,
+        flooders,
+        probes,
+        probe_interval,
+        baseline,
+        seconds,
+        rounds,
+        pause,
+        rate,
+        recv_buffer,
+        sources,
+    } = options;
     let process = Process { pid };
 
     // Probes: mobiles heartbeating every `probe_interval` (send, wait for the ACK, wait
@@ -221,7 +244,6 @@ pub async fn run(credentials: Arc<Credentials>, options: Options) -> anyhow::Res
             })
         })
         .collect();
-    tokio::time::sleep(baseline).await;
 
     // Flooders get a runtime (and thread) of their own: sharing the probes' worker
     // threads, a flooder writing 64 KiB batches would delay the probes inside the tool.
@@ -239,42 +261,57 @@ pub async fn run(credentials: Arc<Credentials>, options: Options) -> anyhow::Res
         .build()?;
     let rss_before = process.rss_kib()?;
     let peak = process.watch_peak();
-    let cpu_before = process.cpu_seconds()?;
-    let flood_start = Instant::now();
-    let flood_end = flood_start + seconds;
-    let plan = Plan { router, kind, rate, recv_buffer, flood_end };
-    let tasks: Vec<_> = (0..flooders)
-        .map(|k| {
-            let credentials = credentials.clone();
-            flooding.spawn(async move {
-                let user = format!("flood{k}");
-                let mut attempts = Attempts::default();
-                while Instant::now() < flood_end {
-                    match flood_once(&credentials, plan, (probes + k, sources.of(k)), &user).await {
-                        Ok(outcome) => attempts.outcomes.push(outcome),
-                        Err(e) => match e.downcast_ref::<raw::Refused>() {
-                            Some(refused) => *attempts.refused.entry(refused.status).or_default() += 1,
-                            None => attempts.failed += 1,
-                        },
-                    }
-                }
-                attempts
-            })
-        })
-        .collect();
     let (mut outcomes, mut refused, mut failed) = (Vec::new(), BTreeMap::new(), 0);
-    for task in tasks {
-        let attempts = task.await?;
-        outcomes.extend(attempts.outcomes);
-        for (status, n) in attempts.refused {
-            *refused.entry(status).or_insert(0usize) += n;
+    let (mut cpu, mut flooded) = (0.0, Duration::ZERO);
+    // Each round: a quiet window of `baseline`, then the flood window; the router's drain
+    // and `pause` (the flooders' addresses serving out their penalty) separate rounds.
+    let mut windows = Vec::new();
+    for round in 0..rounds {
+        if round > 0 {
+            tokio::time::sleep(pause).await;
         }
-        failed += attempts.failed;
+        let quiet_start = if round == 0 { start } else { Instant::now() };
+        tokio::time::sleep(baseline).await;
+        let cpu_before = process.cpu_seconds()?;
+        let flood_start = Instant::now();
+        let flood_end = flood_start + seconds;
+        let plan = Plan { router, kind, rate, recv_buffer, flood_end };
+        let tasks: Vec<_> = (0..flooders)
+            .map(|k| {
+                let credentials = credentials.clone();
+                flooding.spawn(async move {
+                    let user = format!("flood{k}");
+                    let mut attempts = Attempts::default();
+                    while Instant::now() < flood_end {
+                        match flood_once(&credentials, plan, (probes + k, sources.of(k)), &user).await {
+                            Ok(outcome) => attempts.outcomes.push(outcome),
+                            Err(e) => match e.downcast_ref::<raw::Refused>() {
+                                Some(refused) => *attempts.refused.entry(refused.status).or_default() += 1,
+                                None => attempts.failed += 1,
+                            },
+                        }
+                    }
+                    attempts
+                })
+            })
+            .collect();
+        for task in tasks {
+            let attempts = task.await?;
+            outcomes.extend(attempts.outcomes);
+            for (status, n) in attempts.refused {
+                *refused.entry(status).or_insert(0usize) += n;
+            }
+            failed += attempts.failed;
+        }
+        // With `--flooders 0` the window still lasts: an A/A run, the noise of the measure.
+        tokio::time::sleep_until(flood_end).await;
+        let elapsed = flood_start.elapsed();
+        cpu += process.cpu_seconds()? - cpu_before;
+        flooded += elapsed;
+        windows.push((quiet_start..flood_start, flood_start..flood_start + elapsed));
+        tokio::time::sleep(SETTLE).await;
     }
-    let flooded = flood_start.elapsed();
-    let cpu = process.cpu_seconds()? - cpu_before;
     flooding.shutdown_background();
-    tokio::time::sleep(SETTLE).await;
     let rss_after = process.rss_kib()?;
     let rss_peak = peak.peak().max(rss_after);
     stop.store(true, Ordering::Relaxed);
@@ -283,10 +320,29 @@ pub async fn run(credentials: Arc<Credentials>, options: Options) -> anyhow::Res
     }
 
     let rtts = std::mem::take(&mut *rtts.lock().unwrap());
-    let window = |from: Instant, to: Instant| {
-        Summary::of(rtts.iter().filter(|(sent, _)| (from..to).contains(sent)).map(|(_, rtt)| *rtt).collect())
+    let window = |windows: &mut dyn Iterator<Item = &Range<Instant>>| {
+        let windows: Vec<_> = windows.collect();
+        Summary::of(
+            rtts.iter().filter(|(sent, _)| windows.iter().any(|w| w.contains(sent))).map(|(_, rtt)| *rtt).collect(),
+        )
     };
-    let (rtt_before, rtt_during) = (window(start, flood_start), window(flood_start, flood_start + flooded));
+    let (rtt_before, rtt_during) =
+        (window(&mut windows.iter().map(|w| &w.0)), window(&mut windows.iter().map(|w| &w.1)));
+    // Rounds' own p99s, quiet / flooded, so that a pooled figure can be read against the
+    // spread of the quiet windows.
+    let by_round = match rounds {
+        1 => String::new(),
+        _ => {
+            let p99s: Vec<String> = windows
+                .iter()
+                .map(|(quiet, during)| {
+                    let p99 = |w: &Range<Instant>| window(&mut std::iter::once(w)).p99;
+                    format!("{:.3}/{:.3}", p99(quiet), p99(during))
+                })
+                .collect();
+            format!(" rounds={rounds} p99_by_round_ms={}", p99s.join(","))
+        }
+    };
     let mut codes = BTreeMap::new();
     for outcome in &outcomes {
         *codes.entry(outcome.code).or_insert(0usize) += 1;
@@ -306,13 +362,13 @@ pub async fn run(credentials: Arc<Credentials>, options: Options) -> anyhow::Res
         "flood kind={} rate={} recv_buffer={} flooders={flooders} sources={} seconds={:.1} connections={} \
          closed={closed} codes={} reset_after_close={reset_after_close} reset_without_close={reset_without_close} \
          unclosed={unclosed} refused={refused_total} ({}) handshake_failed={failed} time_to_close {} | \
-         probes={probes} every={}ms errors={} rtt_before {} rtt_during {} | \
+         probes={probes} every={}ms errors={} rtt_before {} rtt_during {}{by_round} | \
          rss_before={rss_before}KiB rss_peak={rss_peak}KiB rss_after={rss_after}KiB router_cpu={cpu:.2}s ({:.0}% of a core)",
         kind.name(),
         if rate == 0 { "max".to_string() } else { format!("{rate}/s") },
         recv_buffer.map_or_else(|| "default".to_string(), |b| b.to_string()),
         sources.name(),
-        flooded.as_secs_f64(),
+        flooded.as_secs_f64() / rounds as f64,
         outcomes.len(),
         codes.join(","),
         if refused.is_empty() { "none".to_string() } else { refused.join(",") },

@@ -68,6 +68,7 @@ enum Scenario {
         router_pid: u32,
         #[arg(long, value_enum)]
         kind: flood::Kind,
+        /// 0: the windows alternate without flooders (with --rounds, the measure's own noise).
         #[arg(long, default_value_t = 10)]
         flooders: usize,
         #[arg(long, default_value_t = 100)]
@@ -81,6 +82,14 @@ enum Scenario {
         /// How long flooders keep reconnecting and flooding.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+        /// Quiet window (--baseline-seconds) then flood window (--seconds), this many times
+        /// on the same probes: the probes' round trips are pooled over the quiet windows
+        /// and over the flood windows, so that noise from the machine falls on both alike.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        rounds: u64,
+        /// Between rounds, after the router's drain (the per-address penalty is 10 s).
+        #[arg(long, default_value_t = 10.0)]
+        pause_seconds: f64,
         /// Frames per second per flooder, for abuse within the budget (one connection each,
         /// for the whole window); 0: as fast as the socket takes them.
         #[arg(long, default_value_t = 0)]
@@ -360,6 +369,8 @@ async fn main() -> anyhow::Result<()> {
             probe_interval_ms,
             baseline_seconds,
             seconds,
+            rounds,
+            pause_seconds,
             rate,
             recv_buffer,
             flooder_sources,
@@ -373,6 +384,8 @@ async fn main() -> anyhow::Result<()> {
                 probe_interval: Duration::from_millis(probe_interval_ms),
                 baseline: Duration::from_secs_f64(baseline_seconds),
                 seconds: Duration::from_secs_f64(seconds),
+                rounds: rounds as usize,
+                pause: Duration::from_secs_f64(pause_seconds),
                 rate,
                 recv_buffer,
                 sources: flooder_sources,
