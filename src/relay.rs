@@ -4,8 +4,9 @@
 //!
 //! The frames ([`Delivery`], in [`crate::transient`]) have no version and no snapshot:
 //! they go to whoever is connected now, or nowhere. Each connection registers a
-//! [`Mailbox`], a bounded queue its
-//! task drains. A connection whose queue is full has fallen behind a live audio stream:
+//! [`Mailbox`], a queue its task drains, bounded in frames and in bytes (a reader that never
+//! reads holds at most the byte bound, whatever the frames' size). A connection whose
+//! queue is full has fallen behind a live audio stream:
 //! its mailbox reports the overflow and it is closed as a slow consumer (4008), so one stalled
 //! reader never grows the router's memory or slows the others. Frames for other
 //! routers travel through the [`Broker`](crate::engine::Broker); the node delivers here
@@ -42,6 +43,12 @@ use crate::{
 /// seconds of audio from every group it is in.
 pub const MAILBOX_FRAMES: usize = 512;
 
+/// Bytes a connection may have queued before it counts as a slow consumer, unless the
+/// router sets its own ([`Relay::with_mailbox_bytes`]: four of its largest frames): 512
+/// audio frames of 512 bytes. A frame is always admitted into an empty queue, so one frame
+/// larger than the bound still goes through.
+pub const MAILBOX_BYTES: usize = 256 * 1024;
+
 /// What a connection registers as.
 pub enum Member {
     /// A mobile session: reached through its user and its token's groups, and through its
@@ -68,7 +75,8 @@ impl Member {
 /// empty `VecDeque` allocates nothing, where a channel allocates its first block of slots
 /// up front (about 1 KiB per connection, measured in idle RSS).
 struct Queue {
-    frames: Mutex<VecDeque<Bytes>>,
+    frames: Mutex<Frames>,
+    /// Bytes the frames may add up to.
     capacity: usize,
     ready: Notify,
     overflowed: AtomicBool,
@@ -82,6 +90,21 @@ struct Queue {
     lost_talk: Mutex<Option<Arc<str>>>,
 }
 
+/// The queued frames and their total length in bytes.
+#[derive(Default)]
+struct Frames {
+    queue: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl Frames {
+    fn pop_front(&mut self) -> Option<Bytes> {
+        let frame = self.queue.pop_front()?;
+        self.bytes -= frame.len();
+        Some(frame)
+    }
+}
+
 const NO_NEWS: u8 = 0;
 const SHOWN: u8 = 1;
 const HIDDEN: u8 = 2;
@@ -89,7 +112,7 @@ const HIDDEN: u8 = 2;
 type Outbox = Arc<Queue>;
 
 impl Queue {
-    fn frames(&self) -> MutexGuard<'_, VecDeque<Bytes>> {
+    fn frames(&self) -> MutexGuard<'_, Frames> {
         self.frames.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -98,12 +121,15 @@ impl Queue {
             return;
         }
         let mut frames = self.frames();
-        if frames.len() >= self.capacity {
+        let full = frames.queue.len() >= MAILBOX_FRAMES
+            || (!frames.queue.is_empty() && frames.bytes + frame.len() > self.capacity);
+        if full {
             drop(frames);
             ::metrics::counter!(metrics::RELAY_OVERFLOWS).increment(1);
             self.overflowed.store(true, Ordering::Relaxed);
         } else {
-            frames.push_back(frame.clone());
+            frames.bytes += frame.len();
+            frames.queue.push_back(frame.clone());
         }
         // A permit is stored when nobody waits, so no wake-up is lost.
         self.ready.notify_one();
@@ -135,9 +161,16 @@ struct Registry {
     serving: Option<ServingHook>,
 }
 
-#[derive(Default)]
 pub struct Relay {
     registry: Mutex<Registry>,
+    /// Each mailbox's bound in bytes.
+    mailbox_bytes: usize,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Relay::with_mailbox_bytes(MAILBOX_BYTES)
+    }
 }
 
 /// A connection's queue of relayed frames; unregisters on drop.
@@ -173,6 +206,11 @@ impl Drop for Registration {
 }
 
 impl Relay {
+    /// A relay whose mailboxes each hold at most `bytes` of frames (and [`MAILBOX_FRAMES`]).
+    pub fn with_mailbox_bytes(bytes: usize) -> Self {
+        Relay { registry: Mutex::default(), mailbox_bytes: bytes }
+    }
+
     /// No code under the lock can panic; recover the guard rather than propagate one.
     fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
@@ -193,7 +231,7 @@ impl Relay {
     pub fn register(self: &Arc<Self>, member: Member) -> Mailbox {
         let outbox = Arc::new(Queue {
             frames: Mutex::default(),
-            capacity: MAILBOX_FRAMES,
+            capacity: self.mailbox_bytes,
             ready: Notify::new(),
             overflowed: AtomicBool::new(false),
             visibility: AtomicU8::new(NO_NEWS),
@@ -472,9 +510,33 @@ mod tests {
         }
         assert!(!slow.registration.queue.overflowed.load(Ordering::Relaxed));
         relay.deliver(&to_group("g", false, "a"));
-        assert_eq!(slow.registration.queue.frames().len(), MAILBOX_FRAMES, "the queue stops growing");
+        assert_eq!(slow.registration.queue.frames().queue.len(), MAILBOX_FRAMES, "the queue stops growing");
         assert!(slow.overflowed(), "the reader learns it fell behind");
         assert_eq!(futures_util::FutureExt::now_or_never(slow.ready()), Some(()), "and is woken to find out");
+    }
+
+    #[test]
+    fn a_mailbox_is_bounded_in_bytes_too() {
+        let relay = Arc::new(Relay::with_mailbox_bytes(100 * 1024));
+        let slow = session(&relay, "b", &["g"]);
+        let large = |len: usize| Delivery {
+            audience: Audience::Group { group: id("g"), dashboards: false },
+            except: Some(id("a")),
+            frame: Bytes::from(vec![0u8; len]),
+        };
+        relay.deliver(&large(200 * 1024));
+        assert!(!slow.overflowed(), "one frame larger than the bound still goes into an empty queue");
+        assert_eq!(slow.try_recv().map(|frame| frame.len()), Some(200 * 1024));
+        for _ in 0..2 {
+            relay.deliver(&large(40 * 1024));
+        }
+        assert!(!slow.overflowed(), "80 KiB of 100");
+        assert_eq!(slow.try_recv().map(|frame| frame.len()), Some(40 * 1024), "taking a frame frees its bytes");
+        relay.deliver(&large(40 * 1024));
+        assert!(!slow.overflowed(), "80 KiB again");
+        relay.deliver(&large(40 * 1024));
+        assert!(slow.overflowed(), "a frame past the bytes overflows, with far fewer frames than the frame bound");
+        assert_eq!(slow.registration.queue.frames().bytes, 80 * 1024, "and is not queued");
     }
 
     #[test]

@@ -337,3 +337,46 @@ async fn dashboards_keep_no_snapshot_buffer() {
     let grown = router.memory_kib("VmRSS").saturating_sub(before);
     assert!(grown < (DASHBOARDS as u64) * 48, "{grown} KiB kept by {DASHBOARDS} dashboards after a snapshot");
 }
+
+/// A mobile that stops reading while its group is sent large frames holds at most its
+/// mailbox's bytes (four of the largest frames), not its 512 frames' worth: it is closed
+/// as a slow consumer (4008) once they are queued, long before its write times out.
+#[tokio::test]
+async fn a_reader_that_never_reads_holds_at_most_its_mailbox_bytes() {
+    // Room to send fast (the byte and frame budgets), a write timeout beyond the test, and
+    // small socket buffers so that the router's queue, not the kernel's, takes the frames.
+    let router = Router::start(&[
+        "--tcp-send-buffer",
+        "8192",
+        "--write-timeout-ms",
+        "600000",
+        "--byte-rate",
+        "100000000",
+        "--frame-rate",
+        "100000",
+    ])
+    .await;
+    let listener_token = mint_hs256_in(SECRET.as_bytes(), "listener", Role::Mobile, Some(&["crew"]), 3600).unwrap();
+    let mut listener = RawWs::connect_small(router.addr, &listener_token, Some("device")).await;
+    listener.send(&heartbeat("listener")).await;
+    let (_, opcode, _) = listener.read_frame().await.expect("the heartbeat's ACK");
+    assert_eq!(opcode, BINARY);
+    let mut talker = router.mobile_in("talker", &["crew"]).await;
+    let before = router.memory_kib("VmRSS");
+
+    // 300 texts of 60,000 bytes (18 MB), fewer frames than the mailbox's 512.
+    let text = "x".repeat(60_000);
+    let overflowed = |metrics: &str| metric(metrics, "presence_relay_overflows_total").unwrap_or(0) > 0;
+    for _ in 0..300 {
+        talker.send_frame(0, 17, "talker", "crew", common::map(&[("text", text.as_str().into())])).await;
+        if overflowed(&router.metrics().await) {
+            break;
+        }
+    }
+    assert!(overflowed(&router.metrics().await), "the listener's mailbox never overflowed");
+    let grown = router.memory_kib("VmRSS").saturating_sub(before);
+    assert!(grown < 8 * 1024, "the router grew by {grown} KiB for one reader that does not read");
+    let (close, _) = listener.end_with_close().await;
+    let code = close.map(|(_, _, payload)| u16::from_be_bytes([payload[0], payload[1]]));
+    assert_eq!(code, Some(4008), "closed as a slow consumer");
+}
