@@ -114,7 +114,7 @@ if [ "${BENCH_ONLY:-}" = resume ]; then resume_bench; exit 0; fi
 # every session is connected and one interval has passed. Runs first, while no other router
 # uses :6400.
 # A router holds what its open-file limit leaves after its reserve (--max-handshakes 1024,
-# --fd-reserve 128), so N past two routers' worth takes more routers (the line says how many).
+# --fd-reserve 128, --event-streams 64), so N past two routers' worth takes more routers (the line says how many).
 # BEFORE_ROUTER=<a presence-router binary>: every Redis run alternates with that build's.
 STEADY_SESSIONS=${STEADY_SESSIONS:-10000 100000}
 # Seven intervals: a router holding its lease writes a session's deadline three TTLs (180 s)
@@ -126,7 +126,7 @@ STEADY_WINDOW_SECS=${STEADY_WINDOW_SECS:-210}
 STEADY_CONNECT_RATE=${STEADY_CONNECT_RATE:-2000}
 steady() { # label, engine (redis|memory), sessions, router binary
   local label=$1 engine=$2 n=$3 bin=$4 per_router count i port addrs=() pids=() ports=() flags=()
-  per_router=$(($(ulimit -n) - 1024 - 128 - 100))
+  per_router=$(($(ulimit -n) - 1024 - 128 - 64 - 100))
   count=$(((n + per_router - 1) / per_router))
   if [ "$engine" = redis ]; then
     ((count >= 2)) || count=2

@@ -239,7 +239,11 @@ impl App {
             metrics,
             api_limiter,
             cors: config.cors_origins.clone().map(Cors::new),
-            event_streams: crate::http::EventStreams::new(config.event_streams, config.event_stream_queue),
+            event_streams: crate::http::EventStreams::new(
+                // Settled by `fds::apply` at start; the default otherwise.
+                config.event_streams.unwrap_or(crate::http::events::DEFAULT_MAX_STREAMS),
+                config.event_stream_queue,
+            ),
             http_typing: crate::http::HttpTyping::default(),
         }))
     }

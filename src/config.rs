@@ -270,10 +270,12 @@ pub struct Config {
 
     /// Most `GET /api/presence/events` streams open at once (and at most 4 per user); more
     /// get 503 `too_many_streams`. An open stream holds a connection and a file descriptor,
-    /// not a slot of `--max-handshakes`.
-    #[arg(long, env = "EVENT_STREAMS", default_value_t = crate::http::events::DEFAULT_MAX_STREAMS, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
+    /// not a slot of `--max-handshakes`, so the open-file budget keeps one for each (see
+    /// `--fd-reserve`). Default: 64, or an eighth of the open-file limit when that is less
+    /// (at least 4).
+    #[arg(long, env = "EVENT_STREAMS", value_parser = RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
     #[arg(help_heading = "WebSocket limits")]
-    pub event_streams: usize,
+    pub event_streams: Option<usize>,
 
     /// Events queued for one event stream; a client that lets it fill is cut as a slow
     /// consumer.

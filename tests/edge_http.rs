@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Client, Router, WAIT, await_line, prometheus::metric, raw::read_answer, token};
+use common::{Client, Router, WAIT, await_line, prometheus::metric, raw::read_answer, sse::Sse, token};
 use presence_router::auth::Role;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -539,11 +539,16 @@ async fn with_default_flags_the_router_starts_under_a_512_open_file_limit() {
     let (router, stderr) = Router::start_logged(Some(NOFILE), &[]).await;
     // The defaults are scaled to the limit, and the log says so at WARN.
     let budget = await_line(stderr, "the scaled open-file budget at WARN", |line| {
-        let budget = (field(line, "nofile")?, field(line, "max_handshakes")?, field(line, "fd_reserve")?);
+        let budget = (
+            field(line, "nofile")?,
+            field(line, "max_handshakes")?,
+            field(line, "fd_reserve")?,
+            field(line, "event_streams")?,
+        );
         line.contains("WARN").then_some((budget, field(line, "effective_max_connections")?))
     })
     .await;
-    assert_eq!(budget, ((NOFILE, 128, 64), 320), "((nofile, handshakes, reserve), WebSockets)");
+    assert_eq!(budget, ((NOFILE, 128, 64, 64), 256), "((nofile, handshakes, reserve, event streams), WebSockets)");
 
     let mut client = try_websocket(&router, "small-limit").await.expect("a WebSocket under a small limit");
     client.sync("small-limit").await;
@@ -551,19 +556,33 @@ async fn with_default_flags_the_router_starts_under_a_512_open_file_limit() {
     assert_eq!((status, health["connections"].as_u64()), (200, Some(1)), "{health}");
 }
 
+/// With every WebSocket, event stream and handshake slot the flags allow taken at once,
+/// the open-file limit still leaves the reserve: operators and the API are answered, and
+/// one more upgrade gets 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_fd_limit_websockets_get_503_while_health_metrics_and_api_answer() {
     const NOFILE: u64 = 512;
+    const HANDSHAKES: usize = 64;
+    const STREAMS: u64 = 64;
     raise_own_fd_limit();
-    let (router, stderr) = Router::start_logged(Some(NOFILE), &["--max-handshakes", "64", "--fd-reserve", "64"]).await;
+    // Slow heads are not timed out while the test runs: the reserve alone must answer.
+    let flags = ["--max-handshakes", "64", "--fd-reserve", "64", "--header-read-timeout-ms", "60000"];
+    let (router, stderr) = Router::start_logged(Some(NOFILE), &flags).await;
     let effective = await_line(stderr, "the effective WebSocket cap in the log", |line| {
-        field(line, "effective_max_connections")
-            .map(|n| (n, field(line, "nofile"), field(line, "configured_max_connections")))
+        let logged = (field(line, "nofile"), field(line, "configured_max_connections"), field(line, "event_streams"));
+        field(line, "effective_max_connections").map(|n| (n, logged))
     })
     .await;
-    assert_eq!(effective, (NOFILE - 128, Some(NOFILE), Some(100_000)), "(effective, nofile, configured)");
+    let budget = (NOFILE - 128 - STREAMS, (Some(NOFILE), Some(100_000), Some(STREAMS)));
+    assert_eq!(effective, budget, "(effective, (nofile, configured, event streams))");
     let cap = effective.0 as usize;
 
+    // Every event stream (four per user at most), open.
+    let mut streams = Vec::new();
+    for i in 0..STREAMS {
+        let backend = token(&format!("backend{}", i / 4), Role::Service);
+        streams.push(Sse::open(router.addr, "/api/presence/events", &backend, None).await.open());
+    }
     let mut clients = Vec::with_capacity(cap);
     let refusal = loop {
         assert!(clients.len() <= cap, "more WebSockets than the logged cap of {cap}");
@@ -574,6 +593,13 @@ async fn at_the_fd_limit_websockets_get_503_while_health_metrics_and_api_answer(
     };
     assert_eq!(refusal, (503, "too_many_connections".to_owned()));
     assert_eq!(clients.len(), cap);
+    // And every handshake slot, held by clients that never finish their request head.
+    let mut slow = Vec::with_capacity(HANDSHAKES);
+    for _ in 0..HANDSHAKES {
+        let mut stream = TcpStream::connect(router.addr).await.expect("connect");
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: slow\r\n").await.expect("a partial head");
+        slow.push(stream);
+    }
 
     // At the cap, the reserve keeps operators and the API served.
     let (status, health) = router.get("/healthz").await;
@@ -582,9 +608,10 @@ async fn at_the_fd_limit_websockets_get_503_while_health_metrics_and_api_answer(
     assert!(metrics.contains("presence_handshake_rejections_total{reason=\"too_many_connections\"} 1"), "{metrics}");
     let (status, body) = router.post_status(r#"{"userIds": ["u0", "nobody"]}"#).await;
     assert_eq!(status, 200, "{body}");
-    // And the WebSockets at the cap still work.
+    // And the WebSockets and streams at the cap still work.
     clients[0].sync("u0").await;
     clients[cap - 1].sync(&format!("u{}", cap - 1)).await;
+    assert!(!streams[0].event().await.name.is_empty(), "the first stream reads its events");
 }
 
 #[tokio::test]
