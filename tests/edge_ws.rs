@@ -380,3 +380,56 @@ async fn a_reader_that_never_reads_holds_at_most_its_mailbox_bytes() {
     let code = close.map(|(_, _, payload)| u16::from_be_bytes([payload[0], payload[1]]));
     assert_eq!(code, Some(4008), "closed as a slow consumer");
 }
+
+/// A dashboard is pinged while silent and, answering nothing, closed 4000 once silent for
+/// the idle timeout (TTL + 2 s), where it used to be held until a write failed; one that
+/// answers the pings, connected at the same time, is still served when the silent one is
+/// cut.
+#[tokio::test]
+async fn a_silent_dashboard_is_pinged_then_closed_while_one_that_answers_stays() {
+    let router = Router::start(&["--presence-ttl", "1"]).await;
+    let mut silent = RawWs::connect(router.addr, &token("silent", Role::Dashboard), None).await;
+    let mut answering = RawWs::connect(router.addr, &token("answering", Role::Dashboard), None).await;
+    // The answering dashboard reads its frames and pongs every ping, until the silent one
+    // has been read to its end.
+    let (done, mut stop) = tokio::sync::oneshot::channel::<()>();
+    let answerer = tokio::spawn(async move {
+        let mut pings = 0;
+        loop {
+            tokio::select! {
+                _ = &mut stop => return (answering, pings),
+                read = answering.read_frame() => {
+                    let (_, opcode, payload) = read.expect("the answering dashboard is never closed");
+                    if opcode == PING {
+                        pings += 1;
+                        answering.send(&frame(true, PONG, &payload)).await;
+                    }
+                }
+            }
+        }
+    });
+    let mut pinged = 0;
+    let end = loop {
+        match silent.read_frame().await {
+            Some((_, PING, _)) => pinged += 1,
+            Some((_, CLOSE, payload)) => break u16::from_be_bytes([payload[0], payload[1]]),
+            Some(_) => {}
+            None => panic!("the silent dashboard's connection ended without a Close"),
+        }
+    };
+    assert_eq!(end, 4000, "closed for silence");
+    assert!(pinged >= 1, "pinged before it was closed");
+    done.send(()).unwrap();
+    let (mut answering, pings) = answerer.await.unwrap();
+    assert!(pings >= 1, "the answering dashboard was pinged too");
+    answering.send(&frame(true, PING, b"still there?")).await;
+    loop {
+        let (_, opcode, payload) = answering.read_frame().await.expect("still served");
+        if opcode == PONG {
+            assert_eq!(payload, b"still there?");
+            break;
+        }
+    }
+    let text = router.metrics().await;
+    assert_eq!(metric(&text, "presence_disconnects_total{reason=\"heartbeat timeout\"}"), Some(1), "{text}");
+}

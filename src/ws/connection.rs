@@ -332,14 +332,11 @@ impl Connection {
             };
             let limits = &self.app.limits;
             let ping_every = (!self.heartbeats).then_some(limits.ping_interval);
-            let idle = self
-                .tracked()
-                .is_some()
-                .then(|| liveness::wake_at(heard_at, Instant::now(), limits.idle_timeout, ping_every));
-            let wake_at = [idle, self.next_deadline(), self.subscriptions_due()]
+            let idle = liveness::wake_at(heard_at, Instant::now(), limits.idle_timeout, ping_every);
+            let wake_at = [self.next_deadline(), self.subscriptions_due()]
                 .into_iter()
                 .flatten()
-                .fold(self.expires_at, Instant::min);
+                .fold(self.expires_at.min(idle), Instant::min);
             if timer.deadline() != wake_at {
                 timer.as_mut().reset(wake_at);
             }
@@ -348,7 +345,7 @@ impl Connection {
                 _ = shutdown.cancelled() => Wake::Shutdown,
                 _ = &mut timer => {
                     let now = Instant::now();
-                    if idle.is_some_and(|at| at <= now) {
+                    if idle <= now {
                         match liveness::is_cut(heard_at, now, self.app.limits.idle_timeout) {
                             true => Wake::Idle,
                             false => Wake::Ping,

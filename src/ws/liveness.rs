@@ -1,4 +1,4 @@
-//! Whether a mobile is still there, and what keeps its presence.
+//! Whether a client is still there, and what keeps a mobile's presence.
 //!
 //! A mobile that has sent HEARTBEAT lives by its heartbeats: each renews its lease (at most
 //! one store write per `--heartbeat-min-interval-ms`), and its socket is closed (4000) once
@@ -16,6 +16,12 @@
 //!
 //! Either way the lease was last renewed at or before the last sign of life that counts, so
 //! a mobile that goes silent is offline within the TTL of it (plus the sweep interval).
+//!
+//! A connection without presence (a dashboard, a web or service session, a mobile while
+//! presence is off) has no lease, but the same clock: pinged while silent, closed (4000)
+//! the idle timeout after its last sign of life, so a half-open socket (a client gone
+//! without a FIN) gives back its slot and file descriptor instead of holding them until a
+//! write fails, which for a quiet dashboard may be never.
 
 use std::time::Duration;
 
@@ -63,7 +69,7 @@ impl Connection {
     }
 }
 
-/// When a mobile last heard from at `heard_at` is next acted on, seen at `now`: closed at
+/// When a connection last heard from at `heard_at` is next acted on, seen at `now`: closed at
 /// `heard_at + idle_timeout`; before that, when it is pinged (`ping_every`), at the first
 /// whole number of intervals after `heard_at` that is past `now`.
 pub(super) fn wake_at(
