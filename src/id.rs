@@ -27,14 +27,24 @@ pub enum IdError {
     TooLong,
     #[error("id contains a control character")]
     Control,
+    #[error("id contains a bidirectional formatting character")]
+    Bidi,
     #[error("id must be a string or an integer")]
     WrongType,
     #[error("numeric id must be a whole number within ±2^53")]
     NotInteger,
 }
 
+/// The bidirectional marks, embeddings, overrides and isolates of Unicode (UAX #9): text
+/// after them is displayed in another order than it is stored.
+fn is_bidi_formatting(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 impl Id {
-    /// Accepts a non-empty string of at most [`MAX_ID_LEN`] bytes without control characters.
+    /// Accepts a non-empty string of at most [`MAX_ID_LEN`] bytes without control
+    /// characters or bidirectional formatting characters (which would make an id read
+    /// differently from what it is, in logs and on dashboards).
     pub fn parse(text: &str) -> Result<Self, IdError> {
         if text.is_empty() {
             return Err(IdError::Empty);
@@ -44,6 +54,9 @@ impl Id {
         }
         if text.chars().any(char::is_control) {
             return Err(IdError::Control);
+        }
+        if text.chars().any(is_bidi_formatting) {
+            return Err(IdError::Bidi);
         }
         Ok(Id(Arc::from(text)))
     }
@@ -120,6 +133,9 @@ mod tests {
         assert_eq!(Id::parse(""), Err(IdError::Empty));
         assert_eq!(Id::parse(&"x".repeat(MAX_ID_LEN + 1)), Err(IdError::TooLong));
         assert_eq!(Id::parse("a\nb"), Err(IdError::Control));
+        assert_eq!(Id::parse("admin\u{202E}nimda"), Err(IdError::Bidi));
+        assert_eq!(Id::parse("a\u{2067}b"), Err(IdError::Bidi));
+        assert!(Id::parse("שלום").is_ok(), "right-to-left letters are ids");
         assert_eq!(Id::from_f64(1.5), Err(IdError::NotInteger));
         assert_eq!(Id::from_f64(f64::NAN), Err(IdError::NotInteger));
         assert_eq!(Id::from_f64(1e300), Err(IdError::NotInteger));

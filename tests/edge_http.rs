@@ -272,6 +272,26 @@ async fn a_request_body_trickled_slowly_gets_408_within_the_timeout() {
     assert!(sent.elapsed() < bound, "answered after {:?}", sent.elapsed());
 }
 
+/// A body declared larger than the API takes is refused at once (413), not waited for
+/// until the timeout.
+#[tokio::test]
+async fn a_request_body_declared_too_large_gets_413_before_it_is_sent() {
+    let router = Router::start(&["--header-read-timeout-ms", "600000"]).await;
+    let mut stream = TcpStream::connect(router.addr).await.unwrap();
+    let auth = token("api", Role::Dashboard);
+    let head = format!(
+        "POST /api/presence/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {auth}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // No byte of the body is sent; the answer must come without it.
+    let (status, body) = timeout(WAIT, read_response(&mut stream)).await.expect("an answer without the body");
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("invalid_body"), "{body}");
+    let text = router.metrics().await;
+    assert!(text.contains("status=\"413\""), "counted: {text}");
+}
+
 /// A free loopback address for `--metrics-addr`.
 fn metrics_addr() -> SocketAddr {
     ([127, 0, 0, 1], common::free_port()).into()

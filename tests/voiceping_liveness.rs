@@ -100,13 +100,16 @@ async fn a_mobile_that_stops_answering_goes_offline_within_the_ttl(engine: Engin
     assert_update(&next_update(&mut dashboard).await, "answers", "online");
     let mut marker = marker(&router, &mut dashboard).await;
 
-    // Pongs by hand until the marker is closed.
+    // Pongs by hand until the marker is closed; the dashboard, not read meanwhile, pings
+    // (silent for the idle timeout, it would be closed too).
     let (mut pongs, mut last_pong) = (0, Instant::now());
     let marked = marker.end();
     tokio::pin!(marked);
+    let mut keep_alive = tokio::time::interval(std::time::Duration::from_millis(500));
     let end = loop {
         tokio::select! {
             end = &mut marked => break end,
+            _ = keep_alive.tick() => dashboard.keep_alive().await,
             read = answers.read_frame() => {
                 let (_, opcode, payload) = read.expect("the router keeps the socket open");
                 if opcode == PING {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use axum::{
     Router,
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
-    http::{Method, StatusCode},
+    http::{Method, StatusCode, header::CONTENT_LENGTH},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{MethodFilter, MethodRouter, on},
@@ -193,12 +193,22 @@ fn serve(routes: Vec<Route>) -> Router<Arc<App>> {
 /// body included) by the header-read timeout: a client trickling a body must not hold its
 /// connection, and the handshake slot that comes with it, for longer than one sending
 /// slow headers.
+/// A body whose `Content-Length` is past the limit is refused (413) before it is read, not
+/// waited for.
 async fn count_requests(State(app): State<Arc<App>>, path: MatchedPath, request: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
-    let response = match tokio::time::timeout(app.limits.header_read_timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request took too long to arrive")
-            .into_response(),
+    let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let response = if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        let message = format!("the body is larger than {MAX_BODY_BYTES} bytes");
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_body", message).into_response()
+    } else {
+        match tokio::time::timeout(app.limits.header_read_timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => {
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request took too long to arrive")
+                    .into_response()
+            }
+        }
     };
     let route = path.as_str().to_owned();
     ::metrics::histogram!(metrics::API_REQUEST_DURATION, "route" => route.clone()).record(started.elapsed());

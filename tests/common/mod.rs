@@ -478,6 +478,13 @@ impl Client {
         self.ws.send(Message::Binary(bytes.into())).await.is_ok()
     }
 
+    /// A WebSocket ping: a sign of life for a client that is not reading now (the router
+    /// closes a connection silent for its idle timeout, TTL + 2 s); the pong is skipped by
+    /// the readers below.
+    pub async fn keep_alive(&mut self) {
+        self.ws.send(Message::Ping(bytes::Bytes::new())).await.expect("send");
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.expect("send");
     }
