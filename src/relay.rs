@@ -44,10 +44,11 @@ use crate::{
 pub const MAILBOX_FRAMES: usize = 512;
 
 /// Bytes a connection may have queued before it counts as a slow consumer, unless the
-/// router sets its own ([`Relay::with_mailbox_bytes`]: four of its largest frames): 512
-/// audio frames of 512 bytes. A frame is always admitted into an empty queue, so one frame
-/// larger than the bound still goes through.
-pub const MAILBOX_BYTES: usize = 256 * 1024;
+/// router sets its own ([`Relay::with_mailbox_bytes`]: sixteen of its largest frames,
+/// room for the bursts several senders' budgets allow to reach a reader between two of its
+/// turns): 1 MiB. A frame is always admitted into an empty queue, so one frame larger than
+/// the bound still goes through.
+pub const MAILBOX_BYTES: usize = 1024 * 1024;
 
 /// What a connection registers as.
 pub enum Member {

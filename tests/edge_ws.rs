@@ -339,7 +339,7 @@ async fn dashboards_keep_no_snapshot_buffer() {
 }
 
 /// A mobile that stops reading while its group is sent large frames holds at most its
-/// mailbox's bytes (four of the largest frames), not its 512 frames' worth: it is closed
+/// mailbox's bytes (sixteen of the largest frames), not its 512 frames' worth: it is closed
 /// as a slow consumer (4008) once they are queued, long before its write times out.
 #[tokio::test]
 async fn a_reader_that_never_reads_holds_at_most_its_mailbox_bytes() {
@@ -432,4 +432,53 @@ async fn a_silent_dashboard_is_pinged_then_closed_while_one_that_answers_stays()
     }
     let text = router.metrics().await;
     assert_eq!(metric(&text, "presence_disconnects_total{reason=\"heartbeat timeout\"}"), Some(1), "{text}");
+}
+
+/// Readers that keep up are never closed for a burst their senders' budgets allow: two
+/// members each send four 60 KB TEXTs back to back to a group of twenty readers.
+#[tokio::test]
+async fn readers_that_keep_up_are_not_closed_by_bursts_of_large_texts() {
+    let router = Router::start(&[]).await;
+    let mut readers = Vec::new();
+    for i in 0..20 {
+        readers.push(router.mobile_in(&format!("reader{i}"), &["crew"]).await);
+    }
+    let text = "x".repeat(60_000);
+    for sender in ["a", "b"] {
+        let mut talker = router.mobile_in(sender, &["crew"]).await;
+        for _ in 0..4 {
+            talker.send_frame(0, 17, sender, "crew", common::map(&[("text", text.as_str().into())])).await;
+        }
+        readers.push(talker); // kept open, and its acks unread
+    }
+    for reader in readers.iter_mut().take(20) {
+        let mut texts = 0;
+        while texts < 8 {
+            // A close (4008) fails here: next_frame expects binary frames.
+            if reader.next_frame().await[1].as_u64() == Some(17) {
+                texts += 1;
+            }
+        }
+    }
+    let text = router.metrics().await;
+    assert_eq!(metric(&text, "presence_relay_overflows_total"), Some(0), "{text}");
+}
+
+/// A TEXT that JSON escaping would make larger than a client may send is refused to its
+/// sender and reaches no one: control characters take six bytes each once escaped.
+#[tokio::test]
+async fn a_text_that_escaping_would_enlarge_past_the_frame_limit_is_refused() {
+    let router = Router::start(&[]).await;
+    let mut listener = router.mobile_in("listener", &["crew"]).await;
+    let mut talker = router.mobile_in("talker", &["crew"]).await;
+    // 20,000 bytes in, 120,000 out as JSON: past the 64 KiB limit.
+    let control = "\u{1}".repeat(20_000);
+    talker.send_frame(0, 17, "talker", "crew", rmpv::Value::from(control.as_str())).await;
+    let error = talker.next_error().await;
+    assert_eq!(error["code"].as_str(), Some("invalid_payload"), "{error}");
+    // The next, ordinary, text is the first the listener gets.
+    talker.send_frame(0, 17, "talker", "crew", rmpv::Value::from("hello")).await;
+    let frame = listener.next_frame().await;
+    assert_eq!(frame[1].as_u64(), Some(17), "{frame}");
+    assert!(frame[4].as_str().is_some_and(|json| json.contains("hello")), "{frame}");
 }

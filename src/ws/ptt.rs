@@ -340,13 +340,21 @@ impl Connection {
     }
 
     /// TEXT: relayed with its message id (the frame's own, when it has one), acknowledged
-    /// with TEXT_ACK.
+    /// with TEXT_ACK. A text relayed as JSON is escaped (a control character becomes six
+    /// bytes), so one that would go out larger than `--max-frame-bytes` is refused
+    /// (`invalid_payload`) rather than relayed: no receiver is sent more than a client
+    /// may send, which is what their mailboxes are sized for.
     async fn on_text(&mut self, socket: &mut Socket, frame: &Frame, channel: &Channel) -> Result<bool, Exit> {
         let id = match frame.message_id.as_ref().and_then(client_message_id) {
             Some(id) => id,
             None => self.app.node.message_id(channel.kind, TEXT, &channel.to, &self.user),
         };
-        self.forward(frame, channel, &voiceping::text(&frame.payload, &id));
+        let relayed = self.encode(frame, channel, &voiceping::text(&frame.payload, &id));
+        if relayed.len() > self.app.limits.max_frame_bytes {
+            let message = "the text, as relayed (JSON-escaped), is larger than MAX_FRAME_BYTES";
+            return self.refuse(socket, frame, ErrorCode::InvalidPayload, message).await;
+        }
+        self.relay(channel.audience.clone(), channel.except.clone(), frame.message_type, relayed);
         self.note_activity(false).await;
         self.acknowledge(socket, channel, TEXT_ACK, &id).await
     }
@@ -354,15 +362,20 @@ impl Connection {
     /// Relays the client's frame, with `payload`, to the channel's receivers in the layout
     /// it came in.
     fn forward(&self, frame: &Frame, channel: &Channel, payload: &Value) {
-        let bytes = protocol::channel_frame(
+        let bytes = self.encode(frame, channel, payload);
+        self.relay(channel.audience.clone(), channel.except.clone(), frame.message_type, bytes);
+    }
+
+    /// The client's frame with `payload`, as its channel's receivers get it.
+    fn encode(&self, frame: &Frame, channel: &Channel, payload: &Value) -> Bytes {
+        protocol::channel_frame(
             channel.kind,
             frame.message_type,
             Some(&self.user),
             Some(&channel.to),
             Slot::of(frame),
             payload,
-        );
-        self.relay(channel.audience.clone(), channel.except.clone(), frame.message_type, bytes);
+        )
     }
 
     fn relay(&self, audience: Audience, except: Option<Id>, message_type: u8, frame: Bytes) {
