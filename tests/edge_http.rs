@@ -292,6 +292,30 @@ async fn a_request_body_declared_too_large_gets_413_before_it_is_sent() {
     assert!(text.contains("status=\"413\""), "counted: {text}");
 }
 
+/// A device id header is read as UTF-8: one in Hebrew is accepted as sent, one holding a
+/// bidirectional override is refused (400 `invalid_device_id`), neither silently dropped.
+#[tokio::test]
+async fn device_id_headers_are_read_as_utf8_and_checked() {
+    let router = Router::start(&[]).await;
+    let handshake = |device: &'static str| {
+        let addr = router.addr;
+        async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let request = format!(
+                "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                 token: {}\r\ndevice_id: {device}\r\n\r\n",
+                token("u", Role::Mobile)
+            );
+            stream.write_all(request.as_bytes()).await.unwrap();
+            timeout(WAIT, read_answer(&mut stream)).await.expect("an answer in time").unwrap().expect("an answer")
+        }
+    };
+    let refused = handshake("phone\u{202E}enohp").await;
+    assert_eq!((refused.status, refused.code()), (400, "invalid_device_id".to_owned()), "{}", refused.body);
+    assert_eq!(handshake("טלפון").await.status, 101);
+}
+
 /// A free loopback address for `--metrics-addr`.
 fn metrics_addr() -> SocketAddr {
     ([127, 0, 0, 1], common::free_port()).into()

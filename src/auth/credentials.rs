@@ -25,9 +25,13 @@ impl Credentials {
     /// - the device id: the `device_id` header, `deviceid`, the second
     ///   `Sec-WebSocket-Protocol` entry. Unlike VoicePing's router, the token never stands
     ///   in for a missing device id: it would be stored and logged as one.
+    ///
+    /// Values are read as UTF-8, not only visible ASCII: a device id in Hebrew is a device
+    /// id (and one with characters no id may hold is refused as such, not dropped).
     pub fn from_headers(headers: &HeaderMap) -> Self {
         let header = |name: &str| {
-            headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty()).map(String::from)
+            let value = headers.get(name).and_then(|v| std::str::from_utf8(v.as_bytes()).ok())?;
+            Some(value.trim()).filter(|v| !v.is_empty()).map(String::from)
         };
         let bearer = header("authorization").and_then(|v| {
             v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).map(|t| t.trim().to_string())
@@ -91,5 +95,14 @@ mod tests {
         // A blank header counts as absent; a token never doubles as the device id.
         let c = headers(&[("token", " "), ("voicepingtoken", "t2"), ("deviceid", "")]);
         assert_eq!((c.token.as_deref(), c.device_id.as_deref()), (Some("t2"), None));
+    }
+
+    #[test]
+    fn header_values_are_read_as_utf8() {
+        let mut h = HeaderMap::new();
+        h.insert("token", "t1".parse().unwrap());
+        h.insert("device_id", axum::http::HeaderValue::from_bytes("טלפון\u{202E}".as_bytes()).unwrap());
+        let c = Credentials::from_headers(&h);
+        assert_eq!(c.device_id.as_deref(), Some("טלפון\u{202E}"), "read whole, for the id check to refuse");
     }
 }
