@@ -96,9 +96,7 @@ impl App {
         // First: a key that cannot load is a configuration error, reported before anything starts.
         let auth = authenticator(config).await?;
         let hub = Arc::new(Hub::with_snapshot_memory(config.dashboard_queue, config.snapshot_memory()));
-        // A reader that never reads holds at most sixteen of the largest frames in its mailbox.
-        let relay = Relay::with_mailbox_bytes(config.max_frame_bytes.saturating_mul(16));
-        let fanout = Arc::new(FanOut::new(hub, Arc::new(relay)));
+        let fanout = Arc::new(FanOut::new(hub, Arc::new(Relay::for_max_frame_bytes(config.max_frame_bytes))));
         let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
         let router_id = new_router_id();
         let redis = config.redis()?;

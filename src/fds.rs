@@ -1,18 +1,18 @@
 //! File descriptors: every WebSocket, every connection still speaking HTTP, every event
-//! stream and every Redis connection holds one, and the process may open only `RLIMIT_NOFILE` of them. Past that
-//! limit `accept` fails (EMFILE) and new clients, `/healthz` included, wait in the backlog
-//! without an answer. So at start the soft limit is raised to the hard one, and the
-//! WebSocket cap is lowered to what the limit leaves after a reserve for handshakes, event
-//! streams and the rest: at the cap, extra upgrades get 503 `too_many_connections` while operators and
-//! the API still get answers.
+//! stream and every Redis connection holds one, and the process may open only
+//! `RLIMIT_NOFILE` of them. Past that limit `accept` fails (EMFILE) and new clients,
+//! `/healthz` included, wait in the backlog without an answer. So at start the soft limit
+//! is raised to the hard one, and the WebSocket cap is lowered to what the limit leaves
+//! after a reserve for handshakes, event streams and the rest: at the cap, extra upgrades
+//! get 503 `too_many_connections` while operators and the API still get answers.
 //!
 //! The reserve's defaults (1,024 handshakes, 64 event streams, 128 others) suit a limit in
-//! the tens of thousands; under a small limit (a shell's 1,024, a container's 512) they would leave
-//! nothing for WebSockets. So a default that was not set explicitly is lowered to a share
-//! of the limit ([`HANDSHAKES_SHARE`], [`FD_RESERVE_SHARE`], [`EVENT_STREAMS_SHARE`]),
-//! never below a floor, and the
-//! router refuses to start only when even that leaves no descriptor for WebSockets. Values
-//! set explicitly are kept as given.
+//! the tens of thousands; under a small limit (a shell's 1,024, a container's 512) they
+//! would leave nothing for WebSockets. So a default that was not set explicitly is lowered
+//! to a share of the limit ([`HANDSHAKES_SHARE`], [`FD_RESERVE_SHARE`],
+//! [`EVENT_STREAMS_SHARE`]), never below a floor, and the router refuses to start only
+//! when even that leaves no descriptor for WebSockets. Values set explicitly are kept as
+//! given.
 
 use tokio::sync::Semaphore;
 
@@ -157,9 +157,9 @@ fn fit(set: Option<usize>, default: usize, share: u64, floor: usize) -> (usize, 
 }
 
 /// At start: raises the open-file limit, settles `--max-handshakes`, `--fd-reserve`,
-/// `--event-streams` and `--max-connections` in `config` to the budget, and logs it: at WARN when a default was
-/// lowered or WebSockets get fewer than `--max-connections`, as either means this router
-/// holds less than its flags say.
+/// `--event-streams` and `--max-connections` in `config` to the budget, and logs it: at
+/// WARN when a default was lowered or WebSockets get fewer than `--max-connections`, as
+/// either means this router holds less than its flags say.
 pub fn apply(config: &mut Config) -> Result<Budget, FdError> {
     let limit = raise_nofile()?;
     let budget = budget(limit.now, Asked::of(config))?;

@@ -43,12 +43,14 @@ use crate::{
 /// seconds of audio from every group it is in.
 pub const MAILBOX_FRAMES: usize = 512;
 
-/// Bytes a connection may have queued before it counts as a slow consumer, unless the
-/// router sets its own ([`Relay::with_mailbox_bytes`]: sixteen of its largest frames,
-/// room for the bursts several senders' budgets allow to reach a reader between two of its
-/// turns): 1 MiB. A frame is always admitted into an empty queue, so one frame larger than
-/// the bound still goes through.
-pub const MAILBOX_BYTES: usize = 1024 * 1024;
+/// How many of the largest frames a client may send fit in a mailbox's bytes: room for the
+/// bursts several senders' budgets allow to reach a reader between two of its turns.
+pub const MAILBOX_LARGEST_FRAMES: usize = 16;
+
+/// Bytes a connection may have queued before it counts as a slow consumer, for the
+/// default `--max-frame-bytes` (64 KiB): 1 MiB. A frame is always admitted into an empty
+/// queue, so one frame larger than the bound still goes through.
+pub const MAILBOX_BYTES: usize = MAILBOX_LARGEST_FRAMES * 64 * 1024;
 
 /// What a connection registers as.
 pub enum Member {
@@ -170,7 +172,7 @@ pub struct Relay {
 
 impl Default for Relay {
     fn default() -> Self {
-        Relay::with_mailbox_bytes(MAILBOX_BYTES)
+        Relay::for_max_frame_bytes(MAILBOX_BYTES / MAILBOX_LARGEST_FRAMES)
     }
 }
 
@@ -210,6 +212,12 @@ impl Relay {
     /// A relay whose mailboxes each hold at most `bytes` of frames (and [`MAILBOX_FRAMES`]).
     pub fn with_mailbox_bytes(bytes: usize) -> Self {
         Relay { registry: Mutex::default(), mailbox_bytes: bytes }
+    }
+
+    /// A relay for clients that send frames of at most `max_frame_bytes`: each mailbox
+    /// holds [`MAILBOX_LARGEST_FRAMES`] of them.
+    pub fn for_max_frame_bytes(max_frame_bytes: usize) -> Self {
+        Relay::with_mailbox_bytes(max_frame_bytes.saturating_mul(MAILBOX_LARGEST_FRAMES))
     }
 
     /// No code under the lock can panic; recover the guard rather than propagate one.

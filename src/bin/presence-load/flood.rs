@@ -320,14 +320,15 @@ pub async fn run(credentials: Arc<Credentials>, options: Options) -> anyhow::Res
     }
 
     let rtts = std::mem::take(&mut *rtts.lock().unwrap());
-    let window = |windows: &mut dyn Iterator<Item = &Range<Instant>>| {
-        let windows: Vec<_> = windows.collect();
+    // The round trips sent within any of `ranges`.
+    let pooled = |ranges: &[&Range<Instant>]| {
         Summary::of(
-            rtts.iter().filter(|(sent, _)| windows.iter().any(|w| w.contains(sent))).map(|(_, rtt)| *rtt).collect(),
+            rtts.iter().filter(|(sent, _)| ranges.iter().any(|r| r.contains(sent))).map(|(_, rtt)| *rtt).collect(),
         )
     };
-    let (rtt_before, rtt_during) =
-        (window(&mut windows.iter().map(|w| &w.0)), window(&mut windows.iter().map(|w| &w.1)));
+    let quiet: Vec<_> = windows.iter().map(|(quiet, _)| quiet).collect();
+    let during: Vec<_> = windows.iter().map(|(_, during)| during).collect();
+    let (rtt_before, rtt_during) = (pooled(&quiet), pooled(&during));
     // Rounds' own p99s, quiet / flooded, so that a pooled figure can be read against the
     // spread of the quiet windows.
     let by_round = match rounds {
@@ -335,10 +336,7 @@ pub async fn run(credentials: Arc<Credentials>, options: Options) -> anyhow::Res
         _ => {
             let p99s: Vec<String> = windows
                 .iter()
-                .map(|(quiet, during)| {
-                    let p99 = |w: &Range<Instant>| window(&mut std::iter::once(w)).p99;
-                    format!("{:.3}/{:.3}", p99(quiet), p99(during))
-                })
+                .map(|(quiet, during)| format!("{:.3}/{:.3}", pooled(&[quiet]).p99, pooled(&[during]).p99))
                 .collect();
             format!(" rounds={rounds} p99_by_round_ms={}", p99s.join(","))
         }
